@@ -1,0 +1,52 @@
+"""Shared fixtures: the real emulators, started once per test session.
+
+Environment variables the fixtures set are restored afterwards so that tests which need the
+*absence* of an emulator (Pub/Sub down) can control them precisely.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from shared import emulators  # noqa: E402
+
+LOG_DIR = ROOT / "var" / "test-logs"
+
+
+@pytest.fixture(scope="session")
+def gcs_emulator():
+    """A running gcp-storage-emulator; STORAGE_EMULATOR_HOST points at it for the session."""
+    LOG_DIR.mkdir(parents=True, exist_ok=True)
+    emu = emulators.start_gcs(log_dir=LOG_DIR)
+    old = {k: os.environ.get(k) for k in emu.env}
+    os.environ.update(emu.env)
+    yield emu
+    emu.stop()
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+@pytest.fixture(scope="session")
+def pubsub_emulator():
+    """Google's Pub/Sub emulator; PUBSUB_EMULATOR_HOST points at it for the session."""
+    LOG_DIR.mkdir(parents=True, exist_ok=True)
+    emu = emulators.start_pubsub(log_dir=LOG_DIR)
+    old = {k: os.environ.get(k) for k in emu.env}
+    os.environ.update(emu.env)
+    yield emu
+    emu.stop()
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
