@@ -140,6 +140,32 @@ def start_pubsub(port: int | None = None, project: str = "daihuo-local", log_dir
     return Emulator("pubsub", host, proc, log_path, {"PUBSUB_EMULATOR_HOST": host, "PUBSUB_PROJECT_ID": project})
 
 
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def start_function(name: str, target: str | None = None, *, port: int | None = None,
+                   signature_type: str = "http", env: dict[str, str] | None = None,
+                   log_dir: Path | None = None, timeout: float = 30.0, workers: int = 1,
+                   threads: int | None = None, source: Path | None = None) -> Emulator:
+    """Serve ``functions/<name>/main.py`` (or ``source``) with ``functions-framework`` on 127.0.0.1:port."""
+    port = port or free_port()
+    exe = Path(sys.executable).parent / "functions-framework"
+    source = Path(source) if source else REPO_ROOT / "functions" / name / "main.py"
+    if not source.exists():
+        raise EmulatorError(f"no function at {source}")
+    log_path = Path(log_dir) / f"{name}.log" if log_dir else None
+    run_env = {"PYTHONPATH": str(REPO_ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+               "WORKERS": str(workers), "PYTHONUNBUFFERED": "1", **(env or {})}
+    if threads:
+        run_env["THREADS"] = str(threads)
+    cmd = [str(exe), "--target", target or name, "--source", str(source), "--signature-type", signature_type,
+           "--host", "127.0.0.1", "--port", str(port)]
+    proc = _spawn(cmd, log_path, run_env)
+    host = f"127.0.0.1:{port}"
+    _wait_http(f"http://{host}/__ready", proc, f"function {name}", timeout, log_path)
+    return Emulator(name, host, proc, log_path, {})
+
+
 if __name__ == "__main__":  # python -m shared.emulators check
     if len(sys.argv) > 1 and sys.argv[1] == "check":
         ok = True

@@ -1,0 +1,188 @@
+"""Pub/Sub adapter: publish (batched, waiting for every future), synchronous pull + ack, and the
+admin calls the local stack and the tests use to declare topics and subscriptions.
+
+The same code talks to Google Cloud and to the emulator: ``google-cloud-pubsub`` honours
+``PUBSUB_EMULATOR_HOST`` itself. Clients are created on first use, not at import, so a cold
+function that never publishes never opens a channel.
+
+Failures: a publish that cannot complete within ``publish_timeout_s`` raises ``BusUnavailable``;
+callers answer 503 and let the sender retry. Nothing is reported as published before its future
+resolved with a message id.
+"""
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterable, Sequence
+from concurrent import futures as cf
+from dataclasses import dataclass
+
+DEFAULT_PROJECT = "daihuo-local"
+
+
+class BusUnavailable(RuntimeError):
+    """Pub/Sub did not accept the messages in time (down, overloaded or misconfigured)."""
+
+
+def project_id() -> str:
+    return (os.environ.get("PUBSUB_PROJECT_ID") or os.environ.get("GOOGLE_CLOUD_PROJECT")
+            or os.environ.get("GCP_PROJECT") or DEFAULT_PROJECT)
+
+
+def topic_path(topic: str, project: str | None = None) -> str:
+    return topic if topic.startswith("projects/") else f"projects/{project or project_id()}/topics/{topic}"
+
+
+def subscription_path(sub: str, project: str | None = None) -> str:
+    return sub if sub.startswith("projects/") else f"projects/{project or project_id()}/subscriptions/{sub}"
+
+
+@dataclass
+class Message:
+    data: bytes
+    attributes: dict[str, str]
+    message_id: str
+    ack_id: str
+    delivery_attempt: int = 0
+
+
+class Bus:
+    """Publisher + subscriber for one project. Thread-safe; one per process is enough."""
+
+    def __init__(self, project: str | None = None, *, publish_timeout_s: float | None = None,
+                 max_latency_s: float = 0.005, max_messages: int = 1000, max_bytes: int = 9 * 1024 * 1024):
+        self.project = project or project_id()
+        self.publish_timeout_s = float(publish_timeout_s if publish_timeout_s is not None
+                                       else os.environ.get("DAIHUO_PUBLISH_TIMEOUT_S", "10"))
+        self._batch = (max_bytes, max_latency_s, max_messages)
+        self._publisher = None
+        self._subscriber = None
+        self._lock = threading.Lock()
+
+    # -- clients -------------------------------------------------------------------------------
+    @property
+    def publisher(self):
+        if self._publisher is None:
+            with self._lock:
+                if self._publisher is None:
+                    from google.cloud import pubsub_v1
+
+                    max_bytes, max_latency, max_messages = self._batch
+                    self._publisher = pubsub_v1.PublisherClient(
+                        batch_settings=pubsub_v1.types.BatchSettings(
+                            max_bytes=max_bytes, max_latency=max_latency, max_messages=max_messages))
+        return self._publisher
+
+    @property
+    def subscriber(self):
+        if self._subscriber is None:
+            with self._lock:
+                if self._subscriber is None:
+                    from google.cloud import pubsub_v1
+
+                    self._subscriber = pubsub_v1.SubscriberClient()
+        return self._subscriber
+
+    # -- publishing ----------------------------------------------------------------------------
+    def publish_many(self, topic: str, messages: Iterable[tuple[bytes, dict[str, str]]]) -> list[str]:
+        """Publish every (data, attributes) pair and wait for all; return the message ids in order.
+
+        Raises BusUnavailable if any message is not confirmed within ``publish_timeout_s``. Some
+        messages may then have been published: at-least-once, the caller's retry duplicates them and
+        the cleaning step deduplicates by event_id.
+        """
+        from google.api_core import exceptions as gexc
+        from google.api_core.retry import Retry
+
+        timeout = self.publish_timeout_s
+        retry = Retry(initial=0.1, maximum=1.0, multiplier=2.0, timeout=timeout,
+                      predicate=lambda e: isinstance(e, (gexc.ServiceUnavailable, gexc.DeadlineExceeded,
+                                                         gexc.InternalServerError, gexc.Aborted,
+                                                         gexc.ResourceExhausted, gexc.Unknown)))
+        path = topic_path(topic, self.project)
+        try:
+            futs = [self.publisher.publish(path, data, retry=retry, timeout=timeout, **attrs)
+                    for data, attrs in messages]
+            done, pending = cf.wait(futs, timeout=timeout + 1.0)
+            if pending:
+                raise BusUnavailable(f"{len(pending)} of {len(futs)} messages to {topic} not confirmed in {timeout:.0f}s")
+            return [f.result() for f in futs]
+        except BusUnavailable:
+            raise
+        except Exception as exc:  # RetryError, NotFound (topic missing), channel errors ...
+            raise BusUnavailable(f"publish to {topic} failed: {type(exc).__name__}: {exc}") from exc
+
+    def publish(self, topic: str, data: bytes, **attributes: str) -> str:
+        return self.publish_many(topic, [(data, attributes)])[0]
+
+    # -- pulling (archive) ---------------------------------------------------------------------
+    def pull(self, subscription: str, max_messages: int = 1000, timeout_s: float = 10.0) -> list[Message]:
+        """One synchronous pull. Returns at most max_messages (possibly none)."""
+        from google.api_core import exceptions as gexc
+
+        try:
+            resp = self.subscriber.pull(
+                request={"subscription": subscription_path(subscription, self.project), "max_messages": max_messages},
+                timeout=timeout_s)
+        except gexc.DeadlineExceeded:
+            return []
+        return [Message(r.message.data, dict(r.message.attributes), r.message.message_id, r.ack_id,
+                        r.delivery_attempt) for r in resp.received_messages]
+
+    def ack(self, subscription: str, ack_ids: Sequence[str]) -> None:
+        path = subscription_path(subscription, self.project)
+        for i in range(0, len(ack_ids), 1000):  # the API takes at most a few thousand ids per call
+            self.subscriber.acknowledge(request={"subscription": path, "ack_ids": list(ack_ids[i:i + 1000])})
+
+    def nack(self, subscription: str, ack_ids: Sequence[str]) -> None:
+        path = subscription_path(subscription, self.project)
+        for i in range(0, len(ack_ids), 1000):
+            self.subscriber.modify_ack_deadline(request={"subscription": path, "ack_ids": list(ack_ids[i:i + 1000]),
+                                                         "ack_deadline_seconds": 0})
+
+    # -- admin (local stack, tests) ------------------------------------------------------------
+    def ensure_topic(self, topic: str) -> str:
+        from google.api_core import exceptions as gexc
+
+        path = topic_path(topic, self.project)
+        try:
+            self.publisher.create_topic(request={"name": path})
+        except gexc.AlreadyExists:
+            pass
+        return path
+
+    def ensure_subscription(self, name: str, topic: str, *, push_endpoint: str | None = None,
+                            ack_deadline_s: int = 60, dead_letter_topic: str | None = None,
+                            max_delivery_attempts: int = 5, min_backoff_s: float = 1.0,
+                            max_backoff_s: float = 60.0) -> str:
+        """Create a pull (or push, if push_endpoint) subscription; an existing one is left alone."""
+        from google.api_core import exceptions as gexc
+
+        path = subscription_path(name, self.project)
+        request: dict = {"name": path, "topic": topic_path(topic, self.project), "ack_deadline_seconds": ack_deadline_s,
+                         "retry_policy": {"minimum_backoff": {"seconds": int(min_backoff_s), "nanos": int((min_backoff_s % 1) * 1e9)},
+                                          "maximum_backoff": {"seconds": int(max_backoff_s)}}}
+        if push_endpoint:
+            request["push_config"] = {"push_endpoint": push_endpoint}
+        if dead_letter_topic:
+            request["dead_letter_policy"] = {"dead_letter_topic": topic_path(dead_letter_topic, self.project),
+                                             "max_delivery_attempts": max_delivery_attempts}
+        try:
+            self.subscriber.create_subscription(request=request)
+        except gexc.AlreadyExists:
+            pass
+        return path
+
+    def delete_subscription(self, name: str) -> None:
+        from google.api_core import exceptions as gexc
+
+        try:
+            self.subscriber.delete_subscription(request={"subscription": subscription_path(name, self.project)})
+        except gexc.NotFound:
+            pass
+
+    def close(self) -> None:
+        if self._publisher is not None:
+            self._publisher.stop()
+        if self._subscriber is not None:
+            self._subscriber.close()

@@ -1,0 +1,212 @@
+"""The ingest webhook's logic: authenticate, parse, validate, quarantine, publish, answer.
+
+Kept free of Flask so it is testable in-process; ``functions/ingest/main.py`` adapts the HTTP request.
+
+Answers (the body is always JSON):
+
+=====  ==========================================================================================
+200    the body was processed: ``accepted`` events were published, ``rejected`` ones quarantined
+       with their reasons; ``results`` has one entry per event, in order
+400    the body is not JSON, a JSON array, or NDJSON (nothing published; the body is quarantined)
+401    missing/invalid signature, unknown platform, or a timestamp outside the 5-minute window
+405    any method but POST
+413    body over ``max_body_bytes``, more than ``max_events`` events, or one event over
+       ``max_event_bytes`` (nothing published)
+503    Pub/Sub or storage did not confirm in time; ``Retry-After`` says when to retry. Nothing in
+       a 503 answer is reported as accepted; a retry may duplicate events that did get through,
+       which cleaning removes by ``event_id``
+=====  ==========================================================================================
+
+Message granularity: the accepted events of one request are grouped by ``(type, stream_id)`` and
+each group is published as ONE Pub/Sub message (NDJSON, one event per line) carrying the attributes
+``type``, ``stream_id``, ``platform``, ``count``, ``schema_version``, ``encoding``. Subscribers can
+still filter on type and stream; a 500-event batch becomes a handful of messages instead of 500,
+which is what lets one instance publish >100k events/s (see README, "Ingest benchmark").
+"""
+from __future__ import annotations
+
+import gzip
+import os
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+import orjson
+
+from shared import signing
+from shared.bus import BusUnavailable
+from shared.contract import SCHEMA_VERSION, validate_record
+from shared.log import get_logger
+
+log = get_logger("ingest")
+
+
+def _env_int(name: str, default: int) -> int:
+    return int(os.environ.get(name, default))
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    max_body_bytes: int = field(default_factory=lambda: _env_int("DAIHUO_MAX_BODY_BYTES", 1_048_576))
+    max_events: int = field(default_factory=lambda: _env_int("DAIHUO_MAX_EVENTS", 1000))
+    max_event_bytes: int = field(default_factory=lambda: _env_int("DAIHUO_MAX_EVENT_BYTES", 16_384))
+    topic: str = field(default_factory=lambda: os.environ.get("DAIHUO_EVENTS_TOPIC", "viewer-events"))
+    retry_after_s: int = 5
+
+
+@dataclass
+class Answer:
+    status: int
+    body: dict[str, Any]
+    headers: dict[str, str] = field(default_factory=dict)
+
+    def json(self) -> bytes:
+        return orjson.dumps(self.body)
+
+
+class BadBody(ValueError):
+    pass
+
+
+def parse_body(body: bytes, content_type: str = "") -> tuple[list[Any], list[int]]:
+    """Decode a webhook body into records. Returns (items, sizes).
+
+    ``items[i]`` is the decoded JSON value, or a ``_Unparseable`` marker for an NDJSON line that is
+    not JSON. Raises BadBody when nothing in the body is usable.
+    """
+    if not body.strip():
+        raise BadBody("empty body")
+    ndjson = "ndjson" in content_type or "jsonl" in content_type
+    if not ndjson:
+        try:
+            value = orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            if body.count(b"\n") == 0 or body.lstrip()[:1] == b"[":
+                raise BadBody(f"body is not valid JSON: {exc}") from None
+            ndjson = True
+        else:
+            if isinstance(value, dict):
+                return [value], [len(body)]
+            if isinstance(value, list):
+                return value, [len(orjson.dumps(v)) for v in value]
+            raise BadBody(f"body must be a JSON object, an array of objects, or NDJSON; got {type(value).__name__}")
+    items, sizes = [], []
+    for line in body.split(b"\n"):
+        if not line.strip():
+            continue
+        try:
+            items.append(orjson.loads(line))
+        except orjson.JSONDecodeError as exc:
+            items.append(_Unparseable(line, str(exc)))
+        sizes.append(len(line))
+    if items and all(isinstance(i, _Unparseable) for i in items):
+        raise BadBody(f"no line of the NDJSON body is valid JSON ({items[0].error})")
+    return items, sizes
+
+
+@dataclass(frozen=True)
+class _Unparseable:
+    raw: bytes
+    error: str
+
+
+def _iso_now(now: float) -> str:
+    return datetime.fromtimestamp(now, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class Ingestor:
+    def __init__(self, bus, store, config: IngestConfig | None = None, environ: Mapping[str, str] | None = None):
+        self.bus = bus
+        self.store = store
+        self.config = config or IngestConfig()
+        self.environ = environ
+
+    def _quarantine(self, rows: list[dict[str, Any]], received_at: str, now: float) -> str:
+        day = received_at[:10]
+        key = f"quarantine/ingest/date={day}/{int(now * 1000):013d}-{uuid.uuid4().hex}.ndjson.gz"
+        data = gzip.compress(b"\n".join(orjson.dumps(r) for r in rows) + b"\n", compresslevel=6, mtime=0)
+        self.store.put(key, data, content_type="application/gzip")
+        return key
+
+    def _unavailable(self, what: str, exc: Exception) -> Answer:
+        log.error("dependency unavailable", extra={"dependency": what, "error": str(exc)})
+        return Answer(503, {"error": f"{what} unavailable, retry later", "accepted": 0},
+                      {"Retry-After": str(self.config.retry_after_s)})
+
+    def handle(self, method: str, headers: Mapping[str, str], body: bytes, *, now: float | None = None,
+               content_type: str = "") -> Answer:
+        cfg = self.config
+        if method.upper() != "POST":
+            return Answer(405, {"error": "method not allowed; POST webhook bodies"}, {"Allow": "POST"})
+        if len(body) > cfg.max_body_bytes:
+            return Answer(413, {"error": f"body over {cfg.max_body_bytes} bytes"})
+        now = time.time() if now is None else now
+        try:
+            platform = signing.verify(headers, body, now=now, environ=self.environ)
+        except signing.SignatureError as exc:
+            log.warning("signature refused", extra={"reason": str(exc)})
+            return Answer(401, {"error": f"unauthorized: {exc}"})
+        received_at = _iso_now(now)
+        try:
+            items, sizes = parse_body(body, content_type)
+        except BadBody as exc:
+            try:
+                self._quarantine([{"reasons": [f"body: {exc}"], "raw": body.decode("utf-8", "replace"),
+                                   "platform": platform, "received_at": received_at, "stage": "ingest"}],
+                                 received_at, now)
+            except Exception as qexc:  # the sender keeps its copy; a 400 is still the right answer
+                log.error("could not quarantine unparseable body", extra={"error": str(qexc)})
+            return Answer(400, {"error": str(exc)})
+        if len(items) > cfg.max_events:
+            return Answer(413, {"error": f"{len(items)} events in one request; the limit is {cfg.max_events}"})
+        too_big = [i for i, s in enumerate(sizes) if s > cfg.max_event_bytes]
+        if too_big:
+            return Answer(413, {"error": f"event(s) at index {too_big[:10]} over {cfg.max_event_bytes} bytes"})
+
+        results: list[dict[str, Any]] = []
+        quarantined: list[dict[str, Any]] = []
+        groups: dict[tuple[str, str], list[bytes]] = {}
+        for i, item in enumerate(items):
+            if isinstance(item, _Unparseable):
+                reasons = [f"record: not valid JSON ({item.error})"]
+                raw: Any = item.raw.decode("utf-8", "replace")
+                event_id = None
+            else:
+                record, reasons = validate_record(item)
+                raw = item
+                event_id = item.get("event_id") if isinstance(item, dict) else None
+                if record is not None and record.platform != platform:
+                    reasons = [f"platform: {record.platform!r} does not match the signed platform {platform!r}"]
+                if reasons is None:
+                    out = dict(item)
+                    out["received_at"] = received_at
+                    groups.setdefault((record.type, getattr(record, "stream_id", "") or ""), []).append(orjson.dumps(out))
+                    results.append({"index": i, "event_id": event_id, "status": "accepted"})
+                    continue
+            if not isinstance(event_id, str):
+                event_id = None
+            results.append({"index": i, "event_id": event_id, "status": "rejected", "reasons": reasons})
+            quarantined.append({"reasons": reasons, "raw": raw, "index": i, "platform": platform,
+                                "received_at": received_at, "stage": "ingest"})
+
+        if quarantined:
+            try:
+                self._quarantine(quarantined, received_at, now)
+            except Exception as exc:
+                return self._unavailable("storage", exc)
+        if groups:
+            messages = [(b"\n".join(lines), {"type": t, "stream_id": s, "platform": platform, "count": str(len(lines)),
+                                              "schema_version": str(SCHEMA_VERSION), "encoding": "ndjson"})
+                        for (t, s), lines in groups.items()]
+            try:
+                self.bus.publish_many(cfg.topic, messages)
+            except BusUnavailable as exc:
+                return self._unavailable("pubsub", exc)
+        accepted = len(results) - len(quarantined)
+        log.info("ingested", extra={"platform": platform, "accepted": accepted, "rejected": len(quarantined),
+                                    "messages": len(groups)})
+        return Answer(200, {"accepted": accepted, "rejected": len(quarantined), "messages": len(groups),
+                            "received_at": received_at, "results": results})

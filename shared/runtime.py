@@ -1,0 +1,38 @@
+"""Per-process singletons for the function handlers: the bus and the object store, created on the
+first request (not at import) and reused by every later request of the instance.
+
+Configuration, all from the environment:
+``DAIHUO_STORE``   where objects live: ``gs://bucket[/prefix]``, ``s3://bucket[/prefix]`` or a local
+                   path / ``file://`` URL (default ``var/store``, the embedded local backend).
+``PUBSUB_PROJECT_ID`` / ``GOOGLE_CLOUD_PROJECT``  the Pub/Sub project.
+"""
+from __future__ import annotations
+
+import os
+import threading
+
+_lock = threading.Lock()
+_bus = None
+_store = None
+
+
+def get_bus():
+    global _bus
+    if _bus is None:
+        with _lock:
+            if _bus is None:
+                from shared.bus import Bus
+
+                _bus = Bus()
+    return _bus
+
+
+def get_store():
+    global _store
+    if _store is None:
+        with _lock:
+            if _store is None:
+                from shared.storage import open_store
+
+                _store = open_store(os.environ.get("DAIHUO_STORE", "var/store"))
+    return _store

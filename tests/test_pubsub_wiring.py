@@ -1,0 +1,112 @@
+"""Pub/Sub wiring against Google's emulator: push delivery to a real CloudEvent function served by
+functions-framework, retry of a failing handler, dead-lettering after max_delivery_attempts, and
+pull + ack as the archive function uses it."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from shared import emulators
+from shared.bus import Bus
+
+FLAKY = Path(__file__).parent / "fixtures" / "flaky_function" / "main.py"
+
+
+def _wait_for(predicate, timeout=60.0, interval=0.3):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    return predicate()
+
+
+@pytest.fixture(scope="module")
+def bus(pubsub_emulator):
+    b = Bus()
+    yield b
+    b.close()
+
+
+@pytest.fixture(scope="module")
+def pushed(pubsub_emulator, bus, tmp_path_factory):
+    """The flaky CloudEvent function behind a push subscription with a dead-letter topic."""
+    record_dir = tmp_path_factory.mktemp("deliveries")
+    fn = emulators.start_function("flaky", "handle", signature_type="cloudevent", source=FLAKY,
+                                  env={**pubsub_emulator.env, "RECORD_DIR": str(record_dir)},
+                                  log_dir=emulators.REPO_ROOT / "var" / "test-logs")
+    bus.ensure_topic("wiring-events")
+    bus.ensure_topic("wiring-dead")
+    bus.ensure_subscription("wiring-dead-pull", "wiring-dead")
+    bus.ensure_subscription("wiring-push", "wiring-events", push_endpoint=f"http://{fn.host}/",
+                            dead_letter_topic="wiring-dead", max_delivery_attempts=5,
+                            min_backoff_s=0.1, max_backoff_s=1)
+    yield record_dir
+    fn.stop()
+
+
+def _deliveries(record_dir: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in record_dir.glob("*.json")]
+
+
+def test_push_delivers_a_cloudevent_to_the_function(bus, pushed):
+    mid = bus.publish("wiring-events", "直播 hello".encode(), kind="ok")
+    got = _wait_for(lambda: [d for d in _deliveries(pushed) if d["message_id"] == mid])
+    assert len(got) == 1
+    assert got[0]["data"] == "直播 hello"
+    assert got[0]["attributes"] == {"kind": "ok"}
+    assert got[0]["ce_type"] == "google.cloud.pubsub.topic.v1.messagePublished"
+
+
+def test_a_handler_that_fails_once_is_retried(bus, pushed):
+    mid = bus.publish("wiring-events", b"retry me", fail="once")
+    got = _wait_for(lambda: len([d for d in _deliveries(pushed) if d["message_id"] == mid]) >= 2)
+    assert got
+    time.sleep(2)  # once succeeded, no further delivery comes
+    assert len([d for d in _deliveries(pushed) if d["message_id"] == mid]) == 2
+
+
+def test_a_handler_that_always_fails_is_dead_lettered(bus, pushed):
+    mid = bus.publish("wiring-events", b"poison", fail="always")
+    dead = _wait_for(lambda: [m for m in bus.pull("wiring-dead-pull", 10, timeout_s=2) if m.data == b"poison"],
+                     timeout=90)
+    assert len(dead) == 1
+    attrs = dead[0].attributes
+    assert attrs["fail"] == "always"
+    assert attrs["CloudPubSubDeadLetterSourceSubscription"] == "wiring-push"
+    assert attrs["CloudPubSubDeadLetterSourceDeliveryCount"] == "5"
+    bus.ack("wiring-dead-pull", [m.ack_id for m in dead])
+    assert len([d for d in _deliveries(pushed) if d["message_id"] == mid]) == 5
+
+
+def test_pull_and_ack(bus):
+    bus.ensure_topic("wiring-pull-events")
+    bus.ensure_subscription("wiring-archive", "wiring-pull-events", ack_deadline_s=10)
+    ids = bus.publish_many("wiring-pull-events", [(f"m{i}".encode(), {"i": str(i)}) for i in range(25)])
+    assert len(set(ids)) == 25
+    got = []
+    for _ in range(20):
+        got += bus.pull("wiring-archive", 10, timeout_s=2)
+        if len({m.message_id for m in got}) >= 25:
+            break
+    assert sorted({m.data for m in got}) == sorted(f"m{i}".encode() for i in range(25))
+    bus.ack("wiring-archive", [m.ack_id for m in got])
+    # acknowledged: nothing comes back, even after the 10 s ack deadline has passed
+    time.sleep(11)
+    assert bus.pull("wiring-archive", 10, timeout_s=2) == []
+
+
+def test_unacked_messages_are_redelivered(bus):
+    bus.ensure_topic("wiring-redeliver")
+    bus.ensure_subscription("wiring-redeliver-sub", "wiring-redeliver", ack_deadline_s=10)
+    bus.publish("wiring-redeliver", b"not yet")
+    first = _wait_for(lambda: bus.pull("wiring-redeliver-sub", 10, timeout_s=2), timeout=10)
+    assert [m.data for m in first] == [b"not yet"]
+    bus.nack("wiring-redeliver-sub", [m.ack_id for m in first])  # a crash before ack, made immediate
+    again = _wait_for(lambda: bus.pull("wiring-redeliver-sub", 10, timeout_s=2), timeout=20)
+    assert [m.data for m in again] == [b"not yet"]
+    bus.ack("wiring-redeliver-sub", [m.ack_id for m in again])
