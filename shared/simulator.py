@@ -1,0 +1,1170 @@
+"""Deterministic traffic simulator of live-stream selling sessions (直播带货), with ground truth.
+
+The simulator builds a small world -- platforms, a product catalog with Chinese titles, hosts'
+streams with product showcases, viewers with latent tastes -- and plays one evening of viewer
+sessions on it. Every viewer action is an event of contract v1 (``shared.contract``). Optional faults
+(duplicates, malformed rows, late and clock-skewed events, unknown types) are injected into the send
+order and every one of them is recorded in the ground truth, so downstream tests can assert exact
+outcomes.
+
+Quick use::
+
+    from shared.simulator import SimConfig, simulate
+    sim = simulate(SimConfig(seed=7, n_streams=5, n_users=2000, n_items=500, faults="default"))
+    sim.catalog                    # catalog_item records (sent first)
+    sim.events                     # viewer events in SEND order; unparseable rows are ``str``
+    sim.truth.fault_log            # key -> {"kind": ..., ...} for every injected fault
+    sim.truth.expected_clean()     # DataFrame: what a perfect cleaner keeps
+    sim.truth.affinity("u-000042", ["sku-000001", "sku-000002"])
+
+Large runs (10M events) stream stream-by-stream with bounded memory: ``sim.iter_events()``,
+``sim.iter_batches(n)``, ``write_files(sim, out, truth_tables=False)``.
+
+Everything is a pure function of the ``SimConfig`` (numpy ``Generator`` seeded from the config,
+one independent generator per stream, no wall clock), so the same config gives byte-identical
+output however it is consumed. See ``docs/simulator.md``.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import gzip
+import json
+import math
+import os
+import sys
+import threading
+import time
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+
+__all__ = [
+    "CATEGORIES", "DEFAULT_FAULTS", "FAULT_KINDS", "FaultRates", "GroundTruth", "SendResult", "SimConfig",
+    "Simulation", "main", "send", "simulate", "write_files",
+]
+
+# ----------------------------------------------------------------------------------------------
+# Vocabulary: per-category word lists (no downloads). Each entry:
+# (category, english, attributes, nouns, english words, median price CNY, price log-sigma)
+# ----------------------------------------------------------------------------------------------
+CATEGORIES: list[tuple[str, str, list[str], list[str], list[str], float, float]] = [
+    ("女装/连衣裙", "women/dress", ["夏季", "碎花", "雪纺", "法式", "收腰", "显瘦", "气质", "复古", "长款", "方领", "泡泡袖", "小个子"],
+     ["连衣裙", "长裙", "吊带裙", "衬衫裙"], ["floral", "chiffon", "dress", "slim", "vintage"], 159.0, 0.45),
+    ("男装/T恤", "men/t-shirt", ["纯棉", "宽松", "短袖", "圆领", "冰丝", "潮牌", "百搭", "透气", "重磅", "印花"],
+     ["T恤", "polo衫", "打底衫"], ["cotton", "tee", "oversize", "breathable"], 69.0, 0.4),
+    ("美妆/口红", "beauty/lipstick", ["哑光", "丝绒", "显白", "滋润", "不掉色", "小金条", "豆沙色", "正红色", "奶茶色"],
+     ["口红", "唇釉", "唇泥"], ["matte", "velvet", "lipstick", "long-lasting"], 129.0, 0.45),
+    ("美妆/护肤", "beauty/skincare", ["补水", "保湿", "修护", "抗皱", "紧致", "烟酰胺", "玻尿酸", "敏感肌", "提亮"],
+     ["面霜", "精华液", "面膜", "爽肤水"], ["hydrating", "serum", "repair", "cream"], 239.0, 0.6),
+    ("食品/零食", "food/snacks", ["网红", "香辣", "低脂", "独立包装", "零添加", "手工", "整箱", "解馋", "办公室"],
+     ["牛肉干", "坚果礼盒", "辣条", "饼干", "鸭脖"], ["spicy", "snack", "nuts", "gift-box"], 39.9, 0.5),
+    ("食品/生鲜水果", "food/fresh-fruit", ["现摘", "新鲜", "产地直发", "脆甜", "大果", "当季", "顺丰包邮", "5斤装"],
+     ["丑橘", "猕猴桃", "车厘子", "芒果", "苹果"], ["fresh", "fruit", "orchard", "sweet"], 49.9, 0.5),
+    ("家居/收纳", "home/storage", ["大容量", "可折叠", "防尘", "加厚", "多层", "北欧风", "免安装", "透明"],
+     ["收纳箱", "置物架", "衣柜整理袋", "抽屉盒"], ["storage", "foldable", "box", "shelf"], 59.0, 0.5),
+    ("数码/耳机", "digital/earphones", ["蓝牙", "降噪", "无线", "运动", "长续航", "低延迟", "入耳式", "骨传导"],
+     ["耳机", "耳麦", "耳塞"], ["bluetooth", "noise-cancelling", "earbuds", "wireless"], 199.0, 0.7),
+    ("母婴/纸尿裤", "baby/diapers", ["超薄", "透气", "干爽", "新生儿", "拉拉裤", "夜用", "量贩装", "柔软"],
+     ["纸尿裤", "尿不湿", "湿巾"], ["diapers", "ultra-thin", "baby", "dry"], 119.0, 0.4),
+    ("运动/跑鞋", "sports/running-shoes", ["轻便", "缓震", "透气", "防滑", "网面", "碳板", "竞速", "休闲"],
+     ["跑步鞋", "运动鞋", "训练鞋"], ["running", "shoes", "cushioning", "lightweight"], 329.0, 0.45),
+    ("珠宝/项链", "jewelry/necklace", ["925银", "轻奢", "小众", "锁骨链", "淡水珍珠", "18K金", "简约", "生日礼物"],
+     ["项链", "吊坠", "手链"], ["silver", "pearl", "necklace", "gift"], 299.0, 0.8),
+    ("家电/空气炸锅", "appliance/air-fryer", ["家用", "大容量", "可视", "智能", "无油", "多功能", "不粘", "5L"],
+     ["空气炸锅", "电烤箱", "煎烤机"], ["air-fryer", "smart", "oil-free", "kitchen"], 299.0, 0.35),
+]
+_BRANDS = ["悦然", "木子", "星禾", "云朵", "拾光", "青柚", "南风", "初见", "暖阳", "山茶", "小鹿", "橙意", "Lumi", "Moka", "Aurora"]
+_SELLING = ["直播间专享价", "主播推荐", "限时秒杀", "买一送一", "七天无理由退换", "顺丰包邮", "库存不多", "回购率超高"]
+_COMMENTS = [
+    "主播好美", "这个多少钱", "上链接!", "已拍", "尺码怎么选", "{n}号链接还有吗", "好看好看", "求讲解{n}号", "包邮吗",
+    "质量怎么样", "已下单 期待", "有优惠券吗", "发货快吗", "第一次来 关注了", "能便宜点吗", "拍了两件", "颜色好正",
+    "主播辛苦了", "想要!", "还有货吗", "支持支持", "66666", "❤❤❤", "这个适合学生吗", "回购了", "等了好久",
+    "求返场", "太划算了吧", "刚进来 讲的是什么", "主播声音好好听",
+]
+_HOST_NAMES = ["小杨哥", "薇娅同款", "琦琦", "阿亮", "大狼狗", "小月", "老罗好物", "东方小甄", "佳佳", "可乐姐"]
+_GIFT_VALUES = np.array([0.1, 1.0, 6.6, 9.9, 19.9, 52.0, 99.0, 520.0, 1314.0])
+_GIFT_P = np.array([0.35, 0.25, 0.15, 0.1, 0.06, 0.04, 0.03, 0.015, 0.005])
+
+# Event type codes; the code order is also the tie-break order inside one millisecond.
+TYPES = ("stream_enter", "product_impression", "like", "comment", "share", "follow", "gift",
+         "product_click", "add_to_cart", "purchase", "stream_leave", "refund")
+(T_ENTER, T_IMP, T_LIKE, T_COMMENT, T_SHARE, T_FOLLOW, T_GIFT, T_CLICK, T_CART, T_BUY, T_LEAVE,
+ T_REFUND) = range(len(TYPES))
+_PRODUCT_TYPES = {T_IMP, T_CLICK, T_CART, T_BUY, T_REFUND}
+
+#: Fault kinds. "extra row" kinds add a row derived from a real event (with its own event_id, or no
+#: usable one); duplicate re-sends a real event verbatim; late and skew alter how a real event is sent.
+FAULT_KINDS = ("duplicate", "malformed_json", "wrong_type", "missing_field", "negative_quantity",
+               "unknown_item", "unknown_type", "late", "skew")
+#: Kinds whose row a perfect cleaner drops (it never reaches the clean table).
+INVALID_KINDS = frozenset({"malformed_json", "wrong_type", "missing_field", "negative_quantity",
+                           "unknown_item", "unknown_type"})
+_DAY_MS = 86_400_000
+_H_MS = 3_600_000
+
+
+@dataclass(frozen=True)
+class FaultRates:
+    """Per-event probabilities of each fault (all 0 = a perfectly clean feed).
+
+    ``duplicate``/``late``/``skew`` pick real events; the other kinds add one corrupted row per hit,
+    derived from a real event of the same stream, at a random place in that stream's send order.
+    """
+    duplicate: float = 0.0
+    malformed_json: float = 0.0
+    wrong_type: float = 0.0
+    missing_field: float = 0.0
+    negative_quantity: float = 0.0
+    unknown_item: float = 0.0
+    unknown_type: float = 0.0
+    late: float = 0.0
+    skew: float = 0.0
+
+    def any(self) -> bool:
+        return any(v > 0 for v in dataclasses.asdict(self).values())
+
+
+DEFAULT_FAULTS = FaultRates(duplicate=0.01, malformed_json=0.001, wrong_type=0.001, missing_field=0.001,
+                            negative_quantity=0.001, unknown_item=0.0005, unknown_type=0.001, late=0.003,
+                            skew=0.002)
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    """All knobs of the simulation; the output is a pure function of this object."""
+    seed: int = 0
+    n_streams: int = 5
+    n_users: int = 2000
+    n_items: int = 500
+    platforms: tuple[str, ...] = ("douyin", "kuaishou")
+    start: str = "2026-11-27T12:00:00Z"      #: start of the simulated evening (UTC); streams start within
+    window_hours: float = 8.0                 #: ... this many hours after ``start``
+    mean_viewers_per_stream: float = 300.0    #: scale knob: mean sessions per stream (power-law spread)
+    stream_hours: float = 2.0                 #: median stream duration
+    watch_minutes: float = 6.0                #: median session length (lognormal)
+    showcase_min: int = 10
+    showcase_max: int = 40
+    latent_dim: int = 16
+    no_leave_rate: float = 0.02               #: sessions that never send stream_leave (app killed)
+    refund_rate: float = 0.08                 #: base refund probability per purchase (higher if disliked)
+    plus08_rate: float = 0.3                  #: share of users whose device sends "+08:00" timestamps
+    faults: FaultRates | str | None = None    #: FaultRates, "default", or None/"none"
+
+    def fault_rates(self) -> FaultRates:
+        if self.faults is None or self.faults == "none":
+            return FaultRates()
+        if self.faults == "default":
+            return DEFAULT_FAULTS
+        if isinstance(self.faults, FaultRates):
+            return self.faults
+        if isinstance(self.faults, Mapping):
+            return FaultRates(**self.faults)
+        raise ValueError(f"faults: expected FaultRates, 'default' or None, got {self.faults!r}")
+
+    def start_ms(self) -> int:
+        dt = datetime.fromisoformat(self.start.replace("Z", "+00:00"))
+        if dt.tzinfo is None:
+            dt = dt.replace(tzinfo=timezone.utc)
+        return int(round(dt.timestamp() * 1000))
+
+
+# ----------------------------------------------------------------------------------------------
+# helpers
+# ----------------------------------------------------------------------------------------------
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def format_ts(ms: np.ndarray | int, plus08: np.ndarray | bool) -> list[str]:
+    """Format epoch milliseconds as RFC 3339 with ms: ``...Z`` or, where ``plus08``, ``...+08:00``."""
+    ms = np.atleast_1d(np.asarray(ms, dtype=np.int64))
+    p8 = np.broadcast_to(np.asarray(plus08, dtype=bool), ms.shape)
+    local = ms + np.where(p8, 8 * _H_MS, 0)
+    s = np.datetime_as_string(local.astype("datetime64[ms]"), unit="ms").tolist()
+    return [a + ("+08:00" if b else "Z") for a, b in zip(s, p8.tolist())]
+
+
+def parse_ts_ms(ts: str) -> int:
+    """Epoch milliseconds of an RFC 3339 timestamp (inverse of ``format_ts``)."""
+    return int(round(datetime.fromisoformat(ts.replace("Z", "+00:00")).timestamp() * 1000))
+
+
+def _dumps(obj: Any) -> bytes:
+    return obj.encode() if isinstance(obj, str) else orjson.dumps(obj)
+
+
+# ----------------------------------------------------------------------------------------------
+# the world: catalog, users, streams
+# ----------------------------------------------------------------------------------------------
+
+@dataclass
+class World:
+    item_ids: list[str]
+    item_cat: np.ndarray          # (N,) category index
+    item_price: np.ndarray        # (N,) CNY
+    item_vec: np.ndarray          # (N, D)
+    item_bias: np.ndarray         # (N,) quality / popularity logit offset
+    item_pop: np.ndarray          # (N,) popularity weight (power law)
+    titles: list[str]
+    descriptions: list[str]
+    user_ids: list[str]
+    user_platform: np.ndarray     # (U,) platform index
+    user_vec: np.ndarray          # (U, D)
+    user_cat_w: np.ndarray        # (U, K) category mixture
+    user_activity: np.ndarray     # (U,) how often they watch (power law)
+    user_engage: np.ndarray       # (U,) likes/comments multiplier
+    user_plus08: np.ndarray       # (U,) device sends +08:00
+    cat_centers: np.ndarray       # (K, D)
+    streams: list[dict[str, Any]]  # sorted by start
+
+
+def _build_world(cfg: SimConfig) -> World:
+    rng = np.random.default_rng([cfg.seed, 0])
+    K, D, N, U, S, P = len(CATEGORIES), cfg.latent_dim, cfg.n_items, cfg.n_users, cfg.n_streams, len(cfg.platforms)
+    if min(N, U, S, P) < 1:
+        raise ValueError("n_items, n_users, n_streams and platforms must all be >= 1")
+    centers = rng.normal(0, 1, (K, D)) * (2.0 / math.sqrt(D))
+    cat_w = rng.pareto(1.0, K) + 0.5
+    item_cat = rng.choice(K, N, p=cat_w / cat_w.sum())
+    item_vec = centers[item_cat] + rng.normal(0, 0.6 / math.sqrt(D), (N, D))
+    item_pop = rng.pareto(1.3, N) + 0.05
+    item_bias = 0.3 * np.log(item_pop / np.median(item_pop)) + rng.normal(0, 0.2, N)
+    med = np.array([c[5] for c in CATEGORIES])[item_cat]
+    sig = np.array([c[6] for c in CATEGORIES])[item_cat]
+    raw = med * np.exp(rng.normal(0, 1, N) * sig)
+    price = np.maximum(np.round(np.floor(raw) + np.where(rng.random(N) < 0.6, 0.9, 0.0), 2), 0.9)
+
+    titles, descs = [], []
+    for i in range(N):
+        name, en, attrs, nouns, en_words, _, _ = CATEGORIES[item_cat[i]]
+        k = int(rng.integers(2, 5))
+        a = [attrs[j] for j in rng.choice(len(attrs), min(k, len(attrs)), replace=False)]
+        noun = nouns[int(rng.integers(len(nouns)))]
+        brand = _BRANDS[int(rng.integers(len(_BRANDS)))]
+        extra = a[-1:] if rng.random() < 0.5 else []
+        titles.append(" ".join([brand] + a[:-1] + [noun] + extra))
+        ew = [en_words[j] for j in rng.choice(len(en_words), min(3, len(en_words)), replace=False)]
+        sell = _SELLING[int(rng.integers(len(_SELLING)))]
+        descs.append(f"{brand}{''.join(a)}{noun}，{sell}。{name} | {brand} {' '.join(ew)} ({en})")
+    item_ids = [f"sku-{i:06d}" for i in range(N)]
+
+    user_cat_w = rng.dirichlet(np.full(K, 0.3), U)
+    user_vec = 1.5 * user_cat_w @ centers + rng.normal(0, 0.5 / math.sqrt(D), (U, D))
+    user_platform = rng.integers(0, P, U)
+    user_activity = rng.pareto(1.5, U) + 0.1
+    user_engage = rng.lognormal(0, 0.8, U)
+    user_plus08 = rng.random(U) < cfg.plus08_rate
+    user_ids = [f"u-{u:06d}" for u in range(U)]
+
+    start_ms = cfg.start_ms()
+    pop = rng.pareto(1.2, S) + 0.2
+    pop = pop / pop.mean()
+    streams = []
+    for s in range(S):
+        plat = s % P if S >= P else int(rng.integers(P))
+        n_show = int(rng.integers(cfg.showcase_min, cfg.showcase_max + 1))
+        n_show = min(n_show, N)
+        main = rng.choice(K, size=int(rng.integers(1, 4)), replace=False)
+        w = item_pop * np.where(np.isin(item_cat, main), 1.0, 0.08)
+        g = np.log(w) + rng.gumbel(size=N)
+        show = np.sort(np.argpartition(-g, n_show - 1)[:n_show])
+        st = start_ms + int(rng.uniform(0, cfg.window_hours * _H_MS))
+        dur = int(np.clip(rng.lognormal(math.log(cfg.stream_hours * _H_MS), 0.4), 0.5 * _H_MS, 5 * _H_MS))
+        host = int(rng.integers(len(_HOST_NAMES)))
+        streams.append({
+            "stream_id": f"s-{s:05d}", "platform": cfg.platforms[plat], "platform_index": plat,
+            "host_id": f"h-{s % max(1, S // 2 + 1):04d}-{cfg.platforms[plat]}",
+            "title": f"{_HOST_NAMES[host]}直播间 {CATEGORIES[main[0]][0].split('/')[1]}专场",
+            "start_ms": st, "end_ms": st + dur, "popularity": float(pop[s]),
+            "main_categories": [CATEGORIES[k][0] for k in main],
+            "showcase": show, "slot_ms": int(rng.uniform(120_000, 300_000)),
+            "index": s,
+        })
+    streams.sort(key=lambda d: (d["start_ms"], d["index"]))
+    return World(item_ids, item_cat, price, item_vec, item_bias, item_pop, titles, descs, user_ids, user_platform,
+                 user_vec, user_cat_w, user_activity, user_engage, user_plus08, centers, streams)
+
+
+# Funnel logits: p(click | impression), p(cart | click), p(buy | cart) all rise with affinity.
+_CLICK = (-3.4, 0.7)
+_CART = (-1.8, 0.4)
+_BUY = (-0.6, 0.35)
+
+
+def _affinity(world: World, u: np.ndarray, i: np.ndarray) -> np.ndarray:
+    return np.einsum("ij,ij->i", world.user_vec[u], world.item_vec[i]) * 1.5 + world.item_bias[i]
+
+
+# ----------------------------------------------------------------------------------------------
+# one stream's true events (columnar, vectorised)
+# ----------------------------------------------------------------------------------------------
+
+def _stream_events(cfg: SimConfig, world: World, st: dict[str, Any]) -> list[dict[str, Any]]:
+    rng = np.random.default_rng([cfg.seed, 1, st["index"]])
+    s0, s1, show = st["start_ms"], st["end_ms"], st["showcase"]
+    plat_users = np.flatnonzero(world.user_platform == st["platform_index"])
+    if len(plat_users) == 0:
+        return []
+    # who watches: activity x taste-match with the showcase, weighted sampling without replacement
+    match = world.user_vec[plat_users] @ world.item_vec[show].mean(0)
+    w = world.user_activity[plat_users] * np.exp(1.5 * match)
+    n_v = int(min(rng.poisson(cfg.mean_viewers_per_stream * st["popularity"]), len(plat_users)))
+    if n_v == 0:
+        return []
+    g = np.log(w) + rng.gumbel(size=len(plat_users))
+    users = plat_users[np.argpartition(-g, n_v - 1)[:n_v]] if n_v < len(plat_users) else plat_users.copy()
+    users = np.sort(users)
+    V = len(users)
+    dur = s1 - s0
+    early = rng.random(V) < 0.35
+    enter = s0 + np.where(early, rng.uniform(0, 600_000, V), rng.uniform(0, dur * 0.95, V)).astype(np.int64)
+    watch = np.clip(rng.lognormal(math.log(cfg.watch_minutes * 60_000), 1.0, V), 5_000, None).astype(np.int64)
+    leave = np.minimum(enter + watch, s1 + rng.integers(0, 60_000, V))
+    leave = np.maximum(leave, enter + 2_000)
+
+    cols_sess, cols_t, cols_type, cols_item = [], [], [], []
+
+    def add(sess, t, typ, item=None):
+        cols_sess.append(np.asarray(sess, np.int64))
+        cols_t.append(np.asarray(t, np.int64))
+        cols_type.append(np.full(len(sess), typ, np.int8))
+        cols_item.append(np.full(len(sess), -1, np.int64) if item is None else np.asarray(item, np.int64))
+
+    # host presentation schedule: slot k presents showcase item order[k % m]
+    m, L = len(show), st["slot_ms"]
+    order = rng.permutation(show)
+    k0 = (enter - s0) // L
+    k1 = np.minimum((leave - s0) // L, (s1 - s0) // L)
+    n_slots = np.maximum(k1 - k0 + 1, 0)
+    sess = np.repeat(np.arange(V), n_slots)
+    first = np.repeat(np.cumsum(n_slots) - n_slots, n_slots)
+    k = np.repeat(k0, n_slots) + (np.arange(len(sess)) - first)
+    t = np.maximum(s0 + k * L, enter[sess]) + rng.integers(1_000, 8_000, len(sess))
+    ok = t < leave[sess] - 1_000
+    imp_s, imp_t, imp_i = sess[ok], t[ok], order[k[ok] % m]
+    # shopping-cart browsing (小黄车): a few random showcase items at one moment
+    browse = rng.random(V) < 0.35
+    nb = np.where(browse, rng.integers(2, 8, V), 0)
+    bs = np.repeat(np.arange(V), nb)
+    bt0 = enter + (rng.random(V) * (leave - enter) * 0.8).astype(np.int64)
+    bfirst = np.repeat(np.cumsum(nb) - nb, nb)
+    bt = bt0[bs] + 1_000 + (np.arange(len(bs)) - bfirst) * 1_500
+    bi = show[rng.integers(0, m, len(bs))]
+    okb = bt < leave[bs] - 1_000
+    imp_s = np.concatenate([imp_s, bs[okb]])
+    imp_t = np.concatenate([imp_t, bt[okb]])
+    imp_i = np.concatenate([imp_i, bi[okb]])
+    add(imp_s, imp_t, T_IMP, imp_i)
+
+    # funnel: impression -> click -> cart -> purchase, driven by taste . item affinity
+    u_imp = users[imp_s]
+    aff = _affinity(world, u_imp, imp_i)
+    clk = rng.random(len(aff)) < _sigmoid(_CLICK[0] + _CLICK[1] * aff)
+    c_s, c_i, c_a = imp_s[clk], imp_i[clk], aff[clk]
+    c_t = imp_t[clk] + 1_000 + rng.exponential(15_000, len(c_s)).astype(np.int64)
+    add(c_s, c_t, T_CLICK, c_i)
+    crt = rng.random(len(c_s)) < _sigmoid(_CART[0] + _CART[1] * c_a)
+    a_s, a_i, a_a = c_s[crt], c_i[crt], c_a[crt]
+    a_t = c_t[crt] + 1_000 + rng.exponential(30_000, len(a_s)).astype(np.int64)
+    a_q = rng.choice(np.array([1, 2, 3]), len(a_s), p=[0.82, 0.13, 0.05])
+    add(a_s, a_t, T_CART, a_i)
+    buy = rng.random(len(a_s)) < _sigmoid(_BUY[0] + _BUY[1] * a_a)
+    b_s, b_i, b_a, b_q = a_s[buy], a_i[buy], a_a[buy], a_q[buy]
+    b_t = a_t[buy] + 1_000 + rng.exponential(45_000, len(b_s)).astype(np.int64)
+    add(b_s, b_t, T_BUY, b_i)
+
+    # engagement, uniform over the session
+    wm = (leave - enter) / 60_000.0
+    eng = world.user_engage[users]
+
+    def spread(counts, typ):
+        ss = np.repeat(np.arange(V), counts)
+        tt = enter[ss] + 1 + (rng.random(len(ss)) * (leave[ss] - enter[ss] - 2)).astype(np.int64)
+        add(ss, tt, typ)
+        return ss
+
+    like_s = spread(rng.poisson(0.35 * wm * eng), T_LIKE)
+    com_s = spread(rng.poisson(0.12 * wm * eng), T_COMMENT)
+    spread((rng.random(V) < 0.04).astype(np.int64), T_SHARE)
+    spread((rng.random(V) < 0.03 + 0.03 * np.tanh(np.maximum(match[np.searchsorted(plat_users, users)], 0))).astype(np.int64), T_FOLLOW)
+    gift_s = spread(rng.poisson(0.015 * wm * eng), T_GIFT)
+
+    # leave after the last action; some sessions never send it
+    act_s = np.concatenate(cols_sess)
+    act_t = np.concatenate(cols_t)
+    last = enter.copy()
+    np.maximum.at(last, act_s, act_t)
+    leave = np.maximum(leave, last + rng.integers(1_000, 20_000, V))
+    send_leave = rng.random(V) >= cfg.no_leave_rate
+    add(np.arange(V), enter, T_ENTER)
+    add(np.flatnonzero(send_leave), leave[send_leave], T_LEAVE)
+
+    # refunds: later, possibly after the stream ended; likelier for disliked items
+    p_ref = np.clip(cfg.refund_rate * np.exp(-0.3 * (b_a - 4.0)), 0, 0.5)
+    ref = rng.random(len(b_s)) < p_ref
+    r_t = b_t[ref] + rng.lognormal(math.log(6 * _H_MS), 1.0, int(ref.sum())).astype(np.int64)
+    add(b_s[ref], r_t, T_REFUND, b_i[ref])
+
+    S_ = np.concatenate(cols_sess)
+    T_ = np.concatenate(cols_t)
+    Y_ = np.concatenate(cols_type)
+    I_ = np.concatenate(cols_item)
+    # per-row extras, aligned with the concatenation order above
+    n = len(S_)
+    qty = np.zeros(n, np.int64)
+    val = np.zeros(n, np.float64)
+    order_no = np.full(n, -1, np.int64)
+    aux = np.zeros(n, np.int64)
+    offs = np.cumsum([0] + [len(c) for c in cols_sess])
+    # order of add(): imp, click, cart, buy, like, comment, share, follow, gift, enter, leave, refund
+    sl = {name: slice(offs[j], offs[j + 1]) for j, name in enumerate(
+        ["imp", "click", "cart", "buy", "like", "comment", "share", "follow", "gift", "enter", "leave", "refund"])}
+    qty[sl["cart"]] = a_q
+    qty[sl["buy"]] = b_q
+    qty[sl["refund"]] = b_q[ref]
+    buy_no = np.arange(len(b_s))
+    order_no[sl["buy"]] = buy_no
+    order_no[sl["refund"]] = buy_no[ref]
+    qty[sl["like"]] = np.minimum(rng.geometric(0.15, len(like_s)), 200)
+    aux[sl["comment"]] = rng.integers(0, len(_COMMENTS) * 100, len(com_s))
+    val[sl["gift"]] = rng.choice(_GIFT_VALUES, len(gift_s), p=_GIFT_P)
+
+    srt = np.lexsort((Y_, S_, T_))
+    S_, T_, Y_, I_, qty, val, order_no, aux = (a[srt] for a in (S_, T_, Y_, I_, qty, val, order_no, aux))
+    U_ = users[S_]
+    ts = format_ts(T_, world.user_plus08[U_])
+
+    plat, sid, pfx = st["platform"], st["stream_id"], f"{st['platform']}-{st['index']:05d}-"
+    uid, iid, price = world.user_ids, world.item_ids, world.item_price.tolist()
+    rows: list[dict[str, Any]] = []
+    append = rows.append
+    for n_, (y, u, i, tsv, q, v, o, ax) in enumerate(zip(Y_.tolist(), U_.tolist(), I_.tolist(), ts, qty.tolist(),
+                                                          val.tolist(), order_no.tolist(), aux.tolist())):
+        d = {"event_id": pfx + f"{n_:07d}", "type": TYPES[y], "ts": tsv, "platform": plat, "stream_id": sid,
+             "user_id": uid[u]}
+        if y in _PRODUCT_TYPES:
+            d["item_id"] = iid[i]
+            d["price"] = price[i]
+            d["currency"] = "CNY"
+            if y == T_CART:
+                d["quantity"] = q
+            elif y == T_BUY or y == T_REFUND:
+                d["quantity"] = q
+                d["order_id"] = f"o-{st['index']:05d}-{o:06d}"
+        elif y == T_LIKE:
+            d["count"] = q
+        elif y == T_COMMENT:
+            d["text"] = _COMMENTS[ax % len(_COMMENTS)].replace("{n}", str(ax // len(_COMMENTS) % m + 1))
+        elif y == T_GIFT:
+            d["gift_value"] = v
+            d["currency"] = "CNY"
+        elif y == T_ENTER:
+            d["props"] = {"device": "ios" if u % 3 == 0 else "android"}
+        append(d)
+    return rows
+
+
+# ----------------------------------------------------------------------------------------------
+# faults
+# ----------------------------------------------------------------------------------------------
+
+_REQUIRED = {
+    "common": ["event_id", "ts", "platform", "type", "stream_id", "user_id"],
+    "product": ["item_id"],
+    "purchase": ["price"],
+}
+_WRONG_TYPES = [("price", "abc"), ("quantity", "two"), ("user_id", 12345), ("ts", 1795810503), ("count", "many"),
+                ("stream_id", None)]
+
+
+def _inject_faults(rows: list[dict[str, Any]], rates: FaultRates, cfg: SimConfig, st: dict[str, Any],
+                   world: World) -> tuple[list[tuple[Any, dict | None]], list[tuple[int, Any, dict]]]:
+    """Return (send-order rows with fault meta, late rows as (sent_at_ms, row, meta))."""
+    n = len(rows)
+    if n == 0 or not rates.any():
+        return [(r, None) for r in rows], []
+    rng = np.random.default_rng([cfg.seed, 2, st["index"]])
+    perm = rng.permutation(n)
+    pos = 0
+
+    def take(rate: float) -> np.ndarray:
+        nonlocal pos
+        k = min(int(rng.binomial(n, rate)) if rate > 0 else 0, n - pos)
+        out = perm[pos:pos + k]
+        pos += k
+        return out
+
+    dup_idx, late_idx, skew_idx = take(rates.duplicate), take(rates.late), take(rates.skew)
+    late_set = set(late_idx.tolist())
+    out_rows: list[Any] = list(rows)
+    meta: list[dict | None] = [None] * n
+    inserts: list[tuple[int, int, Any, dict]] = []  # (after original index, tiebreak, row, meta)
+    seq = 0
+    for i in skew_idx.tolist():
+        r = dict(rows[i])
+        true_ts = r["ts"]
+        off = int(rng.uniform(600_000, 6 * _H_MS)) * (1 if rng.random() < 0.5 else -1)
+        r["ts"] = format_ts(parse_ts_ms(true_ts) + off, true_ts.endswith("+08:00"))[0]
+        out_rows[i] = r
+        meta[i] = {"kind": "skew", "event_id": r["event_id"], "true_ts": true_ts, "sent_ts": r["ts"],
+                   "skew_s": off / 1000.0}
+    for i in dup_idx.tolist():
+        later = min(n - 1, i + int(rng.integers(1, 200)))
+        inserts.append((later, seq, out_rows[i], {"kind": "duplicate", "event_id": rows[i]["event_id"],
+                                                   "copies": 2}))
+        seq += 1
+
+    def fresh_id() -> str:
+        nonlocal seq
+        seq += 1
+        return f"{st['platform']}-{st['index']:05d}-f{seq:06d}"
+
+    def place(row: Any, m: dict) -> None:
+        nonlocal seq
+        inserts.append((int(rng.integers(0, n)), seq, row, m))
+        seq += 1
+
+    def extra(rate: float) -> list[int]:
+        k = int(rng.binomial(n, rate)) if rate > 0 else 0
+        return rng.integers(0, n, k).tolist()
+
+    for i in extra(rates.malformed_json):
+        b = orjson.dumps(rows[i]).decode()
+        style = int(rng.integers(3))
+        raw = b[: max(1, int(len(b) * rng.uniform(0.2, 0.9)))] if style == 0 else (
+            str(rows[i]) if style == 1 else "ERROR 502 upstream <html>")
+        place(raw, {"kind": "malformed_json", "field": "record", "source_event_id": rows[i]["event_id"], "raw": raw})
+    for i in extra(rates.wrong_type):
+        r = dict(rows[i], event_id=fresh_id())
+        f, v = _WRONG_TYPES[int(rng.integers(len(_WRONG_TYPES)))]
+        if f == "price" and "price" not in r or f == "quantity" and "quantity" not in r or f == "count" and "count" not in r:
+            f, v = "user_id", 12345
+        r[f] = v
+        place(r, {"kind": "wrong_type", "event_id": r["event_id"], "field": f, "source_event_id": rows[i]["event_id"]})
+    for i in extra(rates.missing_field):
+        r = dict(rows[i], event_id=fresh_id())
+        req = list(_REQUIRED["common"])
+        if r["type"] in ("product_impression", "product_click", "add_to_cart", "purchase", "refund"):
+            req += _REQUIRED["product"]
+        if r["type"] == "purchase":
+            req += _REQUIRED["purchase"]
+        f = req[int(rng.integers(len(req)))]
+        eid = r["event_id"]
+        del r[f]
+        place(r, {"kind": "missing_field", "event_id": None if f == "event_id" else eid, "field": f,
+                  "source_event_id": rows[i]["event_id"]})
+    prod = [j for j, r in enumerate(rows) if r["type"] in ("add_to_cart", "purchase", "refund")]
+    buys = [j for j, r in enumerate(rows) if r["type"] == "purchase"]
+    for i in extra(rates.negative_quantity):
+        if not prod:
+            break
+        src = rows[prod[i % len(prod)]]
+        r = dict(src, event_id=fresh_id(), quantity=-int(rng.integers(1, 4)))
+        place(r, {"kind": "negative_quantity", "event_id": r["event_id"], "field": "quantity",
+                  "source_event_id": src["event_id"]})
+    for i in extra(rates.unknown_item):
+        if buys:
+            src = rows[buys[i % len(buys)]]
+        else:
+            src = dict(rows[i], type="purchase", item_id="x", price=99.0, currency="CNY", quantity=1)
+            src.pop("props", None)
+            for kk in ("count", "text", "gift_value"):
+                src.pop(kk, None)
+        eid = fresh_id()
+        r = dict(src, event_id=eid, item_id=f"sku-x{seq:06d}", order_id=f"o-{st['index']:05d}-x{seq:06d}")
+        place(r, {"kind": "unknown_item", "event_id": eid, "field": "item_id", "source_event_id": src["event_id"]})
+    for i in extra(rates.unknown_type):
+        r = dict(rows[i], event_id=fresh_id(), type="superchat")
+        place(r, {"kind": "unknown_type", "event_id": r["event_id"], "field": "type", "source_event_id": rows[i]["event_id"]})
+
+    late: list[tuple[int, Any, dict]] = []
+    for i in sorted(late_set):
+        delay = int(rng.uniform(1 * _H_MS, 12 * _H_MS))
+        m_ = {"kind": "late", "event_id": rows[i]["event_id"], "delay_s": delay / 1000.0}
+        late.append((parse_ts_ms(rows[i]["ts"]) + delay, out_rows[i], m_))
+
+    by_pos: dict[int, list[tuple[int, Any, dict]]] = defaultdict(list)
+    for p, s_, r, m_ in inserts:
+        by_pos[p].append((s_, r, m_))
+    result: list[tuple[Any, dict | None]] = []
+    for i in range(n):
+        if i not in late_set:
+            result.append((out_rows[i], meta[i]))
+        for _, r, m_ in sorted(by_pos.get(i, ()), key=lambda x: x[0]):
+            result.append((r, m_))
+    return result, late
+
+
+# ----------------------------------------------------------------------------------------------
+# ground truth + simulation
+# ----------------------------------------------------------------------------------------------
+
+class GroundTruth:
+    """What really happened: latent tastes, the streams, every injected fault, the clean events.
+
+    Arrays are indexed by position: ``user_ids[u]``, ``item_ids[i]``; ``user_index``/``item_index``
+    map ids to positions.
+    """
+
+    def __init__(self, sim: "Simulation"):
+        self._sim = sim
+        w = sim.world
+        self.config = sim.cfg
+        self.categories = [c[0] for c in CATEGORIES]
+        self.item_ids, self.user_ids = w.item_ids, w.user_ids
+        self.item_index = {s: i for i, s in enumerate(w.item_ids)}
+        self.user_index = {s: i for i, s in enumerate(w.user_ids)}
+        self.item_category = [self.categories[k] for k in w.item_cat]
+        self.item_price = w.item_price
+        self.item_vectors, self.item_bias, self.item_popularity = w.item_vec, w.item_bias, w.item_pop
+        self.user_vectors, self.user_category_weights = w.user_vec, w.user_cat_w
+        self.user_platform = [sim.cfg.platforms[p] for p in w.user_platform]
+        self.user_activity = w.user_activity
+
+    # --- tastes -------------------------------------------------------------------------------
+    def _idx(self, user: str | int, items: Iterable[str | int] | None) -> tuple[np.ndarray, np.ndarray]:
+        u = self.user_index[user] if isinstance(user, str) else int(user)
+        if items is None:
+            ii = np.arange(len(self.item_ids))
+        else:
+            ii = np.array([self.item_index[i] if isinstance(i, str) else int(i) for i in items], dtype=np.int64)
+        return np.full(len(ii), u), ii
+
+    def affinity(self, user: str | int, items: Iterable[str | int] | None = None) -> np.ndarray:
+        """Latent score of user for items (all items if None): higher = likelier to click/cart/buy."""
+        u, i = self._idx(user, items)
+        return _affinity(self._sim.world, u, i)
+
+    def affinity_matrix(self, users: Sequence[str | int] | None = None) -> np.ndarray:
+        """(n_users, n_items) affinity scores (all users if None) - for small worlds."""
+        w = self._sim.world
+        uu = np.arange(len(self.user_ids)) if users is None else np.array(
+            [self.user_index[u] if isinstance(u, str) else int(u) for u in users])
+        return (w.user_vec[uu] @ w.item_vec.T) * 1.5 + w.item_bias[None, :]
+
+    def purchase_prob(self, user: str | int, items: Iterable[str | int] | None = None) -> np.ndarray:
+        """P(purchase | impression) = p(click) p(cart|click) p(buy|cart), the recommender's ideal."""
+        a = self.affinity(user, items)
+        return (_sigmoid(_CLICK[0] + _CLICK[1] * a) * _sigmoid(_CART[0] + _CART[1] * a)
+                * _sigmoid(_BUY[0] + _BUY[1] * a))
+
+    def top_items(self, user: str | int, k: int = 10, items: Iterable[str | int] | None = None) -> list[str]:
+        """The k items with the highest true purchase probability (optionally among ``items``)."""
+        cand = list(range(len(self.item_ids))) if items is None else [
+            self.item_index[i] if isinstance(i, str) else int(i) for i in items]
+        p = self.purchase_prob(user, cand)
+        return [self.item_ids[cand[j]] for j in np.argsort(-p, kind="stable")[:k]]
+
+    # --- streams ------------------------------------------------------------------------------
+    @property
+    def streams(self):
+        """DataFrame: stream_id, platform, host_id, title, start, end, popularity, main_categories, showcase."""
+        import pandas as pd
+        rows = []
+        for s in self._sim.world.streams:
+            rows.append({"stream_id": s["stream_id"], "platform": s["platform"], "host_id": s["host_id"],
+                         "title": s["title"], "start": pd.Timestamp(s["start_ms"], unit="ms", tz="UTC"),
+                         "end": pd.Timestamp(s["end_ms"], unit="ms", tz="UTC"), "popularity": s["popularity"],
+                         "main_categories": s["main_categories"], "slot_s": s["slot_ms"] / 1000,
+                         "showcase": [self.item_ids[i] for i in s["showcase"]]})
+        return pd.DataFrame(rows)
+
+    def showcase(self, stream_id: str) -> list[str]:
+        for s in self._sim.world.streams:
+            if s["stream_id"] == stream_id:
+                return [self.item_ids[i] for i in s["showcase"]]
+        raise KeyError(stream_id)
+
+    # --- faults and clean events ---------------------------------------------------------------
+    @property
+    def fault_log(self) -> dict[str, dict[str, Any]]:
+        """key -> fault record. Key = the row's event_id, or ``"line:<n>"`` (n = 0-based index in the
+        events send order, catalog excluded) for rows without a usable event_id (malformed JSON, a
+        removed event_id). Record: ``kind``, ``line``, ``event_id``, plus per kind ``field``
+        (the field a validator names), ``true_ts``/``sent_ts``/``skew_s`` (skew), ``delay_s``
+        (late), ``source_event_id`` (the real event a corrupted row was derived from), ``raw``."""
+        self._sim._ensure(need_rows=False)
+        return self._sim._fault_log
+
+    def faults_frame(self):
+        import pandas as pd
+        return pd.DataFrame([{"key": k, **v} for k, v in self.fault_log.items()])
+
+    def clean_events(self) -> list[dict[str, Any]]:
+        """The true events (one per event_id, true ts), in true per-stream order."""
+        self._sim._ensure()
+        return self._sim._clean
+
+    def expected_clean(self):
+        """DataFrame of the events a perfect cleaner keeps: each valid event_id once, true ts.
+
+        Columns: the contract fields (missing ones NaN/None), ``ts`` as sent by an honest clock (str),
+        ``ts_utc`` (pandas UTC datetime), ``skewed`` (bool: it was sent with a wrong ts),
+        ``late`` (bool: sent hours late). Invalid rows (see ``INVALID_KINDS``) are absent.
+        """
+        import pandas as pd
+        log = self.fault_log
+        df = pd.DataFrame(self.clean_events())
+        if df.empty:
+            return df
+        df["ts_utc"] = pd.to_datetime(df["ts"], format="ISO8601", utc=True)
+        kinds = df["event_id"].map(lambda e: log.get(e, {}).get("kind"))
+        df["skewed"] = (kinds == "skew").to_numpy()
+        df["late"] = (kinds == "late").to_numpy()
+        return df
+
+    def catalog_frame(self):
+        import pandas as pd
+        return pd.DataFrame(self._sim.catalog)
+
+    def summary(self) -> dict[str, Any]:
+        self._sim._ensure(need_rows=False)
+        return self._sim._summary
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-able truth (no vectors): config, streams, fault log, summary."""
+        cfg = dataclasses.asdict(self.config)
+        cfg["faults"] = dataclasses.asdict(self.config.fault_rates())
+        streams = [{k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in s.items()}
+                   for s in self._sim.world.streams]
+        for s in streams:
+            s["showcase"] = [self.item_ids[i] for i in s["showcase"]]
+        return {"config": cfg, "streams": streams, "fault_log": self.fault_log, "summary": self.summary()}
+
+
+class Simulation:
+    """A simulated evening. ``catalog``/``events``/``truth`` materialise lazily (cached); the
+    ``iter_*`` methods stream stream-by-stream without keeping events in memory."""
+
+    def __init__(self, cfg: SimConfig):
+        self.cfg = cfg
+        self.rates = cfg.fault_rates()
+        self.world = _build_world(cfg)
+        self._catalog: list[dict[str, Any]] | None = None
+        self._events: list[Any] | None = None
+        self._clean: list[dict[str, Any]] | None = None
+        self._event_platforms: list[str] | None = None
+        self._fault_log: dict[str, dict[str, Any]] = {}
+        self._summary: dict[str, Any] = {}
+        self._done = False  # a full pass has run: fault log and summary are complete
+        self.truth = GroundTruth(self)
+
+    # --- catalog ------------------------------------------------------------------------------
+    @property
+    def catalog(self) -> list[dict[str, Any]]:
+        if self._catalog is None:
+            w, cfg = self.world, self.cfg
+            by_item: dict[int, list[str]] = defaultdict(list)
+            first_plat: dict[int, str] = {}
+            for s in sorted(w.streams, key=lambda d: d["index"]):
+                for i in s["showcase"].tolist():
+                    by_item[i].append(s["stream_id"])
+                    first_plat.setdefault(i, s["platform"])
+            t0 = cfg.start_ms() - _H_MS
+            ts = format_ts(t0 + np.arange(len(w.item_ids)) * 100, False)
+            price = w.item_price.tolist()
+            cat = []
+            for i, iid in enumerate(w.item_ids):
+                plat = first_plat.get(i, cfg.platforms[i % len(cfg.platforms)])
+                d = {"event_id": f"{plat}-cat-{i:06d}", "type": "catalog_item", "ts": ts[i], "platform": plat,
+                     "item_id": iid, "title": w.titles[i], "description": w.descriptions[i],
+                     "category": CATEGORIES[w.item_cat[i]][0], "price": price[i], "currency": "CNY",
+                     "stream_ids": by_item.get(i, [])}
+                cat.append(d)
+            self._catalog = cat
+        return self._catalog
+
+    # --- events -------------------------------------------------------------------------------
+    def _iter_send(self, keep_clean: bool = False) -> Iterator[tuple[str, Any]]:
+        """Yield (platform, row) in send order (events only) and rebuild the fault log as it goes."""
+        log: dict[str, dict[str, Any]] = {}
+        clean: list[dict[str, Any]] = []
+        by_type: Counter = Counter()
+        late_all: list[tuple[int, int, str, Any, dict]] = []
+        line = 0
+        n_true = 0
+
+        def record(m: dict | None, row: Any) -> None:
+            if m is None:
+                return
+            m = dict(m, line=line)
+            key = m.get("event_id") if m["kind"] != "malformed_json" else None
+            if not key:
+                key = f"line:{line}"
+            if key in log:  # same event hit twice (e.g. duplicate of a skewed event): keep both kinds
+                log[key].setdefault("also", []).append(m)
+            else:
+                log[key] = m
+
+        for st in self.world.streams:
+            rows = _stream_events(self.cfg, self.world, st)
+            n_true += len(rows)
+            if keep_clean:
+                clean.extend(rows)
+            for r in rows:
+                by_type[r["type"]] += 1
+            sent, late = _inject_faults(rows, self.rates, self.cfg, st, self.world)
+            for sent_at, r, m in late:
+                late_all.append((sent_at, len(late_all), st["platform"], r, m))
+            for r, m in sent:
+                record(m, r)
+                yield st["platform"], r
+                line += 1
+        late_all.sort(key=lambda x: (x[0], x[1]))
+        for _, _, plat, r, m in late_all:
+            record(m, r)
+            yield plat, r
+            line += 1
+        self._fault_log = log
+        self._summary = {"true_events": n_true, "sent_rows": line, "events_by_type": dict(sorted(by_type.items())),
+                         "faults_by_kind": dict(sorted(Counter(v["kind"] for v in log.values()).items())),
+                         "catalog_items": len(self.world.item_ids), "streams": len(self.world.streams)}
+        self._done = True
+        if keep_clean:
+            self._clean = clean
+
+    def _ensure(self, need_rows: bool = True) -> None:
+        if self._events is None and (need_rows or not self._done):
+            pairs = list(self._iter_send(keep_clean=True))
+            self._event_platforms = [p for p, _ in pairs]
+            self._events = [r for _, r in pairs]
+
+    @property
+    def events(self) -> list[Any]:
+        """All viewer-event rows in SEND order, fault rows included (unparseable ones are ``str``)."""
+        self._ensure()
+        return self._events  # type: ignore[return-value]
+
+    def iter_events(self) -> Iterator[Any]:
+        """Stream the events (send order) stream by stream; memory stays bounded. Refreshes the fault
+        log and summary when exhausted."""
+        for _, r in self._iter_send():
+            yield r
+
+    def iter_records(self, include_catalog: bool = True) -> Iterator[Any]:
+        if include_catalog:
+            yield from self.catalog
+        if self._events is not None:
+            yield from self._events
+        else:
+            yield from self.iter_events()
+
+    def iter_batches(self, batch_size: int = 500, include_catalog: bool = True) -> Iterator[list[Any]]:
+        """Lists of up to ``batch_size`` records in send order (catalog first)."""
+        buf: list[Any] = []
+        for r in self.iter_records(include_catalog):
+            buf.append(r)
+            if len(buf) >= batch_size:
+                yield buf
+                buf = []
+        if buf:
+            yield buf
+
+    def iter_platform_batches(self, batch_size: int = 500, include_catalog: bool = True
+                              ) -> Iterator[tuple[str, list[Any]]]:
+        """(platform, rows) batches: each platform's rows in send order, as its webhooks would carry."""
+        bufs: dict[str, list[Any]] = defaultdict(list)
+        src: Iterable[tuple[str, Any]] = ((r["platform"], r) for r in self.catalog) if include_catalog else ()
+
+        def events() -> Iterator[tuple[str, Any]]:
+            if self._events is not None:  # reuse the materialised rows
+                yield from zip(self._event_platforms, self._events)
+            else:
+                yield from self._iter_send()
+
+        for plat, r in _chain(src, events()):
+            b = bufs[plat]
+            b.append(r)
+            if len(b) >= batch_size:
+                yield plat, b
+                bufs[plat] = []
+        for plat, b in bufs.items():
+            if b:
+                yield plat, b
+
+
+def _chain(*its: Iterable) -> Iterator:
+    for it in its:
+        yield from it
+
+
+def simulate(cfg: SimConfig | None = None, **overrides: Any) -> Simulation:
+    """Build the world for ``cfg`` (or ``SimConfig(**overrides)``). Events are generated lazily on first
+    access of ``.events``/``.truth.fault_log``; use ``iter_events`` for runs too big for memory."""
+    cfg = cfg or SimConfig()
+    if overrides:
+        cfg = dataclasses.replace(cfg, **overrides)
+    return Simulation(cfg)
+
+
+# ----------------------------------------------------------------------------------------------
+# output: files, HTTP
+# ----------------------------------------------------------------------------------------------
+
+def write_files(sim: Simulation, out_dir: str | os.PathLike, gzip_output: bool = False,
+                truth_tables: bool = True) -> dict[str, str]:
+    """Write ``catalog.ndjson``, ``events.ndjson`` (send order, raw lines verbatim), ``truth.json``,
+    and if ``truth_tables``: ``expected_clean.parquet``, ``items.parquet``, ``users.parquet``
+    (latent vectors). ``gzip_output`` writes ``.ndjson.gz``. Streams (bounded memory) unless
+    ``truth_tables`` needs the clean events. Returns {name: path}."""
+    import pandas as pd
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    ext = ".ndjson.gz" if gzip_output else ".ndjson"
+    opener = (lambda p: gzip.open(p, "wb", compresslevel=5)) if gzip_output else (lambda p: open(p, "wb"))
+    paths = {"catalog": str(out / f"catalog{ext}"), "events": str(out / f"events{ext}"),
+             "truth": str(out / "truth.json")}
+    with opener(paths["catalog"]) as f:
+        for r in sim.catalog:
+            f.write(orjson.dumps(r) + b"\n")
+    with opener(paths["events"]) as f:
+        rows = sim.events if truth_tables else sim.iter_events()
+        buf = []
+        for r in rows:
+            buf.append(_dumps(r))
+            if len(buf) >= 10_000:
+                f.write(b"\n".join(buf) + b"\n")
+                buf = []
+        if buf:
+            f.write(b"\n".join(buf) + b"\n")
+    with open(paths["truth"], "wb") as f:
+        f.write(orjson.dumps(sim.truth.to_json(), option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY))
+    if truth_tables:
+        t = sim.truth
+        df = t.expected_clean()
+        if "props" in df:
+            df["props"] = df["props"].map(lambda p: None if not isinstance(p, dict) else json.dumps(p))
+        paths["expected_clean"] = str(out / "expected_clean.parquet")
+        df.to_parquet(paths["expected_clean"], index=False)
+        paths["items"] = str(out / "items.parquet")
+        pd.DataFrame({"item_id": t.item_ids, "category": t.item_category, "price": t.item_price,
+                      "bias": t.item_bias, "popularity": t.item_popularity,
+                      "vector": list(t.item_vectors)}).to_parquet(paths["items"], index=False)
+        paths["users"] = str(out / "users.parquet")
+        pd.DataFrame({"user_id": t.user_ids, "platform": t.user_platform, "activity": t.user_activity,
+                      "vector": list(t.user_vectors),
+                      "category_weights": list(t.user_category_weights)}).to_parquet(paths["users"], index=False)
+    return paths
+
+
+@dataclass
+class SendResult:
+    """Outcome of ``send``. ``responses`` holds one summary per HTTP request (no per-event results)."""
+    accepted: int = 0
+    rejected: int = 0
+    rows_sent: int = 0
+    batches: int = 0
+    requests: int = 0
+    failed_batches: int = 0
+    by_platform: dict[str, dict[str, int]] = field(default_factory=dict)
+    by_status: dict[int, int] = field(default_factory=dict)
+    reject_reasons: dict[str, int] = field(default_factory=dict)
+    responses: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _post_batch(session: Any, url: str, platform: str, secret: str | bytes, rows: list[Any], body_format: str,
+                timeout: float, max_retries: int, max_wait_s: float, sleep=time.sleep) -> list[dict[str, Any]]:
+    from .signing import signed_headers
+    if body_format == "ndjson":
+        bodies = [(b"\n".join(_dumps(r) for r in rows) + b"\n", len(rows))]
+        ctype = "application/x-ndjson"
+    else:  # JSON array; unparseable raw lines cannot live in an array: each goes alone
+        objs = [r for r in rows if not isinstance(r, str)]
+        bodies = [(orjson.dumps(objs), len(objs))] if objs else []
+        bodies += [(r.encode(), 1) for r in rows if isinstance(r, str)]
+        ctype = "application/json"
+    out = []
+    for body, n in bodies:
+        summary: dict[str, Any] = {"platform": platform, "rows": n, "attempts": 0}
+        for attempt in range(max_retries + 1):
+            summary["attempts"] = attempt + 1
+            headers = {**signed_headers(platform, secret, body), "Content-Type": ctype}
+            try:
+                resp = session.post(url, data=body, headers=headers, timeout=timeout)
+            except Exception as exc:  # connection trouble: retry with backoff
+                summary.update(status=None, error=f"{type(exc).__name__}: {exc}")
+                if attempt < max_retries:
+                    sleep(min(max_wait_s, 0.5 * 2 ** attempt))
+                    continue
+                break
+            summary["status"] = resp.status_code
+            if resp.status_code in (429, 503) and attempt < max_retries:
+                ra = resp.headers.get("Retry-After", "1")
+                try:
+                    wait_s = float(ra)
+                except ValueError:
+                    wait_s = 1.0
+                sleep(max(0.0, min(max_wait_s, wait_s)))
+                continue
+            try:
+                ans = resp.json()
+            except ValueError:
+                ans = {"error": resp.text[:200]}
+            summary.pop("error", None)
+            if isinstance(ans, dict):
+                summary["accepted"] = int(ans.get("accepted") or 0) if resp.status_code < 300 else 0
+                summary["rejected"] = int(ans.get("rejected") or 0) if resp.status_code < 300 else 0
+                reasons: Counter = Counter()
+                for res in ans.get("results") or []:
+                    if isinstance(res, dict) and res.get("status") == "rejected":
+                        for reason in res.get("reasons") or ["?"]:
+                            reasons[str(reason).split(":")[0]] += 1
+                summary["reject_fields"] = dict(reasons)
+                if "error" in ans:
+                    summary["error"] = str(ans["error"])[:300]
+            break
+        out.append(summary)
+    return out
+
+
+def send(sim: Simulation, url: str, secrets: Mapping[str, str | bytes], batch_size: int = 500,
+         concurrency: int = 4, progress: bool = True, body_format: str = "ndjson", include_catalog: bool = True,
+         timeout: float = 30.0, max_retries: int = 5, max_wait_s: float = 30.0) -> SendResult:
+    """POST the simulation (catalog first, then events in send order) to an ingest URL.
+
+    Rows are grouped per platform into batches of ``batch_size``; each body (NDJSON by default, or a
+    JSON array with ``body_format="json"``) is signed with ``signed_headers(platform, secrets[platform],
+    body)``. ``concurrency`` threads each use their own ``requests.Session``. 503/429 are retried
+    honouring ``Retry-After`` (at most ``max_retries`` times, each wait capped at ``max_wait_s``).
+    Returns totals of the ingest answers' ``accepted``/``rejected`` and a summary per request.
+    A batch of a platform missing from ``secrets`` raises ``KeyError`` before anything is sent.
+    """
+    import requests
+    missing = sorted(set(sim.cfg.platforms) - set(secrets))
+    if missing:
+        raise KeyError(f"no secret for platform(s): {', '.join(missing)}")
+    local = threading.local()
+
+    def work(plat: str, rows: list[Any]) -> list[dict[str, Any]]:
+        if not hasattr(local, "session"):
+            local.session = requests.Session()
+        return _post_batch(local.session, url, plat, secrets[plat], rows, body_format, timeout, max_retries,
+                           max_wait_s)
+
+    res = SendResult()
+    total = (len(sim.catalog) if include_catalog else 0) + (len(sim._events) if sim._events is not None else 0)
+    t0 = time.monotonic()
+
+    def collect(summaries: list[dict[str, Any]]) -> None:
+        for s in summaries:
+            res.requests += s.get("attempts", 1)
+            res.responses.append(s)
+            st = s.get("status")
+            res.by_status[st] = res.by_status.get(st, 0) + 1
+            bp = res.by_platform.setdefault(s["platform"], {"accepted": 0, "rejected": 0, "rows": 0})
+            bp["rows"] += s["rows"]
+            bp["accepted"] += s.get("accepted", 0)
+            bp["rejected"] += s.get("rejected", 0)
+            res.accepted += s.get("accepted", 0)
+            res.rejected += s.get("rejected", 0)
+            res.rows_sent += s["rows"]
+            if st is None or st >= 300:
+                res.failed_batches += 1
+            for k, v in (s.get("reject_fields") or {}).items():
+                res.reject_reasons[k] = res.reject_reasons.get(k, 0) + v
+        if progress:
+            el = time.monotonic() - t0
+            tot = f"/{total}" if total else ""
+            sys.stderr.write(f"\rsent {res.rows_sent}{tot} rows  accepted {res.accepted}  rejected {res.rejected}"
+                             f"  failed batches {res.failed_batches}  {res.rows_sent / max(el, 1e-9):.0f} rows/s ")
+            sys.stderr.flush()
+
+    with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
+        pending: set = set()
+        for plat, rows in sim.iter_platform_batches(batch_size, include_catalog):
+            res.batches += 1
+            pending.add(pool.submit(work, plat, rows))
+            if len(pending) >= 4 * max(1, concurrency):  # bounded in-flight work -> bounded memory
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for f in done:
+                    collect(f.result())
+        for f in pending:
+            collect(f.result())
+    if progress:
+        sys.stderr.write("\n")
+    return res
+
+
+# ----------------------------------------------------------------------------------------------
+# CLI
+# ----------------------------------------------------------------------------------------------
+
+def _parse_faults(spec: str | None) -> FaultRates | str | None:
+    """"default", "none", or "kind=rate,kind=rate" (starting from zero)."""
+    if not spec or spec == "none":
+        return None
+    if spec == "default":
+        return "default"
+    kw = {}
+    for part in spec.split(","):
+        k, _, v = part.partition("=")
+        if k.strip() not in FaultRates.__dataclass_fields__:
+            raise SystemExit(f"--faults: unknown kind {k!r}; kinds: {', '.join(FAULT_KINDS)}")
+        kw[k.strip()] = float(v)
+    return FaultRates(**kw)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m shared.simulator",
+                                 description="Deterministic live-stream selling traffic with ground truth.")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--streams", type=int, default=5)
+    ap.add_argument("--users", type=int, default=2000)
+    ap.add_argument("--items", type=int, default=500)
+    ap.add_argument("--viewers", type=float, default=300.0, help="mean viewers (sessions) per stream")
+    ap.add_argument("--platforms", default="douyin,kuaishou")
+    ap.add_argument("--start", default="2026-11-27T12:00:00Z")
+    ap.add_argument("--faults", default=None, help="'default', 'none', or kind=rate,... (kinds: %s)"
+                    % ", ".join(FAULT_KINDS))
+    ap.add_argument("--out", help="write NDJSON + truth files into this directory")
+    ap.add_argument("--gzip", action="store_true", help="with --out: write .ndjson.gz")
+    ap.add_argument("--no-truth-tables", action="store_true", help="with --out: skip parquet truth (streams)")
+    ap.add_argument("--url", help="POST to this ingest URL")
+    ap.add_argument("--secret", action="append", default=[], metavar="PLATFORM=SECRET",
+                    help="per-platform signing secret (default: $DAIHUO_SECRET_<PLATFORM>)")
+    ap.add_argument("--batch-size", type=int, default=500)
+    ap.add_argument("--concurrency", type=int, default=4)
+    ap.add_argument("--format", choices=["ndjson", "json"], default="ndjson")
+    a = ap.parse_args(argv)
+    cfg = SimConfig(seed=a.seed, n_streams=a.streams, n_users=a.users, n_items=a.items,
+                    mean_viewers_per_stream=a.viewers, platforms=tuple(p for p in a.platforms.split(",") if p),
+                    start=a.start, faults=_parse_faults(a.faults))
+    sim = simulate(cfg)
+    t0 = time.monotonic()
+    report: dict[str, Any] = {}
+    if a.out:
+        report["files"] = write_files(sim, a.out, gzip_output=a.gzip, truth_tables=not a.no_truth_tables)
+    if a.url:
+        from .signing import secret_env_name
+        secrets: dict[str, str] = {}
+        for p in cfg.platforms:
+            v = os.environ.get(secret_env_name(p))
+            if v:
+                secrets[p] = v
+        for s in a.secret:
+            p, _, v = s.partition("=")
+            secrets[p] = v
+        r = send(sim, a.url, secrets, batch_size=a.batch_size, concurrency=a.concurrency, body_format=a.format)
+        report["send"] = {"accepted": r.accepted, "rejected": r.rejected, "rows_sent": r.rows_sent,
+                          "batches": r.batches, "failed_batches": r.failed_batches, "by_status": r.by_status,
+                          "by_platform": r.by_platform, "reject_reasons": r.reject_reasons}
+    if not a.out and not a.url:
+        for _ in sim.iter_events():
+            pass
+    report["summary"] = sim.truth.summary()
+    report["seconds"] = round(time.monotonic() - t0, 2)
+    sys.stdout.write(json.dumps(report, ensure_ascii=False, indent=2, default=str) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
