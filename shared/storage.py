@@ -16,6 +16,7 @@ See docs/storage.md.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -364,7 +365,8 @@ class GCSStore(_BaseStore):
                 raise NotFound(f"{self.url}: {name!r} does not exist")
             try:
                 # pin the download to the generation we just saw: bytes and generation stay a pair
-                return blob.download_as_bytes(if_generation_match=blob.generation), str(blob.generation)
+                gen = blob.generation  # read it first: the download refreshes it from response headers
+                return blob.download_as_bytes(if_generation_match=gen), str(gen)
             except (ex.PreconditionFailed, ex.NotFound):
                 continue  # overwritten or deleted between metadata and download: look again
         raise StorageError(f"{self.url}: {name!r} kept changing while being read")
@@ -535,9 +537,9 @@ class LocalStore(_BaseStore):
     """Objects as plain files under ``root`` (``root/raw/date=.../x.ndjson.gz``).
 
     * Writes are atomic: a temp file in the same directory, fsync, ``os.replace``.
-    * Generation = a per-key counter in ``root/.daihuo/gen/<key>``, incremented by every write and
-      kept after a delete, so a generation is never reused (no ABA). It is written before the data,
-      under an exclusive ``flock`` on ``root/.daihuo/locks/<key>``; readers of (bytes, generation)
+    * Generation = a per-key counter in ``root/.daihuo/<h[:2]>/<h>.gen`` (h = sha256 of the key),
+      incremented by every write and kept after a delete, so a generation is never reused (no ABA).
+      It is written before the data, under an exclusive ``flock`` on ``.../<h>.lock``; readers of (bytes, generation)
       take the shared lock. Compare-and-swap is therefore atomic across threads and processes on
       one machine (POSIX, a local filesystem; not across hosts on NFS).
     * ``content_type`` is not stored.
@@ -562,21 +564,32 @@ class LocalStore(_BaseStore):
     def _data_path(self, name: str) -> str:
         return self._path(self.root, name)
 
+    def _meta_path(self, name: str, suffix: str) -> str:
+        # metadata is keyed by a hash of the name: no file/directory clashes between "a" and "a/b",
+        # no length limits, and it survives deletes (which is what keeps generations unique)
+        digest = hashlib.sha256(name.encode("utf-8")).hexdigest()
+        return os.path.join(self._meta, digest[:2], digest + suffix)
+
     def _gen_path(self, name: str) -> str:
-        return self._path(os.path.join(self._meta, "gen"), name)
+        return self._meta_path(name, ".gen")
 
     def _lock(self, name: str, exclusive: bool) -> _KeyLock:
-        return _KeyLock(self._path(os.path.join(self._meta, "locks"), name, ".lock"), exclusive)
+        return _KeyLock(self._meta_path(name, ".lock"), exclusive)
 
     # atomic file helpers ----------------------------------------------------------------------
-    def _write_atomic(self, path: str, data: bytes, name: str) -> None:
-        directory = os.path.dirname(path)
+    def _make_parent(self, path: str, name: str) -> None:
         try:
-            os.makedirs(directory, exist_ok=True)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
         except (FileExistsError, NotADirectoryError) as exc:
-            raise StorageError(f"{self.url}: cannot store {name!r}: a parent segment is an object") from exc
+            raise StorageError(f"{self.url}: cannot store {name!r}: one of its parent segments is an object "
+                               "(the local store cannot hold both 'a' and 'a/b')") from exc
         if os.path.isdir(path):
-            raise StorageError(f"{self.url}: cannot store {name!r}: other keys live below it")
+            raise StorageError(f"{self.url}: cannot store {name!r}: other keys live below it "
+                               "(the local store cannot hold both 'a' and 'a/b')")
+
+    def _write_atomic(self, path: str, data: bytes, name: str) -> None:
+        self._make_parent(path, name)
+        directory = os.path.dirname(path)
         fd, tmp = tempfile.mkstemp(prefix=_RESERVED + "-tmp-", dir=directory)
         try:
             with os.fdopen(fd, "wb") as fh:
@@ -615,6 +628,7 @@ class LocalStore(_BaseStore):
                 if current != wanted:
                     raise PreconditionFailed(
                         f"{self.url}: {name!r} is at generation {current}, expected {wanted or 'absent'}")
+            self._make_parent(path, name)  # refuse file/directory clashes before touching anything
             new = self._read_counter(name) + 1
             # generation first, then data: a crash in between leaves (old data, new gen), which
             # makes stale swaps fail instead of letting them overwrite
