@@ -24,7 +24,7 @@ import re
 import tempfile
 import threading
 import time
-from typing import Any, Callable, Iterator, Protocol, Union, runtime_checkable
+from typing import Any, Callable, Iterator, Protocol, runtime_checkable
 from urllib.parse import unquote, urlsplit
 
 __all__ = [
@@ -205,10 +205,9 @@ class _BaseStore:
         ``"raw/a/"`` lists only below ``raw/a``; ``"raw/a"`` also matches ``raw/ab...``. Keys are
         returned without the store's own prefix.
         """
-        full = self.prefix + _validate_prefix(prefix)
+        full = self.prefix + _validate_prefix(prefix)  # validated now, not at first next()
         cut = len(self.prefix)
-        for name in self._list(full):
-            yield name[cut:]
+        return (name[cut:] for name in self._list(full))
 
     def delete(self, key: str) -> None:
         """Remove the object; deleting a missing object is not an error."""
