@@ -1051,7 +1051,7 @@ def send(sim: Simulation, url: str, secrets: Mapping[str, str | bytes], batch_si
                            max_wait_s)
 
     res = SendResult()
-    total = (len(sim.catalog) if include_catalog else 0) + (len(sim._events) if sim._events is not None else 0)
+    total = ((len(sim.catalog) if include_catalog else 0) + len(sim._events)) if sim._events is not None else 0
     t0 = time.monotonic()
 
     def collect(summaries: list[dict[str, Any]]) -> None:
