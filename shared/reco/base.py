@@ -174,7 +174,7 @@ class ItemBasedRecommender:
         if single and rows.shape[0] == 1:
             idx = rows.indices.astype(np.int64)
             w = rows.data.astype(np.float64)
-            return self._recommend_one(idx, w, N, filter_seen, items, filter_items)
+            return self.recommend_indices(idx, w, N, filter_seen=filter_seen, items=items, filter_items=filter_items)
         scores = self.score_batch(rows)
         if filter_seen:
             r, c = rows.nonzero()
@@ -190,6 +190,21 @@ class ItemBasedRecommender:
         ids, vals = top_k_rows(scores, N)
         ids = np.where(np.isfinite(vals), ids, -1)
         return ids, vals
+
+    def recommend_indices(
+        self,
+        idx: np.ndarray,
+        w: np.ndarray,
+        N: int = 10,
+        *,
+        filter_seen: bool = True,
+        items: np.ndarray | None = None,
+        filter_items: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Fast single-user path: the user's item indices and affinities in,
+        ``(ids, scores)`` out.  For sparse neighbours the cost is proportional
+        to the number of gathered neighbours (|I_u| x N), not the catalogue."""
+        return self._recommend_one(np.asarray(idx, dtype=np.int64), np.asarray(w, dtype=np.float64), N, filter_seen, items, filter_items)
 
     def _recommend_one(self, idx, w, N, filter_seen, items, filter_items):
         cand, scores = self.score_one(idx, w)

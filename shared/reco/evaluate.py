@@ -1,0 +1,365 @@
+"""Offline evaluation CLI.
+
+    python -m shared.reco.evaluate [--data PATH] [--format movielens|csv|parquet]
+                                   [--items PATH] [--k 10] [--json out.json]
+                                   [--protocols temporal,random_item,random_user]
+
+``--data`` is an interactions file (CSV / Parquet with user, item, timestamp
+and optional weight / type columns) or a MovieLens-100k directory (``u.data``
++ ``u.item``; titles + genres become the item text).  Without ``--data`` the
+MovieLens-100k copy at ``../shared/data/ml-100k`` (relative to the repository)
+is used when present; it is read in place, never copied.
+
+Protocols (every interaction is an implicit positive; the user's training
+items are filtered from the recommendations; top-k):
+
+* ``temporal``    — per-user leave-last-out (last interaction by time -> test)
+* ``random_item`` — MS Recommenders stratified random split, 75 % of every
+                    ITEM's interactions to train, seed 42 (the issue's protocol)
+* ``random_user`` — the same stratified per USER (MS Recommenders' default)
+
+Hyper-parameters (EASE λ, number of neighbours, hybrid content weight) are
+tuned on a validation split carved from the training part with the same
+protocol; the test part is only used for the final figures.
+Progress goes to stderr, the table to stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from .content import ContentModel
+from .ease import EASE
+from .hybrid import HybridRecommender
+from .interactions import DEFAULT_ACTION_WEIGHTS, Interactions
+from .itemknn import ItemItemCF
+from .metrics import ranking_metrics
+from .popularity import Popularity
+from .splits import stratified_split, temporal_leave_last_out, validation_split
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_ML100K = REPO_ROOT.parent / "shared" / "data" / "ml-100k"
+
+EASE_LAMBDAS = (50.0, 100.0, 200.0, 300.0, 500.0, 800.0, 1200.0)
+KNN_NEIGHBOURS = (20, 50, 100, 200, None)
+CONTENT_WEIGHTS = (0.0, 0.02, 0.05, 0.1, 0.2)
+
+
+def log(*a):
+    print(*a, file=sys.stderr, flush=True)
+
+
+# ----------------------------------------------------------------- loading
+def load_movielens(path: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    path = Path(path)
+    df = pd.read_csv(path / "u.data", sep="\t", names=["user_id", "item_id", "rating", "ts"])
+    genres = []
+    gfile = path / "u.genre"
+    if gfile.exists():
+        g = pd.read_csv(gfile, sep="|", names=["genre", "gid"], encoding="latin-1").dropna()
+        genres = g.sort_values("gid")["genre"].tolist()
+    cols = ["item_id", "title", "release", "video_release", "url"] + (genres or [f"g{k}" for k in range(19)])
+    items = pd.read_csv(path / "u.item", sep="|", names=cols, encoding="latin-1")
+    gmat = items[cols[5:]].to_numpy(dtype=bool)
+    gnames = np.array(cols[5:], dtype=object)
+    items["category"] = [" ".join(gnames[row]) for row in gmat]
+    items["title"] = items["title"].fillna("")
+    out = pd.DataFrame(
+        {"user_id": df["user_id"].astype(str), "item_id": df["item_id"].astype(str), "ts": df["ts"].astype(np.float64), "w": 1.0}
+    )
+    it = pd.DataFrame({"item_id": items["item_id"].astype(str), "title": items["title"], "category": items["category"]})
+    return out, it
+
+
+def _pick(df: pd.DataFrame, names: tuple[str, ...]) -> str | None:
+    for n in names:
+        if n in df.columns:
+            return n
+    return None
+
+
+def load_table(path: Path, fmt: str, items_path: Path | None) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    df = pd.read_parquet(path) if fmt == "parquet" else pd.read_csv(path)
+    u = _pick(df, ("user_id", "user", "userId", "userID"))
+    i = _pick(df, ("item_id", "item", "itemId", "itemID", "movieId"))
+    t = _pick(df, ("ts", "timestamp", "time"))
+    if u is None or i is None:
+        raise SystemExit(f"{path}: need user and item columns, got {list(df.columns)}")
+    ts = df[t] if t else pd.Series(np.arange(len(df)), index=df.index)
+    if not np.issubdtype(ts.dtype, np.number):
+        ts = (pd.to_datetime(ts, utc=True) - pd.Timestamp(0, tz="UTC")).dt.total_seconds()
+    if "weight" in df:
+        w = df["weight"].astype(np.float64)
+    elif "type" in df:
+        w = df["type"].map(DEFAULT_ACTION_WEIGHTS).fillna(0.0).astype(np.float64)
+    else:
+        w = pd.Series(1.0, index=df.index)
+    out = pd.DataFrame({"user_id": df[u].astype(str), "item_id": df[i].astype(str), "ts": ts.astype(np.float64), "w": w})
+    out = out[out["w"] > 0].reset_index(drop=True)
+    items = None
+    if items_path is not None:
+        items = pd.read_parquet(items_path) if str(items_path).endswith(".parquet") else pd.read_csv(items_path)
+        ic = _pick(items, ("item_id", "item", "itemId", "movieId"))
+        items = items.rename(columns={ic: "item_id"})
+        items["item_id"] = items["item_id"].astype(str)
+    return out, items
+
+
+# -------------------------------------------------------------- evaluation
+class Space:
+    """Global id -> index mapping shared by train / validation / test."""
+
+    def __init__(self, df: pd.DataFrame):
+        self.users = pd.Index(pd.unique(df["user_id"]))
+        self.items = pd.Index(pd.unique(df["item_id"]))
+
+    def matrix(self, d: pd.DataFrame, binary: bool = False) -> sp.csr_matrix:
+        u = self.users.get_indexer(d["user_id"])
+        i = self.items.get_indexer(d["item_id"])
+        w = np.ones(len(d)) if binary else d["w"].to_numpy(dtype=np.float64)
+        X = sp.coo_matrix((w, (u, i)), shape=(len(self.users), len(self.items))).tocsr()
+        X.data = np.maximum(X.data, 0)
+        X.eliminate_zeros()
+        X.sort_indices()
+        return X.astype(np.float32)
+
+
+def _topk_from_scores(scores: np.ndarray, Xtrain_rows: sp.csr_matrix, k: int) -> np.ndarray:
+    from ._core import top_k_rows
+
+    scores = np.array(scores, dtype=np.float64, copy=True)
+    r, c = Xtrain_rows.nonzero()
+    scores[r, c] = -np.inf
+    ids, vals = top_k_rows(scores, k)
+    return np.where(np.isfinite(vals), ids, -1)
+
+
+def _eval_users(Xtest: sp.csr_matrix) -> np.ndarray:
+    return np.flatnonzero(np.diff(Xtest.indptr) > 0)
+
+
+def _score(model, X: sp.csr_matrix, users: np.ndarray, k: int) -> np.ndarray:
+    """Top-k item indices for ``users`` (training items filtered)."""
+    rows = X[users]
+    if isinstance(model, ImplicitCosine):
+        return model.topk(users, rows, k)
+    return _topk_from_scores(model.score_batch(rows), rows, k)
+
+
+class ImplicitCosine:
+    """Baseline: implicit.nearest_neighbours.CosineRecommender."""
+
+    def __init__(self, K: int = 20):
+        self.K = K
+
+    def fit(self, X):
+        from implicit.nearest_neighbours import CosineRecommender
+
+        self.m = CosineRecommender(K=self.K)
+        self.m.fit(sp.csr_matrix(X, dtype=np.float64), show_progress=False)
+        return self
+
+    def topk(self, users, rows, k):
+        ids, scores = self.m.recommend(users, rows, N=k, filter_already_liked_items=True)
+        return np.where(np.isfinite(scores) & (scores > -1e30), ids, -1)
+
+    def latency_call(self, u, row):
+        return lambda: self.m.recommend(int(u), row, N=10, filter_already_liked_items=True)
+
+
+def _fit_eval(make, Xtr, Xte, k, n_items):
+    t0 = time.perf_counter()
+    model = make().fit(Xtr)
+    fit_s = time.perf_counter() - t0
+    users = _eval_users(Xte)
+    rec = _score(model, Xtr, users, k)
+    m = ranking_metrics(rec, Xte[users], k, n_items)
+    return model, m, fit_s
+
+
+def _latency(model, Xtr: sp.csr_matrix, users: np.ndarray, hybrid_ids=None, n: int = 300) -> tuple[float, float]:
+    rng = np.random.default_rng(0)
+    sample = rng.choice(users, size=min(n, users.size), replace=False) if users.size else users
+    times = []
+    for u in sample:
+        row = Xtr[u]
+        if isinstance(model, ImplicitCosine):
+            call = model.latency_call(u, row)
+        elif isinstance(model, HybridRecommender):
+            uid = hybrid_ids[u]
+            call = lambda uid=uid: model.recommend(uid, 10)
+        elif isinstance(model, Popularity):
+            call = lambda row=row: model.recommend(row, 10)
+        else:
+            idx, w = row.indices.astype(np.int64), row.data.astype(np.float64)
+            call = lambda idx=idx, w=w: model.recommend_indices(idx, w, 10)
+        call()  # warm
+        t0 = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - t0)
+    if not times:
+        return float("nan"), float("nan")
+    t = np.array(times) * 1e6
+    return float(np.median(t)), float(np.percentile(t, 99))
+
+
+def _tune(name, candidates, make, Xtr2, Xval, k, n_items):
+    """Pick the candidate with the best validation NDCG@k."""
+    best = None
+    for c in candidates:
+        _, m, _ = _fit_eval(lambda: make(c), Xtr2, Xval, k, n_items)
+        log(f"    tune {name} {c!r}: val ndcg@{k}={m[f'ndcg@{k}']:.4f} p@{k}={m[f'precision@{k}']:.4f}")
+        if best is None or m[f"ndcg@{k}"] > best[1]:
+            best = (c, m[f"ndcg@{k}"])
+    return best[0]
+
+
+def split(df: pd.DataFrame, protocol: str, seed: int = 42):
+    if protocol == "temporal":
+        return temporal_leave_last_out(df, user_col="user_id", time_col="ts")
+    if protocol == "random_item":
+        return stratified_split(df, 0.75, filter_by="item", seed=seed)
+    if protocol == "random_user":
+        return stratified_split(df, 0.75, filter_by="user", seed=seed)
+    raise ValueError(protocol)
+
+
+def run_protocol(df, items, protocol, k=10, binary=True, seed=42, models=None):
+    log(f"== protocol {protocol}")
+    space = Space(df)
+    n_items = len(space.items)
+    train, test = split(df, protocol, seed)
+    tr2, val = validation_split(
+        train, "temporal" if protocol == "temporal" else "random", seed=seed,
+        filter_by="user" if protocol == "random_user" else "item",
+    )
+    Xtr, Xte = space.matrix(train, binary), space.matrix(test, True)
+    Xtr2, Xval = space.matrix(tr2, binary), space.matrix(val, True)
+    log(f"  train {len(train)} test {len(test)} (validation: {len(tr2)} / {len(val)}) users {len(space.users)} items {n_items}")
+    texts = None
+    if items is not None:
+        it = items.drop_duplicates("item_id").set_index("item_id").reindex(space.items)
+        from .content import item_texts
+
+        texts = item_texts(it)
+
+    specs = {}
+    specs["most_popular"] = (lambda: Popularity(binary=True), {})
+    lam = _tune("EASE lam", EASE_LAMBDAS, lambda c: EASE(lam=c), Xtr2, Xval, k, n_items)
+    specs["ease"] = (lambda: EASE(lam=lam), {"lam": lam})
+    for sim in ("cosine", "jaccard", "lift"):
+        nb = _tune(f"itemknn-{sim} neighbours", KNN_NEIGHBOURS, lambda c, sim=sim: ItemItemCF(sim, c), Xtr2, Xval, k, n_items)
+        specs[f"itemknn_{sim}"] = (lambda sim=sim, nb=nb: ItemItemCF(sim, nb), {"neighbours": nb})
+    K = _tune("implicit-cosine K", (20, 50, 100, 200), lambda c: ImplicitCosine(c), Xtr2, Xval, k, n_items)
+    specs["implicit_cosine (baseline)"] = (lambda: ImplicitCosine(K), {"K": K})
+    if texts is not None:
+        specs["content_tfidf"] = (lambda: _ContentOnly(texts), {"analyzer": "char_wb(1,3)"})
+
+        def make_h(cw, Xfit_ids=None):
+            return _HybridEval(lam, cw, texts, space)
+
+        cw = _tune("hybrid content_weight", CONTENT_WEIGHTS, make_h, Xtr2, Xval, k, n_items)
+        specs["hybrid (ease+content+pop)"] = (lambda: _HybridEval(lam, cw, texts, space), {"lam": lam, "content_weight": cw})
+
+    rows = []
+    users = _eval_users(Xte)
+    for name, (make, params) in specs.items():
+        if models and not any(m in name for m in models):
+            continue
+        log(f"  fit+eval {name} {params}")
+        model, m, fit_s = _fit_eval(make, Xtr, Xte, k, n_items)
+        lat_model = model.h if isinstance(model, _HybridEval) else model
+        med, p99 = _latency(lat_model, Xtr, users, hybrid_ids=np.asarray(space.users).astype(str))
+        rows.append({"protocol": protocol, "model": name, **m, "fit_s": fit_s, "latency_us_median": med, "latency_us_p99": p99, "params": params})
+    return rows
+
+
+class _ContentOnly(ContentModel):
+    def __init__(self, texts=None, **kw):
+        super().__init__(**kw)
+        self._texts = texts
+
+    def get_params(self):
+        return {}
+
+    def fit(self, X):
+        return super().fit(self._texts)
+
+
+class _HybridEval:
+    """Adapter: fit a HybridRecommender on a matrix of the evaluation space."""
+
+    def __init__(self, lam, content_weight, texts, space):
+        self.lam, self.cw, self.texts, self.space = lam, content_weight, texts, space
+
+    def fit(self, X):
+        inter = Interactions(matrix=X, user_ids=np.asarray(self.space.users).astype(str), item_ids=np.asarray(self.space.items).astype(str))
+        items = pd.DataFrame({"item_id": np.asarray(self.space.items).astype(str), "title": self.texts})
+        self.h = HybridRecommender(cf="ease", cf_params={"lam": self.lam}, content_weight=self.cw).fit(inter, items)
+        return self
+
+    def score_batch(self, rows):
+        return self.h.score_batch(rows)
+
+
+def format_table(rows, k=10) -> str:
+    hdr = f"{'protocol':<12} {'model':<28} {'P@'+str(k):>7} {'R@'+str(k):>7} {'NDCG@'+str(k):>8} {'MAP@'+str(k):>7} {'HR@'+str(k):>7} {'cov':>6} {'fit s':>7} {'lat µs':>8} {'p99 µs':>8}  params"
+    lines = [hdr, "-" * len(hdr)]
+    for r in rows:
+        lines.append(
+            f"{r['protocol']:<12} {r['model']:<28} {r[f'precision@{k}']:7.4f} {r[f'recall@{k}']:7.4f} {r[f'ndcg@{k}']:8.4f} "
+            f"{r[f'map@{k}']:7.4f} {r[f'hitrate@{k}']:7.4f} {r['coverage']:6.3f} {r['fit_s']:7.3f} "
+            f"{r['latency_us_median']:8.0f} {r['latency_us_p99']:8.0f}  {json.dumps(r['params'])}"
+        )
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m shared.reco.evaluate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", type=Path, default=None, help="interactions file or MovieLens-100k dir")
+    ap.add_argument("--format", choices=("movielens", "csv", "parquet"), default=None)
+    ap.add_argument("--items", type=Path, default=None, help="item table (csv/parquet: item_id,title,description,category) or u.item")
+    ap.add_argument("--k", type=int, default=10)
+    ap.add_argument("--protocols", default="temporal,random_item,random_user")
+    ap.add_argument("--models", default=None, help="comma-separated substrings of model names to run")
+    ap.add_argument("--weighted", action="store_true", help="use weights instead of binary interactions")
+    ap.add_argument("--json", type=Path, default=None, help="write the figures to this JSON file")
+    args = ap.parse_args(argv)
+
+    data = args.data
+    if data is None:
+        if not DEFAULT_ML100K.exists():
+            ap.error(f"--data is required ({DEFAULT_ML100K} not found)")
+        data = DEFAULT_ML100K
+    fmt = args.format or ("movielens" if Path(data).is_dir() else ("parquet" if str(data).endswith(".parquet") else "csv"))
+    log(f"loading {data} ({fmt})")
+    if fmt == "movielens":
+        df, items = load_movielens(Path(data))
+        if args.items is not None:
+            log("--items ignored for movielens (u.item is used)")
+    else:
+        df, items = load_table(Path(data), fmt, args.items)
+    log(f"{len(df)} interactions, {df['user_id'].nunique()} users, {df['item_id'].nunique()} items")
+    models = args.models.split(",") if args.models else None
+    rows = []
+    t0 = time.perf_counter()
+    for p in [p.strip() for p in args.protocols.split(",") if p.strip()]:
+        rows += run_protocol(df, items, p, args.k, binary=not args.weighted, models=models)
+    print(format_table(rows, args.k))
+    log(f"total {time.perf_counter() - t0:.1f}s")
+    if args.json:
+        args.json.write_text(json.dumps({"data": str(data), "k": args.k, "results": rows}, indent=2))
+        log(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
