@@ -1,0 +1,265 @@
+"""The ingest function served by functions-framework over HTTP, publishing to Google's Pub/Sub
+emulator; a subscriber reads back exactly what was accepted."""
+from __future__ import annotations
+
+import gzip
+import json
+import time
+import uuid
+
+import orjson
+import pytest
+import requests
+
+from shared import emulators
+from shared.bus import Bus
+from shared.signing import HEADER_SIGNATURE, HEADER_TIMESTAMP, signed_headers
+from shared.storage import open_store
+from tests import factories
+
+SECRET = "test-secret-douyin"
+OTHER_SECRET = "test-secret-kuaishou"
+LOGS = emulators.REPO_ROOT / "var" / "test-logs"
+
+
+@pytest.fixture(scope="module")
+def bus(pubsub_emulator):
+    b = Bus()
+    b.ensure_topic("viewer-events")
+    b.ensure_subscription("ingest-test-sub", "viewer-events", ack_deadline_s=30)
+    yield b
+    b.close()
+
+
+def _env(pubsub_host: str, store_dir) -> dict[str, str]:
+    return {"PUBSUB_EMULATOR_HOST": pubsub_host, "PUBSUB_PROJECT_ID": "daihuo-local",
+            "DAIHUO_STORE": str(store_dir), "DAIHUO_SECRET_DOUYIN": SECRET,
+            "DAIHUO_SECRET_KUAISHOU": OTHER_SECRET, "DAIHUO_PUBLISH_TIMEOUT_S": "3"}
+
+
+@pytest.fixture(scope="module")
+def ingest(pubsub_emulator, bus, tmp_path_factory):
+    store_dir = tmp_path_factory.mktemp("ingest-store")
+    fn = emulators.start_function("ingest", env=_env(pubsub_emulator.host, store_dir), log_dir=LOGS)
+    drain(bus)  # start from an empty subscription
+    yield f"http://{fn.host}/", open_store(str(store_dir))
+    fn.stop()
+
+
+def drain(bus: Bus, expect: int | None = None, timeout: float = 15.0) -> list[tuple[dict, dict]]:
+    """Pull everything (until `expect` events arrived, or the subscription stays empty); ack it."""
+    events: list[tuple[dict, dict]] = []
+    deadline = time.monotonic() + timeout
+    empty = 0
+    while time.monotonic() < deadline:
+        msgs = bus.pull("ingest-test-sub", 1000, timeout_s=2)
+        if msgs:
+            bus.ack("ingest-test-sub", [m.ack_id for m in msgs])
+            for m in msgs:
+                for line in m.data.split(b"\n"):
+                    events.append((orjson.loads(line), m.attributes))
+            empty = 0
+        else:
+            empty += 1
+        if expect is not None and len(events) >= expect and empty >= 1:
+            break
+        if expect is None and empty >= 2:
+            break
+    return events
+
+
+def post(url: str, body: bytes, *, platform="douyin", secret=SECRET, ts=None, headers=None, content_type="application/json"):
+    h = {"Content-Type": content_type, **signed_headers(platform, secret, body, ts)}
+    h.update(headers or {})
+    return requests.post(url, data=body, headers=h, timeout=30)
+
+
+def quarantined(store) -> list[dict]:
+    rows = []
+    for key in store.list("quarantine/ingest/"):
+        rows += [json.loads(line) for line in gzip.decompress(store.get(key)).splitlines() if line]
+    return rows
+
+
+def test_single_event_is_published_with_attributes(ingest, bus):
+    url, _ = ingest
+    ev = factories.event("add_to_cart", quantity=2, props={"device": "ios"})
+    r = post(url, orjson.dumps(ev))
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["accepted"] == 1 and body["rejected"] == 0
+    assert body["results"] == [{"index": 0, "event_id": ev["event_id"], "status": "accepted"}]
+    got = drain(bus, expect=1)
+    assert len(got) == 1
+    event, attrs = got[0]
+    assert {k: event[k] for k in ev} == ev
+    assert event["received_at"] == body["received_at"]
+    assert attrs["type"] == "add_to_cart" and attrs["stream_id"] == "s-1" and attrs["platform"] == "douyin"
+    assert attrs["count"] == "1"
+
+
+def test_array_batch_is_published_exactly(ingest, bus):
+    url, _ = ingest
+    events = factories.batch(500)
+    r = post(url, orjson.dumps(events))
+    assert r.status_code == 200, r.text
+    assert r.json()["accepted"] == 500
+    got = drain(bus, expect=500)
+    assert sorted(e["event_id"] for e, _ in got) == sorted(e["event_id"] for e in events)
+    for event, attrs in got:  # every message is homogeneous in type and stream
+        assert attrs["type"] == event["type"] and attrs["stream_id"] == event["stream_id"]
+    assert r.json()["messages"] == len({(e["type"], e["stream_id"]) for e in events})
+
+
+def test_ndjson_batch_with_some_bad_events(ingest, bus):
+    url, store = ingest
+    good = factories.batch(5)
+    bad_price = factories.event("purchase", price=-3)
+    unknown_type = factories.event("superchat")
+    missing_user = factories.event("like")
+    del missing_user["user_id"]
+    lines = [orjson.dumps(e) for e in good[:2]] + [b'{"event_id": "x", "type": '] + \
+            [orjson.dumps(e) for e in (bad_price, unknown_type, missing_user)] + [orjson.dumps(e) for e in good[2:]]
+    before = len(quarantined(store))
+    r = post(url, b"\n".join(lines) + b"\n", content_type="application/x-ndjson")
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert (body["accepted"], body["rejected"]) == (5, 4)
+    status = {res["index"]: res for res in body["results"]}
+    assert status[2]["status"] == "rejected" and "not valid JSON" in status[2]["reasons"][0]
+    assert status[3]["reasons"] == ["price: Input should be greater than or equal to 0"]
+    assert status[4]["reasons"][0].startswith("type: unknown type 'superchat'")
+    assert status[5]["reasons"] == ["user_id: Field required"]
+    got = drain(bus, expect=5)
+    assert sorted(e["event_id"] for e, _ in got) == sorted(e["event_id"] for e in good)
+    rows = quarantined(store)[before:]
+    assert len(rows) == 4
+    assert {r["raw"]["event_id"] for r in rows if isinstance(r["raw"], dict)} == \
+        {bad_price["event_id"], unknown_type["event_id"], missing_user["event_id"]}
+    assert all(r["reasons"] and r["platform"] == "douyin" for r in rows)
+
+
+def test_duplicate_event_ids_are_accepted_and_passed_on(ingest, bus):
+    url, _ = ingest
+    ev = factories.event("like")
+    assert post(url, orjson.dumps([ev, ev])).json()["accepted"] == 2
+    assert post(url, orjson.dumps(ev)).json()["accepted"] == 1
+    got = drain(bus, expect=3)
+    assert [e["event_id"] for e, _ in got] == [ev["event_id"]] * 3
+
+
+def test_event_for_another_platform_is_rejected(ingest, bus):
+    url, _ = ingest
+    ev = factories.event("like", platform="kuaishou")
+    r = post(url, orjson.dumps(ev))  # signed as douyin
+    assert r.status_code == 200
+    assert r.json()["results"][0]["reasons"] == ["platform: 'kuaishou' does not match the signed platform 'douyin'"]
+    assert drain(bus) == []
+
+
+@pytest.mark.parametrize("case", ["missing", "wrong-secret", "tampered", "unknown-platform", "bad-scheme"])
+def test_bad_signature_is_401(ingest, bus, case):
+    url, _ = ingest
+    body = orjson.dumps(factories.event("like"))
+    if case == "missing":
+        r = requests.post(url, data=body, headers={"Content-Type": "application/json"}, timeout=10)
+    elif case == "wrong-secret":
+        r = post(url, body, secret="not-the-secret")
+    elif case == "tampered":
+        h = signed_headers("douyin", SECRET, body)
+        r = requests.post(url, data=body.replace(b"like", b"share"), headers=h, timeout=10)
+    elif case == "unknown-platform":
+        r = post(url, body, platform="taobao", secret="whatever")
+    else:
+        h = signed_headers("douyin", SECRET, body)
+        h[HEADER_SIGNATURE] = h[HEADER_SIGNATURE].replace("v1=", "v0=")
+        r = requests.post(url, data=body, headers=h, timeout=10)
+    assert r.status_code == 401
+    assert r.json()["error"].startswith("unauthorized")
+    assert drain(bus) == []
+
+
+def test_replayed_request_is_refused(ingest, bus):
+    url, _ = ingest
+    body = orjson.dumps(factories.event("like"))
+    captured = signed_headers("douyin", SECRET, body, int(time.time()) - 301)  # signed 5 min + 1 s ago
+    r = requests.post(url, data=body, headers=captured, timeout=10)
+    assert r.status_code == 401 and "window" in r.json()["error"]
+    future = signed_headers("douyin", SECRET, body, int(time.time()) + 400)
+    assert requests.post(url, data=body, headers=future, timeout=10).status_code == 401
+    # the same body, signed afresh, goes through: the refusal was about the timestamp only
+    assert post(url, body).status_code == 200
+    assert len(drain(bus, expect=1)) == 1
+
+
+def test_timestamp_is_covered_by_the_signature(ingest, bus):
+    url, _ = ingest
+    body = orjson.dumps(factories.event("like"))
+    h = signed_headers("douyin", SECRET, body, int(time.time()) - 100)
+    h[HEADER_TIMESTAMP] = str(int(time.time()))  # refresh the timestamp without re-signing
+    assert requests.post(url, data=body, headers=h, timeout=10).status_code == 401
+
+
+def test_unparseable_body_is_400_and_quarantined(ingest, bus):
+    url, store = ingest
+    before = len(quarantined(store))
+    body = b'{"event_id": "e-1", "type": "like",'
+    r = post(url, body)
+    assert r.status_code == 400 and "not valid JSON" in r.json()["error"]
+    rows = quarantined(store)[before:]
+    assert [row["raw"] for row in rows] == [body.decode()]
+    assert post(url, b"42").status_code == 400
+    assert post(url, b"   ").status_code == 400
+    assert drain(bus) == []
+
+
+def test_limits_are_413(ingest, bus):
+    url, _ = ingest
+    big_body = b"[" + b",".join([orjson.dumps(factories.event("like"))] * 8000) + b"]"  # > 1 MiB
+    assert len(big_body) > 1_048_576
+    r = post(url, big_body)
+    assert r.status_code == 413 and "body over" in r.json()["error"]
+    r = post(url, orjson.dumps(factories.batch(1001)))
+    assert r.status_code == 413 and "limit is 1000" in r.json()["error"]
+    huge = factories.event("comment", text="很好" * 9000)  # one event > 16 KiB
+    r = post(url, orjson.dumps([factories.event("like"), huge]))
+    assert r.status_code == 413 and "[1]" in r.json()["error"]
+    assert drain(bus) == []
+
+
+def test_wrong_method_is_405(ingest):
+    url, _ = ingest
+    r = requests.get(url, timeout=10)
+    assert r.status_code == 405 and r.headers["Allow"] == "POST"
+    assert requests.put(url, data=b"{}", timeout=10).status_code == 405
+
+
+def test_pubsub_down_is_503_and_nothing_is_lost(ingest, bus, pubsub_emulator, tmp_path):
+    """An instance whose Pub/Sub is unreachable answers 503 + Retry-After and reports nothing as
+    accepted; the sender's retry to a healthy instance then delivers every event."""
+    url, _ = ingest
+    dead = emulators.start_function("ingest", env=_env(f"127.0.0.1:{emulators.free_port()}", tmp_path),
+                                    log_dir=LOGS)
+    try:
+        events = factories.batch(50)
+        body = orjson.dumps(events)
+        r = post(f"http://{dead.host}/", body)
+        assert r.status_code == 503
+        assert int(r.headers["Retry-After"]) > 0
+        assert r.json()["accepted"] == 0 and "results" not in r.json()
+    finally:
+        dead.stop()
+    r = post(url, body)  # the platform retries
+    assert r.status_code == 200 and r.json()["accepted"] == 50
+    got = drain(bus, expect=50)
+    assert sorted(e["event_id"] for e, _ in got) == sorted(e["event_id"] for e in events)
+
+
+def test_missing_topic_is_503_not_a_silent_loss(tmp_path, pubsub_emulator):
+    env = {**_env(pubsub_emulator.host, tmp_path), "DAIHUO_EVENTS_TOPIC": f"no-such-topic-{uuid.uuid4().hex[:8]}"}
+    fn = emulators.start_function("ingest", env=env, log_dir=LOGS)
+    try:
+        r = post(f"http://{fn.host}/", orjson.dumps(factories.event("like")))
+        assert r.status_code == 503 and r.json()["accepted"] == 0
+    finally:
+        fn.stop()
