@@ -1,0 +1,64 @@
+# Daihuo: every target creates the virtualenv and installs the pinned requirements if needed.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+PY     := $(BIN)/python
+STAMP  := $(VENV)/.installed-$(shell sha1sum requirements.txt | cut -c1-12)
+PYTEST_ARGS ?=
+
+.PHONY: help venv check-emulators test demo up down status bench-ingest bench-clean bench-recommend evaluate schema clean-var
+
+help:
+	@echo "make demo            the main job: local cloud + a simulated live-stream evening through every function"
+	@echo "make test            the whole default test suite (starts the emulators it needs)"
+	@echo "make up / down       start / stop the local cloud in the background (status: make status)"
+	@echo "make bench-ingest    ingest throughput and latency (figures in README)"
+	@echo "make bench-clean     cleaning + analytics over 10M simulated events vs DuckDB"
+	@echo "make bench-recommend recommendation fit and scoring speed"
+	@echo "make evaluate        offline evaluation on MovieLens 100k (DATA=../shared/data/ml-100k)"
+
+venv: $(STAMP)
+
+$(STAMP): requirements.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.txt
+	@rm -f $(VENV)/.installed-*
+	@touch $@
+
+check-emulators: venv
+	@$(PY) -m shared.emulators check
+
+test: venv check-emulators
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+demo: venv check-emulators
+	$(PY) -m shared.demo $(DEMO_ARGS)
+
+up: venv check-emulators
+	$(PY) -m shared.localcloud up --detach $(UP_ARGS)
+
+down: venv
+	$(PY) -m shared.localcloud down
+
+status: venv
+	$(PY) -m shared.localcloud status
+
+bench-ingest: venv check-emulators
+	$(PY) bench/bench_ingest.py $(BENCH_ARGS)
+
+bench-clean: venv
+	$(PY) bench/bench_clean.py $(BENCH_ARGS)
+
+bench-recommend: venv
+	$(PY) bench/bench_recommend.py $(BENCH_ARGS)
+
+DATA ?= ../shared/data/ml-100k
+evaluate: venv
+	$(PY) -m shared.reco.evaluate --data $(DATA) $(EVAL_ARGS)
+
+schema: venv
+	$(PY) -m shared.contract > schema/events.v1.json
+
+clean-var:
+	rm -rf var/
