@@ -1,0 +1,155 @@
+"""archive: drain a bounded batch of ``viewer-events`` from the pull subscription
+``viewer-events-archive`` into immutable ``raw/date=YYYY-MM-DD/hour=HH/<batch-id>.ndjson.gz`` objects.
+
+Guarantees
+* **Ack after write.** Messages are acknowledged only after every object of the batch was written.
+  A crash in between leaves the messages unacked: Pub/Sub redelivers them and the next batch writes
+  them again (duplicate, never lost; cleaning deduplicates by ``event_id``).
+* **Idempotent.** The batch id is a hash of the batch's Pub/Sub message ids (and the partition), and
+  objects are created with an "only if absent" precondition: redelivering exactly the same messages
+  rewrites nothing; an object that already exists is kept (its content is the same).
+* **Partitioning** by the event's own time (``ts`` in UTC), unless ``ts`` is unparseable or
+  implausible relative to ``received_at`` (see ``TimeRules``: more than ``max_future_s`` ahead or
+  ``max_past_s`` behind) -- then by ``received_at``; a line with neither goes to the hour of the
+  archive run. Lines are written verbatim (bytes as ingest published them, ``received_at`` included),
+  so cleaning sees exactly what was received.
+"""
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import time
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+import orjson
+
+from shared.log import get_logger
+from shared.storage import ABSENT, PreconditionFailed
+from shared.pipeline.config import TimeRules, _env
+
+log = get_logger("archive")
+
+
+@dataclass(frozen=True)
+class ArchiveConfig:
+    subscription: str = field(default_factory=lambda: os.environ.get("DAIHUO_ARCHIVE_SUBSCRIPTION", "viewer-events-archive"))
+    max_events: int = field(default_factory=lambda: _env("DAIHUO_ARCHIVE_MAX_EVENTS", 20_000))
+    max_pulls: int = field(default_factory=lambda: _env("DAIHUO_ARCHIVE_MAX_PULLS", 40))
+    pull_size: int = field(default_factory=lambda: _env("DAIHUO_ARCHIVE_PULL_SIZE", 1000))
+    pull_timeout_s: float = field(default_factory=lambda: _env("DAIHUO_ARCHIVE_PULL_TIMEOUT_S", 5.0, float))
+    empty_pulls: int = 2          # stop a batch after this many empty pulls in a row
+    max_batches: int = field(default_factory=lambda: _env("DAIHUO_ARCHIVE_MAX_BATCHES", 5))
+    compresslevel: int = 6
+    rules: TimeRules = field(default_factory=TimeRules)
+
+
+def _parse_ts(value: Any) -> float | None:
+    if not isinstance(value, str) or len(value) < 20:
+        return None
+    try:
+        dt = datetime.fromisoformat(value.replace("z", "Z").replace("t", "T").replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if dt.tzinfo is None:
+        return None
+    return dt.timestamp()
+
+
+def partition_of(line: bytes, rules: TimeRules, now: float) -> str:
+    """``date=YYYY-MM-DD/hour=HH`` for one NDJSON line (see the module docstring)."""
+    try:
+        obj = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        obj = None
+    ts = rec = None
+    if isinstance(obj, dict):
+        ts, rec = _parse_ts(obj.get("ts")), _parse_ts(obj.get("received_at"))
+    t = ts
+    if t is None or (rec is not None and not (-rules.max_future_s <= rec - t <= rules.max_past_s)):
+        t = rec if rec is not None else now
+    d = datetime.fromtimestamp(t, timezone.utc)
+    return f"date={d:%Y-%m-%d}/hour={d:%H}"
+
+
+def split_lines(data: bytes, attributes: dict[str, str]) -> list[bytes]:
+    if attributes.get("encoding", "ndjson").endswith("+gzip") or data[:2] == b"\x1f\x8b":
+        data = gzip.decompress(data)
+    return [ln for ln in data.split(b"\n") if ln.strip()]
+
+
+def archive_batch(bus, store, cfg: ArchiveConfig | None = None, *, now: float | None = None,
+                  crash_after: str | None = None) -> dict[str, Any]:
+    """Pull up to ``cfg.max_events`` events (at most ``cfg.max_pulls`` pulls), write, then ack."""
+    cfg = cfg or ArchiveConfig()
+    now = time.time() if now is None else now
+    msgs, n_events, empty, pulls = [], 0, 0, 0
+    seen_ids: set[str] = set()
+    while n_events < cfg.max_events and pulls < cfg.max_pulls and empty < cfg.empty_pulls:
+        got = bus.pull(cfg.subscription, min(cfg.pull_size, max(1, cfg.max_events - n_events)),
+                       timeout_s=cfg.pull_timeout_s)
+        pulls += 1
+        if not got:
+            empty += 1
+            continue
+        empty = 0
+        for m in got:
+            if m.message_id in seen_ids:  # redelivered within the batch: ack both, write once
+                msgs.append((m, []))
+                continue
+            seen_ids.add(m.message_id)
+            lines = split_lines(m.data, m.attributes)
+            msgs.append((m, lines))
+            n_events += len(lines)
+    if not msgs:
+        return {"messages": 0, "events": 0, "objects": [], "pulls": pulls}
+
+    parts: dict[str, list[bytes]] = defaultdict(list)
+    ids_by_part: dict[str, list[str]] = defaultdict(list)
+    for m, lines in msgs:
+        for ln in lines:
+            p = partition_of(ln, cfg.rules, now)
+            parts[p].append(ln)
+            ids_by_part[p].append(m.message_id)
+    written, existed = [], []
+    for p in sorted(parts):
+        h = hashlib.sha256(p.encode() + b"\0" + "\0".join(sorted(set(ids_by_part[p]))).encode()).hexdigest()[:24]
+        key = f"raw/{p}/{h}.ndjson.gz"
+        body = gzip.compress(b"\n".join(parts[p]) + b"\n", compresslevel=cfg.compresslevel, mtime=0)
+        try:
+            store.put(key, body, content_type="application/gzip", if_generation_match=ABSENT)
+            written.append(key)
+        except PreconditionFailed:
+            existed.append(key)  # same messages archived before (crash before ack): nothing to do
+    if crash_after == "write":
+        raise RuntimeError("injected crash after write, before ack")
+    bus.ack(cfg.subscription, [m.ack_id for m, _ in msgs])
+    summary = {"messages": len(msgs), "events": n_events, "objects": written, "existing_objects": existed,
+               "partitions": len(parts), "pulls": pulls}
+    log.info("archived batch", extra={k: v for k, v in summary.items() if k not in ("objects", "existing_objects")}
+             | {"n_objects": len(written)})
+    return summary
+
+
+def run_archive(bus, store, cfg: ArchiveConfig | None = None, *, now: float | None = None,
+                crash_after: str | None = None) -> dict[str, Any]:
+    """One scheduler tick: up to ``cfg.max_batches`` batches, stopping early when the backlog is empty."""
+    cfg = cfg or ArchiveConfig()
+    total = {"batches": 0, "messages": 0, "events": 0, "objects": [], "existing_objects": []}
+    for _ in range(cfg.max_batches):
+        s = archive_batch(bus, store, cfg, now=now, crash_after=crash_after)
+        if not s["messages"]:
+            break
+        total["batches"] += 1
+        total["messages"] += s["messages"]
+        total["events"] += s["events"]
+        total["objects"] += s["objects"]
+        total["existing_objects"] += s["existing_objects"]
+        if s["events"] < cfg.max_events:  # the backlog was drained
+            break
+    log.info("archive tick", extra={"batches": total["batches"], "messages": total["messages"],
+                                    "events": total["events"], "n_objects": len(total["objects"])})
+    return total
