@@ -94,7 +94,7 @@ def load_table(path: Path, fmt: str, items_path: Path | None) -> tuple[pd.DataFr
     if u is None or i is None:
         raise SystemExit(f"{path}: need user and item columns, got {list(df.columns)}")
     ts = df[t] if t else pd.Series(np.arange(len(df)), index=df.index)
-    if not np.issubdtype(ts.dtype, np.number):
+    if not pd.api.types.is_numeric_dtype(ts):
         ts = (pd.to_datetime(ts, utc=True) - pd.Timestamp(0, tz="UTC")).dt.total_seconds()
     if "weight" in df:
         w = df["weight"].astype(np.float64)
