@@ -21,7 +21,7 @@ from datetime import datetime
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr, TypeAdapter, ValidationError
-from pydantic.functional_validators import AfterValidator
+from pydantic.functional_validators import AfterValidator, BeforeValidator
 
 SCHEMA_VERSION = 1
 
@@ -55,7 +55,13 @@ Timestamp = Annotated[StrictStr, Field(json_schema_extra={"pattern": _RFC3339, "
                       AfterValidator(_rfc3339)]
 Money = Annotated[StrictFloat, Field(ge=0, le=1e9, allow_inf_nan=False)]
 Currency = Annotated[StrictStr, Field(pattern=r"^[A-Z]{3}$")]
-Quantity = Annotated[StrictInt, Field(ge=1, le=10_000)]
+def _integral(value: Any) -> Any:
+    # JSON Schema counts 1.0 as an integer (same number as 1); accept it as such, refuse 1.5 and "1".
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+Count = Annotated[StrictInt, Field(ge=1, le=10_000), BeforeValidator(_integral)]
+Quantity = Count
 PropValue = Union[Annotated[StrictStr, Field(max_length=256)], StrictInt, StrictFloat, bool, None]
 
 
@@ -85,7 +91,7 @@ class StreamLeave(_ViewerAction):
 
 class Like(_ViewerAction):
     type: Literal["like"]
-    count: Annotated[StrictInt, Field(ge=1, le=10_000)] | None = None
+    count: Count | None = None
 
 
 class Comment(_ViewerAction):
