@@ -1,0 +1,404 @@
+"""clean: raw/ NDJSON.gz -> clean/ Parquet (typed, one row per event_id, UTC), quarantine/, the
+dedupe index, the catalog table, a data-quality report and the analytics tables; committed by
+advancing ``state/clean-manifest.json`` with a generation precondition.
+
+Engine: DuckDB (in-process, C++, vectorised, multi-threaded), fed with Arrow.
+* Raw objects are decompressed one at a time and turned into an Arrow string array of lines without a
+  Python loop (newline offsets found with numpy, ``StringArray.from_buffers``), then parsed by DuckDB's
+  JSON reader (``json_transform``) in the same statement that validates them.
+* Everything lives in a DuckDB database file in a temp directory with ``memory_limit``: dedupe
+  (window + anti-join against the stored index), sorting and aggregation spill to disk, so a day
+  larger than memory still cleans (memory-bounded by configuration, not by data size).
+* Output goes through Arrow record batches (``fetch_record_batch``) to pyarrow ``ParquetWriter`` with
+  the final types (dictionary ids, UTC timestamps), so memory stays bounded on the way out too.
+The pure core is :func:`clean_tables` (Arrow in, Arrow out), used by the tests directly; the run
+(:func:`run_clean`) adds storage and the manifest around it.
+
+Validation: a vectorised fast path checks JSON validity, known top-level keys, required fields per type,
+the id / currency / RFC 3339 patterns and value ranges (the rules of ``shared.contract``); every row it
+flags is re-validated with ``shared.contract.validate_record`` (the reference), which decides and
+gives the exact reasons. (Known gap of the fast path: a number where an id string is expected, e.g.
+``"user_id": 12345``, passes as the string ``"12345"``; ingest refuses such rows before they reach raw/.)
+"""
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import shutil
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+import duckdb
+import numpy as np
+import orjson
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from shared.contract import ALL_TYPES, CATALOG_TYPE, validate_record
+from shared.log import get_logger
+from shared.pipeline.config import TimeRules, _env
+
+log = get_logger("clean")
+
+MANIFEST = "state/clean-manifest.json"
+
+# -- the contract's fields, as DuckDB's JSON reader should type them ---------------------------
+_FIELDS = {
+    "event_id": "VARCHAR", "type": "VARCHAR", "ts": "VARCHAR", "received_at": "VARCHAR", "platform": "VARCHAR",
+    "schema_version": "BIGINT", "stream_id": "VARCHAR", "user_id": "VARCHAR", "item_id": "VARCHAR",
+    "price": "DOUBLE", "currency": "VARCHAR", "quantity": "BIGINT", "order_id": "VARCHAR", "count": "BIGINT",
+    "text": "VARCHAR", "gift_value": "DOUBLE", "props": "JSON", "title": "VARCHAR", "description": "VARCHAR",
+    "category": "VARCHAR", "stream_ids": "VARCHAR[]",
+}
+_STRUCT = "{" + ",".join(f'"{k}":"{v}"' for k, v in _FIELDS.items()) + "}"
+_ID = "'^[A-Za-z0-9._:@-]{1,128}$'"
+_TS = r"'^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d{1,6})?([Zz]|[+-]\d{2}:\d{2})$'"
+_PRODUCT = ("product_impression", "product_click", "add_to_cart", "purchase", "refund")
+_VIEWER = tuple(t for t in ALL_TYPES if t != CATALOG_TYPE)
+_ALLOWED_KEYS = {  # top-level keys each type may carry (+ received_at, stamped by ingest)
+    **{t: ["event_id", "type", "ts", "platform", "schema_version", "props", "stream_id", "user_id", "item_id",
+           "received_at"] for t in _VIEWER},
+}
+for _t in _PRODUCT:
+    _ALLOWED_KEYS[_t] = _ALLOWED_KEYS[_t] + ["price", "currency"]
+for _t in ("add_to_cart", "purchase", "refund"):
+    _ALLOWED_KEYS[_t] = _ALLOWED_KEYS[_t] + ["quantity"]
+for _t in ("purchase", "refund"):
+    _ALLOWED_KEYS[_t] = _ALLOWED_KEYS[_t] + ["order_id"]
+_ALLOWED_KEYS["like"] = _ALLOWED_KEYS["like"] + ["count"]
+_ALLOWED_KEYS["comment"] = _ALLOWED_KEYS["comment"] + ["text"]
+_ALLOWED_KEYS["gift"] = _ALLOWED_KEYS["gift"] + ["gift_value", "currency"]
+_ALLOWED_KEYS[CATALOG_TYPE] = ["event_id", "type", "ts", "platform", "schema_version", "props", "item_id", "title",
+                               "description", "category", "price", "currency", "stream_ids", "received_at"]
+_TYPED = ("schema_version", "price", "quantity", "count", "gift_value", "stream_ids")  # null after a bad cast
+
+# -- output schemas ---------------------------------------------------------------------------
+_DICT = pa.dictionary(pa.int32(), pa.string())
+_UTC = pa.timestamp("us", tz="UTC")
+CLEAN_SCHEMA = pa.schema([
+    ("event_id", pa.string()), ("type", _DICT), ("ts", _UTC), ("received_at", _UTC), ("platform", _DICT),
+    ("stream_id", _DICT), ("user_id", _DICT), ("item_id", _DICT), ("price", pa.float64()), ("currency", _DICT),
+    ("quantity", pa.int32()), ("order_id", pa.string()), ("count", pa.int32()), ("gift_value", pa.float64()),
+    ("text", pa.string()), ("props", pa.string()), ("ts_sent", pa.string()), ("ts_corrected", pa.bool_()),
+    ("late", pa.bool_()), ("run_id", _DICT),
+])
+CATALOG_SCHEMA = pa.schema([
+    ("item_id", pa.string()), ("title", pa.string()), ("description", pa.string()), ("category", _DICT),
+    ("price", pa.float64()), ("currency", _DICT), ("stream_ids", pa.list_(pa.string())), ("platform", _DICT),
+    ("ts", _UTC), ("event_id", pa.string()), ("run_id", _DICT),
+])
+
+
+@dataclass(frozen=True)
+class CleanConfig:
+    rules: TimeRules = field(default_factory=TimeRules)
+    default_currency: str = field(default_factory=lambda: os.environ.get("DAIHUO_DEFAULT_CURRENCY", "CNY"))
+    max_objects: int = field(default_factory=lambda: _env("DAIHUO_CLEAN_MAX_OBJECTS", 2000))
+    chunk_bytes: int = field(default_factory=lambda: _env("DAIHUO_CLEAN_CHUNK_BYTES", 128 << 20))
+    memory_limit: str = field(default_factory=lambda: os.environ.get("DAIHUO_CLEAN_MEMORY_LIMIT", "2GB"))
+    threads: int = field(default_factory=lambda: _env("DAIHUO_CLEAN_THREADS", os.cpu_count() or 2))
+    require_catalog: bool = True           # a purchase of an item never seen in a catalog_item is quarantined
+    max_session_s: float = field(default_factory=lambda: _env("DAIHUO_MAX_SESSION_S", 4 * 3600.0, float))
+    strict: bool = False                   # re-validate EVERY row with shared.contract (slow; tests)
+    tmp_dir: str | None = field(default_factory=lambda: os.environ.get("DAIHUO_TMP") or None)
+    topic: str = field(default_factory=lambda: os.environ.get("DAIHUO_CLEANED_TOPIC", "events-cleaned"))
+
+
+# ================================================================================== raw -> Arrow
+def lines_array(data: bytes) -> pa.StringArray:
+    """NDJSON bytes -> an Arrow string array, one element per line, built without a Python loop."""
+    if not data:
+        return pa.array([], pa.string())
+    if not data.endswith(b"\n"):
+        data += b"\n"
+    nl = np.flatnonzero(np.frombuffer(data, dtype=np.uint8) == 10)
+    ends = nl  # exclusive end of each line (the newline itself is dropped)
+    starts = np.concatenate([[0], nl[:-1] + 1])
+    keep = ends > starts  # skip empty lines
+    if len(data) < 2**31 and keep.all():
+        offsets = np.concatenate([[0], nl + 1]).astype(np.int32)  # lines keep their "\n": JSON whitespace
+        return pa.StringArray.from_buffers(len(nl), pa.py_buffer(offsets), pa.py_buffer(data))
+    starts, ends = starts[keep], ends[keep]
+    lengths = (ends - starts)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    idx = np.repeat(starts - offsets[:-1], lengths) + np.arange(offsets[-1])
+    body = np.frombuffer(data, dtype=np.uint8)[idx]
+    return pa.LargeStringArray.from_buffers(len(starts), pa.py_buffer(offsets), pa.py_buffer(body.tobytes())).cast(pa.string())
+
+
+def raw_table(data: bytes, source: str, row0: int = 0) -> pa.Table:
+    if data[:2] == b"\x1f\x8b":
+        data = gzip.decompress(data)
+    arr = lines_array(data)
+    n = len(arr)
+    return pa.table({"row_id": pa.array(np.arange(row0, row0 + n, dtype=np.int64)), "line": arr,
+                     "src": pa.array([source] * 1, pa.string()).take(pa.array(np.zeros(n, dtype=np.int32)))
+                     if n else pa.array([], pa.string())})
+
+
+# ============================================================================== the DuckDB core
+def _connect(path: str, cfg: CleanConfig) -> duckdb.DuckDBPyConnection:
+    con = duckdb.connect(path)
+    tmp = os.path.join(os.path.dirname(path), "spill")
+    con.execute(f"SET memory_limit='{cfg.memory_limit}'")
+    con.execute(f"SET threads={int(cfg.threads)}")
+    con.execute(f"SET temp_directory='{tmp}'")
+    con.execute("SET preserve_insertion_order=false")
+    con.execute("SET TimeZone='UTC'")
+    return con
+
+
+def _fast_reason_sql() -> str:
+    """SQL CASE giving NULL (row looks valid) or a provisional reason (re-checked by the contract)."""
+    allowed = " ".join(
+        f"WHEN '{t}' THEN list_has_all({[*keys]}, k)" for t, keys in _ALLOWED_KEYS.items())
+    conds = [
+        ("j IS NULL", "'unparseable'"),
+        ("NOT list_contains(" + str(list(ALL_TYPES)) + ", j.type)", "'schema'"),
+        (f"NOT (CASE j.type {allowed} ELSE false END)", "'schema'"),
+        ("j.event_id IS NULL OR j.ts IS NULL OR j.platform IS NULL", "'schema'"),
+        (f"NOT regexp_full_match(j.event_id, {_ID}) OR NOT regexp_full_match(j.platform, {_ID})", "'schema'"),
+        (f"NOT regexp_full_match(j.ts, {_TS}) OR try_cast(j.ts AS TIMESTAMPTZ) IS NULL", "'schema'"),
+        (f"j.type <> '{CATALOG_TYPE}' AND (j.stream_id IS NULL OR j.user_id IS NULL "
+         f"OR NOT regexp_full_match(j.stream_id, {_ID}) OR NOT regexp_full_match(j.user_id, {_ID}))", "'schema'"),
+        (f"j.item_id IS NOT NULL AND NOT regexp_full_match(j.item_id, {_ID})", "'schema'"),
+        (f"j.order_id IS NOT NULL AND NOT regexp_full_match(j.order_id, {_ID})", "'schema'"),
+        ("list_contains(" + str(list(_PRODUCT) + [CATALOG_TYPE]) + ", j.type) AND j.item_id IS NULL", "'schema'"),
+        (f"j.type IN ('purchase', '{CATALOG_TYPE}') AND j.price IS NULL", "'schema'"),
+        (f"j.type = '{CATALOG_TYPE}' AND (j.title IS NULL OR length(j.title) < 1)", "'schema'"),
+        ("j.schema_version IS NOT NULL AND j.schema_version <> 1", "'schema'"),
+        ("j.currency IS NOT NULL AND NOT regexp_full_match(j.currency, '^[A-Z]{3}$')", "'schema'"),
+        ("j.price IS NOT NULL AND NOT (j.price >= 0 AND j.price <= 1e9)", "'impossible_value'"),
+        ("j.gift_value IS NOT NULL AND NOT (j.gift_value >= 0 AND j.gift_value <= 1e9)", "'impossible_value'"),
+        ("j.quantity IS NOT NULL AND NOT (j.quantity BETWEEN 1 AND 10000)", "'impossible_value'"),
+        ("j.count IS NOT NULL AND NOT (j.count BETWEEN 1 AND 10000)", "'impossible_value'"),
+        (" OR ".join(f"(j.{f} IS NULL AND list_contains(k, '{f}'))" for f in _TYPED), "'schema'"),
+        # a non-string where the contract wants a string ("user_id": 12345 would otherwise cast to '12345')
+        (r"""regexp_matches(line, '"(event_id|ts|platform|type|stream_id|user_id|item_id|order_id|currency|title|text|description|category)"\s*:\s*[^"\s]')""", "'schema'"),
+    ]
+    return "CASE " + " ".join(f"WHEN {c} THEN {r}" for c, r in conds) + " ELSE NULL END"
+
+
+_PARSE_SQL = f"""
+INSERT INTO parsed
+SELECT row_id, src, j, reason, CASE WHEN reason IS NOT NULL OR $strict THEN line END AS line
+FROM (SELECT row_id, src, line, j, {_fast_reason_sql()} AS reason
+      FROM (SELECT row_id, src, line, try(json_transform(line, '{_STRUCT}')) AS j, try(json_keys(line)) AS k
+            FROM chunk))
+"""
+
+_REASON_CATEGORY = {"record": "unparseable"}
+_RANGE_FIELDS = {"quantity", "price", "count", "gift_value"}
+
+
+def _categorise(reasons: list[str]) -> tuple[str, str]:
+    first = reasons[0]
+    fld = first.split(":", 1)[0].split(".")[0]
+    if fld == "record" and ("JSON" in first or "expected a JSON object" in first):
+        return "unparseable", "record"
+    if fld in _RANGE_FIELDS and ("greater than" in first or "less than" in first):
+        return "impossible_value", fld
+    return "schema", fld
+
+
+def _slow_path(con: duckdb.DuckDBPyConnection) -> None:
+    """Re-validate every flagged row with shared.contract: exact reasons, or un-flag it."""
+    rows = con.execute("SELECT row_id, line FROM parsed WHERE reason IS NOT NULL OR line IS NOT NULL").fetchall()
+    verdicts = []
+    for row_id, line in rows:
+        try:
+            obj = orjson.loads(line)
+        except orjson.JSONDecodeError as exc:
+            verdicts.append((row_id, "unparseable", "record", [f"record: not valid JSON ({exc})"]))
+            continue
+        if isinstance(obj, dict):
+            obj = {k: v for k, v in obj.items() if k != "received_at"}
+        rec, reasons = validate_record(obj)
+        if reasons is None:
+            verdicts.append((row_id, None, None, None))
+        else:
+            cat, fld = _categorise(reasons)
+            verdicts.append((row_id, cat, fld, reasons))
+    con.execute("CREATE OR REPLACE TEMP TABLE verdicts (row_id BIGINT, reason VARCHAR, field VARCHAR, reasons VARCHAR[])")
+    if verdicts:
+        con.executemany("INSERT INTO verdicts VALUES (?, ?, ?, ?)", verdicts)
+    con.execute("""UPDATE parsed SET reason = v.reason, field = v.field, reasons = v.reasons
+                   FROM verdicts v WHERE parsed.row_id = v.row_id""")
+
+
+def _ingest_chunks(con, chunks: Iterable[pa.Table], cfg: CleanConfig) -> int:
+    con.execute(f"""CREATE TABLE parsed (row_id BIGINT, src VARCHAR, j STRUCT({', '.join(
+        f'"{k}" {v}' for k, v in _FIELDS.items())}), reason VARCHAR, line VARCHAR)""")
+    n = 0
+    for chunk in chunks:
+        con.register("chunk", chunk)
+        con.execute(_PARSE_SQL, {"strict": bool(cfg.strict)})
+        con.unregister("chunk")
+        n += chunk.num_rows
+    con.execute("ALTER TABLE parsed ADD COLUMN field VARCHAR")
+    con.execute("ALTER TABLE parsed ADD COLUMN reasons VARCHAR[]")
+    return n
+
+
+def clean_core(con, run_id: str, cfg: CleanConfig, *, seen_paths: list[str], catalog_paths: list[str]) -> dict:
+    """Everything after parsing, as DuckDB tables: ``clean``, ``quarantine``, ``catalog_new``,
+    ``dedupe_new``; returns the report counters."""
+    _slow_path(con)
+    r = cfg.rules
+    cur = cfg.default_currency.replace("'", "")
+    # the catalog: catalog_item rows of this run (latest per item) + all committed catalog parts
+    con.execute(f"""CREATE TABLE catalog_new AS
+        SELECT j.item_id AS item_id, j.title AS title, j.description AS description, j.category AS category,
+               j.price AS price, coalesce(j.currency, '{cur}') AS currency, j.stream_ids AS stream_ids,
+               j.platform AS platform, try_cast(j.ts AS TIMESTAMPTZ) AS ts, j.event_id AS event_id,
+               '{run_id}' AS run_id
+        FROM parsed WHERE reason IS NULL AND j.type = '{CATALOG_TYPE}'
+        QUALIFY row_number() OVER (PARTITION BY j.item_id ORDER BY try_cast(j.ts AS TIMESTAMPTZ) DESC, row_id DESC) = 1""")
+    known = "SELECT item_id FROM catalog_new"
+    if catalog_paths:
+        known += f" UNION SELECT item_id FROM read_parquet({catalog_paths!r})"
+    con.execute(f"CREATE TEMP TABLE known_items AS {known}")
+    # typed, time-normalised viewer events (valid per contract)
+    con.execute(f"""CREATE TEMP TABLE typed AS
+        SELECT row_id, src, j.event_id AS event_id, j.type AS type,
+               try_cast(j.ts AS TIMESTAMPTZ) AS ts_parsed, try_cast(j.received_at AS TIMESTAMPTZ) AS received_at,
+               j.platform AS platform, j.stream_id AS stream_id, j.user_id AS user_id, j.item_id AS item_id,
+               j.price AS price,
+               CASE WHEN j.currency IS NOT NULL THEN j.currency
+                    WHEN j.type IN {_PRODUCT + ('gift',)} THEN '{cur}' END AS currency,
+               CASE WHEN j.quantity IS NOT NULL THEN j.quantity
+                    WHEN j.type IN ('add_to_cart', 'purchase', 'refund') THEN 1 END AS quantity,
+               j.order_id AS order_id,
+               CASE WHEN j.type = 'like' THEN coalesce(j.count, 1) ELSE j.count END AS count,
+               j.gift_value AS gift_value, j.text AS text, CAST(j.props AS VARCHAR) AS props, j.ts AS ts_sent
+        FROM parsed WHERE reason IS NULL AND j.type <> '{CATALOG_TYPE}'""")
+    con.execute(f"""CREATE TEMP TABLE timed AS
+        SELECT *, epoch(received_at) - epoch(ts_parsed) AS lag_s FROM typed""")
+    con.execute(f"""CREATE TEMP TABLE flagged AS
+        SELECT * EXCLUDE (ts_parsed, lag_s),
+               CASE WHEN ts_corrected THEN received_at ELSE ts_parsed END AS ts
+        FROM (SELECT *, coalesce(lag_s < -{r.max_future_s} OR lag_s > {r.max_past_s}, false) AS ts_corrected,
+                     coalesce(lag_s > {r.late_after_s} AND lag_s <= {r.max_past_s}, false) AS late
+              FROM timed)""")
+    # dedupe: first copy within the run (earliest received), then against every committed id
+    con.execute("""CREATE TEMP TABLE firsts AS SELECT * FROM flagged
+        QUALIFY row_number() OVER (PARTITION BY event_id ORDER BY received_at NULLS LAST, row_id) = 1""")
+    if seen_paths:
+        con.execute(f"""CREATE TEMP TABLE fresh AS SELECT f.* FROM firsts f
+            ANTI JOIN read_parquet({seen_paths!r}) s ON f.event_id = s.event_id""")
+    else:
+        con.execute("CREATE TEMP TABLE fresh AS SELECT * FROM firsts")
+    # impossible values of valid-looking rows: purchases of items never seen in a catalog
+    unknown = ("type = 'purchase' AND item_id NOT IN (SELECT item_id FROM known_items)"
+               if cfg.require_catalog else "false")
+    con.execute(f"CREATE TEMP TABLE unknown_rows AS SELECT row_id FROM fresh WHERE {unknown}")
+    con.execute(f"""CREATE TABLE clean AS
+        SELECT event_id, type, ts, received_at, platform, stream_id, user_id, item_id, price, currency,
+               CAST(quantity AS INTEGER) AS quantity, order_id, CAST(count AS INTEGER) AS count, gift_value,
+               text, props, ts_sent, ts_corrected, late, '{run_id}' AS run_id
+        FROM fresh WHERE row_id NOT IN (SELECT row_id FROM unknown_rows)""")
+    con.execute("CREATE TABLE dedupe_new AS SELECT DISTINCT event_id FROM clean ORDER BY event_id")
+    # quarantine: invalid rows with the contract's reasons + purchases of unknown items
+    con.execute("""CREATE TABLE quarantine AS
+        SELECT row_id, src, reason, field, reasons, CAST(line AS VARCHAR) AS raw,
+               try(j.event_id) AS event_id, try(j.received_at) AS received_at
+        FROM parsed WHERE reason IS NOT NULL
+        UNION ALL
+        SELECT p.row_id, p.src, 'unknown_item', 'item_id',
+               ['item_id: ' || p.j.item_id || ' is not in the catalog seen so far'],
+               NULL, p.j.event_id, p.j.received_at
+        FROM parsed p WHERE p.row_id IN (SELECT row_id FROM unknown_rows)""")
+    stats = con.execute(f"""SELECT
+        (SELECT count(*) FROM parsed),
+        (SELECT count(*) FROM parsed WHERE reason IS NULL AND j.type = '{CATALOG_TYPE}'),
+        (SELECT count(*) FROM flagged) - (SELECT count(*) FROM firsts),
+        (SELECT count(*) FROM firsts) - (SELECT count(*) FROM fresh),
+        (SELECT count(*) FROM clean),
+        (SELECT count(*) FILTER (late) FROM clean), (SELECT count(*) FILTER (ts_corrected) FROM clean),
+        (SELECT count(*) FROM catalog_new)""").fetchone()
+    by_reason = dict(con.execute("SELECT reason, count(*) FROM quarantine GROUP BY 1 ORDER BY 1").fetchall())
+    by_field = dict(con.execute("SELECT reason || ':' || coalesce(field, '?'), count(*) FROM quarantine GROUP BY 1 ORDER BY 1").fetchall())
+    return {"rows_in": stats[0], "catalog_rows": stats[1], "duplicates_in_run": stats[2],
+            "duplicates_seen_before": stats[3], "duplicates": stats[2] + stats[3], "rows_out": stats[4],
+            "late": stats[5], "ts_corrected": stats[6], "catalog_items": stats[7],
+            "dropped": sum(by_reason.values()), "dropped_by_reason": by_reason, "dropped_by_field": by_field}
+
+
+# ================================================================================ Arrow outputs
+def _cast_batch(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
+    cols = []
+    for f in schema:
+        col = batch.column(batch.schema.get_field_index(f.name))
+        if pa.types.is_dictionary(f.type):
+            col = col.cast(pa.string()).dictionary_encode().cast(f.type) if not pa.types.is_dictionary(col.type) else col.cast(f.type)
+        elif col.type != f.type:
+            col = col.cast(f.type)
+        cols.append(col)
+    return pa.RecordBatch.from_arrays(cols, schema=schema)
+
+
+def write_parquet(con, sql: str, path: str, schema: pa.Schema, params=None, batch_rows: int = 1 << 20) -> int:
+    """Stream a query's result to a Parquet file with ``schema`` (bounded memory)."""
+    reader = (con.execute(sql, params) if params else con.sql(sql)).to_arrow_reader(batch_rows)
+    n = 0
+    with pq.ParquetWriter(path, schema, compression="zstd") as w:
+        for b in reader:
+            if b.num_rows:
+                w.write_batch(_cast_batch(b, schema))
+                n += b.num_rows
+    return n
+
+
+def clean_tables(raw: Iterable[tuple[str, bytes]], cfg: CleanConfig | None = None, *, run_id: str = "r-local",
+                 seen_event_ids: Iterable[str] = (), catalog: pa.Table | None = None) -> dict[str, Any]:
+    """The pure core for in-memory use and tests: raw objects (key, bytes) in, Arrow tables out.
+
+    Returns ``{"clean": Table, "quarantine": Table, "catalog": Table, "report": dict}``.
+    """
+    cfg = cfg or CleanConfig()
+    tmp = tempfile.mkdtemp(prefix="daihuo-clean-", dir=cfg.tmp_dir)
+    try:
+        seen_paths, catalog_paths = [], []
+        ids = list(seen_event_ids)
+        if ids:
+            pq.write_table(pa.table({"event_id": pa.array(ids, pa.string())}), os.path.join(tmp, "seen.parquet"))
+            seen_paths.append(os.path.join(tmp, "seen.parquet"))
+        if catalog is not None and catalog.num_rows:
+            pq.write_table(catalog, os.path.join(tmp, "catalog.parquet"))
+            catalog_paths.append(os.path.join(tmp, "catalog.parquet"))
+        con = _connect(os.path.join(tmp, "work.duckdb"), cfg)
+        try:
+            _ingest_chunks(con, _chunks(((k, (lambda b=b: b)) for k, b in raw), cfg), cfg)
+            report = clean_core(con, run_id, cfg, seen_paths=seen_paths, catalog_paths=catalog_paths)
+            out = {}
+            for name, sql, schema in (("clean", "SELECT * FROM clean ORDER BY ts, event_id", CLEAN_SCHEMA),
+                                      ("catalog", "SELECT * FROM catalog_new ORDER BY item_id", CATALOG_SCHEMA)):
+                p = os.path.join(tmp, f"{name}.parquet")
+                write_parquet(con, sql, p, schema)
+                out[name] = pq.read_table(p)
+            out["quarantine"] = con.sql("SELECT * FROM quarantine ORDER BY row_id").to_arrow_table()
+            out["report"] = report
+            return out
+        finally:
+            con.close()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _chunks(objects: Iterable[tuple[str, Any]], cfg: CleanConfig) -> Iterable[pa.Table]:
+    """Group raw objects into Arrow tables of about ``chunk_bytes`` of NDJSON each."""
+    buf, size, row0 = [], 0, 0
+    for key, fetch in objects:
+        t = raw_table(fetch(), key, row0)
+        row0 += t.num_rows
+        buf.append(t)
+        size += t.column("line").nbytes
+        if size >= cfg.chunk_bytes:
+            yield pa.concat_tables(buf)
+            buf, size = [], 0
+    if buf:
+        yield pa.concat_tables(buf)
