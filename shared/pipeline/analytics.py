@@ -1,0 +1,161 @@
+"""Live-commerce KPI tables from clean events (definitions: docs/metrics.md).
+
+``analytics_sql(con, source, max_session_s)`` creates three DuckDB tables from a relation ``source``
+holding clean events (the clean/ schema): ``a_stream``, ``a_stream_hour``, ``a_stream_item``.
+``compute_analytics(clean_table)`` is the pure Arrow-in / Arrow-out wrapper.
+
+Sessions (per stream and viewer, from stream_enter / stream_leave in ts order, enter before leave at
+the same instant): an enter opens a session unless one is open (a repeated enter is ignored); a leave
+closes the open session (a leave with no open session is ignored). A session that is never closed
+ends at min(the stream's last event, enter + max_session_s). The stream's span is its first to last
+event, refunds excluded (a refund days later does not stretch the stream).
+"""
+from __future__ import annotations
+
+import duckdb
+import pyarrow as pa
+
+STREAM_COLS = ["stream_id", "platform", "start", "end", "duration_s", "unique_viewers", "sessions",
+               "peak_concurrent", "avg_concurrent", "total_watch_s", "avg_watch_s", "likes", "comments", "shares",
+               "follows", "gifts", "gift_value", "likes_per_min", "comments_per_min", "shares_per_min",
+               "follows_per_min", "gifts_per_min", "impressions", "clicks", "add_to_carts", "orders", "units",
+               "gmv", "refunds", "refund_units", "refund_amount", "ctr", "cart_rate", "order_rate",
+               "conversion_rate", "gpm", "buyers"]
+
+
+def _rate(num: str, den: str) -> str:
+    return f"CASE WHEN ({den}) > 0 THEN CAST({num} AS DOUBLE) / ({den}) END"
+
+
+def analytics_sql(con: duckdb.DuckDBPyConnection, source: str, max_session_s: float = 4 * 3600.0) -> None:
+    con.execute(f"""CREATE OR REPLACE TEMP TABLE a_ev AS
+        SELECT CAST(stream_id AS VARCHAR) AS stream_id, CAST(platform AS VARCHAR) AS platform,
+               CAST(user_id AS VARCHAR) AS user_id, CAST(item_id AS VARCHAR) AS item_id,
+               CAST(type AS VARCHAR) AS type, ts, price, CAST(currency AS VARCHAR) AS currency, quantity, count,
+               gift_value
+        FROM {source}""")
+    con.execute("""CREATE OR REPLACE TEMP TABLE a_span AS
+        SELECT stream_id, any_value(platform) AS platform,
+               min(ts) FILTER (type <> 'refund') AS start, max(ts) FILTER (type <> 'refund') AS "end"
+        FROM a_ev GROUP BY stream_id""")
+    # --- sessions ---------------------------------------------------------------------------
+    con.execute(f"""CREATE OR REPLACE TEMP TABLE a_sess AS
+        WITH el AS (
+            SELECT stream_id, user_id, ts, type = 'stream_leave' AS is_leave,
+                   coalesce(sum(CASE WHEN type = 'stream_leave' THEN 1 ELSE 0 END) OVER (
+                       PARTITION BY stream_id, user_id ORDER BY ts, type = 'stream_leave'
+                       ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0) AS grp
+            FROM a_ev WHERE type IN ('stream_enter', 'stream_leave')),
+        g AS (
+            SELECT stream_id, user_id, grp, min(ts) FILTER (NOT is_leave) AS s, max(ts) FILTER (is_leave) AS e
+            FROM el GROUP BY ALL)
+        SELECT g.stream_id, g.user_id, g.s AS s,
+               CASE WHEN g.e IS NOT NULL THEN g.e
+                    ELSE least(sp."end", g.s + to_microseconds(CAST({int(max_session_s * 1e6)} AS BIGINT))) END AS e,
+               g.e IS NULL AS open_ended
+        FROM g JOIN a_span sp USING (stream_id) WHERE g.s IS NOT NULL""")
+    # running concurrency: ends before starts at the same instant
+    con.execute("""CREATE OR REPLACE TEMP TABLE a_delta AS
+        SELECT stream_id, t, d, sum(d) OVER (PARTITION BY stream_id ORDER BY t, d, k
+                                               ROWS UNBOUNDED PRECEDING) AS level
+        FROM (SELECT stream_id, s AS t, 1 AS d, 1 AS k FROM a_sess
+              UNION ALL SELECT stream_id, e AS t, -1 AS d, 1 AS k FROM a_sess
+              UNION ALL SELECT stream_id, h AS t, 0 AS d, 0 AS k FROM (
+                  SELECT stream_id, unnest(generate_series(date_trunc('hour', start), "end", INTERVAL 1 HOUR)) AS h
+                  FROM a_span WHERE start IS NOT NULL))""")
+    ev_counts = """count(*) FILTER (type = 'like') AS like_events,
+        coalesce(sum(coalesce(count, 1)) FILTER (type = 'like'), 0) AS likes,
+        count(*) FILTER (type = 'comment') AS comments, count(*) FILTER (type = 'share') AS shares,
+        count(*) FILTER (type = 'follow') AS follows, count(*) FILTER (type = 'gift') AS gifts,
+        coalesce(sum(gift_value) FILTER (type = 'gift'), 0) AS gift_value,
+        count(*) FILTER (type = 'product_impression') AS impressions,
+        count(*) FILTER (type = 'product_click') AS clicks,
+        count(*) FILTER (type = 'add_to_cart') AS add_to_carts,
+        count(*) FILTER (type = 'purchase') AS orders,
+        coalesce(sum(quantity) FILTER (type = 'purchase'), 0) AS units,
+        coalesce(sum(price * quantity) FILTER (type = 'purchase'), 0) AS gmv,
+        count(DISTINCT user_id) FILTER (type = 'purchase') AS buyers,
+        count(*) FILTER (type = 'refund') AS refunds,
+        coalesce(sum(quantity) FILTER (type = 'refund'), 0) AS refund_units,
+        coalesce(sum(coalesce(price, 0) * quantity) FILTER (type = 'refund'), 0) AS refund_amount"""
+    rates = f"""{_rate('clicks', 'impressions')} AS ctr, {_rate('add_to_carts', 'clicks')} AS cart_rate,
+        {_rate('orders', 'add_to_carts')} AS order_rate, {_rate('orders', 'impressions')} AS conversion_rate"""
+    per_min = ", ".join(f"{_rate(m, 'duration_s / 60.0')} AS {m}_per_min"
+                        for m in ("likes", "comments", "shares", "follows", "gifts"))
+    con.execute(f"""CREATE OR REPLACE TABLE a_stream AS
+        WITH c AS (SELECT stream_id, {ev_counts},
+                          count(DISTINCT user_id) FILTER (type <> 'refund') AS unique_viewers
+                   FROM a_ev GROUP BY stream_id),
+        w AS (SELECT stream_id, count(*) AS sessions, sum(epoch(e) - epoch(s)) AS total_watch_s,
+                     count(DISTINCT user_id) AS watchers FROM a_sess GROUP BY stream_id),
+        p AS (SELECT stream_id, max(level) AS peak_concurrent FROM a_delta GROUP BY stream_id),
+        b AS (SELECT sp.stream_id, sp.platform, sp.start, sp."end",
+                     coalesce(epoch(sp."end") - epoch(sp.start), 0) AS duration_s, c.*  EXCLUDE (stream_id),
+                     coalesce(w.sessions, 0) AS sessions, coalesce(w.total_watch_s, 0) AS total_watch_s,
+                     coalesce(w.watchers, 0) AS watchers, coalesce(p.peak_concurrent, 0) AS peak_concurrent
+              FROM a_span sp JOIN c USING (stream_id) LEFT JOIN w USING (stream_id) LEFT JOIN p USING (stream_id))
+        SELECT *, {_rate('total_watch_s', 'duration_s')} AS avg_concurrent,
+               {_rate('total_watch_s', 'watchers')} AS avg_watch_s, {per_min}, {rates},
+               {_rate('gmv * 1000', 'unique_viewers')} AS gpm
+        FROM b ORDER BY stream_id""")
+    # --- per stream-hour ----------------------------------------------------------------------
+    con.execute(f"""CREATE OR REPLACE TABLE a_stream_hour AS
+        WITH hrs AS (
+            SELECT DISTINCT stream_id, hour FROM (
+                SELECT stream_id, unnest(generate_series(date_trunc('hour', start), "end", INTERVAL 1 HOUR)) AS hour
+                FROM a_span WHERE start IS NOT NULL
+                UNION ALL SELECT stream_id, date_trunc('hour', ts) FROM a_ev)),
+        act AS (  -- seconds of the hour inside the stream's span
+            SELECT h.stream_id, h.hour, greatest(0, epoch(least(sp."end", h.hour + INTERVAL 1 HOUR))
+                                                 - epoch(greatest(sp.start, h.hour))) AS active_s
+            FROM hrs h JOIN a_span sp USING (stream_id)),
+        c AS (SELECT stream_id, date_trunc('hour', ts) AS hour, {ev_counts} FROM a_ev GROUP BY ALL),
+        w AS (SELECT h.stream_id, h.hour, count(DISTINCT s.user_id) AS unique_viewers,
+                     sum(epoch(least(s.e, h.hour + INTERVAL 1 HOUR)) - epoch(greatest(s.s, h.hour))) AS watch_s
+              FROM hrs h JOIN a_sess s ON s.stream_id = h.stream_id
+                   AND s.s < h.hour + INTERVAL 1 HOUR AND s.e > h.hour
+              GROUP BY ALL),
+        p AS (SELECT stream_id, date_trunc('hour', t) AS hour, max(level) AS peak_concurrent FROM a_delta GROUP BY ALL)
+        SELECT a.stream_id, a.hour, a.active_s, coalesce(w.unique_viewers, 0) AS unique_viewers,
+               coalesce(p.peak_concurrent, 0) AS peak_concurrent,
+               {_rate('coalesce(w.watch_s, 0)', 'a.active_s')} AS avg_concurrent,
+               coalesce(w.watch_s, 0) AS total_watch_s, {_rate('w.watch_s', 'w.unique_viewers')} AS avg_watch_s,
+               c.* EXCLUDE (stream_id, hour),
+               {", ".join(f"{_rate(f'c.{m}', 'a.active_s / 60.0')} AS {m}_per_min" for m in ("likes", "comments", "shares", "follows", "gifts"))},
+               {_rate('c.clicks', 'c.impressions')} AS ctr, {_rate('c.add_to_carts', 'c.clicks')} AS cart_rate,
+               {_rate('c.orders', 'c.add_to_carts')} AS order_rate, {_rate('c.orders', 'c.impressions')} AS conversion_rate,
+               {_rate('c.gmv * 1000', 'w.unique_viewers')} AS gpm
+        FROM act a LEFT JOIN c USING (stream_id, hour) LEFT JOIN w USING (stream_id, hour)
+             LEFT JOIN p USING (stream_id, hour)
+        ORDER BY a.stream_id, a.hour""")
+    for col in ("like_events", "likes", "comments", "shares", "follows", "gifts", "impressions", "clicks",
+                "add_to_carts", "orders", "units", "buyers", "refunds", "refund_units"):
+        con.execute(f"UPDATE a_stream_hour SET {col} = coalesce({col}, 0)")
+    for col in ("gift_value", "gmv", "refund_amount"):
+        con.execute(f"UPDATE a_stream_hour SET {col} = coalesce({col}, 0.0)")
+    # --- per item in each stream --------------------------------------------------------------
+    con.execute(f"""CREATE OR REPLACE TABLE a_stream_item AS
+        SELECT stream_id, item_id,
+               count(*) FILTER (type = 'product_impression') AS impressions,
+               count(*) FILTER (type = 'product_click') AS clicks,
+               count(*) FILTER (type = 'add_to_cart') AS add_to_carts,
+               count(*) FILTER (type = 'purchase') AS orders,
+               coalesce(sum(quantity) FILTER (type = 'purchase'), 0) AS units,
+               coalesce(sum(price * quantity) FILTER (type = 'purchase'), 0) AS gmv,
+               count(*) FILTER (type = 'refund') AS refunds,
+               {_rate("count(*) FILTER (type = 'product_click')", "count(*) FILTER (type = 'product_impression')")} AS ctr,
+               {_rate("count(*) FILTER (type = 'purchase')", "count(*) FILTER (type = 'product_impression')")} AS conversion_rate
+        FROM a_ev WHERE item_id IS NOT NULL GROUP BY ALL ORDER BY stream_id, item_id""")
+
+
+def compute_analytics(clean: pa.Table, max_session_s: float = 4 * 3600.0) -> dict[str, pa.Table]:
+    """Pure wrapper: clean events (Arrow) -> {"stream", "stream_hour", "stream_item"} Arrow tables."""
+    con = duckdb.connect()
+    try:
+        con.execute("SET TimeZone='UTC'")
+        con.register("clean_src", clean)
+        analytics_sql(con, "clean_src", max_session_s)
+        return {name: con.sql(f"SELECT * FROM a_{name}").to_arrow_table()
+                for name in ("stream", "stream_hour", "stream_item")}
+    finally:
+        con.close()
