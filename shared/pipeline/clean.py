@@ -402,3 +402,218 @@ def _chunks(objects: Iterable[tuple[str, Any]], cfg: CleanConfig) -> Iterable[pa
             buf, size = [], 0
     if buf:
         yield pa.concat_tables(buf)
+
+
+# ===================================================================================== the run
+def _empty_manifest() -> dict[str, Any]:
+    return {"version": 1, "seq": 0, "done": [], "runs": [], "clean_files": [], "dedupe": [], "catalog": [],
+            "analytics": {}}
+
+
+def load_manifest(store) -> tuple[dict[str, Any], str | None]:
+    from shared.storage import NotFound
+    try:
+        data, gen = store.get_with_generation(MANIFEST)
+    except NotFound:
+        return _empty_manifest(), None
+    return orjson.loads(data), gen
+
+
+def _local(store, key: str, tmp: str) -> str:
+    """A filesystem path holding the object: the file itself on the local backend, else a download."""
+    from shared.storage import LocalStore
+    if isinstance(store, LocalStore):
+        return store._data_path(store._name(key))
+    path = os.path.join(tmp, "dl", hashlib.sha1(key.encode()).hexdigest() + os.path.splitext(key)[1])
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    if not os.path.exists(path):
+        with open(path, "wb") as f:
+            f.write(store.get(key))
+    return path
+
+
+def _put_file(store, key: str, path: str, content_type: str) -> None:
+    with open(path, "rb") as f:
+        store.put(key, f.read(), content_type=content_type)
+
+
+class InjectedCrash(RuntimeError):
+    pass
+
+
+def run_clean(store, bus=None, cfg: CleanConfig | None = None, *, crash_after: str | None = None,
+              now: float | None = None) -> dict[str, Any]:
+    """One clean run: pending raw objects -> clean/, quarantine/, catalog/, state/dedupe/, analytics/,
+    reports/clean/; commit by swapping the manifest (generation precondition); publish the summary.
+
+    Returns the summary; ``status`` is ``committed``, ``noop`` (nothing pending) or ``conflict``
+    (another run committed first: this one's objects are unreferenced and ignored by readers).
+    ``crash_after`` (tests): ``write_clean`` / ``write_all`` raise before the manifest moves,
+    ``commit`` raises after it moved but before publishing.
+    """
+    from shared.storage import PreconditionFailed
+    cfg = cfg or CleanConfig()
+    t0 = time.monotonic()
+    now = time.time() if now is None else now
+    manifest, gen = load_manifest(store)
+    if bus is not None:
+        _republish(store, bus, cfg, manifest)
+    done = set(manifest["done"])
+    pending_all = [k for k in store.list("raw/") if k.endswith(".ndjson.gz") and k not in done]
+    pending = pending_all[: cfg.max_objects]
+    if not pending:
+        return {"status": "noop", "pending": 0}
+    run_id = "r-" + hashlib.sha256(f"{gen}|{manifest['seq']}|".encode() + "\n".join(pending).encode()).hexdigest()[:20]
+    tmp = tempfile.mkdtemp(prefix="daihuo-clean-", dir=cfg.tmp_dir)
+    try:
+        con = _connect(os.path.join(tmp, "work.duckdb"), cfg)
+        try:
+            written: dict[str, Any] = {"clean": [], "quarantine": [], "clean_files": []}
+            _ingest_chunks(con, _chunks(((k, (lambda k=k: store.get(k))) for k in pending), cfg), cfg)
+            seen = [_local(store, k, tmp) for k in manifest["dedupe"]]
+            cats = [_local(store, k, tmp) for k in manifest["catalog"]]
+            report = clean_core(con, run_id, cfg, seen_paths=seen, catalog_paths=cats)
+            # clean/ per event date (UTC)
+            con.execute("CREATE TEMP TABLE clean_dates AS SELECT DISTINCT strftime(ts, '%Y-%m-%d') AS d FROM clean ORDER BY 1")
+            for (d,) in con.execute("SELECT d FROM clean_dates").fetchall():
+                key = f"clean/date={d}/{run_id}.parquet"
+                p = os.path.join(tmp, f"clean-{d}.parquet")
+                write_parquet(con, "SELECT * FROM clean WHERE strftime(ts, '%Y-%m-%d') = ? ORDER BY stream_id, ts",
+                              p, CLEAN_SCHEMA, [d])
+                streams = [s for (s,) in con.execute(
+                    "SELECT DISTINCT stream_id FROM clean WHERE strftime(ts, '%Y-%m-%d') = ? ORDER BY 1", [d]).fetchall()]
+                _put_file(store, key, p, "application/vnd.apache.parquet")
+                written["clean"].append(key)
+                written["clean_files"].append({"key": key, "streams": streams})
+            if crash_after == "write_clean":
+                raise InjectedCrash("injected crash after writing clean/, before the manifest moved")
+            # quarantine/ per received date
+            qrows = con.execute("""SELECT coalesce(substr(received_at, 1, 10), strftime(now(), '%Y-%m-%d')) AS d,
+                                          reason, field, reasons, raw, event_id, src, received_at
+                                   FROM quarantine ORDER BY row_id""").fetchall()
+            by_day: dict[str, list[bytes]] = {}
+            for d, reason, fld, reasons, raw, eid, src, rec in qrows:
+                by_day.setdefault(d, []).append(orjson.dumps(
+                    {"reason": reason, "field": fld, "reasons": reasons, "event_id": eid, "raw": raw,
+                     "received_at": rec, "source": src, "run_id": run_id, "stage": "clean"}))
+            for d, rows in sorted(by_day.items()):
+                key = f"quarantine/date={d}/{run_id}.ndjson.gz"
+                store.put(key, gzip.compress(b"\n".join(rows) + b"\n", mtime=0), content_type="application/gzip")
+                written["quarantine"].append(key)
+            # dedupe index part and catalog part
+            dkey = f"state/dedupe/{run_id}.parquet"
+            p = os.path.join(tmp, "dedupe.parquet")
+            write_parquet(con, "SELECT event_id FROM dedupe_new", p, pa.schema([("event_id", pa.string())]))
+            _put_file(store, dkey, p, "application/vnd.apache.parquet")
+            ckey = None
+            if report["catalog_items"]:
+                ckey = f"catalog/{run_id}.parquet"
+                p = os.path.join(tmp, "catalog.parquet")
+                write_parquet(con, "SELECT * FROM catalog_new ORDER BY item_id", p, CATALOG_SCHEMA)
+                _put_file(store, ckey, p, "application/vnd.apache.parquet")
+            # analytics: recompute the affected streams from ALL their committed clean data + this run's
+            analytics_keys = _write_analytics(con, store, manifest, written, run_id, cfg, tmp)
+            report_key = f"reports/clean/{run_id}.json"
+            summary = {"run_id": run_id, "status": "committed", "raw_objects": pending,
+                       "backlog": len(pending_all) - len(pending), "clean": written["clean"],
+                       "quarantine": written["quarantine"], "catalog": ckey, "dedupe": dkey,
+                       "analytics": analytics_keys, "report": report_key, **report,
+                       "seconds": round(time.monotonic() - t0, 3)}
+            store.put(report_key, orjson.dumps(summary, option=orjson.OPT_INDENT_2), content_type="application/json")
+            if crash_after == "write_all":
+                raise InjectedCrash("injected crash after writing every object, before the manifest moved")
+        finally:
+            con.close()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    # commit: the manifest moves only if nobody else moved it since we read it
+    new = dict(manifest)
+    new["seq"] = manifest["seq"] + 1
+    new["done"] = manifest["done"] + pending
+    new["clean_files"] = manifest["clean_files"] + written["clean_files"]
+    new["dedupe"] = manifest["dedupe"] + [dkey]
+    new["catalog"] = manifest["catalog"] + ([ckey] if ckey else [])
+    new["analytics"] = analytics_keys
+    new["runs"] = manifest["runs"] + [{"run_id": run_id, "report": report_key, "published": False,
+                                       "raw_objects": len(pending), "rows_out": report["rows_out"]}]
+    try:
+        store.put_if_unchanged(MANIFEST, orjson.dumps(new), gen, content_type="application/json")
+    except PreconditionFailed:
+        log.warning("clean run lost the manifest race; nothing committed", extra={"run_id": run_id})
+        return {"status": "conflict", "run_id": run_id}
+    log.info("clean run committed", extra={k: v for k, v in summary.items()
+                                           if k in ("run_id", "rows_in", "rows_out", "dropped", "duplicates",
+                                                    "late", "ts_corrected", "seconds", "backlog")})
+    if crash_after == "commit":
+        raise InjectedCrash("injected crash after the commit, before publishing")
+    if bus is not None:
+        _publish(store, bus, cfg, run_id, summary)
+    return summary
+
+
+def _publish(store, bus, cfg: CleanConfig, run_id: str, summary: dict) -> None:
+    """Publish the run's summary on ``events-cleaned``, then mark the run published in the manifest.
+    A failure leaves it unmarked: the next run republishes it (at least once)."""
+    from shared.storage import update_json
+    msg = {k: summary.get(k) for k in ("run_id", "clean", "quarantine", "catalog", "analytics", "report",
+                                       "rows_in", "rows_out", "dropped", "duplicates", "late", "ts_corrected")}
+    bus.publish(cfg.topic, orjson.dumps(msg), run_id=run_id)
+
+    def mark(m):
+        for r in m["runs"]:
+            if r["run_id"] == run_id:
+                r["published"] = True
+        return m
+    update_json(store, MANIFEST, mark)
+
+
+def _republish(store, bus, cfg: CleanConfig, manifest: dict) -> None:
+    for r in manifest["runs"]:
+        if not r.get("published"):
+            try:
+                _publish(store, bus, cfg, r["run_id"], orjson.loads(store.get(r["report"])))
+            except Exception as exc:  # keep cleaning; it stays unpublished and is retried next time
+                log.error("republish failed", extra={"run_id": r["run_id"], "error": str(exc)})
+
+
+def _write_analytics(con, store, manifest, written, run_id, cfg, tmp) -> dict[str, str]:
+    from shared.pipeline.analytics import analytics_sql
+    affected = [s for (s,) in con.execute("SELECT DISTINCT stream_id FROM clean").fetchall()]
+    old = manifest.get("analytics") or {}
+    files = [f["key"] for f in manifest["clean_files"] if set(f["streams"]) & set(affected)]
+    paths = [_local(store, k, tmp) for k in files]
+    con.execute("CREATE TEMP TABLE affected AS SELECT unnest(?::VARCHAR[]) AS stream_id", [affected])
+    src = "SELECT * FROM clean"
+    if paths:
+        cols = ", ".join(f.name for f in CLEAN_SCHEMA)
+        src = (f"SELECT {cols} FROM clean UNION ALL SELECT {cols} FROM read_parquet({paths!r}) "
+               f"WHERE CAST(stream_id AS VARCHAR) IN (SELECT stream_id FROM affected)")
+    con.execute(f"CREATE OR REPLACE TEMP VIEW a_source AS {src}")
+    analytics_sql(con, "a_source", cfg.max_session_s)
+    out = {}
+    for name in ("stream", "stream_hour", "stream_item"):
+        sql = f"SELECT * FROM a_{name}"
+        if old.get(name):
+            prev = _local(store, old[name], tmp)
+            sql = (f"SELECT * FROM a_{name} UNION ALL BY NAME SELECT * FROM read_parquet('{prev}') "
+                   f"WHERE stream_id NOT IN (SELECT stream_id FROM affected)")
+        p = os.path.join(tmp, f"a-{name}.parquet")
+        con.execute(f"COPY ({sql} ORDER BY ALL) TO '{p}' (FORMAT parquet, COMPRESSION zstd)")
+        key = f"analytics/{name}/{run_id}.parquet"
+        _put_file(store, key, p, "application/vnd.apache.parquet")
+        out[name] = key
+    return out
+
+
+def read_clean(store, manifest: dict | None = None) -> pa.Table:
+    """Every committed clean row (the manifest's clean files), as one Arrow table. For tests / small data."""
+    manifest = manifest or load_manifest(store)[0]
+    import io
+    tables = [pq.read_table(io.BytesIO(store.get(f["key"]))) for f in manifest["clean_files"]]
+    return pa.concat_tables(tables, promote_options="permissive") if tables else CLEAN_SCHEMA.empty_table()
+
+
+def read_analytics(store, name: str, manifest: dict | None = None) -> pa.Table:
+    import io
+    manifest = manifest or load_manifest(store)[0]
+    return pq.read_table(io.BytesIO(store.get(manifest["analytics"][name])))

@@ -1,0 +1,27 @@
+"""clean: a scheduler tick (Pub/Sub push on topic ``clean-tick``, hourly) cleans the raw objects not
+yet in ``state/clean-manifest.json`` into clean/, quarantine/, analytics/, reports/clean/ and
+publishes the run's summary on ``events-cleaned``.
+
+An exception answers 500 so Pub/Sub retries the tick; a retried or duplicated tick is a no-op or
+a fresh run (nothing is half-committed: the manifest moves last, with a generation precondition).
+"""
+import base64
+import json
+
+import functions_framework
+
+from shared import runtime
+from shared.pipeline.clean import CleanConfig, run_clean
+
+
+@functions_framework.cloud_event
+def clean(cloud_event):
+    msg = (cloud_event.data or {}).get("message") or {}
+    try:
+        params = json.loads(base64.b64decode(msg.get("data") or b"") or b"{}")
+    except ValueError:
+        params = {}
+    params = params if isinstance(params, dict) else {}
+    summary = run_clean(runtime.get_store(), runtime.get_bus(), CleanConfig(),
+                        crash_after=params.get("crash_after"))
+    return json.dumps({k: summary.get(k) for k in ("status", "run_id", "rows_in", "rows_out", "dropped")})
