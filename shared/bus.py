@@ -50,7 +50,7 @@ class Bus:
     """Publisher + subscriber for one project. Thread-safe; one per process is enough."""
 
     def __init__(self, project: str | None = None, *, publish_timeout_s: float | None = None,
-                 max_latency_s: float = 0.005, max_messages: int = 1000, max_bytes: int = 9 * 1024 * 1024):
+                 max_latency_s: float = 0.001, max_messages: int = 1000, max_bytes: int = 9 * 1024 * 1024):
         self.project = project or project_id()
         self.publish_timeout_s = float(publish_timeout_s if publish_timeout_s is not None
                                        else os.environ.get("DAIHUO_PUBLISH_TIMEOUT_S", "10"))
