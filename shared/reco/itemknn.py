@@ -39,6 +39,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from ._core import as_csr, prune_top_n
+from ._kernels import HAVE_NUMBA, topn_similarity
 from .base import ItemBasedRecommender
 
 __all__ = ["ItemItemCF", "cooccurrence", "similarity_from_cooccurrence", "item_similarity", "SIMILARITIES"]
@@ -84,8 +85,17 @@ def item_similarity(
     min_cooc: float = 1.0,
     max_block_nnz: int = 20_000_000,
     dtype=np.float32,
+    engine: str = "auto",
 ) -> sp.csr_matrix:
-    """Top-N item x item similarity matrix (diagonal removed), computed blockwise."""
+    """Top-N item x item similarity matrix (diagonal removed).
+
+    ``engine="numba"`` (the default ``"auto"`` when numba is installed and
+    ``neighbours`` is set) runs the fused parallel kernel of
+    ``_kernels.topn_similarity``; ``engine="scipy"`` computes ``C`` blockwise
+    with scipy and prunes each block (also used for ``neighbours=None``).
+    Both keep, per row, the ``neighbours`` largest similarities > 0 (ties:
+    lower column first in the numba kernel).
+    """
     if kind not in SIMILARITIES:
         raise ValueError(f"unknown similarity {kind!r}; expected one of {SIMILARITIES}")
     X = as_csr(user_items, dtype=np.float64)
@@ -98,6 +108,13 @@ def item_similarity(
     # upper bound of nnz of row i of C: sum over i's users of their #items
     user_len = np.diff(X.indptr).astype(np.float64)
     work = np.minimum(XT @ user_len, n_items)
+    use_numba = engine == "numba" or (engine == "auto" and HAVE_NUMBA)
+    if use_numba and neighbours is not None and n_items and (X.data.size == 0 or X.data.min() > 0):
+        if not HAVE_NUMBA:
+            raise RuntimeError("engine='numba' needs the numba package")
+        cooc_min = float(min_cooc) if binary else -np.inf
+        indptr, indices, data = topn_similarity(X, XT, d, kind, int(neighbours), cooc_min, work, dtype)
+        return sp.csr_matrix((data, indices, indptr), shape=(n_items, n_items))
     blocks = []
     start = 0
     cum = np.cumsum(work)
