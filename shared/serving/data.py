@@ -1,0 +1,165 @@
+"""Read the training inputs from the store: ``clean/`` events of a time window + the ``catalog/``.
+
+The layout is the batch pipeline's (docs/pipeline.md, shared/pipeline/clean.py):
+
+* ``clean/date=YYYY-MM-DD/<run-id>.parquet`` - one row per unique event_id, ``ts`` a UTC timestamp,
+  the contract's columns (``event_id, type, ts, platform, stream_id, user_id, item_id, price, ...``),
+  ids possibly dictionary-encoded;
+* ``catalog/...parquet`` - catalog_item records (``item_id, title, description, category, price,
+  currency, stream_ids, ts, ...``), possibly several parts: the latest record per item wins.
+
+Everything that knows about that layout is in :func:`read_training_data` (one place to adapt).
+"""
+from __future__ import annotations
+
+import io
+import re
+from dataclasses import dataclass, field
+from datetime import date, timedelta
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from shared.storage import ObjectStore
+
+CLEAN_PREFIX = "clean/"
+CATALOG_PREFIX = "catalog/"
+EVENT_COLUMNS = ["event_id", "type", "ts", "stream_id", "user_id", "item_id", "price"]
+CATALOG_COLUMNS = ["item_id", "title", "description", "category", "price", "stream_ids", "ts"]
+_DATE = re.compile(r"(?:^|/)date=(\d{4}-\d{2}-\d{2})(?:/|$)")
+
+
+@dataclass
+class TrainingData:
+    events: pd.DataFrame          # EVENT_COLUMNS, ts = datetime64[UTC], ids as str
+    catalog: pd.DataFrame         # CATALOG_COLUMNS (one row per item), may be empty
+    inputs: list[dict] = field(default_factory=list)   # [{"key", "generation"}] every object read
+    window: dict = field(default_factory=dict)         # {"start", "end", "days"} (ISO UTC)
+
+
+def _read_parquet(store: ObjectStore, key: str, columns: list[str]) -> tuple[pa.Table, str]:
+    data, gen = store.get_with_generation(key)
+    pf = pq.ParquetFile(io.BytesIO(data))
+    have = set(pf.schema_arrow.names)
+    return pf.read(columns=[c for c in columns if c in have]), gen
+
+
+def _to_str(s: pd.Series) -> pd.Series:
+    if isinstance(s.dtype, pd.CategoricalDtype):
+        s = s.astype(object)
+    if pd.api.types.is_string_dtype(s.dtype) and s.dtype != object:
+        return s
+    return s.where(s.notna(), None).map(lambda v: None if v is None else str(v))
+
+
+def read_training_data(store: ObjectStore, window_days: float = 30.0, *, end=None) -> TrainingData:
+    """Clean events with ``ts`` in ``(end - window_days, end]`` and the latest catalog record per item.
+
+    ``end`` defaults to the newest event ``ts`` in the data (not the wall clock), so the same objects
+    always give the same window: training is a pure function of its inputs (idempotent versions).
+    Partitions (``date=YYYY-MM-DD``) older than the window are not even downloaded.
+    """
+    keys = sorted(k for k in store.list(CLEAN_PREFIX) if k.endswith(".parquet"))
+    dates = {k: (m.group(1) if (m := _DATE.search(k)) else None) for k in keys}
+    if end is None:
+        newest = max((d for d in dates.values() if d), default=None)
+    else:
+        newest = pd.Timestamp(end).tz_convert("UTC").date().isoformat() if pd.Timestamp(end).tzinfo else \
+            pd.Timestamp(end).date().isoformat()
+    if newest is not None:
+        first_day = (date.fromisoformat(newest) - timedelta(days=int(np.ceil(window_days)) + 1)).isoformat()
+        keys = [k for k in keys if dates[k] is None or first_day <= dates[k] <= newest]
+        # (objects without a date partition are always read)
+    inputs, tables = [], []
+    for k in keys:
+        t, gen = _read_parquet(store, k, EVENT_COLUMNS)
+        inputs.append({"key": k, "generation": gen})
+        if t.num_rows:
+            tables.append(t)
+    if tables:
+        # dictionary-encoded ids differ per file: decode before concatenating
+        tables = [pa.table({c: (t[c].cast(t[c].type.value_type) if pa.types.is_dictionary(t[c].type) else t[c])
+                            for c in t.column_names}) for t in tables]
+        ev = pa.concat_tables(tables, promote_options="permissive").to_pandas()
+    else:
+        ev = pd.DataFrame(columns=EVENT_COLUMNS)
+    for c in EVENT_COLUMNS:
+        if c not in ev:
+            ev[c] = None
+    ev = ev[EVENT_COLUMNS]
+    ev["ts"] = pd.to_datetime(ev["ts"], utc=True, format="ISO8601") if ev["ts"].dtype == object else \
+        pd.to_datetime(ev["ts"], utc=True)
+    for c in ("event_id", "type", "stream_id", "user_id", "item_id"):
+        ev[c] = _to_str(ev[c])
+    ev["price"] = pd.to_numeric(ev["price"], errors="coerce")
+    end_ts = pd.Timestamp(end).tz_convert("UTC") if end is not None and pd.Timestamp(end).tzinfo else \
+        (pd.Timestamp(end, tz="UTC") if end is not None else (ev["ts"].max() if len(ev) else None))
+    if end_ts is not None and not pd.isna(end_ts):
+        start_ts = end_ts - pd.Timedelta(days=window_days)
+        ev = ev[(ev["ts"] > start_ts) & (ev["ts"] <= end_ts)]
+        window = {"start": start_ts.isoformat(), "end": end_ts.isoformat(), "days": window_days}
+    else:
+        window = {"start": None, "end": None, "days": window_days}
+    ev = ev.drop_duplicates("event_id").sort_values(["ts", "event_id"], kind="stable").reset_index(drop=True)
+
+    cat_tables = []
+    for k in sorted(k for k in store.list(CATALOG_PREFIX) if k.endswith(".parquet")):
+        t, gen = _read_parquet(store, k, CATALOG_COLUMNS)
+        inputs.append({"key": k, "generation": gen})
+        if t.num_rows:
+            cat_tables.append(pa.table({c: (t[c].cast(t[c].type.value_type) if pa.types.is_dictionary(t[c].type)
+                                            else t[c]) for c in t.column_names}))
+    if cat_tables:
+        cat = pa.concat_tables(cat_tables, promote_options="permissive").to_pandas()
+        for c in CATALOG_COLUMNS:
+            if c not in cat:
+                cat[c] = None
+        cat["item_id"] = _to_str(cat["item_id"])
+        cat["_ts"] = pd.to_datetime(cat["ts"], utc=True, format="ISO8601") if cat["ts"].dtype == object else \
+            pd.to_datetime(cat["ts"], utc=True)
+        cat = (cat.reset_index(drop=True).reset_index().sort_values(["item_id", "_ts", "index"], kind="stable")
+               .drop_duplicates("item_id", keep="last"))
+        cat = cat[CATALOG_COLUMNS].reset_index(drop=True)
+        cat["stream_ids"] = cat["stream_ids"].map(lambda v: [] if v is None or (not hasattr(v, "__len__"))
+                                                  else [str(s) for s in v])
+    else:
+        cat = pd.DataFrame(columns=CATALOG_COLUMNS)
+    return TrainingData(ev, cat, inputs, window)
+
+
+# --------------------------------------------------------------------------- test/bench helpers
+def write_clean_from_frames(store: ObjectStore, events: pd.DataFrame, catalog: pd.DataFrame | None = None,
+                            run_id: str = "sim") -> list[str]:
+    """Write events (e.g. ``sim.truth.expected_clean()``) as the pipeline would: one Parquet object
+    per UTC day under ``clean/date=YYYY-MM-DD/<run_id>.parquet`` (ids dictionary-encoded, ts UTC),
+    and the catalog under ``catalog/<run_id>.parquet``. Returns the keys written."""
+    ev = events.copy()
+    ts = ev["ts_utc"] if "ts_utc" in ev else pd.to_datetime(ev["ts"], utc=True, format="ISO8601")
+    ev["ts"] = pd.to_datetime(ts, utc=True).astype("datetime64[us, UTC]")
+    cols = [c for c in ("event_id", "type", "ts", "platform", "stream_id", "user_id", "item_id", "price",
+                        "currency", "quantity") if c in ev]
+    ev = ev[cols]
+    keys = []
+    day = ev["ts"].dt.strftime("%Y-%m-%d")
+    for d, part in ev.groupby(day, sort=True):
+        t = pa.Table.from_pandas(part.reset_index(drop=True), preserve_index=False)
+        t = pa.table({c: (t[c].dictionary_encode() if c in ("type", "platform", "stream_id", "user_id", "item_id")
+                          else t[c]) for c in t.column_names})
+        buf = io.BytesIO()
+        pq.write_table(t, buf)
+        key = f"clean/date={d}/{run_id}.parquet"
+        store.put(key, buf.getvalue(), content_type="application/vnd.apache.parquet")
+        keys.append(key)
+    if catalog is not None and len(catalog):
+        cat = catalog.copy()
+        cat["ts"] = pd.to_datetime(cat["ts"], utc=True, format="ISO8601").astype("datetime64[us, UTC]")
+        cat = cat[[c for c in ("item_id", "title", "description", "category", "price", "currency", "stream_ids",
+                               "platform", "ts", "event_id") if c in cat]]
+        buf = io.BytesIO()
+        pq.write_table(pa.Table.from_pandas(cat.reset_index(drop=True), preserve_index=False), buf)
+        key = f"catalog/{run_id}.parquet"
+        store.put(key, buf.getvalue(), content_type="application/vnd.apache.parquet")
+        keys.append(key)
+    return keys

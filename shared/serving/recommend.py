@@ -1,0 +1,314 @@
+"""The recommend service: parameters -> filtered, explained recommendations from the served model.
+
+* ``ModelHolder`` keeps the served model of this instance. The first request loads ``LATEST``
+  synchronously (once); after that a daemon thread checks ``models/LATEST.json``'s generation every
+  ``refresh_s`` seconds (``DAIHUO_MODEL_REFRESH_S``, default 30; every second while no model exists)
+  and swaps in a new version only after it loaded completely. A version that fails to load is logged
+  and skipped: the last good model keeps serving. Requests never touch the store after the first.
+* ``parse_params`` validates the query (400 naming the parameter), ``Recommender.handle`` answers.
+"""
+from __future__ import annotations
+
+import math
+import os
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import numpy as np
+
+from shared.log import get_logger
+from shared.serving.registry import Registry, Served
+
+log = get_logger("recommend")
+
+MAX_K = 100
+MAX_CONTEXT = 50
+
+
+class BadParam(ValueError):
+    def __init__(self, param: str, message: str):
+        super().__init__(f"{param}: {message}")
+        self.param = param
+        self.message = message
+
+
+# ------------------------------------------------------------------------------ the model
+@dataclass
+class Loaded:
+    served: Served
+    index: dict[str, int]                 # item_id -> model index
+    showcase_ids: dict[str, np.ndarray]   # stream_id -> item ids
+    loaded_at: float
+
+
+def _prepare(served: Served) -> Loaded:
+    ids = served.model.item_ids_
+    return Loaded(served, {str(x): i for i, x in enumerate(ids.tolist())},
+                  {s: ids[idx] for s, idx in served.showcase.items()}, time.time())
+
+
+class ModelHolder:
+    def __init__(self, store, refresh_s: float | None = None):
+        self.registry = Registry(store)
+        self.refresh_s = float(refresh_s if refresh_s is not None else os.environ.get("DAIHUO_MODEL_REFRESH_S", "30"))
+        self.current: Loaded | None = None
+        self._seen_generation: str | None = None   # LATEST generation last acted upon
+        self._failed: dict[str, str] = {}           # version -> error (not retried for the same pointer)
+        self._lock = threading.Lock()
+        self._started = False
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self.last_check: float = 0.0
+        self.last_error: str | None = None
+
+    def get(self) -> Loaded | None:
+        if not self._started:
+            with self._lock:
+                if not self._started:
+                    try:
+                        self.refresh()
+                    except Exception as exc:  # the store is down: the thread keeps trying
+                        self.last_error = f"{type(exc).__name__}: {exc}"
+                        log.error("initial model load failed", extra={"error": self.last_error})
+                    self._thread = threading.Thread(target=self._loop, name="model-refresh", daemon=True)
+                    self._thread.start()
+                    self._started = True
+        return self.current
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self._stop.wait(self.refresh_s if self.current is not None else min(self.refresh_s, 1.0))
+            if self._stop.is_set():
+                break
+            try:
+                self.refresh()
+            except Exception as exc:  # never let the thread die
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                log.error("model refresh failed; serving the last good model",
+                          extra={"error": self.last_error,
+                                 "version": self.current.served.version if self.current else None})
+
+    def refresh(self) -> bool:
+        """Check LATEST once; load and swap if it names a new version. True if swapped."""
+        self.last_check = time.time()
+        gen = self.registry.latest_generation()
+        if gen is None or gen == self._seen_generation:
+            return False
+        pointer, gen = self.registry.latest()
+        if pointer is None:
+            return False
+        version = str(pointer.get("version"))
+        if self.current is not None and self.current.served.version == version:
+            self._seen_generation = gen
+            return False
+        if version in self._failed:
+            self._seen_generation = gen
+            return False
+        t0 = time.perf_counter()
+        try:
+            loaded = _prepare(self.registry.load(version, gen))
+        except Exception as exc:
+            err = f"{type(exc).__name__}: {exc}"
+            self._failed[version] = err
+            self._seen_generation = gen
+            self.last_error = f"version {version} failed to load: {err}"
+            log.error("model failed to load; keeping the last good model",
+                      extra={"version": version, "error": err,
+                             "serving": self.current.served.version if self.current else None})
+            return False
+        self.current = loaded  # one reference assignment: requests see the old or the new model
+        self._seen_generation = gen
+        log.info("model loaded", extra={"version": version, "seconds": round(time.perf_counter() - t0, 3),
+                                        "items": int(loaded.served.model.n_items_)})
+        return True
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+# --------------------------------------------------------------------------- parameters
+@dataclass
+class Params:
+    user_id: str | None
+    stream_id: str | None
+    context: list[str]
+    k: int
+    showcase_only: bool
+    exclude_purchased: bool
+    category: str | None
+    min_price: float | None
+    max_price: float | None
+
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+KNOWN = {"user_id", "stream_id", "context", "k", "showcase_only", "exclude_purchased", "category",
+         "min_price", "max_price"}
+
+
+def _bool(name: str, v: Any, default: bool) -> bool:
+    if v is None:
+        return default
+    if isinstance(v, bool):
+        return v
+    s = str(v).strip().lower()
+    if s in _TRUE:
+        return True
+    if s in _FALSE:
+        return False
+    raise BadParam(name, f"expected true/false, got {v!r}")
+
+
+def _id(name: str, v: Any, required: bool = False) -> str | None:
+    if v is None or (isinstance(v, str) and v.strip() == ""):
+        if required:
+            raise BadParam(name, "is required")
+        return None
+    if not isinstance(v, (str, int)) or isinstance(v, bool):
+        raise BadParam(name, "expected a string")
+    s = str(v).strip()
+    if len(s) > 128:
+        raise BadParam(name, "longer than 128 characters")
+    return s
+
+
+def _price(name: str, v: Any) -> float | None:
+    if v is None or v == "":
+        return None
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        raise BadParam(name, f"expected a number, got {v!r}") from None
+    if isinstance(v, bool) or not math.isfinite(f) or f < 0:
+        raise BadParam(name, f"expected a finite number >= 0, got {v!r}")
+    return f
+
+
+def parse_params(args: Mapping[str, Any]) -> Params:
+    """GET query args or a POST JSON object -> Params; BadParam names the offending parameter."""
+    unknown = sorted(set(args) - KNOWN)
+    if unknown:
+        raise BadParam(unknown[0], f"unknown parameter (known: {', '.join(sorted(KNOWN))})")
+    user_id = _id("user_id", args.get("user_id"))
+    stream_id = _id("stream_id", args.get("stream_id"))
+    ctx = args.get("context")
+    if ctx is None or ctx == "":
+        context: list[str] = []
+    elif isinstance(ctx, str):
+        context = [c.strip() for c in ctx.split(",") if c.strip()]
+    elif isinstance(ctx, list) and all(isinstance(c, str) for c in ctx):
+        context = [c.strip() for c in ctx if c.strip()]
+    else:
+        raise BadParam("context", "expected a comma-separated string or a list of item ids")
+    if len(context) > MAX_CONTEXT:
+        raise BadParam("context", f"at most {MAX_CONTEXT} items")
+    kv = args.get("k", 10)
+    try:
+        if isinstance(kv, bool) or (isinstance(kv, float) and not kv.is_integer()):
+            raise ValueError
+        k = int(str(kv).strip()) if not isinstance(kv, (int, float)) else int(kv)
+    except (TypeError, ValueError):
+        raise BadParam("k", f"expected an integer 1..{MAX_K}, got {kv!r}") from None
+    if not 1 <= k <= MAX_K:
+        raise BadParam("k", f"expected an integer 1..{MAX_K}, got {k}")
+    showcase_only = _bool("showcase_only", args.get("showcase_only"), False)
+    if showcase_only and stream_id is None:
+        raise BadParam("stream_id", "is required with showcase_only")
+    category = args.get("category")
+    if category is not None and not isinstance(category, str):
+        raise BadParam("category", "expected a string")
+    category = category.strip() or None if category is not None else None
+    lo, hi = _price("min_price", args.get("min_price")), _price("max_price", args.get("max_price"))
+    if lo is not None and hi is not None and lo > hi:
+        raise BadParam("max_price", f"is below min_price ({hi} < {lo})")
+    if user_id is None and not context and stream_id is None:
+        raise BadParam("user_id", "is required (or give stream_id / context)")
+    return Params(user_id, stream_id, context, k, showcase_only,
+                  _bool("exclude_purchased", args.get("exclude_purchased"), True), category, lo, hi)
+
+
+# ------------------------------------------------------------------------------ reasons
+_ACTION_TEXT = {
+    "purchase": ("因为你购买了「{t}」", "because you bought {t}"),
+    "add_to_cart": ("因为你加购了「{t}」", "because you added {t} to your cart"),
+    "product_click": ("因为你看过「{t}」", "because you viewed {t}"),
+    "like": ("因为你点赞了「{t}」", "because you liked {t}"),
+    "comment": ("因为你评论了「{t}」", "because you commented on {t}"),
+    "share": ("因为你分享了「{t}」", "because you shared {t}"),
+}
+
+
+def explain(reason: dict, title_of) -> dict:
+    kind = reason.get("kind")
+    out = dict(reason)
+    if kind == "because_you":
+        t = title_of(reason.get("item"))
+        zh, en = _ACTION_TEXT.get(reason.get("action") or "", ("因为你关注过「{t}」", "because you showed interest in {t}"))
+        out.update(item_title=t, text_zh=zh.format(t=t), text_en=en.format(t=t))
+    elif kind == "similar_to":
+        t = title_of(reason.get("item"))
+        out.update(item_title=t, text_zh=f"与「{t}」相似", text_en=f"similar to {t}")
+    elif kind == "popular_in_stream":
+        out.update(text_zh="本直播间热卖", text_en="popular in this stream")
+    else:
+        out.update(text_zh="大家都在买", text_en="popular right now")
+    return out
+
+
+_FALLBACK = {"personal": None, "context": "unknown user: scored from the session context",
+             "stream": "no history or context: this stream's bestsellers",
+             "global": "no history, context or known stream: global bestsellers"}
+
+
+# ------------------------------------------------------------------------------ service
+class Recommender:
+    def __init__(self, holder: ModelHolder):
+        self.holder = holder
+
+    def handle(self, method: str, args: Mapping[str, Any] | None) -> tuple[int, dict, dict[str, str]]:
+        t0 = time.perf_counter()
+        if method not in ("GET", "POST"):
+            return 405, {"error": f"method {method} not allowed", "allowed": ["GET", "POST"]}, {"Allow": "GET, POST"}
+        if args is None:
+            return 400, {"error": "body: expected a JSON object", "param": "body"}, {}
+        try:
+            p = parse_params(args)
+        except BadParam as exc:
+            return 400, {"error": str(exc), "param": exc.param}, {}
+        loaded = self.holder.get()
+        if loaded is None:
+            retry = max(1, int(math.ceil(min(self.holder.refresh_s, 5.0))))
+            return 503, {"error": "no model has been published yet (models/LATEST.json missing or unloadable)",
+                         "detail": self.holder.last_error, "retry_after_s": retry}, {"Retry-After": str(retry)}
+        served = loaded.served
+        allowed = None
+        note = None
+        if p.showcase_only:
+            allowed = loaded.showcase_ids.get(p.stream_id)
+            if allowed is None:
+                allowed = np.empty(0, dtype=str)
+                note = f"no showcase known for stream {p.stream_id}"
+        t1 = time.perf_counter()
+        rec = served.model.recommend(
+            p.user_id, p.k, context_items=p.context or None, stream_id=p.stream_id, allowed_items=allowed,
+            exclude_purchased=p.exclude_purchased, category=p.category,
+            price_range=(p.min_price, p.max_price) if (p.min_price is not None or p.max_price is not None) else None)
+        t2 = time.perf_counter()
+        index, titles = loaded.index, served.titles
+
+        def title_of(item_id):
+            i = index.get(item_id)
+            return str(titles[i]) if i is not None and i < titles.size else str(item_id)
+
+        items = [{"item_id": it["item_id"], "title": title_of(it["item_id"]), "score": round(it["score"], 6),
+                  "parts": {k: round(v, 6) for k, v in it["parts"].items()},
+                  "reason": explain(it["reason"], title_of)} for it in rec["items"]]
+        body = {"user_id": p.user_id, "stream_id": p.stream_id, "k": p.k, "items": items,
+                "strategy": rec["strategy"], "fallback": _FALLBACK.get(rec["strategy"]),
+                "model_version": served.version,
+                "timing_ms": {"model": round((t2 - t1) * 1e3, 3), "total": round((time.perf_counter() - t0) * 1e3, 3)}}
+        if note:
+            body["note"] = note
+        return 200, body, {"X-Model-Version": served.version}

@@ -1,0 +1,136 @@
+"""The model store: immutable versions under ``models/<version>/`` and the ``models/LATEST.json``
+pointer, moved only with a generation precondition.
+
+Layout::
+
+    models/<version>/arrays.npz   np.savez of the model's arrays (prefix "model.") and the serving
+                                  extras (prefix "serving."): numeric and "<U" arrays only, so it loads
+                                  with np.load(..., allow_pickle=False)
+    models/<version>/meta.json    parameters, data window, input objects, metrics, decision, created_at,
+                                  code version, the model's own meta (written LAST: it commits the version)
+    models/LATEST.json            {"version", "promoted_at", "previous", "metrics"}
+"""
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from shared.reco import HybridRecommender
+from shared.storage import ABSENT, NotFound, ObjectStore, PreconditionFailed, get_json_with_generation
+
+MODELS = "models/"
+LATEST = "models/LATEST.json"
+
+
+def arrays_key(version: str) -> str:
+    return f"{MODELS}{version}/arrays.npz"
+
+
+def meta_key(version: str) -> str:
+    return f"{MODELS}{version}/meta.json"
+
+
+@dataclass
+class Served:
+    """A loaded model plus the serving extras (titles, showcases) and its meta."""
+    version: str
+    model: HybridRecommender
+    meta: dict
+    titles: np.ndarray                # "<U" per item index of the model
+    showcase: dict[str, np.ndarray]   # stream_id -> item indices (int64)
+    generation: str | None = None     # of LATEST.json when it was loaded
+
+    def title(self, idx: int) -> str:
+        return str(self.titles[idx]) if self.titles.size else ""
+
+
+def encode_arrays(model: HybridRecommender, extras: dict[str, np.ndarray]) -> bytes:
+    arrays = {f"model.{k}": v for k, v in model.to_arrays().items()}
+    arrays.update({f"serving.{k}": v for k, v in extras.items()})
+    for k, v in arrays.items():
+        if v.dtype == object:
+            raise TypeError(f"array {k} has dtype object (would need pickle)")
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return buf.getvalue()
+
+
+def decode_arrays(data: bytes) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    with np.load(io.BytesIO(data), allow_pickle=False) as z:
+        model = {k[6:]: z[k] for k in z.files if k.startswith("model.")}
+        extras = {k[8:]: z[k] for k in z.files if k.startswith("serving.")}
+    return model, extras
+
+
+def showcase_extras(item_ids: np.ndarray, showcases: dict[str, list[str]]) -> dict[str, np.ndarray]:
+    index = {s: i for i, s in enumerate(item_ids.tolist())}
+    streams = sorted(showcases)
+    rows = [np.array(sorted({index[i] for i in showcases[s] if i in index}), dtype=np.int64) for s in streams]
+    indptr = np.concatenate([[0], np.cumsum([r.size for r in rows])]).astype(np.int64)
+    return {"showcase.stream_ids": np.array(streams, dtype=str) if streams else np.empty(0, dtype="<U1"),
+            "showcase.indptr": indptr,
+            "showcase.items": np.concatenate(rows) if rows else np.empty(0, dtype=np.int64)}
+
+
+def build_served(version: str, model_arrays, extras, meta, generation=None) -> Served:
+    model = HybridRecommender.from_arrays(model_arrays, meta["model"])
+    titles = extras.get("item_title", np.empty(0, dtype="<U1"))
+    sids = extras.get("showcase.stream_ids", np.empty(0, dtype="<U1")).tolist()
+    indptr = extras.get("showcase.indptr", np.zeros(1, dtype=np.int64))
+    items = extras.get("showcase.items", np.empty(0, dtype=np.int64))
+    showcase = {s: items[indptr[j]:indptr[j + 1]] for j, s in enumerate(sids)}
+    return Served(version, model, meta, titles, showcase, generation)
+
+
+class Registry:
+    def __init__(self, store: ObjectStore):
+        self.store = store
+
+    # -- versions (immutable) ---------------------------------------------------------------
+    def exists(self, version: str) -> bool:
+        return self.store.exists(meta_key(version))
+
+    def write_version(self, version: str, arrays_blob: bytes, meta: dict) -> bool:
+        """Write arrays then meta (the commit marker), each only if absent. Returns False if the
+        version was already committed (a redelivery or a concurrent twin): nothing is overwritten."""
+        if self.exists(version):
+            return False
+        try:
+            self.store.put(arrays_key(version), arrays_blob, content_type="application/octet-stream",
+                           if_generation_match=ABSENT)
+        except PreconditionFailed:
+            pass  # a crashed earlier attempt (same input -> same content) or a concurrent twin
+        try:
+            self.store.put(meta_key(version), json.dumps(meta, ensure_ascii=False, sort_keys=True, default=str).encode(),
+                           content_type="application/json", if_generation_match=ABSENT)
+        except PreconditionFailed:
+            return False
+        return True
+
+    def read_meta(self, version: str) -> dict:
+        return json.loads(self.store.get(meta_key(version)))
+
+    def load(self, version: str, generation: str | None = None) -> Served:
+        meta = self.read_meta(version)
+        model_arrays, extras = decode_arrays(self.store.get(arrays_key(version)))
+        return build_served(version, model_arrays, extras, meta, generation)
+
+    # -- the pointer ------------------------------------------------------------------------
+    def latest(self) -> tuple[dict | None, str | None]:
+        """(pointer, generation) or (None, None) before any promotion."""
+        try:
+            return get_json_with_generation(self.store, LATEST)
+        except NotFound:
+            return None, None
+
+    def latest_generation(self) -> str | None:
+        return self.store.generation(LATEST)
+
+    def promote(self, pointer: dict[str, Any], expected: str | None) -> str:
+        """Move LATEST iff it is still at ``expected`` (None: iff absent); PreconditionFailed else."""
+        data = json.dumps(pointer, ensure_ascii=False, sort_keys=True).encode()
+        return self.store.put_if_unchanged(LATEST, data, expected, content_type="application/json")

@@ -1,0 +1,351 @@
+"""The training job: clean/ window -> HybridRecommender -> models/<version>/ -> (maybe) LATEST.
+
+Steps (``run_train``):
+
+1. read the window (``data.read_training_data``: last ``window_days`` of event ``ts``, anchored at the
+   newest event, + the catalog) and derive the **version id** from a hash of the input objects
+   (keys + generations), the parameters and the code version. Same input -> same version;
+2. if ``models/<version>/meta.json`` exists (a redelivered event), do not fit again: finish what a
+   crashed attempt may have left (move LATEST if the recorded decision says so and LATEST has not
+   moved since), and publish the same message again;
+3. time-based holdout: the last ``holdout_frac`` of the data's time span is held out; a candidate is
+   fitted on the rest; the candidate, the CURRENT served model and popularity are scored on the same
+   holdout users (histories from the training part, relevant = positive-weight items they touched in
+   the holdout that were not already in their history): NDCG/HitRate/Precision/Recall@k, coverage;
+4. the served model is **refitted on the full window** (the newest part of a live-stream evening is
+   the most valuable: new items, the current streams) and written as ``arrays.npz`` + ``meta.json``;
+5. promotion: ``LATEST.json`` moves (compare-and-swap on its generation) iff there is no current
+   model, or the current one is unreadable, or ``ndcg(candidate) >= ndcg(current) - tolerance``
+   on the same holdout. Otherwise the old pointer stays and the reason is recorded;
+6. publish ``model-published`` with ``{version, promoted, reason, metrics}``.
+
+Any exception propagates (the function answers 500, Pub/Sub retries, then dead-letters).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from shared.log import get_logger
+from shared.reco import DEFAULT_ACTION_WEIGHTS, HybridRecommender, build_user_items
+from shared.reco.metrics import ranking_metrics
+from shared.serving.data import TrainingData, read_training_data
+from shared.serving.registry import Registry, Served, encode_arrays, showcase_extras
+
+log = get_logger("train")
+
+DEFAULT_PARAMS: dict[str, Any] = {
+    "cf": "ease", "cf_params": {"lam": 200.0, "neighbours": 100},
+    "content_weight": 0.1, "popularity_weight": 0.2,
+}
+POSITIVE_TYPES = tuple(t for t, w in DEFAULT_ACTION_WEIGHTS.items() if w > 0)
+
+
+def _envf(name: str, default: float) -> float:
+    v = os.environ.get(name)
+    return default if v in (None, "") else float(v)
+
+
+@dataclass
+class TrainConfig:
+    window_days: float = field(default_factory=lambda: _envf("DAIHUO_TRAIN_WINDOW_DAYS", 30.0))
+    holdout_frac: float = field(default_factory=lambda: _envf("DAIHUO_TRAIN_HOLDOUT_FRAC", 0.2))
+    tolerance: float = field(default_factory=lambda: _envf("DAIHUO_PROMOTE_TOLERANCE", 0.02))
+    k: int = 10
+    max_eval_users: int = field(default_factory=lambda: int(_envf("DAIHUO_EVAL_MAX_USERS", 5000)))
+    half_life_days: float = field(default_factory=lambda: _envf("DAIHUO_TRAIN_HALF_LIFE_DAYS", 30.0))
+    params: dict = field(default_factory=lambda: json.loads(os.environ["DAIHUO_TRAIN_PARAMS"])
+                         if os.environ.get("DAIHUO_TRAIN_PARAMS") else json.loads(json.dumps(DEFAULT_PARAMS)))
+    topic: str = field(default_factory=lambda: os.environ.get("DAIHUO_MODEL_TOPIC", "model-published"))
+
+
+_CODE_VERSION: str | None = None
+
+
+def code_version() -> str:
+    """``$DAIHUO_CODE_VERSION`` (e.g. a git sha set at deploy) or a hash of the model + serving code."""
+    global _CODE_VERSION
+    if os.environ.get("DAIHUO_CODE_VERSION"):
+        return os.environ["DAIHUO_CODE_VERSION"]
+    if _CODE_VERSION is None:
+        root = Path(__file__).resolve().parent.parent
+        h = hashlib.sha256()
+        for p in sorted(list((root / "reco").glob("*.py")) + list((root / "serving").glob("*.py"))):
+            h.update(p.name.encode())
+            h.update(p.read_bytes())
+        _CODE_VERSION = "src-" + h.hexdigest()[:12]
+    return _CODE_VERSION
+
+
+def version_id(data: TrainingData, cfg: TrainConfig) -> str:
+    spec = {"inputs": [[i["key"], str(i["generation"])] for i in data.inputs], "params": cfg.params,
+            "window_days": cfg.window_days, "holdout_frac": cfg.holdout_frac, "k": cfg.k,
+            "half_life_days": cfg.half_life_days, "max_eval_users": cfg.max_eval_users, "code": code_version()}
+    digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+    end = data.window.get("end")
+    stamp = pd.Timestamp(end).strftime("%Y%m%dT%H%M%SZ") if end else "empty"
+    return f"{stamp}-{digest}"
+
+
+def fit_model(events: pd.DataFrame, catalog: pd.DataFrame, cfg: TrainConfig, reference_time) -> HybridRecommender:
+    items = catalog[["item_id", "title", "description", "category", "price"]] if len(catalog) else None
+    return HybridRecommender(**cfg.params).fit_events(events, items, half_life_days=cfg.half_life_days,
+                                                      reference_time=reference_time)
+
+
+# ------------------------------------------------------------------------------- evaluation
+@dataclass
+class Holdout:
+    users: np.ndarray                # user ids evaluated
+    history: list[dict[str, float]]  # per user: item_id -> affinity from the training part
+    relevant: list[list[str]]        # per user: held-out positive items not in the history
+    split_ts: str
+    n_holdout_events: int
+
+
+def make_holdout(events: pd.DataFrame, cfg: TrainConfig) -> tuple[pd.DataFrame, Holdout]:
+    """Split by time at the ``1 - holdout_frac`` quantile of the item events' ``ts``: everything after
+    it is the holdout. (A quantile, not a fraction of the span: the span is dominated by sparse tails
+    such as refunds days later, which would leave an empty holdout.)"""
+    item_ts = events.loc[events["item_id"].notna(), "ts"]
+    split = item_ts.quantile(1.0 - cfg.holdout_frac) if len(item_ts) else events["ts"].max()
+    train, hold = events[events["ts"] <= split], events[events["ts"] > split]
+    inter = build_user_items(train, half_life_days=cfg.half_life_days, reference_time=split)
+    X = inter.matrix.tocsr()
+    uindex = pd.Index(inter.user_ids)
+    pos = hold[hold["type"].isin(POSITIVE_TYPES) & hold["item_id"].notna() & hold["user_id"].notna()]
+    pos = pos.drop_duplicates(["user_id", "item_id"])
+    rows = uindex.get_indexer(pos["user_id"].to_numpy())
+    pos = pos[rows >= 0].assign(_row=rows[rows >= 0])
+    pos = pos[np.diff(X.indptr)[pos["_row"].to_numpy()] > 0] if len(pos) else pos
+    users, history, relevant = [], [], []
+    if len(pos):
+        order = sorted(pos["user_id"].unique(), key=lambda u: hashlib.md5(u.encode()).hexdigest())
+        keep = set(order[: cfg.max_eval_users])
+        for u, grp in pos[pos["user_id"].isin(keep)].groupby("user_id", sort=True):
+            r = X[int(grp["_row"].iloc[0])]
+            hist = {str(inter.item_ids[j]): float(w) for j, w in zip(r.indices, r.data)}
+            rel = [i for i in grp["item_id"].tolist() if i not in hist]
+            if rel:
+                users.append(u)
+                history.append(hist)
+                relevant.append(rel)
+    return train, Holdout(np.array(users, dtype=str), history, relevant, split.isoformat(), int(len(hold)))
+
+
+def _topk_rows(S: np.ndarray, k: int) -> np.ndarray:
+    k = min(k, S.shape[1])
+    part = np.argpartition(-S, k - 1, axis=1)[:, :k]
+    vals = np.take_along_axis(S, part, 1)
+    order = np.argsort(-vals, axis=1, kind="stable")
+    top = np.take_along_axis(part, order, 1)
+    return np.where(np.isfinite(np.take_along_axis(vals, order, 1)), top, -1)
+
+
+def rank_for(model: HybridRecommender | None, ho: Holdout, k: int, chunk: int = 512) -> list[list[str]]:
+    """Top-k item ids per holdout user, history items excluded; ``model=None``: unused."""
+    index = pd.Index(model.item_ids_)
+    out: list[list[str]] = []
+    for c0 in range(0, len(ho.users), chunk):
+        hs = ho.history[c0:c0 + chunk]
+        rows, cols, vals = [], [], []
+        for r, h in enumerate(hs):
+            idx = index.get_indexer(list(h.keys()))
+            ok = idx >= 0
+            rows += [r] * int(ok.sum())
+            cols += idx[ok].tolist()
+            vals += np.asarray(list(h.values()))[ok].tolist()
+        X = sp.csr_matrix((vals, (rows, cols)), shape=(len(hs), len(index)), dtype=np.float32)
+        S = np.asarray(model.score_batch(X), dtype=np.float64)
+        S[X.nonzero()] = -np.inf  # never recommend what the user already has
+        top = _topk_rows(S, k)
+        ids = model.item_ids_
+        out += [[str(ids[j]) for j in row if j >= 0] for row in top]
+    return out
+
+
+def popularity_for(model: HybridRecommender, ho: Holdout, k: int) -> list[list[str]]:
+    g = np.asarray(model.popularity_.global_, dtype=np.float64)
+    order = np.argsort(-g, kind="stable")[: k + 256]
+    ids = [str(x) for x in model.item_ids_[order]]
+    return [[i for i in ids if i not in h][:k] for h in ho.history]
+
+
+def score_ranking(recs: list[list[str]], ho: Holdout, k: int, n_items: int) -> dict[str, float]:
+    vocab = pd.Index(pd.unique(np.concatenate([np.array(sum(recs, []), dtype=str),
+                                               np.array(sum(ho.relevant, []), dtype=str)])))
+    R = np.full((len(recs), k), -1, dtype=np.int64)
+    for u, r in enumerate(recs):
+        if r:
+            R[u, : len(r)] = vocab.get_indexer(r)
+    lens = [len(r) for r in ho.relevant]
+    cols = vocab.get_indexer(sum(ho.relevant, [])) if lens else np.empty(0, dtype=np.int64)
+    rel = sp.csr_matrix((np.ones(len(cols)), cols, np.concatenate([[0], np.cumsum(lens)])),
+                        shape=(len(recs), max(len(vocab), 1)))
+    m = ranking_metrics(R, rel, k)
+    m["coverage"] = float(len(set(sum(recs, []))) / n_items) if n_items else 0.0
+    return {key: round(float(v), 6) if isinstance(v, float) else v for key, v in m.items()}
+
+
+# ------------------------------------------------------------------------------------- run
+@dataclass
+class TrainResult:
+    version: str | None
+    promoted: bool
+    reason: str
+    metrics: dict
+    reused: bool = False
+    seconds: float = 0.0
+
+    def message(self) -> dict:
+        return {"version": self.version, "promoted": self.promoted, "reason": self.reason,
+                "metrics": self.metrics, "redelivery": self.reused}
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _decide(cand: dict, current: dict | None, current_version: str | None, current_error: str | None,
+            ho: Holdout, cfg: TrainConfig) -> tuple[bool, str]:
+    key = f"ndcg@{cfg.k}"
+    if current_version is None:
+        return True, "first model (no LATEST yet)"
+    if current_error:
+        return True, f"current model {current_version} could not be loaded ({current_error}); replacing it"
+    if not len(ho.users):
+        return False, (f"holdout has no evaluable users (no user with history before {ho.split_ts} and new "
+                       f"positive items after it): cannot compare, keeping {current_version}")
+    new, old = cand[key], current[key]
+    if new >= old - cfg.tolerance:
+        return True, (f"{key} {new:.4f} vs current {current_version} {old:.4f} on the same holdout "
+                      f"({len(ho.users)} users): within tolerance {cfg.tolerance}")
+    return False, (f"regression: {key} {new:.4f} < current {current_version} {old:.4f} - tolerance "
+                   f"{cfg.tolerance} on the same holdout ({len(ho.users)} users); keeping {current_version}")
+
+
+def _finish(reg: Registry, version: str, meta: dict, bus, cfg: TrainConfig, t0: float, reused: bool) -> TrainResult:
+    """Move LATEST if the decision says so and LATEST has not moved since; publish the outcome."""
+    d = meta["decision"]
+    promoted, reason = False, d["reason"]
+    if d["promote"]:
+        pointer, gen = reg.latest()
+        if pointer and pointer.get("version") == version:
+            promoted = True
+        elif gen == d.get("latest_generation"):
+            try:
+                reg.promote({"version": version, "promoted_at": _now(), "previous": d.get("compared_to"),
+                             "metrics": meta["metrics"].get("candidate", {})}, gen)
+                promoted = True
+            except Exception as exc:  # PreconditionFailed: someone moved it between read and swap
+                reason = f"not promoted: LATEST moved concurrently ({type(exc).__name__}); {reason}"
+                if type(exc).__name__ != "PreconditionFailed":
+                    raise
+        else:
+            reason = (f"not promoted: LATEST moved to {pointer and pointer.get('version')} since the decision "
+                      f"(was {d.get('compared_to')}); {reason}")
+    res = TrainResult(version, promoted, reason, meta["metrics"], reused, time.perf_counter() - t0)
+    log.info("train done", extra={"version": version, "promoted": promoted, "reason": reason, "reused": reused,
+                                  "metrics": meta["metrics"], "seconds": round(res.seconds, 3)})
+    if bus is not None:
+        bus.publish(cfg.topic, json.dumps(res.message(), ensure_ascii=False).encode(),
+                    version=version or "", promoted=str(promoted).lower())
+    return res
+
+
+def run_train(store, bus=None, cfg: TrainConfig | None = None, trigger: dict | None = None) -> TrainResult:
+    cfg = cfg or TrainConfig()
+    t0 = time.perf_counter()
+    reg = Registry(store)
+    data = read_training_data(store, cfg.window_days)
+    t_read = time.perf_counter() - t0
+    if data.events.empty or data.events["item_id"].notna().sum() == 0:
+        res = TrainResult(None, False, "no clean events with items in the window; nothing to train", {})
+        log.warning("train skipped", extra={"reason": res.reason, "inputs": len(data.inputs)})
+        if bus is not None:
+            bus.publish(cfg.topic, json.dumps(res.message()).encode(), version="", promoted="false")
+        return res
+    version = version_id(data, cfg)
+    if reg.exists(version):
+        log.info("version already written (redelivery); not fitting again", extra={"version": version})
+        return _finish(reg, version, reg.read_meta(version), bus, cfg, t0, reused=True)
+
+    # -- holdout evaluation: candidate vs current vs popularity, same users, same relevant items
+    t1 = time.perf_counter()
+    train_part, ho = make_holdout(data.events, cfg)
+    cand = fit_model(train_part, data.catalog, cfg, pd.Timestamp(ho.split_ts))
+    metrics: dict[str, Any] = {"k": cfg.k, "users": int(len(ho.users)), "holdout_events": ho.n_holdout_events,
+                               "split_ts": ho.split_ts}
+    metrics["candidate"] = score_ranking(rank_for(cand, ho, cfg.k), ho, cfg.k, cand.n_items_)
+    metrics["popularity"] = score_ranking(popularity_for(cand, ho, cfg.k), ho, cfg.k, cand.n_items_)
+    pointer, latest_gen = reg.latest()
+    current_version = pointer.get("version") if pointer else None
+    current_error = None
+    if current_version:
+        try:
+            cur: Served = reg.load(current_version)
+            cur_end = (cur.meta.get("window") or {}).get("end")
+            if cur_end and pd.Timestamp(cur_end) > pd.Timestamp(ho.split_ts):
+                # the current model was fitted on (part of) this holdout: scoring it as served would
+                # be leaky (it filters the held-out items as "seen" and its similarities know them).
+                # Fair comparison: the current model's recipe (params) refitted on the same training part.
+                ref = fit_model(train_part, data.catalog,
+                                TrainConfig(**{**asdict(cfg), "params": cur.meta.get("params", cfg.params)}),
+                                pd.Timestamp(ho.split_ts))
+                mode = "recipe refitted on the training part (served model saw the holdout)"
+            else:
+                ref, mode = cur.model, "as served"
+            metrics["current"] = {"version": current_version, "mode": mode,
+                                  **score_ranking(rank_for(ref, ho, cfg.k), ho, cfg.k, ref.n_items_)}
+        except Exception as exc:
+            current_error = f"{type(exc).__name__}: {exc}"
+            log.error("current model unreadable", extra={"version": current_version, "error": current_error})
+    t_eval = time.perf_counter() - t1
+    promote, reason = _decide(metrics["candidate"], metrics.get("current"), current_version, current_error, ho, cfg)
+
+    # -- the served model: refit on the full window
+    t2 = time.perf_counter()
+    end = pd.Timestamp(data.window["end"])
+    model = fit_model(data.events, data.catalog, cfg, end)
+    t_fit = time.perf_counter() - t2
+    titles = pd.Series(data.catalog["title"].astype(str).to_numpy(), index=data.catalog["item_id"]) \
+        if len(data.catalog) else pd.Series(dtype=str)
+    extras = {"item_title": np.array(titles.reindex(model.item_ids_).fillna("").astype(str).tolist() or [""],
+                                     dtype=str)[: len(model.item_ids_)]}
+    showcases: dict[str, set] = {}
+    for item, sids in zip(data.catalog["item_id"], data.catalog["stream_ids"]):
+        for s in sids:
+            showcases.setdefault(s, set()).add(item)
+    seen = data.events[data.events["stream_id"].notna() & data.events["item_id"].notna()]
+    for s, grp in seen.groupby("stream_id", sort=False):
+        showcases.setdefault(s, set()).update(grp["item_id"].unique().tolist())
+    extras.update(showcase_extras(model.item_ids_, {k: sorted(v) for k, v in showcases.items()}))
+    blob = encode_arrays(model, extras)
+    meta = {
+        "version": version, "created_at": _now(), "code_version": code_version(),
+        "params": cfg.params, "config": {k: v for k, v in asdict(cfg).items() if k != "params"},
+        "window": data.window, "inputs": data.inputs,
+        "data": {"events": int(len(data.events)), "train_events": int(len(train_part)),
+                 "users": int(len(model.user_ids_)), "items": int(model.n_items_),
+                 "catalog_items": int(len(data.catalog)), "streams": len(showcases)},
+        "metrics": metrics, "metrics_note": "holdout metrics of the model fitted on the training part; the "
+                                            "served model is refitted on the full window",
+        "decision": {"promote": promote, "reason": reason, "compared_to": current_version,
+                     "latest_generation": latest_gen, "tolerance": cfg.tolerance},
+        "timing_s": {"read": round(t_read, 3), "evaluate": round(t_eval, 3), "fit": round(t_fit, 3)},
+        "trigger": trigger or {}, "arrays_bytes": len(blob), "model": model.meta,
+    }
+    written = reg.write_version(version, blob, meta)
+    if not written:  # a twin committed it first: use its record
+        meta = reg.read_meta(version)
+    return _finish(reg, version, meta, bus, cfg, t0, reused=not written)
