@@ -1,0 +1,127 @@
+"""Training job in-process on a local store: versions, npz without pickle, promotion policy,
+idempotency, regressions kept out of LATEST, failures raise."""
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pytest
+
+from shared.serving.data import read_training_data, write_clean_from_frames
+from shared.serving.registry import LATEST, Registry, arrays_key, meta_key
+from shared.serving.train import TrainConfig, run_train
+from shared.simulator import SimConfig, simulate
+from shared.storage import open_store
+
+SIM = SimConfig(seed=11, n_streams=12, n_users=3000, n_items=500, mean_viewers_per_stream=400)
+BAD_PARAMS = {"cf": "itemknn", "cf_params": {"similarity": "lift", "neighbours": 5},
+              "content_weight": 0.0, "popularity_weight": 0.0}
+
+
+@pytest.fixture(scope="module")
+def sim():
+    return simulate(SIM)
+
+
+@pytest.fixture()
+def store(sim, tmp_path):
+    st = open_store(str(tmp_path / "store"))
+    write_clean_from_frames(st, sim.truth.expected_clean(), sim.truth.catalog_frame())
+    return st
+
+
+class FakeBus:
+    def __init__(self):
+        self.sent = []
+
+    def publish(self, topic, data, **attrs):
+        self.sent.append((topic, json.loads(data), attrs))
+        return str(len(self.sent))
+
+
+def test_reader_window_and_catalog(store, sim):
+    d = read_training_data(store, 30)
+    assert len(d.events) == len(sim.truth.expected_clean())
+    assert str(d.events["ts"].dtype).startswith("datetime64") and d.events["event_id"].is_unique
+    assert d.catalog["item_id"].is_unique and len(d.catalog) == len(sim.catalog)
+    assert [i["key"] for i in d.inputs][-1] == "catalog/sim.parquet"
+    short = read_training_data(store, 0.25)  # last 6 hours of event time only
+    assert 0 < len(short.events) < len(d.events)
+    assert short.events["ts"].min() > d.events["ts"].max() - np.timedelta64(6, "h")
+
+
+def test_first_model_is_promoted_and_written_without_pickle(store):
+    bus = FakeBus()
+    res = run_train(store, bus, TrainConfig(window_days=30))
+    assert res.promoted and "first model" in res.reason
+    pointer = json.loads(store.get(LATEST))
+    assert pointer["version"] == res.version
+    with np.load(io.BytesIO(store.get(arrays_key(res.version))), allow_pickle=False) as z:
+        assert "model.item_ids" in z.files and "serving.item_title" in z.files
+        assert all(z[k].dtype != object for k in z.files)
+    meta = json.loads(store.get(meta_key(res.version)))
+    for k in ("params", "window", "inputs", "metrics", "created_at", "code_version", "decision", "model"):
+        assert k in meta
+    m = meta["metrics"]
+    assert m["users"] >= 50 and {"ndcg@10", "hitrate@10", "precision@10", "coverage"} <= set(m["candidate"])
+    assert "popularity" in m
+    served = Registry(store).load(res.version)
+    assert served.model.recommend(str(served.model.user_ids_[0]), 5)["items"]
+    [(topic, msg, attrs)] = bus.sent
+    assert topic == "model-published" and msg["version"] == res.version and msg["promoted"] is True
+    assert attrs == {"version": res.version, "promoted": "true"}
+
+
+def test_redelivery_is_idempotent(store):
+    first = run_train(store, None)
+    keys = sorted(store.list("models/"))
+    gen = store.generation(LATEST)
+    bus = FakeBus()
+    again = run_train(store, bus)
+    assert again.version == first.version and again.reused and again.promoted
+    assert sorted(store.list("models/")) == keys and store.generation(LATEST) == gen
+    assert bus.sent[0][1]["version"] == first.version and bus.sent[0][1]["redelivery"] is True
+
+
+def test_regressed_model_is_not_promoted(store):
+    good = run_train(store, None)
+    gen = store.generation(LATEST)
+    bus = FakeBus()
+    bad = run_train(store, bus, TrainConfig(params=BAD_PARAMS))
+    assert bad.version != good.version and not bad.promoted
+    assert "regression" in bad.reason and good.version in bad.reason
+    assert store.generation(LATEST) == gen and json.loads(store.get(LATEST))["version"] == good.version
+    meta = json.loads(store.get(meta_key(bad.version)))
+    assert meta["decision"]["promote"] is False and meta["decision"]["reason"] == bad.reason
+    cur = meta["metrics"]["current"]
+    assert cur["version"] == good.version and cur["ndcg@10"] > meta["metrics"]["candidate"]["ndcg@10"] + 0.02
+    assert bus.sent[0][1]["promoted"] is False and "regression" in bus.sent[0][1]["reason"]
+
+
+def test_crashed_promotion_is_finished_on_redelivery(store, monkeypatch):
+    first = run_train(store, None)
+    # new data -> new version; crash right after the version is written, before LATEST moves
+    d = read_training_data(store, 30)
+    store.put("clean/date=2026-11-30/extra.parquet", store.get([i["key"] for i in d.inputs][0]))
+    monkeypatch.setattr(Registry, "promote", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("crash")))
+    with pytest.raises(RuntimeError):
+        run_train(store, None)
+    assert json.loads(store.get(LATEST))["version"] == first.version
+    monkeypatch.undo()
+    res = run_train(store, None)
+    assert res.reused and res.promoted and json.loads(store.get(LATEST))["version"] == res.version != first.version
+
+
+def test_corrupt_input_raises(store):
+    store.put("clean/date=2026-11-29/broken.parquet", b"not parquet at all")
+    with pytest.raises(Exception):
+        run_train(store, None)
+    assert not store.exists(LATEST)
+
+
+def test_empty_store_trains_nothing(tmp_path):
+    bus = FakeBus()
+    res = run_train(open_store(str(tmp_path / "empty")), bus)
+    assert res.version is None and not res.promoted and "no clean events" in res.reason
+    assert bus.sent[0][1]["promoted"] is False
