@@ -167,11 +167,40 @@ class HybridRecommender:
         return self.fit(inter, items, stream_items, stream_ids)
 
     def _build_indexes(self):
+        """Serving-time lookups, derived from the fitted arrays (not serialised):
+        id -> position maps, popularity orders, per-stream sorted showcases,
+        category codes, float64 popularity / price arrays."""
         self._user_index = pd.Index(self.user_ids_)
         self._item_index = pd.Index(self.item_ids_)
+        self._item_pos = {s: k for k, s in enumerate(self.item_ids_.tolist())}
         self._purchase_code = (
             self.action_names_.index("purchase") + 1 if "purchase" in self.action_names_ else -1
         )
+        n = self.n_items_
+        self._gpop = np.asarray(self.popularity_.global_, dtype=np.float64)
+        # global popularity order: score desc, index asc (the dense top_k tie rule)
+        self._gpop_order = np.lexsort((np.arange(n), -self._gpop)).astype(np.int64)
+        # per stream: items with positive stream popularity, by index and by (score desc, index asc)
+        S = sp.csr_matrix(self.popularity_.stream_)
+        S.sort_indices()
+        rows = np.repeat(np.arange(S.shape[0]), np.diff(S.indptr))
+        pos = S.data > 0
+        r, c, v = rows[pos], S.indices[pos].astype(np.int64), S.data[pos]
+        counts = np.bincount(r, minlength=S.shape[0])
+        self._s_ptr = np.concatenate(([0], np.cumsum(counts))).astype(np.int64)
+        self._s_idx = c  # sorted by (stream, index)
+        self._s_val = v.astype(np.float32)
+        o = np.lexsort((c, -v.astype(np.float64), r))
+        self._s_ord = c[o]  # sorted by (stream, score desc, index asc)
+        self._cat_code = None
+        self._cat_lookup = {}
+        if self.category_ is not None:
+            cats, codes = np.unique(np.asarray(self.category_), return_inverse=True)
+            self._cat_code = codes.astype(np.int32)
+            self._cat_lookup = {c_: k for k, c_ in enumerate(cats.tolist())}
+        self._price64 = None if self.price_ is None else np.asarray(self.price_, dtype=np.float64)
+        self._ui = (self.user_items_.indptr, self.user_items_.indices, self.user_items_.data)
+        self._act = None if self.actions_ is None else (self.actions_.indptr, self.actions_.indices, self.actions_.data)
 
     # -------------------------------------------------------------- recommend
     def _item_idx(self, ids) -> np.ndarray:
@@ -186,8 +215,22 @@ class HybridRecommender:
     def _user_row(self, user_id):
         if user_id is None:
             return None
-        loc = self._user_index.get_indexer([str(user_id)])[0]
-        return None if loc < 0 else int(loc)
+        try:
+            loc = self._user_index.get_loc(str(user_id))
+        except KeyError:
+            return None
+        return int(loc) if isinstance(loc, (int, np.integer)) else None
+
+    def _item_idx_fast(self, ids) -> np.ndarray:
+        """Ids -> item positions (unknown ids dropped, order kept) via a dict."""
+        if ids is None:
+            return np.empty(0, dtype=np.int64)
+        if isinstance(ids, str):
+            ids = [ids]
+        get = self._item_pos.get
+        pos = [get(x if isinstance(x, str) else str(x), -1) for x in (ids.tolist() if isinstance(ids, np.ndarray) else ids)]
+        arr = np.fromiter(pos, dtype=np.int64, count=len(pos))
+        return arr[arr >= 0]
 
     def recommend(
         self,
@@ -205,6 +248,256 @@ class HybridRecommender:
         price_range: tuple[float | None, float | None] | None = None,
     ) -> dict[str, Any]:
         """Recommend ``N`` items.
+
+        Returns ``{"strategy": "personal"|"context"|"stream"|"global",
+        "items": [{"item_id", "score", "parts": {"cf", "content",
+        "popularity"}, "reason": {...}}, ...]}`` best first.
+
+        Candidate-only scoring (same result as the dense formula, see
+        ``_recommend_reference``): an item outside the CF / content neighbours
+        of the sources scores ``popularity`` only, so the top-N is contained in
+        (neighbours passing the filters) ∪ (the first N filter-passing items of
+        each popularity order); with ``allowed_items`` the candidates are just
+        the allowed items.  Cost ~ |sources| x neighbours + N, not the catalogue.
+        """
+        N = int(N)
+        # ---- history (known user and/or explicit history) + context
+        h_idx = np.empty(0, dtype=np.int64)
+        h_w = np.empty(0, dtype=np.float64)
+        h_act = np.empty(0, dtype=np.int64)
+        purchased = np.empty(0, dtype=np.int64)
+        row = self._user_row(user_id)
+        if row is not None:
+            ip, ix, dx = self._ui
+            a0, a1 = ip[row], ip[row + 1]
+            h_idx = ix[a0:a1].astype(np.int64)
+            h_w = dx[a0:a1].astype(np.float64)
+            if self._act is not None:
+                aip, aix, adx = self._act
+                b0, b1 = aip[row], aip[row + 1]
+                ai, ad = aix[b0:b1].astype(np.int64), adx[b0:b1]
+                h_act = np.zeros(h_idx.size, dtype=np.int64)
+                if ai.size and h_idx.size:
+                    order = np.argsort(ai, kind="stable")
+                    ai_s = ai[order]
+                    p = np.minimum(np.searchsorted(ai_s, h_idx), ai_s.size - 1)
+                    hit = ai_s[p] == h_idx
+                    h_act[hit] = ad[order[p[hit]]]
+                purchased = ai[ad == self._purchase_code]
+            else:
+                h_act = np.zeros(h_idx.size, dtype=np.int64)
+        if history:
+            keys = [k for k in history.keys() if str(k) in self._item_pos]
+            hk = np.array([self._item_pos[str(k)] for k in keys], dtype=np.int64)
+            hv = np.array([float(history[k]) for k in keys], dtype=np.float64)
+            h_idx = np.concatenate([h_idx, hk])
+            h_w = np.concatenate([h_w, hv])
+            h_act = np.concatenate([h_act, np.zeros(hk.size, dtype=np.int64)])
+        if h_idx.size > self.max_history:  # keep the strongest affinities
+            keep = np.sort(np.argsort(-h_w, kind="stable")[: self.max_history])
+            h_idx, h_w, h_act = h_idx[keep], h_w[keep], h_act[keep]
+        c_idx = self._item_idx_fast(context_items)
+        is_ctx = np.concatenate([np.zeros(h_idx.size, dtype=bool), np.ones(c_idx.size, dtype=bool)])
+        src_idx = np.concatenate([h_idx, c_idx])
+        src_w = np.concatenate([h_w, np.full(c_idx.size, float(self.context_weight))])
+        src_act = np.concatenate([h_act, np.zeros(c_idx.size, dtype=np.int64)])
+        pos = src_w > 0
+        if not pos.all():
+            src_idx, src_w, src_act, is_ctx = src_idx[pos], src_w[pos], src_act[pos], is_ctx[pos]
+
+        sk = self.popularity_._stream_index.get(str(stream_id)) if stream_id is not None else None
+        if h_idx.size:
+            strategy, cw = "personal", self.content_weight
+        elif src_idx.size:
+            strategy, cw = "context", self.content_weight_context
+        elif sk is not None:
+            strategy, cw = "stream", 0.0
+        else:
+            strategy, cw = "global", 0.0
+        if N <= 0:
+            return {"strategy": strategy, "items": []}
+
+        # ---- sparse score parts: (sorted candidate items, normalised part)
+        n = self.n_items_
+        cf_c = ct_c = None
+        if src_idx.size:
+            cf_c, cf_v = self.cf_model_.score_one(src_idx, src_w)
+            cf_v = np.asarray(cf_v, dtype=np.float64)
+            m = float(cf_v.max()) if cf_v.size else 0.0
+            if cf_c.size < n:
+                m = max(m, 0.0)  # items outside the neighbours score 0
+            cf_v = self.cf_weight * (cf_v / m if m > 0 else np.zeros_like(cf_v))
+            if self.content_model_ is not None and cw > 0:
+                ct_c, ct_v = self.content_model_.score_one(src_idx, src_w)
+                ct_v = np.asarray(ct_v, dtype=np.float64)
+                m = float(ct_v.max()) if ct_v.size else 0.0
+                if ct_c.size < n:
+                    m = max(m, 0.0)
+                ct_v = cw * (ct_v / m if m > 0 else np.zeros_like(ct_v))
+
+        # ---- filters, evaluated on candidate arrays only
+        bad_parts = []
+        if exclude_items is not None:
+            bad_parts.append(self._item_idx_fast(exclude_items))
+        if filter_seen:
+            bad_parts.append(src_idx)
+        if exclude_purchased:
+            bad_parts.append(purchased)
+        bad = np.unique(np.concatenate(bad_parts)) if bad_parts else np.empty(0, dtype=np.int64)
+        cat_codes = None
+        if category is not None and self._cat_code is not None:
+            cats = [category] if isinstance(category, str) else list(category)
+            cat_codes = np.array([self._cat_lookup[c_] for c_ in cats if c_ in self._cat_lookup], dtype=np.int32)
+        price = self._price64 if price_range is not None else None
+        lo = hi = None
+        if price is not None:
+            lo, hi = price_range
+
+        def passing(c: np.ndarray) -> np.ndarray:
+            ok = np.ones(c.size, dtype=bool)
+            if bad.size:
+                p_ = np.minimum(np.searchsorted(bad, c), bad.size - 1)
+                ok &= bad[p_] != c
+            if cat_codes is not None:
+                ok &= np.isin(self._cat_code[c], cat_codes)
+            if price is not None:
+                pc = price[c]
+                if lo is not None:
+                    ok &= pc >= lo
+                if hi is not None:
+                    ok &= pc <= hi
+            return ok
+
+        def first_passing(order: np.ndarray, skip: np.ndarray | None = None) -> np.ndarray:
+            got, total_, start, step = [], 0, 0, max(4 * N, 64)
+            while start < order.size and total_ < N:
+                chunk = order[start:start + step]
+                ok = passing(chunk)
+                if skip is not None and skip.size:
+                    p_ = np.minimum(np.searchsorted(skip, chunk), skip.size - 1)
+                    ok &= skip[p_] != chunk
+                sel = chunk[ok][: N - total_]
+                got.append(sel)
+                total_ += sel.size
+                start += step
+                step *= 2
+            return np.concatenate(got) if got else np.empty(0, dtype=np.int64)
+
+        if sk is not None:
+            s_in = self._s_idx[self._s_ptr[sk]:self._s_ptr[sk + 1]]
+            s_val = self._s_val[self._s_ptr[sk]:self._s_ptr[sk + 1]]
+        if allowed_items is not None:
+            cand = np.unique(self._item_idx_fast(allowed_items))
+            cand = cand[passing(cand)]
+        else:
+            # scored = items with a cf / content term (all of them pass through
+            # the filters); the rest score popularity only, so their best N
+            # (per popularity order, skipping scored items) complete the set
+            scored = [c_ for c_ in (cf_c, ct_c) if c_ is not None and c_.size]
+            scored = np.unique(np.concatenate(scored)) if scored else np.empty(0, dtype=np.int64)
+            pieces = [scored[passing(scored)]]
+            if scored.size < n:
+                if sk is not None:
+                    pieces.append(first_passing(self._s_ord[self._s_ptr[sk]:self._s_ptr[sk + 1]], scored))
+                    pieces.append(first_passing(self._gpop_order, np.union1d(scored, s_in)))
+                else:
+                    pieces.append(first_passing(self._gpop_order, scored))
+            cand = np.unique(np.concatenate(pieces))
+
+        # ---- parts on the candidates
+        def lookup(cs, vs):
+            out_ = np.zeros(cand.size, dtype=np.float64)
+            if cs is None or cs.size == 0 or cand.size == 0:
+                return out_
+            if cs.size == n:  # dense B: candidates are all items in order
+                return vs[cand]
+            p_ = np.minimum(np.searchsorted(cs, cand), cs.size - 1)
+            hit = cs[p_] == cand
+            out_[hit] = vs[p_[hit]]
+            return out_
+
+        cf = lookup(cf_c, cf_v if cf_c is not None else None)
+        content = lookup(ct_c, ct_v if ct_c is not None else None)
+        g = self._gpop[cand]
+        if sk is not None and s_in.size and cand.size:
+            p_ = np.minimum(np.searchsorted(s_in, cand), s_in.size - 1)
+            in_stream = s_in[p_] == cand
+            pop = np.where(in_stream, s_val[p_].astype(np.float64), 0.1 * g)
+        elif sk is not None:
+            in_stream = np.zeros(cand.size, dtype=bool)
+            pop = 0.1 * g
+        else:
+            in_stream = np.zeros(cand.size, dtype=bool)
+            pop = g
+        popw = self.popularity_weight if strategy in ("personal", "context") else 1.0
+        popularity = popw * pop
+        total = cf + content + popularity
+        best = top_k(total, N)
+
+        # ---- reasons (from the largest part; sources from that part's sum)
+        items = cand[best]
+        parts = np.stack([cf[best], content[best], popularity[best]])
+        which = np.argmax(parts, axis=0) if best.size else np.empty(0, dtype=np.int64)
+        src_cf = src_ct = None
+        if src_idx.size and best.size:
+            src_cf, _ = self.cf_model_.top_sources(src_idx, src_w, items)
+            if self.content_model_ is not None and cw > 0:
+                src_ct, _ = self.content_model_.top_sources(src_idx, src_w, items)
+        pos_of = {int(j): k for k, j in enumerate(src_idx.tolist())}
+        ids = self.item_ids_[items].tolist()
+        tot_l, cf_l, ct_l, pop_l = total[best].tolist(), parts[0].tolist(), parts[1].tolist(), parts[2].tolist()
+        ins_l = in_stream[best].tolist()
+        which_l = which.tolist()
+        out = []
+        for k in range(best.size):
+            w_ = which_l[k]
+            reason: dict[str, Any]
+            src = None
+            top = (cf_l, ct_l, pop_l)[w_][k]
+            if top > 0 and w_ == 0 and src_cf is not None:
+                src = int(src_cf[k])
+            elif top > 0 and w_ == 1 and src_ct is not None:
+                src = int(src_ct[k])
+            if src is not None and src >= 0:
+                p = pos_of[src]
+                via = "cf" if w_ == 0 else "content"
+                if is_ctx[p]:
+                    reason = {"kind": "similar_to", "item": str(self.item_ids_[src]), "via": via}
+                else:
+                    code = int(src_act[p])
+                    action = self.action_names_[code - 1] if 0 < code <= len(self.action_names_) else None
+                    reason = {"kind": "because_you", "item": str(self.item_ids_[src]), "action": action, "via": via}
+            elif sk is not None and ins_l[k]:
+                reason = {"kind": "popular_in_stream", "stream": str(stream_id)}
+            else:
+                reason = {"kind": "popular"}
+            out.append(
+                {
+                    "item_id": str(ids[k]),
+                    "score": tot_l[k],
+                    "parts": {"cf": cf_l[k], "content": ct_l[k], "popularity": pop_l[k]},
+                    "reason": reason,
+                }
+            )
+        return {"strategy": strategy, "items": out}
+
+    def _recommend_reference(
+        self,
+        user_id=None,
+        N: int = 10,
+        *,
+        context_items: Iterable | None = None,
+        stream_id=None,
+        history: Mapping[str, float] | None = None,
+        allowed_items: Iterable | None = None,
+        exclude_items: Iterable | None = None,
+        exclude_purchased: bool = True,
+        filter_seen: bool = True,
+        category: str | Iterable[str] | None = None,
+        price_range: tuple[float | None, float | None] | None = None,
+    ) -> dict[str, Any]:
+        """Dense reference implementation (full-catalogue part arrays); kept
+        for the equivalence tests of the candidate-only ``recommend``.
 
         Returns ``{"strategy": "personal"|"context"|"stream"|"global",
         "items": [{"item_id", "score", "parts": {"cf", "content",
