@@ -1,0 +1,227 @@
+"""The recommend function served by functions-framework over a local store: 503 before any model,
+answers with titles/parts/reasons, filters, 400s naming the parameter, 405, and model swaps (a new
+version, then a broken one) under concurrent load without a single 5xx."""
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import Counter
+
+import numpy as np
+import pytest
+import requests
+
+from shared import emulators
+from shared.serving.data import write_clean_from_frames
+from shared.serving.registry import LATEST, Registry, arrays_key, meta_key
+from shared.serving.train import run_train
+from shared.simulator import SimConfig, simulate
+from shared.storage import open_store
+
+LOGS = emulators.REPO_ROOT / "var" / "test-logs"
+SIM = SimConfig(seed=11, n_streams=12, n_users=3000, n_items=500, mean_viewers_per_stream=400)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    sim = simulate(SIM)
+    root = tmp_path_factory.mktemp("reco-store")
+    store = open_store(str(root))
+    fn = emulators.start_function("recommend", env={"DAIHUO_STORE": str(root), "DAIHUO_MODEL_REFRESH_S": "0.3",
+                                                    "THREADS": "8"}, log_dir=LOGS)
+    url = f"http://{fn.host}/"
+    # before any model: 503 with a clear body and Retry-After
+    r = requests.get(url, params={"user_id": "u-000001"}, timeout=10)
+    assert r.status_code == 503, r.text
+    assert "no model" in r.json()["error"] and int(r.headers["Retry-After"]) >= 1
+    write_clean_from_frames(store, sim.truth.expected_clean(), sim.truth.catalog_frame())
+    res = run_train(store, None)
+    assert res.promoted
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:  # picked up by the background refresh, no restart
+        r = requests.get(url, params={"user_id": "u-000001"}, timeout=10)
+        if r.status_code == 200:
+            break
+        time.sleep(0.1)
+    assert r.status_code == 200, r.text
+    yield {"url": url, "store": store, "sim": sim, "version": res.version, "fn": fn}
+    fn.stop()
+
+
+def get(world, **params):
+    return requests.get(world["url"], params=params, timeout=10)
+
+
+def _known_user(world, min_items=3):
+    m = Registry(world["store"]).load(world["version"]).model
+    counts = np.diff(m.user_items_.indptr)
+    return str(m.user_ids_[int(np.flatnonzero(counts >= min_items)[0])])
+
+
+def test_answer_shape_with_reasons(world):
+    user = _known_user(world)
+    r = get(world, user_id=user, k=5)
+    assert r.status_code == 200
+    body = r.json()
+    assert body["model_version"] == world["version"] == r.headers["X-Model-Version"]
+    assert body["strategy"] == "personal" and body["fallback"] is None and len(body["items"]) == 5
+    assert body["timing_ms"]["total"] >= body["timing_ms"]["model"] > 0
+    for it in body["items"]:
+        assert it["title"] and set(it["parts"]) == {"cf", "content", "popularity"}
+        assert abs(sum(it["parts"].values()) - it["score"]) < 1e-4
+        assert it["reason"]["kind"] and it["reason"]["text_zh"] and it["reason"]["text_en"]
+    kinds = Counter(it["reason"]["kind"] for it in body["items"])
+    assert kinds["because_you"] >= 1
+    because = next(it["reason"] for it in body["items"] if it["reason"]["kind"] == "because_you")
+    assert because["text_zh"].startswith("因为你") and because["text_en"].startswith("because you")
+
+
+def test_post_json_context_and_fallbacks(world):
+    r = requests.post(world["url"], json={"context": ["sku-000001", "sku-000002"], "k": 3}, timeout=10)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["strategy"] == "context" and body["fallback"]
+    assert all(it["reason"]["kind"] in ("similar_to", "popular") for it in body["items"])
+    assert any(it["reason"]["text_zh"].startswith("与「") for it in body["items"])
+    r = get(world, context="sku-000001,sku-000002", k=3)
+    assert [i["item_id"] for i in r.json()["items"]] == [i["item_id"] for i in body["items"]]
+    stream = world["sim"].truth.streams["stream_id"].iloc[0]
+    r = get(world, user_id="u-nobody", stream_id=stream, k=4)
+    assert r.json()["strategy"] == "stream"
+    assert r.json()["items"][0]["reason"] == {"kind": "popular_in_stream", "stream": stream,
+                                              "text_zh": "本直播间热卖", "text_en": "popular in this stream"}
+
+
+def test_filters(world):
+    truth = world["sim"].truth
+    stream = truth.streams["stream_id"].iloc[1]
+    showcase = set(truth.showcase(stream))
+    user = _known_user(world)
+    r = get(world, user_id=user, stream_id=stream, showcase_only="true", k=100)
+    ids = [i["item_id"] for i in r.json()["items"]]
+    assert ids and set(ids) <= showcase
+    cat = truth.item_category[truth.item_index[ids[0]]]
+    r = get(world, user_id=user, category=cat, min_price=10, max_price=200, k=20)
+    for it in r.json()["items"]:
+        i = truth.item_index[it["item_id"]]
+        assert truth.item_category[i] == cat and 10 <= truth.item_price[i] <= 200
+    # exclude_purchased (default true): a buyer never gets back what they bought
+    ev = truth.expected_clean()
+    buys = ev[ev["type"] == "purchase"].groupby("user_id")["item_id"].apply(set)
+    buyer = buys.index[0]
+    got = {i["item_id"] for i in get(world, user_id=buyer, k=100).json()["items"]}
+    assert not (got & buys[buyer])
+
+
+@pytest.mark.parametrize("params,param", [
+    ({"user_id": "u-1", "k": "0"}, "k"), ({"user_id": "u-1", "k": "101"}, "k"), ({"user_id": "u-1", "k": "ten"}, "k"),
+    ({"user_id": "u-1", "min_price": "cheap"}, "min_price"), ({"user_id": "u-1", "min_price": "-1"}, "min_price"),
+    ({"user_id": "u-1", "min_price": "50", "max_price": "10"}, "max_price"),
+    ({"user_id": "u-1", "showcase_only": "maybe", "stream_id": "s"}, "showcase_only"),
+    ({"user_id": "u-1", "showcase_only": "true"}, "stream_id"),
+    ({"user_id": "u-1", "exclude_purchased": "2"}, "exclude_purchased"),
+    ({"user_id": "u-1", "colour": "red"}, "colour"), ({"k": "5"}, "user_id"),
+    ({"user_id": "u" * 200}, "user_id"),
+])
+def test_bad_parameters_are_400_naming_the_parameter(world, params, param):
+    r = get(world, **params)
+    assert r.status_code == 400 and r.json()["param"] == param and param in r.json()["error"]
+
+
+def test_bad_post_bodies_and_methods(world):
+    r = requests.post(world["url"], data=b"[1, 2]", headers={"Content-Type": "application/json"}, timeout=10)
+    assert r.status_code == 400 and r.json()["param"] == "body"
+    r = requests.post(world["url"], json={"user_id": "u-1", "context": [1, 2]}, timeout=10)
+    assert r.status_code == 400 and r.json()["param"] == "context"
+    r = requests.post(world["url"], json={"user_id": "u-1", "k": 2.5}, timeout=10)
+    assert r.status_code == 400 and r.json()["param"] == "k"
+    for method in ("PUT", "DELETE", "PATCH"):
+        r = requests.request(method, world["url"], timeout=10)
+        assert r.status_code == 405 and "GET" in r.headers["Allow"]
+
+
+def test_beats_popularity_on_ground_truth(world):
+    """Mean true affinity (simulator's latent tastes) of the top-10 vs popularity's top-10, both
+    excluding what the viewer already touched, for 60 viewers with history."""
+    truth, store = world["sim"].truth, world["store"]
+    m = Registry(store).load(world["version"]).model
+    ev = truth.expected_clean()
+    pos = ev[ev["type"].isin(["product_click", "add_to_cart", "purchase"])]
+    popular = pos["item_id"].value_counts().index.tolist()
+    touched = ev[ev["item_id"].notna()].groupby("user_id")["item_id"].apply(set)
+    counts = np.diff(m.user_items_.indptr)
+    users = [str(u) for u in m.user_ids_[counts >= 2]][:60]
+    ours, pop = [], []
+    for u in users:
+        items = [i["item_id"] for i in get(world, user_id=u, k=10).json()["items"]]
+        base = [i for i in popular if i not in touched.get(u, set())][:10]
+        ours.append(truth.affinity(u, items).mean())
+        pop.append(truth.affinity(u, base).mean())
+    assert len(users) == 60
+    assert np.mean(ours) > np.mean(pop) + 0.2, (np.mean(ours), np.mean(pop))
+
+
+def test_model_swaps_under_load_never_5xx(world):
+    store, url = world["store"], world["url"]
+    reg = Registry(store)
+    users = [f"u-{i:06d}" for i in range(0, 3000, 7)]
+    statuses, versions, stop = Counter(), Counter(), threading.Event()
+    lock = threading.Lock()
+
+    def hammer(n):
+        s = requests.Session()
+        i = n
+        while not stop.is_set():
+            r = s.get(url, params={"user_id": users[i % len(users)], "k": 10}, timeout=10)
+            with lock:
+                statuses[r.status_code] += 1
+                versions[r.headers.get("X-Model-Version")] += 1
+            i += 4
+
+    def move(version):
+        _, gen = reg.latest()
+        reg.promote({"version": version}, gen)
+
+    def wait_for(version, timeout=15):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if requests.get(url, params={"user_id": users[0]}, timeout=10).headers.get("X-Model-Version") == version:
+                return True
+            time.sleep(0.05)
+        return False
+
+    v1 = world["version"]
+    threads = [threading.Thread(target=hammer, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    try:
+        time.sleep(0.5)
+        # 1) a new good version (same arrays under a new name)
+        meta = json.loads(store.get(meta_key(v1)))
+        store.put(arrays_key("swap-v2"), store.get(arrays_key(v1)))
+        store.put_json(meta_key("swap-v2"), {**meta, "version": "swap-v2"})
+        move("swap-v2")
+        assert wait_for("swap-v2")
+        # 2) a broken version: truncated npz -> logged, the last good model keeps serving
+        store.put(arrays_key("broken-v3"), store.get(arrays_key(v1))[:1000])
+        store.put_json(meta_key("broken-v3"), {**meta, "version": "broken-v3"})
+        move("broken-v3")
+        time.sleep(1.5)
+        # 3) a pointer to a version that does not exist at all
+        move("ghost-v4")
+        time.sleep(1.0)
+        assert requests.get(url, params={"user_id": users[0]}, timeout=10).headers["X-Model-Version"] == "swap-v2"
+        # 4) back to a good one
+        move(v1)
+        assert wait_for(v1)
+        time.sleep(0.3)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert sum(statuses.values()) > 200
+    assert set(statuses) == {200}, statuses
+    assert set(versions) == {v1, "swap-v2"}, versions
+    log = (LOGS / "recommend.log").read_text()
+    assert "broken-v3" in log and "ghost-v4" in log and "keeping the last good model" in log
