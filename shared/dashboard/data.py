@@ -1,0 +1,213 @@
+"""Loading what the dashboard shows from the object store, cached per instance.
+
+A :class:`Snapshot` is an immutable view of one committed state: the three analytics tables of the
+clean manifest, product titles from the catalog parts, the clean runs' data-quality reports and the
+model versions' metadata. :class:`DataSource` keeps the current snapshot and reloads it only when the
+manifest's generation (or the ``models/LATEST.json`` generation) changed, looking at most once every
+``check_every_s`` seconds (two small metadata reads; nothing is downloaded while nothing changed).
+
+Everything here is defensive about what may not exist yet: no manifest (nothing cleaned yet) gives
+empty tables, no models gives an empty model list, a broken ``meta.json`` is listed with its error.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import re
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from shared.log import get_logger
+from shared.pipeline.analytics import STREAM_COLS
+from shared.pipeline.clean import CLEAN_SCHEMA, MANIFEST
+from shared.storage import NotFound
+
+log = get_logger("dashboard")
+
+MODELS_LATEST = "models/LATEST.json"
+_META = re.compile(r"^models/([^/]+)/meta\.json$")
+# bump when the rendered output changes shape: part of the ETag, so caches do not serve old pages
+RENDER_VERSION = "1"
+
+
+def _read_parquet(store, key: str) -> pd.DataFrame:
+    t = pq.read_table(io.BytesIO(store.get(key)))
+    # dictionary columns -> plain strings (pandas categoricals get in the way of filtering/sorting)
+    cols = [c.cast(pa.string()) if pa.types.is_dictionary(c.type) else c for c in t.columns]
+    return pa.table(cols, names=t.column_names).to_pandas()
+
+
+def _generation(store, key: str) -> str | None:
+    try:
+        return store.generation(key)
+    except NotFound:
+        return None
+
+
+@dataclass
+class Snapshot:
+    """One consistent state of the analytics data (immutable once built)."""
+    version: str                              # ETag value: changes whenever anything shown changes
+    manifest: dict[str, Any]
+    stream: pd.DataFrame
+    stream_hour: pd.DataFrame
+    stream_item: pd.DataFrame
+    catalog: pd.DataFrame                     # item_id -> title, category, price (latest per item)
+    runs: list[dict[str, Any]]                # clean run reports, oldest first
+    models: list[dict[str, Any]]              # model metadata, oldest first
+    latest_model: str | None
+    loaded_at: float = field(default_factory=time.time)
+    _store: Any = None
+    _minute_cache: "OrderedDict[tuple, pd.DataFrame]" = field(default_factory=OrderedDict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def run_id(self) -> str | None:
+        return self.runs[-1]["run_id"] if self.runs else None
+
+    def has_stream(self, stream_id: str) -> bool:
+        return bool((self.stream["stream_id"] == stream_id).any()) if len(self.stream) else False
+
+    def clean_events(self, stream_id: str) -> pa.Table:
+        """The stream's committed clean events (only the clean files that hold the stream are read)."""
+        keys = [f["key"] for f in self.manifest.get("clean_files", []) if stream_id in f.get("streams", [])]
+        parts = []
+        for k in keys:
+            t = pq.read_table(io.BytesIO(self._store.get(k)))
+            sid = t.column("stream_id").cast(pa.string())
+            parts.append(t.filter(pa.compute.equal(sid, stream_id)))
+        if not parts:
+            return CLEAN_SCHEMA.empty_table()
+        return pa.concat_tables(parts, promote_options="permissive")
+
+    def fine_series(self, stream_id: str, bucket_s: int) -> pd.DataFrame:
+        """Per-bucket series from the clean events (cached per snapshot, a few streams at a time)."""
+        from shared.dashboard.queries import fine_series_from_events
+        key = (stream_id, bucket_s)
+        with self._lock:
+            if key in self._minute_cache:
+                self._minute_cache.move_to_end(key)
+                return self._minute_cache[key]
+        df = fine_series_from_events(self.clean_events(stream_id), bucket_s)
+        with self._lock:
+            self._minute_cache[key] = df
+            while len(self._minute_cache) > 32:
+                self._minute_cache.popitem(last=False)
+        return df
+
+
+def empty_snapshot(version: str = "empty") -> Snapshot:
+    return Snapshot(version=version, manifest={}, stream=pd.DataFrame(columns=STREAM_COLS),
+                    stream_hour=pd.DataFrame(columns=["stream_id", "hour"]),
+                    stream_item=pd.DataFrame(columns=["stream_id", "item_id", "impressions", "clicks",
+                                                      "add_to_carts", "orders", "units", "gmv", "refunds",
+                                                      "ctr", "conversion_rate"]),
+                    catalog=pd.DataFrame(columns=["item_id", "title", "category", "price"]),
+                    runs=[], models=[], latest_model=None)
+
+
+def load_models(store) -> tuple[list[dict[str, Any]], str | None]:
+    """Every ``models/<version>/meta.json`` (a broken one is listed with ``error``) and LATEST's version."""
+    latest = None
+    try:
+        ptr = orjson.loads(store.get(MODELS_LATEST))
+        latest = ptr.get("version") if isinstance(ptr, dict) else None
+        latest = str(latest) if latest is not None else None
+    except NotFound:
+        pass
+    except Exception as exc:  # a half-written or foreign pointer must not take the dashboard down
+        log.warning("unreadable models/LATEST.json", extra={"error": str(exc)})
+    models = []
+    try:
+        keys = [k for k in store.list("models/") if _META.match(k)]
+    except Exception as exc:
+        log.warning("cannot list models/", extra={"error": str(exc)})
+        keys = []
+    for k in keys:
+        version = _META.match(k).group(1)
+        try:
+            meta = orjson.loads(store.get(k))
+            if not isinstance(meta, dict):
+                raise ValueError("meta.json is not a JSON object")
+        except Exception as exc:
+            models.append({"version": version, "error": f"unreadable meta.json: {exc}", "metrics": {}})
+            continue
+        metrics = meta.get("metrics") if isinstance(meta.get("metrics"), dict) else {}
+        models.append({**meta, "version": str(meta.get("version") or version), "metrics": metrics})
+    models.sort(key=lambda m: (str(m.get("created_at") or ""), m["version"]))
+    return models, latest
+
+
+def load_snapshot(store, manifest_gen: str | None, models_gen: str | None) -> Snapshot:
+    from shared.pipeline.clean import load_manifest
+    version = hashlib.sha1(f"{RENDER_VERSION}|{manifest_gen}|{models_gen}".encode()).hexdigest()[:16]
+    snap = empty_snapshot(version)
+    snap._store = store
+    snap.models, snap.latest_model = load_models(store)
+    if manifest_gen is None:
+        return snap
+    manifest, _ = load_manifest(store)
+    snap.manifest = manifest
+    an = manifest.get("analytics") or {}
+    if an.get("stream"):
+        snap.stream = _read_parquet(store, an["stream"])
+    if an.get("stream_hour"):
+        snap.stream_hour = _read_parquet(store, an["stream_hour"])
+    if an.get("stream_item"):
+        snap.stream_item = _read_parquet(store, an["stream_item"])
+    cats = [_read_parquet(store, k) for k in manifest.get("catalog", [])]
+    if cats:
+        cat = pd.concat(cats, ignore_index=True).sort_values(["ts", "event_id"], kind="stable")
+        snap.catalog = cat.drop_duplicates("item_id", keep="last")[["item_id", "title", "category", "price"]]
+    runs = []
+    for r in manifest.get("runs", []):
+        try:
+            rep = orjson.loads(store.get(r["report"]))
+        except Exception as exc:
+            rep = {"error": f"unreadable report: {exc}"}
+        runs.append({**r, **rep, "run_id": r["run_id"]})
+    snap.runs = runs
+    return snap
+
+
+class DataSource:
+    """The instance's cache: ``snapshot()`` is cheap; it reloads only after the manifest changed."""
+
+    def __init__(self, store, check_every_s: float | None = None):
+        self.store = store
+        self.check_every_s = float(os.environ.get("DAIHUO_DASHBOARD_CHECK_S", 30)) if check_every_s is None \
+            else float(check_every_s)
+        self._snap: Snapshot | None = None
+        self._gens: tuple | None = None
+        self._checked = 0.0
+        self._lock = threading.Lock()
+        self.loads = 0  # how many times data was (re)loaded: for tests and logs
+
+    def snapshot(self) -> Snapshot:
+        now = time.monotonic()
+        snap = self._snap
+        if snap is not None and now - self._checked < self.check_every_s:
+            return snap
+        with self._lock:
+            if self._snap is not None and time.monotonic() - self._checked < self.check_every_s:
+                return self._snap
+            gens = (_generation(self.store, MANIFEST), _generation(self.store, MODELS_LATEST))
+            if self._snap is None or gens != self._gens:
+                t0 = time.monotonic()
+                self._snap = load_snapshot(self.store, *gens)
+                self._gens = gens
+                self.loads += 1
+                log.info("dashboard data loaded", extra={"version": self._snap.version, "run_id": self._snap.run_id,
+                                                         "streams": len(self._snap.stream),
+                                                         "seconds": round(time.monotonic() - t0, 3)})
+            self._checked = time.monotonic()
+            return self._snap
