@@ -7,6 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CHECKOV_VERSION=3.3.30
+export BC_SKIP_MAPPING=TRUE  # offline: do not fetch the Prisma guideline mapping (noisy traceback)
 VENV="${CHECKOV_VENV:-var/tools-venv}"
 PY="${PYTHON:-python3}"
 if [ ! -x "$VENV/bin/checkov" ] || ! "$VENV/bin/pip" show checkov 2>/dev/null | grep -qx "Version: $CHECKOV_VERSION"; then
