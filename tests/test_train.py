@@ -125,3 +125,15 @@ def test_empty_store_trains_nothing(tmp_path):
     res = run_train(open_store(str(tmp_path / "empty")), bus)
     assert res.version is None and not res.promoted and "no clean events" in res.reason
     assert bus.sent[0][1]["promoted"] is False
+
+
+def test_reader_follows_the_clean_manifest(store):
+    """With state/clean-manifest.json present only committed objects are read (an uncommitted run's
+    leftovers under clean/ are ignored)."""
+    keys = sorted(store.list("clean/"))
+    store.put_json("state/clean-manifest.json", {"clean_files": [{"key": k, "streams": []} for k in keys[:1]],
+                                                  "catalog": ["catalog/sim.parquet"]})
+    store.put("clean/date=2026-11-29/r-uncommitted.parquet", store.get(keys[-1]))
+    d = read_training_data(store, 30)
+    assert [i["key"] for i in d.inputs] == [keys[0], "catalog/sim.parquet"]
+    assert d.events["ts"].dt.strftime("%Y-%m-%d").unique().tolist() == [keys[0].split("date=")[1][:10]]

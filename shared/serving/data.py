@@ -8,11 +8,15 @@ The layout is the batch pipeline's (docs/pipeline.md, shared/pipeline/clean.py):
 * ``catalog/...parquet`` - catalog_item records (``item_id, title, description, category, price,
   currency, stream_ids, ts, ...``), possibly several parts: the latest record per item wins.
 
+* ``state/clean-manifest.json`` - ``clean_files: [{"key", "streams"}]`` and ``catalog: [key]`` list the
+  COMMITTED objects; only those are read when the manifest exists.
+
 Everything that knows about that layout is in :func:`read_training_data` (one place to adapt).
 """
 from __future__ import annotations
 
 import io
+import json
 import re
 from dataclasses import dataclass, field
 from datetime import date, timedelta
@@ -22,10 +26,11 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from shared.storage import ObjectStore
+from shared.storage import NotFound, ObjectStore
 
 CLEAN_PREFIX = "clean/"
 CATALOG_PREFIX = "catalog/"
+MANIFEST = "state/clean-manifest.json"   # shared.pipeline.clean.MANIFEST
 EVENT_COLUMNS = ["event_id", "type", "ts", "stream_id", "user_id", "item_id", "price"]
 CATALOG_COLUMNS = ["item_id", "title", "description", "category", "price", "stream_ids", "ts"]
 _DATE = re.compile(r"(?:^|/)date=(\d{4}-\d{2}-\d{2})(?:/|$)")
@@ -61,7 +66,19 @@ def read_training_data(store: ObjectStore, window_days: float = 30.0, *, end=Non
     always give the same window: training is a pure function of its inputs (idempotent versions).
     Partitions (``date=YYYY-MM-DD``) older than the window are not even downloaded.
     """
-    keys = sorted(k for k in store.list(CLEAN_PREFIX) if k.endswith(".parquet"))
+    # Only COMMITTED objects: the clean run's manifest lists them (a run that lost the manifest race or
+    # crashed before committing leaves unreferenced objects under clean/ that readers must ignore).
+    # Without a manifest (data written directly, e.g. tests/bench), every object under the prefixes.
+    try:
+        manifest = json.loads(store.get(MANIFEST))
+    except NotFound:
+        manifest = None
+    if manifest is not None:
+        keys = sorted({(f["key"] if isinstance(f, dict) else f) for f in manifest.get("clean_files", [])})
+        catalog_keys = sorted(set(manifest.get("catalog", [])))
+    else:
+        keys = sorted(k for k in store.list(CLEAN_PREFIX) if k.endswith(".parquet"))
+        catalog_keys = sorted(k for k in store.list(CATALOG_PREFIX) if k.endswith(".parquet"))
     dates = {k: (m.group(1) if (m := _DATE.search(k)) else None) for k in keys}
     if end is None:
         newest = max((d for d in dates.values() if d), default=None)
@@ -105,7 +122,7 @@ def read_training_data(store: ObjectStore, window_days: float = 30.0, *, end=Non
     ev = ev.drop_duplicates("event_id").sort_values(["ts", "event_id"], kind="stable").reset_index(drop=True)
 
     cat_tables = []
-    for k in sorted(k for k in store.list(CATALOG_PREFIX) if k.endswith(".parquet")):
+    for k in catalog_keys:
         t, gen = _read_parquet(store, k, CATALOG_COLUMNS)
         inputs.append({"key": k, "generation": gen})
         if t.num_rows:
