@@ -1,0 +1,176 @@
+"""The analytics function's router: (method, path, query, headers) -> Response. No web framework here,
+so it is tested in-process and served by any adapter (functions/analytics/main.py uses Flask's request).
+
+Caching: every answer for the same data version has the same ETag (the data version: a hash of the
+clean manifest's generation, the models pointer's generation and the render version); with
+``Cache-Control: public, max-age=300`` a browser or CDN reuses it for 5 minutes and then revalidates
+with ``If-None-Match`` (-> 304, no body). The instance keeps the loaded tables and rendered pages in
+memory and looks at the manifest's generation at most every ``DAIHUO_DASHBOARD_CHECK_S`` seconds.
+"""
+from __future__ import annotations
+
+import os
+import re
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+from urllib.parse import unquote
+
+import orjson
+
+from shared.dashboard import pages, queries
+from shared.dashboard.data import DataSource
+from shared.log import get_logger
+
+log = get_logger("analytics")
+
+_SID = r"([A-Za-z0-9._:@%-]{1,200})"
+# (pattern, kind, allowed query parameters)
+_LIST_PARAMS = {"sort", "order", "limit", "offset", "platform", "from", "to"}
+ROUTES: list[tuple[re.Pattern, str, set[str]]] = [
+    (re.compile(r"^/api/streams$"), "api_streams", _LIST_PARAMS),
+    (re.compile(rf"^/api/streams/{_SID}$"), "api_stream", set()),
+    (re.compile(rf"^/api/streams/{_SID}/timeseries$"), "api_timeseries", {"grain", "bucket"}),
+    (re.compile(rf"^/api/streams/{_SID}/funnel$"), "api_funnel", set()),
+    (re.compile(rf"^/api/streams/{_SID}/products$"), "api_products", {"sort", "limit", "offset"}),
+    (re.compile(r"^/api/quality$"), "api_quality", set()),
+    (re.compile(r"^/api/models$"), "api_models", set()),
+    (re.compile(r"^/$"), "page_overview", {"platform", "from", "to", "sort", "order"}),
+    (re.compile(rf"^/streams/{_SID}$"), "page_stream", {"bucket"}),
+    (re.compile(r"^/quality$"), "page_quality", set()),
+    (re.compile(r"^/models$"), "page_models", set()),
+    (re.compile(r"^/healthz$"), "health", set()),
+]
+
+
+@dataclass
+class Response:
+    status: int
+    body: bytes = b""
+    headers: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def json(self) -> Any:
+        return orjson.loads(self.body)
+
+
+def _json(status: int, obj: Any, headers: dict[str, str] | None = None) -> Response:
+    return Response(status, orjson.dumps(obj, option=orjson.OPT_NON_STR_KEYS),
+                    {"Content-Type": "application/json; charset=utf-8", **(headers or {})})
+
+
+def _etag_matches(header: str | None, etag: str) -> bool:
+    if not header:
+        return False
+    if header.strip() == "*":
+        return True
+    tags = [t.strip() for t in header.split(",")]
+    bare = etag.strip('"')
+    return any(t.removeprefix("W/").strip('"') == bare for t in tags)
+
+
+class App:
+    def __init__(self, store_factory: Callable[[], Any], *, check_every_s: float | None = None,
+                 max_age_s: int | None = None, root: str | None = None, page_cache: int = 64):
+        self._store_factory = store_factory
+        self._check_every_s = check_every_s
+        self._source: DataSource | None = None
+        self._lock = threading.Lock()
+        self.max_age_s = int(os.environ.get("DAIHUO_DASHBOARD_MAX_AGE", 300)) if max_age_s is None else max_age_s
+        self.root = (os.environ.get("DAIHUO_DASHBOARD_ROOT", "") if root is None else root).rstrip("/")
+        self._pages: OrderedDict[tuple, bytes] = OrderedDict()
+        self._page_cache = page_cache
+
+    @property
+    def source(self) -> DataSource:
+        if self._source is None:
+            with self._lock:
+                if self._source is None:
+                    self._source = DataSource(self._store_factory(), self._check_every_s)
+        return self._source
+
+    # ------------------------------------------------------------------------------------------
+    def handle(self, method: str, path: str, args: Mapping[str, str] | None = None,
+               headers: Mapping[str, str] | None = None) -> Response:
+        args = dict(args or {})
+        headers = headers or {}
+        path = "/" + (path or "/").strip("/") if (path or "/").strip("/") else "/"
+        api = path.startswith("/api/") or path == "/api"
+        if method not in ("GET", "HEAD"):
+            return self._error(405, "method_not_allowed", f"{method} is not allowed; use GET", api, None,
+                               extra_headers={"Allow": "GET, HEAD"})
+        for pattern, kind, allowed in ROUTES:
+            m = pattern.match(path)
+            if m:
+                break
+        else:
+            return self._error(404, "not_found", f"no such resource: {path}", api, None)
+        unknown = sorted(set(args) - allowed)
+        if unknown:
+            return self._error(400, "bad_parameter", f"unknown parameter {unknown[0]!r}", api, None,
+                               parameter=unknown[0])
+        if kind == "health":
+            return _json(200, {"status": "ok"}, {"Cache-Control": "no-store"})
+        snap = self.source.snapshot()
+        etag = f'"{snap.version}"'
+        cache = {"Cache-Control": f"public, max-age={self.max_age_s}", "ETag": etag, "Vary": "Accept-Encoding"}
+        sid = unquote(m.group(1)) if m.groups() else None
+        if sid is not None and not snap.has_stream(sid):
+            return self._error(404, "unknown_stream", f"unknown stream {sid!r}", api, snap, stream_id=sid)
+        if _etag_matches(headers.get("If-None-Match") or headers.get("if-none-match"), etag):
+            return Response(304, b"", cache)
+        try:
+            if api:
+                return _json(200, self._api(kind, snap, sid, args), cache)
+            key = (snap.version, path, tuple(sorted(args.items())))
+            body = self._pages.get(key)
+            if body is None:
+                body = self._page(kind, snap, sid, args).encode("utf-8")
+                with self._lock:
+                    self._pages[key] = body
+                    while len(self._pages) > self._page_cache:
+                        self._pages.popitem(last=False)
+            return Response(200, body, {"Content-Type": "text/html; charset=utf-8", **cache})
+        except queries.BadParameter as exc:
+            return self._error(400, "bad_parameter", exc.message, api, snap, parameter=exc.parameter)
+        except queries.UnknownStream as exc:
+            return self._error(404, "unknown_stream", str(exc), api, snap, stream_id=exc.stream_id)
+
+    def _api(self, kind: str, snap, sid: str | None, args: dict) -> dict:
+        if kind == "api_streams":
+            return queries.list_streams(snap, args)
+        if kind == "api_stream":
+            return queries.stream_kpis(snap, sid)
+        if kind == "api_timeseries":
+            return queries.timeseries(snap, sid, args)
+        if kind == "api_funnel":
+            return queries.funnel(snap, sid)
+        if kind == "api_products":
+            return queries.products(snap, sid, args)
+        if kind == "api_quality":
+            return queries.quality(snap)
+        if kind == "api_models":
+            return queries.models(snap)
+        raise AssertionError(kind)
+
+    def _page(self, kind: str, snap, sid: str | None, args: dict) -> str:
+        if kind == "page_overview":
+            return pages.overview_page(snap, args, self.root)
+        if kind == "page_stream":
+            return pages.stream_page(snap, sid, args, self.root)
+        if kind == "page_quality":
+            return pages.quality_page(snap, self.root)
+        if kind == "page_models":
+            return pages.models_page(snap, self.root)
+        raise AssertionError(kind)
+
+    def _error(self, status: int, code: str, message: str, api: bool, snap, *,
+               extra_headers: dict[str, str] | None = None, **fields) -> Response:
+        hdrs = {"Cache-Control": "no-store", **(extra_headers or {})}
+        if api or snap is None and status == 405:
+            return _json(status, {"error": code, "message": message, **fields}, hdrs)
+        from shared.dashboard.data import empty_snapshot
+        title = {400: "Bad request", 404: "Not found", 405: "Method not allowed"}.get(status, "Error")
+        html = pages.error_page(snap or empty_snapshot(""), status, title, message, self.root)
+        return Response(status, html.encode("utf-8"), {"Content-Type": "text/html; charset=utf-8", **hdrs})
