@@ -31,7 +31,7 @@ except Exception:  # pragma: no cover
     _nb = None
     HAVE_NUMBA = False
 
-__all__ = ["HAVE_NUMBA", "topn_similarity", "KIND_CODES"]
+__all__ = ["HAVE_NUMBA", "topn_similarity", "KIND_CODES", "user_scores"]
 
 KIND_CODES = {"cosine": 0, "jaccard": 1, "lift": 2, "cooccurrence": 3}
 
@@ -136,6 +136,73 @@ if HAVE_NUMBA:
                     out_cols[base + k] = hc[order[k]]
                     out_vals[base + k] = hv[order[k]]
                 out_cnt[i] = size
+
+
+if HAVE_NUMBA:
+
+    @_nb.njit(cache=True)
+    def _user_scores_kernel(indptr, indices, data, idx, w, acc, bval, bsrc, mark):
+        # R(u, i) = sum_k w[k] * W[idx[k], i] over the gathered rows, plus the
+        # source position with the largest term (strict > : earliest wins ties)
+        total = 0
+        for k in range(idx.shape[0]):
+            j = idx[k]
+            total += indptr[j + 1] - indptr[j]
+        touched = np.empty(total, dtype=np.int64)
+        nt = 0
+        for k in range(idx.shape[0]):
+            j = idx[k]
+            wk = w[k]
+            for p in range(indptr[j], indptr[j + 1]):
+                c = indices[p]
+                t = data[p] * wk
+                if mark[c] == 0:
+                    mark[c] = 1
+                    touched[nt] = c
+                    nt += 1
+                    acc[c] = t
+                    bval[c] = t
+                    bsrc[c] = k
+                else:
+                    acc[c] += t
+                    if t > bval[c]:
+                        bval[c] = t
+                        bsrc[c] = k
+        cand = np.sort(touched[:nt])
+        scores = np.empty(nt, dtype=np.float64)
+        src = np.empty(nt, dtype=np.int64)
+        contrib = np.empty(nt, dtype=np.float64)
+        for q in range(nt):
+            c = cand[q]
+            scores[q] = acc[c]
+            if bval[c] > 0:
+                src[q] = idx[bsrc[c]]
+                contrib[q] = bval[c]
+            else:
+                src[q] = -1
+                contrib[q] = 0.0
+            mark[c] = 0
+        return cand, scores, src, contrib
+
+
+_scratch = None
+
+
+def user_scores(W, idx: np.ndarray, w: np.ndarray):
+    """Single-user sparse scoring with sources (numba): ``(cand sorted,
+    scores, src item or -1, contrib)``.  Uses per-thread scratch arrays of
+    catalogue size (reset after each call), so it is thread-safe."""
+    global _scratch
+    import threading
+
+    if _scratch is None:
+        _scratch = threading.local()
+    n = W.shape[1]
+    sc = getattr(_scratch, "arrays", None)
+    if sc is None or sc[0].shape[0] < n:
+        sc = (np.zeros(n, dtype=np.float64), np.zeros(n, dtype=np.float64), np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.uint8))
+        _scratch.arrays = sc
+    return _user_scores_kernel(W.indptr, W.indices, W.data, idx, w, sc[0], sc[1], sc[2], sc[3])
 
 
 def topn_similarity(X, XT, d, kind: str, n: int, min_cooc: float, work: np.ndarray, dtype=np.float32):

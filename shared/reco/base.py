@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
+from ._kernels import HAVE_NUMBA, user_scores
 from ._core import aggregate, as_csr, csr_from_arrays, csr_to_arrays, gather_rows, top_k, top_k_rows
 
 __all__ = ["ItemBasedRecommender", "NotFittedError"]
@@ -91,8 +92,51 @@ class ItemBasedRecommender:
             if idx.size == 0:
                 return np.arange(self.n_items_), np.zeros(self.n_items_)
             return np.arange(self.n_items_), w @ self.B_[idx]
+        if HAVE_NUMBA:
+            cand, sc, _, _ = user_scores(self.W_, idx, w)
+            return cand, sc
         cols, vals, _ = gather_rows(self.W_, idx, w)
         return aggregate(cols, vals)
+
+    def score_one_sources(self, idx: np.ndarray, w: np.ndarray):
+        """``score_one`` plus, per candidate, the source with the largest term.
+
+        Returns ``(candidates, scores, src, contrib)`` where ``src[k]`` is the
+        item of ``idx`` with the largest ``a(u, j) * W[j, cand[k]]`` (-1 where
+        that term is not > 0; ties: earlier source) — the same answer as
+        ``top_sources(idx, w, candidates)``, computed from one gather.  Sparse
+        ``W``: one stable argsort of the gathered columns + ``reduceat``.
+        """
+        self._check_fitted()
+        idx = np.asarray(idx, dtype=np.int64)
+        w = np.asarray(w, dtype=np.float64)
+        if self.B_ is not None:
+            cand, sc = self.score_one(idx, w)
+            src, contrib = self.top_sources(idx, w, cand)
+            return cand, sc, src, contrib
+        if HAVE_NUMBA:
+            return user_scores(self.W_, idx, w)
+        cols, vals, s = gather_rows(self.W_, idx, w)
+        if cols.size == 0:
+            e = np.empty(0, dtype=np.int64)
+            return e, np.empty(0, dtype=np.float64), e, np.empty(0, dtype=np.float64)
+        o = np.argsort(cols, kind="stable")
+        c, v, ss = cols[o], vals[o], s[o]
+        head = np.empty(c.size, dtype=bool)
+        head[0] = True
+        np.not_equal(c[1:], c[:-1], out=head[1:])
+        starts = np.flatnonzero(head)
+        cand = c[starts].astype(np.int64)
+        if starts.size == c.size:  # no repeated column: nothing to sum
+            scores, contrib, first = v, v, np.arange(c.size)
+        else:
+            scores = np.add.reduceat(v, starts)
+            contrib = np.maximum.reduceat(v, starts)
+            gid = np.cumsum(head) - 1
+            pos = np.where(v == contrib[gid], np.arange(c.size), c.size)
+            first = np.minimum.reduceat(pos, starts)
+        src = np.where(contrib > 0, idx[ss[first]], -1)
+        return cand, scores, src, np.where(contrib > 0, contrib, 0.0)
 
     def top_sources(self, idx: np.ndarray, w: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """For each target item, the source item ``j`` (one of ``idx``) with the

@@ -199,6 +199,9 @@ class HybridRecommender:
             self._cat_code = codes.astype(np.int32)
             self._cat_lookup = {c_: k for k, c_ in enumerate(cats.tolist())}
         self._price64 = None if self.price_ is None else np.asarray(self.price_, dtype=np.float64)
+        self.user_items_.sort_indices()
+        if self.actions_ is not None:
+            self.actions_.sort_indices()
         self._ui = (self.user_items_.indptr, self.user_items_.indices, self.user_items_.data)
         self._act = None if self.actions_ is None else (self.actions_.indptr, self.actions_.indices, self.actions_.data)
 
@@ -275,15 +278,16 @@ class HybridRecommender:
             if self._act is not None:
                 aip, aix, adx = self._act
                 b0, b1 = aip[row], aip[row + 1]
-                ai, ad = aix[b0:b1].astype(np.int64), adx[b0:b1]
-                h_act = np.zeros(h_idx.size, dtype=np.int64)
-                if ai.size and h_idx.size:
-                    order = np.argsort(ai, kind="stable")
-                    ai_s = ai[order]
-                    p = np.minimum(np.searchsorted(ai_s, h_idx), ai_s.size - 1)
-                    hit = ai_s[p] == h_idx
-                    h_act[hit] = ad[order[p[hit]]]
-                purchased = ai[ad == self._purchase_code]
+                ai, ad = aix[b0:b1], adx[b0:b1]
+                if ai.size == h_idx.size and np.array_equal(ai, h_idx):  # same pattern (usual)
+                    h_act = ad.astype(np.int64)
+                else:  # both rows have sorted indices (_build_indexes)
+                    h_act = np.zeros(h_idx.size, dtype=np.int64)
+                    if ai.size and h_idx.size:
+                        p = np.minimum(np.searchsorted(ai, h_idx), ai.size - 1)
+                        hit = ai[p] == h_idx
+                        h_act[hit] = ad[p[hit]]
+                purchased = ai[ad == self._purchase_code].astype(np.int64)
             else:
                 h_act = np.zeros(h_idx.size, dtype=np.int64)
         if history:
@@ -296,13 +300,17 @@ class HybridRecommender:
         if h_idx.size > self.max_history:  # keep the strongest affinities
             keep = np.sort(np.argsort(-h_w, kind="stable")[: self.max_history])
             h_idx, h_w, h_act = h_idx[keep], h_w[keep], h_act[keep]
-        c_idx = self._item_idx_fast(context_items)
-        is_ctx = np.concatenate([np.zeros(h_idx.size, dtype=bool), np.ones(c_idx.size, dtype=bool)])
-        src_idx = np.concatenate([h_idx, c_idx])
-        src_w = np.concatenate([h_w, np.full(c_idx.size, float(self.context_weight))])
-        src_act = np.concatenate([h_act, np.zeros(c_idx.size, dtype=np.int64)])
+        c_idx = self._item_idx_fast(context_items) if context_items is not None else None
+        if c_idx is None or c_idx.size == 0:
+            src_idx, src_w, src_act = h_idx, h_w, h_act
+            is_ctx = np.zeros(h_idx.size, dtype=bool)
+        else:
+            is_ctx = np.concatenate([np.zeros(h_idx.size, dtype=bool), np.ones(c_idx.size, dtype=bool)])
+            src_idx = np.concatenate([h_idx, c_idx])
+            src_w = np.concatenate([h_w, np.full(c_idx.size, float(self.context_weight))])
+            src_act = np.concatenate([h_act, np.zeros(c_idx.size, dtype=np.int64)])
         pos = src_w > 0
-        if not pos.all():
+        if src_w.size and not pos.all():
             src_idx, src_w, src_act, is_ctx = src_idx[pos], src_w[pos], src_act[pos], is_ctx[pos]
 
         sk = self.popularity_._stream_index.get(str(stream_id)) if stream_id is not None else None
@@ -321,14 +329,14 @@ class HybridRecommender:
         n = self.n_items_
         cf_c = ct_c = None
         if src_idx.size:
-            cf_c, cf_v = self.cf_model_.score_one(src_idx, src_w)
+            cf_c, cf_v, cf_s, _ = self.cf_model_.score_one_sources(src_idx, src_w)
             cf_v = np.asarray(cf_v, dtype=np.float64)
             m = float(cf_v.max()) if cf_v.size else 0.0
             if cf_c.size < n:
                 m = max(m, 0.0)  # items outside the neighbours score 0
             cf_v = self.cf_weight * (cf_v / m if m > 0 else np.zeros_like(cf_v))
             if self.content_model_ is not None and cw > 0:
-                ct_c, ct_v = self.content_model_.score_one(src_idx, src_w)
+                ct_c, ct_v, ct_s, _ = self.content_model_.score_one_sources(src_idx, src_w)
                 ct_v = np.asarray(ct_v, dtype=np.float64)
                 m = float(ct_v.max()) if ct_v.size else 0.0
                 if ct_c.size < n:
@@ -343,7 +351,7 @@ class HybridRecommender:
             bad_parts.append(src_idx)
         if exclude_purchased:
             bad_parts.append(purchased)
-        bad = np.unique(np.concatenate(bad_parts)) if bad_parts else np.empty(0, dtype=np.int64)
+        bad = np.sort(np.concatenate(bad_parts)) if bad_parts else np.empty(0, dtype=np.int64)
         cat_codes = None
         if category is not None and self._cat_code is not None:
             cats = [category] if isinstance(category, str) else list(category)
@@ -394,7 +402,10 @@ class HybridRecommender:
             # the filters); the rest score popularity only, so their best N
             # (per popularity order, skipping scored items) complete the set
             scored = [c_ for c_ in (cf_c, ct_c) if c_ is not None and c_.size]
-            scored = np.unique(np.concatenate(scored)) if scored else np.empty(0, dtype=np.int64)
+            if len(scored) == 2:
+                scored = np.union1d(scored[0], scored[1])
+            else:  # candidates from score_one_sources are sorted and unique
+                scored = scored[0] if scored else np.empty(0, dtype=np.int64)
             pieces = [scored[passing(scored)]]
             if scored.size < n:
                 if sk is not None:
@@ -402,7 +413,8 @@ class HybridRecommender:
                     pieces.append(first_passing(self._gpop_order, np.union1d(scored, s_in)))
                 else:
                     pieces.append(first_passing(self._gpop_order, scored))
-            cand = np.unique(np.concatenate(pieces))
+            # pieces are disjoint (fills skip scored items / the stream's items)
+            cand = np.sort(np.concatenate(pieces)) if len(pieces) > 1 else pieces[0]
 
         # ---- parts on the candidates
         def lookup(cs, vs):
@@ -414,6 +426,15 @@ class HybridRecommender:
             p_ = np.minimum(np.searchsorted(cs, cand), cs.size - 1)
             hit = cs[p_] == cand
             out_[hit] = vs[p_[hit]]
+            return out_
+
+        def lookup_src(cs, ss, targets):
+            out_ = np.full(targets.size, -1, dtype=np.int64)
+            if cs.size == 0:
+                return out_
+            p_ = np.minimum(np.searchsorted(cs, targets), cs.size - 1)
+            hit = cs[p_] == targets
+            out_[hit] = ss[p_[hit]]
             return out_
 
         cf = lookup(cf_c, cf_v if cf_c is not None else None)
@@ -440,9 +461,9 @@ class HybridRecommender:
         which = np.argmax(parts, axis=0) if best.size else np.empty(0, dtype=np.int64)
         src_cf = src_ct = None
         if src_idx.size and best.size:
-            src_cf, _ = self.cf_model_.top_sources(src_idx, src_w, items)
-            if self.content_model_ is not None and cw > 0:
-                src_ct, _ = self.content_model_.top_sources(src_idx, src_w, items)
+            src_cf = lookup_src(cf_c, cf_s, items)
+            if ct_c is not None:
+                src_ct = lookup_src(ct_c, ct_s, items)
         pos_of = {int(j): k for k, j in enumerate(src_idx.tolist())}
         ids = self.item_ids_[items].tolist()
         tot_l, cf_l, ct_l, pop_l = total[best].tolist(), parts[0].tolist(), parts[1].tolist(), parts[2].tolist()
