@@ -1,0 +1,295 @@
+"""infra/*.tf (parsed with python-hcl2) agrees with infra/topology.json and functions/, and keeps the
+security rules: one service account per function, no owner/editor/admin project bindings, secrets
+never as literal values, a pinned google provider, `terraform fmt` clean.
+
+`terraform validate` needs the provider (a download); it runs in the deploy pipeline, not here.
+"""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import hcl2
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+INFRA = ROOT / "infra"
+TOPOLOGY = json.loads((INFRA / "topology.json").read_text())
+TF_FILES = sorted(INFRA.glob("*.tf"))
+
+
+def _clean(v):
+    """python-hcl2 8.x keeps HCL quoting: '"name"' -> 'name'; drop its __is_block__ markers."""
+    if isinstance(v, dict):
+        return {_clean(k): _clean(x) for k, x in v.items() if k != "__is_block__"}
+    if isinstance(v, list):
+        return [_clean(x) for x in v]
+    if isinstance(v, str) and len(v) >= 2 and v[0] == v[-1] == '"':
+        return v[1:-1]
+    return v
+
+
+def _load():
+    doc = {"resource": {}, "data": {}, "locals": {}, "variable": {}, "output": {}, "terraform": [], "text": ""}
+    for f in TF_FILES:
+        text = f.read_text()
+        doc["text"] += text
+        with f.open() as fh:
+            parsed = _clean(hcl2.load(fh))
+        for block in parsed.get("resource", []):
+            for rtype, by_name in block.items():
+                for name, body in by_name.items():
+                    assert name not in doc["resource"].setdefault(rtype, {}), f"duplicate {rtype}.{name}"
+                    doc["resource"][rtype][name] = body
+        for block in parsed.get("data", []):
+            for rtype, by_name in block.items():
+                doc["data"].setdefault(rtype, {}).update(by_name)
+        for block in parsed.get("locals", []):
+            doc["locals"].update(block)
+        for block in parsed.get("variable", []):
+            doc["variable"].update(block)
+        for block in parsed.get("output", []):
+            doc["output"].update(block)
+        doc["terraform"] += parsed.get("terraform", [])
+    return doc
+
+
+@pytest.fixture(scope="module")
+def tf():
+    assert TF_FILES, "no infra/*.tf"
+    return _load()
+
+
+def _res(tf, rtype, name):
+    assert rtype in tf["resource"] and name in tf["resource"][rtype], f"missing resource {rtype}.{name}"
+    return tf["resource"][rtype][name]
+
+
+def _default(tf, ref: str):
+    m = re.fullmatch(r"\$\{var\.(\w+)\}", str(ref))
+    return tf["variable"][m.group(1)]["default"] if m else ref
+
+
+def _one(block):
+    assert isinstance(block, list) and len(block) == 1, block
+    return block[0]
+
+
+# ------------------------------------------------------------------------- topology <-> functions
+def test_topology_is_the_source(tf):
+    assert tf["locals"]["topology"] == '${jsondecode(file("${path.module}/topology.json"))}'
+    assert "local.topology.functions" in tf["locals"]["functions"]
+
+
+def test_function_folders_match_topology():
+    folders = {p.name for p in (ROOT / "functions").iterdir() if p.is_dir() and not p.name.startswith((".", "_"))}
+    assert folders == set(TOPOLOGY["functions"]), "functions/ and infra/topology.json disagree"
+
+
+def test_every_function_is_a_cloudfunction2_with_its_trigger(tf):
+    fn = _res(tf, "google_cloudfunctions2_function", "fn")
+    assert fn["for_each"] == "${local.functions}"
+    build = _one(fn["build_config"])
+    assert build["runtime"] == "python311"
+    assert build["entry_point"] == "${each.value.entry_point}"
+    src = _one(_one(build["source"])["storage_source"])
+    assert src["object"] == "${google_storage_bucket_object.source[each.key].name}"
+    svc = _one(fn["service_config"])
+    assert svc["service_account_email"] == "${google_service_account.fn[each.key].email}"
+
+    # topic-triggered functions get an Eventarc Pub/Sub trigger on their topic, retried, as the invoker SA
+    dyn = {k: v for d in fn.get("dynamic", []) for k, v in d.items()}
+    trig = dyn["event_trigger"]
+    assert trig["for_each"] == '${each.value.trigger == "topic" ? [each.value.topic] : []}'
+    content = _one(trig["content"])
+    assert content["event_type"] == "google.cloud.pubsub.topic.v1.messagePublished"
+    assert content["pubsub_topic"] == "${google_pubsub_topic.topic[event_trigger.value].id}"
+    assert content["retry_policy"] == "RETRY_POLICY_RETRY"
+    assert content["service_account_email"] == "${google_service_account.invoker.email}"
+
+    for name, spec in TOPOLOGY["functions"].items():
+        assert spec["trigger"] in ("http", "topic"), f"{name}: trigger {spec['trigger']!r} has no Terraform mapping"
+        assert re.fullmatch(r"[a-z][a-z0-9-]*", name), f"{name}: not a valid function/service name"
+        if spec["trigger"] == "topic":
+            assert spec["topic"] in TOPOLOGY["topics"], f"{name}: trigger topic {spec['topic']} undeclared"
+        # every plain env var a function declares has a value in Terraform
+        for env in spec.get("env", []):
+            assert env in tf["locals"]["env_values"], f"{name}: env {env} has no value in locals.env_values"
+
+
+def test_bundles_are_content_addressed(tf):
+    obj = _res(tf, "google_storage_bucket_object", "source")
+    assert obj["for_each"] == "${local.functions}"
+    assert obj["source"] == "${local.dist_dir}/${each.key}.zip"
+    assert 'filesha256("${local.dist_dir}/${each.key}.zip")' in obj["name"]
+    assert "archive_file" not in tf["data"]
+
+
+def test_http_exposure(tf):
+    http = {n for n, s in TOPOLOGY["functions"].items() if s["trigger"] == "http"}
+    public = set(tf["variable"]["public_functions"]["default"])
+    assert public == {"ingest", "recommend"} and public <= http
+    pub = _res(tf, "google_cloud_run_v2_service_iam_member", "public")
+    assert pub["member"] == "allUsers" and pub["role"] == "roles/run.invoker"
+    inv = _res(tf, "google_cloud_run_v2_service_iam_member", "trigger_invoker")
+    assert inv["for_each"] == "${local.topic_functions}"
+    assert inv["member"] == "serviceAccount:${google_service_account.invoker.email}"
+
+
+# ------------------------------------------------------------------------------- Pub/Sub, schedules
+def test_topics_and_subscriptions_come_from_topology(tf):
+    assert _res(tf, "google_pubsub_topic", "topic")["for_each"] == "${toset(local.topology.topics)}"
+    pull = _res(tf, "google_pubsub_subscription", "pull")
+    assert pull["for_each"] == "${local.topology.pull_subscriptions}"
+    assert pull["topic"] == "${google_pubsub_topic.topic[each.value.topic].id}"
+    assert pull["message_retention_duration"] == "${each.value.retention}"
+    assert _one(pull["expiration_policy"])["ttl"] == ""
+    assert "retry_policy" in pull
+    for sub, spec in TOPOLOGY["pull_subscriptions"].items():
+        assert spec["topic"] in TOPOLOGY["topics"], sub
+    dl = TOPOLOGY["push_defaults"]["dead_letter_topic"]
+    assert dl in TOPOLOGY["topics"]
+    inspect = _res(tf, "google_pubsub_subscription", "dead_letters_inspect")
+    assert inspect["topic"] == "${google_pubsub_topic.topic[local.topology.push_defaults.dead_letter_topic].id}"
+    assert "dead_letter_commands" in tf["output"]  # Eventarc-owned subscriptions get their DLQ after apply
+
+
+def test_schedules_come_from_topology(tf):
+    job = _res(tf, "google_cloud_scheduler_job", "tick")
+    assert job["for_each"] == "${local.topology.schedules}"
+    assert job["schedule"] == "${lookup(var.schedule_overrides, each.key, each.value.cron)}"
+    target = _one(job["pubsub_target"])
+    assert target["topic_name"] == "${google_pubsub_topic.topic[each.value.topic].id}"
+    ticked = {s["topic"] for s in TOPOLOGY["functions"].values() if s["trigger"] == "topic"}
+    for name, spec in TOPOLOGY["schedules"].items():
+        assert spec["topic"] in TOPOLOGY["topics"], name
+        assert spec["topic"] in ticked, f"schedule {name} ticks {spec['topic']}, which no function listens to"
+
+
+# ------------------------------------------------------------------------------------------- IAM
+def test_one_service_account_per_function(tf):
+    sa = _res(tf, "google_service_account", "fn")
+    assert sa["for_each"] == "${local.functions}"
+    assert "${each.key}" in sa["account_id"]
+    for name in TOPOLOGY["functions"]:
+        assert len(f"daihuo-fn-{name}") <= 30, f"{name}: service account id too long"
+
+
+def test_storage_roles_are_least_privilege(tf):
+    grants = tf["locals"]["storage_grants"]
+    assert set(grants) == set(TOPOLOGY["functions"]), "every function needs an explicit storage grant"
+    expected = {
+        "ingest": ("roles/storage.objectCreator", "quarantine/"),
+        "archive": ("roles/storage.objectCreator", "raw/"),
+        "clean": ("roles/storage.objectAdmin", None),     # manifest CAS overwrites state/clean-manifest.json
+        "train": ("roles/storage.objectAdmin", None),     # models/LATEST.json pointer swap
+        "recommend": ("roles/storage.objectViewer", None),
+        "analytics": ("roles/storage.objectViewer", None),
+    }
+    for name, (role, prefix) in expected.items():
+        if name in grants:
+            assert (grants[name]["role"], grants[name]["prefix"]) == (role, prefix), name
+    for name, spec in TOPOLOGY["functions"].items():
+        if spec.get("storage") == "read":
+            assert grants[name]["role"] == "roles/storage.objectViewer", name
+    member = _res(tf, "google_storage_bucket_iam_member", "fn_data")
+    assert member["bucket"] == "${google_storage_bucket.data.name}"  # bucket level, never project level
+
+
+def test_pubsub_roles_follow_topology(tf):
+    assert "f.publishes" in tf["locals"]["publisher_grants"]
+    assert "f.pulls" in tf["locals"]["subscriber_grants"]
+    pub = _res(tf, "google_pubsub_topic_iam_member", "fn_publisher")
+    assert pub["role"] == "roles/pubsub.publisher" and pub["for_each"] == "${local.publisher_grants}"
+    sub = _res(tf, "google_pubsub_subscription_iam_member", "fn_subscriber")
+    assert sub["role"] == "roles/pubsub.subscriber" and sub["for_each"] == "${local.subscriber_grants}"
+    for name, spec in TOPOLOGY["functions"].items():
+        for t in spec.get("publishes", []):
+            assert t in TOPOLOGY["topics"], (name, t)
+        for s in spec.get("pulls", []):
+            assert s in TOPOLOGY["pull_subscriptions"], (name, s)
+
+
+def test_no_owner_editor_or_admin_project_bindings(tf):
+    assert not re.search(r"roles/(owner|editor)\b", tf["text"])
+    for rtype in ("google_project_iam_member", "google_project_iam_binding", "google_project_iam_policy"):
+        for name, body in tf["resource"].get(rtype, {}).items():
+            roles = [body.get("role", "")]
+            if str(body.get("for_each", "")).startswith("${toset(["):
+                roles = re.findall(r'"(roles/[^"]+)"', body["for_each"])
+            for role in roles:
+                assert "admin" not in role.lower(), f"{rtype}.{name}: {role} at project level"
+                assert role not in ("roles/owner", "roles/editor"), f"{rtype}.{name}"
+    # objectAdmin only as a bucket-level grant, and only for the pointer-swapping functions
+    admins = {n for n, g in tf["locals"]["storage_grants"].items() if "admin" in g["role"].lower()}
+    assert admins <= {"clean", "train"}
+    for m in re.finditer(r"roles/[A-Za-z.]*[Aa]dmin", tf["text"]):
+        assert m.group(0) == "roles/storage.objectAdmin", m.group(0)
+
+
+def test_invoker_and_build_identities(tf):
+    _res(tf, "google_service_account", "invoker")
+    _res(tf, "google_service_account", "build")
+    fn = _res(tf, "google_cloudfunctions2_function", "fn")
+    assert _one(fn["build_config"])["service_account"] == "${google_service_account.build.id}"
+
+
+# ---------------------------------------------------------------------------------------- secrets
+def test_secrets_are_never_literal(tf):
+    assert "google_secret_manager_secret_version" not in tf["resource"], "secret values are set out of band"
+    assert "secret_data" not in tf["text"]
+    assert not re.search(r"DAIHUO_SECRET_\w+\s*=", tf["text"]), "a secret as a plain env var"
+    declared = {s for spec in TOPOLOGY["functions"].values() for s in spec.get("secrets", [])}
+    assert declared, "topology.json declares no webhook secret"
+    assert _res(tf, "google_secret_manager_secret", "webhook")["for_each"] == "${local.secret_ids}"
+    fn = _res(tf, "google_cloudfunctions2_function", "fn")
+    svc = _one(fn["service_config"])
+    dyn = {k: v for d in svc.get("dynamic", []) for k, v in d.items()}
+    sev = dyn["secret_environment_variables"]
+    assert sev["for_each"] == "${toset(each.value.secrets)}"
+    content = _one(sev["content"])
+    assert content["secret"] == "${google_secret_manager_secret.webhook[secret_environment_variables.value].secret_id}"
+    # only the functions that declare a secret may read it (ingest)
+    acc = _res(tf, "google_secret_manager_secret_iam_member", "accessor")
+    assert acc["for_each"] == "${local.secret_grants}"
+    assert acc["role"] == "roles/secretmanager.secretAccessor"
+    assert "f.secrets" in tf["locals"]["secret_grants"]
+    assert {n for n, s in TOPOLOGY["functions"].items() if s.get("secrets")} == {"ingest"}
+
+
+# ----------------------------------------------------------------------------------------- bucket
+def test_data_bucket_policy(tf):
+    b = _res(tf, "google_storage_bucket", "data")
+    assert b["uniform_bucket_level_access"] is True
+    assert b["public_access_prevention"] == "enforced"
+    assert _one(b["versioning"])["enabled"] is True
+    rules = [(_one(r["condition"]), _one(r["action"])) for r in b["lifecycle_rule"]]
+
+    def find(prefix, action_type):
+        return [(c, a) for c, a in rules if prefix in c.get("matches_prefix", []) and a["type"] == action_type]
+
+    (c, a), = find("raw/", "SetStorageClass")
+    assert a["storage_class"] == "NEARLINE" and _default(tf, c["age"]) == 30
+    (c, _), = find("raw/", "Delete")
+    assert _default(tf, c["age"]) == 365
+    (c, _), = find("quarantine/", "Delete")
+    assert _default(tf, c["age"]) == 90
+    assert any(c.get("with_state") == "ARCHIVED" and a["type"] == "Delete" for c, a in rules), "noncurrent versions"
+
+
+def test_google_provider_pinned(tf):
+    req = _one(_one(tf["terraform"])["required_providers"])["google"]
+    assert req["source"] == "hashicorp/google"
+    assert re.fullmatch(r"~> ?6\.\d+(\.\d+)?", req["version"]), req["version"]
+
+
+def test_terraform_fmt():
+    terraform = shutil.which("terraform")
+    if terraform is None:
+        pytest.skip("the terraform binary is not installed (CI installs it; `terraform fmt` needs no provider)")
+    proc = subprocess.run([terraform, "fmt", "-check", "-recursive", "-diff", str(INFRA)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, f"terraform fmt -check failed:\n{proc.stdout}{proc.stderr}"
