@@ -210,3 +210,27 @@ def test_engines_agree_with_brute_force_top_n(kind, binary):
                 assert set(np.flatnonzero(W[i])) == set(order.tolist())
         W2 = item_similarity(R, kind, n, binary=binary, engine=engine, max_block_nnz=500).toarray()
         assert np.array_equal(W, W2)  # deterministic
+
+
+@pytest.mark.parametrize("use_numba", [False, True])
+def test_score_one_sources_matches_aggregate_and_top_sources(monkeypatch, use_numba):
+    from shared.reco import _kernels, base
+    from shared.reco._core import aggregate, gather_rows
+
+    if use_numba and not _kernels.HAVE_NUMBA:
+        pytest.skip("numba not installed")
+    monkeypatch.setattr(base, "HAVE_NUMBA", use_numba)
+    R = sp.random(200, 60, density=0.1, random_state=5, format="csr")
+    R.data[:] = 1
+    m = ItemItemCF("cosine", neighbours=8).fit(R)
+    rng = np.random.default_rng(0)
+    for _ in range(30):
+        idx = rng.choice(60, rng.integers(1, 6), replace=False).astype(np.int64)
+        w = rng.random(idx.size) * 3
+        cand, sc, src, contrib = m.score_one_sources(idx, w)
+        c0, s0 = aggregate(*gather_rows(m.W_, idx, w)[:2])
+        assert np.array_equal(cand, c0) and np.allclose(sc, s0, rtol=1e-12)
+        s1, k1 = m.top_sources(idx, w, cand)
+        assert np.array_equal(src, s1) and np.allclose(contrib, k1)
+        c2, s2 = m.score_one(idx, w)
+        assert np.array_equal(c2, c0) and np.allclose(s2, s0, rtol=1e-12)
