@@ -141,7 +141,7 @@ if HAVE_NUMBA:
 if HAVE_NUMBA:
 
     @_nb.njit(cache=True)
-    def _user_scores_kernel(indptr, indices, data, idx, w, acc, bval, bsrc, mark):
+    def _user_scores_kernel(indptr, indices, data, idx, w, acc, bval, bsrc):
         # R(u, i) = sum_k w[k] * W[idx[k], i] over the gathered rows, plus the
         # source position with the largest term (strict > : earliest wins ties)
         total = 0
@@ -156,8 +156,7 @@ if HAVE_NUMBA:
             for p in range(indptr[j], indptr[j + 1]):
                 c = indices[p]
                 t = data[p] * wk
-                if mark[c] == 0:
-                    mark[c] = 1
+                if bsrc[c] < 0:  # first touch (bsrc is -1 between calls)
                     touched[nt] = c
                     nt += 1
                     acc[c] = t
@@ -181,7 +180,7 @@ if HAVE_NUMBA:
             else:
                 src[q] = -1
                 contrib[q] = 0.0
-            mark[c] = 0
+            bsrc[c] = -1
         return cand, scores, src, contrib
 
 
@@ -200,9 +199,9 @@ def user_scores(W, idx: np.ndarray, w: np.ndarray):
     n = W.shape[1]
     sc = getattr(_scratch, "arrays", None)
     if sc is None or sc[0].shape[0] < n:
-        sc = (np.zeros(n, dtype=np.float64), np.zeros(n, dtype=np.float64), np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.uint8))
+        sc = (np.zeros(n, dtype=np.float64), np.zeros(n, dtype=np.float64), np.full(n, -1, dtype=np.int32))
         _scratch.arrays = sc
-    return _user_scores_kernel(W.indptr, W.indices, W.data, idx, w, sc[0], sc[1], sc[2], sc[3])
+    return _user_scores_kernel(W.indptr, W.indices, W.data, idx, w, sc[0], sc[1], sc[2])
 
 
 def topn_similarity(X, XT, d, kind: str, n: int, min_cooc: float, work: np.ndarray, dtype=np.float32):

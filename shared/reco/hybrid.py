@@ -438,7 +438,7 @@ class HybridRecommender:
             return out_
 
         cf = lookup(cf_c, cf_v if cf_c is not None else None)
-        content = lookup(ct_c, ct_v if ct_c is not None else None)
+        content = lookup(ct_c, ct_v) if ct_c is not None else None
         g = self._gpop[cand]
         if sk is not None and s_in.size and cand.size:
             p_ = np.minimum(np.searchsorted(s_in, cand), s_in.size - 1)
@@ -452,13 +452,11 @@ class HybridRecommender:
             pop = g
         popw = self.popularity_weight if strategy in ("personal", "context") else 1.0
         popularity = popw * pop
-        total = cf + content + popularity
+        total = cf + popularity if content is None else cf + content + popularity
         best = top_k(total, N)
 
         # ---- reasons (from the largest part; sources from that part's sum)
         items = cand[best]
-        parts = np.stack([cf[best], content[best], popularity[best]])
-        which = np.argmax(parts, axis=0) if best.size else np.empty(0, dtype=np.int64)
         src_cf = src_ct = None
         if src_idx.size and best.size:
             src_cf = lookup_src(cf_c, cf_s, items)
@@ -466,15 +464,19 @@ class HybridRecommender:
                 src_ct = lookup_src(ct_c, ct_s, items)
         pos_of = {int(j): k for k, j in enumerate(src_idx.tolist())}
         ids = self.item_ids_[items].tolist()
-        tot_l, cf_l, ct_l, pop_l = total[best].tolist(), parts[0].tolist(), parts[1].tolist(), parts[2].tolist()
+        tot_l, cf_l, pop_l = total[best].tolist(), cf[best].tolist(), popularity[best].tolist()
+        ct_l = content[best].tolist() if content is not None else [0.0] * best.size
         ins_l = in_stream[best].tolist()
-        which_l = which.tolist()
         out = []
         for k in range(best.size):
-            w_ = which_l[k]
+            # largest part (first on ties, as np.argmax)
+            w_, top = 0, cf_l[k]
+            if ct_l[k] > top:
+                w_, top = 1, ct_l[k]
+            if pop_l[k] > top:
+                w_, top = 2, pop_l[k]
             reason: dict[str, Any]
             src = None
-            top = (cf_l, ct_l, pop_l)[w_][k]
             if top > 0 and w_ == 0 and src_cf is not None:
                 src = int(src_cf[k])
             elif top > 0 and w_ == 1 and src_ct is not None:
