@@ -1,83 +1,202 @@
-"""``make demo``: a simulated live-stream evening through the local cloud.
+"""``make demo``: a simulated live-stream evening through the whole local cloud.
 
-Brings the stack up (Google's Pub/Sub emulator, every function under functions-framework, the
-scheduler), signs and sends simulated webhooks to ingest, and shows what arrived on the bus. Fails
-loudly (non-zero exit) if any step fails.
+1. brings the stack up (Google's Pub/Sub emulator, every function under functions-framework, the
+   topics and push subscriptions of infra/topology.json, the scheduler);
+2. signs and sends the simulated webhooks of several streams and thousands of viewers to ingest;
+3. lets the scheduler's ticks drive archive → clean, and Pub/Sub drive clean → train
+   (``events-cleaned``) → ``model-published``;
+4. asks recommend for a few viewers and prints the answers with their reasons;
+5. prints the streams' headline KPIs from the analytics function and where the dashboard is;
+6. shuts down (``--stay`` keeps it up).
+
+Any failed step exits non-zero with the reason.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
-from collections import Counter
 
-import orjson
+import requests
 
-from shared.localcloud import Stack
 from shared import simulator
+from shared.localcloud import Stack
+
+
+class DemoFailed(SystemExit):
+    pass
 
 
 def step(msg: str) -> None:
     print(f"\n== {msg}", flush=True)
 
 
+def wait(pred, timeout: float, what: str, interval: float = 1.0, progress=None):
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        value = pred()
+        if value:
+            return value
+        if progress:
+            print(f"\r   {progress()} ({time.monotonic() - t0:.0f}s)", end="", file=sys.stderr, flush=True)
+        time.sleep(interval)
+    raise DemoFailed(f"demo failed: timed out after {timeout:.0f}s waiting for {what}; logs in var/stack/logs/")
+
+
 def run(args) -> int:
-    stack = Stack(port_base=args.port_base, store=args.store, fresh=True)
-    step("starting the local cloud (Pub/Sub emulator, functions, scheduler)")
-    t0 = time.time()
+    import logging
+
+    from shared.pipeline.clean import load_manifest
+    from shared.storage import open_store
+
+    logging.getLogger("daihuo.localcloud").setLevel(logging.WARNING)  # ticks are in var/stack/logs
+    t_start = time.time()
+    stack = Stack(port_base=args.port_base, store=args.store, fresh=True,
+                  overrides={"archive-every-minute": args.archive_every, "clean-hourly": args.clean_every},
+                  extra_env={"DAIHUO_MODEL_REFRESH_S": "2"})
+    step("starting the local cloud: Pub/Sub emulator, 6 functions, subscriptions, scheduler")
     stack.start()
     try:
-        print(f"   up in {time.time() - t0:.1f}s: " + ", ".join(f"{n} {stack.url(n)}" for n in stack.functions()))
-        stack.bus.ensure_subscription("demo-tap", "viewer-events", ack_deadline_s=60)
+        print("   " + "\n   ".join(f"{n:10s} {stack.url(n)}" for n in stack.functions()))
+        print(f"   store: {stack.env['DAIHUO_STORE']}   logs: {stack.log_dir}")
+        print(f"   schedules (demo pace): archive every {args.archive_every:g}s, clean every {args.clean_every:g}s "
+              "(infra/topology.json: every minute / hourly)")
+        store = open_store(stack.env["DAIHUO_STORE"])
 
-        step(f"simulating {args.streams} streams, {args.users} viewers (seed {args.seed}, faults: {args.faults})")
+        step(f"simulating an evening: {args.streams} streams, {args.users} viewers, {args.items} products "
+             f"(seed {args.seed}, faults {args.faults})")
         sim = simulator.simulate(seed=args.seed, n_streams=args.streams, n_users=args.users, n_items=args.items,
+                                 mean_viewers_per_stream=args.viewers,
                                  faults=None if args.faults == "none" else args.faults)
-        print(f"   {len(sim.catalog)} catalog records, {len(sim.events)} viewer-event rows")
+        print(f"   {len(sim.catalog)} catalog records, {len(sim.events)} viewer-event rows "
+              f"({len(sim.truth.fault_log)} injected faults)")
 
         step("sending signed webhooks to ingest")
         res = simulator.send(sim, stack.url("ingest"), stack.secrets, batch_size=500, concurrency=4, progress=True)
-        print(f"   accepted {res.accepted}, rejected {res.rejected} (quarantined with reasons), "
-              f"failed batches {res.failed_batches}")
+        print(f"\n   accepted {res.accepted}, rejected {res.rejected} (quarantined with reasons)")
         if res.failed_batches:
-            raise SystemExit("ingest failed for some batches: see var/stack/logs/ingest.log")
-        for reason, n in Counter(res.reject_reasons).most_common(6):
-            print(f"     {n:6d}  {reason}")
+            raise DemoFailed(f"demo failed: {res.failed_batches} ingest batches failed; see var/stack/logs/ingest.log")
+        for reason, n in sorted(res.reject_reasons.items(), key=lambda kv: -kv[1])[:5]:
+            print(f"     {n:5d}  {reason}")
 
-        step("what arrived on the bus (topic viewer-events)")
-        by_type: Counter = Counter()
-        messages = 0
-        deadline = time.time() + 60
-        while sum(by_type.values()) < res.accepted and time.time() < deadline:
-            msgs = stack.bus.pull("demo-tap", 1000, timeout_s=5)
-            stack.bus.ack("demo-tap", [m.ack_id for m in msgs])
-            messages += len(msgs)
-            for m in msgs:
-                by_type[m.attributes["type"]] += int(m.attributes["count"])
-        print(f"   {sum(by_type.values())} events in {messages} messages")
-        for t, n in by_type.most_common():
-            print(f"     {t:20s} {n:8d}")
-        if sum(by_type.values()) != res.accepted:
-            raise SystemExit(f"expected {res.accepted} events on the bus, saw {sum(by_type.values())}")
+        step("archive → clean run on the scheduler's ticks")
+        lines_in: dict[str, int] = {}
+
+        def archived() -> int:
+            import gzip
+
+            for k in store.list("raw/"):
+                if k not in lines_in:
+                    lines_in[k] = gzip.decompress(store.get(k)).count(b"\n")
+            return sum(lines_in.values())
+
+        def progress():
+            m, _ = load_manifest(store)
+            return (f"archived {archived()}/{res.accepted} events in {len(lines_in)} raw objects, "
+                    f"{len(m.get('clean_files', []))} clean runs committed")
+
+        def all_cleaned():
+            if archived() < res.accepted:
+                return None
+            m, _ = load_manifest(store)
+            return m if set(lines_in) <= set(m.get("done", [])) else None
+
+        wait(all_cleaned, args.timeout, "archive and clean to process every accepted event", progress=progress)
+        print()
+        reports = [json.loads(store.get(run["report"])) for run in load_manifest(store)[0].get("runs", [])]
+        tot = lambda k: sum(int(r.get(k, 0) or 0) for r in reports)  # noqa: E731
+        print(f"   {len(reports)} clean runs: rows in {tot('rows_in')}, clean {tot('rows_out')}, "
+              f"duplicates dropped {tot('duplicates_in_run') + tot('duplicates_seen_before')}, "
+              f"late {tot('late')}, clock-skew corrected {tot('ts_corrected')}")
+        dropped: dict[str, int] = {}
+        for r in reports:
+            for k, v in (r.get("dropped_by_reason") or {}).items():
+                dropped[k] = dropped.get(k, 0) + int(v)
+        if dropped:
+            print("   quarantined by clean: " + ", ".join(f"{k} {v}" for k, v in dropped.items()))
+
+        step("train runs on events-cleaned and promotes a model")
+        latest = wait(lambda: store.exists("models/LATEST.json") and json.loads(store.get("models/LATEST.json")),
+                      args.timeout, "a promoted model (models/LATEST.json)")
+        meta = json.loads(store.get(f"models/{latest['version']}/meta.json"))
+        metrics = meta.get("metrics", {})
+        print(f"   model {latest['version']} promoted: {(meta.get('decision') or {}).get('reason', '')}")
+        print(f"   time-based holdout ({metrics.get('holdout_events', '?')} events after {metrics.get('split_ts', '?')}):")
+        for name in ("candidate", "popularity"):
+            m = metrics.get(name) or {}
+            if m:
+                print(f"     {name:10s} " + "  ".join(f"{k} {m[k]:.3f}" for k in
+                                                   ("ndcg@10", "hitrate@10", "precision@10", "recall@10", "coverage") if k in m))
+
+        step("recommend: top products for a few viewers, with the reasons")
+        clean_users = _sample_users(store, sim, n=3)
+        for user, stream in clean_users + [("new-viewer-0001", clean_users[0][1])]:
+            r = wait(lambda: _get(stack.url("recommend"), {"user_id": user, "stream_id": stream, "k": 5}),
+                     60, "recommend to answer")
+            body = r.json()
+            print(f"   viewer {user} in {stream}  [strategy: {body['strategy']}, model {body['model_version']}, "
+                  f"{body.get('timing_ms', {}).get('total', '?')} ms]")
+            for it in body["items"]:
+                reason = it["reason"]
+                text = reason.get("text_zh") or reason.get("text_en") or json.dumps(reason, ensure_ascii=False)
+                print(f"     {it['score']:8.3f}  {it['title'][:28]:28s}  {text}")
+
+        step("headline KPIs per stream (analytics function)")
+        r = requests.get(stack.url("analytics") + "api/streams", params={"limit": 20}, timeout=30)
+        if r.status_code != 200:
+            raise DemoFailed(f"demo failed: analytics answered {r.status_code}: {r.text[:300]}")
+        streams = r.json().get("streams", [])
+        print(f"   {'stream':14s} {'platform':9s} {'viewers':>7s} {'peak':>5s} {'orders':>6s} {'GMV ¥':>10s} {'GPM ¥':>8s} {'CTR':>6s} {'conv':>6s}")
+        for s in streams:
+            num = lambda k: float(s.get(k) or 0)  # noqa: E731
+            print(f"   {s['stream_id']:14s} {str(s.get('platform', '')):9s} {num('unique_viewers'):7.0f} "
+                  f"{num('peak_concurrent'):5.0f} {num('orders'):6.0f} {num('gmv'):10.2f} "
+                  f"{num('gpm'):8.1f} {num('ctr'):6.1%} {num('conversion_rate'):6.1%}")
+        print(f"\n   dashboard: {stack.url('analytics')}   (JSON: {stack.url('analytics')}api/streams)")
         if args.stay:
-            step("staying up (Ctrl-C to stop)")
-            while True:
-                time.sleep(1)
+            step("staying up: Ctrl-C to stop")
+            try:
+                while True:
+                    time.sleep(1)
+            except KeyboardInterrupt:
+                pass
     finally:
         stack.stop()
-    step(f"done in {time.time() - t0:.1f}s")
+    step(f"done in {time.time() - t_start:.0f}s")
     return 0
 
 
+def _get(url: str, params: dict):
+    try:
+        r = requests.get(url, params=params, timeout=10)
+    except requests.RequestException:
+        return None
+    return r if r.status_code == 200 else None
+
+
+def _sample_users(store, sim, n: int) -> list[tuple[str, str]]:
+    from shared.pipeline.clean import read_clean
+
+    df = read_clean(store).to_pandas()
+    buys = df[df["type"].astype(str).isin(["purchase", "add_to_cart"])]
+    counts = buys.groupby(["user_id", "stream_id"], observed=True).size().sort_values(ascending=False)
+    return [(str(u), str(s)) for u, s in counts.index[:n]]
+
+
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m shared.demo")
+    ap = argparse.ArgumentParser(prog="python -m shared.demo", description=__doc__.split("\n\n")[0])
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--streams", type=int, default=6)
-    ap.add_argument("--users", type=int, default=3000)
+    ap.add_argument("--users", type=int, default=5000)
     ap.add_argument("--items", type=int, default=400)
+    ap.add_argument("--viewers", type=float, default=600.0, help="mean viewers per stream")
     ap.add_argument("--faults", default="default", help="default | none")
-    ap.add_argument("--store", default="local")
+    ap.add_argument("--store", default="local", help="local (embedded) | gcs (GCS emulator) | URL")
     ap.add_argument("--port-base", type=int, default=8080)
+    ap.add_argument("--archive-every", type=float, default=3.0)
+    ap.add_argument("--clean-every", type=float, default=10.0)
+    ap.add_argument("--timeout", type=float, default=300.0)
     ap.add_argument("--stay", action="store_true", help="keep the stack up at the end")
     return run(ap.parse_args(argv))
 

@@ -36,3 +36,21 @@ def get_store():
 
                 _store = open_store(os.environ.get("DAIHUO_STORE", "var/store"))
     return _store
+
+
+def fail_once(function: str) -> str | None:
+    """Fault injection for the at-least-once tests: with ``DAIHUO_FAIL_ONCE=<function>:<point>`` in
+    the environment, the first invocation of ``function`` in this store gets ``<point>`` back (the
+    handler then crashes there) and every later one gets None. "First" is decided by a create-only
+    marker object ``state/faults/<function>-<point>``, so it holds across processes and retries."""
+    spec = os.environ.get("DAIHUO_FAIL_ONCE", "")
+    name, _, point = spec.partition(":")
+    if name != function or not point:
+        return None
+    from shared.storage import ABSENT, PreconditionFailed
+
+    try:
+        get_store().put(f"state/faults/{function}-{point}", b"injected", if_generation_match=ABSENT)
+    except PreconditionFailed:
+        return None
+    return point
