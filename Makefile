@@ -6,7 +6,7 @@ PY     := $(BIN)/python
 STAMP  := $(VENV)/.installed-$(shell sha1sum requirements.txt | cut -c1-12)
 PYTEST_ARGS ?=
 
-.PHONY: help venv check-emulators test demo up down status bench-ingest bench-clean bench-recommend evaluate schema clean-var
+.PHONY: help venv check-emulators test demo up down status bench-ingest bench-clean bench-recommend evaluate schema clean-var package checkov infra-fmt
 
 help:
 	@echo "make demo            the main job: local cloud + a simulated live-stream evening through every function"
@@ -16,6 +16,8 @@ help:
 	@echo "make bench-clean     cleaning + analytics over 10M simulated events vs DuckDB"
 	@echo "make bench-recommend recommendation fit and scoring speed"
 	@echo "make evaluate        offline evaluation on MovieLens 100k (DATA=../shared/data/ml-100k)"
+	@echo "make package         build dist/<function>.zip deployable bundles (docs/deploy.md)"
+	@echo "make checkov         static security checks of infra/ (own tool venv)"
 
 venv: $(STAMP)
 
@@ -62,3 +64,12 @@ schema: venv
 
 clean-var:
 	rm -rf var/
+
+package: venv
+	$(PY) tools/package.py --out dist $(PACKAGE_ARGS)
+
+checkov:
+	bash .ci/checkov.sh
+
+infra-fmt:
+	terraform fmt -check -recursive infra
