@@ -21,6 +21,8 @@ blockwise scipy implementation in ``itemknn.py`` (same results up to ties).
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 
 try:  # pragma: no cover - exercised when numba is installed
@@ -34,6 +36,10 @@ except Exception:  # pragma: no cover
 __all__ = ["HAVE_NUMBA", "topn_similarity", "KIND_CODES", "user_scores"]
 
 KIND_CODES = {"cosine": 0, "jaccard": 1, "lift": 2, "cooccurrence": 3}
+
+# numba's default "workqueue" threading layer must not be entered from two
+# Python threads at once: serialise the (parallel) fit kernel.
+_PARALLEL_LOCK = threading.Lock()
 
 
 if HAVE_NUMBA:
@@ -192,8 +198,6 @@ def user_scores(W, idx: np.ndarray, w: np.ndarray):
     scores, src item or -1, contrib)``.  Uses per-thread scratch arrays of
     catalogue size (reset after each call), so it is thread-safe."""
     global _scratch
-    import threading
-
     if _scratch is None:
         _scratch = threading.local()
     n = W.shape[1]
@@ -209,8 +213,6 @@ def topn_similarity(X, XT, d, kind: str, n: int, min_cooc: float, work: np.ndarr
     zeros eliminated), ``XT`` its item x user transpose, ``d`` the diagonal of
     ``C``, ``work`` a per-item cost estimate used to balance the chunks.
     Returns ``(indptr, indices, data)`` of the CSR result."""
-    import scipy.sparse as sp  # noqa: F401
-
     n_items = X.shape[1]
     n = int(max(min(n, max(n_items - 1, 1)), 1))
     n_chunks = int(min(n_items, 256)) or 1
@@ -221,12 +223,13 @@ def topn_similarity(X, XT, d, kind: str, n: int, min_cooc: float, work: np.ndarr
     out_cols = np.empty(n_items * n, dtype=np.int32)
     out_vals = np.empty(n_items * n, dtype=np.float64)
     out_cnt = np.zeros(n_items, dtype=np.int64)
-    _topn_kernel(
-        X.indptr.astype(np.int64), X.indices.astype(np.int32), X.data.astype(np.float64),
-        XT.indptr.astype(np.int64), XT.indices.astype(np.int32), XT.data.astype(np.float64),
-        np.asarray(d, dtype=np.float64), bounds, n, KIND_CODES[kind], float(min_cooc),
-        out_cols, out_vals, out_cnt,
-    )
+    with _PARALLEL_LOCK:
+        _topn_kernel(
+            X.indptr.astype(np.int64), X.indices.astype(np.int32), X.data.astype(np.float64),
+            XT.indptr.astype(np.int64), XT.indices.astype(np.int32), XT.data.astype(np.float64),
+            np.asarray(d, dtype=np.float64), bounds, n, KIND_CODES[kind], float(min_cooc),
+            out_cols, out_vals, out_cnt,
+        )
     indptr = np.zeros(n_items + 1, dtype=np.int64)
     np.cumsum(out_cnt, out=indptr[1:])
     keep = (np.arange(n)[None, :] < out_cnt[:, None]).ravel()
