@@ -351,7 +351,7 @@ class HybridRecommender:
             bad_parts.append(src_idx)
         if exclude_purchased:
             bad_parts.append(purchased)
-        bad = np.sort(np.concatenate(bad_parts)) if bad_parts else np.empty(0, dtype=np.int64)
+        bad = np.sort(np.concatenate(bad_parts)).astype(np.int64, copy=False) if bad_parts else np.empty(0, dtype=np.int64)
         cat_codes = None
         if category is not None and self._cat_code is not None:
             cats = [category] if isinstance(category, str) else list(category)
@@ -394,6 +394,7 @@ class HybridRecommender:
         if sk is not None:
             s_in = self._s_idx[self._s_ptr[sk]:self._s_ptr[sk + 1]]
             s_val = self._s_val[self._s_ptr[sk]:self._s_ptr[sk + 1]]
+        fast = False
         if allowed_items is not None:
             cand = np.unique(self._item_idx_fast(allowed_items))
             cand = cand[passing(cand)]
@@ -406,7 +407,12 @@ class HybridRecommender:
                 scored = np.union1d(scored[0], scored[1])
             else:  # candidates from score_one_sources are sorted and unique
                 scored = scored[0] if scored else np.empty(0, dtype=np.int64)
-            pieces = [scored[passing(scored)]]
+            fast = ct_c is None and cf_c is not None and 0 < cf_c.size < n
+            if fast:  # cf only: carry cf values / sources along, no re-lookup
+                keep_ = passing(cf_c)
+                pieces = [cf_c[keep_]]
+            else:
+                pieces = [scored[passing(scored)]]
             if scored.size < n:
                 if sk is not None:
                     pieces.append(first_passing(self._s_ord[self._s_ptr[sk]:self._s_ptr[sk + 1]], scored))
@@ -414,7 +420,13 @@ class HybridRecommender:
                 else:
                     pieces.append(first_passing(self._gpop_order, scored))
             # pieces are disjoint (fills skip scored items / the stream's items)
-            cand = np.sort(np.concatenate(pieces)) if len(pieces) > 1 else pieces[0]
+            if fast:
+                cand = np.concatenate(pieces)
+                n_fill = cand.size - pieces[0].size
+                cf_fast = np.concatenate([cf_v[keep_], np.zeros(n_fill)])
+                src_fast = np.concatenate([cf_s[keep_], np.full(n_fill, -1, dtype=np.int64)])
+            else:
+                cand = np.sort(np.concatenate(pieces)) if len(pieces) > 1 else pieces[0]
 
         # ---- parts on the candidates
         def lookup(cs, vs):
@@ -437,7 +449,7 @@ class HybridRecommender:
             out_[hit] = ss[p_[hit]]
             return out_
 
-        cf = lookup(cf_c, cf_v if cf_c is not None else None)
+        cf = cf_fast if fast else lookup(cf_c, cf_v if cf_c is not None else None)
         content = lookup(ct_c, ct_v) if ct_c is not None else None
         g = self._gpop[cand]
         if sk is not None and s_in.size and cand.size:
@@ -453,13 +465,17 @@ class HybridRecommender:
         popw = self.popularity_weight if strategy in ("personal", "context") else 1.0
         popularity = popw * pop
         total = cf + popularity if content is None else cf + content + popularity
-        best = top_k(total, N)
+        if fast:  # cand not sorted: top-k with ties broken by item index
+            part_ = np.argpartition(-total, N - 1)[:N] if N < total.size else np.arange(total.size)
+            best = part_[np.lexsort((cand[part_], -total[part_]))]
+        else:
+            best = top_k(total, N)
 
         # ---- reasons (from the largest part; sources from that part's sum)
         items = cand[best]
         src_cf = src_ct = None
         if src_idx.size and best.size:
-            src_cf = lookup_src(cf_c, cf_s, items)
+            src_cf = src_fast[best] if fast else lookup_src(cf_c, cf_s, items)
             if ct_c is not None:
                 src_ct = lookup_src(ct_c, ct_s, items)
         pos_of = {int(j): k for k, j in enumerate(src_idx.tolist())}
