@@ -153,7 +153,9 @@ def run(args) -> int:
             print(f"   {s['stream_id']:14s} {str(s.get('platform', '')):9s} {num('unique_viewers'):7.0f} "
                   f"{num('peak_concurrent'):5.0f} {num('orders'):6.0f} {num('gmv'):10.2f} "
                   f"{num('gpm'):8.1f} {num('ctr'):6.1%} {num('conversion_rate'):6.1%}")
-        print(f"\n   dashboard: {stack.url('analytics')}   (JSON: {stack.url('analytics')}api/streams)")
+        out = _save_dashboard(stack.url("analytics"), [s["stream_id"] for s in streams])
+        print(f"\n   dashboard: {stack.url('analytics')} while the stack is up (make demo DEMO_ARGS=--stay, or make up);"
+              f"\n   a static copy of its pages was written to {out}/index.html")
         if args.stay:
             step("staying up: Ctrl-C to stop")
             try:
@@ -165,6 +167,29 @@ def run(args) -> int:
         stack.stop()
     step(f"done in {time.time() - t_start:.0f}s")
     return 0
+
+
+def _save_dashboard(base: str, stream_ids: list[str]) -> str:
+    """Fetch the dashboard pages (server-rendered HTML with inline SVG charts) into var/demo/dashboard."""
+    import re
+    from pathlib import Path
+
+    out = Path(__file__).resolve().parent.parent / "var" / "demo" / "dashboard"
+    (out / "streams").mkdir(parents=True, exist_ok=True)
+    pages = {"index.html": "", "quality.html": "quality", "models.html": "models"}
+    pages.update({f"streams/{sid}.html": f"streams/{sid}" for sid in stream_ids})
+    for name, path in pages.items():
+        r = requests.get(base + path, timeout=60)
+        if r.status_code != 200:
+            raise DemoFailed(f"demo failed: dashboard page /{path} answered {r.status_code}")
+        html = r.text
+        # make the saved copy browsable from disk: page links point at the saved files
+        depth = "../" if name.startswith("streams/") else ""
+        html = re.sub(r'href="/streams/([^"/?#]+)"', lambda m: f'href="{depth}streams/{m.group(1)}.html"', html)
+        html = html.replace('href="/quality"', f'href="{depth}quality.html"').replace('href="/models"', f'href="{depth}models.html"')
+        html = html.replace('href="/"', f'href="{depth}index.html"')
+        (out / name).write_text(html, encoding="utf-8")
+    return str(out)
 
 
 def _get(url: str, params: dict):
