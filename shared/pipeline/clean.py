@@ -183,13 +183,28 @@ def _fast_reason_sql() -> str:
     return "CASE " + " ".join(f"WHEN {c} THEN {r}" for c, r in conds) + " ELSE NULL END"
 
 
-_PARSE_SQL = f"""
+def _parse_sql(guarded: bool) -> str:
+    """Parse + validate one chunk in one statement (one JSON parse per line, plus ``json_keys``).
+
+    ``guarded``: the JSON functions only see lines ``json_valid`` accepts (a cheap validating scan)
+    instead of being wrapped in ``try()`` -- ``try()`` re-runs the whole vector row by row after the
+    first error, which made parsing ~8x slower. If a chunk still raises, it is re-run with ``try()``.
+    """
+    if guarded:
+        j = f"CASE WHEN json_valid(line) THEN json_transform(line, '{_STRUCT}') END"
+        k = "CASE WHEN json_valid(line) THEN json_keys(line) END"
+    else:
+        j, k = f"try(json_transform(line, '{_STRUCT}'))", "try(json_keys(line))"
+    return f"""
 INSERT INTO parsed
 SELECT row_id, src, j, reason, CASE WHEN reason IS NOT NULL OR $strict THEN line END AS line
 FROM (SELECT row_id, src, line, j, {_fast_reason_sql()} AS reason
-      FROM (SELECT row_id, src, line, try(json_transform(line, '{_STRUCT}')) AS j, try(json_keys(line)) AS k
-            FROM chunk))
+      FROM (SELECT row_id, src, line, {j} AS j, {k} AS k FROM chunk))
 """
+
+
+_PARSE_SQL = _parse_sql(True)
+_PARSE_SQL_TRY = _parse_sql(False)
 
 _REASON_CATEGORY = {"record": "unparseable"}
 _RANGE_FIELDS = {"quantity", "price", "count", "gift_value"}
@@ -236,7 +251,10 @@ def _ingest_chunks(con, chunks: Iterable[pa.Table], cfg: CleanConfig) -> int:
     n = 0
     for chunk in chunks:
         con.register("chunk", chunk)
-        con.execute(_PARSE_SQL, {"strict": bool(cfg.strict)})
+        try:
+            con.execute(_PARSE_SQL, {"strict": bool(cfg.strict)})
+        except duckdb.Error:  # a line json_valid accepts but the transform rejects: per-row try()
+            con.execute(_PARSE_SQL_TRY, {"strict": bool(cfg.strict)})
         con.unregister("chunk")
         n += chunk.num_rows
     con.execute("ALTER TABLE parsed ADD COLUMN field VARCHAR")
@@ -262,46 +280,60 @@ def clean_core(con, run_id: str, cfg: CleanConfig, *, seen_paths: list[str], cat
     if catalog_paths:
         known += f" UNION SELECT item_id FROM read_parquet({catalog_paths!r})"
     con.execute(f"CREATE TEMP TABLE known_items AS {known}")
-    # typed, time-normalised viewer events (valid per contract)
-    con.execute(f"""CREATE TEMP TABLE typed AS
-        SELECT row_id, src, j.event_id AS event_id, j.type AS type,
-               try_cast(j.ts AS TIMESTAMPTZ) AS ts_parsed, try_cast(j.received_at AS TIMESTAMPTZ) AS received_at,
+    # Valid viewer events stay in ``parsed``; the rows to drop are found on narrow projections and the
+    # typed, time-normalised clean table is built by ONE statement (no wide intermediate copies).
+    viewer = f"reason IS NULL AND j.type <> '{CATALOG_TYPE}'"
+    # dedupe within the run: only event_ids occurring more than once are windowed (first copy = earliest
+    # received_at, then row order)
+    con.execute(f"""CREATE TEMP TABLE dup_losers AS
+        SELECT row_id FROM (
+            SELECT row_id, row_number() OVER (PARTITION BY event_id
+                                              ORDER BY received_at NULLS LAST, row_id) AS rn
+            FROM (SELECT row_id, j.event_id AS event_id, try_cast(j.received_at AS TIMESTAMPTZ) AS received_at
+                  FROM parsed WHERE {viewer} AND j.event_id IN (
+                      SELECT j.event_id FROM parsed WHERE {viewer} GROUP BY 1 HAVING count(*) > 1)))
+        WHERE rn > 1""")
+    # ... then against every committed id (the dedupe index)
+    if seen_paths:
+        con.execute(f"""CREATE TEMP TABLE seen_rows AS
+            SELECT p.row_id FROM (SELECT row_id, j.event_id AS event_id FROM parsed WHERE {viewer}) p
+            SEMI JOIN read_parquet({seen_paths!r}) s ON p.event_id = s.event_id
+            WHERE p.row_id NOT IN (SELECT row_id FROM dup_losers)""")
+    else:
+        con.execute("CREATE TEMP TABLE seen_rows (row_id BIGINT)")
+    # impossible values of valid-looking rows: purchases of items never seen in a catalog
+    if cfg.require_catalog:
+        con.execute(f"""CREATE TEMP TABLE unknown_rows AS
+            SELECT row_id FROM parsed WHERE {viewer} AND j.type = 'purchase'
+              AND j.item_id NOT IN (SELECT item_id FROM known_items)
+              AND row_id NOT IN (SELECT row_id FROM dup_losers) AND row_id NOT IN (SELECT row_id FROM seen_rows)""")
+    else:
+        con.execute("CREATE TEMP TABLE unknown_rows (row_id BIGINT)")
+    con.execute(f"""CREATE TABLE clean AS
+        WITH t AS (
+            SELECT row_id, j, try_cast(j.ts AS TIMESTAMPTZ) AS ts_parsed,
+                   try_cast(j.received_at AS TIMESTAMPTZ) AS received_at
+            FROM parsed WHERE {viewer}
+              AND row_id NOT IN (SELECT row_id FROM dup_losers UNION ALL SELECT row_id FROM seen_rows
+                                 UNION ALL SELECT row_id FROM unknown_rows)),
+        l AS (SELECT *, epoch(received_at) - epoch(ts_parsed) AS lag_s FROM t),
+        f AS (SELECT *, coalesce(lag_s < -{r.max_future_s} OR lag_s > {r.max_past_s}, false) AS ts_corrected,
+                        coalesce(lag_s > {r.late_after_s} AND lag_s <= {r.max_past_s}, false) AS late
+              FROM l)
+        SELECT j.event_id AS event_id, j.type AS type,
+               CASE WHEN ts_corrected THEN received_at ELSE ts_parsed END AS ts, received_at,
                j.platform AS platform, j.stream_id AS stream_id, j.user_id AS user_id, j.item_id AS item_id,
                j.price AS price,
                CASE WHEN j.currency IS NOT NULL THEN j.currency
                     WHEN j.type IN {_PRODUCT + ('gift',)} THEN '{cur}' END AS currency,
-               CASE WHEN j.quantity IS NOT NULL THEN j.quantity
-                    WHEN j.type IN ('add_to_cart', 'purchase', 'refund') THEN 1 END AS quantity,
+               CAST(CASE WHEN j.quantity IS NOT NULL THEN j.quantity
+                         WHEN j.type IN ('add_to_cart', 'purchase', 'refund') THEN 1 END AS INTEGER) AS quantity,
                j.order_id AS order_id,
-               CASE WHEN j.type = 'like' THEN coalesce(j.count, 1) ELSE j.count END AS count,
-               j.gift_value AS gift_value, j.text AS text, CAST(j.props AS VARCHAR) AS props, j.ts AS ts_sent
-        FROM parsed WHERE reason IS NULL AND j.type <> '{CATALOG_TYPE}'""")
-    con.execute(f"""CREATE TEMP TABLE timed AS
-        SELECT *, epoch(received_at) - epoch(ts_parsed) AS lag_s FROM typed""")
-    con.execute(f"""CREATE TEMP TABLE flagged AS
-        SELECT * EXCLUDE (ts_parsed, lag_s),
-               CASE WHEN ts_corrected THEN received_at ELSE ts_parsed END AS ts
-        FROM (SELECT *, coalesce(lag_s < -{r.max_future_s} OR lag_s > {r.max_past_s}, false) AS ts_corrected,
-                     coalesce(lag_s > {r.late_after_s} AND lag_s <= {r.max_past_s}, false) AS late
-              FROM timed)""")
-    # dedupe: first copy within the run (earliest received), then against every committed id
-    con.execute("""CREATE TEMP TABLE firsts AS SELECT * FROM flagged
-        QUALIFY row_number() OVER (PARTITION BY event_id ORDER BY received_at NULLS LAST, row_id) = 1""")
-    if seen_paths:
-        con.execute(f"""CREATE TEMP TABLE fresh AS SELECT f.* FROM firsts f
-            ANTI JOIN read_parquet({seen_paths!r}) s ON f.event_id = s.event_id""")
-    else:
-        con.execute("CREATE TEMP TABLE fresh AS SELECT * FROM firsts")
-    # impossible values of valid-looking rows: purchases of items never seen in a catalog
-    unknown = ("type = 'purchase' AND item_id NOT IN (SELECT item_id FROM known_items)"
-               if cfg.require_catalog else "false")
-    con.execute(f"CREATE TEMP TABLE unknown_rows AS SELECT row_id FROM fresh WHERE {unknown}")
-    con.execute(f"""CREATE TABLE clean AS
-        SELECT event_id, type, ts, received_at, platform, stream_id, user_id, item_id, price, currency,
-               CAST(quantity AS INTEGER) AS quantity, order_id, CAST(count AS INTEGER) AS count, gift_value,
-               text, props, ts_sent, ts_corrected, late, '{run_id}' AS run_id
-        FROM fresh WHERE row_id NOT IN (SELECT row_id FROM unknown_rows)""")
-    con.execute("CREATE TABLE dedupe_new AS SELECT DISTINCT event_id FROM clean ORDER BY event_id")
+               CAST(CASE WHEN j.type = 'like' THEN coalesce(j.count, 1) ELSE j.count END AS INTEGER) AS count,
+               j.gift_value AS gift_value, j.text AS text, CAST(j.props AS VARCHAR) AS props, j.ts AS ts_sent,
+               ts_corrected, late, '{run_id}' AS run_id
+        FROM f""")
+    con.execute("CREATE VIEW dedupe_new AS SELECT event_id FROM clean")  # unique per run already
     # quarantine: invalid rows with the contract's reasons + purchases of unknown items
     con.execute("""CREATE TABLE quarantine AS
         SELECT row_id, src, reason, field, reasons, CAST(line AS VARCHAR) AS raw,
@@ -315,8 +347,8 @@ def clean_core(con, run_id: str, cfg: CleanConfig, *, seen_paths: list[str], cat
     stats = con.execute(f"""SELECT
         (SELECT count(*) FROM parsed),
         (SELECT count(*) FROM parsed WHERE reason IS NULL AND j.type = '{CATALOG_TYPE}'),
-        (SELECT count(*) FROM flagged) - (SELECT count(*) FROM firsts),
-        (SELECT count(*) FROM firsts) - (SELECT count(*) FROM fresh),
+        (SELECT count(*) FROM dup_losers),
+        (SELECT count(*) FROM seen_rows),
         (SELECT count(*) FROM clean),
         (SELECT count(*) FILTER (late) FROM clean), (SELECT count(*) FILTER (ts_corrected) FROM clean),
         (SELECT count(*) FROM catalog_new)""").fetchone()
@@ -343,7 +375,7 @@ def _cast_batch(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
 
 def write_parquet(con, sql: str, path: str, schema: pa.Schema, params=None, batch_rows: int = 1 << 20) -> int:
     """Stream a query's result to a Parquet file with ``schema`` (bounded memory)."""
-    reader = (con.execute(sql, params) if params else con.sql(sql)).to_arrow_reader(batch_rows)
+    reader = con.sql(sql, params=params).to_arrow_reader(batch_rows)
     n = 0
     with pq.ParquetWriter(path, schema, compression="zstd") as w:
         for b in reader:
@@ -474,17 +506,18 @@ def run_clean(store, bus=None, cfg: CleanConfig | None = None, *, crash_after: s
             cats = [_local(store, k, tmp) for k in manifest["catalog"]]
             report = clean_core(con, run_id, cfg, seen_paths=seen, catalog_paths=cats)
             # clean/ per event date (UTC)
-            con.execute("CREATE TEMP TABLE clean_dates AS SELECT DISTINCT strftime(ts, '%Y-%m-%d') AS d FROM clean ORDER BY 1")
-            for (d,) in con.execute("SELECT d FROM clean_dates").fetchall():
+            # one pass for the dates and the streams each date file holds
+            dates = con.execute("""SELECT strftime(ts, '%Y-%m-%d') AS d, min(date_trunc('day', ts)),
+                                          list(DISTINCT CAST(stream_id AS VARCHAR) ORDER BY CAST(stream_id AS VARCHAR))
+                                   FROM clean GROUP BY 1 ORDER BY 1""").fetchall()
+            for d, day, streams in dates:
                 key = f"clean/date={d}/{run_id}.parquet"
                 p = os.path.join(tmp, f"clean-{d}.parquet")
-                write_parquet(con, "SELECT * FROM clean WHERE strftime(ts, '%Y-%m-%d') = ? ORDER BY stream_id, ts",
-                              p, CLEAN_SCHEMA, [d])
-                streams = [s for (s,) in con.execute(
-                    "SELECT DISTINCT stream_id FROM clean WHERE strftime(ts, '%Y-%m-%d') = ? ORDER BY 1", [d]).fetchall()]
+                write_parquet(con, "SELECT * FROM clean WHERE ts >= $d AND ts < $d + INTERVAL 1 DAY "
+                                   "ORDER BY stream_id, ts", p, CLEAN_SCHEMA, {"d": day})
                 _put_file(store, key, p, "application/vnd.apache.parquet")
                 written["clean"].append(key)
-                written["clean_files"].append({"key": key, "streams": streams})
+                written["clean_files"].append({"key": key, "streams": [x for x in streams if x is not None]})
             if crash_after == "write_clean":
                 raise InjectedCrash("injected crash after writing clean/, before the manifest moved")
             # quarantine/ per received date
