@@ -152,14 +152,22 @@ def _connect(path: str, cfg: CleanConfig) -> duckdb.DuckDBPyConnection:
     return con
 
 
-def _fast_reason_sql() -> str:
-    """SQL CASE giving NULL (row looks valid) or a provisional reason (re-checked by the contract)."""
-    allowed = " ".join(
-        f"WHEN '{t}' THEN list_has_all({[*keys]}, k)" for t, keys in _ALLOWED_KEYS.items())
+def _fast_conds() -> list[tuple[str, str]]:
+    """(SQL condition, provisional reason) pairs of the vectorised fast path, in priority order."""
+    # allowed keys per type: one regex over the keys joined by a unit separator (~4x cheaper than
+    # list_has_all); a key containing the separator itself is caught by the separator count
+    ks = "array_to_string(k, chr(31))"
+
+    def keys_re(keys: list[str]) -> str:
+        alt = "|".join(keys)
+        return f"'^({alt})(\x1f({alt}))*$'"
+    allowed = " ".join(f"WHEN '{t}' THEN regexp_full_match({ks}, {keys_re(keys)})" for t, keys in _ALLOWED_KEYS.items())
+    allowed = (f"(len(k) = length({ks}) - length(replace({ks}, chr(31), '')) + 1) AND CASE j.type {allowed} "
+               f"ELSE false END")
     conds = [
         ("j IS NULL", "'unparseable'"),
         ("NOT list_contains(" + str(list(ALL_TYPES)) + ", j.type)", "'schema'"),
-        (f"NOT (CASE j.type {allowed} ELSE false END)", "'schema'"),
+        (f"NOT ({allowed})", "'schema'"),
         ("j.event_id IS NULL OR j.ts IS NULL OR j.platform IS NULL", "'schema'"),
         (f"NOT regexp_full_match(j.event_id, {_ID}) OR NOT regexp_full_match(j.platform, {_ID})", "'schema'"),
         (f"NOT regexp_full_match(j.ts, {_TS}) OR try_cast(j.ts AS TIMESTAMPTZ) IS NULL", "'schema'"),
@@ -180,7 +188,12 @@ def _fast_reason_sql() -> str:
         # a non-string where the contract wants a string ("user_id": 12345 would otherwise cast to '12345')
         (r"""regexp_matches(line, '"(event_id|ts|platform|type|stream_id|user_id|item_id|order_id|currency|title|text|description|category)"\s*:\s*[^"\s]')""", "'schema'"),
     ]
-    return "CASE " + " ".join(f"WHEN {c} THEN {r}" for c, r in conds) + " ELSE NULL END"
+    return conds
+
+
+def _fast_reason_sql() -> str:
+    """SQL CASE giving NULL (row looks valid) or a provisional reason (re-checked by the contract)."""
+    return "CASE " + " ".join(f"WHEN {c} THEN {r}" for c, r in _fast_conds()) + " ELSE NULL END"
 
 
 def _parse_sql(guarded: bool) -> str:
@@ -238,9 +251,14 @@ def _slow_path(con: duckdb.DuckDBPyConnection) -> None:
         else:
             cat, fld = _categorise(reasons)
             verdicts.append((row_id, cat, fld, reasons))
-    con.execute("CREATE OR REPLACE TEMP TABLE verdicts (row_id BIGINT, reason VARCHAR, field VARCHAR, reasons VARCHAR[])")
-    if verdicts:
-        con.executemany("INSERT INTO verdicts VALUES (?, ?, ?, ?)", verdicts)
+    # via Arrow: executemany() would run one INSERT per row (seconds per thousand rows)
+    v = pa.table({"row_id": pa.array([x[0] for x in verdicts], pa.int64()),
+                  "reason": pa.array([x[1] for x in verdicts], pa.string()),
+                  "field": pa.array([x[2] for x in verdicts], pa.string()),
+                  "reasons": pa.array([x[3] for x in verdicts], pa.list_(pa.string()))})
+    con.register("verdicts_arrow", v)
+    con.execute("CREATE OR REPLACE TEMP TABLE verdicts AS SELECT * FROM verdicts_arrow")
+    con.unregister("verdicts_arrow")
     con.execute("""UPDATE parsed SET reason = v.reason, field = v.field, reasons = v.reasons
                    FROM verdicts v WHERE parsed.row_id = v.row_id""")
 
