@@ -101,7 +101,8 @@ class ItemBasedRecommender:
     def score_one_sources(self, idx: np.ndarray, w: np.ndarray):
         """``score_one`` plus, per candidate, the source with the largest term.
 
-        Returns ``(candidates, scores, src, contrib)`` where ``src[k]`` is the
+        Returns ``(candidates, scores, src, contrib)`` (``src = contrib = None``
+        for a dense ``B``: call ``top_sources`` on the few targets) where ``src[k]`` is the
         item of ``idx`` with the largest ``a(u, j) * W[j, cand[k]]`` (-1 where
         that term is not > 0; ties: earlier source) — the same answer as
         ``top_sources(idx, w, candidates)``, computed from one gather.  Sparse
@@ -111,9 +112,10 @@ class ItemBasedRecommender:
         idx = np.asarray(idx, dtype=np.int64)
         w = np.asarray(w, dtype=np.float64)
         if self.B_ is not None:
+            # dense B: every item is a candidate; sources for all of them would
+            # cost |idx| x n_items, so they are left to top_sources(targets)
             cand, sc = self.score_one(idx, w)
-            src, contrib = self.top_sources(idx, w, cand)
-            return cand, sc, src, contrib
+            return cand, sc, None, None
         if HAVE_NUMBA:
             return user_scores(self.W_, idx, w)
         cols, vals, s = gather_rows(self.W_, idx, w)

@@ -403,7 +403,9 @@ class HybridRecommender:
             # the filters); the rest score popularity only, so their best N
             # (per popularity order, skipping scored items) complete the set
             scored = [c_ for c_ in (cf_c, ct_c) if c_ is not None and c_.size]
-            if len(scored) == 2:
+            if len(scored) == 2 and max(scored[0].size, scored[1].size) == n:
+                scored = scored[0] if scored[0].size == n else scored[1]  # dense B: all items
+            elif len(scored) == 2:
                 scored = np.union1d(scored[0], scored[1])
             else:  # candidates from score_one_sources are sorted and unique
                 scored = scored[0] if scored else np.empty(0, dtype=np.int64)
@@ -475,10 +477,26 @@ class HybridRecommender:
         items = cand[best]
         src_cf = src_ct = None
         if src_idx.size and best.size:
-            src_cf = src_fast[best] if fast else lookup_src(cf_c, cf_s, items)
+            if fast:
+                src_cf = src_fast[best]
+            elif cf_s is None:  # dense B
+                src_cf, _ = self.cf_model_.top_sources(src_idx, src_w, items)
+            else:
+                src_cf = lookup_src(cf_c, cf_s, items)
             if ct_c is not None:
-                src_ct = lookup_src(ct_c, ct_s, items)
-        pos_of = {int(j): k for k, j in enumerate(src_idx.tolist())}
+                src_ct = lookup_src(ct_c, ct_s, items) if ct_s is not None else self.content_model_.top_sources(src_idx, src_w, items)[0]
+        if src_idx.size <= 64:
+            pos_of = {int(j): k for k, j in enumerate(src_idx.tolist())}
+        else:  # long histories: look up only the few named sources (last occurrence, as the dict)
+            _memo: dict[int, int] = {}
+
+            class _Pos:
+                def __getitem__(self_, j):
+                    if j not in _memo:
+                        _memo[j] = int(np.flatnonzero(src_idx == j)[-1])
+                    return _memo[j]
+
+            pos_of = _Pos()
         ids = self.item_ids_[items].tolist()
         tot_l, cf_l, pop_l = total[best].tolist(), cf[best].tolist(), popularity[best].tolist()
         ct_l = content[best].tolist() if content is not None else [0.0] * best.size
