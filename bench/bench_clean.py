@@ -22,15 +22,21 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 
+# Events per session of the simulator, measured (sessions = mean_viewers_per_stream x streams, with a
+# power-law popularity spread): the old fixed guess of 18 undershot (2M requested -> 1.64M rows).
+EVENTS_PER_SESSION = 14.0
+OVERSHOOT = 1.3  # generate a little more than needed and stop at exactly N rows (streams are sequential)
+
+
 def generate(n_events: int, cache: Path) -> Path:
-    store_dir = cache / f"store-{n_events}"
+    """Exactly ``n_events`` raw rows (catalog + events in send order, truncated), cached per N."""
+    store_dir = cache / f"store-n{n_events}"
     done = store_dir / "DONE"
     if done.exists():
         return store_dir
     from shared.simulator import simulate
     import orjson
-    # ~18 events per session; scale sessions to reach n_events
-    sessions = n_events / 18.0
+    sessions = n_events / EVENTS_PER_SESSION * OVERSHOOT
     n_streams = max(3, int(n_events / 100_000))
     sim = simulate(seed=5, n_streams=n_streams, n_users=max(2000, int(sessions * 1.5)), n_items=5000,
                    mean_viewers_per_stream=sessions / n_streams, faults="default")
@@ -47,6 +53,8 @@ def generate(n_events: int, cache: Path) -> Path:
             k += 1
             buf = []
     for r in sim.iter_records():
+        if n >= n_events:
+            break
         if isinstance(r, dict):
             buf.append(orjson.dumps(r)[:-1] + rec)
         else:
@@ -56,6 +64,8 @@ def generate(n_events: int, cache: Path) -> Path:
             flush()
         if n % 1_000_000 == 0:
             print(f"  generated {n:,}", file=sys.stderr)
+    if n < n_events:
+        print(f"  warning: the simulation ran out at {n:,} rows (< {n_events:,}); raise OVERSHOOT", file=sys.stderr)
     flush()
     done.write_text(json.dumps({"rows": n}))
     return store_dir

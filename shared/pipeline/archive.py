@@ -13,6 +13,9 @@ Guarantees
   ``max_past_s`` behind) -- then by ``received_at``; a line with neither goes to the hour of the
   archive run. Lines are written verbatim (bytes as ingest published them, ``received_at`` included),
   so cleaning sees exactly what was received.
+* **Bounded.** A batch holds at most ``max_events`` lines: messages are taken whole while they fit; the
+  first one that does not (and the rest of that pull) is nacked and goes to the next batch. A single
+  message larger than the bound is still archived alone (a message is never split).
 """
 from __future__ import annotations
 
@@ -86,9 +89,11 @@ def archive_batch(bus, store, cfg: ArchiveConfig | None = None, *, now: float | 
     """Pull up to ``cfg.max_events`` events (at most ``cfg.max_pulls`` pulls), write, then ack."""
     cfg = cfg or ArchiveConfig()
     now = time.time() if now is None else now
-    msgs, n_events, empty, pulls = [], 0, 0, 0
+    msgs, n_events, empty, pulls, full = [], 0, 0, 0, False
     seen_ids: set[str] = set()
-    while n_events < cfg.max_events and pulls < cfg.max_pulls and empty < cfg.empty_pulls:
+    excess: list[str] = []   # pulled but over the batch bound: nacked, redelivered to the next batch
+    while not full and pulls < cfg.max_pulls and empty < cfg.empty_pulls:
+        # a message may carry many lines: pull few, and stop at the first message that does not fit
         got = bus.pull(cfg.subscription, min(cfg.pull_size, max(1, cfg.max_events - n_events)),
                        timeout_s=cfg.pull_timeout_s)
         pulls += 1
@@ -97,15 +102,25 @@ def archive_batch(bus, store, cfg: ArchiveConfig | None = None, *, now: float | 
             continue
         empty = 0
         for m in got:
+            if full:
+                excess.append(m.ack_id)
+                continue
             if m.message_id in seen_ids:  # redelivered within the batch: ack both, write once
                 msgs.append((m, []))
                 continue
-            seen_ids.add(m.message_id)
             lines = split_lines(m.data, m.attributes)
+            if msgs and n_events + len(lines) > cfg.max_events:  # (a lone oversized message still goes)
+                full = True
+                excess.append(m.ack_id)
+                continue
+            seen_ids.add(m.message_id)
             msgs.append((m, lines))
             n_events += len(lines)
+            full = n_events >= cfg.max_events
+    if excess:
+        bus.nack(cfg.subscription, excess)
     if not msgs:
-        return {"messages": 0, "events": 0, "objects": [], "pulls": pulls}
+        return {"messages": 0, "events": 0, "objects": [], "existing_objects": [], "pulls": pulls, "full": False}
 
     parts: dict[str, list[bytes]] = defaultdict(list)
     ids_by_part: dict[str, list[str]] = defaultdict(list)
@@ -128,8 +143,9 @@ def archive_batch(bus, store, cfg: ArchiveConfig | None = None, *, now: float | 
         raise RuntimeError("injected crash after write, before ack")
     bus.ack(cfg.subscription, [m.ack_id for m, _ in msgs])
     summary = {"messages": len(msgs), "events": n_events, "objects": written, "existing_objects": existed,
-               "partitions": len(parts), "pulls": pulls}
-    log.info("archived batch", extra={k: v for k, v in summary.items() if k not in ("objects", "existing_objects")}
+               "partitions": len(parts), "pulls": pulls, "full": full}
+    log.info("archived batch", extra={k: v for k, v in summary.items()
+                                      if k not in ("objects", "existing_objects", "full")}
              | {"n_objects": len(written)})
     return summary
 
@@ -148,7 +164,7 @@ def run_archive(bus, store, cfg: ArchiveConfig | None = None, *, now: float | No
         total["events"] += s["events"]
         total["objects"] += s["objects"]
         total["existing_objects"] += s["existing_objects"]
-        if s["events"] < cfg.max_events:  # the backlog was drained
+        if not s["full"]:  # the batch was not cut by the bound: the backlog was drained
             break
     log.info("archive tick", extra={"batches": total["batches"], "messages": total["messages"],
                                     "events": total["events"], "n_objects": len(total["objects"])})
