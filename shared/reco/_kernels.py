@@ -201,6 +201,8 @@ def user_scores(W, idx: np.ndarray, w: np.ndarray):
     if _scratch is None:
         _scratch = threading.local()
     n = W.shape[1]
+    if idx.size and (idx.min() < 0 or idx.max() >= W.shape[0]):  # the kernel does no bounds checks
+        raise IndexError("item index out of range")
     sc = getattr(_scratch, "arrays", None)
     if sc is None or sc[0].shape[0] < n:
         sc = (np.zeros(n, dtype=np.float64), np.zeros(n, dtype=np.float64), np.full(n, -1, dtype=np.int32))
