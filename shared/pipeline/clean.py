@@ -263,8 +263,18 @@ def _slow_path(con: duckdb.DuckDBPyConnection) -> None:
     con.register("verdicts_arrow", v)
     con.execute("CREATE OR REPLACE TEMP TABLE verdicts AS SELECT * FROM verdicts_arrow")
     con.unregister("verdicts_arrow")
-    con.execute("""UPDATE parsed SET reason = v.reason, field = v.field, reasons = v.reasons
-                   FROM verdicts v WHERE parsed.row_id = v.row_id""")
+    # no UPDATE of the big table (it rewrote ``parsed``): the final verdict of a row is its contract
+    # verdict if it has one, else the fast path's NULL -- see _VALID
+    con.execute("""CREATE OR REPLACE TEMP TABLE unflagged AS
+                   SELECT row_id FROM verdicts v WHERE v.reason IS NULL""")
+    con.execute("""CREATE OR REPLACE TEMP TABLE invalid AS
+                   SELECT p.row_id, p.src, v.reason, v.field, v.reasons, p.line, p.j
+                   FROM parsed p JOIN verdicts v USING (row_id) WHERE v.reason IS NOT NULL""")
+
+
+# rows the contract accepts (fast path clean, or flagged and then accepted by shared.contract)
+_VALID = ("(reason IS NULL OR row_id IN (SELECT row_id FROM unflagged)) "
+          "AND row_id NOT IN (SELECT row_id FROM invalid)")
 
 
 def _ingest_chunks(con, chunks: Iterable[pa.Table], cfg: CleanConfig) -> int:
@@ -279,8 +289,6 @@ def _ingest_chunks(con, chunks: Iterable[pa.Table], cfg: CleanConfig) -> int:
             con.execute(_PARSE_SQL_TRY, {"strict": bool(cfg.strict)})
         con.unregister("chunk")
         n += chunk.num_rows
-    con.execute("ALTER TABLE parsed ADD COLUMN field VARCHAR")
-    con.execute("ALTER TABLE parsed ADD COLUMN reasons VARCHAR[]")
     return n
 
 
@@ -296,7 +304,7 @@ def clean_core(con, run_id: str, cfg: CleanConfig, *, seen_paths: list[str], cat
                j.price AS price, coalesce(j.currency, '{cur}') AS currency, j.stream_ids AS stream_ids,
                j.platform AS platform, try_cast(j.ts AS TIMESTAMPTZ) AS ts, j.event_id AS event_id,
                '{run_id}' AS run_id
-        FROM parsed WHERE reason IS NULL AND j.type = '{CATALOG_TYPE}'
+        FROM parsed WHERE {_VALID} AND j.type = '{CATALOG_TYPE}'
         QUALIFY row_number() OVER (PARTITION BY j.item_id ORDER BY try_cast(j.ts AS TIMESTAMPTZ) DESC, row_id DESC) = 1""")
     known = "SELECT item_id FROM catalog_new"
     if catalog_paths:
@@ -304,7 +312,7 @@ def clean_core(con, run_id: str, cfg: CleanConfig, *, seen_paths: list[str], cat
     con.execute(f"CREATE TEMP TABLE known_items AS {known}")
     # Valid viewer events stay in ``parsed``; the rows to drop are found on narrow projections and the
     # typed, time-normalised clean table is built by ONE statement (no wide intermediate copies).
-    viewer = f"reason IS NULL AND j.type <> '{CATALOG_TYPE}'"
+    viewer = f"{_VALID} AND j.type <> '{CATALOG_TYPE}'"
     # dedupe within the run: only event_ids occurring more than once are windowed (first copy = earliest
     # received_at, then row order)
     con.execute(f"""CREATE TEMP TABLE dup_losers AS
@@ -360,7 +368,7 @@ def clean_core(con, run_id: str, cfg: CleanConfig, *, seen_paths: list[str], cat
     con.execute("""CREATE TABLE quarantine AS
         SELECT row_id, src, reason, field, reasons, CAST(line AS VARCHAR) AS raw,
                try(j.event_id) AS event_id, try(j.received_at) AS received_at
-        FROM parsed WHERE reason IS NOT NULL
+        FROM invalid
         UNION ALL
         SELECT p.row_id, p.src, 'unknown_item', 'item_id',
                ['item_id: ' || p.j.item_id || ' is not in the catalog seen so far'],
@@ -368,7 +376,7 @@ def clean_core(con, run_id: str, cfg: CleanConfig, *, seen_paths: list[str], cat
         FROM parsed p WHERE p.row_id IN (SELECT row_id FROM unknown_rows)""")
     stats = con.execute(f"""SELECT
         (SELECT count(*) FROM parsed),
-        (SELECT count(*) FROM parsed WHERE reason IS NULL AND j.type = '{CATALOG_TYPE}'),
+        (SELECT count(*) FROM parsed WHERE {_VALID} AND j.type = '{CATALOG_TYPE}'),
         (SELECT count(*) FROM dup_losers),
         (SELECT count(*) FROM seen_rows),
         (SELECT count(*) FROM clean),
@@ -547,8 +555,9 @@ def run_clean(store, bus=None, cfg: CleanConfig | None = None, *, crash_after: s
             for d, day, streams in dates:
                 key = f"clean/date={d}/{run_id}.parquet"
                 p = os.path.join(tmp, f"clean-{d}.parquet")
-                write_parquet(con, "SELECT * FROM clean WHERE ts >= $d AND ts < $d + INTERVAL 1 DAY "
-                                   "ORDER BY stream_id, ts", p, CLEAN_SCHEMA, {"d": day})
+                # rows in arrival order (a sort by stream/ts of the whole run cost as much as the parse)
+                write_parquet(con, "SELECT * FROM clean WHERE ts >= $d AND ts < $d + INTERVAL 1 DAY",
+                              p, CLEAN_SCHEMA, {"d": day})
                 _put_file(store, key, p, "application/vnd.apache.parquet")
                 written["clean"].append(key)
                 written["clean_files"].append({"key": key, "streams": [x for x in streams if x is not None]})
