@@ -88,14 +88,16 @@ def test_regressed_model_is_not_promoted(store):
     good = run_train(store, None)
     gen = store.generation(LATEST)
     bus = FakeBus()
-    bad = run_train(store, bus, TrainConfig(params=BAD_PARAMS))
+    bad = run_train(store, bus, TrainConfig(params=BAD_PARAMS, tune=False))  # an untuned bad recipe
     assert bad.version != good.version and not bad.promoted
     assert "regression" in bad.reason and good.version in bad.reason
     assert store.generation(LATEST) == gen and json.loads(store.get(LATEST))["version"] == good.version
     meta = json.loads(store.get(meta_key(bad.version)))
     assert meta["decision"]["promote"] is False and meta["decision"]["reason"] == bad.reason
     cur = meta["metrics"]["current"]
-    assert cur["version"] == good.version and cur["ndcg@10"] > meta["metrics"]["candidate"]["ndcg@10"] + 0.02
+    cur_in = meta["metrics"]["in_stream"]["current"]
+    assert meta["metrics"]["gate"]["protocol"] == "in_stream"
+    assert cur["version"] == good.version and cur_in["ndcg@10"] > meta["metrics"]["in_stream"]["candidate"]["ndcg@10"] + 0.02
     assert bus.sent[0][1]["promoted"] is False and "regression" in bus.sent[0][1]["reason"]
 
 

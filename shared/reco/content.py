@@ -28,6 +28,7 @@ import scipy.sparse as sp
 from sklearn.feature_extraction.text import TfidfVectorizer
 
 from ._core import as_csr, prune_top_n
+from ._kernels import HAVE_NUMBA, topn_similarity
 from .base import ItemBasedRecommender
 
 __all__ = ["ContentModel", "item_texts"]
@@ -60,6 +61,9 @@ class ContentModel(ItemBasedRecommender):
         max_features: int | None = None,
         sublinear_tf: bool = True,
         block_size: int = 2048,
+        max_df: float | int = 1.0,
+        max_df_items: int | None = 2000,
+        engine: str = "auto",
     ):
         self.neighbours = neighbours
         self.analyzer = analyzer
@@ -69,6 +73,9 @@ class ContentModel(ItemBasedRecommender):
         self.max_features = max_features
         self.sublinear_tf = sublinear_tf
         self.block_size = block_size
+        self.max_df = max_df
+        self.max_df_items = max_df_items
+        self.engine = engine
 
     def vectorizer(self) -> TfidfVectorizer:
         return TfidfVectorizer(
@@ -76,6 +83,7 @@ class ContentModel(ItemBasedRecommender):
             ngram_range=(self.ngram_min, self.ngram_max),
             min_df=self.min_df,
             max_features=self.max_features,
+            max_df=self.max_df,
             sublinear_tf=self.sublinear_tf,
             lowercase=True,
             dtype=np.float32,
@@ -91,14 +99,53 @@ class ContentModel(ItemBasedRecommender):
             self.B_ = None
             self.fit_info_ = {"fit_seconds": time.perf_counter() - t0}
             return self
-        V = self.vectorizer().fit_transform(texts).astype(np.float32).tocsr()
-        VT = as_csr(V.T, dtype=np.float32)
-        blocks = []
-        for start in range(0, n, self.block_size):
-            end = min(start + self.block_size, n)
-            sims = (V[start:end] @ VT)
-            blocks.append(prune_top_n(sims, self.neighbours, drop_diagonal=True, row_offset=start, min_value=1e-6))
-        self.W_ = as_csr(sp.vstack(blocks, format="csr"), dtype=np.float32)
+        try:
+            V = self.vectorizer().fit_transform(texts).astype(np.float32).tocsr()
+        except ValueError:  # max_df / min_df pruned every feature (e.g. identical texts)
+            V = sp.csr_matrix((n, 0), dtype=np.float32)
+        n_features = int(V.shape[1])
+        V, n_dropped = self._drop_common(V)
+        use_numba = self.engine == "numba" or (self.engine == "auto" and HAVE_NUMBA)
+        if use_numba and n and V.shape[1]:
+            # cos(i, j) = sum_f v_if v_jf: the fused top-N kernel with features as "users"
+            # (X = Vᵀ, feature x item) and the raw co-occurrence value as similarity
+            X = as_csr(V.T, dtype=np.float64)
+            X.eliminate_zeros()
+            XT = as_csr(X.T, dtype=np.float64)
+            work = XT @ np.diff(X.indptr).astype(np.float64)
+            indptr, indices, data = topn_similarity(X, XT, np.ones(n), "cooccurrence", int(self.neighbours),
+                                                    1e-6, np.minimum(work, n), np.float32)
+            self.W_ = sp.csr_matrix((data, indices, indptr), shape=(n, n))
+            engine = "numba"
+        else:
+            VT = as_csr(V.T, dtype=np.float32)
+            blocks = []
+            for start in range(0, n, self.block_size):
+                end = min(start + self.block_size, n)
+                sims = (V[start:end] @ VT)
+                blocks.append(prune_top_n(sims, self.neighbours, drop_diagonal=True, row_offset=start,
+                                          min_value=1e-6))
+            self.W_ = as_csr(sp.vstack(blocks, format="csr"), dtype=np.float32)
+            engine = "scipy"
         self.B_ = None
-        self.fit_info_ = {"fit_seconds": time.perf_counter() - t0, "n_features": int(V.shape[1])}
+        self.fit_info_ = {"fit_seconds": time.perf_counter() - t0, "n_features": n_features,
+                          "dropped_common_features": n_dropped, "engine": engine}
         return self
+
+    def _drop_common(self, V: sp.csr_matrix) -> tuple[sp.csr_matrix, int]:
+        """Drop features present in more than ``max_df_items`` items (stop-n-grams such as a shared
+        "商品" prefix) from the neighbour search and re-normalise the rows.  The search costs
+        ``sum_f df_f^2``, so one feature shared by every item costs ``n^2`` alone; such features
+        carry almost no idf weight and barely move the ranking.  ``None`` keeps all features."""
+        cap = self.max_df_items
+        if cap is None or V.shape[1] == 0 or V.shape[0] <= cap:
+            return V, 0
+        df = np.bincount(V.indices, minlength=V.shape[1])
+        keep = df <= cap
+        if keep.all():
+            return V, 0
+        V = V[:, np.flatnonzero(keep)].tocsr()
+        norms = np.sqrt(np.asarray(V.multiply(V).sum(axis=1)).ravel())
+        norms[norms == 0] = 1.0
+        V = sp.diags((1.0 / norms).astype(np.float32)) @ V
+        return as_csr(V, dtype=np.float32), int((~keep).sum())

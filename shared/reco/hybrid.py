@@ -112,10 +112,17 @@ class HybridRecommender:
         *,
         item_col: str = "item_id",
         text_cols=("title", "description", "category"),
+        content: ContentModel | None = None,
     ):
         """Fit from an ``Interactions`` (its ``item_ids`` define the catalogue
         index) and an optional item table (``item_id`` + text columns, and
-        optional ``category`` / ``price`` used by the filters)."""
+        optional ``category`` / ``price`` used by the filters).
+
+        ``content``: an already fitted ``ContentModel`` over the SAME item
+        index (``interactions.item_ids`` order, see ``fit_content``) to reuse
+        instead of fitting one — the content neighbours depend only on the
+        catalogue, so a train job fits them once for the holdout model and the
+        served model."""
         t0 = time.perf_counter()
         X = as_csr(interactions.matrix)
         self.item_ids_ = str_array(interactions.item_ids)
@@ -131,9 +138,15 @@ class HybridRecommender:
         if items is not None and len(items):
             it = items.drop_duplicates(item_col).set_index(items.drop_duplicates(item_col)[item_col].astype(str))
             it = it.reindex(self.item_ids_)
-            texts = item_texts(it, text_cols)
-            if any(texts):
-                self.content_model_ = ContentModel(**(self.content_params or {})).fit(texts)
+            if content is not None:
+                if content.n_items_ != self.n_items_:
+                    raise ValueError(f"prefit content model has {content.n_items_} items, the interactions "
+                                     f"{self.n_items_}: fit it on the same item index")
+                self.content_model_ = content
+            else:
+                texts = item_texts(it, text_cols)
+                if any(texts):
+                    self.content_model_ = ContentModel(**(self.content_params or {})).fit(texts)
             if "category" in it:
                 self.category_ = str_array(it["category"].fillna("").astype(str).to_numpy())
             if "price" in it:
@@ -152,19 +165,45 @@ class HybridRecommender:
         half_life_days: float | None = 30.0,
         stream_half_life_days: float | None = 7.0,
         reference_time=None,
+        item_ids=None,
+        content: ContentModel | None = None,
     ):
         """Convenience: events (+ item table) -> fitted hybrid.  The catalogue
         is the union of the item table and the items seen in events, so cold
-        items (no events yet) still get content neighbours."""
-        ev_items = events["item_id"].dropna().astype(str)
-        all_items = pd.unique(pd.concat([items["item_id"].astype(str), ev_items]) if items is not None else ev_items)
-        inter = build_user_items(events, action_weights, half_life_days, reference_time, item_ids=str_array(np.asarray(all_items, dtype=str)))
+        items (no events yet) still get content neighbours.  ``item_ids``
+        fixes the catalogue index instead (it must contain every event item),
+        e.g. to reuse one prefit ``content`` model (``fit_content``) for
+        several fits over parts of the same data."""
+        if item_ids is None:
+            item_ids = self.catalogue_ids(events, items)
+        inter = build_user_items(events, action_weights, half_life_days, reference_time, item_ids=str_array(np.asarray(item_ids, dtype=str)))
         stream_items = stream_ids = None
         if "stream_id" in events:
             stream_items, stream_ids = build_stream_items(
                 events, inter.item_ids, action_weights, stream_half_life_days, reference_time
             )
-        return self.fit(inter, items, stream_items, stream_ids)
+        return self.fit(inter, items, stream_items, stream_ids, content=content)
+
+    @staticmethod
+    def catalogue_ids(events: pd.DataFrame, items: pd.DataFrame | None = None) -> np.ndarray:
+        """The item index ``fit_events`` uses: item table ids, then event items not in it."""
+        ev_items = events["item_id"].dropna().astype(str)
+        all_items = pd.unique(pd.concat([items["item_id"].astype(str), ev_items]) if items is not None else ev_items)
+        return str_array(np.asarray(all_items, dtype=str))
+
+    def fit_content(self, item_ids, items: pd.DataFrame | None, *, item_col: str = "item_id",
+                    text_cols=("title", "description", "category")) -> ContentModel | None:
+        """The content model ``fit`` would build for this item index (with this
+        recommender's ``content_params``), for reuse via ``fit(..., content=)``."""
+        if items is None or not len(items):
+            return None
+        ids = str_array(np.asarray(item_ids, dtype=str))
+        dd = items.drop_duplicates(item_col)
+        it = dd.set_index(dd[item_col].astype(str)).reindex(ids)
+        texts = item_texts(it, text_cols)
+        if not any(texts):
+            return None
+        return ContentModel(**(self.content_params or {})).fit(texts)
 
     def _build_indexes(self):
         """Serving-time lookups, derived from the fitted arrays (not serialised):

@@ -38,6 +38,7 @@ import scipy.sparse as sp
 
 from shared.log import get_logger
 from shared.reco import DEFAULT_ACTION_WEIGHTS, HybridRecommender, build_user_items
+from shared.reco.instream import instream_parts, stream_pairs, tune_blend
 from shared.reco.metrics import ranking_metrics
 from shared.serving.data import TrainingData, read_training_data
 from shared.serving.registry import Registry, Served, encode_arrays, showcase_extras
@@ -49,6 +50,8 @@ DEFAULT_PARAMS: dict[str, Any] = {
     "content_weight": 0.1, "popularity_weight": 0.2,
 }
 POSITIVE_TYPES = tuple(t for t, w in DEFAULT_ACTION_WEIGHTS.items() if w > 0)
+TUNE_CONTENT_WEIGHTS = (0.0, 0.1, 0.3, 0.5, 1.0)
+TUNE_POPULARITY_WEIGHTS = (0.0, 0.05, 0.1, 0.2, 0.5, 1.0)
 
 
 def _envf(name: str, default: float) -> float:
@@ -67,6 +70,11 @@ class TrainConfig:
     params: dict = field(default_factory=lambda: json.loads(os.environ["DAIHUO_TRAIN_PARAMS"])
                          if os.environ.get("DAIHUO_TRAIN_PARAMS") else json.loads(json.dumps(DEFAULT_PARAMS)))
     topic: str = field(default_factory=lambda: os.environ.get("DAIHUO_MODEL_TOPIC", "model-published"))
+    # blend tuning on a validation split carved from the TRAINING part (never the holdout)
+    tune: bool = field(default_factory=lambda: os.environ.get("DAIHUO_TRAIN_TUNE", "1").lower() not in ("0", "false", "no"))
+    tune_content_weights: list = field(default_factory=lambda: list(TUNE_CONTENT_WEIGHTS))
+    tune_popularity_weights: list = field(default_factory=lambda: list(TUNE_POPULARITY_WEIGHTS))
+    tune_max_pairs: int = 3000
 
 
 _CODE_VERSION: str | None = None
@@ -90,17 +98,81 @@ def code_version() -> str:
 def version_id(data: TrainingData, cfg: TrainConfig) -> str:
     spec = {"inputs": [[i["key"], str(i["generation"])] for i in data.inputs], "params": cfg.params,
             "window_days": cfg.window_days, "holdout_frac": cfg.holdout_frac, "k": cfg.k,
-            "half_life_days": cfg.half_life_days, "max_eval_users": cfg.max_eval_users, "code": code_version()}
+            "half_life_days": cfg.half_life_days, "max_eval_users": cfg.max_eval_users, "code": code_version(),
+            "tune": [cfg.tune, list(cfg.tune_content_weights), list(cfg.tune_popularity_weights), cfg.tune_max_pairs]}
     digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
     end = data.window.get("end")
     stamp = pd.Timestamp(end).strftime("%Y%m%dT%H%M%SZ") if end else "empty"
     return f"{stamp}-{digest}"
 
 
-def fit_model(events: pd.DataFrame, catalog: pd.DataFrame, cfg: TrainConfig, reference_time) -> HybridRecommender:
-    items = catalog[["item_id", "title", "description", "category", "price"]] if len(catalog) else None
-    return HybridRecommender(**cfg.params).fit_events(events, items, half_life_days=cfg.half_life_days,
-                                                      reference_time=reference_time)
+def catalog_items(catalog: pd.DataFrame) -> pd.DataFrame | None:
+    return catalog[["item_id", "title", "description", "category", "price"]] if len(catalog) else None
+
+
+def fit_model(events: pd.DataFrame, catalog: pd.DataFrame, cfg: TrainConfig, reference_time,
+              params: dict | None = None, content=None, item_ids=None) -> HybridRecommender:
+    """``params`` overrides ``cfg.params``; ``content`` (+ the ``item_ids`` it was fitted on) reuses one
+    prefit ``ContentModel`` (it depends only on the catalogue) instead of fitting it again."""
+    return HybridRecommender(**(params or cfg.params)).fit_events(
+        events, catalog_items(catalog), half_life_days=cfg.half_life_days, reference_time=reference_time,
+        item_ids=item_ids, content=content)
+
+
+def build_showcases(events: pd.DataFrame, catalog: pd.DataFrame) -> dict[str, list[str]]:
+    """Showcase per stream = catalog ``stream_ids`` ∪ items with events in that stream in the window."""
+    showcases: dict[str, set] = {}
+    if len(catalog) and "stream_ids" in catalog:
+        for item, sids in zip(catalog["item_id"], catalog["stream_ids"]):
+            for s in (sids if sids is not None else ()):
+                showcases.setdefault(s, set()).add(item)
+    if "stream_id" in events:
+        seen = events[events["stream_id"].notna() & events["item_id"].notna()]
+        for s, grp in seen.groupby("stream_id", sort=False, observed=True):
+            showcases.setdefault(s, set()).update(grp["item_id"].astype(str).unique().tolist())
+    return {k: sorted(v) for k, v in showcases.items()}
+
+
+def time_split(events: pd.DataFrame, frac: float):
+    item_ts = events.loc[events["item_id"].notna(), "ts"]
+    return item_ts.quantile(1.0 - frac) if len(item_ts) else events["ts"].max()
+
+
+def evaluate_in_stream(model: HybridRecommender, pairs, showcases: dict, k: int, baselines: bool = True) -> dict:
+    """In-stream metrics (``shared.reco.instream``): the model's blend ranks each pair's showcase, as
+    ``recommend(user, stream_id=s, allowed_items=showcase)`` does; plus the baselines."""
+    parts = instream_parts(model, pairs, showcases)
+    n = model.n_items_
+    cw = model.content_weight if model.content_model_ is not None else 0.0
+    out = {"model": score_ranking(parts.top_ids(model.cf_weight, cw, model.popularity_weight, k), pairs, k, n)}
+    if baselines:
+        out["stream_bestsellers"] = score_ranking(parts.top_ids(0.0, 0.0, 1.0, k), pairs, k, n)
+        out["showcase_popularity"] = score_ranking(parts.top_ids(0.0, 0.0, 1.0, k, "global"), pairs, k, n)
+    return out
+
+
+def tune_params(train_part: pd.DataFrame, catalog: pd.DataFrame, cfg: TrainConfig, showcases: dict,
+                content=None, item_ids=None) -> tuple[dict, dict]:
+    """Blend weights (content, popularity; cf fixed) by in-stream NDCG@k on a validation split carved
+    from the TRAINING part (its last ``holdout_frac`` of item events), never from the holdout."""
+    split = time_split(train_part, cfg.holdout_frac)
+    fit_part, val = train_part[train_part["ts"] <= split], train_part[train_part["ts"] > split]
+    report: dict[str, Any] = {"split_ts": split.isoformat(), "pairs": 0}
+    if fit_part["item_id"].notna().sum() == 0 or val.empty:
+        report["skipped"] = "empty validation split"
+        return {}, report
+    m = fit_model(fit_part, catalog, cfg, split, content=content, item_ids=item_ids)
+    pairs = stream_pairs(m, val, showcases, cfg.tune_max_pairs)
+    report["pairs"] = len(pairs)
+    if len(pairs) < 20:
+        report["skipped"] = f"only {len(pairs)} validation (user, stream) pairs"
+        return {}, report
+    parts = instream_parts(m, pairs, showcases)
+    cws = list(cfg.tune_content_weights) if m.content_model_ is not None else [0.0]
+    best, table = tune_blend(parts, cws, list(cfg.tune_popularity_weights), cfg.k, cf_weight=m.cf_weight)
+    report.update({"best": best, "grid": table,
+                   "default": {"content_weight": m.content_weight, "popularity_weight": m.popularity_weight}})
+    return {"content_weight": best["content_weight"], "popularity_weight": best["popularity_weight"]}, report
 
 
 # ------------------------------------------------------------------------------- evaluation
@@ -117,8 +189,7 @@ def make_holdout(events: pd.DataFrame, cfg: TrainConfig) -> tuple[pd.DataFrame, 
     """Split by time at the ``1 - holdout_frac`` quantile of the item events' ``ts``: everything after
     it is the holdout. (A quantile, not a fraction of the span: the span is dominated by sparse tails
     such as refunds days later, which would leave an empty holdout.)"""
-    item_ts = events.loc[events["item_id"].notna(), "ts"]
-    split = item_ts.quantile(1.0 - cfg.holdout_frac) if len(item_ts) else events["ts"].max()
+    split = time_split(events, cfg.holdout_frac)
     train, hold = events[events["ts"] <= split], events[events["ts"] > split]
     inter = build_user_items(train, half_life_days=cfg.half_life_days, reference_time=split)
     X = inter.matrix.tocsr()
@@ -216,22 +287,28 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def _decide(cand: dict, current: dict | None, current_version: str | None, current_error: str | None,
-            ho: Holdout, cfg: TrainConfig) -> tuple[bool, str]:
+def _decide(metrics: dict, current_version: str | None, current_error: str | None, cfg: TrainConfig) -> tuple[bool, str]:
+    """Gate on ``metrics["gate"]``: the in-stream NDCG@k (how ``recommend`` is used in a live room) when
+    the holdout has (user, stream) pairs, else the whole-catalogue NDCG@k."""
     key = f"ndcg@{cfg.k}"
+    gate = metrics.get("gate") or {}
+    proto = gate.get("protocol", "catalogue")
+    src = metrics["in_stream"] if proto == "in_stream" else metrics
+    n_eval = src.get("pairs", metrics.get("users", 0)) if proto == "in_stream" else metrics.get("users", 0)
+    what = "(user, stream) pairs" if proto == "in_stream" else "users"
     if current_version is None:
         return True, "first model (no LATEST yet)"
     if current_error:
         return True, f"current model {current_version} could not be loaded ({current_error}); replacing it"
-    if not len(ho.users):
-        return False, (f"holdout has no evaluable users (no user with history before {ho.split_ts} and new "
-                       f"positive items after it): cannot compare, keeping {current_version}")
-    new, old = cand[key], current[key]
+    if not n_eval or "current" not in src:
+        return False, (f"holdout has no evaluable users (no user with history before {metrics.get('split_ts')} "
+                       f"and new positive items after it): cannot compare, keeping {current_version}")
+    new, old = src["candidate"][key], src["current"][key]
     if new >= old - cfg.tolerance:
-        return True, (f"{key} {new:.4f} vs current {current_version} {old:.4f} on the same holdout "
-                      f"({len(ho.users)} users): within tolerance {cfg.tolerance}")
-    return False, (f"regression: {key} {new:.4f} < current {current_version} {old:.4f} - tolerance "
-                   f"{cfg.tolerance} on the same holdout ({len(ho.users)} users); keeping {current_version}")
+        return True, (f"{proto} {key} {new:.4f} vs current {current_version} {old:.4f} on the same holdout "
+                      f"({n_eval} {what}): within tolerance {cfg.tolerance}")
+    return False, (f"regression: {proto} {key} {new:.4f} < current {current_version} {old:.4f} - tolerance "
+                   f"{cfg.tolerance} on the same holdout ({n_eval} {what}); keeping {current_version}")
 
 
 def _finish(reg: Registry, version: str, meta: dict, bus, cfg: TrainConfig, t0: float, reused: bool) -> TrainResult:
@@ -280,14 +357,45 @@ def run_train(store, bus=None, cfg: TrainConfig | None = None, trigger: dict | N
         log.info("version already written (redelivery); not fitting again", extra={"version": version})
         return _finish(reg, version, reg.read_meta(version), bus, cfg, t0, reused=True)
 
-    # -- holdout evaluation: candidate vs current vs popularity, same users, same relevant items
+    # -- once per run: item index, content neighbours (catalogue only), showcases
+    t1 = time.perf_counter()
+    item_ids = HybridRecommender.catalogue_ids(data.events, catalog_items(data.catalog))
+    content = HybridRecommender(**cfg.params).fit_content(item_ids, catalog_items(data.catalog))
+    showcases = build_showcases(data.events, data.catalog)
+    t_content = time.perf_counter() - t1
+
+    # -- blend tuning on a validation split of the training part; then the holdout evaluation:
+    #    candidate vs current vs baselines, same users / (user, stream) pairs, same relevant items
     t1 = time.perf_counter()
     train_part, ho = make_holdout(data.events, cfg)
-    cand = fit_model(train_part, data.catalog, cfg, pd.Timestamp(ho.split_ts))
+    tuned, tune_report = (tune_params(train_part, data.catalog, cfg, showcases, content, item_ids) if cfg.tune
+                          else ({}, {"skipped": "tuning disabled"}))
+    params = {**cfg.params, **tuned}
+    t_tune = time.perf_counter() - t1
+    t1 = time.perf_counter()
+    split_ts = pd.Timestamp(ho.split_ts)
+    cand = fit_model(train_part, data.catalog, cfg, split_ts, params, content, item_ids)
     metrics: dict[str, Any] = {"k": cfg.k, "users": int(len(ho.users)), "holdout_events": ho.n_holdout_events,
-                               "split_ts": ho.split_ts}
+                               "split_ts": ho.split_ts, "protocol": "catalogue"}
     metrics["candidate"] = score_ranking(rank_for(cand, ho, cfg.k), ho, cfg.k, cand.n_items_)
     metrics["popularity"] = score_ranking(popularity_for(cand, ho, cfg.k), ho, cfg.k, cand.n_items_)
+    hold = data.events[data.events["ts"] > split_ts]
+    pairs = stream_pairs(cand, hold, showcases, cfg.max_eval_users)
+    ins: dict[str, Any] = {"pairs": len(pairs), "users": len(set(pairs.users)),
+                           "note": "per (user, stream) in the holdout: the stream's showcase ranked with "
+                                   "stream_id, history excluded (recommend's filters)"}
+    if len(pairs):
+        r = evaluate_in_stream(cand, pairs, showcases, cfg.k)
+        ins.update({"candidate": r["model"], "stream_bestsellers": r["stream_bestsellers"],
+                    "showcase_popularity": r["showcase_popularity"]})
+    metrics["in_stream"] = ins
+    key = f"ndcg@{cfg.k}"
+    metrics["gate"] = {"protocol": "in_stream" if len(pairs) else "catalogue", "metric": key}
+    if len(pairs):  # flat numeric copies (the dashboard charts top-level numbers)
+        metrics[f"in_stream_{key}"] = ins["candidate"][key]
+        metrics[f"in_stream_bestsellers_{key}"] = ins["stream_bestsellers"][key]
+    metrics[f"catalogue_{key}"] = metrics["candidate"][key]
+    metrics["tuning"] = {k_: v for k_, v in tune_report.items() if k_ != "grid"}
     pointer, latest_gen = reg.latest()
     current_version = pointer.get("version") if pointer else None
     current_error = None
@@ -295,54 +403,58 @@ def run_train(store, bus=None, cfg: TrainConfig | None = None, trigger: dict | N
         try:
             cur: Served = reg.load(current_version)
             cur_end = (cur.meta.get("window") or {}).get("end")
-            if cur_end and pd.Timestamp(cur_end) > pd.Timestamp(ho.split_ts):
+            if cur_end and pd.Timestamp(cur_end) > split_ts:
                 # the current model was fitted on (part of) this holdout: scoring it as served would
                 # be leaky (it filters the held-out items as "seen" and its similarities know them).
-                # Fair comparison: the current model's recipe (params) refitted on the same training part.
-                ref = fit_model(train_part, data.catalog,
-                                TrainConfig(**{**asdict(cfg), "params": cur.meta.get("params", cfg.params)}),
-                                pd.Timestamp(ho.split_ts))
+                # Fair comparison: the current model's recipe (the params it served with, tuned
+                # weights included) refitted on the same training part.
+                cur_params = (cur.meta.get("model") or {}).get("params") or cur.meta.get("params", cfg.params)
+                same_content = cur_params.get("content_params") == params.get("content_params")
+                ref = fit_model(train_part, data.catalog, cfg, split_ts, cur_params,
+                                content if same_content else None, item_ids if same_content else None)
                 mode = "recipe refitted on the training part (served model saw the holdout)"
             else:
                 ref, mode = cur.model, "as served"
             metrics["current"] = {"version": current_version, "mode": mode,
                                   **score_ranking(rank_for(ref, ho, cfg.k), ho, cfg.k, ref.n_items_)}
+            if len(pairs):
+                metrics["in_stream"]["current"] = {
+                    "version": current_version, "mode": mode,
+                    **evaluate_in_stream(ref, pairs, showcases, cfg.k, baselines=False)["model"]}
         except Exception as exc:
             current_error = f"{type(exc).__name__}: {exc}"
             log.error("current model unreadable", extra={"version": current_version, "error": current_error})
     t_eval = time.perf_counter() - t1
-    promote, reason = _decide(metrics["candidate"], metrics.get("current"), current_version, current_error, ho, cfg)
+    promote, reason = _decide(metrics, current_version, current_error, cfg)
 
-    # -- the served model: refit on the full window
+    # -- the served model: refit on the full window (same tuned blend, same content neighbours)
     t2 = time.perf_counter()
     end = pd.Timestamp(data.window["end"])
-    model = fit_model(data.events, data.catalog, cfg, end)
+    model = fit_model(data.events, data.catalog, cfg, end, params, content, item_ids)
     t_fit = time.perf_counter() - t2
     titles = pd.Series(data.catalog["title"].astype(str).to_numpy(), index=data.catalog["item_id"]) \
         if len(data.catalog) else pd.Series(dtype=str)
     extras = {"item_title": np.array(titles.reindex(model.item_ids_).fillna("").astype(str).tolist() or [""],
                                      dtype=str)[: len(model.item_ids_)]}
-    showcases: dict[str, set] = {}
-    for item, sids in zip(data.catalog["item_id"], data.catalog["stream_ids"]):
-        for s in sids:
-            showcases.setdefault(s, set()).add(item)
-    seen = data.events[data.events["stream_id"].notna() & data.events["item_id"].notna()]
-    for s, grp in seen.groupby("stream_id", sort=False):
-        showcases.setdefault(s, set()).update(grp["item_id"].unique().tolist())
-    extras.update(showcase_extras(model.item_ids_, {k: sorted(v) for k, v in showcases.items()}))
+    extras.update(showcase_extras(model.item_ids_, showcases))
     blob = encode_arrays(model, extras)
     meta = {
         "version": version, "created_at": _now(), "code_version": code_version(),
-        "params": cfg.params, "config": {k: v for k, v in asdict(cfg).items() if k != "params"},
+        "params": cfg.params, "tuned_params": tuned, "tuning": tune_report, "config": {k: v for k, v in asdict(cfg).items() if k != "params"},
         "window": data.window, "inputs": data.inputs,
         "data": {"events": int(len(data.events)), "train_events": int(len(train_part)),
                  "users": int(len(model.user_ids_)), "items": int(model.n_items_),
                  "catalog_items": int(len(data.catalog)), "streams": len(showcases)},
-        "metrics": metrics, "metrics_note": "holdout metrics of the model fitted on the training part; the "
-                                            "served model is refitted on the full window",
+        "metrics": metrics, "metrics_note": "holdout metrics of the model fitted on the training part (blend "
+                                            "tuned on a validation split of the training part); the served "
+                                            "model is refitted on the full window. metrics.candidate/popularity/"
+                                            "current: whole catalogue ranked; metrics.in_stream: per (user, "
+                                            "stream), showcase ranked with stream_id; metrics.gate: what "
+                                            "promotion compares",
         "decision": {"promote": promote, "reason": reason, "compared_to": current_version,
                      "latest_generation": latest_gen, "tolerance": cfg.tolerance},
-        "timing_s": {"read": round(t_read, 3), "evaluate": round(t_eval, 3), "fit": round(t_fit, 3)},
+        "timing_s": {"read": round(t_read, 3), "content": round(t_content, 3), "tune": round(t_tune, 3),
+                     "evaluate": round(t_eval, 3), "fit": round(t_fit, 3)},
         "trigger": trigger or {}, "arrays_bytes": len(blob), "model": model.meta,
     }
     written = reg.write_version(version, blob, meta)
