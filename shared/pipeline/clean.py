@@ -214,9 +214,9 @@ def _parse_sql(guarded: bool) -> str:
         j, k = f"try(json_transform(line, '{_STRUCT}'))", "try(json_keys(line))"
     return f"""
 INSERT INTO parsed
-SELECT row_id, src, j, reason, CASE WHEN reason IS NOT NULL OR $strict THEN line END AS line
-FROM (SELECT row_id, src, line, j, {_fast_reason_sql()} AS reason
-      FROM (SELECT row_id, src, line, {j} AS j, {k} AS k FROM chunk))
+SELECT row_id, j, reason, CASE WHEN reason IS NOT NULL OR $strict THEN line END AS line
+FROM (SELECT row_id, line, j, {_fast_reason_sql()} AS reason
+      FROM (SELECT row_id, line, {j} AS j, {k} AS k FROM chunk))
 """
 
 
@@ -268,7 +268,8 @@ def _slow_path(con: duckdb.DuckDBPyConnection) -> None:
     con.execute("""CREATE OR REPLACE TEMP TABLE unflagged AS
                    SELECT row_id FROM verdicts v WHERE v.reason IS NULL""")
     con.execute("""CREATE OR REPLACE TEMP TABLE invalid AS
-                   SELECT p.row_id, p.src, v.reason, v.field, v.reasons, p.line, p.j
+                   SELECT p.row_id, (SELECT s.src FROM sources s WHERE p.row_id BETWEEN s.r0 AND s.r1) AS src,
+                          v.reason, v.field, v.reasons, p.line, p.j
                    FROM parsed p JOIN verdicts v USING (row_id) WHERE v.reason IS NOT NULL""")
 
 
@@ -278,11 +279,14 @@ _VALID = ("(reason IS NULL OR row_id IN (SELECT row_id FROM unflagged)) "
 
 
 def _ingest_chunks(con, chunks: Iterable[pa.Table], cfg: CleanConfig) -> int:
-    con.execute(f"""CREATE TABLE parsed (row_id BIGINT, src VARCHAR, j STRUCT({', '.join(
+    # the source object of a row is kept as row-id ranges, not repeated on every row
+    con.execute("CREATE TABLE sources (src VARCHAR, r0 BIGINT, r1 BIGINT)")
+    con.execute(f"""CREATE TABLE parsed (row_id BIGINT, j STRUCT({', '.join(
         f'"{k}" {v}' for k, v in _FIELDS.items())}), reason VARCHAR, line VARCHAR)""")
     n = 0
     for chunk in chunks:
         con.register("chunk", chunk)
+        con.execute("INSERT INTO sources SELECT src, min(row_id), max(row_id) FROM chunk GROUP BY src")
         try:
             con.execute(_PARSE_SQL, {"strict": bool(cfg.strict)})
         except duckdb.Error:  # a line json_valid accepts but the transform rejects: per-row try()
@@ -339,7 +343,9 @@ def clean_core(con, run_id: str, cfg: CleanConfig, *, seen_paths: list[str], cat
               AND row_id NOT IN (SELECT row_id FROM dup_losers) AND row_id NOT IN (SELECT row_id FROM seen_rows)""")
     else:
         con.execute("CREATE TEMP TABLE unknown_rows (row_id BIGINT)")
-    con.execute(f"""CREATE TABLE clean AS
+    # a VIEW, not a table: the typed rows are computed on the way out (COPY, analytics) instead of being
+    # materialised as a second full copy of the run (which spilled to disk at 10M rows)
+    con.execute(f"""CREATE TEMP VIEW clean AS
         WITH t AS (
             SELECT row_id, j, try_cast(j.ts AS TIMESTAMPTZ) AS ts_parsed,
                    try_cast(j.received_at AS TIMESTAMPTZ) AS received_at
@@ -363,14 +369,14 @@ def clean_core(con, run_id: str, cfg: CleanConfig, *, seen_paths: list[str], cat
                j.gift_value AS gift_value, j.text AS text, CAST(j.props AS VARCHAR) AS props, j.ts AS ts_sent,
                ts_corrected, late, '{run_id}' AS run_id
         FROM f""")
-    con.execute("CREATE VIEW dedupe_new AS SELECT event_id FROM clean")  # unique per run already
+    con.execute("CREATE TEMP VIEW dedupe_new AS SELECT event_id FROM clean")  # unique per run already
     # quarantine: invalid rows with the contract's reasons + purchases of unknown items
     con.execute("""CREATE TABLE quarantine AS
         SELECT row_id, src, reason, field, reasons, CAST(line AS VARCHAR) AS raw,
                try(j.event_id) AS event_id, try(j.received_at) AS received_at
         FROM invalid
         UNION ALL
-        SELECT p.row_id, p.src, 'unknown_item', 'item_id',
+        SELECT p.row_id, (SELECT s.src FROM sources s WHERE p.row_id BETWEEN s.r0 AND s.r1), 'unknown_item', 'item_id',
                ['item_id: ' || p.j.item_id || ' is not in the catalog seen so far'],
                NULL, p.j.event_id, p.j.received_at
         FROM parsed p WHERE p.row_id IN (SELECT row_id FROM unknown_rows)""")
@@ -379,9 +385,9 @@ def clean_core(con, run_id: str, cfg: CleanConfig, *, seen_paths: list[str], cat
         (SELECT count(*) FROM parsed WHERE {_VALID} AND j.type = '{CATALOG_TYPE}'),
         (SELECT count(*) FROM dup_losers),
         (SELECT count(*) FROM seen_rows),
-        (SELECT count(*) FROM clean),
-        (SELECT count(*) FILTER (late) FROM clean), (SELECT count(*) FILTER (ts_corrected) FROM clean),
         (SELECT count(*) FROM catalog_new)""").fetchone()
+    stats = (*stats[:4], *con.execute(
+        "SELECT count(*), count(*) FILTER (late), count(*) FILTER (ts_corrected) FROM clean").fetchone(), stats[4])
     by_reason = dict(con.execute("SELECT reason, count(*) FROM quarantine GROUP BY 1 ORDER BY 1").fetchall())
     by_field = dict(con.execute("SELECT reason || ':' || coalesce(field, '?'), count(*) FROM quarantine GROUP BY 1 ORDER BY 1").fetchall())
     return {"rows_in": stats[0], "catalog_rows": stats[1], "duplicates_in_run": stats[2],
