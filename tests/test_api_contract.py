@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections import Counter
 from urllib.parse import unquote
 
 import orjson
@@ -107,8 +108,11 @@ schemathesis.openapi.format(openapi.F_ITEMS, st.lists(st.sampled_from(ITEMS), mi
 
 recommend_schema = schemathesis.openapi.from_path(openapi.OUT_DIR / "recommend.json")
 analytics_schema = schemathesis.openapi.from_path(openapi.OUT_DIR / "analytics.json")
-analytics_api = analytics_schema.include(path_regex="^/api/")
-analytics_pages = analytics_schema.exclude(path_regex="^/api/")
+# PUT/DELETE/PATCH are documented like POST (405, same body): generating them too only costs time
+_methods = ["GET", "POST"]
+recommend_ops = recommend_schema.include(method=_methods)
+analytics_api = analytics_schema.include(path_regex="^/api/", method=_methods)  # one include: chained ones OR
+analytics_pages = analytics_schema.exclude(path_regex="^/api/").include(method=_methods)
 RECO_STATUSES: list[int] = []
 ANALYTICS_STATUSES: list[int] = []
 
@@ -152,6 +156,14 @@ def test_recommend_answer_before_any_model_matches_its_document(world):
     case.validate_response(resp, checks=[c for c in _checks() if c.__name__ != "not_a_server_error"])
 
 
+def test_recommend_huge_json_price_is_a_400(world):
+    """A JSON integer beyond float range used to escape _price's except (OverflowError) as a 500."""
+    body = '{"user_id": "%s", "min_price": 1%s}' % (USERS[1], "0" * 400)
+    resp = requests.post(world["recommend"] + "/", data=body, headers={"Content-Type": "application/json"}, timeout=30)
+    assert resp.status_code == 400 and resp.json()["param"] == "min_price", resp.text
+    recommend_schema["/"]["POST"].Case(body={}).validate_response(resp, checks=_checks())
+
+
 def _call(case, base_url: str) -> requests.Response | None:
     # a newline in a path segment never reaches the function: functions-framework's router (werkzeug
     # `<path:path>`, whose `.` stops at a newline) answers its own HTML 404 first, so it is not the
@@ -162,7 +174,7 @@ def _call(case, base_url: str) -> requests.Response | None:
     return requests.request(**{"timeout": 60, **kwargs})
 
 
-@recommend_schema.parametrize()
+@recommend_ops.parametrize()
 @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
 def test_recommend_matches_its_document(case, world):
     resp = _call(case, world["recommend"])
@@ -219,5 +231,6 @@ def test_generation_reached_the_200_answers():
     """Guard for the tests above: generated requests must not all stop at 400/404/405."""
     if not RECO_STATUSES or not ANALYTICS_STATUSES:
         pytest.skip("run together with the schemathesis tests above")
-    assert RECO_STATUSES.count(200) >= 0.25 * len(RECO_STATUSES), sorted(set(RECO_STATUSES))
-    assert ANALYTICS_STATUSES.count(200) >= 0.15 * len(ANALYTICS_STATUSES), sorted(set(ANALYTICS_STATUSES))
+    # about half the generated requests are deliberately invalid (negative mode) -> 400
+    for name, seen, least in (("recommend", RECO_STATUSES, 30), ("analytics", ANALYTICS_STATUSES, 60)):
+        assert seen.count(200) >= least and seen.count(200) >= 0.15 * len(seen), (name, Counter(seen))

@@ -179,7 +179,7 @@ def _price(name: str, v: Any) -> float | None:
         return None
     try:
         f = float(v)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: a JSON integer beyond float
         raise BadParam(name, f"expected a number, got {v!r}") from None
     if isinstance(v, bool) or not math.isfinite(f) or f < 0:
         raise BadParam(name, f"expected a finite number >= 0, got {v!r}")
