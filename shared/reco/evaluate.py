@@ -232,7 +232,7 @@ def split(df: pd.DataFrame, protocol: str, seed: int = 42):
     raise ValueError(protocol)
 
 
-def run_protocol(df, items, protocol, k=10, binary=True, seed=42, models=None):
+def run_protocol(df, items, protocol, k=10, binary=True, seed=42, models=None, truth=None, truth_users=500):
     log(f"== protocol {protocol}")
     space = Space(df)
     n_items = len(space.items)
@@ -278,8 +278,44 @@ def run_protocol(df, items, protocol, k=10, binary=True, seed=42, models=None):
         model, m, fit_s = _fit_eval(make, Xtr, Xte, k, n_items)
         lat_model = model.h if isinstance(model, _HybridEval) else model
         med, p99 = _latency(lat_model, Xtr, users, hybrid_ids=np.asarray(space.users).astype(str))
-        rows.append({"protocol": protocol, "model": name, **m, "fit_s": fit_s, "latency_us_median": med, "latency_us_p99": p99, "params": params})
+        row = {"protocol": protocol, "model": name, **m, "fit_s": fit_s, "latency_us_median": med, "latency_us_p99": p99, "params": params}
+        if truth is not None:  # simulator: the true tastes of the recommended items
+            row.update(_truth_metrics(model, Xtr, users[:truth_users], k, space, truth))
+        rows.append(row)
     return rows
+
+
+def _truth_metrics(model, Xtr, users, k, space, truth) -> dict:
+    """Mean TRUE affinity / purchase probability (``sim.truth``) of each user's top-k (training items
+    excluded), averaged over users — the ground truth the simulator knows and real data never has."""
+    top = _score(model, Xtr, users, k)
+    aff, pp = [], []
+    for u, r in zip(users, top):
+        ids = [str(x) for x in space.items[r[r >= 0]]]
+        if ids:
+            uid = str(space.users[u])
+            aff.append(float(np.mean(truth.affinity(uid, ids))))
+            pp.append(float(np.mean(truth.purchase_prob(uid, ids))))
+    return {"true_affinity": float(np.mean(aff)) if aff else 0.0, "true_purchase_prob": float(np.mean(pp)) if pp else 0.0}
+
+
+def load_simulator(seed: int, n_streams: int, n_users: int, n_items: int, viewers: float):
+    """A simulated world: clean events (typed, action weights) + catalogue + the ground truth."""
+    from shared.simulator import SimConfig, simulate
+
+    sim = simulate(SimConfig(seed=seed, n_streams=n_streams, n_users=n_users, n_items=n_items,
+                             mean_viewers_per_stream=viewers))
+    ev = sim.truth.expected_clean()
+    ev = ev[ev["item_id"].notna() & ev["user_id"].notna()]
+    w = ev["type"].astype(str).map(DEFAULT_ACTION_WEIGHTS).fillna(0.0).astype(np.float64)
+    ts = (pd.to_datetime(ev["ts_utc"], utc=True) - pd.Timestamp(0, tz="UTC")).dt.total_seconds()
+    df = pd.DataFrame({"user_id": ev["user_id"].astype(str).to_numpy(), "item_id": ev["item_id"].astype(str).to_numpy(),
+                       "ts": ts.to_numpy(np.float64), "w": w.to_numpy()})
+    df = df[df["w"] > 0].reset_index(drop=True)
+    cat = sim.truth.catalog_frame()
+    items = cat[[c for c in ("item_id", "title", "description", "category") if c in cat]].copy()
+    items["item_id"] = items["item_id"].astype(str)
+    return df, items, sim.truth
 
 
 class _ContentOnly(ContentModel):
@@ -318,6 +354,7 @@ def format_table(rows, k=10) -> str:
             f"{r['protocol']:<12} {r['model']:<28} {r[f'precision@{k}']:7.4f} {r[f'recall@{k}']:7.4f} {r[f'ndcg@{k}']:8.4f} "
             f"{r[f'map@{k}']:7.4f} {r[f'hitrate@{k}']:7.4f} {r['coverage']:6.3f} {r['fit_s']:7.3f} "
             f"{r['latency_us_median']:8.0f} {r['latency_us_p99']:8.0f}  {json.dumps(r['params'])}"
+            + (f"  true_aff {r['true_affinity']:.3f} true_pbuy {r['true_purchase_prob']:.4f}" if "true_affinity" in r else "")
         )
     return "\n".join(lines)
 
@@ -332,7 +369,27 @@ def main(argv=None) -> int:
     ap.add_argument("--models", default=None, help="comma-separated substrings of model names to run")
     ap.add_argument("--weighted", action="store_true", help="use weights instead of binary interactions")
     ap.add_argument("--json", type=Path, default=None, help="write the figures to this JSON file")
+    ap.add_argument("--simulator", action="store_true", help="evaluate on a simulated world (shared.simulator) and "
+                    "also report the ground truth: mean true affinity / purchase probability of the top-k")
+    ap.add_argument("--seed", type=int, default=7, help="--simulator: world seed")
+    ap.add_argument("--sim-streams", type=int, default=30)
+    ap.add_argument("--sim-users", type=int, default=10000)
+    ap.add_argument("--sim-items", type=int, default=1000)
+    ap.add_argument("--sim-viewers", type=float, default=300.0)
     args = ap.parse_args(argv)
+    if args.simulator:
+        log(f"simulating seed={args.seed} streams={args.sim_streams} users={args.sim_users} items={args.sim_items}")
+        df, items, truth = load_simulator(args.seed, args.sim_streams, args.sim_users, args.sim_items, args.sim_viewers)
+        log(f"{len(df)} positive interactions, {df['user_id'].nunique()} users, {df['item_id'].nunique()} items")
+        protocols = args.protocols if args.protocols != "temporal,random_item,random_user" else "temporal,random_item"
+        models = args.models.split(",") if args.models else None
+        rows = []
+        for p in [p.strip() for p in protocols.split(",") if p.strip()]:
+            rows += run_protocol(df, items, p, args.k, binary=not args.weighted, models=models, truth=truth)
+        print(format_table(rows, args.k))
+        if args.json:
+            args.json.write_text(json.dumps({"data": f"simulator seed={args.seed}", "k": args.k, "results": rows}, indent=2))
+        return 0
 
     data = args.data
     if data is None:
