@@ -4,13 +4,15 @@ advancing ``state/clean-manifest.json`` with a generation precondition.
 
 Engine: DuckDB (in-process, C++, vectorised, multi-threaded), fed with Arrow.
 * Raw objects are decompressed one at a time and turned into an Arrow string array of lines without a
-  Python loop (newline offsets found with numpy, ``StringArray.from_buffers``), then parsed by DuckDB's
-  JSON reader (``json_transform``) in the same statement that validates them.
-* Everything lives in a DuckDB database file in a temp directory with ``memory_limit``: dedupe
-  (window + anti-join against the stored index), sorting and aggregation spill to disk, so a day
-  larger than memory still cleans (memory-bounded by configuration, not by data size).
-* Output goes through Arrow record batches (``fetch_record_batch``) to pyarrow ``ParquetWriter`` with
-  the final types (dictionary ids, UTC timestamps), so memory stays bounded on the way out too.
+  Python loop (newline offsets found with numpy, ``StringArray.from_buffers``), then parsed ONCE by
+  DuckDB's JSON reader (``json_transform`` behind a ``json_valid`` guard, never ``try()``) in the same
+  statement that validates them.
+* Everything lives in one in-memory DuckDB database with ``memory_limit`` and a spill directory:
+  dedupe (narrow: only repeated ids are windowed; anti-join against the stored index), aggregation and
+  the parsed rows themselves spill to disk, so a day larger than memory still cleans. ``clean`` is a
+  view over the parsed rows (no second copy).
+* Output is written by DuckDB ``COPY`` to Parquet, with the Arrow schema stored as ``ARROW:schema`` so
+  pyarrow reads the final types (dictionary ids, UTC timestamps) exactly as before.
 The pure core is :func:`clean_tables` (Arrow in, Arrow out), used by the tests directly; the run
 (:func:`run_clean`) adds storage and the manifest around it.
 
