@@ -134,13 +134,21 @@ def main() -> None:
     ap.add_argument("--events", type=int, default=1_000_000)
     ap.add_argument("--cache", default="var/bench-data")
     ap.add_argument("--job")
+    ap.add_argument("--generate", type=int)
     ap.add_argument("--store")
     ap.add_argument("--work")
     a = ap.parse_args()
     if a.job:
         return job(a.job, a.store, a.work)
+    if a.generate:
+        generate(a.generate, Path(a.cache).resolve())
+        return
     cache = Path(a.cache).resolve()
     t = time.monotonic()
+    if not (cache / f"store-n{a.events}" / "DONE").exists():
+        # in a child: the simulator's memory must not count in the jobs' peak RSS (Linux keeps the
+        # high-water mark of a forked parent across exec)
+        subprocess.run([sys.executable, __file__, "--generate", str(a.events), "--cache", str(cache)], check=True)
     store_dir = generate(a.events, cache)
     print(f"data: {store_dir} ({json.loads((store_dir / 'DONE').read_text())['rows']:,} rows, "
           f"{sum(p.stat().st_size for p in store_dir.rglob('*.gz')) / 2**20:.0f} MiB gz; "
