@@ -294,8 +294,25 @@ def main(argv: list[str] | None = None) -> int:
         if not state_path.exists():
             print("local cloud: not running")
             return 1
-        print(state_path.read_text())
-        return 0
+        state = json.loads(state_path.read_text())
+        import urllib.error
+        import urllib.request
+
+        ok = True
+        for name, url in state["functions"].items():
+            try:
+                urllib.request.urlopen(url + "__health", timeout=2).read()
+                up = True
+            except urllib.error.HTTPError:
+                up = True  # any HTTP answer: the server is up
+            except Exception:
+                up = False
+            ok &= up
+            print(f"{name:10s} {url:28s} {'up' if up else 'DOWN'}")
+        for name, host in state["emulators"].items():
+            print(f"{name:10s} {host:28s}")
+        print(f"store {state['store']}   logs {state['logs']}   (pid {state['pid']}, since {state['started_at']})")
+        return 0 if ok else 1
     if args.cmd == "down":
         if not state_path.exists():
             print("local cloud: not running")
