@@ -486,6 +486,45 @@ def _chunks(objects: Iterable[tuple[str, Any]], cfg: CleanConfig) -> Iterable[pa
         yield pa.concat_tables(buf)
 
 
+def _prefetch(chunks: Iterable[pa.Table]) -> Iterable[pa.Table]:
+    """Build the next chunk (fetch, gunzip, split lines: mostly GIL-free) in a background thread while
+    DuckDB parses the current one; at most one chunk waits (memory: one more ``chunk_bytes``)."""
+    import queue
+    import threading
+    q: queue.Queue = queue.Queue(maxsize=1)
+    stop = threading.Event()
+    end = object()
+
+    def produce():
+        try:
+            for c in chunks:
+                if stop.is_set():
+                    return
+                q.put(c)
+            q.put(end)
+        except BaseException as exc:  # re-raised in the consumer
+            q.put(exc)
+
+    th = threading.Thread(target=produce, name="clean-prefetch", daemon=True)
+    th.start()
+    try:
+        while True:
+            item = q.get()
+            if item is end:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while th.is_alive():  # unblock a producer waiting on a full queue
+            try:
+                q.get_nowait()
+            except queue.Empty:
+                pass
+            th.join(timeout=0.05)
+
+
 # ===================================================================================== the run
 def _empty_manifest() -> dict[str, Any]:
     return {"version": 1, "seq": 0, "done": [], "runs": [], "clean_files": [], "dedupe": [], "catalog": [],
@@ -551,7 +590,7 @@ def run_clean(store, bus=None, cfg: CleanConfig | None = None, *, crash_after: s
         con = _connect(os.path.join(tmp, "work.duckdb"), cfg)
         try:
             written: dict[str, Any] = {"clean": [], "quarantine": [], "clean_files": []}
-            _ingest_chunks(con, _chunks(((k, (lambda k=k: store.get(k))) for k in pending), cfg), cfg)
+            _ingest_chunks(con, _prefetch(_chunks(((k, (lambda k=k: store.get(k))) for k in pending), cfg)), cfg)
             seen = [_local(store, k, tmp) for k in manifest["dedupe"]]
             cats = [_local(store, k, tmp) for k in manifest["catalog"]]
             report = clean_core(con, run_id, cfg, seen_paths=seen, catalog_paths=cats)
