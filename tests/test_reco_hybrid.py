@@ -191,13 +191,18 @@ def _equivalence_calls(h, ev, rng, n_calls=150):
         yield kw
 
 
-@pytest.mark.parametrize("cf, params", [("ease", {"lam": 10.0}), ("itemknn", {"similarity": "cosine", "neighbours": 5}), ("ease", {"lam": 10.0, "neighbours": 4})])
-def test_candidate_scoring_equals_dense_reference(fitted, cf, params):
+@pytest.mark.parametrize("cf, params, mix", [("ease", {"lam": 10.0}, 0.0), ("itemknn", {"similarity": "cosine", "neighbours": 5}, 0.0),
+                                             ("ease", {"lam": 10.0, "neighbours": 4}, 0.0),
+                                             ("itemknn", {"similarity": "cosine", "neighbours": 5}, 0.5),
+                                             ("ease", {"lam": 10.0, "neighbours": 4}, 1.0)])
+def test_candidate_scoring_equals_dense_reference(fitted, cf, params, mix):
     """The candidate-only recommend returns exactly what the dense
-    full-catalogue formula returns (items, order, scores, parts, reasons)."""
+    full-catalogue formula returns (items, order, scores, parts, reasons),
+    also with global popularity blended into the stream popularity (``stream_pop_mix``)."""
     _, ev = fitted
     _, cat = _data()
-    h = HybridRecommender(cf=cf, cf_params=params).fit_events(ev, cat, reference_time=T0 + pd.Timedelta(days=21))
+    h = HybridRecommender(cf=cf, cf_params=params, stream_pop_mix=mix, popularity_weight=0.3 if mix else 0.02
+                          ).fit_events(ev, cat, reference_time=T0 + pd.Timedelta(days=21))
     rng = np.random.default_rng(7)
     for kw in _equivalence_calls(h, ev, rng):
         got, ref = h.recommend(**kw), h._recommend_reference(**kw)

@@ -45,8 +45,40 @@ def test_instream_ranking_equals_recommend(world):
     from shared.serving.train import score_ranking
     assert abs(ndcg_fast(parts, m.cf_weight, m.content_weight, m.popularity_weight)
                - score_ranking(ours, pairs, 10, m.n_items_)["ndcg@10"]) < 1e-6
-    best_w, table = tune_blend(parts, [0.0, 0.3], [0.0, 0.2], 10)
-    assert len(table) == 4 and best_w["ndcg@10"] == max(r["ndcg@10"] for r in table)
+    best_w, table = tune_blend(parts, [0.0, 0.3], [0.0, 0.2], 10, stream_pop_mixes=[0.0, 1.0])
+    assert len(table) == 8 and best_w["ndcg@10"] == max(r["ndcg@10"] for r in table)
+    # the compiled top-k equals the numpy lexsort ranking
+    import shared.reco.instream as ins
+    for args in [(1.0, 0.3, 0.2, 10, "stream", 0.5), (0.0, 0.0, 1.0, 10, "global", 0.0), (1.0, 0.0, 0.0, 3, "stream", 0.0)]:
+        a = parts.topk(*args)
+        old, ins.HAVE_NUMBA = ins.HAVE_NUMBA, False
+        try:
+            b = parts.topk(*args)
+        finally:
+            ins.HAVE_NUMBA = old
+        assert (a == b).all(), args
+
+
+def test_instream_with_global_popularity_mix_equals_recommend(world):
+    """stream_pop_mix blends global popularity into the popularity part; the in-stream ranking of the
+    parts equals recommend, and popularity reasons follow the larger share (stream vs global)."""
+    m, sc = world["model"], world["showcases"]
+    h = HybridRecommender(**{**m.get_params(), "stream_pop_mix": 0.6})
+    ev, split = world["ev"], world["split"]
+    h.fit_events(ev[ev["ts"] <= split], catalog_items(world["cat"]), reference_time=split, item_ids=world["ids"],
+                 content=world["content"])
+    pairs = stream_pairs(h, ev[ev["ts"] > split], sc, max_pairs=60)
+    parts = instream_parts(h, pairs, sc)
+    ours = parts.top_ids(h.cf_weight, h.content_weight, h.popularity_weight, 10, mix=h.stream_pop_mix)
+    g = h.popularity_.global_
+    for p, (u, s) in enumerate(zip(pairs.users, pairs.streams)):
+        rec = h.recommend(u, 10, stream_id=s, allowed_items=sc[s])
+        assert [i["item_id"] for i in rec["items"]] == ours[p], (u, s)
+        sp_ = h.popularity_.stream_scores(s)
+        for it in rec["items"]:
+            if it["reason"]["kind"] == "popular_in_stream":
+                j = h._item_pos[it["item_id"]]
+                assert 0.4 * sp_[j] >= 0.6 * g[j] - 1e-6
 
 
 def test_reasons_match_the_largest_part(world):

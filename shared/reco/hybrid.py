@@ -74,6 +74,7 @@ class HybridRecommender:
         popularity_weight: float = 0.02,
         context_weight: float = 1.0,
         max_history: int = 200,
+        stream_pop_mix: float = 0.0,
     ):
         self.cf = cf
         self.cf_params = cf_params
@@ -84,6 +85,9 @@ class HybridRecommender:
         self.popularity_weight = popularity_weight
         self.context_weight = context_weight
         self.max_history = max_history
+        self.stream_pop_mix = float(stream_pop_mix)
+        if not 0.0 <= self.stream_pop_mix <= 1.0:
+            raise ValueError(f"stream_pop_mix must be in [0, 1], got {stream_pop_mix}")
 
     def get_params(self) -> dict[str, Any]:
         return {
@@ -91,6 +95,7 @@ class HybridRecommender:
             for k in (
                 "cf", "cf_params", "content_params", "cf_weight", "content_weight",
                 "content_weight_context", "popularity_weight", "context_weight", "max_history",
+                "stream_pop_mix",
             )
         }
 
@@ -187,7 +192,11 @@ class HybridRecommender:
     @staticmethod
     def catalogue_ids(events: pd.DataFrame, items: pd.DataFrame | None = None) -> np.ndarray:
         """The item index ``fit_events`` uses: item table ids, then event items not in it."""
-        ev_items = events["item_id"].dropna().astype(str)
+        if isinstance(events["item_id"].dtype, pd.CategoricalDtype):  # codes, not 10M strings
+            from .interactions import _codes
+            ev_items = pd.Series(_codes(events["item_id"], None)[1], dtype=object)
+        else:
+            ev_items = events["item_id"].dropna().astype(str)
         all_items = pd.unique(pd.concat([items["item_id"].astype(str), ev_items]) if items is not None else ev_items)
         return str_array(np.asarray(all_items, dtype=str))
 
@@ -430,6 +439,9 @@ class HybridRecommender:
                 step *= 2
             return np.concatenate(got) if got else np.empty(0, dtype=np.int64)
 
+        # share of global popularity in the popularity part (personal / context with a stream only;
+        # the stream strategy stays "stream bestsellers")
+        mix = self.stream_pop_mix if (sk is not None and strategy in ("personal", "context")) else 0.0
         if sk is not None:
             s_in = self._s_idx[self._s_ptr[sk]:self._s_ptr[sk + 1]]
             s_val = self._s_val[self._s_ptr[sk]:self._s_ptr[sk + 1]]
@@ -455,7 +467,17 @@ class HybridRecommender:
             else:
                 pieces = [scored[passing(scored)]]
             if scored.size < n:
-                if sk is not None:
+                if sk is not None and mix >= 1.0:  # popularity part = global popularity
+                    pieces.append(first_passing(self._gpop_order, scored))
+                elif sk is not None and mix > 0.0:
+                    # blended order inside the stream: every stream item not scored is a candidate
+                    rest = s_in[passing(s_in)]
+                    if scored.size and rest.size:
+                        p_ = np.minimum(np.searchsorted(scored, rest), scored.size - 1)
+                        rest = rest[scored[p_] != rest]
+                    pieces.append(rest)
+                    pieces.append(first_passing(self._gpop_order, np.union1d(scored, s_in)))
+                elif sk is not None:
                     pieces.append(first_passing(self._s_ord[self._s_ptr[sk]:self._s_ptr[sk + 1]], scored))
                     pieces.append(first_passing(self._gpop_order, np.union1d(scored, s_in)))
                 else:
@@ -497,6 +519,13 @@ class HybridRecommender:
             p_ = np.minimum(np.searchsorted(s_in, cand), s_in.size - 1)
             in_stream = s_in[p_] == cand
             pop = np.where(in_stream, s_val[p_].astype(np.float64), 0.1 * g)
+            if mix > 0.0:
+                # reason "popular_in_stream" only where the stream share is the larger one
+                in_stream &= (1.0 - mix) * pop >= mix * g
+                pop = (1.0 - mix) * pop + mix * g
+        elif sk is not None and mix > 0.0:
+            in_stream = np.zeros(cand.size, dtype=bool)
+            pop = (1.0 - mix) * 0.1 * g + mix * g
         elif sk is not None:
             in_stream = np.zeros(cand.size, dtype=bool)
             pop = 0.1 * g
@@ -659,6 +688,10 @@ class HybridRecommender:
             # stream bestsellers first; other items ranked by a damped global popularity
             in_stream = stream_pop > 0
             pop = np.where(in_stream, stream_pop, 0.1 * gpop)
+            mix = self.stream_pop_mix if strategy in ("personal", "context") else 0.0
+            if mix > 0.0:
+                in_stream = in_stream & ((1.0 - mix) * pop >= mix * gpop)
+                pop = (1.0 - mix) * pop + mix * gpop
         else:
             in_stream = np.zeros(n, dtype=bool)
             pop = gpop
@@ -746,8 +779,13 @@ class HybridRecommender:
         if self.content_model_ is not None and self.content_weight > 0:
             scores += self.content_weight * rownorm(np.asarray(self.content_model_.score_batch(X), dtype=np.float64))
         pop = self.popularity_.stream_scores(stream_id) if stream_id is not None else None
-        pop = self.popularity_.global_ if pop is None else pop
-        scores += self.popularity_weight * pop.astype(np.float64)[None, :]
+        g = self.popularity_.global_.astype(np.float64)
+        if pop is None:
+            pop = g
+        else:  # as recommend: stream popularity, else damped global; blended with global by the mix
+            pop = np.where(pop > 0, pop.astype(np.float64), 0.1 * g)
+            pop = (1.0 - self.stream_pop_mix) * pop + self.stream_pop_mix * g
+        scores += self.popularity_weight * pop[None, :]
         return scores
 
     # ---------------------------------------------------------- serialisation

@@ -84,6 +84,11 @@ def event_weights(
     aw = DEFAULT_ACTION_WEIGHTS if action_weights is None else action_weights
     if weight_col is not None and weight_col in events:
         w = events[weight_col].to_numpy(dtype=np.float64)
+    elif type_col in events and isinstance(events[type_col].dtype, pd.CategoricalDtype):
+        col = events[type_col]
+        lut = np.array([aw.get(str(c), default_weight) for c in col.cat.categories] + [default_weight],
+                       dtype=np.float64)
+        w = lut[col.cat.codes.to_numpy()]  # code -1 (missing) -> the last entry
     elif type_col in events:
         w = events[type_col].map(aw).fillna(default_weight).to_numpy(dtype=np.float64)
     else:
@@ -97,6 +102,26 @@ def event_weights(
 
 
 def _codes(values: pd.Series, ids: np.ndarray | None):
+    """Codes into ``ids`` (or the ids of first appearance) — categorical columns (the train job's
+    reader hands arrow dictionaries over as ``pd.Categorical``) map their few categories, not every row."""
+    if isinstance(values.dtype, pd.CategoricalDtype):
+        cats = np.asarray(values.cat.categories.astype(str), dtype=str)
+        codes = values.cat.codes.to_numpy().astype(np.int64)
+        if ids is None:
+            used = np.zeros(len(cats) + 1, dtype=bool)
+            used[codes + 1] = True
+            # first-appearance order, as pd.factorize
+            present = np.flatnonzero(used[1:])
+            first = np.full(len(cats), codes.size, dtype=np.int64)
+            ok = codes >= 0
+            np.minimum.at(first, codes[ok], np.flatnonzero(ok))
+            order = present[np.argsort(first[present], kind="stable")]
+            remap = np.full(len(cats), -1, dtype=np.int64)
+            remap[order] = np.arange(order.size)
+            return np.where(codes >= 0, remap[np.maximum(codes, 0)], -1), str_array(cats[order])
+        ids = str_array(ids)
+        remap = pd.Index(ids).get_indexer(cats).astype(np.int64)
+        return np.where(codes >= 0, remap[np.maximum(codes, 0)] if remap.size else -1, -1), ids
     if ids is None:
         codes, uniques = pd.factorize(values.astype(str), sort=False)
         return codes, str_array(np.asarray(uniques, dtype=str))
@@ -142,7 +167,7 @@ def build_user_items(
     names: list[str] = []
     if type_col in ev and weight_col is None:
         names = list(aw.keys())
-        t = pd.Categorical(ev[type_col].to_numpy()[ok], categories=names).codes.astype(np.int64)
+        t = _codes(ev[type_col], np.asarray(names, dtype=str))[0][ok]
         tw = np.array([aw[n] for n in names], dtype=np.float64)
         good = t >= 0
         if good.any():

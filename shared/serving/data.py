@@ -24,6 +24,7 @@ from datetime import date, timedelta
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute  # noqa: F401  (pa.compute)
 import pyarrow.parquet as pq
 
 from shared.storage import NotFound, ObjectStore
@@ -59,6 +60,102 @@ def _to_str(s: pd.Series) -> pd.Series:
     return s.where(s.notna(), None).map(lambda v: None if v is None else str(v))
 
 
+_ID_COLUMNS = ("type", "stream_id", "user_id", "item_id")
+
+
+def _events_frame(tables: list[pa.Table], dates: list | None = None) -> pd.DataFrame:
+    """Concatenate event tables in arrow and hand pandas codes directly: the id columns become
+    ``pd.Categorical`` (arrow dictionaries, unified across files; no per-row Python strings),
+    ``ts`` UTC datetime64, ``event_id`` str.  Unique ``event_id`` (first occurrence in file order),
+    sorted by ``(ts, event_id)``."""
+    if not tables:
+        ev = pd.DataFrame({c: pd.Series([], dtype=object) for c in EVENT_COLUMNS})
+        ev["ts"] = pd.to_datetime(ev["ts"], utc=True)
+        ev["price"] = ev["price"].astype(np.float64)
+        return ev
+    cols: dict[str, list] = {c: [] for c in EVENT_COLUMNS}
+    n = 0
+    for t in tables:
+        for c in EVENT_COLUMNS:
+            if c in t.column_names:
+                a = t[c]
+                if c in _ID_COLUMNS:
+                    if not pa.types.is_dictionary(a.type):
+                        a = pa.compute.dictionary_encode(a.cast(pa.string()) if not pa.types.is_string(a.type) else a)
+                    a = a.cast(pa.dictionary(pa.int32(), pa.string()))
+                elif c == "event_id":
+                    a = a.cast(a.type.value_type) if pa.types.is_dictionary(a.type) else a
+                    a = a.cast(pa.string())
+                elif c == "ts":
+                    if pa.types.is_timestamp(a.type):
+                        a = a.cast(pa.timestamp("us", tz="UTC"))
+                    else:
+                        a = pa.chunked_array([pa.array(pd.to_datetime(a.to_pandas(), utc=True, format="ISO8601")
+                                                       .astype("datetime64[us, UTC]"))])
+                elif c == "price":
+                    a = pa.chunked_array([pa.array(pd.to_numeric(a.to_pandas(), errors="coerce")
+                                                   .to_numpy(dtype=np.float64))]) \
+                        if not (pa.types.is_floating(a.type) or pa.types.is_integer(a.type)) else a.cast(pa.float64())
+            else:
+                typ = {"ts": pa.timestamp("us", tz="UTC"), "price": pa.float64(), "event_id": pa.string()}.get(
+                    c, pa.dictionary(pa.int32(), pa.string()))
+                a = pa.chunked_array([pa.nulls(t.num_rows, typ)])
+            cols[c].append(a)
+        n += t.num_rows
+    table = pa.table({c: pa.chunked_array([ch for a in v for ch in a.chunks],
+                                          type=v[0].type) for c, v in cols.items()})
+    table = table.unify_dictionaries().combine_chunks()
+    # event_id is unique within a clean file (the pipeline dedupes per run) and an event lives in the
+    # partition of its own date, so duplicates can only come from several files of one date partition:
+    # only those are checked (hashing 10M ids costs seconds).
+    bounds = np.concatenate([[0], np.cumsum([t.num_rows for t in tables])])
+    groups: dict = {}
+    for k, d in enumerate(dates or [None] * len(tables)):
+        groups.setdefault(d, []).append(k)
+    drop = None
+    for d, members in groups.items():
+        if len(members) < 2 and d is not None:
+            continue
+        sel = np.concatenate([np.arange(bounds[k], bounds[k + 1]) for k in members])
+        ids = pd.Series(table["event_id"].take(pa.array(sel)).to_numpy(zero_copy_only=False))
+        dup = ids.duplicated(keep="first").to_numpy()
+        if dup.any():
+            drop = np.zeros(table.num_rows, dtype=bool) if drop is None else drop
+            drop[sel[dup]] = True
+    if drop is not None:
+        table = table.filter(pa.array(~drop))
+    # sort by (ts, event_id): the day files are usually already in ts order, then only runs of equal
+    # ts need their event_id order checked
+    ts = table["ts"].cast(pa.int64()).to_numpy()
+    if ts.size > 1 and (np.diff(ts) >= 0).all():
+        ties = np.flatnonzero(ts[1:] == ts[:-1])
+        order = None
+        if ties.size:
+            starts = np.unique(np.concatenate([ties[np.r_[True, np.diff(ties) > 1]]]))
+            if starts.size <= 100_000:
+                order = np.arange(ts.size)
+                eid = table["event_id"]
+                for a in starts.tolist():
+                    b = a + 1
+                    while b < ts.size and ts[b] == ts[a]:
+                        b += 1
+                    grp = np.asarray(eid.slice(a, b - a).to_pylist(), dtype=object)
+                    order[a:b] = a + np.argsort(grp, kind="stable")
+            else:
+                order = pa.compute.sort_indices(table, sort_keys=[("ts", "ascending"), ("event_id", "ascending")])
+        if order is not None:
+            table = table.take(pa.array(order) if isinstance(order, np.ndarray) else order)
+    else:
+        order = pa.compute.sort_indices(table, sort_keys=[("ts", "ascending"), ("event_id", "ascending")])
+        table = table.take(order)
+    ev = table.to_pandas()
+    for c in _ID_COLUMNS:
+        if not isinstance(ev[c].dtype, pd.CategoricalDtype):
+            ev[c] = ev[c].astype("category")
+    ev["ts"] = ev["ts"].astype("datetime64[us, UTC]")
+    return ev[EVENT_COLUMNS]
+
+
 def read_training_data(store: ObjectStore, window_days: float = 30.0, *, end=None) -> TrainingData:
     """Clean events with ``ts`` in ``(end - window_days, end]`` and the latest catalog record per item.
 
@@ -89,37 +186,24 @@ def read_training_data(store: ObjectStore, window_days: float = 30.0, *, end=Non
         first_day = (date.fromisoformat(newest) - timedelta(days=int(np.ceil(window_days)) + 1)).isoformat()
         keys = [k for k in keys if dates[k] is None or first_day <= dates[k] <= newest]
         # (objects without a date partition are always read)
-    inputs, tables = [], []
+    inputs, tables, t_dates = [], [], []
     for k in keys:
         t, gen = _read_parquet(store, k, EVENT_COLUMNS)
         inputs.append({"key": k, "generation": gen})
         if t.num_rows:
             tables.append(t)
-    if tables:
-        # dictionary-encoded ids differ per file: decode before concatenating
-        tables = [pa.table({c: (t[c].cast(t[c].type.value_type) if pa.types.is_dictionary(t[c].type) else t[c])
-                            for c in t.column_names}) for t in tables]
-        ev = pa.concat_tables(tables, promote_options="permissive").to_pandas()
-    else:
-        ev = pd.DataFrame(columns=EVENT_COLUMNS)
-    for c in EVENT_COLUMNS:
-        if c not in ev:
-            ev[c] = None
-    ev = ev[EVENT_COLUMNS]
-    ev["ts"] = pd.to_datetime(ev["ts"], utc=True, format="ISO8601") if ev["ts"].dtype == object else \
-        pd.to_datetime(ev["ts"], utc=True)
-    for c in ("event_id", "type", "stream_id", "user_id", "item_id"):
-        ev[c] = _to_str(ev[c])
-    ev["price"] = pd.to_numeric(ev["price"], errors="coerce")
+            t_dates.append(dates[k])
+    ev = _events_frame(tables, t_dates)
     end_ts = pd.Timestamp(end).tz_convert("UTC") if end is not None and pd.Timestamp(end).tzinfo else \
         (pd.Timestamp(end, tz="UTC") if end is not None else (ev["ts"].max() if len(ev) else None))
     if end_ts is not None and not pd.isna(end_ts):
         start_ts = end_ts - pd.Timedelta(days=window_days)
-        ev = ev[(ev["ts"] > start_ts) & (ev["ts"] <= end_ts)]
+        keep = ((ev["ts"] > start_ts) & (ev["ts"] <= end_ts)).to_numpy()
+        if not keep.all():
+            ev = ev[keep].reset_index(drop=True)
         window = {"start": start_ts.isoformat(), "end": end_ts.isoformat(), "days": window_days}
     else:
         window = {"start": None, "end": None, "days": window_days}
-    ev = ev.drop_duplicates("event_id").sort_values(["ts", "event_id"], kind="stable").reset_index(drop=True)
 
     cat_tables = []
     for k in catalog_keys:

@@ -38,7 +38,7 @@ import scipy.sparse as sp
 
 from shared.log import get_logger
 from shared.reco import DEFAULT_ACTION_WEIGHTS, HybridRecommender, build_user_items
-from shared.reco.instream import instream_parts, stream_pairs, tune_blend
+from shared.reco.instream import catalogue_topk, instream_parts, stream_pairs, tune_blend
 from shared.reco.metrics import ranking_metrics
 from shared.serving.data import TrainingData, read_training_data
 from shared.serving.registry import Registry, Served, encode_arrays, showcase_extras
@@ -51,7 +51,8 @@ DEFAULT_PARAMS: dict[str, Any] = {
 }
 POSITIVE_TYPES = tuple(t for t, w in DEFAULT_ACTION_WEIGHTS.items() if w > 0)
 TUNE_CONTENT_WEIGHTS = (0.0, 0.1, 0.3, 0.5, 1.0)
-TUNE_POPULARITY_WEIGHTS = (0.0, 0.05, 0.1, 0.2, 0.5, 1.0)
+TUNE_POPULARITY_WEIGHTS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5)   # capped: also used outside streams (not validated there)
+TUNE_STREAM_POP_MIXES = (0.0, 0.25, 0.5, 0.75, 1.0)   # share of GLOBAL popularity in the popularity part
 
 
 def _envf(name: str, default: float) -> float:
@@ -74,6 +75,7 @@ class TrainConfig:
     tune: bool = field(default_factory=lambda: os.environ.get("DAIHUO_TRAIN_TUNE", "1").lower() not in ("0", "false", "no"))
     tune_content_weights: list = field(default_factory=lambda: list(TUNE_CONTENT_WEIGHTS))
     tune_popularity_weights: list = field(default_factory=lambda: list(TUNE_POPULARITY_WEIGHTS))
+    tune_stream_pop_mixes: list = field(default_factory=lambda: list(TUNE_STREAM_POP_MIXES))
     tune_max_pairs: int = 3000
 
 
@@ -99,7 +101,8 @@ def version_id(data: TrainingData, cfg: TrainConfig) -> str:
     spec = {"inputs": [[i["key"], str(i["generation"])] for i in data.inputs], "params": cfg.params,
             "window_days": cfg.window_days, "holdout_frac": cfg.holdout_frac, "k": cfg.k,
             "half_life_days": cfg.half_life_days, "max_eval_users": cfg.max_eval_users, "code": code_version(),
-            "tune": [cfg.tune, list(cfg.tune_content_weights), list(cfg.tune_popularity_weights), cfg.tune_max_pairs]}
+            "tune": [cfg.tune, list(cfg.tune_content_weights), list(cfg.tune_popularity_weights), cfg.tune_max_pairs,
+                     list(cfg.tune_stream_pop_mixes)]}
     digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
     end = data.window.get("end")
     stamp = pd.Timestamp(end).strftime("%Y%m%dT%H%M%SZ") if end else "empty"
@@ -127,9 +130,10 @@ def build_showcases(events: pd.DataFrame, catalog: pd.DataFrame) -> dict[str, li
             for s in (sids if sids is not None else ()):
                 showcases.setdefault(s, set()).add(item)
     if "stream_id" in events:
-        seen = events[events["stream_id"].notna() & events["item_id"].notna()]
-        for s, grp in seen.groupby("stream_id", sort=False, observed=True):
-            showcases.setdefault(s, set()).update(grp["item_id"].astype(str).unique().tolist())
+        seen = events.loc[events["stream_id"].notna() & events["item_id"].notna(), ["stream_id", "item_id"]]
+        seen = seen.drop_duplicates()  # (stream, item) pairs first: per-row strings are never built
+        for s, it in zip(seen["stream_id"].astype(str).tolist(), seen["item_id"].astype(str).tolist()):
+            showcases.setdefault(s, set()).add(it)
     return {k: sorted(v) for k, v in showcases.items()}
 
 
@@ -144,7 +148,9 @@ def evaluate_in_stream(model: HybridRecommender, pairs, showcases: dict, k: int,
     parts = instream_parts(model, pairs, showcases)
     n = model.n_items_
     cw = model.content_weight if model.content_model_ is not None else 0.0
-    out = {"model": score_ranking(parts.top_ids(model.cf_weight, cw, model.popularity_weight, k), pairs, k, n)}
+    mix = float(getattr(model, "stream_pop_mix", 0.0))
+    out = {"model": score_ranking(parts.top_ids(model.cf_weight, cw, model.popularity_weight, k, mix=mix),
+                                  pairs, k, n)}
     if baselines:
         out["stream_bestsellers"] = score_ranking(parts.top_ids(0.0, 0.0, 1.0, k), pairs, k, n)
         out["showcase_popularity"] = score_ranking(parts.top_ids(0.0, 0.0, 1.0, k, "global"), pairs, k, n)
@@ -153,8 +159,9 @@ def evaluate_in_stream(model: HybridRecommender, pairs, showcases: dict, k: int,
 
 def tune_params(train_part: pd.DataFrame, catalog: pd.DataFrame, cfg: TrainConfig, showcases: dict,
                 content=None, item_ids=None) -> tuple[dict, dict]:
-    """Blend weights (content, popularity; cf fixed) by in-stream NDCG@k on a validation split carved
-    from the TRAINING part (its last ``holdout_frac`` of item events), never from the holdout."""
+    """Blend weights (content, popularity, stream_pop_mix; cf fixed) by in-stream NDCG@k on a validation
+    split carved from the TRAINING part (its last ``holdout_frac`` of item events), never from the
+    holdout.  At most ``cfg.tune_max_pairs`` validation (user, stream) pairs (deterministic sample)."""
     split = time_split(train_part, cfg.holdout_frac)
     fit_part, val = train_part[train_part["ts"] <= split], train_part[train_part["ts"] > split]
     report: dict[str, Any] = {"split_ts": split.isoformat(), "pairs": 0}
@@ -164,15 +171,19 @@ def tune_params(train_part: pd.DataFrame, catalog: pd.DataFrame, cfg: TrainConfi
     m = fit_model(fit_part, catalog, cfg, split, content=content, item_ids=item_ids)
     pairs = stream_pairs(m, val, showcases, cfg.tune_max_pairs)
     report["pairs"] = len(pairs)
+    report["pairs_available"] = pairs.n_available
     if len(pairs) < 20:
         report["skipped"] = f"only {len(pairs)} validation (user, stream) pairs"
         return {}, report
     parts = instream_parts(m, pairs, showcases)
     cws = list(cfg.tune_content_weights) if m.content_model_ is not None else [0.0]
-    best, table = tune_blend(parts, cws, list(cfg.tune_popularity_weights), cfg.k, cf_weight=m.cf_weight)
+    best, table = tune_blend(parts, cws, list(cfg.tune_popularity_weights), cfg.k, cf_weight=m.cf_weight,
+                             stream_pop_mixes=list(cfg.tune_stream_pop_mixes) or [m.stream_pop_mix])
     report.update({"best": best, "grid": table,
-                   "default": {"content_weight": m.content_weight, "popularity_weight": m.popularity_weight}})
-    return {"content_weight": best["content_weight"], "popularity_weight": best["popularity_weight"]}, report
+                   "default": {"content_weight": m.content_weight, "popularity_weight": m.popularity_weight,
+                               "stream_pop_mix": m.stream_pop_mix}})
+    return {"content_weight": best["content_weight"], "popularity_weight": best["popularity_weight"],
+            "stream_pop_mix": best["stream_pop_mix"]}, report
 
 
 # ------------------------------------------------------------------------------- evaluation
@@ -185,13 +196,20 @@ class Holdout:
     n_holdout_events: int
 
 
-def make_holdout(events: pd.DataFrame, cfg: TrainConfig) -> tuple[pd.DataFrame, Holdout]:
+def make_holdout(events: pd.DataFrame, cfg: TrainConfig, model: HybridRecommender | None = None
+                 ) -> tuple[pd.DataFrame, Holdout]:
     """Split by time at the ``1 - holdout_frac`` quantile of the item events' ``ts``: everything after
     it is the holdout. (A quantile, not a fraction of the span: the span is dominated by sparse tails
-    such as refunds days later, which would leave an empty holdout.)"""
+    such as refunds days later, which would leave an empty holdout.)  ``model``: a model fitted on the
+    training part with ``reference_time = split`` (the candidate): its user x item matrix is the
+    histories' one, so it is not built a second time."""
     split = time_split(events, cfg.holdout_frac)
     train, hold = events[events["ts"] <= split], events[events["ts"] > split]
-    inter = build_user_items(train, half_life_days=cfg.half_life_days, reference_time=split)
+    if model is not None:
+        from shared.reco.interactions import Interactions
+        inter = Interactions(model.user_items_, model.user_ids_, model.item_ids_)
+    else:
+        inter = build_user_items(train, half_life_days=cfg.half_life_days, reference_time=split)
     X = inter.matrix.tocsr()
     uindex = pd.Index(inter.user_ids)
     pos = hold[hold["type"].isin(POSITIVE_TYPES) & hold["item_id"].notna() & hold["user_id"].notna()]
@@ -201,7 +219,7 @@ def make_holdout(events: pd.DataFrame, cfg: TrainConfig) -> tuple[pd.DataFrame, 
     pos = pos[np.diff(X.indptr)[pos["_row"].to_numpy()] > 0] if len(pos) else pos
     users, history, relevant = [], [], []
     if len(pos):
-        order = sorted(pos["user_id"].unique(), key=lambda u: hashlib.md5(u.encode()).hexdigest())
+        order = sorted(pos["user_id"].astype(str).unique().tolist(), key=lambda u: hashlib.md5(u.encode()).hexdigest())
         keep = set(order[: cfg.max_eval_users])
         for u, grp in pos[pos["user_id"].isin(keep)].groupby("user_id", sort=True):
             r = X[int(grp["_row"].iloc[0])]
@@ -224,24 +242,23 @@ def _topk_rows(S: np.ndarray, k: int) -> np.ndarray:
 
 
 def rank_for(model: HybridRecommender | None, ho: Holdout, k: int, chunk: int = 512) -> list[list[str]]:
-    """Top-k item ids per holdout user, history items excluded; ``model=None``: unused."""
-    index = pd.Index(model.item_ids_)
+    """Top-k item ids per holdout user over the whole catalogue, history items excluded
+    (``shared.reco.instream.catalogue_topk``: neighbour entries + the popularity head only)."""
+    index = model._item_pos
+    ids = model.item_ids_
     out: list[list[str]] = []
     for c0 in range(0, len(ho.users), chunk):
         hs = ho.history[c0:c0 + chunk]
         rows, cols, vals = [], [], []
         for r, h in enumerate(hs):
-            idx = index.get_indexer(list(h.keys()))
-            ok = idx >= 0
-            rows += [r] * int(ok.sum())
-            cols += idx[ok].tolist()
-            vals += np.asarray(list(h.values()))[ok].tolist()
-        X = sp.csr_matrix((vals, (rows, cols)), shape=(len(hs), len(index)), dtype=np.float32)
-        S = np.asarray(model.score_batch(X), dtype=np.float64)
-        S[X.nonzero()] = -np.inf  # never recommend what the user already has
-        top = _topk_rows(S, k)
-        ids = model.item_ids_
-        out += [[str(ids[j]) for j in row if j >= 0] for row in top]
+            for it, w in h.items():
+                j = index.get(it, -1)
+                if j >= 0:
+                    rows.append(r)
+                    cols.append(j)
+                    vals.append(w)
+        X = sp.csr_matrix((vals, (rows, cols)), shape=(len(hs), model.n_items_), dtype=np.float32)
+        out += [[str(x) for x in ids[top]] for top in catalogue_topk(model, X, k)]
     return out
 
 
@@ -367,21 +384,24 @@ def run_train(store, bus=None, cfg: TrainConfig | None = None, trigger: dict | N
     # -- blend tuning on a validation split of the training part; then the holdout evaluation:
     #    candidate vs current vs baselines, same users / (user, stream) pairs, same relevant items
     t1 = time.perf_counter()
-    train_part, ho = make_holdout(data.events, cfg)
+    split_ts = time_split(data.events, cfg.holdout_frac)
+    train_part = data.events[data.events["ts"] <= split_ts]
     tuned, tune_report = (tune_params(train_part, data.catalog, cfg, showcases, content, item_ids) if cfg.tune
                           else ({}, {"skipped": "tuning disabled"}))
     params = {**cfg.params, **tuned}
     t_tune = time.perf_counter() - t1
     t1 = time.perf_counter()
-    split_ts = pd.Timestamp(ho.split_ts)
     cand = fit_model(train_part, data.catalog, cfg, split_ts, params, content, item_ids)
+    t_cand = time.perf_counter() - t1
+    _, ho = make_holdout(data.events, cfg, model=cand)
     metrics: dict[str, Any] = {"k": cfg.k, "users": int(len(ho.users)), "holdout_events": ho.n_holdout_events,
                                "split_ts": ho.split_ts, "protocol": "catalogue"}
     metrics["candidate"] = score_ranking(rank_for(cand, ho, cfg.k), ho, cfg.k, cand.n_items_)
     metrics["popularity"] = score_ranking(popularity_for(cand, ho, cfg.k), ho, cfg.k, cand.n_items_)
     hold = data.events[data.events["ts"] > split_ts]
     pairs = stream_pairs(cand, hold, showcases, cfg.max_eval_users)
-    ins: dict[str, Any] = {"pairs": len(pairs), "users": len(set(pairs.users)),
+    ins: dict[str, Any] = {"pairs": len(pairs), "users": len(set(pairs.users)), "pairs_available": pairs.n_available,
+                           "sample": f"deterministic md5 sample of at most {cfg.max_eval_users} pairs",
                            "note": "per (user, stream) in the holdout: the stream's showcase ranked with "
                                    "stream_id, history excluded (recommend's filters)"}
     if len(pairs):
@@ -454,7 +474,8 @@ def run_train(store, bus=None, cfg: TrainConfig | None = None, trigger: dict | N
         "decision": {"promote": promote, "reason": reason, "compared_to": current_version,
                      "latest_generation": latest_gen, "tolerance": cfg.tolerance},
         "timing_s": {"read": round(t_read, 3), "content": round(t_content, 3), "tune": round(t_tune, 3),
-                     "evaluate": round(t_eval, 3), "fit": round(t_fit, 3)},
+                     "candidate_fit": round(t_cand, 3), "evaluate": round(t_eval - t_cand, 3),
+                     "fit": round(t_fit, 3)},
         "trigger": trigger or {}, "arrays_bytes": len(blob), "model": model.meta,
     }
     written = reg.write_version(version, blob, meta)
