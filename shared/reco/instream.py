@@ -253,6 +253,7 @@ def instream_parts(model, pairs: StreamPairs, showcases: Mapping[str, Sequence[s
             sc_pop[s] = np.where(sv > 0, sv, 0.1 * g[idx])
     purchase = model._purchase_code
     acts = model.actions_
+    ipos = model._item_pos
     ptr = [0]
     it_l, cf_l, ct_l, pop_l, g_l, rel_l, nrel = [], [], [], [], [], [], []
     has_ct = model.content_model_ is not None
@@ -284,8 +285,8 @@ def instream_parts(model, pairs: StreamPairs, showcases: Mapping[str, Sequence[s
             ct_l.append(_gather(ct, r, cand) if ct is not None else np.zeros(cand.size))
             pop_l.append(sc_pop[s][keep])
             g_l.append(g[cand])
-            relset = model._item_index.get_indexer(np.asarray(rel, dtype=str))
-            rel_l.append(np.isin(cand, relset[relset >= 0]))
+            relset = [j for j in (ipos.get(x, -1) for x in rel) if j >= 0]
+            rel_l.append(np.isin(cand, relset) if relset else np.zeros(cand.size, dtype=bool))
             nrel.append(len(rel))
             ptr.append(ptr[-1] + cand.size)
     cat = (lambda xs, dt: np.concatenate(xs).astype(dt) if xs else np.empty(0, dtype=dt))

@@ -172,9 +172,21 @@ def build_user_items(
         good = t >= 0
         if good.any():
             uu, ii, tt = u[good], i[good], t[good]
-            # strongest action per (u, i): sort by weight then keep the last
-            order = np.lexsort((tw[tt], ii, uu))
-            uu, ii, tt = uu[order], ii[order], tt[order]
+            # strongest action per (u, i): one sort of packed keys (u, i, rank of the action weight;
+            # equal weights: later action name last, as the stable lexsort it replaces), keep the last
+            rank = np.empty(len(names), dtype=np.int64)
+            rank[np.lexsort((np.arange(len(names)), tw))] = np.arange(len(names))
+            nb = max(int(len(names)).bit_length(), 1)
+            if (len(uids) + 1) * (len(iids) + 1) < (1 << (62 - nb)):
+                key = ((uu * len(iids) + ii) << nb) | rank[tt]
+                key.sort()
+                rk_inv = np.argsort(rank)
+                tt = rk_inv[key & ((1 << nb) - 1)]
+                ui = key >> nb
+                uu, ii = ui // len(iids), ui % len(iids)
+            else:
+                order = np.lexsort((tw[tt], ii, uu))
+                uu, ii, tt = uu[order], ii[order], tt[order]
             last = np.ones(uu.size, dtype=bool)
             last[:-1] = (uu[1:] != uu[:-1]) | (ii[1:] != ii[:-1])
             actions = sp.csr_matrix(

@@ -28,6 +28,7 @@ import json
 import os
 import time
 from dataclasses import asdict, dataclass, field
+from itertools import chain
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -212,7 +213,8 @@ def make_holdout(events: pd.DataFrame, cfg: TrainConfig, model: HybridRecommende
         inter = build_user_items(train, half_life_days=cfg.half_life_days, reference_time=split)
     X = inter.matrix.tocsr()
     uindex = pd.Index(inter.user_ids)
-    pos = hold[hold["type"].isin(POSITIVE_TYPES) & hold["item_id"].notna() & hold["user_id"].notna()]
+    pos = hold.loc[hold["type"].isin(POSITIVE_TYPES) & hold["item_id"].notna() & hold["user_id"].notna(),
+                   ["user_id", "item_id"]]
     pos = pos.drop_duplicates(["user_id", "item_id"])
     rows = uindex.get_indexer(pos["user_id"].to_numpy())
     pos = pos[rows >= 0].assign(_row=rows[rows >= 0])
@@ -270,18 +272,19 @@ def popularity_for(model: HybridRecommender, ho: Holdout, k: int) -> list[list[s
 
 
 def score_ranking(recs: list[list[str]], ho: Holdout, k: int, n_items: int) -> dict[str, float]:
-    vocab = pd.Index(pd.unique(np.concatenate([np.array(sum(recs, []), dtype=str),
-                                               np.array(sum(ho.relevant, []), dtype=str)])))
+    flat_recs = list(chain.from_iterable(recs))  # (sum(lists, []) is quadratic)
+    flat_rel = list(chain.from_iterable(ho.relevant))
+    vocab = pd.Index(pd.unique(np.concatenate([np.array(flat_recs, dtype=str), np.array(flat_rel, dtype=str)])))
     R = np.full((len(recs), k), -1, dtype=np.int64)
     for u, r in enumerate(recs):
         if r:
             R[u, : len(r)] = vocab.get_indexer(r)
     lens = [len(r) for r in ho.relevant]
-    cols = vocab.get_indexer(sum(ho.relevant, [])) if lens else np.empty(0, dtype=np.int64)
+    cols = vocab.get_indexer(np.array(flat_rel, dtype=str)) if lens else np.empty(0, dtype=np.int64)
     rel = sp.csr_matrix((np.ones(len(cols)), cols, np.concatenate([[0], np.cumsum(lens)])),
                         shape=(len(recs), max(len(vocab), 1)))
     m = ranking_metrics(R, rel, k)
-    m["coverage"] = float(len(set(sum(recs, []))) / n_items) if n_items else 0.0
+    m["coverage"] = float(len(set(flat_recs)) / n_items) if n_items else 0.0
     return {key: round(float(v), 6) if isinstance(v, float) else v for key, v in m.items()}
 
 
