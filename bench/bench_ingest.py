@@ -80,7 +80,7 @@ def wrk_batch(url: str, body: bytes, duration: int, connections: int) -> dict:
               'summary.errors.status, latency:percentile(50), latency:percentile(99), '
               'summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout))\n'
               'end\n')
-        out = subprocess.run(["wrk", "-t2", f"-c{connections}", f"-d{duration}s", "--timeout", "10s", "-s", str(lua), url],
+        out = subprocess.run(["wrk", f"-t{min(2, connections)}", f"-c{connections}", f"-d{duration}s", "--timeout", "10s", "-s", str(lua), url],
                              capture_output=True, text=True)
     if out.returncode:
         raise RuntimeError(f"wrk failed: {out.stderr or out.stdout}")

@@ -6,15 +6,14 @@ The same code talks to Google Cloud and to the emulator: ``google-cloud-pubsub``
 function that never publishes never opens a channel.
 
 Failures: a publish that cannot complete within ``publish_timeout_s`` raises ``BusUnavailable``;
-callers answer 503 and let the sender retry. Nothing is reported as published before its future
-resolved with a message id.
+callers answer 503 and let the sender retry. Nothing is reported as published before Pub/Sub
+returned its message id.
 """
 from __future__ import annotations
 
 import os
 import threading
 from collections.abc import Iterable, Sequence
-from concurrent import futures as cf
 from dataclasses import dataclass
 
 DEFAULT_PROJECT = "daihuo-local"
@@ -87,9 +86,17 @@ class Bus:
     def publish_many(self, topic: str, messages: Iterable[tuple[bytes, dict[str, str]]]) -> list[str]:
         """Publish every (data, attributes) pair and wait for all; return the message ids in order.
 
-        Raises BusUnavailable if any message is not confirmed within ``publish_timeout_s``. Some
-        messages may then have been published: at-least-once, the caller's retry duplicates them and
-        the cleaning step deduplicates by event_id.
+        The messages go out as one Publish RPC per ≤1000 messages / ≤9 MB (the API's request
+        limits), with retries on transient errors, and this returns only when Pub/Sub has confirmed
+        every message with an id. Raises BusUnavailable if that does not happen within
+        ``publish_timeout_s``; some messages may then have been published (at-least-once: the
+        caller's retry duplicates them and cleaning deduplicates by event_id).
+
+        Why not the client's background batching (``PublisherClient.publish`` futures): our callers
+        already batch per request (ingest groups a webhook's events into a few messages) and then
+        wait for the result, so the batcher only adds its ``max_latency`` timer and a thread hand-off
+        to every request. Measured against the emulator here: 10 messages per request, p50 6.6 ms with
+        the batcher at 1 ms max latency vs 1.5 ms as one RPC (README, "Ingest").
         """
         from google.api_core import exceptions as gexc
         from google.api_core.retry import Retry
@@ -100,17 +107,32 @@ class Bus:
                                                          gexc.InternalServerError, gexc.Aborted,
                                                          gexc.ResourceExhausted, gexc.Unknown)))
         path = topic_path(topic, self.project)
+        max_bytes, _, max_messages = self._batch
+        ids: list[str] = []
+        chunk: list[dict] = []
+        size = 0
         try:
-            futs = [self.publisher.publish(path, data, retry=retry, timeout=timeout, **attrs)
-                    for data, attrs in messages]
-            done, pending = cf.wait(futs, timeout=timeout + 1.0)
-            if pending:
-                raise BusUnavailable(f"{len(pending)} of {len(futs)} messages to {topic} not confirmed in {timeout:.0f}s")
-            return [f.result() for f in futs]
+            for data, attrs in messages:
+                n = len(data) + sum(len(k) + len(v) for k, v in attrs.items())
+                if chunk and (len(chunk) >= max_messages or size + n > max_bytes):
+                    ids += self._publish_rpc(path, chunk, retry, timeout)
+                    chunk, size = [], 0
+                chunk.append({"data": data, "attributes": attrs})
+                size += n
+            if chunk:
+                ids += self._publish_rpc(path, chunk, retry, timeout)
+            return ids
         except BusUnavailable:
             raise
         except Exception as exc:  # RetryError, NotFound (topic missing), channel errors ...
             raise BusUnavailable(f"publish to {topic} failed: {type(exc).__name__}: {exc}") from exc
+
+    def _publish_rpc(self, path: str, chunk: list[dict], retry, timeout: float) -> list[str]:
+        resp = self.publisher.api.publish(topic=path, messages=chunk, retry=retry, timeout=timeout)
+        ids = list(resp.message_ids)
+        if len(ids) != len(chunk):
+            raise BusUnavailable(f"Pub/Sub confirmed {len(ids)} of {len(chunk)} messages")
+        return ids
 
     def publish(self, topic: str, data: bytes, **attributes: str) -> str:
         return self.publish_many(topic, [(data, attributes)])[0]
