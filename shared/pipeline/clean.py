@@ -19,8 +19,11 @@ The pure core is :func:`clean_tables` (Arrow in, Arrow out), used by the tests d
 Validation: a vectorised fast path checks JSON validity, known top-level keys, required fields per type,
 the id / currency / RFC 3339 patterns and value ranges (the rules of ``shared.contract``); every row it
 flags is re-validated with ``shared.contract.validate_record`` (the reference), which decides and
-gives the exact reasons. (Known gap of the fast path: a number where an id string is expected, e.g.
-``"user_id": 12345``, passes as the string ``"12345"``; ingest refuses such rows before they reach raw/.)
+gives the exact reasons. The reader coerces silently (``"quantity": 1.5`` -> 2, ``"price": true`` -> 1.0,
+``"user_id": 7`` -> ``'7'``), so the fast path also flags every row whose RAW JSON types differ from the
+contract's (``_RAW_TYPE_RE``: one regex pass over the line), duplicate keys, suspect ``props`` and every
+catalog record: the contract then quarantines them with its own reasons, or accepts them (``1.0`` as a
+quantity is read as 1).
 """
 from __future__ import annotations
 
@@ -78,6 +81,24 @@ _ALLOWED_KEYS["gift"] = _ALLOWED_KEYS["gift"] + ["gift_value", "currency"]
 _ALLOWED_KEYS[CATALOG_TYPE] = ["event_id", "type", "ts", "platform", "schema_version", "props", "item_id", "title",
                                "description", "category", "price", "currency", "stream_ids", "received_at"]
 _TYPED = ("schema_version", "price", "quantity", "count", "gift_value", "stream_ids")  # null after a bad cast
+# a raw JSON value whose type differs from the contract's, which the JSON reader would coerce silently
+# ("quantity": 1.5 -> 2, "price": true -> 1.0, "schema_version": "1" -> 1, "user_id": 7 -> '7',
+# "stream_id": {} -> '{}'): flagged, so that shared.contract decides. Alternatives:
+# * a string field holding anything but a string (number, bool, null, object, array);
+# * a number field holding anything but a number;
+# * an integer field holding a number written with a fraction or exponent (1.0 is accepted by the
+#   contract and read as 1; 1.5 is refused);
+# * a key spelled with \u escapes ("user\u005fid" is the key user_id, invisible to the patterns above).
+_STR_FIELDS = ("event_id", "ts", "platform", "type", "stream_id", "user_id", "item_id", "order_id", "currency",
+               "title", "text", "description", "category")
+_NUM_FIELDS = ("price", "gift_value", "quantity", "count", "schema_version")
+_INT_FIELDS = ("quantity", "count", "schema_version")
+_RAW_TYPE_RE = "|".join([
+    r'"(' + "|".join(_STR_FIELDS) + r')"\s*:\s*[^"\s]',
+    r'"(' + "|".join(_NUM_FIELDS) + r')"\s*:\s*[^-0-9\s]',
+    r'"(' + "|".join(_INT_FIELDS) + r')"\s*:\s*-?[0-9]+[.eE]',
+    r'\\u[0-9A-Fa-f]{4}[A-Za-z0-9_\\]*"\s*:',
+])
 
 # -- output schemas ---------------------------------------------------------------------------
 _DICT = pa.dictionary(pa.int32(), pa.string())
@@ -191,8 +212,18 @@ def _fast_conds() -> list[tuple[str, str]]:
         ("j.quantity IS NOT NULL AND NOT (j.quantity BETWEEN 1 AND 10000)", "'impossible_value'"),
         ("j.count IS NOT NULL AND NOT (j.count BETWEEN 1 AND 10000)", "'impossible_value'"),
         (" OR ".join(f"(j.{f} IS NULL AND list_contains(k, '{f}'))" for f in _TYPED), "'schema'"),
-        # a non-string where the contract wants a string ("user_id": 12345 would otherwise cast to '12345')
-        (r"""regexp_matches(line, '"(event_id|ts|platform|type|stream_id|user_id|item_id|order_id|currency|title|text|description|category)"\s*:\s*[^"\s]')""", "'schema'"),
+        # raw JSON types the reader would coerce silently (one regex pass over the line, see _RAW_TYPE_RE)
+        (f"regexp_matches(line, '{_RAW_TYPE_RE}')", "'schema'"),
+        # duplicate keys: DuckDB keeps the first value, the contract (orjson) the last -- see _slow_path
+        ("len(list_distinct(k)) <> len(k)", "'schema'"),
+        # props: an object of <= 32 scalars, keys <= 64 chars, strings <= 256 (conservative text checks:
+        # any nested bracket, any string literal of >= 65 chars, > 32 colons -> the contract decides)
+        ("j.props IS NOT NULL AND (NOT starts_with(j.props, '{') OR regexp_matches(j.props, "
+         r"""'^.+[\[{]|"(\\.|[^"\\]){65,}') OR length(j.props) - length(replace(j.props, ':', '')) > 32)""",
+         "'schema'"),
+        ("j.text IS NOT NULL AND length(j.text) > 2000", "'schema'"),
+        # catalog records (few): always re-checked (lengths, stream_ids element types and patterns)
+        (f"j.type = '{CATALOG_TYPE}'", "'schema'"),
     ]
     return conds
 
@@ -239,6 +270,27 @@ def _categorise(reasons: list[str]) -> tuple[str, str]:
     return "schema", fld
 
 
+def _duplicate_key(line: str) -> str | None:
+    """The first key present twice in an object of a JSON line (only called for rows the contract accepts)."""
+    import json
+    found: list[str] = []
+
+    def pairs(items):
+        if not found:
+            seen = set()
+            for k, _ in items:
+                if k in seen:
+                    found.append(k)
+                    break
+                seen.add(k)
+        return dict(items)
+    try:
+        json.loads(line, object_pairs_hook=pairs)
+    except ValueError:
+        return None
+    return found[0] if found else None
+
+
 def _slow_path(con: duckdb.DuckDBPyConnection) -> None:
     """Re-validate every flagged row with shared.contract: exact reasons, or un-flag it."""
     rows = con.execute("SELECT row_id, line FROM parsed WHERE reason IS NOT NULL OR line IS NOT NULL").fetchall()
@@ -252,6 +304,9 @@ def _slow_path(con: duckdb.DuckDBPyConnection) -> None:
         if isinstance(obj, dict):
             obj = {k: v for k, v in obj.items() if k != "received_at"}
         rec, reasons = validate_record(obj)
+        if reasons is None and (dup := _duplicate_key(line)):
+            # the contract saw the last value of the key, the rows keep DuckDB's first: refuse both
+            reasons = [f"{dup}: duplicate key (the record is ambiguous)"]
         if reasons is None:
             verdicts.append((row_id, None, None, None))
         else:
