@@ -84,3 +84,34 @@ def test_stream_hour_split():
     h = run(rows)["stream_hour"].set_index("hour")
     assert list(h["total_watch_s"]) == [1800, 1800] and list(h["unique_viewers"]) == [1, 1]
     assert list(h["avg_concurrent"]) == [1.0, 1.0] and list(h["peak_concurrent"]) == [1, 1]
+
+
+def test_span_ignores_late_events_before_the_start_but_totals_keep_them():
+    # a device whose clock is 3 h behind: its events look 3 h old (flagged late by clean); the stream
+    # really starts at 20:00. Its like and its session still count; only the span ignores them.
+    late = lambda r: dict(r, late=True)                                              # noqa: E731
+    rows = [dict(r, late=False) for r in (ev(0, "stream_enter", "a"), ev(60, "stream_leave", "a"),
+                                          ev(30, "like", "b", count=2))]
+    rows += [late(ev(-180, "stream_enter", "x")), late(ev(-170, "like", "x", count=5)),
+             late(ev(-160, "stream_leave", "x")),
+             late(ev(70, "comment", "y"))]                    # a late event after the others: the end
+    out = run(rows)
+    s = out["stream"].iloc[0]
+    assert s["start"] == T0 and s["end"] == T0 + pd.Timedelta(minutes=70) and s["duration_s"] == 70 * 60
+    assert s["likes"] == 7 and s["comments"] == 1 and s["unique_viewers"] == 4       # totals keep late events
+    assert s["sessions"] == 2 and s["total_watch_s"] == (60 + 20) * 60
+    assert s["avg_concurrent"] == pytest.approx(80 / 70) and s["likes_per_min"] == pytest.approx(7 / 70)
+    h = out["stream_hour"].set_index("hour")
+    # no empty lead-in: 18:00 and 19:00 hold no event and are outside the span; 17:00 holds the late
+    # events (a row like a late refund's, active_s = 0)
+    assert list(h.index) == [T0 - pd.Timedelta(hours=3), T0, T0 + pd.Timedelta(hours=1)]
+    assert list(h["active_s"]) == [0, 3600, 600] and h["likes"].sum() == 7
+    # only late events (e.g. the whole stream uploaded hours later): the span falls back to all of them
+    only = run([late(ev(0, "stream_enter", "a")), late(ev(45, "stream_leave", "a"))])["stream"].iloc[0]
+    assert only["start"] == T0 and only["duration_s"] == 45 * 60
+
+
+def test_refunds_and_late_flag_missing_keep_the_old_span():
+    rows = [ev(-60, "refund", "a", item="i1", price=5.0, qty=1), ev(0, "like", "a"), ev(10, "like", "b")]
+    s = run(rows)["stream"].iloc[0]                                   # no `late` column: nothing is late
+    assert s["start"] == T0 and s["duration_s"] == 600

@@ -112,6 +112,7 @@ def test_end_to_end_exact(stack):
                                     format="ISO8601", utc=True)
     exp["qty"] = exp["quantity"].fillna(1)
     st = read_analytics(store, "stream", manifest).to_pandas().set_index("stream_id")
+    late_of = clean.set_index("event_id")["late"]  # clean's flag (received_at - ts > late_after_s)
     for sid, g in exp.groupby("stream_id"):
         row = st.loc[sid]
         buys = g[g.type == "purchase"]
@@ -129,7 +130,10 @@ def test_end_to_end_exact(stack):
         assert row["gpm"] == pytest.approx(gmv / want["unique_viewers"] * 1000)
         assert row["ctr"] == pytest.approx(want["clicks"] / want["impressions"])
         assert row["order_rate"] == pytest.approx(want["orders"] / want["add_to_carts"])
-        assert row["start"] == nonref.ts_seen.min() and row["end"] == nonref.ts_seen.max()
+        # span (docs/metrics.md): from the first non-late event (all events if every one is late) to the last
+        on_time = nonref[~nonref.event_id.map(late_of).astype(bool)]
+        assert row["start"] == (on_time if len(on_time) else nonref).ts_seen.min()
+        assert row["end"] == nonref.ts_seen.max()
     items = read_analytics(store, "stream_item", manifest).to_pandas().set_index(["stream_id", "item_id"])
     g = exp[exp.type == "purchase"].assign(v=lambda d: d.price * d.qty).groupby(["stream_id", "item_id"])["v"].sum()
     for key, v in g.items():

@@ -7,8 +7,13 @@ holding clean events (the clean/ schema): ``a_stream``, ``a_stream_hour``, ``a_s
 Sessions (per stream and viewer, from stream_enter / stream_leave in ts order, enter before leave at
 the same instant): an enter opens a session unless one is open (a repeated enter is ignored); a leave
 closes the open session (a leave with no open session is ignored). A session that is never closed
-ends at min(the stream's last event, enter + max_session_s). The stream's span is its first to last
-event, refunds excluded (a refund days later does not stretch the stream).
+ends at min(the stream's last event, enter + max_session_s). The stream's span (refunds excluded: a
+refund days later does not stretch the stream) starts at its first event NOT flagged ``late`` (a device
+whose clock is hours behind sends events that look hours old: they must not pull the start back; all
+events if the stream has only late ones) and ends at its last event, late or not (a late event's ts is
+never after the real time it happened, so it cannot stretch the end). Late events still count in every
+total; only the span (and what derives from it: duration, per-minute rates, avg concurrency, hour
+rows' ``active_s``) ignores them.
 """
 from __future__ import annotations
 
@@ -28,15 +33,18 @@ def _rate(num: str, den: str) -> str:
 
 
 def analytics_sql(con: duckdb.DuckDBPyConnection, source: str, max_session_s: float = 4 * 3600.0) -> None:
+    cols = {d[0] for d in con.execute(f"SELECT * FROM {source} LIMIT 0").description}
+    late = "coalesce(late, false)" if "late" in cols else "false"  # (hand-made inputs may omit the flag)
     con.execute(f"""CREATE OR REPLACE TEMP TABLE a_ev AS
         SELECT CAST(stream_id AS VARCHAR) AS stream_id, CAST(platform AS VARCHAR) AS platform,
                CAST(user_id AS VARCHAR) AS user_id, CAST(item_id AS VARCHAR) AS item_id,
                CAST(type AS VARCHAR) AS type, ts, price, CAST(currency AS VARCHAR) AS currency, quantity, count,
-               gift_value
+               gift_value, {late} AS late
         FROM {source}""")
     con.execute("""CREATE OR REPLACE TEMP TABLE a_span AS
         SELECT stream_id, any_value(platform) AS platform,
-               min(ts) FILTER (type <> 'refund') AS start, max(ts) FILTER (type <> 'refund') AS "end"
+               coalesce(min(ts) FILTER (type <> 'refund' AND NOT late), min(ts) FILTER (type <> 'refund')) AS start,
+               max(ts) FILTER (type <> 'refund') AS "end"
         FROM a_ev GROUP BY stream_id""")
     # --- sessions ---------------------------------------------------------------------------
     con.execute(f"""CREATE OR REPLACE TEMP TABLE a_sess AS
