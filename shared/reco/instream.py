@@ -92,17 +92,29 @@ def stream_pairs(model, hold: pd.DataFrame, showcases: Mapping[str, Sequence[str
         up = up.iloc[np.sort(_md5_order(keys)[:max_pairs])]
     pos = pos.merge(up, on=["user_id", "stream_id"], how="inner")
     pos = pos.drop_duplicates()
-    pos["_row"] = model._user_index.get_indexer(pos["user_id"].to_numpy())
     users, streams, relevant = [], [], []
+    if pos.empty:
+        return StreamPairs(users, streams, relevant, n_available=int(len(keys)))
+    # plain arrays sorted by (user, stream), item order of first appearance kept inside a pair
+    u_arr = pos["user_id"].to_numpy().astype(str)
+    s_arr = pos["stream_id"].to_numpy().astype(str)
+    i_arr = pos["item_id"].to_numpy().astype(str)
+    o = np.lexsort((np.arange(u_arr.size), s_arr, u_arr))
+    u_arr, s_arr, i_arr = u_arr[o], s_arr[o], i_arr[o]
+    head = np.ones(u_arr.size, dtype=bool)
+    head[1:] = (u_arr[1:] != u_arr[:-1]) | (s_arr[1:] != s_arr[:-1])
+    starts = np.flatnonzero(head).tolist() + [u_arr.size]
+    rows = model._user_index.get_indexer(u_arr[starts[:-1]])
     items = model.item_ids_
-    for (u, s), grp in pos.groupby(["user_id", "stream_id"], sort=True):
-        r = int(grp["_row"].iloc[0])
+    i_list = i_arr.tolist()
+    for g_, (a0, a1) in enumerate(zip(starts[:-1], starts[1:])):
+        r = int(rows[g_])
         a, b = X.indptr[r], X.indptr[r + 1]
         hist = set(items[X.indices[a:b][X.data[a:b] > 0]].tolist())
-        rel = [i for i in pd.unique(grp["item_id"]).tolist() if i not in hist]
+        rel = [i for i in dict.fromkeys(i_list[a0:a1]) if i not in hist]
         if rel:
-            users.append(u)
-            streams.append(s)
+            users.append(str(u_arr[a0]))
+            streams.append(str(s_arr[a0]))
             relevant.append(rel)
     return StreamPairs(users, streams, relevant, n_available=int(len(keys)))
 
@@ -197,9 +209,7 @@ def _row_normalised(part, Xc: sp.csr_matrix, n: int):
         S = np.asarray(Xc @ part.B_, dtype=np.float64)
         m = S.max(axis=1, keepdims=True) if S.shape[1] else np.zeros((S.shape[0], 1))
         return np.divide(S, m, out=np.zeros_like(S), where=m > 0)
-    S = sp.csr_matrix(Xc @ part.W_, dtype=np.float64)
-    S.sum_duplicates()
-    S.sort_indices()
+    S = sp.csr_matrix(Xc @ part.W_, dtype=np.float64)  # csr_matmat: no duplicates (indices unsorted)
     nnz = np.diff(S.indptr)
     m = np.zeros(S.shape[0])
     ne = nnz > 0
@@ -211,17 +221,20 @@ def _row_normalised(part, Xc: sp.csr_matrix, n: int):
     return S
 
 
-def _gather(S, r: int, cols: np.ndarray) -> np.ndarray:
-    """Row ``r`` of a dense array or a sorted CSR at ``cols`` (0 where absent)."""
+def _gather(S, r: int, cols: np.ndarray, scratch: np.ndarray | None = None) -> np.ndarray:
+    """Row ``r`` of a dense array or a CSR at ``cols`` (0 where absent); ``scratch``: a zero
+    catalogue-sized float array (scattered into and reset, so CSR indices need not be sorted)."""
     if isinstance(S, np.ndarray):
         return S[r, cols]
     a, b = S.indptr[r], S.indptr[r + 1]
-    out = np.zeros(cols.size)
-    if b > a and cols.size:
-        ix = S.indices[a:b]
-        p = np.minimum(np.searchsorted(ix, cols), b - a - 1)
-        hit = ix[p] == cols
-        out[hit] = S.data[a:b][p[hit]]
+    if b == a or cols.size == 0:
+        return np.zeros(cols.size)
+    if scratch is None:
+        scratch = np.zeros(S.shape[1])
+    ix = S.indices[a:b]
+    scratch[ix] = S.data[a:b]
+    out = scratch[cols]
+    scratch[ix] = 0.0
     return out
 
 
@@ -254,6 +267,7 @@ def instream_parts(model, pairs: StreamPairs, showcases: Mapping[str, Sequence[s
     purchase = model._purchase_code
     acts = model.actions_
     ipos = model._item_pos
+    scratch = np.zeros(n)
     ptr = [0]
     it_l, cf_l, ct_l, pop_l, g_l, rel_l, nrel = [], [], [], [], [], [], []
     has_ct = model.content_model_ is not None
@@ -281,8 +295,8 @@ def instream_parts(model, pairs: StreamPairs, showcases: Mapping[str, Sequence[s
             keep = ~np.isin(cand, bad) if bad.size else np.ones(cand.size, dtype=bool)
             cand = cand[keep]
             it_l.append(cand)
-            cf_l.append(_gather(cf, r, cand))
-            ct_l.append(_gather(ct, r, cand) if ct is not None else np.zeros(cand.size))
+            cf_l.append(_gather(cf, r, cand, scratch))
+            ct_l.append(_gather(ct, r, cand, scratch) if ct is not None else np.zeros(cand.size))
             pop_l.append(sc_pop[s][keep])
             g_l.append(g[cand])
             relset = [j for j in (ipos.get(x, -1) for x in rel) if j >= 0]
@@ -343,6 +357,7 @@ def catalogue_topk(model, Xc: sp.csr_matrix, k: int) -> list[np.ndarray]:
     use_ct = model.content_model_ is not None and model.content_weight > 0
     ct = _row_normalised(model.content_model_, Xc, n) if use_ct else None
     wcf, wct, wp = float(model.cf_weight), float(model.content_weight), float(model.popularity_weight)
+    scratch = np.zeros(n)
     out = []
     for r in range(Xc.shape[0]):
         hist = Xc.indices[Xc.indptr[r]:Xc.indptr[r + 1]]
@@ -358,9 +373,9 @@ def catalogue_topk(model, Xc: sp.csr_matrix, k: int) -> list[np.ndarray]:
                 sup.append(ct.indices[ct.indptr[r]:ct.indptr[r + 1]])
             sup.append(gorder[: k + hist.size])
             cand = np.unique(np.concatenate(sup))
-            total = wp * g[cand] + wcf * _gather(cf, r, cand)
+            total = wp * g[cand] + wcf * _gather(cf, r, cand, scratch)
             if ct is not None:
-                total += wct * _gather(ct, r, cand)
+                total += wct * _gather(ct, r, cand, scratch)
         if hist.size:
             keep = ~np.isin(cand, hist)
             cand, total = cand[keep], total[keep]

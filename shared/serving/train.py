@@ -223,12 +223,23 @@ def make_holdout(events: pd.DataFrame, cfg: TrainConfig, model: HybridRecommende
     if len(pos):
         order = sorted(pos["user_id"].astype(str).unique().tolist(), key=lambda u: hashlib.md5(u.encode()).hexdigest())
         keep = set(order[: cfg.max_eval_users])
-        for u, grp in pos[pos["user_id"].isin(keep)].groupby("user_id", sort=True):
-            r = X[int(grp["_row"].iloc[0])]
-            hist = {str(inter.item_ids[j]): float(w) for j, w in zip(r.indices, r.data)}
-            rel = [i for i in grp["item_id"].tolist() if i not in hist]
+        sel = pos[pos["user_id"].astype(str).isin(keep)]
+        u_arr = sel["user_id"].to_numpy().astype(str)
+        i_list = sel["item_id"].to_numpy().astype(str)
+        r_arr = sel["_row"].to_numpy()
+        o = np.lexsort((np.arange(u_arr.size), u_arr))
+        u_arr, i_list, r_arr = u_arr[o], i_list[o].tolist(), r_arr[o]
+        head = np.ones(u_arr.size, dtype=bool)
+        head[1:] = u_arr[1:] != u_arr[:-1]
+        starts = np.flatnonzero(head).tolist() + [u_arr.size]
+        ids = inter.item_ids
+        for a0, a1 in zip(starts[:-1], starts[1:]):
+            r = int(r_arr[a0])
+            a, b = X.indptr[r], X.indptr[r + 1]
+            hist = {str(j): float(w) for j, w in zip(ids[X.indices[a:b]].tolist(), X.data[a:b].tolist())}
+            rel = [i for i in i_list[a0:a1] if i not in hist]
             if rel:
-                users.append(u)
+                users.append(str(u_arr[a0]))
                 history.append(hist)
                 relevant.append(rel)
     return train, Holdout(np.array(users, dtype=str), history, relevant, split.isoformat(), int(len(hold)))
