@@ -299,6 +299,9 @@ def _truth_metrics(model, Xtr, users, k, space, truth) -> dict:
     return {"true_affinity": float(np.mean(aff)) if aff else 0.0, "true_purchase_prob": float(np.mean(pp)) if pp else 0.0}
 
 
+_SIM_CACHE: dict = {}
+
+
 def load_simulator(seed: int, n_streams: int, n_users: int, n_items: int, viewers: float):
     """A simulated world: clean events (typed, action weights) + catalogue + the ground truth."""
     from shared.simulator import SimConfig, simulate
@@ -306,6 +309,7 @@ def load_simulator(seed: int, n_streams: int, n_users: int, n_items: int, viewer
     sim = simulate(SimConfig(seed=seed, n_streams=n_streams, n_users=n_users, n_items=n_items,
                              mean_viewers_per_stream=viewers))
     ev = sim.truth.expected_clean()
+    _SIM_CACHE.update(events=ev, catalog=sim.truth.catalog_frame())
     ev = ev[ev["item_id"].notna() & ev["user_id"].notna()]
     w = ev["type"].astype(str).map(DEFAULT_ACTION_WEIGHTS).fillna(0.0).astype(np.float64)
     ts = (pd.to_datetime(ev["ts_utc"], utc=True) - pd.Timestamp(0, tz="UTC")).dt.total_seconds()
@@ -316,6 +320,105 @@ def load_simulator(seed: int, n_streams: int, n_users: int, n_items: int, viewer
     items = cat[[c for c in ("item_id", "title", "description", "category") if c in cat]].copy()
     items["item_id"] = items["item_id"].astype(str)
     return df, items, sim.truth
+
+
+def run_instream(sim_events: pd.DataFrame, catalog: pd.DataFrame, k: int = 10, holdout_frac: float = 0.2,
+                 max_pairs: int = 5000, reasons_pairs: int = 300) -> list[dict]:
+    """The in-stream protocol of the train job (``shared.reco.instream``) on simulator events: time split
+    at the ``1 - holdout_frac`` quantile of item events; the blend (content, popularity weights and
+    ``stream_pop_mix``) is tuned on a validation split carved from the TRAINING part the same way; then
+    every (user, stream) pair of the holdout ranks its stream's showcase.  Baselines: stream
+    bestsellers and showcase (global) popularity.  ``reasons_match``: share of ``recommend`` items (on
+    ``reasons_pairs`` pairs) whose reason names their largest score part."""
+    from .instream import instream_parts, ndcg_fast, stream_pairs, tune_blend
+
+    ev = sim_events.copy()
+    ev["ts"] = pd.to_datetime(ev["ts_utc"] if "ts_utc" in ev else ev["ts"], utc=True)
+    items = catalog[[c for c in ("item_id", "title", "description", "category", "price") if c in catalog]].copy()
+    items["item_id"] = items["item_id"].astype(str)
+    showcases: dict[str, set] = {}
+    if "stream_ids" in catalog:
+        for it, sids in zip(catalog["item_id"].astype(str), catalog["stream_ids"]):
+            for s_ in (sids if sids is not None else ()):
+                showcases.setdefault(str(s_), set()).add(it)
+    seen = ev.loc[ev["stream_id"].notna() & ev["item_id"].notna(), ["stream_id", "item_id"]].drop_duplicates()
+    for s_, it in zip(seen["stream_id"].astype(str), seen["item_id"].astype(str)):
+        showcases.setdefault(s_, set()).add(it)
+    showcases = {key: sorted(v) for key, v in showcases.items()}
+
+    def qsplit(d):
+        return d.loc[d["item_id"].notna(), "ts"].quantile(1.0 - holdout_frac)
+
+    ids = HybridRecommender.catalogue_ids(ev, items)
+    base = dict(cf="ease", cf_params={"lam": 200.0, "neighbours": 100}, content_weight=0.1, popularity_weight=0.2)
+    content = HybridRecommender(**base).fit_content(ids, items)
+    split = qsplit(ev)
+    train, hold = ev[ev["ts"] <= split], ev[ev["ts"] > split]
+    vsplit = qsplit(train)
+    m = HybridRecommender(**base).fit_events(train[train["ts"] <= vsplit], items, reference_time=vsplit, item_ids=ids,
+                                             content=content)
+    vp = stream_pairs(m, train[train["ts"] > vsplit], showcases, 3000)
+    vparts = instream_parts(m, vp, showcases)
+    grid_c, grid_p, grid_m = (0.0, 0.1, 0.3, 0.5, 1.0), (0.0, 0.05, 0.1, 0.2, 0.3, 0.5), (0.0, 0.25, 0.5, 0.75, 1.0)
+    best, _ = tune_blend(vparts, grid_c, grid_p, k, stream_pop_mixes=grid_m)
+    best_nomix, _ = tune_blend(vparts, grid_c, grid_p, k)
+    log(f"  in-stream: validation {len(vp)} pairs, tuned {best}, without the mix {best_nomix}")
+    rows = []
+    for name, params in (("hybrid (tuned, stream_pop_mix)", {k_: best[k_] for k_ in ("content_weight", "popularity_weight", "stream_pop_mix")}),
+                         ("hybrid (tuned, stream popularity only)", {k_: best_nomix[k_] for k_ in ("content_weight", "popularity_weight")})):
+        t0 = time.perf_counter()
+        h = HybridRecommender(**{**base, **params}).fit_events(train, items, reference_time=split, item_ids=ids,
+                                                               content=content)
+        fit_s = time.perf_counter() - t0
+        pairs = stream_pairs(h, hold, showcases, max_pairs)
+        parts = instream_parts(h, pairs, showcases)
+        res = {"model": (h.cf_weight, h.content_weight, h.popularity_weight, "stream", h.stream_pop_mix),
+               "stream_bestsellers": (0.0, 0.0, 1.0, "stream", 0.0),
+               "showcase_popularity": (0.0, 0.0, 1.0, "global", 0.0)}
+        if not rows:  # baselines once (same pairs for every model fitted on the same part)
+            for bname in ("stream_bestsellers", "showcase_popularity"):
+                rows.append(_instream_row(bname, parts, pairs, res[bname], k, 0.0, {}))
+        row = _instream_row(name, parts, pairs, res["model"], k, fit_s, params)
+        # reasons vs parts on recommend itself
+        ok = tot = 0
+        for u, s_ in list(zip(pairs.users, pairs.streams))[:reasons_pairs]:
+            for it in h.recommend(u, k, stream_id=s_, allowed_items=showcases[s_])["items"]:
+                part = max(it["parts"], key=lambda p_: it["parts"][p_])
+                kind = it["reason"]["kind"]
+                tot += 1
+                if part in ("cf", "content") and it["parts"][part] > 0:
+                    ok += kind in ("because_you", "similar_to") and it["reason"].get("via") == part
+                else:
+                    ok += kind in ("popular_in_stream", "popular")
+        row["reasons_match"] = ok / tot if tot else 1.0
+        rows.append(row)
+    return rows
+
+
+def _instream_row(name, parts, pairs, blend, k, fit_s, params) -> dict:
+    from .metrics import ranking_metrics
+
+    w_cf, w_ct, w_p, kind, mix = blend
+    top = parts.topk(w_cf, w_ct, w_p, k, kind, mix)
+    rel_pos = [set(np.flatnonzero(parts.rel[parts.ptr[p]:parts.ptr[p + 1]]) + parts.ptr[p]) for p in range(len(pairs))]
+    hits = np.array([[t in rel_pos[p] for t in row] for p, row in enumerate(top)], dtype=bool)
+    disc = 1.0 / np.log2(np.arange(k) + 2.0)
+    nrel = parts.n_rel
+    idcg = np.concatenate([[0.0], np.cumsum(disc)])[np.minimum(nrel, k)]
+    ndcg = np.divide((hits * disc).sum(1), idcg, out=np.zeros(len(nrel)), where=idcg > 0)
+    cov_items = set(parts.item[top[top >= 0]].tolist())
+    return {"protocol": "in_stream", "model": name, f"precision@{k}": float(hits.sum(1).mean() / k),
+            f"recall@{k}": float(np.mean(hits.sum(1) / np.maximum(nrel, 1))), f"ndcg@{k}": float(ndcg.mean()),
+            f"map@{k}": float("nan"), f"hitrate@{k}": float(hits.any(1).mean()),
+            "coverage": len(cov_items) / max(len(parts.item_ids), 1), "fit_s": fit_s, "latency_us_median": float("nan"),
+            "latency_us_p99": float("nan"), "params": params, "pairs": len(pairs),
+            "ndcg_check": ndcg_fast_value(parts, blend, k)}
+
+
+def ndcg_fast_value(parts, blend, k):
+    from .instream import ndcg_fast
+    w_cf, w_ct, w_p, kind, mix = blend
+    return ndcg_fast(parts, w_cf, w_ct, w_p, k, kind, mix)
 
 
 class _ContentOnly(ContentModel):
@@ -355,6 +458,8 @@ def format_table(rows, k=10) -> str:
             f"{r[f'map@{k}']:7.4f} {r[f'hitrate@{k}']:7.4f} {r['coverage']:6.3f} {r['fit_s']:7.3f} "
             f"{r['latency_us_median']:8.0f} {r['latency_us_p99']:8.0f}  {json.dumps(r['params'])}"
             + (f"  true_aff {r['true_affinity']:.3f} true_pbuy {r['true_purchase_prob']:.4f}" if "true_affinity" in r else "")
+            + (f"  pairs {r['pairs']}" if "pairs" in r else "")
+            + (f"  reasons_match {r['reasons_match']:.3f}" if "reasons_match" in r else "")
         )
     return "\n".join(lines)
 
@@ -376,6 +481,7 @@ def main(argv=None) -> int:
     ap.add_argument("--sim-users", type=int, default=10000)
     ap.add_argument("--sim-items", type=int, default=1000)
     ap.add_argument("--sim-viewers", type=float, default=300.0)
+    ap.add_argument("--no-instream", action="store_true", help="--simulator: skip the in-stream protocol")
     args = ap.parse_args(argv)
     if args.simulator:
         log(f"simulating seed={args.seed} streams={args.sim_streams} users={args.sim_users} items={args.sim_items}")
@@ -386,6 +492,9 @@ def main(argv=None) -> int:
         rows = []
         for p in [p.strip() for p in protocols.split(",") if p.strip()]:
             rows += run_protocol(df, items, p, args.k, binary=not args.weighted, models=models, truth=truth)
+        if not args.no_instream:
+            log("== protocol in_stream (time split, showcase ranked per (user, stream), as the train job's gate)")
+            rows += run_instream(_SIM_CACHE["events"], _SIM_CACHE["catalog"], args.k)
         print(format_table(rows, args.k))
         if args.json:
             args.json.write_text(json.dumps({"data": f"simulator seed={args.seed}", "k": args.k, "results": rows}, indent=2))

@@ -66,6 +66,8 @@ class Interactions:
 
 def _ts_seconds(ts: pd.Series) -> np.ndarray:
     t = pd.to_datetime(ts, utc=True)
+    if not t.isna().any():  # integer microseconds since the epoch (no per-element timedelta objects)
+        return t.dt.as_unit("us").astype("int64").to_numpy().astype(np.float64) / 1e6
     return (t - pd.Timestamp(0, tz="UTC")).dt.total_seconds().to_numpy(dtype=np.float64)
 
 

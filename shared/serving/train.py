@@ -169,7 +169,9 @@ def tune_params(train_part: pd.DataFrame, catalog: pd.DataFrame, cfg: TrainConfi
     if fit_part["item_id"].notna().sum() == 0 or val.empty:
         report["skipped"] = "empty validation split"
         return {}, report
+    t0 = time.perf_counter()
     m = fit_model(fit_part, catalog, cfg, split, content=content, item_ids=item_ids)
+    t1 = time.perf_counter()
     pairs = stream_pairs(m, val, showcases, cfg.tune_max_pairs)
     report["pairs"] = len(pairs)
     report["pairs_available"] = pairs.n_available
@@ -177,9 +179,11 @@ def tune_params(train_part: pd.DataFrame, catalog: pd.DataFrame, cfg: TrainConfi
         report["skipped"] = f"only {len(pairs)} validation (user, stream) pairs"
         return {}, report
     parts = instream_parts(m, pairs, showcases)
+    t2 = time.perf_counter()
     cws = list(cfg.tune_content_weights) if m.content_model_ is not None else [0.0]
     best, table = tune_blend(parts, cws, list(cfg.tune_popularity_weights), cfg.k, cf_weight=m.cf_weight,
                              stream_pop_mixes=list(cfg.tune_stream_pop_mixes) or [m.stream_pop_mix])
+    report["seconds"] = {"fit": round(t1 - t0, 3), "parts": round(t2 - t1, 3), "grid": round(time.perf_counter() - t2, 3)}
     report.update({"best": best, "grid": table,
                    "default": {"content_weight": m.content_weight, "popularity_weight": m.popularity_weight,
                                "stream_pop_mix": m.stream_pop_mix}})
