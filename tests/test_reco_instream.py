@@ -116,3 +116,21 @@ def test_content_numba_equals_scipy_and_common_features_are_capped():
     c = ContentModel(neighbours=15, max_df_items=100).fit(texts)
     assert c.fit_info_["dropped_common_features"] > 0 and c.W_.shape == (600, 600)
     assert ContentModel().fit(["同 款"] * 5).W_.shape == (5, 5)
+
+
+@pytest.mark.parametrize("cf_params", [{"lam": 200.0, "neighbours": 50}, {"lam": 200.0}])
+def test_catalogue_topk_equals_dense_scores(world, cf_params):
+    """The whole-catalogue ranking of the train job (neighbours + popularity head only) equals the
+    dense score_batch ranking (history excluded, ties: lower item index), sparse and dense B."""
+    from shared.reco.instream import catalogue_topk
+    ev, split = world["ev"], world["split"]
+    h = HybridRecommender(**{**world["model"].get_params(), "cf_params": cf_params})
+    h.fit_events(ev[ev["ts"] <= split], catalog_items(world["cat"]), reference_time=split, item_ids=world["ids"],
+                 content=world["content"])
+    X = h.user_items_[:200]
+    got = catalogue_topk(h, X, 10)
+    S = h.score_batch(X)
+    S[X.nonzero()] = -np.inf
+    for r in range(X.shape[0]):
+        order = np.lexsort((np.arange(S.shape[1]), -S[r]))[:10]
+        assert got[r].tolist() == order[np.isfinite(S[r, order])].tolist(), r

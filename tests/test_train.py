@@ -139,3 +139,29 @@ def test_reader_follows_the_clean_manifest(store):
     d = read_training_data(store, 30)
     assert [i["key"] for i in d.inputs] == [keys[0], "catalog/sim.parquet"]
     assert d.events["ts"].dt.strftime("%Y-%m-%d").unique().tolist() == [keys[0].split("date=")[1][:10]]
+
+
+def test_reader_codes_dedupe_and_order(tmp_path):
+    """Arrow reader: ids as categoricals (codes, not per-row strings), event_id duplicates across files
+    of one date partition dropped (first file wins), (ts, event_id) order also inside runs of equal ts,
+    plain-string (not dictionary) columns accepted."""
+    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    st = open_store(str(tmp_path / "s"))
+    ts = pd.to_datetime(["2026-11-02T10:00:00Z"] * 3 + ["2026-11-02T09:00:00Z"], utc=True).astype("datetime64[us, UTC]")
+    a = pd.DataFrame({"event_id": ["e-b", "e-a", "e-c", "e-0"], "type": "purchase", "ts": ts, "stream_id": "s1",
+                      "user_id": ["u1", "u2", "u3", "u1"], "item_id": ["i1", "i2", "i1", "i3"], "price": 1.0})
+    b = a.iloc[[0]].assign(user_id="u9", item_id="i9")  # same event_id in a second file of the same day
+    for name, df in (("r1", a), ("r2", b)):
+        buf = io.BytesIO()
+        t = pa.Table.from_pandas(df, preserve_index=False)
+        if name == "r1":
+            t = pa.table({c: (t[c].dictionary_encode() if c in ("user_id", "item_id") else t[c]) for c in t.column_names})
+        pq.write_table(t, buf)
+        st.put(f"clean/date=2026-11-02/{name}.parquet", buf.getvalue())
+    ev = read_training_data(st, 30).events
+    assert ev["event_id"].tolist() == ["e-0", "e-a", "e-b", "e-c"]
+    assert ev.set_index("event_id").loc["e-b", "user_id"] == "u1"
+    assert isinstance(ev["user_id"].dtype, pd.CategoricalDtype) and ev["user_id"].astype(str).tolist() == ["u1", "u2", "u1", "u3"]
