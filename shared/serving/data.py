@@ -104,7 +104,7 @@ def _events_frame(tables: list[pa.Table], dates: list | None = None) -> pd.DataF
         n += t.num_rows
     table = pa.table({c: pa.chunked_array([ch for a in v for ch in a.chunks],
                                           type=v[0].type) for c, v in cols.items()})
-    table = table.unify_dictionaries().combine_chunks()
+    table = table.unify_dictionaries()  # (no combine_chunks: a copy of every column for nothing)
     # event_id is unique within a clean file (the pipeline dedupes per run) and an event lives in the
     # partition of its own date, so duplicates can only come from several files of one date partition:
     # only those are checked (hashing 10M ids costs seconds).
