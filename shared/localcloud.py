@@ -171,7 +171,8 @@ class Stack:
             self.env.update({"DAIHUO_STORE": self._store_url(), "PUBSUB_PROJECT_ID": self.project,
                              "GOOGLE_CLOUD_PROJECT": self.project, **self.extra_env})
             self.env.update({f"DAIHUO_SECRET_{p.upper()}": s for p, s in self.secrets.items()})
-            os.environ.update(self.env)
+            self._saved_env = {k: os.environ.get(k) for k in self.env}
+            os.environ.update(self.env)  # this process's clients (bus, store) talk to the stack
             from shared.bus import Bus
 
             self.bus = Bus(self.project)
@@ -258,6 +259,12 @@ class Stack:
         state = self.state_dir / "state.json"
         if state.exists():
             state.unlink()
+        for k, v in getattr(self, "_saved_env", {}).items():  # leave the environment as it was
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        self._saved_env = {}
 
     def __enter__(self) -> "Stack":
         return self.start()
