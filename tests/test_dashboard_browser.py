@@ -2,7 +2,8 @@
 Playwright) opens the pages served by the analytics function under functions-framework over the
 pipeline output of a simulated evening. Every chart must render (no console errors, the expected
 number of marks), Chinese product titles must be on the page, and the phone layout must not
-scroll sideways. Screenshots go to docs/img/dashboard-*.png (shown in the README).
+scroll sideways. Screenshots go to var/test-logs/dashboard-*.png; with DAIHUO_UPDATE_SCREENSHOTS=1
+they replace docs/img/dashboard-*.png (shown in the README), so a plain test run leaves the tree clean.
 
 Chromium missing is a failure with instructions, not a skip: CI installs it (.ci/run).
 """
@@ -19,7 +20,7 @@ from shared import emulators
 from tests.data_fixtures import build_pipeline_store
 
 ROOT = emulators.REPO_ROOT
-IMG = ROOT / "docs" / "img"
+IMG = ROOT / "docs" / "img" if os.environ.get("DAIHUO_UPDATE_SCREENSHOTS") == "1" else ROOT / "var" / "test-logs"
 LOGS = ROOT / "var" / "test-logs"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run", "--disable-dev-shm-usage"]
