@@ -33,7 +33,7 @@ except Exception:  # pragma: no cover
     _nb = None
     HAVE_NUMBA = False
 
-__all__ = ["HAVE_NUMBA", "topn_similarity", "KIND_CODES", "user_scores"]
+__all__ = ["HAVE_NUMBA", "topn_similarity", "KIND_CODES", "user_scores", "pair_scores"]
 
 KIND_CODES = {"cosine": 0, "jaccard": 1, "lift": 2, "cooccurrence": 3}
 
@@ -236,3 +236,108 @@ def topn_similarity(X, XT, d, kind: str, n: int, min_cooc: float, work: np.ndarr
     np.cumsum(out_cnt, out=indptr[1:])
     keep = (np.arange(n)[None, :] < out_cnt[:, None]).ravel()
     return indptr, out_cols[keep], out_vals[keep].astype(dtype)
+
+
+if HAVE_NUMBA:
+
+    @_nb.njit(cache=True, inline="always")
+    def _gather(indptr, indices, data, idx, w, acc, bval, bsrc, mark, touched, nt):
+        for k in range(idx.shape[0]):
+            j = idx[k]
+            wk = w[k]
+            for p in range(indptr[j], indptr[j + 1]):
+                c = indices[p]
+                t = data[p] * wk
+                if bsrc[c] < 0:  # first touch by this matrix
+                    acc[c] = t
+                    bval[c] = t
+                    bsrc[c] = k
+                    if mark[c] == 0:  # first touch by either matrix
+                        mark[c] = 1
+                        touched[nt] = c
+                        nt += 1
+                else:
+                    acc[c] += t
+                    if t > bval[c]:
+                        bval[c] = t
+                        bsrc[c] = k
+        return nt
+
+    @_nb.njit(cache=True)
+    def _pair_scores_kernel(ip1, ix1, d1, ip2, ix2, d2, two, idx, w, acc1, bval1, bsrc1, acc2, bval2, bsrc2, mark):
+        n = mark.shape[0]
+        total = 0
+        for k in range(idx.shape[0]):
+            j = idx[k]
+            total += ip1[j + 1] - ip1[j]
+            if two:
+                total += ip2[j + 1] - ip2[j]
+        touched = np.empty(min(total, n), dtype=np.int64)
+        nt = _gather(ip1, ix1, d1, idx, w, acc1, bval1, bsrc1, mark, touched, 0)
+        if two:
+            nt = _gather(ip2, ix2, d2, idx, w, acc2, bval2, bsrc2, mark, touched, nt)
+        # sorted candidates: sort the touched list, or scan the marks when that is cheaper
+        lg = 1
+        while (1 << lg) < nt:
+            lg += 1
+        if nt * lg * 4 > n:
+            cand = np.empty(nt, dtype=np.int64)
+            q = 0
+            for c in range(n):
+                if mark[c]:
+                    cand[q] = c
+                    q += 1
+        else:
+            cand = np.sort(touched[:nt])
+        v1 = np.zeros(nt, dtype=np.float64)
+        s1 = np.full(nt, -1, dtype=np.int64)
+        v2 = np.zeros(nt, dtype=np.float64)
+        s2 = np.full(nt, -1, dtype=np.int64)
+        for q in range(nt):
+            c = cand[q]
+            mark[c] = 0
+            b = bsrc1[c]
+            if b >= 0:
+                v1[q] = acc1[c]
+                if bval1[c] > 0:
+                    s1[q] = idx[b]
+                bsrc1[c] = -1
+            if two:
+                b = bsrc2[c]
+                if b >= 0:
+                    v2[q] = acc2[c]
+                    if bval2[c] > 0:
+                        s2[q] = idx[b]
+                    bsrc2[c] = -1
+        return cand, v1, s1, v2, s2
+
+
+_pair_scratch = None
+
+
+def pair_scores(W1, W2, idx: np.ndarray, w: np.ndarray):
+    """Single-user sparse scoring of one or two neighbour matrices in one pass
+    (numba): ``(cand, v1, s1, v2, s2)`` with ``cand`` the sorted union of the
+    items reached through ``W1`` / ``W2`` from ``idx``, ``v*`` the scores
+    ``sum_k w[k] W[idx[k], c]`` (0 where not reached) and ``s*`` the source item
+    with the largest positive term (-1 if none; ties: earlier source) — per
+    matrix the same values as :func:`user_scores`, aligned on one candidate
+    array (no union / searchsorted afterwards).  ``W2`` may be None.
+    Per-thread catalogue-size scratch, reset after each call; the sorted union
+    comes from a sort of the touched items or, when cheaper, a scan of the marks."""
+    global _pair_scratch
+    if _pair_scratch is None:
+        _pair_scratch = threading.local()
+    n = W1.shape[1]
+    if idx.size and (idx.min() < 0 or idx.max() >= W1.shape[0]):
+        raise IndexError("item index out of range")
+    sc = getattr(_pair_scratch, "arrays", None)
+    if sc is None or sc[0].shape[0] != n:
+        z = lambda: np.zeros(n, dtype=np.float64)  # noqa: E731
+        sc = (z(), z(), np.full(n, -1, dtype=np.int32), z(), z(), np.full(n, -1, dtype=np.int32),
+              np.zeros(n, dtype=np.int8))
+        _pair_scratch.arrays = sc
+    two = W2 is not None
+    W2_ = W2 if two else W1
+    return _pair_scores_kernel(W1.indptr, W1.indices, W1.data, W2_.indptr, W2_.indices, W2_.data, two,
+                               idx, np.asarray(w, dtype=np.float64), *sc)

@@ -46,6 +46,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from ._core import as_csr, csr_from_arrays, csr_to_arrays, str_array, top_k
+from ._kernels import HAVE_NUMBA, pair_scores
 from .content import ContentModel, item_texts
 from .ease import EASE
 from .interactions import Interactions, build_stream_items, build_user_items
@@ -376,7 +377,26 @@ class HybridRecommender:
         # ---- sparse score parts: (sorted candidate items, normalised part)
         n = self.n_items_
         cf_c = ct_c = None
+        joint = False  # cf and content parts aligned on one sorted candidate array (pair_scores)
         if src_idx.size:
+            use_ct = self.content_model_ is not None and cw > 0
+            if HAVE_NUMBA and self.cf_model_.B_ is None and self.cf_model_.W_ is not None and (
+                    not use_ct or (self.content_model_.B_ is None and self.content_model_.W_ is not None
+                                   and self.content_model_.W_.shape == self.cf_model_.W_.shape)):
+                joint = True
+                cf_c, cf_v, cf_s, ct_v, ct_s = pair_scores(
+                    self.cf_model_.W_, self.content_model_.W_ if use_ct else None, src_idx, src_w)
+                m = float(cf_v.max()) if cf_v.size else 0.0
+                if cf_c.size < n:
+                    m = max(m, 0.0)
+                cf_v = self.cf_weight * (cf_v / m if m > 0 else np.zeros_like(cf_v))
+                if use_ct:
+                    ct_c = cf_c
+                    m = float(ct_v.max()) if ct_v.size else 0.0
+                    if ct_c.size < n:
+                        m = max(m, 0.0)
+                    ct_v = cw * (ct_v / m if m > 0 else np.zeros_like(ct_v))
+        if src_idx.size and not joint:
             cf_c, cf_v, cf_s, _ = self.cf_model_.score_one_sources(src_idx, src_w)
             cf_v = np.asarray(cf_v, dtype=np.float64)
             m = float(cf_v.max()) if cf_v.size else 0.0
@@ -424,14 +444,16 @@ class HybridRecommender:
                     ok &= pc <= hi
             return ok
 
-        def first_passing(order: np.ndarray, skip: np.ndarray | None = None) -> np.ndarray:
+        def first_passing(order: np.ndarray, *skips: np.ndarray) -> np.ndarray:
+            # the first N items of ``order`` passing the filters and in none of the sorted ``skips``
             got, total_, start, step = [], 0, 0, max(4 * N, 64)
             while start < order.size and total_ < N:
                 chunk = order[start:start + step]
                 ok = passing(chunk)
-                if skip is not None and skip.size:
-                    p_ = np.minimum(np.searchsorted(skip, chunk), skip.size - 1)
-                    ok &= skip[p_] != chunk
+                for skip in skips:
+                    if skip.size:
+                        p_ = np.minimum(np.searchsorted(skip, chunk), skip.size - 1)
+                        ok &= skip[p_] != chunk
                 sel = chunk[ok][: N - total_]
                 got.append(sel)
                 total_ += sel.size
@@ -454,14 +476,16 @@ class HybridRecommender:
             # the filters); the rest score popularity only, so their best N
             # (per popularity order, skipping scored items) complete the set
             scored = [c_ for c_ in (cf_c, ct_c) if c_ is not None and c_.size]
-            if len(scored) == 2 and max(scored[0].size, scored[1].size) == n:
+            if joint:  # already the sorted union
+                scored = cf_c
+            elif len(scored) == 2 and max(scored[0].size, scored[1].size) == n:
                 scored = scored[0] if scored[0].size == n else scored[1]  # dense B: all items
             elif len(scored) == 2:
                 scored = np.union1d(scored[0], scored[1])
             else:  # candidates from score_one_sources are sorted and unique
                 scored = scored[0] if scored else np.empty(0, dtype=np.int64)
-            fast = ct_c is None and cf_c is not None and 0 < cf_c.size < n
-            if fast:  # cf only: carry cf values / sources along, no re-lookup
+            fast = joint or (ct_c is None and cf_c is not None and 0 < cf_c.size < n)
+            if fast:  # parts aligned on the candidates: carry values / sources along, no re-lookup
                 keep_ = passing(cf_c)
                 pieces = [cf_c[keep_]]
             else:
@@ -476,10 +500,10 @@ class HybridRecommender:
                         p_ = np.minimum(np.searchsorted(scored, rest), scored.size - 1)
                         rest = rest[scored[p_] != rest]
                     pieces.append(rest)
-                    pieces.append(first_passing(self._gpop_order, np.union1d(scored, s_in)))
+                    pieces.append(first_passing(self._gpop_order, scored, s_in))
                 elif sk is not None:
                     pieces.append(first_passing(self._s_ord[self._s_ptr[sk]:self._s_ptr[sk + 1]], scored))
-                    pieces.append(first_passing(self._gpop_order, np.union1d(scored, s_in)))
+                    pieces.append(first_passing(self._gpop_order, scored, s_in))
                 else:
                     pieces.append(first_passing(self._gpop_order, scored))
             # pieces are disjoint (fills skip scored items / the stream's items)
@@ -488,6 +512,9 @@ class HybridRecommender:
                 n_fill = cand.size - pieces[0].size
                 cf_fast = np.concatenate([cf_v[keep_], np.zeros(n_fill)])
                 src_fast = np.concatenate([cf_s[keep_], np.full(n_fill, -1, dtype=np.int64)])
+                if ct_c is not None:
+                    ct_fast = np.concatenate([ct_v[keep_], np.zeros(n_fill)])
+                    ct_src_fast = np.concatenate([ct_s[keep_], np.full(n_fill, -1, dtype=np.int64)])
             else:
                 cand = np.sort(np.concatenate(pieces)) if len(pieces) > 1 else pieces[0]
 
@@ -513,7 +540,12 @@ class HybridRecommender:
             return out_
 
         cf = cf_fast if fast else lookup(cf_c, cf_v if cf_c is not None else None)
-        content = lookup(ct_c, ct_v) if ct_c is not None else None
+        if ct_c is None:
+            content = None
+        elif fast:
+            content = ct_fast
+        else:
+            content = lookup(ct_c, ct_v)
         g = self._gpop[cand]
         if sk is not None and s_in.size and cand.size:
             p_ = np.minimum(np.searchsorted(s_in, cand), s_in.size - 1)
@@ -536,8 +568,12 @@ class HybridRecommender:
         popularity = popw * pop
         total = cf + popularity if content is None else cf + content + popularity
         if fast:  # cand not sorted: top-k with ties broken by item index
-            part_ = np.argpartition(-total, N - 1)[:N] if N < total.size else np.arange(total.size)
-            best = part_[np.lexsort((cand[part_], -total[part_]))]
+            if N < total.size:  # everything >= the N-th largest total (all ties at the boundary)
+                kth = np.partition(total, total.size - N)[total.size - N]
+                part_ = np.flatnonzero(total >= kth)
+            else:
+                part_ = np.arange(total.size)
+            best = part_[np.lexsort((cand[part_], -total[part_]))][:N]
         else:
             best = top_k(total, N)
 
@@ -547,11 +583,13 @@ class HybridRecommender:
         if src_idx.size and best.size:
             if fast:
                 src_cf = src_fast[best]
+                if ct_c is not None:
+                    src_ct = ct_src_fast[best]
             elif cf_s is None:  # dense B
                 src_cf, _ = self.cf_model_.top_sources(src_idx, src_w, items)
             else:
                 src_cf = lookup_src(cf_c, cf_s, items)
-            if ct_c is not None:
+            if ct_c is not None and not fast:
                 src_ct = lookup_src(ct_c, ct_s, items) if ct_s is not None else self.content_model_.top_sources(src_idx, src_w, items)[0]
         if src_idx.size <= 64:
             pos_of = {int(j): k for k, j in enumerate(src_idx.tolist())}
