@@ -55,6 +55,15 @@ def stream_page(snap, stream_id: str, args, root: str = "") -> str:
                                                  "shares", "follows", "gifts", "impressions", "clicks",
                                                  "add_to_carts", "orders", "units", "gmv"])
     series["t"] = pd.to_datetime(series["t"], utc=True)
+    # Events stamped before the stream's start (a device clock hours behind; clean flags them late)
+    # count in every total but are not drawn: they would stretch the time axis over empty hours.
+    outside = pd.Series(False, index=series.index)
+    if kpis.get("start") and kpis.get("end"):
+        lo = pd.Timestamp(kpis["start"]).tz_convert("UTC").floor(f"{ts['bucket_s']}s")
+        outside = (series["t"] < lo) | (series["t"] > pd.Timestamp(kpis["end"]).tz_convert("UTC"))
+    activity = ["likes", "comments", "shares", "follows", "gifts", "impressions", "clicks", "add_to_carts", "orders"]
+    undrawn = int(series.loc[outside, activity].sum().sum())
+    series = series[~outside]
     steps = queries.funnel(snap, stream_id)["steps"]
     top_gmv = queries.products(snap, stream_id, {"sort": "gmv", "limit": "20"})["products"]
     by_ctr = queries.products(snap, stream_id, {"sort": "ctr", "limit": str(queries.MAX_LIMIT)})["products"]
@@ -72,7 +81,7 @@ def stream_page(snap, stream_id: str, args, root: str = "") -> str:
                                           label="top products by CTR"),
     }
     return _render("stream.html", snap, root, title=f"直播间 {stream_id}", nav="stream", s=kpis, charts=c,
-                   top_gmv=top_gmv, top_ctr=top_ctr, bucket_min=ts["bucket_s"] // 60)
+                   top_gmv=top_gmv, top_ctr=top_ctr, bucket_min=ts["bucket_s"] // 60, undrawn=undrawn)
 
 
 def quality_page(snap, root: str = "") -> str:
