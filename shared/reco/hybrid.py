@@ -298,8 +298,13 @@ class HybridRecommender:
         filter_seen: bool = True,
         category: str | Iterable[str] | None = None,
         price_range: tuple[float | None, float | None] | None = None,
+        allowed_idx: np.ndarray | None = None,
     ) -> dict[str, Any]:
         """Recommend ``N`` items.
+
+        ``allowed_idx``: ``allowed_items`` given as item positions (sorted,
+        unique int array, e.g. a served showcase), which saves the per-request
+        id -> position lookups; ignored when ``allowed_items`` is given.
 
         Returns ``{"strategy": "personal"|"context"|"stream"|"global",
         "items": [{"item_id", "score", "parts": {"cf", "content",
@@ -468,8 +473,12 @@ class HybridRecommender:
             s_in = self._s_idx[self._s_ptr[sk]:self._s_ptr[sk + 1]]
             s_val = self._s_val[self._s_ptr[sk]:self._s_ptr[sk + 1]]
         fast = False
-        if allowed_items is not None:
-            cand = np.unique(self._item_idx_fast(allowed_items))
+        if allowed_items is not None or allowed_idx is not None:
+            if allowed_items is not None:
+                cand = np.unique(self._item_idx_fast(allowed_items))
+            else:
+                cand = np.asarray(allowed_idx, dtype=np.int64)
+                cand = cand[(cand >= 0) & (cand < n)]
             cand = cand[passing(cand)]
         else:
             # scored = items with a cf / content term (all of them pass through

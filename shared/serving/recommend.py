@@ -285,14 +285,14 @@ class Recommender:
         served = loaded.served
         allowed = None
         note = None
-        if p.showcase_only:
-            allowed = loaded.showcase_ids.get(p.stream_id)
+        if p.showcase_only:  # item positions (sorted, unique): no per-request id lookups
+            allowed = served.showcase.get(p.stream_id)
             if allowed is None:
-                allowed = np.empty(0, dtype=str)
+                allowed = np.empty(0, dtype=np.int64)
                 note = f"no showcase known for stream {p.stream_id}"
         t1 = time.perf_counter()
         rec = served.model.recommend(
-            p.user_id, p.k, context_items=p.context or None, stream_id=p.stream_id, allowed_items=allowed,
+            p.user_id, p.k, context_items=p.context or None, stream_id=p.stream_id, allowed_idx=allowed,
             exclude_purchased=p.exclude_purchased, category=p.category,
             price_range=(p.min_price, p.max_price) if (p.min_price is not None or p.max_price is not None) else None)
         t2 = time.perf_counter()
