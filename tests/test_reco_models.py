@@ -234,3 +234,25 @@ def test_score_one_sources_matches_aggregate_and_top_sources(monkeypatch, use_nu
         assert np.array_equal(src, s1) and np.allclose(contrib, k1)
         c2, s2 = m.score_one(idx, w)
         assert np.array_equal(c2, c0) and np.allclose(s2, s0, rtol=1e-12)
+
+
+def test_pair_scores_matches_user_scores():
+    import scipy.sparse as sp_
+    from shared.reco._kernels import HAVE_NUMBA, pair_scores, user_scores
+    if not HAVE_NUMBA:
+        return
+    rng = np.random.default_rng(3)
+    W1 = sp_.random(300, 300, density=0.05, random_state=1, format="csr", dtype=np.float32)
+    W2 = sp_.random(300, 300, density=0.03, random_state=2, format="csr", dtype=np.float32)
+    for n_src in (0, 3, 40, 250):
+        idx = rng.choice(300, n_src, replace=False).astype(np.int64)
+        w = rng.random(n_src)
+        c, v1, s1, v2, s2 = pair_scores(W1, W2, idx, w)
+        a, b = user_scores(W1, idx, w), user_scores(W2, idx, w)
+        assert np.array_equal(c, np.union1d(a[0], b[0]))
+        p = np.searchsorted(c, a[0])
+        assert np.array_equal(v1[p], a[1]) and np.array_equal(s1[p], a[2])
+        p = np.searchsorted(c, b[0])
+        assert np.array_equal(v2[p], b[1]) and np.array_equal(s2[p], b[2])
+        one = pair_scores(W1, None, idx, w)
+        assert np.array_equal(one[0], a[0]) and np.array_equal(one[1], a[1]) and np.array_equal(one[2], a[2])
