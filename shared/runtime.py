@@ -54,3 +54,23 @@ def fail_once(function: str) -> str | None:
     except PreconditionFailed:
         return None
     return point
+
+
+def pubsub_json(cloud_event) -> dict:
+    """The JSON object carried by a Pub/Sub push CloudEvent (``data.message.data``, base64), or {}
+    when the message has no body or it is not a JSON object (ticks may be empty)."""
+    import base64
+    import binascii
+    import json
+
+    msg = (cloud_event.data or {}).get("message") or {}
+    try:
+        body = json.loads(base64.b64decode(msg.get("data") or b"") or b"{}")
+    except (ValueError, binascii.Error):
+        return {}
+    return body if isinstance(body, dict) else {}
+
+
+def pubsub_message_id(cloud_event) -> str | None:
+    msg = (cloud_event.data or {}).get("message") or {}
+    return msg.get("messageId") or msg.get("message_id")

@@ -3,7 +3,6 @@
 
 An exception answers 500, so Pub/Sub retries the tick; unacked events are redelivered anyway.
 """
-import base64
 import json
 
 import functions_framework
@@ -12,18 +11,9 @@ from shared import runtime
 from shared.pipeline.archive import ArchiveConfig, run_archive
 
 
-def _tick_params(cloud_event) -> dict:
-    msg = (cloud_event.data or {}).get("message") or {}
-    try:
-        body = json.loads(base64.b64decode(msg.get("data") or b"") or b"{}")
-    except ValueError:
-        body = {}
-    return body if isinstance(body, dict) else {}
-
-
 @functions_framework.cloud_event
 def archive(cloud_event):
-    params = _tick_params(cloud_event)
+    params = runtime.pubsub_json(cloud_event)
     cfg = ArchiveConfig()
     if "max_events" in params:
         cfg = ArchiveConfig(max_events=int(params["max_events"]))

@@ -5,7 +5,6 @@ publishes the run's summary on ``events-cleaned``.
 An exception answers 500 so Pub/Sub retries the tick; a retried or duplicated tick is a no-op or
 a fresh run (nothing is half-committed: the manifest moves last, with a generation precondition).
 """
-import base64
 import json
 
 import functions_framework
@@ -16,12 +15,7 @@ from shared.pipeline.clean import CleanConfig, run_clean
 
 @functions_framework.cloud_event
 def clean(cloud_event):
-    msg = (cloud_event.data or {}).get("message") or {}
-    try:
-        params = json.loads(base64.b64decode(msg.get("data") or b"") or b"{}")
-    except ValueError:
-        params = {}
-    params = params if isinstance(params, dict) else {}
+    params = runtime.pubsub_json(cloud_event)
     summary = run_clean(runtime.get_store(), runtime.get_bus(), CleanConfig(),
                         crash_after=params.get("crash_after") or runtime.fail_once("clean"))
     return json.dumps({k: summary.get(k) for k in ("status", "run_id", "rows_in", "rows_out", "dropped")})

@@ -4,7 +4,6 @@ maybe move models/LATEST.json, publish ``model-published``. Logic: shared/servin
 An exception answers 500, so Pub/Sub retries (and dead-letters after max attempts); a redelivered
 event finds its version already written and only finishes/republishes.
 """
-import base64
 import json
 
 import functions_framework
@@ -14,13 +13,8 @@ from shared.serving.train import TrainConfig, run_train
 
 
 def _message(cloud_event) -> dict:
-    msg = (cloud_event.data or {}).get("message") or {}
-    try:
-        body = json.loads(base64.b64decode(msg.get("data") or b"") or b"{}")
-    except ValueError:
-        body = {}
-    return {"message_id": msg.get("messageId") or msg.get("message_id"), "event_id": cloud_event["id"],
-            "summary": body if isinstance(body, dict) else {}}
+    return {"message_id": runtime.pubsub_message_id(cloud_event), "event_id": cloud_event["id"],
+            "summary": runtime.pubsub_json(cloud_event)}
 
 
 @functions_framework.cloud_event
