@@ -25,7 +25,6 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
-from sklearn.feature_extraction.text import TfidfVectorizer
 
 from ._core import as_csr, prune_top_n
 from ._kernels import HAVE_NUMBA, topn_similarity
@@ -77,7 +76,11 @@ class ContentModel(ItemBasedRecommender):
         self.max_df_items = max_df_items
         self.engine = engine
 
-    def vectorizer(self) -> TfidfVectorizer:
+    def vectorizer(self):
+        # imported here: serving only loads fitted neighbour arrays, and sklearn costs ~0.9 s of a
+        # cold start (python -X importtime)
+        from sklearn.feature_extraction.text import TfidfVectorizer
+
         return TfidfVectorizer(
             analyzer=self.analyzer,
             ngram_range=(self.ngram_min, self.ngram_max),
