@@ -400,9 +400,9 @@ def clean_core(con, run_id: str, cfg: CleanConfig, *, seen_paths: list[str], cat
               AND row_id NOT IN (SELECT row_id FROM dup_losers) AND row_id NOT IN (SELECT row_id FROM seen_rows)""")
     else:
         con.execute("CREATE TEMP TABLE unknown_rows (row_id BIGINT)")
-    # a VIEW, not a table: the typed rows are computed on the way out (COPY, analytics) instead of being
-    # materialised as a second full copy of the run (which spilled to disk at 10M rows)
-    con.execute(f"""CREATE TEMP VIEW clean AS
+    # the typed rows are computed ONCE into a table: the view was re-evaluated by every reader (dates,
+    # stats, each clean/ COPY, analytics: ~5 evaluations of the anti-joins and timestamp casts)
+    con.execute(f"""CREATE TEMP VIEW clean_v AS
         WITH t AS (
             SELECT row_id, j, try_cast(j.ts AS TIMESTAMPTZ) AS ts_parsed,
                    try_cast(j.received_at AS TIMESTAMPTZ) AS received_at
@@ -426,6 +426,7 @@ def clean_core(con, run_id: str, cfg: CleanConfig, *, seen_paths: list[str], cat
                j.gift_value AS gift_value, j.text AS text, CAST(j.props AS VARCHAR) AS props, j.ts AS ts_sent,
                ts_corrected, late, '{run_id}' AS run_id
         FROM f""")
+    con.execute("CREATE TEMP TABLE clean AS SELECT * FROM clean_v")
     con.execute("CREATE TEMP VIEW dedupe_new AS SELECT event_id FROM clean")  # unique per run already
     # quarantine: invalid rows with the contract's reasons + purchases of unknown items
     con.execute("""CREATE TABLE quarantine AS
