@@ -159,9 +159,11 @@ def raw_table(data: bytes, source: str, row0: int = 0) -> pa.Table:
         data = gzip.decompress(data)
     arr = lines_array(data)
     n = len(arr)
+    # the source key dictionary-encoded (one int32 per row): a plain string column copied the key into
+    # every row (~0.45 s per 800k lines, on the prefetch thread competing with DuckDB's)
     return pa.table({"row_id": pa.array(np.arange(row0, row0 + n, dtype=np.int64)), "line": arr,
-                     "src": pa.array([source] * 1, pa.string()).take(pa.array(np.zeros(n, dtype=np.int32)))
-                     if n else pa.array([], pa.string())})
+                     "src": pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, dtype=np.int32)),
+                                                           pa.array([source], pa.string()))})
 
 
 # ============================================================================== the DuckDB core
