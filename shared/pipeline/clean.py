@@ -97,8 +97,10 @@ _RAW_TYPE_RE = "|".join([
     r'"(' + "|".join(_STR_FIELDS) + r')"\s*:\s*[^"\s]',
     r'"(' + "|".join(_NUM_FIELDS) + r')"\s*:\s*[^-0-9\s]',
     r'"(' + "|".join(_INT_FIELDS) + r')"\s*:\s*-?[0-9]+[.eE]',
-    r'\\u[0-9A-Fa-f]{4}[A-Za-z0-9_\\]*"\s*:',
 ])
+_ESCAPED_KEY_RE = r'\\u[0-9A-Fa-f]{4}[A-Za-z0-9_\\]*"\s*:'  # (only run on lines containing a backslash-u)
+# the count of known fields with a non-null value (see _fast_conds)
+_NN = "(" + " + ".join(f'CAST(j."{f}" IS NOT NULL AS INTEGER)' for f in _FIELDS) + ")"
 
 # -- output schemas ---------------------------------------------------------------------------
 _DICT = pa.dictionary(pa.int32(), pa.string())
@@ -185,10 +187,13 @@ def _fast_conds() -> list[tuple[str, str]]:
     """(SQL condition, provisional reason) pairs of the vectorised fast path, in priority order."""
     # allowed keys per type: one regex over the keys joined by a unit separator (~4x cheaper than
     # list_has_all); a key containing the separator itself is caught by the separator count
-    ks = "ks"  # array_to_string(k, chr(31)), computed once per row in _parse_sql
-    # keys present with a non-null value (distinct by construction): when the line has exactly that many
-    # keys it has no duplicate key and no null-valued key, so the costlier list checks below are skipped
-    nn = "(" + " + ".join(f'CAST(j."{f}" IS NOT NULL AS INTEGER)' for f in _FIELDS) + ")"
+    ks = "array_to_string(k, chr(31))"
+    # ``nn`` (a column, see _parse_sql): the count of known fields with a non-null value, all distinct keys
+    # of the line. When the line has exactly that many keys (``len(k) = nn``: nearly every line), its keys
+    # ARE those fields: no duplicate key, no null-valued key, no unknown key -- so the allowed-keys check is
+    # "no field outside the type's set is non-null" and the list checks below (keys regex,
+    # ``list_distinct``) only run for the other lines.
+    nn = "nn"
 
     def keys_re(keys: list[str]) -> str:
         alt = "|".join(keys)
@@ -196,6 +201,9 @@ def _fast_conds() -> list[tuple[str, str]]:
     allowed = " ".join(f"WHEN '{t}' THEN regexp_full_match({ks}, {keys_re(keys)})" for t, keys in _ALLOWED_KEYS.items())
     allowed = (f"(len(k) = length({ks}) - length(replace({ks}, chr(31), '')) + 1) AND CASE j.type {allowed} "
                f"ELSE false END")
+    outside = " ".join(f"WHEN '{t}' THEN " + (" AND ".join(f'j."{f}" IS NULL' for f in _FIELDS if f not in keys)
+                                               or "true") for t, keys in _ALLOWED_KEYS.items())
+    allowed = f"CASE WHEN len(k) = {nn} THEN (CASE j.type {outside} ELSE false END) ELSE ({allowed}) END"
     conds = [
         ("j IS NULL", "'unparseable'"),
         ("NOT list_contains(" + str(list(ALL_TYPES)) + ", j.type)", "'schema'"),
@@ -219,7 +227,8 @@ def _fast_conds() -> list[tuple[str, str]]:
         (f"len(k) <> {nn} AND (" + " OR ".join(f"(j.{f} IS NULL AND list_contains(k, '{f}'))" for f in _TYPED) + ")",
          "'schema'"),
         # raw JSON types the reader would coerce silently (one regex pass over the line, see _RAW_TYPE_RE)
-        (f"regexp_matches(line, '{_RAW_TYPE_RE}')", "'schema'"),
+        (f"regexp_matches(line, '{_RAW_TYPE_RE}') OR (contains(line, '\\u') AND regexp_matches(line, '{_ESCAPED_KEY_RE}'))",
+         "'schema'"),
         # duplicate keys: DuckDB keeps the first value, the contract (orjson) the last -- see _slow_path
         (f"len(k) <> {nn} AND len(list_distinct(k)) <> len(k)", "'schema'"),
         # props: an object of <= 32 scalars, keys <= 64 chars, strings <= 256 (conservative text checks:
@@ -255,7 +264,7 @@ def _parse_sql(guarded: bool) -> str:
 INSERT INTO parsed
 SELECT row_id, j, reason, CASE WHEN reason IS NOT NULL OR $strict THEN line END AS line
 FROM (SELECT row_id, line, j, {_fast_reason_sql()} AS reason
-      FROM (SELECT *, array_to_string(k, chr(31)) AS ks
+      FROM (SELECT *, {_NN} AS nn
             FROM (SELECT row_id, line, {j} AS j, {k} AS k FROM chunk)))
 """
 
