@@ -10,7 +10,7 @@ Engine: DuckDB (in-process, C++, vectorised, multi-threaded), fed with Arrow.
 * Everything lives in one in-memory DuckDB database with ``memory_limit`` and a spill directory:
   dedupe (narrow: only repeated ids are windowed; anti-join against the stored index), aggregation and
   the parsed rows themselves spill to disk, so a day larger than memory still cleans. ``clean`` is a
-  view over the parsed rows (no second copy).
+  table computed once from the parsed rows (read by dates, stats, COPY and analytics).
 * Output is written by DuckDB ``COPY`` to Parquet, with the Arrow schema stored as ``ARROW:schema`` so
   pyarrow reads the final types (dictionary ids, UTC timestamps) exactly as before.
 The pure core is :func:`clean_tables` (Arrow in, Arrow out), used by the tests directly; the run
