@@ -464,6 +464,10 @@ def clean_core(con, run_id: str, cfg: CleanConfig, *, seen_paths: list[str], cat
         "SELECT count(*), count(*) FILTER (late), count(*) FILTER (ts_corrected) FROM clean").fetchone(), stats[4])
     by_reason = dict(con.execute("SELECT reason, count(*) FROM quarantine GROUP BY 1 ORDER BY 1").fetchall())
     by_field = dict(con.execute("SELECT reason || ':' || coalesce(field, '?'), count(*) FROM quarantine GROUP BY 1 ORDER BY 1").fetchall())
+    # the parsed rows (the run's largest table) are not read again: free their memory for the COPYs and
+    # the analytics (the ``clean_v`` view over them is never queried after ``clean`` was built)
+    con.execute("DROP VIEW clean_v")
+    con.execute("DROP TABLE parsed")
     return {"rows_in": stats[0], "catalog_rows": stats[1], "duplicates_in_run": stats[2],
             "duplicates_seen_before": stats[3], "duplicates": stats[2] + stats[3], "rows_out": stats[4],
             "late": stats[5], "ts_corrected": stats[6], "catalog_items": stats[7],
