@@ -18,19 +18,10 @@ from shared.bus import Bus
 from shared.pipeline.clean import load_manifest, read_analytics, read_clean
 from shared.simulator import INVALID_KINDS, send, simulate
 from shared.storage import open_store
+from tests.waiting import wait_for
 
 LOGS = emulators.REPO_ROOT / "var" / "test-logs"
 SECRETS = {"douyin": "e2e-secret-douyin", "kuaishou": "e2e-secret-kuaishou"}
-
-
-def _wait(pred, timeout=120.0, interval=0.5):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = pred()
-        if v:
-            return v
-        time.sleep(interval)
-    return pred()
 
 
 @pytest.fixture(scope="module")
@@ -77,10 +68,10 @@ def test_end_to_end_exact(stack):
     assert res.rejected == len(invalid) - n_unknown_item  # the contract catches all but unknown items
 
     bus.publish(f"archive-tick-{run}", b"{}")
-    assert _wait(lambda: _raw_lines(store) >= res.accepted, timeout=120), (_raw_lines(store), res.accepted)
+    assert wait_for(lambda: _raw_lines(store) >= res.accepted, timeout=120), (_raw_lines(store), res.accepted)
     time.sleep(1)
     bus.publish(f"clean-tick-{run}", b"{}")
-    msgs = _wait(lambda: bus.pull(f"events-cleaned-pull-{run}", 10, timeout_s=2), timeout=180)
+    msgs = wait_for(lambda: bus.pull(f"events-cleaned-pull-{run}", 10, timeout_s=2), timeout=180)
     assert msgs, "no events-cleaned message"
     bus.ack(f"events-cleaned-pull-{run}", [m.ack_id for m in msgs])
     summary = orjson.loads(msgs[0].data)

@@ -11,18 +11,9 @@ import pytest
 
 from shared import emulators
 from shared.bus import Bus
+from tests.waiting import wait_for
 
 FLAKY = Path(__file__).parent / "fixtures" / "flaky_function" / "main.py"
-
-
-def _wait_for(predicate, timeout=60.0, interval=0.3):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    return predicate()
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +46,7 @@ def _deliveries(record_dir: Path) -> list[dict]:
 
 def test_push_delivers_a_cloudevent_to_the_function(bus, pushed):
     mid = bus.publish("wiring-events", "直播 hello".encode(), kind="ok")
-    got = _wait_for(lambda: [d for d in _deliveries(pushed) if d["message_id"] == mid])
+    got = wait_for(lambda: [d for d in _deliveries(pushed) if d["message_id"] == mid])
     assert len(got) == 1
     assert got[0]["data"] == "直播 hello"
     assert got[0]["attributes"] == {"kind": "ok"}
@@ -64,7 +55,7 @@ def test_push_delivers_a_cloudevent_to_the_function(bus, pushed):
 
 def test_a_handler_that_fails_once_is_retried(bus, pushed):
     mid = bus.publish("wiring-events", b"retry me", fail="once")
-    got = _wait_for(lambda: len([d for d in _deliveries(pushed) if d["message_id"] == mid]) >= 2)
+    got = wait_for(lambda: len([d for d in _deliveries(pushed) if d["message_id"] == mid]) >= 2)
     assert got
     time.sleep(2)  # once succeeded, no further delivery comes
     assert len([d for d in _deliveries(pushed) if d["message_id"] == mid]) == 2
@@ -72,7 +63,7 @@ def test_a_handler_that_fails_once_is_retried(bus, pushed):
 
 def test_a_handler_that_always_fails_is_dead_lettered(bus, pushed):
     mid = bus.publish("wiring-events", b"poison", fail="always")
-    dead = _wait_for(lambda: [m for m in bus.pull("wiring-dead-pull", 10, timeout_s=2) if m.data == b"poison"],
+    dead = wait_for(lambda: [m for m in bus.pull("wiring-dead-pull", 10, timeout_s=2) if m.data == b"poison"],
                      timeout=90)
     assert len(dead) == 1
     attrs = dead[0].attributes
@@ -104,9 +95,9 @@ def test_unacked_messages_are_redelivered(bus):
     bus.ensure_topic("wiring-redeliver")
     bus.ensure_subscription("wiring-redeliver-sub", "wiring-redeliver", ack_deadline_s=10)
     bus.publish("wiring-redeliver", b"not yet")
-    first = _wait_for(lambda: bus.pull("wiring-redeliver-sub", 10, timeout_s=2), timeout=10)
+    first = wait_for(lambda: bus.pull("wiring-redeliver-sub", 10, timeout_s=2), timeout=10)
     assert [m.data for m in first] == [b"not yet"]
     bus.nack("wiring-redeliver-sub", [m.ack_id for m in first])  # a crash before ack, made immediate
-    again = _wait_for(lambda: bus.pull("wiring-redeliver-sub", 10, timeout_s=2), timeout=20)
+    again = wait_for(lambda: bus.pull("wiring-redeliver-sub", 10, timeout_s=2), timeout=20)
     assert [m.data for m in again] == [b"not yet"]
     bus.ack("wiring-redeliver-sub", [m.ack_id for m in again])

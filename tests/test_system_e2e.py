@@ -13,7 +13,6 @@ import gzip
 import json
 import random
 import socket
-import time
 
 import orjson
 import pytest
@@ -23,6 +22,7 @@ from shared import simulator
 from shared.localcloud import Stack
 from shared.pipeline.clean import load_manifest, read_clean
 from shared.storage import open_store
+from tests.waiting import wait_for
 
 
 def _port_free(port: int) -> bool:
@@ -42,14 +42,10 @@ def _free_base() -> int:
     raise RuntimeError("no free port range")
 
 
-def _wait(pred, timeout: float, what: str, interval: float = 0.5):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = pred()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+def _wait(pred, timeout: float, what: str):
+    value = wait_for(pred, timeout, interval=0.5)
+    assert value, f"timed out after {timeout:.0f}s waiting for {what}"
+    return value
 
 
 @pytest.fixture(scope="module")
@@ -123,7 +119,7 @@ def test_model_was_trained_promoted_and_published(evening):
 
 
 def test_recommend_serves_the_promoted_model_with_reasons(evening):
-    stack, sim, store = evening["stack"], evening["sim"], evening["store"]
+    stack, store = evening["stack"], evening["store"]
     version = json.loads(store.get("models/LATEST.json"))["version"]
     clean = read_clean(store).to_pandas()
     buyers = clean[clean["type"].astype(str).isin(["purchase", "add_to_cart"])]
