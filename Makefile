@@ -50,7 +50,7 @@ bench-ingest: venv check-emulators
 	$(PY) bench/bench_ingest.py $(BENCH_ARGS)
 
 bench-clean: venv
-	$(PY) bench/bench_clean.py $(BENCH_ARGS)
+	$(PY) bench/bench_clean.py --events 10000000 $(BENCH_ARGS)   # the issue's size; BENCH_ARGS="--events 2000000" for a quicker run
 
 bench-recommend: venv
 	$(PY) bench/bench_recommend.py $(BENCH_ARGS)
