@@ -1,5 +1,19 @@
 """Offline evaluation CLI.
 
+Two modes.  The honest protocols of issue 9 (``shared.reco.protocol``; docs/evaluation.md)::
+
+    python -m shared.reco.evaluate --data FILE [--format auto|csv|parquet|tafeng|movielens]
+        [--user-col C --item-col C --time-col C --type-col C --stream-col C --weight-col C]
+        [--items PATH] [--target purchase|cart|any] [--split leave-last,global-time]
+        [--variant all,new] [--in-stream | --no-in-stream] [--model served,hybrid]
+        [--max-queries 5000] [--k 10] [--json out.json]
+
+one table block per (split, variant): NDCG / HR / Recall@k of every baseline and model, and each
+model's NDCG ratio to the best baseline with its 95 % paired-bootstrap interval.  They run for
+every non-MovieLens file, and for MovieLens when any of those flags is given.
+
+The legacy MovieLens protocols (``make evaluate``, unchanged)::
+
     python -m shared.reco.evaluate [--data PATH] [--format movielens|csv|parquet]
                                    [--items PATH] [--k 10] [--json out.json]
                                    [--protocols temporal,random_item,random_user]
@@ -28,8 +42,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -464,14 +480,129 @@ def format_table(rows, k=10) -> str:
     return "\n".join(lines)
 
 
+NEW_FLAGS = ("user_col", "item_col", "time_col", "type_col", "stream_col", "weight_col", "target", "split",
+             "variant", "in_stream", "model", "max_queries")
+
+
+def _quiet():
+    """Progress only on stderr: silence library warning floods (implicit / OpenBLAS threads,
+    pandas FutureWarnings, numba)."""
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", message=".*OpenBLAS.*")
+    warnings.filterwarnings("ignore", message=".*thread.*")
+    warnings.filterwarnings("ignore", module="implicit")
+    warnings.filterwarnings("ignore", module="numba")
+    import logging
+
+    for name in ("implicit", "numba", "shared.reco"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+class ModelUnavailable(RuntimeError):
+    pass
+
+
+def _model_rankers(names: list[str]):
+    from .protocol import HybridRanker, RecommendRanker
+
+    out = []
+    for name in names:
+        if name == "served":
+            try:
+                from shared.reco.recipe import fit_recipe
+            except Exception as e:  # noqa: BLE001 — the lead's module may not exist yet
+                raise ModelUnavailable(f"--model served needs shared.reco.recipe.fit_recipe, which cannot be "
+                                       f"imported: {type(e).__name__}: {e}") from None
+            out.append(RecommendRanker(lambda tr, it, ref, f=fit_recipe: f(tr, it, ref), "served"))
+        elif name == "hybrid":
+            out.append(HybridRanker("hybrid"))
+        else:
+            raise ModelUnavailable(f"unknown --model {name!r}; known: served, hybrid")
+    return out
+
+
+def run_honest(args, data: Path, fmt: str) -> int:
+    """The issue-9 protocols: one block per (split, variant)."""
+    from . import protocol as P
+
+    t0 = time.perf_counter()
+    try:
+        models = _model_rankers([m.strip() for m in (args.model or "").split(",") if m.strip()])
+    except ModelUnavailable as e:
+        log(f"error: {e}")
+        return 2
+    log(f"loading {data} ({fmt})")
+    try:
+        ev, items = P.load_interactions(
+            data, fmt=fmt, user_col=args.user_col, item_col=args.item_col, time_col=args.time_col,
+            type_col=args.type_col, stream_col=args.stream_col, weight_col=args.weight_col,
+            default_type=args.default_type, time_unit=args.time_unit)
+        if args.items is not None:
+            items = P.load_items(args.items, item_col=args.item_col if args.item_col else None)
+    except (P.ColumnError, FileNotFoundError, ValueError) as e:
+        log(f"error: {e}")
+        return 2
+    has_stream = "stream_id" in ev and ev["stream_id"].notna().any()
+    in_stream = has_stream if args.in_stream is None else args.in_stream
+    types = ev["type"].value_counts().to_dict()
+    log(f"{len(ev)} events, {ev['user_id'].nunique()} users, {ev['item_id'].nunique()} items, types {types}"
+        f"{', streams ' + str(ev['stream_id'].nunique()) if has_stream else ''} ({time.perf_counter() - t0:.1f}s)")
+    splits = [x.strip() for x in (args.split or "leave-last,global-time").split(",") if x.strip()]
+    variants = [x.strip() for x in (args.variant or "all,new").split(",") if x.strip()]
+    if in_stream:
+        splits = ["global-time"]  # the in-stream protocol always cuts at a global time
+    target = args.target or "purchase"
+    blocks = []
+    for sp_name in splits:
+        for variant in variants:
+            t1 = time.perf_counter()
+            try:
+                s = P.make_split(ev, split=sp_name, target=target, variant=variant, in_stream=in_stream,
+                                 items=items, max_queries=args.max_queries or 5000, test_frac=args.test_frac,
+                                 horizon=args.horizon)
+            except ValueError as e:
+                log(f"error: {e}")
+                return 2
+            log(f"== {s.name}: {s.info['queries']} queries (of {s.info['candidate_queries']}), "
+                f"{s.info['train_events']} training events ({time.perf_counter() - t1:.1f}s)")
+            rankers = P.baseline_rankers(target, in_stream) + _model_rankers([m.name for m in models])
+            rep = P.evaluate(s.train, s.queries, items, rankers, args.k, reference_time=s.reference_time, log=log)
+            print(P.format_report(rep, s.name), flush=True)
+            print(flush=True)
+            blocks.append({"name": s.name, "info": s.info, "report": rep})
+    log(f"total {time.perf_counter() - t0:.1f}s")
+    if args.json:
+        args.json.write_text(json.dumps({"data": str(data), "k": args.k, "blocks": blocks}, indent=2, default=str))
+        log(f"wrote {args.json}")
+    return 0
+
+
 def main(argv=None) -> int:
+    _quiet()
     ap = argparse.ArgumentParser(prog="python -m shared.reco.evaluate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, default=None, help="interactions file or MovieLens-100k dir")
-    ap.add_argument("--format", choices=("movielens", "csv", "parquet"), default=None)
-    ap.add_argument("--items", type=Path, default=None, help="item table (csv/parquet: item_id,title,description,category) or u.item")
+    ap.add_argument("--format", choices=("auto", "movielens", "csv", "parquet", "tafeng"), default=None)
+    ap.add_argument("--items", type=Path, default=None, help="item table (csv/parquet: item_id,title,description,category,price[,stream_ids]) or u.item")
     ap.add_argument("--k", type=int, default=10)
-    ap.add_argument("--protocols", default="temporal,random_item,random_user")
-    ap.add_argument("--models", default=None, help="comma-separated substrings of model names to run")
+    ap.add_argument("--protocols", default=None, help="legacy protocols (default temporal,random_item,random_user)")
+    ap.add_argument("--models", default=None, help="legacy: comma-separated substrings of model names to run")
+    g = ap.add_argument_group("issue-9 protocols (shared.reco.protocol)")
+    for role in ("user", "item", "time", "type", "stream", "weight"):
+        g.add_argument(f"--{role}-col", default=None, help=f"the file's {role} column (default: guessed)")
+    g.add_argument("--default-type", default="purchase", help="event type of every row when there is no type column")
+    g.add_argument("--time-unit", default=None, choices=("s", "ms", "us", "ns"), help="unit of numeric times (default: guessed)")
+    g.add_argument("--target", choices=("purchase", "cart", "any"), default=None, help="relevant event types (default purchase)")
+    g.add_argument("--split", default=None, help="leave-last,global-time (comma list; default both)")
+    g.add_argument("--variant", default=None, help="all,new (comma list; default both)")
+    g.add_argument("--in-stream", dest="in_stream", action="store_true", default=None,
+                   help="in-stream protocol (default when the file has a stream column)")
+    g.add_argument("--no-in-stream", dest="in_stream", action="store_false", help="catalogue protocols even with streams")
+    g.add_argument("--model", default=None, help="models to judge besides the baselines: served,hybrid")
+    g.add_argument("--max-queries", type=int, default=None, help="sample at most this many queries (md5 of the key; default 5000)")
+    g.add_argument("--test-frac", type=float, default=0.2, help="global-time: share of target events after the cut")
+    g.add_argument("--horizon", default=None, help="global-time: test window after the cut (e.g. 7D)")
     ap.add_argument("--weighted", action="store_true", help="use weights instead of binary interactions")
     ap.add_argument("--json", type=Path, default=None, help="write the figures to this JSON file")
     ap.add_argument("--simulator", action="store_true", help="evaluate on a simulated world (shared.simulator) and "
@@ -483,11 +614,12 @@ def main(argv=None) -> int:
     ap.add_argument("--sim-viewers", type=float, default=300.0)
     ap.add_argument("--no-instream", action="store_true", help="--simulator: skip the in-stream protocol")
     args = ap.parse_args(argv)
+    explicit_new = any(getattr(args, f) is not None for f in NEW_FLAGS)
     if args.simulator:
         log(f"simulating seed={args.seed} streams={args.sim_streams} users={args.sim_users} items={args.sim_items}")
         df, items, truth = load_simulator(args.seed, args.sim_streams, args.sim_users, args.sim_items, args.sim_viewers)
         log(f"{len(df)} positive interactions, {df['user_id'].nunique()} users, {df['item_id'].nunique()} items")
-        protocols = args.protocols if args.protocols != "temporal,random_item,random_user" else "temporal,random_item"
+        protocols = args.protocols or "temporal,random_item"
         models = args.models.split(",") if args.models else None
         rows = []
         for p in [p.strip() for p in protocols.split(",") if p.strip()]:
@@ -505,7 +637,13 @@ def main(argv=None) -> int:
         if not DEFAULT_ML100K.exists():
             ap.error(f"--data is required ({DEFAULT_ML100K} not found)")
         data = DEFAULT_ML100K
-    fmt = args.format or ("movielens" if Path(data).is_dir() else ("parquet" if str(data).endswith(".parquet") else "csv"))
+    from .protocol import _guess_format
+
+    fmt = args.format if args.format not in (None, "auto") else _guess_format(Path(data))
+    if args.protocols is None and (explicit_new or fmt != "movielens"):
+        return run_honest(args, Path(data), fmt)
+    if fmt == "tafeng":
+        ap.error("the legacy --protocols do not read Ta Feng; drop --protocols")
     log(f"loading {data} ({fmt})")
     if fmt == "movielens":
         df, items = load_movielens(Path(data))
@@ -517,7 +655,7 @@ def main(argv=None) -> int:
     models = args.models.split(",") if args.models else None
     rows = []
     t0 = time.perf_counter()
-    for p in [p.strip() for p in args.protocols.split(",") if p.strip()]:
+    for p in [p.strip() for p in (args.protocols or "temporal,random_item,random_user").split(",") if p.strip()]:
         rows += run_protocol(df, items, p, args.k, binary=not args.weighted, models=models)
     print(format_table(rows, args.k))
     log(f"total {time.perf_counter() - t0:.1f}s")
