@@ -6,13 +6,15 @@ Answers (the body is always JSON):
 
 =====  ==========================================================================================
 200    the body was processed: ``accepted`` events were published, ``rejected`` ones quarantined
-       with their reasons; ``results`` has one entry per event, in order
+       with their reasons; ``results`` has one entry per event, in order. Every per-event problem
+       (invalid, not JSON, nested deeper than ``DAIHUO_MAX_JSON_DEPTH``, over ``max_event_bytes``,
+       a number out of range) rejects that event only, never its neighbours
 400    the body is not JSON, a JSON array, or NDJSON (nothing published; the body is quarantined)
 401    missing/invalid signature, unknown platform, or a timestamp outside the 5-minute window
 405    any method but POST
-413    body over ``max_body_bytes``, more than ``max_events`` events, or one event over
-       ``max_event_bytes`` (nothing published)
-503    Pub/Sub or storage did not confirm in time; ``Retry-After`` says when to retry. Nothing in
+413    body over ``max_body_bytes`` or more than ``max_events`` events (nothing published)
+503    Pub/Sub or storage did not confirm in time (the log's ``dependency`` says which; nothing else
+       answers 503: a quarantine row is serialised defensively, so only the store can fail it); ``Retry-After`` says when to retry. Nothing in
        a 503 answer is reported as accepted; a retry may duplicate events that did get through,
        which cleaning removes by ``event_id``
 =====  ==========================================================================================
@@ -36,7 +38,7 @@ from typing import Any
 
 import orjson
 
-from shared import signing
+from shared import limits, signing
 from shared.bus import BusUnavailable
 from shared.contract import SCHEMA_VERSION, validate_record
 from shared.log import get_logger
@@ -71,46 +73,101 @@ class BadBody(ValueError):
     pass
 
 
-def parse_body(body: bytes, content_type: str = "") -> tuple[list[Any], list[int]]:
+def parse_body(body: bytes, content_type: str = "", max_depth: int | None = None) -> tuple[list[Any], list[int]]:
     """Decode a webhook body into records. Returns (items, sizes).
 
-    ``items[i]`` is the decoded JSON value, or a ``_Unparseable`` marker for an NDJSON line that is
-    not JSON. Raises BadBody when nothing in the body is usable.
+    ``items[i]`` is the decoded JSON value, or an ``_Unparseable`` marker for an event that cannot be
+    decoded on its own (not JSON, nested deeper than ``max_depth``): that event is refused, its
+    neighbours are not. Nesting is checked on the raw bytes before any parser runs
+    (``shared.limits``). A JSON array that does not parse as a whole is split into its elements
+    (brackets and strings respected) and each is parsed alone. Raises BadBody when nothing in the
+    body is usable (not JSON / a JSON array / NDJSON, or an array whose brackets do not balance).
     """
+    max_depth = limits.max_depth_default() if max_depth is None else max_depth
     if not body.strip():
         raise BadBody("empty body")
     ndjson = "ndjson" in content_type or "jsonl" in content_type
     if not ndjson:
-        try:
-            value = orjson.loads(body)
-        except orjson.JSONDecodeError as exc:
-            if body.count(b"\n") == 0 or body.lstrip()[:1] == b"[":
-                raise BadBody(f"body is not valid JSON: {exc}") from None
-            ndjson = True
+        deep = limits.too_deep(body, max_depth + 1)  # + 1: the array around the events
+        first = body.lstrip()[:1]
+        if not deep:
+            try:
+                value = orjson.loads(body)
+            except orjson.JSONDecodeError as exc:
+                if first == b"[":
+                    return _split_array(body, max_depth, exc)
+                if body.count(b"\n") == 0:
+                    raise BadBody(f"body is not valid JSON: {exc}") from None
+                ndjson = True
+            else:
+                if isinstance(value, dict):
+                    return [value], [len(body)]
+                if isinstance(value, list):
+                    return value, [_size(v) for v in value]
+                raise BadBody(f"body must be a JSON object, an array of objects, or NDJSON; got {type(value).__name__}")
+        elif first == b"[":
+            return _split_array(body, max_depth, None)
+        elif body.strip().count(b"\n") == 0:  # one object, too deep: one refused event
+            return [_Unparseable(body, "", f"record: nested deeper than {max_depth} levels")], [len(body)]
         else:
-            if isinstance(value, dict):
-                return [value], [len(body)]
-            if isinstance(value, list):
-                return value, [len(orjson.dumps(v)) for v in value]
-            raise BadBody(f"body must be a JSON object, an array of objects, or NDJSON; got {type(value).__name__}")
+            ndjson = True
     items, sizes = [], []
     for line in body.split(b"\n"):
         if not line.strip():
             continue
-        try:
-            items.append(orjson.loads(line))
-        except orjson.JSONDecodeError as exc:
-            items.append(_Unparseable(line, str(exc)))
+        items.append(_decode(line, max_depth))
         sizes.append(len(line))
-    if items and all(isinstance(i, _Unparseable) for i in items):
+    if items and all(isinstance(i, _Unparseable) for i in items) and not any(i.reason for i in items):
         raise BadBody(f"no line of the NDJSON body is valid JSON ({items[0].error})")
     return items, sizes
+
+
+def _size(value: Any) -> int:
+    try:
+        return len(orjson.dumps(value))
+    except (TypeError, ValueError):  # not re-serialisable: counted as oversized, refused alone
+        return 1 << 62
+
+
+def _decode(raw: bytes, max_depth: int) -> Any:
+    if limits.too_deep(raw, max_depth):
+        return _Unparseable(raw, "", f"record: nested deeper than {max_depth} levels")
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        return _Unparseable(raw, str(exc))
+
+
+def _split_array(body: bytes, max_depth: int, exc: Exception | None) -> tuple[list[Any], list[int]]:
+    try:
+        parts = limits.split_array(body)
+    except limits.NotAnArray as err:
+        raise BadBody(f"body is not valid JSON: {exc or err}") from None
+    items = [_decode(p, max_depth) for p in parts]
+    if items and all(isinstance(i, _Unparseable) and not i.reason for i in items):
+        raise BadBody(f"body is not valid JSON: {exc or items[0].error}")
+    return items, [len(p) for p in parts]
 
 
 @dataclass(frozen=True)
 class _Unparseable:
     raw: bytes
     error: str
+    reason: str = ""   # set when the event is refused for a bound (depth), not a syntax error
+
+
+def _dump_row(row: dict[str, Any]) -> bytes:
+    """One quarantine row; a raw value orjson cannot write (integers beyond 64 bits, ...) is kept
+    as its stdlib-JSON text instead, so a hostile event can never make its own quarantine fail."""
+    try:
+        return orjson.dumps(row)
+    except (TypeError, ValueError):
+        import json
+        try:
+            raw_text = json.dumps(row.get("raw"), ensure_ascii=False, default=repr)
+        except (TypeError, ValueError, RecursionError):
+            raw_text = repr(row.get("raw"))[:1_048_576]
+        return orjson.dumps({**row, "raw": raw_text, "raw_encoding": "json-text"})
 
 
 def _iso_now(now: float) -> str:
@@ -127,7 +184,7 @@ class Ingestor:
     def _quarantine(self, rows: list[dict[str, Any]], received_at: str, now: float) -> str:
         day = received_at[:10]
         key = f"quarantine/ingest/date={day}/{int(now * 1000):013d}-{uuid.uuid4().hex}.ndjson.gz"
-        data = gzip.compress(b"\n".join(orjson.dumps(r) for r in rows) + b"\n", compresslevel=6, mtime=0)
+        data = gzip.compress(b"\n".join(_dump_row(r) for r in rows) + b"\n", compresslevel=6, mtime=0)
         self.store.put(key, data, content_type="application/gzip")
         return key
 
@@ -162,30 +219,36 @@ class Ingestor:
             return Answer(400, {"error": str(exc)})
         if len(items) > cfg.max_events:
             return Answer(413, {"error": f"{len(items)} events in one request; the limit is {cfg.max_events}"})
-        too_big = [i for i, s in enumerate(sizes) if s > cfg.max_event_bytes]
-        if too_big:
-            return Answer(413, {"error": f"event(s) at index {too_big[:10]} over {cfg.max_event_bytes} bytes"})
+        too_big = set(i for i, size in enumerate(sizes) if size > cfg.max_event_bytes)
 
         results: list[dict[str, Any]] = []
         quarantined: list[dict[str, Any]] = []
         groups: dict[tuple[str, str], list[bytes]] = {}
         for i, item in enumerate(items):
+            event_id = item.get("event_id") if isinstance(item, dict) else None
             if isinstance(item, _Unparseable):
-                reasons = [f"record: not valid JSON ({item.error})"]
+                reasons = [item.reason or f"record: not valid JSON ({item.error})"]
                 raw: Any = item.raw.decode("utf-8", "replace")
                 event_id = None
+            elif i in too_big:
+                reasons = [f"record: {sizes[i]} bytes, over the {cfg.max_event_bytes}-byte limit per event"]
+                raw = item
             else:
                 record, reasons = validate_record(item)
                 raw = item
-                event_id = item.get("event_id") if isinstance(item, dict) else None
                 if record is not None and record.platform != platform:
                     reasons = [f"platform: {record.platform!r} does not match the signed platform {platform!r}"]
                 if reasons is None:
                     out = dict(item)
                     out["received_at"] = received_at
-                    groups.setdefault((record.type, getattr(record, "stream_id", "") or ""), []).append(orjson.dumps(out))
-                    results.append({"index": i, "event_id": event_id, "status": "accepted"})
-                    continue
+                    try:
+                        line = orjson.dumps(out)
+                    except (TypeError, ValueError) as exc:  # defensive: a value orjson cannot write
+                        reasons = [f"record: cannot be re-serialised ({exc})"]
+                    else:
+                        groups.setdefault((record.type, getattr(record, "stream_id", "") or ""), []).append(line)
+                        results.append({"index": i, "event_id": event_id, "status": "accepted"})
+                        continue
             if not isinstance(event_id, str):
                 event_id = None
             results.append({"index": i, "event_id": event_id, "status": "rejected", "reasons": reasons})
@@ -195,7 +258,7 @@ class Ingestor:
         if quarantined:
             try:
                 self._quarantine(quarantined, received_at, now)
-            except Exception as exc:
+            except Exception as exc:  # rows are serialised defensively (_dump_row): this is the store
                 return self._unavailable("storage", exc)
         if groups:
             messages = [(b"\n".join(lines), {"type": t, "stream_id": s, "platform": platform, "count": str(len(lines)),

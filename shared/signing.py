@@ -26,6 +26,8 @@ HEADER_TIMESTAMP = "X-Daihuo-Timestamp"
 HEADER_SIGNATURE = "X-Daihuo-Signature"
 MAX_SKEW_S = 300
 _PLATFORM_RE = re.compile(r"^[a-z0-9_]{1,32}$")
+# ASCII digits only: str.isdigit() / int() also accept "²", "٣", full-width digits (int("²") raises)
+_TIMESTAMP_RE = re.compile(r"[0-9]{1,12}")
 
 
 class SignatureError(Exception):
@@ -67,7 +69,7 @@ def verify(headers: Mapping[str, str], body: bytes, *, now: float | None = None,
     secret = lookup_secret(platform, environ)
     if secret is None:
         raise SignatureError(f"unknown platform {platform!r}")
-    if not ts_raw.isdigit() or len(ts_raw) > 12:
+    if not _TIMESTAMP_RE.fullmatch(ts_raw):
         raise SignatureError("malformed timestamp header")
     now = time.time() if now is None else now
     if abs(now - int(ts_raw)) > max_skew_s:

@@ -307,3 +307,5 @@ def test_http_adapter(served, tables):
     assert r.content.decode("utf-8").count("<svg") >= 6
     h = requests.head(f"{served}/api/streams", timeout=30)
     assert h.status_code == 200 and not h.content
+    r = requests.get(f"{served}/api/streams", params={"platform": "x" * 5000}, timeout=30)  # bounded before parsing
+    assert r.status_code == 414 and r.json()["error"] == "uri_too_long"

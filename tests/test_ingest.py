@@ -221,10 +221,104 @@ def test_limits_are_413(ingest, bus):
     assert r.status_code == 413 and "body over" in r.json()["error"]
     r = post(url, orjson.dumps(factories.batch(1001)))
     assert r.status_code == 413 and "limit is 1000" in r.json()["error"]
-    huge = factories.event("comment", text="很好" * 9000)  # one event > 16 KiB
-    r = post(url, orjson.dumps([factories.event("like"), huge]))
-    assert r.status_code == 413 and "[1]" in r.json()["error"]
     assert drain(bus) == []
+
+
+def test_oversized_event_is_rejected_alone(ingest, bus):
+    url, store = ingest
+    ok, huge = factories.event("like"), factories.event("comment", text="很好" * 9000)  # one event > 16 KiB
+    before = len(quarantined(store))
+    r = post(url, orjson.dumps([ok, huge]))
+    assert r.status_code == 200 and (r.json()["accepted"], r.json()["rejected"]) == (1, 1)
+    assert "16384-byte limit" in r.json()["results"][1]["reasons"][0]
+    assert [e["event_id"] for e, _ in drain(bus, expect=1)] == [ok["event_id"]]
+    rows = quarantined(store)[before:]
+    assert len(rows) == 1 and rows[0]["raw"]["event_id"] == huge["event_id"]
+
+
+def _deep(levels: int) -> bytes:
+    """An event whose props value nests `levels` arrays (well under 16 KiB)."""
+    ev = orjson.dumps(factories.event("like", props={"x": 1}))
+    return ev.replace(b'{"x":1}', b'{"x":' + b"[" * levels + b"1" + b"]" * levels + b"}")
+
+
+POISON = {  # name -> (raw bytes of one event, a word of the reason)
+    "deep-300": (_deep(300), "nested deeper"),
+    "deep-1000": (_deep(1000), "nested deeper"),
+    "deep-5000": (_deep(5000), "nested deeper"),  # beyond orjson's own parse limit (1024)
+    "objects-600": (b'{"a":' * 600 + b"1" + b"}" * 600, "nested deeper"),
+    "number-inf": (b'{"event_id": "n-1", "type": "like", "count": 1e999}', "not valid JSON"),
+    "bigint": (orjson.dumps(factories.event("like"))[:-1] + b', "count": ' + b"9" * 400 + b"}", "not valid JSON"),  # beyond a double
+    "bad-utf8": (b'{"event_id": "\xff\xfe", "type": "like"}', "not valid JSON"),
+    "lone-surrogate": (b'{"event_id": "\\ud800", "type": "like"}', "not valid JSON"),
+    "dup-keys": (b'{"type": "like", "type": {"x": [1]}}', "type"),
+}
+
+
+@pytest.mark.parametrize("encoding", ["array", "ndjson"])
+def test_poison_pills_are_rejected_alone_and_never_503(ingest, bus, encoding):
+    """Every hostile event of a batch is refused with its reason and quarantined with its raw
+    value; the good events beside it are published; the request is a 200, not a 503/500."""
+    url, store = ingest
+    good = factories.batch(6)
+    names = list(POISON)
+    parts = [orjson.dumps(good[0])]
+    for i, name in enumerate(names):
+        parts += [POISON[name][0], orjson.dumps(good[1 + i % 5])] if i < 5 else [POISON[name][0]]
+    body = (b"[" + b",".join(parts) + b"]") if encoding == "array" else b"\n".join(parts)
+    before = len(quarantined(store))
+    r = post(url, body, content_type="application/json" if encoding == "array" else "application/x-ndjson")
+    assert r.status_code == 200, r.text
+    res = r.json()
+    assert (res["accepted"], res["rejected"]) == (6, len(POISON)), res
+    rejected = [x for x in res["results"] if x["status"] == "rejected"]
+    for name, x in zip(names, rejected):
+        assert POISON[name][1] in x["reasons"][0], (name, x)
+    assert sorted(e["event_id"] for e, _ in drain(bus, expect=6)) == sorted(e["event_id"] for e in good)
+    rows = quarantined(store)[before:]
+    assert len(rows) == len(POISON) and all(row["raw"] is not None and row["reasons"] for row in rows)
+
+
+def test_single_deep_event_is_a_rejection_not_a_503(ingest, bus):
+    url, store = ingest
+    for levels in (253, 300, 1000):
+        r = post(url, _deep(levels))
+        assert r.status_code == 200 and r.json()["rejected"] == 1, (levels, r.text)
+        assert "nested deeper than 16 levels" in r.json()["results"][0]["reasons"][0]
+    r = post(url, b"[" * 100_000 + b"]" * 100_000)  # one element, 100k levels: refused before parsing
+    assert r.status_code == 200 and r.json()["rejected"] == 1
+    r = post(url, b"[" * 1000)  # never closed: not an array of events at all
+    assert r.status_code == 400
+    assert drain(bus) == []
+
+
+@pytest.mark.parametrize("ts", ["²", "١٢٣٤٥٦٧٨٩٠", "１７９５８１０５０３", "-1", "1e9", "1 2", "9" * 13])
+def test_non_ascii_digit_timestamps_are_401(ingest, ts):
+    url, _ = ingest
+    body = orjson.dumps(factories.event("like"))
+    h = {**signed_headers("douyin", SECRET, body), HEADER_TIMESTAMP: ts}
+    r = requests.post(url, data=body, headers={k: v.encode() for k, v in h.items()}, timeout=10)
+    assert r.status_code == 401, r.text
+
+
+def test_storage_down_is_503_and_the_log_says_storage(pubsub_emulator, bus, tmp_path):
+    """A quarantine write that the store refuses (its root is a file: every write fails, even as
+    root) is the one case a rejected event makes the request a 503; the log names the dependency."""
+    store_dir = tmp_path / "not-a-dir"
+    store_dir.write_text("a file where the store's directory should be")
+    fn = emulators.start_function("ingest", env=_env(pubsub_emulator.host, store_dir), log_dir=tmp_path)
+    try:
+        r = post(f"http://{fn.host}/", orjson.dumps([factories.event("like"), factories.event("superchat")]))
+        assert r.status_code == 503 and r.json()["error"].startswith("storage unavailable")
+        assert int(r.headers["Retry-After"]) > 0
+        log = fn.log_path.read_text()
+        assert '"dependency": "storage"' in log, log[-2000:]
+        ok = factories.event("like")
+        r = post(f"http://{fn.host}/", orjson.dumps([ok]))  # nothing to quarantine: published
+        assert r.status_code == 200
+        assert [e["event_id"] for e, _ in drain(bus, expect=1)] == [ok["event_id"]]  # only this one
+    finally:
+        fn.stop()
 
 
 def test_wrong_method_is_405(ingest):

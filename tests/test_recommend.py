@@ -141,6 +141,22 @@ def test_bad_post_bodies_and_methods(world):
         assert r.status_code == 405 and "GET" in r.headers["Allow"]
 
 
+@pytest.mark.parametrize("body, status", [
+    (b'{"user_id": "u-1", "context": ' + b"[" * 1000 + b"]" * 1000 + b"}", 400),   # was a RecursionError 500
+    (b"[" * 200_000 + b"]" * 200_000, 413),                                      # over 16 KiB, by Content-Length
+    (b'{"user_id": "u-1", "category": "' + b"x" * 20_000 + b'"}', 413),
+    (b'{"user_id": "u-1", "k": 1e999}', 400),
+    (b'{"user_id": "\xff"}', 400),
+])
+def test_hostile_post_bodies_are_4xx_before_parsing(world, body, status):
+    r = requests.post(world["url"], data=body, headers={"Content-Type": "application/json"}, timeout=10)
+    assert r.status_code == status and r.json()["param"] == "body", r.text
+    # chunked (no Content-Length): the cap holds on what arrives
+    r = requests.post(world["url"], data=iter([body[i:i + 4096] for i in range(0, len(body), 4096)]),
+                      headers={"Content-Type": "application/json"}, timeout=10)
+    assert r.status_code == status, r.text
+
+
 def test_beats_popularity_on_ground_truth(world):
     """Mean true affinity (simulator's latent tastes) of the top-10 vs popularity's top-10, both
     excluding what the viewer already touched, for 60 viewers with history."""

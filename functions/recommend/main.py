@@ -1,14 +1,21 @@
 """recommend: HTTP GET/POST -> JSON recommendations from the served model (logic:
 shared/serving/recommend.py). The model is loaded once per instance on the first request and
-refreshed by a background thread when models/LATEST.json moves (DAIHUO_MODEL_REFRESH_S)."""
+refreshed by a background thread when models/LATEST.json moves (DAIHUO_MODEL_REFRESH_S).
+
+A POST body is bounded before it is parsed: over ``DAIHUO_RECOMMEND_MAX_BODY_BYTES`` (16 KiB) ->
+413, nested deeper than 4 levels or not JSON -> 400 ``param: body`` (shared/limits.py)."""
+import os
+
 import flask
 import functions_framework
 import orjson
 
-from shared import runtime
+from shared import limits, runtime
 from shared.serving.recommend import ModelHolder, Recommender
 
 _service = None
+MAX_BODY = int(os.environ.get("DAIHUO_RECOMMEND_MAX_BODY_BYTES", 16_384))
+MAX_DEPTH = 4  # {"context": [...]} needs 2
 
 
 def _get() -> Recommender:
@@ -21,7 +28,11 @@ def _get() -> Recommender:
 @functions_framework.http
 def recommend(request: flask.Request):
     if request.method == "POST":
-        args = request.get_json(silent=True, force=True)
+        try:
+            args = limits.read_json_body(request.content_length, request.stream, MAX_BODY, MAX_DEPTH)
+        except limits.BodyRefused as exc:
+            return flask.Response(orjson.dumps({"error": str(exc), "param": "body"}), status=exc.status,
+                                  mimetype="application/json")
         args = args if isinstance(args, dict) else None
     else:
         args = request.args.to_dict()
