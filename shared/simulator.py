@@ -47,8 +47,9 @@ import numpy as np
 import orjson
 
 __all__ = [
-    "CATEGORIES", "DEFAULT_FAULTS", "FAULT_KINDS", "FaultRates", "GroundTruth", "SendResult", "SimConfig",
-    "Simulation", "main", "send", "simulate", "write_files",
+    "CATEGORIES", "CATEGORY_CYCLE_DAYS", "DEFAULT_FAULTS", "FAULT_KINDS", "FaultRates", "GroundTruth",
+    "REPEAT_WORLD", "SendResult", "SimConfig", "Simulation", "main", "repeat_profile", "send", "simulate",
+    "write_files",
 ]
 
 # ----------------------------------------------------------------------------------------------
@@ -89,6 +90,25 @@ _COMMENTS = [
     "主播辛苦了", "想要!", "还有货吗", "支持支持", "66666", "❤❤❤", "这个适合学生吗", "回购了", "等了好久",
     "求返场", "太划算了吧", "刚进来 讲的是什么", "主播声音好好听",
 ]
+#: Repurchase cycle in days of the consumable categories (repeat world, ``repeat_purchases=True``);
+#: every other category is a durable (``None``): bought once, almost never bought again.
+CATEGORY_CYCLE_DAYS: dict[str, float | None] = {
+    "女装/连衣裙": None, "男装/T恤": None, "美妆/口红": 15.0, "美妆/护肤": 21.0, "食品/零食": 7.0,
+    "食品/生鲜水果": 5.0, "家居/收纳": None, "数码/耳机": None, "母婴/纸尿裤": 10.0, "运动/跑鞋": None,
+    "珠宝/项链": None, "家电/空气炸锅": None,
+}
+
+
+_DURABLE_BIAS = 2.5  # repeat world: item_bias offset of durables (considered purchases convert less)
+_CONSUMABLE = np.array([CATEGORY_CYCLE_DAYS[c[0]] is not None for c in CATEGORIES])
+
+
+def repeat_profile() -> dict[str, dict[str, Any]]:
+    """Ground truth of the repeat model: category -> {"consumable": bool, "cycle_days": float | None}."""
+    return {c[0]: {"consumable": CATEGORY_CYCLE_DAYS[c[0]] is not None, "cycle_days": CATEGORY_CYCLE_DAYS[c[0]]}
+            for c in CATEGORIES}
+
+
 _HOST_NAMES = ["小杨哥", "薇娅同款", "琦琦", "阿亮", "大狼狗", "小月", "老罗好物", "东方小甄", "佳佳", "可乐姐"]
 _GIFT_VALUES = np.array([0.1, 1.0, 6.6, 9.9, 19.9, 52.0, 99.0, 520.0, 1314.0])
 _GIFT_P = np.array([0.35, 0.25, 0.15, 0.1, 0.06, 0.04, 0.03, 0.015, 0.005])
@@ -157,6 +177,34 @@ class SimConfig:
     refund_rate: float = 0.08                 #: base refund probability per purchase (higher if disliked)
     plus08_rate: float = 0.3                  #: share of users whose device sends "+08:00" timestamps
     faults: FaultRates | str | None = None    #: FaultRates, "default", or None/"none"
+    # --- repeat world (all defaults are no-ops: the single evening above, byte-identical) -------------
+    days: float = 0.0                         #: >0: a multi-day world: hosts stream repeatedly over this many days
+    n_hosts: int = 0                          #: hosts of the multi-day world (0 = about one per 2.5 days of streams)
+    host_loyalty: float = 1.0                 #: visit logit of a viewer following (or who bought from) the host
+    repeat_purchases: bool = False            #: consumables are rebought around their cycle, durables almost never
+    rebuy_boost: float = 6.0                  #: affinity boost of a consumable bought exactly one cycle ago
+    rebuy_intent: float = 0.9                 #: p(viewer looks up a due item in the cart list) at full dueness
+    room_dynamics: bool = False               #: presented item sells more; sales cluster (social proof)
+    presented_boost: float = 2.0              #: affinity boost of the item the host presents right now
+    social_proof: float = 0.8                 #: affinity boost per log1p(sales of the item in the last window)
+    social_window_minutes: float = 10.0       #: social proof window
+
+    @classmethod
+    def repeat_preset(cls, seed: int = 0, scale: float = 1.0, **overrides: Any) -> "SimConfig":
+        """A ~28-day repeat world (``REPEAT_WORLD``): hosts streaming repeatedly, consumables rebought
+        around their cycle, live-room dynamics. ``scale`` multiplies streams, users and items."""
+        kw = dict(REPEAT_WORLD)
+        for k in ("n_streams", "n_users", "n_items"):
+            kw[k] = max(1, int(round(kw[k] * scale)))
+        kw.update(overrides)
+        return cls(seed=seed, **kw)
+
+    def multi_day(self) -> bool:
+        return self.days > 0
+
+    def uses_v2(self) -> bool:
+        """Any repeat-world knob on (the per-stream generator then keeps state across streams)."""
+        return self.days > 0 or self.repeat_purchases or self.room_dynamics
 
     def fault_rates(self) -> FaultRates:
         if self.faults is None or self.faults == "none":
@@ -174,6 +222,16 @@ class SimConfig:
         if dt.tzinfo is None:
             dt = dt.replace(tzinfo=timezone.utc)
         return int(round(dt.timestamp() * 1000))
+
+
+#: The repeat-world preset (``SimConfig.repeat_preset()``): 28 days, 150 streams x ~300 viewers.
+REPEAT_WORLD: dict[str, Any] = dict(
+    days=28.0, n_streams=150, n_users=2400, n_items=450, mean_viewers_per_stream=300.0,
+    start="2026-11-01T11:00:00Z", window_hours=6.0, repeat_purchases=True, room_dynamics=True,
+)
+#: Knobs added with the repeat world; left out of ``truth.to_json()["config"]`` while at their default.
+_V2_FIELDS = ("days", "n_hosts", "host_loyalty", "repeat_purchases", "rebuy_boost", "rebuy_intent",
+              "room_dynamics", "presented_boost", "social_proof", "social_window_minutes")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -225,6 +283,8 @@ class World:
     user_plus08: np.ndarray       # (U,) device sends +08:00
     cat_centers: np.ndarray       # (K, D)
     streams: list[dict[str, Any]]  # sorted by start
+    hosts: list[dict[str, Any]] | None = None      # multi-day world: the hosts (index = host_index)
+    user_cycle_jitter: np.ndarray | None = None    # (U, K) repeat world: user's cycle = category cycle x this
 
 
 def _build_world(cfg: SimConfig) -> World:
@@ -234,10 +294,16 @@ def _build_world(cfg: SimConfig) -> World:
         raise ValueError("n_items, n_users, n_streams and platforms must all be >= 1")
     centers = rng.normal(0, 1, (K, D)) * (2.0 / math.sqrt(D))
     cat_w = rng.pareto(1.0, K) + 0.5
-    item_cat = rng.choice(K, N, p=cat_w / cat_w.sum())
+    p_cat = cat_w / cat_w.sum()
+    if cfg.repeat_purchases:  # a flatter category mix, consumables (food, beauty, baby) twice as common
+        p_cat = np.sqrt(cat_w) * np.where(_CONSUMABLE, 2.0, 1.0)
+        p_cat = p_cat / p_cat.sum()
+    item_cat = rng.choice(K, N, p=p_cat)
     item_vec = centers[item_cat] + rng.normal(0, 0.6 / math.sqrt(D), (N, D))
     item_pop = rng.pareto(1.3, N) + 0.05
     item_bias = 0.3 * np.log(item_pop / np.median(item_pop)) + rng.normal(0, 0.2, N)
+    if cfg.repeat_purchases:  # durables are considered purchases: lower base conversion (part of the truth)
+        item_bias = item_bias - _DURABLE_BIAS * ~_CONSUMABLE[item_cat]
     med = np.array([c[5] for c in CATEGORIES])[item_cat]
     sig = np.array([c[6] for c in CATEGORIES])[item_cat]
     raw = med * np.exp(rng.normal(0, 1, N) * sig)
@@ -266,6 +332,14 @@ def _build_world(cfg: SimConfig) -> World:
     user_ids = [f"u-{u:06d}" for u in range(U)]
 
     start_ms = cfg.start_ms()
+    if cfg.uses_v2():
+        hosts, streams = _build_streams_v2(cfg, item_cat, item_pop)
+        jitter = None
+        if cfg.repeat_purchases:
+            jitter = np.exp(np.random.default_rng([cfg.seed, 6]).normal(0, 0.2, (U, K)))
+        return World(item_ids, item_cat, price, item_vec, item_bias, item_pop, titles, descs, user_ids,
+                     user_platform, user_vec, user_cat_w, user_activity, user_engage, user_plus08, centers, streams,
+                     hosts, jitter)
     pop = rng.pareto(1.2, S) + 0.2
     pop = pop / pop.mean()
     streams = []
@@ -292,6 +366,113 @@ def _build_world(cfg: SimConfig) -> World:
     streams.sort(key=lambda d: (d["start_ms"], d["index"]))
     return World(item_ids, item_cat, price, item_vec, item_bias, item_pop, titles, descs, user_ids, user_platform,
                  user_vec, user_cat_w, user_activity, user_engage, user_plus08, centers, streams)
+
+
+def _legacy_streams(cfg: SimConfig, rng: np.random.Generator, item_cat: np.ndarray, item_pop: np.ndarray
+                    ) -> list[dict[str, Any]]:
+    """The single-evening streams (as the legacy loop of ``_build_world``), for the v2 generator when
+    ``days == 0``: same layout, plus a presentation order."""
+    K, N, S, P = len(CATEGORIES), len(item_cat), cfg.n_streams, len(cfg.platforms)
+    start_ms = cfg.start_ms()
+    pop = rng.pareto(1.2, S) + 0.2
+    pop = pop / pop.mean()
+    streams = []
+    for s in range(S):
+        plat = s % P if S >= P else int(rng.integers(P))
+        n_show = min(int(rng.integers(cfg.showcase_min, cfg.showcase_max + 1)), N)
+        main = rng.choice(K, size=int(rng.integers(1, 4)), replace=False)
+        w = item_pop * np.where(np.isin(item_cat, main), 1.0, 0.08)
+        g = np.log(w) + rng.gumbel(size=N)
+        show = np.sort(np.argpartition(-g, n_show - 1)[:n_show])
+        st = start_ms + int(rng.uniform(0, cfg.window_hours * _H_MS))
+        dur = int(np.clip(rng.lognormal(math.log(cfg.stream_hours * _H_MS), 0.4), 0.5 * _H_MS, 5 * _H_MS))
+        host = int(rng.integers(len(_HOST_NAMES)))
+        streams.append({
+            "stream_id": f"s-{s:05d}", "platform": cfg.platforms[plat], "platform_index": plat,
+            "host_id": f"h-{s % max(1, S // 2 + 1):04d}-{cfg.platforms[plat]}",
+            "title": f"{_HOST_NAMES[host]}直播间 {CATEGORIES[main[0]][0].split('/')[1]}专场",
+            "start_ms": st, "end_ms": st + dur, "popularity": float(pop[s]),
+            "main_categories": [CATEGORIES[k][0] for k in main],
+            "showcase": show, "slot_ms": int(rng.uniform(120_000, 300_000)),
+            "index": s,
+        })
+    streams.sort(key=lambda d: (d["start_ms"], d["index"]))
+    return streams
+
+
+def _build_streams_v2(cfg: SimConfig, item_cat: np.ndarray, item_pop: np.ndarray
+                      ) -> tuple[list[dict[str, Any]] | None, list[dict[str, Any]]]:
+    """Streams of a repeat world. With ``days > 0``: hosts (platform, 1-3 main categories, a core
+    assortment, a popularity and a streaming frequency), each streaming on distinct days at about the
+    same hour, with showcases drawn mostly from their core assortment (so they overlap). Every stream
+    gets a fixed presentation order (``presentation``) and its host's index (``host_index``)."""
+    K, N, S, P = len(CATEGORIES), len(item_cat), cfg.n_streams, len(cfg.platforms)
+    rng = np.random.default_rng([cfg.seed, 4])
+    if not cfg.multi_day():
+        streams = _legacy_streams(cfg, rng, item_cat, item_pop)
+        host_ix: dict[str, int] = {}
+        for st in streams:
+            st["host_index"] = host_ix.setdefault(st["host_id"], len(host_ix))
+    else:
+        n_days = max(1, int(math.ceil(cfg.days)))
+        H = cfg.n_hosts or max(2, int(round(S / max(1.0, cfg.days / 2.5))))
+        H = min(H, S)
+        start_ms = cfg.start_ms()
+        hosts = []
+        for h in range(H):
+            plat = h % P
+            pm = np.where(_CONSUMABLE, 2.0, 1.0) if cfg.repeat_purchases else np.ones(K)
+            main = rng.choice(K, size=int(rng.integers(1, 4)), replace=False, p=pm / pm.sum())
+            n_core = min(N, int(rng.integers(cfg.showcase_min + 10, cfg.showcase_max + 11)))
+            w = item_pop * np.where(np.isin(item_cat, main), 1.0, 0.05)
+            core = np.sort(np.argpartition(-(np.log(w) + rng.gumbel(size=N)), n_core - 1)[:n_core])
+            hosts.append({"host_id": f"h-{h:04d}-{cfg.platforms[plat]}", "host_index": h, "platform": cfg.platforms[plat],
+                          "platform_index": plat, "name": _HOST_NAMES[h % len(_HOST_NAMES)] + ("" if h < len(_HOST_NAMES) else str(h // len(_HOST_NAMES) + 1)),
+                          "main": main, "core": core, "popularity": float(rng.pareto(1.2) + 0.2),
+                          "frequency": float(rng.pareto(1.0) + 0.5),
+                          "hour_offset_ms": int(rng.uniform(0, 0.6 * cfg.window_hours * _H_MS)),
+                          "slot_ms": int(rng.uniform(120_000, 300_000))})
+        # streams per host: at least one, the rest by frequency, at most one a day
+        freq = np.array([h["frequency"] for h in hosts])
+        counts = np.ones(H, np.int64) + rng.multinomial(S - H, freq / freq.sum())
+        counts = np.minimum(counts, n_days)
+        short = S - int(counts.sum())
+        for h in np.argsort(-freq, kind="stable").tolist() * n_days:  # hand the overflow to others
+            if short <= 0:
+                break
+            if counts[h] < n_days:
+                counts[h] += 1
+                short -= 1
+        raw = []
+        for h, hd in enumerate(hosts):
+            for d in np.sort(rng.choice(n_days, int(counts[h]), replace=False)).tolist():
+                off = hd["hour_offset_ms"] + int(rng.normal(0, 0.4 * _H_MS))
+                st = start_ms + d * _DAY_MS + int(np.clip(off, 0, cfg.window_hours * _H_MS))
+                dur = int(np.clip(rng.lognormal(math.log(cfg.stream_hours * _H_MS), 0.4), 0.5 * _H_MS, 5 * _H_MS))
+                n_show = min(int(rng.integers(cfg.showcase_min, cfg.showcase_max + 1)), N)
+                w = item_pop * np.where(np.isin(np.arange(N), hd["core"]), 25.0,
+                                        np.where(np.isin(item_cat, hd["main"]), 1.0, 0.05))
+                show = np.sort(np.argpartition(-(np.log(w) + rng.gumbel(size=N)), n_show - 1)[:n_show])
+                main = hd["main"]
+                raw.append({"platform": hd["platform"], "platform_index": hd["platform_index"],
+                            "host_id": hd["host_id"], "host_index": h,
+                            "title": f"{hd['name']}直播间 {CATEGORIES[main[0]][0].split('/')[1]}专场 第{d + 1}天",
+                            "start_ms": st, "end_ms": st + dur,
+                            "popularity": hd["popularity"] * float(rng.lognormal(0, 0.3)),
+                            "main_categories": [CATEGORIES[k][0] for k in main], "showcase": show,
+                            "slot_ms": hd["slot_ms"]})
+        raw.sort(key=lambda d: (d["start_ms"], d["host_index"]))
+        mean_pop = float(np.mean([d["popularity"] for d in raw]))
+        streams = []
+        for s_, d in enumerate(raw):
+            d["popularity"] = d["popularity"] / mean_pop
+            streams.append({"stream_id": f"s-{s_:05d}", **d, "index": s_})
+    for st in streams:
+        st["presentation"] = np.random.default_rng([cfg.seed, 5, st["index"]]).permutation(st["showcase"])
+    hosts_out = None
+    if cfg.multi_day():
+        hosts_out = [{k: v for k, v in h.items()} for h in hosts]
+    return hosts_out, streams
 
 
 # Funnel logits: p(click | impression), p(cart | click), p(buy | cart) all rise with affinity.
@@ -414,6 +595,16 @@ def _stream_events(cfg: SimConfig, world: World, st: dict[str, Any]) -> list[dic
     r_t = b_t[ref] + rng.lognormal(math.log(6 * _H_MS), 1.0, int(ref.sum())).astype(np.int64)
     add(b_s[ref], r_t, T_REFUND, b_i[ref])
 
+    return _rows(world, st, rng, (cols_sess, cols_t, cols_type, cols_item), a_q, b_q, ref, len(like_s),
+                 len(com_s), len(gift_s), users, m)
+
+
+def _rows(world: World, st: dict[str, Any], rng: np.random.Generator, cols: tuple[list, list, list, list],
+          a_q: np.ndarray, b_q: np.ndarray, ref: np.ndarray, n_like: int, n_com: int, n_gift: int,
+          users: np.ndarray, m: int) -> list[dict[str, Any]]:
+    """Event dicts of one stream from its columns, added in the order imp, click, cart, buy, like,
+    comment, share, follow, gift, enter, leave, refund."""
+    cols_sess, cols_t, cols_type, cols_item = cols
     S_ = np.concatenate(cols_sess)
     T_ = np.concatenate(cols_t)
     Y_ = np.concatenate(cols_type)
@@ -431,12 +622,12 @@ def _stream_events(cfg: SimConfig, world: World, st: dict[str, Any]) -> list[dic
     qty[sl["cart"]] = a_q
     qty[sl["buy"]] = b_q
     qty[sl["refund"]] = b_q[ref]
-    buy_no = np.arange(len(b_s))
+    buy_no = np.arange(len(b_q))
     order_no[sl["buy"]] = buy_no
     order_no[sl["refund"]] = buy_no[ref]
-    qty[sl["like"]] = np.minimum(rng.geometric(0.15, len(like_s)), 200)
-    aux[sl["comment"]] = rng.integers(0, len(_COMMENTS) * 100, len(com_s))
-    val[sl["gift"]] = rng.choice(_GIFT_VALUES, len(gift_s), p=_GIFT_P)
+    qty[sl["like"]] = np.minimum(rng.geometric(0.15, n_like), 200)
+    aux[sl["comment"]] = rng.integers(0, len(_COMMENTS) * 100, n_com)
+    val[sl["gift"]] = rng.choice(_GIFT_VALUES, n_gift, p=_GIFT_P)
 
     srt = np.lexsort((Y_, S_, T_))
     S_, T_, Y_, I_, qty, val, order_no, aux = (a[srt] for a in (S_, T_, Y_, I_, qty, val, order_no, aux))
@@ -471,6 +662,269 @@ def _stream_events(cfg: SimConfig, world: World, st: dict[str, Any]) -> list[dic
             d["props"] = {"device": "ios" if u % 3 == 0 else "android"}
         append(d)
     return rows
+
+
+# ----------------------------------------------------------------------------------------------
+# repeat world: state carried across streams (in start order) and the stateful stream generator
+# ----------------------------------------------------------------------------------------------
+
+#: Fixed shape constants of the rebuy model (see docs/simulator.md "Repeat world").
+_REBUY_SIGMA = 0.35      # width of the due bell in log(gap / cycle)
+_REBUY_LOYAL = 1.5       # affinity bonus for a consumable past its cycle (a product the user knows)
+_REBUY_EARLY = 6.0       # penalty for rebuying a consumable at r -> 0 (linear, gone at r = 0.5)
+_REBUY_DURABLE = 12.0    # penalty for rebuying a durable
+_STOCKED = 3.0          # penalty for another item of a consumable category bought < 1 cycle ago (linear in r)
+_OWNED = 2.0            # penalty for another item of a durable category the user bought before
+_VISIT_DUE = 4.5         # visit logit per unit of the best due item in the stream's showcase
+_VISIT_BOUGHT = 1.0      # visit logit per earlier purchase session with the host (capped at 3)
+
+
+class _RepeatState:
+    """Per-(user, item) last purchase time and per-(user, host) follow / purchase history, updated
+    stream by stream in start order. Purchases before a stream's start all come from streams that
+    started earlier, so the state a stream sees at its start is exact."""
+
+    def __init__(self, cfg: SimConfig, world: World):
+        U, N = len(world.user_ids), len(world.item_ids)
+        self.cfg = cfg
+        self.world = world
+        n_hosts = 1 + max(st["host_index"] for st in world.streams) if world.streams else 1
+        self.followed = np.zeros((U, n_hosts), bool)
+        self.bought_from = np.zeros((U, n_hosts), np.int16)
+        self.last: np.ndarray | None = None
+        if cfg.repeat_purchases:
+            if U * N > 30_000_000:
+                raise ValueError("repeat_purchases keeps a dense (users x items) state: n_users * n_items <= 3e7")
+            self.last = np.full((U, N), -1, np.int64)
+            self.last_cat = np.full((U, len(CATEGORIES)), -1, np.int64)
+            cyc = np.array([CATEGORY_CYCLE_DAYS[c[0]] or 0.0 for c in CATEGORIES]) * _DAY_MS
+            self.cycle_ms = cyc[world.item_cat]              # (N,) 0 = durable
+        self.n_buys = 0
+        self.n_repeat = 0
+        self.repeat_by_cat = np.zeros((len(CATEGORIES), 2), np.int64)   # (buys, repeats) per category
+
+    # --- the rebuy model ------------------------------------------------------------------------
+    def _ratio(self, u: np.ndarray, i: np.ndarray, t: np.ndarray | int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(bought before, consumable, r = gap / user's cycle) for aligned (u, i) (or broadcast grids)."""
+        last = self.last[u, i]
+        bought = last >= 0
+        cyc = self.cycle_ms[i] * self.world.user_cycle_jitter[u, self.world.item_cat[i]]
+        cons = cyc > 0
+        gap = np.maximum(np.asarray(t) - last, 1)
+        r = gap / np.where(cons, cyc, 1.0)
+        return bought, cons, r
+
+    def rebuy(self, u: np.ndarray, i: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(affinity boost, bought before) at impression time t."""
+        bought, cons, r = self._ratio(u, i, t)
+        bell = np.exp(-np.log(r) ** 2 / (2 * _REBUY_SIGMA ** 2))
+        cb = (self.cfg.rebuy_boost * bell + _REBUY_LOYAL * (r >= 1.0) - _REBUY_EARLY * np.clip(1.0 - 2.0 * r, 0, 1))
+        boost = np.where(bought, np.where(cons, cb, -_REBUY_DURABLE), 0.0)
+        # another item of a category the user is stocked with (consumable within its cycle) or
+        # already owns (durable): less likely
+        c = self.world.item_cat[i]
+        lc = self.last_cat[u, c]
+        rc = np.maximum(np.asarray(t) - lc, 1) / np.where(cons, self.cycle_ms[i] * self.world.user_cycle_jitter[u, c], 1.0)
+        other = (lc >= 0) & ~bought
+        boost = boost - other * np.where(cons, _STOCKED * np.clip(1.0 - rc, 0, 1), _OWNED)
+        return boost, bought
+
+    def due(self, users: np.ndarray, show: np.ndarray, t: int) -> np.ndarray:
+        """(len(users), len(show)) dueness in [0, 1]: the bell for consumables bought before, else 0."""
+        bought, cons, r = self._ratio(users[:, None], show[None, :], t)
+        return np.where(bought & cons, np.exp(-np.log(r) ** 2 / (2 * _REBUY_SIGMA ** 2)), 0.0)
+
+    def visit_logit(self, users: np.ndarray, st: dict[str, Any]) -> np.ndarray:
+        """Extra log-weight of each candidate viewer: host loyalty and due items in the showcase."""
+        h = st["host_index"]
+        out = self.cfg.host_loyalty * self.followed[users, h] + _VISIT_BOUGHT * np.minimum(self.bought_from[users, h], 3)
+        if self.last is not None:
+            out = out + _VISIT_DUE * self.due(users, st["showcase"], st["start_ms"]).max(1)
+        return out
+
+    def record(self, st: dict[str, Any], buy_u: np.ndarray, buy_i: np.ndarray, buy_t: np.ndarray,
+               repeat: np.ndarray, followers: np.ndarray) -> None:
+        h = st["host_index"]
+        self.followed[followers, h] = True
+        self.bought_from[np.unique(buy_u), h] += 1
+        self.n_buys += len(buy_u)
+        self.n_repeat += int(repeat.sum())
+        cat = self.world.item_cat[buy_i]
+        np.add.at(self.repeat_by_cat, (cat, 0), 1)
+        np.add.at(self.repeat_by_cat, (cat, 1), repeat.astype(np.int64))
+        if self.last is not None and len(buy_u):
+            o = np.lexsort((buy_t, buy_i, buy_u))  # the latest purchase of a (user, item) wins
+            self.last[buy_u[o], buy_i[o]] = np.maximum(self.last[buy_u[o], buy_i[o]], buy_t[o])
+            o = np.lexsort((buy_t, cat, buy_u))
+            self.last_cat[buy_u[o], cat[o]] = np.maximum(self.last_cat[buy_u[o], cat[o]], buy_t[o])
+
+    def summary(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"purchases": self.n_buys, "repeat_purchases": self.n_repeat,
+                               "repeat_share": round(self.n_repeat / max(1, self.n_buys), 4)}
+        if self.last is not None:
+            out["repeat_share_by_category"] = {
+                CATEGORIES[k][0]: {"purchases": int(b), "repeats": int(r), "share": round(r / max(1, b), 4)}
+                for k, (b, r) in enumerate(self.repeat_by_cat.tolist()) if b}
+        return out
+
+
+def _stream_events_v2(cfg: SimConfig, world: World, st: dict[str, Any], state: _RepeatState
+                      ) -> list[dict[str, Any]]:
+    """One stream of a repeat world: like ``_stream_events`` plus host loyalty and due items in the
+    viewer draw, due-item look-ups in the cart list, the rebuy boost, the presented-item boost and
+    social proof in the funnel. Reads and then updates ``state``."""
+    rng = np.random.default_rng([cfg.seed, 1, st["index"]])
+    s0, s1, show = st["start_ms"], st["end_ms"], st["showcase"]
+    plat_users = np.flatnonzero(world.user_platform == st["platform_index"])
+    if len(plat_users) == 0:
+        return []
+    match = world.user_vec[plat_users] @ world.item_vec[show].mean(0)
+    logw = np.log(world.user_activity[plat_users]) + 1.5 * match + state.visit_logit(plat_users, st)
+    n_v = int(min(rng.poisson(cfg.mean_viewers_per_stream * st["popularity"]), len(plat_users)))
+    if n_v == 0:
+        return []
+    g = logw + rng.gumbel(size=len(plat_users))
+    pick = np.sort(np.argpartition(-g, n_v - 1)[:n_v]) if n_v < len(plat_users) else np.arange(len(plat_users))
+    users = plat_users[pick]
+    V = len(users)
+    dur = s1 - s0
+    early = rng.random(V) < 0.35
+    enter = s0 + np.where(early, rng.uniform(0, 600_000, V), rng.uniform(0, dur * 0.95, V)).astype(np.int64)
+    watch = np.clip(rng.lognormal(math.log(cfg.watch_minutes * 60_000), 1.0, V), 5_000, None).astype(np.int64)
+    leave = np.minimum(enter + watch, s1 + rng.integers(0, 60_000, V))
+    leave = np.maximum(leave, enter + 2_000)
+
+    cols_sess: list[np.ndarray] = []
+    cols_t: list[np.ndarray] = []
+    cols_type: list[np.ndarray] = []
+    cols_item: list[np.ndarray] = []
+
+    def add(sess, t, typ, item=None):
+        cols_sess.append(np.asarray(sess, np.int64))
+        cols_t.append(np.asarray(t, np.int64))
+        cols_type.append(np.full(len(sess), typ, np.int8))
+        cols_item.append(np.full(len(sess), -1, np.int64) if item is None else np.asarray(item, np.int64))
+
+    m, L = len(show), st["slot_ms"]
+    order = st["presentation"]
+    k0 = (enter - s0) // L
+    k1 = np.minimum((leave - s0) // L, (s1 - s0) // L)
+    n_slots = np.maximum(k1 - k0 + 1, 0)
+    sess = np.repeat(np.arange(V), n_slots)
+    first = np.repeat(np.cumsum(n_slots) - n_slots, n_slots)
+    k = np.repeat(k0, n_slots) + (np.arange(len(sess)) - first)
+    t = np.maximum(s0 + k * L, enter[sess]) + rng.integers(1_000, 8_000, len(sess))
+    ok = t < leave[sess] - 1_000
+    imp_s, imp_t, imp_i = [sess[ok]], [t[ok]], [order[k[ok] % m]]
+    browse = rng.random(V) < 0.35
+    nb = np.where(browse, rng.integers(2, 8, V), 0)
+    bs = np.repeat(np.arange(V), nb)
+    bt0 = enter + (rng.random(V) * (leave - enter) * 0.8).astype(np.int64)
+    bfirst = np.repeat(np.cumsum(nb) - nb, nb)
+    bt = bt0[bs] + 1_000 + (np.arange(len(bs)) - bfirst) * 1_500
+    bi = show[rng.integers(0, m, len(bs))]
+    okb = bt < leave[bs] - 1_000
+    imp_s.append(bs[okb])
+    imp_t.append(bt[okb])
+    imp_i.append(bi[okb])
+    if state.last is not None:
+        # a viewer with a due consumable in the showcase looks it up in the cart list (回购)
+        due = state.due(users, show, s0)
+        hit = rng.random(due.shape) < np.clip(cfg.rebuy_intent * due, 0, 0.95)
+        vs, js = np.nonzero(hit)
+        it = enter[vs] + 1_000 + (rng.random(len(vs)) * (leave[vs] - enter[vs]) * 0.8).astype(np.int64)
+        oki = it < leave[vs] - 1_000
+        imp_s.append(vs[oki])
+        imp_t.append(it[oki])
+        imp_i.append(show[js[oki]])
+    imp_s, imp_t, imp_i = np.concatenate(imp_s), np.concatenate(imp_t), np.concatenate(imp_i)
+    add(imp_s, imp_t, T_IMP, imp_i)
+
+    # funnel with all three decisions drawn per impression: aff + rebuy + presented + social proof
+    n = len(imp_s)
+    u_imp = users[imp_s]
+    aff = _affinity(world, u_imp, imp_i)
+    boost = np.zeros(n)
+    repeat = np.zeros(n, bool)
+    if cfg.room_dynamics:
+        presented = order[((imp_t - s0) // L) % m] == imp_i
+        boost += cfg.presented_boost * presented
+    if state.last is not None:
+        rb, repeat = state.rebuy(u_imp, imp_i, imp_t)
+        boost += rb
+    u1, u2, u3 = rng.random(n), rng.random(n), rng.random(n)
+    c_t = imp_t + 1_000 + rng.exponential(15_000, n).astype(np.int64)
+    a_t = c_t + 1_000 + rng.exponential(30_000, n).astype(np.int64)
+    b_t = a_t + 1_000 + rng.exponential(45_000, n).astype(np.int64)
+    q = rng.choice(np.array([1, 2, 3]), n, p=[0.82, 0.13, 0.05])
+
+    def decide(extra):
+        a = aff + boost + extra
+        clk = u1 < _sigmoid(_CLICK[0] + _CLICK[1] * a)
+        crt = clk & (u2 < _sigmoid(_CART[0] + _CART[1] * a))
+        return clk, crt, crt & (u3 < _sigmoid(_BUY[0] + _BUY[1] * a))
+
+    clk, crt, buy = decide(0.0)
+    if cfg.room_dynamics and cfg.social_proof > 0:
+        # social proof: sales of the item in this stream in [t - W, t). Decisions are monotone in it
+        # and purchases come after their impression, so iterating to the fixed point gives exactly the
+        # causal (sequential) outcome.
+        W = int(cfg.social_window_minutes * 60_000)
+        q_hi = (imp_i << 32) | (imp_t - s0)
+        q_lo = (imp_i << 32) | np.maximum(imp_t - s0 - W, 0)
+        for _ in range(100):
+            keys = np.sort((imp_i[buy] << 32) | (b_t[buy] - s0))
+            cnt = np.searchsorted(keys, q_hi) - np.searchsorted(keys, q_lo)
+            clk, crt, nbuy = decide(cfg.social_proof * np.log1p(cnt))
+            if np.array_equal(nbuy, buy):
+                break
+            buy = nbuy
+    # one purchase of an item per session (the earliest); later carts of it stay carts
+    bidx = np.flatnonzero(buy)
+    bidx = bidx[np.lexsort((b_t[bidx], imp_i[bidx], imp_s[bidx]))]
+    keep = np.ones(len(bidx), bool)
+    keep[1:] = (imp_s[bidx][1:] != imp_s[bidx][:-1]) | (imp_i[bidx][1:] != imp_i[bidx][:-1])
+    buy = np.zeros(n, bool)
+    buy[bidx[keep]] = True
+    add(imp_s[clk], c_t[clk], T_CLICK, imp_i[clk])
+    add(imp_s[crt], a_t[crt], T_CART, imp_i[crt])
+    a_q = q[crt]
+    b_s, b_i, b_a, b_q, b_tt = imp_s[buy], imp_i[buy], aff[buy], q[buy], b_t[buy]
+    add(b_s, b_tt, T_BUY, b_i)
+
+    wm = (leave - enter) / 60_000.0
+    eng = world.user_engage[users]
+
+    def spread(counts, typ):
+        ss = np.repeat(np.arange(V), counts)
+        tt = enter[ss] + 1 + (rng.random(len(ss)) * (leave[ss] - enter[ss] - 2)).astype(np.int64)
+        add(ss, tt, typ)
+        return ss
+
+    like_s = spread(rng.poisson(0.35 * wm * eng), T_LIKE)
+    com_s = spread(rng.poisson(0.12 * wm * eng), T_COMMENT)
+    spread((rng.random(V) < 0.04).astype(np.int64), T_SHARE)
+    p_follow = (0.03 + 0.03 * np.tanh(np.maximum(match[pick], 0))) * ~state.followed[users, st["host_index"]]
+    fol_s = spread((rng.random(V) < p_follow).astype(np.int64), T_FOLLOW)
+    gift_s = spread(rng.poisson(0.015 * wm * eng), T_GIFT)
+
+    act_s = np.concatenate(cols_sess)
+    act_t = np.concatenate(cols_t)
+    last = enter.copy()
+    np.maximum.at(last, act_s, act_t)
+    leave = np.maximum(leave, last + rng.integers(1_000, 20_000, V))
+    send_leave = rng.random(V) >= cfg.no_leave_rate
+    add(np.arange(V), enter, T_ENTER)
+    add(np.flatnonzero(send_leave), leave[send_leave], T_LEAVE)
+
+    p_ref = np.clip(cfg.refund_rate * np.exp(-0.3 * (b_a - 4.0)), 0, 0.5)
+    ref = rng.random(len(b_s)) < p_ref
+    r_t = b_tt[ref] + rng.lognormal(math.log(6 * _H_MS), 1.0, int(ref.sum())).astype(np.int64)
+    add(b_s[ref], r_t, T_REFUND, b_i[ref])
+
+    state.record(st, users[b_s], b_i, b_tt, repeat[buy], users[fol_s])
+    return _rows(world, st, rng, (cols_sess, cols_t, cols_type, cols_item), a_q, b_q, ref, len(like_s),
+                 len(com_s), len(gift_s), users, m)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -734,11 +1188,20 @@ class GroundTruth:
         """JSON-able truth (no vectors): config, streams, fault log, summary."""
         cfg = dataclasses.asdict(self.config)
         cfg["faults"] = dataclasses.asdict(self.config.fault_rates())
+        defaults = SimConfig()
+        for k in _V2_FIELDS:  # repeat-world knobs only when used: older truth files stay as they were
+            if cfg[k] == getattr(defaults, k):
+                del cfg[k]
         streams = [{k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in s.items()}
                    for s in self._sim.world.streams]
         for s in streams:
             s["showcase"] = [self.item_ids[i] for i in s["showcase"]]
-        return {"config": cfg, "streams": streams, "fault_log": self.fault_log, "summary": self.summary()}
+            if "presentation" in s:
+                s["presentation"] = [self.item_ids[i] for i in s["presentation"]]
+        out = {"config": cfg, "streams": streams, "fault_log": self.fault_log, "summary": self.summary()}
+        if self.config.repeat_purchases:
+            out["repeat_profile"] = repeat_profile()
+        return out
 
 
 class Simulation:
@@ -805,8 +1268,10 @@ class Simulation:
             else:
                 log[key] = m
 
+        state = _RepeatState(self.cfg, self.world) if self.cfg.uses_v2() else None
         for st in self.world.streams:
-            rows = _stream_events(self.cfg, self.world, st)
+            rows = (_stream_events(self.cfg, self.world, st) if state is None
+                    else _stream_events_v2(self.cfg, self.world, st, state))
             n_true += len(rows)
             if keep_clean:
                 clean.extend(rows)
@@ -828,6 +1293,10 @@ class Simulation:
         self._summary = {"true_events": n_true, "sent_rows": line, "events_by_type": dict(sorted(by_type.items())),
                          "faults_by_kind": dict(sorted(Counter(v["kind"] for v in log.values()).items())),
                          "catalog_items": len(self.world.item_ids), "streams": len(self.world.streams)}
+        if state is not None:
+            self._summary["repeat"] = state.summary()
+            if self.world.hosts is not None:
+                self._summary["hosts"] = len(self.world.hosts)
         self._done = True
         if keep_clean:
             self._clean = clean
