@@ -296,3 +296,14 @@ def test_max_queries_sample_is_deterministic():
     s2 = P.make_split(ev.sample(frac=1, random_state=3), split="leave-last", max_queries=50)
     assert len(s1.queries) == 50
     assert [q.user_id for q in s1.queries] and sorted(q.user_id for q in s1.queries) == sorted(q.user_id for q in s2.queries)
+
+
+def test_served_model_unavailable_exits_2(tmp_path, monkeypatch, capsys):
+    import sys
+
+    f = tmp_path / "x.csv"
+    pd.DataFrame({"user_id": ["a", "a", "b"], "item_id": ["1", "2", "1"], "ts": [1, 2, 3]}).to_csv(f, index=False)
+    monkeypatch.setitem(sys.modules, "shared.reco.recipe", None)  # import fails
+    assert evaluate_main(["--data", str(f), "--model", "served"]) == 2
+    assert "shared.reco.recipe" in capsys.readouterr().err
+    assert evaluate_main(["--data", str(f), "--model", "nope"]) == 2
