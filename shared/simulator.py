@@ -185,7 +185,7 @@ class SimConfig:
     rebuy_boost: float = 6.0                  #: affinity boost of a consumable bought exactly one cycle ago
     rebuy_intent: float = 0.9                 #: p(viewer looks up a due item in the cart list) at full dueness
     room_dynamics: bool = False               #: presented item sells more; sales cluster (social proof)
-    presented_boost: float = 2.0              #: affinity boost of the item the host presents right now
+    presented_boost: float = 2.5              #: affinity boost of the item the host presents right now
     social_proof: float = 0.8                 #: affinity boost per log1p(sales of the item in the last window)
     social_window_minutes: float = 10.0       #: social proof window
 
@@ -833,7 +833,13 @@ def _stream_events_v2(cfg: SimConfig, world: World, st: dict[str, Any], state: _
         hit = rng.random(due.shape) < np.clip(cfg.rebuy_intent * due, 0, 0.95)
         vs, js = np.nonzero(hit)
         it = enter[vs] + 1_000 + (rng.random(len(vs)) * (leave[vs] - enter[vs]) * 0.8).astype(np.int64)
-        oki = it < leave[vs] - 1_000
+        # ... unless the host presents it during the session: then the viewer buys it in its slot (the
+        # slot impression above carries the rebuy boost), no extra look-up
+        pos = np.empty(show.max() + 1, np.int64)
+        pos[order] = np.arange(m)
+        kk = k0[vs] + (pos[show[js]] - k0[vs]) % m
+        in_slot = (kk <= k1[vs]) & (np.maximum(s0 + kk * L, enter[vs]) + 8_000 < leave[vs] - 1_000)
+        oki = (it < leave[vs] - 1_000) & ~in_slot
         imp_s.append(vs[oki])
         imp_t.append(it[oki])
         imp_i.append(show[js[oki]])
@@ -1137,6 +1143,40 @@ class GroundTruth:
             if s["stream_id"] == stream_id:
                 return [self.item_ids[i] for i in s["showcase"]]
         raise KeyError(stream_id)
+
+    # --- repeat world -------------------------------------------------------------------------
+    def repeat_profile(self) -> dict[str, dict[str, Any]]:
+        """category -> {"consumable", "cycle_days"} (``CATEGORY_CYCLE_DAYS``). The user-specific cycle of
+        user u in category k is ``cycle_days * user_cycle_jitter[u, k]`` (repeat_purchases worlds)."""
+        return repeat_profile()
+
+    @property
+    def user_cycle_jitter(self) -> np.ndarray | None:
+        return self._sim.world.user_cycle_jitter
+
+    @property
+    def hosts(self):
+        """DataFrame of a multi-day world's hosts (host_id, platform, main categories, core assortment)."""
+        import pandas as pd
+        return pd.DataFrame([{"host_id": h["host_id"], "platform": h["platform"], "name": h["name"],
+                              "main_categories": [CATEGORIES[k][0] for k in h["main"]],
+                              "core": [self.item_ids[i] for i in h["core"]], "popularity": h["popularity"],
+                              "frequency": h["frequency"]} for h in (self._sim.world.hosts or [])])
+
+    def presentation(self, stream_id: str):
+        """DataFrame (slot, start_ms, end_ms, item_id): what the host presents when (repeat-world knobs
+        on; the legacy single evening draws its order inside the event generator and does not keep it)."""
+        import pandas as pd
+        st = next((s for s in self._sim.world.streams if s["stream_id"] == stream_id), None)
+        if st is None:
+            raise KeyError(stream_id)
+        if "presentation" not in st:
+            raise ValueError("presentation is recorded only with days/repeat_purchases/room_dynamics on")
+        L, order = st["slot_ms"], st["presentation"]
+        n = (st["end_ms"] - st["start_ms"]) // L + 1
+        k = np.arange(n)
+        return pd.DataFrame({"slot": k, "start_ms": st["start_ms"] + k * L, "end_ms": st["start_ms"] + (k + 1) * L,
+                             "item_id": [self.item_ids[i] for i in order[k % len(order)]]})
 
     # --- faults and clean events ---------------------------------------------------------------
     @property
@@ -1594,6 +1634,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--start", default="2026-11-27T12:00:00Z")
     ap.add_argument("--faults", default=None, help="'default', 'none', or kind=rate,... (kinds: %s)"
                     % ", ".join(FAULT_KINDS))
+    ap.add_argument("--repeat-world", action="store_true",
+                    help="the ~28-day repeat world preset (SimConfig.repeat_preset); --seed/--faults/--platforms/"
+                         "--start apply, --streams/--users/--items/--viewers are ignored (use --scale)")
+    ap.add_argument("--scale", type=float, default=1.0, help="with --repeat-world: scale streams, users, items")
+    ap.add_argument("--days", type=float, default=None, help="with --repeat-world: days of the world (default 28)")
     ap.add_argument("--out", help="write NDJSON + truth files into this directory")
     ap.add_argument("--gzip", action="store_true", help="with --out: write .ndjson.gz")
     ap.add_argument("--no-truth-tables", action="store_true", help="with --out: skip parquet truth (streams)")
@@ -1604,9 +1649,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--concurrency", type=int, default=4)
     ap.add_argument("--format", choices=["ndjson", "json"], default="ndjson")
     a = ap.parse_args(argv)
-    cfg = SimConfig(seed=a.seed, n_streams=a.streams, n_users=a.users, n_items=a.items,
-                    mean_viewers_per_stream=a.viewers, platforms=tuple(p for p in a.platforms.split(",") if p),
-                    start=a.start, faults=_parse_faults(a.faults))
+    if a.repeat_world:
+        over: dict[str, Any] = {"platforms": tuple(p for p in a.platforms.split(",") if p),
+                                "faults": _parse_faults(a.faults)}
+        if a.start != ap.get_default("start"):
+            over["start"] = a.start
+        if a.days is not None:
+            over["days"] = a.days
+        cfg = SimConfig.repeat_preset(seed=a.seed, scale=a.scale, **over)
+    else:
+        cfg = SimConfig(seed=a.seed, n_streams=a.streams, n_users=a.users, n_items=a.items,
+                        mean_viewers_per_stream=a.viewers, platforms=tuple(p for p in a.platforms.split(",") if p),
+                        start=a.start, faults=_parse_faults(a.faults))
     sim = simulate(cfg)
     t0 = time.monotonic()
     report: dict[str, Any] = {}

@@ -243,3 +243,148 @@ def test_cli(tmp_path, capsys):
     out = json.loads(capsys.readouterr().out)
     assert out["summary"]["events_by_type"]["stream_enter"] > 0
     assert (tmp_path / "events.ndjson").exists() and (tmp_path / "truth.json").exists()
+
+
+# --- repeat world (multi-day, consumable rebuys, live-room dynamics) ------------------------------
+
+from shared.simulator import CATEGORY_CYCLE_DAYS, REPEAT_WORLD, repeat_profile  # noqa: E402
+
+REPEAT = SimConfig.repeat_preset(seed=1, scale=0.3)   # 45 streams over 28 days, 720 users, 135 items
+
+
+@pytest.fixture(scope="module")
+def repeat_sim():
+    sim = simulate(REPEAT)
+    sim.events
+    return sim
+
+
+@pytest.fixture(scope="module")
+def repeat_buys(repeat_sim):
+    import pandas as pd
+    b = pd.DataFrame([r for r in repeat_sim.events if r["type"] == "purchase"])
+    b["ms"] = b["ts"].map(parse_ts_ms)
+    b = b.sort_values(["ms", "event_id"]).reset_index(drop=True)
+    b["repeat"] = b.duplicated(["user_id", "item_id"])
+    b["category"] = b["item_id"].map(dict(zip(repeat_sim.truth.item_ids, repeat_sim.truth.item_category)))
+    b["gap_days"] = b.groupby(["user_id", "item_id"])["ms"].diff() / 86_400_000
+    return b
+
+
+def test_default_config_output_unchanged():
+    """The repeat-world knobs default to no-ops: the single evening is byte-identical to before."""
+    import hashlib
+    sim = simulate(SMALL, faults="default")
+    h = hashlib.sha256(b"".join((r.encode() if isinstance(r, str) else orjson.dumps(r)) + b"\n" for r in sim.events))
+    assert h.hexdigest() == "dba3a5dc8e090d47ae194daff91c954cd962f83e02bae2159acad22c5a184f6d"
+    cfg = sim.truth.to_json()["config"]
+    assert "days" not in cfg and "repeat_purchases" not in cfg and "repeat" not in sim.truth.summary()
+    assert "presentation" not in sim.world.streams[0]
+
+
+def test_repeat_world_valid_and_deterministic(repeat_sim):
+    again = simulate(REPEAT)
+    assert again.events == repeat_sim.events and again.catalog == repeat_sim.catalog
+    for r in repeat_sim.catalog + repeat_sim.events:
+        assert validate_record(r)[1] is None, r
+    ids = [r["event_id"] for r in repeat_sim.events]
+    assert len(ids) == len(set(ids))
+    buys = [r for r in repeat_sim.events if r["type"] == "purchase"]
+    assert all(r["price"] > 0 and r["quantity"] >= 1 and r["order_id"] and r["currency"] == "CNY" for r in buys)
+    assert len({r["order_id"] for r in buys}) == len(buys)
+    # many days, hosts returning with overlapping showcases, viewers returning to them
+    st = repeat_sim.truth.streams
+    assert (st["end"].max() - st["start"].min()).days >= 25
+    per_host = st.groupby("host_id").size()
+    assert per_host.max() >= 3 and len(per_host) < len(st) / 2
+    h = per_host.idxmax()
+    shows = [set(s) for s in st[st["host_id"] == h]["showcase"]]
+    assert np.mean([len(a & b) / len(a | b) for a, b in zip(shows, shows[1:])]) > 0.2
+    enters = [(r["user_id"], r["stream_id"]) for r in repeat_sim.events if r["type"] == "stream_enter"]
+    host_of = dict(zip(st["stream_id"], st["host_id"]))
+    visits = Counter((u, host_of[s]) for u, s in enters)
+    assert sum(v for v in visits.values() if v > 1) > 0.5 * len(enters)
+    assert simulate(REPEAT, seed=2).events[:50] != repeat_sim.events[:50]
+
+
+def test_repeat_share_in_range(repeat_sim, repeat_buys):
+    share = repeat_buys["repeat"].mean()
+    assert 0.35 <= share <= 0.55, share
+    assert len(repeat_buys) > 1000
+    s = repeat_sim.truth.summary()["repeat"]
+    assert s["purchases"] == len(repeat_buys) and abs(s["repeat_share"] - share) < 0.02
+
+
+def test_consumables_rebought_around_their_cycle_durables_rarely(repeat_buys, repeat_sim):
+    assert repeat_sim.truth.repeat_profile() == repeat_profile()
+    checked = 0
+    for cat, g in repeat_buys.groupby("category"):
+        cyc = CATEGORY_CYCLE_DAYS[cat]
+        gaps = g["gap_days"].dropna()
+        if cyc is None:
+            assert g["repeat"].mean() < 0.01, (cat, g["repeat"].mean())
+        elif len(gaps) >= 20:
+            assert 0.5 * cyc <= gaps.median() <= 1.5 * cyc, (cat, cyc, gaps.median())
+            checked += 1
+    assert checked >= 3
+    cons = repeat_buys["category"].map(CATEGORY_CYCLE_DAYS).notna()
+    assert repeat_buys.loc[cons, "repeat"].mean() > 10 * max(repeat_buys.loc[~cons, "repeat"].mean(), 1e-3)
+
+
+def test_presented_item_sells_more(repeat_sim):
+    """Per impression of an item the viewer never bought, the item the host presents at that moment
+    converts several times better than another showcase item seen in the cart list."""
+    t = repeat_sim.truth
+    rows = [r for r in t.clean_events() if r["type"] in ("product_impression", "purchase")]
+    bought: dict = {}
+    for r in sorted((r for r in rows if r["type"] == "purchase"), key=lambda r: parse_ts_ms(r["ts"])):
+        bought.setdefault((r["user_id"], r["item_id"]), parse_ts_ms(r["ts"]))
+    pres = {s: t.presentation(s) for s in {r["stream_id"] for r in rows}}
+    buy_in = {(r["stream_id"], r["user_id"], r["item_id"]) for r in rows if r["type"] == "purchase"}
+    n = Counter()
+    for r in rows:
+        if r["type"] != "product_impression":
+            continue
+        ms = parse_ts_ms(r["ts"])
+        if bought.get((r["user_id"], r["item_id"]), np.inf) < ms:
+            continue  # a rebuy candidate
+        p = pres[r["stream_id"]]
+        k = min(int(np.searchsorted(p["end_ms"].to_numpy(), ms, side="right")), len(p) - 1)
+        key = "pres" if p["item_id"].iat[k] == r["item_id"] else "other"
+        n[key] += 1
+        n[key + "_buy"] += (r["stream_id"], r["user_id"], r["item_id"]) in buy_in
+    rate_p, rate_o = n["pres_buy"] / n["pres"], n["other_buy"] / n["other"]
+    assert n["pres"] > 1000 and n["other"] > 1000
+    assert rate_p > 3 * rate_o, (rate_p, rate_o)
+
+
+def test_social_proof_clusters_sales_in_the_room(repeat_sim):
+    def clustered(sim):
+        by = defaultdict(list)
+        for r in sim.truth.clean_events():
+            if r["type"] == "purchase":
+                by[(r["stream_id"], r["item_id"])].append(parse_ts_ms(r["ts"]))
+        n = hit = 0
+        for ts in by.values():
+            ts.sort()
+            for a, b in zip(ts, ts[1:]):
+                n += 1
+                hit += b - a < 600_000
+        return hit / max(n + len(by), 1)
+
+    flat = simulate(REPEAT, social_proof=0.0)
+    assert clustered(repeat_sim) > clustered(flat)
+    assert len([r for r in repeat_sim.events if r["type"] == "purchase"]) > len(
+        [r for r in flat.events if r["type"] == "purchase"])
+
+
+def test_repeat_preset_and_cli(tmp_path, capsys):
+    full = SimConfig.repeat_preset(seed=3)
+    assert full.days == REPEAT_WORLD["days"] == 28 and 1500 <= full.n_users <= 3000
+    assert 300 <= full.n_items <= 600 and 100 <= full.n_streams <= 200
+    assert main(["--repeat-world", "--scale", "0.1", "--seed", "4", "--out", str(tmp_path)]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["summary"]["repeat"]["purchases"] > 0 and out["summary"]["hosts"] >= 2
+    truth = json.loads((tmp_path / "truth.json").read_text(encoding="utf-8"))
+    assert truth["config"]["days"] == 28 and truth["repeat_profile"]["食品/零食"]["cycle_days"] == 7
+    assert "presentation" in truth["streams"][0]
