@@ -20,6 +20,10 @@ from typing import Any
 import numpy as np
 
 from shared.reco import HybridRecommender
+from shared.reco.ranker import RoomRanker
+
+#: model classes a version may hold (``meta["model"]["class"]``); arrays + JSON only
+MODEL_CLASSES = {"HybridRecommender": HybridRecommender, "RoomRanker": RoomRanker}
 from shared.storage import ABSENT, NotFound, ObjectStore, PreconditionFailed, get_json_with_generation
 
 MODELS = "models/"
@@ -38,7 +42,7 @@ def meta_key(version: str) -> str:
 class Served:
     """A loaded model plus the serving extras (titles, showcases) and its meta."""
     version: str
-    model: HybridRecommender
+    model: RoomRanker | HybridRecommender
     meta: dict
     titles: np.ndarray                # "<U" per item index of the model
     showcase: dict[str, np.ndarray]   # stream_id -> item indices (int64)
@@ -48,7 +52,7 @@ class Served:
         return str(self.titles[idx]) if self.titles.size else ""
 
 
-def encode_arrays(model: HybridRecommender, extras: dict[str, np.ndarray]) -> bytes:
+def encode_arrays(model: RoomRanker | HybridRecommender, extras: dict[str, np.ndarray]) -> bytes:
     arrays = {f"model.{k}": v for k, v in model.to_arrays().items()}
     arrays.update({f"serving.{k}": v for k, v in extras.items()})
     for k, v in arrays.items():
@@ -77,7 +81,10 @@ def showcase_extras(item_ids: np.ndarray, showcases: dict[str, list[str]]) -> di
 
 
 def build_served(version: str, model_arrays, extras, meta, generation=None) -> Served:
-    model = HybridRecommender.from_arrays(model_arrays, meta["model"])
+    cls = MODEL_CLASSES.get((meta.get("model") or {}).get("class", "HybridRecommender"))
+    if cls is None:
+        raise ValueError(f"unknown model class {(meta.get('model') or {}).get('class')!r}")
+    model = cls.from_arrays(model_arrays, meta["model"])
     titles = extras.get("item_title", np.empty(0, dtype="<U1"))
     sids = extras.get("showcase.stream_ids", np.empty(0, dtype="<U1")).tolist()
     indptr = extras.get("showcase.indptr", np.zeros(1, dtype=np.int64))

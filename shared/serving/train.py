@@ -40,6 +40,8 @@ import scipy.sparse as sp
 from shared.log import get_logger
 from shared.reco import DEFAULT_ACTION_WEIGHTS, HybridRecommender, build_user_items
 from shared.reco.instream import catalogue_topk, instream_parts, stream_pairs, tune_blend
+from shared.reco.recipe import DEFAULT_RECIPE, fit_recipe
+from shared.serving.gate import current_factory, decide, evaluate_candidate
 from shared.reco.metrics import ranking_metrics
 from shared.serving.data import TrainingData, read_training_data
 from shared.serving.registry import Registry, Served, encode_arrays, showcase_extras
@@ -66,11 +68,12 @@ class TrainConfig:
     window_days: float = field(default_factory=lambda: _envf("DAIHUO_TRAIN_WINDOW_DAYS", 30.0))
     holdout_frac: float = field(default_factory=lambda: _envf("DAIHUO_TRAIN_HOLDOUT_FRAC", 0.2))
     tolerance: float = field(default_factory=lambda: _envf("DAIHUO_PROMOTE_TOLERANCE", 0.02))
+    strict: bool = field(default_factory=lambda: os.environ.get("DAIHUO_GATE_STRICT", "0").lower() in ("1", "true", "yes"))
     k: int = 10
     max_eval_users: int = field(default_factory=lambda: int(_envf("DAIHUO_EVAL_MAX_USERS", 5000)))
     half_life_days: float = field(default_factory=lambda: _envf("DAIHUO_TRAIN_HALF_LIFE_DAYS", 30.0))
     params: dict = field(default_factory=lambda: json.loads(os.environ["DAIHUO_TRAIN_PARAMS"])
-                         if os.environ.get("DAIHUO_TRAIN_PARAMS") else json.loads(json.dumps(DEFAULT_PARAMS)))
+                         if os.environ.get("DAIHUO_TRAIN_PARAMS") else {})   # recipe overrides (DEFAULT_RECIPE)
     topic: str = field(default_factory=lambda: os.environ.get("DAIHUO_MODEL_TOPIC", "model-published"))
     # blend tuning on a validation split carved from the TRAINING part (never the holdout)
     tune: bool = field(default_factory=lambda: os.environ.get("DAIHUO_TRAIN_TUNE", "1").lower() not in ("0", "false", "no"))
@@ -322,6 +325,31 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+def recipe_params(cfg: "TrainConfig") -> dict:
+    """The served recipe's parameters: ``DEFAULT_RECIPE`` updated by ``cfg.params``
+    (``DAIHUO_TRAIN_PARAMS``)."""
+    p = json.loads(json.dumps(DEFAULT_RECIPE))
+    for k, v in (cfg.params or {}).items():
+        p[k] = {**p[k], **v} if isinstance(v, dict) and isinstance(p.get(k), dict) else v
+    return p
+
+
+def gate_metrics(ev: dict, summary: dict) -> dict:
+    """Flat numbers per block (candidate, best baseline, ratio) for the dashboard + the gate summary."""
+    out: dict[str, Any] = {"k": ev.get("k"), "gate": summary, "primary": ev.get("primary")}
+    for name, b in (ev.get("blocks") or {}).items():
+        if "rankers" not in b:
+            continue
+        key = b["metric"]
+        tag = name.replace("/purchase", "").replace("/", "_")
+        out[f"{tag}_{key}"] = round(b["rankers"]["candidate"][key], 6)
+        out[f"{tag}_best_baseline_{key}"] = round(b["rankers"][b["best_baseline"]][key], 6)
+        out[f"{tag}_queries"] = b["n_queries"]
+    if summary.get("vs_best_baseline"):
+        out["ratio_vs_best_baseline"] = round(summary["vs_best_baseline"]["ratio"], 4)
+    return out
+
+
 def _decide(metrics: dict, current_version: str | None, current_error: str | None, cfg: TrainConfig) -> tuple[bool, str]:
     """Gate on ``metrics["gate"]``: the in-stream NDCG@k (how ``recommend`` is used in a live room) when
     the holdout has (user, stream) pairs, else the whole-catalogue NDCG@k."""
@@ -357,7 +385,7 @@ def _finish(reg: Registry, version: str, meta: dict, bus, cfg: TrainConfig, t0: 
         elif gen == d.get("latest_generation"):
             try:
                 reg.promote({"version": version, "promoted_at": _now(), "previous": d.get("compared_to"),
-                             "metrics": meta["metrics"].get("candidate", {})}, gen)
+                             "metrics": meta["metrics"].get("gate", {})}, gen)
                 promoted = True
             except Exception as exc:  # PreconditionFailed: someone moved it between read and swap
                 reason = f"not promoted: LATEST moved concurrently ({type(exc).__name__}); {reason}"
@@ -394,81 +422,37 @@ def run_train(store, bus=None, cfg: TrainConfig | None = None, trigger: dict | N
 
     # -- once per run: item index, content neighbours (catalogue only), showcases
     t1 = time.perf_counter()
-    item_ids = HybridRecommender.catalogue_ids(data.events, catalog_items(data.catalog))
-    content = HybridRecommender(**cfg.params).fit_content(item_ids, catalog_items(data.catalog))
+    items = catalog_items(data.catalog)
+    recipe = recipe_params(cfg)
+    item_ids = HybridRecommender.catalogue_ids(data.events, items)
+    content = HybridRecommender(**recipe["base"]).fit_content(item_ids, items)
     showcases = build_showcases(data.events, data.catalog)
     t_content = time.perf_counter() - t1
 
-    # -- blend tuning on a validation split of the training part; then the holdout evaluation:
-    #    candidate vs current vs baselines, same users / (user, stream) pairs, same relevant items
+    def candidate(tr, it, ref):
+        return fit_recipe(tr, it, ref, recipe, content=content, item_ids=item_ids)
+
+    # -- the gate: candidate vs current vs baselines on a time-based holdout (shared.serving.gate)
     t1 = time.perf_counter()
-    split_ts = time_split(data.events, cfg.holdout_frac)
-    train_part = data.events[data.events["ts"] <= split_ts]
-    tuned, tune_report = (tune_params(train_part, data.catalog, cfg, showcases, content, item_ids) if cfg.tune
-                          else ({}, {"skipped": "tuning disabled"}))
-    params = {**cfg.params, **tuned}
-    t_tune = time.perf_counter() - t1
-    t1 = time.perf_counter()
-    cand = fit_model(train_part, data.catalog, cfg, split_ts, params, content, item_ids)
-    t_cand = time.perf_counter() - t1
-    _, ho = make_holdout(data.events, cfg, model=cand)
-    metrics: dict[str, Any] = {"k": cfg.k, "users": int(len(ho.users)), "holdout_events": ho.n_holdout_events,
-                               "split_ts": ho.split_ts, "protocol": "catalogue"}
-    metrics["candidate"] = score_ranking(rank_for(cand, ho, cfg.k), ho, cfg.k, cand.n_items_)
-    metrics["popularity"] = score_ranking(popularity_for(cand, ho, cfg.k), ho, cfg.k, cand.n_items_)
-    hold = data.events[data.events["ts"] > split_ts]
-    pairs = stream_pairs(cand, hold, showcases, cfg.max_eval_users)
-    ins: dict[str, Any] = {"pairs": len(pairs), "users": len(set(pairs.users)), "pairs_available": pairs.n_available,
-                           "sample": f"deterministic md5 sample of at most {cfg.max_eval_users} pairs",
-                           "note": "per (user, stream) in the holdout: the stream's showcase ranked with "
-                                   "stream_id, history excluded (recommend's filters)"}
-    if len(pairs):
-        r = evaluate_in_stream(cand, pairs, showcases, cfg.k)
-        ins.update({"candidate": r["model"], "stream_bestsellers": r["stream_bestsellers"],
-                    "showcase_popularity": r["showcase_popularity"]})
-    metrics["in_stream"] = ins
-    key = f"ndcg@{cfg.k}"
-    metrics["gate"] = {"protocol": "in_stream" if len(pairs) else "catalogue", "metric": key}
-    if len(pairs):  # flat numeric copies (the dashboard charts top-level numbers)
-        metrics[f"in_stream_{key}"] = ins["candidate"][key]
-        metrics[f"in_stream_bestsellers_{key}"] = ins["stream_bestsellers"][key]
-    metrics[f"catalogue_{key}"] = metrics["candidate"][key]
-    metrics["tuning"] = {k_: v for k_, v in tune_report.items() if k_ != "grid"}
     pointer, latest_gen = reg.latest()
     current_version = pointer.get("version") if pointer else None
-    current_error = None
+    current_error, cur_factory = None, None
     if current_version:
         try:
-            cur: Served = reg.load(current_version)
-            cur_end = (cur.meta.get("window") or {}).get("end")
-            if cur_end and pd.Timestamp(cur_end) > split_ts:
-                # the current model was fitted on (part of) this holdout: scoring it as served would
-                # be leaky (it filters the held-out items as "seen" and its similarities know them).
-                # Fair comparison: the current model's recipe (the params it served with, tuned
-                # weights included) refitted on the same training part.
-                cur_params = (cur.meta.get("model") or {}).get("params") or cur.meta.get("params", cfg.params)
-                same_content = cur_params.get("content_params") == params.get("content_params")
-                ref = fit_model(train_part, data.catalog, cfg, split_ts, cur_params,
-                                content if same_content else None, item_ids if same_content else None)
-                mode = "recipe refitted on the training part (served model saw the holdout)"
-            else:
-                ref, mode = cur.model, "as served"
-            metrics["current"] = {"version": current_version, "mode": mode,
-                                  **score_ranking(rank_for(ref, ho, cfg.k), ho, cfg.k, ref.n_items_)}
-            if len(pairs):
-                metrics["in_stream"]["current"] = {
-                    "version": current_version, "mode": mode,
-                    **evaluate_in_stream(ref, pairs, showcases, cfg.k, baselines=False)["model"]}
+            cur_factory = current_factory(reg.read_meta(current_version))
         except Exception as exc:
             current_error = f"{type(exc).__name__}: {exc}"
             log.error("current model unreadable", extra={"version": current_version, "error": current_error})
+    ev = evaluate_candidate(data.events, items, candidate=candidate, current=cur_factory, k=cfg.k,
+                            holdout_frac=cfg.holdout_frac, max_queries=cfg.max_eval_users)
+    promote, reason, summary = decide(ev, current_version, current_error, cfg.tolerance, cfg.strict)
+    metrics = gate_metrics(ev, summary)
     t_eval = time.perf_counter() - t1
-    promote, reason = _decide(metrics, current_version, current_error, cfg)
 
-    # -- the served model: refit on the full window (same tuned blend, same content neighbours)
+    # -- the served model: the same recipe on the full window
     t2 = time.perf_counter()
     end = pd.Timestamp(data.window["end"])
-    model = fit_model(data.events, data.catalog, cfg, end, params, content, item_ids)
+    model = fit_recipe(data.events, items, end, recipe, content=content, item_ids=item_ids)
     t_fit = time.perf_counter() - t2
     titles = pd.Series(data.catalog["title"].astype(str).to_numpy(), index=data.catalog["item_id"]) \
         if len(data.catalog) else pd.Series(dtype=str)
@@ -478,21 +462,20 @@ def run_train(store, bus=None, cfg: TrainConfig | None = None, trigger: dict | N
     blob = encode_arrays(model, extras)
     meta = {
         "version": version, "created_at": _now(), "code_version": code_version(),
-        "params": cfg.params, "tuned_params": tuned, "tuning": tune_report, "config": {k: v for k, v in asdict(cfg).items() if k != "params"},
+        "params": recipe, "config": {k: v for k, v in asdict(cfg).items() if k != "params"},
         "window": data.window, "inputs": data.inputs,
-        "data": {"events": int(len(data.events)), "train_events": int(len(train_part)),
-                 "users": int(len(model.user_ids_)), "items": int(model.n_items_),
+        "data": {"events": int(len(data.events)), "users": int(len(model.user_ids_)), "items": int(model.n_items_),
                  "catalog_items": int(len(data.catalog)), "streams": len(showcases)},
-        "metrics": metrics, "metrics_note": "holdout metrics of the model fitted on the training part (blend "
-                                            "tuned on a validation split of the training part); the served "
-                                            "model is refitted on the full window. metrics.candidate/popularity/"
-                                            "current: whole catalogue ranked; metrics.in_stream: per (user, "
-                                            "stream), showcase ranked with stream_id; metrics.gate: what "
-                                            "promotion compares",
+        "metrics": metrics, "evaluation": ev,
+        "metrics_note": "holdout of the last holdout_frac of purchases (global-time cut); the candidate is the "
+                        "recipe fitted before the cut, the current model's recipe refitted on the same part; "
+                        "evaluation.blocks: every protocol with all baselines and paired bootstrap intervals; "
+                        "metrics.gate: what promotion compared. The served model is the recipe refitted on the "
+                        "full window.",
         "decision": {"promote": promote, "reason": reason, "compared_to": current_version,
-                     "latest_generation": latest_gen, "tolerance": cfg.tolerance},
-        "timing_s": {"read": round(t_read, 3), "content": round(t_content, 3), "tune": round(t_tune, 3),
-                     "candidate_fit": round(t_cand, 3), "evaluate": round(t_eval - t_cand, 3),
+                     "latest_generation": latest_gen, "tolerance": cfg.tolerance, "strict": cfg.strict,
+                     "below_baseline": bool(summary.get("below_baseline", False))},
+        "timing_s": {"read": round(t_read, 3), "content": round(t_content, 3), "evaluate": round(t_eval, 3),
                      "fit": round(t_fit, 3)},
         "trigger": trigger or {}, "arrays_bytes": len(blob), "model": model.meta,
     }

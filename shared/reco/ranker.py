@@ -1,0 +1,577 @@
+"""The served recommender: candidates from every source, one learned ranker, a reason per item.
+
+``RoomRanker`` combines, per (viewer, item) candidate, the sources a live room has:
+
+======================  ===========================================================  ===========
+feature                 value                                                         reason kind
+======================  ===========================================================  ===========
+``bought``              1 if the viewer bought the item in the window                buy_again
+``buy_count``           ``rate_i · log(1 + occasions)``                              buy_again
+``rebuy_due``           ``rate_i · exp(-(ln(gap / τ_i))² / (2·0.6²))``: bought, due   buy_again
+``bought_durable``      ``(1 - rate_i)`` if bought (learned weight < 0: held back)   buy_again
+``bought_fresh``        ``max(0, 1 - gap / τ_i)²`` if bought (too soon to rebuy)      buy_again
+``buy_freq``            ``log(1 + occasions)``                                       buy_again
+``buy_recency``         ``exp(-gap / 30)`` if bought                                 buy_again
+``user_repeat``         the viewer's share of repeat occasions (shrunk) if bought    buy_again
+``cart``                ``log(1 + decayed add-to-cart count)``                       in_history
+``click``               ``log(1 + decayed click count)``                             in_history
+``touch_recent``        ``exp(-days since last touch / 2)`` if touched                in_history
+``cf``                  ``R_cf(u, i) / max R_cf(u, ·)`` (EASE / item-kNN)             because_you
+``content``             ``R_cnt(u, i) / max R_cnt(u, ·)`` (TF-IDF neighbours)        because_you
+``context``             the same for the session's context items (cf + content)/2   similar_to
+``pop``                 global popularity in [0, 1]                                  popular
+``pop_log``             ``log(1 + buyers_i) / log(1 + max buyers)``                  popular
+``room_buy``            ``log(1 + orders of i in this stream so far)``               popular_in_stream
+``room_share``          orders of i / orders in this stream so far                   popular_in_stream
+``room_click``          ``log(1 + clicks of i in this stream so far)``               popular_in_stream
+``category``            the viewer's share of interactions in i's category           taste
+``price``               ``exp(-|ln price_i - mean ln price of the viewer|)``         taste
+======================  ===========================================================  ===========
+
+``gap`` = days since the viewer's last purchase of ``i``; ``rate_i`` / ``τ_i`` the item's rebuy rate
+and interval (``shared.reco.rebuy``).  The ranker is a regularised logistic regression on the
+standardised features, ``score = b + Σ_f w_f (x_f - μ_f) / σ_f``, learned by ``shared.reco.recipe``
+on a time split of the training data; its contributions ``w_f (x_f - μ_f) / σ_f`` are the item's
+``parts`` and the largest one names the ``reason``.  Arrays + JSON only (no pickle).
+"""
+from __future__ import annotations
+
+import json
+import time
+from datetime import datetime, timezone
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from ._core import csr_from_arrays, csr_to_arrays, str_array
+from .hybrid import HybridRecommender
+from .interactions import _codes, build_user_items
+from .rebuy import RepeatStats, purchase_occasions, ts_days
+
+__all__ = ["FEATURES", "FEATURE_GROUP", "PRIOR_WEIGHTS", "RoomRanker", "room_counts"]
+
+FEATURES = ("bought", "buy_count", "buy_freq", "buy_recency", "user_repeat", "rebuy_due", "bought_durable",
+            "bought_fresh", "cart", "click", "touch_recent", "cf", "content", "context", "pop", "pop_log", "room_buy",
+            "room_share", "room_click", "category", "price")
+FEATURE_GROUP = {"bought": "buy_again", "buy_count": "buy_again", "buy_freq": "buy_again", "buy_recency": "buy_again",
+                 "user_repeat": "buy_again", "rebuy_due": "buy_again",
+                 "bought_durable": "buy_again", "bought_fresh": "buy_again", "cart": "history", "click": "history",
+                 "touch_recent": "history", "cf": "cf", "content": "content", "context": "context", "pop": "popular", "pop_log": "popular",
+                 "room_buy": "room", "room_share": "room", "room_click": "room", "category": "taste",
+                 "price": "taste"}
+GROUPS = ("buy_again", "history", "cf", "content", "context", "room", "popular", "taste")
+#: raw-feature weights used when there is nothing to learn from (no labels): repeat, then the room
+PRIOR_WEIGHTS = {"bought": 1.0, "buy_count": 1.0, "rebuy_due": 2.0, "bought_durable": -2.0, "bought_fresh": -1.0,
+                 "cart": 0.5, "click": 0.2, "cf": 1.0, "content": 0.2, "context": 1.0, "pop": 0.5,
+                 "room_buy": 0.5, "room_share": 2.0, "room_click": 0.1, "category": 0.3, "price": 0.1}
+_F = {f: k for k, f in enumerate(FEATURES)}
+HEADS = ("room", "catalogue")
+
+
+def _head(weights: Mapping[str, float], mu=None, sigma=None, bias: float = 0.0) -> dict:
+    n = len(FEATURES)
+    return {"weights": {f: float(weights.get(f, 0.0)) for f in FEATURES},
+            "mu": np.zeros(n) if mu is None else np.asarray(mu, dtype=np.float64),
+            "sigma": np.ones(n) if sigma is None else np.asarray(sigma, dtype=np.float64), "bias": float(bias)}
+ROOM_TYPES = ("purchase", "product_click")
+
+
+def _lookup(ptr: np.ndarray, ind: np.ndarray, dat: np.ndarray, r: int, c: np.ndarray) -> np.ndarray:
+    """Values of CSR row ``r`` (sorted indices) at columns ``c`` (0 where absent)."""
+    out = np.zeros(c.size, dtype=np.float64)
+    a, b = int(ptr[r]), int(ptr[r + 1])
+    if b > a and c.size:
+        ix = ind[a:b]
+        p = np.minimum(np.searchsorted(ix, c), b - a - 1)
+        hit = ix[p] == c
+        out[hit] = dat[a:b][p[hit]]
+    return out
+
+
+def _now_days(now, default: float) -> float:
+    if now is None:
+        return default
+    if isinstance(now, (int, float, np.floating, np.integer)):
+        return float(now) / 86400.0
+    return float(ts_days(pd.Series([pd.Timestamp(now)]))[0])
+
+
+def room_counts(events: pd.DataFrame, stream_ids: np.ndarray, item_ids: np.ndarray,
+                types: Iterable[str] = ROOM_TYPES) -> dict[str, sp.csr_matrix]:
+    """Per type: stream x item event counts (what the room has seen in the window)."""
+    out = {}
+    ev = events[events["item_id"].notna() & events["stream_id"].notna()] if "stream_id" in events else events.iloc[:0]
+    for t in types:
+        e = ev[ev["type"] == t]
+        s = _codes(e["stream_id"], stream_ids)[0] if len(e) else np.empty(0, np.int64)
+        i = _codes(e["item_id"], item_ids)[0] if len(e) else np.empty(0, np.int64)
+        ok = (s >= 0) & (i >= 0)
+        M = sp.csr_matrix((np.ones(int(ok.sum()), np.float32), (s[ok], i[ok])), shape=(len(stream_ids), len(item_ids)))
+        M.sort_indices()
+        out[t] = M
+    return out
+
+
+class RoomRanker:
+    """Fitted by ``shared.reco.recipe.fit_recipe``; ``recommend`` is what the recommend service calls."""
+
+    def __init__(self, base: HybridRecommender, *, cf_top: int = 100, content_top: int = 50, pop_top: int = 100,
+                 room_top: int = 50, max_history: int = 200):
+        self.base = base
+        self.cf_top, self.content_top, self.pop_top, self.room_top = cf_top, content_top, pop_top, room_top
+        self.max_history = max_history
+        self.heads: dict[str, dict] = {h: _head(PRIOR_WEIGHTS) for h in HEADS}
+        self.ranker_info: dict[str, Any] = {"kind": "prior"}
+
+    # ------------------------------------------------------------------ state
+    @classmethod
+    def fit_state(cls, events: pd.DataFrame, items: pd.DataFrame | None, reference_time, *, base_params: dict,
+                  item_ids=None, content=None, half_life_days: float = 30.0, **kw) -> "RoomRanker":
+        """Everything but the ranker weights, from the events up to ``reference_time``."""
+        base = HybridRecommender(**base_params).fit_events(
+            events, items, half_life_days=half_life_days, reference_time=reference_time, item_ids=item_ids,
+            content=content)
+        self = cls(base, **kw)
+        self.reference_day = float(ts_days(pd.Series([pd.Timestamp(reference_time)]))[0])
+        uids, iids = base.user_ids_, base.item_ids_
+        occ = purchase_occasions(events, uids, iids)
+        self.buy_count_, self.buy_last_ = occ.pairs(len(uids), len(iids))
+        self.repeat_ = RepeatStats.fit(occ, len(iids), base.category_)
+        self.cart_ = build_user_items(events, {"add_to_cart": 1.0}, half_life_days, reference_time,
+                                      user_ids=uids, item_ids=iids, dtype=np.float32).matrix
+        self.click_ = build_user_items(events, {"product_click": 1.0}, half_life_days, reference_time,
+                                       user_ids=uids, item_ids=iids, dtype=np.float32).matrix
+        self.touch_last_ = self._last_touch(events, uids, iids)
+        sids = np.asarray(sorted(set(events["stream_id"].dropna().astype(str).unique().tolist())), dtype=str) \
+            if "stream_id" in events else np.empty(0, dtype="<U1")
+        self.room_stream_ids_ = str_array(sids)
+        self.room_ = room_counts(events, self.room_stream_ids_, iids)
+        self._build()
+        return self
+
+    @staticmethod
+    def _last_touch(events, uids, iids) -> sp.csr_matrix:
+        ev = events[events["type"].isin(["product_click", "add_to_cart", "purchase"]) & events["item_id"].notna()
+                    & events["user_id"].notna()]
+        u = _codes(ev["user_id"], uids)[0]
+        i = _codes(ev["item_id"], iids)[0]
+        d = ts_days(ev["ts"]) if len(ev) else np.empty(0)
+        ok = (u >= 0) & (i >= 0)
+        u, i, d = u[ok], i[ok], d[ok]
+        o = np.lexsort((d, i, u))
+        u, i, d = u[o], i[o], d[o]
+        last = np.ones(u.size, dtype=bool)
+        last[:-1] = (u[1:] != u[:-1]) | (i[1:] != i[:-1])
+        M = sp.csr_matrix((d[last], (u[last], i[last])), shape=(len(uids), len(iids)))
+        M.sort_indices()
+        return M
+
+    def _build(self) -> None:
+        b = self.base
+        self.item_ids_ = b.item_ids_
+        self.user_ids_ = b.user_ids_
+        self.n_items_ = b.n_items_
+        self._room_index = {s: k for k, s in enumerate(self.room_stream_ids_.tolist())}
+        self._gpop = np.asarray(b.popularity_.global_, dtype=np.float64)
+        self._gpop_order = b._gpop_order
+        cat = b.category_
+        if cat is not None:
+            _, self._cat_code = np.unique(np.asarray(cat).astype(str), return_inverse=True)
+            self._cat_code = self._cat_code.astype(np.int64)
+            self._n_cat = int(self._cat_code.max()) + 1 if self._cat_code.size else 0
+        else:
+            self._cat_code, self._n_cat = None, 0
+        pr = b.price_
+        self._logprice = None if pr is None else np.where(np.asarray(pr) > 0, np.log(np.maximum(np.asarray(pr, float), 1e-9)), np.nan)
+        for m in (self.buy_count_, self.buy_last_, self.cart_, self.click_, self.touch_last_):
+            m.sort_indices()
+        nb = np.log1p(np.asarray(self.repeat_.buyers, dtype=np.float64))
+        self._poplog = nb / nb.max() if nb.size and nb.max() > 0 else np.zeros(self.n_items_)
+        # per viewer: share of purchase occasions that repeated an earlier one, shrunk to the global share
+        C = self.buy_count_
+        occ = np.asarray(C.sum(axis=1)).ravel()
+        rep = occ - np.diff(C.indptr)
+        g = float(rep.sum() / occ.sum()) if occ.sum() else 0.0
+        self._user_repeat = (rep + 3.0 * g) / (occ + 3.0)
+        self.set_heads(self.heads, self.ranker_info)
+
+    def set_heads(self, heads: Mapping[str, Mapping], info=None):
+        """``heads[name] = {"weights": {feature: w}, "mu": [...], "sigma": [...], "bias": b}`` for the
+        ``room`` head (a stream or a showcase is given) and the ``catalogue`` head (neither)."""
+        self.heads = {h: _head(**heads[h]) if "weights" in heads[h] else _head(heads[h]) for h in HEADS}
+        self._scale = {h: (np.array([hd["weights"][f] for f in FEATURES]) / np.asarray(hd["sigma"]),
+                           float(hd["bias"] - np.sum(np.array([hd["weights"][f] for f in FEATURES])
+                                                     * np.asarray(hd["mu"]) / np.asarray(hd["sigma"]))))
+                       for h, hd in self.heads.items()}
+        self.ranker_info = dict(info or {})
+        return self
+
+    # --------------------------------------------------------------- features
+    def _user_row(self, user_id):
+        return self.base._user_row(user_id)
+
+    def _history(self, row):
+        """(item idx, decayed weight) of the user's strongest ``max_history`` items."""
+        ip, ix, dx = self.base._ui
+        a0, a1 = ip[row], ip[row + 1]
+        h_idx, h_w = ix[a0:a1].astype(np.int64), dx[a0:a1].astype(np.float64)
+        if h_idx.size > self.max_history:
+            keep = np.sort(np.argsort(-h_w, kind="stable")[: self.max_history])
+            h_idx, h_w = h_idx[keep], h_w[keep]
+        pos = h_w > 0
+        return h_idx[pos], h_w[pos]
+
+    def _room_vectors(self, stream_id, room) -> tuple[dict[int, float], dict[int, float], float] | None:
+        """Room counts as {item idx: n} for purchases and clicks + total orders; None without a stream."""
+        if stream_id is None and room is None:
+            return None
+        pos = self.base._item_pos
+        if room is not None:
+            def conv(d):
+                out = {}
+                for k, v in (d or {}).items():
+                    j = pos.get(str(k))
+                    if j is not None:
+                        out[j] = out.get(j, 0.0) + float(v)
+                return out
+            buy, clk = conv(room.get("purchase")), conv(room.get("product_click"))
+        else:
+            k = self._room_index.get(str(stream_id))
+            if k is None:
+                return {}, {}, 0.0
+            B, C = self.room_["purchase"], self.room_["product_click"]
+            buy = dict(zip(B.indices[B.indptr[k]:B.indptr[k + 1]].tolist(), B.data[B.indptr[k]:B.indptr[k + 1]].tolist()))
+            clk = dict(zip(C.indices[C.indptr[k]:C.indptr[k + 1]].tolist(), C.data[C.indptr[k]:C.indptr[k + 1]].tolist()))
+        return buy, clk, float(sum(buy.values()))
+
+    def candidates_and_features(self, user_id=None, *, stream_id=None, context_items=None, allowed_idx=None,
+                                room=None, now=None, pool: bool = True):
+        """The candidate items and their feature matrix for one request.
+
+        Returns ``(cand, F, info)``: ``cand`` sorted unique item positions, ``F`` ``(len(cand), len(FEATURES))``,
+        ``info`` the per-candidate sources named by reasons (cf / content / context source item, purchase
+        count / last day, strongest history action) and the strategy."""
+        b = self.base
+        now_d = max(_now_days(now, self.reference_day), 0.0)
+        row = self._user_row(user_id)
+        h_idx = h_w = np.empty(0, dtype=np.int64)
+        if row is not None:
+            h_idx, h_w = self._history(row)
+        c_idx = b._item_idx_fast(context_items) if context_items else np.empty(0, dtype=np.int64)
+        rv = self._room_vectors(stream_id, room)
+        parts: dict[str, tuple] = {}
+        if h_idx.size:
+            parts["cf"] = b.cf_model_.score_one_sources(h_idx, h_w)
+            if b.content_model_ is not None:
+                parts["content"] = b.content_model_.score_one_sources(h_idx, h_w)
+        if c_idx.size:
+            cw = np.ones(c_idx.size)
+            parts["ctx_cf"] = b.cf_model_.score_one_sources(c_idx, cw)
+            if b.content_model_ is not None:
+                parts["ctx_ct"] = b.content_model_.score_one_sources(c_idx, cw)
+        # ---- candidates
+        if allowed_idx is not None:
+            cand = np.unique(np.asarray(allowed_idx, dtype=np.int64))
+        elif pool:
+            pieces = [h_idx, c_idx, self._gpop_order[: self.pop_top]]
+            for name, top in (("cf", self.cf_top), ("content", self.content_top), ("ctx_cf", self.cf_top),
+                              ("ctx_ct", self.content_top)):
+                if name in parts:
+                    cc, sc = parts[name][0], np.asarray(parts[name][1])
+                    if cc.size > top:
+                        cc = cc[np.argpartition(-sc, top - 1)[:top]]
+                    pieces.append(np.asarray(cc, dtype=np.int64))
+            if rv is not None and (rv[0] or rv[1]):
+                rk = sorted(set(rv[0]) | set(rv[1]), key=lambda j: (-rv[0].get(j, 0.0), -rv[1].get(j, 0.0), j))
+                pieces.append(np.asarray(rk[: self.room_top], dtype=np.int64))
+            cand = np.unique(np.concatenate(pieces))
+        else:
+            cand = np.arange(self.n_items_, dtype=np.int64)
+        n = cand.size
+        F = np.zeros((n, len(FEATURES)))
+        info: dict[str, Any] = {"now_day": now_d, "head": "room" if (stream_id is not None or allowed_idx is not None
+                                                                      or room is not None) else "catalogue"}
+        if n == 0:
+            return cand, F, info
+        # ---- score parts on the candidates
+        def on_cand(name):
+            if name not in parts:
+                return None, None
+            cc, sc, src = parts[name][0], np.asarray(parts[name][1], dtype=np.float64), parts[name][2]
+            m = float(sc.max()) if sc.size else 0.0
+            v = np.zeros(n)
+            s = np.full(n, -1, dtype=np.int64)
+            if cc.size == self.n_items_ and np.array_equal(cc, np.arange(self.n_items_)):  # dense B
+                v = sc[cand]
+                s_ = None
+            else:
+                p = np.searchsorted(cc, cand)
+                p = np.minimum(p, max(cc.size - 1, 0))
+                hit = (cc[p] == cand) if cc.size else np.zeros(n, bool)
+                v[hit] = sc[p[hit]]
+                s_ = src
+                if src is not None:
+                    s[hit] = np.asarray(src)[p[hit]]
+            v = v / m if m > 0 else np.zeros(n)
+            return np.maximum(v, 0.0), (s if s_ is not None else None)
+        cf, cf_src = on_cand("cf")
+        ct, ct_src = on_cand("content")
+        xc, xc_src = on_cand("ctx_cf")
+        xt, xt_src = on_cand("ctx_ct")
+        if cf is not None:
+            F[:, _F["cf"]] = cf
+        if ct is not None:
+            F[:, _F["content"]] = ct
+        if xc is not None or xt is not None:
+            F[:, _F["context"]] = 0.5 * ((xc if xc is not None else 0.0) + (xt if xt is not None else 0.0))
+        info.update(cf_src=cf_src, content_src=ct_src, ctx_src=xc_src if xc_src is not None else xt_src,
+                    ctx_src2=xt_src, hist_idx=h_idx)
+        # ---- own history: repeat + touches
+        if row is not None:
+            bc = self.buy_count_
+            cnt = _lookup(bc.indptr, bc.indices, bc.data, row, cand)
+            bl = self.buy_last_
+            last = _lookup(bl.indptr, bl.indices, bl.data, row, cand)
+            bought = cnt > 0
+            rate = self.repeat_.rate[cand].astype(np.float64)
+            tau = np.maximum(self.repeat_.interval[cand].astype(np.float64), 0.5)
+            gap = np.maximum(now_d - last, 0.0)
+            x = np.maximum(gap, 0.25) / tau
+            F[:, _F["bought"]] = bought
+            F[:, _F["buy_count"]] = np.where(bought, rate * np.log1p(cnt), 0.0)
+            F[:, _F["rebuy_due"]] = np.where(bought, rate * np.exp(-np.log(x) ** 2 / (2 * 0.36)), 0.0)
+            F[:, _F["bought_durable"]] = np.where(bought, 1.0 - rate, 0.0)
+            F[:, _F["bought_fresh"]] = np.where(bought, np.maximum(0.0, 1.0 - x) ** 2, 0.0)
+            F[:, _F["buy_freq"]] = np.log1p(cnt)
+            F[:, _F["buy_recency"]] = np.where(bought, np.exp(-gap / 30.0), 0.0)
+            F[:, _F["user_repeat"]] = np.where(bought, self._user_repeat[row], 0.0)
+            ca, cl, tl = self.cart_, self.click_, self.touch_last_
+            F[:, _F["cart"]] = np.log1p(_lookup(ca.indptr, ca.indices, ca.data, row, cand))
+            F[:, _F["click"]] = np.log1p(_lookup(cl.indptr, cl.indices, cl.data, row, cand))
+            tlast = _lookup(tl.indptr, tl.indices, tl.data, row, cand)
+            F[:, _F["touch_recent"]] = np.where(tlast > 0, np.exp(-np.maximum(now_d - tlast, 0.0) / 2.0), 0.0)
+            info.update(buy_count=cnt, buy_last=last)
+            # taste: category share and price fit from the history
+            if self._cat_code is not None and h_idx.size:
+                share = np.bincount(self._cat_code[h_idx], weights=h_w, minlength=self._n_cat)
+                share = share / share.sum() if share.sum() > 0 else share
+                F[:, _F["category"]] = share[self._cat_code[cand]]
+            if self._logprice is not None and h_idx.size:
+                lp = self._logprice[h_idx]
+                ok = np.isfinite(lp)
+                if ok.any():
+                    mu = float(np.average(lp[ok], weights=h_w[ok]))
+                    lc = self._logprice[cand]
+                    F[:, _F["price"]] = np.where(np.isfinite(lc), np.exp(-np.abs(lc - mu)), 0.0)
+        F[:, _F["pop"]] = self._gpop[cand]
+        F[:, _F["pop_log"]] = self._poplog[cand]
+        if rv is not None:
+            buy, clk, tot = rv
+            if buy:
+                rb = np.array([buy.get(j, 0.0) for j in cand.tolist()])
+                F[:, _F["room_buy"]] = np.log1p(rb)
+                F[:, _F["room_share"]] = rb / max(tot, 1.0)
+            if clk:
+                F[:, _F["room_click"]] = np.log1p(np.array([clk.get(j, 0.0) for j in cand.tolist()]))
+        info["strategy"] = ("personal" if h_idx.size else "context" if c_idx.size
+                            else "stream" if rv is not None and (rv[0] or rv[1]) else "global")
+        info["row"] = row
+        info["head"] = "room" if (stream_id is not None or allowed_idx is not None or room is not None) else "catalogue"
+        return cand, F, info
+
+    def contributions(self, F: np.ndarray, head: str = "room") -> np.ndarray:
+        """Per-feature contributions ``w_f x_f / σ_f`` (0 for a feature that is 0; the ``μ`` terms are in
+        ``intercept``): ``score = intercept + Σ_f contributions``."""
+        return F * self._scale[head][0]
+
+    def intercept(self, head: str = "room") -> float:
+        return self._scale[head][1]
+
+    # -------------------------------------------------------------- recommend
+    def recommend(self, user_id=None, N: int = 10, *, stream_id=None, context_items=None, allowed_items=None,
+                  allowed_idx=None, room=None, now=None, repeats: bool | None = None,
+                  exclude_purchased: bool = False, filter_seen: bool = False, exclude_items=None,
+                  category=None, price_range=None) -> dict[str, Any]:
+        """Top-``N`` items for a viewer (or an anonymous request with a stream / context).
+
+        ``room``: the stream's counts so far ``{"purchase": {item: n}, "product_click": {item: n}}``
+        (default: what the model saw of ``stream_id`` in its window). ``now``: the request time (epoch
+        seconds or a timestamp; default the model's reference time). ``repeats=False`` is
+        ``filter_seen=True``: nothing the viewer touched before. ``exclude_purchased`` drops bought items.
+        Returns ``{"strategy", "items": [{"item_id", "score", "parts": {group: contribution}, "reason"}]}``."""
+        if repeats is False:
+            filter_seen = True
+        if allowed_items is not None:
+            allowed_idx = np.unique(self.base._item_idx_fast(list(allowed_items)))
+        cand, F, info = self.candidates_and_features(user_id, stream_id=stream_id, context_items=context_items,
+                                                     allowed_idx=allowed_idx, room=room, now=now)
+        strategy = info.get("strategy", "global")
+        if cand.size == 0 or N <= 0:
+            return {"strategy": strategy, "items": []}
+        keep = np.ones(cand.size, dtype=bool)
+        row = info.get("row")
+        if row is not None and (filter_seen or exclude_purchased):
+            if filter_seen:
+                seen = np.unique(np.concatenate([info["hist_idx"], self.touch_last_[row].indices.astype(np.int64)]))
+                keep &= ~np.isin(cand, seen)
+            if exclude_purchased:
+                keep &= ~(info["buy_count"] > 0)
+        if exclude_items is not None:
+            keep &= ~np.isin(cand, self.base._item_idx_fast(list(exclude_items)))
+        if category is not None and self.base.category_ is not None:
+            cats = [category] if isinstance(category, str) else list(category)
+            keep &= np.isin(self.base.category_[cand], cats)
+        if price_range is not None and self.base.price_ is not None:
+            lo, hi = price_range
+            p = np.asarray(self.base.price_)[cand]
+            if lo is not None:
+                keep &= p >= lo
+            if hi is not None:
+                keep &= p <= hi
+        if allowed_idx is None and keep.sum() < N:  # a narrow filter: widen with the popularity order
+            extra = self._gpop_order[~np.isin(self._gpop_order, cand)][: max(4 * N, 200)]
+            if extra.size:
+                c2, F2, i2 = self.candidates_and_features(user_id, stream_id=stream_id, context_items=context_items,
+                                                          allowed_idx=np.concatenate([cand, extra]), room=room, now=now)
+                return self._finish_widened(c2, F2, i2, N, filter_seen, exclude_purchased, exclude_items,
+                                            category, price_range)
+        return self._top(cand, F, info, keep, N)
+
+    def _finish_widened(self, cand, F, info, N, filter_seen, exclude_purchased, exclude_items, category, price_range):
+        return self.recommend_from(cand, F, info, N, filter_seen=filter_seen, exclude_purchased=exclude_purchased,
+                                   exclude_items=exclude_items, category=category, price_range=price_range)
+
+    def recommend_from(self, cand, F, info, N, *, filter_seen=False, exclude_purchased=False, exclude_items=None,
+                       category=None, price_range=None):
+        keep = np.ones(cand.size, dtype=bool)
+        row = info.get("row")
+        if row is not None and filter_seen:
+            seen = np.unique(np.concatenate([info["hist_idx"], self.touch_last_[row].indices.astype(np.int64)]))
+            keep &= ~np.isin(cand, seen)
+        if row is not None and exclude_purchased:
+            keep &= ~(info["buy_count"] > 0)
+        if exclude_items is not None:
+            keep &= ~np.isin(cand, self.base._item_idx_fast(list(exclude_items)))
+        if category is not None and self.base.category_ is not None:
+            cats = [category] if isinstance(category, str) else list(category)
+            keep &= np.isin(self.base.category_[cand], cats)
+        if price_range is not None and self.base.price_ is not None:
+            lo, hi = price_range
+            p = np.asarray(self.base.price_)[cand]
+            if lo is not None:
+                keep &= p >= lo
+            if hi is not None:
+                keep &= p <= hi
+        return self._top(cand, F, info, keep, N)
+
+    def _top(self, cand, F, info, keep, N):
+        head = info.get("head", "room")
+        C = self.contributions(F, head)
+        score = self.intercept(head) + C.sum(axis=1)
+        sel = np.flatnonzero(keep)
+        if sel.size == 0:
+            return {"strategy": info.get("strategy", "global"), "items": []}
+        order = sel[np.lexsort((cand[sel], -score[sel]))][:N]
+        out = []
+        ids = self.item_ids_
+        for k in order.tolist():
+            contrib = C[k]
+            parts: dict[str, float] = {}
+            for f, g in FEATURE_GROUP.items():
+                parts[g] = parts.get(g, 0.0) + float(contrib[_F[f]])
+            out.append({"item_id": str(ids[cand[k]]), "score": float(score[k]),
+                        "parts": {g: parts[g] for g in GROUPS},
+                        "reason": self._reason(k, cand[k], F[k], contrib, info)})
+        return {"strategy": info.get("strategy", "global"), "items": out}
+
+    def _reason(self, k: int, item: int, f: np.ndarray, contrib: np.ndarray, info) -> dict[str, Any]:
+        """The reason of the feature with the largest contribution (among those that apply to the item)."""
+        if not (contrib > 0).any():
+            return {"kind": "popular", "feature": None}
+        top = FEATURES[int(np.argmax(contrib))]
+        g = FEATURE_GROUP[top]
+        ids = self.item_ids_
+        if g == "buy_again":
+            n = int(info["buy_count"][k])
+            day = float(info["buy_last"][k])
+            date = datetime.fromtimestamp(day * 86400.0, tz=timezone.utc).strftime("%Y-%m-%d")
+            return {"kind": "buy_often" if n >= 3 else "buy_again", "feature": top, "times": n, "last_purchase": date}
+        if g == "history":
+            action = "add_to_cart" if f[_F["cart"]] > 0 else "product_click"
+            return {"kind": "in_history", "feature": top, "item": str(ids[item]), "action": action}
+        if g in ("cf", "content", "context"):
+            src_arr = info.get({"cf": "cf_src", "content": "content_src", "context": "ctx_src"}[g])
+            if g == "context" and (src_arr is None or src_arr[k] < 0):
+                src_arr = info.get("ctx_src2")
+            src = int(src_arr[k]) if src_arr is not None else -1
+            if src < 0 and g in ("cf", "content"):  # dense B: the source with the largest term
+                model = self.base.cf_model_ if g == "cf" else self.base.content_model_
+                h = info.get("hist_idx")
+                row = info.get("row")
+                if model is not None and h is not None and h.size:
+                    w = self.base.user_items_[row].toarray().ravel()[h] if row is not None else np.ones(h.size)
+                    src = int(model.top_sources(h, w, np.array([item]))[0][0])
+            if src >= 0:
+                if g == "context":
+                    return {"kind": "similar_to", "feature": top, "item": str(ids[src]), "via": "context"}
+                row = info.get("row")
+                action = None
+                if row is not None and self.base._act is not None:
+                    aip, aix, adx = self.base._act
+                    code = int(_lookup(aip, aix, adx, row, np.array([src]))[0])
+                    names = self.base.action_names_
+                    action = names[code - 1] if 0 < code <= len(names) else None
+                return {"kind": "because_you", "feature": top, "item": str(ids[src]), "action": action, "via": g}
+            return {"kind": "popular", "feature": top}
+        if g == "room":
+            return {"kind": "popular_in_stream", "feature": top}
+        if g == "taste":
+            cat = str(self.base.category_[item]) if self.base.category_ is not None else None
+            return {"kind": "taste", "feature": top, "category": cat}
+        return {"kind": "popular", "feature": top}
+
+    # ---------------------------------------------------------- serialisation
+    @property
+    def meta(self) -> dict[str, Any]:
+        m = {"class": "RoomRanker", "version": 1, "base": self.base.meta, "features": list(FEATURES),
+             "heads": {h: {"weights": hd["weights"], "mu": list(map(float, hd["mu"])),
+                           "sigma": list(map(float, hd["sigma"])), "bias": float(hd["bias"])}
+                       for h, hd in self.heads.items()},
+             "ranker": self.ranker_info, "repeat": self.repeat_.meta, "reference_day": self.reference_day,
+             "params": {"cf_top": self.cf_top, "content_top": self.content_top, "pop_top": self.pop_top,
+                        "room_top": self.room_top, "max_history": self.max_history},
+             "n_items": int(self.n_items_), "n_users": int(len(self.user_ids_))}
+        json.dumps(m)
+        return m
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        out = {f"base.{k}": v for k, v in self.base.to_arrays().items()}
+        for name, M in (("buy_count", self.buy_count_), ("buy_last", self.buy_last_), ("cart", self.cart_),
+                        ("click", self.click_), ("touch_last", self.touch_last_)):
+            out.update(csr_to_arrays(M, f"rr.{name}"))
+        for k, v in self.repeat_.to_arrays().items():
+            out[f"rr.repeat.{k}"] = v
+        out["rr.room_stream_ids"] = str_array(self.room_stream_ids_)
+        for t, M in self.room_.items():
+            out.update(csr_to_arrays(M, f"rr.room.{t}"))
+        return out
+
+    @classmethod
+    def from_arrays(cls, arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> "RoomRanker":
+        base = HybridRecommender.from_arrays({k[5:]: v for k, v in arrays.items() if k.startswith("base.")}, meta["base"])
+        self = cls(base, **meta.get("params", {}))
+        self.reference_day = float(meta["reference_day"])
+        self.buy_count_ = csr_from_arrays(arrays, "rr.buy_count")
+        self.buy_last_ = csr_from_arrays(arrays, "rr.buy_last")
+        self.cart_ = csr_from_arrays(arrays, "rr.cart")
+        self.click_ = csr_from_arrays(arrays, "rr.click")
+        self.touch_last_ = csr_from_arrays(arrays, "rr.touch_last")
+        self.repeat_ = RepeatStats.from_arrays({k[10:]: v for k, v in arrays.items() if k.startswith("rr.repeat.")},
+                                               meta["repeat"])
+        self.room_stream_ids_ = np.asarray(arrays["rr.room_stream_ids"])
+        self.room_ = {t: csr_from_arrays(arrays, f"rr.room.{t}") for t in ROOM_TYPES}
+        self._build()
+        self.set_heads(meta["heads"], meta.get("ranker"))
+        return self

@@ -1,0 +1,234 @@
+"""The production recipe: ``fit_recipe(events, items, reference_time) -> RoomRanker``.
+
+The train function and ``python -m shared.reco.evaluate --model served`` both call this function, so
+what is evaluated is what is served.
+
+1. **Label split** inside the given events: the last ``label_frac`` (by time quantile of purchases) is
+   the *label window*, everything before it the *feature window*.
+2. **State on the feature window** (``RoomRanker.fit_state``): the hybrid's CF / content / popularity,
+   repeat statistics, per-viewer purchase / cart / click history, room counts.
+3. **Training queries from the label window**, the two questions the product answers:
+   * *catalogue*: each viewer who bought in the label window, asked at its start; positives = the
+     items they bought;
+   * *room*: each (viewer, stream) with a purchase in the label window, asked at the viewer's entry
+     into the stream; candidates = the stream's showcase; the room's counts so far are the room
+     features; positives = what the viewer bought in that stream after entering.
+   Each query's candidates get the feature rows ``RoomRanker.candidates_and_features`` computes at
+   serving time (one code path), labelled 1 if bought.
+4. **Ranker**: L2 logistic regression (``C``, default 1; lbfgs: deterministic) on standardised features,
+   each query weighted equally, one per head: ``room`` (queries with a stream / showcase) and
+   ``catalogue``; ``features_off`` (a list of feature names) zeroes features (ablations, tests).  No labels -> ``PRIOR_WEIGHTS`` (recorded as ``ranker.kind = prior``).
+5. **State again on all events** up to ``reference_time`` with the learned weights: the served model.
+
+No grid search: one fixed regularisation, so the knobs cannot flip from run to run; the features
+carry the scale (room features are shares and logs, CF is max-normalised per request).
+"""
+from __future__ import annotations
+
+import hashlib
+import sys
+import time
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+
+from .ranker import FEATURES, HEADS, PRIOR_WEIGHTS, RoomRanker
+
+__all__ = ["DEFAULT_RECIPE", "fit_recipe", "label_queries", "room_so_far"]
+
+DEFAULT_RECIPE: dict[str, Any] = {
+    "base": {"cf": "ease", "cf_params": {"lam": 200.0, "neighbours": 100}, "content_weight": 0.1,
+             "popularity_weight": 0.2},
+    "label_frac": 0.2, "C": 1.0, "max_queries": 3000, "half_life_days": 30.0, "target": "purchase",
+}
+
+
+def _md5_first(keys: list[str], n: int) -> np.ndarray:
+    if len(keys) <= n:
+        return np.arange(len(keys))
+    h = np.array([hashlib.md5(k.encode()).hexdigest() for k in keys])
+    return np.sort(np.argsort(h, kind="stable")[:n])
+
+
+def _s(x: pd.Series) -> np.ndarray:
+    return x.astype(str).to_numpy() if not isinstance(x.dtype, pd.CategoricalDtype) else x.astype(object).astype(str).to_numpy()
+
+
+def _ns(ts) -> np.ndarray:
+    """UTC timestamps -> int64 nanoseconds (comparable, whatever the tz / unit)."""
+    return pd.to_datetime(pd.Series(ts) if not isinstance(ts, pd.Series) else ts, utc=True).dt.as_unit("ns") \
+        .astype("int64").to_numpy()
+
+
+def _ns1(t) -> int:
+    t = pd.Timestamp(t)
+    return int((t.tz_convert("UTC") if t.tzinfo else t.tz_localize("UTC")).as_unit("ns").value)
+
+
+def room_so_far(events: pd.DataFrame, keys: list[tuple[str, pd.Timestamp]]) -> list[dict[str, dict[str, float]]]:
+    """Per (stream, time): ``{"purchase": {item: n}, "product_click": {item: n}}`` of the stream's events
+    strictly before that time."""
+    ev = events[events["stream_id"].notna() & events["item_id"].notna()
+                & events["type"].isin(["purchase", "product_click"])]
+    out: list[dict[str, dict[str, float]]] = [{"purchase": {}, "product_click": {}} for _ in keys]
+    if ev.empty or not keys:
+        return out
+    sid, tsv = _s(ev["stream_id"]), _ns(ev["ts"])
+    typ, item = _s(ev["type"]), _s(ev["item_id"])
+    o = np.lexsort((tsv, sid))
+    sid, tsv, typ, item = sid[o], tsv[o], typ[o], item[o]
+    streams, first = np.unique(sid, return_index=True)
+    bounds = dict(zip(streams.tolist(), zip(first.tolist(), list(first[1:]) + [sid.size])))
+    for q, (s, t) in enumerate(keys):
+        b = bounds.get(str(s))
+        if b is None:
+            continue
+        a0, a1 = b
+        cut = a0 + int(np.searchsorted(tsv[a0:a1], _ns1(t), side="left"))
+        for tname in ("purchase", "product_click"):
+            sel = typ[a0:cut] == tname
+            if sel.any():
+                u, c = np.unique(item[a0:cut][sel], return_counts=True)
+                out[q][tname] = dict(zip(u.tolist(), c.astype(float).tolist()))
+    return out
+
+
+def label_queries(before: pd.DataFrame, after: pd.DataFrame, cut, *, target: str = "purchase",
+                  max_queries: int = 3000, showcases: dict[str, list[str]] | None = None) -> list[dict]:
+    """Training queries of the label window (see the module docstring): dicts with ``user_id, ts,
+    stream_id, allowed (item ids or None), relevant (set), room``."""
+    tgt = after[(after["type"] == target) & after["item_id"].notna() & after["user_id"].notna()]
+    queries: list[dict] = []
+    if tgt.empty:
+        return queries
+    u, i = _s(tgt["user_id"]), _s(tgt["item_id"])
+    cat = pd.DataFrame({"u": u, "i": i}).drop_duplicates()
+    rel = cat.groupby("u")["i"].agg(set)
+    users = rel.index.tolist()
+    for k in _md5_first(users, max_queries).tolist():
+        queries.append({"user_id": users[k], "ts": pd.Timestamp(cut), "stream_id": None, "allowed": None,
+                        "relevant": rel.iloc[k], "kind": "catalogue"})
+    if "stream_id" in after and tgt["stream_id"].notna().any():
+        ts_all = pd.concat([before, after])
+        if showcases is None:
+            sh = ts_all[ts_all["stream_id"].notna() & ts_all["item_id"].notna()]
+            sh = pd.DataFrame({"s": _s(sh["stream_id"]), "i": _s(sh["item_id"])}).drop_duplicates()
+            showcases = sh.groupby("s")["i"].agg(list).to_dict()
+        st = tgt[tgt["stream_id"].notna()]
+        pairs = pd.DataFrame({"u": _s(st["user_id"]), "s": _s(st["stream_id"]), "i": _s(st["item_id"]),
+                              "t": _ns(st["ts"])})
+        act = after[after["stream_id"].notna() & after["user_id"].notna()]
+        entry = pd.DataFrame({"u": _s(act["user_id"]), "s": _s(act["stream_id"]), "t": _ns(act["ts"])}) \
+            .groupby(["u", "s"])["t"].min()
+        grp = pairs.groupby(["u", "s"])
+        keys = list(grp.groups.keys())
+        pick = _md5_first([f"{a}|{b}" for a, b in keys], max_queries)
+        sel = [keys[k] for k in pick.tolist()]
+        times = [pd.Timestamp(int(entry.get(key, pairs["t"].min())), tz="UTC") for key in sel]
+        rooms = room_so_far(ts_all, [(s, t) for (_, s), t in zip(sel, times)])
+        for (uu, ss), t, room in zip(sel, times, rooms):
+            g = grp.get_group((uu, ss))
+            r = set(g.loc[g["t"] >= _ns1(t), "i"])
+            if not r:
+                continue
+            queries.append({"user_id": uu, "ts": t, "stream_id": ss, "allowed": showcases.get(ss, []),
+                            "relevant": r, "room": room, "kind": "room"})
+    return queries
+
+
+def _fit_head(rows, ys, ws, C: float, off: list[int]) -> tuple[dict, dict]:
+    X = np.vstack(rows)
+    X[:, off] = 0.0
+    y = np.concatenate(ys)
+    w = np.concatenate(ws)
+    w = w * (len(w) / w.sum())
+    mu = X.mean(axis=0)
+    sd = X.std(axis=0)
+    sd[sd < 1e-9] = 1.0
+    Z = (X - mu) / sd
+    from sklearn.linear_model import LogisticRegression  # lazy: keeps the recommend cold start small
+    lr = LogisticRegression(C=float(C), max_iter=1000, tol=1e-6)
+    lr.fit(Z, y, sample_weight=w)
+    coef = lr.coef_.ravel()
+    head = {"weights": dict(zip(FEATURES, coef.tolist())), "mu": mu.tolist(), "sigma": sd.tolist(),
+            "bias": float(lr.intercept_[0])}
+    return head, {"rows": int(len(y)), "positives": int(y.sum()), "queries": len(rows),
+                  "iterations": int(np.max(lr.n_iter_))}
+
+
+def _fit_heads(state: RoomRanker, queries: list[dict], C: float, features_off=()) -> tuple[dict, dict]:
+    """One logistic regression per head (``room``: queries with a stream / showcase; ``catalogue``)."""
+    data: dict[str, tuple[list, list, list]] = {h: ([], [], []) for h in HEADS}
+    for q in queries:
+        allowed = None
+        if q.get("allowed") is not None:
+            allowed = np.unique(state.base._item_idx_fast(list(q["allowed"])))
+            if allowed.size == 0:
+                continue
+        cand, F, info = state.candidates_and_features(q["user_id"], stream_id=q.get("stream_id"), allowed_idx=allowed,
+                                                      room=q.get("room"), now=q["ts"])
+        if cand.size == 0:
+            continue
+        y = np.isin(cand, state.base._item_idx_fast(list(q["relevant"])))
+        if not y.any():
+            continue
+        rows, ys, ws = data[info["head"]]
+        rows.append(F)
+        ys.append(y)
+        ws.append(np.full(cand.size, 1.0 / cand.size))
+    off = [FEATURES.index(f) for f in features_off if f in FEATURES]
+    heads, info = {}, {"kind": "logistic_regression", "C": float(C), "features_off": list(features_off), "heads": {}}
+    fitted = {h: _fit_head(*data[h], C, off) for h in HEADS if len(data[h][0]) >= 10}
+    for h in HEADS:
+        if h in fitted:
+            heads[h], info["heads"][h] = fitted[h]
+        elif fitted:  # too few queries of this kind: share the other head
+            other = next(iter(fitted))
+            heads[h], info["heads"][h] = fitted[other][0], {"shared_with": other}
+        else:
+            heads[h] = {"weights": {f: (0.0 if f in features_off else v) for f, v in PRIOR_WEIGHTS.items()}}
+            info["heads"][h] = {"kind": "prior", "why": "fewer than 10 label queries with a purchase among the candidates"}
+    if not fitted:
+        info["kind"] = "prior"
+    return heads, info
+
+
+def fit_recipe(events: pd.DataFrame, items: pd.DataFrame | None, reference_time, params: dict | None = None, *,
+               content=None, item_ids=None, progress: Callable[[str], None] | None = None) -> RoomRanker:
+    """Fit the served recipe on ``events`` (all up to ``reference_time``); see the module docstring."""
+    p = {**DEFAULT_RECIPE, **(params or {})}
+    say = progress or (lambda m: None)
+    t0 = time.perf_counter()
+    if item_ids is None:
+        from .hybrid import HybridRecommender
+        item_ids = HybridRecommender.catalogue_ids(events, items)
+    if content is None and items is not None and len(items):
+        from .hybrid import HybridRecommender
+        content = HybridRecommender(**p["base"]).fit_content(item_ids, items)
+    kw = dict(base_params=p["base"], item_ids=item_ids, content=content, half_life_days=p["half_life_days"])
+    tgt_ts = events.loc[(events["type"] == p["target"]) & events["item_id"].notna(), "ts"]
+    off = list(p.get("features_off") or [])
+    heads = {h: {"weights": {f: (0.0 if f in off else v) for f, v in PRIOR_WEIGHTS.items()}} for h in HEADS}
+    info: dict[str, Any] = {"kind": "prior", "why": "fewer than 20 purchases"}
+    if len(tgt_ts) >= 20:
+        cut = tgt_ts.quantile(1.0 - float(p["label_frac"]))
+        before, after = events[events["ts"] <= cut], events[events["ts"] > cut]
+        if before["item_id"].notna().any() and len(after):
+            state = RoomRanker.fit_state(before, items, cut, **kw)
+            t1 = time.perf_counter()
+            queries = label_queries(before, after, cut, target=p["target"], max_queries=int(p["max_queries"]))
+            say(f"recipe: state on {len(before):,} events ({t1 - t0:.1f}s), {len(queries)} label queries")
+            heads, info = _fit_heads(state, queries, p["C"], off)
+            info["label_cut"] = pd.Timestamp(cut).isoformat()
+            info["seconds"] = round(time.perf_counter() - t1, 3)
+    model = RoomRanker.fit_state(events, items, reference_time, **kw)
+    model.set_heads(heads, info)
+    model.ranker_info["recipe"] = {k: v for k, v in p.items()}
+    model.ranker_info["fit_seconds"] = round(time.perf_counter() - t0, 3)
+    say(f"recipe: fitted in {time.perf_counter() - t0:.1f}s ({info.get('kind')})")
+    return model
+
+
+def _stderr(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)

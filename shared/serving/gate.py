@@ -1,0 +1,179 @@
+"""The promotion gate: the candidate recipe against the current model and the simple baselines.
+
+On a time-based holdout of the training window (``shared.reco.protocol.make_split``, global-time cut
+at the ``1 - holdout_frac`` quantile of purchases) the candidate (``fit_recipe`` on the part before the
+cut), the CURRENT served model's recipe refitted on the same part, and the baselines (most popular,
+the stream's bestsellers so far, showcase popularity, own history, own history then the stream's
+bestsellers, item-kNN) answer the same queries:
+
+==============  ===========  ========  ================================================
+protocol        target       variant   question
+==============  ===========  ========  ================================================
+``room``        purchase     all       what will this viewer buy in this room? (PRIMARY)
+``room``        purchase     new       ... among items new to the viewer
+``catalogue``   purchase     all       what will this viewer buy next, anywhere?
+``catalogue``   purchase     new       ... among items new to the viewer
+``room``        add_to_cart  all       what will this viewer add to the cart in this room?
+==============  ===========  ========  ================================================
+
+**Primary metric: NDCG@10 of the room / purchase / all block** (``catalogue`` when the holdout has
+fewer than ``min_queries`` room queries): the live room is where recommendations are shown, purchases
+are the outcome that pays, and repeats are most of live-commerce orders, so excluding them would
+grade the model on a question nobody asks.
+
+**Rule**: promote iff the candidate's mean beats the best baseline's (paired bootstrap interval of
+the difference recorded) and it is not worse than the current model by more than ``tolerance``
+(relative).  With ``strict`` the lower end of the 95 % interval of (candidate − best baseline) must be
+above 0.  With no current model the first candidate is promoted even below a baseline (something must
+serve), and the decision says so (``below_baseline: true``).
+"""
+from __future__ import annotations
+
+import math
+import time
+from typing import Any, Callable
+
+import pandas as pd
+
+from shared.log import get_logger
+from shared.reco import protocol as P
+from shared.reco.recipe import fit_recipe
+
+log = get_logger("gate")
+
+BLOCKS = (("room", "purchase", "all"), ("room", "purchase", "new"), ("catalogue", "purchase", "all"),
+          ("catalogue", "purchase", "new"), ("room", "cart", "all"))
+PRIMARY = ("room", "purchase", "all")
+FALLBACK_PRIMARY = ("catalogue", "purchase", "all")
+
+
+class _Fitted(P.Ranker):
+    """A model ranker fitted once per distinct training part (the blocks of one target share it)."""
+    is_model = True
+
+    def __init__(self, name: str, factory: Callable):
+        self.name, self.factory, self._cache = name, factory, {}
+
+    def fit(self, train_events, items=None, reference_time=None):
+        key = (len(train_events), str(reference_time))
+        if key not in self._cache:
+            self._cache[key] = self.factory(train_events, items, reference_time)
+        self.model = self._cache[key]
+        return self
+
+    def rank(self, queries, k):
+        return P.RecommendRanker.rank(self, queries, k)
+
+
+def current_factory(meta: dict) -> Callable | None:
+    """How to refit the current version's recipe on the training part (fair: same data as the candidate)."""
+    model = meta.get("model") or {}
+    if model.get("class") == "RoomRanker":
+        recipe = dict((model.get("ranker") or {}).get("recipe") or {})
+        return lambda tr, it, ref: fit_recipe(tr, it, ref, recipe)
+    if model.get("class") == "HybridRecommender":
+        params = dict(model.get("params") or meta.get("params") or {})
+        from shared.reco import HybridRecommender
+
+        class _Legacy:
+            def __init__(self, m):
+                self.m = m
+
+            def recommend(self, user_id, k, *, stream_id=None, allowed_items=None, room=None, now=None, repeats=True):
+                return self.m.recommend(user_id, k, stream_id=stream_id, allowed_items=allowed_items,
+                                        filter_seen=not repeats, exclude_purchased=not repeats)
+        return lambda tr, it, ref: _Legacy(HybridRecommender(**params).fit_events(tr, it, reference_time=ref))
+    return None
+
+
+def evaluate_candidate(events: pd.DataFrame, items: pd.DataFrame | None, *, candidate: Callable,
+                       current: Callable | None, k: int = 10, holdout_frac: float = 0.2, max_queries: int = 5000,
+                       min_queries: int = 30, n_boot: int = 1000) -> dict[str, Any]:
+    """Every block of ``BLOCKS`` the data allows -> ``{"blocks": {name: report}, "primary": name}``."""
+    has_stream = "stream_id" in events and events["stream_id"].notna().any()
+    models = [_Fitted("candidate", candidate)] + ([_Fitted("current", current)] if current is not None else [])
+    blocks: dict[str, Any] = {}
+    for proto, target, variant in BLOCKS:
+        name = f"{proto}/{target}/{variant}"
+        if proto == "room" and not has_stream:
+            continue
+        t0 = time.perf_counter()
+        try:
+            sp_ = P.make_split(events, split="global-time", target=target, variant=variant,
+                               in_stream=proto == "room", test_frac=holdout_frac, items=items, max_queries=max_queries)
+        except ValueError as exc:  # no events of that target
+            blocks[name] = {"skipped": str(exc)}
+            continue
+        if len(sp_.queries) < (min_queries if (proto, target, variant) in (PRIMARY, FALLBACK_PRIMARY) else 1):
+            blocks[name] = {"skipped": f"{len(sp_.queries)} queries", "n_queries": len(sp_.queries)}
+            continue
+        rankers = P.baseline_rankers(target, in_stream=proto == "room") + models
+        rep = P.evaluate(sp_.train, sp_.queries, items, rankers, k, reference_time=sp_.reference_time, n_boot=n_boot)
+        key = rep["metric"]
+        out = dict(rep)
+        out["cut"] = sp_.info.get("cut")
+        if current is not None:
+            out["vs_current"] = P.paired_bootstrap(rep.per_query["candidate"][key], rep.per_query["current"][key],
+                                                   n_boot=n_boot)
+        out["seconds"] = round(time.perf_counter() - t0, 3)
+        blocks[name] = out
+        log.info("gate block", extra={"block": name, "queries": rep["n_queries"],
+                                      "candidate": rep["rankers"]["candidate"][key],
+                                      "best_baseline": rep["best_baseline"]})
+    blocks = _finite(blocks)
+    primary = "/".join(PRIMARY)
+    if "rankers" not in blocks.get(primary, {}):
+        primary = "/".join(FALLBACK_PRIMARY)
+    return {"k": k, "blocks": blocks, "primary": primary if "rankers" in blocks.get(primary, {}) else None}
+
+
+def _finite(x):
+    """NaN / inf -> None, recursively (meta.json stays strict JSON)."""
+    if isinstance(x, dict):
+        return {k: _finite(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_finite(v) for v in x]
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    return x
+
+
+def decide(ev: dict, current_version: str | None, current_error: str | None, tolerance: float,
+           strict: bool = False) -> tuple[bool, str, dict]:
+    """(promote, reason, summary) from ``evaluate_candidate``'s result; see the module docstring."""
+    pname = ev.get("primary")
+    if pname is None:
+        if current_version is None:
+            return True, "first model (no LATEST yet); the holdout has too few queries to evaluate", {}
+        return False, f"holdout has too few queries to evaluate: keeping {current_version}", {}
+    b = ev["blocks"][pname]
+    key = b["metric"]
+    cand = b["rankers"]["candidate"][key]
+    best = b["best_baseline"]
+    vs = b["vs_best_baseline"]["candidate"]
+    summary = {"block": pname, "metric": key, "candidate": cand, "best_baseline": best,
+               "best_baseline_value": b["rankers"][best][key], "vs_best_baseline": vs, "n_queries": b["n_queries"]}
+    beats = vs["diff"] > 0 and (not strict or (vs["diff_lo"] or 0.0) > 0)
+
+    def f3(v):
+        return "n/a" if v is None else f"{v:.3f}"
+    txt = (f"{pname} {key} {cand:.4f} vs best baseline {best} {b['rankers'][best][key]:.4f} "
+           f"(ratio {f3(vs['ratio'])}, 95% CI [{f3(vs['ratio_lo'])}, {f3(vs['ratio_hi'])}], {b['n_queries']} queries)")
+    summary["beats_best_baseline"] = bool(beats)
+    if current_version is None:
+        summary["below_baseline"] = not beats
+        return True, ("first model (no LATEST yet); " + txt +
+                      ("" if beats else ": BELOW the baseline, promoted only because nothing else serves")), summary
+    if current_error:
+        return True, f"current model {current_version} could not be loaded ({current_error}); replacing it; {txt}", summary
+    if not beats:
+        return False, f"below baseline: {txt}; keeping {current_version}", summary
+    if "current" in b["rankers"]:
+        old = b["rankers"]["current"][key]
+        summary["current_value"] = old
+        summary["vs_current"] = b.get("vs_current")
+        if cand < old * (1.0 - tolerance):
+            return False, (f"regression: {pname} {key} {cand:.4f} < current {current_version} {old:.4f} "
+                           f"- {tolerance:.0%}; keeping {current_version}"), summary
+        return True, f"{txt}; current {current_version} {old:.4f} (tolerance {tolerance:.0%})", summary
+    return True, txt, summary
