@@ -20,6 +20,11 @@ Quick use::
 Large runs (10M events) stream stream-by-stream with bounded memory: ``sim.iter_events()``,
 ``sim.iter_batches(n)``, ``write_files(sim, out, truth_tables=False)``.
 
+Repeat world (many days, hosts streaming repeatedly, consumables rebought around their cycle, the
+presented item and social proof driving sales): ``simulate(SimConfig.repeat_preset(seed=1))`` or
+``python -m shared.simulator --repeat-world --out DIR``; ground truth ``CATEGORY_CYCLE_DAYS``,
+``sim.truth.repeat_profile()``, ``sim.truth.presentation(stream_id)``, ``sim.truth.summary()["repeat"]``.
+
 Everything is a pure function of the ``SimConfig`` (numpy ``Generator`` seeded from the config,
 one independent generator per stream, no wall clock), so the same config gives byte-identical
 output however it is consumed. See ``docs/simulator.md``.
