@@ -78,7 +78,9 @@ resource "google_cloud_run_v2_service_iam_member" "trigger_invoker" {
 # network/IAM layer on purpose: webhook senders (Douyin, Kuaishou, ...) cannot mint Google ID tokens,
 # so ingest authenticates every request itself (HMAC-SHA256 over timestamp + body with the
 # platform's secret, 5-minute replay window: shared/signing.py); recommend is called by the viewer
-# app, whose users the app authenticates. analytics is not in the list: IAM callers only.
+# app without Google credentials and answers anonymous callers with non-personal results only: a
+# personal answer needs a viewer token the platform signed (Ed25519, shared/identity.py, keys in the
+# DAIHUO_VIEWER_KEYS secret). analytics is not in the list: IAM callers only.
 resource "google_cloud_run_v2_service_iam_member" "public" {
   for_each = toset([for name in var.public_functions : name if contains(keys(local.http_functions), name)])
 

@@ -1,5 +1,7 @@
-# Webhook signing secrets, one per platform (DAIHUO_SECRET_<PLATFORM> in topology.json). Terraform
-# creates the secret containers only: the values are added out of band with
+# Secrets declared in topology.json: the webhook signing secrets, one per platform
+# (DAIHUO_SECRET_<PLATFORM>, read by ingest), and the viewer-token verification keys
+# (DAIHUO_VIEWER_KEYS, read by recommend: a JSON object kid -> Ed25519 public key; docs/serving.md).
+# Terraform creates the secret containers only: the values are added out of band with
 #   printf '%s' "$SECRET" | gcloud secrets versions add daihuo-secret-douyin --data-file=-
 # so they never appear in Terraform state, plans or this repository.
 
@@ -20,7 +22,8 @@ resource "google_secret_manager_secret" "webhook" {
   }
 }
 
-# Only the functions that declare a secret in topology.json (ingest) may read it.
+# Only the functions that declare a secret in topology.json may read it (ingest its webhook secrets,
+# recommend the viewer keys).
 resource "google_secret_manager_secret_iam_member" "accessor" {
   for_each = local.secret_grants
 

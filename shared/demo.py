@@ -132,7 +132,9 @@ def run(args) -> int:
         step("recommend: top products for a few viewers, with the reasons")
         clean_users = _sample_users(store, sim, n=3)
         for user, stream in clean_users + [("new-viewer-0001", clean_users[0][1])]:
-            r = wait(lambda: _get(stack.url("recommend"), {"user_id": user, "stream_id": stream, "k": 5}),
+            # as the viewer app does: with a short-lived token the platform signed for this viewer
+            auth = {"Authorization": "Bearer " + stack.viewer_token(user)}
+            r = wait(lambda: _get(stack.url("recommend"), {"user_id": user, "stream_id": stream, "k": 5}, auth),
                      60, "recommend to answer")
             body = r.json()
             print(f"   viewer {user} in {stream}  [strategy: {body['strategy']}, model {body['model_version']}, "
@@ -143,7 +145,8 @@ def run(args) -> int:
                 print(f"     {it['score']:8.3f}  {it['title'][:28]:28s}  {text}")
 
         step("headline KPIs per stream (analytics function)")
-        r = requests.get(stack.url("analytics") + "api/streams", params={"limit": 20}, timeout=30)
+        operator = {"Authorization": "Bearer " + stack.identity["operator_token"]}  # docs/dashboard.md
+        r = requests.get(stack.url("analytics") + "api/streams", params={"limit": 20}, headers=operator, timeout=30)
         if r.status_code != 200:
             raise DemoFailed(f"demo failed: analytics answered {r.status_code}: {r.text[:300]}")
         streams = r.json().get("streams", [])
@@ -153,7 +156,7 @@ def run(args) -> int:
             print(f"   {s['stream_id']:14s} {str(s.get('platform', '')):9s} {num('unique_viewers'):7.0f} "
                   f"{num('peak_concurrent'):5.0f} {num('orders'):6.0f} {num('gmv'):10.2f} "
                   f"{num('gpm'):8.1f} {num('ctr'):6.1%} {num('conversion_rate'):6.1%}")
-        out = _save_dashboard(stack.url("analytics"), [s["stream_id"] for s in streams])
+        out = _save_dashboard(stack.url("analytics"), [s["stream_id"] for s in streams], operator)
         print(f"\n   dashboard: {stack.url('analytics')} while the stack is up (make demo DEMO_ARGS=--stay, or make up);"
               f"\n   a static copy of its pages was written to {out}/index.html")
         if args.stay:
@@ -169,7 +172,7 @@ def run(args) -> int:
     return 0
 
 
-def _save_dashboard(base: str, stream_ids: list[str]) -> str:
+def _save_dashboard(base: str, stream_ids: list[str], headers: dict | None = None) -> str:
     """Fetch the dashboard pages (server-rendered HTML with inline SVG charts) into var/demo/dashboard."""
     import re
     from pathlib import Path
@@ -179,7 +182,7 @@ def _save_dashboard(base: str, stream_ids: list[str]) -> str:
     pages = {"index.html": "", "quality.html": "quality", "models.html": "models"}
     pages.update({f"streams/{sid}.html": f"streams/{sid}" for sid in stream_ids})
     for name, path in pages.items():
-        r = requests.get(base + path, timeout=60)
+        r = requests.get(base + path, headers=headers, timeout=60)
         if r.status_code != 200:
             raise DemoFailed(f"demo failed: dashboard page /{path} answered {r.status_code}")
         html = r.text
@@ -192,9 +195,9 @@ def _save_dashboard(base: str, stream_ids: list[str]) -> str:
     return str(out)
 
 
-def _get(url: str, params: dict):
+def _get(url: str, params: dict, headers: dict | None = None):
     try:
-        r = requests.get(url, params=params, timeout=10)
+        r = requests.get(url, params=params, headers=headers, timeout=10)
     except requests.RequestException:
         return None
     return r if r.status_code == 200 else None

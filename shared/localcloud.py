@@ -10,6 +10,7 @@ topic), and a scheduler that publishes the ticks on the schedules declared there
 ``up`` without ``--detach`` runs in the foreground until Ctrl-C; with it, a background process
 holds the stack and ``down`` stops it (SIGTERM, clean shutdown). State and logs live in
 ``var/stack/`` (``state.json``, ``secrets.json`` with freshly generated webhook secrets,
+``identity.json`` with the local viewer-token key pair and the dashboard's operator token,
 ``logs/<function>.log``). Ports: Pub/Sub emulator ``port_base+5``... see ``Ports``.
 """
 from __future__ import annotations
@@ -126,6 +127,7 @@ class Stack:
         self.bus = None
         self.scheduler: Scheduler | None = None
         self.secrets: dict[str, str] = {}
+        self.identity: dict[str, str] = {}
 
     # -- helpers -------------------------------------------------------------------------------
     def url(self, function: str) -> str:
@@ -151,6 +153,28 @@ class Stack:
         path.chmod(0o600)
         return values
 
+    def _identity(self) -> dict[str, str]:
+        """Local viewer-token key pair (recommend holds the public key; the demo / a local viewer app
+        mints with the private one) and the operator token of the analytics function. Generated once
+        into ``identity.json`` (0600, never committed), like the webhook secrets."""
+        path = self.state_dir / "identity.json"
+        if path.exists() and not self.fresh:
+            return json.loads(path.read_text())
+        from shared import identity
+
+        priv, pub = identity.keygen()
+        values = {"viewer_kid": "local-1", "viewer_private": identity.b64url(priv), "viewer_public": identity.b64url(pub),
+                  "operator_token": pysecrets.token_urlsafe(32)}
+        path.write_text(json.dumps(values))
+        path.chmod(0o600)
+        return values
+
+    def viewer_token(self, user_id: str, ttl_s: int = 600) -> str:
+        from shared import identity
+
+        ident = self.identity
+        return identity.mint(identity.unb64url(ident["viewer_private"]), ident["viewer_kid"], user_id, ttl_s=ttl_s)
+
     # -- lifecycle -----------------------------------------------------------------------------
     def start(self) -> "Stack":
         self.state_dir.mkdir(parents=True, exist_ok=True)
@@ -160,6 +184,7 @@ class Stack:
 
             shutil.rmtree(self.state_dir / "store")
         self.secrets = self._secrets()
+        self.identity = self._identity()
         try:
             ps = emulators.start_pubsub(self.ports.pubsub, project=self.project, log_dir=self.log_dir)
             self.procs["pubsub-emulator"] = ps
@@ -171,6 +196,8 @@ class Stack:
             self.env.update({"DAIHUO_STORE": self._store_url(), "PUBSUB_PROJECT_ID": self.project,
                              "GOOGLE_CLOUD_PROJECT": self.project, **self.extra_env})
             self.env.update({f"DAIHUO_SECRET_{p.upper()}": s for p, s in self.secrets.items()})
+            self.env.update({"DAIHUO_VIEWER_KEYS": json.dumps({self.identity["viewer_kid"]: self.identity["viewer_public"]}),
+                             "DAIHUO_OPERATOR_TOKENS": self.identity["operator_token"]})
             self._saved_env = {k: os.environ.get(k) for k in self.env}
             os.environ.update(self.env)  # this process's clients (bus, store) talk to the stack
             from shared.bus import Bus
@@ -214,7 +241,7 @@ class Stack:
 
     def _write_state(self) -> None:
         state = {"pid": os.getpid(), "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                 "store": self.env.get("DAIHUO_STORE"), "env": {k: v for k, v in self.env.items() if "SECRET" not in k},
+                 "store": self.env.get("DAIHUO_STORE"), "env": {k: v for k, v in self.env.items() if "SECRET" not in k and "TOKEN" not in k},
                  "functions": {n: self.url(n) for n in self.functions()},
                  "emulators": {n: e.host for n, e in self.procs.items() if n.endswith("emulator")},
                  "logs": str(self.log_dir)}

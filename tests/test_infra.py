@@ -257,7 +257,9 @@ def test_secrets_are_never_literal(tf):
     assert acc["for_each"] == "${local.secret_grants}"
     assert acc["role"] == "roles/secretmanager.secretAccessor"
     assert "f.secrets" in tf["locals"]["secret_grants"]
-    assert {n for n, s in TOPOLOGY["functions"].items() if s.get("secrets")} == {"ingest"}
+    # ingest: the webhook secrets; recommend: the viewer-token verification keys (public keys)
+    assert {n for n, s in TOPOLOGY["functions"].items() if s.get("secrets")} == {"ingest", "recommend"}
+    assert TOPOLOGY["functions"]["recommend"]["secrets"] == ["DAIHUO_VIEWER_KEYS"]
 
 
 # ----------------------------------------------------------------------------------------- bucket

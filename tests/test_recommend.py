@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import requests
 
-from shared import emulators
+from shared import emulators, identity
 from shared.serving.data import write_clean_from_frames
 from shared.serving.registry import LATEST, Registry, arrays_key, meta_key
 from shared.serving.train import run_train
@@ -20,6 +20,10 @@ from shared.simulator import SimConfig, simulate
 from shared.storage import open_store
 
 LOGS = emulators.REPO_ROOT / "var" / "test-logs"
+# the platform's viewer-token key pair (shared/identity.py): recommend holds only the public key
+PRIVATE, PUBLIC = identity.keygen()
+OLD_PRIVATE, OLD_PUBLIC = identity.keygen()   # a second kid: rotation
+VIEWER_KEYS = json.dumps({"k2": identity.b64url(PUBLIC), "k1": identity.b64url(OLD_PUBLIC)})
 SIM = SimConfig(seed=11, n_streams=12, n_users=3000, n_items=500, mean_viewers_per_stream=400)
 
 
@@ -29,7 +33,8 @@ def world(tmp_path_factory):
     root = tmp_path_factory.mktemp("reco-store")
     store = open_store(str(root))
     fn = emulators.start_function("recommend", env={"DAIHUO_STORE": str(root), "DAIHUO_MODEL_REFRESH_S": "0.3",
-                                                    "THREADS": "8"}, log_dir=LOGS)
+                                                    "THREADS": "8", "DAIHUO_VIEWER_KEYS": VIEWER_KEYS},
+                                  log_dir=LOGS)
     url = f"http://{fn.host}/"
     # before any model: 503 with a clear body and Retry-After
     r = requests.get(url, params={"user_id": "u-000001"}, timeout=10)
@@ -49,8 +54,16 @@ def world(tmp_path_factory):
     fn.stop()
 
 
-def get(world, **params):
-    return requests.get(world["url"], params=params, timeout=10)
+def token(user_id: str, **kw) -> str:
+    return identity.mint(PRIVATE, "k2", user_id, **kw)
+
+
+def get(world, token_for: str | None = "user", **params):
+    """GET as the viewer app does: with a fresh token for ``user_id`` (``token_for=None``: none)."""
+    headers = {}
+    if token_for and params.get("user_id"):
+        headers["Authorization"] = "Bearer " + token(str(params["user_id"]))
+    return requests.get(world["url"], params=params, headers=headers, timeout=10)
 
 
 def _known_user(world, min_items=3):
@@ -189,7 +202,8 @@ def test_model_swaps_under_load_never_5xx(world):
         s = requests.Session()
         i = n
         while not stop.is_set():
-            r = s.get(url, params={"user_id": users[i % len(users)], "k": 10}, timeout=10)
+            u = users[i % len(users)]
+            r = s.get(url, params={"user_id": u, "k": 10}, headers={"Authorization": "Bearer " + token(u)}, timeout=10)
             with lock:
                 statuses[r.status_code] += 1
                 versions[r.headers.get("X-Model-Version")] += 1
@@ -241,3 +255,81 @@ def test_model_swaps_under_load_never_5xx(world):
     assert set(versions) == {v1, "swap-v2"}, versions
     log = (LOGS / "recommend.log").read_text()
     assert "broken-v3" in log and "ghost-v4" in log and "keeping the last good model" in log
+
+
+# ------------------------------------------------------------------------------ viewer identity
+def _active_user(world) -> str:
+    """A viewer with many item events in the simulated evening (independent of the model's internals)."""
+    ev = world["sim"].truth.expected_clean()
+    return str(ev[ev["item_id"].notna()]["user_id"].value_counts().index[0])
+
+
+def _personal_kinds(body) -> set[str]:
+    return {it["reason"]["kind"] for it in body["items"]} - {"similar_to", "popular_in_stream", "popular"}
+
+
+def test_personal_only_with_a_valid_token(world):
+    user = _active_user(world)
+    ok = get(world, user_id=user, k=5).json()
+    assert ok["personal"] is True and ok["identity"] == "verified" and ok["strategy"] == "personal"
+    # (which reasons a personal answer carries is the model's business; a stranger's never reveal history)
+    anon = get(world, token_for=None, user_id=user, k=5).json()
+    assert anon["personal"] is False and anon["identity"] == "no token"
+    assert anon["strategy"] == "global" and not _personal_kinds(anon)
+    assert not any("你" in it["reason"]["text_zh"] for it in anon["items"]), anon
+    # the same request with a stream: that stream's bestsellers, never the viewer's history
+    stream = world["sim"].truth.streams["stream_id"].iloc[0]
+    anon = get(world, token_for=None, user_id=user, stream_id=stream, k=5).json()
+    assert anon["strategy"] == "stream" and not _personal_kinds(anon)
+    anon = requests.post(world["url"], json={"user_id": user, "context": ["sku-000001"], "k": 3}, timeout=10).json()
+    assert anon["strategy"] == "context" and anon["personal"] is False and not _personal_kinds(anon)
+
+
+def _forged_tokens(user: str) -> dict[str, tuple[str, str]]:
+    now = time.time()
+    stranger_priv, _ = identity.keygen()
+    good = token(user)
+    h, p, sig = good.split(".")
+    other = json.loads(identity.unb64url(p))
+    other["sub"] = "u-000000"
+    return {  # name -> (Authorization header, expected identity reason)
+        "forged-key": ("Bearer " + identity.mint(stranger_priv, "k2", user), "bad signature"),
+        "unknown-kid": ("Bearer " + identity.mint(PRIVATE, "k9", user), "unknown key id"),
+        "payload-swapped": ("Bearer " + ".".join([h, identity.b64url(json.dumps(other).encode()), sig]), "bad signature"),
+        "alg-none": ("Bearer " + ".".join([identity.b64url(b'{"alg":"none","kid":"k2"}'), p, ""]), "malformed token"),
+        "alg-hs256": ("Bearer " + ".".join([identity.b64url(b'{"alg":"HS256","kid":"k2"}'), p, sig]),
+                      "unsupported token algorithm"),
+        "expired": ("Bearer " + token(user, now=now - 700, ttl_s=600), "token expired"),
+        "replayed-after-expiry": ("Bearer " + token(user, now=now - 631, ttl_s=600, jti="j-1"), "token expired"),
+        "too-long-lived": ("Bearer " + token(user, ttl_s=86400), "lifetime over 900"),
+        "future": ("Bearer " + token(user, now=now + 600), "issued in the future"),
+        "wrong-audience": ("Bearer " + token(user, aud="daihuo-analytics"), "wrong audience"),
+        "other-subject": ("Bearer " + token("u-000000"), "does not match user_id"),
+        "garbage": ("Bearer " + "x" * 5000, "token too long"),
+        "not-bearer": ("Basic " + good, "malformed Authorization"),
+        "bad-base64": ("Bearer a.b$.c", "malformed token"),
+    }
+
+
+@pytest.mark.parametrize("case", list(_forged_tokens("u-x")))
+def test_invalid_tokens_answer_as_a_stranger(world, case):
+    user = _active_user(world)
+    auth, reason = _forged_tokens(user)[case]
+    r = requests.get(world["url"], params={"user_id": user, "k": 5}, headers={"Authorization": auth}, timeout=10)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["personal"] is False and reason in body["identity"], (case, body["identity"])
+    assert body["strategy"] == "global" and not _personal_kinds(body) and body["user_id"] is None
+
+
+def test_rotated_keys_both_verify(world):
+    """Two kids configured (rotation): a token from the outgoing key still verifies until it expires."""
+    user = _active_user(world)
+    old = identity.mint(OLD_PRIVATE, "k1", user)
+    body = requests.get(world["url"], params={"user_id": user}, headers={"Authorization": f"Bearer {old}"},
+                        timeout=10).json()
+    assert body["personal"] is True
+    tok = token(user, jti="once")  # a replay within the lifetime is the same viewer's own answer
+    for _ in range(2):
+        assert requests.get(world["url"], params={"user_id": user}, headers={"Authorization": f"Bearer {tok}"},
+                            timeout=10).json()["personal"] is True

@@ -36,5 +36,5 @@ def recommend(request: flask.Request):
         args = args if isinstance(args, dict) else None
     else:
         args = request.args.to_dict()
-    status, body, headers = _get().handle(request.method, args)
+    status, body, headers = _get().handle(request.method, args, request.headers)
     return flask.Response(orjson.dumps(body), status=status, headers=headers, mimetype="application/json")
