@@ -9,6 +9,7 @@
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import threading
@@ -18,6 +19,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from shared import identity
 from shared.log import get_logger
 from shared.serving.registry import Registry, Served
 
@@ -267,7 +269,8 @@ class Recommender:
     def __init__(self, holder: ModelHolder):
         self.holder = holder
 
-    def handle(self, method: str, args: Mapping[str, Any] | None) -> tuple[int, dict, dict[str, str]]:
+    def handle(self, method: str, args: Mapping[str, Any] | None,
+               headers: Mapping[str, str] | None = None) -> tuple[int, dict, dict[str, str]]:
         t0 = time.perf_counter()
         if method not in ("GET", "POST"):
             return 405, {"error": f"method {method} not allowed", "allowed": ["GET", "POST"]}, {"Allow": "GET, POST"}
@@ -277,6 +280,11 @@ class Recommender:
             p = parse_params(args)
         except BadParam as exc:
             return 400, {"error": str(exc), "param": exc.param}, {}
+        # personal results only for a viewer who proves to be user_id (shared/identity.py); otherwise
+        # the model is asked as for a stranger: stream / context / global, no reason from a history
+        ident = identity.verifier().check(p.user_id, headers)
+        if p.user_id is not None and not ident.personal:
+            p = dataclasses.replace(p, user_id=None)
         loaded = self.holder.get()
         if loaded is None:
             retry = max(1, int(math.ceil(min(self.holder.refresh_s, 5.0))))
@@ -311,4 +319,5 @@ class Recommender:
                 "timing_ms": {"model": round((t2 - t1) * 1e3, 3), "total": round((time.perf_counter() - t0) * 1e3, 3)}}
         if note:
             body["note"] = note
+        body.update(personal=ident.personal, identity=ident.reason)
         return 200, body, {"X-Model-Version": served.version}
