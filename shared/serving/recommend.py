@@ -142,11 +142,12 @@ class Params:
     category: str | None
     min_price: float | None
     max_price: float | None
+    filter_seen: bool = False
 
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
-KNOWN = {"user_id", "stream_id", "context", "k", "showcase_only", "exclude_purchased", "category",
+KNOWN = {"user_id", "stream_id", "context", "k", "showcase_only", "exclude_purchased", "filter_seen", "category",
          "min_price", "max_price"}
 
 
@@ -228,7 +229,8 @@ def parse_params(args: Mapping[str, Any]) -> Params:
     if user_id is None and not context and stream_id is None:
         raise BadParam("user_id", "is required (or give stream_id / context)")
     return Params(user_id, stream_id, context, k, showcase_only,
-                  _bool("exclude_purchased", args.get("exclude_purchased"), True), category, lo, hi)
+                  _bool("exclude_purchased", args.get("exclude_purchased"), False), category, lo, hi,
+                  _bool("filter_seen", args.get("filter_seen"), False))
 
 
 # ------------------------------------------------------------------------------ reasons
@@ -242,6 +244,18 @@ _ACTION_TEXT = {
 }
 
 
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
+def _date(iso: str | None) -> tuple[str, str]:
+    """``2026-11-03`` -> (``11 月 3 日``, ``Nov 3``)."""
+    try:
+        y, m, d = (int(x) for x in str(iso)[:10].split("-"))
+        return f"{m} 月 {d} 日", f"{_MONTHS[m - 1]} {d}"
+    except (ValueError, IndexError):
+        return "之前", "before"
+
+
 def explain(reason: dict, title_of) -> dict:
     kind = reason.get("kind")
     out = dict(reason)
@@ -252,6 +266,22 @@ def explain(reason: dict, title_of) -> dict:
     elif kind == "similar_to":
         t = title_of(reason.get("item"))
         out.update(item_title=t, text_zh=f"与「{t}」相似", text_en=f"similar to {t}")
+    elif kind in ("buy_again", "buy_often"):
+        d = _date(reason.get("last_purchase"))
+        n = int(reason.get("times") or 0)
+        if kind == "buy_often":
+            out.update(text_zh=f"你常买 · 已买过 {n} 次，最近一次 {d[0]}", text_en=f"you buy this often: {n} times, last on {d[1]}")
+        else:
+            out.update(text_zh=f"再次购买 · 你 {d[0]}买过", text_en=f"buy again: you bought it on {d[1]}")
+    elif kind == "in_history":
+        if reason.get("action") == "add_to_cart":
+            out.update(text_zh="你加购过，还在考虑吗", text_en="you added it to your cart")
+        else:
+            out.update(text_zh="你看过这件商品", text_en="you viewed it")
+    elif kind == "taste":
+        c = str(reason.get("category") or "")
+        out.update(text_zh=f"符合你常逛的「{c}」" if c else "符合你的喜好",
+                   text_en=f"matches your taste in {c}" if c else "matches your taste")
     elif kind == "popular_in_stream":
         out.update(text_zh="本直播间热卖", text_en="popular in this stream")
     else:
@@ -299,10 +329,14 @@ class Recommender:
                 allowed = np.empty(0, dtype=np.int64)
                 note = f"no showcase known for stream {p.stream_id}"
         t1 = time.perf_counter()
+        kw: dict[str, Any] = {}
+        if hasattr(served.model, "repeat_"):  # RoomRanker: the request time drives "due" (buy again)
+            kw["now"] = max(time.time(), served.model.reference_day * 86400.0)
         rec = served.model.recommend(
             p.user_id, p.k, context_items=p.context or None, stream_id=p.stream_id, allowed_idx=allowed,
-            exclude_purchased=p.exclude_purchased, category=p.category,
-            price_range=(p.min_price, p.max_price) if (p.min_price is not None or p.max_price is not None) else None)
+            exclude_purchased=p.exclude_purchased, filter_seen=p.filter_seen, category=p.category,
+            price_range=(p.min_price, p.max_price) if (p.min_price is not None or p.max_price is not None) else None,
+            **kw)
         t2 = time.perf_counter()
         index, titles = loaded.index, served.titles
 
