@@ -511,11 +511,12 @@ def _model_rankers(names: list[str]):
     for name in names:
         if name == "served":
             try:
-                from shared.reco.recipe import fit_recipe
+                from shared.reco.recipe import env_recipe, fit_recipe
             except Exception as e:  # noqa: BLE001 — the lead's module may not exist yet
                 raise ModelUnavailable(f"--model served needs shared.reco.recipe.fit_recipe, which cannot be "
                                        f"imported: {type(e).__name__}: {e}") from None
-            out.append(RecommendRanker(lambda tr, it, ref, f=fit_recipe: f(tr, it, ref), "served"))
+            # the train function's recipe (DEFAULT_RECIPE + $DAIHUO_TRAIN_PARAMS), through the same call
+            out.append(RecommendRanker(lambda tr, it, ref, f=fit_recipe, p=env_recipe(): f(tr, it, ref, p), "served"))
         elif name == "hybrid":
             out.append(HybridRanker("hybrid"))
         else:

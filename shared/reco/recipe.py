@@ -9,7 +9,7 @@ what is evaluated is what is served.
    repeat statistics, per-viewer purchase / cart / click history, room counts.
 3. **Training queries from the label window**, the two questions the product answers:
    * *catalogue*: each viewer who bought in the label window, asked at its start; positives = the
-     items they bought;
+     items of their next purchase (first purchase day after the cut: "when", not only "what");
    * *room*: each (viewer, stream) with a purchase in the label window, asked at the viewer's entry
      into the stream; candidates = the stream's showcase; the room's counts so far are the room
      features; positives = what the viewer bought in that stream after entering.
@@ -26,6 +26,8 @@ carry the scale (room features are shares and logs, CF is max-normalised per req
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 import sys
 import time
 from typing import Any, Callable
@@ -35,13 +37,27 @@ import pandas as pd
 
 from .ranker import FEATURES, HEADS, PRIOR_WEIGHTS, RoomRanker
 
-__all__ = ["DEFAULT_RECIPE", "fit_recipe", "label_queries", "room_so_far"]
+__all__ = ["DEFAULT_RECIPE", "env_recipe", "fit_recipe", "merge_recipe", "label_queries", "room_so_far"]
 
 DEFAULT_RECIPE: dict[str, Any] = {
     "base": {"cf": "ease", "cf_params": {"lam": 200.0, "neighbours": 100}, "content_weight": 0.1,
              "popularity_weight": 0.2},
     "label_frac": 0.2, "C": 1.0, "max_queries": 3000, "half_life_days": 30.0, "target": "purchase",
 }
+
+
+def merge_recipe(overrides: dict | None = None) -> dict:
+    """``DEFAULT_RECIPE`` updated by ``overrides`` (dicts merged one level deep)."""
+    p = json.loads(json.dumps(DEFAULT_RECIPE))
+    for k, v in (overrides or {}).items():
+        p[k] = {**p[k], **v} if isinstance(v, dict) and isinstance(p.get(k), dict) else v
+    return p
+
+
+def env_recipe() -> dict:
+    """The recipe the train function serves: ``DEFAULT_RECIPE`` + ``$DAIHUO_TRAIN_PARAMS`` (JSON)."""
+    raw = os.environ.get("DAIHUO_TRAIN_PARAMS")
+    return merge_recipe(json.loads(raw) if raw else None)
 
 
 def _md5_first(keys: list[str], n: int) -> np.ndarray:
@@ -103,7 +119,10 @@ def label_queries(before: pd.DataFrame, after: pd.DataFrame, cut, *, target: str
     if tgt.empty:
         return queries
     u, i = _s(tgt["user_id"]), _s(tgt["item_id"])
-    cat = pd.DataFrame({"u": u, "i": i}).drop_duplicates()
+    # catalogue question = the NEXT purchase: the items of each viewer's first purchase day after the cut
+    day = _ns(tgt["ts"]) // (86400 * 10**9)
+    cat = pd.DataFrame({"u": u, "i": i, "d": day})
+    cat = cat[cat["d"] == cat.groupby("u")["d"].transform("min")].drop_duplicates(["u", "i"])
     rel = cat.groupby("u")["i"].agg(set)
     users = rel.index.tolist()
     for k in _md5_first(users, max_queries).tolist():

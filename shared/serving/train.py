@@ -40,7 +40,7 @@ import scipy.sparse as sp
 from shared.log import get_logger
 from shared.reco import DEFAULT_ACTION_WEIGHTS, HybridRecommender, build_user_items
 from shared.reco.instream import catalogue_topk, instream_parts, stream_pairs, tune_blend
-from shared.reco.recipe import DEFAULT_RECIPE, fit_recipe
+from shared.reco.recipe import fit_recipe, merge_recipe
 from shared.serving.gate import current_factory, decide, evaluate_candidate
 from shared.reco.metrics import ranking_metrics
 from shared.serving.data import TrainingData, read_training_data
@@ -328,10 +328,7 @@ def _now() -> str:
 def recipe_params(cfg: "TrainConfig") -> dict:
     """The served recipe's parameters: ``DEFAULT_RECIPE`` updated by ``cfg.params``
     (``DAIHUO_TRAIN_PARAMS``)."""
-    p = json.loads(json.dumps(DEFAULT_RECIPE))
-    for k, v in (cfg.params or {}).items():
-        p[k] = {**p[k], **v} if isinstance(v, dict) and isinstance(p.get(k), dict) else v
-    return p
+    return merge_recipe(cfg.params)
 
 
 def gate_metrics(ev: dict, summary: dict) -> dict:
@@ -429,8 +426,8 @@ def run_train(store, bus=None, cfg: TrainConfig | None = None, trigger: dict | N
     showcases = build_showcases(data.events, data.catalog)
     t_content = time.perf_counter() - t1
 
-    def candidate(tr, it, ref):
-        return fit_recipe(tr, it, ref, recipe, content=content, item_ids=item_ids)
+    def candidate(tr, it, ref):  # exactly what `python -m shared.reco.evaluate --model served` fits
+        return fit_recipe(tr, it, ref, recipe)
 
     # -- the gate: candidate vs current vs baselines on a time-based holdout (shared.serving.gate)
     t1 = time.perf_counter()
