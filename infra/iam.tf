@@ -114,3 +114,15 @@ resource "google_storage_bucket_iam_member" "build_sources" {
   role   = "roles/storage.objectViewer"
   member = "serviceAccount:${google_service_account.build.email}"
 }
+
+# Operators of the dashboard: run.invoker on the analytics service only (IAM-authenticated; the
+# function runs with DAIHUO_OPERATOR_AUTH=iam and trusts Cloud Run's check). docs/dashboard.md.
+resource "google_cloud_run_v2_service_iam_member" "operators" {
+  for_each = toset(var.analytics_operators)
+
+  project  = var.project_id
+  location = var.region
+  name     = google_cloudfunctions2_function.fn["analytics"].name
+  role     = "roles/run.invoker"
+  member   = each.value
+}

@@ -57,6 +57,9 @@ locals {
     DAIHUO_CLEANED_TOPIC        = "events-cleaned"
     DAIHUO_MODEL_TOPIC          = "model-published"
     DAIHUO_ARCHIVE_SUBSCRIPTION = "viewer-events-archive"
+    # analytics is IAM-only (no allUsers binding, iam.tf): Cloud Run admits only operators holding
+    # run.invoker with a Google ID token (gcloud run services proxy / IAP), docs/dashboard.md
+    DAIHUO_OPERATOR_AUTH = "iam"
   }
 
   # Webhook secrets: one Secret Manager secret per DAIHUO_SECRET_<PLATFORM> declared by any function.

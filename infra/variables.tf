@@ -68,6 +68,10 @@ variable "public_functions" {
   description = "HTTP functions callable by allUsers (roles/run.invoker). ingest authenticates every request with the platform's webhook HMAC; recommend is called by the viewer app, which authenticates its users itself. analytics stays private (IAM-authenticated callers only)."
   type        = list(string)
   default     = ["ingest", "recommend"]
+  validation {
+    condition     = !contains(var.public_functions, "analytics")
+    error_message = "analytics serves operator data: it stays IAM-only (grant operators with var.analytics_operators)."
+  }
 }
 
 variable "raw_nearline_after_days" {
@@ -104,4 +108,14 @@ variable "labels" {
   description = "Labels on every labelled resource."
   type        = map(string)
   default     = { app = "daihuo" }
+}
+
+variable "analytics_operators" {
+  description = "Principals allowed to open the analytics dashboard/API (roles/run.invoker on that service only), e.g. [\"group:daihuo-ops@example.com\"]. They reach it with a Google ID token: `gcloud run services proxy daihuo-analytics` or an IAP-fronted load balancer (docs/dashboard.md)."
+  type        = list(string)
+  default     = []
+  validation {
+    condition     = alltrue([for m in var.analytics_operators : !contains(["allUsers", "allAuthenticatedUsers"], m)])
+    error_message = "analytics is for operators only: allUsers / allAuthenticatedUsers are not allowed."
+  }
 }

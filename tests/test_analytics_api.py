@@ -244,7 +244,7 @@ def test_non_get_405(app):
 def test_etag_304_and_cache_control(app):
     r = get(app, "/api/streams")
     etag = r.headers["ETag"]
-    assert r.headers["Cache-Control"] == "public, max-age=300" and etag.startswith('"')
+    assert r.headers["Cache-Control"] == "private, max-age=300" and etag.startswith('"')
     assert get(app, "/api/quality").headers["ETag"] == etag  # one data version for the whole function
     for inm in (etag, f"W/{etag}", f'"other", {etag}', "*"):
         r2 = app.handle("GET", "/api/streams", {}, {"If-None-Match": inm})
@@ -283,29 +283,77 @@ def test_reload_only_when_manifest_moves(tmp_path):
 @pytest.fixture(scope="module")
 def served(built):
     LOGS.mkdir(parents=True, exist_ok=True)
-    fn = emulators.start_function("analytics", env={"DAIHUO_STORE": built.url}, log_dir=LOGS, timeout=60)
+    fn = emulators.start_function("analytics", env={"DAIHUO_STORE": built.url, "DAIHUO_OPERATOR_TOKENS": OPERATOR_TOKENS},
+                                  log_dir=LOGS, timeout=60)
     yield f"http://{fn.host}"
     fn.stop()
 
 
+OPERATOR = "op-token-" + "a" * 24
+OPERATOR_TOKENS = f"op-old-{'b' * 24},{OPERATOR}"   # two tokens: rotation
+AUTH = {"Authorization": f"Bearer {OPERATOR}"}
+
+
 def test_http_adapter(served, tables):
-    r = requests.get(f"{served}/api/streams", params={"limit": 2, "sort": "orders"}, timeout=30)
+    r = requests.get(f"{served}/api/streams", params={"limit": 2, "sort": "orders"}, headers=AUTH, timeout=30)
     assert r.status_code == 200 and r.headers["Content-Type"] == "application/json; charset=utf-8"
-    assert len(r.json()["streams"]) == 2 and r.headers["Cache-Control"] == "public, max-age=300"
-    r304 = requests.get(f"{served}/api/streams", headers={"If-None-Match": r.headers["ETag"]}, timeout=30)
+    assert len(r.json()["streams"]) == 2 and r.headers["Cache-Control"] == "private, max-age=300"
+    r304 = requests.get(f"{served}/api/streams", headers={"If-None-Match": r.headers["ETag"], **AUTH}, timeout=30)
     assert r304.status_code == 304 and not r304.content
-    assert requests.post(f"{served}/api/streams", timeout=30).status_code == 405
-    r = requests.get(f"{served}/api/streams/missing/funnel", timeout=30)
+    assert requests.post(f"{served}/api/streams", headers=AUTH, timeout=30).status_code == 405
+    r = requests.get(f"{served}/api/streams/missing/funnel", headers=AUTH, timeout=30)
     assert r.status_code == 404 and r.json()["error"] == "unknown_stream"
-    r = requests.get(f"{served}/api/streams", params={"limit": "lots"}, timeout=30)
+    r = requests.get(f"{served}/api/streams", params={"limit": "lots"}, headers=AUTH, timeout=30)
     assert r.status_code == 400 and r.json()["parameter"] == "limit"
     sid = tables["stream"]["stream_id"].iloc[0]
-    r = requests.get(f"{served}/api/streams/{sid}/products", timeout=30)
+    r = requests.get(f"{served}/api/streams/{sid}/products", headers=AUTH, timeout=30)
     assert r.json()["products"][0]["title"] and "\\u" not in r.text  # UTF-8, not escaped
-    r = requests.get(f"{served}/streams/{sid}", timeout=60)
+    r = requests.get(f"{served}/streams/{sid}", headers=AUTH, timeout=60)
     assert r.status_code == 200 and r.headers["Content-Type"] == "text/html; charset=utf-8"
     assert r.content.decode("utf-8").count("<svg") >= 6
-    h = requests.head(f"{served}/api/streams", timeout=30)
+    h = requests.head(f"{served}/api/streams", headers=AUTH, timeout=30)
     assert h.status_code == 200 and not h.content
-    r = requests.get(f"{served}/api/streams", params={"platform": "x" * 5000}, timeout=30)  # bounded before parsing
+    r = requests.get(f"{served}/api/streams", params={"platform": "x" * 5000}, headers=AUTH, timeout=30)  # bounded before parsing
     assert r.status_code == 414 and r.json()["error"] == "uri_too_long"
+
+
+SECURITY = ("Content-Security-Policy", "X-Content-Type-Options", "Referrer-Policy", "X-Frame-Options")
+
+
+@pytest.mark.parametrize("path", ["/", "/api/streams", "/quality", "/models", "/api/quality", "/streams/x"])
+def test_unauthenticated_requests_are_refused(served, path):
+    for headers in ({}, {"Authorization": "Bearer wrong-token-0000000000"}, {"Authorization": OPERATOR},
+                    {"Cookie": "daihuo_operator=nope"}, {"Authorization": "Bearer " + OPERATOR[:-1]}):
+        r = requests.get(served + path, headers=headers, timeout=30)
+        assert r.status_code == 401, (path, headers, r.status_code)
+        assert r.headers["WWW-Authenticate"].startswith("Bearer") and r.headers["Cache-Control"] == "no-store"
+        assert all(h in r.headers for h in SECURITY)
+        assert "gmv" not in r.text.lower()
+    assert requests.get(served + "/healthz", timeout=30).status_code == 200  # liveness needs no identity
+
+
+def test_operator_token_header_cookie_and_login(served):
+    for tok in OPERATOR_TOKENS.split(","):  # both configured tokens work (rotation)
+        assert requests.get(served + "/api/streams", headers={"Authorization": f"Bearer {tok}"}, timeout=30).status_code == 200
+    r = requests.get(served + "/login", params={"token": OPERATOR}, allow_redirects=False, timeout=30)
+    assert r.status_code == 303 and r.headers["Location"] == "/"
+    cookie = r.headers["Set-Cookie"]
+    assert "HttpOnly" in cookie and "SameSite=Strict" in cookie
+    s = requests.Session()
+    s.cookies.set("daihuo_operator", OPERATOR)
+    r = s.get(served + "/", timeout=60)
+    assert r.status_code == 200 and "<svg" in r.text
+    assert r.headers["Content-Security-Policy"].endswith("frame-ancestors 'none'")
+    assert r.headers["X-Content-Type-Options"] == "nosniff" and r.headers["Referrer-Policy"] == "no-referrer"
+    assert requests.get(served + "/login", params={"token": "guess-guess-guess"}, allow_redirects=False,
+                        timeout=30).status_code == 401
+
+
+def test_no_token_configured_refuses_everything_and_iam_mode_trusts_cloud_run(built, tmp_path):
+    from shared.dashboard.auth import OperatorAuth
+    closed = OperatorAuth({})
+    assert closed.check("/", {}, {"Authorization": "Bearer anything-at-all-123"}, {})[0] == 401
+    assert OperatorAuth({"DAIHUO_OPERATOR_TOKENS": "short"}).check("/", {}, {"Authorization": "Bearer short"}, {})[0] == 401
+    assert OperatorAuth({"DAIHUO_OPERATOR_AUTH": "iam"}).check("/", {}, {}, {}) is None
+    assert OperatorAuth({"DAIHUO_OPERATOR_AUTH": "bogus", "DAIHUO_OPERATOR_TOKENS": OPERATOR}).check(
+        "/", {}, AUTH, {})[0] == 401

@@ -25,6 +25,8 @@ LOGS = ROOT / "var" / "test-logs"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run", "--disable-dev-shm-usage"]
 _CJK = re.compile(r"[\u4e00-\u9fff]")
+OPERATOR = "browser-operator-token-0123456789"
+SECURITY_HEADERS = {"content-security-policy", "x-content-type-options", "referrer-policy", "x-frame-options"}
 
 
 def chromium_path() -> str:
@@ -41,7 +43,8 @@ def chromium_path() -> str:
 def served(tmp_path_factory):
     built = build_pipeline_store(tmp_path_factory.mktemp("dash-store"), seed=5, n_streams=3, models=True)
     LOGS.mkdir(parents=True, exist_ok=True)
-    fn = emulators.start_function("analytics", env={"DAIHUO_STORE": built.url}, log_dir=LOGS, timeout=60)
+    fn = emulators.start_function("analytics", env={"DAIHUO_STORE": built.url, "DAIHUO_OPERATOR_TOKENS": OPERATOR},
+                                  log_dir=LOGS, timeout=60)
     yield built, f"http://{fn.host}"
     fn.stop()
 
@@ -59,15 +62,24 @@ def browser():
         b.close()
 
 
-def open_page(browser, url: str, width: int = 1280, height: int = 900):
+def open_page(browser, url: str, width: int = 1280, height: int = 900, login: bool = True):
+    """A fresh browser context; with ``login`` the operator signs in first (GET /login?token= sets the
+    HttpOnly cookie, as docs/dashboard.md tells an operator of the local stack to do)."""
     ctx = browser.new_context(viewport={"width": width, "height": height}, device_scale_factor=1, locale="zh-CN")
     page = ctx.new_page()
-    problems: list[str] = []
+    problems: list[str] = []  # a CSP violation is a console error, so the policy is checked against the pages
     page.on("console", lambda m: problems.append(f"console {m.type}: {m.text}") if m.type in ("error", "warning") else None)
     page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
     page.on("requestfailed", lambda r: problems.append(f"request failed: {r.url}"))
+    if login:
+        base = url.split("/", 3)
+        resp = page.goto(f"{base[0]}//{base[2]}/login?token={OPERATOR}", wait_until="load")
+        assert resp is not None and resp.status == 200 and resp.url.endswith("/"), (resp and resp.status)
     resp = page.goto(url, wait_until="load")
     assert resp is not None and resp.status == 200, (url, resp and resp.status)
+    headers = resp.all_headers()
+    assert SECURITY_HEADERS <= set(headers), headers
+    assert "frame-ancestors 'none'" in headers["content-security-policy"] and headers["x-content-type-options"] == "nosniff"
     page.evaluate("document.fonts.ready")
     return ctx, page, problems
 
@@ -151,5 +163,22 @@ def test_phone_layout(served, browser):
             assert box and box["width"] <= 390, (chart, box)
         assert not problems, problems
         page.screenshot(path=str(IMG / "dashboard-phone.png"), full_page=False)
+    finally:
+        ctx.close()
+
+
+def test_unauthenticated_browser_is_refused(served, browser):
+    """No operator cookie: every page is a 401 (with the security headers), no chart, no number."""
+    _, base = served
+    ctx = browser.new_context()
+    page = ctx.new_page()
+    try:
+        for path in ("/", "/streams/s-00000", "/quality", "/models", "/api/streams"):
+            resp = page.goto(base + path, wait_until="load")
+            assert resp is not None and resp.status == 401, (path, resp and resp.status)
+            assert SECURITY_HEADERS <= set(resp.all_headers())
+            assert page.locator("svg").count() == 0 and "GMV" not in page.content()
+        resp = page.goto(f"{base}/login?token=not-the-operator-token", wait_until="load")
+        assert resp.status == 401 and not ctx.cookies()
     finally:
         ctx.close()

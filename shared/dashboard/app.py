@@ -3,7 +3,7 @@ so it is tested in-process and served by any adapter (functions/analytics/main.p
 
 Caching: every answer for the same data version has the same ETag (the data version: a hash of the
 clean manifest's generation, the models pointer's generation and the render version); with
-``Cache-Control: public, max-age=300`` a browser or CDN reuses it for 5 minutes and then revalidates
+``Cache-Control: private, max-age=300`` (operator data: never a shared cache) a browser reuses it for 5 minutes and then revalidates
 with ``If-None-Match`` (-> 304, no body). The instance keeps the loaded tables and rendered pages in
 memory and looks at the manifest's generation at most every ``DAIHUO_DASHBOARD_CHECK_S`` seconds.
 """
@@ -114,7 +114,7 @@ class App:
             return _json(200, {"status": "ok"}, {"Cache-Control": "no-store"})
         snap = self.source.snapshot()
         etag = f'"{snap.version}"'
-        cache = {"Cache-Control": f"public, max-age={self.max_age_s}", "ETag": etag, "Vary": "Accept-Encoding"}
+        cache = {"Cache-Control": f"private, max-age={self.max_age_s}", "ETag": etag, "Vary": "Accept-Encoding, Authorization, Cookie"}
         sid = unquote(m.group(1)) if m.groups() else None
         if sid is not None and not snap.has_stream(sid):
             return self._error(404, "unknown_stream", f"unknown stream {sid!r}", api, snap, stream_id=sid)
