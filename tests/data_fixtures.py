@@ -85,7 +85,8 @@ def raw_objects(sim: Simulation, n_parts: int = 4, received_at: str | None = Non
 
 
 def clean_config(**kw) -> CleanConfig:
-    return CleanConfig(**{"rules": RULES, "threads": 2, "memory_limit": "512MB", **kw})
+    # unknown_items="quarantine": the simulator's truth (GMV, orders) models that rule
+    return CleanConfig(**{"rules": RULES, "threads": 2, "memory_limit": "512MB", "unknown_items": "quarantine", **kw})
 
 
 def write_models(store: ObjectStore, metas: list[dict] = MODEL_METAS) -> None:

@@ -32,7 +32,7 @@ def stack(pubsub_emulator, gcs_emulator):
            "DAIHUO_SECRET_DOUYIN": SECRETS["douyin"], "DAIHUO_SECRET_KUAISHOU": SECRETS["kuaishou"],
            "DAIHUO_EVENTS_TOPIC": f"viewer-events-{run}", "DAIHUO_ARCHIVE_SUBSCRIPTION": f"viewer-events-archive-{run}",
            "DAIHUO_CLEANED_TOPIC": f"events-cleaned-{run}", "DAIHUO_ARCHIVE_PULL_TIMEOUT_S": "2",
-           "DAIHUO_CLEAN_THREADS": "2"}
+           "DAIHUO_CLEAN_THREADS": "2", "DAIHUO_CLEAN_UNKNOWN_ITEMS": "quarantine"}  # the truth models that rule
     bus = Bus()
     for t in ("viewer-events", "archive-tick", "clean-tick", "events-cleaned"):
         bus.ensure_topic(f"{t}-{run}")

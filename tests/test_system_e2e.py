@@ -54,7 +54,7 @@ def evening(tmp_path_factory):
     stack = Stack(port_base=_free_base(), store="local", state_dir=state, fresh=True,
                   overrides={"archive-every-minute": 2, "clean-hourly": 6}, push_backoff_s=(0.5, 2),
                   extra_env={"DAIHUO_FAIL_ONCE": "clean:write_clean", "DAIHUO_MODEL_REFRESH_S": "1",
-                             "DAIHUO_ARCHIVE_PULL_TIMEOUT_S": "2"})
+                             "DAIHUO_ARCHIVE_PULL_TIMEOUT_S": "2", "DAIHUO_CLEAN_UNKNOWN_ITEMS": "quarantine"})
     stack.start()
     try:
         sim = simulator.simulate(seed=21, n_streams=3, n_users=600, n_items=150, faults="default",
@@ -127,13 +127,14 @@ def test_recommend_serves_the_promoted_model_with_reasons(evening):
     stream = str(buyers["stream_id"].iloc[0])
 
     def answer():
-        r = requests.get(stack.url("recommend"), params={"user_id": user, "stream_id": stream, "k": 5}, timeout=10)
+        r = requests.get(stack.url("recommend"), params={"user_id": user, "stream_id": stream, "k": 5},
+                         headers={"Authorization": "Bearer " + stack.viewer_token(user)}, timeout=10)  # the app's viewer token
         return r if r.status_code == 200 else None
 
     r = _wait(answer, 30, "recommend to load the model")
     body = r.json()
     assert body["model_version"] == version
-    assert body["strategy"] == "personal"
+    assert body["strategy"] == "personal" and body["personal"] is True
     assert 1 <= len(body["items"]) <= 5
     for item in body["items"]:
         assert item["reason"] and item["title"]
@@ -146,7 +147,9 @@ def test_analytics_serves_the_streams(evening):
     stack, sim = evening["stack"], evening["sim"]
     if "analytics" not in stack.functions():
         pytest.fail("functions/analytics is missing")
-    r = requests.get(stack.url("analytics") + "api/streams", timeout=30)
+    assert requests.get(stack.url("analytics") + "api/streams", timeout=30).status_code == 401  # operators only
+    r = requests.get(stack.url("analytics") + "api/streams",
+                     headers={"Authorization": "Bearer " + stack.identity["operator_token"]}, timeout=30)
     assert r.status_code == 200, r.text
     body = r.json()
     streams = body.get("streams", body.get("items", body))

@@ -127,7 +127,14 @@ class CleanConfig:
     chunk_bytes: int = field(default_factory=lambda: _env("DAIHUO_CLEAN_CHUNK_BYTES", 128 << 20))
     memory_limit: str = field(default_factory=lambda: os.environ.get("DAIHUO_CLEAN_MEMORY_LIMIT", "2GB"))
     threads: int = field(default_factory=lambda: _env("DAIHUO_CLEAN_THREADS", os.cpu_count() or 2))
-    require_catalog: bool = True           # a purchase of an item never seen in a catalog_item is quarantined
+    # a purchase/click of an item no catalog_item named yet: "keep" (default: the catalog is often late;
+    # the row is clean, counted in GMV, and titles attach when the catalog arrives, since readers join
+    # the catalog at read time) or "quarantine" (the old rule: reason unknown_item, raw = the row as parsed)
+    unknown_items: str = field(default_factory=lambda: os.environ.get("DAIHUO_CLEAN_UNKNOWN_ITEMS", "keep"))
+
+    @property
+    def require_catalog(self) -> bool:
+        return self.unknown_items == "quarantine"
     max_session_s: float = field(default_factory=lambda: _env("DAIHUO_MAX_SESSION_S", 4 * 3600.0, float))
     strict: bool = False                   # re-validate EVERY row with shared.contract (slow; tests)
     tmp_dir: str | None = field(default_factory=lambda: os.environ.get("DAIHUO_TMP") or None)
@@ -452,7 +459,7 @@ def clean_core(con, run_id: str, cfg: CleanConfig, *, seen_paths: list[str], cat
         UNION ALL
         SELECT p.row_id, (SELECT s.src FROM sources s WHERE p.row_id BETWEEN s.r0 AND s.r1), 'unknown_item', 'item_id',
                ['item_id: ' || p.j.item_id || ' is not in the catalog seen so far'],
-               NULL, p.j.event_id, p.j.received_at
+               coalesce(CAST(p.line AS VARCHAR), CAST(to_json(p.j) AS VARCHAR)), p.j.event_id, p.j.received_at
         FROM parsed p WHERE p.row_id IN (SELECT row_id FROM unknown_rows)""")
     stats = con.execute(f"""SELECT
         (SELECT count(*) FROM parsed),
@@ -462,6 +469,9 @@ def clean_core(con, run_id: str, cfg: CleanConfig, *, seen_paths: list[str], cat
         (SELECT count(*) FROM catalog_new)""").fetchone()
     stats = (*stats[:4], *con.execute(
         "SELECT count(*), count(*) FILTER (late), count(*) FILTER (ts_corrected) FROM clean").fetchone(), stats[4])
+    # clean purchases of items no catalog named (yet): kept and counted, not lost (unknown_items="keep")
+    uncatalogued = con.execute("""SELECT count(*) FROM clean WHERE type = 'purchase' AND item_id IS NOT NULL
+                                  AND CAST(item_id AS VARCHAR) NOT IN (SELECT item_id FROM known_items)""").fetchone()[0]
     by_reason = dict(con.execute("SELECT reason, count(*) FROM quarantine GROUP BY 1 ORDER BY 1").fetchall())
     by_field = dict(con.execute("SELECT reason || ':' || coalesce(field, '?'), count(*) FROM quarantine GROUP BY 1 ORDER BY 1").fetchall())
     # the parsed rows (the run's largest table) are not read again: free their memory for the COPYs and
@@ -470,7 +480,7 @@ def clean_core(con, run_id: str, cfg: CleanConfig, *, seen_paths: list[str], cat
     con.execute("DROP TABLE parsed")
     return {"rows_in": stats[0], "catalog_rows": stats[1], "duplicates_in_run": stats[2],
             "duplicates_seen_before": stats[3], "duplicates": stats[2] + stats[3], "rows_out": stats[4],
-            "late": stats[5], "ts_corrected": stats[6], "catalog_items": stats[7],
+            "late": stats[5], "ts_corrected": stats[6], "catalog_items": stats[7], "uncatalogued_purchases": uncatalogued,
             "dropped": sum(by_reason.values()), "dropped_by_reason": by_reason, "dropped_by_field": by_field}
 
 
@@ -692,6 +702,9 @@ def run_clean(store, bus=None, cfg: CleanConfig | None = None, *, crash_after: s
                                    FROM quarantine ORDER BY row_id""").fetchall()
             by_day: dict[str, list[bytes]] = {}
             for d, reason, fld, reasons, raw, eid, src, rec in qrows:
+                if reason == "unknown_item" and raw and raw.startswith("{") and '":null' in raw.replace(" ", ""):
+                    # an unflagged row keeps no line: its parsed fields, without the absent ones, are its raw
+                    raw = orjson.dumps({k: v for k, v in orjson.loads(raw).items() if v is not None}).decode()
                 by_day.setdefault(d, []).append(orjson.dumps(
                     {"reason": reason, "field": fld, "reasons": reasons, "event_id": eid, "raw": raw,
                      "received_at": rec, "source": src, "run_id": run_id, "stage": "clean"}))
