@@ -201,3 +201,20 @@ def test_redelivery_in_another_batch_composition_reaches_clean_once(bus, sub, tm
     assert s["rows_out"] == 30 and s["duplicates"] == 20 and s["dropped"] == 0
     clean = read_clean(store, load_manifest(store)[0]).to_pandas()
     assert clean["event_id"].is_unique and set(clean["event_id"]) == {e["event_id"] for e in first + later}
+
+
+def test_write_failure_nacks_at_once(bus, sub, tmp_path):
+    """The store refuses the write (its root is a file): the batch is nacked, not left to the ack
+    deadline; the next tick, with a working store, archives every event well before the deadline."""
+    topic, name = sub
+    broken = tmp_path / "not-a-dir"
+    broken.write_text("x")
+    events = [ev(f"w{i}") for i in range(20)]
+    bus.publish(topic, body(events))
+    with pytest.raises(Exception):
+        archive_batch(bus, open_store(broken), acfg(name), now=NOW)
+    store = open_store(tmp_path / "store")
+    t0 = time.monotonic()
+    s = archive_batch(bus, store, acfg(name), now=NOW)
+    assert s["events"] == 20 and time.monotonic() - t0 < ACK_DEADLINE_S - 2  # redelivered at once (nack)
+    assert sorted(e["event_id"] for e in raw_lines(store)) == sorted(e["event_id"] for e in events)

@@ -130,15 +130,27 @@ def archive_batch(bus, store, cfg: ArchiveConfig | None = None, *, now: float | 
             parts[p].append(ln)
             ids_by_part[p].append(m.message_id)
     written, existed = [], []
-    for p in sorted(parts):
-        h = hashlib.sha256(p.encode() + b"\0" + "\0".join(sorted(set(ids_by_part[p]))).encode()).hexdigest()[:24]
-        key = f"raw/{p}/{h}.ndjson.gz"
-        body = gzip.compress(b"\n".join(parts[p]) + b"\n", compresslevel=cfg.compresslevel, mtime=0)
+    try:
+        for p in sorted(parts):
+            h = hashlib.sha256(p.encode() + b"\0" + "\0".join(sorted(set(ids_by_part[p]))).encode()).hexdigest()[:24]
+            key = f"raw/{p}/{h}.ndjson.gz"
+            body = gzip.compress(b"\n".join(parts[p]) + b"\n", compresslevel=cfg.compresslevel, mtime=0)
+            try:
+                store.put(key, body, content_type="application/gzip", if_generation_match=ABSENT)
+                written.append(key)
+            except PreconditionFailed:
+                existed.append(key)  # same messages archived before (crash before ack): nothing to do
+    except Exception as exc:
+        # the store failed: give the messages back at once (nack) instead of letting them wait out
+        # the ack deadline (up to 5 minutes); the next batch retries them. Objects already written
+        # are rewritten as no-ops (same names, only-if-absent).
+        log.error("archive write failed; batch nacked", extra={"error": f"{type(exc).__name__}: {exc}",
+                                                               "messages": len(msgs), "written": len(written)})
         try:
-            store.put(key, body, content_type="application/gzip", if_generation_match=ABSENT)
-            written.append(key)
-        except PreconditionFailed:
-            existed.append(key)  # same messages archived before (crash before ack): nothing to do
+            bus.nack(cfg.subscription, [m.ack_id for m, _ in msgs])
+        except Exception:
+            log.exception("nack failed too; the messages come back after the ack deadline")
+        raise
     if crash_after == "write":
         raise RuntimeError("injected crash after write, before ack")
     bus.ack(cfg.subscription, [m.ack_id for m, _ in msgs])
