@@ -122,12 +122,16 @@ def run(args) -> int:
         meta = json.loads(store.get(f"models/{latest['version']}/meta.json"))
         metrics = meta.get("metrics", {})
         print(f"   model {latest['version']} promoted: {(meta.get('decision') or {}).get('reason', '')}")
-        print(f"   time-based holdout ({metrics.get('holdout_events', '?')} events after {metrics.get('split_ts', '?')}):")
-        for name in ("candidate", "popularity"):
-            m = metrics.get(name) or {}
-            if m:
-                print(f"     {name:10s} " + "  ".join(f"{k} {m[k]:.3f}" for k in
-                                                   ("ndcg@10", "hitrate@10", "precision@10", "recall@10", "coverage") if k in m))
+        g = metrics.get("gate") or {}
+        for name, b in ((meta.get("evaluation") or {}).get("blocks") or {}).items():
+            if "rankers" in b:
+                best = b["best_baseline"]
+                vs = (b.get("vs_best_baseline") or {}).get("candidate") or {}
+                print(f"   holdout {name:24s} ndcg@10 model {b['rankers']['candidate']['ndcg@10']:.3f}  "
+                      f"best baseline {best} {b['rankers'][best]['ndcg@10']:.3f}  ratio {vs.get('ratio') or 0:.2f} "
+                      f"[{vs.get('ratio_lo') or 0:.2f}, {vs.get('ratio_hi') or 0:.2f}]  ({b['n_queries']} queries)")
+        if g.get("below_baseline"):
+            print("   NOTE: the model is below the best baseline on the gate's primary metric (see the reason above)")
 
         step("recommend: top products for a few viewers, with the reasons")
         clean_users = _sample_users(store, sim, n=3)

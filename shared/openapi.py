@@ -103,7 +103,7 @@ def _reason(kind: str, required: list[str], props: dict) -> dict:
 
 def recommend() -> dict:
     source = {"type": "string", "minLength": 1, "description": "the history/context item the score comes from"}
-    via = {"enum": ["cf", "content"], "description": "which score part the reason comes from"}
+    via = {"enum": ["cf", "content", "context"], "description": "which score part the reason comes from"}
     reco_params = {
         "user_id": ({"type": "string", "maxLength": ID_MAX, "format": F_USER, "examples": ["u-000001"]},
                     "a known user gets `personal` recommendations; an unknown one falls back"),
@@ -111,7 +111,9 @@ def recommend() -> dict:
                       "the stream the viewer watches (its bestsellers; required with showcase_only)"),
         "k": ({"type": "integer", "minimum": 1, "maximum": 100, "default": 10}, "how many items"),
         "showcase_only": ({"type": "boolean", "default": False}, "only items in the stream's showcase"),
-        "exclude_purchased": ({"type": "boolean", "default": True}, "leave out what the user bought"),
+        "exclude_purchased": ({"type": "boolean", "default": False},
+                              "leave out what the user bought (default: buy-again items are served)"),
+        "filter_seen": ({"type": "boolean", "default": False}, "leave out everything the user touched before"),
         "category": ({"type": "string", "examples": ["美妆/护肤"]}, "exact catalog category"),
         "min_price": ({"type": "number", "minimum": 0}, "price >= min_price"),
         "max_price": ({"type": "number", "minimum": 0}, "price <= max_price (not below min_price)"),
@@ -172,8 +174,11 @@ def recommend() -> dict:
                     "note": {"type": "string", "description": "e.g. no showcase known for the stream"}}},
             "Item": {"type": "object", "required": ["item_id", "title", "score", "parts", "reason"], "properties": {
                 "item_id": {"type": "string", "minLength": 1}, "title": {"type": "string"}, "score": NUM,
-                "parts": {"type": "object", "additionalProperties": False, "required": ["cf", "content", "popularity"],
-                          "properties": {"cf": NUM, "content": NUM, "popularity": NUM}},
+                "parts": {"type": "object", "additionalProperties": False,
+                          "description": "per-source contributions to the score (RoomRanker groups)",
+                          "required": ["buy_again", "history", "cf", "content", "context", "room", "popular", "taste"],
+                          "properties": {g: NUM for g in ("buy_again", "history", "cf", "content", "context", "room",
+                                                          "popular", "taste")}},
                 "reason": {"$ref": "#/components/schemas/Reason"}}},
             "Reason": {"description": "why the item is recommended, with a sentence in Chinese and in English",
                        "oneOf": [
@@ -183,6 +188,12 @@ def recommend() -> dict:
                                           "description": "the user's strongest action on the item (purchase, ...)"}}),
                            _reason("similar_to", ["item", "via", "item_title"],
                                    {"item": source, "via": via, "item_title": {"type": "string"}}),
+                           _reason("buy_again", ["times", "last_purchase"], {
+                               "times": {"type": "integer", "minimum": 1}, "last_purchase": {"type": "string"}}),
+                           _reason("buy_often", ["times", "last_purchase"], {
+                               "times": {"type": "integer", "minimum": 3}, "last_purchase": {"type": "string"}}),
+                           _reason("in_history", ["item", "action"], {"item": source, "action": {"type": "string"}}),
+                           _reason("taste", [], {"category": {"type": ["string", "null"]}}),
                            _reason("popular_in_stream", ["stream"], {"stream": {"type": "string"}}),
                            _reason("popular", [], {})]},
             "BadParam": {"type": "object", "required": ["error", "param"], "properties": {

@@ -13,6 +13,7 @@ import pytest
 import requests
 
 from shared import emulators, identity
+from shared.reco.ranker import FEATURE_GROUP
 from shared.serving.data import write_clean_from_frames
 from shared.serving.registry import LATEST, Registry, arrays_key, meta_key
 from shared.serving.train import run_train
@@ -81,13 +82,13 @@ def test_answer_shape_with_reasons(world):
     assert body["strategy"] == "personal" and body["fallback"] is None and len(body["items"]) == 5
     assert body["timing_ms"]["total"] >= body["timing_ms"]["model"] > 0
     for it in body["items"]:
-        assert it["title"] and set(it["parts"]) == {"cf", "content", "popularity"}
-        assert abs(sum(it["parts"].values()) - it["score"]) < 1e-4
+        assert it["title"] and set(it["parts"]) == {"buy_again", "history", "cf", "content", "context", "room",
+                                                    "popular", "taste"}
+        assert it["reason"]["feature"] is None or it["parts"][FEATURE_GROUP[it["reason"]["feature"]]] > 0
         assert it["reason"]["kind"] and it["reason"]["text_zh"] and it["reason"]["text_en"]
-    kinds = Counter(it["reason"]["kind"] for it in body["items"])
-    assert kinds["because_you"] >= 1
-    because = next(it["reason"] for it in body["items"] if it["reason"]["kind"] == "because_you")
-    assert because["text_zh"].startswith("因为你") and because["text_en"].startswith("because you")
+    scores = [it["score"] for it in body["items"]]
+    assert scores == sorted(scores, reverse=True)
+    # (buy-again answers with dates: tests/test_reco_ranker.py; this one-evening world has no rebuys)
 
 
 def test_post_json_context_and_fallbacks(world):
@@ -95,15 +96,14 @@ def test_post_json_context_and_fallbacks(world):
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["strategy"] == "context" and body["fallback"]
-    assert all(it["reason"]["kind"] in ("similar_to", "popular") for it in body["items"])
-    assert any(it["reason"]["text_zh"].startswith("与「") for it in body["items"])
+    assert all(it["reason"]["kind"] in ("similar_to", "popular", "popular_in_stream") for it in body["items"])
     r = get(world, context="sku-000001,sku-000002", k=3)
     assert [i["item_id"] for i in r.json()["items"]] == [i["item_id"] for i in body["items"]]
     stream = world["sim"].truth.streams["stream_id"].iloc[0]
     r = get(world, user_id="u-nobody", stream_id=stream, k=4)
     assert r.json()["strategy"] == "stream"
-    assert r.json()["items"][0]["reason"] == {"kind": "popular_in_stream", "stream": stream,
-                                              "text_zh": "本直播间热卖", "text_en": "popular in this stream"}
+    assert {it["reason"]["kind"] for it in r.json()["items"]} <= {"popular_in_stream", "popular"}
+    assert all(it["reason"]["text_zh"] in ("本直播间热卖", "大家都在买") for it in r.json()["items"])
 
 
 def test_filters(world):
@@ -119,11 +119,11 @@ def test_filters(world):
     for it in r.json()["items"]:
         i = truth.item_index[it["item_id"]]
         assert truth.item_category[i] == cat and 10 <= truth.item_price[i] <= 200
-    # exclude_purchased (default true): a buyer never gets back what they bought
+    # exclude_purchased=true: a buyer never gets back what they bought (default: repeats allowed)
     ev = truth.expected_clean()
     buys = ev[ev["type"] == "purchase"].groupby("user_id")["item_id"].apply(set)
     buyer = buys.index[0]
-    got = {i["item_id"] for i in get(world, user_id=buyer, k=100).json()["items"]}
+    got = {i["item_id"] for i in get(world, user_id=buyer, k=100, exclude_purchased="true").json()["items"]}
     assert not (got & buys[buyer])
 
 

@@ -229,7 +229,8 @@ def quality(snap) -> dict[str, Any]:
 def models(snap) -> dict[str, Any]:
     return {"latest": snap.latest_model, "models": jsonable(snap.models),
             "metrics": sorted({k for m in snap.models for k, v in (m.get("metrics") or {}).items()
-                               if isinstance(v, (int, float)) and not isinstance(v, bool)})}
+                               if isinstance(v, (int, float)) and not isinstance(v, bool)
+                               and k != "k" and not k.endswith("_queries")})}   # scores, not counts
 
 
 # ------------------------------------------------------------------------------ finer series

@@ -168,6 +168,11 @@ class RoomRanker:
         M.sort_indices()
         return M
 
+    @property
+    def user_items_(self):
+        """The viewer x item affinity matrix (the hybrid's): what a viewer's history is."""
+        return self.base.user_items_
+
     def _build(self) -> None:
         b = self.base
         self.item_ids_ = b.item_ids_
@@ -291,7 +296,7 @@ class RoomRanker:
             cand = np.arange(self.n_items_, dtype=np.int64)
         n = cand.size
         F = np.zeros((n, len(FEATURES)))
-        info: dict[str, Any] = {"now_day": now_d, "head": "room" if (stream_id is not None or allowed_idx is not None
+        info: dict[str, Any] = {"now_day": now_d, "stream_id": stream_id, "head": "room" if (stream_id is not None or allowed_idx is not None
                                                                       or room is not None) else "catalogue"}
         if n == 0:
             return cand, F, info
@@ -526,7 +531,7 @@ class RoomRanker:
                 return {"kind": "because_you", "feature": top, "item": str(ids[src]), "action": action, "via": g}
             return {"kind": "popular", "feature": top}
         if g == "room":
-            return {"kind": "popular_in_stream", "feature": top}
+            return {"kind": "popular_in_stream", "feature": top, "stream": str(info.get("stream_id") or "")}
         if g == "taste":
             cat = str(self.base.category_[item]) if self.base.category_ is not None else None
             return {"kind": "taste", "feature": top, "category": cat}
