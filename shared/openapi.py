@@ -106,7 +106,8 @@ def recommend() -> dict:
     via = {"enum": ["cf", "content", "context"], "description": "which score part the reason comes from"}
     reco_params = {
         "user_id": ({"type": "string", "maxLength": ID_MAX, "format": F_USER, "examples": ["u-000001"]},
-                    "a known user gets `personal` recommendations; an unknown one falls back"),
+                    "a known user gets `personal` recommendations only with a viewer token for this user "
+                    "(`Authorization: Bearer`, docs/serving.md); otherwise (or an unknown one) it falls back"),
         "stream_id": ({"type": "string", "maxLength": ID_MAX, "format": F_STREAM, "examples": ["s-00000"]},
                       "the stream the viewer watches (its bestsellers; required with showcase_only)"),
         "k": ({"type": "integer", "minimum": 1, "maximum": 100, "default": 10}, "how many items"),
@@ -134,7 +135,7 @@ def recommend() -> dict:
                 "headers": {"X-Model-Version": {"required": True, "schema": {"type": "string", "minLength": 1}}},
                 "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Recommendations"}}}},
         "400": {"description": "a bad, unknown or missing parameter (named in `param`; `body` for a POST body "
-                               "that is not a JSON object)",
+                               "that is not a JSON object, not JSON, or nested deeper than 4 levels)",
                 "content": {"application/json": {"schema": {"$ref": "#/components/schemas/BadParam"}}}},
         "503": {"description": "no model has been published yet (or none could be loaded)",
                 "headers": {"Retry-After": {"required": True, "schema": {"type": "string", "pattern": "^[1-9][0-9]*$"}}},
@@ -151,7 +152,9 @@ def recommend() -> dict:
             "get": {"operationId": "recommendGet", "parameters": get_params, "responses": answers},
             "post": {"operationId": "recommendPost",
                      "requestBody": {"required": True, "content": {"application/json": {"schema": body}}},
-                     "responses": answers},
+                     "responses": {**answers, "413": {
+                         "description": "POST body over DAIHUO_RECOMMEND_MAX_BODY_BYTES (16 KiB), refused before parsing",
+                         "content": {"application/json": {"schema": {"$ref": "#/components/schemas/BadParam"}}}}}},
             "put": {"operationId": "recommendPut", **wrong},
             "delete": {"operationId": "recommendDelete", **wrong},
             "patch": {"operationId": "recommendPatch", **wrong},
@@ -171,7 +174,9 @@ def recommend() -> dict:
                     "timing_ms": {"type": "object", "required": ["model", "total"],
                                   "properties": {"model": {"type": "number", "minimum": 0},
                                                  "total": {"type": "number", "minimum": 0}}},
-                    "note": {"type": "string", "description": "e.g. no showcase known for the stream"}}},
+                    "note": {"type": "string", "description": "e.g. no showcase known for the stream"},
+                    "personal": {"type": "boolean", "description": "true only for a verified viewer token whose sub is user_id"},
+                    "identity": {"type": "string", "description": "verified, or why the answer is not personal"}}},
             "Item": {"type": "object", "required": ["item_id", "title", "score", "parts", "reason"], "properties": {
                 "item_id": {"type": "string", "minLength": 1}, "title": {"type": "string"}, "score": NUM,
                 "parts": {"type": "object", "additionalProperties": False,
@@ -236,7 +241,7 @@ def _obj(required: list[str], props: dict, **extra) -> dict:
 
 
 def analytics() -> dict:
-    cached = {"Cache-Control": {"required": True, "schema": {"type": "string", "pattern": "^public, max-age=[0-9]+$"}},
+    cached = {"Cache-Control": {"required": True, "schema": {"type": "string", "pattern": "^private, max-age=[0-9]+$"}},
               "ETag": {"required": True, "schema": {"type": "string", "pattern": '^"[^"]+"$'},
                        "description": "the data version; the same for every URL of one version"}}
     no_store = {"Cache-Control": {"required": True, "schema": {"const": "no-store"}}}
@@ -271,6 +276,7 @@ def analytics() -> dict:
             "304": {"description": "If-None-Match matched the current ETag; no body", "headers": cached},
             "400": err(400, "a bad value or an unknown parameter (named in `parameter`)", html),
             "404": err(404, "unknown stream" if stream else "no such resource", html),
+            "401": err(401, "no operator identity (docs/dashboard.md)", html),
         }
         return {"get": {"operationId": op_id, "summary": summary,
                         "parameters": ([sid] if stream else []) + params + [inm], "responses": responses},
