@@ -15,10 +15,8 @@ from shared.simulator import SimConfig, simulate
 from shared.storage import open_store
 
 SIM = SimConfig.repeat_preset(seed=1, scale=0.3)   # 28 days, repeat consumables, live-room dynamics
-#: a repeat-blind recipe (the v1 habit): no own-history, buy-again or room features
-BLIND = {"features_off": ["bought", "buy_count", "buy_freq", "buy_recency", "user_repeat", "rebuy_due",
-                          "bought_durable", "bought_fresh", "cart", "click", "touch_recent", "room_buy",
-                          "room_share", "room_click"]}
+#: a repeat-blind recipe (the v1 habit: nothing the viewer touched before is ever served)
+BLIND = {"filter_seen": True}
 
 
 @pytest.fixture(scope="module")

@@ -21,6 +21,7 @@ feature                 value                                                   
 ``context``             the same for the session's context items (cf + content)/2   similar_to
 ``pop``                 global popularity in [0, 1]                                  popular
 ``pop_log``             ``log(1 + buyers_i) / log(1 + max buyers)``                  popular
+``pop_recent``          the same over the last 7 days of the window (trend)          popular
 ``room_buy``            ``log(1 + orders of i in this stream so far)``               popular_in_stream
 ``room_share``          orders of i / orders in this stream so far                   popular_in_stream
 ``room_click``          ``log(1 + clicks of i in this stream so far)``               popular_in_stream
@@ -53,12 +54,12 @@ from .rebuy import RepeatStats, purchase_occasions, ts_days
 __all__ = ["FEATURES", "FEATURE_GROUP", "PRIOR_WEIGHTS", "RoomRanker", "room_counts"]
 
 FEATURES = ("bought", "buy_count", "buy_freq", "buy_recency", "user_repeat", "rebuy_due", "bought_durable",
-            "bought_fresh", "cart", "click", "touch_recent", "cf", "content", "context", "pop", "pop_log", "room_buy",
+            "bought_fresh", "cart", "click", "touch_recent", "cf", "content", "context", "pop", "pop_log", "pop_recent", "room_buy",
             "room_share", "room_click", "category", "price")
 FEATURE_GROUP = {"bought": "buy_again", "buy_count": "buy_again", "buy_freq": "buy_again", "buy_recency": "buy_again",
                  "user_repeat": "buy_again", "rebuy_due": "buy_again",
                  "bought_durable": "buy_again", "bought_fresh": "buy_again", "cart": "history", "click": "history",
-                 "touch_recent": "history", "cf": "cf", "content": "content", "context": "context", "pop": "popular", "pop_log": "popular",
+                 "touch_recent": "history", "cf": "cf", "content": "content", "context": "context", "pop": "popular", "pop_log": "popular", "pop_recent": "popular",
                  "room_buy": "room", "room_share": "room", "room_click": "room", "category": "taste",
                  "price": "taste"}
 GROUPS = ("buy_again", "history", "cf", "content", "context", "room", "popular", "taste")
@@ -67,7 +68,7 @@ PRIOR_WEIGHTS = {"bought": 1.0, "buy_count": 1.0, "rebuy_due": 2.0, "bought_dura
                  "cart": 0.5, "click": 0.2, "cf": 1.0, "content": 0.2, "context": 1.0, "pop": 0.5,
                  "room_buy": 0.5, "room_share": 2.0, "room_click": 0.1, "category": 0.3, "price": 0.1}
 _F = {f: k for k, f in enumerate(FEATURES)}
-HEADS = ("room", "catalogue")
+HEADS = ("room", "catalogue", "room_new", "catalogue_new")   # *_new: filter_seen requests (new items only)
 
 
 def _head(weights: Mapping[str, float], mu=None, sigma=None, bias: float = 0.0) -> dict:
@@ -123,6 +124,7 @@ class RoomRanker:
         self.cf_top, self.content_top, self.pop_top, self.room_top = cf_top, content_top, pop_top, room_top
         self.max_history = max_history
         self.heads: dict[str, dict] = {h: _head(PRIOR_WEIGHTS) for h in HEADS}
+        self.always_filter_seen = False
         self.ranker_info: dict[str, Any] = {"kind": "prior"}
 
     # ------------------------------------------------------------------ state
@@ -139,6 +141,8 @@ class RoomRanker:
         occ = purchase_occasions(events, uids, iids)
         self.buy_count_, self.buy_last_ = occ.pairs(len(uids), len(iids))
         self.repeat_ = RepeatStats.fit(occ, len(iids), base.category_)
+        recent = occ.day >= self.reference_day - 7.0
+        self.recent_buyers_ = np.bincount(occ.item[recent], minlength=len(iids)).astype(np.float32)
         self.cart_ = build_user_items(events, {"add_to_cart": 1.0}, half_life_days, reference_time,
                                       user_ids=uids, item_ids=iids, dtype=np.float32).matrix
         self.click_ = build_user_items(events, {"product_click": 1.0}, half_life_days, reference_time,
@@ -194,6 +198,8 @@ class RoomRanker:
             m.sort_indices()
         nb = np.log1p(np.asarray(self.repeat_.buyers, dtype=np.float64))
         self._poplog = nb / nb.max() if nb.size and nb.max() > 0 else np.zeros(self.n_items_)
+        nr = np.log1p(np.asarray(self.recent_buyers_, dtype=np.float64))
+        self._poprecent = nr / nr.max() if nr.size and nr.max() > 0 else np.zeros(self.n_items_)
         # per viewer: share of purchase occasions that repeated an earlier one, shrunk to the global share
         C = self.buy_count_
         occ = np.asarray(C.sum(axis=1)).ravel()
@@ -214,6 +220,12 @@ class RoomRanker:
         return self
 
     # --------------------------------------------------------------- features
+    def seen_items(self, row: int) -> np.ndarray:
+        """Item positions the viewer touched (any weighted action, click, cart or purchase)."""
+        ip, ix, _ = self.base._ui
+        return np.unique(np.concatenate([ix[ip[row]:ip[row + 1]].astype(np.int64),
+                                         self.touch_last_[row].indices.astype(np.int64)]))
+
     def _user_row(self, user_id):
         return self.base._user_row(user_id)
 
@@ -372,6 +384,7 @@ class RoomRanker:
                     F[:, _F["price"]] = np.where(np.isfinite(lc), np.exp(-np.abs(lc - mu)), 0.0)
         F[:, _F["pop"]] = self._gpop[cand]
         F[:, _F["pop_log"]] = self._poplog[cand]
+        F[:, _F["pop_recent"]] = self._poprecent[cand]
         if rv is not None:
             buy, clk, tot = rv
             if buy:
@@ -406,7 +419,7 @@ class RoomRanker:
         seconds or a timestamp; default the model's reference time). ``repeats=False`` is
         ``filter_seen=True``: nothing the viewer touched before. ``exclude_purchased`` drops bought items.
         Returns ``{"strategy", "items": [{"item_id", "score", "parts": {group: contribution}, "reason"}]}``."""
-        if repeats is False:
+        if repeats is False or self.always_filter_seen:  # always_filter_seen: the v1 habit, kept as a recipe knob
             filter_seen = True
         if allowed_items is not None:
             allowed_idx = np.unique(self.base._item_idx_fast(list(allowed_items)))
@@ -419,8 +432,7 @@ class RoomRanker:
         row = info.get("row")
         if row is not None and (filter_seen or exclude_purchased):
             if filter_seen:
-                seen = np.unique(np.concatenate([info["hist_idx"], self.touch_last_[row].indices.astype(np.int64)]))
-                keep &= ~np.isin(cand, seen)
+                keep &= ~np.isin(cand, self.seen_items(row))
             if exclude_purchased:
                 keep &= ~(info["buy_count"] > 0)
         if exclude_items is not None:
@@ -442,7 +454,7 @@ class RoomRanker:
                                                           allowed_idx=np.concatenate([cand, extra]), room=room, now=now)
                 return self._finish_widened(c2, F2, i2, N, filter_seen, exclude_purchased, exclude_items,
                                             category, price_range)
-        return self._top(cand, F, info, keep, N)
+        return self._top(cand, F, info, keep, N, new_only=filter_seen)
 
     def _finish_widened(self, cand, F, info, N, filter_seen, exclude_purchased, exclude_items, category, price_range):
         return self.recommend_from(cand, F, info, N, filter_seen=filter_seen, exclude_purchased=exclude_purchased,
@@ -453,8 +465,7 @@ class RoomRanker:
         keep = np.ones(cand.size, dtype=bool)
         row = info.get("row")
         if row is not None and filter_seen:
-            seen = np.unique(np.concatenate([info["hist_idx"], self.touch_last_[row].indices.astype(np.int64)]))
-            keep &= ~np.isin(cand, seen)
+            keep &= ~np.isin(cand, self.seen_items(row))
         if row is not None and exclude_purchased:
             keep &= ~(info["buy_count"] > 0)
         if exclude_items is not None:
@@ -469,10 +480,10 @@ class RoomRanker:
                 keep &= p >= lo
             if hi is not None:
                 keep &= p <= hi
-        return self._top(cand, F, info, keep, N)
+        return self._top(cand, F, info, keep, N, new_only=filter_seen)
 
-    def _top(self, cand, F, info, keep, N):
-        head = info.get("head", "room")
+    def _top(self, cand, F, info, keep, N, new_only: bool = False):
+        head = info.get("head", "room") + ("_new" if new_only else "")
         C = self.contributions(F, head)
         score = self.intercept(head) + C.sum(axis=1)
         sel = np.flatnonzero(keep)
@@ -547,6 +558,7 @@ class RoomRanker:
              "ranker": self.ranker_info, "repeat": self.repeat_.meta, "reference_day": self.reference_day,
              "params": {"cf_top": self.cf_top, "content_top": self.content_top, "pop_top": self.pop_top,
                         "room_top": self.room_top, "max_history": self.max_history},
+             "always_filter_seen": self.always_filter_seen,
              "n_items": int(self.n_items_), "n_users": int(len(self.user_ids_))}
         json.dumps(m)
         return m
@@ -559,6 +571,7 @@ class RoomRanker:
         for k, v in self.repeat_.to_arrays().items():
             out[f"rr.repeat.{k}"] = v
         out["rr.room_stream_ids"] = str_array(self.room_stream_ids_)
+        out["rr.recent_buyers"] = np.asarray(self.recent_buyers_, dtype=np.float32)
         for t, M in self.room_.items():
             out.update(csr_to_arrays(M, f"rr.room.{t}"))
         return out
@@ -576,7 +589,9 @@ class RoomRanker:
         self.repeat_ = RepeatStats.from_arrays({k[10:]: v for k, v in arrays.items() if k.startswith("rr.repeat.")},
                                                meta["repeat"])
         self.room_stream_ids_ = np.asarray(arrays["rr.room_stream_ids"])
+        self.recent_buyers_ = np.asarray(arrays["rr.recent_buyers"])
         self.room_ = {t: csr_from_arrays(arrays, f"rr.room.{t}") for t in ROOM_TYPES}
         self._build()
         self.set_heads(meta["heads"], meta.get("ranker"))
+        self.always_filter_seen = bool(meta.get("always_filter_seen", False))
         return self

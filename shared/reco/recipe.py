@@ -17,7 +17,9 @@ what is evaluated is what is served.
    serving time (one code path), labelled 1 if bought.
 4. **Ranker**: L2 logistic regression (``C``, default 1; lbfgs: deterministic) on standardised features,
    each query weighted equally, one per head: ``room`` (queries with a stream / showcase) and
-   ``catalogue``; ``features_off`` (a list of feature names) zeroes features (ablations, tests).  No labels -> ``PRIOR_WEIGHTS`` (recorded as ``ranker.kind = prior``).
+   ``catalogue``, and ``*_new`` heads for requests restricted to items the viewer never touched;
+   ``features_off`` (a list of feature names) zeroes features and ``filter_seen: true`` never serves a
+   touched item (the v1 habit; ablations and tests).  No labels -> ``PRIOR_WEIGHTS`` (recorded as ``ranker.kind = prior``).
 5. **State again on all events** up to ``reference_time`` with the learned weights: the served model.
 
 No grid search: one fixed regularisation, so the knobs cannot flip from run to run; the features
@@ -177,7 +179,8 @@ def _fit_head(rows, ys, ws, C: float, off: list[int]) -> tuple[dict, dict]:
 
 
 def _fit_heads(state: RoomRanker, queries: list[dict], C: float, features_off=()) -> tuple[dict, dict]:
-    """One logistic regression per head (``room``: queries with a stream / showcase; ``catalogue``)."""
+    """One logistic regression per head (``room``: queries with a stream / showcase; ``catalogue``;
+    ``room_new`` / ``catalogue_new``: the same queries restricted to items the viewer never touched)."""
     data: dict[str, tuple[list, list, list]] = {h: ([], [], []) for h in HEADS}
     for q in queries:
         allowed = None
@@ -196,14 +199,22 @@ def _fit_heads(state: RoomRanker, queries: list[dict], C: float, features_off=()
         rows.append(F)
         ys.append(y)
         ws.append(np.full(cand.size, 1.0 / cand.size))
+        # the *_new head: the same question among the items the viewer never touched (filter_seen)
+        row = info.get("row")
+        new = ~np.isin(cand, state.seen_items(row)) if row is not None else np.ones(cand.size, bool)
+        if new.any() and y[new].any():
+            rows, ys, ws = data[info["head"] + "_new"]
+            rows.append(F[new])
+            ys.append(y[new])
+            ws.append(np.full(int(new.sum()), 1.0 / int(new.sum())))
     off = [FEATURES.index(f) for f in features_off if f in FEATURES]
     heads, info = {}, {"kind": "logistic_regression", "C": float(C), "features_off": list(features_off), "heads": {}}
     fitted = {h: _fit_head(*data[h], C, off) for h in HEADS if len(data[h][0]) >= 10}
     for h in HEADS:
         if h in fitted:
             heads[h], info["heads"][h] = fitted[h]
-        elif fitted:  # too few queries of this kind: share the other head
-            other = next(iter(fitted))
+        elif fitted:  # too few queries of this kind: share the closest fitted head
+            other = next(o for o in (h.replace("_new", ""), h + "_new", *fitted) if o in fitted)
             heads[h], info["heads"][h] = fitted[other][0], {"shared_with": other}
         else:
             heads[h] = {"weights": {f: (0.0 if f in features_off else v) for f, v in PRIOR_WEIGHTS.items()}}
@@ -243,6 +254,7 @@ def fit_recipe(events: pd.DataFrame, items: pd.DataFrame | None, reference_time,
             info["seconds"] = round(time.perf_counter() - t1, 3)
     model = RoomRanker.fit_state(events, items, reference_time, **kw)
     model.set_heads(heads, info)
+    model.always_filter_seen = bool(p.get("filter_seen", False))
     model.ranker_info["recipe"] = {k: v for k, v in p.items()}
     model.ranker_info["fit_seconds"] = round(time.perf_counter() - t0, 3)
     say(f"recipe: fitted in {time.perf_counter() - t0:.1f}s ({info.get('kind')})")
