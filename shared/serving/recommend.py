@@ -294,6 +294,22 @@ _FALLBACK = {"personal": None, "context": "unknown user: scored from the session
              "global": "no history, context or known stream: global bestsellers"}
 
 
+# ------------------------------------------------------------------------------ erasure
+def _erased(holder: ModelHolder, user_id: str | None) -> bool:
+    """True if ``user_id`` asked to be erased and the served model may still hold their history
+    (``shared.erasure``: the list is cached, re-checked every ``DAIHUO_ERASURE_REFRESH_S``)."""
+    if user_id is None:
+        return False
+    from shared.erasure import ErasureList
+    lst = getattr(holder, "erasure", None)
+    if lst is None:
+        lst = holder.erasure = ErasureList(holder.registry.store)
+    cur = holder.get()
+    served = cur.served if cur is not None else None
+    return lst.refuses(user_id, served.version if served else None,
+                       (served.meta or {}).get("created_at") if served else None)
+
+
 # ------------------------------------------------------------------------------ service
 class Recommender:
     def __init__(self, holder: ModelHolder):
@@ -313,6 +329,8 @@ class Recommender:
         # personal results only for a viewer who proves to be user_id (shared/identity.py); otherwise
         # the model is asked as for a stranger: stream / context / global, no reason from a history
         ident = identity.verifier().check(p.user_id, headers)
+        if ident.personal and _erased(self.holder, p.user_id):  # asked to be forgotten (docs/privacy.md)
+            ident = dataclasses.replace(ident, personal=False, reason="erased")
         if p.user_id is not None and not ident.personal:
             p = dataclasses.replace(p, user_id=None)
         loaded = self.holder.get()
