@@ -68,7 +68,10 @@ PRIOR_WEIGHTS = {"bought": 1.0, "buy_count": 1.0, "rebuy_due": 2.0, "bought_dura
                  "cart": 0.5, "click": 0.2, "cf": 1.0, "content": 0.2, "context": 1.0, "pop": 0.5,
                  "room_buy": 0.5, "room_share": 2.0, "room_click": 0.1, "category": 0.3, "price": 0.1}
 _F = {f: k for k, f in enumerate(FEATURES)}
-HEADS = ("room", "catalogue", "room_new", "catalogue_new")   # *_new: filter_seen requests (new items only)
+HEADS = ("room", "catalogue", "room_new", "catalogue_new")
+_GROUP_MATRIX = np.zeros((len(FEATURES), len(GROUPS)))
+for _f, _g in FEATURE_GROUP.items():
+    _GROUP_MATRIX[_F[_f], GROUPS.index(_g)] = 1.0   # *_new: filter_seen requests (new items only)
 
 
 def _head(weights: Mapping[str, float], mu=None, sigma=None, bias: float = 0.0) -> dict:
@@ -119,10 +122,11 @@ class RoomRanker:
     """Fitted by ``shared.reco.recipe.fit_recipe``; ``recommend`` is what the recommend service calls."""
 
     def __init__(self, base: HybridRecommender, *, cf_top: int = 100, content_top: int = 50, pop_top: int = 100,
-                 room_top: int = 50, max_history: int = 200):
+                 room_top: int = 50, max_history: int = 200, max_allowed: int = 1000):
         self.base = base
         self.cf_top, self.content_top, self.pop_top, self.room_top = cf_top, content_top, pop_top, room_top
         self.max_history = max_history
+        self.max_allowed = max_allowed   # showcases above this are ranked on (pool ∩ showcase) + its bestsellers
         self.heads: dict[str, dict] = {h: _head(PRIOR_WEIGHTS) for h in HEADS}
         self.always_filter_seen = False
         self.ranker_info: dict[str, Any] = {"kind": "prior"}
@@ -240,28 +244,41 @@ class RoomRanker:
         pos = h_w > 0
         return h_idx[pos], h_w[pos]
 
-    def _room_vectors(self, stream_id, room) -> tuple[dict[int, float], dict[int, float], float] | None:
-        """Room counts as {item idx: n} for purchases and clicks + total orders; None without a stream."""
+    def _room_vectors(self, stream_id, room):
+        """Room counts as sorted ``(idx, n)`` arrays for purchases and clicks + total orders; None without a
+        stream. ``room`` (item id -> n dicts) wins over the model's own counts of ``stream_id``."""
         if stream_id is None and room is None:
             return None
-        pos = self.base._item_pos
         if room is not None:
             def conv(d):
-                out = {}
-                for k, v in (d or {}).items():
-                    j = pos.get(str(k))
-                    if j is not None:
-                        out[j] = out.get(j, 0.0) + float(v)
-                return out
+                if not d:
+                    return np.empty(0, np.int64), np.empty(0)
+                keys = list(d.keys())
+                j = self.base._item_index.get_indexer(np.asarray(keys, dtype=str))
+                v = np.asarray([float(d[k]) for k in keys])
+                ok = j >= 0
+                u, inv = np.unique(j[ok], return_inverse=True)
+                return u.astype(np.int64), np.bincount(inv, weights=v[ok], minlength=u.size)
             buy, clk = conv(room.get("purchase")), conv(room.get("product_click"))
         else:
             k = self._room_index.get(str(stream_id))
             if k is None:
-                return {}, {}, 0.0
+                e = (np.empty(0, np.int64), np.empty(0))
+                return e, e, 0.0
             B, C = self.room_["purchase"], self.room_["product_click"]
-            buy = dict(zip(B.indices[B.indptr[k]:B.indptr[k + 1]].tolist(), B.data[B.indptr[k]:B.indptr[k + 1]].tolist()))
-            clk = dict(zip(C.indices[C.indptr[k]:C.indptr[k + 1]].tolist(), C.data[C.indptr[k]:C.indptr[k + 1]].tolist()))
-        return buy, clk, float(sum(buy.values()))
+            buy = (B.indices[B.indptr[k]:B.indptr[k + 1]].astype(np.int64), B.data[B.indptr[k]:B.indptr[k + 1]].astype(float))
+            clk = (C.indices[C.indptr[k]:C.indptr[k + 1]].astype(np.int64), C.data[C.indptr[k]:C.indptr[k + 1]].astype(float))
+        return buy, clk, float(buy[1].sum())
+
+    @staticmethod
+    def _at(pair, cand: np.ndarray) -> np.ndarray:
+        idx, val = pair
+        out = np.zeros(cand.size)
+        if idx.size:
+            p = np.minimum(np.searchsorted(idx, cand), idx.size - 1)
+            hit = idx[p] == cand
+            out[hit] = val[p[hit]]
+        return out
 
     def candidates_and_features(self, user_id=None, *, stream_id=None, context_items=None, allowed_idx=None,
                                 room=None, now=None, pool: bool = True):
@@ -288,8 +305,8 @@ class RoomRanker:
             parts["ctx_cf"] = b.cf_model_.score_one_sources(c_idx, cw)
             if b.content_model_ is not None:
                 parts["ctx_ct"] = b.content_model_.score_one_sources(c_idx, cw)
-        # ---- candidates
-        if allowed_idx is not None:
+        # ---- candidates: the showcase, else the pool of every source's best (a huge showcase: pool ∩ it)
+        if allowed_idx is not None and np.asarray(allowed_idx).size <= self.max_allowed:
             cand = np.unique(np.asarray(allowed_idx, dtype=np.int64))
         elif pool:
             pieces = [h_idx, c_idx, self._gpop_order[: self.pop_top]]
@@ -300,10 +317,15 @@ class RoomRanker:
                     if cc.size > top:
                         cc = cc[np.argpartition(-sc, top - 1)[:top]]
                     pieces.append(np.asarray(cc, dtype=np.int64))
-            if rv is not None and (rv[0] or rv[1]):
-                rk = sorted(set(rv[0]) | set(rv[1]), key=lambda j: (-rv[0].get(j, 0.0), -rv[1].get(j, 0.0), j))
-                pieces.append(np.asarray(rk[: self.room_top], dtype=np.int64))
+            if rv is not None:
+                for idx, val in rv[:2]:
+                    pieces.append(idx[np.argpartition(-val, self.room_top - 1)[: self.room_top]]
+                                  if idx.size > self.room_top else idx)
             cand = np.unique(np.concatenate(pieces))
+            if allowed_idx is not None:  # a showcase larger than max_allowed
+                al = np.unique(np.asarray(allowed_idx, dtype=np.int64))
+                head = al[np.argsort(-self._gpop[al], kind="stable")[: self.pop_top]]
+                cand = np.union1d(np.intersect1d(cand, al), head)
         else:
             cand = np.arange(self.n_items_, dtype=np.int64)
         n = cand.size
@@ -387,14 +409,14 @@ class RoomRanker:
         F[:, _F["pop_recent"]] = self._poprecent[cand]
         if rv is not None:
             buy, clk, tot = rv
-            if buy:
-                rb = np.array([buy.get(j, 0.0) for j in cand.tolist()])
+            if buy[0].size:
+                rb = self._at(buy, cand)
                 F[:, _F["room_buy"]] = np.log1p(rb)
                 F[:, _F["room_share"]] = rb / max(tot, 1.0)
-            if clk:
-                F[:, _F["room_click"]] = np.log1p(np.array([clk.get(j, 0.0) for j in cand.tolist()]))
+            if clk[0].size:
+                F[:, _F["room_click"]] = np.log1p(self._at(clk, cand))
         info["strategy"] = ("personal" if h_idx.size else "context" if c_idx.size
-                            else "stream" if rv is not None and (rv[0] or rv[1]) else "global")
+                            else "stream" if rv is not None and (rv[0][0].size or rv[1][0].size) else "global")
         info["row"] = row
         info["head"] = "room" if (stream_id is not None or allowed_idx is not None or room is not None) else "catalogue"
         return cand, F, info
@@ -489,24 +511,26 @@ class RoomRanker:
         sel = np.flatnonzero(keep)
         if sel.size == 0:
             return {"strategy": info.get("strategy", "global"), "items": []}
+        if sel.size > N:  # the N best (score desc, item asc) without sorting every candidate
+            kth = np.partition(-score[sel], N - 1)[N - 1]
+            sel = sel[-score[sel] <= kth]
         order = sel[np.lexsort((cand[sel], -score[sel]))][:N]
+        Co = C[order]
+        parts = (Co @ _GROUP_MATRIX).tolist()
+        top = np.where((Co > 0).any(axis=1), np.argmax(Co, axis=1), -1).tolist()
+        ids = self.item_ids_[cand[order]].tolist()
+        sc = score[order].tolist()
         out = []
-        ids = self.item_ids_
-        for k in order.tolist():
-            contrib = C[k]
-            parts: dict[str, float] = {}
-            for f, g in FEATURE_GROUP.items():
-                parts[g] = parts.get(g, 0.0) + float(contrib[_F[f]])
-            out.append({"item_id": str(ids[cand[k]]), "score": float(score[k]),
-                        "parts": {g: parts[g] for g in GROUPS},
-                        "reason": self._reason(k, cand[k], F[k], contrib, info)})
+        for j, k in enumerate(order.tolist()):
+            out.append({"item_id": ids[j], "score": sc[j], "parts": dict(zip(GROUPS, parts[j])),
+                        "reason": self._reason(k, cand[k], F[k], top[j], info)})
         return {"strategy": info.get("strategy", "global"), "items": out}
 
-    def _reason(self, k: int, item: int, f: np.ndarray, contrib: np.ndarray, info) -> dict[str, Any]:
-        """The reason of the feature with the largest contribution (among those that apply to the item)."""
-        if not (contrib > 0).any():
+    def _reason(self, k: int, item: int, f: np.ndarray, top_f: int, info) -> dict[str, Any]:
+        """The reason of the feature with the largest contribution (``top_f``; -1: none is positive)."""
+        if top_f < 0:
             return {"kind": "popular", "feature": None}
-        top = FEATURES[int(np.argmax(contrib))]
+        top = FEATURES[top_f]
         g = FEATURE_GROUP[top]
         ids = self.item_ids_
         if g == "buy_again":
@@ -557,7 +581,7 @@ class RoomRanker:
                        for h, hd in self.heads.items()},
              "ranker": self.ranker_info, "repeat": self.repeat_.meta, "reference_day": self.reference_day,
              "params": {"cf_top": self.cf_top, "content_top": self.content_top, "pop_top": self.pop_top,
-                        "room_top": self.room_top, "max_history": self.max_history},
+                        "room_top": self.room_top, "max_history": self.max_history, "max_allowed": self.max_allowed},
              "always_filter_seen": self.always_filter_seen,
              "n_items": int(self.n_items_), "n_users": int(len(self.user_ids_))}
         json.dumps(m)
