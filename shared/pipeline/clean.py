@@ -138,6 +138,8 @@ class CleanConfig:
     max_session_s: float = field(default_factory=lambda: _env("DAIHUO_MAX_SESSION_S", 4 * 3600.0, float))
     strict: bool = False                   # re-validate EVERY row with shared.contract (slow; tests)
     tmp_dir: str | None = field(default_factory=lambda: os.environ.get("DAIHUO_TMP") or None)
+    # the dedupe index and the manifest's done list remember this many days (shared/pipeline/retention.py)
+    lookback_days: int = field(default_factory=lambda: _env("DAIHUO_DEDUPE_LOOKBACK_DAYS", 35))
     topic: str = field(default_factory=lambda: os.environ.get("DAIHUO_CLEANED_TOPIC", "events-cleaned"))
 
 
@@ -666,7 +668,14 @@ def run_clean(store, bus=None, cfg: CleanConfig | None = None, *, crash_after: s
     if bus is not None:
         _republish(store, bus, cfg, manifest)
     done = set(manifest["done"])
-    pending_all = [k for k in store.list("raw/") if k.endswith(".ndjson.gz") and k not in done]
+    from shared.pipeline import retention
+    # partitions older than the look-back are forgotten by ``done`` (compaction): never pending again.
+    # The look-back counts back from the newest raw partition (archive never writes one beyond the
+    # wall clock), not the wall clock alone: a store that got no data for a while forgets nothing.
+    raw_keys = [k for k in store.list("raw/") if k.endswith(".ndjson.gz")]
+    ref = retention.reference_time(raw_keys, now)
+    old = retention.cutoff_date(ref, cfg.lookback_days)
+    pending_all = [k for k in raw_keys if k not in done and not retention.too_old(k, old)]
     pending = pending_all[: cfg.max_objects]
     if not pending:
         return {"status": "noop", "pending": 0}
@@ -677,9 +686,16 @@ def run_clean(store, bus=None, cfg: CleanConfig | None = None, *, crash_after: s
         try:
             written: dict[str, Any] = {"clean": [], "quarantine": [], "clean_files": []}
             _ingest_chunks(con, _prefetch(_chunks(((k, (lambda k=k: store.get(k))) for k in pending), cfg)), cfg)
-            seen = [_local(store, k, tmp) for k in manifest["dedupe"]]
+            # the index as this run's commit will leave it: parts beyond the look-back are not consulted
+            live = set(retention.compact(manifest, now, cfg.lookback_days, ref=ref)[0]["dedupe"])
+            seen = [_local(store, k, tmp) for k in manifest["dedupe"] if k in live]
             cats = [_local(store, k, tmp) for k in manifest["catalog"]]
             report = clean_core(con, run_id, cfg, seen_paths=seen, catalog_paths=cats)
+            # rows accepted whose sent ts is older than the look-back: the index no longer covers them,
+            # so a duplicate among them would have been accepted (counted, docs/pipeline.md step 6)
+            report["beyond_lookback"] = con.execute(
+                "SELECT count(*) FROM clean WHERE coalesce(try_cast(ts_sent AS TIMESTAMPTZ), ts) < to_timestamp($c)",
+                {"c": ref - cfg.lookback_days * 86400.0}).fetchone()[0]
             # clean/ per event date (UTC)
             # one pass for the dates and the streams each date file holds
             dates = con.execute("""SELECT strftime(ts, '%Y-%m-%d') AS d, min(date_trunc('day', ts)),
@@ -747,12 +763,20 @@ def run_clean(store, bus=None, cfg: CleanConfig | None = None, *, crash_after: s
     new["catalog"] = manifest["catalog"] + ([ckey] if ckey else [])
     new["analytics"] = analytics_keys
     new["runs"] = manifest["runs"] + [{"run_id": run_id, "report": report_key, "published": False,
-                                       "raw_objects": len(pending), "rows_out": report["rows_out"]}]
+                                       "raw_objects": len(pending), "rows_out": report["rows_out"],
+                                       "at": retention._iso(now)}]
+    new, compaction = retention.compact(new, now, cfg.lookback_days, ref=ref)
     try:
         store.put_if_unchanged(MANIFEST, orjson.dumps(new), gen, content_type="application/json")
     except PreconditionFailed:
         log.warning("clean run lost the manifest race; nothing committed", extra={"run_id": run_id})
         return {"status": "conflict", "run_id": run_id}
+    for k in compaction["dedupe_dropped"]:  # no longer named by the manifest: nobody reads them
+        try:
+            store.delete(k)
+        except Exception as exc:  # the bucket's lifecycle rule removes a leftover
+            log.warning("could not delete a compacted dedupe part", extra={"key": k, "error": str(exc)})
+    summary["compaction"] = {k: (len(v) if isinstance(v, list) else v) for k, v in compaction.items()}
     log.info("clean run committed", extra={k: v for k, v in summary.items()
                                            if k in ("run_id", "rows_in", "rows_out", "dropped", "duplicates",
                                                     "late", "ts_corrected", "seconds", "backlog")})
