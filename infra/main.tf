@@ -60,6 +60,10 @@ locals {
     # analytics is IAM-only (no allUsers binding, iam.tf): Cloud Run admits only operators holding
     # run.invoker with a Google ID token (gcloud run services proxy / IAP), docs/dashboard.md
     DAIHUO_OPERATOR_AUTH = "iam"
+    # clean compacts its manifest / dedupe index with the look-back and forgets clean/ files past their
+    # retention (shared/pipeline/retention.py); the lifecycle rules in storage.tf delete the objects
+    DAIHUO_DEDUPE_LOOKBACK_DAYS = tostring(var.dedupe_lookback_days)
+    DAIHUO_RETENTION_DAYS       = "raw=${var.raw_delete_after_days},clean=${var.clean_delete_after_days},quarantine=${var.quarantine_delete_after_days}"
   }
 
   # Webhook secrets: one Secret Manager secret per DAIHUO_SECRET_<PLATFORM> declared by any function.

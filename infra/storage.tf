@@ -52,6 +52,38 @@ resource "google_storage_bucket" "data" {
     }
   }
 
+  # Retention per prefix (docs/privacy.md): the code forgets objects by partition date first
+  # (shared/pipeline/retention.py), these rules delete them by object age.
+  lifecycle_rule {
+    condition {
+      age            = var.clean_delete_after_days + 31
+      matches_prefix = ["clean/"]
+    }
+    action {
+      type = "Delete"
+    }
+  }
+
+  lifecycle_rule {
+    condition {
+      age            = var.dedupe_lookback_days + 31
+      matches_prefix = ["state/dedupe/"]
+    }
+    action {
+      type = "Delete"
+    }
+  }
+
+  lifecycle_rule {
+    condition {
+      age            = var.reports_delete_after_days
+      matches_prefix = ["reports/"]
+    }
+    action {
+      type = "Delete"
+    }
+  }
+
   # Versioning keeps overwritten pointers (state/clean-manifest.json, models/LATEST.json) for a
   # while for recovery; noncurrent versions older than a week, or beyond the 5 newest, are removed.
   lifecycle_rule {

@@ -92,6 +92,24 @@ variable "quarantine_delete_after_days" {
   default     = 90
 }
 
+variable "clean_delete_after_days" {
+  description = "clean/ retention in days, by partition date: clean stops naming older files in its manifest (DAIHUO_RETENTION_DAYS); the lifecycle rule deletes clean/ objects 31 days after that (a file's creation can trail its partition date by DAIHUO_MAX_PAST_S)."
+  type        = number
+  default     = 400
+}
+
+variable "dedupe_lookback_days" {
+  description = "How far back clean's dedupe index and done list remember (DAIHUO_DEDUPE_LOOKBACK_DAYS); duplicates older than that are accepted and counted. state/dedupe/ parts are deleted by clean when compacted, by the lifecycle rule 31 days later at the latest."
+  type        = number
+  default     = 35
+}
+
+variable "reports_delete_after_days" {
+  description = "reports/ (clean run reports) are deleted after this many days."
+  type        = number
+  default     = 400
+}
+
 variable "noncurrent_delete_after_days" {
   description = "Noncurrent (overwritten or deleted) object versions are deleted after this many days."
   type        = number
