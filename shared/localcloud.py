@@ -12,6 +12,10 @@ holds the stack and ``down`` stops it (SIGTERM, clean shutdown). State and logs 
 ``var/stack/`` (``state.json``, ``secrets.json`` with freshly generated webhook secrets,
 ``identity.json`` with the local viewer-token key pair and the dashboard's operator token,
 ``logs/<function>.log``). Ports: Pub/Sub emulator ``port_base+5``... see ``Ports``.
+
+Supervision: a thread restarts a function whose process died (backoff ``restart_backoff_s``: 1 s,
+doubling to 30 s, reset after a minute up). ``status`` checks every function (HTTP), every emulator
+(process + API) and the holding process; anything down -> ``DOWN`` and exit code 1.
 """
 from __future__ import annotations
 
@@ -109,7 +113,8 @@ class Stack:
     def __init__(self, *, port_base: int = 8080, store: str = "local", state_dir: Path = STATE_DIR,
                  functions: list[str] | None = None, overrides: dict[str, float] | None = None,
                  scheduler: bool = True, project: str = "daihuo-local", fresh: bool = False,
-                 push_backoff_s: tuple[float, float] = (1.0, 10.0), extra_env: dict[str, str] | None = None):
+                 push_backoff_s: tuple[float, float] = (1.0, 10.0), extra_env: dict[str, str] | None = None,
+                 restart_backoff_s: tuple[float, float] = (1.0, 30.0), supervise: bool = True):
         self.topology = load_topology()
         self.ports = Ports(port_base)
         self.store_kind = store
@@ -122,12 +127,18 @@ class Stack:
         self.use_scheduler = scheduler
         self.push_backoff_s = push_backoff_s
         self.extra_env = extra_env or {}
+        self.supervise = supervise
         self.procs: dict[str, emulators.Emulator] = {}
         self.env: dict[str, str] = {}
         self.bus = None
         self.scheduler: Scheduler | None = None
         self.secrets: dict[str, str] = {}
         self.identity: dict[str, str] = {}
+        self.restarts: dict[str, int] = {}
+        self.restart_backoff_s = restart_backoff_s
+        self._supervisor: threading.Thread | None = None
+        self._stopping = threading.Event()
+        self._proc_lock = threading.Lock()
 
     # -- helpers -------------------------------------------------------------------------------
     def url(self, function: str) -> str:
@@ -205,20 +216,62 @@ class Stack:
             self.bus = Bus(self.project)
             self._declare_messaging(push=False)
             for name in self.functions():
-                spec = self.topology["functions"][name]
-                sig = "http" if spec["trigger"] == "http" else "cloudevent"
-                self.procs[name] = emulators.start_function(
-                    name, spec["entry_point"], port=self.ports.function(spec["port_offset"]), signature_type=sig,
-                    env=self.env, log_dir=self.log_dir, timeout=60)
+                self.procs[name] = self._start_function(name)
             self._declare_messaging(push=True)
             if self.use_scheduler:
                 self.scheduler = Scheduler(self.bus, self.topology["schedules"], self.overrides)
                 self.scheduler.start()
             self._write_state()
+            if self.supervise:
+                self._stopping.clear()
+                self._supervisor = threading.Thread(target=self._supervise, name="supervisor", daemon=True)
+                self._supervisor.start()
         except BaseException:
             self.stop()
             raise
         return self
+
+    def _start_function(self, name: str) -> emulators.Emulator:
+        spec = self.topology["functions"][name]
+        sig = "http" if spec["trigger"] == "http" else "cloudevent"
+        return emulators.start_function(name, spec["entry_point"], port=self.ports.function(spec["port_offset"]),
+                                        signature_type=sig, env=self.env, log_dir=self.log_dir, timeout=60)
+
+    def _supervise(self) -> None:
+        """Restart a function whose process died, with exponential backoff per function (``restart_backoff_s``
+        = (first, max) seconds; the delay doubles after each restart that did not stay up for a minute).
+        Emulators are not restarted (a new Pub/Sub emulator has no topics; ``status`` reports it down)."""
+        first, cap = self.restart_backoff_s
+        delay = {n: first for n in self.functions()}
+        up_since = {n: time.monotonic() for n in self.functions()}
+        while not self._stopping.wait(0.5):
+            for name in self.functions():
+                proc = self.procs.get(name)
+                if proc is None or proc.proc.poll() is None:
+                    if proc is not None and time.monotonic() - up_since[name] > 60:
+                        delay[name] = first   # stayed up: the next crash restarts quickly again
+                    continue
+                code = proc.proc.returncode
+                try:  # leftovers of the dead process group (a gunicorn worker) must free the port
+                    os.killpg(proc.proc.pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
+                log.error("function died; restarting", extra={"function": name, "exit_code": code,
+                                                              "backoff_s": delay[name]})
+                if self._stopping.wait(delay[name]):
+                    return
+                try:
+                    with self._proc_lock:
+                        if self._stopping.is_set():
+                            return
+                        self.procs[name] = self._start_function(name)
+                    self.restarts[name] = self.restarts.get(name, 0) + 1
+                    up_since[name] = time.monotonic()
+                    log.info("function restarted", extra={"function": name, "restarts": self.restarts[name]})
+                    self._write_state()
+                except Exception as exc:  # the port still busy, ...: try again after a longer pause
+                    log.error("restart failed", extra={"function": name, "error": str(exc)})
+                delay[name] = min(cap, delay[name] * 2)
 
     def _declare_messaging(self, push: bool) -> None:
         topo = self.topology
@@ -244,6 +297,7 @@ class Stack:
                  "store": self.env.get("DAIHUO_STORE"), "env": {k: v for k, v in self.env.items() if "SECRET" not in k and "TOKEN" not in k},
                  "functions": {n: self.url(n) for n in self.functions()},
                  "emulators": {n: e.host for n, e in self.procs.items() if n.endswith("emulator")},
+                 "pids": {n: e.proc.pid for n, e in self.procs.items()}, "restarts": dict(self.restarts),
                  "logs": str(self.log_dir)}
         (self.state_dir / "state.json").write_text(json.dumps(state, indent=2))
 
@@ -269,6 +323,12 @@ class Stack:
         return sched.fire(schedule)
 
     def stop(self) -> None:
+        self._stopping.set()
+        if self._supervisor is not None:
+            with self._proc_lock:   # a restart in progress finishes first (then it is stopped below)
+                pass
+            self._supervisor.join(timeout=5)
+            self._supervisor = None
         if self.scheduler:
             self.scheduler.stop()
         for name in [n for n in self.procs if not n.endswith("emulator")] + \
@@ -300,6 +360,59 @@ class Stack:
         self.stop()
 
 
+def _probe(url: str) -> bool:
+    """Up = the server answers HTTP at all (any status)."""
+    import urllib.error
+    import urllib.request
+    try:
+        urllib.request.urlopen(url, timeout=2).read()
+        return True
+    except urllib.error.HTTPError:
+        return True
+    except Exception:
+        return False
+
+
+def _pid_alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def status(state_dir: Path = STATE_DIR) -> tuple[bool, list[str]]:
+    """Check the stack for real: the holding process, each function (its process and an HTTP answer),
+    each emulator (its process and its API: Pub/Sub's root, the GCS JSON API). (ok, report lines)."""
+    path = Path(state_dir) / "state.json"
+    if not path.exists():
+        return False, ["local cloud: not running"]
+    state = json.loads(path.read_text())
+    pids = state.get("pids", {})
+    lines, ok = [], True
+    holder = _pid_alive(state.get("pid"))
+    ok &= holder
+    lines.append(f"{'stack':16s} pid {state.get('pid')!s:22s} {'up' if holder else 'DOWN (stale state)'}")
+    restarts = state.get("restarts", {})
+    for name, url in state["functions"].items():
+        up = _probe(url + "__health")   # the HTTP answer is the truth (the supervisor may have restarted it)
+        ok &= up
+        extra = f" (restarted {restarts[name]}x)" if restarts.get(name) else ""
+        lines.append(f"{name:16s} {url:28s} {'up' if up else 'DOWN'}{extra}")
+    for name, host in state["emulators"].items():
+        api = f"http://{host}/storage/v1/b" if name.startswith("gcs") else f"http://{host}/"
+        up = _pid_alive(pids.get(name)) if name in pids else True
+        up = up and _probe(api)
+        ok &= up
+        lines.append(f"{name:16s} {host:28s} {'up' if up else 'DOWN'}")
+    lines.append(f"store {state['store']}   logs {state['logs']}   (since {state['started_at']})")
+    return ok, lines
+
+
 def _parse_overrides(items: list[str]) -> dict[str, float]:
     out = {}
     for item in items:
@@ -320,32 +433,14 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--detach", action="store_true", help="run in the background; stop with `down`")
     up.add_argument("--fresh", action="store_true", help="empty the local store and make new secrets")
     sub.add_parser("down", help="stop a detached local cloud")
-    sub.add_parser("status", help="show what runs")
+    st = sub.add_parser("status", help="check every process and emulator (exit 1 if any is down)")
+    st.add_argument("--state-dir", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     state_path = STATE_DIR / "state.json"
 
     if args.cmd == "status":
-        if not state_path.exists():
-            print("local cloud: not running")
-            return 1
-        state = json.loads(state_path.read_text())
-        import urllib.error
-        import urllib.request
-
-        ok = True
-        for name, url in state["functions"].items():
-            try:
-                urllib.request.urlopen(url + "__health", timeout=2).read()
-                up = True
-            except urllib.error.HTTPError:
-                up = True  # any HTTP answer: the server is up
-            except Exception:
-                up = False
-            ok &= up
-            print(f"{name:10s} {url:28s} {'up' if up else 'DOWN'}")
-        for name, host in state["emulators"].items():
-            print(f"{name:10s} {host:28s}")
-        print(f"store {state['store']}   logs {state['logs']}   (pid {state['pid']}, since {state['started_at']})")
+        ok, lines = status(Path(args.state_dir) if args.state_dir else STATE_DIR)
+        print("\n".join(lines))
         return 0 if ok else 1
     if args.cmd == "down":
         if not state_path.exists():
