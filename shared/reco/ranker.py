@@ -47,6 +47,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from ._core import csr_from_arrays, csr_to_arrays, str_array
+from ._kernels import HAVE_NUMBA, pair_scores
 from .hybrid import HybridRecommender
 from .interactions import _codes, build_user_items
 from .rebuy import RepeatStats, purchase_occasions, ts_days
@@ -99,7 +100,10 @@ def _now_days(now, default: float) -> float:
         return default
     if isinstance(now, (int, float, np.floating, np.integer)):
         return float(now) / 86400.0
-    return float(ts_days(pd.Series([pd.Timestamp(now)]))[0])
+    t = pd.Timestamp(now)
+    if t.tzinfo is None:
+        t = t.tz_localize("UTC")
+    return float(t.value) / 86400e9   # ns since the epoch (UTC)
 
 
 def room_counts(events: pd.DataFrame, stream_ids: np.ndarray, item_ids: np.ndarray,
@@ -251,11 +255,14 @@ class RoomRanker:
             return None
         if room is not None:
             def conv(d):
-                if not d:
+                if d is None or len(d) == 0:
                     return np.empty(0, np.int64), np.empty(0)
-                keys = list(d.keys())
-                j = self.base._item_index.get_indexer(np.asarray(keys, dtype=str))
-                v = np.asarray([float(d[k]) for k in keys])
+                if isinstance(d, tuple):  # (item ids, counts) arrays
+                    keys, v = np.asarray(d[0], dtype=str), np.asarray(d[1], dtype=np.float64)
+                else:
+                    keys = np.asarray(list(d.keys()), dtype=str)
+                    v = np.fromiter((float(x) for x in d.values()), dtype=np.float64, count=len(d))
+                j = self.base._item_index.get_indexer(keys)
                 ok = j >= 0
                 u, inv = np.unique(j[ok], return_inverse=True)
                 return u.astype(np.int64), np.bincount(inv, weights=v[ok], minlength=u.size)
@@ -297,9 +304,18 @@ class RoomRanker:
         rv = self._room_vectors(stream_id, room)
         parts: dict[str, tuple] = {}
         if h_idx.size:
-            parts["cf"] = b.cf_model_.score_one_sources(h_idx, h_w)
-            if b.content_model_ is not None:
-                parts["content"] = b.content_model_.score_one_sources(h_idx, h_w)
+            cm, tm = b.cf_model_, b.content_model_
+            if HAVE_NUMBA and cm.B_ is None and cm.W_ is not None and (tm is None or (
+                    tm.B_ is None and tm.W_ is not None and tm.W_.shape == cm.W_.shape)):
+                # one compiled pass for both neighbour matrices (aligned candidates)
+                cc, v1, s1, v2, s2 = pair_scores(cm.W_, tm.W_ if tm is not None else None, h_idx, h_w)
+                parts["cf"] = (cc, v1, s1)
+                if tm is not None:
+                    parts["content"] = (cc, v2, s2)
+            else:
+                parts["cf"] = cm.score_one_sources(h_idx, h_w)
+                if tm is not None:
+                    parts["content"] = tm.score_one_sources(h_idx, h_w)
         if c_idx.size:
             cw = np.ones(c_idx.size)
             parts["ctx_cf"] = b.cf_model_.score_one_sources(c_idx, cw)

@@ -44,7 +44,7 @@ __all__ = ["DEFAULT_RECIPE", "env_recipe", "fit_recipe", "merge_recipe", "label_
 DEFAULT_RECIPE: dict[str, Any] = {
     "base": {"cf": "ease", "cf_params": {"lam": 200.0, "neighbours": 100}, "content_weight": 0.1,
              "popularity_weight": 0.2},
-    "label_frac": 0.2, "C": 1.0, "max_queries": 3000, "half_life_days": 30.0, "target": "purchase",
+    "label_frac": 0.2, "C": 1.0, "max_queries": 2000, "half_life_days": 30.0, "target": "purchase",
 }
 
 
@@ -84,12 +84,12 @@ def _ns1(t) -> int:
     return int((t.tz_convert("UTC") if t.tzinfo else t.tz_localize("UTC")).as_unit("ns").value)
 
 
-def room_so_far(events: pd.DataFrame, keys: list[tuple[str, pd.Timestamp]]) -> list[dict[str, dict[str, float]]]:
-    """Per (stream, time): ``{"purchase": {item: n}, "product_click": {item: n}}`` of the stream's events
-    strictly before that time."""
+def room_so_far(events: pd.DataFrame, keys: list[tuple[str, pd.Timestamp]]) -> list[dict]:
+    """Per (stream, time): ``{"purchase": (item ids, counts), "product_click": (...)}`` of the stream's
+    events strictly before that time (``RoomRanker.recommend(room=)`` takes these or ``{item: n}`` dicts)."""
     ev = events[events["stream_id"].notna() & events["item_id"].notna()
                 & events["type"].isin(["purchase", "product_click"])]
-    out: list[dict[str, dict[str, float]]] = [{"purchase": {}, "product_click": {}} for _ in keys]
+    out: list[dict] = [{"purchase": None, "product_click": None} for _ in keys]
     if ev.empty or not keys:
         return out
     sid, tsv = _s(ev["stream_id"]), _ns(ev["ts"])
@@ -108,7 +108,7 @@ def room_so_far(events: pd.DataFrame, keys: list[tuple[str, pd.Timestamp]]) -> l
             sel = typ[a0:cut] == tname
             if sel.any():
                 u, c = np.unique(item[a0:cut][sel], return_counts=True)
-                out[q][tname] = dict(zip(u.tolist(), c.astype(float).tolist()))
+                out[q][tname] = (u, c.astype(float))
     return out
 
 
@@ -182,10 +182,14 @@ def _fit_heads(state: RoomRanker, queries: list[dict], C: float, features_off=()
     """One logistic regression per head (``room``: queries with a stream / showcase; ``catalogue``;
     ``room_new`` / ``catalogue_new``: the same queries restricted to items the viewer never touched)."""
     data: dict[str, tuple[list, list, list]] = {h: ([], [], []) for h in HEADS}
+    shown: dict[str, np.ndarray] = {}   # stream -> showcase positions (computed once per stream)
     for q in queries:
         allowed = None
         if q.get("allowed") is not None:
-            allowed = np.unique(state.base._item_idx_fast(list(q["allowed"])))
+            key = str(q.get("stream_id"))
+            if key not in shown:
+                shown[key] = np.unique(state.base._item_idx_fast(list(q["allowed"])))
+            allowed = shown[key]
             if allowed.size == 0:
                 continue
         cand, F, info = state.candidates_and_features(q["user_id"], stream_id=q.get("stream_id"), allowed_idx=allowed,
