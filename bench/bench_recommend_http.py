@@ -193,18 +193,11 @@ def main(argv=None) -> int:
           f"users={meta['data']['users']:,} items={meta['data']['items']:,} npz={meta['arrays_bytes'] / 1e6:.1f} MB",
           flush=True)
     m = res.metrics
-    print("holdout ndcg@10 (whole catalogue): candidate %.4f popularity %.4f (%d users)" % (
-        m["candidate"]["ndcg@10"], m["popularity"]["ndcg@10"], m["users"]), flush=True)
-    ins = m.get("in_stream") or {}
-    if "candidate" in ins:
-        print("holdout ndcg@10 (in-stream, the gate): candidate %.4f stream bestsellers %.4f showcase popularity "
-              "%.4f (%d of %d (user, stream) pairs)" % (
-                  ins["candidate"]["ndcg@10"], ins["stream_bestsellers"]["ndcg@10"],
-                  ins["showcase_popularity"]["ndcg@10"], ins["pairs"], ins.get("pairs_available", ins["pairs"])),
-              flush=True)
-    tun = m.get("tuning") or {}
-    print(f"tuned on validation ({tun.get('pairs', 0)} of {tun.get('pairs_available', 0)} pairs): "
-          f"{meta.get('tuned_params')}", flush=True)
+    g = m.get("gate") or {}
+    if g:
+        vs = g.get("vs_best_baseline") or {}
+        print(f"gate {g['block']} ndcg@10: candidate {g['candidate']:.4f} vs best baseline {g['best_baseline']} "
+              f"{g['best_baseline_value']:.4f} (ratio {vs.get('ratio') or 0:.3f}, {g['n_queries']} queries)", flush=True)
     ip = in_process_latency(store, users, streams)
     print(f"in-process handle(): median {ip['median_us']:.0f} µs  p99 {ip['p99_us']:.0f} µs", flush=True)
 

@@ -38,7 +38,6 @@ on a time split of the training data; its contributions ``w_f (x_f - μ_f) / σ_
 from __future__ import annotations
 
 import json
-import time
 from datetime import datetime, timezone
 from typing import Any, Iterable, Mapping
 

@@ -1,4 +1,4 @@
-"""The training job: clean/ window -> HybridRecommender -> models/<version>/ -> (maybe) LATEST.
+"""The training job: clean/ window -> RoomRanker (the served recipe) -> models/<version>/ -> (maybe) LATEST.
 
 Steps (``run_train``):
 
@@ -8,15 +8,15 @@ Steps (``run_train``):
 2. if ``models/<version>/meta.json`` exists (a redelivered event), do not fit again: finish what a
    crashed attempt may have left (move LATEST if the recorded decision says so and LATEST has not
    moved since), and publish the same message again;
-3. time-based holdout: the last ``holdout_frac`` of the data's time span is held out; a candidate is
-   fitted on the rest; the candidate, the CURRENT served model and popularity are scored on the same
-   holdout users (histories from the training part, relevant = positive-weight items they touched in
-   the holdout that were not already in their history): NDCG/HitRate/Precision/Recall@k, coverage;
-4. the served model is **refitted on the full window** (the newest part of a live-stream evening is
-   the most valuable: new items, the current streams) and written as ``arrays.npz`` + ``meta.json``;
-5. promotion: ``LATEST.json`` moves (compare-and-swap on its generation) iff there is no current
-   model, or the current one is unreadable, or ``ndcg(candidate) >= ndcg(current) - tolerance``
-   on the same holdout. Otherwise the old pointer stays and the reason is recorded;
+3. the gate (``shared.serving.gate``): on a time-based holdout (the last ``holdout_frac`` of purchases)
+   the candidate recipe (``shared.reco.recipe.fit_recipe`` before the cut), the CURRENT version's recipe
+   refitted on the same part and the baselines answer the same queries (room and catalogue, next
+   purchase / add-to-cart, all items and new items), with paired bootstrap intervals;
+4. the served model is the recipe **refitted on the full window** (the newest part of a live-stream
+   evening is the most valuable: new items, the current streams), written as ``arrays.npz`` + ``meta.json``;
+5. promotion: ``LATEST.json`` moves (compare-and-swap on its generation) iff the candidate beats the
+   best baseline on the primary block (room / purchase / all NDCG@10) and does not lose more than
+   ``tolerance`` to the current model (the first model always, flagged when below a baseline);
 6. publish ``model-published`` with ``{version, promoted, reason, metrics}``.
 
 Any exception propagates (the function answers 500, Pub/Sub retries, then dead-letters).
@@ -38,24 +38,15 @@ import pandas as pd
 import scipy.sparse as sp
 
 from shared.log import get_logger
-from shared.reco import DEFAULT_ACTION_WEIGHTS, HybridRecommender, build_user_items
-from shared.reco.instream import catalogue_topk, instream_parts, stream_pairs, tune_blend
+from shared.reco import HybridRecommender
 from shared.reco.recipe import fit_recipe, merge_recipe
 from shared.serving.gate import current_factory, decide, evaluate_candidate
 from shared.reco.metrics import ranking_metrics
 from shared.serving.data import TrainingData, read_training_data
-from shared.serving.registry import Registry, Served, encode_arrays, showcase_extras
+from shared.serving.registry import Registry, encode_arrays, showcase_extras
 
 log = get_logger("train")
 
-DEFAULT_PARAMS: dict[str, Any] = {
-    "cf": "ease", "cf_params": {"lam": 200.0, "neighbours": 100},
-    "content_weight": 0.1, "popularity_weight": 0.2,
-}
-POSITIVE_TYPES = tuple(t for t, w in DEFAULT_ACTION_WEIGHTS.items() if w > 0)
-TUNE_CONTENT_WEIGHTS = (0.0, 0.1, 0.3, 0.5, 1.0)
-TUNE_POPULARITY_WEIGHTS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5)   # capped: also used outside streams (not validated there)
-TUNE_STREAM_POP_MIXES = (0.0, 0.25, 0.5, 0.75, 1.0)   # share of GLOBAL popularity in the popularity part
 
 
 def _envf(name: str, default: float) -> float:
@@ -75,12 +66,6 @@ class TrainConfig:
     params: dict = field(default_factory=lambda: json.loads(os.environ["DAIHUO_TRAIN_PARAMS"])
                          if os.environ.get("DAIHUO_TRAIN_PARAMS") else {})   # recipe overrides (DEFAULT_RECIPE)
     topic: str = field(default_factory=lambda: os.environ.get("DAIHUO_MODEL_TOPIC", "model-published"))
-    # blend tuning on a validation split carved from the TRAINING part (never the holdout)
-    tune: bool = field(default_factory=lambda: os.environ.get("DAIHUO_TRAIN_TUNE", "1").lower() not in ("0", "false", "no"))
-    tune_content_weights: list = field(default_factory=lambda: list(TUNE_CONTENT_WEIGHTS))
-    tune_popularity_weights: list = field(default_factory=lambda: list(TUNE_POPULARITY_WEIGHTS))
-    tune_stream_pop_mixes: list = field(default_factory=lambda: list(TUNE_STREAM_POP_MIXES))
-    tune_max_pairs: int = 3000
 
 
 _CODE_VERSION: str | None = None
@@ -105,8 +90,7 @@ def version_id(data: TrainingData, cfg: TrainConfig) -> str:
     spec = {"inputs": [[i["key"], str(i["generation"])] for i in data.inputs], "params": cfg.params,
             "window_days": cfg.window_days, "holdout_frac": cfg.holdout_frac, "k": cfg.k,
             "half_life_days": cfg.half_life_days, "max_eval_users": cfg.max_eval_users, "code": code_version(),
-            "tune": [cfg.tune, list(cfg.tune_content_weights), list(cfg.tune_popularity_weights), cfg.tune_max_pairs,
-                     list(cfg.tune_stream_pop_mixes)]}
+            "gate": [cfg.tolerance, cfg.strict]}
     digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
     end = data.window.get("end")
     stamp = pd.Timestamp(end).strftime("%Y%m%dT%H%M%SZ") if end else "empty"
@@ -146,150 +130,9 @@ def time_split(events: pd.DataFrame, frac: float):
     return item_ts.quantile(1.0 - frac) if len(item_ts) else events["ts"].max()
 
 
-def evaluate_in_stream(model: HybridRecommender, pairs, showcases: dict, k: int, baselines: bool = True) -> dict:
-    """In-stream metrics (``shared.reco.instream``): the model's blend ranks each pair's showcase, as
-    ``recommend(user, stream_id=s, allowed_items=showcase)`` does; plus the baselines."""
-    parts = instream_parts(model, pairs, showcases)
-    n = model.n_items_
-    cw = model.content_weight if model.content_model_ is not None else 0.0
-    mix = float(getattr(model, "stream_pop_mix", 0.0))
-    out = {"model": score_ranking(parts.top_ids(model.cf_weight, cw, model.popularity_weight, k, mix=mix),
-                                  pairs, k, n)}
-    if baselines:
-        out["stream_bestsellers"] = score_ranking(parts.top_ids(0.0, 0.0, 1.0, k), pairs, k, n)
-        out["showcase_popularity"] = score_ranking(parts.top_ids(0.0, 0.0, 1.0, k, "global"), pairs, k, n)
-    return out
-
-
-def tune_params(train_part: pd.DataFrame, catalog: pd.DataFrame, cfg: TrainConfig, showcases: dict,
-                content=None, item_ids=None) -> tuple[dict, dict]:
-    """Blend weights (content, popularity, stream_pop_mix; cf fixed) by in-stream NDCG@k on a validation
-    split carved from the TRAINING part (its last ``holdout_frac`` of item events), never from the
-    holdout.  At most ``cfg.tune_max_pairs`` validation (user, stream) pairs (deterministic sample)."""
-    split = time_split(train_part, cfg.holdout_frac)
-    fit_part, val = train_part[train_part["ts"] <= split], train_part[train_part["ts"] > split]
-    report: dict[str, Any] = {"split_ts": split.isoformat(), "pairs": 0}
-    if fit_part["item_id"].notna().sum() == 0 or val.empty:
-        report["skipped"] = "empty validation split"
-        return {}, report
-    t0 = time.perf_counter()
-    m = fit_model(fit_part, catalog, cfg, split, content=content, item_ids=item_ids)
-    t1 = time.perf_counter()
-    pairs = stream_pairs(m, val, showcases, cfg.tune_max_pairs)
-    report["pairs"] = len(pairs)
-    report["pairs_available"] = pairs.n_available
-    if len(pairs) < 20:
-        report["skipped"] = f"only {len(pairs)} validation (user, stream) pairs"
-        return {}, report
-    parts = instream_parts(m, pairs, showcases)
-    t2 = time.perf_counter()
-    cws = list(cfg.tune_content_weights) if m.content_model_ is not None else [0.0]
-    best, table = tune_blend(parts, cws, list(cfg.tune_popularity_weights), cfg.k, cf_weight=m.cf_weight,
-                             stream_pop_mixes=list(cfg.tune_stream_pop_mixes) or [m.stream_pop_mix])
-    report["seconds"] = {"fit": round(t1 - t0, 3), "parts": round(t2 - t1, 3), "grid": round(time.perf_counter() - t2, 3)}
-    report.update({"best": best, "grid": table,
-                   "default": {"content_weight": m.content_weight, "popularity_weight": m.popularity_weight,
-                               "stream_pop_mix": m.stream_pop_mix}})
-    return {"content_weight": best["content_weight"], "popularity_weight": best["popularity_weight"],
-            "stream_pop_mix": best["stream_pop_mix"]}, report
-
-
 # ------------------------------------------------------------------------------- evaluation
-@dataclass
-class Holdout:
-    users: np.ndarray                # user ids evaluated
-    history: list[dict[str, float]]  # per user: item_id -> affinity from the training part
-    relevant: list[list[str]]        # per user: held-out positive items not in the history
-    split_ts: str
-    n_holdout_events: int
-
-
-def make_holdout(events: pd.DataFrame, cfg: TrainConfig, model: HybridRecommender | None = None
-                 ) -> tuple[pd.DataFrame, Holdout]:
-    """Split by time at the ``1 - holdout_frac`` quantile of the item events' ``ts``: everything after
-    it is the holdout. (A quantile, not a fraction of the span: the span is dominated by sparse tails
-    such as refunds days later, which would leave an empty holdout.)  ``model``: a model fitted on the
-    training part with ``reference_time = split`` (the candidate): its user x item matrix is the
-    histories' one, so it is not built a second time."""
-    split = time_split(events, cfg.holdout_frac)
-    train, hold = events[events["ts"] <= split], events[events["ts"] > split]
-    if model is not None:
-        from shared.reco.interactions import Interactions
-        inter = Interactions(model.user_items_, model.user_ids_, model.item_ids_)
-    else:
-        inter = build_user_items(train, half_life_days=cfg.half_life_days, reference_time=split)
-    X = inter.matrix.tocsr()
-    uindex = pd.Index(inter.user_ids)
-    pos = hold.loc[hold["type"].isin(POSITIVE_TYPES) & hold["item_id"].notna() & hold["user_id"].notna(),
-                   ["user_id", "item_id"]]
-    pos = pos.drop_duplicates(["user_id", "item_id"])
-    rows = uindex.get_indexer(pos["user_id"].to_numpy())
-    pos = pos[rows >= 0].assign(_row=rows[rows >= 0])
-    pos = pos[np.diff(X.indptr)[pos["_row"].to_numpy()] > 0] if len(pos) else pos
-    users, history, relevant = [], [], []
-    if len(pos):
-        order = sorted(pos["user_id"].astype(str).unique().tolist(), key=lambda u: hashlib.md5(u.encode()).hexdigest())
-        keep = set(order[: cfg.max_eval_users])
-        sel = pos[pos["user_id"].astype(str).isin(keep)]
-        u_arr = sel["user_id"].to_numpy().astype(str)
-        i_list = sel["item_id"].to_numpy().astype(str)
-        r_arr = sel["_row"].to_numpy()
-        o = np.lexsort((np.arange(u_arr.size), u_arr))
-        u_arr, i_list, r_arr = u_arr[o], i_list[o].tolist(), r_arr[o]
-        head = np.ones(u_arr.size, dtype=bool)
-        head[1:] = u_arr[1:] != u_arr[:-1]
-        starts = np.flatnonzero(head).tolist() + [u_arr.size]
-        ids = inter.item_ids
-        for a0, a1 in zip(starts[:-1], starts[1:]):
-            r = int(r_arr[a0])
-            a, b = X.indptr[r], X.indptr[r + 1]
-            hist = {str(j): float(w) for j, w in zip(ids[X.indices[a:b]].tolist(), X.data[a:b].tolist())}
-            rel = [i for i in i_list[a0:a1] if i not in hist]
-            if rel:
-                users.append(str(u_arr[a0]))
-                history.append(hist)
-                relevant.append(rel)
-    return train, Holdout(np.array(users, dtype=str), history, relevant, split.isoformat(), int(len(hold)))
-
-
-def _topk_rows(S: np.ndarray, k: int) -> np.ndarray:
-    k = min(k, S.shape[1])
-    part = np.argpartition(-S, k - 1, axis=1)[:, :k]
-    vals = np.take_along_axis(S, part, 1)
-    order = np.argsort(-vals, axis=1, kind="stable")
-    top = np.take_along_axis(part, order, 1)
-    return np.where(np.isfinite(np.take_along_axis(vals, order, 1)), top, -1)
-
-
-def rank_for(model: HybridRecommender | None, ho: Holdout, k: int, chunk: int = 512) -> list[list[str]]:
-    """Top-k item ids per holdout user over the whole catalogue, history items excluded
-    (``shared.reco.instream.catalogue_topk``: neighbour entries + the popularity head only)."""
-    index = model._item_pos
-    ids = model.item_ids_
-    out: list[list[str]] = []
-    for c0 in range(0, len(ho.users), chunk):
-        hs = ho.history[c0:c0 + chunk]
-        rows, cols, vals = [], [], []
-        for r, h in enumerate(hs):
-            for it, w in h.items():
-                j = index.get(it, -1)
-                if j >= 0:
-                    rows.append(r)
-                    cols.append(j)
-                    vals.append(w)
-        X = sp.csr_matrix((vals, (rows, cols)), shape=(len(hs), model.n_items_), dtype=np.float32)
-        out += [[str(x) for x in ids[top]] for top in catalogue_topk(model, X, k)]
-    return out
-
-
-def popularity_for(model: HybridRecommender, ho: Holdout, k: int) -> list[list[str]]:
-    g = np.asarray(model.popularity_.global_, dtype=np.float64)
-    order = np.argsort(-g, kind="stable")[: k + 256]
-    ids = [str(x) for x in model.item_ids_[order]]
-    return [[i for i in ids if i not in h][:k] for h in ho.history]
-
-
-def score_ranking(recs: list[list[str]], ho: Holdout, k: int, n_items: int) -> dict[str, float]:
+def score_ranking(recs: list[list[str]], ho, k: int, n_items: int) -> dict[str, float]:
+    """Ranking metrics of ``recs`` against ``ho.relevant`` (one list of relevant ids per row)."""
     flat_recs = list(chain.from_iterable(recs))  # (sum(lists, []) is quadratic)
     flat_rel = list(chain.from_iterable(ho.relevant))
     vocab = pd.Index(pd.unique(np.concatenate([np.array(flat_recs, dtype=str), np.array(flat_rel, dtype=str)])))
@@ -345,30 +188,6 @@ def gate_metrics(ev: dict, summary: dict) -> dict:
     if summary.get("vs_best_baseline"):
         out["ratio_vs_best_baseline"] = round(summary["vs_best_baseline"]["ratio"], 4)
     return out
-
-
-def _decide(metrics: dict, current_version: str | None, current_error: str | None, cfg: TrainConfig) -> tuple[bool, str]:
-    """Gate on ``metrics["gate"]``: the in-stream NDCG@k (how ``recommend`` is used in a live room) when
-    the holdout has (user, stream) pairs, else the whole-catalogue NDCG@k."""
-    key = f"ndcg@{cfg.k}"
-    gate = metrics.get("gate") or {}
-    proto = gate.get("protocol", "catalogue")
-    src = metrics["in_stream"] if proto == "in_stream" else metrics
-    n_eval = src.get("pairs", metrics.get("users", 0)) if proto == "in_stream" else metrics.get("users", 0)
-    what = "(user, stream) pairs" if proto == "in_stream" else "users"
-    if current_version is None:
-        return True, "first model (no LATEST yet)"
-    if current_error:
-        return True, f"current model {current_version} could not be loaded ({current_error}); replacing it"
-    if not n_eval or "current" not in src:
-        return False, (f"holdout has no evaluable users (no user with history before {metrics.get('split_ts')} "
-                       f"and new positive items after it): cannot compare, keeping {current_version}")
-    new, old = src["candidate"][key], src["current"][key]
-    if new >= old - cfg.tolerance:
-        return True, (f"{proto} {key} {new:.4f} vs current {current_version} {old:.4f} on the same holdout "
-                      f"({n_eval} {what}): within tolerance {cfg.tolerance}")
-    return False, (f"regression: {proto} {key} {new:.4f} < current {current_version} {old:.4f} - tolerance "
-                   f"{cfg.tolerance} on the same holdout ({n_eval} {what}); keeping {current_version}")
 
 
 def _finish(reg: Registry, version: str, meta: dict, bus, cfg: TrainConfig, t0: float, reused: bool) -> TrainResult:
