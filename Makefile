@@ -6,7 +6,7 @@ PY     := $(BIN)/python
 STAMP  := $(VENV)/.installed-$(shell sha1sum requirements.txt | cut -c1-12)
 PYTEST_ARGS ?=
 
-.PHONY: help venv check-emulators test demo up down status bench-ingest bench-clean bench-recommend evaluate schema clean-var package checkov infra-fmt
+.PHONY: help venv check-emulators test demo up down status bench-ingest bench-clean bench-recommend bench-ranker eval-served evaluate schema clean-var package checkov infra-fmt
 
 help:
 	@echo "make demo            the main job: local cloud + a simulated live-stream evening through every function"
@@ -16,6 +16,8 @@ help:
 	@echo "make bench-clean     cleaning + analytics over 10M simulated events vs DuckDB"
 	@echo "make bench-recommend recommendation fit and scoring speed"
 	@echo "make evaluate        offline evaluation on MovieLens 100k (DATA=../shared/data/ml-100k)"
+	@echo "make eval-served     the served recipe vs every baseline (repeat world, one evening, Ta Feng)"
+	@echo "make bench-ranker    the served recipe's fit time and request latency (10M events, 50k items)"
 	@echo "make package         build dist/<function>.zip deployable bundles (docs/deploy.md)"
 	@echo "make checkov         static security checks of infra/ (own tool venv)"
 
@@ -54,6 +56,12 @@ bench-clean: venv
 
 bench-recommend: venv
 	$(PY) bench/bench_recommend.py $(BENCH_ARGS)
+
+bench-ranker: venv
+	$(PY) bench/bench_ranker.py $(BENCH_ARGS)   # the served recipe: whole fit + request latency, v1 anchor
+
+eval-served: venv
+	$(PY) bench/eval_served.py $(EVAL_ARGS)     # served recipe vs every baseline: repeat world, one evening, Ta Feng
 
 DATA ?= ../shared/data/ml-100k
 evaluate: venv

@@ -8,8 +8,9 @@ what is evaluated is what is served.
 2. **State on the feature window** (``RoomRanker.fit_state``): the hybrid's CF / content / popularity,
    repeat statistics, per-viewer purchase / cart / click history, room counts.
 3. **Training queries from the label window**, the two questions the product answers:
-   * *catalogue*: each viewer who bought in the label window, asked at its start; positives = the
-     items of their next purchase (first purchase day after the cut: "when", not only "what");
+   * *catalogue*: each viewer who bought in the label window, asked at its start; positives = what
+     they bought in the window, the items of their next purchase (first purchase day after the cut)
+     with weight 1 and later ones with ``later_weight`` (default 0: the next purchase is the question);
    * *room*: each (viewer, stream) with a purchase in the label window, asked at the viewer's entry
      into the stream; candidates = the stream's showcase; the room's counts so far are the room
      features; positives = what the viewer bought in that stream after entering.
@@ -44,7 +45,7 @@ __all__ = ["DEFAULT_RECIPE", "env_recipe", "fit_recipe", "merge_recipe", "label_
 DEFAULT_RECIPE: dict[str, Any] = {
     "base": {"cf": "ease", "cf_params": {"lam": 200.0, "neighbours": 100}, "content_weight": 0.1,
              "popularity_weight": 0.2},
-    "label_frac": 0.2, "C": 1.0, "max_queries": 2000, "half_life_days": 30.0, "target": "purchase",
+    "label_frac": 0.2, "C": 1.0, "max_queries": 2000, "later_weight": 0.0, "half_life_days": 30.0, "target": "purchase",
 }
 
 
@@ -121,15 +122,17 @@ def label_queries(before: pd.DataFrame, after: pd.DataFrame, cut, *, target: str
     if tgt.empty:
         return queries
     u, i = _s(tgt["user_id"]), _s(tgt["item_id"])
-    # catalogue question = the NEXT purchase: the items of each viewer's first purchase day after the cut
+    # catalogue question: what the viewer buys in the label window, the NEXT purchase (first purchase
+    # day after the cut) weighted fully and later ones by `later_weight` ("when", not only "what")
     day = _ns(tgt["ts"]) // (86400 * 10**9)
     cat = pd.DataFrame({"u": u, "i": i, "d": day})
-    cat = cat[cat["d"] == cat.groupby("u")["d"].transform("min")].drop_duplicates(["u", "i"])
-    rel = cat.groupby("u")["i"].agg(set)
+    nxt = cat[cat["d"] == cat.groupby("u")["d"].transform("min")].drop_duplicates(["u", "i"])
+    rel = cat.drop_duplicates(["u", "i"]).groupby("u")["i"].agg(set)
+    first = nxt.groupby("u")["i"].agg(set)
     users = rel.index.tolist()
     for k in _md5_first(users, max_queries).tolist():
         queries.append({"user_id": users[k], "ts": pd.Timestamp(cut), "stream_id": None, "allowed": None,
-                        "relevant": rel.iloc[k], "kind": "catalogue"})
+                        "relevant": rel.iloc[k], "next": first.get(users[k], set()), "kind": "catalogue"})
     if "stream_id" in after and tgt["stream_id"].notna().any():
         ts_all = pd.concat([before, after])
         if showcases is None:
@@ -178,7 +181,8 @@ def _fit_head(rows, ys, ws, C: float, off: list[int]) -> tuple[dict, dict]:
                   "iterations": int(np.max(lr.n_iter_))}
 
 
-def _fit_heads(state: RoomRanker, queries: list[dict], C: float, features_off=()) -> tuple[dict, dict]:
+def _fit_heads(state: RoomRanker, queries: list[dict], C: float, features_off=(), later_weight: float = 0.3
+               ) -> tuple[dict, dict]:
     """One logistic regression per head (``room``: queries with a stream / showcase; ``catalogue``;
     ``room_new`` / ``catalogue_new``: the same queries restricted to items the viewer never touched)."""
     data: dict[str, tuple[list, list, list]] = {h: ([], [], []) for h in HEADS}
@@ -199,10 +203,14 @@ def _fit_heads(state: RoomRanker, queries: list[dict], C: float, features_off=()
         y = np.isin(cand, state.base._item_idx_fast(list(q["relevant"])))
         if not y.any():
             continue
+        w = np.full(cand.size, 1.0 / cand.size)
+        if q.get("next") is not None:  # later purchases of the window count less than the next one
+            later = y & ~np.isin(cand, state.base._item_idx_fast(list(q["next"])))
+            w[later] *= later_weight
         rows, ys, ws = data[info["head"]]
         rows.append(F)
         ys.append(y)
-        ws.append(np.full(cand.size, 1.0 / cand.size))
+        ws.append(w)
         # the *_new head: the same question among the items the viewer never touched (filter_seen)
         row = info.get("row")
         new = ~np.isin(cand, state.seen_items(row)) if row is not None else np.ones(cand.size, bool)
@@ -210,7 +218,7 @@ def _fit_heads(state: RoomRanker, queries: list[dict], C: float, features_off=()
             rows, ys, ws = data[info["head"] + "_new"]
             rows.append(F[new])
             ys.append(y[new])
-            ws.append(np.full(int(new.sum()), 1.0 / int(new.sum())))
+            ws.append(w[new] * (cand.size / int(new.sum())))
     off = [FEATURES.index(f) for f in features_off if f in FEATURES]
     heads, info = {}, {"kind": "logistic_regression", "C": float(C), "features_off": list(features_off), "heads": {}}
     fitted = {h: _fit_head(*data[h], C, off) for h in HEADS if len(data[h][0]) >= 10}
@@ -253,7 +261,7 @@ def fit_recipe(events: pd.DataFrame, items: pd.DataFrame | None, reference_time,
             t1 = time.perf_counter()
             queries = label_queries(before, after, cut, target=p["target"], max_queries=int(p["max_queries"]))
             say(f"recipe: state on {len(before):,} events ({t1 - t0:.1f}s), {len(queries)} label queries")
-            heads, info = _fit_heads(state, queries, p["C"], off)
+            heads, info = _fit_heads(state, queries, p["C"], off, float(p["later_weight"]))
             info["label_cut"] = pd.Timestamp(cut).isoformat()
             info["seconds"] = round(time.perf_counter() - t1, 3)
     model = RoomRanker.fit_state(events, items, reference_time, **kw)
