@@ -256,6 +256,8 @@ class RoomRanker:
             def conv(d):
                 if d is None or len(d) == 0:
                     return np.empty(0, np.int64), np.empty(0)
+                if isinstance(d, tuple) and len(d) == 3 and d[0] == "idx":  # ("idx", sorted positions, counts)
+                    return np.asarray(d[1], dtype=np.int64), np.asarray(d[2], dtype=np.float64)
                 if isinstance(d, tuple):  # (item ids, counts) arrays
                     keys, v = np.asarray(d[0], dtype=str), np.asarray(d[1], dtype=np.float64)
                 else:
@@ -338,9 +340,11 @@ class RoomRanker:
                                   if idx.size > self.room_top else idx)
             cand = np.unique(np.concatenate(pieces))
             if allowed_idx is not None:  # a showcase larger than max_allowed
-                al = np.unique(np.asarray(allowed_idx, dtype=np.int64))
-                head = al[np.argsort(-self._gpop[al], kind="stable")[: self.pop_top]]
-                cand = np.union1d(np.intersect1d(cand, al), head)
+                al = np.asarray(allowed_idx, dtype=np.int64)   # sorted, unique (the allowed_idx contract)
+                inside = cand[al[np.minimum(np.searchsorted(al, cand), al.size - 1)] == cand]
+                g = -self._gpop[al]
+                top = np.argpartition(g, self.pop_top - 1)[: self.pop_top] if al.size > self.pop_top else np.arange(al.size)
+                cand = np.union1d(inside, al[top])
         else:
             cand = np.arange(self.n_items_, dtype=np.int64)
         n = cand.size

@@ -85,7 +85,8 @@ def _ns1(t) -> int:
     return int((t.tz_convert("UTC") if t.tzinfo else t.tz_localize("UTC")).as_unit("ns").value)
 
 
-def room_so_far(events: pd.DataFrame, keys: list[tuple[str, pd.Timestamp]]) -> list[dict]:
+def room_so_far(events: pd.DataFrame, keys: list[tuple[str, pd.Timestamp]], item_index: pd.Index | None = None
+                ) -> list[dict]:
     """Per (stream, time): ``{"purchase": (item ids, counts), "product_click": (...)}`` of the stream's
     events strictly before that time (``RoomRanker.recommend(room=)`` takes these or ``{item: n}`` dicts)."""
     ev = events[events["stream_id"].notna() & events["item_id"].notna()
@@ -95,6 +96,8 @@ def room_so_far(events: pd.DataFrame, keys: list[tuple[str, pd.Timestamp]]) -> l
         return out
     sid, tsv = _s(ev["stream_id"]), _ns(ev["ts"])
     typ, item = _s(ev["type"]), _s(ev["item_id"])
+    if item_index is not None:  # model positions: ("idx", sorted positions, counts), no per-query id lookups
+        item = item_index.get_indexer(item)
     o = np.lexsort((tsv, sid))
     sid, tsv, typ, item = sid[o], tsv[o], typ[o], item[o]
     streams, first = np.unique(sid, return_index=True)
@@ -109,12 +112,17 @@ def room_so_far(events: pd.DataFrame, keys: list[tuple[str, pd.Timestamp]]) -> l
             sel = typ[a0:cut] == tname
             if sel.any():
                 u, c = np.unique(item[a0:cut][sel], return_counts=True)
-                out[q][tname] = (u, c.astype(float))
+                if item_index is not None:
+                    ok = u >= 0
+                    out[q][tname] = ("idx", u[ok], c[ok].astype(float))
+                else:
+                    out[q][tname] = (u, c.astype(float))
     return out
 
 
 def label_queries(before: pd.DataFrame, after: pd.DataFrame, cut, *, target: str = "purchase",
-                  max_queries: int = 3000, showcases: dict[str, list[str]] | None = None) -> list[dict]:
+                  max_queries: int = 3000, showcases: dict[str, list[str]] | None = None,
+                  item_index: pd.Index | None = None) -> list[dict]:
     """Training queries of the label window (see the module docstring): dicts with ``user_id, ts,
     stream_id, allowed (item ids or None), relevant (set), room``."""
     tgt = after[(after["type"] == target) & after["item_id"].notna() & after["user_id"].notna()]
@@ -150,7 +158,7 @@ def label_queries(before: pd.DataFrame, after: pd.DataFrame, cut, *, target: str
         pick = _md5_first([f"{a}|{b}" for a, b in keys], max_queries)
         sel = [keys[k] for k in pick.tolist()]
         times = [pd.Timestamp(int(entry.get(key, pairs["t"].min())), tz="UTC") for key in sel]
-        rooms = room_so_far(ts_all, [(s, t) for (_, s), t in zip(sel, times)])
+        rooms = room_so_far(ts_all, [(s, t) for (_, s), t in zip(sel, times)], item_index)
         for (uu, ss), t, room in zip(sel, times, rooms):
             g = grp.get_group((uu, ss))
             r = set(g.loc[g["t"] >= _ns1(t), "i"])
@@ -259,7 +267,8 @@ def fit_recipe(events: pd.DataFrame, items: pd.DataFrame | None, reference_time,
         if before["item_id"].notna().any() and len(after):
             state = RoomRanker.fit_state(before, items, cut, **kw)
             t1 = time.perf_counter()
-            queries = label_queries(before, after, cut, target=p["target"], max_queries=int(p["max_queries"]))
+            queries = label_queries(before, after, cut, target=p["target"], max_queries=int(p["max_queries"]),
+                                    item_index=state.base._item_index)
             say(f"recipe: state on {len(before):,} events ({t1 - t0:.1f}s), {len(queries)} label queries")
             heads, info = _fit_heads(state, queries, p["C"], off, float(p["later_weight"]))
             info["label_cut"] = pd.Timestamp(cut).isoformat()
