@@ -70,7 +70,9 @@ TARGETS: dict[str, tuple[str, ...]] = {
 #: types that never count as "touching" an item (history for variant new / repeats=False)
 NON_TOUCH_TYPES = frozenset({"product_impression", "refund", "stream_enter", "stream_leave", "like", "comment",
                              "share", "follow", "gift"})
-ROOM_TYPES = ("purchase", "product_click", "add_to_cart")
+ROOM_TYPES = ("purchase", "product_click", "add_to_cart", "product_impression")
+#: recent-window room counts (what sells / is shown in the room right now): key "<type>@<minutes>m"
+ROOM_RECENT = (("purchase", 10), ("product_click", 5), ("product_impression", 5))
 HALF_LIFE_DAYS = 30.0
 NS_PER_DAY = 86400 * 10**9
 
@@ -304,7 +306,8 @@ class Query:
     stream_id: str | None = None
     allowed: np.ndarray | None = None  # item ids the ranking is restricted to (a showcase)
     relevant: list[str] = field(default_factory=list)
-    room: dict | None = None  # {"purchase": {item: n}, "product_click": {...}, "add_to_cart": {...}}
+    room: dict | None = None  # {"purchase": {item: n}, "product_click": {...}, "add_to_cart": {...},
+    #                            "product_impression": {...}, "purchase@10m": {...}, "product_impression@5m": ...}
     repeats: bool = True  # False: the user's training items must not be recommended
 
 
@@ -503,6 +506,11 @@ def make_split(
                     room[name] = dict(zip(iid_arr[u_].tolist(), c_.tolist()))
                 else:
                     room[name] = {}
+            for name, minutes in ROOM_RECENT:
+                w0 = a + int(np.searchsorted(r_t[a:e], q_ts[q] - minutes * 60 * 10**9, side="left"))
+                its = r_i[w0:e][r_ty[w0:e] == ROOM_TYPES.index(name)]
+                u_, c_ = np.unique(its, return_counts=True)
+                room[f"{name}@{minutes}m"] = dict(zip(iid_arr[u_].tolist(), c_.tolist()))
             rooms[int(q)] = room
 
     repeats = variant == "all"

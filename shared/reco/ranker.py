@@ -25,6 +25,10 @@ feature                 value                                                   
 ``room_buy``            ``log(1 + orders of i in this stream so far)``               popular_in_stream
 ``room_share``          orders of i / orders in this stream so far                   popular_in_stream
 ``room_click``          ``log(1 + clicks of i in this stream so far)``               popular_in_stream
+``room_buy_now``        ``log(1 + orders of i in this stream in the last 10 min)``   popular_in_stream
+``room_click_now``      ``log(1 + clicks of i in the last 5 min)``                   popular_in_stream
+``room_shown_now``      share of the room's impressions in the last 5 min that were
+                        of i (what the host presents now: 讲解)                       popular_in_stream
 ``category``            the viewer's share of interactions in i's category           taste
 ``price``               ``exp(-|ln price_i - mean ln price of the viewer|)``         taste
 ======================  ===========================================================  ===========
@@ -55,12 +59,13 @@ __all__ = ["FEATURES", "FEATURE_GROUP", "PRIOR_WEIGHTS", "RoomRanker", "room_cou
 
 FEATURES = ("bought", "buy_count", "buy_freq", "buy_recency", "user_repeat", "rebuy_due", "bought_durable",
             "bought_fresh", "cart", "click", "touch_recent", "cf", "content", "context", "pop", "pop_log", "pop_recent", "room_buy",
-            "room_share", "room_click", "category", "price")
+            "room_share", "room_click", "room_buy_now", "room_click_now", "room_shown_now", "category", "price")
 FEATURE_GROUP = {"bought": "buy_again", "buy_count": "buy_again", "buy_freq": "buy_again", "buy_recency": "buy_again",
                  "user_repeat": "buy_again", "rebuy_due": "buy_again",
                  "bought_durable": "buy_again", "bought_fresh": "buy_again", "cart": "history", "click": "history",
                  "touch_recent": "history", "cf": "cf", "content": "content", "context": "context", "pop": "popular", "pop_log": "popular", "pop_recent": "popular",
-                 "room_buy": "room", "room_share": "room", "room_click": "room", "category": "taste",
+                 "room_buy": "room", "room_share": "room", "room_click": "room", "room_buy_now": "room",
+                 "room_click_now": "room", "room_shown_now": "room", "category": "taste",
                  "price": "taste"}
 GROUPS = ("buy_again", "history", "cf", "content", "context", "room", "popular", "taste")
 #: raw-feature weights used when there is nothing to learn from (no labels): repeat, then the room
@@ -248,8 +253,10 @@ class RoomRanker:
         return h_idx[pos], h_w[pos]
 
     def _room_vectors(self, stream_id, room):
-        """Room counts as sorted ``(idx, n)`` arrays for purchases and clicks + total orders; None without a
-        stream. ``room`` (item id -> n dicts) wins over the model's own counts of ``stream_id``."""
+        """Room counts as sorted ``(idx, n)`` arrays for purchases and clicks so far + total orders + the
+        recent windows (orders 10 min, clicks 5 min, impressions 5 min); None without a stream. ``room``
+        (item id -> n dicts, keys ``purchase``, ``product_click``, ``purchase@10m``, ``product_click@5m``,
+        ``product_impression@5m``) wins over the model's own counts of ``stream_id``."""
         if stream_id is None and room is None:
             return None
         if room is not None:
@@ -268,15 +275,17 @@ class RoomRanker:
                 u, inv = np.unique(j[ok], return_inverse=True)
                 return u.astype(np.int64), np.bincount(inv, weights=v[ok], minlength=u.size)
             buy, clk = conv(room.get("purchase")), conv(room.get("product_click"))
+            now = tuple(conv(room.get(k)) for k in ("purchase@10m", "product_click@5m", "product_impression@5m"))
         else:
             k = self._room_index.get(str(stream_id))
+            e = (np.empty(0, np.int64), np.empty(0))
+            now = (e, e, e)   # the model's own counts have no "now" (the live layer's counters will)
             if k is None:
-                e = (np.empty(0, np.int64), np.empty(0))
-                return e, e, 0.0
+                return e, e, 0.0, now
             B, C = self.room_["purchase"], self.room_["product_click"]
             buy = (B.indices[B.indptr[k]:B.indptr[k + 1]].astype(np.int64), B.data[B.indptr[k]:B.indptr[k + 1]].astype(float))
             clk = (C.indices[C.indptr[k]:C.indptr[k + 1]].astype(np.int64), C.data[C.indptr[k]:C.indptr[k + 1]].astype(float))
-        return buy, clk, float(buy[1].sum())
+        return buy, clk, float(buy[1].sum()), now
 
     @staticmethod
     def _at(pair, cand: np.ndarray) -> np.ndarray:
@@ -427,7 +436,13 @@ class RoomRanker:
         F[:, _F["pop_log"]] = self._poplog[cand]
         F[:, _F["pop_recent"]] = self._poprecent[cand]
         if rv is not None:
-            buy, clk, tot = rv
+            buy, clk, tot, (buy_now, clk_now, shown_now) = rv
+            if buy_now[0].size:
+                F[:, _F["room_buy_now"]] = np.log1p(self._at(buy_now, cand))
+            if clk_now[0].size:
+                F[:, _F["room_click_now"]] = np.log1p(self._at(clk_now, cand))
+            if shown_now[0].size:
+                F[:, _F["room_shown_now"]] = self._at(shown_now, cand) / max(float(shown_now[1].sum()), 1.0)
             if buy[0].size:
                 rb = self._at(buy, cand)
                 F[:, _F["room_buy"]] = np.log1p(rb)

@@ -85,13 +85,20 @@ def _ns1(t) -> int:
     return int((t.tz_convert("UTC") if t.tzinfo else t.tz_localize("UTC")).as_unit("ns").value)
 
 
+#: what the ranker reads of a room: counts so far, and recent windows ("<type>@<minutes>m")
+ROOM_WINDOWS = (("purchase", None), ("product_click", None), ("purchase", 10), ("product_click", 5),
+                ("product_impression", 5))
+
+
 def room_so_far(events: pd.DataFrame, keys: list[tuple[str, pd.Timestamp]], item_index: pd.Index | None = None
                 ) -> list[dict]:
-    """Per (stream, time): ``{"purchase": (item ids, counts), "product_click": (...)}`` of the stream's
-    events strictly before that time (``RoomRanker.recommend(room=)`` takes these or ``{item: n}`` dicts)."""
-    ev = events[events["stream_id"].notna() & events["item_id"].notna()
-                & events["type"].isin(["purchase", "product_click"])]
-    out: list[dict] = [{"purchase": None, "product_click": None} for _ in keys]
+    """Per (stream, time): ``{"purchase": counts, "product_click": counts, "purchase@10m": counts, ...}``
+    (``ROOM_WINDOWS``) of the stream's events strictly before that time (and within the window), each
+    ``("idx", positions, n)`` with ``item_index`` else ``(item ids, n)`` (``RoomRanker.recommend(room=)``
+    also takes ``{item: n}`` dicts, as ``shared.reco.protocol`` builds them)."""
+    types = sorted({t for t, _ in ROOM_WINDOWS})
+    ev = events[events["stream_id"].notna() & events["item_id"].notna() & events["type"].isin(types)]
+    out: list[dict] = [{} for _ in keys]
     if ev.empty or not keys:
         return out
     sid, tsv = _s(ev["stream_id"]), _ns(ev["ts"])
@@ -107,16 +114,20 @@ def room_so_far(events: pd.DataFrame, keys: list[tuple[str, pd.Timestamp]], item
         if b is None:
             continue
         a0, a1 = b
-        cut = a0 + int(np.searchsorted(tsv[a0:a1], _ns1(t), side="left"))
-        for tname in ("purchase", "product_click"):
-            sel = typ[a0:cut] == tname
+        tq = _ns1(t)
+        cut = a0 + int(np.searchsorted(tsv[a0:a1], tq, side="left"))
+        for tname, minutes in ROOM_WINDOWS:
+            w0 = a0 if minutes is None else a0 + int(np.searchsorted(tsv[a0:cut], tq - minutes * 60 * 10**9,
+                                                                      side="left"))
+            sel = typ[w0:cut] == tname
             if sel.any():
-                u, c = np.unique(item[a0:cut][sel], return_counts=True)
+                u, c = np.unique(item[w0:cut][sel], return_counts=True)
+                key = tname if minutes is None else f"{tname}@{minutes}m"
                 if item_index is not None:
                     ok = u >= 0
-                    out[q][tname] = ("idx", u[ok], c[ok].astype(float))
+                    out[q][key] = ("idx", u[ok], c[ok].astype(float))
                 else:
-                    out[q][tname] = (u, c.astype(float))
+                    out[q][key] = (u, c.astype(float))
     return out
 
 
