@@ -51,8 +51,8 @@ class _Fitted(P.Ranker):
     """A model ranker fitted once per distinct training part (the blocks of one target share it)."""
     is_model = True
 
-    def __init__(self, name: str, factory: Callable):
-        self.name, self.factory, self._cache = name, factory, {}
+    def __init__(self, name: str, factory: Callable, cache: dict | None = None):
+        self.name, self.factory, self._cache = name, factory, ({} if cache is None else cache)
 
     def fit(self, train_events, items=None, reference_time=None):
         key = (len(train_events), str(reference_time))
@@ -88,10 +88,17 @@ def current_factory(meta: dict) -> Callable | None:
 
 def evaluate_candidate(events: pd.DataFrame, items: pd.DataFrame | None, *, candidate: Callable,
                        current: Callable | None, k: int = 10, holdout_frac: float = 0.2, max_queries: int = 5000,
-                       min_queries: int = 30, n_boot: int = 1000) -> dict[str, Any]:
-    """Every block of ``BLOCKS`` the data allows -> ``{"blocks": {name: report}, "primary": name}``."""
+                       min_queries: int = 30, n_boot: int = 1000, current_is_candidate: bool = False
+                       ) -> dict[str, Any]:
+    """Every block of ``BLOCKS`` the data allows -> ``{"blocks": {name: report}, "primary": name}``.
+
+    ``current_is_candidate``: the current version's recipe and code are the candidate's, so its refit on
+    the same part IS the candidate's fit: it is reused (same rankings), not fitted twice."""
     has_stream = "stream_id" in events and events["stream_id"].notna().any()
-    models = [_Fitted("candidate", candidate)] + ([_Fitted("current", current)] if current is not None else [])
+    cand = _Fitted("candidate", candidate)
+    models = [cand]
+    if current is not None:
+        models.append(_Fitted("current", candidate, cand._cache) if current_is_candidate else _Fitted("current", current))
     blocks: dict[str, Any] = {}
     for proto, target, variant in BLOCKS:
         name = f"{proto}/{target}/{variant}"

@@ -252,15 +252,19 @@ def run_train(store, bus=None, cfg: TrainConfig | None = None, trigger: dict | N
     t1 = time.perf_counter()
     pointer, latest_gen = reg.latest()
     current_version = pointer.get("version") if pointer else None
-    current_error, cur_factory = None, None
+    current_error, cur_factory, same = None, None, False
     if current_version:
         try:
-            cur_factory = current_factory(reg.read_meta(current_version))
+            cur_meta = reg.read_meta(current_version)
+            cur_factory = current_factory(cur_meta)
+            # same code + same recipe: its refit on the training part is the candidate's fit (reused)
+            same = (cur_meta.get("code_version") == code_version() and cur_meta.get("params") == recipe)
         except Exception as exc:
             current_error = f"{type(exc).__name__}: {exc}"
             log.error("current model unreadable", extra={"version": current_version, "error": current_error})
     ev = evaluate_candidate(data.events, items, candidate=candidate, current=cur_factory, k=cfg.k,
-                            holdout_frac=cfg.holdout_frac, max_queries=cfg.max_eval_users)
+                            holdout_frac=cfg.holdout_frac, max_queries=cfg.max_eval_users, current_is_candidate=same)
+    ev["current_refit"] = "reused the candidate's fit (same code and recipe)" if same else "refitted"
     promote, reason, summary = decide(ev, current_version, current_error, cfg.tolerance, cfg.strict)
     metrics = gate_metrics(ev, summary)
     t_eval = time.perf_counter() - t1
