@@ -171,3 +171,25 @@ def test_cli_served_is_the_train_recipe(room_world, monkeypatch):
         b = train_side.recommend(q.user_id, 10, stream_id=q.stream_id, allowed_items=q.allowed, room=q.room,
                                  now=q.ts, repeats=q.repeats)
         assert a == b
+
+
+def test_narrow_filters_widen_the_pool_and_keep_the_question(room_world):
+    """A category / price filter narrower than the candidate pool is filled from the popularity order,
+    still scored by the catalogue head; bought items go with exclude_purchased, touched ones with
+    filter_seen."""
+    sim, ev, items = room_world
+    m = fit_recipe(ev, items, ev["ts"].max())
+    cat = items["category"].value_counts().index[-1]          # the rarest category
+    n_cat = int((items["category"] == cat).sum())
+    user = ev.loc[ev["type"] == "purchase", "user_id"].iloc[0]
+    out = m.recommend(user, 10, category=cat)
+    got = [it["item_id"] for it in out["items"]]
+    assert len(got) == min(10, n_cat) and set(items.set_index("item_id").loc[got, "category"]) == {cat}
+    cheap = m.recommend(user, 10, price_range=(None, float(items["price"].quantile(0.05))))["items"]
+    assert cheap and all(float(items.set_index("item_id").loc[it["item_id"], "price"]) <= items["price"].quantile(0.05)
+                         for it in cheap)
+    bought = set(ev.loc[(ev["user_id"] == user) & (ev["type"] == "purchase"), "item_id"])
+    touched = set(ev.loc[(ev["user_id"] == user) & ev["type"].isin(["product_click", "add_to_cart", "purchase"]),
+                         "item_id"])
+    assert not bought & {it["item_id"] for it in m.recommend(user, 50, exclude_purchased=True)["items"]}
+    assert not touched & {it["item_id"] for it in m.recommend(user, 50, filter_seen=True)["items"]}

@@ -484,40 +484,23 @@ class RoomRanker:
         strategy = info.get("strategy", "global")
         if cand.size == 0 or N <= 0:
             return {"strategy": strategy, "items": []}
-        keep = np.ones(cand.size, dtype=bool)
-        row = info.get("row")
-        if row is not None and (filter_seen or exclude_purchased):
-            if filter_seen:
-                keep &= ~np.isin(cand, self.seen_items(row))
-            if exclude_purchased:
-                keep &= ~(info["buy_count"] > 0)
-        if exclude_items is not None:
-            keep &= ~np.isin(cand, self.base._item_idx_fast(list(exclude_items)))
-        if category is not None and self.base.category_ is not None:
-            cats = [category] if isinstance(category, str) else list(category)
-            keep &= np.isin(self.base.category_[cand], cats)
-        if price_range is not None and self.base.price_ is not None:
-            lo, hi = price_range
-            p = np.asarray(self.base.price_)[cand]
-            if lo is not None:
-                keep &= p >= lo
-            if hi is not None:
-                keep &= p <= hi
+        filters = dict(filter_seen=filter_seen, exclude_purchased=exclude_purchased, exclude_items=exclude_items,
+                       category=category, price_range=price_range)
+        keep = self._keep(cand, info, **filters)
         if allowed_idx is None and keep.sum() < N:  # a narrow filter: widen with the popularity order
             extra = self._gpop_order[~np.isin(self._gpop_order, cand)][: max(4 * N, 200)]
             if extra.size:
-                c2, F2, i2 = self.candidates_and_features(user_id, stream_id=stream_id, context_items=context_items,
-                                                          allowed_idx=np.concatenate([cand, extra]), room=room, now=now)
-                return self._finish_widened(c2, F2, i2, N, filter_seen, exclude_purchased, exclude_items,
-                                            category, price_range)
+                head = info["head"]
+                cand, F, info = self.candidates_and_features(
+                    user_id, stream_id=stream_id, context_items=context_items,
+                    allowed_idx=np.union1d(cand, extra), room=room, now=now)
+                info["head"] = head   # still the request's question (catalogue / room)
+                keep = self._keep(cand, info, **filters)
         return self._top(cand, F, info, keep, N, new_only=filter_seen)
 
-    def _finish_widened(self, cand, F, info, N, filter_seen, exclude_purchased, exclude_items, category, price_range):
-        return self.recommend_from(cand, F, info, N, filter_seen=filter_seen, exclude_purchased=exclude_purchased,
-                                   exclude_items=exclude_items, category=category, price_range=price_range)
-
-    def recommend_from(self, cand, F, info, N, *, filter_seen=False, exclude_purchased=False, exclude_items=None,
-                       category=None, price_range=None):
+    def _keep(self, cand, info, *, filter_seen=False, exclude_purchased=False, exclude_items=None, category=None,
+              price_range=None) -> np.ndarray:
+        """The request's filters on the candidates (True = may be recommended)."""
         keep = np.ones(cand.size, dtype=bool)
         row = info.get("row")
         if row is not None and filter_seen:
@@ -536,7 +519,7 @@ class RoomRanker:
                 keep &= p >= lo
             if hi is not None:
                 keep &= p <= hi
-        return self._top(cand, F, info, keep, N, new_only=filter_seen)
+        return keep
 
     def _top(self, cand, F, info, keep, N, new_only: bool = False):
         head = info.get("head", "room") + ("_new" if new_only else "")
