@@ -45,11 +45,19 @@ def _checks():
     return [getattr(checks, n) for n in CHECKS_NAMES]
 
 
+def _dumps(value) -> bytes:
+    """orjson, or the stdlib for integers beyond 64 bits (hypothesis generates them; orjson refuses)."""
+    try:
+        return orjson.dumps(value)
+    except TypeError:
+        return json.dumps(value).encode()
+
+
 @schemathesis.serializer("application/x-ndjson")
 def _ndjson(ctx, value):
     if value is None:
         return b""
-    return value.encode() if isinstance(value, str) else orjson.dumps(value)
+    return value.encode() if isinstance(value, str) else _dumps(value)
 
 
 STATUSES: list[int] = []
@@ -75,11 +83,7 @@ def test_ingest_matches_its_document(case, ingest_url):
     publishing, not only the 401 path."""
     kwargs = case.as_transport_kwargs(base_url=ingest_url)
     if "json" in kwargs:
-        doc = kwargs.pop("json")
-        try:
-            body = orjson.dumps(doc)
-        except TypeError:  # an integer beyond 64 bits (hypothesis finds them): the stdlib encoder takes it
-            body = json.dumps(doc).encode()
+        body = _dumps(kwargs.pop("json"))
     else:
         body = kwargs.pop("data", b"") or b""
         body = body.encode() if isinstance(body, str) else body
