@@ -533,8 +533,12 @@ class RoomRanker:
             sel = sel[-score[sel] <= kth]
         order = sel[np.lexsort((cand[sel], -score[sel]))][:N]
         Co = C[order]
-        parts = (Co @ _GROUP_MATRIX).tolist()
-        top = np.where((Co > 0).any(axis=1), np.argmax(Co, axis=1), -1).tolist()
+        P = Co @ _GROUP_MATRIX
+        parts = P.tolist()
+        # the reason: the source (group) with the largest contribution, named by its largest feature
+        g = np.argmax(P, axis=1)
+        in_g = _GROUP_MATRIX[:, g].T > 0                       # (items, features) of that group
+        top = np.where(P[np.arange(len(g)), g] > 0, np.argmax(np.where(in_g, Co, -np.inf), axis=1), -1).tolist()
         ids = self.item_ids_[cand[order]].tolist()
         sc = score[order].tolist()
         out = []
@@ -544,7 +548,8 @@ class RoomRanker:
         return {"strategy": info.get("strategy", "global"), "items": out}
 
     def _reason(self, k: int, item: int, f: np.ndarray, top_f: int, info) -> dict[str, Any]:
-        """The reason of the feature with the largest contribution (``top_f``; -1: none is positive)."""
+        """The reason of the source with the largest contribution, named by that source's largest
+        feature (``top_f``; -1: no source contributes positively)."""
         if top_f < 0:
             return {"kind": "popular", "feature": None}
         top = FEATURES[top_f]
