@@ -336,7 +336,6 @@ def _build_world(cfg: SimConfig) -> World:
     user_plus08 = rng.random(U) < cfg.plus08_rate
     user_ids = [f"u-{u:06d}" for u in range(U)]
 
-    start_ms = cfg.start_ms()
     if cfg.uses_v2():
         hosts, streams = _build_streams_v2(cfg, item_cat, item_pop)
         jitter = None
@@ -345,38 +344,15 @@ def _build_world(cfg: SimConfig) -> World:
         return World(item_ids, item_cat, price, item_vec, item_bias, item_pop, titles, descs, user_ids,
                      user_platform, user_vec, user_cat_w, user_activity, user_engage, user_plus08, centers, streams,
                      hosts, jitter)
-    pop = rng.pareto(1.2, S) + 0.2
-    pop = pop / pop.mean()
-    streams = []
-    for s in range(S):
-        plat = s % P if S >= P else int(rng.integers(P))
-        n_show = int(rng.integers(cfg.showcase_min, cfg.showcase_max + 1))
-        n_show = min(n_show, N)
-        main = rng.choice(K, size=int(rng.integers(1, 4)), replace=False)
-        w = item_pop * np.where(np.isin(item_cat, main), 1.0, 0.08)
-        g = np.log(w) + rng.gumbel(size=N)
-        show = np.sort(np.argpartition(-g, n_show - 1)[:n_show])
-        st = start_ms + int(rng.uniform(0, cfg.window_hours * _H_MS))
-        dur = int(np.clip(rng.lognormal(math.log(cfg.stream_hours * _H_MS), 0.4), 0.5 * _H_MS, 5 * _H_MS))
-        host = int(rng.integers(len(_HOST_NAMES)))
-        streams.append({
-            "stream_id": f"s-{s:05d}", "platform": cfg.platforms[plat], "platform_index": plat,
-            "host_id": f"h-{s % max(1, S // 2 + 1):04d}-{cfg.platforms[plat]}",
-            "title": f"{_HOST_NAMES[host]}直播间 {CATEGORIES[main[0]][0].split('/')[1]}专场",
-            "start_ms": st, "end_ms": st + dur, "popularity": float(pop[s]),
-            "main_categories": [CATEGORIES[k][0] for k in main],
-            "showcase": show, "slot_ms": int(rng.uniform(120_000, 300_000)),
-            "index": s,
-        })
-    streams.sort(key=lambda d: (d["start_ms"], d["index"]))
+    streams = _legacy_streams(cfg, rng, item_cat, item_pop)
     return World(item_ids, item_cat, price, item_vec, item_bias, item_pop, titles, descs, user_ids, user_platform,
                  user_vec, user_cat_w, user_activity, user_engage, user_plus08, centers, streams)
 
 
 def _legacy_streams(cfg: SimConfig, rng: np.random.Generator, item_cat: np.ndarray, item_pop: np.ndarray
                     ) -> list[dict[str, Any]]:
-    """The single-evening streams (as the legacy loop of ``_build_world``), for the v2 generator when
-    ``days == 0``: same layout, plus a presentation order."""
+    """The single-evening streams (``_build_world`` for a legacy config, and the v2 generator when
+    ``days == 0``): same draws from ``rng``, so legacy output stays byte-identical."""
     K, N, S, P = len(CATEGORIES), len(item_cat), cfg.n_streams, len(cfg.platforms)
     start_ms = cfg.start_ms()
     pop = rng.pareto(1.2, S) + 0.2
