@@ -35,6 +35,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from .interactions import DEFAULT_ACTION_WEIGHTS
+from .rebuy import ts_ns
 
 __all__ = [
     "ColumnError",
@@ -320,12 +321,6 @@ class Split:
     info: dict = field(default_factory=dict)
 
 
-def _ns(ts: pd.Series) -> np.ndarray:
-    if not len(ts):
-        return np.empty(0, np.int64)
-    return pd.to_datetime(pd.Series(ts), utc=True).dt.as_unit("ns").astype("int64").to_numpy()
-
-
 def _stamp(ns: int) -> pd.Timestamp:
     return pd.Timestamp(int(ns), unit="ns", tz="UTC")
 
@@ -383,7 +378,7 @@ def make_split(
         min_history = 0 if in_stream else 1
     ev = events.reset_index(drop=True)
     n = len(ev)
-    ts = _ns(ev["ts"])
+    ts = ts_ns(ev["ts"])
     ucodes, uids = pd.factorize(ev["user_id"])
     is_tgt = (ev["type"].isin(TARGETS[target]).to_numpy() if "type" in ev else np.ones(n, bool)) & ev["item_id"].notna().to_numpy()
     touch = touch_mask(ev)
@@ -579,8 +574,8 @@ class _TrainIndex:
         # history: touch events; affinity = action weight x 30-day decay (clicks/carts count less);
         # purchase counts first
         touch = touch_mask(ev)
-        t = _ns(ev["ts"])
-        refn = int(_ns(pd.Series([reference_time]))[0]) if reference_time is not None else (int(t.max()) if t.size else 0)
+        t = ts_ns(ev["ts"])
+        refn = int(ts_ns(pd.Series([reference_time]))[0]) if reference_time is not None else (int(t.max()) if t.size else 0)
         aw = pd.Series(typ).map(DEFAULT_ACTION_WEIGHTS).fillna(1.0).to_numpy(dtype=np.float64)
         if "weight" in ev:
             aw = np.where(np.isfinite(ev["weight"].to_numpy(dtype=np.float64)), ev["weight"].to_numpy(dtype=np.float64), aw)

@@ -53,7 +53,7 @@ from ._core import csr_from_arrays, csr_to_arrays, str_array
 from ._kernels import HAVE_NUMBA, pair_scores
 from .hybrid import HybridRecommender
 from .interactions import _codes, build_user_items
-from .rebuy import RepeatStats, purchase_occasions, ts_days
+from .rebuy import RepeatStats, purchase_occasions, ts_days, ts_ns1
 
 __all__ = ["FEATURES", "FEATURE_GROUP", "PRIOR_WEIGHTS", "RoomRanker", "room_counts"]
 
@@ -87,16 +87,20 @@ def _head(weights: Mapping[str, float], mu=None, sigma=None, bias: float = 0.0) 
 ROOM_TYPES = ("purchase", "product_click")
 
 
+def _at(idx: np.ndarray, val: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """Values at positions ``c`` of a sparse vector given as sorted ``idx`` and ``val`` (0 where absent)."""
+    out = np.zeros(c.size, dtype=np.float64)
+    if idx.size and c.size:
+        p = np.minimum(np.searchsorted(idx, c), idx.size - 1)
+        hit = idx[p] == c
+        out[hit] = val[p[hit]]
+    return out
+
+
 def _lookup(ptr: np.ndarray, ind: np.ndarray, dat: np.ndarray, r: int, c: np.ndarray) -> np.ndarray:
     """Values of CSR row ``r`` (sorted indices) at columns ``c`` (0 where absent)."""
-    out = np.zeros(c.size, dtype=np.float64)
     a, b = int(ptr[r]), int(ptr[r + 1])
-    if b > a and c.size:
-        ix = ind[a:b]
-        p = np.minimum(np.searchsorted(ix, c), b - a - 1)
-        hit = ix[p] == c
-        out[hit] = dat[a:b][p[hit]]
-    return out
+    return _at(ind[a:b], dat[a:b], c)
 
 
 def _now_days(now, default: float) -> float:
@@ -104,10 +108,7 @@ def _now_days(now, default: float) -> float:
         return default
     if isinstance(now, (int, float, np.floating, np.integer)):
         return float(now) / 86400.0
-    t = pd.Timestamp(now)
-    if t.tzinfo is None:
-        t = t.tz_localize("UTC")
-    return float(t.value) / 86400e9   # ns since the epoch (UTC)
+    return float(ts_ns1(now)) / 86400e9
 
 
 def room_counts(events: pd.DataFrame, stream_ids: np.ndarray, item_ids: np.ndarray,
@@ -287,16 +288,6 @@ class RoomRanker:
             clk = (C.indices[C.indptr[k]:C.indptr[k + 1]].astype(np.int64), C.data[C.indptr[k]:C.indptr[k + 1]].astype(float))
         return buy, clk, float(buy[1].sum()), now
 
-    @staticmethod
-    def _at(pair, cand: np.ndarray) -> np.ndarray:
-        idx, val = pair
-        out = np.zeros(cand.size)
-        if idx.size:
-            p = np.minimum(np.searchsorted(idx, cand), idx.size - 1)
-            hit = idx[p] == cand
-            out[hit] = val[p[hit]]
-        return out
-
     def candidates_and_features(self, user_id=None, *, stream_id=None, context_items=None, allowed_idx=None,
                                 room=None, now=None, pool: bool = True):
         """The candidate items and their feature matrix for one request.
@@ -438,17 +429,17 @@ class RoomRanker:
         if rv is not None:
             buy, clk, tot, (buy_now, clk_now, shown_now) = rv
             if buy_now[0].size:
-                F[:, _F["room_buy_now"]] = np.log1p(self._at(buy_now, cand))
+                F[:, _F["room_buy_now"]] = np.log1p(_at(*buy_now, cand))
             if clk_now[0].size:
-                F[:, _F["room_click_now"]] = np.log1p(self._at(clk_now, cand))
+                F[:, _F["room_click_now"]] = np.log1p(_at(*clk_now, cand))
             if shown_now[0].size:
-                F[:, _F["room_shown_now"]] = self._at(shown_now, cand) / max(float(shown_now[1].sum()), 1.0)
+                F[:, _F["room_shown_now"]] = _at(*shown_now, cand) / max(float(shown_now[1].sum()), 1.0)
             if buy[0].size:
-                rb = self._at(buy, cand)
+                rb = _at(*buy, cand)
                 F[:, _F["room_buy"]] = np.log1p(rb)
                 F[:, _F["room_share"]] = rb / max(tot, 1.0)
             if clk[0].size:
-                F[:, _F["room_click"]] = np.log1p(self._at(clk, cand))
+                F[:, _F["room_click"]] = np.log1p(_at(*clk, cand))
         info["strategy"] = ("personal" if h_idx.size else "context" if c_idx.size
                             else "stream" if rv is not None and (rv[0][0].size or rv[1][0].size) else "global")
         info["row"] = row

@@ -29,15 +29,28 @@ import scipy.sparse as sp
 
 from .interactions import _codes
 
-__all__ = ["DAY_S", "Occasions", "purchase_occasions", "RepeatStats", "ts_days"]
+__all__ = ["DAY_S", "Occasions", "purchase_occasions", "RepeatStats", "ts_days", "ts_ns", "ts_ns1"]
 
 DAY_S = 86400.0
 
 
+def ts_ns(ts) -> np.ndarray:
+    """UTC timestamps (Series / array) -> int64 nanoseconds since the epoch, whatever the tz / unit."""
+    s = ts if isinstance(ts, pd.Series) else pd.Series(ts)
+    if not len(s):
+        return np.empty(0, np.int64)
+    return pd.to_datetime(s, utc=True).dt.as_unit("ns").astype("int64").to_numpy()
+
+
+def ts_ns1(t) -> int:
+    """One timestamp (naive = UTC) -> int64 nanoseconds since the epoch."""
+    t = pd.Timestamp(t)
+    return int((t.tz_convert("UTC") if t.tzinfo else t.tz_localize("UTC")).as_unit("ns").value)
+
+
 def ts_days(ts) -> np.ndarray:
     """UTC timestamps (Series / array / scalar) -> float days since the epoch."""
-    t = pd.to_datetime(pd.Series(ts) if not isinstance(ts, pd.Series) else ts, utc=True)
-    return t.dt.as_unit("us").astype("int64").to_numpy().astype(np.float64) / (DAY_S * 1e6)
+    return ts_ns(ts).astype(np.float64) / (DAY_S * 1e9)
 
 
 @dataclass

@@ -39,6 +39,7 @@ import numpy as np
 import pandas as pd
 
 from .ranker import FEATURES, HEADS, PRIOR_WEIGHTS, RoomRanker
+from .rebuy import ts_ns, ts_ns1
 
 __all__ = ["DEFAULT_RECIPE", "env_recipe", "fit_recipe", "merge_recipe", "label_queries", "room_so_far"]
 
@@ -74,17 +75,6 @@ def _s(x: pd.Series) -> np.ndarray:
     return x.astype(str).to_numpy() if not isinstance(x.dtype, pd.CategoricalDtype) else x.astype(object).astype(str).to_numpy()
 
 
-def _ns(ts) -> np.ndarray:
-    """UTC timestamps -> int64 nanoseconds (comparable, whatever the tz / unit)."""
-    return pd.to_datetime(pd.Series(ts) if not isinstance(ts, pd.Series) else ts, utc=True).dt.as_unit("ns") \
-        .astype("int64").to_numpy()
-
-
-def _ns1(t) -> int:
-    t = pd.Timestamp(t)
-    return int((t.tz_convert("UTC") if t.tzinfo else t.tz_localize("UTC")).as_unit("ns").value)
-
-
 #: what the ranker reads of a room: counts so far, and recent windows ("<type>@<minutes>m")
 ROOM_WINDOWS = (("purchase", None), ("product_click", None), ("purchase", 10), ("product_click", 5),
                 ("product_impression", 5))
@@ -101,7 +91,7 @@ def room_so_far(events: pd.DataFrame, keys: list[tuple[str, pd.Timestamp]], item
     out: list[dict] = [{} for _ in keys]
     if ev.empty or not keys:
         return out
-    sid, tsv = _s(ev["stream_id"]), _ns(ev["ts"])
+    sid, tsv = _s(ev["stream_id"]), ts_ns(ev["ts"])
     typ, item = _s(ev["type"]), _s(ev["item_id"])
     if item_index is not None:  # model positions: ("idx", sorted positions, counts), no per-query id lookups
         item = item_index.get_indexer(item)
@@ -114,7 +104,7 @@ def room_so_far(events: pd.DataFrame, keys: list[tuple[str, pd.Timestamp]], item
         if b is None:
             continue
         a0, a1 = b
-        tq = _ns1(t)
+        tq = ts_ns1(t)
         cut = a0 + int(np.searchsorted(tsv[a0:a1], tq, side="left"))
         for tname, minutes in ROOM_WINDOWS:
             w0 = a0 if minutes is None else a0 + int(np.searchsorted(tsv[a0:cut], tq - minutes * 60 * 10**9,
@@ -143,7 +133,7 @@ def label_queries(before: pd.DataFrame, after: pd.DataFrame, cut, *, target: str
     u, i = _s(tgt["user_id"]), _s(tgt["item_id"])
     # catalogue question: what the viewer buys in the label window, the NEXT purchase (first purchase
     # day after the cut) weighted fully and later ones by `later_weight` ("when", not only "what")
-    day = _ns(tgt["ts"]) // (86400 * 10**9)
+    day = ts_ns(tgt["ts"]) // (86400 * 10**9)
     cat = pd.DataFrame({"u": u, "i": i, "d": day})
     nxt = cat[cat["d"] == cat.groupby("u")["d"].transform("min")].drop_duplicates(["u", "i"])
     rel = cat.drop_duplicates(["u", "i"]).groupby("u")["i"].agg(set)
@@ -160,9 +150,9 @@ def label_queries(before: pd.DataFrame, after: pd.DataFrame, cut, *, target: str
             showcases = sh.groupby("s")["i"].agg(list).to_dict()
         st = tgt[tgt["stream_id"].notna()]
         pairs = pd.DataFrame({"u": _s(st["user_id"]), "s": _s(st["stream_id"]), "i": _s(st["item_id"]),
-                              "t": _ns(st["ts"])})
+                              "t": ts_ns(st["ts"])})
         act = after[after["stream_id"].notna() & after["user_id"].notna()]
-        entry = pd.DataFrame({"u": _s(act["user_id"]), "s": _s(act["stream_id"]), "t": _ns(act["ts"])}) \
+        entry = pd.DataFrame({"u": _s(act["user_id"]), "s": _s(act["stream_id"]), "t": ts_ns(act["ts"])}) \
             .groupby(["u", "s"])["t"].min()
         grp = pairs.groupby(["u", "s"])
         keys = list(grp.groups.keys())
@@ -172,7 +162,7 @@ def label_queries(before: pd.DataFrame, after: pd.DataFrame, cut, *, target: str
         rooms = room_so_far(ts_all, [(s, t) for (_, s), t in zip(sel, times)], item_index)
         for (uu, ss), t, room in zip(sel, times, rooms):
             g = grp.get_group((uu, ss))
-            r = set(g.loc[g["t"] >= _ns1(t), "i"])
+            r = set(g.loc[g["t"] >= ts_ns1(t), "i"])
             if not r:
                 continue
             queries.append({"user_id": uu, "ts": t, "stream_id": ss, "allowed": showcases.get(ss, []),

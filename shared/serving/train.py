@@ -28,20 +28,17 @@ import json
 import os
 import time
 from dataclasses import asdict, dataclass, field
-from itertools import chain
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-import scipy.sparse as sp
 
 from shared.log import get_logger
 from shared.reco import HybridRecommender
 from shared.reco.recipe import fit_recipe, merge_recipe
 from shared.serving.gate import current_factory, decide, evaluate_candidate
-from shared.reco.metrics import ranking_metrics
 from shared.serving.data import TrainingData, read_training_data
 from shared.serving.registry import Registry, encode_arrays, showcase_extras
 
@@ -123,30 +120,6 @@ def build_showcases(events: pd.DataFrame, catalog: pd.DataFrame) -> dict[str, li
         for s, it in zip(seen["stream_id"].astype(str).tolist(), seen["item_id"].astype(str).tolist()):
             showcases.setdefault(s, set()).add(it)
     return {k: sorted(v) for k, v in showcases.items()}
-
-
-def time_split(events: pd.DataFrame, frac: float):
-    item_ts = events.loc[events["item_id"].notna(), "ts"]
-    return item_ts.quantile(1.0 - frac) if len(item_ts) else events["ts"].max()
-
-
-# ------------------------------------------------------------------------------- evaluation
-def score_ranking(recs: list[list[str]], ho, k: int, n_items: int) -> dict[str, float]:
-    """Ranking metrics of ``recs`` against ``ho.relevant`` (one list of relevant ids per row)."""
-    flat_recs = list(chain.from_iterable(recs))  # (sum(lists, []) is quadratic)
-    flat_rel = list(chain.from_iterable(ho.relevant))
-    vocab = pd.Index(pd.unique(np.concatenate([np.array(flat_recs, dtype=str), np.array(flat_rel, dtype=str)])))
-    R = np.full((len(recs), k), -1, dtype=np.int64)
-    for u, r in enumerate(recs):
-        if r:
-            R[u, : len(r)] = vocab.get_indexer(r)
-    lens = [len(r) for r in ho.relevant]
-    cols = vocab.get_indexer(np.array(flat_rel, dtype=str)) if lens else np.empty(0, dtype=np.int64)
-    rel = sp.csr_matrix((np.ones(len(cols)), cols, np.concatenate([[0], np.cumsum(lens)])),
-                        shape=(len(recs), max(len(vocab), 1)))
-    m = ranking_metrics(R, rel, k)
-    m["coverage"] = float(len(set(flat_recs)) / n_items) if n_items else 0.0
-    return {key: round(float(v), 6) if isinstance(v, float) else v for key, v in m.items()}
 
 
 # ------------------------------------------------------------------------------------- run
