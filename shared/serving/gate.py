@@ -74,16 +74,20 @@ def current_factory(meta: dict) -> Callable | None:
     if model.get("class") == "HybridRecommender":
         params = dict(model.get("params") or meta.get("params") or {})
         from shared.reco import HybridRecommender
-
-        class _Legacy:
-            def __init__(self, m):
-                self.m = m
-
-            def recommend(self, user_id, k, *, stream_id=None, allowed_items=None, room=None, now=None, repeats=True):
-                return self.m.recommend(user_id, k, stream_id=stream_id, allowed_items=allowed_items,
-                                        filter_seen=not repeats, exclude_purchased=not repeats)
-        return lambda tr, it, ref: _Legacy(HybridRecommender(**params).fit_events(tr, it, reference_time=ref))
+        return lambda tr, it, ref: _V1(HybridRecommender(**params).fit_events(tr, it, reference_time=ref))
     return None
+
+
+class _V1:
+    """A v1 ``HybridRecommender`` behind the service's ``recommend`` call (as ``protocol.HybridRanker``
+    ranks, but with the params the version was served with)."""
+
+    def __init__(self, m):
+        self.m = m
+
+    def recommend(self, user_id, k, *, stream_id=None, allowed_items=None, room=None, now=None, repeats=True):
+        return self.m.recommend(user_id, k, stream_id=stream_id, allowed_items=allowed_items,
+                                filter_seen=not repeats, exclude_purchased=not repeats)
 
 
 def evaluate_candidate(events: pd.DataFrame, items: pd.DataFrame | None, *, candidate: Callable,
