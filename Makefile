@@ -6,11 +6,12 @@ PY     := $(BIN)/python
 STAMP  := $(VENV)/.installed-$(shell sha1sum requirements.txt | cut -c1-12)
 PYTEST_ARGS ?=
 
-.PHONY: help venv check-emulators test demo up down status bench-ingest bench-clean bench-recommend bench-ranker eval-served evaluate schema clean-var package checkov infra-fmt
+.PHONY: help venv lint fmt check-emulators test demo up down status bench-ingest bench-clean bench-recommend bench-ranker eval-served evaluate schema clean-var package checkov infra-fmt
 
 help:
 	@echo "make demo            the main job: local cloud + a simulated live-stream evening through every function"
 	@echo "make test            the whole default test suite (starts the emulators it needs)"
+	@echo "make lint / fmt      ruff lint + format check and mypy on the pure modules / apply ruff fixes and format"
 	@echo "make up / down       start / stop the local cloud in the background (status: make status)"
 	@echo "make bench-ingest    ingest throughput and latency (figures in README)"
 	@echo "make bench-clean     cleaning + analytics over 10M simulated events vs DuckDB"
@@ -31,22 +32,22 @@ $(STAMP): requirements.txt
 	@touch $@
 
 check-emulators: venv
-	@$(PY) -m shared.emulators check
+	@$(PY) -m devtools.emulators check
 
 test: venv check-emulators
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 demo: venv check-emulators
-	$(PY) -m shared.demo $(DEMO_ARGS)
+	$(PY) -m devtools.demo $(DEMO_ARGS)
 
 up: venv check-emulators
-	$(PY) -m shared.localcloud up --detach $(UP_ARGS)
+	$(PY) -m devtools.localcloud up --detach $(UP_ARGS)
 
 down: venv
-	$(PY) -m shared.localcloud down
+	$(PY) -m devtools.localcloud down
 
 status: venv
-	$(PY) -m shared.localcloud status
+	$(PY) -m devtools.localcloud status
 
 bench-ingest: venv check-emulators
 	$(PY) bench/bench_ingest.py $(BENCH_ARGS)
@@ -65,7 +66,7 @@ eval-served: venv
 
 DATA ?= ../shared/data/ml-100k
 evaluate: venv
-	$(PY) -m shared.reco.evaluate --data $(DATA) $(EVAL_ARGS)
+	$(PY) -m devtools.evaluate --data $(DATA) $(EVAL_ARGS)
 
 schema: venv
 	$(PY) -m shared.contract > schema/events.v1.json
@@ -74,10 +75,21 @@ clean-var:
 	rm -rf var/
 
 package: venv
-	$(PY) tools/package.py --out dist $(PACKAGE_ARGS)
+	$(PY) -m devtools.package --out dist $(PACKAGE_ARGS)
 
 checkov:
 	bash .ci/checkov.sh
 
 infra-fmt:
 	terraform fmt -check -recursive infra
+
+# ruff (lint + format check) on everything; mypy on the modules listed in MYPY_MODULES (pure logic)
+MYPY_MODULES ?= shared/limits.py shared/signing.py shared/log.py shared/pipeline/config.py
+lint: venv
+	$(BIN)/ruff check shared functions devtools tests bench
+	$(BIN)/ruff format --check shared functions devtools tests bench
+	$(BIN)/mypy $(MYPY_MODULES)
+
+fmt: venv
+	$(BIN)/ruff check --fix shared functions devtools tests bench
+	$(BIN)/ruff format shared functions devtools tests bench

@@ -5,6 +5,7 @@ generated once and cached), vs. the same job written directly as DuckDB SQL over
 
 Each job runs in its own subprocess; wall seconds and peak RSS (ru_maxrss of the child) are printed.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,12 +34,20 @@ def generate(n_events: int, cache: Path) -> Path:
     done = store_dir / "DONE"
     if done.exists():
         return store_dir
-    from shared.simulator import simulate
     import orjson
+
+    from devtools.simulator import simulate
+
     sessions = n_events / EVENTS_PER_SESSION * OVERSHOOT
     n_streams = max(3, int(n_events / 100_000))
-    sim = simulate(seed=5, n_streams=n_streams, n_users=max(2000, int(sessions * 1.5)), n_items=5000,
-                   mean_viewers_per_stream=sessions / n_streams, faults="default")
+    sim = simulate(
+        seed=5,
+        n_streams=n_streams,
+        n_users=max(2000, int(sessions * 1.5)),
+        n_items=5000,
+        mean_viewers_per_stream=sessions / n_streams,
+        faults="default",
+    )
     shutil.rmtree(store_dir, ignore_errors=True)
     part = store_dir / "raw" / "date=2026-11-27" / "hour=23"
     part.mkdir(parents=True)
@@ -51,6 +60,7 @@ def generate(n_events: int, cache: Path) -> Path:
             (part / f"b{k:05d}.ndjson.gz").write_bytes(gzip.compress(b"\n".join(buf) + b"\n", compresslevel=3))
             k += 1
             buf = []
+
     for r in sim.iter_records():
         if n >= n_events:
             break
@@ -96,11 +106,28 @@ def job(kind: str, store_dir: str, work: str) -> None:
     if kind == "pipeline":
         from shared.pipeline.clean import CleanConfig, run_clean
         from shared.storage import open_store
+
         s = run_clean(open_store(work), None, CleanConfig(threads=2, memory_limit="2GB", tmp_dir=work + "-tmp"))
-        print(json.dumps({k: s.get(k) for k in ("status", "rows_in", "rows_out", "dropped", "duplicates", "late",
-                                                "ts_corrected", "seconds")}))
+        print(
+            json.dumps(
+                {
+                    k: s.get(k)
+                    for k in (
+                        "status",
+                        "rows_in",
+                        "rows_out",
+                        "dropped",
+                        "duplicates",
+                        "late",
+                        "ts_corrected",
+                        "seconds",
+                    )
+                }
+            )
+        )
     else:
         import duckdb
+
         out = work + "-duck"
         os.makedirs(out, exist_ok=True)
         con = duckdb.connect(os.path.join(out, "db.duckdb"))
@@ -113,8 +140,12 @@ def measure(kind: str, store_dir: Path, work: Path) -> dict:
     RUSAGE_CHILDREN running max would report the larger of the two jobs for the second one)."""
     t = time.monotonic()
     with open(str(work) + ".out", "w+") as out, open(str(work) + ".err", "w+") as err:
-        p = subprocess.Popen([sys.executable, __file__, "--job", kind, "--store", str(store_dir), "--work", str(work)],
-                             stdout=out, stderr=err, text=True)
+        p = subprocess.Popen(
+            [sys.executable, __file__, "--job", kind, "--store", str(store_dir), "--work", str(work)],
+            stdout=out,
+            stderr=err,
+            text=True,
+        )
         _, status, ru = os.wait4(p.pid, 0)
         secs = time.monotonic() - t
         out.seek(0)
@@ -150,9 +181,11 @@ def main() -> None:
         # high-water mark of a forked parent across exec)
         subprocess.run([sys.executable, __file__, "--generate", str(a.events), "--cache", str(cache)], check=True)
     store_dir = generate(a.events, cache)
-    print(f"data: {store_dir} ({json.loads((store_dir / 'DONE').read_text())['rows']:,} rows, "
-          f"{sum(p.stat().st_size for p in store_dir.rglob('*.gz')) / 2**20:.0f} MiB gz; "
-          f"generation {time.monotonic() - t:.0f}s if not cached)")
+    print(
+        f"data: {store_dir} ({json.loads((store_dir / 'DONE').read_text())['rows']:,} rows, "
+        f"{sum(p.stat().st_size for p in store_dir.rglob('*.gz')) / 2**20:.0f} MiB gz; "
+        f"generation {time.monotonic() - t:.0f}s if not cached)"
+    )
     results = {}
     print(f"load average before: {os.getloadavg()[0]:.2f} ({os.cpu_count()} cores)")
     for kind in ("duckdb", "pipeline"):

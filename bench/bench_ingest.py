@@ -15,6 +15,7 @@ event_ids are accepted by contract, so this measures the real path (verify, pars
 publish, wait for the futures) without the load generator paying for HMAC per request.
 The emulator topic has no subscription during the benchmark (messages are not retained).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,7 +23,6 @@ import json
 import os
 import re
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 import orjson  # noqa: E402
 import requests  # noqa: E402
 
-from shared import emulators, simulator  # noqa: E402
+from devtools import emulators, simulator  # noqa: E402
 from shared.bus import Bus  # noqa: E402
 from shared.signing import signed_headers  # noqa: E402
 
@@ -52,7 +52,7 @@ def make_batches(n_batches: int = 20, size: int = 500) -> list[bytes]:
     bodies = []
     for evs in by_stream.values():
         for i in range(0, len(evs) - size + 1, size):
-            bodies.append(b"\n".join(orjson.dumps(e) for e in evs[i:i + size]) + b"\n")
+            bodies.append(b"\n".join(orjson.dumps(e) for e in evs[i : i + size]) + b"\n")
             if len(bodies) >= n_batches:
                 return bodies
     return bodies
@@ -74,14 +74,28 @@ def wrk_batch(url: str, body: bytes, duration: int, connections: int) -> dict:
             'local f = io.open("%s", "rb"); wrk.body = f:read("*all"); f:close()\n' % (Path(d) / "body.ndjson")
             + 'wrk.method = "POST"\n'
             + "".join(f'wrk.headers["{k}"] = "{v}"\n' for k, v in headers.items())
-            + 'done = function(summary, latency, requests)\n'
-              '  io.write(string.format("JSON {\\"requests\\": %d, \\"duration_us\\": %d, \\"non2xx\\": %d, '
-              '\\"p50_us\\": %d, \\"p99_us\\": %d, \\"errors\\": %d}\\n", summary.requests, summary.duration, '
-              'summary.errors.status, latency:percentile(50), latency:percentile(99), '
-              'summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout))\n'
-              'end\n')
-        out = subprocess.run(["wrk", f"-t{min(2, connections)}", f"-c{connections}", f"-d{duration}s", "--timeout", "10s", "-s", str(lua), url],
-                             capture_output=True, text=True)
+            + "done = function(summary, latency, requests)\n"
+            '  io.write(string.format("JSON {\\"requests\\": %d, \\"duration_us\\": %d, \\"non2xx\\": %d, '
+            '\\"p50_us\\": %d, \\"p99_us\\": %d, \\"errors\\": %d}\\n", summary.requests, summary.duration, '
+            "summary.errors.status, latency:percentile(50), latency:percentile(99), "
+            "summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout))\n"
+            "end\n"
+        )
+        out = subprocess.run(
+            [
+                "wrk",
+                f"-t{min(2, connections)}",
+                f"-c{connections}",
+                f"-d{duration}s",
+                "--timeout",
+                "10s",
+                "-s",
+                str(lua),
+                url,
+            ],
+            capture_output=True,
+            text=True,
+        )
     if out.returncode:
         raise RuntimeError(f"wrk failed: {out.stderr or out.stdout}")
     out = out.stdout
@@ -89,8 +103,14 @@ def wrk_batch(url: str, body: bytes, duration: int, connections: int) -> dict:
     stats = json.loads(m.group(1))
     non2xx = int(re.search(r"Non-2xx or 3xx responses: (\d+)", out).group(1)) if "Non-2xx" in out else 0
     secs = stats["duration_us"] / 1e6
-    return {"requests_per_s": stats["requests"] / secs, "p50_ms": stats["p50_us"] / 1e3, "p99_ms": stats["p99_us"] / 1e3,
-            "requests": stats["requests"], "non_2xx": non2xx, "socket_errors": stats["errors"]}
+    return {
+        "requests_per_s": stats["requests"] / secs,
+        "p50_ms": stats["p50_us"] / 1e3,
+        "p99_ms": stats["p99_us"] / 1e3,
+        "requests": stats["requests"],
+        "non_2xx": non2xx,
+        "socket_errors": stats["errors"],
+    }
 
 
 def python_batch(url: str, body: bytes, duration: int, connections: int) -> dict:
@@ -117,8 +137,14 @@ def python_batch(url: str, body: bytes, duration: int, connections: int) -> dict
     [t.start() for t in threads]
     [t.join() for t in threads]
     secs = time.monotonic() - t0
-    return {"requests_per_s": len(lat) / secs, "p50_ms": pct(lat, 50) * 1e3, "p99_ms": pct(lat, 99) * 1e3,
-            "requests": len(lat), "non_2xx": bad[0], "socket_errors": 0}
+    return {
+        "requests_per_s": len(lat) / secs,
+        "p50_ms": pct(lat, 50) * 1e3,
+        "p99_ms": pct(lat, 99) * 1e3,
+        "requests": len(lat),
+        "non_2xx": bad[0],
+        "socket_errors": 0,
+    }
 
 
 def open_loop_single(url: str, bodies: list[bytes], rate: float, duration: int, threads: int = 16) -> dict:
@@ -150,8 +176,15 @@ def open_loop_single(url: str, bodies: list[bytes], rate: float, duration: int, 
     [t.start() for t in ts]
     [t.join() for t in ts]
     achieved = len(lat) / (time.perf_counter() - start)
-    return {"target_rate": rate, "achieved_rate": achieved, "p50_ms": pct(lat, 50) * 1e3,
-            "p99_ms": pct(lat, 99) * 1e3, "max_ms": max(lat) * 1e3, "requests": len(lat), "non_2xx": bad[0]}
+    return {
+        "target_rate": rate,
+        "achieved_rate": achieved,
+        "p50_ms": pct(lat, 50) * 1e3,
+        "p99_ms": pct(lat, 99) * 1e3,
+        "max_ms": max(lat) * 1e3,
+        "requests": len(lat),
+        "non_2xx": bad[0],
+    }
 
 
 def main(argv=None) -> int:
@@ -170,7 +203,10 @@ def main(argv=None) -> int:
     batch_events = batches[0].count(b"\n")
     singles = [orjson.dumps(orjson.loads(line)) for line in batches[1].splitlines()[:200]]
     msgs_per_batch = len({(e["type"], e["stream_id"]) for e in map(orjson.loads, batches[0].splitlines())})
-    print(f"batch body: {batch_events} events, {len(batches[0])} bytes, {msgs_per_batch} Pub/Sub messages", file=sys.stderr)
+    print(
+        f"batch body: {batch_events} events, {len(batches[0])} bytes, {msgs_per_batch} Pub/Sub messages",
+        file=sys.stderr,
+    )
     results = []
     with tempfile.TemporaryDirectory() as store:
         ps = emulators.start_pubsub(log_dir=log_dir)
@@ -180,13 +216,22 @@ def main(argv=None) -> int:
             bus.ensure_topic("viewer-events")
             for cfg in args.configs.split(","):
                 workers, threads = (int(x) for x in cfg.split("x"))
-                fn = emulators.start_function("ingest", env={**ps.env, "DAIHUO_STORE": store, "DAIHUO_SECRET_DOUYIN": SECRET},
-                                              log_dir=log_dir, workers=workers, threads=threads)
+                fn = emulators.start_function(
+                    "ingest",
+                    env={**ps.env, "DAIHUO_STORE": store, "DAIHUO_SECRET_DOUYIN": SECRET},
+                    log_dir=log_dir,
+                    workers=workers,
+                    threads=threads,
+                )
                 url = f"http://{fn.host}/"
                 try:
                     for b in batches[:3]:  # warm up every worker
-                        requests.post(url, data=b, headers={"Content-Type": "application/x-ndjson",
-                                                            **signed_headers("douyin", SECRET, b)}, timeout=30)
+                        requests.post(
+                            url,
+                            data=b,
+                            headers={"Content-Type": "application/x-ndjson", **signed_headers("douyin", SECRET, b)},
+                            timeout=30,
+                        )
                     runner = wrk_batch if shutil.which("wrk") else python_batch
                     b = runner(url, batches[0], args.duration, args.connections)
                     b.update(events_per_s=b["requests_per_s"] * batch_events, loader=runner.__name__)
@@ -197,12 +242,16 @@ def main(argv=None) -> int:
                     fn.stop()
         finally:
             ps.stop()
-    print(f"\n{'server':28s} {'batch req/s':>11s} {'events/s':>10s} {'p50 ms':>7s} {'p99 ms':>7s} | "
-          f"{'single @':>8s} {'achieved':>8s} {'p50 ms':>7s} {'p99 ms':>7s} {'non-2xx':>7s}")
+    print(
+        f"\n{'server':28s} {'batch req/s':>11s} {'events/s':>10s} {'p50 ms':>7s} {'p99 ms':>7s} | "
+        f"{'single @':>8s} {'achieved':>8s} {'p50 ms':>7s} {'p99 ms':>7s} {'non-2xx':>7s}"
+    )
     for r in results:
         b, s = r["batch"], r["single"]
-        print(f"{r['config']:28s} {b['requests_per_s']:11.0f} {b['events_per_s']:10.0f} {b['p50_ms']:7.1f} {b['p99_ms']:7.1f} | "
-              f"{s['target_rate']:8.0f} {s['achieved_rate']:8.0f} {s['p50_ms']:7.1f} {s['p99_ms']:7.1f} {b['non_2xx'] + s['non_2xx']:7d}")
+        print(
+            f"{r['config']:28s} {b['requests_per_s']:11.0f} {b['events_per_s']:10.0f} {b['p50_ms']:7.1f} {b['p99_ms']:7.1f} | "
+            f"{s['target_rate']:8.0f} {s['achieved_rate']:8.0f} {s['p50_ms']:7.1f} {s['p99_ms']:7.1f} {b['non_2xx'] + s['non_2xx']:7d}"
+        )
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
     return 0

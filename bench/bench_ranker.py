@@ -11,6 +11,7 @@ whose history is at least ``--history`` (default 200) items: we add such heavy v
 Anchors printed beside: the v1 ``HybridRecommender`` fit and ``recommend`` on the same events (what the
 recipe builds on), and the load average.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,8 +25,8 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from shared.reco import HybridRecommender  # noqa: E402
-from shared.reco.recipe import DEFAULT_RECIPE, fit_recipe  # noqa: E402
+from shared.reco import HybridRecommender
+from shared.reco.recipe import DEFAULT_RECIPE, fit_recipe
 
 
 def log(*a):
@@ -62,16 +63,24 @@ def generate(n_users: int, n_items: int, n_events: int, history: int, heavy: int
     t0 = pd.Timestamp("2026-10-01", tz="UTC").value
     ts = t0 + (rng.random(n) * 30 * 86400e9).astype(np.int64)
     streams = rng.integers(0, 200, n)
-    ev = pd.DataFrame({
-        "user_id": pd.Categorical.from_codes(users, categories=[f"u{u}" for u in range(n_users)]),
-        "item_id": pd.Categorical.from_codes(items, categories=[f"i{i}" for i in range(n_items)]),
-        "ts": pd.to_datetime(ts, utc=True), "type": types,
-        "stream_id": pd.Categorical.from_codes(streams, categories=[f"s{s}" for s in range(200)]),
-    })
-    cat = pd.DataFrame({"item_id": [f"i{i}" for i in range(n_items)],
-                        "title": [f"商品 {i % 97} 款 {i} c{item_cluster[i]}" for i in range(n_items)],
-                        "description": "", "category": [f"c{c}" for c in item_cluster],
-                        "price": np.round(rng.lognormal(4, 0.6, n_items), 2)})
+    ev = pd.DataFrame(
+        {
+            "user_id": pd.Categorical.from_codes(users, categories=[f"u{u}" for u in range(n_users)]),
+            "item_id": pd.Categorical.from_codes(items, categories=[f"i{i}" for i in range(n_items)]),
+            "ts": pd.to_datetime(ts, utc=True),
+            "type": types,
+            "stream_id": pd.Categorical.from_codes(streams, categories=[f"s{s}" for s in range(200)]),
+        }
+    )
+    cat = pd.DataFrame(
+        {
+            "item_id": [f"i{i}" for i in range(n_items)],
+            "title": [f"商品 {i % 97} 款 {i} c{item_cluster[i]}" for i in range(n_items)],
+            "description": "",
+            "category": [f"c{c}" for c in item_cluster],
+            "price": np.round(rng.lognormal(4, 0.6, n_items), 2),
+        }
+    )
     return ev.sort_values("ts", kind="stable").reset_index(drop=True), cat
 
 
@@ -114,8 +123,10 @@ def main(argv=None) -> int:
     med, p99 = latency(lambda u: m.recommend(u, 10), heavy, 3)
     smed, sp99 = latency(lambda u: m.recommend(u, 10, stream_id="s7"), heavy, 1)
     hist = np.diff(m.base.user_items_.indptr)[m.base._user_index.get_indexer(heavy)]
-    print(f"data: {len(ev):,} events, {a.items:,} items, {a.users:,} users; latency viewers' history "
-          f"median {int(np.median(hist))} items (capped at {m.max_history})")
+    print(
+        f"data: {len(ev):,} events, {a.items:,} items, {a.users:,} users; latency viewers' history "
+        f"median {int(np.median(hist))} items (capped at {m.max_history})"
+    )
     print(f"fit_recipe (whole train recipe: state twice + label queries + ranker): {fit_s:7.1f} s")
     if anchor_fit is not None:
         print(f"  anchor: v1 HybridRecommender.fit_events on the same events:          {anchor_fit:7.1f} s")

@@ -31,7 +31,7 @@ import scipy.sparse as sp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from shared.reco.itemknn import ItemItemCF  # noqa: E402
+from shared.reco.itemknn import ItemItemCF
 
 
 def log(*a):
@@ -67,8 +67,8 @@ def generate(n_users: int, n_items: int, n_events: int, n_clusters: int = 100, s
 def latency(fn, users, X):
     times = np.empty(len(users))
     for k, u in enumerate(users):
-        row_idx = X.indices[X.indptr[u]:X.indptr[u + 1]].astype(np.int64)
-        row_w = X.data[X.indptr[u]:X.indptr[u + 1]].astype(np.float64)
+        row_idx = X.indices[X.indptr[u] : X.indptr[u + 1]].astype(np.int64)
+        row_w = X.data[X.indptr[u] : X.indptr[u + 1]].astype(np.float64)
         t0 = time.perf_counter()
         fn(u, row_idx, row_w)
         times[k] = time.perf_counter() - t0
@@ -92,7 +92,9 @@ def main(argv=None):
     if args.quick:
         args.users, args.items, args.events = 100_000, 20_000, 1_000_000
 
-    print(f"bench_recommend: users={args.users} items={args.items} events={args.events} neighbours={args.neighbours} cpus={os.cpu_count()}")
+    print(
+        f"bench_recommend: users={args.users} items={args.items} events={args.events} neighbours={args.neighbours} cpus={os.cpu_count()}"
+    )
     t0 = time.perf_counter()
     X = generate(args.users, args.items, args.events, args.clusters, args.seed)
     print(f"generate+csr: {time.perf_counter() - t0:.1f}s  nnz={X.nnz}  max items/user={np.diff(X.indptr).max()}")
@@ -101,7 +103,9 @@ def main(argv=None):
 
     t0 = time.perf_counter()  # numba JIT: compiled once, then loaded from its on-disk cache
     ItemItemCF("cosine", neighbours=2).fit(X[:50, :50])
-    print(f"engine: {'numba' if HAVE_NUMBA else 'scipy'}  (kernel load/compile warm-up {time.perf_counter() - t0:.2f}s, not counted)")
+    print(
+        f"engine: {'numba' if HAVE_NUMBA else 'scipy'}  (kernel load/compile warm-up {time.perf_counter() - t0:.2f}s, not counted)"
+    )
     t0 = time.perf_counter()
     model = ItemItemCF("cosine", neighbours=args.neighbours).fit(X)
     ours_fit = time.perf_counter() - t0
@@ -111,7 +115,9 @@ def main(argv=None):
     active = np.flatnonzero(np.diff(X.indptr) > 0)
     sample = rng.choice(active, size=min(args.latency_users, active.size), replace=False)
     hist = np.diff(X.indptr)[sample]
-    print(f"latency sample: {sample.size} users, items/user median {np.median(hist):.0f} p99 {np.percentile(hist, 99):.0f}")
+    print(
+        f"latency sample: {sample.size} users, items/user median {np.median(hist):.0f} p99 {np.percentile(hist, 99):.0f}"
+    )
 
     med, p99 = latency(lambda u, i, w: model.recommend_indices(i, w, 10), sample, X)
     print(f"ours   single-user recommend_indices (N=10): median {med:.0f} µs  p99 {p99:.0f} µs")
@@ -123,8 +129,12 @@ def main(argv=None):
         imp = CosineRecommender(K=args.neighbours)
         imp.fit(X, show_progress=False)
         imp_fit = time.perf_counter() - t0
-        print(f"implicit CosineRecommender(K={args.neighbours}) fit: {imp_fit:.2f}s  (ratio ours/implicit {ours_fit / imp_fit:.2f}x)")
-        med_i, p99_i = latency(lambda u, i, w: imp.recommend(int(u), X[u], N=10, filter_already_liked_items=True), sample, X)
+        print(
+            f"implicit CosineRecommender(K={args.neighbours}) fit: {imp_fit:.2f}s  (ratio ours/implicit {ours_fit / imp_fit:.2f}x)"
+        )
+        med_i, p99_i = latency(
+            lambda u, i, w: imp.recommend(int(u), X[u], N=10, filter_already_liked_items=True), sample, X
+        )
         print(f"implicit single-user recommend (N=10): median {med_i:.0f} µs  p99 {p99_i:.0f} µs")
 
     if args.hybrid:
@@ -134,8 +144,12 @@ def main(argv=None):
         from shared.reco.interactions import Interactions
 
         t0 = time.perf_counter()
-        inter = Interactions(matrix=X, user_ids=np.arange(X.shape[0]).astype(str), item_ids=np.arange(X.shape[1]).astype(str))
-        h = HybridRecommender(cf="itemknn", cf_params={"similarity": "cosine", "neighbours": args.neighbours}).fit(inter)
+        inter = Interactions(
+            matrix=X, user_ids=np.arange(X.shape[0]).astype(str), item_ids=np.arange(X.shape[1]).astype(str)
+        )
+        h = HybridRecommender(cf="itemknn", cf_params={"similarity": "cosine", "neighbours": args.neighbours}).fit(
+            inter
+        )
         print(f"hybrid fit (itemknn + popularity, no content): {time.perf_counter() - t0:.2f}s")
         ids = np.asarray(inter.user_ids)
         med_h, p99_h = latency(lambda u, i, w: h.recommend(ids[u], 10), sample[:500], X)

@@ -15,6 +15,7 @@ Steps
    p50/p99 and the non-200 count. Server: gunicorn (functions-framework) with WORKERS processes x
    THREADS threads each. The machine has 2 shared cores: the load generator competes with the server.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,51 +36,90 @@ import requests
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from shared.emulators import free_port  # noqa: E402
+from devtools.emulators import free_port  # noqa: E402
 from shared.serving.data import write_clean_from_frames  # noqa: E402
 from shared.storage import open_store  # noqa: E402
 
 
 def synthetic(users: int, items: int, events: int, streams: int, seed: int = 0):
     import pandas as pd
+
     rng = np.random.default_rng(seed)
     u = (rng.pareto(1.2, events) * users / 50).astype(np.int64) % users
     i = (rng.pareto(1.1, events) * items / 100).astype(np.int64) % items
     types = np.array(["product_impression", "product_click", "add_to_cart", "purchase"])
     t = rng.choice(4, events, p=[0.6, 0.3, 0.07, 0.03])
     ts = pd.Timestamp("2026-11-01", tz="UTC") + pd.to_timedelta(np.sort(rng.uniform(0, 28 * 86400, events)), unit="s")
-    ev = pd.DataFrame({"event_id": np.char.add("e-", np.arange(events).astype(str)),
-                       "type": pd.Categorical.from_codes(t, types),
-                       "ts_utc": ts, "platform": "douyin",
-                       "stream_id": pd.Categorical.from_codes(i % streams, [f"s-{k:05d}" for k in range(streams)]),
-                       "user_id": pd.Categorical.from_codes(u, [f"u-{k:07d}" for k in range(users)]),
-                       "item_id": pd.Categorical.from_codes(i, [f"sku-{k:06d}" for k in range(items)]),
-                       "price": 99.0})
-    cat = pd.DataFrame({"event_id": [f"cat-{k}" for k in range(items)], "item_id": [f"sku-{k:06d}" for k in range(items)],
-                        "title": [f"商品 {k % 97} 款 {k}" for k in range(items)], "description": "",
-                        "category": [f"c{k % 40}" for k in range(items)], "price": 99.0, "currency": "CNY",
-                        "stream_ids": [[f"s-{k % streams:05d}"] for k in range(items)],
-                        "ts": "2026-10-31T00:00:00Z"})
+    ev = pd.DataFrame(
+        {
+            "event_id": np.char.add("e-", np.arange(events).astype(str)),
+            "type": pd.Categorical.from_codes(t, types),
+            "ts_utc": ts,
+            "platform": "douyin",
+            "stream_id": pd.Categorical.from_codes(i % streams, [f"s-{k:05d}" for k in range(streams)]),
+            "user_id": pd.Categorical.from_codes(u, [f"u-{k:07d}" for k in range(users)]),
+            "item_id": pd.Categorical.from_codes(i, [f"sku-{k:06d}" for k in range(items)]),
+            "price": 99.0,
+        }
+    )
+    cat = pd.DataFrame(
+        {
+            "event_id": [f"cat-{k}" for k in range(items)],
+            "item_id": [f"sku-{k:06d}" for k in range(items)],
+            "title": [f"商品 {k % 97} 款 {k}" for k in range(items)],
+            "description": "",
+            "category": [f"c{k % 40}" for k in range(items)],
+            "price": 99.0,
+            "currency": "CNY",
+            "stream_ids": [[f"s-{k % streams:05d}"] for k in range(items)],
+            "ts": "2026-10-31T00:00:00Z",
+        }
+    )
     return ev, cat, [f"u-{k:07d}" for k in np.unique(u)[:5000]], [f"s-{k:05d}" for k in range(streams)]
 
 
 def simulated(args):
-    from shared.simulator import SimConfig, simulate
-    sim = simulate(SimConfig(seed=7, n_streams=args.streams, n_users=args.users, n_items=args.items,
-                             mean_viewers_per_stream=args.viewers))
+    from devtools.simulator import SimConfig, simulate
+
+    sim = simulate(
+        SimConfig(
+            seed=7, n_streams=args.streams, n_users=args.users, n_items=args.items, mean_viewers_per_stream=args.viewers
+        )
+    )
     ev = sim.truth.expected_clean()
     users = ev.loc[ev["type"].isin(["product_click", "add_to_cart", "purchase"]), "user_id"].unique().tolist()
     return ev, sim.truth.catalog_frame(), users[:5000], sim.truth.streams["stream_id"].tolist()
 
 
 def start_server(store_url: str, port: int, workers: int, threads: int, log_path: Path):
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "DAIHUO_STORE": store_url, "WORKERS": str(workers),
-           "THREADS": str(threads), "DAIHUO_MODEL_REFRESH_S": "30", "PYTHONUNBUFFERED": "1"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "DAIHUO_STORE": store_url,
+        "WORKERS": str(workers),
+        "THREADS": str(threads),
+        "DAIHUO_MODEL_REFRESH_S": "30",
+        "PYTHONUNBUFFERED": "1",
+    }
     exe = Path(sys.executable).parent / "functions-framework"
     t0 = time.perf_counter()
-    proc = subprocess.Popen([str(exe), "--target", "recommend", "--source", str(ROOT / "functions/recommend/main.py"),
-                             "--host", "127.0.0.1", "--port", str(port)], env=env, stdout=open(log_path, "wb"),
-                            stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        [
+            str(exe),
+            "--target",
+            "recommend",
+            "--source",
+            str(ROOT / "functions/recommend/main.py"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        env=env,
+        stdout=open(log_path, "wb"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     return proc, t0
 
 
@@ -100,20 +140,31 @@ def wait_first_answer(url: str, params: dict, proc, t0: float, timeout: float = 
 def wrk_load(url: str, users: list[str], streams: list[str], conns: int, duration: float, threads: int) -> dict:
     lua = tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False)
     paths = [f"/?user_id={u}&stream_id={streams[k % len(streams)]}&k=10" for k, u in enumerate(users[:2000])]
-    lua.write("local paths = {" + ",".join(json.dumps(p) for p in paths) + "}\n"
-              "local n = 0\nrequest = function()\n n = n + 1\n"
-              " return wrk.format('GET', paths[(n % #paths) + 1])\nend\n"
-              "done = function(summary, latency, requests)\n"
-              " io.write(string.format('JSON {\"p50\": %f, \"p99\": %f, \"non2xx\": %d}\\n', latency:percentile(50),"
-              " latency:percentile(99), summary.errors.status))\nend\n")
+    lua.write(
+        "local paths = {" + ",".join(json.dumps(p) for p in paths) + "}\n"
+        "local n = 0\nrequest = function()\n n = n + 1\n"
+        " return wrk.format('GET', paths[(n % #paths) + 1])\nend\n"
+        "done = function(summary, latency, requests)\n"
+        ' io.write(string.format(\'JSON {"p50": %f, "p99": %f, "non2xx": %d}\\n\', latency:percentile(50),'
+        " latency:percentile(99), summary.errors.status))\nend\n"
+    )
     lua.close()
-    out = subprocess.run(["wrk", f"-t{threads}", f"-c{conns}", f"-d{int(duration)}s", "--latency", "-s", lua.name,
-                          url.rstrip("/")], capture_output=True, text=True).stdout
+    out = subprocess.run(
+        ["wrk", f"-t{threads}", f"-c{conns}", f"-d{int(duration)}s", "--latency", "-s", lua.name, url.rstrip("/")],
+        capture_output=True,
+        text=True,
+    ).stdout
     os.unlink(lua.name)
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     j = json.loads(re.search(r"JSON (\{.*\})", out).group(1))
-    return {"tool": "wrk", "req_per_s": rps, "p50_ms": j["p50"] / 1e3, "p99_ms": j["p99"] / 1e3,
-            "non_2xx": j["non2xx"], "raw": out.strip().splitlines()[-6:]}
+    return {
+        "tool": "wrk",
+        "req_per_s": rps,
+        "p50_ms": j["p50"] / 1e3,
+        "p99_ms": j["p99"] / 1e3,
+        "non_2xx": j["non2xx"],
+        "raw": out.strip().splitlines()[-6:],
+    }
 
 
 def thread_load(url: str, users, streams, conns: int, duration: float) -> dict:
@@ -136,12 +187,18 @@ def thread_load(url: str, users, streams, conns: int, duration: float) -> dict:
     for t in ts:
         t.join()
     a = np.array(lat) * 1e3
-    return {"tool": "python threads", "req_per_s": len(a) / (time.perf_counter() - t0), "p50_ms": float(np.percentile(a, 50)),
-            "p99_ms": float(np.percentile(a, 99)), "non_2xx": bad[0]}
+    return {
+        "tool": "python threads",
+        "req_per_s": len(a) / (time.perf_counter() - t0),
+        "p50_ms": float(np.percentile(a, 50)),
+        "p99_ms": float(np.percentile(a, 99)),
+        "non_2xx": bad[0],
+    }
 
 
 def in_process_latency(store, users, streams, n=3000) -> dict:
     from shared.serving.recommend import ModelHolder, Recommender
+
     r = Recommender(ModelHolder(store, refresh_s=3600))
     r.holder.get()
     lat = []
@@ -174,30 +231,41 @@ def main(argv=None) -> int:
     from shared.serving.train import run_train
 
     load = os.getloadavg()
-    print(f"bench_recommend_http: cpus={os.cpu_count()} loadavg={load[0]:.2f} workers={args.workers} "
-          f"threads={args.threads} connections={args.connections}", flush=True)
+    print(
+        f"bench_recommend_http: cpus={os.cpu_count()} loadavg={load[0]:.2f} workers={args.workers} "
+        f"threads={args.threads} connections={args.connections}",
+        flush=True,
+    )
     tmp = Path(tempfile.mkdtemp(prefix="daihuo-bench-"))
     store = open_store(str(tmp / "store"))
     t = time.perf_counter()
-    ev, cat, users, streams = synthetic(args.users, args.items, args.events, args.streams) if args.synthetic \
-        else simulated(args)
+    ev, cat, users, streams = (
+        synthetic(args.users, args.items, args.events, args.streams) if args.synthetic else simulated(args)
+    )
     write_clean_from_frames(store, ev, cat, run_id="bench")
-    print(f"data: {len(ev):,} clean events, {len(cat):,} catalog items, written in {time.perf_counter() - t:.1f}s",
-          flush=True)
+    print(
+        f"data: {len(ev):,} clean events, {len(cat):,} catalog items, written in {time.perf_counter() - t:.1f}s",
+        flush=True,
+    )
     del ev
     t = time.perf_counter()
     res = run_train(store, None)
     train_s = time.perf_counter() - t
     meta = json.loads(store.get(f"models/{res.version}/meta.json"))
-    print(f"train (read clean -> promoted model): {train_s:.2f}s  promoted={res.promoted}  timing={meta['timing_s']} "
-          f"users={meta['data']['users']:,} items={meta['data']['items']:,} npz={meta['arrays_bytes'] / 1e6:.1f} MB",
-          flush=True)
+    print(
+        f"train (read clean -> promoted model): {train_s:.2f}s  promoted={res.promoted}  timing={meta['timing_s']} "
+        f"users={meta['data']['users']:,} items={meta['data']['items']:,} npz={meta['arrays_bytes'] / 1e6:.1f} MB",
+        flush=True,
+    )
     m = res.metrics
     g = m.get("gate") or {}
     if g:
         vs = g.get("vs_best_baseline") or {}
-        print(f"gate {g['block']} ndcg@10: candidate {g['candidate']:.4f} vs best baseline {g['best_baseline']} "
-              f"{g['best_baseline_value']:.4f} (ratio {vs.get('ratio') or 0:.3f}, {g['n_queries']} queries)", flush=True)
+        print(
+            f"gate {g['block']} ndcg@10: candidate {g['candidate']:.4f} vs best baseline {g['best_baseline']} "
+            f"{g['best_baseline_value']:.4f} (ratio {vs.get('ratio') or 0:.3f}, {g['n_queries']} queries)",
+            flush=True,
+        )
     ip = in_process_latency(store, users, streams)
     print(f"in-process handle(): median {ip['median_us']:.0f} µs  p99 {ip['p99_us']:.0f} µs", flush=True)
 
@@ -210,11 +278,17 @@ def main(argv=None) -> int:
         for k in range(200):  # warm every worker
             requests.get(url, params={"user_id": users[k % len(users)], "k": 10}, timeout=10)
         load = os.getloadavg()
-        out = wrk_load(url, users, streams, args.connections, args.duration, 2) if shutil.which("wrk") \
+        out = (
+            wrk_load(url, users, streams, args.connections, args.duration, 2)
+            if shutil.which("wrk")
             else thread_load(url, users, streams, args.connections, args.duration)
-        print(f"load ({out['tool']}, {args.connections} connections, {args.duration:.0f}s, loadavg before "
-              f"{load[0]:.2f}): {out['req_per_s']:.0f} req/s  p50 {out['p50_ms']:.2f} ms  p99 {out['p99_ms']:.2f} ms"
-              f"  non-2xx {out['non_2xx']}", flush=True)
+        )
+        print(
+            f"load ({out['tool']}, {args.connections} connections, {args.duration:.0f}s, loadavg before "
+            f"{load[0]:.2f}): {out['req_per_s']:.0f} req/s  p50 {out['p50_ms']:.2f} ms  p99 {out['p99_ms']:.2f} ms"
+            f"  non-2xx {out['non_2xx']}",
+            flush=True,
+        )
     finally:
         os.killpg(proc.pid, 15)
         proc.wait(10)

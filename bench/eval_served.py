@@ -10,6 +10,7 @@ protocol (showcase only, all and new). Every model and baseline answers the same
 (``shared.reco.protocol``); ratios are the served model's NDCG@10 over the best baseline's with the
 paired bootstrap 95 % interval.  The recipe is fitted on each split's training part only.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,13 +24,19 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from shared.reco import protocol as P  # noqa: E402
-from shared.reco.recipe import env_recipe, fit_recipe  # noqa: E402
-from shared.simulator import SimConfig, simulate  # noqa: E402
+from devtools.simulator import SimConfig, simulate
+from shared.reco import protocol as P
+from shared.reco.recipe import env_recipe, fit_recipe
 
 TAFENG = Path(__file__).resolve().parents[2] / "shared" / "data" / "tafeng" / "ta_feng_all_months_merged.csv.gz"
-BLOCKS = [("leave-last", False, "all"), ("leave-last", False, "new"), ("global-time", False, "all"),
-          ("global-time", False, "new"), ("in-stream", True, "all"), ("in-stream", True, "new")]
+BLOCKS = [
+    ("leave-last", False, "all"),
+    ("leave-last", False, "new"),
+    ("global-time", False, "all"),
+    ("global-time", False, "new"),
+    ("in-stream", True, "all"),
+    ("in-stream", True, "new"),
+]
 
 
 def log(*a):
@@ -40,8 +47,10 @@ def sim_frames(cfg: SimConfig):
     sim = simulate(cfg)
     ev = sim.truth.expected_clean()
     ev["ts"] = pd.to_datetime(ev["ts"], utc=True)
-    return (ev[["user_id", "item_id", "ts", "type", "stream_id", "price"]],
-            sim.truth.catalog_frame()[["item_id", "title", "description", "category", "price"]])
+    return (
+        ev[["user_id", "item_id", "ts", "type", "stream_id", "price"]],
+        sim.truth.catalog_frame()[["item_id", "title", "description", "category", "price"]],
+    )
 
 
 def run(name: str, ev: pd.DataFrame, items, max_queries: int, out: list):
@@ -51,20 +60,37 @@ def run(name: str, ev: pd.DataFrame, items, max_queries: int, out: list):
         if ins and not has_stream:
             continue
         t0 = time.perf_counter()
-        sp_ = P.make_split(ev, split="global-time" if ins else split, variant=variant, in_stream=ins, items=items,
-                           max_queries=max_queries)
+        sp_ = P.make_split(
+            ev,
+            split="global-time" if ins else split,
+            variant=variant,
+            in_stream=ins,
+            items=items,
+            max_queries=max_queries,
+        )
         if len(sp_.queries) < 20:
             log(f"{name} {split}/{variant}: {len(sp_.queries)} queries, skipped")
             continue
         rankers = P.baseline_rankers("purchase", in_stream=ins) + [
-            P.RecommendRanker(lambda tr, it, ref: fit_recipe(tr, it, ref, recipe), name="served")]
+            P.RecommendRanker(lambda tr, it, ref: fit_recipe(tr, it, ref, recipe), name="served")
+        ]
         rep = P.evaluate(sp_.train, sp_.queries, items, rankers, 10, reference_time=sp_.reference_time)
         print(P.format_report(rep, f"{name} {split}/{variant}"), flush=True)
         vs = rep["vs_best_baseline"]["served"]
-        out.append({"world": name, "block": f"{split}/{variant}", "queries": rep["n_queries"],
-                    "served": rep["rankers"]["served"]["ndcg@10"], "best_baseline": rep["best_baseline"],
-                    "best": rep["rankers"][rep["best_baseline"]]["ndcg@10"], "ratio": vs["ratio"],
-                    "ratio_lo": vs["ratio_lo"], "ratio_hi": vs["ratio_hi"], "seconds": round(time.perf_counter() - t0, 1)})
+        out.append(
+            {
+                "world": name,
+                "block": f"{split}/{variant}",
+                "queries": rep["n_queries"],
+                "served": rep["rankers"]["served"]["ndcg@10"],
+                "best_baseline": rep["best_baseline"],
+                "best": rep["rankers"][rep["best_baseline"]]["ndcg@10"],
+                "ratio": vs["ratio"],
+                "ratio_lo": vs["ratio_lo"],
+                "ratio_hi": vs["ratio_hi"],
+                "seconds": round(time.perf_counter() - t0, 1),
+            }
+        )
 
 
 def main(argv=None) -> int:
@@ -93,8 +119,10 @@ def main(argv=None) -> int:
             log(f"Ta Feng not found at {a.tafeng}: skipped")
     print("\nsummary (served NDCG@10 / best baseline, 95 % CI):")
     for r in out:
-        print(f"  {r['world']:28s} {r['block']:20s} {r['served']:.4f} vs {r['best_baseline']:20s} {r['best']:.4f}  "
-              f"{r['ratio']:.3f} [{r['ratio_lo']:.3f}, {r['ratio_hi']:.3f}]  ({r['queries']} queries)")
+        print(
+            f"  {r['world']:28s} {r['block']:20s} {r['served']:.4f} vs {r['best_baseline']:20s} {r['best']:.4f}  "
+            f"{r['ratio']:.3f} [{r['ratio_lo']:.3f}, {r['ratio_hi']:.3f}]  ({r['queries']} queries)"
+        )
     print(f"load average before / after: {load0:.2f} / {os.getloadavg()[0]:.2f} (2 cores)")
     if a.json:
         Path(a.json).write_text(json.dumps(out, indent=1))

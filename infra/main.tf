@@ -1,5 +1,5 @@
 # Daihuo on Google Cloud. infra/topology.json is THE declaration of functions, triggers, topics,
-# subscriptions and schedules; the local stack (shared/localcloud.py) reads the same file. Every
+# subscriptions and schedules; the local stack (devtools/localcloud.py) reads the same file. Every
 # for_each below iterates over it, so adding a function/topic/schedule there (plus its bundle in
 # dist/) is all it takes here.
 

@@ -152,7 +152,7 @@ resource "google_storage_bucket" "sources" {
   }
 }
 
-# One bundle per function, built by `make package` (tools/package.py): dist/<name>.zip. The object
+# One bundle per function, built by `make package` (devtools/package.py): dist/<name>.zip. The object
 # name carries the bundle's SHA-256, so a changed bundle is a new object and the function redeploys;
 # an unchanged source gives a byte-identical zip (the packager is deterministic) and no diff.
 resource "google_storage_bucket_object" "source" {

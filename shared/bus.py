@@ -9,6 +9,7 @@ Failures: a publish that cannot complete within ``publish_timeout_s`` raises ``B
 callers answer 503 and let the sender retry. Nothing is reported as published before Pub/Sub
 returned its message id.
 """
+
 from __future__ import annotations
 
 import os
@@ -24,8 +25,12 @@ class BusUnavailable(RuntimeError):
 
 
 def project_id() -> str:
-    return (os.environ.get("PUBSUB_PROJECT_ID") or os.environ.get("GOOGLE_CLOUD_PROJECT")
-            or os.environ.get("GCP_PROJECT") or DEFAULT_PROJECT)
+    return (
+        os.environ.get("PUBSUB_PROJECT_ID")
+        or os.environ.get("GOOGLE_CLOUD_PROJECT")
+        or os.environ.get("GCP_PROJECT")
+        or DEFAULT_PROJECT
+    )
 
 
 def topic_path(topic: str, project: str | None = None) -> str:
@@ -48,11 +53,19 @@ class Message:
 class Bus:
     """Publisher + subscriber for one project. Thread-safe; one per process is enough."""
 
-    def __init__(self, project: str | None = None, *, publish_timeout_s: float | None = None,
-                 max_latency_s: float = 0.001, max_messages: int = 1000, max_bytes: int = 9 * 1024 * 1024):
+    def __init__(
+        self,
+        project: str | None = None,
+        *,
+        publish_timeout_s: float | None = None,
+        max_latency_s: float = 0.001,
+        max_messages: int = 1000,
+        max_bytes: int = 9 * 1024 * 1024,
+    ):
         self.project = project or project_id()
-        self.publish_timeout_s = float(publish_timeout_s if publish_timeout_s is not None
-                                       else os.environ.get("DAIHUO_PUBLISH_TIMEOUT_S", "10"))
+        self.publish_timeout_s = float(
+            publish_timeout_s if publish_timeout_s is not None else os.environ.get("DAIHUO_PUBLISH_TIMEOUT_S", "10")
+        )
         self._batch = (max_bytes, max_latency_s, max_messages)
         self._publisher = None
         self._subscriber = None
@@ -69,7 +82,9 @@ class Bus:
                     max_bytes, max_latency, max_messages = self._batch
                     self._publisher = pubsub_v1.PublisherClient(
                         batch_settings=pubsub_v1.types.BatchSettings(
-                            max_bytes=max_bytes, max_latency=max_latency, max_messages=max_messages))
+                            max_bytes=max_bytes, max_latency=max_latency, max_messages=max_messages
+                        )
+                    )
         return self._publisher
 
     @property
@@ -102,10 +117,23 @@ class Bus:
         from google.api_core.retry import Retry
 
         timeout = self.publish_timeout_s
-        retry = Retry(initial=0.1, maximum=1.0, multiplier=2.0, timeout=timeout,
-                      predicate=lambda e: isinstance(e, (gexc.ServiceUnavailable, gexc.DeadlineExceeded,
-                                                         gexc.InternalServerError, gexc.Aborted,
-                                                         gexc.ResourceExhausted, gexc.Unknown)))
+        retry = Retry(
+            initial=0.1,
+            maximum=1.0,
+            multiplier=2.0,
+            timeout=timeout,
+            predicate=lambda e: isinstance(
+                e,
+                (
+                    gexc.ServiceUnavailable,
+                    gexc.DeadlineExceeded,
+                    gexc.InternalServerError,
+                    gexc.Aborted,
+                    gexc.ResourceExhausted,
+                    gexc.Unknown,
+                ),
+            ),
+        )
         path = topic_path(topic, self.project)
         max_bytes, _, max_messages = self._batch
         ids: list[str] = []
@@ -145,22 +173,26 @@ class Bus:
         try:
             resp = self.subscriber.pull(
                 request={"subscription": subscription_path(subscription, self.project), "max_messages": max_messages},
-                timeout=timeout_s)
+                timeout=timeout_s,
+            )
         except gexc.DeadlineExceeded:
             return []
-        return [Message(r.message.data, dict(r.message.attributes), r.message.message_id, r.ack_id,
-                        r.delivery_attempt) for r in resp.received_messages]
+        return [
+            Message(r.message.data, dict(r.message.attributes), r.message.message_id, r.ack_id, r.delivery_attempt)
+            for r in resp.received_messages
+        ]
 
     def ack(self, subscription: str, ack_ids: Sequence[str]) -> None:
         path = subscription_path(subscription, self.project)
         for i in range(0, len(ack_ids), 1000):  # the API takes at most a few thousand ids per call
-            self.subscriber.acknowledge(request={"subscription": path, "ack_ids": list(ack_ids[i:i + 1000])})
+            self.subscriber.acknowledge(request={"subscription": path, "ack_ids": list(ack_ids[i : i + 1000])})
 
     def nack(self, subscription: str, ack_ids: Sequence[str]) -> None:
         path = subscription_path(subscription, self.project)
         for i in range(0, len(ack_ids), 1000):
-            self.subscriber.modify_ack_deadline(request={"subscription": path, "ack_ids": list(ack_ids[i:i + 1000]),
-                                                         "ack_deadline_seconds": 0})
+            self.subscriber.modify_ack_deadline(
+                request={"subscription": path, "ack_ids": list(ack_ids[i : i + 1000]), "ack_deadline_seconds": 0}
+            )
 
     # -- admin (local stack, tests) ------------------------------------------------------------
     def ensure_topic(self, topic: str) -> str:
@@ -173,22 +205,38 @@ class Bus:
             pass
         return path
 
-    def ensure_subscription(self, name: str, topic: str, *, push_endpoint: str | None = None,
-                            ack_deadline_s: int = 60, dead_letter_topic: str | None = None,
-                            max_delivery_attempts: int = 5, min_backoff_s: float = 1.0,
-                            max_backoff_s: float = 60.0) -> str:
+    def ensure_subscription(
+        self,
+        name: str,
+        topic: str,
+        *,
+        push_endpoint: str | None = None,
+        ack_deadline_s: int = 60,
+        dead_letter_topic: str | None = None,
+        max_delivery_attempts: int = 5,
+        min_backoff_s: float = 1.0,
+        max_backoff_s: float = 60.0,
+    ) -> str:
         """Create a pull (or push, if push_endpoint) subscription; an existing one is left alone."""
         from google.api_core import exceptions as gexc
 
         path = subscription_path(name, self.project)
-        request: dict = {"name": path, "topic": topic_path(topic, self.project), "ack_deadline_seconds": ack_deadline_s,
-                         "retry_policy": {"minimum_backoff": {"seconds": int(min_backoff_s), "nanos": int((min_backoff_s % 1) * 1e9)},
-                                          "maximum_backoff": {"seconds": int(max_backoff_s)}}}
+        request: dict = {
+            "name": path,
+            "topic": topic_path(topic, self.project),
+            "ack_deadline_seconds": ack_deadline_s,
+            "retry_policy": {
+                "minimum_backoff": {"seconds": int(min_backoff_s), "nanos": int((min_backoff_s % 1) * 1e9)},
+                "maximum_backoff": {"seconds": int(max_backoff_s)},
+            },
+        }
         if push_endpoint:
             request["push_config"] = {"push_endpoint": push_endpoint}
         if dead_letter_topic:
-            request["dead_letter_policy"] = {"dead_letter_topic": topic_path(dead_letter_topic, self.project),
-                                             "max_delivery_attempts": max_delivery_attempts}
+            request["dead_letter_policy"] = {
+                "dead_letter_topic": topic_path(dead_letter_topic, self.project),
+                "max_delivery_attempts": max_delivery_attempts,
+            }
         try:
             self.subscriber.create_subscription(request=request)
         except gexc.AlreadyExists:

@@ -14,11 +14,12 @@ test keeps the two in agreement). Field rules:
 ``validate_record(obj)`` returns ``(record, None)`` or ``(None, reasons)`` where each reason names
 the field (``"price: Input should be greater than or equal to 0"``). It never raises.
 """
+
 from __future__ import annotations
 
 import re
 from datetime import datetime
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr, TypeAdapter, ValidationError
 from pydantic.functional_validators import AfterValidator, BeforeValidator
@@ -26,8 +27,18 @@ from pydantic.functional_validators import AfterValidator, BeforeValidator
 SCHEMA_VERSION = 1
 
 VIEWER_ACTIONS = (
-    "stream_enter", "stream_leave", "like", "comment", "share", "follow", "gift",
-    "product_impression", "product_click", "add_to_cart", "purchase", "refund",
+    "stream_enter",
+    "stream_leave",
+    "like",
+    "comment",
+    "share",
+    "follow",
+    "gift",
+    "product_impression",
+    "product_click",
+    "add_to_cart",
+    "purchase",
+    "refund",
 )
 CATALOG_TYPE = "catalog_item"
 ALL_TYPES = VIEWER_ACTIONS + (CATALOG_TYPE,)
@@ -51,10 +62,13 @@ def _rfc3339(value: str) -> str:
 
 
 Id = Annotated[StrictStr, Field(pattern=_ID)]
-Timestamp = Annotated[StrictStr, Field(json_schema_extra={"pattern": _RFC3339, "format": "date-time"}),
-                      AfterValidator(_rfc3339)]
+Timestamp = Annotated[
+    StrictStr, Field(json_schema_extra={"pattern": _RFC3339, "format": "date-time"}), AfterValidator(_rfc3339)
+]
 Money = Annotated[StrictFloat, Field(ge=0, le=1e9, allow_inf_nan=False)]
 Currency = Annotated[StrictStr, Field(pattern=r"^[A-Z]{3}$")]
+
+
 def _integral(value: Any) -> Any:
     # JSON Schema counts 1.0 as an integer (same number as 1); accept it as such, refuse 1.5 and "1".
     return int(value) if isinstance(value, float) and value.is_integer() else value
@@ -62,7 +76,7 @@ def _integral(value: Any) -> Any:
 
 Count = Annotated[StrictInt, Field(ge=1, le=10_000), BeforeValidator(_integral)]
 Quantity = Count
-PropValue = Union[Annotated[StrictStr, Field(max_length=256)], StrictInt, StrictFloat, bool, None]
+PropValue = Annotated[StrictStr, Field(max_length=256)] | StrictInt | StrictFloat | bool | None
 
 
 class _Record(BaseModel):
@@ -147,6 +161,7 @@ class Refund(_ProductAction):
 
 class CatalogItem(_Record):
     """A product record: what a stream's showcase sells. ``stream_ids`` lists the showcases."""
+
     type: Literal["catalog_item"]
     item_id: Id
     title: Annotated[StrictStr, Field(min_length=1, max_length=500)]
@@ -158,8 +173,19 @@ class CatalogItem(_Record):
 
 
 Record = Annotated[
-    Union[StreamEnter, StreamLeave, Like, Comment, Share, Follow, Gift, ProductImpression,
-          ProductClick, AddToCart, Purchase, Refund, CatalogItem],
+    StreamEnter
+    | StreamLeave
+    | Like
+    | Comment
+    | Share
+    | Follow
+    | Gift
+    | ProductImpression
+    | ProductClick
+    | AddToCart
+    | Purchase
+    | Refund
+    | CatalogItem,
     Field(discriminator="type"),
 ]
 RECORD_ADAPTER: TypeAdapter = TypeAdapter(Record)
@@ -180,7 +206,7 @@ def _reason(err: dict[str, Any]) -> str:
         return f"{where}: unknown field (put free-form data in props)"
     msg = err.get("msg", "invalid")
     if msg.startswith("Value error, "):
-        msg = msg[len("Value error, "):]
+        msg = msg[len("Value error, ") :]
     return f"{where}: {msg}"
 
 

@@ -14,13 +14,14 @@ Readers:
   the request until a model is served that was built after their data was erased;
 * the rewrite job (``shared.pipeline.erase``).
 """
+
 from __future__ import annotations
 
 import hashlib
 import os
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from shared.log import get_logger
@@ -37,7 +38,7 @@ def user_hash(user_id: str) -> str:
 
 def now_iso(t: float | None = None) -> str:
     t = time.time() if t is None else t
-    return datetime.fromtimestamp(t, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def parse_iso(value: Any) -> float | None:
@@ -48,7 +49,7 @@ def parse_iso(value: Any) -> float | None:
     except ValueError:
         return None
     if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=timezone.utc)
+        dt = dt.replace(tzinfo=UTC)
     return dt.timestamp()
 
 
@@ -58,6 +59,7 @@ def empty() -> dict[str, Any]:
 
 def load(store) -> tuple[dict[str, Any], str | None]:
     from shared.storage import NotFound, get_json_with_generation
+
     try:
         return get_json_with_generation(store, ERASURE_KEY)
     except NotFound:
@@ -69,6 +71,7 @@ def request(store, user_ids: list[str], *, now: float | None = None, requested_b
     unless the viewer's data was already erased, then the new request moves the cut-off forward and
     the job runs again). Returns the hashes."""
     from shared.storage import update_json
+
     stamp = now_iso(now)
     hashes = [user_hash(u) for u in user_ids]
 
@@ -79,6 +82,7 @@ def request(store, user_ids: list[str], *, now: float | None = None, requested_b
             if e is None or e.get("data_erased_at"):
                 doc["entries"][h] = {"requested_at": stamp, **({"requested_by": requested_by} if requested_by else {})}
         return doc
+
     update_json(store, ERASURE_KEY, add, default=empty())
     log.info("erasure requested", extra={"users": len(hashes), "requested_by": requested_by})
     return hashes
@@ -113,7 +117,9 @@ class ErasureList:
                     self._entries, self._gen = dict(doc.get("entries") or {}), gen
                 self._checked = now
             except Exception as exc:
-                log.error("erasure list unreadable; keeping the last one", extra={"error": f"{type(exc).__name__}: {exc}"})
+                log.error(
+                    "erasure list unreadable; keeping the last one", extra={"error": f"{type(exc).__name__}: {exc}"}
+                )
                 self._checked = now  # retry after refresh_s, not on every request
 
     def entry(self, user_id: str) -> dict | None | bool:

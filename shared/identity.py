@@ -31,6 +31,7 @@ bearer token, as an OAuth access token is); ``jti`` is accepted and logged for t
 
 ``mint()`` and ``python -m shared.identity keygen|mint`` are for platforms, the local stack and tests.
 """
+
 from __future__ import annotations
 
 import base64
@@ -38,8 +39,9 @@ import binascii
 import os
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import orjson
 
@@ -60,8 +62,8 @@ def unb64url(text: str) -> bytes:
 
 @dataclass(frozen=True)
 class Identity:
-    personal: bool          # the token proves the caller is ``user_id``
-    reason: str             # "verified", "no token", "expired", ...
+    personal: bool  # the token proves the caller is ``user_id``
+    reason: str  # "verified", "no token", "expired", ...
     subject: str | None = None
     kid: str | None = None
     jti: str | None = None
@@ -70,8 +72,14 @@ class Identity:
 class Verifier:
     """Holds the public keys (by kid) and the rules; ``check(user_id, headers, now)`` -> Identity."""
 
-    def __init__(self, keys: Mapping[str, bytes] | None = None, *, audience: str | None = None,
-                 max_ttl_s: int | None = None, environ: Mapping[str, str] | None = None):
+    def __init__(
+        self,
+        keys: Mapping[str, bytes] | None = None,
+        *,
+        audience: str | None = None,
+        max_ttl_s: int | None = None,
+        environ: Mapping[str, str] | None = None,
+    ):
         env = os.environ if environ is None else environ
         self.audience = audience or env.get("DAIHUO_VIEWER_AUDIENCE") or DEFAULT_AUDIENCE
         self.max_ttl_s = int(max_ttl_s if max_ttl_s is not None else env.get("DAIHUO_VIEWER_TOKEN_MAX_TTL_S", 900))
@@ -86,6 +94,7 @@ class Verifier:
                     self.config_error = f"DAIHUO_VIEWER_KEYS unreadable: {type(exc).__name__}"
                     keys = {}
         from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
         self._keys = {}
         for kid, pub in keys.items():
             try:
@@ -136,6 +145,7 @@ class Verifier:
         if key is None:
             raise TokenError("unknown key id")
         from cryptography.exceptions import InvalidSignature
+
         try:
             key.verify(sig, (parts[0] + "." + parts[1]).encode("ascii"))
         except InvalidSignature:
@@ -176,8 +186,10 @@ def verifier() -> Verifier:
         _VERIFIER = Verifier()
         if _VERIFIER.config_error:
             from shared.log import get_logger
-            get_logger("identity").error("viewer keys misconfigured: no request is personal",
-                                         extra={"error": _VERIFIER.config_error})
+
+            get_logger("identity").error(
+                "viewer keys misconfigured: no request is personal", extra={"error": _VERIFIER.config_error}
+            )
     return _VERIFIER
 
 
@@ -186,16 +198,29 @@ def keygen() -> tuple[bytes, bytes]:
     """A new Ed25519 key pair: (32-byte private seed, 32-byte public key)."""
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     k = Ed25519PrivateKey.generate()
     raw = serialization.Encoding.Raw
-    return (k.private_bytes(raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()),
-            k.public_key().public_bytes(raw, serialization.PublicFormat.Raw))
+    return (
+        k.private_bytes(raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()),
+        k.public_key().public_bytes(raw, serialization.PublicFormat.Raw),
+    )
 
 
-def mint(private_seed: bytes, kid: str, sub: str, *, aud: str | list = DEFAULT_AUDIENCE, ttl_s: int = 600,
-         now: float | None = None, jti: str | None = None, extra: dict | None = None,
-         header: dict | None = None) -> str:
+def mint(
+    private_seed: bytes,
+    kid: str,
+    sub: str,
+    *,
+    aud: str | list = DEFAULT_AUDIENCE,
+    ttl_s: int = 600,
+    now: float | None = None,
+    jti: str | None = None,
+    extra: dict | None = None,
+    header: dict | None = None,
+) -> str:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     now = int(time.time() if now is None else now)
     claims = {"sub": sub, "aud": aud, "iat": now, "exp": now + ttl_s, **({"jti": jti} if jti else {}), **(extra or {})}
     h = b64url(orjson.dumps(header or {"alg": "EdDSA", "typ": "JWT", "kid": kid}))
@@ -206,9 +231,12 @@ def mint(private_seed: bytes, kid: str, sub: str, *, aud: str | list = DEFAULT_A
 
 def main(argv: list[str] | None = None) -> int:
     import argparse
+
     ap = argparse.ArgumentParser(prog="python -m shared.identity", description="viewer token keys and tokens")
     sub = ap.add_subparsers(dest="cmd", required=True)
-    g = sub.add_parser("keygen", help="print a new key pair as JSON (private: platform only; public: DAIHUO_VIEWER_KEYS)")
+    g = sub.add_parser(
+        "keygen", help="print a new key pair as JSON (private: platform only; public: DAIHUO_VIEWER_KEYS)"
+    )
     g.add_argument("--kid", required=True)
     m = sub.add_parser("mint", help="mint a token (testing): private seed from $DAIHUO_VIEWER_PRIVATE_KEY")
     m.add_argument("--kid", required=True)
@@ -218,8 +246,16 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     if a.cmd == "keygen":
         priv, pub = keygen()
-        print(orjson.dumps({"kid": a.kid, "private": b64url(priv), "public": b64url(pub),
-                            "DAIHUO_VIEWER_KEYS entry": {a.kid: b64url(pub)}}).decode())
+        print(
+            orjson.dumps(
+                {
+                    "kid": a.kid,
+                    "private": b64url(priv),
+                    "public": b64url(pub),
+                    "DAIHUO_VIEWER_KEYS entry": {a.kid: b64url(pub)},
+                }
+            ).decode()
+        )
         return 0
     seed = unb64url(os.environ["DAIHUO_VIEWER_PRIVATE_KEY"])
     print(mint(seed, a.kid, a.sub, aud=a.aud, ttl_s=a.ttl))

@@ -25,6 +25,7 @@ each group is published as ONE Pub/Sub message (NDJSON, one event per line) carr
 still filter on type and stream; a 500-event batch becomes a handful of messages instead of 500,
 which is what lets one instance publish >100k events/s (see README, "Ingest benchmark").
 """
+
 from __future__ import annotations
 
 import gzip
@@ -33,7 +34,7 @@ import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -153,7 +154,7 @@ def _split_array(body: bytes, max_depth: int, exc: Exception | None) -> tuple[li
 class _Unparseable:
     raw: bytes
     error: str
-    reason: str = ""   # set when the event is refused for a bound (depth), not a syntax error
+    reason: str = ""  # set when the event is refused for a bound (depth), not a syntax error
 
 
 def _dump_row(row: dict[str, Any]) -> bytes:
@@ -163,6 +164,7 @@ def _dump_row(row: dict[str, Any]) -> bytes:
         return orjson.dumps(row)
     except (TypeError, ValueError):
         import json
+
         try:
             raw_text = json.dumps(row.get("raw"), ensure_ascii=False, default=repr)
         except (TypeError, ValueError, RecursionError):
@@ -171,7 +173,7 @@ def _dump_row(row: dict[str, Any]) -> bytes:
 
 
 def _iso_now(now: float) -> str:
-    return datetime.fromtimestamp(now, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return datetime.fromtimestamp(now, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 class Ingestor:
@@ -190,11 +192,15 @@ class Ingestor:
 
     def _unavailable(self, what: str, exc: Exception) -> Answer:
         log.error("dependency unavailable", extra={"dependency": what, "error": str(exc)})
-        return Answer(503, {"error": f"{what} unavailable, retry later", "accepted": 0},
-                      {"Retry-After": str(self.config.retry_after_s)})
+        return Answer(
+            503,
+            {"error": f"{what} unavailable, retry later", "accepted": 0},
+            {"Retry-After": str(self.config.retry_after_s)},
+        )
 
-    def handle(self, method: str, headers: Mapping[str, str], body: bytes, *, now: float | None = None,
-               content_type: str = "") -> Answer:
+    def handle(
+        self, method: str, headers: Mapping[str, str], body: bytes, *, now: float | None = None, content_type: str = ""
+    ) -> Answer:
         cfg = self.config
         if method.upper() != "POST":
             return Answer(405, {"error": "method not allowed; POST webhook bodies"}, {"Allow": "POST"})
@@ -211,15 +217,25 @@ class Ingestor:
             items, sizes = parse_body(body, content_type)
         except BadBody as exc:
             try:
-                self._quarantine([{"reasons": [f"body: {exc}"], "raw": body.decode("utf-8", "replace"),
-                                   "platform": platform, "received_at": received_at, "stage": "ingest"}],
-                                 received_at, now)
+                self._quarantine(
+                    [
+                        {
+                            "reasons": [f"body: {exc}"],
+                            "raw": body.decode("utf-8", "replace"),
+                            "platform": platform,
+                            "received_at": received_at,
+                            "stage": "ingest",
+                        }
+                    ],
+                    received_at,
+                    now,
+                )
             except Exception as qexc:  # the sender keeps its copy; a 400 is still the right answer
                 log.error("could not quarantine unparseable body", extra={"error": str(qexc)})
             return Answer(400, {"error": str(exc)})
         if len(items) > cfg.max_events:
             return Answer(413, {"error": f"{len(items)} events in one request; the limit is {cfg.max_events}"})
-        too_big = set(i for i, size in enumerate(sizes) if size > cfg.max_event_bytes)
+        too_big = {i for i, size in enumerate(sizes) if size > cfg.max_event_bytes}
 
         results: list[dict[str, Any]] = []
         quarantined: list[dict[str, Any]] = []
@@ -252,8 +268,16 @@ class Ingestor:
             if not isinstance(event_id, str):
                 event_id = None
             results.append({"index": i, "event_id": event_id, "status": "rejected", "reasons": reasons})
-            quarantined.append({"reasons": reasons, "raw": raw, "index": i, "platform": platform,
-                                "received_at": received_at, "stage": "ingest"})
+            quarantined.append(
+                {
+                    "reasons": reasons,
+                    "raw": raw,
+                    "index": i,
+                    "platform": platform,
+                    "received_at": received_at,
+                    "stage": "ingest",
+                }
+            )
 
         if quarantined:
             try:
@@ -261,15 +285,36 @@ class Ingestor:
             except Exception as exc:  # rows are serialised defensively (_dump_row): this is the store
                 return self._unavailable("storage", exc)
         if groups:
-            messages = [(b"\n".join(lines), {"type": t, "stream_id": s, "platform": platform, "count": str(len(lines)),
-                                              "schema_version": str(SCHEMA_VERSION), "encoding": "ndjson"})
-                        for (t, s), lines in groups.items()]
+            messages = [
+                (
+                    b"\n".join(lines),
+                    {
+                        "type": t,
+                        "stream_id": s,
+                        "platform": platform,
+                        "count": str(len(lines)),
+                        "schema_version": str(SCHEMA_VERSION),
+                        "encoding": "ndjson",
+                    },
+                )
+                for (t, s), lines in groups.items()
+            ]
             try:
                 self.bus.publish_many(cfg.topic, messages)
             except BusUnavailable as exc:
                 return self._unavailable("pubsub", exc)
         accepted = len(results) - len(quarantined)
-        log.info("ingested", extra={"platform": platform, "accepted": accepted, "rejected": len(quarantined),
-                                    "messages": len(groups)})
-        return Answer(200, {"accepted": accepted, "rejected": len(quarantined), "messages": len(groups),
-                            "received_at": received_at, "results": results})
+        log.info(
+            "ingested",
+            extra={"platform": platform, "accepted": accepted, "rejected": len(quarantined), "messages": len(groups)},
+        )
+        return Answer(
+            200,
+            {
+                "accepted": accepted,
+                "rejected": len(quarantined),
+                "messages": len(groups),
+                "received_at": received_at,
+                "results": results,
+            },
+        )

@@ -17,6 +17,7 @@ loop over brackets costs nothing on well-formed traffic.
 Defaults: ``DAIHUO_MAX_JSON_DEPTH`` = 16 levels per event (a valid event needs 2: the object and
 ``props`` / ``stream_ids``), so orjson's own limits (1024 to parse, 255 to serialise) are never reached.
 """
+
 from __future__ import annotations
 
 import os
@@ -80,11 +81,11 @@ def split_array(data: bytes) -> list[bytes]:
             if depth < 0:
                 raise NotAnArray("unbalanced brackets")
         elif depth == 1:  # a comma between two elements
-            out.append(data[elem_start:m.start()].strip())
+            out.append(data[elem_start : m.start()].strip())
             elem_start = m.end()
     if end is None:
         raise NotAnArray("the array is not closed")
-    if data[end + 1:].strip():
+    if data[end + 1 :].strip():
         raise NotAnArray("data after the array")
     last = data[elem_start:end].strip()
     if last or out:

@@ -5,6 +5,7 @@ files equal what this module generates and runs schemathesis against each functi
 functions-framework. The ingest request schema is the event contract itself (``schema/events.v1.json``),
 so the contract, the validator and the API description cannot drift apart.
 """
+
 from __future__ import annotations
 
 import json
@@ -19,7 +20,10 @@ ERROR = {"type": "object", "required": ["error"], "properties": {"error": {"type
 
 
 def _error(description: str, headers: dict | None = None) -> dict:
-    out = {"description": description, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+    out = {
+        "description": description,
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+    }
     if headers:
         out["headers"] = headers
     return out
@@ -33,53 +37,107 @@ def ingest() -> dict:
     text = json.dumps({"defs": defs, "record": record}).replace("#/$defs/", "#/components/schemas/")
     moved = json.loads(text)
     sig_headers = [
-        {"name": "X-Daihuo-Platform", "in": "header", "required": True,
-         "schema": {"type": "string", "pattern": "^[a-z0-9_]{1,32}$"}, "description": "the sending platform"},
-        {"name": "X-Daihuo-Timestamp", "in": "header", "required": True,
-         "schema": {"type": "string", "pattern": "^[0-9]{1,12}$"}, "description": "unix seconds at signing; must be within 300 s"},
-        {"name": "X-Daihuo-Signature", "in": "header", "required": True,
-         "schema": {"type": "string", "pattern": "^v1=[0-9a-f]{64}$"},
-         "description": "v1=<hex HMAC-SHA256(secret, timestamp + '.' + body)>"},
+        {
+            "name": "X-Daihuo-Platform",
+            "in": "header",
+            "required": True,
+            "schema": {"type": "string", "pattern": "^[a-z0-9_]{1,32}$"},
+            "description": "the sending platform",
+        },
+        {
+            "name": "X-Daihuo-Timestamp",
+            "in": "header",
+            "required": True,
+            "schema": {"type": "string", "pattern": "^[0-9]{1,12}$"},
+            "description": "unix seconds at signing; must be within 300 s",
+        },
+        {
+            "name": "X-Daihuo-Signature",
+            "in": "header",
+            "required": True,
+            "schema": {"type": "string", "pattern": "^v1=[0-9a-f]{64}$"},
+            "description": "v1=<hex HMAC-SHA256(secret, timestamp + '.' + body)>",
+        },
     ]
-    result_item = {"type": "object", "required": ["index", "status"], "properties": {
-        "index": {"type": "integer", "minimum": 0}, "event_id": {"type": ["string", "null"]},
-        "status": {"enum": ["accepted", "rejected"]},
-        "reasons": {"type": "array", "items": {"type": "string"}}}}
+    result_item = {
+        "type": "object",
+        "required": ["index", "status"],
+        "properties": {
+            "index": {"type": "integer", "minimum": 0},
+            "event_id": {"type": ["string", "null"]},
+            "status": {"enum": ["accepted", "rejected"]},
+            "reasons": {"type": "array", "items": {"type": "string"}},
+        },
+    }
     return {
         "openapi": "3.1.0",
-        "info": {"title": "Daihuo ingest webhook", "version": "1.0.0",
-                 "description": "Receives signed viewer-action webhooks and publishes them to Pub/Sub. "
-                                "Limits: body 1 MiB, 1000 events, 16 KiB per event."},
-        "paths": {"/": {
-            "post": {
-                "operationId": "ingest",
-                "parameters": sig_headers,
-                "requestBody": {"required": True, "content": {
-                    "application/json": {"schema": {"oneOf": [
-                        {"$ref": "#/components/schemas/Record"},
-                        {"type": "array", "items": {"$ref": "#/components/schemas/Record"}, "maxItems": 1000}]}},
-                    "application/x-ndjson": {"schema": {"type": "string"},
-                                             "description": "one Record per line"}}},
-                "responses": {
-                    "200": {"description": "processed; rejected events are quarantined with their reasons",
-                            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/IngestResult"}}}},
-                    "400": _error("the body is not JSON, a JSON array or NDJSON"),
-                    "401": _error("missing/invalid signature, unknown platform, or timestamp outside the window"),
-                    "413": _error("body, event count or one event over the limits"),
-                    "503": _error("Pub/Sub or storage unavailable; nothing accepted",
-                                  {"Retry-After": {"required": True, "schema": {"type": "string", "pattern": "^[0-9]+$"}}}),
-                }},
-            "get": {"operationId": "ingestWrongMethod", "responses": {"405": _error("only POST is allowed")}},
-        }},
-        "components": {"schemas": {
-            "Error": ERROR,
-            "Record": moved["record"],
-            **moved["defs"],
-            "IngestResult": {"type": "object", "required": ["accepted", "rejected", "results"], "properties": {
-                "accepted": {"type": "integer", "minimum": 0}, "rejected": {"type": "integer", "minimum": 0},
-                "messages": {"type": "integer", "minimum": 0}, "received_at": {"type": "string"},
-                "results": {"type": "array", "items": result_item}}},
-        }},
+        "info": {
+            "title": "Daihuo ingest webhook",
+            "version": "1.0.0",
+            "description": "Receives signed viewer-action webhooks and publishes them to Pub/Sub. "
+            "Limits: body 1 MiB, 1000 events, 16 KiB per event.",
+        },
+        "paths": {
+            "/": {
+                "post": {
+                    "operationId": "ingest",
+                    "parameters": sig_headers,
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "oneOf": [
+                                        {"$ref": "#/components/schemas/Record"},
+                                        {
+                                            "type": "array",
+                                            "items": {"$ref": "#/components/schemas/Record"},
+                                            "maxItems": 1000,
+                                        },
+                                    ]
+                                }
+                            },
+                            "application/x-ndjson": {
+                                "schema": {"type": "string"},
+                                "description": "one Record per line",
+                            },
+                        },
+                    },
+                    "responses": {
+                        "200": {
+                            "description": "processed; rejected events are quarantined with their reasons",
+                            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/IngestResult"}}},
+                        },
+                        "400": _error("the body is not JSON, a JSON array or NDJSON"),
+                        "401": _error("missing/invalid signature, unknown platform, or timestamp outside the window"),
+                        "413": _error("body, event count or one event over the limits"),
+                        "503": _error(
+                            "Pub/Sub or storage unavailable; nothing accepted",
+                            {"Retry-After": {"required": True, "schema": {"type": "string", "pattern": "^[0-9]+$"}}},
+                        ),
+                    },
+                },
+                "get": {"operationId": "ingestWrongMethod", "responses": {"405": _error("only POST is allowed")}},
+            }
+        },
+        "components": {
+            "schemas": {
+                "Error": ERROR,
+                "Record": moved["record"],
+                **moved["defs"],
+                "IngestResult": {
+                    "type": "object",
+                    "required": ["accepted", "rejected", "results"],
+                    "properties": {
+                        "accepted": {"type": "integer", "minimum": 0},
+                        "rejected": {"type": "integer", "minimum": 0},
+                        "messages": {"type": "integer", "minimum": 0},
+                        "received_at": {"type": "string"},
+                        "results": {"type": "array", "items": result_item},
+                    },
+                },
+            }
+        },
     }
 
 
@@ -91,138 +149,321 @@ ID_MAX = 128
 REASON_TEXT = {"text_zh": {"type": "string", "minLength": 1}, "text_en": {"type": "string", "minLength": 1}}
 NUM = {"type": "number"}
 NUM_OR_NULL = {"type": ["number", "null"]}
-JSON_ERROR_405 = {"description": "any other method", "headers": {
-    "Allow": {"required": True, "schema": {"type": "string"}}},
-    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/MethodNotAllowed"}}}}
+JSON_ERROR_405 = {
+    "description": "any other method",
+    "headers": {"Allow": {"required": True, "schema": {"type": "string"}}},
+    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/MethodNotAllowed"}}},
+}
 
 
 def _reason(kind: str, required: list[str], props: dict) -> dict:
-    return {"type": "object", "required": ["kind", *required, "text_zh", "text_en"],
-            "properties": {"kind": {"const": kind}, **props, **REASON_TEXT}}
+    return {
+        "type": "object",
+        "required": ["kind", *required, "text_zh", "text_en"],
+        "properties": {"kind": {"const": kind}, **props, **REASON_TEXT},
+    }
 
 
 def recommend() -> dict:
     source = {"type": "string", "minLength": 1, "description": "the history/context item the score comes from"}
     via = {"enum": ["cf", "content", "context"], "description": "which score part the reason comes from"}
     reco_params = {
-        "user_id": ({"type": "string", "maxLength": ID_MAX, "format": F_USER, "examples": ["u-000001"]},
-                    "a known user gets `personal` recommendations only with a viewer token for this user "
-                    "(`Authorization: Bearer`, docs/serving.md); otherwise (or an unknown one) it falls back"),
-        "stream_id": ({"type": "string", "maxLength": ID_MAX, "format": F_STREAM, "examples": ["s-00000"]},
-                      "the stream the viewer watches (its bestsellers; required with showcase_only)"),
+        "user_id": (
+            {"type": "string", "maxLength": ID_MAX, "format": F_USER, "examples": ["u-000001"]},
+            "a known user gets `personal` recommendations only with a viewer token for this user "
+            "(`Authorization: Bearer`, docs/serving.md); otherwise (or an unknown one) it falls back",
+        ),
+        "stream_id": (
+            {"type": "string", "maxLength": ID_MAX, "format": F_STREAM, "examples": ["s-00000"]},
+            "the stream the viewer watches (its bestsellers; required with showcase_only)",
+        ),
         "k": ({"type": "integer", "minimum": 1, "maximum": 100, "default": 10}, "how many items"),
         "showcase_only": ({"type": "boolean", "default": False}, "only items in the stream's showcase"),
-        "exclude_purchased": ({"type": "boolean", "default": False},
-                              "leave out what the user bought (default: buy-again items are served)"),
+        "exclude_purchased": (
+            {"type": "boolean", "default": False},
+            "leave out what the user bought (default: buy-again items are served)",
+        ),
         "filter_seen": ({"type": "boolean", "default": False}, "leave out everything the user touched before"),
         "category": ({"type": "string", "examples": ["美妆/护肤"]}, "exact catalog category"),
         "min_price": ({"type": "number", "minimum": 0}, "price >= min_price"),
         "max_price": ({"type": "number", "minimum": 0}, "price <= max_price (not below min_price)"),
     }
-    get_params = [{"name": n, "in": "query", "required": False, "schema": sch, "description": d}
-                  for n, (sch, d) in reco_params.items()]
-    get_params.insert(2, {"name": "context", "in": "query", "required": False, "description":
-                          "session items, comma-separated, at most 50",
-                          "schema": {"type": "string", "format": F_ITEMS, "examples": ["sku-000001,sku-000002"]}})
-    body = {"type": "object", "additionalProperties": False,
-            "description": "the GET parameters as a JSON object; at least one of user_id, stream_id, context",
-            "properties": {**{n: sch for n, (sch, _) in reco_params.items()},
-                           "context": {"type": "array", "maxItems": 50,
-                                       "items": {"type": "string", "minLength": 1, "format": F_ITEM},
-                                       "description": "session items (a comma-separated string is accepted too)"}}}
+    get_params = [
+        {"name": n, "in": "query", "required": False, "schema": sch, "description": d}
+        for n, (sch, d) in reco_params.items()
+    ]
+    get_params.insert(
+        2,
+        {
+            "name": "context",
+            "in": "query",
+            "required": False,
+            "description": "session items, comma-separated, at most 50",
+            "schema": {"type": "string", "format": F_ITEMS, "examples": ["sku-000001,sku-000002"]},
+        },
+    )
+    body = {
+        "type": "object",
+        "additionalProperties": False,
+        "description": "the GET parameters as a JSON object; at least one of user_id, stream_id, context",
+        "properties": {
+            **{n: sch for n, (sch, _) in reco_params.items()},
+            "context": {
+                "type": "array",
+                "maxItems": 50,
+                "items": {"type": "string", "minLength": 1, "format": F_ITEM},
+                "description": "session items (a comma-separated string is accepted too)",
+            },
+        },
+    }
     answers = {
-        "200": {"description": "recommendations from the served model",
-                "headers": {"X-Model-Version": {"required": True, "schema": {"type": "string", "minLength": 1}}},
-                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Recommendations"}}}},
-        "400": {"description": "a bad, unknown or missing parameter (named in `param`; `body` for a POST body "
-                               "that is not a JSON object, not JSON, or nested deeper than 4 levels)",
-                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/BadParam"}}}},
-        "503": {"description": "no model has been published yet (or none could be loaded)",
-                "headers": {"Retry-After": {"required": True, "schema": {"type": "string", "pattern": "^[1-9][0-9]*$"}}},
-                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/NoModel"}}}},
+        "200": {
+            "description": "recommendations from the served model",
+            "headers": {"X-Model-Version": {"required": True, "schema": {"type": "string", "minLength": 1}}},
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Recommendations"}}},
+        },
+        "400": {
+            "description": "a bad, unknown or missing parameter (named in `param`; `body` for a POST body "
+            "that is not a JSON object, not JSON, or nested deeper than 4 levels)",
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/BadParam"}}},
+        },
+        "503": {
+            "description": "no model has been published yet (or none could be loaded)",
+            "headers": {"Retry-After": {"required": True, "schema": {"type": "string", "pattern": "^[1-9][0-9]*$"}}},
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/NoModel"}}},
+        },
     }
     wrong = {"responses": {"405": JSON_ERROR_405}}
     return {
         "openapi": "3.1.0",
-        "info": {"title": "Daihuo recommend", "version": "1.0.0",
-                 "description": "Explained recommendations from the served model (docs/serving.md §2). GET with "
-                                "query parameters or POST with the same names in a JSON object. At least one of "
-                                "user_id, stream_id, context; unknown parameters are refused."},
-        "paths": {"/": {
-            "get": {"operationId": "recommendGet", "parameters": get_params, "responses": answers},
-            "post": {"operationId": "recommendPost",
-                     "requestBody": {"required": True, "content": {"application/json": {"schema": body}}},
-                     "responses": {**answers, "413": {
-                         "description": "POST body over DAIHUO_RECOMMEND_MAX_BODY_BYTES (16 KiB), refused before parsing",
-                         "content": {"application/json": {"schema": {"$ref": "#/components/schemas/BadParam"}}}}}},
-            "put": {"operationId": "recommendPut", **wrong},
-            "delete": {"operationId": "recommendDelete", **wrong},
-            "patch": {"operationId": "recommendPatch", **wrong},
-        }},
-        "components": {"schemas": {
-            "Recommendations": {"type": "object", "additionalProperties": False, "required": [
-                "user_id", "stream_id", "k", "items", "strategy", "fallback", "model_version", "timing_ms"],
-                "properties": {
-                    "user_id": {"type": ["string", "null"]}, "stream_id": {"type": ["string", "null"]},
-                    "k": {"type": "integer", "minimum": 1, "maximum": 100},
-                    "items": {"type": "array", "maxItems": 100, "items": {"$ref": "#/components/schemas/Item"}},
-                    "strategy": {"enum": ["personal", "context", "stream", "global"],
-                                 "description": "personal: known user; context: scored from the session items; "
-                                                "stream: the stream's bestsellers; global: global bestsellers"},
-                    "fallback": {"type": ["string", "null"], "description": "null for personal, else why"},
-                    "model_version": {"type": "string", "minLength": 1},
-                    "timing_ms": {"type": "object", "required": ["model", "total"],
-                                  "properties": {"model": {"type": "number", "minimum": 0},
-                                                 "total": {"type": "number", "minimum": 0}}},
-                    "note": {"type": "string", "description": "e.g. no showcase known for the stream"},
-                    "personal": {"type": "boolean", "description": "true only for a verified viewer token whose sub is user_id"},
-                    "identity": {"type": "string", "description": "verified, or why the answer is not personal"}}},
-            "Item": {"type": "object", "required": ["item_id", "title", "score", "parts", "reason"], "properties": {
-                "item_id": {"type": "string", "minLength": 1}, "title": {"type": "string"}, "score": NUM,
-                "parts": {"type": "object", "additionalProperties": False,
-                          "description": "per-source contributions to the score (RoomRanker groups)",
-                          "required": ["buy_again", "history", "cf", "content", "context", "room", "popular", "taste"],
-                          "properties": {g: NUM for g in ("buy_again", "history", "cf", "content", "context", "room",
-                                                          "popular", "taste")}},
-                "reason": {"$ref": "#/components/schemas/Reason"}}},
-            "Reason": {"description": "why the item is recommended, with a sentence in Chinese and in English",
-                       "oneOf": [
-                           _reason("because_you", ["item", "via", "item_title"], {
-                               "item": source, "via": via, "item_title": {"type": "string"},
-                               "action": {"type": ["string", "null"],
-                                          "description": "the user's strongest action on the item (purchase, ...)"}}),
-                           _reason("similar_to", ["item", "via", "item_title"],
-                                   {"item": source, "via": via, "item_title": {"type": "string"}}),
-                           _reason("buy_again", ["times", "last_purchase"], {
-                               "times": {"type": "integer", "minimum": 1}, "last_purchase": {"type": "string"}}),
-                           _reason("buy_often", ["times", "last_purchase"], {
-                               "times": {"type": "integer", "minimum": 3}, "last_purchase": {"type": "string"}}),
-                           _reason("in_history", ["item", "action"], {"item": source, "action": {"type": "string"}}),
-                           _reason("taste", [], {"category": {"type": ["string", "null"]}}),
-                           _reason("popular_in_stream", ["stream"], {"stream": {"type": "string"}}),
-                           _reason("popular", [], {})]},
-            "BadParam": {"type": "object", "required": ["error", "param"], "properties": {
-                "error": {"type": "string"}, "param": {"type": "string"}}},
-            "MethodNotAllowed": {"type": "object", "required": ["error"], "properties": {
-                "error": {"type": "string"}, "allowed": {"type": "array", "items": {"type": "string"}},
-                "message": {"type": "string"}}},
-            "NoModel": {"type": "object", "required": ["error", "retry_after_s"], "properties": {
-                "error": {"type": "string"}, "detail": {"type": ["string", "null"]},
-                "retry_after_s": {"type": "integer", "minimum": 1}}},
-        }},
+        "info": {
+            "title": "Daihuo recommend",
+            "version": "1.0.0",
+            "description": "Explained recommendations from the served model (docs/serving.md §2). GET with "
+            "query parameters or POST with the same names in a JSON object. At least one of "
+            "user_id, stream_id, context; unknown parameters are refused.",
+        },
+        "paths": {
+            "/": {
+                "get": {"operationId": "recommendGet", "parameters": get_params, "responses": answers},
+                "post": {
+                    "operationId": "recommendPost",
+                    "requestBody": {"required": True, "content": {"application/json": {"schema": body}}},
+                    "responses": {
+                        **answers,
+                        "413": {
+                            "description": "POST body over DAIHUO_RECOMMEND_MAX_BODY_BYTES (16 KiB), refused before parsing",
+                            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/BadParam"}}},
+                        },
+                    },
+                },
+                "put": {"operationId": "recommendPut", **wrong},
+                "delete": {"operationId": "recommendDelete", **wrong},
+                "patch": {"operationId": "recommendPatch", **wrong},
+            }
+        },
+        "components": {
+            "schemas": {
+                "Recommendations": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "required": [
+                        "user_id",
+                        "stream_id",
+                        "k",
+                        "items",
+                        "strategy",
+                        "fallback",
+                        "model_version",
+                        "timing_ms",
+                    ],
+                    "properties": {
+                        "user_id": {"type": ["string", "null"]},
+                        "stream_id": {"type": ["string", "null"]},
+                        "k": {"type": "integer", "minimum": 1, "maximum": 100},
+                        "items": {"type": "array", "maxItems": 100, "items": {"$ref": "#/components/schemas/Item"}},
+                        "strategy": {
+                            "enum": ["personal", "context", "stream", "global"],
+                            "description": "personal: known user; context: scored from the session items; "
+                            "stream: the stream's bestsellers; global: global bestsellers",
+                        },
+                        "fallback": {"type": ["string", "null"], "description": "null for personal, else why"},
+                        "model_version": {"type": "string", "minLength": 1},
+                        "timing_ms": {
+                            "type": "object",
+                            "required": ["model", "total"],
+                            "properties": {
+                                "model": {"type": "number", "minimum": 0},
+                                "total": {"type": "number", "minimum": 0},
+                            },
+                        },
+                        "note": {"type": "string", "description": "e.g. no showcase known for the stream"},
+                        "personal": {
+                            "type": "boolean",
+                            "description": "true only for a verified viewer token whose sub is user_id",
+                        },
+                        "identity": {"type": "string", "description": "verified, or why the answer is not personal"},
+                    },
+                },
+                "Item": {
+                    "type": "object",
+                    "required": ["item_id", "title", "score", "parts", "reason"],
+                    "properties": {
+                        "item_id": {"type": "string", "minLength": 1},
+                        "title": {"type": "string"},
+                        "score": NUM,
+                        "parts": {
+                            "type": "object",
+                            "additionalProperties": False,
+                            "description": "per-source contributions to the score (RoomRanker groups)",
+                            "required": [
+                                "buy_again",
+                                "history",
+                                "cf",
+                                "content",
+                                "context",
+                                "room",
+                                "popular",
+                                "taste",
+                            ],
+                            "properties": dict.fromkeys(
+                                ("buy_again", "history", "cf", "content", "context", "room", "popular", "taste"), NUM
+                            ),
+                        },
+                        "reason": {"$ref": "#/components/schemas/Reason"},
+                    },
+                },
+                "Reason": {
+                    "description": "why the item is recommended, with a sentence in Chinese and in English",
+                    "oneOf": [
+                        _reason(
+                            "because_you",
+                            ["item", "via", "item_title"],
+                            {
+                                "item": source,
+                                "via": via,
+                                "item_title": {"type": "string"},
+                                "action": {
+                                    "type": ["string", "null"],
+                                    "description": "the user's strongest action on the item (purchase, ...)",
+                                },
+                            },
+                        ),
+                        _reason(
+                            "similar_to",
+                            ["item", "via", "item_title"],
+                            {"item": source, "via": via, "item_title": {"type": "string"}},
+                        ),
+                        _reason(
+                            "buy_again",
+                            ["times", "last_purchase"],
+                            {"times": {"type": "integer", "minimum": 1}, "last_purchase": {"type": "string"}},
+                        ),
+                        _reason(
+                            "buy_often",
+                            ["times", "last_purchase"],
+                            {"times": {"type": "integer", "minimum": 3}, "last_purchase": {"type": "string"}},
+                        ),
+                        _reason("in_history", ["item", "action"], {"item": source, "action": {"type": "string"}}),
+                        _reason("taste", [], {"category": {"type": ["string", "null"]}}),
+                        _reason("popular_in_stream", ["stream"], {"stream": {"type": "string"}}),
+                        _reason("popular", [], {}),
+                    ],
+                },
+                "BadParam": {
+                    "type": "object",
+                    "required": ["error", "param"],
+                    "properties": {"error": {"type": "string"}, "param": {"type": "string"}},
+                },
+                "MethodNotAllowed": {
+                    "type": "object",
+                    "required": ["error"],
+                    "properties": {
+                        "error": {"type": "string"},
+                        "allowed": {"type": "array", "items": {"type": "string"}},
+                        "message": {"type": "string"},
+                    },
+                },
+                "NoModel": {
+                    "type": "object",
+                    "required": ["error", "retry_after_s"],
+                    "properties": {
+                        "error": {"type": "string"},
+                        "detail": {"type": ["string", "null"]},
+                        "retry_after_s": {"type": "integer", "minimum": 1},
+                    },
+                },
+            }
+        },
     }
 
 
 # ------------------------------------------------------------------------------------- analytics
-STREAM_SORTS = ['stream_id', 'platform', 'start', 'end', 'duration_s', 'unique_viewers', 'sessions',
-                'peak_concurrent', 'avg_concurrent', 'total_watch_s', 'avg_watch_s', 'likes', 'comments', 'shares',
-                'follows', 'gifts', 'gift_value', 'likes_per_min', 'comments_per_min', 'shares_per_min',
-                'follows_per_min', 'gifts_per_min', 'impressions', 'clicks', 'add_to_carts', 'orders', 'units', 'gmv',
-                'refunds', 'refund_units', 'refund_amount', 'ctr', 'cart_rate', 'order_rate', 'conversion_rate',
-                'gpm', 'buyers']  # shared.pipeline.analytics.STREAM_COLS (a test checks they are equal)
-HEADLINE = ["stream_id", "platform", "start", "end", "duration_s", "unique_viewers", "peak_concurrent",
-            "avg_concurrent", "avg_watch_s", "impressions", "clicks", "add_to_carts", "orders", "units", "buyers",
-            "gmv", "gpm", "ctr", "conversion_rate", "refunds", "refund_amount", "likes", "comments", "gifts"]
+STREAM_SORTS = [
+    "stream_id",
+    "platform",
+    "start",
+    "end",
+    "duration_s",
+    "unique_viewers",
+    "sessions",
+    "peak_concurrent",
+    "avg_concurrent",
+    "total_watch_s",
+    "avg_watch_s",
+    "likes",
+    "comments",
+    "shares",
+    "follows",
+    "gifts",
+    "gift_value",
+    "likes_per_min",
+    "comments_per_min",
+    "shares_per_min",
+    "follows_per_min",
+    "gifts_per_min",
+    "impressions",
+    "clicks",
+    "add_to_carts",
+    "orders",
+    "units",
+    "gmv",
+    "refunds",
+    "refund_units",
+    "refund_amount",
+    "ctr",
+    "cart_rate",
+    "order_rate",
+    "conversion_rate",
+    "gpm",
+    "buyers",
+]  # shared.pipeline.analytics.STREAM_COLS (a test checks they are equal)
+HEADLINE = [
+    "stream_id",
+    "platform",
+    "start",
+    "end",
+    "duration_s",
+    "unique_viewers",
+    "peak_concurrent",
+    "avg_concurrent",
+    "avg_watch_s",
+    "impressions",
+    "clicks",
+    "add_to_carts",
+    "orders",
+    "units",
+    "buyers",
+    "gmv",
+    "gpm",
+    "ctr",
+    "conversion_rate",
+    "refunds",
+    "refund_amount",
+    "likes",
+    "comments",
+    "gifts",
+]
 PRODUCT_SORTS = ["gmv", "ctr", "orders", "clicks", "impressions", "units", "conversion_rate"]
 TIME = {"type": ["string", "null"], "format": "date-time"}
 STREAM_ID = {"type": "string", "pattern": "^[A-Za-z0-9._:@%-]{1,200}$", "format": F_STREAM}
@@ -241,14 +482,30 @@ def _obj(required: list[str], props: dict, **extra) -> dict:
 
 
 def analytics() -> dict:
-    cached = {"Cache-Control": {"required": True, "schema": {"type": "string", "pattern": "^private, max-age=[0-9]+$"}},
-              "ETag": {"required": True, "schema": {"type": "string", "pattern": '^"[^"]+"$'},
-                       "description": "the data version; the same for every URL of one version"}}
+    cached = {
+        "Cache-Control": {"required": True, "schema": {"type": "string", "pattern": "^private, max-age=[0-9]+$"}},
+        "ETag": {
+            "required": True,
+            "schema": {"type": "string", "pattern": '^"[^"]+"$'},
+            "description": "the data version; the same for every URL of one version",
+        },
+    }
     no_store = {"Cache-Control": {"required": True, "schema": {"const": "no-store"}}}
-    inm = {"name": "If-None-Match", "in": "header", "required": False, "schema": {"type": "string"},
-           "description": "ETags (list, weak W/ or *); the current one -> 304 without body"}
-    sid = {"name": "stream_id", "in": "path", "required": True, "schema": STREAM_ID,
-           "example": "s-00000", "description": "a stream id (percent-encoded)"}
+    inm = {
+        "name": "If-None-Match",
+        "in": "header",
+        "required": False,
+        "schema": {"type": "string"},
+        "description": "ETags (list, weak W/ or *); the current one -> 304 without body",
+    }
+    sid = {
+        "name": "stream_id",
+        "in": "path",
+        "required": True,
+        "schema": STREAM_ID,
+        "example": "s-00000",
+        "description": "a stream id (percent-encoded)",
+    }
 
     def q(name, schema, description):
         return {"name": name, "in": "query", "required": False, "schema": schema, "description": description}
@@ -268,50 +525,91 @@ def analytics() -> dict:
 
     def op(op_id: str, summary: str, params: list, schema_ref: str | None, *, stream: bool = False) -> dict:
         html = schema_ref is None
-        content = ({"text/html": {"schema": {"type": "string"}}} if html else
-                   {"application/json": {"schema": {"$ref": f"#/components/schemas/{schema_ref}"}}})
+        content = (
+            {"text/html": {"schema": {"type": "string"}}}
+            if html
+            else {"application/json": {"schema": {"$ref": f"#/components/schemas/{schema_ref}"}}}
+        )
         responses = {
-            "200": {"description": "UTF-8 HTML page with inline SVG charts" if html else "UTF-8 JSON",
-                    "headers": cached, "content": content},
+            "200": {
+                "description": "UTF-8 HTML page with inline SVG charts" if html else "UTF-8 JSON",
+                "headers": cached,
+                "content": content,
+            },
             "304": {"description": "If-None-Match matched the current ETag; no body", "headers": cached},
             "400": err(400, "a bad value or an unknown parameter (named in `parameter`)", html),
             "404": err(404, "unknown stream" if stream else "no such resource", html),
             "401": err(401, "no operator identity (docs/dashboard.md)", html),
         }
-        return {"get": {"operationId": op_id, "summary": summary,
-                        "parameters": ([sid] if stream else []) + params + [inm], "responses": responses},
-                **{m: {"operationId": f"{op_id}{m.capitalize()}", "parameters": [sid] if stream else [],
-                       "responses": {"405": err(405, "only GET/HEAD", html)}}
-                   for m in ("post", "put", "delete", "patch")}}
+        return {
+            "get": {
+                "operationId": op_id,
+                "summary": summary,
+                "parameters": ([sid] if stream else []) + params + [inm],
+                "responses": responses,
+            },
+            **{
+                m: {
+                    "operationId": f"{op_id}{m.capitalize()}",
+                    "parameters": [sid] if stream else [],
+                    "responses": {"405": err(405, "only GET/HEAD", html)},
+                }
+                for m in ("post", "put", "delete", "patch")
+            },
+        }
 
     list_params = [
         q("sort", {"enum": STREAM_SORTS, "default": "gmv"}, "any column of the stream table"),
         q("order", {"enum": ["asc", "desc"]}, "default desc; asc for ids and times"),
-        limit, offset,
+        limit,
+        offset,
         q("platform", {"type": "string", "examples": ["douyin", "douyin,kuaishou"]}, "one platform or a comma list"),
-        q("from", {"type": "string", "examples": ["2026-11-27"]},
-          "a date YYYY-MM-DD (whole day) or an ISO 8601 instant; on the stream's start"),
+        q(
+            "from",
+            {"type": "string", "examples": ["2026-11-27"]},
+            "a date YYYY-MM-DD (whole day) or an ISO 8601 instant; on the stream's start",
+        ),
         q("to", {"type": "string", "examples": ["2026-11-28"]}, "inclusive; after `from`"),
     ]
-    ts_params = [q("grain", {"enum": ["minute", "hour"], "default": "minute"}, "bucket grain"),
-                 q("bucket", {"type": "integer", "minimum": 1, "maximum": 60},
-                   "bucket minutes (minute grain only; default: <= ~240 points)")]
-    prod_params = [q("sort", {"enum": PRODUCT_SORTS, "default": "gmv"}, "descending"),
-                   {**limit, "description": "page size, default 20"}, offset]
+    ts_params = [
+        q("grain", {"enum": ["minute", "hour"], "default": "minute"}, "bucket grain"),
+        q(
+            "bucket",
+            {"type": "integer", "minimum": 1, "maximum": 60},
+            "bucket minutes (minute grain only; default: <= ~240 points)",
+        ),
+    ]
+    prod_params = [
+        q("sort", {"enum": PRODUCT_SORTS, "default": "gmv"}, "descending"),
+        {**limit, "description": "page size, default 20"},
+        offset,
+    ]
     paths = {
         "/api/streams": op("listStreams", "streams with headline KPIs: filter, sort, page", list_params, "StreamList"),
         "/api/streams/{stream_id}": op("getStream", "every KPI of one stream", [], "StreamKpis", stream=True),
-        "/api/streams/{stream_id}/timeseries": op("getTimeseries", "per-minute-bucket or hourly series",
-                                                  ts_params, "Timeseries", stream=True),
-        "/api/streams/{stream_id}/funnel": op("getFunnel", "impressions -> clicks -> carts -> orders", [], "Funnel",
-                                              stream=True),
-        "/api/streams/{stream_id}/products": op("getProducts", "per-product KPIs with catalog titles", prod_params,
-                                                "Products", stream=True),
+        "/api/streams/{stream_id}/timeseries": op(
+            "getTimeseries", "per-minute-bucket or hourly series", ts_params, "Timeseries", stream=True
+        ),
+        "/api/streams/{stream_id}/funnel": op(
+            "getFunnel", "impressions -> clicks -> carts -> orders", [], "Funnel", stream=True
+        ),
+        "/api/streams/{stream_id}/products": op(
+            "getProducts", "per-product KPIs with catalog titles", prod_params, "Products", stream=True
+        ),
         "/api/quality": op("getQuality", "clean-run reports", [], "Quality"),
         "/api/models": op("getModels", "model versions and their metrics", [], "Models"),
-        "/": op("pageOverview", "dashboard: streams ranked by GMV and GPM", [
-            q("platform", {"type": "string"}, "as /api/streams"), q("from", {"type": "string"}, "as /api/streams"),
-            q("to", {"type": "string"}, "as /api/streams"), list_params[0], list_params[1]], None),
+        "/": op(
+            "pageOverview",
+            "dashboard: streams ranked by GMV and GPM",
+            [
+                q("platform", {"type": "string"}, "as /api/streams"),
+                q("from", {"type": "string"}, "as /api/streams"),
+                q("to", {"type": "string"}, "as /api/streams"),
+                list_params[0],
+                list_params[1],
+            ],
+            None,
+        ),
         "/streams/{stream_id}": op("pageStream", "dashboard: one stream", [ts_params[1]], None, stream=True),
         "/quality": op("pageQuality", "dashboard: data quality per clean run", [], None),
         "/models": op("pageModels", "dashboard: offline metrics per model version", [], None),
@@ -321,58 +619,162 @@ def analytics() -> dict:
     rate = {"type": ["number", "null"], "minimum": 0}
     return {
         "openapi": "3.1.0",
-        "info": {"title": "Daihuo analytics", "version": "1.0.0",
-                 "description": "KPI JSON API under /api/ and the operators' dashboard (HTML with inline SVG "
-                                "charts); docs/dashboard.md. GET and HEAD only. Every answer of one data version "
-                                "carries the same ETag; errors are no-store."},
+        "info": {
+            "title": "Daihuo analytics",
+            "version": "1.0.0",
+            "description": "KPI JSON API under /api/ and the operators' dashboard (HTML with inline SVG "
+            "charts); docs/dashboard.md. GET and HEAD only. Every answer of one data version "
+            "carries the same ETag; errors are no-store.",
+        },
         "paths": paths,
-        "components": {"schemas": {
-            "Error": _obj(["error", "message"], {
-                "error": {"enum": ["bad_parameter", "unknown_stream", "not_found", "method_not_allowed"]},
-                "message": {"type": "string"}, "parameter": {"type": "string"}, "stream_id": {"type": "string"}}),
-            "StreamList": _obj(["total", "limit", "offset", "sort", "order", "streams"], {
-                "total": count, "limit": {"type": "integer", "minimum": 1, "maximum": 500},
-                "offset": count, "sort": {"enum": STREAM_SORTS}, "order": {"enum": ["asc", "desc"]},
-                "streams": {"type": "array", "maxItems": 500,
-                            "items": _obj(HEADLINE, headline, additionalProperties=False)}}),
-            "StreamKpis": _obj(["stream"], {"stream": _obj(STREAM_SORTS, {c: _kpi(c) for c in STREAM_SORTS})}),
-            "Timeseries": _obj(["stream_id", "grain", "bucket_s", "points"], {
-                "stream_id": {"type": "string"}, "grain": {"enum": ["minute", "hour"]},
-                "bucket_s": {"type": "integer", "minimum": 60, "maximum": 3600},
-                "points": {"type": "array", "items": _obj(["t"], {"t": {"type": "string", "format": "date-time"}},
-                                                          additionalProperties=NUM_OR_NULL)}}),
-            "Funnel": _obj(["stream_id", "steps"], {"stream_id": {"type": "string"}, "steps": {
-                "type": "array", "minItems": 4, "maxItems": 4, "items": _obj(
-                    ["step", "label", "count", "rate_from_previous", "rate_from_first"], {
-                        "step": {"enum": ["impressions", "clicks", "add_to_carts", "orders"]},
-                        "label": {"type": "string"}, "count": count,
-                        "rate_from_previous": rate, "rate_from_first": rate})}}),
-            "Products": _obj(["stream_id", "total", "limit", "offset", "sort", "products"], {
-                "stream_id": {"type": "string"}, "total": count,
-                "limit": {"type": "integer", "minimum": 1, "maximum": 500}, "offset": count,
-                "sort": {"enum": PRODUCT_SORTS}, "products": {"type": "array", "items": _obj(
-                    ["item_id"], {"item_id": {"type": "string"}, "title": {"type": ["string", "null"]},
-                                  "category": {"type": ["string", "null"]},
-                                  **{c: NUM_OR_NULL for c in ["price", "impressions", "clicks", "add_to_carts",
-                                                              "orders", "units", "gmv", "refunds", "ctr",
-                                                              "conversion_rate"]}},
-                    additionalProperties=False)}}),
-            "Quality": _obj(["runs", "reasons"], {
-                "runs": {"type": "array", "items": _obj([], {
-                    "run_id": {"type": "string"}, "rows_in": count, "rows_out": count, "dropped": count,
-                    "duplicates": count, "late": count, "ts_corrected": count,
-                    "dropped_by_reason": {"type": "object", "additionalProperties": count},
-                    "dropped_by_field": {"type": "object", "additionalProperties": count},
-                    "raw_objects": count, "error": {"type": ["string", "null"]}})},
-                "reasons": {"type": "array", "items": {"type": "string"}}}),
-            "Models": _obj(["latest", "models", "metrics"], {
-                "latest": {"type": ["string", "null"], "description": "the version LATEST.json names"},
-                "models": {"type": "array", "description": "models/<v>/meta.json, oldest first",
-                           "items": _obj([], {"version": {"type": "string"}, "created_at": {"type": ["string", "null"]},
-                                              "metrics": {"type": ["object", "null"]},
-                                              "error": {"type": "string"}})},
-                "metrics": {"type": "array", "items": {"type": "string"}}}),
-        }},
+        "components": {
+            "schemas": {
+                "Error": _obj(
+                    ["error", "message"],
+                    {
+                        "error": {"enum": ["bad_parameter", "unknown_stream", "not_found", "method_not_allowed"]},
+                        "message": {"type": "string"},
+                        "parameter": {"type": "string"},
+                        "stream_id": {"type": "string"},
+                    },
+                ),
+                "StreamList": _obj(
+                    ["total", "limit", "offset", "sort", "order", "streams"],
+                    {
+                        "total": count,
+                        "limit": {"type": "integer", "minimum": 1, "maximum": 500},
+                        "offset": count,
+                        "sort": {"enum": STREAM_SORTS},
+                        "order": {"enum": ["asc", "desc"]},
+                        "streams": {
+                            "type": "array",
+                            "maxItems": 500,
+                            "items": _obj(HEADLINE, headline, additionalProperties=False),
+                        },
+                    },
+                ),
+                "StreamKpis": _obj(["stream"], {"stream": _obj(STREAM_SORTS, {c: _kpi(c) for c in STREAM_SORTS})}),
+                "Timeseries": _obj(
+                    ["stream_id", "grain", "bucket_s", "points"],
+                    {
+                        "stream_id": {"type": "string"},
+                        "grain": {"enum": ["minute", "hour"]},
+                        "bucket_s": {"type": "integer", "minimum": 60, "maximum": 3600},
+                        "points": {
+                            "type": "array",
+                            "items": _obj(
+                                ["t"],
+                                {"t": {"type": "string", "format": "date-time"}},
+                                additionalProperties=NUM_OR_NULL,
+                            ),
+                        },
+                    },
+                ),
+                "Funnel": _obj(
+                    ["stream_id", "steps"],
+                    {
+                        "stream_id": {"type": "string"},
+                        "steps": {
+                            "type": "array",
+                            "minItems": 4,
+                            "maxItems": 4,
+                            "items": _obj(
+                                ["step", "label", "count", "rate_from_previous", "rate_from_first"],
+                                {
+                                    "step": {"enum": ["impressions", "clicks", "add_to_carts", "orders"]},
+                                    "label": {"type": "string"},
+                                    "count": count,
+                                    "rate_from_previous": rate,
+                                    "rate_from_first": rate,
+                                },
+                            ),
+                        },
+                    },
+                ),
+                "Products": _obj(
+                    ["stream_id", "total", "limit", "offset", "sort", "products"],
+                    {
+                        "stream_id": {"type": "string"},
+                        "total": count,
+                        "limit": {"type": "integer", "minimum": 1, "maximum": 500},
+                        "offset": count,
+                        "sort": {"enum": PRODUCT_SORTS},
+                        "products": {
+                            "type": "array",
+                            "items": _obj(
+                                ["item_id"],
+                                {
+                                    "item_id": {"type": "string"},
+                                    "title": {"type": ["string", "null"]},
+                                    "category": {"type": ["string", "null"]},
+                                    **dict.fromkeys(
+                                        [
+                                            "price",
+                                            "impressions",
+                                            "clicks",
+                                            "add_to_carts",
+                                            "orders",
+                                            "units",
+                                            "gmv",
+                                            "refunds",
+                                            "ctr",
+                                            "conversion_rate",
+                                        ],
+                                        NUM_OR_NULL,
+                                    ),
+                                },
+                                additionalProperties=False,
+                            ),
+                        },
+                    },
+                ),
+                "Quality": _obj(
+                    ["runs", "reasons"],
+                    {
+                        "runs": {
+                            "type": "array",
+                            "items": _obj(
+                                [],
+                                {
+                                    "run_id": {"type": "string"},
+                                    "rows_in": count,
+                                    "rows_out": count,
+                                    "dropped": count,
+                                    "duplicates": count,
+                                    "late": count,
+                                    "ts_corrected": count,
+                                    "dropped_by_reason": {"type": "object", "additionalProperties": count},
+                                    "dropped_by_field": {"type": "object", "additionalProperties": count},
+                                    "raw_objects": count,
+                                    "error": {"type": ["string", "null"]},
+                                },
+                            ),
+                        },
+                        "reasons": {"type": "array", "items": {"type": "string"}},
+                    },
+                ),
+                "Models": _obj(
+                    ["latest", "models", "metrics"],
+                    {
+                        "latest": {"type": ["string", "null"], "description": "the version LATEST.json names"},
+                        "models": {
+                            "type": "array",
+                            "description": "models/<v>/meta.json, oldest first",
+                            "items": _obj(
+                                [],
+                                {
+                                    "version": {"type": "string"},
+                                    "created_at": {"type": ["string", "null"]},
+                                    "metrics": {"type": ["object", "null"]},
+                                    "error": {"type": "string"},
+                                },
+                            ),
+                        },
+                        "metrics": {"type": "array", "items": {"type": "string"}},
+                    },
+                ),
+            }
+        },
     }
 
 

@@ -6,6 +6,7 @@ Configuration, all from the environment:
                    path / ``file://`` URL (default ``var/store``, the embedded local backend).
 ``PUBSUB_PROJECT_ID`` / ``GOOGLE_CLOUD_PROJECT``  the Pub/Sub project.
 """
+
 from __future__ import annotations
 
 import os

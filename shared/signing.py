@@ -12,6 +12,7 @@ timestamps more than ``MAX_SKEW_S`` (300 s) away from its clock: an old captured
 replayed later. A replay inside the window re-delivers the same ``event_id``s, which the cleaning step
 deduplicates, so it changes nothing downstream.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -56,8 +57,14 @@ def lookup_secret(platform: str, environ: Mapping[str, str] | None = None) -> by
     return value.encode() if value else None
 
 
-def verify(headers: Mapping[str, str], body: bytes, *, now: float | None = None,
-           environ: Mapping[str, str] | None = None, max_skew_s: int = MAX_SKEW_S) -> str:
+def verify(
+    headers: Mapping[str, str],
+    body: bytes,
+    *,
+    now: float | None = None,
+    environ: Mapping[str, str] | None = None,
+    max_skew_s: int = MAX_SKEW_S,
+) -> str:
     """Check a request's signature; return the authenticated platform or raise SignatureError."""
     platform = (headers.get(HEADER_PLATFORM) or "").strip().lower()
     ts_raw = (headers.get(HEADER_TIMESTAMP) or "").strip()

@@ -14,6 +14,7 @@ S3: the ETag (quotes included); local: a per-key counter that never repeats, not
 ``ABSENT`` (``"0"``) as a precondition means "only if the object does not exist".
 See docs/storage.md.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -24,13 +25,27 @@ import re
 import tempfile
 import threading
 import time
-from typing import Any, Callable, Iterator, Protocol, runtime_checkable
+from collections.abc import Callable, Iterator
+from typing import Any, Protocol, runtime_checkable
 from urllib.parse import unquote, urlsplit
 
 __all__ = [
-    "ABSENT", "Generation", "ObjectStore", "StorageError", "NotFound", "PreconditionFailed", "InvalidKey",
-    "GCSStore", "S3Store", "LocalStore", "open_store", "validate_key",
-    "put_json", "get_json", "get_json_with_generation", "update_json",
+    "ABSENT",
+    "Generation",
+    "ObjectStore",
+    "StorageError",
+    "NotFound",
+    "PreconditionFailed",
+    "InvalidKey",
+    "GCSStore",
+    "S3Store",
+    "LocalStore",
+    "open_store",
+    "validate_key",
+    "put_json",
+    "get_json",
+    "get_json_with_generation",
+    "update_json",
 ]
 
 Generation = str
@@ -128,16 +143,18 @@ def _as_generation(gen: Any) -> Generation:
 class ObjectStore(Protocol):
     url: str
 
-    def put(self, key: str, data: bytes, *, content_type: str | None = None,
-            if_generation_match: Generation | None = None) -> Generation: ...
+    def put(
+        self, key: str, data: bytes, *, content_type: str | None = None, if_generation_match: Generation | None = None
+    ) -> Generation: ...
     def get(self, key: str) -> bytes: ...
     def get_with_generation(self, key: str) -> tuple[bytes, Generation]: ...
     def generation(self, key: str) -> Generation | None: ...
     def exists(self, key: str) -> bool: ...
     def list(self, prefix: str = "") -> Iterator[str]: ...
     def delete(self, key: str) -> None: ...
-    def put_if_unchanged(self, key: str, data: bytes, expected: Generation | None, *,
-                         content_type: str | None = None) -> Generation: ...
+    def put_if_unchanged(
+        self, key: str, data: bytes, expected: Generation | None, *, content_type: str | None = None
+    ) -> Generation: ...
 
 
 class _BaseStore:
@@ -166,8 +183,9 @@ class _BaseStore:
     def _name(self, key: str) -> str:
         return self.prefix + validate_key(key)
 
-    def put(self, key: str, data: bytes, *, content_type: str | None = None,
-            if_generation_match: Generation | None = None) -> Generation:
+    def put(
+        self, key: str, data: bytes, *, content_type: str | None = None, if_generation_match: Generation | None = None
+    ) -> Generation:
         """Write ``data``; return the new generation.
 
         ``if_generation_match=None``: unconditional. ``ABSENT`` (or ``0``): only if the object does
@@ -179,8 +197,9 @@ class _BaseStore:
         match = None if if_generation_match is None else _as_generation(if_generation_match)
         return self._put(self._name(key), bytes(data), content_type, match)
 
-    def put_if_unchanged(self, key: str, data: bytes, expected: Generation | None, *,
-                         content_type: str | None = None) -> Generation:
+    def put_if_unchanged(
+        self, key: str, data: bytes, expected: Generation | None, *, content_type: str | None = None
+    ) -> Generation:
         """Compare-and-swap: write only if the generation is still ``expected`` (None = absent)."""
         return self.put(key, data, content_type=content_type, if_generation_match=_as_generation(expected))
 
@@ -231,8 +250,7 @@ def _dump_json(obj: Any) -> bytes:
 
 def put_json(store: ObjectStore, key: str, obj: Any, *, if_generation_match: Generation | None = None) -> Generation:
     """Write ``obj`` as UTF-8 JSON (sorted keys, compact); same precondition rules as ``put``."""
-    return store.put(key, _dump_json(obj), content_type="application/json",
-                     if_generation_match=if_generation_match)
+    return store.put(key, _dump_json(obj), content_type="application/json", if_generation_match=if_generation_match)
 
 
 def get_json(store: ObjectStore, key: str) -> Any:
@@ -247,8 +265,15 @@ def get_json_with_generation(store: ObjectStore, key: str) -> tuple[Any, Generat
 _NO_DEFAULT = object()
 
 
-def update_json(store: ObjectStore, key: str, fn: Callable[[Any], Any], *, default: Any = _NO_DEFAULT,
-                max_attempts: int = 50, backoff: float = 0.005) -> tuple[Any, Generation]:
+def update_json(
+    store: ObjectStore,
+    key: str,
+    fn: Callable[[Any], Any],
+    *,
+    default: Any = _NO_DEFAULT,
+    max_attempts: int = 50,
+    backoff: float = 0.005,
+) -> tuple[Any, Generation]:
     """Read-modify-write a JSON object with compare-and-swap, retrying when another writer won.
 
     ``fn`` gets the current value (``default`` if the object is absent; without a default a missing
@@ -269,7 +294,7 @@ def update_json(store: ObjectStore, key: str, fn: Callable[[Any], Any], *, defau
             return new, store.put_if_unchanged(key, _dump_json(new), gen, content_type="application/json")
         except PreconditionFailed as exc:
             last = exc
-            time.sleep(random.uniform(0, backoff * min(2 ** attempt, 64)))
+            time.sleep(random.uniform(0, backoff * min(2**attempt, 64)))
     assert last is not None
     raise last
 
@@ -435,14 +460,19 @@ class S3Store(_BaseStore):
                     style = os.environ.get("S3_ADDRESSING_STYLE") or "auto"
                     region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
                     self._client = boto3.session.Session().client(
-                        "s3", endpoint_url=self._endpoint_url or s3_endpoint_url(), region_name=region,
-                        config=Config(s3={"addressing_style": style}, retries={"max_attempts": 3, "mode": "standard"}))
+                        "s3",
+                        endpoint_url=self._endpoint_url or s3_endpoint_url(),
+                        region_name=region,
+                        config=Config(s3={"addressing_style": style}, retries={"max_attempts": 3, "mode": "standard"}),
+                    )
         return self._client
 
     @staticmethod
     def _code(exc) -> tuple[str, int]:
         resp = getattr(exc, "response", {}) or {}
-        return str(resp.get("Error", {}).get("Code", "")), int(resp.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
+        return str(resp.get("Error", {}).get("Code", "")), int(
+            resp.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+        )
 
     def _put(self, name, data, content_type, match):
         from botocore.exceptions import ClientError
@@ -580,11 +610,15 @@ class LocalStore(_BaseStore):
         try:
             os.makedirs(os.path.dirname(path), exist_ok=True)
         except (FileExistsError, NotADirectoryError) as exc:
-            raise StorageError(f"{self.url}: cannot store {name!r}: one of its parent segments is an object "
-                               "(the local store cannot hold both 'a' and 'a/b')") from exc
+            raise StorageError(
+                f"{self.url}: cannot store {name!r}: one of its parent segments is an object "
+                "(the local store cannot hold both 'a' and 'a/b')"
+            ) from exc
         if os.path.isdir(path):
-            raise StorageError(f"{self.url}: cannot store {name!r}: other keys live below it "
-                               "(the local store cannot hold both 'a' and 'a/b')")
+            raise StorageError(
+                f"{self.url}: cannot store {name!r}: other keys live below it "
+                "(the local store cannot hold both 'a' and 'a/b')"
+            )
 
     def _write_atomic(self, path: str, data: bytes, name: str) -> None:
         self._make_parent(path, name)
@@ -626,7 +660,8 @@ class LocalStore(_BaseStore):
                 wanted = None if match == ABSENT else match
                 if current != wanted:
                     raise PreconditionFailed(
-                        f"{self.url}: {name!r} is at generation {current}, expected {wanted or 'absent'}")
+                        f"{self.url}: {name!r} is at generation {current}, expected {wanted or 'absent'}"
+                    )
             self._make_parent(path, name)  # refuse file/directory clashes before touching anything
             new = self._read_counter(name) + 1
             # generation first, then data: a crash in between leaves (old data, new gen), which

@@ -3,6 +3,7 @@
 Environment variables the fixtures set are restored afterwards so that tests which need the
 *absence* of an emulator (Pub/Sub down) can control them precisely.
 """
+
 from __future__ import annotations
 
 import os
@@ -16,7 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from shared import emulators  # noqa: E402
+from devtools import emulators  # noqa: E402
 
 LOG_DIR = ROOT / "var" / "test-logs"
 

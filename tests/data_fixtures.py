@@ -14,19 +14,20 @@ with :func:`shared.pipeline.clean.run_clean`. ``runs=2`` splits the raw objects 
 ``models=True`` also writes two model versions (``models/<v>/meta.json`` + ``models/LATEST.json``) in
 the shape the train function writes, for pages that show model metrics.
 """
+
 from __future__ import annotations
 
 import gzip
-from datetime import datetime, timedelta, timezone
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import orjson
 
+from devtools.simulator import Simulation, simulate
 from shared.pipeline.clean import CleanConfig, run_clean
 from shared.pipeline.config import TimeRules
-from shared.simulator import Simulation, simulate
 from shared.storage import ObjectStore, open_store
 
 RECEIVED_AT = "2026-11-29T00:00:00.000Z"  # two days after the default simulated evening (2026-11-27)
@@ -34,12 +35,24 @@ RULES = TimeRules(max_future_s=300, max_past_s=30 * 86400, late_after_s=3600)
 
 # model metadata in the shape written by the train function (models/<version>/meta.json)
 MODEL_METAS = [
-    {"version": "m-20261127T2300-a1", "created_at": "2026-11-27T23:00:00Z", "algorithm": "item-item",
-     "metrics": {"precision@10": 0.071, "recall@10": 0.212, "ndcg@10": 0.143, "map@10": 0.088, "coverage": 0.64},
-     "n_users": 300, "n_items": 60, "n_interactions": 4100},
-    {"version": "m-20261128T0000-b2", "created_at": "2026-11-28T00:00:00Z", "algorithm": "hybrid",
-     "metrics": {"precision@10": 0.083, "recall@10": 0.241, "ndcg@10": 0.167, "map@10": 0.097, "coverage": 0.71},
-     "n_users": 300, "n_items": 60, "n_interactions": 4380},
+    {
+        "version": "m-20261127T2300-a1",
+        "created_at": "2026-11-27T23:00:00Z",
+        "algorithm": "item-item",
+        "metrics": {"precision@10": 0.071, "recall@10": 0.212, "ndcg@10": 0.143, "map@10": 0.088, "coverage": 0.64},
+        "n_users": 300,
+        "n_items": 60,
+        "n_interactions": 4100,
+    },
+    {
+        "version": "m-20261128T0000-b2",
+        "created_at": "2026-11-28T00:00:00Z",
+        "algorithm": "hybrid",
+        "metrics": {"precision@10": 0.083, "recall@10": 0.241, "ndcg@10": 0.167, "map@10": 0.097, "coverage": 0.71},
+        "n_users": 300,
+        "n_items": 60,
+        "n_interactions": 4380,
+    },
 ]
 
 
@@ -56,15 +69,16 @@ def _received_at(row: dict, log: dict, default: str) -> str:
     f = log.get(row.get("event_id"), {})
     ts = f.get("true_ts") or row.get("ts")
     try:
-        t = datetime.fromisoformat(str(ts).replace("Z", "+00:00")).astimezone(timezone.utc)
+        t = datetime.fromisoformat(str(ts).replace("Z", "+00:00")).astimezone(UTC)
     except ValueError:
         return default
     t += timedelta(seconds=2 + float(f.get("delay_s") or 0))
     return t.strftime("%Y-%m-%dT%H:%M:%S.") + f"{t.microsecond // 1000:03d}Z"
 
 
-def raw_objects(sim: Simulation, n_parts: int = 4, received_at: str | None = None,
-                hour: str = "2026-11-27/hour=20") -> list[tuple[str, bytes]]:
+def raw_objects(
+    sim: Simulation, n_parts: int = 4, received_at: str | None = None, hour: str = "2026-11-27/hour=20"
+) -> list[tuple[str, bytes]]:
     """The simulated catalog + events (send order, faults included) as ``n_parts`` raw/ objects.
 
     ``received_at``: one stamp for every row, or None (default) for a realistic stamp per row (2 s
@@ -79,9 +93,14 @@ def raw_objects(sim: Simulation, n_parts: int = 4, received_at: str | None = Non
             rows.append(r.encode())
     size = len(rows) // n_parts + 1
     date, hh = hour.split("/")
-    return [(f"raw/date={date}/{hh}/part-{i:03d}.ndjson.gz",
-             gzip.compress(b"\n".join(rows[i * size:(i + 1) * size]) + b"\n", mtime=0)) for i in range(n_parts)
-            if rows[i * size:(i + 1) * size]]
+    return [
+        (
+            f"raw/date={date}/{hh}/part-{i:03d}.ndjson.gz",
+            gzip.compress(b"\n".join(rows[i * size : (i + 1) * size]) + b"\n", mtime=0),
+        )
+        for i in range(n_parts)
+        if rows[i * size : (i + 1) * size]
+    ]
 
 
 def clean_config(**kw) -> CleanConfig:
@@ -93,24 +112,33 @@ def write_models(store: ObjectStore, metas: list[dict] = MODEL_METAS) -> None:
     for m in metas:
         store.put(f"models/{m['version']}/meta.json", orjson.dumps(m), content_type="application/json")
     if metas:
-        store.put("models/LATEST.json", orjson.dumps({"version": metas[-1]["version"]}),
-                  content_type="application/json")
+        store.put(
+            "models/LATEST.json", orjson.dumps({"version": metas[-1]["version"]}), content_type="application/json"
+        )
 
 
-def build_pipeline_store(root: str | Path, *, seed: int = 5, n_streams: int = 3, n_users: int = 300,
-                         n_items: int = 60, faults: Any = "default", runs: int = 2, models: bool = False,
-                         **sim_overrides: Any) -> BuiltStore:
+def build_pipeline_store(
+    root: str | Path,
+    *,
+    seed: int = 5,
+    n_streams: int = 3,
+    n_users: int = 300,
+    n_items: int = 60,
+    faults: Any = "default",
+    runs: int = 2,
+    models: bool = False,
+    **sim_overrides: Any,
+) -> BuiltStore:
     """Simulate, write raw/, run the clean pipeline ``runs`` times; return the store and the simulation."""
     url = str(root)
     store = open_store(url)
-    sim = simulate(seed=seed, n_streams=n_streams, n_users=n_users, n_items=n_items, faults=faults,
-                   **sim_overrides)
+    sim = simulate(seed=seed, n_streams=n_streams, n_users=n_users, n_items=n_items, faults=faults, **sim_overrides)
     objs = raw_objects(sim, n_parts=max(2, runs * 2))
     per_run = -(-len(objs) // max(1, runs))
     built = BuiltStore(store=store, url=url, sim=sim)
     cfg = clean_config()
     for r in range(max(1, runs)):
-        for key, data in objs[r * per_run:(r + 1) * per_run]:
+        for key, data in objs[r * per_run : (r + 1) * per_run]:
             store.put(key, data, content_type="application/gzip")
         built.summaries.append(run_clean(store, None, cfg))
     if models:

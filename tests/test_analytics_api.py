@@ -2,6 +2,7 @@
 figures computed independently from the simulator's truth), paging, sorting, filters, errors,
 caching (ETag / 304 / reload when the manifest moves). Mostly in-process through
 ``shared.dashboard.app.App``; one module-scoped functions-framework server checks the HTTP adapter."""
+
 from __future__ import annotations
 
 import math
@@ -10,11 +11,11 @@ import pandas as pd
 import pytest
 import requests
 
-from shared import emulators
+from devtools import emulators
+from devtools.simulator import simulate
 from shared.dashboard.app import App
 from shared.pipeline.analytics import STREAM_COLS
 from shared.pipeline.clean import read_analytics, run_clean
-from shared.simulator import simulate
 from shared.storage import open_store
 from tests.data_fixtures import MODEL_METAS, build_pipeline_store, clean_config, raw_objects
 
@@ -75,9 +76,12 @@ def test_gmv_and_orders_match_simulator_truth(app, built):
         assert s["gmv"] == pytest.approx(g["amount"].sum(), rel=1e-9)
         f = {x["step"]: x["count"] for x in get(app, f"/api/streams/{sid}/funnel").json["steps"]}
         ev = exp[exp["stream_id"] == sid]
-        assert f == {"impressions": int((ev.type == "product_impression").sum()),
-                     "clicks": int((ev.type == "product_click").sum()),
-                     "add_to_carts": int((ev.type == "add_to_cart").sum()), "orders": len(g)}
+        assert f == {
+            "impressions": int((ev.type == "product_impression").sum()),
+            "clicks": int((ev.type == "product_click").sum()),
+            "add_to_carts": int((ev.type == "add_to_cart").sum()),
+            "orders": len(g),
+        }
         # per product GMV, from the truth as well
         prods = get(app, f"/api/streams/{sid}/products", limit=500).json["products"]
         want = g.groupby("item_id")["amount"].sum()
@@ -141,8 +145,9 @@ def test_products_sort_and_paging(app, tables, built):
     by_ctr = get(app, f"/api/streams/{sid}/products", sort="ctr", limit=500).json["products"]
     ctr = [p["ctr"] for p in by_ctr if p["ctr"] is not None]
     assert ctr == sorted(ctr, reverse=True)
-    pages = [get(app, f"/api/streams/{sid}/products", limit=4, offset=o).json["products"]
-             for o in range(0, len(items), 4)]
+    pages = [
+        get(app, f"/api/streams/{sid}/products", limit=4, offset=o).json["products"] for o in range(0, len(items), 4)
+    ]
     assert [p["item_id"] for pg in pages for p in pg] == [p["item_id"] for p in full["products"]]
     assert get(app, f"/api/streams/{sid}/products").json["limit"] == 20
 
@@ -151,8 +156,11 @@ def test_streams_paging_sorting_filters(app, tables):
     st = tables["stream"]
     full = get(app, "/api/streams", sort="gpm", order="asc", limit=500).json["streams"]
     assert [s["stream_id"] for s in full] == list(st.sort_values(["gpm", "stream_id"])["stream_id"])
-    paged = [s for o in range(0, len(st), 3) for s in get(app, "/api/streams", sort="gpm", order="asc",
-                                                          limit=3, offset=o).json["streams"]]
+    paged = [
+        s
+        for o in range(0, len(st), 3)
+        for s in get(app, "/api/streams", sort="gpm", order="asc", limit=3, offset=o).json["streams"]
+    ]
     assert paged == full
     assert get(app, "/api/streams", offset=len(st)).json["streams"] == []
     for plat in st["platform"].unique():
@@ -163,7 +171,8 @@ def test_streams_paging_sorting_filters(app, tables):
     # date range on the stream's start: the evening's date keeps all, the next day none
     day = st["start"].min().strftime("%Y-%m-%d")
     assert get(app, "/api/streams", **{"from": day, "to": day}).json["total"] == int(
-        (st["start"].dt.strftime("%Y-%m-%d") == day).sum())
+        (st["start"].dt.strftime("%Y-%m-%d") == day).sum()
+    )
     nxt = (st["start"].max() + pd.Timedelta(days=1)).strftime("%Y-%m-%d")
     assert get(app, "/api/streams", **{"from": nxt}).json["total"] == 0
     cut = st["start"].sort_values().iloc[1]
@@ -189,8 +198,14 @@ def test_quality_and_models(app, built):
 def test_empty_store_and_broken_model_meta(tmp_path):
     store = open_store(str(tmp_path))
     a = App(lambda: store, check_every_s=0)
-    assert get(a, "/api/streams").json == {"total": 0, "limit": 50, "offset": 0, "sort": "gmv", "order": "desc",
-                                          "streams": []}
+    assert get(a, "/api/streams").json == {
+        "total": 0,
+        "limit": 50,
+        "offset": 0,
+        "sort": "gmv",
+        "order": "desc",
+        "streams": [],
+    }
     assert get(a, "/api/quality").json["runs"] == []
     assert get(a, "/api/models").json == {"latest": None, "models": [], "metrics": []}
     for page in ("/", "/quality", "/models"):
@@ -206,28 +221,43 @@ def test_empty_store_and_broken_model_meta(tmp_path):
 
 # ----------------------------------------------------------------------------- errors
 def test_unknown_stream_404(app):
-    for path in ("/api/streams/nope", "/api/streams/nope/timeseries", "/api/streams/nope/funnel",
-                 "/api/streams/nope/products"):
+    for path in (
+        "/api/streams/nope",
+        "/api/streams/nope/timeseries",
+        "/api/streams/nope/funnel",
+        "/api/streams/nope/products",
+    ):
         r = get(app, path)
-        assert r.status == 404 and r.json == {"error": "unknown_stream", "message": "unknown stream 'nope'",
-                                              "stream_id": "nope"}
+        assert r.status == 404 and r.json == {
+            "error": "unknown_stream",
+            "message": "unknown stream 'nope'",
+            "stream_id": "nope",
+        }
     assert get(app, "/api/nothing").status == 404 and get(app, "/api/nothing").json["error"] == "not_found"
     r = get(app, "/streams/nope")
     assert r.status == 404 and r.headers["Content-Type"].startswith("text/html")
 
 
-@pytest.mark.parametrize("path,args,param", [
-    ("/api/streams", {"limit": "x"}, "limit"), ("/api/streams", {"limit": "0"}, "limit"),
-    ("/api/streams", {"limit": "100000"}, "limit"), ("/api/streams", {"offset": "-1"}, "offset"),
-    ("/api/streams", {"sort": "price"}, "sort"), ("/api/streams", {"order": "up"}, "order"),
-    ("/api/streams", {"from": "27/11/2026"}, "from"), ("/api/streams", {"to": "soon"}, "to"),
-    ("/api/streams", {"from": "2026-11-28", "to": "2026-11-26"}, "to"), ("/api/streams", {"colour": "red"}, "colour"),
-    ("/api/streams/s-00000/timeseries", {"grain": "day"}, "grain"),
-    ("/api/streams/s-00000/timeseries", {"bucket": "0"}, "bucket"),
-    ("/api/streams/s-00000/timeseries", {"grain": "hour", "bucket": "5"}, "bucket"),
-    ("/api/streams/s-00000/products", {"sort": "title"}, "sort"),
-    ("/api/streams/s-00000/products", {"limit": "many"}, "limit"),
-])
+@pytest.mark.parametrize(
+    "path,args,param",
+    [
+        ("/api/streams", {"limit": "x"}, "limit"),
+        ("/api/streams", {"limit": "0"}, "limit"),
+        ("/api/streams", {"limit": "100000"}, "limit"),
+        ("/api/streams", {"offset": "-1"}, "offset"),
+        ("/api/streams", {"sort": "price"}, "sort"),
+        ("/api/streams", {"order": "up"}, "order"),
+        ("/api/streams", {"from": "27/11/2026"}, "from"),
+        ("/api/streams", {"to": "soon"}, "to"),
+        ("/api/streams", {"from": "2026-11-28", "to": "2026-11-26"}, "to"),
+        ("/api/streams", {"colour": "red"}, "colour"),
+        ("/api/streams/s-00000/timeseries", {"grain": "day"}, "grain"),
+        ("/api/streams/s-00000/timeseries", {"bucket": "0"}, "bucket"),
+        ("/api/streams/s-00000/timeseries", {"grain": "hour", "bucket": "5"}, "bucket"),
+        ("/api/streams/s-00000/products", {"sort": "title"}, "sort"),
+        ("/api/streams/s-00000/products", {"limit": "many"}, "limit"),
+    ],
+)
 def test_bad_parameters_400(app, path, args, param):
     r = app.handle("GET", path, args)
     assert r.status == 400, r.body
@@ -283,14 +313,18 @@ def test_reload_only_when_manifest_moves(tmp_path):
 @pytest.fixture(scope="module")
 def served(built):
     LOGS.mkdir(parents=True, exist_ok=True)
-    fn = emulators.start_function("analytics", env={"DAIHUO_STORE": built.url, "DAIHUO_OPERATOR_TOKENS": OPERATOR_TOKENS},
-                                  log_dir=LOGS, timeout=60)
+    fn = emulators.start_function(
+        "analytics",
+        env={"DAIHUO_STORE": built.url, "DAIHUO_OPERATOR_TOKENS": OPERATOR_TOKENS},
+        log_dir=LOGS,
+        timeout=60,
+    )
     yield f"http://{fn.host}"
     fn.stop()
 
 
 OPERATOR = "op-token-" + "a" * 24
-OPERATOR_TOKENS = f"op-old-{'b' * 24},{OPERATOR}"   # two tokens: rotation
+OPERATOR_TOKENS = f"op-old-{'b' * 24},{OPERATOR}"  # two tokens: rotation
 AUTH = {"Authorization": f"Bearer {OPERATOR}"}
 
 
@@ -313,7 +347,9 @@ def test_http_adapter(served, tables):
     assert r.content.decode("utf-8").count("<svg") >= 6
     h = requests.head(f"{served}/api/streams", headers=AUTH, timeout=30)
     assert h.status_code == 200 and not h.content
-    r = requests.get(f"{served}/api/streams", params={"platform": "x" * 5000}, headers=AUTH, timeout=30)  # bounded before parsing
+    r = requests.get(
+        f"{served}/api/streams", params={"platform": "x" * 5000}, headers=AUTH, timeout=30
+    )  # bounded before parsing
     assert r.status_code == 414 and r.json()["error"] == "uri_too_long"
 
 
@@ -322,8 +358,13 @@ SECURITY = ("Content-Security-Policy", "X-Content-Type-Options", "Referrer-Polic
 
 @pytest.mark.parametrize("path", ["/", "/api/streams", "/quality", "/models", "/api/quality", "/streams/x"])
 def test_unauthenticated_requests_are_refused(served, path):
-    for headers in ({}, {"Authorization": "Bearer wrong-token-0000000000"}, {"Authorization": OPERATOR},
-                    {"Cookie": "daihuo_operator=nope"}, {"Authorization": "Bearer " + OPERATOR[:-1]}):
+    for headers in (
+        {},
+        {"Authorization": "Bearer wrong-token-0000000000"},
+        {"Authorization": OPERATOR},
+        {"Cookie": "daihuo_operator=nope"},
+        {"Authorization": "Bearer " + OPERATOR[:-1]},
+    ):
         r = requests.get(served + path, headers=headers, timeout=30)
         assert r.status_code == 401, (path, headers, r.status_code)
         assert r.headers["WWW-Authenticate"].startswith("Bearer") and r.headers["Cache-Control"] == "no-store"
@@ -334,7 +375,10 @@ def test_unauthenticated_requests_are_refused(served, path):
 
 def test_operator_token_header_cookie_and_login(served):
     for tok in OPERATOR_TOKENS.split(","):  # both configured tokens work (rotation)
-        assert requests.get(served + "/api/streams", headers={"Authorization": f"Bearer {tok}"}, timeout=30).status_code == 200
+        assert (
+            requests.get(served + "/api/streams", headers={"Authorization": f"Bearer {tok}"}, timeout=30).status_code
+            == 200
+        )
     r = requests.get(served + "/login", params={"token": OPERATOR}, allow_redirects=False, timeout=30)
     assert r.status_code == 303 and r.headers["Location"] == "/"
     cookie = r.headers["Set-Cookie"]
@@ -345,15 +389,25 @@ def test_operator_token_header_cookie_and_login(served):
     assert r.status_code == 200 and "<svg" in r.text
     assert r.headers["Content-Security-Policy"].endswith("frame-ancestors 'none'")
     assert r.headers["X-Content-Type-Options"] == "nosniff" and r.headers["Referrer-Policy"] == "no-referrer"
-    assert requests.get(served + "/login", params={"token": "guess-guess-guess"}, allow_redirects=False,
-                        timeout=30).status_code == 401
+    assert (
+        requests.get(
+            served + "/login", params={"token": "guess-guess-guess"}, allow_redirects=False, timeout=30
+        ).status_code
+        == 401
+    )
 
 
 def test_no_token_configured_refuses_everything_and_iam_mode_trusts_cloud_run(built, tmp_path):
     from shared.dashboard.auth import OperatorAuth
+
     closed = OperatorAuth({})
     assert closed.check("/", {}, {"Authorization": "Bearer anything-at-all-123"}, {})[0] == 401
-    assert OperatorAuth({"DAIHUO_OPERATOR_TOKENS": "short"}).check("/", {}, {"Authorization": "Bearer short"}, {})[0] == 401
+    assert (
+        OperatorAuth({"DAIHUO_OPERATOR_TOKENS": "short"}).check("/", {}, {"Authorization": "Bearer short"}, {})[0]
+        == 401
+    )
     assert OperatorAuth({"DAIHUO_OPERATOR_AUTH": "iam"}).check("/", {}, {}, {}) is None
-    assert OperatorAuth({"DAIHUO_OPERATOR_AUTH": "bogus", "DAIHUO_OPERATOR_TOKENS": OPERATOR}).check(
-        "/", {}, AUTH, {})[0] == 401
+    assert (
+        OperatorAuth({"DAIHUO_OPERATOR_AUTH": "bogus", "DAIHUO_OPERATOR_TOKENS": OPERATOR}).check("/", {}, AUTH, {})[0]
+        == 401
+    )

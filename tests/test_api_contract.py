@@ -10,6 +10,7 @@ schemathesis-generated requests against each function served by functions-framew
 The documents tag user/stream/item ids with custom formats (``shared.openapi.F_*``); the strategies
 registered below draw them mostly from ids that exist in the fixture data, so generation reaches the
 200 answers and not only 400/404 (guard tests assert a share of 200s)."""
+
 from __future__ import annotations
 
 import json
@@ -24,13 +25,19 @@ import schemathesis
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 
-from shared import emulators, openapi
+from devtools import emulators
+from shared import openapi
 from shared.bus import Bus
 from shared.signing import signed_headers
 
 SECRET = "api-contract-secret"
-CHECKS_NAMES = ("not_a_server_error", "status_code_conformance", "content_type_conformance",
-                "response_schema_conformance", "response_headers_conformance")
+CHECKS_NAMES = (
+    "not_a_server_error",
+    "status_code_conformance",
+    "content_type_conformance",
+    "response_schema_conformance",
+    "response_headers_conformance",
+)
 LOGS = emulators.REPO_ROOT / "var" / "test-logs"
 
 
@@ -42,6 +49,7 @@ def test_committed_documents_are_generated(tmp_path):
 
 def _checks():
     from schemathesis import checks
+
     return [getattr(checks, n) for n in CHECKS_NAMES]
 
 
@@ -68,9 +76,16 @@ ingest_schema = schemathesis.openapi.from_path(openapi.OUT_DIR / "ingest.json")
 def ingest_url(pubsub_emulator, tmp_path_factory):
     bus = Bus()
     bus.ensure_topic("viewer-events")
-    fn = emulators.start_function("ingest", env={
-        **pubsub_emulator.env, "DAIHUO_STORE": str(tmp_path_factory.mktemp("api-store")),
-        "DAIHUO_SECRET_DOUYIN": SECRET, "DAIHUO_PUBLISH_TIMEOUT_S": "5"}, log_dir=LOGS)
+    fn = emulators.start_function(
+        "ingest",
+        env={
+            **pubsub_emulator.env,
+            "DAIHUO_STORE": str(tmp_path_factory.mktemp("api-store")),
+            "DAIHUO_SECRET_DOUYIN": SECRET,
+            "DAIHUO_PUBLISH_TIMEOUT_S": "5",
+        },
+        log_dir=LOGS,
+    )
     yield f"http://{fn.host}"
     fn.stop()
     bus.close()
@@ -133,8 +148,9 @@ def world(tmp_path_factory):
     from shared.serving.train import run_train
     from tests.data_fixtures import build_pipeline_store
 
-    built = build_pipeline_store(tmp_path_factory.mktemp("api-world"), seed=SEED, n_streams=N_STREAMS,
-                                 n_users=N_USERS, n_items=N_ITEMS)
+    built = build_pipeline_store(
+        tmp_path_factory.mktemp("api-world"), seed=SEED, n_streams=N_STREAMS, n_users=N_USERS, n_items=N_ITEMS
+    )
     assert set(built.sim.truth.catalog_frame()["item_id"]) <= set(ITEMS)
     env = {"DAIHUO_STORE": built.url, "DAIHUO_MODEL_REFRESH_S": "0.3"}
     reco = emulators.start_function("recommend", env=env, log_dir=LOGS, timeout=60)
@@ -149,9 +165,12 @@ def world(tmp_path_factory):
             break
         time.sleep(0.2)
     assert r.status_code == 200, r.text
-    ana = emulators.start_function("analytics", env={"DAIHUO_STORE": built.url, "DAIHUO_DASHBOARD_CHECK_S": "3600",
-                                                     "DAIHUO_OPERATOR_TOKENS": OPERATOR},
-                                   log_dir=LOGS, timeout=60)
+    ana = emulators.start_function(
+        "analytics",
+        env={"DAIHUO_STORE": built.url, "DAIHUO_DASHBOARD_CHECK_S": "3600", "DAIHUO_OPERATOR_TOKENS": OPERATOR},
+        log_dir=LOGS,
+        timeout=60,
+    )
     yield {"recommend": reco_url, "analytics": f"http://{ana.host}", "before_model": before, "version": res.version}
     reco.stop()
     ana.stop()
@@ -229,17 +248,21 @@ def test_analytics_revalidation_matches_its_document(world):
         op = analytics_schema[path.replace(STREAMS[0], "{stream_id}")]["GET"]
         first = requests.get(world["analytics"] + path, headers=OPERATOR_AUTH, timeout=60)
         assert first.status_code == 200, first.text
-        again = requests.get(world["analytics"] + path, headers={"If-None-Match": first.headers["ETag"], **OPERATOR_AUTH},
-                             timeout=60)
+        again = requests.get(
+            world["analytics"] + path, headers={"If-None-Match": first.headers["ETag"], **OPERATOR_AUTH}, timeout=60
+        )
         assert again.status_code == 304 and again.content == b""
-        case = op.Case(path_parameters={"stream_id": STREAMS[0]} if "{" in op.path else None,
-                       headers={"If-None-Match": first.headers["ETag"]})
+        case = op.Case(
+            path_parameters={"stream_id": STREAMS[0]} if "{" in op.path else None,
+            headers={"If-None-Match": first.headers["ETag"]},
+        )
         case.validate_response(again, checks=_checks())
 
 
 def test_stream_sorts_are_the_tables_columns():
     from shared.dashboard import queries
     from shared.pipeline.analytics import STREAM_COLS
+
     assert openapi.STREAM_SORTS == list(STREAM_COLS)
     assert openapi.HEADLINE == queries.HEADLINE and openapi.PRODUCT_SORTS == list(queries.PRODUCT_SORTS)
 

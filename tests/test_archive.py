@@ -1,12 +1,13 @@
 """archive against Google's Pub/Sub emulator and a local store: ack after write (crash between write
 and ack), partitioning by event time with the documented fallbacks, bounded batches, empty
 subscription, and redelivery in a different batch composition still reaching clean exactly once."""
+
 from __future__ import annotations
 
 import gzip
 import time
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import orjson
 import pytest
@@ -17,13 +18,22 @@ from shared.pipeline.config import TimeRules
 from shared.storage import open_store
 
 RULES = TimeRules(max_future_s=300, max_past_s=30 * 86400, late_after_s=3600)
-NOW = datetime(2026, 11, 29, 5, 30, tzinfo=timezone.utc).timestamp()  # the archive run's clock
+NOW = datetime(2026, 11, 29, 5, 30, tzinfo=UTC).timestamp()  # the archive run's clock
 ACK_DEADLINE_S = 10  # the emulator's minimum: a "crashed" batch is redelivered after this
 
 
 def ev(eid: str, ts: str = "2026-11-27T20:15:00.000Z", rec: str = "2026-11-27T20:15:01.000Z", **kw) -> dict:
-    return {"event_id": eid, "type": "like", "ts": ts, "platform": "douyin", "stream_id": "s-1",
-            "user_id": "u-1", "count": 1, "received_at": rec, **kw}
+    return {
+        "event_id": eid,
+        "type": "like",
+        "ts": ts,
+        "platform": "douyin",
+        "stream_id": "s-1",
+        "user_id": "u-1",
+        "count": 1,
+        "received_at": rec,
+        **kw,
+    }
 
 
 def body(events: list) -> bytes:
@@ -33,6 +43,7 @@ def body(events: list) -> bytes:
 @pytest.fixture(scope="module")
 def bus(pubsub_emulator):
     from shared.bus import Bus
+
     b = Bus()
     yield b
     b.close()
@@ -65,20 +76,26 @@ def drain(bus, sub_name: str, timeout: float = 2.0) -> list:
 
 
 # ------------------------------------------------------------------------------- partitioning
-@pytest.mark.parametrize("line, want", [
-    (ev("a"), "date=2026-11-27/hour=20"),                                             # the event's own ts
-    (ev("b", ts="2026-11-28T04:59:59.000+08:00", rec="2026-11-27T21:00:00Z"), "date=2026-11-27/hour=20"),  # UTC
-    (ev("c", ts="not a time", rec="2026-11-27T22:10:00Z"), "date=2026-11-27/hour=22"),  # unparseable ts
-    (ev("d", ts="2026-11-27T20:15:00", rec="2026-11-27T22:10:00Z"), "date=2026-11-27/hour=22"),  # no offset
-    (ev("e", ts="2026-11-27T23:00:00Z", rec="2026-11-27T20:00:00Z"), "date=2026-11-27/hour=20"),  # > 300 s ahead
-    (ev("f", ts="2026-11-27T21:02:00Z", rec="2026-11-27T20:59:00Z"), "date=2026-11-27/hour=21"),  # 180 s ahead: kept
-    (ev("g", ts="2020-01-01T00:00:00Z", rec="2026-11-27T20:00:00Z"), "date=2026-11-27/hour=20"),  # > 30 days old
-    (ev("h", ts="2026-11-20T03:00:00Z", rec="2026-11-27T20:00:00Z"), "date=2026-11-20/hour=03"),  # late, plausible
-    (ev("i", ts="2026-11-27T20:15:00Z", rec=None), "date=2026-11-27/hour=20"),          # ts without received_at
-    (ev("j", ts=None, rec="bogus"), "date=2026-11-29/hour=05"),                          # neither: the run's time
-    (b'{"event_id": "k", "ts": "2026-11-27T', "date=2026-11-29/hour=05"),                # malformed JSON
-    (b'[1, 2, 3]', "date=2026-11-29/hour=05"),                                           # not an object
-])
+@pytest.mark.parametrize(
+    "line, want",
+    [
+        (ev("a"), "date=2026-11-27/hour=20"),  # the event's own ts
+        (ev("b", ts="2026-11-28T04:59:59.000+08:00", rec="2026-11-27T21:00:00Z"), "date=2026-11-27/hour=20"),  # UTC
+        (ev("c", ts="not a time", rec="2026-11-27T22:10:00Z"), "date=2026-11-27/hour=22"),  # unparseable ts
+        (ev("d", ts="2026-11-27T20:15:00", rec="2026-11-27T22:10:00Z"), "date=2026-11-27/hour=22"),  # no offset
+        (ev("e", ts="2026-11-27T23:00:00Z", rec="2026-11-27T20:00:00Z"), "date=2026-11-27/hour=20"),  # > 300 s ahead
+        (
+            ev("f", ts="2026-11-27T21:02:00Z", rec="2026-11-27T20:59:00Z"),
+            "date=2026-11-27/hour=21",
+        ),  # 180 s ahead: kept
+        (ev("g", ts="2020-01-01T00:00:00Z", rec="2026-11-27T20:00:00Z"), "date=2026-11-27/hour=20"),  # > 30 days old
+        (ev("h", ts="2026-11-20T03:00:00Z", rec="2026-11-27T20:00:00Z"), "date=2026-11-20/hour=03"),  # late, plausible
+        (ev("i", ts="2026-11-27T20:15:00Z", rec=None), "date=2026-11-27/hour=20"),  # ts without received_at
+        (ev("j", ts=None, rec="bogus"), "date=2026-11-29/hour=05"),  # neither: the run's time
+        (b'{"event_id": "k", "ts": "2026-11-27T', "date=2026-11-29/hour=05"),  # malformed JSON
+        (b"[1, 2, 3]", "date=2026-11-29/hour=05"),  # not an object
+    ],
+)
 def test_partition_of(line, want):
     raw = line if isinstance(line, bytes) else orjson.dumps(line)
     assert partition_of(raw, RULES, NOW) == want
@@ -87,14 +104,21 @@ def test_partition_of(line, want):
 def test_partitions_are_objects_and_lines_verbatim(bus, sub, tmp_path):
     topic, name = sub
     store = open_store(tmp_path / "store")
-    lines = [orjson.dumps(ev("p1")), orjson.dumps(ev("p2", ts="2026-11-27T21:30:00Z", rec="2026-11-27T21:30:00Z")),
-             b'{"event_id":"p3" , "type":"like"}', b"not json at all"]
+    lines = [
+        orjson.dumps(ev("p1")),
+        orjson.dumps(ev("p2", ts="2026-11-27T21:30:00Z", rec="2026-11-27T21:30:00Z")),
+        b'{"event_id":"p3" , "type":"like"}',
+        b"not json at all",
+    ]
     bus.publish(topic, b"\n".join(lines))
     s = archive_batch(bus, store, acfg(name), now=NOW)
     assert s["events"] == 4 and s["partitions"] == 3
     keys = sorted(store.list("raw/"))
-    assert [k.rsplit("/", 1)[0] for k in keys] == ["raw/date=2026-11-27/hour=20", "raw/date=2026-11-27/hour=21",
-                                                   "raw/date=2026-11-29/hour=05"]
+    assert [k.rsplit("/", 1)[0] for k in keys] == [
+        "raw/date=2026-11-27/hour=20",
+        "raw/date=2026-11-27/hour=21",
+        "raw/date=2026-11-29/hour=05",
+    ]
     got = sorted(x for k in keys for x in gzip.decompress(store.get(k)).splitlines() if x)
     assert got == sorted(lines)  # bytes exactly as published
     assert not drain(bus, name)  # acked
@@ -104,9 +128,11 @@ def test_partitions_are_objects_and_lines_verbatim(bus, sub, tmp_path):
 def test_crash_between_write_and_ack_is_redelivered_and_rewrites_nothing(bus, sub, tmp_path):
     topic, name = sub
     store = open_store(tmp_path / "store")
-    events = [ev(f"c{i}", ts=f"2026-11-27T{20 + i % 3}:00:00Z", rec=f"2026-11-27T{20 + i % 3}:00:05Z") for i in range(30)]
+    events = [
+        ev(f"c{i}", ts=f"2026-11-27T{20 + i % 3}:00:00Z", rec=f"2026-11-27T{20 + i % 3}:00:05Z") for i in range(30)
+    ]
     for i in range(0, 30, 10):
-        bus.publish(topic, body(events[i:i + 10]))
+        bus.publish(topic, body(events[i : i + 10]))
     with pytest.raises(RuntimeError, match="injected crash"):
         run_archive(bus, store, acfg(name), now=NOW, crash_after="write")
     keys = sorted(store.list("raw/"))
@@ -133,7 +159,7 @@ def test_batches_are_bounded_and_the_excess_is_redelivered(bus, sub, tmp_path):
     store = open_store(tmp_path / "store")
     events = [ev(f"b{i:03d}") for i in range(120)]
     for i in range(0, 120, 10):  # 12 messages of 10 lines
-        bus.publish(topic, body(events[i:i + 10]))
+        bus.publish(topic, body(events[i : i + 10]))
     sizes = []
     deadline = time.monotonic() + 60
     while sum(sizes) < 120 and time.monotonic() < deadline:  # nacked messages come back after a backoff
@@ -146,7 +172,7 @@ def test_batches_are_bounded_and_the_excess_is_redelivered(bus, sub, tmp_path):
     # a tick runs several bounded batches until the backlog is drained
     store2 = open_store(tmp_path / "store2")
     for i in range(0, 120, 10):
-        bus.publish(topic, body([dict(e, event_id="t" + e["event_id"]) for e in events[i:i + 10]]))
+        bus.publish(topic, body([dict(e, event_id="t" + e["event_id"]) for e in events[i : i + 10]]))
     events, batches = 0, 0
     deadline = time.monotonic() + 60
     while events < 120 and time.monotonic() < deadline:

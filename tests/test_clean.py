@@ -1,5 +1,6 @@
 """clean in-process over the local store: exact outcome per simulated row, dedupe across runs,
 crash + rerun, two concurrent runs, skew rules."""
+
 from __future__ import annotations
 
 import gzip
@@ -10,9 +11,9 @@ import orjson
 import pandas as pd
 import pytest
 
-from shared.pipeline.clean import CleanConfig, load_manifest, read_clean, run_clean, InjectedCrash, clean_tables
+from devtools.simulator import INVALID_KINDS, simulate
+from shared.pipeline.clean import CleanConfig, InjectedCrash, clean_tables, load_manifest, read_clean, run_clean
 from shared.pipeline.config import TimeRules
-from shared.simulator import INVALID_KINDS, simulate
 from shared.storage import open_store
 
 # the simulated evening is 2026-11-27; received 2 days later: nothing in the future, nothing implausible
@@ -30,8 +31,13 @@ def raw_objects(sim, n_parts=3, rec=REC):
     for r in list(sim.catalog) + list(sim.events):
         rows.append(orjson.dumps(dict(r, received_at=rec)) if isinstance(r, dict) else r.encode())
     size = len(rows) // n_parts + 1
-    return [(f"raw/date=2026-11-27/hour=00/part{i}.ndjson.gz",
-             gzip.compress(b"\n".join(rows[i * size:(i + 1) * size]) + b"\n")) for i in range(n_parts)]
+    return [
+        (
+            f"raw/date=2026-11-27/hour=00/part{i}.ndjson.gz",
+            gzip.compress(b"\n".join(rows[i * size : (i + 1) * size]) + b"\n"),
+        )
+        for i in range(n_parts)
+    ]
 
 
 def cfg(**kw):
@@ -63,7 +69,11 @@ def check_exact(sim, clean: pd.DataFrame, quarantine: list[dict]):
             assert rows[0]["field"] == f["field"], (key, f, rows[0])
         got[rows[0]["reason"]] += 1
     assert all(q["reason"] for q in quarantine)
-    reason_of = {"unknown_item": "unknown_item", "negative_quantity": "impossible_value", "malformed_json": "unparseable"}
+    reason_of = {
+        "unknown_item": "unknown_item",
+        "negative_quantity": "impossible_value",
+        "malformed_json": "unparseable",
+    }
     for key, f in bad.items():
         if key.startswith("line:") and f["kind"] == "malformed_json":
             assert any(q["reason"] == "unparseable" and q["raw"].rstrip("\n") == f["raw"] for q in quarantine)
@@ -83,8 +93,9 @@ def test_clean_tables_exact(sim):
     q = out["quarantine"].to_pylist()
     check_exact(sim, out["clean"].to_pandas(), q)
     rep = out["report"]
-    assert rep["duplicates"] == sum(1 for f in sim.truth.fault_log.values() if f["kind"] == "duplicate") + \
-        sum(1 for f in sim.truth.fault_log.values() for a in f.get("also", []) if a["kind"] == "duplicate")
+    assert rep["duplicates"] == sum(1 for f in sim.truth.fault_log.values() if f["kind"] == "duplicate") + sum(
+        1 for f in sim.truth.fault_log.values() for a in f.get("also", []) if a["kind"] == "duplicate"
+    )
     assert rep["rows_in"] == len(sim.events) + len(sim.catalog)
     assert rep["rows_in"] == rep["rows_out"] + rep["dropped"] + rep["duplicates"] + rep["catalog_rows"]
     exp = sim.truth.expected_clean()
@@ -117,6 +128,7 @@ def test_run_twice_replay_crash_and_concurrency(sim, tmp_path):
     def worker():
         barrier.wait()
         results.append(run_clean(store, None, cfg()))
+
     ts = [threading.Thread(target=worker) for _ in range(2)]
     [t.start() for t in ts]
     [t.join() for t in ts]
@@ -134,7 +146,10 @@ def test_run_twice_replay_crash_and_concurrency(sim, tmp_path):
             q.append(row)
     check_exact(sim, clean, q)
     # clean/ listing (not only the manifest) holds each event once: reruns reuse the run's names
-    import io, pyarrow.parquet as pq
+    import io
+
+    import pyarrow.parquet as pq
+
     ids = []
     for k in store.list("clean/"):
         ids += pq.read_table(io.BytesIO(store.get(k)), columns=["event_id"]).column(0).to_pylist()
@@ -145,11 +160,13 @@ def test_run_twice_replay_crash_and_concurrency(sim, tmp_path):
 
 def test_skew_and_late_rules(tmp_path):
     base = {"type": "like", "platform": "douyin", "stream_id": "s-1", "user_id": "u-1", "count": 2}
-    rows = [dict(base, event_id="ok", ts="2026-11-27T20:00:00.000Z", received_at="2026-11-27T20:00:01.000Z"),
-            dict(base, event_id="future", ts="2026-11-27T23:00:00+08:00", received_at="2026-11-27T14:00:00.000Z"),
-            dict(base, event_id="late", ts="2026-11-27T10:00:00.000Z", received_at="2026-11-27T14:00:00.000Z"),
-            dict(base, event_id="ancient", ts="2020-01-01T00:00:00.000Z", received_at="2026-11-27T14:00:00.000Z"),
-            dict(base, event_id="plus8", ts="2026-11-28T04:00:00.000+08:00", received_at="2026-11-27T20:00:02.000Z")]
+    rows = [
+        dict(base, event_id="ok", ts="2026-11-27T20:00:00.000Z", received_at="2026-11-27T20:00:01.000Z"),
+        dict(base, event_id="future", ts="2026-11-27T23:00:00+08:00", received_at="2026-11-27T14:00:00.000Z"),
+        dict(base, event_id="late", ts="2026-11-27T10:00:00.000Z", received_at="2026-11-27T14:00:00.000Z"),
+        dict(base, event_id="ancient", ts="2020-01-01T00:00:00.000Z", received_at="2026-11-27T14:00:00.000Z"),
+        dict(base, event_id="plus8", ts="2026-11-28T04:00:00.000+08:00", received_at="2026-11-27T20:00:02.000Z"),
+    ]
     data = b"\n".join(orjson.dumps(r) for r in rows)
     out = clean_tables([("raw/x.ndjson.gz", data)], cfg()).get("clean").to_pandas().set_index("event_id")
     ts = out["ts"].dt.strftime("%Y-%m-%dT%H:%M:%S")
@@ -162,10 +179,25 @@ def test_skew_and_late_rules(tmp_path):
 
 
 def test_fills_defaults():
-    rows = [{"event_id": "c1", "type": "add_to_cart", "ts": "2026-11-27T20:00:00Z", "platform": "p",
-             "stream_id": "s", "user_id": "u", "item_id": "i"},
-            {"event_id": "l1", "type": "like", "ts": "2026-11-27T20:00:00Z", "platform": "p", "stream_id": "s",
-             "user_id": "u"}]
+    rows = [
+        {
+            "event_id": "c1",
+            "type": "add_to_cart",
+            "ts": "2026-11-27T20:00:00Z",
+            "platform": "p",
+            "stream_id": "s",
+            "user_id": "u",
+            "item_id": "i",
+        },
+        {
+            "event_id": "l1",
+            "type": "like",
+            "ts": "2026-11-27T20:00:00Z",
+            "platform": "p",
+            "stream_id": "s",
+            "user_id": "u",
+        },
+    ]
     out = clean_tables([("raw/x.ndjson.gz", b"\n".join(orjson.dumps(r) for r in rows))], cfg())["clean"]
     df = out.to_pandas().set_index("event_id")
     assert df.loc["c1", "quantity"] == 1 and df.loc["c1", "currency"] == "CNY"
@@ -176,9 +208,12 @@ def test_parquet_outputs_keep_the_arrow_schema(sim, tmp_path):
     """clean/, catalog/ and the dedupe index are written by DuckDB COPY: pyarrow must read exactly the
     declared schemas (dictionary ids, int32, UTC timestamps, nullable columns), as readers expect."""
     import io
+
     import pyarrow as pa
     import pyarrow.parquet as pq
+
     from shared.pipeline.clean import CATALOG_SCHEMA, CLEAN_SCHEMA
+
     store = open_store(tmp_path / "store")
     for k, b in raw_objects(sim):
         store.put(k, b)
@@ -198,20 +233,33 @@ def test_parquet_outputs_keep_the_arrow_schema(sim, tmp_path):
 
 # ------------------------------------------------------------------ late catalog, raw rows, replay
 def _ev(eid, type_="purchase", item="sku-late", **kw):
-    return {"event_id": eid, "type": type_, "ts": "2026-11-28T20:00:00.000Z", "platform": "douyin",
-            "stream_id": "s-1", "user_id": "u-1", "item_id": item, "price": 100.0, "quantity": 1,
-            "received_at": "2026-11-28T20:00:01.000Z", **kw}
+    return {
+        "event_id": eid,
+        "type": type_,
+        "ts": "2026-11-28T20:00:00.000Z",
+        "platform": "douyin",
+        "stream_id": "s-1",
+        "user_id": "u-1",
+        "item_id": item,
+        "price": 100.0,
+        "quantity": 1,
+        "received_at": "2026-11-28T20:00:01.000Z",
+        **kw,
+    }
 
 
 def _put_raw(store, name, rows):
-    store.put(f"raw/date=2026-11-28/hour=20/{name}.ndjson.gz",
-              gzip.compress(b"\n".join(orjson.dumps(r) for r in rows) + b"\n"))
+    store.put(
+        f"raw/date=2026-11-28/hour=20/{name}.ndjson.gz",
+        gzip.compress(b"\n".join(orjson.dumps(r) for r in rows) + b"\n"),
+    )
 
 
 def test_purchases_before_the_catalog_are_kept_and_counted(tmp_path):
     """Default (unknown_items=keep): a purchase/click of an item no catalog named yet is clean, counted
     in GMV; the catalog arriving in a later run changes nothing that was counted."""
     from shared.pipeline.clean import read_analytics
+
     store = open_store(tmp_path / "store")
     click = {k: v for k, v in _ev("c-1", "product_click").items() if k not in ("price", "quantity")}
     _put_raw(store, "a", [_ev("p-1"), click])
@@ -219,18 +267,33 @@ def test_purchases_before_the_catalog_are_kept_and_counted(tmp_path):
     assert s["status"] == "committed" and s["dropped"] == 0 and s["uncatalogued_purchases"] == 1
     assert set(read_clean(store).to_pandas()["event_id"]) == {"p-1", "c-1"}
     assert read_analytics(store, "stream").to_pandas()["gmv"].sum() == 100.0
-    _put_raw(store, "b", [{"event_id": "cat-1", "type": "catalog_item", "ts": "2026-11-28T21:00:00.000Z",
-                           "platform": "douyin", "item_id": "sku-late", "title": "迟到的商品", "price": 100.0,
-                           "received_at": "2026-11-28T21:00:01.000Z"}])
+    _put_raw(
+        store,
+        "b",
+        [
+            {
+                "event_id": "cat-1",
+                "type": "catalog_item",
+                "ts": "2026-11-28T21:00:00.000Z",
+                "platform": "douyin",
+                "item_id": "sku-late",
+                "title": "迟到的商品",
+                "price": 100.0,
+                "received_at": "2026-11-28T21:00:01.000Z",
+            }
+        ],
+    )
     s = run_clean(store, None, CleanConfig(rules=RULES, tmp_dir=None, threads=2))
     assert s["catalog_items"] == 1 and read_analytics(store, "stream").to_pandas()["gmv"].sum() == 100.0
 
 
 def test_quarantined_rows_carry_raw_and_replay_exactly_once(tmp_path):
     from shared.pipeline.replay import replay
+
     store = open_store(tmp_path / "store")
-    _put_raw(store, "a", [_ev("ok-1", "add_to_cart"), _ev("bad-1", "add_to_cart", quantity=-2),
-                          _ev("unk-1")])  # unknown item, in the old "quarantine" mode
+    _put_raw(
+        store, "a", [_ev("ok-1", "add_to_cart"), _ev("bad-1", "add_to_cart", quantity=-2), _ev("unk-1")]
+    )  # unknown item, in the old "quarantine" mode
     s = run_clean(store, None, cfg())
     assert s["dropped"] == 2
     q = quarantine_rows(store)
@@ -242,7 +305,10 @@ def test_quarantined_rows_carry_raw_and_replay_exactly_once(tmp_path):
         if raw["event_id"] == "bad-1":
             raw["quantity"] = 2
         fixed.append({**r, "raw": orjson.dumps(raw).decode()})
-    still_bad = {**q[0], "raw": orjson.dumps({**orjson.loads(q[0]["raw"]), "event_id": "bad-2", "quantity": -1}).decode()}
+    still_bad = {
+        **q[0],
+        "raw": orjson.dumps({**orjson.loads(q[0]["raw"]), "event_id": "bad-2", "quantity": -1}).decode(),
+    }
     out = replay(store, fixed + [still_bad])
     assert len(out["objects"]) == 1 and not out["refused"]
     again = replay(store, fixed + [still_bad])  # the same fix replayed twice: a no-op

@@ -1,5 +1,6 @@
 """The event contract: hand-made cases, the published JSON Schema agreeing with the validator, and
 property-based tests (hypothesis): no input crashes the validator; every rejection names a reason."""
+
 from __future__ import annotations
 
 import json
@@ -34,8 +35,16 @@ def test_every_type_has_a_model():
 def test_valid_event_of_each_type():
     for t in ALL_TYPES:
         if t == "catalog_item":
-            ev = {"event_id": "c-1", "type": t, "ts": "2026-11-27T12:00:00+08:00", "platform": "douyin",
-                  "item_id": "sku-1", "title": "夏季 纯棉 T恤 男", "price": 59, "stream_ids": ["s-1"]}
+            ev = {
+                "event_id": "c-1",
+                "type": t,
+                "ts": "2026-11-27T12:00:00+08:00",
+                "platform": "douyin",
+                "item_id": "sku-1",
+                "title": "夏季 纯棉 T恤 男",
+                "price": 59,
+                "stream_ids": ["s-1"],
+            }
         else:
             ev = factories.event(t)
         record, reasons = validate_record(ev)
@@ -44,23 +53,35 @@ def test_valid_event_of_each_type():
         assert schema_valid(ev)
 
 
-@pytest.mark.parametrize("mutate, reason", [
-    (lambda e: e.update(price=-1), "price: Input should be greater than or equal to 0"),
-    (lambda e: e.update(price="12"), "price: Input should be a valid number"),
-    (lambda e: e.update(price=True), "price: Input should be a valid number"),
-    (lambda e: e.update(price=float("inf")), "price: Input should be a finite number"),
-    (lambda e: e.update(quantity=0), "quantity: Input should be greater than or equal to 1"),
-    (lambda e: e.update(quantity=1.5), "quantity: Input should be a valid integer"),
-    (lambda e: e.update(currency="cny"), "currency: String should match pattern '^[A-Z]{3}$'"),
-    (lambda e: e.pop("item_id"), "item_id: Field required"),
-    (lambda e: e.pop("price"), "price: Field required"),
-    (lambda e: e.update(ts="2026-11-27 20:15:03"), "ts: Value error, expected an RFC 3339 date-time with offset, e.g. 2026-11-27T20:15:03.120Z"),
-    (lambda e: e.update(ts="2026-11-27T20:15:03"), "ts: Value error, expected an RFC 3339 date-time with offset, e.g. 2026-11-27T20:15:03.120Z"),
-    (lambda e: e.update(ts="2026-02-30T20:15:03Z"), "ts: Value error, not a real date-time (day is out of range for month)"),
-    (lambda e: e.update(user_id="u 1"), "user_id: String should match pattern '^[A-Za-z0-9._:@-]{1,128}$'"),
-    (lambda e: e.update(coupon="X"), "coupon: unknown field (put free-form data in props)"),
-    (lambda e: e.update(props={"a": {"nested": 1}}), None),
-])
+@pytest.mark.parametrize(
+    "mutate, reason",
+    [
+        (lambda e: e.update(price=-1), "price: Input should be greater than or equal to 0"),
+        (lambda e: e.update(price="12"), "price: Input should be a valid number"),
+        (lambda e: e.update(price=True), "price: Input should be a valid number"),
+        (lambda e: e.update(price=float("inf")), "price: Input should be a finite number"),
+        (lambda e: e.update(quantity=0), "quantity: Input should be greater than or equal to 1"),
+        (lambda e: e.update(quantity=1.5), "quantity: Input should be a valid integer"),
+        (lambda e: e.update(currency="cny"), "currency: String should match pattern '^[A-Z]{3}$'"),
+        (lambda e: e.pop("item_id"), "item_id: Field required"),
+        (lambda e: e.pop("price"), "price: Field required"),
+        (
+            lambda e: e.update(ts="2026-11-27 20:15:03"),
+            "ts: Value error, expected an RFC 3339 date-time with offset, e.g. 2026-11-27T20:15:03.120Z",
+        ),
+        (
+            lambda e: e.update(ts="2026-11-27T20:15:03"),
+            "ts: Value error, expected an RFC 3339 date-time with offset, e.g. 2026-11-27T20:15:03.120Z",
+        ),
+        (
+            lambda e: e.update(ts="2026-02-30T20:15:03Z"),
+            "ts: Value error, not a real date-time (day is out of range for month)",
+        ),
+        (lambda e: e.update(user_id="u 1"), "user_id: String should match pattern '^[A-Za-z0-9._:@-]{1,128}$'"),
+        (lambda e: e.update(coupon="X"), "coupon: unknown field (put free-form data in props)"),
+        (lambda e: e.update(props={"a": {"nested": 1}}), None),
+    ],
+)
 def test_each_bad_field_is_named(mutate, reason):
     ev = factories.event("purchase")
     mutate(ev)
@@ -84,7 +105,8 @@ def test_unknown_and_missing_type():
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(max_size=20),
     lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=5),
-    max_leaves=20)
+    max_leaves=20,
+)
 
 
 @settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
@@ -99,27 +121,68 @@ def test_arbitrary_json_never_crashes_and_rejections_have_reasons(value):
 # Valid events of every type with 0-2 fields changed to plausible or implausible values (or removed):
 # the validator and the published JSON Schema must agree on every one of them.
 ids = st.sampled_from(["u-1", "sku-9", "s:42", "a" * 128, "a" * 129, "", "u 1", "用户", 7, None])
-stamps = st.sampled_from(["2026-11-27T20:15:03.120Z", "2026-11-27T20:15:03+08:00", "2026-11-27t20:15:03z",
-                          "2026-11-27T20:15:03", "2026-13-01T00:00:00Z", "2026-02-29T00:00:00Z",
-                          "2024-02-29T00:00:00Z", "2026-11-27T24:00:00Z", "20261127T201503Z", 1795810503, None])
-money = st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers(-10, 10**10), st.booleans(),
-                  st.sampled_from(["1.0", None]))
+stamps = st.sampled_from(
+    [
+        "2026-11-27T20:15:03.120Z",
+        "2026-11-27T20:15:03+08:00",
+        "2026-11-27t20:15:03z",
+        "2026-11-27T20:15:03",
+        "2026-13-01T00:00:00Z",
+        "2026-02-29T00:00:00Z",
+        "2024-02-29T00:00:00Z",
+        "2026-11-27T24:00:00Z",
+        "20261127T201503Z",
+        1795810503,
+        None,
+    ]
+)
+money = st.one_of(
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.integers(-10, 10**10),
+    st.booleans(),
+    st.sampled_from(["1.0", None]),
+)
 changes = {
-    "event_id": ids, "ts": stamps, "platform": ids, "stream_id": ids, "user_id": ids, "item_id": ids,
-    "type": st.sampled_from(ALL_TYPES + ("superchat", 3)), "price": money, "gift_value": money,
-    "quantity": st.one_of(st.integers(-2, 20_000), st.floats(0, 5)), "currency": st.sampled_from(["CNY", "usd", "EURO", None]),
-    "title": st.text(max_size=3), "description": st.text(max_size=3) | st.none(), "category": st.text(max_size=3),
-    "stream_ids": st.lists(ids, max_size=3), "count": st.integers(-1, 3), "text": st.text(max_size=5),
-    "order_id": ids, "props": st.dictionaries(st.text(max_size=3), st.integers() | st.text(max_size=3) | st.lists(st.none()), max_size=3),
-    "schema_version": st.sampled_from([1, 2, "1"]), "bogus": st.just(1)}
+    "event_id": ids,
+    "ts": stamps,
+    "platform": ids,
+    "stream_id": ids,
+    "user_id": ids,
+    "item_id": ids,
+    "type": st.sampled_from(ALL_TYPES + ("superchat", 3)),
+    "price": money,
+    "gift_value": money,
+    "quantity": st.one_of(st.integers(-2, 20_000), st.floats(0, 5)),
+    "currency": st.sampled_from(["CNY", "usd", "EURO", None]),
+    "title": st.text(max_size=3),
+    "description": st.text(max_size=3) | st.none(),
+    "category": st.text(max_size=3),
+    "stream_ids": st.lists(ids, max_size=3),
+    "count": st.integers(-1, 3),
+    "text": st.text(max_size=5),
+    "order_id": ids,
+    "props": st.dictionaries(
+        st.text(max_size=3), st.integers() | st.text(max_size=3) | st.lists(st.none()), max_size=3
+    ),
+    "schema_version": st.sampled_from([1, 2, "1"]),
+    "bogus": st.just(1),
+}
 
 
 @st.composite
 def mutated_events(draw):
     t = draw(st.sampled_from(ALL_TYPES))
     if t == "catalog_item":
-        ev = {"event_id": "c-1", "type": t, "ts": "2026-11-27T12:00:00+08:00", "platform": "douyin",
-              "item_id": "sku-1", "title": "夏季 纯棉 T恤 男", "price": 59, "stream_ids": ["s-1"]}
+        ev = {
+            "event_id": "c-1",
+            "type": t,
+            "ts": "2026-11-27T12:00:00+08:00",
+            "platform": "douyin",
+            "item_id": "sku-1",
+            "title": "夏季 纯棉 T恤 男",
+            "price": 59,
+            "stream_ids": ["s-1"],
+        }
     else:
         ev = factories.event(t)
     for name in draw(st.lists(st.sampled_from(sorted(changes)), max_size=2, unique=True)):

@@ -7,44 +7,60 @@ they replace docs/img/dashboard-*.png (shown in the README), so a plain test run
 
 Chromium missing is a failure with instructions, not a skip: CI installs it (.ci/run).
 """
+
 from __future__ import annotations
 
 import os
 import re
 import shutil
-from pathlib import Path
 
 import pytest
 
-from shared import emulators
+from devtools import emulators
 from tests.data_fixtures import build_pipeline_store
 
 ROOT = emulators.REPO_ROOT
 IMG = ROOT / "docs" / "img" if os.environ.get("DAIHUO_UPDATE_SCREENSHOTS") == "1" else ROOT / "var" / "test-logs"
 LOGS = ROOT / "var" / "test-logs"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run", "--disable-dev-shm-usage"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-dev-shm-usage",
+]
 _CJK = re.compile(r"[\u4e00-\u9fff]")
 OPERATOR = "browser-operator-token-0123456789"
 SECURITY_HEADERS = {"content-security-policy", "x-content-type-options", "referrer-policy", "x-frame-options"}
 
 
 def chromium_path() -> str:
-    for p in (os.environ.get("DAIHUO_CHROMIUM"), "/usr/bin/chromium", shutil.which("chromium"),
-              shutil.which("chromium-browser"), shutil.which("google-chrome")):
+    for p in (
+        os.environ.get("DAIHUO_CHROMIUM"),
+        "/usr/bin/chromium",
+        shutil.which("chromium"),
+        shutil.which("chromium-browser"),
+        shutil.which("google-chrome"),
+    ):
         if p and os.path.exists(p):
             return p
-    pytest.fail("Chromium is not installed: the dashboard browser test needs it. Install it with "
-                "`apt-get install -y chromium fonts-noto-cjk` (CI's .ci/run does), or point DAIHUO_CHROMIUM "
-                "at a Chrome/Chromium binary.", pytrace=False)
+    pytest.fail(
+        "Chromium is not installed: the dashboard browser test needs it. Install it with "
+        "`apt-get install -y chromium fonts-noto-cjk` (CI's .ci/run does), or point DAIHUO_CHROMIUM "
+        "at a Chrome/Chromium binary.",
+        pytrace=False,
+    )
 
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     built = build_pipeline_store(tmp_path_factory.mktemp("dash-store"), seed=5, n_streams=3, models=True)
     LOGS.mkdir(parents=True, exist_ok=True)
-    fn = emulators.start_function("analytics", env={"DAIHUO_STORE": built.url, "DAIHUO_OPERATOR_TOKENS": OPERATOR},
-                                  log_dir=LOGS, timeout=60)
+    fn = emulators.start_function(
+        "analytics", env={"DAIHUO_STORE": built.url, "DAIHUO_OPERATOR_TOKENS": OPERATOR}, log_dir=LOGS, timeout=60
+    )
     yield built, f"http://{fn.host}"
     fn.stop()
 
@@ -68,18 +84,23 @@ def open_page(browser, url: str, width: int = 1280, height: int = 900, login: bo
     ctx = browser.new_context(viewport={"width": width, "height": height}, device_scale_factor=1, locale="zh-CN")
     page = ctx.new_page()
     problems: list[str] = []  # a CSP violation is a console error, so the policy is checked against the pages
-    page.on("console", lambda m: problems.append(f"console {m.type}: {m.text}") if m.type in ("error", "warning") else None)
+    page.on(
+        "console", lambda m: problems.append(f"console {m.type}: {m.text}") if m.type in ("error", "warning") else None
+    )
     page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
     page.on("requestfailed", lambda r: problems.append(f"request failed: {r.url}"))
     if login:
         base = url.split("/", 3)
         resp = page.goto(f"{base[0]}//{base[2]}/login?token={OPERATOR}", wait_until="load")
-        assert resp is not None and resp.status == 200 and resp.url.endswith("/"), (resp and resp.status)
+        assert resp is not None and resp.status == 200 and resp.url.endswith("/"), resp and resp.status
     resp = page.goto(url, wait_until="load")
     assert resp is not None and resp.status == 200, (url, resp and resp.status)
     headers = resp.all_headers()
     assert SECURITY_HEADERS <= set(headers), headers
-    assert "frame-ancestors 'none'" in headers["content-security-policy"] and headers["x-content-type-options"] == "nosniff"
+    assert (
+        "frame-ancestors 'none'" in headers["content-security-policy"]
+        and headers["x-content-type-options"] == "nosniff"
+    )
     page.evaluate("document.fonts.ready")
     return ctx, page, problems
 
@@ -92,6 +113,7 @@ def marks(page, chart: str, mark: str = "rect") -> int:
 def test_stream_page_renders_every_chart(served, browser):
     built, base = served
     from shared.pipeline.clean import read_analytics
+
     items = read_analytics(built.store, "stream_item").to_pandas()
     sid = "s-00000"
     mine = items[items["stream_id"] == sid]

@@ -10,6 +10,7 @@ functions-framework; then a viewer asks to be forgotten:
 * recommend serves the retrained model and answers the viewer as a stranger;
 * a crash after writing the copies (and one after moving the manifest) is finished by a rerun.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -27,9 +28,10 @@ import pyarrow.parquet as pq
 import pytest
 import requests
 
-from shared import emulators, erasure, identity, signing
+from devtools import emulators
+from shared import erasure, identity, signing
 from shared.ingest import Ingestor
-from shared.pipeline.clean import MANIFEST, CleanConfig, load_manifest, run_clean
+from shared.pipeline.clean import CleanConfig, load_manifest, run_clean
 from shared.pipeline.erase import InjectedCrash, run_erase
 from shared.serving.registry import Registry
 from shared.serving.train import run_train
@@ -99,9 +101,18 @@ def world(tmp_path_factory):
     counts = ev["user_id"].value_counts()
     victim, other = str(counts.index[0]), str(counts.index[1])
     # an ingest quarantine row of the victim (a purchase with a negative price), through the real handler
-    body = orjson.dumps({"event_id": "late-bad-1", "type": "purchase", "ts": "2026-11-27T21:00:00Z",
-                         "platform": "douyin", "stream_id": "s-1", "user_id": victim, "item_id": "sku-x",
-                         "price": -5})
+    body = orjson.dumps(
+        {
+            "event_id": "late-bad-1",
+            "type": "purchase",
+            "ts": "2026-11-27T21:00:00Z",
+            "platform": "douyin",
+            "stream_id": "s-1",
+            "user_id": victim,
+            "item_id": "sku-x",
+            "price": -5,
+        }
+    )
     secret = "s" * 32
     headers = signing.signed_headers("douyin", secret, body)
     ans = Ingestor(None, store, environ={"DAIHUO_SECRET_DOUYIN": secret}).handle("POST", headers, body)
@@ -109,14 +120,31 @@ def world(tmp_path_factory):
     assert list(store.list("quarantine/ingest/"))
     res = run_train(store, None)
     assert res.promoted
-    fn = emulators.start_function("recommend", env={"DAIHUO_STORE": str(root), "DAIHUO_MODEL_REFRESH_S": "0.3",
-                                                    "DAIHUO_ERASURE_REFRESH_S": "0.3", "DAIHUO_VIEWER_KEYS": VIEWER_KEYS},
-                                  log_dir=LOGS)
+    fn = emulators.start_function(
+        "recommend",
+        env={
+            "DAIHUO_STORE": str(root),
+            "DAIHUO_MODEL_REFRESH_S": "0.3",
+            "DAIHUO_ERASURE_REFRESH_S": "0.3",
+            "DAIHUO_VIEWER_KEYS": VIEWER_KEYS,
+        },
+        log_dir=LOGS,
+    )
     # every event id the victim ever sent (simulated rows, faults included, and the ingest reject)
-    eids = {str(r["event_id"]) for r in built.sim.events if isinstance(r, dict) and r.get("user_id") == victim
-            and isinstance(r.get("event_id"), str)} | {"late-bad-1"}
-    yield {"root": root, "store": store, "victim": victim, "other": other, "eids": eids,
-           "url": f"http://{fn.host}/", "version": res.version}
+    eids = {
+        str(r["event_id"])
+        for r in built.sim.events
+        if isinstance(r, dict) and r.get("user_id") == victim and isinstance(r.get("event_id"), str)
+    } | {"late-bad-1"}
+    yield {
+        "root": root,
+        "store": store,
+        "victim": victim,
+        "other": other,
+        "eids": eids,
+        "url": f"http://{fn.host}/",
+        "version": res.version,
+    }
     fn.stop()
 
 
@@ -147,8 +175,13 @@ def test_erasure_end_to_end(world):
     assert victim not in store.get(erasure.ERASURE_KEY).decode()
 
     # 2. the job, as an operator runs it
-    out = subprocess.run([sys.executable, "-m", "shared.pipeline.erase", "--store", str(root), "--user", victim],
-                         capture_output=True, text=True, timeout=300, cwd=emulators.REPO_ROOT)
+    out = subprocess.run(
+        [sys.executable, "-m", "shared.pipeline.erase", "--store", str(root), "--user", victim],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=emulators.REPO_ROOT,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     summary = json.loads(out.stdout.strip().splitlines()[-1])
     assert summary["status"] == "erased" and summary["rows_removed"] > 0 and not summary["unhandled"]
@@ -158,7 +191,9 @@ def test_erasure_end_to_end(world):
     assert holders(root, needles) == {}
     # the manifest is consistent: every key it names exists; the rewritten objects replaced the old
     m, _ = load_manifest(store)
-    named = m["done"] + [f["key"] for f in m["clean_files"]] + m["dedupe"] + m["catalog"] + list(m["analytics"].values())
+    named = (
+        m["done"] + [f["key"] for f in m["clean_files"]] + m["dedupe"] + m["catalog"] + list(m["analytics"].values())
+    )
     assert all(store.exists(k) for k in named)
     assert any("~e" in k for k in m["done"]) and any("~e" in f["key"] for f in m["clean_files"])
     # the next clean run sees nothing new (renamed raw objects are in done); the others' data is intact
@@ -186,7 +221,7 @@ def test_crash_then_rerun_finishes(tmp_path, crash):
     victim = str(built.sim.truth.expected_clean()["user_id"].value_counts().index[0])
     with pytest.raises(InjectedCrash):
         run_erase(store, users=[victim], train=False, crash_after=crash)
-    m, _ = load_manifest(store)   # a reader in between: every named object still exists
+    m, _ = load_manifest(store)  # a reader in between: every named object still exists
     assert all(store.exists(k) for k in m["done"] + [f["key"] for f in m["clean_files"]] + m["dedupe"])
     out = run_erase(store, train=False)
     assert out["status"] == "incomplete"  # no model trained (train=False): the entry stays open
@@ -194,7 +229,7 @@ def test_crash_then_rerun_finishes(tmp_path, crash):
     assert holders(tmp_path / "s", {victim} | eids) == {}
     m, _ = load_manifest(store)
     assert all(store.exists(k) for k in m["done"] + [f["key"] for f in m["clean_files"]] + m["dedupe"])
-    assert len(list(store.list("raw/"))) == len(m["done"])   # no orphan copy, nothing lost
+    assert len(list(store.list("raw/"))) == len(m["done"])  # no orphan copy, nothing lost
     assert run_clean(store, None, CleanConfig(threads=2))["status"] == "noop"
 
 
@@ -206,8 +241,13 @@ def test_recommend_refuses_until_a_clean_model(tmp_path):
     assert lst.refuses("u-1", "v1", "2026-11-28T00:00:00+00:00") and not lst.refuses("u-2", "v1", None)
     # data erased at t: a model built in the same second may predate it; one built later may not
     from shared.storage import update_json
+
     h = erasure.user_hash("u-1")
-    update_json(store, erasure.ERASURE_KEY, lambda d: (d["entries"][h].update(data_erased_at=erasure.now_iso(1_800_000_100.5)), d)[1])
+    update_json(
+        store,
+        erasure.ERASURE_KEY,
+        lambda d: (d["entries"][h].update(data_erased_at=erasure.now_iso(1_800_000_100.5)), d)[1],
+    )
     assert lst.refuses("u-1", "v1", erasure.now_iso(1_800_000_100))
     assert not lst.refuses("u-1", "v2", erasure.now_iso(1_800_000_101))
     update_json(store, erasure.ERASURE_KEY, lambda d: (d["entries"][h].update(clean_model="v3"), d)[1])

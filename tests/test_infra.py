@@ -4,6 +4,7 @@ never as literal values, a pinned google provider, `terraform fmt` clean.
 
 `terraform validate` needs the provider (a download); it runs in the deploy pipeline, not here.
 """
+
 from __future__ import annotations
 
 import json
@@ -184,8 +185,8 @@ def test_storage_roles_are_least_privilege(tf):
     expected = {
         "ingest": ("roles/storage.objectCreator", "quarantine/"),
         "archive": ("roles/storage.objectCreator", "raw/"),
-        "clean": ("roles/storage.objectAdmin", None),     # manifest CAS overwrites state/clean-manifest.json
-        "train": ("roles/storage.objectAdmin", None),     # models/LATEST.json pointer swap
+        "clean": ("roles/storage.objectAdmin", None),  # manifest CAS overwrites state/clean-manifest.json
+        "train": ("roles/storage.objectAdmin", None),  # models/LATEST.json pointer swap
         "recommend": ("roles/storage.objectViewer", None),
         "analytics": ("roles/storage.objectViewer", None),
     }
@@ -273,11 +274,11 @@ def test_data_bucket_policy(tf):
     def find(prefix, action_type):
         return [(c, a) for c, a in rules if prefix in c.get("matches_prefix", []) and a["type"] == action_type]
 
-    (c, a), = find("raw/", "SetStorageClass")
+    ((c, a),) = find("raw/", "SetStorageClass")
     assert a["storage_class"] == "NEARLINE" and _default(tf, c["age"]) == 30
-    (c, _), = find("raw/", "Delete")
+    ((c, _),) = find("raw/", "Delete")
     assert _default(tf, c["age"]) == 365
-    (c, _), = find("quarantine/", "Delete")
+    ((c, _),) = find("quarantine/", "Delete")
     assert _default(tf, c["age"]) == 90
     assert any(c.get("with_state") == "ARCHIVED" and a["type"] == "Delete" for c, a in rules), "noncurrent versions"
 
@@ -292,6 +293,7 @@ def test_terraform_fmt():
     terraform = shutil.which("terraform")
     if terraform is None:
         pytest.skip("the terraform binary is not installed (CI installs it; `terraform fmt` needs no provider)")
-    proc = subprocess.run([terraform, "fmt", "-check", "-recursive", "-diff", str(INFRA)],
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [terraform, "fmt", "-check", "-recursive", "-diff", str(INFRA)], capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode == 0, f"terraform fmt -check failed:\n{proc.stdout}{proc.stderr}"

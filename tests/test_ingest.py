@@ -1,5 +1,6 @@
 """The ingest function served by functions-framework over HTTP, publishing to Google's Pub/Sub
 emulator; a subscriber reads back exactly what was accepted."""
+
 from __future__ import annotations
 
 import gzip
@@ -11,7 +12,7 @@ import orjson
 import pytest
 import requests
 
-from shared import emulators
+from devtools import emulators
 from shared.bus import Bus
 from shared.signing import HEADER_SIGNATURE, HEADER_TIMESTAMP, signed_headers
 from shared.storage import open_store
@@ -32,9 +33,14 @@ def bus(pubsub_emulator):
 
 
 def _env(pubsub_host: str, store_dir) -> dict[str, str]:
-    return {"PUBSUB_EMULATOR_HOST": pubsub_host, "PUBSUB_PROJECT_ID": "daihuo-local",
-            "DAIHUO_STORE": str(store_dir), "DAIHUO_SECRET_DOUYIN": SECRET,
-            "DAIHUO_SECRET_KUAISHOU": OTHER_SECRET, "DAIHUO_PUBLISH_TIMEOUT_S": "3"}
+    return {
+        "PUBSUB_EMULATOR_HOST": pubsub_host,
+        "PUBSUB_PROJECT_ID": "daihuo-local",
+        "DAIHUO_STORE": str(store_dir),
+        "DAIHUO_SECRET_DOUYIN": SECRET,
+        "DAIHUO_SECRET_KUAISHOU": OTHER_SECRET,
+        "DAIHUO_PUBLISH_TIMEOUT_S": "3",
+    }
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +74,9 @@ def drain(bus: Bus, expect: int | None = None, timeout: float = 15.0) -> list[tu
     return events
 
 
-def post(url: str, body: bytes, *, platform="douyin", secret=SECRET, ts=None, headers=None, content_type="application/json"):
+def post(
+    url: str, body: bytes, *, platform="douyin", secret=SECRET, ts=None, headers=None, content_type="application/json"
+):
     h = {"Content-Type": content_type, **signed_headers(platform, secret, body, ts)}
     h.update(headers or {})
     return requests.post(url, data=body, headers=h, timeout=30)
@@ -118,8 +126,12 @@ def test_ndjson_batch_with_some_bad_events(ingest, bus):
     unknown_type = factories.event("superchat")
     missing_user = factories.event("like")
     del missing_user["user_id"]
-    lines = [orjson.dumps(e) for e in good[:2]] + [b'{"event_id": "x", "type": '] + \
-            [orjson.dumps(e) for e in (bad_price, unknown_type, missing_user)] + [orjson.dumps(e) for e in good[2:]]
+    lines = (
+        [orjson.dumps(e) for e in good[:2]]
+        + [b'{"event_id": "x", "type": ']
+        + [orjson.dumps(e) for e in (bad_price, unknown_type, missing_user)]
+        + [orjson.dumps(e) for e in good[2:]]
+    )
     before = len(quarantined(store))
     r = post(url, b"\n".join(lines) + b"\n", content_type="application/x-ndjson")
     assert r.status_code == 200, r.text
@@ -134,8 +146,11 @@ def test_ndjson_batch_with_some_bad_events(ingest, bus):
     assert sorted(e["event_id"] for e, _ in got) == sorted(e["event_id"] for e in good)
     rows = quarantined(store)[before:]
     assert len(rows) == 4
-    assert {r["raw"]["event_id"] for r in rows if isinstance(r["raw"], dict)} == \
-        {bad_price["event_id"], unknown_type["event_id"], missing_user["event_id"]}
+    assert {r["raw"]["event_id"] for r in rows if isinstance(r["raw"], dict)} == {
+        bad_price["event_id"],
+        unknown_type["event_id"],
+        missing_user["event_id"],
+    }
     assert all(r["reasons"] and r["platform"] == "douyin" for r in rows)
 
 
@@ -248,7 +263,10 @@ POISON = {  # name -> (raw bytes of one event, a word of the reason)
     "deep-5000": (_deep(5000), "nested deeper"),  # beyond orjson's own parse limit (1024)
     "objects-600": (b'{"a":' * 600 + b"1" + b"}" * 600, "nested deeper"),
     "number-inf": (b'{"event_id": "n-1", "type": "like", "count": 1e999}', "not valid JSON"),
-    "bigint": (orjson.dumps(factories.event("like"))[:-1] + b', "count": ' + b"9" * 400 + b"}", "not valid JSON"),  # beyond a double
+    "bigint": (
+        orjson.dumps(factories.event("like"))[:-1] + b', "count": ' + b"9" * 400 + b"}",
+        "not valid JSON",
+    ),  # beyond a double
     "bad-utf8": (b'{"event_id": "\xff\xfe", "type": "like"}', "not valid JSON"),
     "lone-surrogate": (b'{"event_id": "\\ud800", "type": "like"}', "not valid JSON"),
     "dup-keys": (b'{"type": "like", "type": {"x": [1]}}', "type"),
@@ -332,8 +350,7 @@ def test_pubsub_down_is_503_and_nothing_is_lost(ingest, bus, pubsub_emulator, tm
     """An instance whose Pub/Sub is unreachable answers 503 + Retry-After and reports nothing as
     accepted; the sender's retry to a healthy instance then delivers every event."""
     url, _ = ingest
-    dead = emulators.start_function("ingest", env=_env(f"127.0.0.1:{emulators.free_port()}", tmp_path),
-                                    log_dir=LOGS)
+    dead = emulators.start_function("ingest", env=_env(f"127.0.0.1:{emulators.free_port()}", tmp_path), log_dir=LOGS)
     try:
         events = factories.batch(50)
         body = orjson.dumps(events)

@@ -1,7 +1,8 @@
 """The local stack supervises its functions and reports what really runs: kill -9 of a function's
 process -> the supervisor restarts it (backoff) and it answers again on the same port;
-``python -m shared.localcloud status`` checks each function and emulator for real -> a killed Pub/Sub
+``python -m devtools.localcloud status`` checks each function and emulator for real -> a killed Pub/Sub
 emulator is reported DOWN (exit 1)."""
+
 from __future__ import annotations
 
 import os
@@ -13,20 +14,26 @@ import time
 
 import requests
 
-from shared import emulators
-from shared.localcloud import Stack
+from devtools import emulators
+from devtools.localcloud import Stack
 
 
 def _status(state_dir):
-    p = subprocess.run([sys.executable, "-m", "shared.localcloud", "status", "--state-dir", str(state_dir)],
-                       capture_output=True, text=True, timeout=60, cwd=emulators.REPO_ROOT)
+    p = subprocess.run(
+        [sys.executable, "-m", "devtools.localcloud", "status", "--state-dir", str(state_dir)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=emulators.REPO_ROOT,
+    )
     return p.returncode, p.stdout
 
 
 def test_restart_after_kill_and_real_status(tmp_path):
     base = random.randrange(20000, 40000, 10)
-    stack = Stack(port_base=base, state_dir=tmp_path, functions=["recommend"], scheduler=False,
-                  restart_backoff_s=(0.5, 4.0))
+    stack = Stack(
+        port_base=base, state_dir=tmp_path, functions=["recommend"], scheduler=False, restart_backoff_s=(0.5, 4.0)
+    )
     stack.start()
     try:
         url = stack.url("recommend")

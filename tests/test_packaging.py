@@ -1,4 +1,4 @@
-"""`make package` (tools/package.py): every function's bundle is deployable on its own.
+"""`make package` (devtools/package.py): every function's bundle is deployable on its own.
 
 For each function declared in infra/topology.json whose functions/<name>/main.py exists:
 * the bundle builds deterministically (same source -> byte-identical zip);
@@ -10,6 +10,7 @@ For each function declared in infra/topology.json whose functions/<name>/main.py
 * every third-party import in the bundle's code is pinned in its requirements.txt (module ->
   distribution via importlib.metadata), every pin is used, and every pin equals the root pin.
 """
+
 from __future__ import annotations
 
 import ast
@@ -24,8 +25,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tools"))
-import package  # noqa: E402
+from devtools import package  # noqa: E402
 
 TOPOLOGY = json.loads((ROOT / "infra" / "topology.json").read_text())
 FUNCTIONS = sorted(TOPOLOGY["functions"])
@@ -110,14 +110,14 @@ def test_bundle_contents(name, bundles):
         assert not f.endswith((".pyc", ".pyo")), f
         assert not parts[-1].startswith("test_"), f
     # local-only tooling never ships
-    for local_only in ("shared/localcloud.py", "shared/simulator.py", "shared/demo.py", "shared/emulators.py"):
-        assert local_only not in files
-    assert (ROOT / "functions" / name / "requirements.txt").read_bytes() == \
-        zipfile.ZipFile(bundles[name].path).read("requirements.txt")
+    assert not any(f.startswith("devtools/") for f in files), [f for f in files if f.startswith("devtools/")]
+    assert (ROOT / "functions" / name / "requirements.txt").read_bytes() == zipfile.ZipFile(bundles[name].path).read(
+        "requirements.txt"
+    )
 
 
 _PROBE = r"""
-import json, sys
+import importlib.util, json, sys
 bundle = sys.argv[1]
 sys.path.insert(0, bundle)
 import main
@@ -134,6 +134,7 @@ print(json.dumps({
     "main_from": main.__file__,
     "repo_on_path": any(p.rstrip("/") == sys.argv[4] for p in sys.path),
     "rules": len(list(app.url_map.iter_rules())),
+    "devtools_importable": importlib.util.find_spec("devtools") is not None,
 }))
 """
 
@@ -146,9 +147,16 @@ def test_bundle_imports_in_isolation(name, bundles, tmp_path):
     want = SIGNATURE[spec["trigger"]]
     proc = subprocess.run(
         [sys.executable, "-I", "-c", _PROBE, str(src), spec["entry_point"], want, str(ROOT)],
-        cwd=src, capture_output=True, text=True, timeout=120,
-        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(src), "HOME": str(tmp_path),
-             "DAIHUO_STORE": str(tmp_path / "store")},
+        cwd=src,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={
+            "PATH": "/usr/bin:/bin",
+            "PYTHONPATH": str(src),
+            "HOME": str(tmp_path),
+            "DAIHUO_STORE": str(tmp_path / "store"),
+        },
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     got = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -157,6 +165,23 @@ def test_bundle_imports_in_isolation(name, bundles, tmp_path):
     assert got["shared_from"].startswith(str(src)) and got["main_from"].startswith(str(src))
     assert not got["repo_on_path"]
     assert got["rules"] >= 1
+    assert not got["devtools_importable"], f"{name}: a development module is importable from the bundle"
+
+
+def test_shipped_code_never_imports_devtools():
+    """``shared/`` and ``functions/`` are what deploys; the development package stays out of them."""
+    offenders = []
+    for path in sorted([*(ROOT / "shared").rglob("*.py"), *(ROOT / "functions").rglob("*.py")]):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else []
+            )
+            offenders += [f"{path.relative_to(ROOT)}: {n}" for n in names if n.split(".")[0] == "devtools"]
+    assert not offenders, offenders
 
 
 # ---------------------------------------------------------------------- imports vs requirements
@@ -260,8 +285,13 @@ def test_requirements_cover_imports_and_match_root_pins(name, bundles, tmp_path)
 
 
 def test_package_cli_builds_every_written_function(tmp_path):
-    proc = subprocess.run([sys.executable, str(ROOT / "tools" / "package.py"), "--out", str(tmp_path)],
-                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "devtools.package", "--out", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     written = [n for n in FUNCTIONS if (ROOT / "functions" / n / "main.py").is_file()]
     assert sorted(p.stem for p in tmp_path.glob("*.zip")) == written

@@ -1,6 +1,7 @@
 """End to end over the emulators: simulator (faults) -> ingest (HTTP, signed) -> Pub/Sub -> archive
 (CloudEvent function behind a push subscription on `archive-tick`) -> raw/ on the GCS emulator ->
 clean (push on `clean-tick`) -> clean/, quarantine/, analytics/ + `events-cleaned`."""
+
 from __future__ import annotations
 
 import gzip
@@ -13,10 +14,10 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from shared import emulators
+from devtools import emulators
+from devtools.simulator import INVALID_KINDS, send, simulate
 from shared.bus import Bus
 from shared.pipeline.clean import load_manifest, read_analytics, read_clean
-from shared.simulator import INVALID_KINDS, send, simulate
 from shared.storage import open_store
 from tests.waiting import wait_for
 
@@ -28,23 +29,45 @@ SECRETS = {"douyin": "e2e-secret-douyin", "kuaishou": "e2e-secret-kuaishou"}
 def stack(pubsub_emulator, gcs_emulator):
     run = uuid.uuid4().hex[:8]
     store_url = f"gs://daihuo-default/e2e-{run}"
-    env = {**pubsub_emulator.env, **gcs_emulator.env, "DAIHUO_STORE": store_url,
-           "DAIHUO_SECRET_DOUYIN": SECRETS["douyin"], "DAIHUO_SECRET_KUAISHOU": SECRETS["kuaishou"],
-           "DAIHUO_EVENTS_TOPIC": f"viewer-events-{run}", "DAIHUO_ARCHIVE_SUBSCRIPTION": f"viewer-events-archive-{run}",
-           "DAIHUO_CLEANED_TOPIC": f"events-cleaned-{run}", "DAIHUO_ARCHIVE_PULL_TIMEOUT_S": "2",
-           "DAIHUO_CLEAN_THREADS": "2", "DAIHUO_CLEAN_UNKNOWN_ITEMS": "quarantine"}  # the truth models that rule
+    env = {
+        **pubsub_emulator.env,
+        **gcs_emulator.env,
+        "DAIHUO_STORE": store_url,
+        "DAIHUO_SECRET_DOUYIN": SECRETS["douyin"],
+        "DAIHUO_SECRET_KUAISHOU": SECRETS["kuaishou"],
+        "DAIHUO_EVENTS_TOPIC": f"viewer-events-{run}",
+        "DAIHUO_ARCHIVE_SUBSCRIPTION": f"viewer-events-archive-{run}",
+        "DAIHUO_CLEANED_TOPIC": f"events-cleaned-{run}",
+        "DAIHUO_ARCHIVE_PULL_TIMEOUT_S": "2",
+        "DAIHUO_CLEAN_THREADS": "2",
+        "DAIHUO_CLEAN_UNKNOWN_ITEMS": "quarantine",
+    }  # the truth models that rule
     bus = Bus()
     for t in ("viewer-events", "archive-tick", "clean-tick", "events-cleaned"):
         bus.ensure_topic(f"{t}-{run}")
     bus.ensure_subscription(f"viewer-events-archive-{run}", f"viewer-events-{run}", ack_deadline_s=60)
     bus.ensure_subscription(f"events-cleaned-pull-{run}", f"events-cleaned-{run}")
-    fns = [emulators.start_function("ingest", env=env, log_dir=LOGS),
-           emulators.start_function("archive", signature_type="cloudevent", env=env, log_dir=LOGS),
-           emulators.start_function("clean", signature_type="cloudevent", env=env, log_dir=LOGS)]
-    bus.ensure_subscription(f"archive-push-{run}", f"archive-tick-{run}", push_endpoint=f"http://{fns[1].host}/",
-                            ack_deadline_s=120, min_backoff_s=1, max_backoff_s=5)
-    bus.ensure_subscription(f"clean-push-{run}", f"clean-tick-{run}", push_endpoint=f"http://{fns[2].host}/",
-                            ack_deadline_s=300, min_backoff_s=1, max_backoff_s=5)
+    fns = [
+        emulators.start_function("ingest", env=env, log_dir=LOGS),
+        emulators.start_function("archive", signature_type="cloudevent", env=env, log_dir=LOGS),
+        emulators.start_function("clean", signature_type="cloudevent", env=env, log_dir=LOGS),
+    ]
+    bus.ensure_subscription(
+        f"archive-push-{run}",
+        f"archive-tick-{run}",
+        push_endpoint=f"http://{fns[1].host}/",
+        ack_deadline_s=120,
+        min_backoff_s=1,
+        max_backoff_s=5,
+    )
+    bus.ensure_subscription(
+        f"clean-push-{run}",
+        f"clean-tick-{run}",
+        push_endpoint=f"http://{fns[2].host}/",
+        ack_deadline_s=300,
+        min_backoff_s=1,
+        max_backoff_s=5,
+    )
     yield {"run": run, "bus": bus, "store": open_store(store_url), "ingest": f"http://{fns[0].host}/"}
     for f in fns:
         f.stop()
@@ -83,10 +106,17 @@ def test_end_to_end_exact(stack):
     exp = sim.truth.expected_clean()
     assert clean["event_id"].is_unique and set(clean["event_id"]) == set(exp["event_id"])
     # ... or quarantined with the right reason: unknown items by clean, the rest by ingest
-    qc = [orjson.loads(x) for k in store.list("quarantine/date=") for x in gzip.decompress(store.get(k)).splitlines() if x]
+    qc = [
+        orjson.loads(x) for k in store.list("quarantine/date=") for x in gzip.decompress(store.get(k)).splitlines() if x
+    ]
     assert sorted(q["event_id"] for q in qc) == sorted(k for k, v in invalid.items() if v["kind"] == "unknown_item")
     assert {q["reason"] for q in qc} == {"unknown_item"} or not qc
-    qi = [orjson.loads(x) for k in store.list("quarantine/ingest/") for x in gzip.decompress(store.get(k)).splitlines() if x]
+    qi = [
+        orjson.loads(x)
+        for k in store.list("quarantine/ingest/")
+        for x in gzip.decompress(store.get(k)).splitlines()
+        if x
+    ]
     assert len(qi) == len(invalid) - n_unknown_item
     rejected_ids = {q["raw"].get("event_id") for q in qi if isinstance(q["raw"], dict)}
     for k, v in invalid.items():
@@ -99,8 +129,9 @@ def test_end_to_end_exact(stack):
     # analytics equal figures computed independently from the simulator's record (the ts a receiver
     # sees is the SENT ts: a skewed clock is only detectable against received_at, see docs/pipeline.md)
     exp = exp.copy()
-    exp["ts_seen"] = pd.to_datetime(exp["event_id"].map(lambda e: log.get(e, {}).get("sent_ts")).fillna(exp["ts"]),
-                                    format="ISO8601", utc=True)
+    exp["ts_seen"] = pd.to_datetime(
+        exp["event_id"].map(lambda e: log.get(e, {}).get("sent_ts")).fillna(exp["ts"]), format="ISO8601", utc=True
+    )
     exp["qty"] = exp["quantity"].fillna(1)
     st = read_analytics(store, "stream", manifest).to_pandas().set_index("stream_id")
     late_of = clean.set_index("event_id")["late"]  # clean's flag (received_at - ts > late_after_s)
@@ -108,12 +139,21 @@ def test_end_to_end_exact(stack):
         row = st.loc[sid]
         buys = g[g.type == "purchase"]
         nonref = g[g.type != "refund"]
-        want = {"unique_viewers": nonref.user_id.nunique(), "impressions": (g.type == "product_impression").sum(),
-                "clicks": (g.type == "product_click").sum(), "add_to_carts": (g.type == "add_to_cart").sum(),
-                "orders": len(buys), "units": buys.qty.sum(), "refunds": (g.type == "refund").sum(),
-                "comments": (g.type == "comment").sum(), "shares": (g.type == "share").sum(),
-                "follows": (g.type == "follow").sum(), "gifts": (g.type == "gift").sum(),
-                "likes": g[g.type == "like"]["count"].fillna(1).sum(), "buyers": buys.user_id.nunique()}
+        want = {
+            "unique_viewers": nonref.user_id.nunique(),
+            "impressions": (g.type == "product_impression").sum(),
+            "clicks": (g.type == "product_click").sum(),
+            "add_to_carts": (g.type == "add_to_cart").sum(),
+            "orders": len(buys),
+            "units": buys.qty.sum(),
+            "refunds": (g.type == "refund").sum(),
+            "comments": (g.type == "comment").sum(),
+            "shares": (g.type == "share").sum(),
+            "follows": (g.type == "follow").sum(),
+            "gifts": (g.type == "gift").sum(),
+            "likes": g[g.type == "like"]["count"].fillna(1).sum(),
+            "buyers": buys.user_id.nunique(),
+        }
         for k, v in want.items():
             assert row[k] == v, (sid, k, row[k], v)
         gmv = (buys.price * buys.qty).sum()

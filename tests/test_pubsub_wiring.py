@@ -1,6 +1,7 @@
 """Pub/Sub wiring against Google's emulator: push delivery to a real CloudEvent function served by
 functions-framework, retry of a failing handler, dead-lettering after max_delivery_attempts, and
 pull + ack as the archive function uses it."""
+
 from __future__ import annotations
 
 import json
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from shared import emulators
+from devtools import emulators
 from shared.bus import Bus
 from tests.waiting import wait_for
 
@@ -27,15 +28,26 @@ def bus(pubsub_emulator):
 def pushed(pubsub_emulator, bus, tmp_path_factory):
     """The flaky CloudEvent function behind a push subscription with a dead-letter topic."""
     record_dir = tmp_path_factory.mktemp("deliveries")
-    fn = emulators.start_function("flaky", "handle", signature_type="cloudevent", source=FLAKY,
-                                  env={**pubsub_emulator.env, "RECORD_DIR": str(record_dir)},
-                                  log_dir=emulators.REPO_ROOT / "var" / "test-logs")
+    fn = emulators.start_function(
+        "flaky",
+        "handle",
+        signature_type="cloudevent",
+        source=FLAKY,
+        env={**pubsub_emulator.env, "RECORD_DIR": str(record_dir)},
+        log_dir=emulators.REPO_ROOT / "var" / "test-logs",
+    )
     bus.ensure_topic("wiring-events")
     bus.ensure_topic("wiring-dead")
     bus.ensure_subscription("wiring-dead-pull", "wiring-dead")
-    bus.ensure_subscription("wiring-push", "wiring-events", push_endpoint=f"http://{fn.host}/",
-                            dead_letter_topic="wiring-dead", max_delivery_attempts=5,
-                            min_backoff_s=0.1, max_backoff_s=1)
+    bus.ensure_subscription(
+        "wiring-push",
+        "wiring-events",
+        push_endpoint=f"http://{fn.host}/",
+        dead_letter_topic="wiring-dead",
+        max_delivery_attempts=5,
+        min_backoff_s=0.1,
+        max_backoff_s=1,
+    )
     yield record_dir
     fn.stop()
 
@@ -63,8 +75,9 @@ def test_a_handler_that_fails_once_is_retried(bus, pushed):
 
 def test_a_handler_that_always_fails_is_dead_lettered(bus, pushed):
     mid = bus.publish("wiring-events", b"poison", fail="always")
-    dead = wait_for(lambda: [m for m in bus.pull("wiring-dead-pull", 10, timeout_s=2) if m.data == b"poison"],
-                     timeout=90)
+    dead = wait_for(
+        lambda: [m for m in bus.pull("wiring-dead-pull", 10, timeout_s=2) if m.data == b"poison"], timeout=90
+    )
     assert len(dead) == 1
     attrs = dead[0].attributes
     assert attrs["fail"] == "always"

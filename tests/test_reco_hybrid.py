@@ -23,7 +23,11 @@ def _data(seed=0):
             "user_id": "u" + pd.Series(users).astype(str),
             "item_id": "p" + pd.Series(items).astype(str),
             "ts": T0 + pd.to_timedelta(rng.integers(0, 20 * 86400, n), unit="s"),
-            "type": rng.choice(["product_click", "add_to_cart", "purchase", "product_impression", "like"], n, p=[0.5, 0.2, 0.1, 0.15, 0.05]),
+            "type": rng.choice(
+                ["product_click", "add_to_cart", "purchase", "product_impression", "like"],
+                n,
+                p=[0.5, 0.2, 0.1, 0.15, 0.05],
+            ),
             "stream_id": rng.choice(["s1", "s2"], n),
         }
     )
@@ -43,7 +47,9 @@ def _data(seed=0):
 @pytest.fixture(scope="module")
 def fitted():
     ev, cat = _data()
-    return HybridRecommender(cf="ease", cf_params={"lam": 10.0}).fit_events(ev, cat, reference_time=T0 + pd.Timedelta(days=21)), ev
+    return HybridRecommender(cf="ease", cf_params={"lam": 10.0}).fit_events(
+        ev, cat, reference_time=T0 + pd.Timedelta(days=21)
+    ), ev
 
 
 def _check_parts(res):
@@ -95,7 +101,11 @@ def test_context_fallback_similar_to_and_cold_item(fitted):
     res = h.recommend("nobody", 5, context_items=["p21"])
     assert res["strategy"] == "context"
     _check_parts(res)
-    assert all(it["reason"]["kind"] == "similar_to" and it["reason"]["item"] == "p21" for it in res["items"] if it["parts"]["popularity"] < max(it["parts"].values()))
+    assert all(
+        it["reason"]["kind"] == "similar_to" and it["reason"]["item"] == "p21"
+        for it in res["items"]
+        if it["parts"]["popularity"] < max(it["parts"].values())
+    )
     assert "p21" not in [it["item_id"] for it in res["items"]]
     # cold context item (no events): content neighbours still produce similar_to
     res = h.recommend(None, 5, context_items=["p41"])
@@ -150,7 +160,9 @@ def test_round_trip_allow_pickle_false_and_determinism(fitted):
     for kw in ({"user_id": "u2"}, {"context_items": ["p3"]}, {"stream_id": "s2"}, {"user_id": "u5", "category": "鞋"}):
         assert h2.recommend(N=6, **kw) == h.recommend(N=6, **kw)
     _, cat = _data()
-    h3 = HybridRecommender(cf="ease", cf_params={"lam": 10.0}).fit_events(ev, cat, reference_time=T0 + pd.Timedelta(days=21))
+    h3 = HybridRecommender(cf="ease", cf_params={"lam": 10.0}).fit_events(
+        ev, cat, reference_time=T0 + pd.Timedelta(days=21)
+    )
     a3 = h3.to_arrays()
     assert all(np.array_equal(arrays[k], a3[k]) for k in arrays)
 
@@ -187,22 +199,32 @@ def _equivalence_calls(h, ev, rng, n_calls=150):
         if rng.random() < 0.2 and cats:
             kw["category"] = str(rng.choice(cats)) if rng.random() < 0.7 else list(rng.choice(cats, 2))
         if rng.random() < 0.2:
-            kw["price_range"] = (float(rng.choice([0, 50])) if rng.random() < 0.8 else None, float(rng.choice([100, 300])))
+            kw["price_range"] = (
+                float(rng.choice([0, 50])) if rng.random() < 0.8 else None,
+                float(rng.choice([100, 300])),
+            )
         yield kw
 
 
-@pytest.mark.parametrize("cf, params, mix", [("ease", {"lam": 10.0}, 0.0), ("itemknn", {"similarity": "cosine", "neighbours": 5}, 0.0),
-                                             ("ease", {"lam": 10.0, "neighbours": 4}, 0.0),
-                                             ("itemknn", {"similarity": "cosine", "neighbours": 5}, 0.5),
-                                             ("ease", {"lam": 10.0, "neighbours": 4}, 1.0)])
+@pytest.mark.parametrize(
+    "cf, params, mix",
+    [
+        ("ease", {"lam": 10.0}, 0.0),
+        ("itemknn", {"similarity": "cosine", "neighbours": 5}, 0.0),
+        ("ease", {"lam": 10.0, "neighbours": 4}, 0.0),
+        ("itemknn", {"similarity": "cosine", "neighbours": 5}, 0.5),
+        ("ease", {"lam": 10.0, "neighbours": 4}, 1.0),
+    ],
+)
 def test_candidate_scoring_equals_dense_reference(fitted, cf, params, mix):
     """The candidate-only recommend returns exactly what the dense
     full-catalogue formula returns (items, order, scores, parts, reasons),
     also with global popularity blended into the stream popularity (``stream_pop_mix``)."""
     _, ev = fitted
     _, cat = _data()
-    h = HybridRecommender(cf=cf, cf_params=params, stream_pop_mix=mix, popularity_weight=0.3 if mix else 0.02
-                          ).fit_events(ev, cat, reference_time=T0 + pd.Timedelta(days=21))
+    h = HybridRecommender(
+        cf=cf, cf_params=params, stream_pop_mix=mix, popularity_weight=0.3 if mix else 0.02
+    ).fit_events(ev, cat, reference_time=T0 + pd.Timedelta(days=21))
     rng = np.random.default_rng(7)
     for kw in _equivalence_calls(h, ev, rng):
         got, ref = h.recommend(**kw), h._recommend_reference(**kw)

@@ -1,9 +1,11 @@
 """In-stream evaluation parity with HybridRecommender.recommend, content reuse, content fit engines."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
+from devtools.simulator import SimConfig, simulate
 from shared.reco import HybridRecommender
 from shared.reco.content import ContentModel
 from shared.reco.instream import instream_parts, ndcg_fast, stream_pairs, tune_blend
@@ -15,7 +17,6 @@ def time_split(events, frac: float):
     """The (1 - frac) quantile of the item events' ts (the v1 train job's holdout cut)."""
     item_ts = events.loc[events["item_id"].notna(), "ts"]
     return item_ts.quantile(1.0 - frac)
-from shared.simulator import SimConfig, simulate
 
 
 @pytest.fixture(scope="module")
@@ -26,12 +27,20 @@ def world():
     cat = sim.truth.catalog_frame()
     split = time_split(ev, 0.3)
     ids = HybridRecommender.catalogue_ids(ev, catalog_items(cat))
-    h = HybridRecommender(cf="ease", cf_params={"lam": 200.0, "neighbours": 50}, content_weight=0.3,
-                          popularity_weight=0.2)
+    h = HybridRecommender(
+        cf="ease", cf_params={"lam": 200.0, "neighbours": 50}, content_weight=0.3, popularity_weight=0.2
+    )
     content = h.fit_content(ids, catalog_items(cat))
     h.fit_events(ev[ev["ts"] <= split], catalog_items(cat), reference_time=split, item_ids=ids, content=content)
-    return {"ev": ev, "cat": cat, "split": split, "model": h, "content": content, "ids": ids,
-            "showcases": build_showcases(ev, cat)}
+    return {
+        "ev": ev,
+        "cat": cat,
+        "split": split,
+        "model": h,
+        "content": content,
+        "ids": ids,
+        "showcases": build_showcases(ev, cat),
+    }
 
 
 def test_instream_ranking_equals_recommend(world):
@@ -45,18 +54,33 @@ def test_instream_ranking_equals_recommend(world):
         rec = m.recommend(u, 10, stream_id=s, allowed_items=sc[s])
         assert rec["strategy"] == "personal"
         assert [i["item_id"] for i in rec["items"]] == ours[p], (u, s)
-        base = m.recommend(None, 10, stream_id=s, allowed_items=sc[s], exclude_items=list(
-            m.item_ids_[m.user_items_[m._user_index.get_loc(u)].indices]))
+        base = m.recommend(
+            None,
+            10,
+            stream_id=s,
+            allowed_items=sc[s],
+            exclude_items=list(m.item_ids_[m.user_items_[m._user_index.get_loc(u)].indices]),
+        )
         assert [i["item_id"] for i in base["items"]][: len(best[p])] == best[p]
     # the fast NDCG equals the shared metric definitions
     qs = [Query(u, None, relevant=list(r)) for u, r in zip(pairs.users, pairs.relevant)]
-    assert abs(ndcg_fast(parts, m.cf_weight, m.content_weight, m.popularity_weight)
-               - query_metrics(ours, qs, 10)["ndcg@10"].mean()) < 1e-6
+    assert (
+        abs(
+            ndcg_fast(parts, m.cf_weight, m.content_weight, m.popularity_weight)
+            - query_metrics(ours, qs, 10)["ndcg@10"].mean()
+        )
+        < 1e-6
+    )
     best_w, table = tune_blend(parts, [0.0, 0.3], [0.0, 0.2], 10, stream_pop_mixes=[0.0, 1.0])
     assert len(table) == 8 and best_w["ndcg@10"] == max(r["ndcg@10"] for r in table)
     # the compiled top-k equals the numpy lexsort ranking
     import shared.reco.instream as ins
-    for args in [(1.0, 0.3, 0.2, 10, "stream", 0.5), (0.0, 0.0, 1.0, 10, "global", 0.0), (1.0, 0.0, 0.0, 3, "stream", 0.0)]:
+
+    for args in [
+        (1.0, 0.3, 0.2, 10, "stream", 0.5),
+        (0.0, 0.0, 1.0, 10, "global", 0.0),
+        (1.0, 0.0, 0.0, 3, "stream", 0.0),
+    ]:
         a = parts.topk(*args)
         old, ins.HAVE_NUMBA = ins.HAVE_NUMBA, False
         try:
@@ -72,8 +96,13 @@ def test_instream_with_global_popularity_mix_equals_recommend(world):
     m, sc = world["model"], world["showcases"]
     h = HybridRecommender(**{**m.get_params(), "stream_pop_mix": 0.6})
     ev, split = world["ev"], world["split"]
-    h.fit_events(ev[ev["ts"] <= split], catalog_items(world["cat"]), reference_time=split, item_ids=world["ids"],
-                 content=world["content"])
+    h.fit_events(
+        ev[ev["ts"] <= split],
+        catalog_items(world["cat"]),
+        reference_time=split,
+        item_ids=world["ids"],
+        content=world["content"],
+    )
     pairs = stream_pairs(h, ev[ev["ts"] > split], sc, max_pairs=60)
     parts = instream_parts(h, pairs, sc)
     ours = parts.top_ids(h.cf_weight, h.content_weight, h.popularity_weight, 10, mix=h.stream_pop_mix)
@@ -104,7 +133,8 @@ def test_reasons_match_the_largest_part(world):
 def test_prefit_content_is_reused_and_equal(world):
     ev, cat, split, ids = world["ev"], world["cat"], world["split"], world["ids"]
     h2 = HybridRecommender(**world["model"].get_params()).fit_events(
-        ev[ev["ts"] <= split], catalog_items(cat), reference_time=split, item_ids=ids)
+        ev[ev["ts"] <= split], catalog_items(cat), reference_time=split, item_ids=ids
+    )
     a, b = h2.content_model_.W_, world["content"].W_
     assert (a != b).nnz == 0
     assert world["model"].content_model_ is world["content"]
@@ -130,10 +160,16 @@ def test_catalogue_topk_equals_dense_scores(world, cf_params):
     """The whole-catalogue ranking of the train job (neighbours + popularity head only) equals the
     dense score_batch ranking (history excluded, ties: lower item index), sparse and dense B."""
     from shared.reco.instream import catalogue_topk
+
     ev, split = world["ev"], world["split"]
     h = HybridRecommender(**{**world["model"].get_params(), "cf_params": cf_params})
-    h.fit_events(ev[ev["ts"] <= split], catalog_items(world["cat"]), reference_time=split, item_ids=world["ids"],
-                 content=world["content"])
+    h.fit_events(
+        ev[ev["ts"] <= split],
+        catalog_items(world["cat"]),
+        reference_time=split,
+        item_ids=world["ids"],
+        content=world["content"],
+    )
     X = h.user_items_[:200]
     got = catalogue_topk(h, X, 10)
     S = h.score_batch(X)

@@ -154,7 +154,12 @@ def test_build_user_items_weights_decay_refund():
 
 def test_refund_clips_total_at_zero():
     ev = pd.DataFrame(
-        {"user_id": ["a", "a"], "item_id": ["x", "x"], "ts": pd.Timestamp("2026-01-01", tz="UTC"), "type": ["purchase", "refund"]}
+        {
+            "user_id": ["a", "a"],
+            "item_id": ["x", "x"],
+            "ts": pd.Timestamp("2026-01-01", tz="UTC"),
+            "type": ["purchase", "refund"],
+        }
     )
     ev.loc[1, "type"] = "refund"
     inter = build_user_items(pd.concat([ev, ev.iloc[[1]]]), half_life_days=None)
@@ -238,7 +243,9 @@ def test_score_one_sources_matches_aggregate_and_top_sources(monkeypatch, use_nu
 
 def test_pair_scores_matches_user_scores():
     import scipy.sparse as sp_
+
     from shared.reco._kernels import HAVE_NUMBA, pair_scores, user_scores
+
     if not HAVE_NUMBA:
         return
     rng = np.random.default_rng(3)

@@ -1,4 +1,5 @@
 """The issue-9 evaluation harness: loading, splits, baselines, scoring, bootstrap, CLI."""
+
 from __future__ import annotations
 
 import json
@@ -8,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from devtools.evaluate import main as evaluate_main
 from shared.reco import protocol as P
-from shared.reco.evaluate import main as evaluate_main
 
 T0 = pd.Timestamp("2024-03-01", tz="UTC")
 
@@ -17,7 +18,7 @@ T0 = pd.Timestamp("2024-03-01", tz="UTC")
 def _ev(rows, cols=("user_id", "item_id", "ts", "type", "stream_id")):
     width = max(len(r) for r in rows)
     defaults = (None, None, None, "purchase", None)
-    rows = [tuple(r) + defaults[len(r):width] for r in rows]
+    rows = [tuple(r) + defaults[len(r) : width] for r in rows]
     df = pd.DataFrame(rows, columns=list(cols)[:width])
     df["ts"] = T0 + pd.to_timedelta(df["ts"], unit="h")
     if "type" not in df:
@@ -35,13 +36,13 @@ def _live_csv(path: Path, n_users=60, n_streams=6, n_items=40, seed=0) -> Path:
         for u in rng.choice(n_users, 25, replace=False):
             t = start + rng.uniform(0, 2)
             for _ in range(rng.integers(1, 5)):
-                it = int(rng.choice(showcase[:6] if rng.random() < .6 else showcase))
-                t += rng.uniform(0, .3)
+                it = int(rng.choice(showcase[:6] if rng.random() < 0.6 else showcase))
+                t += rng.uniform(0, 0.3)
                 rows.append((f"v{u}", f"sku{it}", T0 + pd.Timedelta(hours=t), "product_click", f"room{s}"))
-                if rng.random() < .5:
-                    rows.append((f"v{u}", f"sku{it}", T0 + pd.Timedelta(hours=t + .05), "add_to_cart", f"room{s}"))
-                    if rng.random() < .6:
-                        rows.append((f"v{u}", f"sku{it}", T0 + pd.Timedelta(hours=t + .1), "purchase", f"room{s}"))
+                if rng.random() < 0.5:
+                    rows.append((f"v{u}", f"sku{it}", T0 + pd.Timedelta(hours=t + 0.05), "add_to_cart", f"room{s}"))
+                    if rng.random() < 0.6:
+                        rows.append((f"v{u}", f"sku{it}", T0 + pd.Timedelta(hours=t + 0.1), "purchase", f"room{s}"))
     df = pd.DataFrame(rows, columns=["viewer", "sku", "when", "action", "room"])
     df["when"] = df["when"].dt.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     df.to_csv(path, index=False)
@@ -52,9 +53,28 @@ def _live_csv(path: Path, n_users=60, n_streams=6, n_items=40, seed=0) -> Path:
 def test_cli_renamed_columns_in_stream(tmp_path, capsys):
     f = _live_csv(tmp_path / "live.csv")
     out = tmp_path / "r.json"
-    rc = evaluate_main(["--data", str(f), "--user-col", "viewer", "--item-col", "sku", "--time-col", "when",
-                        "--type-col", "action", "--stream-col", "room", "--target", "cart", "--variant", "all,new",
-                        "--json", str(out)])
+    rc = evaluate_main(
+        [
+            "--data",
+            str(f),
+            "--user-col",
+            "viewer",
+            "--item-col",
+            "sku",
+            "--time-col",
+            "when",
+            "--type-col",
+            "action",
+            "--stream-col",
+            "room",
+            "--target",
+            "cart",
+            "--variant",
+            "all,new",
+            "--json",
+            str(out),
+        ]
+    )
     assert rc == 0
     text = capsys.readouterr().out
     assert "in-stream/cart/all" in text and "in-stream/cart/new" in text and "stream_bestsellers" in text
@@ -68,9 +88,31 @@ def test_cli_renamed_columns_in_stream(tmp_path, capsys):
 
 def test_cli_catalogue_protocols_on_renamed_file(tmp_path, capsys):
     f = _live_csv(tmp_path / "live.csv")
-    rc = evaluate_main(["--data", str(f), "--user-col", "viewer", "--item-col", "sku", "--time-col", "when",
-                        "--type-col", "action", "--stream-col", "room", "--no-in-stream", "--target", "any",
-                        "--split", "leave-last,global-time", "--variant", "all", "--max-queries", "30"])
+    rc = evaluate_main(
+        [
+            "--data",
+            str(f),
+            "--user-col",
+            "viewer",
+            "--item-col",
+            "sku",
+            "--time-col",
+            "when",
+            "--type-col",
+            "action",
+            "--stream-col",
+            "room",
+            "--no-in-stream",
+            "--target",
+            "any",
+            "--split",
+            "leave-last,global-time",
+            "--variant",
+            "all",
+            "--max-queries",
+            "30",
+        ]
+    )
     assert rc == 0
     text = capsys.readouterr().out
     assert "leave-last/any/all" in text and "global-time/any/all" in text and "most_popular" in text
@@ -79,16 +121,24 @@ def test_cli_catalogue_protocols_on_renamed_file(tmp_path, capsys):
 def test_streamer_file_with_mapping(tmp_path, capsys):
     rng = np.random.default_rng(1)
     n = 600
-    df = pd.DataFrame({"user_id": rng.integers(0, 50, n).astype(str),
-                       "streamer_name": [f"s{x}" for x in rng.integers(0, 15, n)],
-                       "start_time": (pd.Timestamp("2024-01-01") + pd.to_timedelta(rng.integers(0, 86400 * 20, n), unit="s"))
-                       .strftime("%Y-%m-%d %H:%M:%S")})
+    df = pd.DataFrame(
+        {
+            "user_id": rng.integers(0, 50, n).astype(str),
+            "streamer_name": [f"s{x}" for x in rng.integers(0, 15, n)],
+            "start_time": (
+                pd.Timestamp("2024-01-01") + pd.to_timedelta(rng.integers(0, 86400 * 20, n), unit="s")
+            ).strftime("%Y-%m-%d %H:%M:%S"),
+        }
+    )
     f = tmp_path / "streamers.csv"
     df.to_csv(f, index=False)
     assert evaluate_main(["--data", str(f)]) == 2  # no item column: a clear error, not a traceback
     err = capsys.readouterr().err
     assert "item" in err and "streamer_name" in err and "--item-col" in err
-    assert evaluate_main(["--data", str(f), "--item-col", "streamer_name", "--time-col", "start_time", "--variant", "all"]) == 0
+    assert (
+        evaluate_main(["--data", str(f), "--item-col", "streamer_name", "--time-col", "start_time", "--variant", "all"])
+        == 0
+    )
     assert "leave-last/purchase/all" in capsys.readouterr().out
     ev, _ = P.load_interactions(f, item_col="streamer_name", time_col="start_time")
     assert set(ev.columns) >= {"user_id", "item_id", "ts", "type"} and (ev["type"] == "purchase").all()
@@ -139,8 +189,18 @@ def test_tafeng_loader(tmp_path):
 
 # ------------------------------------------------------------------ splits
 def test_leave_last_takes_last_basket():
-    ev = _ev([("a", "x", 0), ("a", "y", 10), ("a", "z", 20), ("a", "w", 20), ("a", "c1", 30, "product_click"),
-              ("b", "x", 5), ("b", "z", 25), ("b", "y", 40)])
+    ev = _ev(
+        [
+            ("a", "x", 0),
+            ("a", "y", 10),
+            ("a", "z", 20),
+            ("a", "w", 20),
+            ("a", "c1", 30, "product_click"),
+            ("b", "x", 5),
+            ("b", "z", 25),
+            ("b", "y", 40),
+        ]
+    )
     s = P.make_split(ev, split="leave-last")
     q = {q.user_id: q for q in s.queries}
     assert sorted(q["a"].relevant) == ["w", "z"] and q["a"].ts == T0 + pd.Timedelta(hours=20)
@@ -170,9 +230,20 @@ def test_global_time_cut():
 
 
 def test_variant_new_drops_repeats_and_excludes_history():
-    ev = _ev([("a", "x", 0), ("a", "y", 1), ("a", "x", 10), ("a", "n", 10),   # a: basket {x (repeat), n}
-              ("b", "x", 0), ("b", "x", 10),                                  # b: only a repeat -> dropped
-              ("c", "y", 0), ("c", "n", 2), ("c", "x", 3), ("c", "q", 4)])
+    ev = _ev(
+        [
+            ("a", "x", 0),
+            ("a", "y", 1),
+            ("a", "x", 10),
+            ("a", "n", 10),  # a: basket {x (repeat), n}
+            ("b", "x", 0),
+            ("b", "x", 10),  # b: only a repeat -> dropped
+            ("c", "y", 0),
+            ("c", "n", 2),
+            ("c", "x", 3),
+            ("c", "q", 4),
+        ]
+    )
     s = P.make_split(ev, split="leave-last", variant="new")
     q = {q.user_id: q for q in s.queries}
     assert "b" not in q and q["a"].relevant == ["n"] and not q["a"].repeats
@@ -188,12 +259,15 @@ def test_variant_new_drops_repeats_and_excludes_history():
 def test_in_stream_room_counts_only_before_entry():
     rows = [
         # stream s1: earlier viewers (before the cut) and after the cut
-        ("p", "a", 0, "purchase", "s1"), ("p", "b", 1, "product_click", "s1"), ("q", "a", 2, "purchase", "s1"),
+        ("p", "a", 0, "purchase", "s1"),
+        ("p", "b", 1, "product_click", "s1"),
+        ("q", "a", 2, "purchase", "s1"),
         ("q", "c", 3, "add_to_cart", "s1"),
-        ("z", "d", 50, "purchase", "s2"), ("z", "e", 51, "purchase", "s2"),
-        ("r", "b", 60, "purchase", "s1"),                      # after the cut, before u enters
-        ("u", "b", 70, "product_click", "s1"),                 # u's entry into s1
-        ("v", "a", 75, "purchase", "s1"),                      # after u's entry: not in u's room
+        ("z", "d", 50, "purchase", "s2"),
+        ("z", "e", 51, "purchase", "s2"),
+        ("r", "b", 60, "purchase", "s1"),  # after the cut, before u enters
+        ("u", "b", 70, "product_click", "s1"),  # u's entry into s1
+        ("v", "a", 75, "purchase", "s1"),  # after u's entry: not in u's room
         ("u", "b", 80, "purchase", "s1"),
         ("u", "e", 81, "purchase", "s2"),
     ]
@@ -218,11 +292,13 @@ def test_own_history_known_answer():
     rows = []
     for u in range(30):
         for d in range(4):
-            rows.append((f"u{u}", f"i{u % 11}", d * 24 + u * .1))
+            rows.append((f"u{u}", f"i{u % 11}", d * 24 + u * 0.1))
     ev = _ev(rows)
     for split in ("leave-last", "global-time"):
         s = P.make_split(ev, split=split)
-        rep = P.evaluate(s.train, s.queries, None, [P.OwnHistory(), P.MostPopular()], 10, reference_time=s.reference_time)
+        rep = P.evaluate(
+            s.train, s.queries, None, [P.OwnHistory(), P.MostPopular()], 10, reference_time=s.reference_time
+        )
         assert rep["rankers"]["own_history"]["ndcg@10"] == pytest.approx(1.0)
         assert rep["rankers"]["own_history"]["hitrate@10"] == 1.0
         assert rep["best_baseline"] == "own_history"
@@ -233,9 +309,11 @@ def test_own_history_known_answer():
 def test_baselines_respect_allowed():
     ev = _ev([("a", "x", 0), ("a", "y", 1), ("b", "x", 2), ("b", "z", 3), ("c", "w", 4), ("c", "x", 5)])
     allowed = np.array(["w", "z", "new"], dtype=object)
-    qs = [P.Query("a", T0 + pd.Timedelta(hours=9), "s", allowed, ["w"], {"purchase": {"z": 3, "x": 9}}, True),
-          P.Query("b", T0 + pd.Timedelta(hours=9), "s", allowed, ["w"], None, False),
-          P.Query("zz", T0 + pd.Timedelta(hours=9), None, allowed, ["w"], None, True)]
+    qs = [
+        P.Query("a", T0 + pd.Timedelta(hours=9), "s", allowed, ["w"], {"purchase": {"z": 3, "x": 9}}, True),
+        P.Query("b", T0 + pd.Timedelta(hours=9), "s", allowed, ["w"], None, False),
+        P.Query("zz", T0 + pd.Timedelta(hours=9), None, allowed, ["w"], None, True),
+    ]
     for r in P.baseline_rankers("purchase", in_stream=True) + [P.MostPopular()]:
         r.fit(ev, None, T0 + pd.Timedelta(hours=9))
         for q, ranked in zip(qs, r.rank(qs, 10)):
@@ -276,8 +354,17 @@ def test_recommend_ranker_gets_the_service_call():
 
     class M:
         def recommend(self, user_id, N, *, stream_id=None, allowed_items=None, room=None, now=None, repeats=True):
-            calls.append(dict(user_id=user_id, N=N, stream_id=stream_id, allowed=allowed_items, room=room, now=now,
-                              repeats=repeats))
+            calls.append(
+                dict(
+                    user_id=user_id,
+                    N=N,
+                    stream_id=stream_id,
+                    allowed=allowed_items,
+                    room=room,
+                    now=now,
+                    repeats=repeats,
+                )
+            )
             return {"items": [{"item_id": "x"}, {"item_id": "y"}]}
 
     ev = _ev([("a", "x", 0), ("b", "y", 1), ("a", "y", 5), ("b", "x", 6)])
@@ -290,12 +377,14 @@ def test_recommend_ranker_gets_the_service_call():
 
 
 def test_max_queries_sample_is_deterministic():
-    rows = [(f"u{i}", f"i{i % 13}", j * 10 + i * .01) for i in range(200) for j in range(3)]
+    rows = [(f"u{i}", f"i{i % 13}", j * 10 + i * 0.01) for i in range(200) for j in range(3)]
     ev = _ev(rows)
     s1 = P.make_split(ev, split="leave-last", max_queries=50)
     s2 = P.make_split(ev.sample(frac=1, random_state=3), split="leave-last", max_queries=50)
     assert len(s1.queries) == 50
-    assert [q.user_id for q in s1.queries] and sorted(q.user_id for q in s1.queries) == sorted(q.user_id for q in s2.queries)
+    assert [q.user_id for q in s1.queries] and sorted(q.user_id for q in s1.queries) == sorted(
+        q.user_id for q in s2.queries
+    )
 
 
 def test_served_model_unavailable_exits_2(tmp_path, monkeypatch, capsys):

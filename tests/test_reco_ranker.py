@@ -1,6 +1,7 @@
 """The served recipe (shared.reco.recipe / ranker / rebuy): buy-again known answers, reasons that name
 the largest contribution, no-pickle round trip, and the evaluation CLI's `--model served` ranking
 exactly as the train function's recipe does."""
+
 from __future__ import annotations
 
 import io
@@ -9,13 +10,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from devtools.evaluate import _model_rankers
+from devtools.simulator import SimConfig, simulate
 from shared.reco import protocol as P
-from shared.reco.evaluate import _model_rankers
 from shared.reco.ranker import FEATURE_GROUP, FEATURES, RoomRanker
 from shared.reco.rebuy import RepeatStats, purchase_occasions
 from shared.reco.recipe import env_recipe, fit_recipe
 from shared.serving.train import TrainConfig, recipe_params
-from shared.simulator import SimConfig, simulate
 
 T0 = pd.Timestamp("2026-09-01", tz="UTC")
 
@@ -34,13 +35,18 @@ def cycle_world(n_users: int = 400, days: int = 120, seed: int = 0) -> tuple[pd.
                 rows.append((uid, c, T0 + pd.Timedelta(days=t), "purchase"))
                 t += 10 + rng.normal(0, 0.7)
         for _ in range(2):
-            rows.append((uid, f"d-{rng.integers(0, 40):02d}", T0 + pd.Timedelta(days=float(rng.uniform(0, days))), "purchase"))
+            rows.append(
+                (uid, f"d-{rng.integers(0, 40):02d}", T0 + pd.Timedelta(days=float(rng.uniform(0, days))), "purchase")
+            )
         for _ in range(3):
-            rows.append((uid, f"n-{rng.zipf(1.6) % 60:02d}", T0 + pd.Timedelta(days=float(rng.uniform(0, days))), "purchase"))
+            rows.append(
+                (uid, f"n-{rng.zipf(1.6) % 60:02d}", T0 + pd.Timedelta(days=float(rng.uniform(0, days))), "purchase")
+            )
     ev = pd.DataFrame(rows, columns=["user_id", "item_id", "ts", "type"])
     ids = sorted(ev["item_id"].unique())
-    items = pd.DataFrame({"item_id": ids, "title": ids, "description": "", "category": [i[0] for i in ids],
-                          "price": 10.0})
+    items = pd.DataFrame(
+        {"item_id": ids, "title": ids, "description": "", "category": [i[0] for i in ids], "price": 10.0}
+    )
     return ev.sort_values("ts").reset_index(drop=True), items
 
 
@@ -86,8 +92,12 @@ def test_rebuy_comes_back_when_due_not_early(cycles):
 def test_durable_bought_yesterday_is_not_offered(cycles):
     ev, items, m = cycles
     d = ev[ev["item_id"].str.startswith("d-")].sort_values("ts").groupby("user_id").tail(1).head(40)
-    top5 = [it["item_id"] for r in d.itertuples()
-            for it in m.recommend(r.user_id, 5, now=r.ts + pd.Timedelta(days=1))["items"] if it["item_id"] == r.item_id]
+    top5 = [
+        it["item_id"]
+        for r in d.itertuples()
+        for it in m.recommend(r.user_id, 5, now=r.ts + pd.Timedelta(days=1))["items"]
+        if it["item_id"] == r.item_id
+    ]
     assert len(top5) <= 2, top5  # at most a stray one among 40 buyers
 
 
@@ -100,6 +110,7 @@ def test_buy_again_reason_names_the_date(cycles):
     assert top["item_id"] == item and top["reason"]["kind"] in ("buy_again", "buy_often")
     assert top["reason"]["last_purchase"] == last.strftime("%Y-%m-%d")
     from shared.serving.recommend import explain
+
     text = explain(top["reason"], str)
     assert f"{last.month} 月 {last.day} 日" in text["text_zh"] or "你常买" in text["text_zh"]
 
@@ -129,13 +140,13 @@ def test_every_reason_names_the_largest_contribution(room_world):
             out = m.recommend(u, 8, stream_id=s)
             for it in out["items"]:
                 k = pos[it["item_id"]]
-                parts = {g: 0.0 for g in it["parts"]}
+                parts = dict.fromkeys(it["parts"], 0.0)
                 for f, g in FEATURE_GROUP.items():
                     parts[g] += C[k][FEATURES.index(f)]
-                best = max(parts, key=lambda g: parts[g])   # the largest source...
+                best = max(parts, key=lambda g: parts[g])  # the largest source...
                 feats = [f for f in FEATURES if FEATURE_GROUP[f] == best]
                 top = max(feats, key=lambda f: C[k][FEATURES.index(f)]) if parts[best] > 0 else None
-                assert it["reason"]["feature"] == top, (it, top)   # ...named by its largest feature
+                assert it["reason"]["feature"] == top, (it, top)  # ...named by its largest feature
                 assert all(abs(parts[g] - it["parts"][g]) < 1e-9 for g in parts)
                 assert abs(m.intercept(info["head"]) + sum(it["parts"].values()) - it["score"]) < 1e-9
                 seen_kinds.add(it["reason"]["kind"])
@@ -169,10 +180,12 @@ def test_cli_served_is_the_train_recipe(room_world, monkeypatch):
     cli.fit(sp_.train, items, sp_.reference_time)
     train_side = fit_recipe(sp_.train, items, sp_.reference_time, recipe_params(TrainConfig()))
     for q in sp_.queries:
-        a = cli.model.recommend(q.user_id, 10, stream_id=q.stream_id, allowed_items=q.allowed, room=q.room,
-                                now=q.ts, repeats=q.repeats)
-        b = train_side.recommend(q.user_id, 10, stream_id=q.stream_id, allowed_items=q.allowed, room=q.room,
-                                 now=q.ts, repeats=q.repeats)
+        a = cli.model.recommend(
+            q.user_id, 10, stream_id=q.stream_id, allowed_items=q.allowed, room=q.room, now=q.ts, repeats=q.repeats
+        )
+        b = train_side.recommend(
+            q.user_id, 10, stream_id=q.stream_id, allowed_items=q.allowed, room=q.room, now=q.ts, repeats=q.repeats
+        )
         assert a == b
 
 
@@ -182,17 +195,19 @@ def test_narrow_filters_widen_the_pool_and_keep_the_question(room_world):
     filter_seen."""
     sim, ev, items = room_world
     m = fit_recipe(ev, items, ev["ts"].max())
-    cat = items["category"].value_counts().index[-1]          # the rarest category
+    cat = items["category"].value_counts().index[-1]  # the rarest category
     n_cat = int((items["category"] == cat).sum())
     user = ev.loc[ev["type"] == "purchase", "user_id"].iloc[0]
     out = m.recommend(user, 10, category=cat)
     got = [it["item_id"] for it in out["items"]]
     assert len(got) == min(10, n_cat) and set(items.set_index("item_id").loc[got, "category"]) == {cat}
     cheap = m.recommend(user, 10, price_range=(None, float(items["price"].quantile(0.05))))["items"]
-    assert cheap and all(float(items.set_index("item_id").loc[it["item_id"], "price"]) <= items["price"].quantile(0.05)
-                         for it in cheap)
+    assert cheap and all(
+        float(items.set_index("item_id").loc[it["item_id"], "price"]) <= items["price"].quantile(0.05) for it in cheap
+    )
     bought = set(ev.loc[(ev["user_id"] == user) & (ev["type"] == "purchase"), "item_id"])
-    touched = set(ev.loc[(ev["user_id"] == user) & ev["type"].isin(["product_click", "add_to_cart", "purchase"]),
-                         "item_id"])
+    touched = set(
+        ev.loc[(ev["user_id"] == user) & ev["type"].isin(["product_click", "add_to_cart", "purchase"]), "item_id"]
+    )
     assert not bought & {it["item_id"] for it in m.recommend(user, 50, exclude_purchased=True)["items"]}
     assert not touched & {it["item_id"] for it in m.recommend(user, 50, filter_seen=True)["items"]}

@@ -1,6 +1,7 @@
 """The recommend function served by functions-framework over a local store: 503 before any model,
 answers with titles/parts/reasons, filters, 400s naming the parameter, 405, and model swaps (a new
 version, then a broken one) under concurrent load without a single 5xx."""
+
 from __future__ import annotations
 
 import json
@@ -12,18 +13,19 @@ import numpy as np
 import pytest
 import requests
 
-from shared import emulators, identity
+from devtools import emulators
+from devtools.simulator import SimConfig, simulate
+from shared import identity
 from shared.reco.ranker import FEATURE_GROUP
 from shared.serving.data import write_clean_from_frames
-from shared.serving.registry import LATEST, Registry, arrays_key, meta_key
+from shared.serving.registry import Registry, arrays_key, meta_key
 from shared.serving.train import run_train
-from shared.simulator import SimConfig, simulate
 from shared.storage import open_store
 
 LOGS = emulators.REPO_ROOT / "var" / "test-logs"
 # the platform's viewer-token key pair (shared/identity.py): recommend holds only the public key
 PRIVATE, PUBLIC = identity.keygen()
-OLD_PRIVATE, OLD_PUBLIC = identity.keygen()   # a second kid: rotation
+OLD_PRIVATE, OLD_PUBLIC = identity.keygen()  # a second kid: rotation
 VIEWER_KEYS = json.dumps({"k2": identity.b64url(PUBLIC), "k1": identity.b64url(OLD_PUBLIC)})
 SIM = SimConfig(seed=11, n_streams=12, n_users=3000, n_items=500, mean_viewers_per_stream=400)
 
@@ -33,9 +35,16 @@ def world(tmp_path_factory):
     sim = simulate(SIM)
     root = tmp_path_factory.mktemp("reco-store")
     store = open_store(str(root))
-    fn = emulators.start_function("recommend", env={"DAIHUO_STORE": str(root), "DAIHUO_MODEL_REFRESH_S": "0.3",
-                                                    "THREADS": "8", "DAIHUO_VIEWER_KEYS": VIEWER_KEYS},
-                                  log_dir=LOGS)
+    fn = emulators.start_function(
+        "recommend",
+        env={
+            "DAIHUO_STORE": str(root),
+            "DAIHUO_MODEL_REFRESH_S": "0.3",
+            "THREADS": "8",
+            "DAIHUO_VIEWER_KEYS": VIEWER_KEYS,
+        },
+        log_dir=LOGS,
+    )
     url = f"http://{fn.host}/"
     # before any model: 503 with a clear body and Retry-After
     r = requests.get(url, params={"user_id": "u-000001"}, timeout=10)
@@ -82,8 +91,16 @@ def test_answer_shape_with_reasons(world):
     assert body["strategy"] == "personal" and body["fallback"] is None and len(body["items"]) == 5
     assert body["timing_ms"]["total"] >= body["timing_ms"]["model"] > 0
     for it in body["items"]:
-        assert it["title"] and set(it["parts"]) == {"buy_again", "history", "cf", "content", "context", "room",
-                                                    "popular", "taste"}
+        assert it["title"] and set(it["parts"]) == {
+            "buy_again",
+            "history",
+            "cf",
+            "content",
+            "context",
+            "room",
+            "popular",
+            "taste",
+        }
         assert it["reason"]["feature"] is None or it["parts"][FEATURE_GROUP[it["reason"]["feature"]]] > 0
         assert it["reason"]["kind"] and it["reason"]["text_zh"] and it["reason"]["text_en"]
     scores = [it["score"] for it in body["items"]]
@@ -127,16 +144,23 @@ def test_filters(world):
     assert not (got & buys[buyer])
 
 
-@pytest.mark.parametrize("params,param", [
-    ({"user_id": "u-1", "k": "0"}, "k"), ({"user_id": "u-1", "k": "101"}, "k"), ({"user_id": "u-1", "k": "ten"}, "k"),
-    ({"user_id": "u-1", "min_price": "cheap"}, "min_price"), ({"user_id": "u-1", "min_price": "-1"}, "min_price"),
-    ({"user_id": "u-1", "min_price": "50", "max_price": "10"}, "max_price"),
-    ({"user_id": "u-1", "showcase_only": "maybe", "stream_id": "s"}, "showcase_only"),
-    ({"user_id": "u-1", "showcase_only": "true"}, "stream_id"),
-    ({"user_id": "u-1", "exclude_purchased": "2"}, "exclude_purchased"),
-    ({"user_id": "u-1", "colour": "red"}, "colour"), ({"k": "5"}, "user_id"),
-    ({"user_id": "u" * 200}, "user_id"),
-])
+@pytest.mark.parametrize(
+    "params,param",
+    [
+        ({"user_id": "u-1", "k": "0"}, "k"),
+        ({"user_id": "u-1", "k": "101"}, "k"),
+        ({"user_id": "u-1", "k": "ten"}, "k"),
+        ({"user_id": "u-1", "min_price": "cheap"}, "min_price"),
+        ({"user_id": "u-1", "min_price": "-1"}, "min_price"),
+        ({"user_id": "u-1", "min_price": "50", "max_price": "10"}, "max_price"),
+        ({"user_id": "u-1", "showcase_only": "maybe", "stream_id": "s"}, "showcase_only"),
+        ({"user_id": "u-1", "showcase_only": "true"}, "stream_id"),
+        ({"user_id": "u-1", "exclude_purchased": "2"}, "exclude_purchased"),
+        ({"user_id": "u-1", "colour": "red"}, "colour"),
+        ({"k": "5"}, "user_id"),
+        ({"user_id": "u" * 200}, "user_id"),
+    ],
+)
 def test_bad_parameters_are_400_naming_the_parameter(world, params, param):
     r = get(world, **params)
     assert r.status_code == 400 and r.json()["param"] == param and param in r.json()["error"]
@@ -154,19 +178,26 @@ def test_bad_post_bodies_and_methods(world):
         assert r.status_code == 405 and "GET" in r.headers["Allow"]
 
 
-@pytest.mark.parametrize("body, status", [
-    (b'{"user_id": "u-1", "context": ' + b"[" * 1000 + b"]" * 1000 + b"}", 400),   # was a RecursionError 500
-    (b"[" * 200_000 + b"]" * 200_000, 413),                                      # over 16 KiB, by Content-Length
-    (b'{"user_id": "u-1", "category": "' + b"x" * 20_000 + b'"}', 413),
-    (b'{"user_id": "u-1", "k": 1e999}', 400),
-    (b'{"user_id": "\xff"}', 400),
-])
+@pytest.mark.parametrize(
+    "body, status",
+    [
+        (b'{"user_id": "u-1", "context": ' + b"[" * 1000 + b"]" * 1000 + b"}", 400),  # was a RecursionError 500
+        (b"[" * 200_000 + b"]" * 200_000, 413),  # over 16 KiB, by Content-Length
+        (b'{"user_id": "u-1", "category": "' + b"x" * 20_000 + b'"}', 413),
+        (b'{"user_id": "u-1", "k": 1e999}', 400),
+        (b'{"user_id": "\xff"}', 400),
+    ],
+)
 def test_hostile_post_bodies_are_4xx_before_parsing(world, body, status):
     r = requests.post(world["url"], data=body, headers={"Content-Type": "application/json"}, timeout=10)
     assert r.status_code == status and r.json()["param"] == "body", r.text
     # chunked (no Content-Length): the cap holds on what arrives
-    r = requests.post(world["url"], data=iter([body[i:i + 4096] for i in range(0, len(body), 4096)]),
-                      headers={"Content-Type": "application/json"}, timeout=10)
+    r = requests.post(
+        world["url"],
+        data=iter([body[i : i + 4096] for i in range(0, len(body), 4096)]),
+        headers={"Content-Type": "application/json"},
+        timeout=10,
+    )
     assert r.status_code == status, r.text
 
 
@@ -295,10 +326,15 @@ def _forged_tokens(user: str) -> dict[str, tuple[str, str]]:
     return {  # name -> (Authorization header, expected identity reason)
         "forged-key": ("Bearer " + identity.mint(stranger_priv, "k2", user), "bad signature"),
         "unknown-kid": ("Bearer " + identity.mint(PRIVATE, "k9", user), "unknown key id"),
-        "payload-swapped": ("Bearer " + ".".join([h, identity.b64url(json.dumps(other).encode()), sig]), "bad signature"),
+        "payload-swapped": (
+            "Bearer " + ".".join([h, identity.b64url(json.dumps(other).encode()), sig]),
+            "bad signature",
+        ),
         "alg-none": ("Bearer " + ".".join([identity.b64url(b'{"alg":"none","kid":"k2"}'), p, ""]), "malformed token"),
-        "alg-hs256": ("Bearer " + ".".join([identity.b64url(b'{"alg":"HS256","kid":"k2"}'), p, sig]),
-                      "unsupported token algorithm"),
+        "alg-hs256": (
+            "Bearer " + ".".join([identity.b64url(b'{"alg":"HS256","kid":"k2"}'), p, sig]),
+            "unsupported token algorithm",
+        ),
         "expired": ("Bearer " + token(user, now=now - 700, ttl_s=600), "token expired"),
         "replayed-after-expiry": ("Bearer " + token(user, now=now - 631, ttl_s=600, jti="j-1"), "token expired"),
         "too-long-lived": ("Bearer " + token(user, ttl_s=86400), "lifetime over 900"),
@@ -326,10 +362,15 @@ def test_rotated_keys_both_verify(world):
     """Two kids configured (rotation): a token from the outgoing key still verifies until it expires."""
     user = _active_user(world)
     old = identity.mint(OLD_PRIVATE, "k1", user)
-    body = requests.get(world["url"], params={"user_id": user}, headers={"Authorization": f"Bearer {old}"},
-                        timeout=10).json()
+    body = requests.get(
+        world["url"], params={"user_id": user}, headers={"Authorization": f"Bearer {old}"}, timeout=10
+    ).json()
     assert body["personal"] is True
     tok = token(user, jti="once")  # a replay within the lifetime is the same viewer's own answer
     for _ in range(2):
-        assert requests.get(world["url"], params={"user_id": user}, headers={"Authorization": f"Bearer {tok}"},
-                            timeout=10).json()["personal"] is True
+        assert (
+            requests.get(
+                world["url"], params={"user_id": user}, headers={"Authorization": f"Bearer {tok}"}, timeout=10
+            ).json()["personal"]
+            is True
+        )

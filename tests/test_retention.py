@@ -3,10 +3,11 @@ run: the manifest's done list and the dedupe index forget what is older than the
 duplicate beyond it is accepted and counted as ``beyond_lookback``, one inside it is dropped), the
 compacted dedupe parts are deleted, old runs leave the manifest, and the retention job deletes
 objects past their prefix's period with the manifest naming only objects that exist."""
+
 from __future__ import annotations
 
 import gzip
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import orjson
 import pytest
@@ -16,13 +17,20 @@ from shared.pipeline.clean import CleanConfig, load_manifest, read_clean, run_cl
 from shared.pipeline.config import TimeRules
 from shared.storage import open_store
 
-D1 = datetime(2026, 10, 1, 20, tzinfo=timezone.utc)
+D1 = datetime(2026, 10, 1, 20, tzinfo=UTC)
 DAY = 86400
 
 
 def _ev(eid, t, rec):
-    return {"event_id": eid, "type": "like", "ts": t.strftime("%Y-%m-%dT%H:%M:%SZ"), "platform": "douyin",
-            "stream_id": "s-1", "user_id": "u-1", "received_at": rec.strftime("%Y-%m-%dT%H:%M:%S.000Z")}
+    return {
+        "event_id": eid,
+        "type": "like",
+        "ts": t.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "platform": "douyin",
+        "stream_id": "s-1",
+        "user_id": "u-1",
+        "received_at": rec.strftime("%Y-%m-%dT%H:%M:%S.000Z"),
+    }
 
 
 def _put(store, when, name, rows):
@@ -32,8 +40,9 @@ def _put(store, when, name, rows):
 
 
 def cfg():
-    return CleanConfig(rules=TimeRules(max_future_s=300, max_past_s=30 * DAY, late_after_s=3600), threads=2,
-                       lookback_days=35)
+    return CleanConfig(
+        rules=TimeRules(max_future_s=300, max_past_s=30 * DAY, late_after_s=3600), threads=2, lookback_days=35
+    )
 
 
 def test_lookback_compacts_done_and_dedupe(tmp_path):
@@ -58,7 +67,7 @@ def test_lookback_compacts_done_and_dedupe(tmp_path):
     assert s3["compaction"]["dedupe_dropped"] == 2 and s3["compaction"]["done_forgotten"] == 2
     m, _ = load_manifest(store)
     assert len(m["dedupe"]) == 1 and m["done"] == [k for k in m["done"] if "date=2026-11-10" in k]
-    assert [k for k in store.list("state/dedupe/")] == m["dedupe"]   # the dropped parts are deleted
+    assert [k for k in store.list("state/dedupe/")] == m["dedupe"]  # the dropped parts are deleted
     # old runs leave the manifest once published (bus=None here: unpublished runs stay, to be republished)
     assert len(m["runs"]) == 3
     pub = dict(m, runs=[dict(r, published=True) for r in m["runs"]])
@@ -66,7 +75,7 @@ def test_lookback_compacts_done_and_dedupe(tmp_path):
     # the forgotten raw partitions are not pending again
     assert run_clean(store, None, cfg(), now=d3.timestamp() + 7200)["status"] == "noop"
     ids = read_clean(store).column("event_id").to_pylist()
-    assert sorted(ids) == ["e0", "e1", "e1", "e2", "n1", "n2"]       # e1 twice: the documented cost
+    assert sorted(ids) == ["e0", "e1", "e1", "e2", "n1", "n2"]  # e1 twice: the documented cost
 
 
 def test_retention_config_and_job(tmp_path, monkeypatch):
@@ -75,12 +84,17 @@ def test_retention_config_and_job(tmp_path, monkeypatch):
     with pytest.raises(ValueError):
         retention.retention_days({"DAIHUO_RETENTION_DAYS": "models=3"})
     store = open_store(str(tmp_path))
-    _put(store, D1, "a", [_ev("e0", D1, D1), {"event_id": "bad", "type": "like", "received_at": "2026-10-01T20:00:00.000Z"}])
+    _put(
+        store,
+        D1,
+        "a",
+        [_ev("e0", D1, D1), {"event_id": "bad", "type": "like", "received_at": "2026-10-01T20:00:00.000Z"}],
+    )
     run_clean(store, None, cfg(), now=D1.timestamp() + 3600)
     assert list(store.list("quarantine/")) and list(store.list("clean/"))
     env = {"DAIHUO_RETENTION_DAYS": "raw=10,clean=20,quarantine=5"}
     out = retention.apply_retention(store, now=(D1 + timedelta(days=15)).timestamp(), environ=env)
-    assert {k.split("/")[0] for k in out["deleted"]} == {"raw", "quarantine"}   # clean/ is kept 20 days
+    assert {k.split("/")[0] for k in out["deleted"]} == {"raw", "quarantine"}  # clean/ is kept 20 days
     assert not list(store.list("raw/")) and not list(store.list("quarantine/")) and list(store.list("clean/"))
     out = retention.apply_retention(store, now=(D1 + timedelta(days=25)).timestamp(), environ=env)
     assert not list(store.list("clean/")) and list(store.list("state/dedupe/"))  # the index: its own look-back

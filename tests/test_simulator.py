@@ -1,5 +1,6 @@
-"""Tests of the traffic simulator (shared/simulator.py): determinism, contract validity, fault
+"""Tests of the traffic simulator (devtools/simulator.py): determinism, contract validity, fault
 bookkeeping, session invariants, taste ground truth, outputs. Small worlds: the file runs in seconds."""
+
 from __future__ import annotations
 
 import gzip
@@ -11,14 +12,22 @@ import numpy as np
 import orjson
 import pytest
 
+from devtools.simulator import INVALID_KINDS, FaultRates, SimConfig, main, parse_ts_ms, send, simulate, write_files
 from shared.contract import validate_record
 from shared.signing import verify
-from shared.simulator import (INVALID_KINDS, FaultRates, SimConfig, main, parse_ts_ms, send, simulate,
-                              write_files)
 
 SMALL = SimConfig(seed=11, n_streams=4, n_users=1200, n_items=300, mean_viewers_per_stream=150)
-FAULTY = FaultRates(duplicate=0.02, malformed_json=0.004, wrong_type=0.004, missing_field=0.004,
-                    negative_quantity=0.004, unknown_item=0.003, unknown_type=0.004, late=0.01, skew=0.01)
+FAULTY = FaultRates(
+    duplicate=0.02,
+    malformed_json=0.004,
+    wrong_type=0.004,
+    missing_field=0.004,
+    negative_quantity=0.004,
+    unknown_item=0.003,
+    unknown_type=0.004,
+    late=0.01,
+    skew=0.01,
+)
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +38,7 @@ def clean_sim():
 @pytest.fixture(scope="module")
 def faulty_sim():
     sim = simulate(SMALL, faults=FAULTY)
-    sim.events  # materialise once
+    _ = sim.events  # materialise once
     return sim
 
 
@@ -43,6 +52,7 @@ def _key(row, line: int, log) -> str | None:
 
 
 # --- determinism -------------------------------------------------------------------------------
+
 
 def test_same_seed_same_output_and_streaming_equals_materialised():
     a, b = simulate(SMALL, faults=FAULTY), simulate(SMALL, faults=FAULTY)
@@ -60,14 +70,24 @@ def test_different_seed_differs(clean_sim):
 
 # --- contract validity -------------------------------------------------------------------------
 
+
 def test_clean_feed_all_valid_and_no_faults(clean_sim):
     assert clean_sim.truth.fault_log == {}
     for r in clean_sim.catalog + clean_sim.events:
         rec, why = validate_record(r)
         assert why is None, (r, why)
     types = Counter(r["type"] for r in clean_sim.events)
-    for t in ("stream_enter", "stream_leave", "like", "comment", "product_impression", "product_click",
-              "add_to_cart", "purchase", "gift"):
+    for t in (
+        "stream_enter",
+        "stream_leave",
+        "like",
+        "comment",
+        "product_impression",
+        "product_click",
+        "add_to_cart",
+        "purchase",
+        "gift",
+    ):
         assert types[t] > 0, t
     ids = [r["event_id"] for r in clean_sim.events]
     assert len(ids) == len(set(ids))
@@ -141,6 +161,7 @@ def test_expected_clean(faulty_sim):
 
 # --- session invariants ------------------------------------------------------------------------
 
+
 def test_session_invariants(clean_sim):
     df = clean_sim.truth.expected_clean()
     showcase = {s: set(clean_sim.truth.showcase(s)) for s in df["stream_id"].unique()}
@@ -198,9 +219,11 @@ def test_catalog_text_and_prices(clean_sim):
 
 # --- outputs -----------------------------------------------------------------------------------
 
+
 def test_write_files(tmp_path):
-    sim = simulate(SimConfig(seed=3, n_streams=2, n_users=300, n_items=80, mean_viewers_per_stream=40,
-                             faults="default"))
+    sim = simulate(
+        SimConfig(seed=3, n_streams=2, n_users=300, n_items=80, mean_viewers_per_stream=40, faults="default")
+    )
     paths = write_files(sim, tmp_path, gzip_output=True)
     with gzip.open(paths["events"], "rt", encoding="utf-8") as f:
         lines = f.read().splitlines()
@@ -208,6 +231,7 @@ def test_write_files(tmp_path):
     truth = json.loads(open(paths["truth"], encoding="utf-8").read())
     assert truth["fault_log"] == json.loads(orjson.dumps(sim.truth.fault_log))
     import pandas as pd
+
     assert len(pd.read_parquet(paths["expected_clean"])) == sim.truth.summary()["true_events"]
 
 
@@ -225,8 +249,11 @@ def test_send_signs_batches_and_retries_503():
         platform = verify(request.headers, request.body, environ=env)
         rows = [json.loads(x) for x in request.body.decode().splitlines() if x]
         assert all(r["platform"] == platform for r in rows)
-        body = {"accepted": len(rows), "rejected": 0,
-                "results": [{"index": i, "event_id": r["event_id"], "status": "accepted"} for i, r in enumerate(rows)]}
+        body = {
+            "accepted": len(rows),
+            "rejected": 0,
+            "results": [{"index": i, "event_id": r["event_id"], "status": "accepted"} for i, r in enumerate(rows)],
+        }
         return 200, {}, json.dumps(body)
 
     with responses.RequestsMock() as rm:
@@ -238,8 +265,27 @@ def test_send_signs_batches_and_retries_503():
 
 
 def test_cli(tmp_path, capsys):
-    assert main(["--seed", "2", "--streams", "2", "--users", "200", "--items", "50", "--viewers", "20",
-                 "--faults", "default", "--out", str(tmp_path)]) == 0
+    assert (
+        main(
+            [
+                "--seed",
+                "2",
+                "--streams",
+                "2",
+                "--users",
+                "200",
+                "--items",
+                "50",
+                "--viewers",
+                "20",
+                "--faults",
+                "default",
+                "--out",
+                str(tmp_path),
+            ]
+        )
+        == 0
+    )
     out = json.loads(capsys.readouterr().out)
     assert out["summary"]["events_by_type"]["stream_enter"] > 0
     assert (tmp_path / "events.ndjson").exists() and (tmp_path / "truth.json").exists()
@@ -247,21 +293,22 @@ def test_cli(tmp_path, capsys):
 
 # --- repeat world (multi-day, consumable rebuys, live-room dynamics) ------------------------------
 
-from shared.simulator import CATEGORY_CYCLE_DAYS, REPEAT_WORLD, repeat_profile  # noqa: E402
+from devtools.simulator import CATEGORY_CYCLE_DAYS, REPEAT_WORLD, repeat_profile  # noqa: E402
 
-REPEAT = SimConfig.repeat_preset(seed=1, scale=0.3)   # 45 streams over 28 days, 720 users, 135 items
+REPEAT = SimConfig.repeat_preset(seed=1, scale=0.3)  # 45 streams over 28 days, 720 users, 135 items
 
 
 @pytest.fixture(scope="module")
 def repeat_sim():
     sim = simulate(REPEAT)
-    sim.events
+    _ = sim.events
     return sim
 
 
 @pytest.fixture(scope="module")
 def repeat_buys(repeat_sim):
     import pandas as pd
+
     b = pd.DataFrame([r for r in repeat_sim.events if r["type"] == "purchase"])
     b["ms"] = b["ts"].map(parse_ts_ms)
     b = b.sort_values(["ms", "event_id"]).reset_index(drop=True)
@@ -274,6 +321,7 @@ def repeat_buys(repeat_sim):
 def test_default_config_output_unchanged():
     """The repeat-world knobs default to no-ops: the single evening is byte-identical to before."""
     import hashlib
+
     sim = simulate(SMALL, faults="default")
     h = hashlib.sha256(b"".join((r.encode() if isinstance(r, str) else orjson.dumps(r)) + b"\n" for r in sim.events))
     assert h.hexdigest() == "dba3a5dc8e090d47ae194daff91c954cd962f83e02bae2159acad22c5a184f6d"
@@ -375,7 +423,8 @@ def test_social_proof_clusters_sales_in_the_room(repeat_sim):
     flat = simulate(REPEAT, social_proof=0.0)
     assert clustered(repeat_sim) > clustered(flat)
     assert len([r for r in repeat_sim.events if r["type"] == "purchase"]) > len(
-        [r for r in flat.events if r["type"] == "purchase"])
+        [r for r in flat.events if r["type"] == "purchase"]
+    )
 
 
 def test_repeat_preset_and_cli(tmp_path, capsys):

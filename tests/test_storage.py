@@ -5,6 +5,7 @@ The GCS emulator ignores preconditions, so on GCS the compare-and-swap tests che
 client SENDS ``ifGenerationMatch`` (recorded from the real HTTP traffic) and that the emulator still
 does not enforce it (if a future emulator does, those tests fail and ask to be tightened).
 """
+
 from __future__ import annotations
 
 import json
@@ -18,13 +19,27 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from shared import storage
-from shared.storage import (ABSENT, GCSStore, InvalidKey, LocalStore, NotFound, PreconditionFailed, S3Store,
-                            StorageError, get_json, open_store, put_json, update_json)
+from shared.storage import (
+    ABSENT,
+    GCSStore,
+    InvalidKey,
+    LocalStore,
+    NotFound,
+    PreconditionFailed,
+    S3Store,
+    StorageError,
+    get_json,
+    open_store,
+    put_json,
+    update_json,
+)
 
 BACKENDS = ["local", "s3", "gcs"]
 UNICODE_KEY = "raw/date=2026-11-27/hour=20/批次.ndjson.gz"
-GCS_NO_ENFORCEMENT = ("gcp-storage-emulator ignores ifGenerationMatch, so compare-and-swap cannot be proven on it; "
-                      "the test checks that the precondition is sent and that the emulator still ignores it")
+GCS_NO_ENFORCEMENT = (
+    "gcp-storage-emulator ignores ifGenerationMatch, so compare-and-swap cannot be proven on it; "
+    "the test checks that the precondition is sent and that the emulator still ignores it"
+)
 
 
 # ------------------------------------------------------------------------------------- fixtures
@@ -67,8 +82,13 @@ def moto_endpoint():
 def _s3_client(endpoint):
     import boto3
 
-    return boto3.session.Session().client("s3", endpoint_url=endpoint, region_name="us-east-1",
-                                          aws_access_key_id="testing", aws_secret_access_key="testing")
+    return boto3.session.Session().client(
+        "s3",
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
 
 
 class Recorder:
@@ -162,8 +182,7 @@ def test_exists(store):
 
 
 def test_list_by_prefix_sorted_without_false_matches(store):
-    keys = ["raw/a/1", "raw/a/b/3", "raw/a/b/2", "raw/ab/2", "raw/a.x", "raw/a-z", "raw/批次", "raw/z",
-            "clean/x"]
+    keys = ["raw/a/1", "raw/a/b/3", "raw/a/b/2", "raw/ab/2", "raw/a.x", "raw/a-z", "raw/批次", "raw/z", "clean/x"]
     for k in reversed(keys):
         store.put(k, k.encode())
     assert list(store.list("raw/a/")) == ["raw/a/1", "raw/a/b/2", "raw/a/b/3"]
@@ -196,8 +215,20 @@ def test_json_helpers(store):
 
 
 def test_invalid_keys_rejected_everywhere(store):
-    for bad in ["", "/abs", "../up", "a/../../b", "a//b", "a/", "a/./b", "a\\b", "a\x00b", "a\nb",
-                ".daihuo/gen/x", "x" * 1025]:
+    for bad in [
+        "",
+        "/abs",
+        "../up",
+        "a/../../b",
+        "a//b",
+        "a/",
+        "a/./b",
+        "a\\b",
+        "a\x00b",
+        "a\nb",
+        ".daihuo/gen/x",
+        "x" * 1025,
+    ]:
         with pytest.raises(InvalidKey):
             store.put(bad, b"x")
         with pytest.raises(InvalidKey):
@@ -214,7 +245,10 @@ def test_store_prefix_isolates(store, backend, tmp_path):
         cls = type(store)
         kwargs = {"client": store.client}
         base = store.prefix.rstrip("/")
-        mine, other = cls(store.bucket_name, base + "/env-a", **kwargs), cls(store.bucket_name, base + "/env-b", **kwargs)
+        mine, other = (
+            cls(store.bucket_name, base + "/env-a", **kwargs),
+            cls(store.bucket_name, base + "/env-b", **kwargs),
+        )
     mine.put("state/x.json", b"a")
     other.put("state/x.json", b"b")
     assert mine.get("state/x.json") == b"a" and other.get("state/x.json") == b"b"
@@ -359,8 +393,20 @@ def test_local_hostile_keys_cannot_escape(tmp_path):
     root = tmp_path / "root"
     st = LocalStore(root)
     (tmp_path / "secret").write_bytes(b"s")
-    for bad in ["../secret", "a/../../secret", "/etc/passwd", "..", ".", "a//b", "", "a/", "/", "\\..\\secret",
-                ".daihuo/gen/x", ".daihuo-tmp-1"]:
+    for bad in [
+        "../secret",
+        "a/../../secret",
+        "/etc/passwd",
+        "..",
+        ".",
+        "a//b",
+        "",
+        "a/",
+        "/",
+        "\\..\\secret",
+        ".daihuo/gen/x",
+        ".daihuo-tmp-1",
+    ]:
         with pytest.raises(InvalidKey) as info:
             st.put(bad, b"x")
         assert str(info.value)  # a clear message
@@ -408,7 +454,8 @@ def test_local_file_vs_directory_conflict(tmp_path):
 
 
 def test_local_paths_stay_inside_root_property(tmp_path):
-    from hypothesis import given, settings, strategies as hs
+    from hypothesis import given, settings
+    from hypothesis import strategies as hs
 
     st = LocalStore(tmp_path / "r")
     root = os.path.realpath(st.root)
@@ -444,8 +491,7 @@ def test_open_store_urls(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert open_store("var/store").root == str(tmp_path / "var" / "store")
     assert open_store(f"file://{tmp_path}/sp%20ace").root == str(tmp_path / "sp ace")
-    for bad in ["", "gs://", "s3:///p", "ftp://h/x", "file://otherhost/x", "file://rel", "gs://b/../x",
-                "gs://b/p?x=1"]:
+    for bad in ["", "gs://", "s3:///p", "ftp://h/x", "file://otherhost/x", "file://rel", "gs://b/../x", "gs://b/p?x=1"]:
         with pytest.raises((ValueError, InvalidKey)):
             open_store(bad)
     assert isinstance(open_store("gs://b"), storage.ObjectStore)  # the Protocol is runtime-checkable

@@ -7,6 +7,7 @@ At-least-once: the clean function is made to crash once after writing its clean 
 committing (DAIHUO_FAIL_ONCE=clean:write_clean); Pub/Sub redelivers the tick and the result in
 clean/ is still exactly once per event.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -18,8 +19,8 @@ import orjson
 import pytest
 import requests
 
-from shared import simulator
-from shared.localcloud import Stack
+from devtools import simulator
+from devtools.localcloud import Stack
 from shared.pipeline.clean import load_manifest, read_clean
 from shared.storage import open_store
 from tests.waiting import wait_for
@@ -51,14 +52,25 @@ def _wait(pred, timeout: float, what: str):
 @pytest.fixture(scope="module")
 def evening(tmp_path_factory):
     state = tmp_path_factory.mktemp("stack")
-    stack = Stack(port_base=_free_base(), store="local", state_dir=state, fresh=True,
-                  overrides={"archive-every-minute": 2, "clean-hourly": 6}, push_backoff_s=(0.5, 2),
-                  extra_env={"DAIHUO_FAIL_ONCE": "clean:write_clean", "DAIHUO_MODEL_REFRESH_S": "1",
-                             "DAIHUO_ARCHIVE_PULL_TIMEOUT_S": "2", "DAIHUO_CLEAN_UNKNOWN_ITEMS": "quarantine"})
+    stack = Stack(
+        port_base=_free_base(),
+        store="local",
+        state_dir=state,
+        fresh=True,
+        overrides={"archive-every-minute": 2, "clean-hourly": 6},
+        push_backoff_s=(0.5, 2),
+        extra_env={
+            "DAIHUO_FAIL_ONCE": "clean:write_clean",
+            "DAIHUO_MODEL_REFRESH_S": "1",
+            "DAIHUO_ARCHIVE_PULL_TIMEOUT_S": "2",
+            "DAIHUO_CLEAN_UNKNOWN_ITEMS": "quarantine",
+        },
+    )
     stack.start()
     try:
-        sim = simulator.simulate(seed=21, n_streams=3, n_users=600, n_items=150, faults="default",
-                                 mean_viewers_per_stream=150)
+        sim = simulator.simulate(
+            seed=21, n_streams=3, n_users=600, n_items=150, faults="default", mean_viewers_per_stream=150
+        )
         res = simulator.send(sim, stack.url("ingest"), stack.secrets, batch_size=400, concurrency=2, progress=False)
         assert res.failed_batches == 0
         store = open_store(stack.env["DAIHUO_STORE"])
@@ -91,12 +103,19 @@ def test_every_event_is_in_clean_exactly_once_or_quarantined(evening):
     invalid = {k: v for k, v in sim.truth.fault_log.items() if v["kind"] in simulator.INVALID_KINDS}
     n_unknown = sum(v["kind"] == "unknown_item" for v in invalid.values())
     assert evening["sent"].rejected == len(invalid) - n_unknown
-    q_ingest = [orjson.loads(x) for k in store.list("quarantine/ingest/")
-                for x in gzip.decompress(store.get(k)).splitlines() if x]
+    q_ingest = [
+        orjson.loads(x)
+        for k in store.list("quarantine/ingest/")
+        for x in gzip.decompress(store.get(k)).splitlines()
+        if x
+    ]
     assert len(q_ingest) == len(invalid) - n_unknown and all(q["reasons"] for q in q_ingest)
-    q_clean = [orjson.loads(x) for k in store.list("quarantine/date=")
-               for x in gzip.decompress(store.get(k)).splitlines() if x]
-    assert sorted({q["event_id"] for q in q_clean}) == sorted(k for k, v in invalid.items() if v["kind"] == "unknown_item")
+    q_clean = [
+        orjson.loads(x) for k in store.list("quarantine/date=") for x in gzip.decompress(store.get(k)).splitlines() if x
+    ]
+    assert sorted({q["event_id"] for q in q_clean}) == sorted(
+        k for k, v in invalid.items() if v["kind"] == "unknown_item"
+    )
 
 
 def test_clean_crashed_once_and_the_redelivery_committed(evening):
@@ -127,8 +146,12 @@ def test_recommend_serves_the_promoted_model_with_reasons(evening):
     stream = str(buyers["stream_id"].iloc[0])
 
     def answer():
-        r = requests.get(stack.url("recommend"), params={"user_id": user, "stream_id": stream, "k": 5},
-                         headers={"Authorization": "Bearer " + stack.viewer_token(user)}, timeout=10)  # the app's viewer token
+        r = requests.get(
+            stack.url("recommend"),
+            params={"user_id": user, "stream_id": stream, "k": 5},
+            headers={"Authorization": "Bearer " + stack.viewer_token(user)},
+            timeout=10,
+        )  # the app's viewer token
         return r if r.status_code == 200 else None
 
     r = _wait(answer, 30, "recommend to load the model")
@@ -138,7 +161,9 @@ def test_recommend_serves_the_promoted_model_with_reasons(evening):
     assert 1 <= len(body["items"]) <= 5
     for item in body["items"]:
         assert item["reason"] and item["title"]
-    cold = requests.get(stack.url("recommend"), params={"user_id": "nobody-at-all", "stream_id": stream, "k": 3}, timeout=10)
+    cold = requests.get(
+        stack.url("recommend"), params={"user_id": "nobody-at-all", "stream_id": stream, "k": 3}, timeout=10
+    )
     assert cold.status_code == 200 and cold.json()["strategy"] in ("stream", "global")
     assert requests.get(stack.url("recommend"), params={"user_id": user, "k": 0}, timeout=10).status_code == 400
 
@@ -148,8 +173,11 @@ def test_analytics_serves_the_streams(evening):
     if "analytics" not in stack.functions():
         pytest.fail("functions/analytics is missing")
     assert requests.get(stack.url("analytics") + "api/streams", timeout=30).status_code == 401  # operators only
-    r = requests.get(stack.url("analytics") + "api/streams",
-                     headers={"Authorization": "Bearer " + stack.identity["operator_token"]}, timeout=30)
+    r = requests.get(
+        stack.url("analytics") + "api/streams",
+        headers={"Authorization": "Bearer " + stack.identity["operator_token"]},
+        timeout=30,
+    )
     assert r.status_code == 200, r.text
     body = r.json()
     streams = body.get("streams", body.get("items", body))

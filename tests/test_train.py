@@ -1,5 +1,6 @@
 """Training job in-process on a local store: versions, npz without pickle, promotion policy,
 idempotency, regressions kept out of LATEST, failures raise."""
+
 from __future__ import annotations
 
 import io
@@ -8,13 +9,13 @@ import json
 import numpy as np
 import pytest
 
+from devtools.simulator import SimConfig, simulate
 from shared.serving.data import read_training_data, write_clean_from_frames
 from shared.serving.registry import LATEST, Registry, arrays_key, meta_key
 from shared.serving.train import TrainConfig, run_train
-from shared.simulator import SimConfig, simulate
 from shared.storage import open_store
 
-SIM = SimConfig.repeat_preset(seed=1, scale=0.3)   # 28 days, repeat consumables, live-room dynamics
+SIM = SimConfig.repeat_preset(seed=1, scale=0.3)  # 28 days, repeat consumables, live-room dynamics
 #: a repeat-blind recipe (the v1 habit: nothing the viewer touched before is ever served)
 BLIND = {"filter_seen": True}
 
@@ -67,11 +68,22 @@ def test_first_model_is_promoted_and_written_without_pickle(store):
     assert m["primary"] == "room/purchase/all" and m["gate"]["beats_best_baseline"] is True
     assert m["room_all_queries"] >= 100 and m["room_all_ndcg@10"] > m["room_all_best_baseline_ndcg@10"]
     blocks = meta["evaluation"]["blocks"]
-    assert {"room/purchase/all", "room/purchase/new", "catalogue/purchase/all", "catalogue/purchase/new",
-            "room/cart/all"} <= set(blocks)
+    assert {
+        "room/purchase/all",
+        "room/purchase/new",
+        "catalogue/purchase/all",
+        "catalogue/purchase/new",
+        "room/cart/all",
+    } <= set(blocks)
     room = blocks["room/purchase/all"]["rankers"]
-    assert {"stream_bestsellers", "showcase_popularity", "own_history", "own_then_stream", "itemknn",
-            "candidate"} <= set(room)
+    assert {
+        "stream_bestsellers",
+        "showcase_popularity",
+        "own_history",
+        "own_then_stream",
+        "itemknn",
+        "candidate",
+    } <= set(room)
     vs = m["gate"]["vs_best_baseline"]
     assert vs["ratio_lo"] <= vs["ratio"] <= vs["ratio_hi"] and vs["n"] == m["room_all_queries"]
     served = Registry(store).load(res.version)
@@ -143,8 +155,10 @@ def test_reader_follows_the_clean_manifest(store):
     """With state/clean-manifest.json present only committed objects are read (an uncommitted run's
     leftovers under clean/ are ignored)."""
     keys = sorted(store.list("clean/"))
-    store.put_json("state/clean-manifest.json", {"clean_files": [{"key": k, "streams": []} for k in keys[:1]],
-                                                  "catalog": ["catalog/sim.parquet"]})
+    store.put_json(
+        "state/clean-manifest.json",
+        {"clean_files": [{"key": k, "streams": []} for k in keys[:1]], "catalog": ["catalog/sim.parquet"]},
+    )
     store.put("clean/date=2026-11-29/r-uncommitted.parquet", store.get(keys[-1]))
     d = read_training_data(store, 30)
     assert [i["key"] for i in d.inputs] == [keys[0], "catalog/sim.parquet"]
@@ -161,17 +175,33 @@ def test_reader_codes_dedupe_and_order(tmp_path):
 
     st = open_store(str(tmp_path / "s"))
     ts = pd.to_datetime(["2026-11-02T10:00:00Z"] * 3 + ["2026-11-02T09:00:00Z"], utc=True).astype("datetime64[us, UTC]")
-    a = pd.DataFrame({"event_id": ["e-b", "e-a", "e-c", "e-0"], "type": "purchase", "ts": ts, "stream_id": "s1",
-                      "user_id": ["u1", "u2", "u3", "u1"], "item_id": ["i1", "i2", "i1", "i3"], "price": 1.0})
+    a = pd.DataFrame(
+        {
+            "event_id": ["e-b", "e-a", "e-c", "e-0"],
+            "type": "purchase",
+            "ts": ts,
+            "stream_id": "s1",
+            "user_id": ["u1", "u2", "u3", "u1"],
+            "item_id": ["i1", "i2", "i1", "i3"],
+            "price": 1.0,
+        }
+    )
     b = a.iloc[[0]].assign(user_id="u9", item_id="i9")  # same event_id in a second file of the same day
     for name, df in (("r1", a), ("r2", b)):
         buf = io.BytesIO()
         t = pa.Table.from_pandas(df, preserve_index=False)
         if name == "r1":
-            t = pa.table({c: (t[c].dictionary_encode() if c in ("user_id", "item_id") else t[c]) for c in t.column_names})
+            t = pa.table(
+                {c: (t[c].dictionary_encode() if c in ("user_id", "item_id") else t[c]) for c in t.column_names}
+            )
         pq.write_table(t, buf)
         st.put(f"clean/date=2026-11-02/{name}.parquet", buf.getvalue())
     ev = read_training_data(st, 30).events
     assert ev["event_id"].tolist() == ["e-0", "e-a", "e-b", "e-c"]
     assert ev.set_index("event_id").loc["e-b", "user_id"] == "u1"
-    assert isinstance(ev["user_id"].dtype, pd.CategoricalDtype) and ev["user_id"].astype(str).tolist() == ["u1", "u2", "u1", "u3"]
+    assert isinstance(ev["user_id"].dtype, pd.CategoricalDtype) and ev["user_id"].astype(str).tolist() == [
+        "u1",
+        "u2",
+        "u1",
+        "u3",
+    ]

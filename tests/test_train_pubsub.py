@@ -2,6 +2,7 @@
 Google's Pub/Sub emulator -> push to the train function (functions-framework, CloudEvent) -> model
 written + LATEST moved + `model-published` pulled -> the recommend function answers from it; a
 redelivered event does not train twice."""
+
 from __future__ import annotations
 
 import json
@@ -12,11 +13,11 @@ import numpy as np
 import pytest
 import requests
 
-from shared import emulators
+from devtools import emulators
+from devtools.simulator import SimConfig, simulate
 from shared.bus import Bus
 from shared.serving.data import write_clean_from_frames
 from shared.serving.registry import LATEST, arrays_key
-from shared.simulator import SimConfig, simulate
 from shared.storage import open_store
 
 LOGS = emulators.REPO_ROOT / "var" / "test-logs"
@@ -36,8 +37,14 @@ def stack(gcs_emulator, pubsub_emulator):
         bus.ensure_topic(t)
     bus.delete_subscription("train-test-push")
     bus.ensure_subscription("train-test-published", "model-published", ack_deadline_s=30)
-    bus.ensure_subscription("train-test-push", "events-cleaned", push_endpoint=f"http://{train.host}/",
-                            ack_deadline_s=120, min_backoff_s=1, max_backoff_s=5)
+    bus.ensure_subscription(
+        "train-test-push",
+        "events-cleaned",
+        push_endpoint=f"http://{train.host}/",
+        ack_deadline_s=120,
+        min_backoff_s=1,
+        max_backoff_s=5,
+    )
     reco = emulators.start_function("recommend", env=env, log_dir=LOGS)
     yield {"store": store, "bus": bus, "sim": sim, "reco": f"http://{reco.host}/"}
     bus.delete_subscription("train-test-push")
@@ -69,6 +76,7 @@ def test_clean_event_trains_promotes_publishes_and_serves(stack):
     assert gate["candidate"] >= 0 and gate["n_queries"] > 0 and gate["best_baseline"]
     assert json.loads(store.get(LATEST))["version"] == msg["version"]
     import io
+
     with np.load(io.BytesIO(store.get(arrays_key(msg["version"]))), allow_pickle=False) as z:
         assert "model.base.item_ids" in z.files
     # the recommend function picks the model up (background refresh) and answers with reasons

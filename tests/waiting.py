@@ -1,4 +1,5 @@
 """Polling for asynchronous outcomes (Pub/Sub deliveries, scheduled runs) in tests."""
+
 from __future__ import annotations
 
 import time

@@ -4,6 +4,7 @@ live in shared.dashboard.app (docs/dashboard.md); this adapter only translates t
 checks the operator's identity (shared/dashboard/auth.py) and adds the security headers (CSP, nosniff,
 Referrer-Policy, frame-ancestors) to every answer, refusals included.
 No request body is ever read; a query string over 4 KiB is refused (414) before it is parsed."""
+
 import functions_framework
 import orjson
 from flask import Response as FlaskResponse
@@ -24,8 +25,12 @@ def _answer(status: int, body: bytes, headers: dict, method: str) -> FlaskRespon
 @functions_framework.http
 def analytics(request):
     if len(request.query_string) > MAX_QUERY_BYTES:
-        return _answer(414, orjson.dumps({"error": "uri_too_long", "message": f"query over {MAX_QUERY_BYTES} bytes"}),
-                       {"Content-Type": "application/json; charset=utf-8", "Cache-Control": "no-store"}, request.method)
+        return _answer(
+            414,
+            orjson.dumps({"error": "uri_too_long", "message": f"query over {MAX_QUERY_BYTES} bytes"}),
+            {"Content-Type": "application/json; charset=utf-8", "Cache-Control": "no-store"},
+            request.method,
+        )
     args = {k: v for k, v in request.args.items()}
     path = "/" + request.path.strip("/") if request.path.strip("/") else "/"
     refused = _auth.check(path, args, request.headers, request.cookies)

@@ -3,6 +3,7 @@
 
 An exception answers 500, so Pub/Sub retries the tick; unacked events are redelivered anyway.
 """
+
 import json
 
 import functions_framework
@@ -17,5 +18,4 @@ def archive(cloud_event):
     cfg = ArchiveConfig()
     if "max_events" in params:
         cfg = ArchiveConfig(max_events=int(params["max_events"]))
-    return json.dumps(run_archive(runtime.get_bus(), runtime.get_store(), cfg,
-                                  crash_after=params.get("crash_after")))
+    return json.dumps(run_archive(runtime.get_bus(), runtime.get_store(), cfg, crash_after=params.get("crash_after")))

@@ -3,8 +3,9 @@
 Run locally: ``functions-framework --source functions/ingest/main.py --target ingest --port 8081``
 (with the repository root on PYTHONPATH; a deployed bundle carries ``shared/`` beside this file).
 """
-import functions_framework
+
 import flask
+import functions_framework
 
 from shared import runtime
 from shared.ingest import Answer, IngestConfig, Ingestor

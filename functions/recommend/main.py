@@ -4,6 +4,7 @@ refreshed by a background thread when models/LATEST.json moves (DAIHUO_MODEL_REF
 
 A POST body is bounded before it is parsed: over ``DAIHUO_RECOMMEND_MAX_BODY_BYTES`` (16 KiB) ->
 413, nested deeper than 4 levels or not JSON -> 400 ``param: body`` (shared/limits.py)."""
+
 import os
 
 import flask
@@ -31,8 +32,9 @@ def recommend(request: flask.Request):
         try:
             args = limits.read_json_body(request.content_length, request.stream, MAX_BODY, MAX_DEPTH)
         except limits.BodyRefused as exc:
-            return flask.Response(orjson.dumps({"error": str(exc), "param": "body"}), status=exc.status,
-                                  mimetype="application/json")
+            return flask.Response(
+                orjson.dumps({"error": str(exc), "param": "body"}), status=exc.status, mimetype="application/json"
+            )
         args = args if isinstance(args, dict) else None
     else:
         args = request.args.to_dict()

@@ -4,6 +4,7 @@ maybe move models/LATEST.json, publish ``model-published``. Logic: shared/servin
 An exception answers 500, so Pub/Sub retries (and dead-letters after max attempts); a redelivered
 event finds its version already written and only finishes/republishes.
 """
+
 import json
 
 import functions_framework
@@ -13,8 +14,11 @@ from shared.serving.train import TrainConfig, run_train
 
 
 def _message(cloud_event) -> dict:
-    return {"message_id": runtime.pubsub_message_id(cloud_event), "event_id": cloud_event["id"],
-            "summary": runtime.pubsub_json(cloud_event)}
+    return {
+        "message_id": runtime.pubsub_message_id(cloud_event),
+        "event_id": cloud_event["id"],
+        "summary": runtime.pubsub_json(cloud_event),
+    }
 
 
 @functions_framework.cloud_event

@@ -7,14 +7,16 @@ clean manifest's generation, the models pointer's generation and the render vers
 with ``If-None-Match`` (-> 304, no body). The instance keeps the loaded tables and rendered pages in
 memory and looks at the manifest's generation at most every ``DAIHUO_DASHBOARD_CHECK_S`` seconds.
 """
+
 from __future__ import annotations
 
 import os
 import re
 import threading
 from collections import OrderedDict
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any
 from urllib.parse import unquote
 
 import orjson
@@ -56,8 +58,11 @@ class Response:
 
 
 def _json(status: int, obj: Any, headers: dict[str, str] | None = None) -> Response:
-    return Response(status, orjson.dumps(obj, option=orjson.OPT_NON_STR_KEYS),
-                    {"Content-Type": "application/json; charset=utf-8", **(headers or {})})
+    return Response(
+        status,
+        orjson.dumps(obj, option=orjson.OPT_NON_STR_KEYS),
+        {"Content-Type": "application/json; charset=utf-8", **(headers or {})},
+    )
 
 
 def _etag_matches(header: str | None, etag: str) -> bool:
@@ -71,8 +76,15 @@ def _etag_matches(header: str | None, etag: str) -> bool:
 
 
 class App:
-    def __init__(self, store_factory: Callable[[], Any], *, check_every_s: float | None = None,
-                 max_age_s: int | None = None, root: str | None = None, page_cache: int = 64):
+    def __init__(
+        self,
+        store_factory: Callable[[], Any],
+        *,
+        check_every_s: float | None = None,
+        max_age_s: int | None = None,
+        root: str | None = None,
+        page_cache: int = 64,
+    ):
         self._store_factory = store_factory
         self._check_every_s = check_every_s
         self._source: DataSource | None = None
@@ -91,16 +103,23 @@ class App:
         return self._source
 
     # ------------------------------------------------------------------------------------------
-    def handle(self, method: str, path: str, args: Mapping[str, str] | None = None,
-               headers: Mapping[str, str] | None = None) -> Response:
+    def handle(
+        self, method: str, path: str, args: Mapping[str, str] | None = None, headers: Mapping[str, str] | None = None
+    ) -> Response:
         args = dict(args or {})
         headers = headers or {}
         path = "/" + (path or "/").strip("/") if (path or "/").strip("/") else "/"
         api = path.startswith("/api/") or path == "/api"
         if method not in ("GET", "HEAD"):
-            return self._error(405, "method_not_allowed", f"{method} is not allowed; use GET", api, None,
-                               extra_headers={"Allow": "GET, HEAD"})
-        for pattern, kind, allowed in ROUTES:
+            return self._error(
+                405,
+                "method_not_allowed",
+                f"{method} is not allowed; use GET",
+                api,
+                None,
+                extra_headers={"Allow": "GET, HEAD"},
+            )
+        for pattern, kind, allowed in ROUTES:  # noqa: B007 (kept after the loop)
             m = pattern.match(path)
             if m:
                 break
@@ -108,13 +127,18 @@ class App:
             return self._error(404, "not_found", f"no such resource: {path}", api, None)
         unknown = sorted(set(args) - allowed)
         if unknown:
-            return self._error(400, "bad_parameter", f"unknown parameter {unknown[0]!r}", api, None,
-                               parameter=unknown[0])
+            return self._error(
+                400, "bad_parameter", f"unknown parameter {unknown[0]!r}", api, None, parameter=unknown[0]
+            )
         if kind == "health":
             return _json(200, {"status": "ok"}, {"Cache-Control": "no-store"})
         snap = self.source.snapshot()
         etag = f'"{snap.version}"'
-        cache = {"Cache-Control": f"private, max-age={self.max_age_s}", "ETag": etag, "Vary": "Accept-Encoding, Authorization, Cookie"}
+        cache = {
+            "Cache-Control": f"private, max-age={self.max_age_s}",
+            "ETag": etag,
+            "Vary": "Accept-Encoding, Authorization, Cookie",
+        }
         sid = unquote(m.group(1)) if m.groups() else None
         if sid is not None and not snap.has_stream(sid):
             return self._error(404, "unknown_stream", f"unknown stream {sid!r}", api, snap, stream_id=sid)
@@ -165,12 +189,22 @@ class App:
             return pages.models_page(snap, self.root)
         raise AssertionError(kind)
 
-    def _error(self, status: int, code: str, message: str, api: bool, snap, *,
-               extra_headers: dict[str, str] | None = None, **fields) -> Response:
+    def _error(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        api: bool,
+        snap,
+        *,
+        extra_headers: dict[str, str] | None = None,
+        **fields,
+    ) -> Response:
         hdrs = {"Cache-Control": "no-store", **(extra_headers or {})}
         if api or snap is None and status == 405:
             return _json(status, {"error": code, "message": message, **fields}, hdrs)
         from shared.dashboard.data import empty_snapshot
+
         title = {400: "Bad request", 404: "Not found", 405: "Method not allowed"}.get(status, "Error")
         html = pages.error_page(snap or empty_snapshot(""), status, title, message, self.root)
         return Response(status, html.encode("utf-8"), {"Content-Type": "text/html; charset=utf-8", **hdrs})

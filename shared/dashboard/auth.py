@@ -16,11 +16,12 @@ Modes (``DAIHUO_OPERATOR_AUTH``):
 Refusals: 401 + ``WWW-Authenticate: Bearer realm="daihuo-analytics"``, a JSON body under ``/api/``
 and a short HTML page elsewhere; nothing about the data.
 """
+
 from __future__ import annotations
 
 import hmac
 import os
-from typing import Mapping
+from collections.abc import Mapping
 
 import orjson
 
@@ -32,8 +33,10 @@ COOKIE = "daihuo_operator"
 COOKIE_MAX_AGE_S = 8 * 3600
 # No script at all, styles inline (the templates and Vega's SVG use them), the favicon is a data:
 # URL; nothing may frame the dashboard, no form posts elsewhere, no <base> tricks.
-CSP = ("default-src 'none'; img-src data:; style-src 'unsafe-inline'; base-uri 'none'; form-action 'self'; "
-       "frame-ancestors 'none'")
+CSP = (
+    "default-src 'none'; img-src data:; style-src 'unsafe-inline'; base-uri 'none'; form-action 'self'; "
+    "frame-ancestors 'none'"
+)
 SECURITY_HEADERS = {
     "Content-Security-Policy": CSP,
     "X-Content-Type-Options": "nosniff",
@@ -75,8 +78,9 @@ class OperatorAuth:
             return value.strip()
         return cookies.get(COOKIE)
 
-    def check(self, path: str, args: Mapping[str, str], headers: Mapping[str, str],
-              cookies: Mapping[str, str]) -> tuple[int, bytes, dict[str, str]] | None:
+    def check(
+        self, path: str, args: Mapping[str, str], headers: Mapping[str, str], cookies: Mapping[str, str]
+    ) -> tuple[int, bytes, dict[str, str]] | None:
         """None = let the request through; else the (status, body, headers) to answer."""
         if path in OPEN_PATHS:
             return None
@@ -84,7 +88,9 @@ class OperatorAuth:
             return None
         if self.mode == "token" and path == "/login":
             if self._valid(args.get("token")):
-                cookie = f"{COOKIE}={args['token'].strip()}; Path=/; Max-Age={COOKIE_MAX_AGE_S}; HttpOnly; SameSite=Strict"
+                cookie = (
+                    f"{COOKIE}={args['token'].strip()}; Path=/; Max-Age={COOKIE_MAX_AGE_S}; HttpOnly; SameSite=Strict"
+                )
                 return 303, b"", {"Location": "/", "Set-Cookie": cookie, "Cache-Control": "no-store"}
             return self._refuse(path, "invalid operator token")
         if self.mode == "token" and self._valid(self.presented(headers, cookies)):
@@ -94,8 +100,13 @@ class OperatorAuth:
     def _refuse(self, path: str, why: str) -> tuple[int, bytes, dict[str, str]]:
         hdrs = {"WWW-Authenticate": 'Bearer realm="daihuo-analytics"', "Cache-Control": "no-store"}
         if path.startswith("/api/"):
-            return 401, orjson.dumps({"error": "unauthorized", "message": why}), {
-                **hdrs, "Content-Type": "application/json; charset=utf-8"}
-        html = ("<!doctype html><html lang=\"en\"><meta charset=\"utf-8\"><title>401 Unauthorized</title>"
-                f"<h1>401 Unauthorized</h1><p>{why}. See docs/dashboard.md (operator access).</p></html>")
+            return (
+                401,
+                orjson.dumps({"error": "unauthorized", "message": why}),
+                {**hdrs, "Content-Type": "application/json; charset=utf-8"},
+            )
+        html = (
+            '<!doctype html><html lang="en"><meta charset="utf-8"><title>401 Unauthorized</title>'
+            f"<h1>401 Unauthorized</h1><p>{why}. See docs/dashboard.md (operator access).</p></html>"
+        )
         return 401, html.encode(), {**hdrs, "Content-Type": "text/html; charset=utf-8"}

@@ -7,6 +7,7 @@ chart's text as ``<text>`` elements, so the browser draws Chinese product names 
 width, which makes every chart readable on a phone. Each spec function is pure (data in, dict out),
 so tests can check the specs without rendering them.
 """
+
 from __future__ import annotations
 
 import glob
@@ -25,11 +26,13 @@ _fonts_done = False
 
 
 def _config(chart: alt.TopLevelMixin) -> alt.TopLevelMixin:
-    return (chart.configure(font=FONT, background="white")
-            .configure_axis(labelFontSize=11, titleFontSize=11, labelColor="#333", titleColor="#333")
-            .configure_view(stroke=None)
-            .configure_range(category=PALETTE)
-            .configure_legend(orient="bottom", labelFontSize=11, titleFontSize=11))
+    return (
+        chart.configure(font=FONT, background="white")
+        .configure_axis(labelFontSize=11, titleFontSize=11, labelColor="#333", titleColor="#333")
+        .configure_view(stroke=None)
+        .configure_range(category=PALETTE)
+        .configure_legend(orient="bottom", labelFontSize=11, titleFontSize=11)
+    )
 
 
 def _time_x(title: str = "time (UTC)") -> alt.X:
@@ -40,16 +43,22 @@ def viewers_chart(series: pd.DataFrame) -> dict:
     """Concurrent viewers (average per bucket) over time."""
     df = series[["t", "avg_concurrent"]].copy()
     base = alt.Chart(df).encode(_time_x(), alt.Y("avg_concurrent:Q", title="concurrent viewers 在线人数"))
-    chart = (base.mark_area(color=PALETTE[2], opacity=0.25, interpolate="step-after")
-             + base.mark_line(color=PALETTE[2], interpolate="step-after"))
+    chart = base.mark_area(color=PALETTE[2], opacity=0.25, interpolate="step-after") + base.mark_line(
+        color=PALETTE[2], interpolate="step-after"
+    )
     return _config(chart.properties(width=WIDTH, height=180)).to_dict()
 
 
 def funnel_chart(steps: list[dict]) -> dict:
     df = pd.DataFrame(steps)
-    df["pct"] = [("100%" if s.get("rate_from_first") in (None, 1.0) and i == 0 else
-                  (f"{s['rate_from_first'] * 100:.1f}%" if s.get("rate_from_first") is not None else "–"))
-                 for i, s in enumerate(steps)]
+    df["pct"] = [
+        (
+            "100%"
+            if s.get("rate_from_first") in (None, 1.0) and i == 0
+            else (f"{s['rate_from_first'] * 100:.1f}%" if s.get("rate_from_first") is not None else "–")
+        )
+        for i, s in enumerate(steps)
+    ]
     df["text"] = df["count"].map(lambda n: f"{n:,}") + "  (" + df["pct"] + ")"
     y = alt.Y("label:N", sort=None, title=None)
     bars = alt.Chart(df).mark_bar(color=PALETTE[0]).encode(y, alt.X("count:Q", title="events 次数"))
@@ -61,21 +70,28 @@ def gmv_orders_chart(series: pd.DataFrame) -> dict:
     df = series[["t", "gmv", "orders"]].copy()
     gmv = alt.Chart(df).mark_bar(color=PALETTE[0]).encode(_time_x(title=None), alt.Y("gmv:Q", title="GMV (CNY)"))
     orders = alt.Chart(df).mark_bar(color=PALETTE[1]).encode(_time_x(), alt.Y("orders:Q", title="orders 订单"))
-    return _config(alt.vconcat(gmv.properties(width=WIDTH, height=130),
-                               orders.properties(width=WIDTH, height=90), spacing=6)).to_dict()
+    return _config(
+        alt.vconcat(gmv.properties(width=WIDTH, height=130), orders.properties(width=WIDTH, height=90), spacing=6)
+    ).to_dict()
 
 
 def engagement_chart(series: pd.DataFrame, bucket_s: int) -> dict:
     """Likes, comments, shares, gifts per minute (each bucket's count / its minutes)."""
     per = max(bucket_s / 60.0, 1e-9)
     long = []
-    for col, label in (("likes", "likes 点赞"), ("comments", "comments 评论"), ("shares", "shares 分享"),
-                       ("gifts", "gifts 礼物")):
+    for col, label in (
+        ("likes", "likes 点赞"),
+        ("comments", "comments 评论"),
+        ("shares", "shares 分享"),
+        ("gifts", "gifts 礼物"),
+    ):
         long.append(pd.DataFrame({"t": series["t"], "metric": label, "per_min": series[col].astype(float) / per}))
     df = pd.concat(long, ignore_index=True) if long else pd.DataFrame(columns=["t", "metric", "per_min"])
-    chart = alt.Chart(df).mark_line(interpolate="monotone", strokeWidth=1.5).encode(
-        _time_x(), alt.Y("per_min:Q", title="per minute 每分钟"),
-        alt.Color("metric:N", title=None, sort=None))
+    chart = (
+        alt.Chart(df)
+        .mark_line(interpolate="monotone", strokeWidth=1.5)
+        .encode(_time_x(), alt.Y("per_min:Q", title="per minute 每分钟"), alt.Color("metric:N", title=None, sort=None))
+    )
     return _config(chart.properties(width=WIDTH, height=180)).to_dict()
 
 
@@ -93,10 +109,16 @@ def products_chart(products: list[dict], field: str) -> dict:
     fmt = ".1%" if field in ("ctr", "conversion_rate") else ",.0f"
     title = {"gmv": "GMV (CNY)", "ctr": "CTR 点击率"}.get(field, field)
     y = alt.Y("label:N", sort=None, title=None, axis=alt.Axis(labelLimit=220))
-    bars = alt.Chart(df).mark_bar(color=PALETTE[0] if field == "gmv" else PALETTE[2]).encode(
-        y, alt.X(f"{field}:Q", title=title, axis=alt.Axis(format=fmt)))
-    text = alt.Chart(df).mark_text(align="left", dx=3, fontSize=10).encode(
-        y, alt.X(f"{field}:Q"), alt.Text(f"{field}:Q", format=fmt))
+    bars = (
+        alt.Chart(df)
+        .mark_bar(color=PALETTE[0] if field == "gmv" else PALETTE[2])
+        .encode(y, alt.X(f"{field}:Q", title=title, axis=alt.Axis(format=fmt)))
+    )
+    text = (
+        alt.Chart(df)
+        .mark_text(align="left", dx=3, fontSize=10)
+        .encode(y, alt.X(f"{field}:Q"), alt.Text(f"{field}:Q", format=fmt))
+    )
     return _config((bars + text).properties(width=WIDTH - 260, height=max(1, len(df)) * 20)).to_dict()
 
 
@@ -105,36 +127,65 @@ def ranking_chart(streams: list[dict], field: str) -> dict:
     df[field] = df[field].astype(float)
     title = {"gmv": "GMV (CNY)", "gpm": "GPM (GMV per 1000 viewers)"}[field]
     y = alt.Y("stream_id:N", sort=None, title=None)
-    bars = alt.Chart(df).mark_bar().encode(y, alt.X(f"{field}:Q", title=title, axis=alt.Axis(format=",.0f")),
-                                           alt.Color("platform:N", title="platform 平台"))
-    text = alt.Chart(df).mark_text(align="left", dx=3, fontSize=10).encode(
-        y, alt.X(f"{field}:Q"), alt.Text(f"{field}:Q", format=",.0f"))
+    bars = (
+        alt.Chart(df)
+        .mark_bar()
+        .encode(
+            y,
+            alt.X(f"{field}:Q", title=title, axis=alt.Axis(format=",.0f")),
+            alt.Color("platform:N", title="platform 平台"),
+        )
+    )
+    text = (
+        alt.Chart(df)
+        .mark_text(align="left", dx=3, fontSize=10)
+        .encode(y, alt.X(f"{field}:Q"), alt.Text(f"{field}:Q", format=",.0f"))
+    )
     return _config((bars + text).properties(width=WIDTH - 150, height=max(1, len(df)) * 22)).to_dict()
 
 
 def quality_chart(runs: list[dict], reasons: list[str]) -> dict:
     """Rows dropped per reason per clean run (stacked bars, one bar per run)."""
-    rows = [{"run": r["run_id"][:10], "order": i, "reason": k, "rows": v}
-            for i, r in enumerate(runs) for k, v in (r.get("dropped_by_reason") or {}).items()]
+    rows = [
+        {"run": r["run_id"][:10], "order": i, "reason": k, "rows": v}
+        for i, r in enumerate(runs)
+        for k, v in (r.get("dropped_by_reason") or {}).items()
+    ]
     df = pd.DataFrame(rows, columns=["run", "order", "reason", "rows"])
-    chart = alt.Chart(df).mark_bar().encode(
-        alt.Y("run:N", sort=alt.EncodingSortField("order"), title="clean run"),
-        alt.X("sum(rows):Q", title="rows dropped 丢弃行数"),
-        alt.Color("reason:N", title="reason 原因", sort=reasons))
+    chart = (
+        alt.Chart(df)
+        .mark_bar()
+        .encode(
+            alt.Y("run:N", sort=alt.EncodingSortField("order"), title="clean run"),
+            alt.X("sum(rows):Q", title="rows dropped 丢弃行数"),
+            alt.Color("reason:N", title="reason 原因", sort=reasons),
+        )
+    )
     return _config(chart.properties(width=WIDTH - 120, height=max(1, len(runs)) * 26)).to_dict()
 
 
 def models_chart(models: list[dict], metrics: list[str]) -> dict:
     """Offline metrics per model version (grouped bars)."""
-    rows = [{"version": m["version"], "order": i, "metric": k, "value": float(v)}
-            for i, m in enumerate(models) for k, v in (m.get("metrics") or {}).items()
-            if k in metrics]
+    rows = [
+        {"version": m["version"], "order": i, "metric": k, "value": float(v)}
+        for i, m in enumerate(models)
+        for k, v in (m.get("metrics") or {}).items()
+        if k in metrics
+    ]
     df = pd.DataFrame(rows, columns=["version", "order", "metric", "value"])
-    chart = alt.Chart(df).mark_bar().encode(
-        alt.Y("metric:N", title=None, sort=metrics), alt.YOffset("version:N", sort=alt.EncodingSortField("order")),
-        alt.X("value:Q", title="value"), alt.Color("version:N", title="model version", sort=alt.EncodingSortField("order")))
-    return _config(chart.properties(width=WIDTH - 120, height=max(1, len(metrics)) * max(1, len(models)) * 14 + 10)
-                   ).to_dict()
+    chart = (
+        alt.Chart(df)
+        .mark_bar()
+        .encode(
+            alt.Y("metric:N", title=None, sort=metrics),
+            alt.YOffset("version:N", sort=alt.EncodingSortField("order")),
+            alt.X("value:Q", title="value"),
+            alt.Color("version:N", title="model version", sort=alt.EncodingSortField("order")),
+        )
+    )
+    return _config(
+        chart.properties(width=WIDTH - 120, height=max(1, len(metrics)) * max(1, len(models)) * 14 + 10)
+    ).to_dict()
 
 
 # ------------------------------------------------------------------------------ rendering
@@ -145,8 +196,14 @@ def _register_fonts() -> None:
         if _fonts_done:
             return
         import vl_convert as vlc
-        for d in sorted({os.path.dirname(p) for pat in ("/usr/share/fonts/**/NotoSansCJK*", "/usr/share/fonts/**/wqy*")
-                         for p in glob.glob(pat, recursive=True)}):
+
+        for d in sorted(
+            {
+                os.path.dirname(p)
+                for pat in ("/usr/share/fonts/**/NotoSansCJK*", "/usr/share/fonts/**/wqy*")
+                for p in glob.glob(pat, recursive=True)
+            }
+        ):
             try:
                 vlc.register_font_directory(d)
             except Exception:  # measuring with a fallback font only changes label truncation
@@ -160,12 +217,19 @@ _SVG_HEAD = re.compile(r'^<svg([^>]*?) width="(\d+(?:\.\d+)?)" height="(\d+(?:\.
 def render_svg(spec: dict, *, name: str, label: str) -> str:
     """The spec as an inline ``<svg>`` scaled by CSS (width/height attributes moved to a style max-width)."""
     import vl_convert as vlc
+
     _register_fonts()
     svg = vlc.vegalite_to_svg(spec)
-    svg = _SVG_HEAD.sub(lambda m: f'<svg{m.group(1)} role="img" aria-label="{_attr(label)}" data-chart="{name}" '
-                                  f'style="max-width:{m.group(2)}px" preserveAspectRatio="xMinYMin meet"', svg, count=1)
+    svg = _SVG_HEAD.sub(
+        lambda m: (
+            f'<svg{m.group(1)} role="img" aria-label="{_attr(label)}" data-chart="{name}" '
+            f'style="max-width:{m.group(2)}px" preserveAspectRatio="xMinYMin meet"'
+        ),
+        svg,
+        count=1,
+    )
     return svg
 
 
 def _attr(s: str) -> str:
-    return (s.replace("&", "&amp;").replace('"', "&quot;").replace("<", "&lt;").replace(">", "&gt;"))
+    return s.replace("&", "&amp;").replace('"', "&quot;").replace("<", "&lt;").replace(">", "&gt;")

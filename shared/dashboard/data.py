@@ -9,6 +9,7 @@ manifest's generation (or the ``models/LATEST.json`` generation) changed, lookin
 Everything here is defensive about what may not exist yet: no manifest (nothing cleaned yet) gives
 empty tables, no models gives an empty model list, a broken ``meta.json`` is listed with its error.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -56,18 +57,19 @@ def _generation(store, key: str) -> str | None:
 @dataclass
 class Snapshot:
     """One consistent state of the analytics data (immutable once built)."""
-    version: str                              # ETag value: changes whenever anything shown changes
+
+    version: str  # ETag value: changes whenever anything shown changes
     manifest: dict[str, Any]
     stream: pd.DataFrame
     stream_hour: pd.DataFrame
     stream_item: pd.DataFrame
-    catalog: pd.DataFrame                     # item_id -> title, category, price (latest per item)
-    runs: list[dict[str, Any]]                # clean run reports, oldest first
-    models: list[dict[str, Any]]              # model metadata, oldest first
+    catalog: pd.DataFrame  # item_id -> title, category, price (latest per item)
+    runs: list[dict[str, Any]]  # clean run reports, oldest first
+    models: list[dict[str, Any]]  # model metadata, oldest first
     latest_model: str | None
     loaded_at: float = field(default_factory=time.time)
     _store: Any = None
-    _minute_cache: "OrderedDict[tuple, pd.DataFrame]" = field(default_factory=OrderedDict)
+    _minute_cache: OrderedDict[tuple, pd.DataFrame] = field(default_factory=OrderedDict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
@@ -92,6 +94,7 @@ class Snapshot:
     def fine_series(self, stream_id: str, bucket_s: int) -> pd.DataFrame:
         """Per-bucket series from the clean events (cached per snapshot, a few streams at a time)."""
         from shared.dashboard.queries import fine_series_from_events
+
         key = (stream_id, bucket_s)
         with self._lock:
             if key in self._minute_cache:
@@ -106,13 +109,31 @@ class Snapshot:
 
 
 def empty_snapshot(version: str = "empty") -> Snapshot:
-    return Snapshot(version=version, manifest={}, stream=pd.DataFrame(columns=STREAM_COLS),
-                    stream_hour=pd.DataFrame(columns=["stream_id", "hour"]),
-                    stream_item=pd.DataFrame(columns=["stream_id", "item_id", "impressions", "clicks",
-                                                      "add_to_carts", "orders", "units", "gmv", "refunds",
-                                                      "ctr", "conversion_rate"]),
-                    catalog=pd.DataFrame(columns=["item_id", "title", "category", "price"]),
-                    runs=[], models=[], latest_model=None)
+    return Snapshot(
+        version=version,
+        manifest={},
+        stream=pd.DataFrame(columns=STREAM_COLS),
+        stream_hour=pd.DataFrame(columns=["stream_id", "hour"]),
+        stream_item=pd.DataFrame(
+            columns=[
+                "stream_id",
+                "item_id",
+                "impressions",
+                "clicks",
+                "add_to_carts",
+                "orders",
+                "units",
+                "gmv",
+                "refunds",
+                "ctr",
+                "conversion_rate",
+            ]
+        ),
+        catalog=pd.DataFrame(columns=["item_id", "title", "category", "price"]),
+        runs=[],
+        models=[],
+        latest_model=None,
+    )
 
 
 def load_models(store) -> tuple[list[dict[str, Any]], str | None]:
@@ -149,6 +170,7 @@ def load_models(store) -> tuple[list[dict[str, Any]], str | None]:
 
 def load_snapshot(store, manifest_gen: str | None, models_gen: str | None) -> Snapshot:
     from shared.pipeline.clean import load_manifest
+
     version = hashlib.sha1(f"{RENDER_VERSION}|{manifest_gen}|{models_gen}".encode()).hexdigest()[:16]
     snap = empty_snapshot(version)
     snap._store = store
@@ -184,8 +206,9 @@ class DataSource:
 
     def __init__(self, store, check_every_s: float | None = None):
         self.store = store
-        self.check_every_s = float(os.environ.get("DAIHUO_DASHBOARD_CHECK_S", 30)) if check_every_s is None \
-            else float(check_every_s)
+        self.check_every_s = (
+            float(os.environ.get("DAIHUO_DASHBOARD_CHECK_S", 30)) if check_every_s is None else float(check_every_s)
+        )
         self._snap: Snapshot | None = None
         self._gens: tuple | None = None
         self._checked = 0.0
@@ -206,8 +229,14 @@ class DataSource:
                 self._snap = load_snapshot(self.store, *gens)
                 self._gens = gens
                 self.loads += 1
-                log.info("dashboard data loaded", extra={"version": self._snap.version, "run_id": self._snap.run_id,
-                                                         "streams": len(self._snap.stream),
-                                                         "seconds": round(time.monotonic() - t0, 3)})
+                log.info(
+                    "dashboard data loaded",
+                    extra={
+                        "version": self._snap.version,
+                        "run_id": self._snap.run_id,
+                        "streams": len(self._snap.stream),
+                        "seconds": round(time.monotonic() - t0, 3),
+                    },
+                )
             self._checked = time.monotonic()
             return self._snap

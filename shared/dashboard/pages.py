@@ -1,4 +1,5 @@
 """HTML pages: the queries' results + server-rendered SVG charts in Jinja2 templates (UTF-8)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,8 +9,11 @@ import pandas as pd
 
 from shared.dashboard import charts, queries
 
-_env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(Path(__file__).parent / "templates")),
-                          autoescape=jinja2.select_autoescape(["html"]), trim_blocks=False)
+_env = jinja2.Environment(
+    loader=jinja2.FileSystemLoader(str(Path(__file__).parent / "templates")),
+    autoescape=jinja2.select_autoescape(["html"]),
+    trim_blocks=False,
+)
 
 
 def fmt_pct(v) -> str:
@@ -36,24 +40,52 @@ def overview_page(snap, args, root: str = "") -> str:
     if streams:
         by_gpm = sorted(streams, key=lambda s: (-(s["gpm"] or 0), s["stream_id"]))
         ctx["charts"] = {
-            "rank_gmv": charts.render_svg(charts.ranking_chart(streams if data["sort"] == "gmv" else sorted(
-                streams, key=lambda s: (-(s["gmv"] or 0), s["stream_id"])), "gmv"), name="rank_gmv",
-                label="streams ranked by GMV"),
-            "rank_gpm": charts.render_svg(charts.ranking_chart(by_gpm, "gpm"), name="rank_gpm",
-                                          label="streams ranked by GPM"),
+            "rank_gmv": charts.render_svg(
+                charts.ranking_chart(
+                    streams
+                    if data["sort"] == "gmv"
+                    else sorted(streams, key=lambda s: (-(s["gmv"] or 0), s["stream_id"])),
+                    "gmv",
+                ),
+                name="rank_gmv",
+                label="streams ranked by GMV",
+            ),
+            "rank_gpm": charts.render_svg(
+                charts.ranking_chart(by_gpm, "gpm"), name="rank_gpm", label="streams ranked by GPM"
+            ),
         }
-        ctx["totals"] = {"streams": len(streams), "gmv": sum(s["gmv"] or 0 for s in streams),
-                         "orders": sum(s["orders"] or 0 for s in streams),
-                         "viewers": sum(s["unique_viewers"] or 0 for s in streams)}
+        ctx["totals"] = {
+            "streams": len(streams),
+            "gmv": sum(s["gmv"] or 0 for s in streams),
+            "orders": sum(s["orders"] or 0 for s in streams),
+            "viewers": sum(s["unique_viewers"] or 0 for s in streams),
+        }
     return _render("overview.html", snap, root, **ctx)
 
 
 def stream_page(snap, stream_id: str, args, root: str = "") -> str:
     kpis = queries.stream_kpis(snap, stream_id)["stream"]
     ts = queries.timeseries(snap, stream_id, {k: v for k, v in args.items() if k == "bucket"})
-    series = pd.DataFrame(ts["points"], columns=["t", "viewers", "avg_concurrent", "watch_s", "likes", "comments",
-                                                 "shares", "follows", "gifts", "impressions", "clicks",
-                                                 "add_to_carts", "orders", "units", "gmv"])
+    series = pd.DataFrame(
+        ts["points"],
+        columns=[
+            "t",
+            "viewers",
+            "avg_concurrent",
+            "watch_s",
+            "likes",
+            "comments",
+            "shares",
+            "follows",
+            "gifts",
+            "impressions",
+            "clicks",
+            "add_to_carts",
+            "orders",
+            "units",
+            "gmv",
+        ],
+    )
     series["t"] = pd.to_datetime(series["t"], utc=True)
     # Events stamped before the stream's start (a device clock hours behind; clean flags them late)
     # count in every total but are not drawn: they would stretch the time axis over empty hours.
@@ -69,35 +101,83 @@ def stream_page(snap, stream_id: str, args, root: str = "") -> str:
     by_ctr = queries.products(snap, stream_id, {"sort": "ctr", "limit": str(queries.MAX_LIMIT)})["products"]
     top_ctr = [p for p in by_ctr if p["ctr"] is not None][:20]
     c = {
-        "viewers": charts.render_svg(charts.viewers_chart(series), name="viewers", label="concurrent viewers over time"),
+        "viewers": charts.render_svg(
+            charts.viewers_chart(series), name="viewers", label="concurrent viewers over time"
+        ),
         "funnel": charts.render_svg(charts.funnel_chart(steps), name="funnel", label="conversion funnel"),
-        "gmv_orders": charts.render_svg(charts.gmv_orders_chart(series), name="gmv_orders",
-                                        label="GMV and orders over time"),
-        "engagement": charts.render_svg(charts.engagement_chart(series, ts["bucket_s"]), name="engagement",
-                                        label="engagement per minute"),
-        "products_gmv": charts.render_svg(charts.products_chart(top_gmv, "gmv"), name="products_gmv",
-                                          label="top products by GMV"),
-        "products_ctr": charts.render_svg(charts.products_chart(top_ctr, "ctr"), name="products_ctr",
-                                          label="top products by CTR"),
+        "gmv_orders": charts.render_svg(
+            charts.gmv_orders_chart(series), name="gmv_orders", label="GMV and orders over time"
+        ),
+        "engagement": charts.render_svg(
+            charts.engagement_chart(series, ts["bucket_s"]), name="engagement", label="engagement per minute"
+        ),
+        "products_gmv": charts.render_svg(
+            charts.products_chart(top_gmv, "gmv"), name="products_gmv", label="top products by GMV"
+        ),
+        "products_ctr": charts.render_svg(
+            charts.products_chart(top_ctr, "ctr"), name="products_ctr", label="top products by CTR"
+        ),
     }
-    return _render("stream.html", snap, root, title=f"直播间 {stream_id}", nav="stream", s=kpis, charts=c,
-                   top_gmv=top_gmv, top_ctr=top_ctr, bucket_min=ts["bucket_s"] // 60, undrawn=undrawn)
+    return _render(
+        "stream.html",
+        snap,
+        root,
+        title=f"直播间 {stream_id}",
+        nav="stream",
+        s=kpis,
+        charts=c,
+        top_gmv=top_gmv,
+        top_ctr=top_ctr,
+        bucket_min=ts["bucket_s"] // 60,
+        undrawn=undrawn,
+    )
 
 
 def quality_page(snap, root: str = "") -> str:
     q = queries.quality(snap)
-    c = {"dropped": charts.render_svg(charts.quality_chart(q["runs"], q["reasons"]), name="dropped",
-                                      label="rows dropped per reason per run")} if q["runs"] else {}
-    return _render("quality.html", snap, root, title="数据质量 Data quality", nav="quality", runs=q["runs"],
-                   reasons=q["reasons"], charts=c)
+    c = (
+        {
+            "dropped": charts.render_svg(
+                charts.quality_chart(q["runs"], q["reasons"]), name="dropped", label="rows dropped per reason per run"
+            )
+        }
+        if q["runs"]
+        else {}
+    )
+    return _render(
+        "quality.html",
+        snap,
+        root,
+        title="数据质量 Data quality",
+        nav="quality",
+        runs=q["runs"],
+        reasons=q["reasons"],
+        charts=c,
+    )
 
 
 def models_page(snap, root: str = "") -> str:
     m = queries.models(snap)
-    c = {"models": charts.render_svg(charts.models_chart(m["models"], m["metrics"]), name="models",
-                                     label="model metrics per version")} if m["models"] and m["metrics"] else {}
-    return _render("models.html", snap, root, title="模型 Models", nav="models", models=m["models"],
-                   metrics=m["metrics"], latest=m["latest"], charts=c)
+    c = (
+        {
+            "models": charts.render_svg(
+                charts.models_chart(m["models"], m["metrics"]), name="models", label="model metrics per version"
+            )
+        }
+        if m["models"] and m["metrics"]
+        else {}
+    )
+    return _render(
+        "models.html",
+        snap,
+        root,
+        title="模型 Models",
+        nav="models",
+        models=m["models"],
+        metrics=m["metrics"],
+        latest=m["latest"],
+        charts=c,
+    )
 
 
 def error_page(snap, status: int, title: str, message: str, root: str = "") -> str:

@@ -4,11 +4,13 @@ Parameter problems raise :class:`BadParameter` (-> 400 naming the parameter); an
 raises :class:`UnknownStream` (-> 404). Numbers are the analytics tables' values unchanged (NaN, i.e.
 a rate with a zero denominator, becomes ``null``); timestamps are ISO 8601 UTC strings.
 """
+
 from __future__ import annotations
 
 import math
-from datetime import date, datetime, timedelta, timezone
-from typing import Any, Mapping
+from collections.abc import Mapping
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
 
 import duckdb
 import numpy as np
@@ -32,11 +34,38 @@ class UnknownStream(LookupError):
 
 
 # the list view's columns (all of STREAM_COLS are sortable)
-HEADLINE = ["stream_id", "platform", "start", "end", "duration_s", "unique_viewers", "peak_concurrent",
-            "avg_concurrent", "avg_watch_s", "impressions", "clicks", "add_to_carts", "orders", "units", "buyers",
-            "gmv", "gpm", "ctr", "conversion_rate", "refunds", "refund_amount", "likes", "comments", "gifts"]
-FUNNEL = [("impressions", "曝光 impressions"), ("clicks", "点击 clicks"), ("add_to_carts", "加购 carts"),
-          ("orders", "下单 orders")]
+HEADLINE = [
+    "stream_id",
+    "platform",
+    "start",
+    "end",
+    "duration_s",
+    "unique_viewers",
+    "peak_concurrent",
+    "avg_concurrent",
+    "avg_watch_s",
+    "impressions",
+    "clicks",
+    "add_to_carts",
+    "orders",
+    "units",
+    "buyers",
+    "gmv",
+    "gpm",
+    "ctr",
+    "conversion_rate",
+    "refunds",
+    "refund_amount",
+    "likes",
+    "comments",
+    "gifts",
+]
+FUNNEL = [
+    ("impressions", "曝光 impressions"),
+    ("clicks", "点击 clicks"),
+    ("add_to_carts", "加购 carts"),
+    ("orders", "下单 orders"),
+]
 PRODUCT_SORTS = ("gmv", "ctr", "orders", "clicks", "impressions", "units", "conversion_rate")
 MAX_LIMIT = 500
 
@@ -111,28 +140,29 @@ def p_time(args: Mapping[str, str], name: str, *, end: bool = False) -> pd.Times
     try:
         if len(raw) == 10:
             d = date.fromisoformat(raw)
-            t = datetime(d.year, d.month, d.day, tzinfo=timezone.utc)
+            t = datetime(d.year, d.month, d.day, tzinfo=UTC)
             return pd.Timestamp(t + timedelta(days=1) if end else t)
         t = datetime.fromisoformat(raw.replace("Z", "+00:00").replace("z", "+00:00"))
     except ValueError:
         raise BadParameter(name, f"expected a date YYYY-MM-DD or an ISO 8601 time, got {raw!r}") from None
     if t.tzinfo is None:
-        t = t.replace(tzinfo=timezone.utc)
+        t = t.replace(tzinfo=UTC)
     return pd.Timestamp(t)
 
 
 def _page(df: pd.DataFrame, args) -> tuple[pd.DataFrame, int, int]:
     limit = p_int(args, "limit", 50, 1, MAX_LIMIT)
     offset = p_int(args, "offset", 0, 0, 10**9)
-    return df.iloc[offset:offset + limit], limit, offset
+    return df.iloc[offset : offset + limit], limit, offset
 
 
 # ------------------------------------------------------------------------------ endpoints
 def list_streams(snap, args: Mapping[str, str]) -> dict[str, Any]:
     """``/api/streams``: filter (platform, from/to on the stream's start), sort, page."""
     sort = p_choice(args, "sort", "gmv", STREAM_COLS)
-    order = p_choice(args, "order", "desc" if sort not in ("stream_id", "platform", "start", "end") else "asc",
-                     ("asc", "desc"))
+    order = p_choice(
+        args, "order", "desc" if sort not in ("stream_id", "platform", "start", "end") else "asc", ("asc", "desc")
+    )
     frm, to = p_time(args, "from"), p_time(args, "to", end=True)
     if frm is not None and to is not None and to <= frm:
         raise BadParameter("to", "must be after from")
@@ -148,8 +178,14 @@ def list_streams(snap, args: Mapping[str, str]) -> dict[str, Any]:
     # NaN (undefined rates) last in either direction; stream_id breaks ties deterministically
     df = df.sort_values([sort, "stream_id"], ascending=[order == "asc", True], na_position="last", kind="stable")
     page, limit, offset = _page(df, args)
-    return {"total": int(len(df)), "limit": limit, "offset": offset, "sort": sort, "order": order,
-            "streams": records(page, HEADLINE)}
+    return {
+        "total": int(len(df)),
+        "limit": limit,
+        "offset": offset,
+        "sort": sort,
+        "order": order,
+        "streams": records(page, HEADLINE),
+    }
 
 
 def _stream_row(snap, stream_id: str) -> pd.Series:
@@ -192,9 +228,15 @@ def funnel(snap, stream_id: str) -> dict[str, Any]:
     for col, label in FUNNEL:
         n = int(row[col])
         first = n if first is None else first
-        steps.append({"step": col, "label": label, "count": n,
-                      "rate_from_previous": (n / prev if prev else None) if prev is not None else 1.0,
-                      "rate_from_first": n / first if first else None})
+        steps.append(
+            {
+                "step": col,
+                "label": label,
+                "count": n,
+                "rate_from_previous": (n / prev if prev else None) if prev is not None else 1.0,
+                "rate_from_first": n / first if first else None,
+            }
+        )
         prev = n
     return {"stream_id": stream_id, "steps": steps}
 
@@ -206,16 +248,51 @@ def products(snap, stream_id: str, args: Mapping[str, str]) -> dict[str, Any]:
     df = df.merge(snap.catalog, on="item_id", how="left", suffixes=("", "_catalog"))
     df = df.sort_values([sort, "item_id"], ascending=[False, True], na_position="last", kind="stable")
     page, limit, offset = _page(df, {**args, "limit": args.get("limit") or "20"})
-    cols = ["item_id", "title", "category", "price", "impressions", "clicks", "add_to_carts", "orders", "units",
-            "gmv", "refunds", "ctr", "conversion_rate"]
-    return {"stream_id": stream_id, "total": int(len(df)), "limit": limit, "offset": offset, "sort": sort,
-            "products": records(page, cols)}
+    cols = [
+        "item_id",
+        "title",
+        "category",
+        "price",
+        "impressions",
+        "clicks",
+        "add_to_carts",
+        "orders",
+        "units",
+        "gmv",
+        "refunds",
+        "ctr",
+        "conversion_rate",
+    ]
+    return {
+        "stream_id": stream_id,
+        "total": int(len(df)),
+        "limit": limit,
+        "offset": offset,
+        "sort": sort,
+        "products": records(page, cols),
+    }
 
 
 def quality(snap) -> dict[str, Any]:
-    keys = ["run_id", "rows_in", "rows_out", "catalog_rows", "dropped", "duplicates", "duplicates_in_run",
-            "duplicates_seen_before", "late", "ts_corrected", "backlog", "seconds", "dropped_by_reason",
-            "dropped_by_field", "published", "raw_objects", "error"]
+    keys = [
+        "run_id",
+        "rows_in",
+        "rows_out",
+        "catalog_rows",
+        "dropped",
+        "duplicates",
+        "duplicates_in_run",
+        "duplicates_seen_before",
+        "late",
+        "ts_corrected",
+        "backlog",
+        "seconds",
+        "dropped_by_reason",
+        "dropped_by_field",
+        "published",
+        "raw_objects",
+        "error",
+    ]
     runs = []
     for r in snap.runs:
         out = {k: jsonable(r.get(k)) for k in keys if k in r}
@@ -227,10 +304,18 @@ def quality(snap) -> dict[str, Any]:
 
 
 def models(snap) -> dict[str, Any]:
-    return {"latest": snap.latest_model, "models": jsonable(snap.models),
-            "metrics": sorted({k for m in snap.models for k, v in (m.get("metrics") or {}).items()
-                               if isinstance(v, (int, float)) and not isinstance(v, bool)
-                               and k != "k" and not k.endswith("_queries")})}   # scores, not counts
+    return {
+        "latest": snap.latest_model,
+        "models": jsonable(snap.models),
+        "metrics": sorted(
+            {
+                k
+                for m in snap.models
+                for k, v in (m.get("metrics") or {}).items()
+                if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "k" and not k.endswith("_queries")
+            }
+        ),
+    }  # scores, not counts
 
 
 # ------------------------------------------------------------------------------ finer series
@@ -242,8 +327,24 @@ def fine_series_from_events(events: pa.Table, bucket_s: int, max_session_s: floa
     The buckets cover the stream's span; summing a column over the buckets gives the stream's total
     (watch seconds, orders, GMV, likes ...)."""
     from shared.pipeline.clean import CleanConfig
-    cols = ["t", "viewers", "avg_concurrent", "watch_s", "likes", "comments", "shares", "follows", "gifts",
-            "impressions", "clicks", "add_to_carts", "orders", "units", "gmv"]
+
+    cols = [
+        "t",
+        "viewers",
+        "avg_concurrent",
+        "watch_s",
+        "likes",
+        "comments",
+        "shares",
+        "follows",
+        "gifts",
+        "impressions",
+        "clicks",
+        "add_to_carts",
+        "orders",
+        "units",
+        "gmv",
+    ]
     if events.num_rows == 0:
         return pd.DataFrame(columns=cols)
     max_session_s = CleanConfig().max_session_s if max_session_s is None else max_session_s

@@ -15,17 +15,51 @@ never after the real time it happened, so it cannot stretch the end). Late event
 total; only the span (and what derives from it: duration, per-minute rates, avg concurrency, hour
 rows' ``active_s``) ignores them.
 """
+
 from __future__ import annotations
 
 import duckdb
 import pyarrow as pa
 
-STREAM_COLS = ["stream_id", "platform", "start", "end", "duration_s", "unique_viewers", "sessions",
-               "peak_concurrent", "avg_concurrent", "total_watch_s", "avg_watch_s", "likes", "comments", "shares",
-               "follows", "gifts", "gift_value", "likes_per_min", "comments_per_min", "shares_per_min",
-               "follows_per_min", "gifts_per_min", "impressions", "clicks", "add_to_carts", "orders", "units",
-               "gmv", "refunds", "refund_units", "refund_amount", "ctr", "cart_rate", "order_rate",
-               "conversion_rate", "gpm", "buyers"]
+STREAM_COLS = [
+    "stream_id",
+    "platform",
+    "start",
+    "end",
+    "duration_s",
+    "unique_viewers",
+    "sessions",
+    "peak_concurrent",
+    "avg_concurrent",
+    "total_watch_s",
+    "avg_watch_s",
+    "likes",
+    "comments",
+    "shares",
+    "follows",
+    "gifts",
+    "gift_value",
+    "likes_per_min",
+    "comments_per_min",
+    "shares_per_min",
+    "follows_per_min",
+    "gifts_per_min",
+    "impressions",
+    "clicks",
+    "add_to_carts",
+    "orders",
+    "units",
+    "gmv",
+    "refunds",
+    "refund_units",
+    "refund_amount",
+    "ctr",
+    "cart_rate",
+    "order_rate",
+    "conversion_rate",
+    "gpm",
+    "buyers",
+]
 
 
 def _rate(num: str, den: str) -> str:
@@ -86,10 +120,11 @@ def analytics_sql(con: duckdb.DuckDBPyConnection, source: str, max_session_s: fl
         count(*) FILTER (type = 'refund') AS refunds,
         coalesce(sum(quantity) FILTER (type = 'refund'), 0) AS refund_units,
         coalesce(sum(coalesce(price, 0) * quantity) FILTER (type = 'refund'), 0) AS refund_amount"""
-    rates = f"""{_rate('clicks', 'impressions')} AS ctr, {_rate('add_to_carts', 'clicks')} AS cart_rate,
-        {_rate('orders', 'add_to_carts')} AS order_rate, {_rate('orders', 'impressions')} AS conversion_rate"""
-    per_min = ", ".join(f"{_rate(m, 'duration_s / 60.0')} AS {m}_per_min"
-                        for m in ("likes", "comments", "shares", "follows", "gifts"))
+    rates = f"""{_rate("clicks", "impressions")} AS ctr, {_rate("add_to_carts", "clicks")} AS cart_rate,
+        {_rate("orders", "add_to_carts")} AS order_rate, {_rate("orders", "impressions")} AS conversion_rate"""
+    per_min = ", ".join(
+        f"{_rate(m, 'duration_s / 60.0')} AS {m}_per_min" for m in ("likes", "comments", "shares", "follows", "gifts")
+    )
     con.execute(f"""CREATE OR REPLACE TABLE a_stream AS
         WITH c AS (SELECT stream_id, {ev_counts},
                           count(DISTINCT user_id) FILTER (type <> 'refund') AS unique_viewers
@@ -102,9 +137,9 @@ def analytics_sql(con: duckdb.DuckDBPyConnection, source: str, max_session_s: fl
                      coalesce(w.sessions, 0) AS sessions, coalesce(w.total_watch_s, 0) AS total_watch_s,
                      coalesce(w.watchers, 0) AS watchers, coalesce(p.peak_concurrent, 0) AS peak_concurrent
               FROM a_span sp JOIN c USING (stream_id) LEFT JOIN w USING (stream_id) LEFT JOIN p USING (stream_id))
-        SELECT *, {_rate('total_watch_s', 'duration_s')} AS avg_concurrent,
-               {_rate('total_watch_s', 'watchers')} AS avg_watch_s, {per_min}, {rates},
-               {_rate('gmv * 1000', 'unique_viewers')} AS gpm
+        SELECT *, {_rate("total_watch_s", "duration_s")} AS avg_concurrent,
+               {_rate("total_watch_s", "watchers")} AS avg_watch_s, {per_min}, {rates},
+               {_rate("gmv * 1000", "unique_viewers")} AS gpm
         FROM b ORDER BY stream_id""")
     # --- per stream-hour ----------------------------------------------------------------------
     con.execute(f"""CREATE OR REPLACE TABLE a_stream_hour AS
@@ -126,18 +161,32 @@ def analytics_sql(con: duckdb.DuckDBPyConnection, source: str, max_session_s: fl
         p AS (SELECT stream_id, date_trunc('hour', t) AS hour, max(level) AS peak_concurrent FROM a_delta GROUP BY ALL)
         SELECT a.stream_id, a.hour, a.active_s, coalesce(w.unique_viewers, 0) AS unique_viewers,
                coalesce(p.peak_concurrent, 0) AS peak_concurrent,
-               {_rate('coalesce(w.watch_s, 0)', 'a.active_s')} AS avg_concurrent,
-               coalesce(w.watch_s, 0) AS total_watch_s, {_rate('w.watch_s', 'w.unique_viewers')} AS avg_watch_s,
+               {_rate("coalesce(w.watch_s, 0)", "a.active_s")} AS avg_concurrent,
+               coalesce(w.watch_s, 0) AS total_watch_s, {_rate("w.watch_s", "w.unique_viewers")} AS avg_watch_s,
                c.* EXCLUDE (stream_id, hour),
                {", ".join(f"{_rate(f'c.{m}', 'a.active_s / 60.0')} AS {m}_per_min" for m in ("likes", "comments", "shares", "follows", "gifts"))},
-               {_rate('c.clicks', 'c.impressions')} AS ctr, {_rate('c.add_to_carts', 'c.clicks')} AS cart_rate,
-               {_rate('c.orders', 'c.add_to_carts')} AS order_rate, {_rate('c.orders', 'c.impressions')} AS conversion_rate,
-               {_rate('c.gmv * 1000', 'w.unique_viewers')} AS gpm
+               {_rate("c.clicks", "c.impressions")} AS ctr, {_rate("c.add_to_carts", "c.clicks")} AS cart_rate,
+               {_rate("c.orders", "c.add_to_carts")} AS order_rate, {_rate("c.orders", "c.impressions")} AS conversion_rate,
+               {_rate("c.gmv * 1000", "w.unique_viewers")} AS gpm
         FROM act a LEFT JOIN c USING (stream_id, hour) LEFT JOIN w USING (stream_id, hour)
              LEFT JOIN p USING (stream_id, hour)
         ORDER BY a.stream_id, a.hour""")
-    for col in ("like_events", "likes", "comments", "shares", "follows", "gifts", "impressions", "clicks",
-                "add_to_carts", "orders", "units", "buyers", "refunds", "refund_units"):
+    for col in (
+        "like_events",
+        "likes",
+        "comments",
+        "shares",
+        "follows",
+        "gifts",
+        "impressions",
+        "clicks",
+        "add_to_carts",
+        "orders",
+        "units",
+        "buyers",
+        "refunds",
+        "refund_units",
+    ):
         con.execute(f"UPDATE a_stream_hour SET {col} = coalesce({col}, 0)")
     for col in ("gift_value", "gmv", "refund_amount"):
         con.execute(f"UPDATE a_stream_hour SET {col} = coalesce({col}, 0.0)")
@@ -163,7 +212,9 @@ def compute_analytics(clean: pa.Table, max_session_s: float = 4 * 3600.0) -> dic
         con.execute("SET TimeZone='UTC'")
         con.register("clean_src", clean)
         analytics_sql(con, "clean_src", max_session_s)
-        return {name: con.sql(f"SELECT * FROM a_{name}").to_arrow_table()
-                for name in ("stream", "stream_hour", "stream_item")}
+        return {
+            name: con.sql(f"SELECT * FROM a_{name}").to_arrow_table()
+            for name in ("stream", "stream_hour", "stream_item")
+        }
     finally:
         con.close()

@@ -17,6 +17,7 @@ Guarantees
   first one that does not (and the rest of that pull) is nacked and goes to the next batch. A single
   message larger than the bound is still archived alone (a message is never split).
 """
+
 from __future__ import annotations
 
 import gzip
@@ -24,27 +25,29 @@ import hashlib
 import os
 import time
 from collections import defaultdict
-from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 
 from shared.log import get_logger
-from shared.storage import ABSENT, PreconditionFailed
 from shared.pipeline.config import TimeRules, _env
+from shared.storage import ABSENT, PreconditionFailed
 
 log = get_logger("archive")
 
 
 @dataclass(frozen=True)
 class ArchiveConfig:
-    subscription: str = field(default_factory=lambda: os.environ.get("DAIHUO_ARCHIVE_SUBSCRIPTION", "viewer-events-archive"))
+    subscription: str = field(
+        default_factory=lambda: os.environ.get("DAIHUO_ARCHIVE_SUBSCRIPTION", "viewer-events-archive")
+    )
     max_events: int = field(default_factory=lambda: _env("DAIHUO_ARCHIVE_MAX_EVENTS", 20_000))
     max_pulls: int = field(default_factory=lambda: _env("DAIHUO_ARCHIVE_MAX_PULLS", 40))
     pull_size: int = field(default_factory=lambda: _env("DAIHUO_ARCHIVE_PULL_SIZE", 1000))
     pull_timeout_s: float = field(default_factory=lambda: _env("DAIHUO_ARCHIVE_PULL_TIMEOUT_S", 5.0, float))
-    empty_pulls: int = 2          # stop a batch after this many empty pulls in a row
+    empty_pulls: int = 2  # stop a batch after this many empty pulls in a row
     max_batches: int = field(default_factory=lambda: _env("DAIHUO_ARCHIVE_MAX_BATCHES", 5))
     compresslevel: int = 6
     rules: TimeRules = field(default_factory=TimeRules)
@@ -74,7 +77,7 @@ def partition_of(line: bytes, rules: TimeRules, now: float) -> str:
     t = ts
     if t is None or (rec is not None and not (-rules.max_future_s <= rec - t <= rules.max_past_s)):
         t = rec if rec is not None else now
-    d = datetime.fromtimestamp(t, timezone.utc)
+    d = datetime.fromtimestamp(t, UTC)
     return f"date={d:%Y-%m-%d}/hour={d:%H}"
 
 
@@ -84,18 +87,20 @@ def split_lines(data: bytes, attributes: dict[str, str]) -> list[bytes]:
     return [ln for ln in data.split(b"\n") if ln.strip()]
 
 
-def archive_batch(bus, store, cfg: ArchiveConfig | None = None, *, now: float | None = None,
-                  crash_after: str | None = None) -> dict[str, Any]:
+def archive_batch(
+    bus, store, cfg: ArchiveConfig | None = None, *, now: float | None = None, crash_after: str | None = None
+) -> dict[str, Any]:
     """Pull up to ``cfg.max_events`` events (at most ``cfg.max_pulls`` pulls), write, then ack."""
     cfg = cfg or ArchiveConfig()
     now = time.time() if now is None else now
     msgs, n_events, empty, pulls, full = [], 0, 0, 0, False
     seen_ids: set[str] = set()
-    excess: list[str] = []   # pulled but over the batch bound: nacked, redelivered to the next batch
+    excess: list[str] = []  # pulled but over the batch bound: nacked, redelivered to the next batch
     while not full and pulls < cfg.max_pulls and empty < cfg.empty_pulls:
         # a message may carry many lines: pull few, and stop at the first message that does not fit
-        got = bus.pull(cfg.subscription, min(cfg.pull_size, max(1, cfg.max_events - n_events)),
-                       timeout_s=cfg.pull_timeout_s)
+        got = bus.pull(
+            cfg.subscription, min(cfg.pull_size, max(1, cfg.max_events - n_events)), timeout_s=cfg.pull_timeout_s
+        )
         pulls += 1
         if not got:
             empty += 1
@@ -144,8 +149,10 @@ def archive_batch(bus, store, cfg: ArchiveConfig | None = None, *, now: float | 
         # the store failed: give the messages back at once (nack) instead of letting them wait out
         # the ack deadline (up to 5 minutes); the next batch retries them. Objects already written
         # are rewritten as no-ops (same names, only-if-absent).
-        log.error("archive write failed; batch nacked", extra={"error": f"{type(exc).__name__}: {exc}",
-                                                               "messages": len(msgs), "written": len(written)})
+        log.error(
+            "archive write failed; batch nacked",
+            extra={"error": f"{type(exc).__name__}: {exc}", "messages": len(msgs), "written": len(written)},
+        )
         try:
             bus.nack(cfg.subscription, [m.ack_id for m, _ in msgs])
         except Exception:
@@ -154,16 +161,26 @@ def archive_batch(bus, store, cfg: ArchiveConfig | None = None, *, now: float | 
     if crash_after == "write":
         raise RuntimeError("injected crash after write, before ack")
     bus.ack(cfg.subscription, [m.ack_id for m, _ in msgs])
-    summary = {"messages": len(msgs), "events": n_events, "objects": written, "existing_objects": existed,
-               "partitions": len(parts), "pulls": pulls, "full": full}
-    log.info("archived batch", extra={k: v for k, v in summary.items()
-                                      if k not in ("objects", "existing_objects", "full")}
-             | {"n_objects": len(written)})
+    summary = {
+        "messages": len(msgs),
+        "events": n_events,
+        "objects": written,
+        "existing_objects": existed,
+        "partitions": len(parts),
+        "pulls": pulls,
+        "full": full,
+    }
+    log.info(
+        "archived batch",
+        extra={k: v for k, v in summary.items() if k not in ("objects", "existing_objects", "full")}
+        | {"n_objects": len(written)},
+    )
     return summary
 
 
-def run_archive(bus, store, cfg: ArchiveConfig | None = None, *, now: float | None = None,
-                crash_after: str | None = None) -> dict[str, Any]:
+def run_archive(
+    bus, store, cfg: ArchiveConfig | None = None, *, now: float | None = None, crash_after: str | None = None
+) -> dict[str, Any]:
     """One scheduler tick: up to ``cfg.max_batches`` batches, stopping early when the backlog is empty."""
     cfg = cfg or ArchiveConfig()
     total = {"batches": 0, "messages": 0, "events": 0, "objects": [], "existing_objects": []}
@@ -178,6 +195,13 @@ def run_archive(bus, store, cfg: ArchiveConfig | None = None, *, now: float | No
         total["existing_objects"] += s["existing_objects"]
         if not s["full"]:  # the batch was not cut by the bound: the backlog was drained
             break
-    log.info("archive tick", extra={"batches": total["batches"], "messages": total["messages"],
-                                    "events": total["events"], "n_objects": len(total["objects"])})
+    log.info(
+        "archive tick",
+        extra={
+            "batches": total["batches"],
+            "messages": total["messages"],
+            "events": total["events"],
+            "n_objects": len(total["objects"]),
+        },
+    )
     return total

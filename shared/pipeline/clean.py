@@ -25,6 +25,7 @@ contract's (``_RAW_TYPE_RE``: one regex pass over the line), duplicate keys, sus
 catalog record: the contract then quarantines them with its own reasons, or accepts them (``1.0`` as a
 quantity is read as 1).
 """
+
 from __future__ import annotations
 
 import base64
@@ -34,9 +35,9 @@ import os
 import shutil
 import tempfile
 import time
-import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 import duckdb
 import numpy as np
@@ -54,11 +55,27 @@ MANIFEST = "state/clean-manifest.json"
 
 # -- the contract's fields, as DuckDB's JSON reader should type them ---------------------------
 _FIELDS = {
-    "event_id": "VARCHAR", "type": "VARCHAR", "ts": "VARCHAR", "received_at": "VARCHAR", "platform": "VARCHAR",
-    "schema_version": "BIGINT", "stream_id": "VARCHAR", "user_id": "VARCHAR", "item_id": "VARCHAR",
-    "price": "DOUBLE", "currency": "VARCHAR", "quantity": "BIGINT", "order_id": "VARCHAR", "count": "BIGINT",
-    "text": "VARCHAR", "gift_value": "DOUBLE", "props": "JSON", "title": "VARCHAR", "description": "VARCHAR",
-    "category": "VARCHAR", "stream_ids": "VARCHAR[]",
+    "event_id": "VARCHAR",
+    "type": "VARCHAR",
+    "ts": "VARCHAR",
+    "received_at": "VARCHAR",
+    "platform": "VARCHAR",
+    "schema_version": "BIGINT",
+    "stream_id": "VARCHAR",
+    "user_id": "VARCHAR",
+    "item_id": "VARCHAR",
+    "price": "DOUBLE",
+    "currency": "VARCHAR",
+    "quantity": "BIGINT",
+    "order_id": "VARCHAR",
+    "count": "BIGINT",
+    "text": "VARCHAR",
+    "gift_value": "DOUBLE",
+    "props": "JSON",
+    "title": "VARCHAR",
+    "description": "VARCHAR",
+    "category": "VARCHAR",
+    "stream_ids": "VARCHAR[]",
 }
 _STRUCT = "{" + ",".join(f'"{k}":"{v}"' for k, v in _FIELDS.items()) + "}"
 _ID = "'^[A-Za-z0-9._:@-]{1,128}$'"
@@ -66,8 +83,21 @@ _TS = r"'^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d{1,6})?([Zz]|[+-]\d{2}:\d{2
 _PRODUCT = ("product_impression", "product_click", "add_to_cart", "purchase", "refund")
 _VIEWER = tuple(t for t in ALL_TYPES if t != CATALOG_TYPE)
 _ALLOWED_KEYS = {  # top-level keys each type may carry (+ received_at, stamped by ingest)
-    **{t: ["event_id", "type", "ts", "platform", "schema_version", "props", "stream_id", "user_id", "item_id",
-           "received_at"] for t in _VIEWER},
+    **{
+        t: [
+            "event_id",
+            "type",
+            "ts",
+            "platform",
+            "schema_version",
+            "props",
+            "stream_id",
+            "user_id",
+            "item_id",
+            "received_at",
+        ]
+        for t in _VIEWER
+    },
 }
 for _t in _PRODUCT:
     _ALLOWED_KEYS[_t] = _ALLOWED_KEYS[_t] + ["price", "currency"]
@@ -78,8 +108,22 @@ for _t in ("purchase", "refund"):
 _ALLOWED_KEYS["like"] = _ALLOWED_KEYS["like"] + ["count"]
 _ALLOWED_KEYS["comment"] = _ALLOWED_KEYS["comment"] + ["text"]
 _ALLOWED_KEYS["gift"] = _ALLOWED_KEYS["gift"] + ["gift_value", "currency"]
-_ALLOWED_KEYS[CATALOG_TYPE] = ["event_id", "type", "ts", "platform", "schema_version", "props", "item_id", "title",
-                               "description", "category", "price", "currency", "stream_ids", "received_at"]
+_ALLOWED_KEYS[CATALOG_TYPE] = [
+    "event_id",
+    "type",
+    "ts",
+    "platform",
+    "schema_version",
+    "props",
+    "item_id",
+    "title",
+    "description",
+    "category",
+    "price",
+    "currency",
+    "stream_ids",
+    "received_at",
+]
 _TYPED = ("schema_version", "price", "quantity", "count", "gift_value", "stream_ids")  # null after a bad cast
 # a raw JSON value whose type differs from the contract's, which the JSON reader would coerce silently
 # ("quantity": 1.5 -> 2, "price": true -> 1.0, "schema_version": "1" -> 1, "user_id": 7 -> '7',
@@ -89,15 +133,30 @@ _TYPED = ("schema_version", "price", "quantity", "count", "gift_value", "stream_
 # * an integer field holding a number written with a fraction or exponent (1.0 is accepted by the
 #   contract and read as 1; 1.5 is refused);
 # * a key spelled with \u escapes ("user\u005fid" is the key user_id, invisible to the patterns above).
-_STR_FIELDS = ("event_id", "ts", "platform", "type", "stream_id", "user_id", "item_id", "order_id", "currency",
-               "title", "text", "description", "category")
+_STR_FIELDS = (
+    "event_id",
+    "ts",
+    "platform",
+    "type",
+    "stream_id",
+    "user_id",
+    "item_id",
+    "order_id",
+    "currency",
+    "title",
+    "text",
+    "description",
+    "category",
+)
 _NUM_FIELDS = ("price", "gift_value", "quantity", "count", "schema_version")
 _INT_FIELDS = ("quantity", "count", "schema_version")
-_RAW_TYPE_RE = "|".join([
-    r'"(' + "|".join(_STR_FIELDS) + r')"\s*:\s*[^"\s]',
-    r'"(' + "|".join(_NUM_FIELDS) + r')"\s*:\s*[^-0-9\s]',
-    r'"(' + "|".join(_INT_FIELDS) + r')"\s*:\s*-?[0-9]+[.eE]',
-])
+_RAW_TYPE_RE = "|".join(
+    [
+        r'"(' + "|".join(_STR_FIELDS) + r')"\s*:\s*[^"\s]',
+        r'"(' + "|".join(_NUM_FIELDS) + r')"\s*:\s*[^-0-9\s]',
+        r'"(' + "|".join(_INT_FIELDS) + r')"\s*:\s*-?[0-9]+[.eE]',
+    ]
+)
 _ESCAPED_KEY_RE = r'\\u[0-9A-Fa-f]{4}[A-Za-z0-9_\\]*"\s*:'  # (only run on lines containing a backslash-u)
 # the count of known fields with a non-null value (see _fast_conds)
 _NN = "(" + " + ".join(f'CAST(j."{f}" IS NOT NULL AS INTEGER)' for f in _FIELDS) + ")"
@@ -105,18 +164,45 @@ _NN = "(" + " + ".join(f'CAST(j."{f}" IS NOT NULL AS INTEGER)' for f in _FIELDS)
 # -- output schemas ---------------------------------------------------------------------------
 _DICT = pa.dictionary(pa.int32(), pa.string())
 _UTC = pa.timestamp("us", tz="UTC")
-CLEAN_SCHEMA = pa.schema([
-    ("event_id", pa.string()), ("type", _DICT), ("ts", _UTC), ("received_at", _UTC), ("platform", _DICT),
-    ("stream_id", _DICT), ("user_id", _DICT), ("item_id", _DICT), ("price", pa.float64()), ("currency", _DICT),
-    ("quantity", pa.int32()), ("order_id", pa.string()), ("count", pa.int32()), ("gift_value", pa.float64()),
-    ("text", pa.string()), ("props", pa.string()), ("ts_sent", pa.string()), ("ts_corrected", pa.bool_()),
-    ("late", pa.bool_()), ("run_id", _DICT),
-])
-CATALOG_SCHEMA = pa.schema([
-    ("item_id", pa.string()), ("title", pa.string()), ("description", pa.string()), ("category", _DICT),
-    ("price", pa.float64()), ("currency", _DICT), ("stream_ids", pa.list_(pa.string())), ("platform", _DICT),
-    ("ts", _UTC), ("event_id", pa.string()), ("run_id", _DICT),
-])
+CLEAN_SCHEMA = pa.schema(
+    [
+        ("event_id", pa.string()),
+        ("type", _DICT),
+        ("ts", _UTC),
+        ("received_at", _UTC),
+        ("platform", _DICT),
+        ("stream_id", _DICT),
+        ("user_id", _DICT),
+        ("item_id", _DICT),
+        ("price", pa.float64()),
+        ("currency", _DICT),
+        ("quantity", pa.int32()),
+        ("order_id", pa.string()),
+        ("count", pa.int32()),
+        ("gift_value", pa.float64()),
+        ("text", pa.string()),
+        ("props", pa.string()),
+        ("ts_sent", pa.string()),
+        ("ts_corrected", pa.bool_()),
+        ("late", pa.bool_()),
+        ("run_id", _DICT),
+    ]
+)
+CATALOG_SCHEMA = pa.schema(
+    [
+        ("item_id", pa.string()),
+        ("title", pa.string()),
+        ("description", pa.string()),
+        ("category", _DICT),
+        ("price", pa.float64()),
+        ("currency", _DICT),
+        ("stream_ids", pa.list_(pa.string())),
+        ("platform", _DICT),
+        ("ts", _UTC),
+        ("event_id", pa.string()),
+        ("run_id", _DICT),
+    ]
+)
 
 
 @dataclass(frozen=True)
@@ -135,8 +221,9 @@ class CleanConfig:
     @property
     def require_catalog(self) -> bool:
         return self.unknown_items == "quarantine"
+
     max_session_s: float = field(default_factory=lambda: _env("DAIHUO_MAX_SESSION_S", 4 * 3600.0, float))
-    strict: bool = False                   # re-validate EVERY row with shared.contract (slow; tests)
+    strict: bool = False  # re-validate EVERY row with shared.contract (slow; tests)
     tmp_dir: str | None = field(default_factory=lambda: os.environ.get("DAIHUO_TMP") or None)
     # the dedupe index and the manifest's done list remember this many days (shared/pipeline/retention.py)
     lookback_days: int = field(default_factory=lambda: _env("DAIHUO_DEDUPE_LOOKBACK_DAYS", 35))
@@ -158,11 +245,13 @@ def lines_array(data: bytes) -> pa.StringArray:
         offsets = np.concatenate([[0], nl + 1]).astype(np.int32)  # lines keep their "\n": JSON whitespace
         return pa.StringArray.from_buffers(len(nl), pa.py_buffer(offsets), pa.py_buffer(data))
     starts, ends = starts[keep], ends[keep]
-    lengths = (ends - starts)
+    lengths = ends - starts
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
     idx = np.repeat(starts - offsets[:-1], lengths) + np.arange(offsets[-1])
     body = np.frombuffer(data, dtype=np.uint8)[idx]
-    return pa.LargeStringArray.from_buffers(len(starts), pa.py_buffer(offsets), pa.py_buffer(body.tobytes())).cast(pa.string())
+    return pa.LargeStringArray.from_buffers(len(starts), pa.py_buffer(offsets), pa.py_buffer(body.tobytes())).cast(
+        pa.string()
+    )
 
 
 def raw_table(data: bytes, source: str, row0: int = 0) -> pa.Table:
@@ -172,9 +261,15 @@ def raw_table(data: bytes, source: str, row0: int = 0) -> pa.Table:
     n = len(arr)
     # the source key dictionary-encoded (one int32 per row): a plain string column copied the key into
     # every row (~0.45 s per 800k lines, on the prefetch thread competing with DuckDB's)
-    return pa.table({"row_id": pa.array(np.arange(row0, row0 + n, dtype=np.int64)), "line": arr,
-                     "src": pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, dtype=np.int32)),
-                                                           pa.array([source], pa.string()))})
+    return pa.table(
+        {
+            "row_id": pa.array(np.arange(row0, row0 + n, dtype=np.int64)),
+            "line": arr,
+            "src": pa.DictionaryArray.from_arrays(
+                pa.array(np.zeros(n, dtype=np.int32)), pa.array([source], pa.string())
+            ),
+        }
+    )
 
 
 # ============================================================================== the DuckDB core
@@ -207,11 +302,15 @@ def _fast_conds() -> list[tuple[str, str]]:
     def keys_re(keys: list[str]) -> str:
         alt = "|".join(keys)
         return f"'^({alt})(\x1f({alt}))*$'"
+
     allowed = " ".join(f"WHEN '{t}' THEN regexp_full_match({ks}, {keys_re(keys)})" for t, keys in _ALLOWED_KEYS.items())
-    allowed = (f"(len(k) = length({ks}) - length(replace({ks}, chr(31), '')) + 1) AND CASE j.type {allowed} "
-               f"ELSE false END")
-    outside = " ".join(f"WHEN '{t}' THEN " + (" AND ".join(f'j."{f}" IS NULL' for f in _FIELDS if f not in keys)
-                                               or "true") for t, keys in _ALLOWED_KEYS.items())
+    allowed = (
+        f"(len(k) = length({ks}) - length(replace({ks}, chr(31), '')) + 1) AND CASE j.type {allowed} ELSE false END"
+    )
+    outside = " ".join(
+        f"WHEN '{t}' THEN " + (" AND ".join(f'j."{f}" IS NULL' for f in _FIELDS if f not in keys) or "true")
+        for t, keys in _ALLOWED_KEYS.items()
+    )
     allowed = f"CASE WHEN len(k) = {nn} THEN (CASE j.type {outside} ELSE false END) ELSE ({allowed}) END"
     conds = [
         ("j IS NULL", "'unparseable'"),
@@ -220,8 +319,11 @@ def _fast_conds() -> list[tuple[str, str]]:
         ("j.event_id IS NULL OR j.ts IS NULL OR j.platform IS NULL", "'schema'"),
         (f"NOT regexp_full_match(j.event_id, {_ID}) OR NOT regexp_full_match(j.platform, {_ID})", "'schema'"),
         (f"NOT regexp_full_match(j.ts, {_TS}) OR try_cast(j.ts AS TIMESTAMPTZ) IS NULL", "'schema'"),
-        (f"j.type <> '{CATALOG_TYPE}' AND (j.stream_id IS NULL OR j.user_id IS NULL "
-         f"OR NOT regexp_full_match(j.stream_id, {_ID}) OR NOT regexp_full_match(j.user_id, {_ID}))", "'schema'"),
+        (
+            f"j.type <> '{CATALOG_TYPE}' AND (j.stream_id IS NULL OR j.user_id IS NULL "
+            f"OR NOT regexp_full_match(j.stream_id, {_ID}) OR NOT regexp_full_match(j.user_id, {_ID}))",
+            "'schema'",
+        ),
         (f"j.item_id IS NOT NULL AND NOT regexp_full_match(j.item_id, {_ID})", "'schema'"),
         (f"j.order_id IS NOT NULL AND NOT regexp_full_match(j.order_id, {_ID})", "'schema'"),
         ("list_contains(" + str(list(_PRODUCT) + [CATALOG_TYPE]) + ", j.type) AND j.item_id IS NULL", "'schema'"),
@@ -233,18 +335,24 @@ def _fast_conds() -> list[tuple[str, str]]:
         ("j.gift_value IS NOT NULL AND NOT (j.gift_value >= 0 AND j.gift_value <= 1e9)", "'impossible_value'"),
         ("j.quantity IS NOT NULL AND NOT (j.quantity BETWEEN 1 AND 10000)", "'impossible_value'"),
         ("j.count IS NOT NULL AND NOT (j.count BETWEEN 1 AND 10000)", "'impossible_value'"),
-        (f"len(k) <> {nn} AND (" + " OR ".join(f"(j.{f} IS NULL AND list_contains(k, '{f}'))" for f in _TYPED) + ")",
-         "'schema'"),
+        (
+            f"len(k) <> {nn} AND (" + " OR ".join(f"(j.{f} IS NULL AND list_contains(k, '{f}'))" for f in _TYPED) + ")",
+            "'schema'",
+        ),
         # raw JSON types the reader would coerce silently (one regex pass over the line, see _RAW_TYPE_RE)
-        (f"regexp_matches(line, '{_RAW_TYPE_RE}') OR (contains(line, '\\u') AND regexp_matches(line, '{_ESCAPED_KEY_RE}'))",
-         "'schema'"),
+        (
+            f"regexp_matches(line, '{_RAW_TYPE_RE}') OR (contains(line, '\\u') AND regexp_matches(line, '{_ESCAPED_KEY_RE}'))",
+            "'schema'",
+        ),
         # duplicate keys: DuckDB keeps the first value, the contract (orjson) the last -- see _slow_path
         (f"len(k) <> {nn} AND len(list_distinct(k)) <> len(k)", "'schema'"),
         # props: an object of <= 32 scalars, keys <= 64 chars, strings <= 256 (conservative text checks:
         # any nested bracket, any string literal of >= 65 chars, > 32 colons -> the contract decides)
-        ("j.props IS NOT NULL AND (NOT starts_with(j.props, '{') OR regexp_matches(j.props, "
-         r"""'^.+[\[{]|"(\\.|[^"\\]){65,}') OR length(j.props) - length(replace(j.props, ':', '')) > 32)""",
-         "'schema'"),
+        (
+            "j.props IS NOT NULL AND (NOT starts_with(j.props, '{') OR regexp_matches(j.props, "
+            r"""'^.+[\[{]|"(\\.|[^"\\]){65,}') OR length(j.props) - length(replace(j.props, ':', '')) > 32)""",
+            "'schema'",
+        ),
         ("j.text IS NOT NULL AND length(j.text) > 2000", "'schema'"),
         # catalog records (few): always re-checked (lengths, stream_ids element types and patterns)
         (f"j.type = '{CATALOG_TYPE}'", "'schema'"),
@@ -298,6 +406,7 @@ def _categorise(reasons: list[str]) -> tuple[str, str]:
 def _duplicate_key(line: str) -> str | None:
     """The first key present twice in an object of a JSON line (only called for rows the contract accepts)."""
     import json
+
     found: list[str] = []
 
     def pairs(items):
@@ -309,6 +418,7 @@ def _duplicate_key(line: str) -> str | None:
                     break
                 seen.add(k)
         return dict(items)
+
     try:
         json.loads(line, object_pairs_hook=pairs)
     except ValueError:
@@ -338,10 +448,14 @@ def _slow_path(con: duckdb.DuckDBPyConnection) -> None:
             cat, fld = _categorise(reasons)
             verdicts.append((row_id, cat, fld, reasons))
     # via Arrow: executemany() would run one INSERT per row (seconds per thousand rows)
-    v = pa.table({"row_id": pa.array([x[0] for x in verdicts], pa.int64()),
-                  "reason": pa.array([x[1] for x in verdicts], pa.string()),
-                  "field": pa.array([x[2] for x in verdicts], pa.string()),
-                  "reasons": pa.array([x[3] for x in verdicts], pa.list_(pa.string()))})
+    v = pa.table(
+        {
+            "row_id": pa.array([x[0] for x in verdicts], pa.int64()),
+            "reason": pa.array([x[1] for x in verdicts], pa.string()),
+            "field": pa.array([x[2] for x in verdicts], pa.string()),
+            "reasons": pa.array([x[3] for x in verdicts], pa.list_(pa.string())),
+        }
+    )
     con.register("verdicts_arrow", v)
     con.execute("CREATE OR REPLACE TEMP TABLE verdicts AS SELECT * FROM verdicts_arrow")
     con.unregister("verdicts_arrow")
@@ -356,15 +470,17 @@ def _slow_path(con: duckdb.DuckDBPyConnection) -> None:
 
 
 # rows the contract accepts (fast path clean, or flagged and then accepted by shared.contract)
-_VALID = ("(reason IS NULL OR row_id IN (SELECT row_id FROM unflagged)) "
-          "AND row_id NOT IN (SELECT row_id FROM invalid)")
+_VALID = "(reason IS NULL OR row_id IN (SELECT row_id FROM unflagged)) AND row_id NOT IN (SELECT row_id FROM invalid)"
 
 
 def _ingest_chunks(con, chunks: Iterable[pa.Table], cfg: CleanConfig) -> int:
     # the source object of a row is kept as row-id ranges, not repeated on every row
     con.execute("CREATE TABLE sources (src VARCHAR, r0 BIGINT, r1 BIGINT)")
-    con.execute(f"""CREATE TABLE parsed (row_id BIGINT, j STRUCT({', '.join(
-        f'"{k}" {v}' for k, v in _FIELDS.items())}), reason VARCHAR, line VARCHAR)""")
+    con.execute(
+        f"""CREATE TABLE parsed (row_id BIGINT, j STRUCT({
+            ", ".join(f'"{k}" {v}' for k, v in _FIELDS.items())
+        }), reason VARCHAR, line VARCHAR)"""
+    )
     n = 0
     for chunk in chunks:
         con.register("chunk", chunk)
@@ -443,7 +559,7 @@ def clean_core(con, run_id: str, cfg: CleanConfig, *, seen_paths: list[str], cat
                j.platform AS platform, j.stream_id AS stream_id, j.user_id AS user_id, j.item_id AS item_id,
                j.price AS price,
                CASE WHEN j.currency IS NOT NULL THEN j.currency
-                    WHEN j.type IN {_PRODUCT + ('gift',)} THEN '{cur}' END AS currency,
+                    WHEN j.type IN {_PRODUCT + ("gift",)} THEN '{cur}' END AS currency,
                CAST(CASE WHEN j.quantity IS NOT NULL THEN j.quantity
                          WHEN j.type IN ('add_to_cart', 'purchase', 'refund') THEN 1 END AS INTEGER) AS quantity,
                j.order_id AS order_id,
@@ -469,21 +585,41 @@ def clean_core(con, run_id: str, cfg: CleanConfig, *, seen_paths: list[str], cat
         (SELECT count(*) FROM dup_losers),
         (SELECT count(*) FROM seen_rows),
         (SELECT count(*) FROM catalog_new)""").fetchone()
-    stats = (*stats[:4], *con.execute(
-        "SELECT count(*), count(*) FILTER (late), count(*) FILTER (ts_corrected) FROM clean").fetchone(), stats[4])
+    stats = (
+        *stats[:4],
+        *con.execute("SELECT count(*), count(*) FILTER (late), count(*) FILTER (ts_corrected) FROM clean").fetchone(),
+        stats[4],
+    )
     # clean purchases of items no catalog named (yet): kept and counted, not lost (unknown_items="keep")
     uncatalogued = con.execute("""SELECT count(*) FROM clean WHERE type = 'purchase' AND item_id IS NOT NULL
-                                  AND CAST(item_id AS VARCHAR) NOT IN (SELECT item_id FROM known_items)""").fetchone()[0]
+                                  AND CAST(item_id AS VARCHAR) NOT IN (SELECT item_id FROM known_items)""").fetchone()[
+        0
+    ]
     by_reason = dict(con.execute("SELECT reason, count(*) FROM quarantine GROUP BY 1 ORDER BY 1").fetchall())
-    by_field = dict(con.execute("SELECT reason || ':' || coalesce(field, '?'), count(*) FROM quarantine GROUP BY 1 ORDER BY 1").fetchall())
+    by_field = dict(
+        con.execute(
+            "SELECT reason || ':' || coalesce(field, '?'), count(*) FROM quarantine GROUP BY 1 ORDER BY 1"
+        ).fetchall()
+    )
     # the parsed rows (the run's largest table) are not read again: free their memory for the COPYs and
     # the analytics (the ``clean_v`` view over them is never queried after ``clean`` was built)
     con.execute("DROP VIEW clean_v")
     con.execute("DROP TABLE parsed")
-    return {"rows_in": stats[0], "catalog_rows": stats[1], "duplicates_in_run": stats[2],
-            "duplicates_seen_before": stats[3], "duplicates": stats[2] + stats[3], "rows_out": stats[4],
-            "late": stats[5], "ts_corrected": stats[6], "catalog_items": stats[7], "uncatalogued_purchases": uncatalogued,
-            "dropped": sum(by_reason.values()), "dropped_by_reason": by_reason, "dropped_by_field": by_field}
+    return {
+        "rows_in": stats[0],
+        "catalog_rows": stats[1],
+        "duplicates_in_run": stats[2],
+        "duplicates_seen_before": stats[3],
+        "duplicates": stats[2] + stats[3],
+        "rows_out": stats[4],
+        "late": stats[5],
+        "ts_corrected": stats[6],
+        "catalog_items": stats[7],
+        "uncatalogued_purchases": uncatalogued,
+        "dropped": sum(by_reason.values()),
+        "dropped_by_reason": by_reason,
+        "dropped_by_field": by_field,
+    }
 
 
 # ================================================================================ Arrow outputs
@@ -496,9 +632,15 @@ def write_parquet(con, sql: str, path: str, schema: pa.Schema, params=None, batc
         sql = sql.replace(f"${k}", _literal(v))
     # (the CASE keeps nullable columns OPTIONAL: DuckDB writes a column without NULLs as REQUIRED, which
     # pyarrow would read as ``not null`` -- another schema than the pyarrow-written files)
-    cols = ", ".join((f'CASE WHEN "{f.name}" IS NULL THEN NULL ELSE CAST("{f.name}" AS {_duck_type(f.type)}) END'
-                      if f.nullable else f'CAST("{f.name}" AS {_duck_type(f.type)})') + f' AS "{f.name}"'
-                     for f in schema)
+    cols = ", ".join(
+        (
+            f'CASE WHEN "{f.name}" IS NULL THEN NULL ELSE CAST("{f.name}" AS {_duck_type(f.type)}) END'
+            if f.nullable
+            else f'CAST("{f.name}" AS {_duck_type(f.type)})'
+        )
+        + f' AS "{f.name}"'
+        for f in schema
+    )
     meta = base64.b64encode(schema.serialize().to_pybytes()).decode()
     con.execute(f"""COPY (SELECT {cols} FROM ({sql})) TO '{path}'
                     (FORMAT parquet, COMPRESSION zstd, KV_METADATA {{'ARROW:schema': '{meta}'}})""")
@@ -507,6 +649,7 @@ def write_parquet(con, sql: str, path: str, schema: pa.Schema, params=None, batc
 
 def _literal(v) -> str:
     from datetime import datetime
+
     if isinstance(v, datetime):
         return f"TIMESTAMPTZ '{v.isoformat()}'"
     if isinstance(v, (int, float)):
@@ -519,12 +662,23 @@ def _duck_type(t: pa.DataType) -> str:
         return "VARCHAR"
     if pa.types.is_list(t):
         return _duck_type(t.value_type) + "[]"
-    return {pa.int32(): "INTEGER", pa.int64(): "BIGINT", pa.float64(): "DOUBLE", pa.bool_(): "BOOLEAN",
-            _UTC: "TIMESTAMPTZ"}[t]
+    return {
+        pa.int32(): "INTEGER",
+        pa.int64(): "BIGINT",
+        pa.float64(): "DOUBLE",
+        pa.bool_(): "BOOLEAN",
+        _UTC: "TIMESTAMPTZ",
+    }[t]
 
 
-def clean_tables(raw: Iterable[tuple[str, bytes]], cfg: CleanConfig | None = None, *, run_id: str = "r-local",
-                 seen_event_ids: Iterable[str] = (), catalog: pa.Table | None = None) -> dict[str, Any]:
+def clean_tables(
+    raw: Iterable[tuple[str, bytes]],
+    cfg: CleanConfig | None = None,
+    *,
+    run_id: str = "r-local",
+    seen_event_ids: Iterable[str] = (),
+    catalog: pa.Table | None = None,
+) -> dict[str, Any]:
     """The pure core for in-memory use and tests: raw objects (key, bytes) in, Arrow tables out.
 
     Returns ``{"clean": Table, "quarantine": Table, "catalog": Table, "report": dict}``.
@@ -545,8 +699,10 @@ def clean_tables(raw: Iterable[tuple[str, bytes]], cfg: CleanConfig | None = Non
             _ingest_chunks(con, _chunks(((k, (lambda b=b: b)) for k, b in raw), cfg), cfg)
             report = clean_core(con, run_id, cfg, seen_paths=seen_paths, catalog_paths=catalog_paths)
             out = {}
-            for name, sql, schema in (("clean", "SELECT * FROM clean ORDER BY ts, event_id", CLEAN_SCHEMA),
-                                      ("catalog", "SELECT * FROM catalog_new ORDER BY item_id", CATALOG_SCHEMA)):
+            for name, sql, schema in (
+                ("clean", "SELECT * FROM clean ORDER BY ts, event_id", CLEAN_SCHEMA),
+                ("catalog", "SELECT * FROM catalog_new ORDER BY item_id", CATALOG_SCHEMA),
+            ):
                 p = os.path.join(tmp, f"{name}.parquet")
                 write_parquet(con, sql, p, schema)
                 out[name] = pq.read_table(p)
@@ -579,6 +735,7 @@ def _prefetch(chunks: Iterable[pa.Table]) -> Iterable[pa.Table]:
     DuckDB parses the current one; at most one chunk waits (memory: one more ``chunk_bytes``)."""
     import queue
     import threading
+
     q: queue.Queue = queue.Queue(maxsize=1)
     stop = threading.Event()
     end = object()
@@ -615,12 +772,21 @@ def _prefetch(chunks: Iterable[pa.Table]) -> Iterable[pa.Table]:
 
 # ===================================================================================== the run
 def _empty_manifest() -> dict[str, Any]:
-    return {"version": 1, "seq": 0, "done": [], "runs": [], "clean_files": [], "dedupe": [], "catalog": [],
-            "analytics": {}}
+    return {
+        "version": 1,
+        "seq": 0,
+        "done": [],
+        "runs": [],
+        "clean_files": [],
+        "dedupe": [],
+        "catalog": [],
+        "analytics": {},
+    }
 
 
 def load_manifest(store) -> tuple[dict[str, Any], str | None]:
     from shared.storage import NotFound
+
     try:
         data, gen = store.get_with_generation(MANIFEST)
     except NotFound:
@@ -631,6 +797,7 @@ def load_manifest(store) -> tuple[dict[str, Any], str | None]:
 def _local(store, key: str, tmp: str) -> str:
     """A filesystem path holding the object: the file itself on the local backend, else a download."""
     from shared.storage import LocalStore
+
     if isinstance(store, LocalStore):
         return store._data_path(store._name(key))
     path = os.path.join(tmp, "dl", hashlib.sha1(key.encode()).hexdigest() + os.path.splitext(key)[1])
@@ -650,8 +817,9 @@ class InjectedCrash(RuntimeError):
     pass
 
 
-def run_clean(store, bus=None, cfg: CleanConfig | None = None, *, crash_after: str | None = None,
-              now: float | None = None) -> dict[str, Any]:
+def run_clean(
+    store, bus=None, cfg: CleanConfig | None = None, *, crash_after: str | None = None, now: float | None = None
+) -> dict[str, Any]:
     """One clean run: pending raw objects -> clean/, quarantine/, catalog/, state/dedupe/, analytics/,
     reports/clean/; commit by swapping the manifest (generation precondition); publish the summary.
 
@@ -661,6 +829,7 @@ def run_clean(store, bus=None, cfg: CleanConfig | None = None, *, crash_after: s
     ``commit`` raises after it moved but before publishing.
     """
     from shared.storage import PreconditionFailed
+
     cfg = cfg or CleanConfig()
     t0 = time.monotonic()
     now = time.time() if now is None else now
@@ -669,6 +838,7 @@ def run_clean(store, bus=None, cfg: CleanConfig | None = None, *, crash_after: s
         _republish(store, bus, cfg, manifest)
     done = set(manifest["done"])
     from shared.pipeline import retention
+
     # partitions older than the look-back are forgotten by ``done`` (compaction): never pending again.
     # The look-back counts back from the newest raw partition (archive never writes one beyond the
     # wall clock), not the wall clock alone: a store that got no data for a while forgets nothing.
@@ -695,7 +865,8 @@ def run_clean(store, bus=None, cfg: CleanConfig | None = None, *, crash_after: s
             # so a duplicate among them would have been accepted (counted, docs/pipeline.md step 6)
             report["beyond_lookback"] = con.execute(
                 "SELECT count(*) FROM clean WHERE coalesce(try_cast(ts_sent AS TIMESTAMPTZ), ts) < to_timestamp($c)",
-                {"c": ref - cfg.lookback_days * 86400.0}).fetchone()[0]
+                {"c": ref - cfg.lookback_days * 86400.0},
+            ).fetchone()[0]
             # clean/ per event date (UTC)
             # one pass for the dates and the streams each date file holds
             dates = con.execute("""SELECT strftime(ts, '%Y-%m-%d') AS d, min(date_trunc('day', ts)),
@@ -705,8 +876,9 @@ def run_clean(store, bus=None, cfg: CleanConfig | None = None, *, crash_after: s
                 key = f"clean/date={d}/{run_id}.parquet"
                 p = os.path.join(tmp, f"clean-{d}.parquet")
                 # rows in arrival order (a sort by stream/ts of the whole run cost as much as the parse)
-                write_parquet(con, "SELECT * FROM clean WHERE ts >= $d AND ts < $d + INTERVAL 1 DAY",
-                              p, CLEAN_SCHEMA, {"d": day})
+                write_parquet(
+                    con, "SELECT * FROM clean WHERE ts >= $d AND ts < $d + INTERVAL 1 DAY", p, CLEAN_SCHEMA, {"d": day}
+                )
                 _put_file(store, key, p, "application/vnd.apache.parquet")
                 written["clean"].append(key)
                 written["clean_files"].append({"key": key, "streams": [x for x in streams if x is not None]})
@@ -721,9 +893,21 @@ def run_clean(store, bus=None, cfg: CleanConfig | None = None, *, crash_after: s
                 if reason == "unknown_item" and raw and raw.startswith("{") and '":null' in raw.replace(" ", ""):
                     # an unflagged row keeps no line: its parsed fields, without the absent ones, are its raw
                     raw = orjson.dumps({k: v for k, v in orjson.loads(raw).items() if v is not None}).decode()
-                by_day.setdefault(d, []).append(orjson.dumps(
-                    {"reason": reason, "field": fld, "reasons": reasons, "event_id": eid, "raw": raw,
-                     "received_at": rec, "source": src, "run_id": run_id, "stage": "clean"}))
+                by_day.setdefault(d, []).append(
+                    orjson.dumps(
+                        {
+                            "reason": reason,
+                            "field": fld,
+                            "reasons": reasons,
+                            "event_id": eid,
+                            "raw": raw,
+                            "received_at": rec,
+                            "source": src,
+                            "run_id": run_id,
+                            "stage": "clean",
+                        }
+                    )
+                )
             for d, rows in sorted(by_day.items()):
                 key = f"quarantine/date={d}/{run_id}.ndjson.gz"
                 store.put(key, gzip.compress(b"\n".join(rows) + b"\n", mtime=0), content_type="application/gzip")
@@ -742,11 +926,20 @@ def run_clean(store, bus=None, cfg: CleanConfig | None = None, *, crash_after: s
             # analytics: recompute the affected streams from ALL their committed clean data + this run's
             analytics_keys = _write_analytics(con, store, manifest, written, run_id, cfg, tmp)
             report_key = f"reports/clean/{run_id}.json"
-            summary = {"run_id": run_id, "status": "committed", "raw_objects": pending,
-                       "backlog": len(pending_all) - len(pending), "clean": written["clean"],
-                       "quarantine": written["quarantine"], "catalog": ckey, "dedupe": dkey,
-                       "analytics": analytics_keys, "report": report_key, **report,
-                       "seconds": round(time.monotonic() - t0, 3)}
+            summary = {
+                "run_id": run_id,
+                "status": "committed",
+                "raw_objects": pending,
+                "backlog": len(pending_all) - len(pending),
+                "clean": written["clean"],
+                "quarantine": written["quarantine"],
+                "catalog": ckey,
+                "dedupe": dkey,
+                "analytics": analytics_keys,
+                "report": report_key,
+                **report,
+                "seconds": round(time.monotonic() - t0, 3),
+            }
             store.put(report_key, orjson.dumps(summary, option=orjson.OPT_INDENT_2), content_type="application/json")
             if crash_after == "write_all":
                 raise InjectedCrash("injected crash after writing every object, before the manifest moved")
@@ -762,9 +955,16 @@ def run_clean(store, bus=None, cfg: CleanConfig | None = None, *, crash_after: s
     new["dedupe"] = manifest["dedupe"] + [dkey]
     new["catalog"] = manifest["catalog"] + ([ckey] if ckey else [])
     new["analytics"] = analytics_keys
-    new["runs"] = manifest["runs"] + [{"run_id": run_id, "report": report_key, "published": False,
-                                       "raw_objects": len(pending), "rows_out": report["rows_out"],
-                                       "at": retention._iso(now)}]
+    new["runs"] = manifest["runs"] + [
+        {
+            "run_id": run_id,
+            "report": report_key,
+            "published": False,
+            "raw_objects": len(pending),
+            "rows_out": report["rows_out"],
+            "at": retention._iso(now),
+        }
+    ]
     new, compaction = retention.compact(new, now, cfg.lookback_days, ref=ref)
     try:
         store.put_if_unchanged(MANIFEST, orjson.dumps(new), gen, content_type="application/json")
@@ -777,9 +977,15 @@ def run_clean(store, bus=None, cfg: CleanConfig | None = None, *, crash_after: s
         except Exception as exc:  # the bucket's lifecycle rule removes a leftover
             log.warning("could not delete a compacted dedupe part", extra={"key": k, "error": str(exc)})
     summary["compaction"] = {k: (len(v) if isinstance(v, list) else v) for k, v in compaction.items()}
-    log.info("clean run committed", extra={k: v for k, v in summary.items()
-                                           if k in ("run_id", "rows_in", "rows_out", "dropped", "duplicates",
-                                                    "late", "ts_corrected", "seconds", "backlog")})
+    log.info(
+        "clean run committed",
+        extra={
+            k: v
+            for k, v in summary.items()
+            if k
+            in ("run_id", "rows_in", "rows_out", "dropped", "duplicates", "late", "ts_corrected", "seconds", "backlog")
+        },
+    )
     if crash_after == "commit":
         raise InjectedCrash("injected crash after the commit, before publishing")
     if bus is not None:
@@ -791,8 +997,24 @@ def _publish(store, bus, cfg: CleanConfig, run_id: str, summary: dict) -> None:
     """Publish the run's summary on ``events-cleaned``, then mark the run published in the manifest.
     A failure leaves it unmarked: the next run republishes it (at least once)."""
     from shared.storage import update_json
-    msg = {k: summary.get(k) for k in ("run_id", "clean", "quarantine", "catalog", "analytics", "report",
-                                       "rows_in", "rows_out", "dropped", "duplicates", "late", "ts_corrected")}
+
+    msg = {
+        k: summary.get(k)
+        for k in (
+            "run_id",
+            "clean",
+            "quarantine",
+            "catalog",
+            "analytics",
+            "report",
+            "rows_in",
+            "rows_out",
+            "dropped",
+            "duplicates",
+            "late",
+            "ts_corrected",
+        )
+    }
     bus.publish(cfg.topic, orjson.dumps(msg), run_id=run_id)
 
     def mark(m):
@@ -800,6 +1022,7 @@ def _publish(store, bus, cfg: CleanConfig, run_id: str, summary: dict) -> None:
             if r["run_id"] == run_id:
                 r["published"] = True
         return m
+
     update_json(store, MANIFEST, mark)
 
 
@@ -814,6 +1037,7 @@ def _republish(store, bus, cfg: CleanConfig, manifest: dict) -> None:
 
 def _write_analytics(con, store, manifest, written, run_id, cfg, tmp) -> dict[str, str]:
     from shared.pipeline.analytics import analytics_sql
+
     affected = [s for (s,) in con.execute("SELECT DISTINCT stream_id FROM clean").fetchall()]
     old = manifest.get("analytics") or {}
     files = [f["key"] for f in manifest["clean_files"] if set(f["streams"]) & set(affected)]
@@ -822,8 +1046,10 @@ def _write_analytics(con, store, manifest, written, run_id, cfg, tmp) -> dict[st
     src = "SELECT * FROM clean"
     if paths:
         cols = ", ".join(f.name for f in CLEAN_SCHEMA)
-        src = (f"SELECT {cols} FROM clean UNION ALL SELECT {cols} FROM read_parquet({paths!r}) "
-               f"WHERE CAST(stream_id AS VARCHAR) IN (SELECT stream_id FROM affected)")
+        src = (
+            f"SELECT {cols} FROM clean UNION ALL SELECT {cols} FROM read_parquet({paths!r}) "
+            f"WHERE CAST(stream_id AS VARCHAR) IN (SELECT stream_id FROM affected)"
+        )
     con.execute(f"CREATE OR REPLACE TEMP VIEW a_source AS {src}")
     analytics_sql(con, "a_source", cfg.max_session_s)
     out = {}
@@ -831,8 +1057,10 @@ def _write_analytics(con, store, manifest, written, run_id, cfg, tmp) -> dict[st
         sql = f"SELECT * FROM a_{name}"
         if old.get(name):
             prev = _local(store, old[name], tmp)
-            sql = (f"SELECT * FROM a_{name} UNION ALL BY NAME SELECT * FROM read_parquet('{prev}') "
-                   f"WHERE stream_id NOT IN (SELECT stream_id FROM affected)")
+            sql = (
+                f"SELECT * FROM a_{name} UNION ALL BY NAME SELECT * FROM read_parquet('{prev}') "
+                f"WHERE stream_id NOT IN (SELECT stream_id FROM affected)"
+            )
         p = os.path.join(tmp, f"a-{name}.parquet")
         con.execute(f"COPY ({sql} ORDER BY ALL) TO '{p}' (FORMAT parquet, COMPRESSION zstd)")
         key = f"analytics/{name}/{run_id}.parquet"
@@ -845,11 +1073,13 @@ def read_clean(store, manifest: dict | None = None) -> pa.Table:
     """Every committed clean row (the manifest's clean files), as one Arrow table. For tests / small data."""
     manifest = manifest or load_manifest(store)[0]
     import io
+
     tables = [pq.read_table(io.BytesIO(store.get(f["key"]))) for f in manifest["clean_files"]]
     return pa.concat_tables(tables, promote_options="permissive") if tables else CLEAN_SCHEMA.empty_table()
 
 
 def read_analytics(store, name: str, manifest: dict | None = None) -> pa.Table:
     import io
+
     manifest = manifest or load_manifest(store)[0]
     return pq.read_table(io.BytesIO(store.get(manifest["analytics"][name])))

@@ -22,6 +22,7 @@
 Idempotent: a rerun finds nothing left to rewrite. Any object the job cannot rewrite (unknown format)
 that mentions an erased viewer is listed in ``unhandled`` and the exit code is 1.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,7 +33,8 @@ import os
 import re
 import sys
 import time
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 import orjson
@@ -73,7 +75,7 @@ class Targets:
 
     def __init__(self, entries: dict[str, dict], ids: Iterable[str] = ()):
         self.cutoff = {h: (erasure.parse_iso(e.get("requested_at")) or time.time()) for h, e in entries.items()}
-        self.ids: dict[str, str] = {}     # plaintext id -> hash
+        self.ids: dict[str, str] = {}  # plaintext id -> hash
         self.eids: set[str] = set()
         self._hash: dict[str, str | None] = {}
         for u in ids:
@@ -155,8 +157,11 @@ def _learn_table(t: Targets, table: pa.Table) -> None:
             continue
         mask = pc.equal(users, u)
         if "received_at" in table.column_names:
-            rec = pc.cast(table["received_at"], pa.timestamp("us", tz="UTC")) \
-                if pa.types.is_timestamp(table["received_at"].type) else None
+            rec = (
+                pc.cast(table["received_at"], pa.timestamp("us", tz="UTC"))
+                if pa.types.is_timestamp(table["received_at"].type)
+                else None
+            )
             if rec is not None:
                 cut = pa.scalar(int(t.cutoff[h] * 1e6), pa.timestamp("us", tz="UTC"))
                 mask = pc.and_(mask, pc.fill_null(pc.less_equal(rec, cut), True))
@@ -176,8 +181,11 @@ def _rewrite_lines(t: Targets, lines: list[bytes]) -> tuple[list[bytes], int]:
     for ln in lines:
         rec = _record(ln)
         h = t.target(rec.get("user_id")) if rec else None
-        if h and not t.before_cutoff(h, rec.get("received_at")) and \
-                not (isinstance(rec.get("event_id"), str) and rec["event_id"] in t.eids):
+        if (
+            h
+            and not t.before_cutoff(h, rec.get("received_at"))
+            and not (isinstance(rec.get("event_id"), str) and rec["event_id"] in t.eids)
+        ):
             keep.append(ln)  # the same viewer, back after their erasure: new data, kept
             continue
         if h or any(tok in needles for tok in _TOKEN.findall(ln)):
@@ -195,7 +203,9 @@ def _rewrite_table(t: Targets, table: pa.Table) -> tuple[pa.Table, int]:
     n = table.num_rows
     drop = pa.array(np.zeros(n, dtype=bool))
     ids = list(t.ids)
-    pattern = ("(^|[^A-Za-z0-9._:@-])(" + "|".join(re.escape(x) for x in ids) + ")($|[^A-Za-z0-9._:@-])") if ids else None
+    pattern = (
+        ("(^|[^A-Za-z0-9._:@-])(" + "|".join(re.escape(x) for x in ids) + ")($|[^A-Za-z0-9._:@-])") if ids else None
+    )
     for name in table.column_names:
         col = table[name]
         typ = col.type.value_type if pa.types.is_dictionary(col.type) else col.type
@@ -238,6 +248,7 @@ def _to_parquet(table: pa.Table) -> bytes:
 def _model_holds(t: Targets, store, version: str) -> bool:
     from shared.serving.registry import arrays_key, meta_key
     from shared.storage import NotFound
+
     try:
         meta = store.get(meta_key(version))
     except NotFound:
@@ -267,17 +278,25 @@ def _versions(store) -> list[str]:
 def _clean_models(t: Targets, store, train: bool, summary: dict) -> str | None:
     """Train on the rewritten data, serve that version, delete every other version holding a target.
     Returns the served version if it holds none of them."""
-    from shared.serving.registry import LATEST, Registry, arrays_key, meta_key
+    from shared.serving.registry import Registry, arrays_key, meta_key
+
     reg = Registry(store)
     if train:
         from shared.serving.train import run_train
+
         res = run_train(store, None)
         summary["model"] = {"version": res.version, "promoted_by_gate": res.promoted, "reason": res.reason}
         pointer, gen = reg.latest()
         if res.version and (pointer or {}).get("version") != res.version:
-            reg.promote({"version": res.version, "promoted_at": erasure.now_iso(),
-                         "previous": (pointer or {}).get("version"),
-                         "reason": "erasure: the previous model held erased viewers"}, gen)
+            reg.promote(
+                {
+                    "version": res.version,
+                    "promoted_at": erasure.now_iso(),
+                    "previous": (pointer or {}).get("version"),
+                    "reason": "erasure: the previous model held erased viewers",
+                },
+                gen,
+            )
             summary["model"]["promoted_for_erasure"] = True
     pointer, _ = reg.latest()
     served = (pointer or {}).get("version")
@@ -285,7 +304,7 @@ def _clean_models(t: Targets, store, train: bool, summary: dict) -> str | None:
     for v in _versions(store):
         if v == served or not _model_holds(t, store, v):
             continue
-        store.delete(meta_key(v))   # the commit marker first: a half-deleted version is "not written"
+        store.delete(meta_key(v))  # the commit marker first: a half-deleted version is "not written"
         store.delete(arrays_key(v))
         deleted.append(v)
     summary["models_deleted"] = deleted
@@ -296,18 +315,32 @@ def _clean_models(t: Targets, store, train: bool, summary: dict) -> str | None:
 
 
 # ------------------------------------------------------------------------------ the job
-def run_erase(store, *, users: Iterable[str] = (), mode: str = "pending", train: bool = True,
-              now: float | None = None, crash_after: str | None = None) -> dict[str, Any]:
+def run_erase(
+    store,
+    *,
+    users: Iterable[str] = (),
+    mode: str = "pending",
+    train: bool = True,
+    now: float | None = None,
+    crash_after: str | None = None,
+) -> dict[str, Any]:
     """Register ``users`` (if any), then erase every open entry (``mode="pending"``: no ``clean_model``
     yet) or every entry (``mode="all"``). See the module docstring."""
     from shared.storage import update_json
+
     users = [u for u in users if u]
     if users:
         erasure.request(store, users, now=now)
     doc, _ = erasure.load(store)
     entries = {h: e for h, e in (doc.get("entries") or {}).items() if mode == "all" or not e.get("clean_model")}
-    summary: dict[str, Any] = {"users": len(entries), "rewritten": {}, "deleted": [], "rows_removed": 0,
-                               "unhandled": [], "models_deleted": []}
+    summary: dict[str, Any] = {
+        "users": len(entries),
+        "rewritten": {},
+        "deleted": [],
+        "rows_removed": 0,
+        "unhandled": [],
+        "models_deleted": [],
+    }
     if not entries:
         return {**summary, "status": "nothing to erase"}
     t = Targets(entries, users)
@@ -321,7 +354,7 @@ def run_erase(store, *, users: Iterable[str] = (), mode: str = "pending", train:
     summary["event_ids"] = len(t.eids)
     # 3. rewrite every object that holds one of them
     tag = t.tag()
-    plan: dict[str, str | None] = {}   # old key -> new key (None: nothing left, deleted)
+    plan: dict[str, str | None] = {}  # old key -> new key (None: nothing left, deleted)
     for k in keys:
         data = store.get(k)
         if k.endswith((".ndjson.gz", ".ndjson")):
@@ -346,8 +379,11 @@ def run_erase(store, *, users: Iterable[str] = (), mode: str = "pending", train:
             continue
         nk = new_key(k, tag) if keep else None
         if nk:
-            store.put(nk, out, content_type="application/vnd.apache.parquet" if nk.endswith(".parquet")
-                      else "application/gzip")
+            store.put(
+                nk,
+                out,
+                content_type="application/vnd.apache.parquet" if nk.endswith(".parquet") else "application/gzip",
+            )
         plan[k] = nk
         summary["rows_removed"] += dropped
     if crash_after == "write":
@@ -356,6 +392,7 @@ def run_erase(store, *, users: Iterable[str] = (), mode: str = "pending", train:
     def remap(m):
         def one(k):
             return plan.get(k, k) if isinstance(k, str) else k
+
         if not m:
             return m
         m["done"] = [one(k) for k in m.get("done", []) if one(k) is not None]
@@ -364,6 +401,7 @@ def run_erase(store, *, users: Iterable[str] = (), mode: str = "pending", train:
         m["catalog"] = [one(k) for k in m.get("catalog", []) if one(k) is not None]
         m["analytics"] = {n: one(k) for n, k in (m.get("analytics") or {}).items()}
         return m
+
     if plan and store.exists(MANIFEST):
         update_json(store, MANIFEST, remap)
     if crash_after == "manifest":
@@ -380,7 +418,9 @@ def run_erase(store, *, users: Iterable[str] = (), mode: str = "pending", train:
                 if h in d["entries"]:
                     d["entries"][h][field_] = value
             return d
+
         update_json(store, erasure.ERASURE_KEY, fn, default=erasure.empty())
+
     if not summary["unhandled"]:
         mark("data_erased_at", stamp)
     # 4. models
@@ -389,13 +429,21 @@ def run_erase(store, *, users: Iterable[str] = (), mode: str = "pending", train:
         mark("clean_model", served)
         summary["clean_model"] = served
     summary["status"] = "erased" if served and not summary["unhandled"] else "incomplete"
-    log.info("erasure run", extra={"users": len(entries), "rows_removed": summary["rows_removed"],
-                                   "objects": len(plan), "status": summary["status"]})
+    log.info(
+        "erasure run",
+        extra={
+            "users": len(entries),
+            "rows_removed": summary["rows_removed"],
+            "objects": len(plan),
+            "status": summary["status"],
+        },
+    )
     return summary
 
 
 def main(argv: list[str] | None = None) -> int:
     from shared.storage import open_store
+
     ap = argparse.ArgumentParser(prog="python -m shared.pipeline.erase", description=__doc__.split("\n\n")[0])
     ap.add_argument("--store", default=os.environ.get("DAIHUO_STORE", "var/store"))
     ap.add_argument("--user", action="append", default=[], help="a user id to erase ('-': one per line on stdin)")
@@ -408,7 +456,7 @@ def main(argv: list[str] | None = None) -> int:
     for u in a.user:
         users += [x.strip() for x in sys.stdin.read().splitlines() if x.strip()] if u == "-" else [u.strip()]
     out = run_erase(open_store(a.store), users=users, mode="all" if a.all else "pending", train=not a.no_train)
-    print(orjson.dumps(out).decode())   # the last line of stdout (the logs are JSON lines too)
+    print(orjson.dumps(out).decode())  # the last line of stdout (the logs are JSON lines too)
     return 0 if out["status"] in ("erased", "nothing to erase") else 1
 
 

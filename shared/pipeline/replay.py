@@ -15,6 +15,7 @@ replaying the same fixed rows again is a no-op (``already_replayed``); and a row
 already reached clean/ is dropped by clean's dedupe index, so even a different grouping cannot
 double an event.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,7 +24,8 @@ import hashlib
 import sys
 import time
 from collections import defaultdict
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import orjson
 
@@ -75,13 +77,22 @@ def replay(store, rows: Iterable[dict[str, Any]], *, now: float | None = None, d
             written.append(key)
             continue
         try:
-            store.put(key, gzip.compress(b"\n".join(lines) + b"\n", mtime=0), content_type="application/gzip",
-                      if_generation_match=ABSENT)
+            store.put(
+                key,
+                gzip.compress(b"\n".join(lines) + b"\n", mtime=0),
+                content_type="application/gzip",
+                if_generation_match=ABSENT,
+            )
             written.append(key)
         except PreconditionFailed:
             existing.append(key)
-    return {"rows": n, "lines": sum(len(v) for v in parts.values()), "objects": written,
-            "already_replayed": existing, "refused": refused}
+    return {
+        "rows": n,
+        "lines": sum(len(v) for v in parts.values()),
+        "objects": written,
+        "already_replayed": existing,
+        "refused": refused,
+    }
 
 
 def _read_rows(path: str) -> list[dict[str, Any]]:
@@ -98,8 +109,9 @@ def _read_rows(path: str) -> list[dict[str, Any]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from shared.storage import open_store
     import os
+
+    from shared.storage import open_store
 
     ap = argparse.ArgumentParser(prog="python -m shared.pipeline.replay", description=__doc__.split("\n\n")[0])
     ap.add_argument("files", nargs="+", help="fixed quarantine rows (NDJSON, optionally gzipped)")

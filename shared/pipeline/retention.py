@@ -15,6 +15,7 @@
   it. A duplicate of an event older than the look-back is therefore accepted: every accepted row
   whose sent ``ts`` is older than the look-back is counted as ``beyond_lookback`` in the clean report.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,8 +23,9 @@ import os
 import re
 import sys
 import time
-from datetime import date, datetime, timedelta, timezone
-from typing import Any, Mapping
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 DEFAULT_RETENTION_DAYS = {"raw": 365, "clean": 400, "quarantine": 90}
 DEFAULT_LOOKBACK_DAYS = 35
@@ -56,7 +58,7 @@ def partition_date(key: str) -> str | None:
 
 def cutoff_date(now: float, days: int) -> str:
     """The first partition date still kept: partitions strictly before it are out."""
-    return (datetime.fromtimestamp(now, timezone.utc).date() - timedelta(days=days)).isoformat()
+    return (datetime.fromtimestamp(now, UTC).date() - timedelta(days=days)).isoformat()
 
 
 def reference_time(keys, now: float) -> float:
@@ -64,7 +66,7 @@ def reference_time(keys, now: float) -> float:
     newest = max((d for d in map(partition_date, keys) if d), default=None)
     if newest is None:
         return now
-    end = datetime.fromisoformat(newest).replace(tzinfo=timezone.utc).timestamp() + 86400
+    end = datetime.fromisoformat(newest).replace(tzinfo=UTC).timestamp() + 86400
     return min(now, end)
 
 
@@ -74,11 +76,16 @@ def too_old(key: str, cutoff: str) -> bool:
 
 
 def _iso(now: float) -> str:
-    return datetime.fromtimestamp(now, timezone.utc).isoformat(timespec="seconds")
+    return datetime.fromtimestamp(now, UTC).isoformat(timespec="seconds")
 
 
-def compact(manifest: dict[str, Any], now: float, lookback: int | None = None,
-            clean_days: int | None = None, ref: float | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+def compact(
+    manifest: dict[str, Any],
+    now: float,
+    lookback: int | None = None,
+    clean_days: int | None = None,
+    ref: float | None = None,
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """The manifest with its look-back and the clean retention applied (pure). ``now``: the clock of
     the runs (their ``at``); ``ref`` (default ``now``): the "today" of the partition dates (see
     :func:`reference_time`). Returns (manifest, stats); ``stats["dedupe_dropped"]`` /
@@ -93,31 +100,37 @@ def compact(manifest: dict[str, Any], now: float, lookback: int | None = None,
     at = {}
     m["runs"] = [dict(r) for r in m.get("runs", [])]
     for r in m["runs"]:
-        r.setdefault("at", _iso(now))   # a run from before this field: its clock starts now
+        r.setdefault("at", _iso(now))  # a run from before this field: its clock starts now
         at[r["run_id"]] = datetime.fromisoformat(r["at"]).timestamp()
     old_runs = {rid for rid, t in at.items() if t < t_cut}
 
     def run_of(key):
         mm = _RUN.search(key.rsplit("/", 1)[-1])
         return mm.group(1) if mm else None
+
     dedupe = [k for k in m.get("dedupe", []) if run_of(k) not in old_runs]
     ccut = cutoff_date(ref, clean_days)
     clean_files = [f for f in m.get("clean_files", []) if not too_old(f["key"], ccut)]
     runs = [r for r in m.get("runs", []) if not (r["run_id"] in old_runs and r.get("published"))]
-    stats = {"done_forgotten": len(m.get("done", [])) - len(done),
-             "dedupe_dropped": [k for k in m.get("dedupe", []) if k not in set(dedupe)],
-             "clean_expired": [f["key"] for f in m.get("clean_files", []) if f not in clean_files],
-             "runs_dropped": len(m.get("runs", [])) - len(runs), "lookback_cutoff": cut}
+    stats = {
+        "done_forgotten": len(m.get("done", [])) - len(done),
+        "dedupe_dropped": [k for k in m.get("dedupe", []) if k not in set(dedupe)],
+        "clean_expired": [f["key"] for f in m.get("clean_files", []) if f not in clean_files],
+        "runs_dropped": len(m.get("runs", [])) - len(runs),
+        "lookback_cutoff": cut,
+    }
     m.update(done=done, dedupe=dedupe, clean_files=clean_files, runs=runs)
     return m, stats
 
 
-def apply_retention(store, *, now: float | None = None, dry_run: bool = False,
-                    environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+def apply_retention(
+    store, *, now: float | None = None, dry_run: bool = False, environ: Mapping[str, str] | None = None
+) -> dict[str, Any]:
     """Compact the manifest (CAS), then delete every object past its prefix's retention and the
     dedupe parts the manifest no longer names."""
     from shared.pipeline.clean import MANIFEST
     from shared.storage import update_json
+
     now = time.time() if now is None else now
     days = retention_days(environ)
     deleted = []
@@ -127,13 +140,15 @@ def apply_retention(store, *, now: float | None = None, dry_run: bool = False,
     gone = set(deleted)
     stats: dict[str, Any] = {}
     if store.exists(MANIFEST) and not dry_run:
+
         def fn(m):
             new, s = compact(m, now, lookback_days(environ), days["clean"])
-            new["done"] = [k for k in new["done"] if k not in gone]   # a raw retention below the look-back
+            new["done"] = [k for k in new["done"] if k not in gone]  # a raw retention below the look-back
             new["clean_files"] = [f for f in new["clean_files"] if f["key"] not in gone]
             stats.clear()
             stats.update(s)
             return new
+
         update_json(store, MANIFEST, fn)
     deleted += [k for k in stats.get("dedupe_dropped", []) if k not in gone]
     if not dry_run:
@@ -146,6 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     import orjson
 
     from shared.storage import open_store
+
     ap = argparse.ArgumentParser(prog="python -m shared.pipeline.retention", description=__doc__.split("\n\n")[0])
     ap.add_argument("--store", default=os.environ.get("DAIHUO_STORE", "var/store"))
     ap.add_argument("--dry-run", action="store_true")

@@ -13,7 +13,7 @@ Public API
 * ``Popularity``                         (``shared.reco.popularity``)
 * ``HybridRecommender``                  (``shared.reco.hybrid``)
 * metrics (``shared.reco.metrics``), splits (``shared.reco.splits``),
-  evaluation CLI (``python -m shared.reco.evaluate``).
+  evaluation CLI (``python -m devtools.evaluate``).
 """
 
 from .content import ContentModel, item_texts

@@ -53,7 +53,7 @@ if HAVE_NUMBA:
     def _sift_down(hv, hc, k, size):
         # min-heap on "rank": the root is the worst kept entry
         while True:
-            l = 2 * k + 1
+            l = 2 * k + 1  # noqa: E741 (left child, as in the heap literature)
             if l >= size:
                 return
             m = l
@@ -87,8 +87,22 @@ if HAVE_NUMBA:
                 return
 
     @_nb.njit(cache=True, parallel=True)
-    def _topn_kernel(x_indptr, x_indices, x_data, t_indptr, t_indices, t_data, d,
-                     chunk_bounds, n, kind, min_cooc, out_cols, out_vals, out_cnt):
+    def _topn_kernel(
+        x_indptr,
+        x_indices,
+        x_data,
+        t_indptr,
+        t_indices,
+        t_data,
+        d,
+        chunk_bounds,
+        n,
+        kind,
+        min_cooc,
+        out_cols,
+        out_vals,
+        out_cnt,
+    ):
         n_items = d.shape[0]
         n_chunks = chunk_bounds.shape[0] - 1
         for c in _nb.prange(n_chunks):
@@ -227,10 +241,20 @@ def topn_similarity(X, XT, d, kind: str, n: int, min_cooc: float, work: np.ndarr
     out_cnt = np.zeros(n_items, dtype=np.int64)
     with _PARALLEL_LOCK:
         _topn_kernel(
-            X.indptr.astype(np.int64), X.indices.astype(np.int32), X.data.astype(np.float64),
-            XT.indptr.astype(np.int64), XT.indices.astype(np.int32), XT.data.astype(np.float64),
-            np.asarray(d, dtype=np.float64), bounds, n, KIND_CODES[kind], float(min_cooc),
-            out_cols, out_vals, out_cnt,
+            X.indptr.astype(np.int64),
+            X.indices.astype(np.int32),
+            X.data.astype(np.float64),
+            XT.indptr.astype(np.int64),
+            XT.indices.astype(np.int32),
+            XT.data.astype(np.float64),
+            np.asarray(d, dtype=np.float64),
+            bounds,
+            n,
+            KIND_CODES[kind],
+            float(min_cooc),
+            out_cols,
+            out_vals,
+            out_cnt,
         )
     indptr = np.zeros(n_items + 1, dtype=np.int64)
     np.cumsum(out_cnt, out=indptr[1:])
@@ -333,11 +357,28 @@ def pair_scores(W1, W2, idx: np.ndarray, w: np.ndarray):
         raise IndexError("item index out of range")
     sc = getattr(_pair_scratch, "arrays", None)
     if sc is None or sc[0].shape[0] != n:
-        z = lambda: np.zeros(n, dtype=np.float64)  # noqa: E731
-        sc = (z(), z(), np.full(n, -1, dtype=np.int32), z(), z(), np.full(n, -1, dtype=np.int32),
-              np.zeros(n, dtype=np.int8))
+        z = lambda: np.zeros(n, dtype=np.float64)
+        sc = (
+            z(),
+            z(),
+            np.full(n, -1, dtype=np.int32),
+            z(),
+            z(),
+            np.full(n, -1, dtype=np.int32),
+            np.zeros(n, dtype=np.int8),
+        )
         _pair_scratch.arrays = sc
     two = W2 is not None
     W2_ = W2 if two else W1
-    return _pair_scores_kernel(W1.indptr, W1.indices, W1.data, W2_.indptr, W2_.indices, W2_.data, two,
-                               idx, np.asarray(w, dtype=np.float64), *sc)
+    return _pair_scores_kernel(
+        W1.indptr,
+        W1.indices,
+        W1.data,
+        W2_.indptr,
+        W2_.indices,
+        W2_.data,
+        two,
+        idx,
+        np.asarray(w, dtype=np.float64),
+        *sc,
+    )

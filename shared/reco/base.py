@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from ._kernels import HAVE_NUMBA, user_scores
 from ._core import aggregate, as_csr, csr_from_arrays, csr_to_arrays, gather_rows, top_k, top_k_rows
+from ._kernels import HAVE_NUMBA, user_scores
 
 __all__ = ["ItemBasedRecommender", "NotFittedError"]
 
@@ -250,7 +250,9 @@ class ItemBasedRecommender:
         """Fast single-user path: the user's item indices and affinities in,
         ``(ids, scores)`` out.  For sparse neighbours the cost is proportional
         to the number of gathered neighbours (|I_u| x N), not the catalogue."""
-        return self._recommend_one(np.asarray(idx, dtype=np.int64), np.asarray(w, dtype=np.float64), N, filter_seen, items, filter_items)
+        return self._recommend_one(
+            np.asarray(idx, dtype=np.int64), np.asarray(w, dtype=np.float64), N, filter_seen, items, filter_items
+        )
 
     def _recommend_one(self, idx, w, N, filter_seen, items, filter_items):
         cand, scores = self.score_one(idx, w)

@@ -20,7 +20,7 @@ of thousands of items).
 from __future__ import annotations
 
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
@@ -116,8 +116,9 @@ class ContentModel(ItemBasedRecommender):
             X.eliminate_zeros()
             XT = as_csr(X.T, dtype=np.float64)
             work = XT @ np.diff(X.indptr).astype(np.float64)
-            indptr, indices, data = topn_similarity(X, XT, np.ones(n), "cooccurrence", int(self.neighbours),
-                                                    1e-6, np.minimum(work, n), np.float32)
+            indptr, indices, data = topn_similarity(
+                X, XT, np.ones(n), "cooccurrence", int(self.neighbours), 1e-6, np.minimum(work, n), np.float32
+            )
             self.W_ = sp.csr_matrix((data, indices, indptr), shape=(n, n))
             engine = "numba"
         else:
@@ -125,14 +126,17 @@ class ContentModel(ItemBasedRecommender):
             blocks = []
             for start in range(0, n, self.block_size):
                 end = min(start + self.block_size, n)
-                sims = (V[start:end] @ VT)
-                blocks.append(prune_top_n(sims, self.neighbours, drop_diagonal=True, row_offset=start,
-                                          min_value=1e-6))
+                sims = V[start:end] @ VT
+                blocks.append(prune_top_n(sims, self.neighbours, drop_diagonal=True, row_offset=start, min_value=1e-6))
             self.W_ = as_csr(sp.vstack(blocks, format="csr"), dtype=np.float32)
             engine = "scipy"
         self.B_ = None
-        self.fit_info_ = {"fit_seconds": time.perf_counter() - t0, "n_features": n_features,
-                          "dropped_common_features": n_dropped, "engine": engine}
+        self.fit_info_ = {
+            "fit_seconds": time.perf_counter() - t0,
+            "n_features": n_features,
+            "dropped_common_features": n_dropped,
+            "engine": engine,
+        }
         return self
 
     def _drop_common(self, V: sp.csr_matrix) -> tuple[sp.csr_matrix, int]:

@@ -38,8 +38,8 @@ import scipy.linalg
 import scipy.sparse as sp
 
 from ._core import as_csr, prune_top_n
-from .itemknn import item_similarity
 from .base import ItemBasedRecommender
+from .itemknn import item_similarity
 
 __all__ = ["EASE", "ease_weights"]
 

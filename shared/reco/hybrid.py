@@ -39,7 +39,8 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -94,8 +95,15 @@ class HybridRecommender:
         return {
             k: getattr(self, k)
             for k in (
-                "cf", "cf_params", "content_params", "cf_weight", "content_weight",
-                "content_weight_context", "popularity_weight", "context_weight", "max_history",
+                "cf",
+                "cf_params",
+                "content_params",
+                "cf_weight",
+                "content_weight",
+                "content_weight_context",
+                "popularity_weight",
+                "context_weight",
+                "max_history",
                 "stream_pop_mix",
             )
         }
@@ -146,8 +154,10 @@ class HybridRecommender:
             it = it.reindex(self.item_ids_)
             if content is not None:
                 if content.n_items_ != self.n_items_:
-                    raise ValueError(f"prefit content model has {content.n_items_} items, the interactions "
-                                     f"{self.n_items_}: fit it on the same item index")
+                    raise ValueError(
+                        f"prefit content model has {content.n_items_} items, the interactions "
+                        f"{self.n_items_}: fit it on the same item index"
+                    )
                 self.content_model_ = content
             else:
                 texts = item_texts(it, text_cols)
@@ -182,7 +192,9 @@ class HybridRecommender:
         several fits over parts of the same data."""
         if item_ids is None:
             item_ids = self.catalogue_ids(events, items)
-        inter = build_user_items(events, action_weights, half_life_days, reference_time, item_ids=str_array(np.asarray(item_ids, dtype=str)))
+        inter = build_user_items(
+            events, action_weights, half_life_days, reference_time, item_ids=str_array(np.asarray(item_ids, dtype=str))
+        )
         stream_items = stream_ids = None
         if "stream_id" in events:
             stream_items, stream_ids = build_stream_items(
@@ -195,14 +207,21 @@ class HybridRecommender:
         """The item index ``fit_events`` uses: item table ids, then event items not in it."""
         if isinstance(events["item_id"].dtype, pd.CategoricalDtype):  # codes, not 10M strings
             from .interactions import _codes
+
             ev_items = pd.Series(_codes(events["item_id"], None)[1], dtype=object)
         else:
             ev_items = events["item_id"].dropna().astype(str)
         all_items = pd.unique(pd.concat([items["item_id"].astype(str), ev_items]) if items is not None else ev_items)
         return str_array(np.asarray(all_items, dtype=str))
 
-    def fit_content(self, item_ids, items: pd.DataFrame | None, *, item_col: str = "item_id",
-                    text_cols=("title", "description", "category")) -> ContentModel | None:
+    def fit_content(
+        self,
+        item_ids,
+        items: pd.DataFrame | None,
+        *,
+        item_col: str = "item_id",
+        text_cols=("title", "description", "category"),
+    ) -> ContentModel | None:
         """The content model ``fit`` would build for this item index (with this
         recommender's ``content_params``), for reuse via ``fit(..., content=)``."""
         if items is None or not len(items):
@@ -222,9 +241,7 @@ class HybridRecommender:
         self._user_index = pd.Index(self.user_ids_)
         self._item_index = pd.Index(self.item_ids_)
         self._item_pos = {s: k for k, s in enumerate(self.item_ids_.tolist())}
-        self._purchase_code = (
-            self.action_names_.index("purchase") + 1 if "purchase" in self.action_names_ else -1
-        )
+        self._purchase_code = self.action_names_.index("purchase") + 1 if "purchase" in self.action_names_ else -1
         n = self.n_items_
         self._gpop = np.asarray(self.popularity_.global_, dtype=np.float64)
         # global popularity order: score desc, index asc (the dense top_k tie rule)
@@ -280,7 +297,9 @@ class HybridRecommender:
         if isinstance(ids, str):
             ids = [ids]
         get = self._item_pos.get
-        pos = [get(x if isinstance(x, str) else str(x), -1) for x in (ids.tolist() if isinstance(ids, np.ndarray) else ids)]
+        pos = [
+            get(x if isinstance(x, str) else str(x), -1) for x in (ids.tolist() if isinstance(ids, np.ndarray) else ids)
+        ]
         arr = np.fromiter(pos, dtype=np.int64, count=len(pos))
         return arr[arr >= 0]
 
@@ -385,12 +404,23 @@ class HybridRecommender:
         joint = False  # cf and content parts aligned on one sorted candidate array (pair_scores)
         if src_idx.size:
             use_ct = self.content_model_ is not None and cw > 0
-            if HAVE_NUMBA and self.cf_model_.B_ is None and self.cf_model_.W_ is not None and (
-                    not use_ct or (self.content_model_.B_ is None and self.content_model_.W_ is not None
-                                   and self.content_model_.W_.shape == self.cf_model_.W_.shape)):
+            if (
+                HAVE_NUMBA
+                and self.cf_model_.B_ is None
+                and self.cf_model_.W_ is not None
+                and (
+                    not use_ct
+                    or (
+                        self.content_model_.B_ is None
+                        and self.content_model_.W_ is not None
+                        and self.content_model_.W_.shape == self.cf_model_.W_.shape
+                    )
+                )
+            ):
                 joint = True
                 cf_c, cf_v, cf_s, ct_v, ct_s = pair_scores(
-                    self.cf_model_.W_, self.content_model_.W_ if use_ct else None, src_idx, src_w)
+                    self.cf_model_.W_, self.content_model_.W_ if use_ct else None, src_idx, src_w
+                )
                 m = float(cf_v.max()) if cf_v.size else 0.0
                 if cf_c.size < n:
                     m = max(m, 0.0)
@@ -424,7 +454,11 @@ class HybridRecommender:
             bad_parts.append(src_idx)
         if exclude_purchased:
             bad_parts.append(purchased)
-        bad = np.sort(np.concatenate(bad_parts)).astype(np.int64, copy=False) if bad_parts else np.empty(0, dtype=np.int64)
+        bad = (
+            np.sort(np.concatenate(bad_parts)).astype(np.int64, copy=False)
+            if bad_parts
+            else np.empty(0, dtype=np.int64)
+        )
         cat_codes = None
         if category is not None and self._cat_code is not None:
             cats = [category] if isinstance(category, str) else list(category)
@@ -453,7 +487,7 @@ class HybridRecommender:
             # the first N items of ``order`` passing the filters and in none of the sorted ``skips``
             got, total_, start, step = [], 0, 0, max(4 * N, 64)
             while start < order.size and total_ < N:
-                chunk = order[start:start + step]
+                chunk = order[start : start + step]
                 ok = passing(chunk)
                 for skip in skips:
                     if skip.size:
@@ -470,8 +504,8 @@ class HybridRecommender:
         # the stream strategy stays "stream bestsellers")
         mix = self.stream_pop_mix if (sk is not None and strategy in ("personal", "context")) else 0.0
         if sk is not None:
-            s_in = self._s_idx[self._s_ptr[sk]:self._s_ptr[sk + 1]]
-            s_val = self._s_val[self._s_ptr[sk]:self._s_ptr[sk + 1]]
+            s_in = self._s_idx[self._s_ptr[sk] : self._s_ptr[sk + 1]]
+            s_val = self._s_val[self._s_ptr[sk] : self._s_ptr[sk + 1]]
         fast = False
         if allowed_items is not None or allowed_idx is not None:
             if allowed_items is not None:
@@ -511,7 +545,7 @@ class HybridRecommender:
                     pieces.append(rest)
                     pieces.append(first_passing(self._gpop_order, scored, s_in))
                 elif sk is not None:
-                    pieces.append(first_passing(self._s_ord[self._s_ptr[sk]:self._s_ptr[sk + 1]], scored))
+                    pieces.append(first_passing(self._s_ord[self._s_ptr[sk] : self._s_ptr[sk + 1]], scored))
                     pieces.append(first_passing(self._gpop_order, scored, s_in))
                 else:
                     pieces.append(first_passing(self._gpop_order, scored))
@@ -599,7 +633,11 @@ class HybridRecommender:
             else:
                 src_cf = lookup_src(cf_c, cf_s, items)
             if ct_c is not None and not fast:
-                src_ct = lookup_src(ct_c, ct_s, items) if ct_s is not None else self.content_model_.top_sources(src_idx, src_w, items)[0]
+                src_ct = (
+                    lookup_src(ct_c, ct_s, items)
+                    if ct_s is not None
+                    else self.content_model_.top_sources(src_idx, src_w, items)[0]
+                )
         if src_idx.size <= 64:
             pos_of = {int(j): k for k, j in enumerate(src_idx.tolist())}
         else:  # long histories: look up only the few named sources (last occurrence, as the dict)
@@ -878,7 +916,7 @@ class HybridRecommender:
     @classmethod
     def from_arrays(cls, arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any]):
         def sub(prefix):
-            return {k[len(prefix) + 1:]: arrays[k] for k in arrays if k.startswith(prefix + ".")}
+            return {k[len(prefix) + 1 :]: arrays[k] for k in arrays if k.startswith(prefix + ".")}
 
         obj = cls(**meta["params"])
         obj.item_ids_ = np.asarray(arrays["item_ids"])

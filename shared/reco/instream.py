@@ -29,11 +29,12 @@ blend is one compiled top-k pass over the flat candidate arrays (numba; numpy le
 
 ``tests/test_reco_instream.py`` checks the ranking against ``HybridRecommender.recommend`` itself.
 """
+
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -41,8 +42,15 @@ import scipy.sparse as sp
 
 from ._kernels import HAVE_NUMBA
 
-__all__ = ["StreamPairs", "stream_pairs", "InStreamParts", "instream_parts", "ndcg_fast", "tune_blend",
-           "POSITIVE_TYPES"]
+__all__ = [
+    "StreamPairs",
+    "stream_pairs",
+    "InStreamParts",
+    "instream_parts",
+    "ndcg_fast",
+    "tune_blend",
+    "POSITIVE_TYPES",
+]
 
 POSITIVE_TYPES = ("product_click", "add_to_cart", "purchase")
 
@@ -52,7 +60,7 @@ class StreamPairs:
     users: list[str]
     streams: list[str]
     relevant: list[list[str]]
-    n_available: int = 0     # evaluable (user, stream) pairs before the sample
+    n_available: int = 0  # evaluable (user, stream) pairs before the sample
 
     def __len__(self) -> int:
         return len(self.users)
@@ -62,24 +70,36 @@ def _md5_order(keys: np.ndarray) -> np.ndarray:
     return np.argsort(np.array([hashlib.md5(k.encode()).hexdigest() for k in keys.tolist()]), kind="stable")
 
 
-def stream_pairs(model, hold: pd.DataFrame, showcases: Mapping[str, Sequence[str]], max_pairs: int | None = 5000,
-                 positive_types: Iterable[str] = POSITIVE_TYPES) -> StreamPairs:
+def stream_pairs(
+    model,
+    hold: pd.DataFrame,
+    showcases: Mapping[str, Sequence[str]],
+    max_pairs: int | None = 5000,
+    positive_types: Iterable[str] = POSITIVE_TYPES,
+) -> StreamPairs:
     """(user, stream) pairs of the held-out events: users the ``model`` knows (history > 0), positive
     items acted on in a stream with a known showcase, minus the user's history.  At most ``max_pairs``
     (deterministic sample: the first ``max_pairs`` keys ``user|stream`` in md5 order; the number of
     evaluable pairs before the sample is ``n_available``)."""
     if "stream_id" not in hold or hold.empty:
         return StreamPairs([], [], [])
-    need = (hold["type"].isin(list(positive_types)) & hold["item_id"].notna() & hold["user_id"].notna()
-            & hold["stream_id"].notna())
+    need = (
+        hold["type"].isin(list(positive_types))
+        & hold["item_id"].notna()
+        & hold["user_id"].notna()
+        & hold["stream_id"].notna()
+    )
     pos = hold.loc[need, ["user_id", "stream_id", "item_id"]]
     if pos.empty:
         return StreamPairs([], [], [])
     pos = pd.DataFrame({c: _as_str(pos[c]) for c in ("user_id", "stream_id", "item_id")})
     pos = pos[pos["stream_id"].isin(list(showcases.keys()))]
     X = model.user_items_
-    npos = np.bincount(np.repeat(np.arange(X.shape[0]), np.diff(X.indptr)), weights=(X.data > 0),
-                       minlength=X.shape[0]) if X.shape[0] else np.zeros(0)
+    npos = (
+        np.bincount(np.repeat(np.arange(X.shape[0]), np.diff(X.indptr)), weights=(X.data > 0), minlength=X.shape[0])
+        if X.shape[0]
+        else np.zeros(0)
+    )
     up = pos[["user_id", "stream_id"]].drop_duplicates()
     rows = model._user_index.get_indexer(up["user_id"].to_numpy())
     ok = rows >= 0
@@ -128,14 +148,15 @@ def _as_str(s: pd.Series) -> pd.Series:
 @dataclass
 class InStreamParts:
     """Flat candidate arrays for all pairs: pair p owns ``[ptr[p], ptr[p+1])``."""
+
     ptr: np.ndarray
-    item: np.ndarray      # model item index
+    item: np.ndarray  # model item index
     cf: np.ndarray
     content: np.ndarray
-    pop: np.ndarray       # stream popularity / 0.1·global (what recommend uses with stream_id)
-    gpop: np.ndarray      # global popularity (showcase-popularity baseline)
-    rel: np.ndarray       # bool: candidate is a relevant item of its pair
-    n_rel: np.ndarray     # relevant items per pair (incl. ones not among the candidates)
+    pop: np.ndarray  # stream popularity / 0.1·global (what recommend uses with stream_id)
+    gpop: np.ndarray  # global popularity (showcase-popularity baseline)
+    rel: np.ndarray  # bool: candidate is a relevant item of its pair
+    n_rel: np.ndarray  # relevant items per pair (incl. ones not among the candidates)
     item_ids: np.ndarray  # model.item_ids_
 
     def _pop(self, pop_kind: str, mix: float):
@@ -143,14 +164,26 @@ class InStreamParts:
             mix = 1.0
         return float(mix)
 
-    def topk(self, w_cf: float, w_content: float, w_pop: float, k: int, pop_kind: str = "stream",
-             mix: float = 0.0) -> np.ndarray:
+    def topk(
+        self, w_cf: float, w_content: float, w_pop: float, k: int, pop_kind: str = "stream", mix: float = 0.0
+    ) -> np.ndarray:
         """``(pairs, k)`` flat positions of each pair's top-k for a blend (-1 padded); ties: lower item."""
         mix = self._pop(pop_kind, mix)
         npairs = len(self.ptr) - 1
         if HAVE_NUMBA:
-            return _blend_topk(self.ptr, self.item, self.cf, self.content, self.pop, self.gpop,
-                               float(w_cf), float(w_content), float(w_pop), mix, int(k))
+            return _blend_topk(
+                self.ptr,
+                self.item,
+                self.cf,
+                self.content,
+                self.pop,
+                self.gpop,
+                float(w_cf),
+                float(w_content),
+                float(w_pop),
+                mix,
+                int(k),
+            )
         pop = self.pop if mix == 0.0 else (self.gpop if mix == 1.0 else (1 - mix) * self.pop + mix * self.gpop)
         total = w_cf * self.cf + w_content * self.content + w_pop * pop
         pair = np.repeat(np.arange(npairs), np.diff(self.ptr))
@@ -161,8 +194,9 @@ class InStreamParts:
         out[pair[order[keep]], posn[keep]] = order[keep]
         return out
 
-    def top_ids(self, w_cf: float, w_content: float, w_pop: float, k: int, pop_kind: str = "stream",
-                mix: float = 0.0) -> list[list[str]]:
+    def top_ids(
+        self, w_cf: float, w_content: float, w_pop: float, k: int, pop_kind: str = "stream", mix: float = 0.0
+    ) -> list[list[str]]:
         top = self.topk(w_cf, w_content, w_pop, k, pop_kind, mix)
         ids = self.item_ids
         return [ids[self.item[r[r >= 0]]].tolist() for r in top]
@@ -238,7 +272,9 @@ def _gather(S, r: int, cols: np.ndarray, scratch: np.ndarray | None = None) -> n
     return out
 
 
-def instream_parts(model, pairs: StreamPairs, showcases: Mapping[str, Sequence[str]], chunk: int = 512) -> InStreamParts:
+def instream_parts(
+    model, pairs: StreamPairs, showcases: Mapping[str, Sequence[str]], chunk: int = 512
+) -> InStreamParts:
     """Score parts of every showcase candidate of every pair (see the module docstring)."""
     n = model.n_items_
     X = model.user_items_
@@ -273,7 +309,7 @@ def instream_parts(model, pairs: StreamPairs, showcases: Mapping[str, Sequence[s
     has_ct = model.content_model_ is not None
     uidx = model._user_index.get_indexer(np.asarray(pairs.users, dtype=str)) if len(pairs) else np.empty(0, np.int64)
     for c0 in range(0, len(pairs), chunk):
-        rows = uidx[c0:c0 + chunk]
+        rows = uidx[c0 : c0 + chunk]
         Xc = X[np.maximum(rows, 0)].astype(np.float32)
         if (rows < 0).any():  # a user this model does not know: empty history
             Xc = sp.diags((rows >= 0).astype(np.float32)) @ Xc
@@ -288,7 +324,7 @@ def instream_parts(model, pairs: StreamPairs, showcases: Mapping[str, Sequence[s
             s, rel = pairs.streams[p_], pairs.relevant[p_]
             row = rows[r]
             cand = sc_idx[s]
-            bad = Xc.indices[Xc.indptr[r]:Xc.indptr[r + 1]]
+            bad = Xc.indices[Xc.indptr[r] : Xc.indptr[r + 1]]
             if acts is not None and row >= 0:
                 a0, a1 = acts.indptr[row], acts.indptr[row + 1]
                 bad = np.concatenate([bad, acts.indices[a0:a1][acts.data[a0:a1] == purchase]])
@@ -303,14 +339,29 @@ def instream_parts(model, pairs: StreamPairs, showcases: Mapping[str, Sequence[s
             rel_l.append(np.isin(cand, relset) if relset else np.zeros(cand.size, dtype=bool))
             nrel.append(len(rel))
             ptr.append(ptr[-1] + cand.size)
-    cat = (lambda xs, dt: np.concatenate(xs).astype(dt) if xs else np.empty(0, dtype=dt))
-    return InStreamParts(np.asarray(ptr, dtype=np.int64), cat(it_l, np.int64), cat(cf_l, np.float64),
-                         cat(ct_l, np.float64), cat(pop_l, np.float64), cat(g_l, np.float64), cat(rel_l, bool),
-                         np.asarray(nrel, dtype=np.int64), model.item_ids_)
+    cat = lambda xs, dt: np.concatenate(xs).astype(dt) if xs else np.empty(0, dtype=dt)
+    return InStreamParts(
+        np.asarray(ptr, dtype=np.int64),
+        cat(it_l, np.int64),
+        cat(cf_l, np.float64),
+        cat(ct_l, np.float64),
+        cat(pop_l, np.float64),
+        cat(g_l, np.float64),
+        cat(rel_l, bool),
+        np.asarray(nrel, dtype=np.int64),
+        model.item_ids_,
+    )
 
 
-def ndcg_fast(parts: InStreamParts, w_cf: float, w_content: float, w_pop: float, k: int = 10,
-              pop_kind: str = "stream", mix: float = 0.0) -> float:
+def ndcg_fast(
+    parts: InStreamParts,
+    w_cf: float,
+    w_content: float,
+    w_pop: float,
+    k: int = 10,
+    pop_kind: str = "stream",
+    mix: float = 0.0,
+) -> float:
     """Mean NDCG@k over the pairs (binary gains, IDCG over min(|rel|, k)) for one blend."""
     npairs = len(parts.ptr) - 1
     if npairs == 0:
@@ -324,8 +375,14 @@ def ndcg_fast(parts: InStreamParts, w_cf: float, w_content: float, w_pop: float,
     return float(np.mean(np.divide(dcg, idcg, out=np.zeros(npairs), where=idcg > 0)))
 
 
-def tune_blend(parts: InStreamParts, content_weights: Sequence[float], popularity_weights: Sequence[float],
-               k: int = 10, cf_weight: float = 1.0, stream_pop_mixes: Sequence[float] = (0.0,)) -> tuple[dict, list[dict]]:
+def tune_blend(
+    parts: InStreamParts,
+    content_weights: Sequence[float],
+    popularity_weights: Sequence[float],
+    k: int = 10,
+    cf_weight: float = 1.0,
+    stream_pop_mixes: Sequence[float] = (0.0,),
+) -> tuple[dict, list[dict]]:
     """Grid search of (content_weight, popularity_weight, stream_pop_mix) at fixed ``cf_weight`` by
     in-stream NDCG@k.  Ties keep the first grid point.  Returns ``(best, table)``."""
     table, best = [], None
@@ -333,8 +390,9 @@ def tune_blend(parts: InStreamParts, content_weights: Sequence[float], popularit
         for pw in popularity_weights:
             for mx in stream_pop_mixes:
                 v = ndcg_fast(parts, cf_weight, cw, pw, k, mix=mx)
-                table.append({"content_weight": cw, "popularity_weight": pw, "stream_pop_mix": mx,
-                              f"ndcg@{k}": round(v, 6)})
+                table.append(
+                    {"content_weight": cw, "popularity_weight": pw, "stream_pop_mix": mx, f"ndcg@{k}": round(v, 6)}
+                )
                 if best is None or v > best[f"ndcg@{k}"] + 1e-12:
                     best = table[-1]
     return dict(best or {}), table
@@ -360,7 +418,7 @@ def catalogue_topk(model, Xc: sp.csr_matrix, k: int) -> list[np.ndarray]:
     scratch = np.zeros(n)
     out = []
     for r in range(Xc.shape[0]):
-        hist = Xc.indices[Xc.indptr[r]:Xc.indptr[r + 1]]
+        hist = Xc.indices[Xc.indptr[r] : Xc.indptr[r + 1]]
         if isinstance(cf, np.ndarray) or isinstance(ct, np.ndarray):
             total = wp * g
             total = total + wcf * (cf[r] if isinstance(cf, np.ndarray) else _gather(cf, r, np.arange(n)))
@@ -368,9 +426,9 @@ def catalogue_topk(model, Xc: sp.csr_matrix, k: int) -> list[np.ndarray]:
                 total = total + wct * (ct[r] if isinstance(ct, np.ndarray) else _gather(ct, r, np.arange(n)))
             cand = np.arange(n)
         else:
-            sup = [cf.indices[cf.indptr[r]:cf.indptr[r + 1]]]
+            sup = [cf.indices[cf.indptr[r] : cf.indptr[r + 1]]]
             if ct is not None:
-                sup.append(ct.indices[ct.indptr[r]:ct.indptr[r + 1]])
+                sup.append(ct.indices[ct.indptr[r] : ct.indptr[r + 1]])
             sup.append(gorder[: k + hist.size])
             cand = np.unique(np.concatenate(sup))
             total = wp * g[cand] + wcf * _gather(cf, r, cand, scratch)

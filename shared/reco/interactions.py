@@ -88,8 +88,9 @@ def event_weights(
         w = events[weight_col].to_numpy(dtype=np.float64)
     elif type_col in events and isinstance(events[type_col].dtype, pd.CategoricalDtype):
         col = events[type_col]
-        lut = np.array([aw.get(str(c), default_weight) for c in col.cat.categories] + [default_weight],
-                       dtype=np.float64)
+        lut = np.array(
+            [aw.get(str(c), default_weight) for c in col.cat.categories] + [default_weight], dtype=np.float64
+        )
         w = lut[col.cat.codes.to_numpy()]  # code -1 (missing) -> the last entry
     elif type_col in events:
         w = events[type_col].map(aw).fillna(default_weight).to_numpy(dtype=np.float64)
@@ -154,7 +155,9 @@ def build_user_items(
     """
     aw = DEFAULT_ACTION_WEIGHTS if action_weights is None else action_weights
     ev = events[events[item_col].notna() & events[user_col].notna()]
-    w = event_weights(ev, aw, half_life_days, reference_time, type_col=type_col, time_col=time_col, weight_col=weight_col)
+    w = event_weights(
+        ev, aw, half_life_days, reference_time, type_col=type_col, time_col=time_col, weight_col=weight_col
+    )
     u, uids = _codes(ev[user_col], user_ids)
     i, iids = _codes(ev[item_col], item_ids)
     ok = (u >= 0) & (i >= 0)
@@ -191,9 +194,7 @@ def build_user_items(
                 uu, ii, tt = uu[order], ii[order], tt[order]
             last = np.ones(uu.size, dtype=bool)
             last[:-1] = (uu[1:] != uu[:-1]) | (ii[1:] != ii[:-1])
-            actions = sp.csr_matrix(
-                ((tt[last] + 1).astype(np.int16), (uu[last], ii[last])), shape=shape
-            )
+            actions = sp.csr_matrix(((tt[last] + 1).astype(np.int16), (uu[last], ii[last])), shape=shape)
             actions.sort_indices()
     return Interactions(matrix=X, user_ids=uids, item_ids=iids, actions=actions, action_names=names)
 

@@ -164,9 +164,7 @@ class ItemItemCF(ItemBasedRecommender):
         t0 = time.perf_counter()
         X = as_csr(user_items)
         self.n_items_ = X.shape[1]
-        self.W_ = item_similarity(
-            X, self.similarity, self.neighbours, binary=self.binary, min_cooc=self.min_cooc
-        )
+        self.W_ = item_similarity(X, self.similarity, self.neighbours, binary=self.binary, min_cooc=self.min_cooc)
         self.B_ = None
         self.user_items_ = X
         self.fit_info_ = {"fit_seconds": time.perf_counter() - t0, "nnz": int(self.W_.nnz)}

@@ -24,8 +24,6 @@ the item at rank ``r`` (1-based) is relevant and ``n_u`` = #relevant items:
 
 from __future__ import annotations
 
-from typing import Sequence
-
 import numpy as np
 import scipy.sparse as sp
 
@@ -46,9 +44,15 @@ def _relevant_csr(relevant, n_users: int, n_items: int | None = None) -> sp.csr_
         R = sp.csr_matrix(relevant)
     else:
         lens = np.array([len(r) for r in relevant], dtype=np.int64)
-        cols = np.concatenate([np.asarray(r, dtype=np.int64) for r in relevant]) if len(relevant) else np.empty(0, np.int64)
+        cols = (
+            np.concatenate([np.asarray(r, dtype=np.int64) for r in relevant])
+            if len(relevant)
+            else np.empty(0, np.int64)
+        )
         n_cols = n_items if n_items is not None else (int(cols.max()) + 1 if cols.size else 1)
-        R = sp.csr_matrix((np.ones(cols.size), cols, np.concatenate(([0], np.cumsum(lens)))), shape=(len(relevant), n_cols))
+        R = sp.csr_matrix(
+            (np.ones(cols.size), cols, np.concatenate(([0], np.cumsum(lens)))), shape=(len(relevant), n_cols)
+        )
     R = R.copy()
     R.data = np.ones_like(R.data, dtype=np.float64)
     R.sum_duplicates()

@@ -15,7 +15,7 @@ import time
 import numpy as np
 import scipy.sparse as sp
 
-from ._core import as_csr, csr_from_arrays, csr_to_arrays, str_array, top_k
+from ._core import as_csr, csr_from_arrays, csr_to_arrays, str_array
 
 __all__ = ["Popularity"]
 
@@ -65,7 +65,17 @@ class Popularity:
     def score_batch(self, user_items: sp.spmatrix) -> np.ndarray:
         return np.tile(self.global_, (user_items.shape[0], 1)).astype(np.float64)
 
-    def recommend(self, user, N: int = 10, *, user_items=None, filter_seen: bool = True, items=None, filter_items=None, stream_id=None):
+    def recommend(
+        self,
+        user,
+        N: int = 10,
+        *,
+        user_items=None,
+        filter_seen: bool = True,
+        items=None,
+        filter_items=None,
+        stream_id=None,
+    ):
         """Top-N popular items; same calling convention as the item models."""
         base = self.stream_scores(stream_id)
         base = self.global_ if base is None else base

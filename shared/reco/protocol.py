@@ -1,7 +1,7 @@
 """The evaluation harness every recommender is judged by (issue 9).
 
 A clean library (the train job's promotion gate calls it) plus the thin CLI in
-``shared.reco.evaluate``.  Four steps:
+``devtools.evaluate``.  Four steps:
 
 1. ``load_interactions`` — any events file (CSV / Parquet / Ta Feng / MovieLens)
    with a column mapping -> an *events frame* ``user_id, item_id, ts (UTC),
@@ -26,9 +26,10 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -69,8 +70,9 @@ TARGETS: dict[str, tuple[str, ...]] = {
     "any": ("product_click", "add_to_cart", "purchase"),
 }
 #: types that never count as "touching" an item (history for variant new / repeats=False)
-NON_TOUCH_TYPES = frozenset({"product_impression", "refund", "stream_enter", "stream_leave", "like", "comment",
-                             "share", "follow", "gift"})
+NON_TOUCH_TYPES = frozenset(
+    {"product_impression", "refund", "stream_enter", "stream_leave", "like", "comment", "share", "follow", "gift"}
+)
 ROOM_TYPES = ("purchase", "product_click", "add_to_cart", "product_impression")
 #: recent-window room counts (what sells / is shown in the room right now): key "<type>@<minutes>m"
 ROOM_RECENT = (("purchase", 10), ("product_click", 5), ("product_impression", 5))
@@ -107,14 +109,18 @@ def _guess_format(path: Path) -> str:
 def _resolve(cols: list[str], given: str | None, role: str, path, required: bool) -> str | None:
     if given is not None:
         if given not in cols:
-            raise ColumnError(f"{path}: {role} column {given!r} (--{role}-col) not found; the file's columns are {cols}")
+            raise ColumnError(
+                f"{path}: {role} column {given!r} (--{role}-col) not found; the file's columns are {cols}"
+            )
         return given
     for c in _GUESS[role]:
         if c in cols:
             return c
     if required:
-        raise ColumnError(f"{path}: no {role} column (tried {list(_GUESS[role])}); the file's columns are {cols} "
-                          f"— name it with --{role}-col")
+        raise ColumnError(
+            f"{path}: no {role} column (tried {list(_GUESS[role])}); the file's columns are {cols} "
+            f"— name it with --{role}-col"
+        )
     return None
 
 
@@ -140,7 +146,7 @@ def _to_utc(col: pd.Series, time_unit: str | None) -> pd.Series:
 def _read_table(path: Path, fmt: str, str_cols: Iterable[str] = ()) -> pd.DataFrame:
     if fmt == "parquet":
         return pd.read_parquet(path)
-    return pd.read_csv(path, dtype={c: str for c in str_cols}, encoding="utf-8-sig")
+    return pd.read_csv(path, dtype=dict.fromkeys(str_cols, str), encoding="utf-8-sig")
 
 
 def _ids(s: pd.Series) -> pd.Series:
@@ -164,22 +170,31 @@ def _read_tafeng(path: Path, default_type: str):
     amount = pd.to_numeric(df.get("AMOUNT"), errors="coerce") if "AMOUNT" in df else None
     sales = pd.to_numeric(df.get("SALES_PRICE"), errors="coerce") if "SALES_PRICE" in df else None
     price = (sales / amount.where(amount > 0)) if sales is not None and amount is not None else sales
-    ev = pd.DataFrame({
-        "user_id": df["CUSTOMER_ID"].astype(str).to_numpy(dtype=object),
-        "item_id": df["PRODUCT_ID"].astype(str).to_numpy(dtype=object),
-        "ts": pd.to_datetime(df["TRANSACTION_DT"], format="%m/%d/%Y", utc=True).astype("datetime64[ns, UTC]"),
-        "type": default_type,
-        "stream_id": None,
-    })
+    ev = pd.DataFrame(
+        {
+            "user_id": df["CUSTOMER_ID"].astype(str).to_numpy(dtype=object),
+            "item_id": df["PRODUCT_ID"].astype(str).to_numpy(dtype=object),
+            "ts": pd.to_datetime(df["TRANSACTION_DT"], format="%m/%d/%Y", utc=True).astype("datetime64[ns, UTC]"),
+            "type": default_type,
+            "stream_id": None,
+        }
+    )
     ev["type"] = ev["type"].astype(object)
     if price is not None:
         ev["price"] = price.to_numpy(dtype=np.float64)
     if amount is not None:
         ev["quantity"] = amount.to_numpy(dtype=np.float64)
     ev = ev.drop(columns="stream_id")
-    g = pd.DataFrame({"item_id": ev["item_id"], "category": df.get("PRODUCT_SUBCLASS", pd.Series("", index=df.index)).astype(str),
-                      "price": ev.get("price", np.nan)})
-    items = g.groupby("item_id", sort=False).agg(category=("category", "first"), price=("price", "median")).reset_index()
+    g = pd.DataFrame(
+        {
+            "item_id": ev["item_id"],
+            "category": df.get("PRODUCT_SUBCLASS", pd.Series("", index=df.index)).astype(str),
+            "price": ev.get("price", np.nan),
+        }
+    )
+    items = (
+        g.groupby("item_id", sort=False).agg(category=("category", "first"), price=("price", "median")).reset_index()
+    )
     items.insert(1, "title", "")
     items.insert(2, "description", "")
     items["category"] = items["category"].astype(object)
@@ -189,10 +204,14 @@ def _read_tafeng(path: Path, default_type: str):
 
 def _read_movielens(path: Path, default_type: str):
     df = pd.read_csv(path / "u.data", sep="\t", names=["user_id", "item_id", "rating", "ts"])
-    ev = pd.DataFrame({"user_id": df["user_id"].astype(str).to_numpy(dtype=object),
-                       "item_id": df["item_id"].astype(str).to_numpy(dtype=object),
-                       "ts": pd.to_datetime(df["ts"], unit="s", utc=True).astype("datetime64[ns, UTC]"),
-                       "type": default_type})
+    ev = pd.DataFrame(
+        {
+            "user_id": df["user_id"].astype(str).to_numpy(dtype=object),
+            "item_id": df["item_id"].astype(str).to_numpy(dtype=object),
+            "ts": pd.to_datetime(df["ts"], unit="s", utc=True).astype("datetime64[ns, UTC]"),
+            "type": default_type,
+        }
+    )
     ev["type"] = ev["type"].astype(object)
     items = None
     if (path / "u.item").exists():
@@ -204,10 +223,15 @@ def _read_movielens(path: Path, default_type: str):
         it = pd.read_csv(path / "u.item", sep="|", names=cols, encoding="latin-1")
         gmat = it[cols[5:]].to_numpy(dtype=bool)
         gnames = np.array(cols[5:], dtype=object)
-        items = pd.DataFrame({"item_id": it["item_id"].astype(str).to_numpy(dtype=object),
-                              "title": it["title"].fillna("").astype(str).to_numpy(dtype=object),
-                              "description": "",
-                              "category": [" ".join(gnames[r]) for r in gmat], "price": np.nan})
+        items = pd.DataFrame(
+            {
+                "item_id": it["item_id"].astype(str).to_numpy(dtype=object),
+                "title": it["title"].fillna("").astype(str).to_numpy(dtype=object),
+                "description": "",
+                "category": [" ".join(gnames[r]) for r in gmat],
+                "price": np.nan,
+            }
+        )
     return ev, items
 
 
@@ -216,7 +240,11 @@ def load_items(path, *, item_col: str | None = None) -> pd.DataFrame:
     category, price, stream_ids (a list, or a ``|`` / ``,``-separated string)."""
     path = Path(path)
     fmt = _guess_format(path)
-    cols = list(pd.read_parquet(path).columns) if fmt == "parquet" else list(pd.read_csv(path, nrows=0, encoding="utf-8-sig").columns)
+    cols = (
+        list(pd.read_parquet(path).columns)
+        if fmt == "parquet"
+        else list(pd.read_csv(path, nrows=0, encoding="utf-8-sig").columns)
+    )
     ic = _resolve(cols, item_col, "item", path, True)
     it = _read_table(path, fmt, [ic])
     it = it.rename(columns={ic: "item_id"})
@@ -228,8 +256,14 @@ def load_items(path, *, item_col: str | None = None) -> pd.DataFrame:
         it["price"] = np.nan
     if "stream_ids" in it:
         it["stream_ids"] = it["stream_ids"].map(
-            lambda v: [] if v is None or (isinstance(v, float) and np.isnan(v)) else
-            [s for s in str(v).replace(",", "|").split("|") if s] if isinstance(v, str) else [str(s) for s in v])
+            lambda v: (
+                []
+                if v is None or (isinstance(v, float) and np.isnan(v))
+                else [s for s in str(v).replace(",", "|").split("|") if s]
+                if isinstance(v, str)
+                else [str(s) for s in v]
+            )
+        )
     return it
 
 
@@ -267,7 +301,11 @@ def load_interactions(
     elif fmt in ("csv", "parquet"):
         if not path.exists():
             raise FileNotFoundError(path)
-        cols = list(pd.read_parquet(path).columns) if fmt == "parquet" else list(pd.read_csv(path, nrows=0, encoding="utf-8-sig").columns)
+        cols = (
+            list(pd.read_parquet(path).columns)
+            if fmt == "parquet"
+            else list(pd.read_csv(path, nrows=0, encoding="utf-8-sig").columns)
+        )
         u = _resolve(cols, user_col, "user", path, True)
         i = _resolve(cols, item_col, "item", path, True)
         t = _resolve(cols, time_col, "time", path, False)
@@ -275,14 +313,19 @@ def load_interactions(
         s = _resolve(cols, stream_col, "stream", path, False)
         w = _resolve(cols, weight_col, "weight", path, False)
         df = _read_table(path, fmt, [c for c in (u, i, ty, s) if c])
-        ev = pd.DataFrame({"user_id": _ids(df[u]).to_numpy(dtype=object), "item_id": _ids(df[i]).to_numpy(dtype=object)})
+        ev = pd.DataFrame(
+            {"user_id": _ids(df[u]).to_numpy(dtype=object), "item_id": _ids(df[i]).to_numpy(dtype=object)}
+        )
         if t is not None:
             ev["ts"] = _to_utc(df[t], time_unit).to_numpy()
             ev["ts"] = pd.to_datetime(ev["ts"], utc=True).astype("datetime64[ns, UTC]")
         else:
             ev["ts"] = pd.to_datetime(np.arange(len(df)), unit="s", utc=True).astype("datetime64[ns, UTC]")
-        ev["type"] = (df[ty].astype(object).where(df[ty].notna(), default_type).astype(str).to_numpy(dtype=object)
-                      if ty else np.full(len(df), default_type, dtype=object))
+        ev["type"] = (
+            df[ty].astype(object).where(df[ty].notna(), default_type).astype(str).to_numpy(dtype=object)
+            if ty
+            else np.full(len(df), default_type, dtype=object)
+        )
         if s is not None:
             ev["stream_id"] = _ids(df[s]).to_numpy(dtype=object)
         if "price" in df and "price" not in (u, i, t, ty, s, w):
@@ -380,7 +423,9 @@ def make_split(
     n = len(ev)
     ts = ts_ns(ev["ts"])
     ucodes, uids = pd.factorize(ev["user_id"])
-    is_tgt = (ev["type"].isin(TARGETS[target]).to_numpy() if "type" in ev else np.ones(n, bool)) & ev["item_id"].notna().to_numpy()
+    is_tgt = (ev["type"].isin(TARGETS[target]).to_numpy() if "type" in ev else np.ones(n, bool)) & ev[
+        "item_id"
+    ].notna().to_numpy()
     touch = touch_mask(ev)
     if not is_tgt.any():
         raise ValueError(f"no {target} events ({TARGETS[target]}) in the data")
@@ -477,10 +522,12 @@ def make_split(
         extra: dict[str, list] = {}
         if items is not None and "stream_ids" in items:
             for it, ss in zip(items["item_id"], items["stream_ids"]):
-                for s_ in (ss if ss is not None else ()):
+                for s_ in ss if ss is not None else ():
                     extra.setdefault(str(s_), []).append(str(it))
         for s_, grp in sc_all.groupby("stream_id", sort=False)["item_id"]:
-            showcase[int(sids.get_loc(s_))] = np.asarray(pd.unique(pd.concat([grp, pd.Series(extra.get(s_, []), dtype=object)])), dtype=object)
+            showcase[int(sids.get_loc(s_))] = np.asarray(
+                pd.unique(pd.concat([grp, pd.Series(extra.get(s_, []), dtype=object)])), dtype=object
+            )
         # rooms: per stream, typed events sorted by ts; a query's room = the prefix before its entry
         typ = ev["type"].to_numpy(dtype=object)
         room_rows = np.flatnonzero((scodes >= 0) & (icodes >= 0) & np.isin(typ, ROOM_TYPES))
@@ -511,11 +558,20 @@ def make_split(
     repeats = variant == "all"
     queries = []
     for q in chosen:
-        rel = iid_arr[pi[rel_ptr[q]:rel_ptr[q + 1]]].tolist()
+        rel = iid_arr[pi[rel_ptr[q] : rel_ptr[q + 1]]].tolist()
         if in_stream:
             s_ = int(q_stream[q])
-            queries.append(Query(str(uids[q_user[q]]), _stamp(q_ts[q]), str(sids[s_]), showcase.get(s_, np.empty(0, object)),
-                                 rel, rooms[int(q)], repeats))
+            queries.append(
+                Query(
+                    str(uids[q_user[q]]),
+                    _stamp(q_ts[q]),
+                    str(sids[s_]),
+                    showcase.get(s_, np.empty(0, object)),
+                    rel,
+                    rooms[int(q)],
+                    repeats,
+                )
+            )
         else:
             queries.append(Query(str(uids[q_user[q]]), _stamp(q_ts[q]), None, None, rel, None, repeats))
     name = f"{info['split']}/{target}/{variant}"
@@ -575,10 +631,16 @@ class _TrainIndex:
         # purchase counts first
         touch = touch_mask(ev)
         t = ts_ns(ev["ts"])
-        refn = int(ts_ns(pd.Series([reference_time]))[0]) if reference_time is not None else (int(t.max()) if t.size else 0)
+        refn = (
+            int(ts_ns(pd.Series([reference_time]))[0])
+            if reference_time is not None
+            else (int(t.max()) if t.size else 0)
+        )
         aw = pd.Series(typ).map(DEFAULT_ACTION_WEIGHTS).fillna(1.0).to_numpy(dtype=np.float64)
         if "weight" in ev:
-            aw = np.where(np.isfinite(ev["weight"].to_numpy(dtype=np.float64)), ev["weight"].to_numpy(dtype=np.float64), aw)
+            aw = np.where(
+                np.isfinite(ev["weight"].to_numpy(dtype=np.float64)), ev["weight"].to_numpy(dtype=np.float64), aw
+            )
         decay = np.exp2(-np.maximum(refn - t, 0) / (HALF_LIFE_DAYS * NS_PER_DAY))
         w = aw * decay
         xm = touch | (typ == "refund")
@@ -611,7 +673,7 @@ class _TrainIndex:
         r = self.urow(user_id)
         if r is None:
             return np.empty(0, dtype=object)
-        return self.item_ids[self.own_items[self.own_ptr[r]:self.own_ptr[r + 1]]]
+        return self.item_ids[self.own_items[self.own_ptr[r] : self.own_ptr[r + 1]]]
 
 
 class _BaseRanker(Ranker):
@@ -702,7 +764,7 @@ class StreamBestsellers(_BaseRanker):
 
 
 class OwnHistory(_BaseRanker):
-    """"Buy it again": the user's training items by purchase count, then 30-day-decayed affinity
+    """ "Buy it again": the user's training items by purchase count, then 30-day-decayed affinity
     (purchase 5, cart 3, click 1), filled with most popular / showcase popularity."""
 
     name = "own_history"
@@ -746,12 +808,12 @@ class ItemKNNRanker(_BaseRanker):
         out = []
         B = 2000
         for a in range(0, len(queries), B):
-            r = rows[a:a + B]
+            r = rows[a : a + B]
             Xr = self.t.X[np.maximum(r, 0)]
             Xr = sp.diags((r >= 0).astype(np.float64)) @ Xr
             S = sp.csr_matrix(Xr @ self.W)
             S.sort_indices()
-            for j, q in enumerate(queries[a:a + B]):
+            for j, q in enumerate(queries[a : a + B]):
                 s0, s1 = S.indptr[j], S.indptr[j + 1]
                 idx, val = S.indices[s0:s1], S.data[s0:s1]
                 pos = val > 0
@@ -782,8 +844,20 @@ class RecommendRanker(Ranker):
 
     def rank(self, queries, k):
         m = self.model
-        return [_ids_of(m.recommend(q.user_id, k, stream_id=q.stream_id, allowed_items=q.allowed, room=q.room,
-                                    now=q.ts, repeats=q.repeats))[:k] for q in queries]
+        return [
+            _ids_of(
+                m.recommend(
+                    q.user_id,
+                    k,
+                    stream_id=q.stream_id,
+                    allowed_items=q.allowed,
+                    room=q.room,
+                    now=q.ts,
+                    repeats=q.repeats,
+                )
+            )[:k]
+            for q in queries
+        ]
 
 
 class HybridRanker(Ranker):
@@ -808,20 +882,37 @@ class HybridRanker(Ranker):
         if items is not None:
             it = items[[c for c in ("item_id", "title", "description", "category", "price") if c in items]]
         self.model = HybridRecommender(cf=cf, cf_params=cf_params, **self.params).fit_events(
-            train_events, it, reference_time=reference_time)
+            train_events, it, reference_time=reference_time
+        )
         return self
 
     def rank(self, queries, k):
         m = self.model
-        return [_ids_of(m.recommend(q.user_id, k, stream_id=q.stream_id, allowed_items=q.allowed,
-                                    filter_seen=not q.repeats, exclude_purchased=not q.repeats))[:k] for q in queries]
+        return [
+            _ids_of(
+                m.recommend(
+                    q.user_id,
+                    k,
+                    stream_id=q.stream_id,
+                    allowed_items=q.allowed,
+                    filter_seen=not q.repeats,
+                    exclude_purchased=not q.repeats,
+                )
+            )[:k]
+            for q in queries
+        ]
 
 
 def baseline_rankers(target: str = "purchase", in_stream: bool = False) -> list[Ranker]:
     """The baselines every model is compared with."""
     if in_stream:
-        return [ShowcasePopularity(target), StreamBestsellers(target), OwnHistory(target), OwnThenStream(target),
-                ItemKNNRanker(target)]
+        return [
+            ShowcasePopularity(target),
+            StreamBestsellers(target),
+            OwnHistory(target),
+            OwnThenStream(target),
+            ItemKNNRanker(target),
+        ]
     return [MostPopular(target), OwnHistory(target), ItemKNNRanker(target)]
 
 
@@ -859,8 +950,13 @@ def paired_bootstrap(a, b, n_boot: int = 1000, seed: int = 0, alpha: float = 0.0
         raise ValueError("a and b must be 1-d arrays of the same length (one value per query)")
     n = a.size
     ma, mb = (float(a.mean()), float(b.mean())) if n else (0.0, 0.0)
-    out = {"n": int(n), "mean_a": ma, "mean_b": mb, "diff": ma - mb,
-           "ratio": ma / mb if mb > 0 else (float("nan") if ma == 0 else float("inf"))}
+    out = {
+        "n": int(n),
+        "mean_a": ma,
+        "mean_b": mb,
+        "diff": ma - mb,
+        "ratio": ma / mb if mb > 0 else (float("nan") if ma == 0 else float("inf")),
+    }
     if n == 0:
         out.update(diff_lo=float("nan"), diff_hi=float("nan"), ratio_lo=float("nan"), ratio_hi=float("nan"))
         return out
@@ -914,7 +1010,9 @@ def evaluate(
     say = log or (lambda s: None)
     if reference_time is None:
         reference_time = pd.to_datetime(train["ts"], utc=True).max() if len(train) else None
-    rep = Report(k=k, n_queries=len(queries), metric=f"{metric}@{k}", rankers={}, best_baseline=None, vs_best_baseline={})
+    rep = Report(
+        k=k, n_queries=len(queries), metric=f"{metric}@{k}", rankers={}, best_baseline=None, vs_best_baseline={}
+    )
     rep.per_query, rep.rankings = {}, {}
     for r in rankers:
         t0 = time.perf_counter()
@@ -926,11 +1024,16 @@ def evaluate(
         rank_s = time.perf_counter() - t1
         m = query_metrics(ranked, queries, k)
         rep.per_query[r.name], rep.rankings[r.name] = m, ranked
-        rep["rankers"][r.name] = {"kind": "model" if r.is_model else "baseline",
-                                  **{key: float(v.mean()) if v.size else 0.0 for key, v in m.items()},
-                                  "fit_s": round(fit_s, 3), "rank_s": round(rank_s, 3)}
-        say(f"  {r.name}: {metric}@{k}={rep['rankers'][r.name][f'{metric}@{k}']:.4f} "
-            f"(fit {fit_s:.1f}s, rank {len(queries)} queries {rank_s:.1f}s)")
+        rep["rankers"][r.name] = {
+            "kind": "model" if r.is_model else "baseline",
+            **{key: float(v.mean()) if v.size else 0.0 for key, v in m.items()},
+            "fit_s": round(fit_s, 3),
+            "rank_s": round(rank_s, 3),
+        }
+        say(
+            f"  {r.name}: {metric}@{k}={rep['rankers'][r.name][f'{metric}@{k}']:.4f} "
+            f"(fit {fit_s:.1f}s, rank {len(queries)} queries {rank_s:.1f}s)"
+        )
     key = f"{metric}@{k}"
     base = [n for n, v in rep["rankers"].items() if v["kind"] == "baseline"]
     if base:
@@ -938,8 +1041,9 @@ def evaluate(
         rep["best_baseline"] = best
         for n, v in rep["rankers"].items():
             if v["kind"] == "model":
-                rep["vs_best_baseline"][n] = paired_bootstrap(rep.per_query[n][key], rep.per_query[best][key],
-                                                              n_boot=n_boot, seed=seed, alpha=alpha)
+                rep["vs_best_baseline"][n] = paired_bootstrap(
+                    rep.per_query[n][key], rep.per_query[best][key], n_boot=n_boot, seed=seed, alpha=alpha
+                )
     return rep
 
 
@@ -957,6 +1061,8 @@ def format_report(rep: Report, title: str = "") -> str:
             extra = f"  {b['ratio']:.3f} [{b['ratio_lo']:.3f}, {b['ratio_hi']:.3f}] vs {rep['best_baseline']}"
         elif n == rep["best_baseline"]:
             extra = "  (best baseline)"
-        lines.append(f"{n:<22} {v[f'ndcg@{k}']:8.4f} {v[f'hitrate@{k}']:7.4f} {v[f'recall@{k}']:7.4f} "
-                     f"{v['fit_s']:6.1f} {v['rank_s']:6.1f}{extra}")
+        lines.append(
+            f"{n:<22} {v[f'ndcg@{k}']:8.4f} {v[f'hitrate@{k}']:7.4f} {v[f'recall@{k}']:7.4f} "
+            f"{v['fit_s']:6.1f} {v['rank_s']:6.1f}{extra}"
+        )
     return "\n".join(lines)

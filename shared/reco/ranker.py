@@ -39,11 +39,13 @@ standardised features, ``score = b + Σ_f w_f (x_f - μ_f) / σ_f``, learned by 
 on a time split of the training data; its contributions ``w_f (x_f - μ_f) / σ_f`` are the item's
 ``parts`` and the largest one names the ``reason``.  Arrays + JSON only (no pickle).
 """
+
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -57,33 +59,97 @@ from .rebuy import RepeatStats, purchase_occasions, ts_days, ts_ns1
 
 __all__ = ["FEATURES", "FEATURE_GROUP", "PRIOR_WEIGHTS", "RoomRanker", "room_counts"]
 
-FEATURES = ("bought", "buy_count", "buy_freq", "buy_recency", "user_repeat", "rebuy_due", "bought_durable",
-            "bought_fresh", "cart", "click", "touch_recent", "cf", "content", "context", "pop", "pop_log", "pop_recent", "room_buy",
-            "room_share", "room_click", "room_buy_now", "room_click_now", "room_shown_now", "category", "price")
-FEATURE_GROUP = {"bought": "buy_again", "buy_count": "buy_again", "buy_freq": "buy_again", "buy_recency": "buy_again",
-                 "user_repeat": "buy_again", "rebuy_due": "buy_again",
-                 "bought_durable": "buy_again", "bought_fresh": "buy_again", "cart": "history", "click": "history",
-                 "touch_recent": "history", "cf": "cf", "content": "content", "context": "context", "pop": "popular", "pop_log": "popular", "pop_recent": "popular",
-                 "room_buy": "room", "room_share": "room", "room_click": "room", "room_buy_now": "room",
-                 "room_click_now": "room", "room_shown_now": "room", "category": "taste",
-                 "price": "taste"}
+FEATURES = (
+    "bought",
+    "buy_count",
+    "buy_freq",
+    "buy_recency",
+    "user_repeat",
+    "rebuy_due",
+    "bought_durable",
+    "bought_fresh",
+    "cart",
+    "click",
+    "touch_recent",
+    "cf",
+    "content",
+    "context",
+    "pop",
+    "pop_log",
+    "pop_recent",
+    "room_buy",
+    "room_share",
+    "room_click",
+    "room_buy_now",
+    "room_click_now",
+    "room_shown_now",
+    "category",
+    "price",
+)
+FEATURE_GROUP = {
+    "bought": "buy_again",
+    "buy_count": "buy_again",
+    "buy_freq": "buy_again",
+    "buy_recency": "buy_again",
+    "user_repeat": "buy_again",
+    "rebuy_due": "buy_again",
+    "bought_durable": "buy_again",
+    "bought_fresh": "buy_again",
+    "cart": "history",
+    "click": "history",
+    "touch_recent": "history",
+    "cf": "cf",
+    "content": "content",
+    "context": "context",
+    "pop": "popular",
+    "pop_log": "popular",
+    "pop_recent": "popular",
+    "room_buy": "room",
+    "room_share": "room",
+    "room_click": "room",
+    "room_buy_now": "room",
+    "room_click_now": "room",
+    "room_shown_now": "room",
+    "category": "taste",
+    "price": "taste",
+}
 GROUPS = ("buy_again", "history", "cf", "content", "context", "room", "popular", "taste")
 #: raw-feature weights used when there is nothing to learn from (no labels): repeat, then the room
-PRIOR_WEIGHTS = {"bought": 1.0, "buy_count": 1.0, "rebuy_due": 2.0, "bought_durable": -2.0, "bought_fresh": -1.0,
-                 "cart": 0.5, "click": 0.2, "cf": 1.0, "content": 0.2, "context": 1.0, "pop": 0.5,
-                 "room_buy": 0.5, "room_share": 2.0, "room_click": 0.1, "category": 0.3, "price": 0.1}
+PRIOR_WEIGHTS = {
+    "bought": 1.0,
+    "buy_count": 1.0,
+    "rebuy_due": 2.0,
+    "bought_durable": -2.0,
+    "bought_fresh": -1.0,
+    "cart": 0.5,
+    "click": 0.2,
+    "cf": 1.0,
+    "content": 0.2,
+    "context": 1.0,
+    "pop": 0.5,
+    "room_buy": 0.5,
+    "room_share": 2.0,
+    "room_click": 0.1,
+    "category": 0.3,
+    "price": 0.1,
+}
 _F = {f: k for k, f in enumerate(FEATURES)}
 HEADS = ("room", "catalogue", "room_new", "catalogue_new")
 _GROUP_MATRIX = np.zeros((len(FEATURES), len(GROUPS)))
 for _f, _g in FEATURE_GROUP.items():
-    _GROUP_MATRIX[_F[_f], GROUPS.index(_g)] = 1.0   # *_new: filter_seen requests (new items only)
+    _GROUP_MATRIX[_F[_f], GROUPS.index(_g)] = 1.0  # *_new: filter_seen requests (new items only)
 
 
 def _head(weights: Mapping[str, float], mu=None, sigma=None, bias: float = 0.0) -> dict:
     n = len(FEATURES)
-    return {"weights": {f: float(weights.get(f, 0.0)) for f in FEATURES},
-            "mu": np.zeros(n) if mu is None else np.asarray(mu, dtype=np.float64),
-            "sigma": np.ones(n) if sigma is None else np.asarray(sigma, dtype=np.float64), "bias": float(bias)}
+    return {
+        "weights": {f: float(weights.get(f, 0.0)) for f in FEATURES},
+        "mu": np.zeros(n) if mu is None else np.asarray(mu, dtype=np.float64),
+        "sigma": np.ones(n) if sigma is None else np.asarray(sigma, dtype=np.float64),
+        "bias": float(bias),
+    }
+
+
 ROOM_TYPES = ("purchase", "product_click")
 
 
@@ -111,8 +177,9 @@ def _now_days(now, default: float) -> float:
     return float(ts_ns1(now)) / 86400e9
 
 
-def room_counts(events: pd.DataFrame, stream_ids: np.ndarray, item_ids: np.ndarray,
-                types: Iterable[str] = ROOM_TYPES) -> dict[str, sp.csr_matrix]:
+def room_counts(
+    events: pd.DataFrame, stream_ids: np.ndarray, item_ids: np.ndarray, types: Iterable[str] = ROOM_TYPES
+) -> dict[str, sp.csr_matrix]:
     """Per type: stream x item event counts (what the room has seen in the window)."""
     out = {}
     ev = events[events["item_id"].notna() & events["stream_id"].notna()] if "stream_id" in events else events.iloc[:0]
@@ -130,24 +197,48 @@ def room_counts(events: pd.DataFrame, stream_ids: np.ndarray, item_ids: np.ndarr
 class RoomRanker:
     """Fitted by ``shared.reco.recipe.fit_recipe``; ``recommend`` is what the recommend service calls."""
 
-    def __init__(self, base: HybridRecommender, *, cf_top: int = 100, content_top: int = 50, pop_top: int = 100,
-                 room_top: int = 50, max_history: int = 200, max_allowed: int = 1000):
+    def __init__(
+        self,
+        base: HybridRecommender,
+        *,
+        cf_top: int = 100,
+        content_top: int = 50,
+        pop_top: int = 100,
+        room_top: int = 50,
+        max_history: int = 200,
+        max_allowed: int = 1000,
+    ):
         self.base = base
         self.cf_top, self.content_top, self.pop_top, self.room_top = cf_top, content_top, pop_top, room_top
         self.max_history = max_history
-        self.max_allowed = max_allowed   # showcases above this are ranked on (pool ∩ showcase) + its bestsellers
+        self.max_allowed = max_allowed  # showcases above this are ranked on (pool ∩ showcase) + its bestsellers
         self.heads: dict[str, dict] = {h: _head(PRIOR_WEIGHTS) for h in HEADS}
         self.always_filter_seen = False
         self.ranker_info: dict[str, Any] = {"kind": "prior"}
 
     # ------------------------------------------------------------------ state
     @classmethod
-    def fit_state(cls, events: pd.DataFrame, items: pd.DataFrame | None, reference_time, *, base_params: dict,
-                  item_ids=None, content=None, half_life_days: float = 30.0, **kw) -> "RoomRanker":
+    def fit_state(
+        cls,
+        events: pd.DataFrame,
+        items: pd.DataFrame | None,
+        reference_time,
+        *,
+        base_params: dict,
+        item_ids=None,
+        content=None,
+        half_life_days: float = 30.0,
+        **kw,
+    ) -> RoomRanker:
         """Everything but the ranker weights, from the events up to ``reference_time``."""
         base = HybridRecommender(**base_params).fit_events(
-            events, items, half_life_days=half_life_days, reference_time=reference_time, item_ids=item_ids,
-            content=content)
+            events,
+            items,
+            half_life_days=half_life_days,
+            reference_time=reference_time,
+            item_ids=item_ids,
+            content=content,
+        )
         self = cls(base, **kw)
         self.reference_day = float(ts_days(pd.Series([pd.Timestamp(reference_time)]))[0])
         uids, iids = base.user_ids_, base.item_ids_
@@ -156,13 +247,24 @@ class RoomRanker:
         self.repeat_ = RepeatStats.fit(occ, len(iids), base.category_)
         recent = occ.day >= self.reference_day - 7.0
         self.recent_buyers_ = np.bincount(occ.item[recent], minlength=len(iids)).astype(np.float32)
-        self.cart_ = build_user_items(events, {"add_to_cart": 1.0}, half_life_days, reference_time,
-                                      user_ids=uids, item_ids=iids, dtype=np.float32).matrix
-        self.click_ = build_user_items(events, {"product_click": 1.0}, half_life_days, reference_time,
-                                       user_ids=uids, item_ids=iids, dtype=np.float32).matrix
+        self.cart_ = build_user_items(
+            events, {"add_to_cart": 1.0}, half_life_days, reference_time, user_ids=uids, item_ids=iids, dtype=np.float32
+        ).matrix
+        self.click_ = build_user_items(
+            events,
+            {"product_click": 1.0},
+            half_life_days,
+            reference_time,
+            user_ids=uids,
+            item_ids=iids,
+            dtype=np.float32,
+        ).matrix
         self.touch_last_ = self._last_touch(events, uids, iids)
-        sids = np.asarray(sorted(set(events["stream_id"].dropna().astype(str).unique().tolist())), dtype=str) \
-            if "stream_id" in events else np.empty(0, dtype="<U1")
+        sids = (
+            np.asarray(sorted(set(events["stream_id"].dropna().astype(str).unique().tolist())), dtype=str)
+            if "stream_id" in events
+            else np.empty(0, dtype="<U1")
+        )
         self.room_stream_ids_ = str_array(sids)
         self.room_ = room_counts(events, self.room_stream_ids_, iids)
         self._build()
@@ -170,8 +272,11 @@ class RoomRanker:
 
     @staticmethod
     def _last_touch(events, uids, iids) -> sp.csr_matrix:
-        ev = events[events["type"].isin(["product_click", "add_to_cart", "purchase"]) & events["item_id"].notna()
-                    & events["user_id"].notna()]
+        ev = events[
+            events["type"].isin(["product_click", "add_to_cart", "purchase"])
+            & events["item_id"].notna()
+            & events["user_id"].notna()
+        ]
         u = _codes(ev["user_id"], uids)[0]
         i = _codes(ev["item_id"], iids)[0]
         d = ts_days(ev["ts"]) if len(ev) else np.empty(0)
@@ -206,7 +311,11 @@ class RoomRanker:
         else:
             self._cat_code, self._n_cat = None, 0
         pr = b.price_
-        self._logprice = None if pr is None else np.where(np.asarray(pr) > 0, np.log(np.maximum(np.asarray(pr, float), 1e-9)), np.nan)
+        self._logprice = (
+            None
+            if pr is None
+            else np.where(np.asarray(pr) > 0, np.log(np.maximum(np.asarray(pr, float), 1e-9)), np.nan)
+        )
         for m in (self.buy_count_, self.buy_last_, self.cart_, self.click_, self.touch_last_):
             m.sort_indices()
         nb = np.log1p(np.asarray(self.repeat_.buyers, dtype=np.float64))
@@ -225,10 +334,18 @@ class RoomRanker:
         """``heads[name] = {"weights": {feature: w}, "mu": [...], "sigma": [...], "bias": b}`` for the
         ``room`` head (a stream or a showcase is given) and the ``catalogue`` head (neither)."""
         self.heads = {h: _head(**heads[h]) if "weights" in heads[h] else _head(heads[h]) for h in HEADS}
-        self._scale = {h: (np.array([hd["weights"][f] for f in FEATURES]) / np.asarray(hd["sigma"]),
-                           float(hd["bias"] - np.sum(np.array([hd["weights"][f] for f in FEATURES])
-                                                     * np.asarray(hd["mu"]) / np.asarray(hd["sigma"]))))
-                       for h, hd in self.heads.items()}
+        self._scale = {
+            h: (
+                np.array([hd["weights"][f] for f in FEATURES]) / np.asarray(hd["sigma"]),
+                float(
+                    hd["bias"]
+                    - np.sum(
+                        np.array([hd["weights"][f] for f in FEATURES]) * np.asarray(hd["mu"]) / np.asarray(hd["sigma"])
+                    )
+                ),
+            )
+            for h, hd in self.heads.items()
+        }
         self.ranker_info = dict(info or {})
         return self
 
@@ -236,8 +353,9 @@ class RoomRanker:
     def seen_items(self, row: int) -> np.ndarray:
         """Item positions the viewer touched (any weighted action, click, cart or purchase)."""
         ip, ix, _ = self.base._ui
-        return np.unique(np.concatenate([ix[ip[row]:ip[row + 1]].astype(np.int64),
-                                         self.touch_last_[row].indices.astype(np.int64)]))
+        return np.unique(
+            np.concatenate([ix[ip[row] : ip[row + 1]].astype(np.int64), self.touch_last_[row].indices.astype(np.int64)])
+        )
 
     def _user_row(self, user_id):
         return self.base._user_row(user_id)
@@ -261,6 +379,7 @@ class RoomRanker:
         if stream_id is None and room is None:
             return None
         if room is not None:
+
             def conv(d):
                 if d is None or len(d) == 0:
                     return np.empty(0, np.int64), np.empty(0)
@@ -275,21 +394,37 @@ class RoomRanker:
                 ok = j >= 0
                 u, inv = np.unique(j[ok], return_inverse=True)
                 return u.astype(np.int64), np.bincount(inv, weights=v[ok], minlength=u.size)
+
             buy, clk = conv(room.get("purchase")), conv(room.get("product_click"))
             now = tuple(conv(room.get(k)) for k in ("purchase@10m", "product_click@5m", "product_impression@5m"))
         else:
             k = self._room_index.get(str(stream_id))
             e = (np.empty(0, np.int64), np.empty(0))
-            now = (e, e, e)   # the model's own counts have no "now" (the live layer's counters will)
+            now = (e, e, e)  # the model's own counts have no "now" (the live layer's counters will)
             if k is None:
                 return e, e, 0.0, now
             B, C = self.room_["purchase"], self.room_["product_click"]
-            buy = (B.indices[B.indptr[k]:B.indptr[k + 1]].astype(np.int64), B.data[B.indptr[k]:B.indptr[k + 1]].astype(float))
-            clk = (C.indices[C.indptr[k]:C.indptr[k + 1]].astype(np.int64), C.data[C.indptr[k]:C.indptr[k + 1]].astype(float))
+            buy = (
+                B.indices[B.indptr[k] : B.indptr[k + 1]].astype(np.int64),
+                B.data[B.indptr[k] : B.indptr[k + 1]].astype(float),
+            )
+            clk = (
+                C.indices[C.indptr[k] : C.indptr[k + 1]].astype(np.int64),
+                C.data[C.indptr[k] : C.indptr[k + 1]].astype(float),
+            )
         return buy, clk, float(buy[1].sum()), now
 
-    def candidates_and_features(self, user_id=None, *, stream_id=None, context_items=None, allowed_idx=None,
-                                room=None, now=None, pool: bool = True):
+    def candidates_and_features(
+        self,
+        user_id=None,
+        *,
+        stream_id=None,
+        context_items=None,
+        allowed_idx=None,
+        room=None,
+        now=None,
+        pool: bool = True,
+    ):
         """The candidate items and their feature matrix for one request.
 
         Returns ``(cand, F, info)``: ``cand`` sorted unique item positions, ``F`` ``(len(cand), len(FEATURES))``,
@@ -306,8 +441,12 @@ class RoomRanker:
         parts: dict[str, tuple] = {}
         if h_idx.size:
             cm, tm = b.cf_model_, b.content_model_
-            if HAVE_NUMBA and cm.B_ is None and cm.W_ is not None and (tm is None or (
-                    tm.B_ is None and tm.W_ is not None and tm.W_.shape == cm.W_.shape)):
+            if (
+                HAVE_NUMBA
+                and cm.B_ is None
+                and cm.W_ is not None
+                and (tm is None or (tm.B_ is None and tm.W_ is not None and tm.W_.shape == cm.W_.shape))
+            ):
                 # one compiled pass for both neighbour matrices (aligned candidates)
                 cc, v1, s1, v2, s2 = pair_scores(cm.W_, tm.W_ if tm is not None else None, h_idx, h_w)
                 parts["cf"] = (cc, v1, s1)
@@ -327,8 +466,12 @@ class RoomRanker:
             cand = np.unique(np.asarray(allowed_idx, dtype=np.int64))
         elif pool:
             pieces = [h_idx, c_idx, self._gpop_order[: self.pop_top]]
-            for name, top in (("cf", self.cf_top), ("content", self.content_top), ("ctx_cf", self.cf_top),
-                              ("ctx_ct", self.content_top)):
+            for name, top in (
+                ("cf", self.cf_top),
+                ("content", self.content_top),
+                ("ctx_cf", self.cf_top),
+                ("ctx_ct", self.content_top),
+            ):
                 if name in parts:
                     cc, sc = parts[name][0], np.asarray(parts[name][1])
                     if cc.size > top:
@@ -336,23 +479,34 @@ class RoomRanker:
                     pieces.append(np.asarray(cc, dtype=np.int64))
             if rv is not None:
                 for idx, val in rv[:2]:
-                    pieces.append(idx[np.argpartition(-val, self.room_top - 1)[: self.room_top]]
-                                  if idx.size > self.room_top else idx)
+                    pieces.append(
+                        idx[np.argpartition(-val, self.room_top - 1)[: self.room_top]]
+                        if idx.size > self.room_top
+                        else idx
+                    )
             cand = np.unique(np.concatenate(pieces))
             if allowed_idx is not None:  # a showcase larger than max_allowed
-                al = np.asarray(allowed_idx, dtype=np.int64)   # sorted, unique (the allowed_idx contract)
+                al = np.asarray(allowed_idx, dtype=np.int64)  # sorted, unique (the allowed_idx contract)
                 inside = cand[al[np.minimum(np.searchsorted(al, cand), al.size - 1)] == cand]
                 g = -self._gpop[al]
-                top = np.argpartition(g, self.pop_top - 1)[: self.pop_top] if al.size > self.pop_top else np.arange(al.size)
+                top = (
+                    np.argpartition(g, self.pop_top - 1)[: self.pop_top]
+                    if al.size > self.pop_top
+                    else np.arange(al.size)
+                )
                 cand = np.union1d(inside, al[top])
         else:
             cand = np.arange(self.n_items_, dtype=np.int64)
         n = cand.size
         F = np.zeros((n, len(FEATURES)))
-        info: dict[str, Any] = {"now_day": now_d, "stream_id": stream_id, "head": "room" if (stream_id is not None or allowed_idx is not None
-                                                                      or room is not None) else "catalogue"}
+        info: dict[str, Any] = {
+            "now_day": now_d,
+            "stream_id": stream_id,
+            "head": "room" if (stream_id is not None or allowed_idx is not None or room is not None) else "catalogue",
+        }
         if n == 0:
             return cand, F, info
+
         # ---- score parts on the candidates
         def on_cand(name):
             if name not in parts:
@@ -374,6 +528,7 @@ class RoomRanker:
                     s[hit] = np.asarray(src)[p[hit]]
             v = v / m if m > 0 else np.zeros(n)
             return np.maximum(v, 0.0), (s if s_ is not None else None)
+
         cf, cf_src = on_cand("cf")
         ct, ct_src = on_cand("content")
         xc, xc_src = on_cand("ctx_cf")
@@ -384,8 +539,13 @@ class RoomRanker:
             F[:, _F["content"]] = ct
         if xc is not None or xt is not None:
             F[:, _F["context"]] = 0.5 * ((xc if xc is not None else 0.0) + (xt if xt is not None else 0.0))
-        info.update(cf_src=cf_src, content_src=ct_src, ctx_src=xc_src if xc_src is not None else xt_src,
-                    ctx_src2=xt_src, hist_idx=h_idx)
+        info.update(
+            cf_src=cf_src,
+            content_src=ct_src,
+            ctx_src=xc_src if xc_src is not None else xt_src,
+            ctx_src2=xt_src,
+            hist_idx=h_idx,
+        )
         # ---- own history: repeat + touches
         if row is not None:
             bc = self.buy_count_
@@ -399,7 +559,7 @@ class RoomRanker:
             x = np.maximum(gap, 0.25) / tau
             F[:, _F["bought"]] = bought
             F[:, _F["buy_count"]] = np.where(bought, rate * np.log1p(cnt), 0.0)
-            F[:, _F["rebuy_due"]] = np.where(bought, rate * np.exp(-np.log(x) ** 2 / (2 * 0.36)), 0.0)
+            F[:, _F["rebuy_due"]] = np.where(bought, rate * np.exp(-(np.log(x) ** 2) / (2 * 0.36)), 0.0)
             F[:, _F["bought_durable"]] = np.where(bought, 1.0 - rate, 0.0)
             F[:, _F["bought_fresh"]] = np.where(bought, np.maximum(0.0, 1.0 - x) ** 2, 0.0)
             F[:, _F["buy_freq"]] = np.log1p(cnt)
@@ -440,8 +600,15 @@ class RoomRanker:
                 F[:, _F["room_share"]] = rb / max(tot, 1.0)
             if clk[0].size:
                 F[:, _F["room_click"]] = np.log1p(_at(*clk, cand))
-        info["strategy"] = ("personal" if h_idx.size else "context" if c_idx.size
-                            else "stream" if rv is not None and (rv[0][0].size or rv[1][0].size) else "global")
+        info["strategy"] = (
+            "personal"
+            if h_idx.size
+            else "context"
+            if c_idx.size
+            else "stream"
+            if rv is not None and (rv[0][0].size or rv[1][0].size)
+            else "global"
+        )
         info["row"] = row
         info["head"] = "room" if (stream_id is not None or allowed_idx is not None or room is not None) else "catalogue"
         return cand, F, info
@@ -455,10 +622,24 @@ class RoomRanker:
         return self._scale[head][1]
 
     # -------------------------------------------------------------- recommend
-    def recommend(self, user_id=None, N: int = 10, *, stream_id=None, context_items=None, allowed_items=None,
-                  allowed_idx=None, room=None, now=None, repeats: bool | None = None,
-                  exclude_purchased: bool = False, filter_seen: bool = False, exclude_items=None,
-                  category=None, price_range=None) -> dict[str, Any]:
+    def recommend(
+        self,
+        user_id=None,
+        N: int = 10,
+        *,
+        stream_id=None,
+        context_items=None,
+        allowed_items=None,
+        allowed_idx=None,
+        room=None,
+        now=None,
+        repeats: bool | None = None,
+        exclude_purchased: bool = False,
+        filter_seen: bool = False,
+        exclude_items=None,
+        category=None,
+        price_range=None,
+    ) -> dict[str, Any]:
         """Top-``N`` items for a viewer (or an anonymous request with a stream / context).
 
         ``room``: the stream's counts so far ``{"purchase": {item: n}, "product_click": {item: n}}``
@@ -470,27 +651,47 @@ class RoomRanker:
             filter_seen = True
         if allowed_items is not None:
             allowed_idx = np.unique(self.base._item_idx_fast(list(allowed_items)))
-        cand, F, info = self.candidates_and_features(user_id, stream_id=stream_id, context_items=context_items,
-                                                     allowed_idx=allowed_idx, room=room, now=now)
+        cand, F, info = self.candidates_and_features(
+            user_id, stream_id=stream_id, context_items=context_items, allowed_idx=allowed_idx, room=room, now=now
+        )
         strategy = info.get("strategy", "global")
         if cand.size == 0 or N <= 0:
             return {"strategy": strategy, "items": []}
-        filters = dict(filter_seen=filter_seen, exclude_purchased=exclude_purchased, exclude_items=exclude_items,
-                       category=category, price_range=price_range)
+        filters = dict(
+            filter_seen=filter_seen,
+            exclude_purchased=exclude_purchased,
+            exclude_items=exclude_items,
+            category=category,
+            price_range=price_range,
+        )
         keep = self._keep(cand, info, **filters)
         if allowed_idx is None and keep.sum() < N:  # a narrow filter: widen with the popularity order
             extra = self._gpop_order[~np.isin(self._gpop_order, cand)][: max(4 * N, 200)]
             if extra.size:
                 head = info["head"]
                 cand, F, info = self.candidates_and_features(
-                    user_id, stream_id=stream_id, context_items=context_items,
-                    allowed_idx=np.union1d(cand, extra), room=room, now=now)
-                info["head"] = head   # still the request's question (catalogue / room)
+                    user_id,
+                    stream_id=stream_id,
+                    context_items=context_items,
+                    allowed_idx=np.union1d(cand, extra),
+                    room=room,
+                    now=now,
+                )
+                info["head"] = head  # still the request's question (catalogue / room)
                 keep = self._keep(cand, info, **filters)
         return self._top(cand, F, info, keep, N, new_only=filter_seen)
 
-    def _keep(self, cand, info, *, filter_seen=False, exclude_purchased=False, exclude_items=None, category=None,
-              price_range=None) -> np.ndarray:
+    def _keep(
+        self,
+        cand,
+        info,
+        *,
+        filter_seen=False,
+        exclude_purchased=False,
+        exclude_items=None,
+        category=None,
+        price_range=None,
+    ) -> np.ndarray:
         """The request's filters on the candidates (True = may be recommended)."""
         keep = np.ones(cand.size, dtype=bool)
         row = info.get("row")
@@ -528,14 +729,20 @@ class RoomRanker:
         parts = P.tolist()
         # the reason: the source (group) with the largest contribution, named by its largest feature
         g = np.argmax(P, axis=1)
-        in_g = _GROUP_MATRIX[:, g].T > 0                       # (items, features) of that group
+        in_g = _GROUP_MATRIX[:, g].T > 0  # (items, features) of that group
         top = np.where(P[np.arange(len(g)), g] > 0, np.argmax(np.where(in_g, Co, -np.inf), axis=1), -1).tolist()
         ids = self.item_ids_[cand[order]].tolist()
         sc = score[order].tolist()
         out = []
         for j, k in enumerate(order.tolist()):
-            out.append({"item_id": ids[j], "score": sc[j], "parts": dict(zip(GROUPS, parts[j])),
-                        "reason": self._reason(k, cand[k], F[k], top[j], info)})
+            out.append(
+                {
+                    "item_id": ids[j],
+                    "score": sc[j],
+                    "parts": dict(zip(GROUPS, parts[j])),
+                    "reason": self._reason(k, cand[k], F[k], top[j], info),
+                }
+            )
         return {"strategy": info.get("strategy", "global"), "items": out}
 
     def _reason(self, k: int, item: int, f: np.ndarray, top_f: int, info) -> dict[str, Any]:
@@ -549,7 +756,7 @@ class RoomRanker:
         if g == "buy_again":
             n = int(info["buy_count"][k])
             day = float(info["buy_last"][k])
-            date = datetime.fromtimestamp(day * 86400.0, tz=timezone.utc).strftime("%Y-%m-%d")
+            date = datetime.fromtimestamp(day * 86400.0, tz=UTC).strftime("%Y-%m-%d")
             return {"kind": "buy_often" if n >= 3 else "buy_again", "feature": top, "times": n, "last_purchase": date}
         if g == "history":
             action = "add_to_cart" if f[_F["cart"]] > 0 else "product_click"
@@ -588,22 +795,47 @@ class RoomRanker:
     # ---------------------------------------------------------- serialisation
     @property
     def meta(self) -> dict[str, Any]:
-        m = {"class": "RoomRanker", "version": 1, "base": self.base.meta, "features": list(FEATURES),
-             "heads": {h: {"weights": hd["weights"], "mu": list(map(float, hd["mu"])),
-                           "sigma": list(map(float, hd["sigma"])), "bias": float(hd["bias"])}
-                       for h, hd in self.heads.items()},
-             "ranker": self.ranker_info, "repeat": self.repeat_.meta, "reference_day": self.reference_day,
-             "params": {"cf_top": self.cf_top, "content_top": self.content_top, "pop_top": self.pop_top,
-                        "room_top": self.room_top, "max_history": self.max_history, "max_allowed": self.max_allowed},
-             "always_filter_seen": self.always_filter_seen,
-             "n_items": int(self.n_items_), "n_users": int(len(self.user_ids_))}
+        m = {
+            "class": "RoomRanker",
+            "version": 1,
+            "base": self.base.meta,
+            "features": list(FEATURES),
+            "heads": {
+                h: {
+                    "weights": hd["weights"],
+                    "mu": list(map(float, hd["mu"])),
+                    "sigma": list(map(float, hd["sigma"])),
+                    "bias": float(hd["bias"]),
+                }
+                for h, hd in self.heads.items()
+            },
+            "ranker": self.ranker_info,
+            "repeat": self.repeat_.meta,
+            "reference_day": self.reference_day,
+            "params": {
+                "cf_top": self.cf_top,
+                "content_top": self.content_top,
+                "pop_top": self.pop_top,
+                "room_top": self.room_top,
+                "max_history": self.max_history,
+                "max_allowed": self.max_allowed,
+            },
+            "always_filter_seen": self.always_filter_seen,
+            "n_items": int(self.n_items_),
+            "n_users": int(len(self.user_ids_)),
+        }
         json.dumps(m)
         return m
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         out = {f"base.{k}": v for k, v in self.base.to_arrays().items()}
-        for name, M in (("buy_count", self.buy_count_), ("buy_last", self.buy_last_), ("cart", self.cart_),
-                        ("click", self.click_), ("touch_last", self.touch_last_)):
+        for name, M in (
+            ("buy_count", self.buy_count_),
+            ("buy_last", self.buy_last_),
+            ("cart", self.cart_),
+            ("click", self.click_),
+            ("touch_last", self.touch_last_),
+        ):
             out.update(csr_to_arrays(M, f"rr.{name}"))
         for k, v in self.repeat_.to_arrays().items():
             out[f"rr.repeat.{k}"] = v
@@ -614,8 +846,10 @@ class RoomRanker:
         return out
 
     @classmethod
-    def from_arrays(cls, arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> "RoomRanker":
-        base = HybridRecommender.from_arrays({k[5:]: v for k, v in arrays.items() if k.startswith("base.")}, meta["base"])
+    def from_arrays(cls, arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> RoomRanker:
+        base = HybridRecommender.from_arrays(
+            {k[5:]: v for k, v in arrays.items() if k.startswith("base.")}, meta["base"]
+        )
         self = cls(base, **meta.get("params", {}))
         self.reference_day = float(meta["reference_day"])
         self.buy_count_ = csr_from_arrays(arrays, "rr.buy_count")
@@ -623,8 +857,9 @@ class RoomRanker:
         self.cart_ = csr_from_arrays(arrays, "rr.cart")
         self.click_ = csr_from_arrays(arrays, "rr.click")
         self.touch_last_ = csr_from_arrays(arrays, "rr.touch_last")
-        self.repeat_ = RepeatStats.from_arrays({k[10:]: v for k, v in arrays.items() if k.startswith("rr.repeat.")},
-                                               meta["repeat"])
+        self.repeat_ = RepeatStats.from_arrays(
+            {k[10:]: v for k, v in arrays.items() if k.startswith("rr.repeat.")}, meta["repeat"]
+        )
         self.room_stream_ids_ = np.asarray(arrays["rr.room_stream_ids"])
         self.recent_buyers_ = np.asarray(arrays["rr.recent_buyers"])
         self.room_ = {t: csr_from_arrays(arrays, f"rr.room.{t}") for t in ROOM_TYPES}

@@ -19,6 +19,7 @@ Durables (rebuy rate ≈ 0) and consumables (rate high, τ their cycle) come out
 ranker (``shared.reco.ranker``) turns them into features such as "due": how close the time since the
 user's last purchase is to τ_i.  Pure numpy; every array serialises without pickle.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -56,9 +57,10 @@ def ts_days(ts) -> np.ndarray:
 @dataclass
 class Occasions:
     """Distinct purchase occasions, sorted by (user, item, day)."""
-    user: np.ndarray   # int64 codes into user_ids
-    item: np.ndarray   # int64 codes into item_ids
-    day: np.ndarray    # float64 days since the epoch (time of the first order that day)
+
+    user: np.ndarray  # int64 codes into user_ids
+    item: np.ndarray  # int64 codes into item_ids
+    day: np.ndarray  # float64 days since the epoch (time of the first order that day)
 
     def pairs(self, n_users: int, n_items: int) -> tuple[sp.csr_matrix, sp.csr_matrix]:
         """(count, last day) per (user, item) as two CSR matrices with the same sparsity pattern."""
@@ -99,21 +101,33 @@ def purchase_occasions(events: pd.DataFrame, user_ids, item_ids, purchase_type: 
 
 @dataclass
 class RepeatStats:
-    rate: np.ndarray          # float32 per item: P(bought again | bought), shrunk
-    interval: np.ndarray      # float32 per item: typical days between purchases, shrunk
+    rate: np.ndarray  # float32 per item: P(bought again | bought), shrunk
+    interval: np.ndarray  # float32 per item: typical days between purchases, shrunk
     global_rate: float
     global_interval: float
-    buyers: np.ndarray        # int32 per item: distinct buyers in the window
+    buyers: np.ndarray  # int32 per item: distinct buyers in the window
     prior: float = 5.0
 
     @classmethod
-    def fit(cls, occ: Occasions, n_items: int, item_category: np.ndarray | None = None,
-            prior: float = 5.0, default_interval: float = 14.0) -> "RepeatStats":
+    def fit(
+        cls,
+        occ: Occasions,
+        n_items: int,
+        item_category: np.ndarray | None = None,
+        prior: float = 5.0,
+        default_interval: float = 14.0,
+    ) -> RepeatStats:
         m = float(prior)
         n_items = int(n_items)
         if occ.user.size == 0:
-            return cls(np.zeros(n_items, np.float32), np.full(n_items, default_interval, np.float32), 0.0,
-                       default_interval, np.zeros(n_items, np.int32), m)
+            return cls(
+                np.zeros(n_items, np.float32),
+                np.full(n_items, default_interval, np.float32),
+                0.0,
+                default_interval,
+                np.zeros(n_items, np.int32),
+                m,
+            )
         head = np.ones(occ.user.size, dtype=bool)
         head[1:] = (occ.user[1:] != occ.user[:-1]) | (occ.item[1:] != occ.item[:-1])
         starts = np.flatnonzero(head)
@@ -141,8 +155,14 @@ class RepeatStats:
             lint_c = np.full(n_items, lint_all)
         rate = (rebuyers + m * rate_c) / (buyers + m)
         lint = (lg_sum + m * lint_c) / (lg_n + m)
-        return cls(rate.astype(np.float32), np.exp(lint).astype(np.float32), rate_all, float(np.exp(lint_all)),
-                   buyers.astype(np.int32), m)
+        return cls(
+            rate.astype(np.float32),
+            np.exp(lint).astype(np.float32),
+            rate_all,
+            float(np.exp(lint_all)),
+            buyers.astype(np.int32),
+            m,
+        )
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         return {"rate": self.rate, "interval": self.interval, "buyers": self.buyers}
@@ -152,6 +172,12 @@ class RepeatStats:
         return {"global_rate": self.global_rate, "global_interval": self.global_interval, "prior": self.prior}
 
     @classmethod
-    def from_arrays(cls, arrays, meta) -> "RepeatStats":
-        return cls(np.asarray(arrays["rate"]), np.asarray(arrays["interval"]), float(meta["global_rate"]),
-                   float(meta["global_interval"]), np.asarray(arrays["buyers"]), float(meta.get("prior", 5.0)))
+    def from_arrays(cls, arrays, meta) -> RepeatStats:
+        return cls(
+            np.asarray(arrays["rate"]),
+            np.asarray(arrays["interval"]),
+            float(meta["global_rate"]),
+            float(meta["global_interval"]),
+            np.asarray(arrays["buyers"]),
+            float(meta.get("prior", 5.0)),
+        )

@@ -1,6 +1,6 @@
 """The production recipe: ``fit_recipe(events, items, reference_time) -> RoomRanker``.
 
-The train function and ``python -m shared.reco.evaluate --model served`` both call this function, so
+The train function and ``python -m devtools.evaluate --model served`` both call this function, so
 what is evaluated is what is served.
 
 1. **Label split** inside the given events: the last ``label_frac`` (by time quantile of purchases) is
@@ -26,6 +26,7 @@ what is evaluated is what is served.
 No grid search: one fixed regularisation, so the knobs cannot flip from run to run; the features
 carry the scale (room features are shares and logs, CF is max-normalised per request).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -33,7 +34,8 @@ import json
 import os
 import sys
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -44,9 +46,18 @@ from .rebuy import ts_ns, ts_ns1
 __all__ = ["DEFAULT_RECIPE", "env_recipe", "fit_recipe", "merge_recipe", "label_queries", "room_so_far"]
 
 DEFAULT_RECIPE: dict[str, Any] = {
-    "base": {"cf": "ease", "cf_params": {"lam": 200.0, "neighbours": 100}, "content_weight": 0.1,
-             "popularity_weight": 0.2},
-    "label_frac": 0.2, "C": 1.0, "max_queries": 2000, "later_weight": 0.0, "half_life_days": 30.0, "target": "purchase",
+    "base": {
+        "cf": "ease",
+        "cf_params": {"lam": 200.0, "neighbours": 100},
+        "content_weight": 0.1,
+        "popularity_weight": 0.2,
+    },
+    "label_frac": 0.2,
+    "C": 1.0,
+    "max_queries": 2000,
+    "later_weight": 0.0,
+    "half_life_days": 30.0,
+    "target": "purchase",
 }
 
 
@@ -72,16 +83,26 @@ def _md5_first(keys: list[str], n: int) -> np.ndarray:
 
 
 def _s(x: pd.Series) -> np.ndarray:
-    return x.astype(str).to_numpy() if not isinstance(x.dtype, pd.CategoricalDtype) else x.astype(object).astype(str).to_numpy()
+    return (
+        x.astype(str).to_numpy()
+        if not isinstance(x.dtype, pd.CategoricalDtype)
+        else x.astype(object).astype(str).to_numpy()
+    )
 
 
 #: what the ranker reads of a room: counts so far, and recent windows ("<type>@<minutes>m")
-ROOM_WINDOWS = (("purchase", None), ("product_click", None), ("purchase", 10), ("product_click", 5),
-                ("product_impression", 5))
+ROOM_WINDOWS = (
+    ("purchase", None),
+    ("product_click", None),
+    ("purchase", 10),
+    ("product_click", 5),
+    ("product_impression", 5),
+)
 
 
-def room_so_far(events: pd.DataFrame, keys: list[tuple[str, pd.Timestamp]], item_index: pd.Index | None = None
-                ) -> list[dict]:
+def room_so_far(
+    events: pd.DataFrame, keys: list[tuple[str, pd.Timestamp]], item_index: pd.Index | None = None
+) -> list[dict]:
     """Per (stream, time): ``{"purchase": counts, "product_click": counts, "purchase@10m": counts, ...}``
     (``ROOM_WINDOWS``) of the stream's events strictly before that time (and within the window), each
     ``("idx", positions, n)`` with ``item_index`` else ``(item ids, n)`` (``RoomRanker.recommend(room=)``
@@ -107,8 +128,11 @@ def room_so_far(events: pd.DataFrame, keys: list[tuple[str, pd.Timestamp]], item
         tq = ts_ns1(t)
         cut = a0 + int(np.searchsorted(tsv[a0:a1], tq, side="left"))
         for tname, minutes in ROOM_WINDOWS:
-            w0 = a0 if minutes is None else a0 + int(np.searchsorted(tsv[a0:cut], tq - minutes * 60 * 10**9,
-                                                                      side="left"))
+            w0 = (
+                a0
+                if minutes is None
+                else a0 + int(np.searchsorted(tsv[a0:cut], tq - minutes * 60 * 10**9, side="left"))
+            )
             sel = typ[w0:cut] == tname
             if sel.any():
                 u, c = np.unique(item[w0:cut][sel], return_counts=True)
@@ -121,9 +145,16 @@ def room_so_far(events: pd.DataFrame, keys: list[tuple[str, pd.Timestamp]], item
     return out
 
 
-def label_queries(before: pd.DataFrame, after: pd.DataFrame, cut, *, target: str = "purchase",
-                  max_queries: int = 3000, showcases: dict[str, list[str]] | None = None,
-                  item_index: pd.Index | None = None) -> list[dict]:
+def label_queries(
+    before: pd.DataFrame,
+    after: pd.DataFrame,
+    cut,
+    *,
+    target: str = "purchase",
+    max_queries: int = 3000,
+    showcases: dict[str, list[str]] | None = None,
+    item_index: pd.Index | None = None,
+) -> list[dict]:
     """Training queries of the label window (see the module docstring): dicts with ``user_id, ts,
     stream_id, allowed (item ids or None), relevant (set), room``."""
     tgt = after[(after["type"] == target) & after["item_id"].notna() & after["user_id"].notna()]
@@ -140,8 +171,17 @@ def label_queries(before: pd.DataFrame, after: pd.DataFrame, cut, *, target: str
     first = nxt.groupby("u")["i"].agg(set)
     users = rel.index.tolist()
     for k in _md5_first(users, max_queries).tolist():
-        queries.append({"user_id": users[k], "ts": pd.Timestamp(cut), "stream_id": None, "allowed": None,
-                        "relevant": rel.iloc[k], "next": first.get(users[k], set()), "kind": "catalogue"})
+        queries.append(
+            {
+                "user_id": users[k],
+                "ts": pd.Timestamp(cut),
+                "stream_id": None,
+                "allowed": None,
+                "relevant": rel.iloc[k],
+                "next": first.get(users[k], set()),
+                "kind": "catalogue",
+            }
+        )
     if "stream_id" in after and tgt["stream_id"].notna().any():
         ts_all = pd.concat([before, after])
         if showcases is None:
@@ -149,11 +189,15 @@ def label_queries(before: pd.DataFrame, after: pd.DataFrame, cut, *, target: str
             sh = pd.DataFrame({"s": _s(sh["stream_id"]), "i": _s(sh["item_id"])}).drop_duplicates()
             showcases = sh.groupby("s")["i"].agg(list).to_dict()
         st = tgt[tgt["stream_id"].notna()]
-        pairs = pd.DataFrame({"u": _s(st["user_id"]), "s": _s(st["stream_id"]), "i": _s(st["item_id"]),
-                              "t": ts_ns(st["ts"])})
+        pairs = pd.DataFrame(
+            {"u": _s(st["user_id"]), "s": _s(st["stream_id"]), "i": _s(st["item_id"]), "t": ts_ns(st["ts"])}
+        )
         act = after[after["stream_id"].notna() & after["user_id"].notna()]
-        entry = pd.DataFrame({"u": _s(act["user_id"]), "s": _s(act["stream_id"]), "t": ts_ns(act["ts"])}) \
-            .groupby(["u", "s"])["t"].min()
+        entry = (
+            pd.DataFrame({"u": _s(act["user_id"]), "s": _s(act["stream_id"]), "t": ts_ns(act["ts"])})
+            .groupby(["u", "s"])["t"]
+            .min()
+        )
         grp = pairs.groupby(["u", "s"])
         keys = list(grp.groups.keys())
         pick = _md5_first([f"{a}|{b}" for a, b in keys], max_queries)
@@ -165,8 +209,17 @@ def label_queries(before: pd.DataFrame, after: pd.DataFrame, cut, *, target: str
             r = set(g.loc[g["t"] >= ts_ns1(t), "i"])
             if not r:
                 continue
-            queries.append({"user_id": uu, "ts": t, "stream_id": ss, "allowed": showcases.get(ss, []),
-                            "relevant": r, "room": room, "kind": "room"})
+            queries.append(
+                {
+                    "user_id": uu,
+                    "ts": t,
+                    "stream_id": ss,
+                    "allowed": showcases.get(ss, []),
+                    "relevant": r,
+                    "room": room,
+                    "kind": "room",
+                }
+            )
     return queries
 
 
@@ -181,21 +234,31 @@ def _fit_head(rows, ys, ws, C: float, off: list[int]) -> tuple[dict, dict]:
     sd[sd < 1e-9] = 1.0
     Z = (X - mu) / sd
     from sklearn.linear_model import LogisticRegression  # lazy: keeps the recommend cold start small
+
     lr = LogisticRegression(C=float(C), max_iter=1000, tol=1e-6)
     lr.fit(Z, y, sample_weight=w)
     coef = lr.coef_.ravel()
-    head = {"weights": dict(zip(FEATURES, coef.tolist())), "mu": mu.tolist(), "sigma": sd.tolist(),
-            "bias": float(lr.intercept_[0])}
-    return head, {"rows": int(len(y)), "positives": int(y.sum()), "queries": len(rows),
-                  "iterations": int(np.max(lr.n_iter_))}
+    head = {
+        "weights": dict(zip(FEATURES, coef.tolist())),
+        "mu": mu.tolist(),
+        "sigma": sd.tolist(),
+        "bias": float(lr.intercept_[0]),
+    }
+    return head, {
+        "rows": int(len(y)),
+        "positives": int(y.sum()),
+        "queries": len(rows),
+        "iterations": int(np.max(lr.n_iter_)),
+    }
 
 
-def _fit_heads(state: RoomRanker, queries: list[dict], C: float, features_off=(), later_weight: float = 0.3
-               ) -> tuple[dict, dict]:
+def _fit_heads(
+    state: RoomRanker, queries: list[dict], C: float, features_off=(), later_weight: float = 0.3
+) -> tuple[dict, dict]:
     """One logistic regression per head (``room``: queries with a stream / showcase; ``catalogue``;
     ``room_new`` / ``catalogue_new``: the same queries restricted to items the viewer never touched)."""
     data: dict[str, tuple[list, list, list]] = {h: ([], [], []) for h in HEADS}
-    shown: dict[str, np.ndarray] = {}   # stream -> showcase positions (computed once per stream)
+    shown: dict[str, np.ndarray] = {}  # stream -> showcase positions (computed once per stream)
     for q in queries:
         allowed = None
         if q.get("allowed") is not None:
@@ -205,8 +268,9 @@ def _fit_heads(state: RoomRanker, queries: list[dict], C: float, features_off=()
             allowed = shown[key]
             if allowed.size == 0:
                 continue
-        cand, F, info = state.candidates_and_features(q["user_id"], stream_id=q.get("stream_id"), allowed_idx=allowed,
-                                                      room=q.get("room"), now=q["ts"])
+        cand, F, info = state.candidates_and_features(
+            q["user_id"], stream_id=q.get("stream_id"), allowed_idx=allowed, room=q.get("room"), now=q["ts"]
+        )
         if cand.size == 0:
             continue
         y = np.isin(cand, state.base._item_idx_fast(list(q["relevant"])))
@@ -239,23 +303,36 @@ def _fit_heads(state: RoomRanker, queries: list[dict], C: float, features_off=()
             heads[h], info["heads"][h] = fitted[other][0], {"shared_with": other}
         else:
             heads[h] = {"weights": {f: (0.0 if f in features_off else v) for f, v in PRIOR_WEIGHTS.items()}}
-            info["heads"][h] = {"kind": "prior", "why": "fewer than 10 label queries with a purchase among the candidates"}
+            info["heads"][h] = {
+                "kind": "prior",
+                "why": "fewer than 10 label queries with a purchase among the candidates",
+            }
     if not fitted:
         info["kind"] = "prior"
     return heads, info
 
 
-def fit_recipe(events: pd.DataFrame, items: pd.DataFrame | None, reference_time, params: dict | None = None, *,
-               content=None, item_ids=None, progress: Callable[[str], None] | None = None) -> RoomRanker:
+def fit_recipe(
+    events: pd.DataFrame,
+    items: pd.DataFrame | None,
+    reference_time,
+    params: dict | None = None,
+    *,
+    content=None,
+    item_ids=None,
+    progress: Callable[[str], None] | None = None,
+) -> RoomRanker:
     """Fit the served recipe on ``events`` (all up to ``reference_time``); see the module docstring."""
     p = {**DEFAULT_RECIPE, **(params or {})}
     say = progress or (lambda m: None)
     t0 = time.perf_counter()
     if item_ids is None:
         from .hybrid import HybridRecommender
+
         item_ids = HybridRecommender.catalogue_ids(events, items)
     if content is None and items is not None and len(items):
         from .hybrid import HybridRecommender
+
         content = HybridRecommender(**p["base"]).fit_content(item_ids, items)
     kw = dict(base_params=p["base"], item_ids=item_ids, content=content, half_life_days=p["half_life_days"])
     tgt_ts = events.loc[(events["type"] == p["target"]) & events["item_id"].notna(), "ts"]
@@ -268,8 +345,14 @@ def fit_recipe(events: pd.DataFrame, items: pd.DataFrame | None, reference_time,
         if before["item_id"].notna().any() and len(after):
             state = RoomRanker.fit_state(before, items, cut, **kw)
             t1 = time.perf_counter()
-            queries = label_queries(before, after, cut, target=p["target"], max_queries=int(p["max_queries"]),
-                                    item_index=state.base._item_index)
+            queries = label_queries(
+                before,
+                after,
+                cut,
+                target=p["target"],
+                max_queries=int(p["max_queries"]),
+                item_index=state.base._item_index,
+            )
             say(f"recipe: state on {len(before):,} events ({t1 - t0:.1f}s), {len(queries)} label queries")
             heads, info = _fit_heads(state, queries, p["C"], off, float(p["later_weight"]))
             info["label_cut"] = pd.Timestamp(cut).isoformat()

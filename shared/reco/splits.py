@@ -66,7 +66,11 @@ def stratified_split(
         inv[perm] = np.arange(n_g)
         rows = np.flatnonzero(size == n_g)
         shuffled_pos[rows] = inv[k[rows]]
-    n_train = np.array([round(ratio * s) for s in range(sizes.max() + 1)], dtype=np.int64) if len(df) else np.zeros(1, np.int64)
+    n_train = (
+        np.array([round(ratio * s) for s in range(sizes.max() + 1)], dtype=np.int64)
+        if len(df)
+        else np.zeros(1, np.int64)
+    )
     train_mask = shuffled_pos < n_train[size]
     return df[train_mask], df[~train_mask]
 

@@ -13,6 +13,7 @@ The layout is the batch pipeline's (docs/pipeline.md, shared/pipeline/clean.py):
 
 Everything that knows about that layout is in :func:`read_training_data` (one place to adapt).
 """
+
 from __future__ import annotations
 
 import io
@@ -24,14 +25,14 @@ from datetime import date, timedelta
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.compute  # noqa: F401  (pa.compute)
+import pyarrow.compute
 import pyarrow.parquet as pq
 
 from shared.storage import NotFound, ObjectStore
 
 CLEAN_PREFIX = "clean/"
 CATALOG_PREFIX = "catalog/"
-MANIFEST = "state/clean-manifest.json"   # shared.pipeline.clean.MANIFEST
+MANIFEST = "state/clean-manifest.json"  # shared.pipeline.clean.MANIFEST
 EVENT_COLUMNS = ["event_id", "type", "ts", "stream_id", "user_id", "item_id", "price"]
 CATALOG_COLUMNS = ["item_id", "title", "description", "category", "price", "stream_ids", "ts"]
 _DATE = re.compile(r"(?:^|/)date=(\d{4}-\d{2}-\d{2})(?:/|$)")
@@ -39,10 +40,10 @@ _DATE = re.compile(r"(?:^|/)date=(\d{4}-\d{2}-\d{2})(?:/|$)")
 
 @dataclass
 class TrainingData:
-    events: pd.DataFrame          # EVENT_COLUMNS, ts = datetime64[UTC], ids as str
-    catalog: pd.DataFrame         # CATALOG_COLUMNS (one row per item), may be empty
-    inputs: list[dict] = field(default_factory=list)   # [{"key", "generation"}] every object read
-    window: dict = field(default_factory=dict)         # {"start", "end", "days"} (ISO UTC)
+    events: pd.DataFrame  # EVENT_COLUMNS, ts = datetime64[UTC], ids as str
+    catalog: pd.DataFrame  # CATALOG_COLUMNS (one row per item), may be empty
+    inputs: list[dict] = field(default_factory=list)  # [{"key", "generation"}] every object read
+    window: dict = field(default_factory=dict)  # {"start", "end", "days"} (ISO UTC)
 
 
 def _read_parquet(store: ObjectStore, key: str, columns: list[str]) -> tuple[pa.Table, str]:
@@ -90,20 +91,31 @@ def _events_frame(tables: list[pa.Table], dates: list | None = None) -> pd.DataF
                     if pa.types.is_timestamp(a.type):
                         a = a.cast(pa.timestamp("us", tz="UTC"))
                     else:
-                        a = pa.chunked_array([pa.array(pd.to_datetime(a.to_pandas(), utc=True, format="ISO8601")
-                                                       .astype("datetime64[us, UTC]"))])
+                        a = pa.chunked_array(
+                            [
+                                pa.array(
+                                    pd.to_datetime(a.to_pandas(), utc=True, format="ISO8601").astype(
+                                        "datetime64[us, UTC]"
+                                    )
+                                )
+                            ]
+                        )
                 elif c == "price":
-                    a = pa.chunked_array([pa.array(pd.to_numeric(a.to_pandas(), errors="coerce")
-                                                   .to_numpy(dtype=np.float64))]) \
-                        if not (pa.types.is_floating(a.type) or pa.types.is_integer(a.type)) else a.cast(pa.float64())
+                    a = (
+                        pa.chunked_array(
+                            [pa.array(pd.to_numeric(a.to_pandas(), errors="coerce").to_numpy(dtype=np.float64))]
+                        )
+                        if not (pa.types.is_floating(a.type) or pa.types.is_integer(a.type))
+                        else a.cast(pa.float64())
+                    )
             else:
                 typ = {"ts": pa.timestamp("us", tz="UTC"), "price": pa.float64(), "event_id": pa.string()}.get(
-                    c, pa.dictionary(pa.int32(), pa.string()))
+                    c, pa.dictionary(pa.int32(), pa.string())
+                )
                 a = pa.chunked_array([pa.nulls(t.num_rows, typ)])
             cols[c].append(a)
         n += t.num_rows
-    table = pa.table({c: pa.chunked_array([ch for a in v for ch in a.chunks],
-                                          type=v[0].type) for c, v in cols.items()})
+    table = pa.table({c: pa.chunked_array([ch for a in v for ch in a.chunks], type=v[0].type) for c, v in cols.items()})
     table = table.unify_dictionaries()  # (no combine_chunks: a copy of every column for nothing)
     # event_id is unique within a clean file (the pipeline dedupes per run) and an event lives in the
     # partition of its own date, so duplicates can only come from several files of one date partition:
@@ -180,8 +192,11 @@ def read_training_data(store: ObjectStore, window_days: float = 30.0, *, end=Non
     if end is None:
         newest = max((d for d in dates.values() if d), default=None)
     else:
-        newest = pd.Timestamp(end).tz_convert("UTC").date().isoformat() if pd.Timestamp(end).tzinfo else \
-            pd.Timestamp(end).date().isoformat()
+        newest = (
+            pd.Timestamp(end).tz_convert("UTC").date().isoformat()
+            if pd.Timestamp(end).tzinfo
+            else pd.Timestamp(end).date().isoformat()
+        )
     if newest is not None:
         first_day = (date.fromisoformat(newest) - timedelta(days=int(np.ceil(window_days)) + 1)).isoformat()
         keys = [k for k in keys if dates[k] is None or first_day <= dates[k] <= newest]
@@ -194,8 +209,11 @@ def read_training_data(store: ObjectStore, window_days: float = 30.0, *, end=Non
             tables.append(t)
             t_dates.append(dates[k])
     ev = _events_frame(tables, t_dates)
-    end_ts = pd.Timestamp(end).tz_convert("UTC") if end is not None and pd.Timestamp(end).tzinfo else \
-        (pd.Timestamp(end, tz="UTC") if end is not None else (ev["ts"].max() if len(ev) else None))
+    end_ts = (
+        pd.Timestamp(end).tz_convert("UTC")
+        if end is not None and pd.Timestamp(end).tzinfo
+        else (pd.Timestamp(end, tz="UTC") if end is not None else (ev["ts"].max() if len(ev) else None))
+    )
     if end_ts is not None and not pd.isna(end_ts):
         start_ts = end_ts - pd.Timedelta(days=window_days)
         keep = ((ev["ts"] > start_ts) & (ev["ts"] <= end_ts)).to_numpy()
@@ -210,44 +228,77 @@ def read_training_data(store: ObjectStore, window_days: float = 30.0, *, end=Non
         t, gen = _read_parquet(store, k, CATALOG_COLUMNS)
         inputs.append({"key": k, "generation": gen})
         if t.num_rows:
-            cat_tables.append(pa.table({c: (t[c].cast(t[c].type.value_type) if pa.types.is_dictionary(t[c].type)
-                                            else t[c]) for c in t.column_names}))
+            cat_tables.append(
+                pa.table(
+                    {
+                        c: (t[c].cast(t[c].type.value_type) if pa.types.is_dictionary(t[c].type) else t[c])
+                        for c in t.column_names
+                    }
+                )
+            )
     if cat_tables:
         cat = pa.concat_tables(cat_tables, promote_options="permissive").to_pandas()
         for c in CATALOG_COLUMNS:
             if c not in cat:
                 cat[c] = None
         cat["item_id"] = _to_str(cat["item_id"])
-        cat["_ts"] = pd.to_datetime(cat["ts"], utc=True, format="ISO8601") if cat["ts"].dtype == object else \
-            pd.to_datetime(cat["ts"], utc=True)
-        cat = (cat.reset_index(drop=True).reset_index().sort_values(["item_id", "_ts", "index"], kind="stable")
-               .drop_duplicates("item_id", keep="last"))
+        cat["_ts"] = (
+            pd.to_datetime(cat["ts"], utc=True, format="ISO8601")
+            if cat["ts"].dtype == object
+            else pd.to_datetime(cat["ts"], utc=True)
+        )
+        cat = (
+            cat.reset_index(drop=True)
+            .reset_index()
+            .sort_values(["item_id", "_ts", "index"], kind="stable")
+            .drop_duplicates("item_id", keep="last")
+        )
         cat = cat[CATALOG_COLUMNS].reset_index(drop=True)
-        cat["stream_ids"] = cat["stream_ids"].map(lambda v: [] if v is None or (not hasattr(v, "__len__"))
-                                                  else [str(s) for s in v])
+        cat["stream_ids"] = cat["stream_ids"].map(
+            lambda v: [] if v is None or (not hasattr(v, "__len__")) else [str(s) for s in v]
+        )
     else:
         cat = pd.DataFrame(columns=CATALOG_COLUMNS)
     return TrainingData(ev, cat, inputs, window)
 
 
 # --------------------------------------------------------------------------- test/bench helpers
-def write_clean_from_frames(store: ObjectStore, events: pd.DataFrame, catalog: pd.DataFrame | None = None,
-                            run_id: str = "sim") -> list[str]:
+def write_clean_from_frames(
+    store: ObjectStore, events: pd.DataFrame, catalog: pd.DataFrame | None = None, run_id: str = "sim"
+) -> list[str]:
     """Write events (e.g. ``sim.truth.expected_clean()``) as the pipeline would: one Parquet object
     per UTC day under ``clean/date=YYYY-MM-DD/<run_id>.parquet`` (ids dictionary-encoded, ts UTC),
     and the catalog under ``catalog/<run_id>.parquet``. Returns the keys written."""
     ev = events.copy()
     ts = ev["ts_utc"] if "ts_utc" in ev else pd.to_datetime(ev["ts"], utc=True, format="ISO8601")
     ev["ts"] = pd.to_datetime(ts, utc=True).astype("datetime64[us, UTC]")
-    cols = [c for c in ("event_id", "type", "ts", "platform", "stream_id", "user_id", "item_id", "price",
-                        "currency", "quantity") if c in ev]
+    cols = [
+        c
+        for c in (
+            "event_id",
+            "type",
+            "ts",
+            "platform",
+            "stream_id",
+            "user_id",
+            "item_id",
+            "price",
+            "currency",
+            "quantity",
+        )
+        if c in ev
+    ]
     ev = ev[cols]
     keys = []
     day = ev["ts"].dt.strftime("%Y-%m-%d")
     for d, part in ev.groupby(day, sort=True):
         t = pa.Table.from_pandas(part.reset_index(drop=True), preserve_index=False)
-        t = pa.table({c: (t[c].dictionary_encode() if c in ("type", "platform", "stream_id", "user_id", "item_id")
-                          else t[c]) for c in t.column_names})
+        t = pa.table(
+            {
+                c: (t[c].dictionary_encode() if c in ("type", "platform", "stream_id", "user_id", "item_id") else t[c])
+                for c in t.column_names
+            }
+        )
         buf = io.BytesIO()
         pq.write_table(t, buf)
         key = f"clean/date={d}/{run_id}.parquet"
@@ -256,8 +307,24 @@ def write_clean_from_frames(store: ObjectStore, events: pd.DataFrame, catalog: p
     if catalog is not None and len(catalog):
         cat = catalog.copy()
         cat["ts"] = pd.to_datetime(cat["ts"], utc=True, format="ISO8601").astype("datetime64[us, UTC]")
-        cat = cat[[c for c in ("item_id", "title", "description", "category", "price", "currency", "stream_ids",
-                               "platform", "ts", "event_id") if c in cat]]
+        cat = cat[
+            [
+                c
+                for c in (
+                    "item_id",
+                    "title",
+                    "description",
+                    "category",
+                    "price",
+                    "currency",
+                    "stream_ids",
+                    "platform",
+                    "ts",
+                    "event_id",
+                )
+                if c in cat
+            ]
+        ]
         buf = io.BytesIO()
         pq.write_table(pa.Table.from_pandas(cat.reset_index(drop=True), preserve_index=False), buf)
         key = f"catalog/{run_id}.parquet"

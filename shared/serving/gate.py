@@ -27,11 +27,13 @@ the difference recorded) and it is not worse than the current model by more than
 above 0.  With no current model the first candidate is promoted even below a baseline (something must
 serve), and the decision says so (``below_baseline: true``).
 """
+
 from __future__ import annotations
 
 import math
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pandas as pd
 
@@ -41,14 +43,20 @@ from shared.reco.recipe import fit_recipe
 
 log = get_logger("gate")
 
-BLOCKS = (("room", "purchase", "all"), ("room", "purchase", "new"), ("catalogue", "purchase", "all"),
-          ("catalogue", "purchase", "new"), ("room", "cart", "all"))
+BLOCKS = (
+    ("room", "purchase", "all"),
+    ("room", "purchase", "new"),
+    ("catalogue", "purchase", "all"),
+    ("catalogue", "purchase", "new"),
+    ("room", "cart", "all"),
+)
 PRIMARY = ("room", "purchase", "all")
 FALLBACK_PRIMARY = ("catalogue", "purchase", "all")
 
 
 class _Fitted(P.Ranker):
     """A model ranker fitted once per distinct training part (the blocks of one target share it)."""
+
     is_model = True
 
     def __init__(self, name: str, factory: Callable, cache: dict | None = None):
@@ -74,6 +82,7 @@ def current_factory(meta: dict) -> Callable | None:
     if model.get("class") == "HybridRecommender":
         params = dict(model.get("params") or meta.get("params") or {})
         from shared.reco import HybridRecommender
+
         return lambda tr, it, ref: _V1(HybridRecommender(**params).fit_events(tr, it, reference_time=ref))
     return None
 
@@ -86,14 +95,29 @@ class _V1:
         self.m = m
 
     def recommend(self, user_id, k, *, stream_id=None, allowed_items=None, room=None, now=None, repeats=True):
-        return self.m.recommend(user_id, k, stream_id=stream_id, allowed_items=allowed_items,
-                                filter_seen=not repeats, exclude_purchased=not repeats)
+        return self.m.recommend(
+            user_id,
+            k,
+            stream_id=stream_id,
+            allowed_items=allowed_items,
+            filter_seen=not repeats,
+            exclude_purchased=not repeats,
+        )
 
 
-def evaluate_candidate(events: pd.DataFrame, items: pd.DataFrame | None, *, candidate: Callable,
-                       current: Callable | None, k: int = 10, holdout_frac: float = 0.2, max_queries: int = 5000,
-                       min_queries: int = 30, n_boot: int = 1000, current_is_candidate: bool = False
-                       ) -> dict[str, Any]:
+def evaluate_candidate(
+    events: pd.DataFrame,
+    items: pd.DataFrame | None,
+    *,
+    candidate: Callable,
+    current: Callable | None,
+    k: int = 10,
+    holdout_frac: float = 0.2,
+    max_queries: int = 5000,
+    min_queries: int = 30,
+    n_boot: int = 1000,
+    current_is_candidate: bool = False,
+) -> dict[str, Any]:
     """Every block of ``BLOCKS`` the data allows -> ``{"blocks": {name: report}, "primary": name}``.
 
     ``current_is_candidate``: the current version's recipe and code are the candidate's, so its refit on
@@ -102,7 +126,9 @@ def evaluate_candidate(events: pd.DataFrame, items: pd.DataFrame | None, *, cand
     cand = _Fitted("candidate", candidate)
     models = [cand]
     if current is not None:
-        models.append(_Fitted("current", candidate, cand._cache) if current_is_candidate else _Fitted("current", current))
+        models.append(
+            _Fitted("current", candidate, cand._cache) if current_is_candidate else _Fitted("current", current)
+        )
     blocks: dict[str, Any] = {}
     for proto, target, variant in BLOCKS:
         name = f"{proto}/{target}/{variant}"
@@ -110,8 +136,16 @@ def evaluate_candidate(events: pd.DataFrame, items: pd.DataFrame | None, *, cand
             continue
         t0 = time.perf_counter()
         try:
-            sp_ = P.make_split(events, split="global-time", target=target, variant=variant,
-                               in_stream=proto == "room", test_frac=holdout_frac, items=items, max_queries=max_queries)
+            sp_ = P.make_split(
+                events,
+                split="global-time",
+                target=target,
+                variant=variant,
+                in_stream=proto == "room",
+                test_frac=holdout_frac,
+                items=items,
+                max_queries=max_queries,
+            )
         except ValueError as exc:  # no events of that target
             blocks[name] = {"skipped": str(exc)}
             continue
@@ -124,13 +158,20 @@ def evaluate_candidate(events: pd.DataFrame, items: pd.DataFrame | None, *, cand
         out = dict(rep)
         out["cut"] = sp_.info.get("cut")
         if current is not None:
-            out["vs_current"] = P.paired_bootstrap(rep.per_query["candidate"][key], rep.per_query["current"][key],
-                                                   n_boot=n_boot)
+            out["vs_current"] = P.paired_bootstrap(
+                rep.per_query["candidate"][key], rep.per_query["current"][key], n_boot=n_boot
+            )
         out["seconds"] = round(time.perf_counter() - t0, 3)
         blocks[name] = out
-        log.info("gate block", extra={"block": name, "queries": rep["n_queries"],
-                                      "candidate": rep["rankers"]["candidate"][key],
-                                      "best_baseline": rep["best_baseline"]})
+        log.info(
+            "gate block",
+            extra={
+                "block": name,
+                "queries": rep["n_queries"],
+                "candidate": rep["rankers"]["candidate"][key],
+                "best_baseline": rep["best_baseline"],
+            },
+        )
     blocks = _finite(blocks)
     primary = "/".join(PRIMARY)
     if "rankers" not in blocks.get(primary, {}):
@@ -149,8 +190,9 @@ def _finite(x):
     return x
 
 
-def decide(ev: dict, current_version: str | None, current_error: str | None, tolerance: float,
-           strict: bool = False) -> tuple[bool, str, dict]:
+def decide(
+    ev: dict, current_version: str | None, current_error: str | None, tolerance: float, strict: bool = False
+) -> tuple[bool, str, dict]:
     """(promote, reason, summary) from ``evaluate_candidate``'s result; see the module docstring."""
     pname = ev.get("primary")
     if pname is None:
@@ -162,21 +204,42 @@ def decide(ev: dict, current_version: str | None, current_error: str | None, tol
     cand = b["rankers"]["candidate"][key]
     best = b["best_baseline"]
     vs = b["vs_best_baseline"]["candidate"]
-    summary = {"block": pname, "metric": key, "candidate": cand, "best_baseline": best,
-               "best_baseline_value": b["rankers"][best][key], "vs_best_baseline": vs, "n_queries": b["n_queries"]}
+    summary = {
+        "block": pname,
+        "metric": key,
+        "candidate": cand,
+        "best_baseline": best,
+        "best_baseline_value": b["rankers"][best][key],
+        "vs_best_baseline": vs,
+        "n_queries": b["n_queries"],
+    }
     beats = vs["diff"] > 0 and (not strict or (vs["diff_lo"] or 0.0) > 0)
 
     def f3(v):
         return "n/a" if v is None else f"{v:.3f}"
-    txt = (f"{pname} {key} {cand:.4f} vs best baseline {best} {b['rankers'][best][key]:.4f} "
-           f"(ratio {f3(vs['ratio'])}, 95% CI [{f3(vs['ratio_lo'])}, {f3(vs['ratio_hi'])}], {b['n_queries']} queries)")
+
+    txt = (
+        f"{pname} {key} {cand:.4f} vs best baseline {best} {b['rankers'][best][key]:.4f} "
+        f"(ratio {f3(vs['ratio'])}, 95% CI [{f3(vs['ratio_lo'])}, {f3(vs['ratio_hi'])}], {b['n_queries']} queries)"
+    )
     summary["beats_best_baseline"] = bool(beats)
     if current_version is None:
         summary["below_baseline"] = not beats
-        return True, ("first model (no LATEST yet); " + txt +
-                      ("" if beats else ": BELOW the baseline, promoted only because nothing else serves")), summary
+        return (
+            True,
+            (
+                "first model (no LATEST yet); "
+                + txt
+                + ("" if beats else ": BELOW the baseline, promoted only because nothing else serves")
+            ),
+            summary,
+        )
     if current_error:
-        return True, f"current model {current_version} could not be loaded ({current_error}); replacing it; {txt}", summary
+        return (
+            True,
+            f"current model {current_version} could not be loaded ({current_error}); replacing it; {txt}",
+            summary,
+        )
     if not beats:
         return False, f"below baseline: {txt}; keeping {current_version}", summary
     if "current" in b["rankers"]:
@@ -184,7 +247,13 @@ def decide(ev: dict, current_version: str | None, current_error: str | None, tol
         summary["current_value"] = old
         summary["vs_current"] = b.get("vs_current")
         if cand < old * (1.0 - tolerance):
-            return False, (f"regression: {pname} {key} {cand:.4f} < current {current_version} {old:.4f} "
-                           f"- {tolerance:.0%}; keeping {current_version}"), summary
+            return (
+                False,
+                (
+                    f"regression: {pname} {key} {cand:.4f} < current {current_version} {old:.4f} "
+                    f"- {tolerance:.0%}; keeping {current_version}"
+                ),
+                summary,
+            )
         return True, f"{txt}; current {current_version} {old:.4f} (tolerance {tolerance:.0%})", summary
     return True, txt, summary

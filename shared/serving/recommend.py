@@ -7,6 +7,7 @@
   and skipped: the last good model keeps serving. Requests never touch the store after the first.
 * ``parse_params`` validates the query (400 naming the parameter), ``Recommender.handle`` answers.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -14,8 +15,9 @@ import math
 import os
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -40,15 +42,19 @@ class BadParam(ValueError):
 @dataclass
 class Loaded:
     served: Served
-    index: dict[str, int]                 # item_id -> model index
-    showcase_ids: dict[str, np.ndarray]   # stream_id -> item ids
+    index: dict[str, int]  # item_id -> model index
+    showcase_ids: dict[str, np.ndarray]  # stream_id -> item ids
     loaded_at: float
 
 
 def _prepare(served: Served) -> Loaded:
     ids = served.model.item_ids_
-    return Loaded(served, {str(x): i for i, x in enumerate(ids.tolist())},
-                  {s: ids[idx] for s, idx in served.showcase.items()}, time.time())
+    return Loaded(
+        served,
+        {str(x): i for i, x in enumerate(ids.tolist())},
+        {s: ids[idx] for s, idx in served.showcase.items()},
+        time.time(),
+    )
 
 
 class ModelHolder:
@@ -56,8 +62,8 @@ class ModelHolder:
         self.registry = Registry(store)
         self.refresh_s = float(refresh_s if refresh_s is not None else os.environ.get("DAIHUO_MODEL_REFRESH_S", "30"))
         self.current: Loaded | None = None
-        self._seen_generation: str | None = None   # LATEST generation last acted upon
-        self._failed: dict[str, str] = {}           # version -> error (not retried for the same pointer)
+        self._seen_generation: str | None = None  # LATEST generation last acted upon
+        self._failed: dict[str, str] = {}  # version -> error (not retried for the same pointer)
         self._lock = threading.Lock()
         self._started = False
         self._thread: threading.Thread | None = None
@@ -88,9 +94,10 @@ class ModelHolder:
                 self.refresh()
             except Exception as exc:  # never let the thread die
                 self.last_error = f"{type(exc).__name__}: {exc}"
-                log.error("model refresh failed; serving the last good model",
-                          extra={"error": self.last_error,
-                                 "version": self.current.served.version if self.current else None})
+                log.error(
+                    "model refresh failed; serving the last good model",
+                    extra={"error": self.last_error, "version": self.current.served.version if self.current else None},
+                )
 
     def refresh(self) -> bool:
         """Check LATEST once; load and swap if it names a new version. True if swapped."""
@@ -116,14 +123,25 @@ class ModelHolder:
             self._failed[version] = err
             self._seen_generation = gen
             self.last_error = f"version {version} failed to load: {err}"
-            log.error("model failed to load; keeping the last good model",
-                      extra={"version": version, "error": err,
-                             "serving": self.current.served.version if self.current else None})
+            log.error(
+                "model failed to load; keeping the last good model",
+                extra={
+                    "version": version,
+                    "error": err,
+                    "serving": self.current.served.version if self.current else None,
+                },
+            )
             return False
         self.current = loaded  # one reference assignment: requests see the old or the new model
         self._seen_generation = gen
-        log.info("model loaded", extra={"version": version, "seconds": round(time.perf_counter() - t0, 3),
-                                        "items": int(loaded.served.model.n_items_)})
+        log.info(
+            "model loaded",
+            extra={
+                "version": version,
+                "seconds": round(time.perf_counter() - t0, 3),
+                "items": int(loaded.served.model.n_items_),
+            },
+        )
         return True
 
     def stop(self) -> None:
@@ -147,8 +165,18 @@ class Params:
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
-KNOWN = {"user_id", "stream_id", "context", "k", "showcase_only", "exclude_purchased", "filter_seen", "category",
-         "min_price", "max_price"}
+KNOWN = {
+    "user_id",
+    "stream_id",
+    "context",
+    "k",
+    "showcase_only",
+    "exclude_purchased",
+    "filter_seen",
+    "category",
+    "min_price",
+    "max_price",
+}
 
 
 def _bool(name: str, v: Any, default: bool) -> bool:
@@ -228,9 +256,18 @@ def parse_params(args: Mapping[str, Any]) -> Params:
         raise BadParam("max_price", f"is below min_price ({hi} < {lo})")
     if user_id is None and not context and stream_id is None:
         raise BadParam("user_id", "is required (or give stream_id / context)")
-    return Params(user_id, stream_id, context, k, showcase_only,
-                  _bool("exclude_purchased", args.get("exclude_purchased"), False), category, lo, hi,
-                  _bool("filter_seen", args.get("filter_seen"), False))
+    return Params(
+        user_id,
+        stream_id,
+        context,
+        k,
+        showcase_only,
+        _bool("exclude_purchased", args.get("exclude_purchased"), False),
+        category,
+        lo,
+        hi,
+        _bool("filter_seen", args.get("filter_seen"), False),
+    )
 
 
 # ------------------------------------------------------------------------------ reasons
@@ -261,7 +298,9 @@ def explain(reason: dict, title_of) -> dict:
     out = dict(reason)
     if kind == "because_you":
         t = title_of(reason.get("item"))
-        zh, en = _ACTION_TEXT.get(reason.get("action") or "", ("因为你关注过「{t}」", "because you showed interest in {t}"))
+        zh, en = _ACTION_TEXT.get(
+            reason.get("action") or "", ("因为你关注过「{t}」", "because you showed interest in {t}")
+        )
         out.update(item_title=t, text_zh=zh.format(t=t), text_en=en.format(t=t))
     elif kind == "similar_to":
         t = title_of(reason.get("item"))
@@ -270,7 +309,10 @@ def explain(reason: dict, title_of) -> dict:
         d = _date(reason.get("last_purchase"))
         n = int(reason.get("times") or 0)
         if kind == "buy_often":
-            out.update(text_zh=f"你常买 · 已买过 {n} 次，最近一次 {d[0]}", text_en=f"you buy this often: {n} times, last on {d[1]}")
+            out.update(
+                text_zh=f"你常买 · 已买过 {n} 次，最近一次 {d[0]}",
+                text_en=f"you buy this often: {n} times, last on {d[1]}",
+            )
         else:
             out.update(text_zh=f"再次购买 · 你 {d[0]}买过", text_en=f"buy again: you bought it on {d[1]}")
     elif kind == "in_history":
@@ -280,8 +322,10 @@ def explain(reason: dict, title_of) -> dict:
             out.update(text_zh="你看过这件商品", text_en="you viewed it")
     elif kind == "taste":
         c = str(reason.get("category") or "")
-        out.update(text_zh=f"符合你常逛的「{c}」" if c else "符合你的喜好",
-                   text_en=f"matches your taste in {c}" if c else "matches your taste")
+        out.update(
+            text_zh=f"符合你常逛的「{c}」" if c else "符合你的喜好",
+            text_en=f"matches your taste in {c}" if c else "matches your taste",
+        )
     elif kind == "popular_in_stream":
         out.update(text_zh="本直播间热卖", text_en="popular in this stream")
     else:
@@ -289,9 +333,12 @@ def explain(reason: dict, title_of) -> dict:
     return out
 
 
-_FALLBACK = {"personal": None, "context": "unknown user: scored from the session context",
-             "stream": "no history or context: this stream's bestsellers",
-             "global": "no history, context or known stream: global bestsellers"}
+_FALLBACK = {
+    "personal": None,
+    "context": "unknown user: scored from the session context",
+    "stream": "no history or context: this stream's bestsellers",
+    "global": "no history, context or known stream: global bestsellers",
+}
 
 
 # ------------------------------------------------------------------------------ erasure
@@ -301,13 +348,15 @@ def _erased(holder: ModelHolder, user_id: str | None) -> bool:
     if user_id is None:
         return False
     from shared.erasure import ErasureList
+
     lst = getattr(holder, "erasure", None)
     if lst is None:
         lst = holder.erasure = ErasureList(holder.registry.store)
     cur = holder.get()
     served = cur.served if cur is not None else None
-    return lst.refuses(user_id, served.version if served else None,
-                       (served.meta or {}).get("created_at") if served else None)
+    return lst.refuses(
+        user_id, served.version if served else None, (served.meta or {}).get("created_at") if served else None
+    )
 
 
 # ------------------------------------------------------------------------------ service
@@ -315,8 +364,9 @@ class Recommender:
     def __init__(self, holder: ModelHolder):
         self.holder = holder
 
-    def handle(self, method: str, args: Mapping[str, Any] | None,
-               headers: Mapping[str, str] | None = None) -> tuple[int, dict, dict[str, str]]:
+    def handle(
+        self, method: str, args: Mapping[str, Any] | None, headers: Mapping[str, str] | None = None
+    ) -> tuple[int, dict, dict[str, str]]:
         t0 = time.perf_counter()
         if method not in ("GET", "POST"):
             return 405, {"error": f"method {method} not allowed", "allowed": ["GET", "POST"]}, {"Allow": "GET, POST"}
@@ -336,8 +386,15 @@ class Recommender:
         loaded = self.holder.get()
         if loaded is None:
             retry = max(1, int(math.ceil(min(self.holder.refresh_s, 5.0))))
-            return 503, {"error": "no model has been published yet (models/LATEST.json missing or unloadable)",
-                         "detail": self.holder.last_error, "retry_after_s": retry}, {"Retry-After": str(retry)}
+            return (
+                503,
+                {
+                    "error": "no model has been published yet (models/LATEST.json missing or unloadable)",
+                    "detail": self.holder.last_error,
+                    "retry_after_s": retry,
+                },
+                {"Retry-After": str(retry)},
+            )
         served = loaded.served
         allowed = None
         note = None
@@ -351,10 +408,17 @@ class Recommender:
         if hasattr(served.model, "repeat_"):  # RoomRanker: the request time drives "due" (buy again)
             kw["now"] = max(time.time(), served.model.reference_day * 86400.0)
         rec = served.model.recommend(
-            p.user_id, p.k, context_items=p.context or None, stream_id=p.stream_id, allowed_idx=allowed,
-            exclude_purchased=p.exclude_purchased, filter_seen=p.filter_seen, category=p.category,
+            p.user_id,
+            p.k,
+            context_items=p.context or None,
+            stream_id=p.stream_id,
+            allowed_idx=allowed,
+            exclude_purchased=p.exclude_purchased,
+            filter_seen=p.filter_seen,
+            category=p.category,
             price_range=(p.min_price, p.max_price) if (p.min_price is not None or p.max_price is not None) else None,
-            **kw)
+            **kw,
+        )
         t2 = time.perf_counter()
         index, titles = loaded.index, served.titles
 
@@ -362,13 +426,26 @@ class Recommender:
             i = index.get(item_id)
             return str(titles[i]) if i is not None and i < titles.size else str(item_id)
 
-        items = [{"item_id": it["item_id"], "title": title_of(it["item_id"]), "score": round(it["score"], 6),
-                  "parts": {k: round(v, 6) for k, v in it["parts"].items()},
-                  "reason": explain(it["reason"], title_of)} for it in rec["items"]]
-        body = {"user_id": p.user_id, "stream_id": p.stream_id, "k": p.k, "items": items,
-                "strategy": rec["strategy"], "fallback": _FALLBACK.get(rec["strategy"]),
-                "model_version": served.version,
-                "timing_ms": {"model": round((t2 - t1) * 1e3, 3), "total": round((time.perf_counter() - t0) * 1e3, 3)}}
+        items = [
+            {
+                "item_id": it["item_id"],
+                "title": title_of(it["item_id"]),
+                "score": round(it["score"], 6),
+                "parts": {k: round(v, 6) for k, v in it["parts"].items()},
+                "reason": explain(it["reason"], title_of),
+            }
+            for it in rec["items"]
+        ]
+        body = {
+            "user_id": p.user_id,
+            "stream_id": p.stream_id,
+            "k": p.k,
+            "items": items,
+            "strategy": rec["strategy"],
+            "fallback": _FALLBACK.get(rec["strategy"]),
+            "model_version": served.version,
+            "timing_ms": {"model": round((t2 - t1) * 1e3, 3), "total": round((time.perf_counter() - t0) * 1e3, 3)},
+        }
         if note:
             body["note"] = note
         body.update(personal=ident.personal, identity=ident.reason)

@@ -10,6 +10,7 @@ Layout::
                                   code version, the model's own meta (written LAST: it commits the version)
     models/LATEST.json            {"version", "promoted_at", "previous", "metrics"}
 """
+
 from __future__ import annotations
 
 import io
@@ -21,10 +22,10 @@ import numpy as np
 
 from shared.reco import HybridRecommender
 from shared.reco.ranker import RoomRanker
+from shared.storage import ABSENT, NotFound, ObjectStore, PreconditionFailed, get_json_with_generation
 
 #: model classes a version may hold (``meta["model"]["class"]``); arrays + JSON only
 MODEL_CLASSES = {"HybridRecommender": HybridRecommender, "RoomRanker": RoomRanker}
-from shared.storage import ABSENT, NotFound, ObjectStore, PreconditionFailed, get_json_with_generation
 
 MODELS = "models/"
 LATEST = "models/LATEST.json"
@@ -41,12 +42,13 @@ def meta_key(version: str) -> str:
 @dataclass
 class Served:
     """A loaded model plus the serving extras (titles, showcases) and its meta."""
+
     version: str
     model: RoomRanker | HybridRecommender
     meta: dict
-    titles: np.ndarray                # "<U" per item index of the model
-    showcase: dict[str, np.ndarray]   # stream_id -> item indices (int64)
-    generation: str | None = None     # of LATEST.json when it was loaded
+    titles: np.ndarray  # "<U" per item index of the model
+    showcase: dict[str, np.ndarray]  # stream_id -> item indices (int64)
+    generation: str | None = None  # of LATEST.json when it was loaded
 
     def title(self, idx: int) -> str:
         return str(self.titles[idx]) if self.titles.size else ""
@@ -75,9 +77,11 @@ def showcase_extras(item_ids: np.ndarray, showcases: dict[str, list[str]]) -> di
     streams = sorted(showcases)
     rows = [np.array(sorted({index[i] for i in showcases[s] if i in index}), dtype=np.int64) for s in streams]
     indptr = np.concatenate([[0], np.cumsum([r.size for r in rows])]).astype(np.int64)
-    return {"showcase.stream_ids": np.array(streams, dtype=str) if streams else np.empty(0, dtype="<U1"),
-            "showcase.indptr": indptr,
-            "showcase.items": np.concatenate(rows) if rows else np.empty(0, dtype=np.int64)}
+    return {
+        "showcase.stream_ids": np.array(streams, dtype=str) if streams else np.empty(0, dtype="<U1"),
+        "showcase.indptr": indptr,
+        "showcase.items": np.concatenate(rows) if rows else np.empty(0, dtype=np.int64),
+    }
 
 
 def build_served(version: str, model_arrays, extras, meta, generation=None) -> Served:
@@ -89,7 +93,7 @@ def build_served(version: str, model_arrays, extras, meta, generation=None) -> S
     sids = extras.get("showcase.stream_ids", np.empty(0, dtype="<U1")).tolist()
     indptr = extras.get("showcase.indptr", np.zeros(1, dtype=np.int64))
     items = extras.get("showcase.items", np.empty(0, dtype=np.int64))
-    showcase = {s: items[indptr[j]:indptr[j + 1]] for j, s in enumerate(sids)}
+    showcase = {s: items[indptr[j] : indptr[j + 1]] for j, s in enumerate(sids)}
     return Served(version, model, meta, titles, showcase, generation)
 
 
@@ -107,13 +111,18 @@ class Registry:
         if self.exists(version):
             return False
         try:
-            self.store.put(arrays_key(version), arrays_blob, content_type="application/octet-stream",
-                           if_generation_match=ABSENT)
+            self.store.put(
+                arrays_key(version), arrays_blob, content_type="application/octet-stream", if_generation_match=ABSENT
+            )
         except PreconditionFailed:
             pass  # a crashed earlier attempt (same input -> same content) or a concurrent twin
         try:
-            self.store.put(meta_key(version), json.dumps(meta, ensure_ascii=False, sort_keys=True, default=str).encode(),
-                           content_type="application/json", if_generation_match=ABSENT)
+            self.store.put(
+                meta_key(version),
+                json.dumps(meta, ensure_ascii=False, sort_keys=True, default=str).encode(),
+                content_type="application/json",
+                if_generation_match=ABSENT,
+            )
         except PreconditionFailed:
             return False
         return True

@@ -21,6 +21,7 @@ Steps (``run_train``):
 
 Any exception propagates (the function answers 500, Pub/Sub retries, then dead-letters).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -28,7 +29,7 @@ import json
 import os
 import time
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -38,12 +39,11 @@ import pandas as pd
 from shared.log import get_logger
 from shared.reco import HybridRecommender
 from shared.reco.recipe import fit_recipe, merge_recipe
-from shared.serving.gate import current_factory, decide, evaluate_candidate
 from shared.serving.data import TrainingData, read_training_data
+from shared.serving.gate import current_factory, decide, evaluate_candidate
 from shared.serving.registry import Registry, encode_arrays, showcase_extras
 
 log = get_logger("train")
-
 
 
 def _envf(name: str, default: float) -> float:
@@ -56,12 +56,17 @@ class TrainConfig:
     window_days: float = field(default_factory=lambda: _envf("DAIHUO_TRAIN_WINDOW_DAYS", 30.0))
     holdout_frac: float = field(default_factory=lambda: _envf("DAIHUO_TRAIN_HOLDOUT_FRAC", 0.2))
     tolerance: float = field(default_factory=lambda: _envf("DAIHUO_PROMOTE_TOLERANCE", 0.02))
-    strict: bool = field(default_factory=lambda: os.environ.get("DAIHUO_GATE_STRICT", "0").lower() in ("1", "true", "yes"))
+    strict: bool = field(
+        default_factory=lambda: os.environ.get("DAIHUO_GATE_STRICT", "0").lower() in ("1", "true", "yes")
+    )
     k: int = 10
     max_eval_users: int = field(default_factory=lambda: int(_envf("DAIHUO_EVAL_MAX_USERS", 5000)))
     half_life_days: float = field(default_factory=lambda: _envf("DAIHUO_TRAIN_HALF_LIFE_DAYS", 30.0))
-    params: dict = field(default_factory=lambda: json.loads(os.environ["DAIHUO_TRAIN_PARAMS"])
-                         if os.environ.get("DAIHUO_TRAIN_PARAMS") else {})   # recipe overrides (DEFAULT_RECIPE)
+    params: dict = field(
+        default_factory=lambda: (
+            json.loads(os.environ["DAIHUO_TRAIN_PARAMS"]) if os.environ.get("DAIHUO_TRAIN_PARAMS") else {}
+        )
+    )  # recipe overrides (DEFAULT_RECIPE)
     topic: str = field(default_factory=lambda: os.environ.get("DAIHUO_MODEL_TOPIC", "model-published"))
 
 
@@ -84,10 +89,17 @@ def code_version() -> str:
 
 
 def version_id(data: TrainingData, cfg: TrainConfig) -> str:
-    spec = {"inputs": [[i["key"], str(i["generation"])] for i in data.inputs], "params": cfg.params,
-            "window_days": cfg.window_days, "holdout_frac": cfg.holdout_frac, "k": cfg.k,
-            "half_life_days": cfg.half_life_days, "max_eval_users": cfg.max_eval_users, "code": code_version(),
-            "gate": [cfg.tolerance, cfg.strict]}
+    spec = {
+        "inputs": [[i["key"], str(i["generation"])] for i in data.inputs],
+        "params": cfg.params,
+        "window_days": cfg.window_days,
+        "holdout_frac": cfg.holdout_frac,
+        "k": cfg.k,
+        "half_life_days": cfg.half_life_days,
+        "max_eval_users": cfg.max_eval_users,
+        "code": code_version(),
+        "gate": [cfg.tolerance, cfg.strict],
+    }
     digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
     end = data.window.get("end")
     stamp = pd.Timestamp(end).strftime("%Y%m%dT%H%M%SZ") if end else "empty"
@@ -98,13 +110,25 @@ def catalog_items(catalog: pd.DataFrame) -> pd.DataFrame | None:
     return catalog[["item_id", "title", "description", "category", "price"]] if len(catalog) else None
 
 
-def fit_model(events: pd.DataFrame, catalog: pd.DataFrame, cfg: TrainConfig, reference_time,
-              params: dict | None = None, content=None, item_ids=None) -> HybridRecommender:
+def fit_model(
+    events: pd.DataFrame,
+    catalog: pd.DataFrame,
+    cfg: TrainConfig,
+    reference_time,
+    params: dict | None = None,
+    content=None,
+    item_ids=None,
+) -> HybridRecommender:
     """``params`` overrides ``cfg.params``; ``content`` (+ the ``item_ids`` it was fitted on) reuses one
     prefit ``ContentModel`` (it depends only on the catalogue) instead of fitting it again."""
     return HybridRecommender(**(params or cfg.params)).fit_events(
-        events, catalog_items(catalog), half_life_days=cfg.half_life_days, reference_time=reference_time,
-        item_ids=item_ids, content=content)
+        events,
+        catalog_items(catalog),
+        half_life_days=cfg.half_life_days,
+        reference_time=reference_time,
+        item_ids=item_ids,
+        content=content,
+    )
 
 
 def build_showcases(events: pd.DataFrame, catalog: pd.DataFrame) -> dict[str, list[str]]:
@@ -112,7 +136,7 @@ def build_showcases(events: pd.DataFrame, catalog: pd.DataFrame) -> dict[str, li
     showcases: dict[str, set] = {}
     if len(catalog) and "stream_ids" in catalog:
         for item, sids in zip(catalog["item_id"], catalog["stream_ids"]):
-            for s in (sids if sids is not None else ()):
+            for s in sids if sids is not None else ():
                 showcases.setdefault(s, set()).add(item)
     if "stream_id" in events:
         seen = events.loc[events["stream_id"].notna() & events["item_id"].notna(), ["stream_id", "item_id"]]
@@ -133,15 +157,20 @@ class TrainResult:
     seconds: float = 0.0
 
     def message(self) -> dict:
-        return {"version": self.version, "promoted": self.promoted, "reason": self.reason,
-                "metrics": self.metrics, "redelivery": self.reused}
+        return {
+            "version": self.version,
+            "promoted": self.promoted,
+            "reason": self.reason,
+            "metrics": self.metrics,
+            "redelivery": self.reused,
+        }
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
-def recipe_params(cfg: "TrainConfig") -> dict:
+def recipe_params(cfg: TrainConfig) -> dict:
     """The served recipe's parameters: ``DEFAULT_RECIPE`` updated by ``cfg.params``
     (``DAIHUO_TRAIN_PARAMS``)."""
     return merge_recipe(cfg.params)
@@ -173,22 +202,44 @@ def _finish(reg: Registry, version: str, meta: dict, bus, cfg: TrainConfig, t0: 
             promoted = True
         elif gen == d.get("latest_generation"):
             try:
-                reg.promote({"version": version, "promoted_at": _now(), "previous": d.get("compared_to"),
-                             "metrics": meta["metrics"].get("gate", {})}, gen)
+                reg.promote(
+                    {
+                        "version": version,
+                        "promoted_at": _now(),
+                        "previous": d.get("compared_to"),
+                        "metrics": meta["metrics"].get("gate", {}),
+                    },
+                    gen,
+                )
                 promoted = True
             except Exception as exc:  # PreconditionFailed: someone moved it between read and swap
                 reason = f"not promoted: LATEST moved concurrently ({type(exc).__name__}); {reason}"
                 if type(exc).__name__ != "PreconditionFailed":
                     raise
         else:
-            reason = (f"not promoted: LATEST moved to {pointer and pointer.get('version')} since the decision "
-                      f"(was {d.get('compared_to')}); {reason}")
+            reason = (
+                f"not promoted: LATEST moved to {pointer and pointer.get('version')} since the decision "
+                f"(was {d.get('compared_to')}); {reason}"
+            )
     res = TrainResult(version, promoted, reason, meta["metrics"], reused, time.perf_counter() - t0)
-    log.info("train done", extra={"version": version, "promoted": promoted, "reason": reason, "reused": reused,
-                                  "metrics": meta["metrics"], "seconds": round(res.seconds, 3)})
+    log.info(
+        "train done",
+        extra={
+            "version": version,
+            "promoted": promoted,
+            "reason": reason,
+            "reused": reused,
+            "metrics": meta["metrics"],
+            "seconds": round(res.seconds, 3),
+        },
+    )
     if bus is not None:
-        bus.publish(cfg.topic, json.dumps(res.message(), ensure_ascii=False).encode(),
-                    version=version or "", promoted=str(promoted).lower())
+        bus.publish(
+            cfg.topic,
+            json.dumps(res.message(), ensure_ascii=False).encode(),
+            version=version or "",
+            promoted=str(promoted).lower(),
+        )
     return res
 
 
@@ -218,7 +269,7 @@ def run_train(store, bus=None, cfg: TrainConfig | None = None, trigger: dict | N
     showcases = build_showcases(data.events, data.catalog)
     t_content = time.perf_counter() - t1
 
-    def candidate(tr, it, ref):  # exactly what `python -m shared.reco.evaluate --model served` fits
+    def candidate(tr, it, ref):  # exactly what `python -m devtools.evaluate --model served` fits
         return fit_recipe(tr, it, ref, recipe)
 
     # -- the gate: candidate vs current vs baselines on a time-based holdout (shared.serving.gate)
@@ -231,12 +282,20 @@ def run_train(store, bus=None, cfg: TrainConfig | None = None, trigger: dict | N
             cur_meta = reg.read_meta(current_version)
             cur_factory = current_factory(cur_meta)
             # same code + same recipe: its refit on the training part is the candidate's fit (reused)
-            same = (cur_meta.get("code_version") == code_version() and cur_meta.get("params") == recipe)
+            same = cur_meta.get("code_version") == code_version() and cur_meta.get("params") == recipe
         except Exception as exc:
             current_error = f"{type(exc).__name__}: {exc}"
             log.error("current model unreadable", extra={"version": current_version, "error": current_error})
-    ev = evaluate_candidate(data.events, items, candidate=candidate, current=cur_factory, k=cfg.k,
-                            holdout_frac=cfg.holdout_frac, max_queries=cfg.max_eval_users, current_is_candidate=same)
+    ev = evaluate_candidate(
+        data.events,
+        items,
+        candidate=candidate,
+        current=cur_factory,
+        k=cfg.k,
+        holdout_frac=cfg.holdout_frac,
+        max_queries=cfg.max_eval_users,
+        current_is_candidate=same,
+    )
     ev["current_refit"] = "reused the candidate's fit (same code and recipe)" if same else "refitted"
     promote, reason, summary = decide(ev, current_version, current_error, cfg.tolerance, cfg.strict)
     metrics = gate_metrics(ev, summary)
@@ -247,30 +306,58 @@ def run_train(store, bus=None, cfg: TrainConfig | None = None, trigger: dict | N
     end = pd.Timestamp(data.window["end"])
     model = fit_recipe(data.events, items, end, recipe, content=content, item_ids=item_ids)
     t_fit = time.perf_counter() - t2
-    titles = pd.Series(data.catalog["title"].astype(str).to_numpy(), index=data.catalog["item_id"]) \
-        if len(data.catalog) else pd.Series(dtype=str)
-    extras = {"item_title": np.array(titles.reindex(model.item_ids_).fillna("").astype(str).tolist() or [""],
-                                     dtype=str)[: len(model.item_ids_)]}
+    titles = (
+        pd.Series(data.catalog["title"].astype(str).to_numpy(), index=data.catalog["item_id"])
+        if len(data.catalog)
+        else pd.Series(dtype=str)
+    )
+    extras = {
+        "item_title": np.array(titles.reindex(model.item_ids_).fillna("").astype(str).tolist() or [""], dtype=str)[
+            : len(model.item_ids_)
+        ]
+    }
     extras.update(showcase_extras(model.item_ids_, showcases))
     blob = encode_arrays(model, extras)
     meta = {
-        "version": version, "created_at": _now(), "code_version": code_version(),
-        "params": recipe, "config": {k: v for k, v in asdict(cfg).items() if k != "params"},
-        "window": data.window, "inputs": data.inputs,
-        "data": {"events": int(len(data.events)), "users": int(len(model.user_ids_)), "items": int(model.n_items_),
-                 "catalog_items": int(len(data.catalog)), "streams": len(showcases)},
-        "metrics": metrics, "evaluation": ev,
+        "version": version,
+        "created_at": _now(),
+        "code_version": code_version(),
+        "params": recipe,
+        "config": {k: v for k, v in asdict(cfg).items() if k != "params"},
+        "window": data.window,
+        "inputs": data.inputs,
+        "data": {
+            "events": int(len(data.events)),
+            "users": int(len(model.user_ids_)),
+            "items": int(model.n_items_),
+            "catalog_items": int(len(data.catalog)),
+            "streams": len(showcases),
+        },
+        "metrics": metrics,
+        "evaluation": ev,
         "metrics_note": "holdout of the last holdout_frac of purchases (global-time cut); the candidate is the "
-                        "recipe fitted before the cut, the current model's recipe refitted on the same part; "
-                        "evaluation.blocks: every protocol with all baselines and paired bootstrap intervals; "
-                        "metrics.gate: what promotion compared. The served model is the recipe refitted on the "
-                        "full window.",
-        "decision": {"promote": promote, "reason": reason, "compared_to": current_version,
-                     "latest_generation": latest_gen, "tolerance": cfg.tolerance, "strict": cfg.strict,
-                     "below_baseline": bool(summary.get("below_baseline", False))},
-        "timing_s": {"read": round(t_read, 3), "content": round(t_content, 3), "evaluate": round(t_eval, 3),
-                     "fit": round(t_fit, 3)},
-        "trigger": trigger or {}, "arrays_bytes": len(blob), "model": model.meta,
+        "recipe fitted before the cut, the current model's recipe refitted on the same part; "
+        "evaluation.blocks: every protocol with all baselines and paired bootstrap intervals; "
+        "metrics.gate: what promotion compared. The served model is the recipe refitted on the "
+        "full window.",
+        "decision": {
+            "promote": promote,
+            "reason": reason,
+            "compared_to": current_version,
+            "latest_generation": latest_gen,
+            "tolerance": cfg.tolerance,
+            "strict": cfg.strict,
+            "below_baseline": bool(summary.get("below_baseline", False)),
+        },
+        "timing_s": {
+            "read": round(t_read, 3),
+            "content": round(t_content, 3),
+            "evaluate": round(t_eval, 3),
+            "fit": round(t_fit, 3),
+        },
+        "trigger": trigger or {},
+        "arrays_bytes": len(blob),
+        "model": model.meta,
     }
     written = reg.write_version(version, blob, meta)
     if not written:  # a twin committed it first: use its record

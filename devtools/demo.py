@@ -11,6 +11,7 @@
 
 Any failed step exits non-zero with the reason.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,8 +21,8 @@ import time
 
 import requests
 
-from shared import simulator
-from shared.localcloud import Stack
+from devtools import simulator
+from devtools.localcloud import Stack
 
 
 class DemoFailed(SystemExit):
@@ -52,25 +53,40 @@ def run(args) -> int:
 
     logging.getLogger("daihuo.localcloud").setLevel(logging.WARNING)  # ticks are in var/stack/logs
     t_start = time.time()
-    stack = Stack(port_base=args.port_base, store=args.store, fresh=True,
-                  overrides={"archive-every-minute": args.archive_every, "clean-hourly": args.clean_every},
-                  extra_env={"DAIHUO_MODEL_REFRESH_S": "2"})
+    stack = Stack(
+        port_base=args.port_base,
+        store=args.store,
+        fresh=True,
+        overrides={"archive-every-minute": args.archive_every, "clean-hourly": args.clean_every},
+        extra_env={"DAIHUO_MODEL_REFRESH_S": "2"},
+    )
     step("starting the local cloud: Pub/Sub emulator, 6 functions, subscriptions, scheduler")
     stack.start()
     try:
         print("   " + "\n   ".join(f"{n:10s} {stack.url(n)}" for n in stack.functions()))
         print(f"   store: {stack.env['DAIHUO_STORE']}   logs: {stack.log_dir}")
-        print(f"   schedules (demo pace): archive every {args.archive_every:g}s, clean every {args.clean_every:g}s "
-              "(infra/topology.json: every minute / hourly)")
+        print(
+            f"   schedules (demo pace): archive every {args.archive_every:g}s, clean every {args.clean_every:g}s "
+            "(infra/topology.json: every minute / hourly)"
+        )
         store = open_store(stack.env["DAIHUO_STORE"])
 
-        step(f"simulating an evening: {args.streams} streams, {args.users} viewers, {args.items} products "
-             f"(seed {args.seed}, faults {args.faults})")
-        sim = simulator.simulate(seed=args.seed, n_streams=args.streams, n_users=args.users, n_items=args.items,
-                                 mean_viewers_per_stream=args.viewers,
-                                 faults=None if args.faults == "none" else args.faults)
-        print(f"   {len(sim.catalog)} catalog records, {len(sim.events)} viewer-event rows "
-              f"({len(sim.truth.fault_log)} injected faults)")
+        step(
+            f"simulating an evening: {args.streams} streams, {args.users} viewers, {args.items} products "
+            f"(seed {args.seed}, faults {args.faults})"
+        )
+        sim = simulator.simulate(
+            seed=args.seed,
+            n_streams=args.streams,
+            n_users=args.users,
+            n_items=args.items,
+            mean_viewers_per_stream=args.viewers,
+            faults=None if args.faults == "none" else args.faults,
+        )
+        print(
+            f"   {len(sim.catalog)} catalog records, {len(sim.events)} viewer-event rows "
+            f"({len(sim.truth.fault_log)} injected faults)"
+        )
 
         step("sending signed webhooks to ingest")
         res = simulator.send(sim, stack.url("ingest"), stack.secrets, batch_size=500, concurrency=4, progress=True)
@@ -93,8 +109,10 @@ def run(args) -> int:
 
         def progress():
             m, _ = load_manifest(store)
-            return (f"archived {archived()}/{res.accepted} events in {len(lines_in)} raw objects, "
-                    f"{len(m.get('clean_files', []))} clean runs committed")
+            return (
+                f"archived {archived()}/{res.accepted} events in {len(lines_in)} raw objects, "
+                f"{len(m.get('clean_files', []))} clean runs committed"
+            )
 
         def all_cleaned():
             if archived() < res.accepted:
@@ -105,10 +123,12 @@ def run(args) -> int:
         wait(all_cleaned, args.timeout, "archive and clean to process every accepted event", progress=progress)
         print()
         reports = [json.loads(store.get(run["report"])) for run in load_manifest(store)[0].get("runs", [])]
-        tot = lambda k: sum(int(r.get(k, 0) or 0) for r in reports)  # noqa: E731
-        print(f"   {len(reports)} clean runs: rows in {tot('rows_in')}, clean {tot('rows_out')}, "
-              f"duplicates dropped {tot('duplicates_in_run') + tot('duplicates_seen_before')}, "
-              f"late {tot('late')}, clock-skew corrected {tot('ts_corrected')}")
+        tot = lambda k: sum(int(r.get(k, 0) or 0) for r in reports)
+        print(
+            f"   {len(reports)} clean runs: rows in {tot('rows_in')}, clean {tot('rows_out')}, "
+            f"duplicates dropped {tot('duplicates_in_run') + tot('duplicates_seen_before')}, "
+            f"late {tot('late')}, clock-skew corrected {tot('ts_corrected')}"
+        )
         dropped: dict[str, int] = {}
         for r in reports:
             for k, v in (r.get("dropped_by_reason") or {}).items():
@@ -117,8 +137,11 @@ def run(args) -> int:
             print("   quarantined by clean: " + ", ".join(f"{k} {v}" for k, v in dropped.items()))
 
         step("train runs on events-cleaned and promotes a model")
-        latest = wait(lambda: store.exists("models/LATEST.json") and json.loads(store.get("models/LATEST.json")),
-                      args.timeout, "a promoted model (models/LATEST.json)")
+        latest = wait(
+            lambda: store.exists("models/LATEST.json") and json.loads(store.get("models/LATEST.json")),
+            args.timeout,
+            "a promoted model (models/LATEST.json)",
+        )
         meta = json.loads(store.get(f"models/{latest['version']}/meta.json"))
         metrics = meta.get("metrics", {})
         print(f"   model {latest['version']} promoted: {(meta.get('decision') or {}).get('reason', '')}")
@@ -127,9 +150,11 @@ def run(args) -> int:
             if "rankers" in b:
                 best = b["best_baseline"]
                 vs = (b.get("vs_best_baseline") or {}).get("candidate") or {}
-                print(f"   holdout {name:24s} ndcg@10 model {b['rankers']['candidate']['ndcg@10']:.3f}  "
-                      f"best baseline {best} {b['rankers'][best]['ndcg@10']:.3f}  ratio {vs.get('ratio') or 0:.2f} "
-                      f"[{vs.get('ratio_lo') or 0:.2f}, {vs.get('ratio_hi') or 0:.2f}]  ({b['n_queries']} queries)")
+                print(
+                    f"   holdout {name:24s} ndcg@10 model {b['rankers']['candidate']['ndcg@10']:.3f}  "
+                    f"best baseline {best} {b['rankers'][best]['ndcg@10']:.3f}  ratio {vs.get('ratio') or 0:.2f} "
+                    f"[{vs.get('ratio_lo') or 0:.2f}, {vs.get('ratio_hi') or 0:.2f}]  ({b['n_queries']} queries)"
+                )
         if g.get("below_baseline"):
             print("   NOTE: the model is below the best baseline on the gate's primary metric (see the reason above)")
 
@@ -138,11 +163,16 @@ def run(args) -> int:
         for user, stream in clean_users + [("new-viewer-0001", clean_users[0][1])]:
             # as the viewer app does: with a short-lived token the platform signed for this viewer
             auth = {"Authorization": "Bearer " + stack.viewer_token(user)}
-            r = wait(lambda: _get(stack.url("recommend"), {"user_id": user, "stream_id": stream, "k": 5}, auth),
-                     60, "recommend to answer")
+            r = wait(
+                lambda: _get(stack.url("recommend"), {"user_id": user, "stream_id": stream, "k": 5}, auth),  # noqa: B023 (called in this iteration)
+                60,
+                "recommend to answer",
+            )
             body = r.json()
-            print(f"   viewer {user} in {stream}  [strategy: {body['strategy']}, model {body['model_version']}, "
-                  f"{body.get('timing_ms', {}).get('total', '?')} ms]")
+            print(
+                f"   viewer {user} in {stream}  [strategy: {body['strategy']}, model {body['model_version']}, "
+                f"{body.get('timing_ms', {}).get('total', '?')} ms]"
+            )
             for it in body["items"]:
                 reason = it["reason"]
                 text = reason.get("text_zh") or reason.get("text_en") or json.dumps(reason, ensure_ascii=False)
@@ -154,15 +184,21 @@ def run(args) -> int:
         if r.status_code != 200:
             raise DemoFailed(f"demo failed: analytics answered {r.status_code}: {r.text[:300]}")
         streams = r.json().get("streams", [])
-        print(f"   {'stream':14s} {'platform':9s} {'viewers':>7s} {'peak':>5s} {'orders':>6s} {'GMV ¥':>10s} {'GPM ¥':>8s} {'CTR':>6s} {'conv':>6s}")
+        print(
+            f"   {'stream':14s} {'platform':9s} {'viewers':>7s} {'peak':>5s} {'orders':>6s} {'GMV ¥':>10s} {'GPM ¥':>8s} {'CTR':>6s} {'conv':>6s}"
+        )
         for s in streams:
-            num = lambda k: float(s.get(k) or 0)  # noqa: E731
-            print(f"   {s['stream_id']:14s} {str(s.get('platform', '')):9s} {num('unique_viewers'):7.0f} "
-                  f"{num('peak_concurrent'):5.0f} {num('orders'):6.0f} {num('gmv'):10.2f} "
-                  f"{num('gpm'):8.1f} {num('ctr'):6.1%} {num('conversion_rate'):6.1%}")
+            num = lambda k: float(s.get(k) or 0)  # noqa: B023 (used in this iteration)
+            print(
+                f"   {s['stream_id']:14s} {str(s.get('platform', '')):9s} {num('unique_viewers'):7.0f} "
+                f"{num('peak_concurrent'):5.0f} {num('orders'):6.0f} {num('gmv'):10.2f} "
+                f"{num('gpm'):8.1f} {num('ctr'):6.1%} {num('conversion_rate'):6.1%}"
+            )
         out = _save_dashboard(stack.url("analytics"), [s["stream_id"] for s in streams], operator)
-        print(f"\n   dashboard: {stack.url('analytics')} while the stack is up (make demo DEMO_ARGS=--stay, or make up);"
-              f"\n   a static copy of its pages was written to {out}/index.html")
+        print(
+            f"\n   dashboard: {stack.url('analytics')} while the stack is up (make demo DEMO_ARGS=--stay, or make up);"
+            f"\n   a static copy of its pages was written to {out}/index.html"
+        )
         if args.stay:
             step("staying up: Ctrl-C to stop")
             try:
@@ -192,8 +228,10 @@ def _save_dashboard(base: str, stream_ids: list[str], headers: dict | None = Non
         html = r.text
         # make the saved copy browsable from disk: page links point at the saved files
         depth = "../" if name.startswith("streams/") else ""
-        html = re.sub(r'href="/streams/([^"/?#]+)"', lambda m: f'href="{depth}streams/{m.group(1)}.html"', html)
-        html = html.replace('href="/quality"', f'href="{depth}quality.html"').replace('href="/models"', f'href="{depth}models.html"')
+        html = re.sub(r'href="/streams/([^"/?#]+)"', lambda m: f'href="{depth}streams/{m.group(1)}.html"', html)  # noqa: B023
+        html = html.replace('href="/quality"', f'href="{depth}quality.html"').replace(
+            'href="/models"', f'href="{depth}models.html"'
+        )
         html = html.replace('href="/"', f'href="{depth}index.html"')
         (out / name).write_text(html, encoding="utf-8")
     return str(out)
@@ -217,7 +255,7 @@ def _sample_users(store, sim, n: int) -> list[tuple[str, str]]:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m shared.demo", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m devtools.demo", description=__doc__.split("\n\n")[0])
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--streams", type=int, default=6)
     ap.add_argument("--users", type=int, default=5000)

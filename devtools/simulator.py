@@ -9,7 +9,7 @@ outcomes.
 
 Quick use::
 
-    from shared.simulator import SimConfig, simulate
+    from devtools.simulator import SimConfig, simulate
     sim = simulate(SimConfig(seed=7, n_streams=5, n_users=2000, n_items=500, faults="default"))
     sim.catalog                    # catalog_item records (sent first)
     sim.events                     # viewer events in SEND order; unparseable rows are ``str``
@@ -22,13 +22,14 @@ Large runs (10M events) stream stream-by-stream with bounded memory: ``sim.iter_
 
 Repeat world (many days, hosts streaming repeatedly, consumables rebought around their cycle, the
 presented item and social proof driving sales): ``simulate(SimConfig.repeat_preset(seed=1))`` or
-``python -m shared.simulator --repeat-world --out DIR``; ground truth ``CATEGORY_CYCLE_DAYS``,
+``python -m devtools.simulator --repeat-world --out DIR``; ground truth ``CATEGORY_CYCLE_DAYS``,
 ``sim.truth.repeat_profile()``, ``sim.truth.presentation(stream_id)``, ``sim.truth.summary()["repeat"]``.
 
 Everything is a pure function of the ``SimConfig`` (numpy ``Generator`` seeded from the config,
 one independent generator per stream, no wall clock), so the same config gives byte-identical
 output however it is consumed. See ``docs/simulator.md``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,7 +45,7 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -52,8 +53,20 @@ import numpy as np
 import orjson
 
 __all__ = [
-    "CATEGORIES", "CATEGORY_CYCLE_DAYS", "DEFAULT_FAULTS", "FAULT_KINDS", "FaultRates", "GroundTruth",
-    "REPEAT_WORLD", "SendResult", "SimConfig", "Simulation", "main", "repeat_profile", "send", "simulate",
+    "CATEGORIES",
+    "CATEGORY_CYCLE_DAYS",
+    "DEFAULT_FAULTS",
+    "FAULT_KINDS",
+    "FaultRates",
+    "GroundTruth",
+    "REPEAT_WORLD",
+    "SendResult",
+    "SimConfig",
+    "Simulation",
+    "main",
+    "repeat_profile",
+    "send",
+    "simulate",
     "write_files",
 ]
 
@@ -62,45 +75,180 @@ __all__ = [
 # (category, english, attributes, nouns, english words, median price CNY, price log-sigma)
 # ----------------------------------------------------------------------------------------------
 CATEGORIES: list[tuple[str, str, list[str], list[str], list[str], float, float]] = [
-    ("女装/连衣裙", "women/dress", ["夏季", "碎花", "雪纺", "法式", "收腰", "显瘦", "气质", "复古", "长款", "方领", "泡泡袖", "小个子"],
-     ["连衣裙", "长裙", "吊带裙", "衬衫裙"], ["floral", "chiffon", "dress", "slim", "vintage"], 159.0, 0.45),
-    ("男装/T恤", "men/t-shirt", ["纯棉", "宽松", "短袖", "圆领", "冰丝", "潮牌", "百搭", "透气", "重磅", "印花"],
-     ["T恤", "polo衫", "打底衫"], ["cotton", "tee", "oversize", "breathable"], 69.0, 0.4),
-    ("美妆/口红", "beauty/lipstick", ["哑光", "丝绒", "显白", "滋润", "不掉色", "小金条", "豆沙色", "正红色", "奶茶色"],
-     ["口红", "唇釉", "唇泥"], ["matte", "velvet", "lipstick", "long-lasting"], 129.0, 0.45),
-    ("美妆/护肤", "beauty/skincare", ["补水", "保湿", "修护", "抗皱", "紧致", "烟酰胺", "玻尿酸", "敏感肌", "提亮"],
-     ["面霜", "精华液", "面膜", "爽肤水"], ["hydrating", "serum", "repair", "cream"], 239.0, 0.6),
-    ("食品/零食", "food/snacks", ["网红", "香辣", "低脂", "独立包装", "零添加", "手工", "整箱", "解馋", "办公室"],
-     ["牛肉干", "坚果礼盒", "辣条", "饼干", "鸭脖"], ["spicy", "snack", "nuts", "gift-box"], 39.9, 0.5),
-    ("食品/生鲜水果", "food/fresh-fruit", ["现摘", "新鲜", "产地直发", "脆甜", "大果", "当季", "顺丰包邮", "5斤装"],
-     ["丑橘", "猕猴桃", "车厘子", "芒果", "苹果"], ["fresh", "fruit", "orchard", "sweet"], 49.9, 0.5),
-    ("家居/收纳", "home/storage", ["大容量", "可折叠", "防尘", "加厚", "多层", "北欧风", "免安装", "透明"],
-     ["收纳箱", "置物架", "衣柜整理袋", "抽屉盒"], ["storage", "foldable", "box", "shelf"], 59.0, 0.5),
-    ("数码/耳机", "digital/earphones", ["蓝牙", "降噪", "无线", "运动", "长续航", "低延迟", "入耳式", "骨传导"],
-     ["耳机", "耳麦", "耳塞"], ["bluetooth", "noise-cancelling", "earbuds", "wireless"], 199.0, 0.7),
-    ("母婴/纸尿裤", "baby/diapers", ["超薄", "透气", "干爽", "新生儿", "拉拉裤", "夜用", "量贩装", "柔软"],
-     ["纸尿裤", "尿不湿", "湿巾"], ["diapers", "ultra-thin", "baby", "dry"], 119.0, 0.4),
-    ("运动/跑鞋", "sports/running-shoes", ["轻便", "缓震", "透气", "防滑", "网面", "碳板", "竞速", "休闲"],
-     ["跑步鞋", "运动鞋", "训练鞋"], ["running", "shoes", "cushioning", "lightweight"], 329.0, 0.45),
-    ("珠宝/项链", "jewelry/necklace", ["925银", "轻奢", "小众", "锁骨链", "淡水珍珠", "18K金", "简约", "生日礼物"],
-     ["项链", "吊坠", "手链"], ["silver", "pearl", "necklace", "gift"], 299.0, 0.8),
-    ("家电/空气炸锅", "appliance/air-fryer", ["家用", "大容量", "可视", "智能", "无油", "多功能", "不粘", "5L"],
-     ["空气炸锅", "电烤箱", "煎烤机"], ["air-fryer", "smart", "oil-free", "kitchen"], 299.0, 0.35),
+    (
+        "女装/连衣裙",
+        "women/dress",
+        ["夏季", "碎花", "雪纺", "法式", "收腰", "显瘦", "气质", "复古", "长款", "方领", "泡泡袖", "小个子"],
+        ["连衣裙", "长裙", "吊带裙", "衬衫裙"],
+        ["floral", "chiffon", "dress", "slim", "vintage"],
+        159.0,
+        0.45,
+    ),
+    (
+        "男装/T恤",
+        "men/t-shirt",
+        ["纯棉", "宽松", "短袖", "圆领", "冰丝", "潮牌", "百搭", "透气", "重磅", "印花"],
+        ["T恤", "polo衫", "打底衫"],
+        ["cotton", "tee", "oversize", "breathable"],
+        69.0,
+        0.4,
+    ),
+    (
+        "美妆/口红",
+        "beauty/lipstick",
+        ["哑光", "丝绒", "显白", "滋润", "不掉色", "小金条", "豆沙色", "正红色", "奶茶色"],
+        ["口红", "唇釉", "唇泥"],
+        ["matte", "velvet", "lipstick", "long-lasting"],
+        129.0,
+        0.45,
+    ),
+    (
+        "美妆/护肤",
+        "beauty/skincare",
+        ["补水", "保湿", "修护", "抗皱", "紧致", "烟酰胺", "玻尿酸", "敏感肌", "提亮"],
+        ["面霜", "精华液", "面膜", "爽肤水"],
+        ["hydrating", "serum", "repair", "cream"],
+        239.0,
+        0.6,
+    ),
+    (
+        "食品/零食",
+        "food/snacks",
+        ["网红", "香辣", "低脂", "独立包装", "零添加", "手工", "整箱", "解馋", "办公室"],
+        ["牛肉干", "坚果礼盒", "辣条", "饼干", "鸭脖"],
+        ["spicy", "snack", "nuts", "gift-box"],
+        39.9,
+        0.5,
+    ),
+    (
+        "食品/生鲜水果",
+        "food/fresh-fruit",
+        ["现摘", "新鲜", "产地直发", "脆甜", "大果", "当季", "顺丰包邮", "5斤装"],
+        ["丑橘", "猕猴桃", "车厘子", "芒果", "苹果"],
+        ["fresh", "fruit", "orchard", "sweet"],
+        49.9,
+        0.5,
+    ),
+    (
+        "家居/收纳",
+        "home/storage",
+        ["大容量", "可折叠", "防尘", "加厚", "多层", "北欧风", "免安装", "透明"],
+        ["收纳箱", "置物架", "衣柜整理袋", "抽屉盒"],
+        ["storage", "foldable", "box", "shelf"],
+        59.0,
+        0.5,
+    ),
+    (
+        "数码/耳机",
+        "digital/earphones",
+        ["蓝牙", "降噪", "无线", "运动", "长续航", "低延迟", "入耳式", "骨传导"],
+        ["耳机", "耳麦", "耳塞"],
+        ["bluetooth", "noise-cancelling", "earbuds", "wireless"],
+        199.0,
+        0.7,
+    ),
+    (
+        "母婴/纸尿裤",
+        "baby/diapers",
+        ["超薄", "透气", "干爽", "新生儿", "拉拉裤", "夜用", "量贩装", "柔软"],
+        ["纸尿裤", "尿不湿", "湿巾"],
+        ["diapers", "ultra-thin", "baby", "dry"],
+        119.0,
+        0.4,
+    ),
+    (
+        "运动/跑鞋",
+        "sports/running-shoes",
+        ["轻便", "缓震", "透气", "防滑", "网面", "碳板", "竞速", "休闲"],
+        ["跑步鞋", "运动鞋", "训练鞋"],
+        ["running", "shoes", "cushioning", "lightweight"],
+        329.0,
+        0.45,
+    ),
+    (
+        "珠宝/项链",
+        "jewelry/necklace",
+        ["925银", "轻奢", "小众", "锁骨链", "淡水珍珠", "18K金", "简约", "生日礼物"],
+        ["项链", "吊坠", "手链"],
+        ["silver", "pearl", "necklace", "gift"],
+        299.0,
+        0.8,
+    ),
+    (
+        "家电/空气炸锅",
+        "appliance/air-fryer",
+        ["家用", "大容量", "可视", "智能", "无油", "多功能", "不粘", "5L"],
+        ["空气炸锅", "电烤箱", "煎烤机"],
+        ["air-fryer", "smart", "oil-free", "kitchen"],
+        299.0,
+        0.35,
+    ),
 ]
-_BRANDS = ["悦然", "木子", "星禾", "云朵", "拾光", "青柚", "南风", "初见", "暖阳", "山茶", "小鹿", "橙意", "Lumi", "Moka", "Aurora"]
+_BRANDS = [
+    "悦然",
+    "木子",
+    "星禾",
+    "云朵",
+    "拾光",
+    "青柚",
+    "南风",
+    "初见",
+    "暖阳",
+    "山茶",
+    "小鹿",
+    "橙意",
+    "Lumi",
+    "Moka",
+    "Aurora",
+]
 _SELLING = ["直播间专享价", "主播推荐", "限时秒杀", "买一送一", "七天无理由退换", "顺丰包邮", "库存不多", "回购率超高"]
 _COMMENTS = [
-    "主播好美", "这个多少钱", "上链接!", "已拍", "尺码怎么选", "{n}号链接还有吗", "好看好看", "求讲解{n}号", "包邮吗",
-    "质量怎么样", "已下单 期待", "有优惠券吗", "发货快吗", "第一次来 关注了", "能便宜点吗", "拍了两件", "颜色好正",
-    "主播辛苦了", "想要!", "还有货吗", "支持支持", "66666", "❤❤❤", "这个适合学生吗", "回购了", "等了好久",
-    "求返场", "太划算了吧", "刚进来 讲的是什么", "主播声音好好听",
+    "主播好美",
+    "这个多少钱",
+    "上链接!",
+    "已拍",
+    "尺码怎么选",
+    "{n}号链接还有吗",
+    "好看好看",
+    "求讲解{n}号",
+    "包邮吗",
+    "质量怎么样",
+    "已下单 期待",
+    "有优惠券吗",
+    "发货快吗",
+    "第一次来 关注了",
+    "能便宜点吗",
+    "拍了两件",
+    "颜色好正",
+    "主播辛苦了",
+    "想要!",
+    "还有货吗",
+    "支持支持",
+    "66666",
+    "❤❤❤",
+    "这个适合学生吗",
+    "回购了",
+    "等了好久",
+    "求返场",
+    "太划算了吧",
+    "刚进来 讲的是什么",
+    "主播声音好好听",
 ]
 #: Repurchase cycle in days of the consumable categories (repeat world, ``repeat_purchases=True``);
 #: every other category is a durable (``None``): bought once, almost never bought again.
 CATEGORY_CYCLE_DAYS: dict[str, float | None] = {
-    "女装/连衣裙": None, "男装/T恤": None, "美妆/口红": 15.0, "美妆/护肤": 21.0, "食品/零食": 7.0,
-    "食品/生鲜水果": 5.0, "家居/收纳": None, "数码/耳机": None, "母婴/纸尿裤": 10.0, "运动/跑鞋": None,
-    "珠宝/项链": None, "家电/空气炸锅": None,
+    "女装/连衣裙": None,
+    "男装/T恤": None,
+    "美妆/口红": 15.0,
+    "美妆/护肤": 21.0,
+    "食品/零食": 7.0,
+    "食品/生鲜水果": 5.0,
+    "家居/收纳": None,
+    "数码/耳机": None,
+    "母婴/纸尿裤": 10.0,
+    "运动/跑鞋": None,
+    "珠宝/项链": None,
+    "家电/空气炸锅": None,
 }
 
 
@@ -110,8 +258,10 @@ _CONSUMABLE = np.array([CATEGORY_CYCLE_DAYS[c[0]] is not None for c in CATEGORIE
 
 def repeat_profile() -> dict[str, dict[str, Any]]:
     """Ground truth of the repeat model: category -> {"consumable": bool, "cycle_days": float | None}."""
-    return {c[0]: {"consumable": CATEGORY_CYCLE_DAYS[c[0]] is not None, "cycle_days": CATEGORY_CYCLE_DAYS[c[0]]}
-            for c in CATEGORIES}
+    return {
+        c[0]: {"consumable": CATEGORY_CYCLE_DAYS[c[0]] is not None, "cycle_days": CATEGORY_CYCLE_DAYS[c[0]]}
+        for c in CATEGORIES
+    }
 
 
 _HOST_NAMES = ["小杨哥", "薇娅同款", "琦琦", "阿亮", "大狼狗", "小月", "老罗好物", "东方小甄", "佳佳", "可乐姐"]
@@ -119,19 +269,42 @@ _GIFT_VALUES = np.array([0.1, 1.0, 6.6, 9.9, 19.9, 52.0, 99.0, 520.0, 1314.0])
 _GIFT_P = np.array([0.35, 0.25, 0.15, 0.1, 0.06, 0.04, 0.03, 0.015, 0.005])
 
 # Event type codes; the code order is also the tie-break order inside one millisecond.
-TYPES = ("stream_enter", "product_impression", "like", "comment", "share", "follow", "gift",
-         "product_click", "add_to_cart", "purchase", "stream_leave", "refund")
-(T_ENTER, T_IMP, T_LIKE, T_COMMENT, T_SHARE, T_FOLLOW, T_GIFT, T_CLICK, T_CART, T_BUY, T_LEAVE,
- T_REFUND) = range(len(TYPES))
+TYPES = (
+    "stream_enter",
+    "product_impression",
+    "like",
+    "comment",
+    "share",
+    "follow",
+    "gift",
+    "product_click",
+    "add_to_cart",
+    "purchase",
+    "stream_leave",
+    "refund",
+)
+(T_ENTER, T_IMP, T_LIKE, T_COMMENT, T_SHARE, T_FOLLOW, T_GIFT, T_CLICK, T_CART, T_BUY, T_LEAVE, T_REFUND) = range(
+    len(TYPES)
+)
 _PRODUCT_TYPES = {T_IMP, T_CLICK, T_CART, T_BUY, T_REFUND}
 
 #: Fault kinds. "extra row" kinds add a row derived from a real event (with its own event_id, or no
 #: usable one); duplicate re-sends a real event verbatim; late and skew alter how a real event is sent.
-FAULT_KINDS = ("duplicate", "malformed_json", "wrong_type", "missing_field", "negative_quantity",
-               "unknown_item", "unknown_type", "late", "skew")
+FAULT_KINDS = (
+    "duplicate",
+    "malformed_json",
+    "wrong_type",
+    "missing_field",
+    "negative_quantity",
+    "unknown_item",
+    "unknown_type",
+    "late",
+    "skew",
+)
 #: Kinds whose row a perfect cleaner drops (it never reaches the clean table).
-INVALID_KINDS = frozenset({"malformed_json", "wrong_type", "missing_field", "negative_quantity",
-                           "unknown_item", "unknown_type"})
+INVALID_KINDS = frozenset(
+    {"malformed_json", "wrong_type", "missing_field", "negative_quantity", "unknown_item", "unknown_type"}
+)
 _DAY_MS = 86_400_000
 _H_MS = 3_600_000
 
@@ -143,6 +316,7 @@ class FaultRates:
     ``duplicate``/``late``/``skew`` pick real events; the other kinds add one corrupted row per hit,
     derived from a real event of the same stream, at a random place in that stream's send order.
     """
+
     duplicate: float = 0.0
     malformed_json: float = 0.0
     wrong_type: float = 0.0
@@ -157,45 +331,54 @@ class FaultRates:
         return any(v > 0 for v in dataclasses.asdict(self).values())
 
 
-DEFAULT_FAULTS = FaultRates(duplicate=0.01, malformed_json=0.001, wrong_type=0.001, missing_field=0.001,
-                            negative_quantity=0.001, unknown_item=0.0005, unknown_type=0.001, late=0.003,
-                            skew=0.002)
+DEFAULT_FAULTS = FaultRates(
+    duplicate=0.01,
+    malformed_json=0.001,
+    wrong_type=0.001,
+    missing_field=0.001,
+    negative_quantity=0.001,
+    unknown_item=0.0005,
+    unknown_type=0.001,
+    late=0.003,
+    skew=0.002,
+)
 
 
 @dataclass(frozen=True)
 class SimConfig:
     """All knobs of the simulation; the output is a pure function of this object."""
+
     seed: int = 0
     n_streams: int = 5
     n_users: int = 2000
     n_items: int = 500
     platforms: tuple[str, ...] = ("douyin", "kuaishou")
-    start: str = "2026-11-27T12:00:00Z"      #: start of the simulated evening (UTC); streams start within
-    window_hours: float = 8.0                 #: ... this many hours after ``start``
-    mean_viewers_per_stream: float = 300.0    #: scale knob: mean sessions per stream (power-law spread)
-    stream_hours: float = 2.0                 #: median stream duration
-    watch_minutes: float = 6.0                #: median session length (lognormal)
+    start: str = "2026-11-27T12:00:00Z"  #: start of the simulated evening (UTC); streams start within
+    window_hours: float = 8.0  #: ... this many hours after ``start``
+    mean_viewers_per_stream: float = 300.0  #: scale knob: mean sessions per stream (power-law spread)
+    stream_hours: float = 2.0  #: median stream duration
+    watch_minutes: float = 6.0  #: median session length (lognormal)
     showcase_min: int = 10
     showcase_max: int = 40
     latent_dim: int = 16
-    no_leave_rate: float = 0.02               #: sessions that never send stream_leave (app killed)
-    refund_rate: float = 0.08                 #: base refund probability per purchase (higher if disliked)
-    plus08_rate: float = 0.3                  #: share of users whose device sends "+08:00" timestamps
-    faults: FaultRates | str | None = None    #: FaultRates, "default", or None/"none"
+    no_leave_rate: float = 0.02  #: sessions that never send stream_leave (app killed)
+    refund_rate: float = 0.08  #: base refund probability per purchase (higher if disliked)
+    plus08_rate: float = 0.3  #: share of users whose device sends "+08:00" timestamps
+    faults: FaultRates | str | None = None  #: FaultRates, "default", or None/"none"
     # --- repeat world (all defaults are no-ops: the single evening above, byte-identical) -------------
-    days: float = 0.0                         #: >0: a multi-day world: hosts stream repeatedly over this many days
-    n_hosts: int = 0                          #: hosts of the multi-day world (0 = about one per 2.5 days of streams)
-    host_loyalty: float = 1.0                 #: visit logit of a viewer following (or who bought from) the host
-    repeat_purchases: bool = False            #: consumables are rebought around their cycle, durables almost never
-    rebuy_boost: float = 6.0                  #: affinity boost of a consumable bought exactly one cycle ago
-    rebuy_intent: float = 0.9                 #: p(viewer looks up a due item in the cart list) at full dueness
-    room_dynamics: bool = False               #: presented item sells more; sales cluster (social proof)
-    presented_boost: float = 2.5              #: affinity boost of the item the host presents right now
-    social_proof: float = 0.8                 #: affinity boost per log1p(sales of the item in the last window)
-    social_window_minutes: float = 10.0       #: social proof window
+    days: float = 0.0  #: >0: a multi-day world: hosts stream repeatedly over this many days
+    n_hosts: int = 0  #: hosts of the multi-day world (0 = about one per 2.5 days of streams)
+    host_loyalty: float = 1.0  #: visit logit of a viewer following (or who bought from) the host
+    repeat_purchases: bool = False  #: consumables are rebought around their cycle, durables almost never
+    rebuy_boost: float = 6.0  #: affinity boost of a consumable bought exactly one cycle ago
+    rebuy_intent: float = 0.9  #: p(viewer looks up a due item in the cart list) at full dueness
+    room_dynamics: bool = False  #: presented item sells more; sales cluster (social proof)
+    presented_boost: float = 2.5  #: affinity boost of the item the host presents right now
+    social_proof: float = 0.8  #: affinity boost per log1p(sales of the item in the last window)
+    social_window_minutes: float = 10.0  #: social proof window
 
     @classmethod
-    def repeat_preset(cls, seed: int = 0, scale: float = 1.0, **overrides: Any) -> "SimConfig":
+    def repeat_preset(cls, seed: int = 0, scale: float = 1.0, **overrides: Any) -> SimConfig:
         """A ~28-day repeat world (``REPEAT_WORLD``): hosts streaming repeatedly, consumables rebought
         around their cycle, live-room dynamics. ``scale`` multiplies streams, users and items."""
         kw = dict(REPEAT_WORLD)
@@ -225,23 +408,41 @@ class SimConfig:
     def start_ms(self) -> int:
         dt = datetime.fromisoformat(self.start.replace("Z", "+00:00"))
         if dt.tzinfo is None:
-            dt = dt.replace(tzinfo=timezone.utc)
+            dt = dt.replace(tzinfo=UTC)
         return int(round(dt.timestamp() * 1000))
 
 
 #: The repeat-world preset (``SimConfig.repeat_preset()``): 28 days, 150 streams x ~300 viewers.
 REPEAT_WORLD: dict[str, Any] = dict(
-    days=28.0, n_streams=150, n_users=2400, n_items=450, mean_viewers_per_stream=300.0,
-    start="2026-11-01T11:00:00Z", window_hours=6.0, repeat_purchases=True, room_dynamics=True,
+    days=28.0,
+    n_streams=150,
+    n_users=2400,
+    n_items=450,
+    mean_viewers_per_stream=300.0,
+    start="2026-11-01T11:00:00Z",
+    window_hours=6.0,
+    repeat_purchases=True,
+    room_dynamics=True,
 )
 #: Knobs added with the repeat world; left out of ``truth.to_json()["config"]`` while at their default.
-_V2_FIELDS = ("days", "n_hosts", "host_loyalty", "repeat_purchases", "rebuy_boost", "rebuy_intent",
-              "room_dynamics", "presented_boost", "social_proof", "social_window_minutes")
+_V2_FIELDS = (
+    "days",
+    "n_hosts",
+    "host_loyalty",
+    "repeat_purchases",
+    "rebuy_boost",
+    "rebuy_intent",
+    "room_dynamics",
+    "presented_boost",
+    "social_proof",
+    "social_window_minutes",
+)
 
 
 # ----------------------------------------------------------------------------------------------
 # helpers
 # ----------------------------------------------------------------------------------------------
+
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-x))
@@ -269,27 +470,28 @@ def _dumps(obj: Any) -> bytes:
 # the world: catalog, users, streams
 # ----------------------------------------------------------------------------------------------
 
+
 @dataclass
 class World:
     item_ids: list[str]
-    item_cat: np.ndarray          # (N,) category index
-    item_price: np.ndarray        # (N,) CNY
-    item_vec: np.ndarray          # (N, D)
-    item_bias: np.ndarray         # (N,) quality / popularity logit offset
-    item_pop: np.ndarray          # (N,) popularity weight (power law)
+    item_cat: np.ndarray  # (N,) category index
+    item_price: np.ndarray  # (N,) CNY
+    item_vec: np.ndarray  # (N, D)
+    item_bias: np.ndarray  # (N,) quality / popularity logit offset
+    item_pop: np.ndarray  # (N,) popularity weight (power law)
     titles: list[str]
     descriptions: list[str]
     user_ids: list[str]
-    user_platform: np.ndarray     # (U,) platform index
-    user_vec: np.ndarray          # (U, D)
-    user_cat_w: np.ndarray        # (U, K) category mixture
-    user_activity: np.ndarray     # (U,) how often they watch (power law)
-    user_engage: np.ndarray       # (U,) likes/comments multiplier
-    user_plus08: np.ndarray       # (U,) device sends +08:00
-    cat_centers: np.ndarray       # (K, D)
+    user_platform: np.ndarray  # (U,) platform index
+    user_vec: np.ndarray  # (U, D)
+    user_cat_w: np.ndarray  # (U, K) category mixture
+    user_activity: np.ndarray  # (U,) how often they watch (power law)
+    user_engage: np.ndarray  # (U,) likes/comments multiplier
+    user_plus08: np.ndarray  # (U,) device sends +08:00
+    cat_centers: np.ndarray  # (K, D)
     streams: list[dict[str, Any]]  # sorted by start
-    hosts: list[dict[str, Any]] | None = None      # multi-day world: the hosts (index = host_index)
-    user_cycle_jitter: np.ndarray | None = None    # (U, K) repeat world: user's cycle = category cycle x this
+    hosts: list[dict[str, Any]] | None = None  # multi-day world: the hosts (index = host_index)
+    user_cycle_jitter: np.ndarray | None = None  # (U, K) repeat world: user's cycle = category cycle x this
 
 
 def _build_world(cfg: SimConfig) -> World:
@@ -341,16 +543,52 @@ def _build_world(cfg: SimConfig) -> World:
         jitter = None
         if cfg.repeat_purchases:
             jitter = np.exp(np.random.default_rng([cfg.seed, 6]).normal(0, 0.2, (U, K)))
-        return World(item_ids, item_cat, price, item_vec, item_bias, item_pop, titles, descs, user_ids,
-                     user_platform, user_vec, user_cat_w, user_activity, user_engage, user_plus08, centers, streams,
-                     hosts, jitter)
+        return World(
+            item_ids,
+            item_cat,
+            price,
+            item_vec,
+            item_bias,
+            item_pop,
+            titles,
+            descs,
+            user_ids,
+            user_platform,
+            user_vec,
+            user_cat_w,
+            user_activity,
+            user_engage,
+            user_plus08,
+            centers,
+            streams,
+            hosts,
+            jitter,
+        )
     streams = _legacy_streams(cfg, rng, item_cat, item_pop)
-    return World(item_ids, item_cat, price, item_vec, item_bias, item_pop, titles, descs, user_ids, user_platform,
-                 user_vec, user_cat_w, user_activity, user_engage, user_plus08, centers, streams)
+    return World(
+        item_ids,
+        item_cat,
+        price,
+        item_vec,
+        item_bias,
+        item_pop,
+        titles,
+        descs,
+        user_ids,
+        user_platform,
+        user_vec,
+        user_cat_w,
+        user_activity,
+        user_engage,
+        user_plus08,
+        centers,
+        streams,
+    )
 
 
-def _legacy_streams(cfg: SimConfig, rng: np.random.Generator, item_cat: np.ndarray, item_pop: np.ndarray
-                    ) -> list[dict[str, Any]]:
+def _legacy_streams(
+    cfg: SimConfig, rng: np.random.Generator, item_cat: np.ndarray, item_pop: np.ndarray
+) -> list[dict[str, Any]]:
     """The single-evening streams (``_build_world`` for a legacy config, and the v2 generator when
     ``days == 0``): same draws from ``rng``, so legacy output stays byte-identical."""
     K, N, S, P = len(CATEGORIES), len(item_cat), cfg.n_streams, len(cfg.platforms)
@@ -368,21 +606,29 @@ def _legacy_streams(cfg: SimConfig, rng: np.random.Generator, item_cat: np.ndarr
         st = start_ms + int(rng.uniform(0, cfg.window_hours * _H_MS))
         dur = int(np.clip(rng.lognormal(math.log(cfg.stream_hours * _H_MS), 0.4), 0.5 * _H_MS, 5 * _H_MS))
         host = int(rng.integers(len(_HOST_NAMES)))
-        streams.append({
-            "stream_id": f"s-{s:05d}", "platform": cfg.platforms[plat], "platform_index": plat,
-            "host_id": f"h-{s % max(1, S // 2 + 1):04d}-{cfg.platforms[plat]}",
-            "title": f"{_HOST_NAMES[host]}直播间 {CATEGORIES[main[0]][0].split('/')[1]}专场",
-            "start_ms": st, "end_ms": st + dur, "popularity": float(pop[s]),
-            "main_categories": [CATEGORIES[k][0] for k in main],
-            "showcase": show, "slot_ms": int(rng.uniform(120_000, 300_000)),
-            "index": s,
-        })
+        streams.append(
+            {
+                "stream_id": f"s-{s:05d}",
+                "platform": cfg.platforms[plat],
+                "platform_index": plat,
+                "host_id": f"h-{s % max(1, S // 2 + 1):04d}-{cfg.platforms[plat]}",
+                "title": f"{_HOST_NAMES[host]}直播间 {CATEGORIES[main[0]][0].split('/')[1]}专场",
+                "start_ms": st,
+                "end_ms": st + dur,
+                "popularity": float(pop[s]),
+                "main_categories": [CATEGORIES[k][0] for k in main],
+                "showcase": show,
+                "slot_ms": int(rng.uniform(120_000, 300_000)),
+                "index": s,
+            }
+        )
     streams.sort(key=lambda d: (d["start_ms"], d["index"]))
     return streams
 
 
-def _build_streams_v2(cfg: SimConfig, item_cat: np.ndarray, item_pop: np.ndarray
-                      ) -> tuple[list[dict[str, Any]] | None, list[dict[str, Any]]]:
+def _build_streams_v2(
+    cfg: SimConfig, item_cat: np.ndarray, item_pop: np.ndarray
+) -> tuple[list[dict[str, Any]] | None, list[dict[str, Any]]]:
     """Streams of a repeat world. With ``days > 0``: hosts (platform, 1-3 main categories, a core
     assortment, a popularity and a streaming frequency), each streaming on distinct days at about the
     same hour, with showcases drawn mostly from their core assortment (so they overlap). Every stream
@@ -407,12 +653,22 @@ def _build_streams_v2(cfg: SimConfig, item_cat: np.ndarray, item_pop: np.ndarray
             n_core = min(N, int(rng.integers(cfg.showcase_min + 10, cfg.showcase_max + 11)))
             w = item_pop * np.where(np.isin(item_cat, main), 1.0, 0.05)
             core = np.sort(np.argpartition(-(np.log(w) + rng.gumbel(size=N)), n_core - 1)[:n_core])
-            hosts.append({"host_id": f"h-{h:04d}-{cfg.platforms[plat]}", "host_index": h, "platform": cfg.platforms[plat],
-                          "platform_index": plat, "name": _HOST_NAMES[h % len(_HOST_NAMES)] + ("" if h < len(_HOST_NAMES) else str(h // len(_HOST_NAMES) + 1)),
-                          "main": main, "core": core, "popularity": float(rng.pareto(1.2) + 0.2),
-                          "frequency": float(rng.pareto(1.0) + 0.5),
-                          "hour_offset_ms": int(rng.uniform(0, 0.6 * cfg.window_hours * _H_MS)),
-                          "slot_ms": int(rng.uniform(120_000, 300_000))})
+            hosts.append(
+                {
+                    "host_id": f"h-{h:04d}-{cfg.platforms[plat]}",
+                    "host_index": h,
+                    "platform": cfg.platforms[plat],
+                    "platform_index": plat,
+                    "name": _HOST_NAMES[h % len(_HOST_NAMES)]
+                    + ("" if h < len(_HOST_NAMES) else str(h // len(_HOST_NAMES) + 1)),
+                    "main": main,
+                    "core": core,
+                    "popularity": float(rng.pareto(1.2) + 0.2),
+                    "frequency": float(rng.pareto(1.0) + 0.5),
+                    "hour_offset_ms": int(rng.uniform(0, 0.6 * cfg.window_hours * _H_MS)),
+                    "slot_ms": int(rng.uniform(120_000, 300_000)),
+                }
+            )
         # streams per host: at least one, the rest by frequency, at most one a day
         freq = np.array([h["frequency"] for h in hosts])
         counts = np.ones(H, np.int64) + rng.multinomial(S - H, freq / freq.sum())
@@ -431,17 +687,26 @@ def _build_streams_v2(cfg: SimConfig, item_cat: np.ndarray, item_pop: np.ndarray
                 st = start_ms + d * _DAY_MS + int(np.clip(off, 0, cfg.window_hours * _H_MS))
                 dur = int(np.clip(rng.lognormal(math.log(cfg.stream_hours * _H_MS), 0.4), 0.5 * _H_MS, 5 * _H_MS))
                 n_show = min(int(rng.integers(cfg.showcase_min, cfg.showcase_max + 1)), N)
-                w = item_pop * np.where(np.isin(np.arange(N), hd["core"]), 25.0,
-                                        np.where(np.isin(item_cat, hd["main"]), 1.0, 0.05))
+                w = item_pop * np.where(
+                    np.isin(np.arange(N), hd["core"]), 25.0, np.where(np.isin(item_cat, hd["main"]), 1.0, 0.05)
+                )
                 show = np.sort(np.argpartition(-(np.log(w) + rng.gumbel(size=N)), n_show - 1)[:n_show])
                 main = hd["main"]
-                raw.append({"platform": hd["platform"], "platform_index": hd["platform_index"],
-                            "host_id": hd["host_id"], "host_index": h,
-                            "title": f"{hd['name']}直播间 {CATEGORIES[main[0]][0].split('/')[1]}专场 第{d + 1}天",
-                            "start_ms": st, "end_ms": st + dur,
-                            "popularity": hd["popularity"] * float(rng.lognormal(0, 0.3)),
-                            "main_categories": [CATEGORIES[k][0] for k in main], "showcase": show,
-                            "slot_ms": hd["slot_ms"]})
+                raw.append(
+                    {
+                        "platform": hd["platform"],
+                        "platform_index": hd["platform_index"],
+                        "host_id": hd["host_id"],
+                        "host_index": h,
+                        "title": f"{hd['name']}直播间 {CATEGORIES[main[0]][0].split('/')[1]}专场 第{d + 1}天",
+                        "start_ms": st,
+                        "end_ms": st + dur,
+                        "popularity": hd["popularity"] * float(rng.lognormal(0, 0.3)),
+                        "main_categories": [CATEGORIES[k][0] for k in main],
+                        "showcase": show,
+                        "slot_ms": hd["slot_ms"],
+                    }
+                )
         raw.sort(key=lambda d: (d["start_ms"], d["host_index"]))
         mean_pop = float(np.mean([d["popularity"] for d in raw]))
         streams = []
@@ -469,6 +734,7 @@ def _affinity(world: World, u: np.ndarray, i: np.ndarray) -> np.ndarray:
 # ----------------------------------------------------------------------------------------------
 # one stream's true events (columnar, vectorised)
 # ----------------------------------------------------------------------------------------------
+
 
 def _stream_events(cfg: SimConfig, world: World, st: dict[str, Any]) -> list[dict[str, Any]]:
     rng = np.random.default_rng([cfg.seed, 1, st["index"]])
@@ -557,7 +823,12 @@ def _stream_events(cfg: SimConfig, world: World, st: dict[str, Any]) -> list[dic
     like_s = spread(rng.poisson(0.35 * wm * eng), T_LIKE)
     com_s = spread(rng.poisson(0.12 * wm * eng), T_COMMENT)
     spread((rng.random(V) < 0.04).astype(np.int64), T_SHARE)
-    spread((rng.random(V) < 0.03 + 0.03 * np.tanh(np.maximum(match[np.searchsorted(plat_users, users)], 0))).astype(np.int64), T_FOLLOW)
+    spread(
+        (rng.random(V) < 0.03 + 0.03 * np.tanh(np.maximum(match[np.searchsorted(plat_users, users)], 0))).astype(
+            np.int64
+        ),
+        T_FOLLOW,
+    )
     gift_s = spread(rng.poisson(0.015 * wm * eng), T_GIFT)
 
     # leave after the last action; some sessions never send it
@@ -576,13 +847,36 @@ def _stream_events(cfg: SimConfig, world: World, st: dict[str, Any]) -> list[dic
     r_t = b_t[ref] + rng.lognormal(math.log(6 * _H_MS), 1.0, int(ref.sum())).astype(np.int64)
     add(b_s[ref], r_t, T_REFUND, b_i[ref])
 
-    return _rows(world, st, rng, (cols_sess, cols_t, cols_type, cols_item), a_q, b_q, ref, len(like_s),
-                 len(com_s), len(gift_s), users, m)
+    return _rows(
+        world,
+        st,
+        rng,
+        (cols_sess, cols_t, cols_type, cols_item),
+        a_q,
+        b_q,
+        ref,
+        len(like_s),
+        len(com_s),
+        len(gift_s),
+        users,
+        m,
+    )
 
 
-def _rows(world: World, st: dict[str, Any], rng: np.random.Generator, cols: tuple[list, list, list, list],
-          a_q: np.ndarray, b_q: np.ndarray, ref: np.ndarray, n_like: int, n_com: int, n_gift: int,
-          users: np.ndarray, m: int) -> list[dict[str, Any]]:
+def _rows(
+    world: World,
+    st: dict[str, Any],
+    rng: np.random.Generator,
+    cols: tuple[list, list, list, list],
+    a_q: np.ndarray,
+    b_q: np.ndarray,
+    ref: np.ndarray,
+    n_like: int,
+    n_com: int,
+    n_gift: int,
+    users: np.ndarray,
+    m: int,
+) -> list[dict[str, Any]]:
     """Event dicts of one stream from its columns, added in the order imp, click, cart, buy, like,
     comment, share, follow, gift, enter, leave, refund."""
     cols_sess, cols_t, cols_type, cols_item = cols
@@ -598,8 +892,12 @@ def _rows(world: World, st: dict[str, Any], rng: np.random.Generator, cols: tupl
     aux = np.zeros(n, np.int64)
     offs = np.cumsum([0] + [len(c) for c in cols_sess])
     # order of add(): imp, click, cart, buy, like, comment, share, follow, gift, enter, leave, refund
-    sl = {name: slice(offs[j], offs[j + 1]) for j, name in enumerate(
-        ["imp", "click", "cart", "buy", "like", "comment", "share", "follow", "gift", "enter", "leave", "refund"])}
+    sl = {
+        name: slice(offs[j], offs[j + 1])
+        for j, name in enumerate(
+            ["imp", "click", "cart", "buy", "like", "comment", "share", "follow", "gift", "enter", "leave", "refund"]
+        )
+    }
     qty[sl["cart"]] = a_q
     qty[sl["buy"]] = b_q
     qty[sl["refund"]] = b_q[ref]
@@ -619,10 +917,17 @@ def _rows(world: World, st: dict[str, Any], rng: np.random.Generator, cols: tupl
     uid, iid, price = world.user_ids, world.item_ids, world.item_price.tolist()
     rows: list[dict[str, Any]] = []
     append = rows.append
-    for n_, (y, u, i, tsv, q, v, o, ax) in enumerate(zip(Y_.tolist(), U_.tolist(), I_.tolist(), ts, qty.tolist(),
-                                                          val.tolist(), order_no.tolist(), aux.tolist())):
-        d = {"event_id": pfx + f"{n_:07d}", "type": TYPES[y], "ts": tsv, "platform": plat, "stream_id": sid,
-             "user_id": uid[u]}
+    for n_, (y, u, i, tsv, q, v, o, ax) in enumerate(
+        zip(Y_.tolist(), U_.tolist(), I_.tolist(), ts, qty.tolist(), val.tolist(), order_no.tolist(), aux.tolist())
+    ):
+        d = {
+            "event_id": pfx + f"{n_:07d}",
+            "type": TYPES[y],
+            "ts": tsv,
+            "platform": plat,
+            "stream_id": sid,
+            "user_id": uid[u],
+        }
         if y in _PRODUCT_TYPES:
             d["item_id"] = iid[i]
             d["price"] = price[i]
@@ -650,14 +955,14 @@ def _rows(world: World, st: dict[str, Any], rng: np.random.Generator, cols: tupl
 # ----------------------------------------------------------------------------------------------
 
 #: Fixed shape constants of the rebuy model (see docs/simulator.md "Repeat world").
-_REBUY_SIGMA = 0.35      # width of the due bell in log(gap / cycle)
-_REBUY_LOYAL = 1.5       # affinity bonus for a consumable past its cycle (a product the user knows)
-_REBUY_EARLY = 6.0       # penalty for rebuying a consumable at r -> 0 (linear, gone at r = 0.5)
-_REBUY_DURABLE = 12.0    # penalty for rebuying a durable
-_STOCKED = 3.0          # penalty for another item of a consumable category bought < 1 cycle ago (linear in r)
-_OWNED = 2.0            # penalty for another item of a durable category the user bought before
-_VISIT_DUE = 4.5         # visit logit per unit of the best due item in the stream's showcase
-_VISIT_BOUGHT = 1.0      # visit logit per earlier purchase session with the host (capped at 3)
+_REBUY_SIGMA = 0.35  # width of the due bell in log(gap / cycle)
+_REBUY_LOYAL = 1.5  # affinity bonus for a consumable past its cycle (a product the user knows)
+_REBUY_EARLY = 6.0  # penalty for rebuying a consumable at r -> 0 (linear, gone at r = 0.5)
+_REBUY_DURABLE = 12.0  # penalty for rebuying a durable
+_STOCKED = 3.0  # penalty for another item of a consumable category bought < 1 cycle ago (linear in r)
+_OWNED = 2.0  # penalty for another item of a durable category the user bought before
+_VISIT_DUE = 4.5  # visit logit per unit of the best due item in the stream's showcase
+_VISIT_BOUGHT = 1.0  # visit logit per earlier purchase session with the host (capped at 3)
 
 
 class _RepeatState:
@@ -679,10 +984,10 @@ class _RepeatState:
             self.last = np.full((U, N), -1, np.int64)
             self.last_cat = np.full((U, len(CATEGORIES)), -1, np.int64)
             cyc = np.array([CATEGORY_CYCLE_DAYS[c[0]] or 0.0 for c in CATEGORIES]) * _DAY_MS
-            self.cycle_ms = cyc[world.item_cat]              # (N,) 0 = durable
+            self.cycle_ms = cyc[world.item_cat]  # (N,) 0 = durable
         self.n_buys = 0
         self.n_repeat = 0
-        self.repeat_by_cat = np.zeros((len(CATEGORIES), 2), np.int64)   # (buys, repeats) per category
+        self.repeat_by_cat = np.zeros((len(CATEGORIES), 2), np.int64)  # (buys, repeats) per category
 
     # --- the rebuy model ------------------------------------------------------------------------
     def _ratio(self, u: np.ndarray, i: np.ndarray, t: np.ndarray | int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -698,14 +1003,16 @@ class _RepeatState:
     def rebuy(self, u: np.ndarray, i: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(affinity boost, bought before) at impression time t."""
         bought, cons, r = self._ratio(u, i, t)
-        bell = np.exp(-np.log(r) ** 2 / (2 * _REBUY_SIGMA ** 2))
-        cb = (self.cfg.rebuy_boost * bell + _REBUY_LOYAL * (r >= 1.0) - _REBUY_EARLY * np.clip(1.0 - 2.0 * r, 0, 1))
+        bell = np.exp(-(np.log(r) ** 2) / (2 * _REBUY_SIGMA**2))
+        cb = self.cfg.rebuy_boost * bell + _REBUY_LOYAL * (r >= 1.0) - _REBUY_EARLY * np.clip(1.0 - 2.0 * r, 0, 1)
         boost = np.where(bought, np.where(cons, cb, -_REBUY_DURABLE), 0.0)
         # another item of a category the user is stocked with (consumable within its cycle) or
         # already owns (durable): less likely
         c = self.world.item_cat[i]
         lc = self.last_cat[u, c]
-        rc = np.maximum(np.asarray(t) - lc, 1) / np.where(cons, self.cycle_ms[i] * self.world.user_cycle_jitter[u, c], 1.0)
+        rc = np.maximum(np.asarray(t) - lc, 1) / np.where(
+            cons, self.cycle_ms[i] * self.world.user_cycle_jitter[u, c], 1.0
+        )
         other = (lc >= 0) & ~bought
         boost = boost - other * np.where(cons, _STOCKED * np.clip(1.0 - rc, 0, 1), _OWNED)
         return boost, bought
@@ -713,18 +1020,27 @@ class _RepeatState:
     def due(self, users: np.ndarray, show: np.ndarray, t: int) -> np.ndarray:
         """(len(users), len(show)) dueness in [0, 1]: the bell for consumables bought before, else 0."""
         bought, cons, r = self._ratio(users[:, None], show[None, :], t)
-        return np.where(bought & cons, np.exp(-np.log(r) ** 2 / (2 * _REBUY_SIGMA ** 2)), 0.0)
+        return np.where(bought & cons, np.exp(-(np.log(r) ** 2) / (2 * _REBUY_SIGMA**2)), 0.0)
 
     def visit_logit(self, users: np.ndarray, st: dict[str, Any]) -> np.ndarray:
         """Extra log-weight of each candidate viewer: host loyalty and due items in the showcase."""
         h = st["host_index"]
-        out = self.cfg.host_loyalty * self.followed[users, h] + _VISIT_BOUGHT * np.minimum(self.bought_from[users, h], 3)
+        out = self.cfg.host_loyalty * self.followed[users, h] + _VISIT_BOUGHT * np.minimum(
+            self.bought_from[users, h], 3
+        )
         if self.last is not None:
             out = out + _VISIT_DUE * self.due(users, st["showcase"], st["start_ms"]).max(1)
         return out
 
-    def record(self, st: dict[str, Any], buy_u: np.ndarray, buy_i: np.ndarray, buy_t: np.ndarray,
-               repeat: np.ndarray, followers: np.ndarray) -> None:
+    def record(
+        self,
+        st: dict[str, Any],
+        buy_u: np.ndarray,
+        buy_i: np.ndarray,
+        buy_t: np.ndarray,
+        repeat: np.ndarray,
+        followers: np.ndarray,
+    ) -> None:
         h = st["host_index"]
         self.followed[followers, h] = True
         self.bought_from[np.unique(buy_u), h] += 1
@@ -740,17 +1056,21 @@ class _RepeatState:
             self.last_cat[buy_u[o], cat[o]] = np.maximum(self.last_cat[buy_u[o], cat[o]], buy_t[o])
 
     def summary(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"purchases": self.n_buys, "repeat_purchases": self.n_repeat,
-                               "repeat_share": round(self.n_repeat / max(1, self.n_buys), 4)}
+        out: dict[str, Any] = {
+            "purchases": self.n_buys,
+            "repeat_purchases": self.n_repeat,
+            "repeat_share": round(self.n_repeat / max(1, self.n_buys), 4),
+        }
         if self.last is not None:
             out["repeat_share_by_category"] = {
                 CATEGORIES[k][0]: {"purchases": int(b), "repeats": int(r), "share": round(r / max(1, b), 4)}
-                for k, (b, r) in enumerate(self.repeat_by_cat.tolist()) if b}
+                for k, (b, r) in enumerate(self.repeat_by_cat.tolist())
+                if b
+            }
         return out
 
 
-def _stream_events_v2(cfg: SimConfig, world: World, st: dict[str, Any], state: _RepeatState
-                      ) -> list[dict[str, Any]]:
+def _stream_events_v2(cfg: SimConfig, world: World, st: dict[str, Any], state: _RepeatState) -> list[dict[str, Any]]:
     """One stream of a repeat world: like ``_stream_events`` plus host loyalty and due items in the
     viewer draw, due-item look-ups in the cart list, the rebuy boost, the presented-item boost and
     social proof in the funnel. Reads and then updates ``state``."""
@@ -910,8 +1230,20 @@ def _stream_events_v2(cfg: SimConfig, world: World, st: dict[str, Any], state: _
     add(b_s[ref], r_t, T_REFUND, b_i[ref])
 
     state.record(st, users[b_s], b_i, b_tt, repeat[buy], users[fol_s])
-    return _rows(world, st, rng, (cols_sess, cols_t, cols_type, cols_item), a_q, b_q, ref, len(like_s),
-                 len(com_s), len(gift_s), users, m)
+    return _rows(
+        world,
+        st,
+        rng,
+        (cols_sess, cols_t, cols_type, cols_item),
+        a_q,
+        b_q,
+        ref,
+        len(like_s),
+        len(com_s),
+        len(gift_s),
+        users,
+        m,
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -923,12 +1255,19 @@ _REQUIRED = {
     "product": ["item_id"],
     "purchase": ["price"],
 }
-_WRONG_TYPES = [("price", "abc"), ("quantity", "two"), ("user_id", 12345), ("ts", 1795810503), ("count", "many"),
-                ("stream_id", None)]
+_WRONG_TYPES = [
+    ("price", "abc"),
+    ("quantity", "two"),
+    ("user_id", 12345),
+    ("ts", 1795810503),
+    ("count", "many"),
+    ("stream_id", None),
+]
 
 
-def _inject_faults(rows: list[dict[str, Any]], rates: FaultRates, cfg: SimConfig, st: dict[str, Any],
-                   world: World) -> tuple[list[tuple[Any, dict | None]], list[tuple[int, Any, dict]]]:
+def _inject_faults(
+    rows: list[dict[str, Any]], rates: FaultRates, cfg: SimConfig, st: dict[str, Any], world: World
+) -> tuple[list[tuple[Any, dict | None]], list[tuple[int, Any, dict]]]:
     """Return (send-order rows with fault meta, late rows as (sent_at_ms, row, meta))."""
     n = len(rows)
     if n == 0 or not rates.any():
@@ -940,7 +1279,7 @@ def _inject_faults(rows: list[dict[str, Any]], rates: FaultRates, cfg: SimConfig
     def take(rate: float) -> np.ndarray:
         nonlocal pos
         k = min(int(rng.binomial(n, rate)) if rate > 0 else 0, n - pos)
-        out = perm[pos:pos + k]
+        out = perm[pos : pos + k]
         pos += k
         return out
 
@@ -956,12 +1295,16 @@ def _inject_faults(rows: list[dict[str, Any]], rates: FaultRates, cfg: SimConfig
         off = int(rng.uniform(600_000, 6 * _H_MS)) * (1 if rng.random() < 0.5 else -1)
         r["ts"] = format_ts(parse_ts_ms(true_ts) + off, true_ts.endswith("+08:00"))[0]
         out_rows[i] = r
-        meta[i] = {"kind": "skew", "event_id": r["event_id"], "true_ts": true_ts, "sent_ts": r["ts"],
-                   "skew_s": off / 1000.0}
+        meta[i] = {
+            "kind": "skew",
+            "event_id": r["event_id"],
+            "true_ts": true_ts,
+            "sent_ts": r["ts"],
+            "skew_s": off / 1000.0,
+        }
     for i in dup_idx.tolist():
         later = min(n - 1, i + int(rng.integers(1, 200)))
-        inserts.append((later, seq, out_rows[i], {"kind": "duplicate", "event_id": rows[i]["event_id"],
-                                                   "copies": 2}))
+        inserts.append((later, seq, out_rows[i], {"kind": "duplicate", "event_id": rows[i]["event_id"], "copies": 2}))
         seq += 1
 
     def fresh_id() -> str:
@@ -981,13 +1324,23 @@ def _inject_faults(rows: list[dict[str, Any]], rates: FaultRates, cfg: SimConfig
     for i in extra(rates.malformed_json):
         b = orjson.dumps(rows[i]).decode()
         style = int(rng.integers(3))
-        raw = b[: max(1, int(len(b) * rng.uniform(0.2, 0.9)))] if style == 0 else (
-            str(rows[i]) if style == 1 else "ERROR 502 upstream <html>")
+        raw = (
+            b[: max(1, int(len(b) * rng.uniform(0.2, 0.9)))]
+            if style == 0
+            else (str(rows[i]) if style == 1 else "ERROR 502 upstream <html>")
+        )
         place(raw, {"kind": "malformed_json", "field": "record", "source_event_id": rows[i]["event_id"], "raw": raw})
     for i in extra(rates.wrong_type):
         r = dict(rows[i], event_id=fresh_id())
         f, v = _WRONG_TYPES[int(rng.integers(len(_WRONG_TYPES)))]
-        if f == "price" and "price" not in r or f == "quantity" and "quantity" not in r or f == "count" and "count" not in r:
+        if (
+            f == "price"
+            and "price" not in r
+            or f == "quantity"
+            and "quantity" not in r
+            or f == "count"
+            and "count" not in r
+        ):
             f, v = "user_id", 12345
         r[f] = v
         place(r, {"kind": "wrong_type", "event_id": r["event_id"], "field": f, "source_event_id": rows[i]["event_id"]})
@@ -1001,8 +1354,15 @@ def _inject_faults(rows: list[dict[str, Any]], rates: FaultRates, cfg: SimConfig
         f = req[int(rng.integers(len(req)))]
         eid = r["event_id"]
         del r[f]
-        place(r, {"kind": "missing_field", "event_id": None if f == "event_id" else eid, "field": f,
-                  "source_event_id": rows[i]["event_id"]})
+        place(
+            r,
+            {
+                "kind": "missing_field",
+                "event_id": None if f == "event_id" else eid,
+                "field": f,
+                "source_event_id": rows[i]["event_id"],
+            },
+        )
     prod = [j for j, r in enumerate(rows) if r["type"] in ("add_to_cart", "purchase", "refund")]
     buys = [j for j, r in enumerate(rows) if r["type"] == "purchase"]
     for i in extra(rates.negative_quantity):
@@ -1010,8 +1370,15 @@ def _inject_faults(rows: list[dict[str, Any]], rates: FaultRates, cfg: SimConfig
             break
         src = rows[prod[i % len(prod)]]
         r = dict(src, event_id=fresh_id(), quantity=-int(rng.integers(1, 4)))
-        place(r, {"kind": "negative_quantity", "event_id": r["event_id"], "field": "quantity",
-                  "source_event_id": src["event_id"]})
+        place(
+            r,
+            {
+                "kind": "negative_quantity",
+                "event_id": r["event_id"],
+                "field": "quantity",
+                "source_event_id": src["event_id"],
+            },
+        )
     for i in extra(rates.unknown_item):
         if buys:
             src = rows[buys[i % len(buys)]]
@@ -1025,7 +1392,15 @@ def _inject_faults(rows: list[dict[str, Any]], rates: FaultRates, cfg: SimConfig
         place(r, {"kind": "unknown_item", "event_id": eid, "field": "item_id", "source_event_id": src["event_id"]})
     for i in extra(rates.unknown_type):
         r = dict(rows[i], event_id=fresh_id(), type="superchat")
-        place(r, {"kind": "unknown_type", "event_id": r["event_id"], "field": "type", "source_event_id": rows[i]["event_id"]})
+        place(
+            r,
+            {
+                "kind": "unknown_type",
+                "event_id": r["event_id"],
+                "field": "type",
+                "source_event_id": rows[i]["event_id"],
+            },
+        )
 
     late: list[tuple[int, Any, dict]] = []
     for i in sorted(late_set):
@@ -1049,6 +1424,7 @@ def _inject_faults(rows: list[dict[str, Any]], rates: FaultRates, cfg: SimConfig
 # ground truth + simulation
 # ----------------------------------------------------------------------------------------------
 
+
 class GroundTruth:
     """What really happened: latent tastes, the streams, every injected fault, the clean events.
 
@@ -1056,7 +1432,7 @@ class GroundTruth:
     map ids to positions.
     """
 
-    def __init__(self, sim: "Simulation"):
+    def __init__(self, sim: Simulation):
         self._sim = sim
         w = sim.world
         self.config = sim.cfg
@@ -1088,20 +1464,25 @@ class GroundTruth:
     def affinity_matrix(self, users: Sequence[str | int] | None = None) -> np.ndarray:
         """(n_users, n_items) affinity scores (all users if None) - for small worlds."""
         w = self._sim.world
-        uu = np.arange(len(self.user_ids)) if users is None else np.array(
-            [self.user_index[u] if isinstance(u, str) else int(u) for u in users])
+        uu = (
+            np.arange(len(self.user_ids))
+            if users is None
+            else np.array([self.user_index[u] if isinstance(u, str) else int(u) for u in users])
+        )
         return (w.user_vec[uu] @ w.item_vec.T) * 1.5 + w.item_bias[None, :]
 
     def purchase_prob(self, user: str | int, items: Iterable[str | int] | None = None) -> np.ndarray:
         """P(purchase | impression) = p(click) p(cart|click) p(buy|cart), the recommender's ideal."""
         a = self.affinity(user, items)
-        return (_sigmoid(_CLICK[0] + _CLICK[1] * a) * _sigmoid(_CART[0] + _CART[1] * a)
-                * _sigmoid(_BUY[0] + _BUY[1] * a))
+        return _sigmoid(_CLICK[0] + _CLICK[1] * a) * _sigmoid(_CART[0] + _CART[1] * a) * _sigmoid(_BUY[0] + _BUY[1] * a)
 
     def top_items(self, user: str | int, k: int = 10, items: Iterable[str | int] | None = None) -> list[str]:
         """The k items with the highest true purchase probability (optionally among ``items``)."""
-        cand = list(range(len(self.item_ids))) if items is None else [
-            self.item_index[i] if isinstance(i, str) else int(i) for i in items]
+        cand = (
+            list(range(len(self.item_ids)))
+            if items is None
+            else [self.item_index[i] if isinstance(i, str) else int(i) for i in items]
+        )
         p = self.purchase_prob(user, cand)
         return [self.item_ids[cand[j]] for j in np.argsort(-p, kind="stable")[:k]]
 
@@ -1110,13 +1491,23 @@ class GroundTruth:
     def streams(self):
         """DataFrame: stream_id, platform, host_id, title, start, end, popularity, main_categories, showcase."""
         import pandas as pd
+
         rows = []
         for s in self._sim.world.streams:
-            rows.append({"stream_id": s["stream_id"], "platform": s["platform"], "host_id": s["host_id"],
-                         "title": s["title"], "start": pd.Timestamp(s["start_ms"], unit="ms", tz="UTC"),
-                         "end": pd.Timestamp(s["end_ms"], unit="ms", tz="UTC"), "popularity": s["popularity"],
-                         "main_categories": s["main_categories"], "slot_s": s["slot_ms"] / 1000,
-                         "showcase": [self.item_ids[i] for i in s["showcase"]]})
+            rows.append(
+                {
+                    "stream_id": s["stream_id"],
+                    "platform": s["platform"],
+                    "host_id": s["host_id"],
+                    "title": s["title"],
+                    "start": pd.Timestamp(s["start_ms"], unit="ms", tz="UTC"),
+                    "end": pd.Timestamp(s["end_ms"], unit="ms", tz="UTC"),
+                    "popularity": s["popularity"],
+                    "main_categories": s["main_categories"],
+                    "slot_s": s["slot_ms"] / 1000,
+                    "showcase": [self.item_ids[i] for i in s["showcase"]],
+                }
+            )
         return pd.DataFrame(rows)
 
     def showcase(self, stream_id: str) -> list[str]:
@@ -1139,15 +1530,27 @@ class GroundTruth:
     def hosts(self):
         """DataFrame of a multi-day world's hosts (host_id, platform, main categories, core assortment)."""
         import pandas as pd
-        return pd.DataFrame([{"host_id": h["host_id"], "platform": h["platform"], "name": h["name"],
-                              "main_categories": [CATEGORIES[k][0] for k in h["main"]],
-                              "core": [self.item_ids[i] for i in h["core"]], "popularity": h["popularity"],
-                              "frequency": h["frequency"]} for h in (self._sim.world.hosts or [])])
+
+        return pd.DataFrame(
+            [
+                {
+                    "host_id": h["host_id"],
+                    "platform": h["platform"],
+                    "name": h["name"],
+                    "main_categories": [CATEGORIES[k][0] for k in h["main"]],
+                    "core": [self.item_ids[i] for i in h["core"]],
+                    "popularity": h["popularity"],
+                    "frequency": h["frequency"],
+                }
+                for h in (self._sim.world.hosts or [])
+            ]
+        )
 
     def presentation(self, stream_id: str):
         """DataFrame (slot, start_ms, end_ms, item_id): what the host presents when (repeat-world knobs
         on; the legacy single evening draws its order inside the event generator and does not keep it)."""
         import pandas as pd
+
         st = next((s for s in self._sim.world.streams if s["stream_id"] == stream_id), None)
         if st is None:
             raise KeyError(stream_id)
@@ -1156,8 +1559,14 @@ class GroundTruth:
         L, order = st["slot_ms"], st["presentation"]
         n = (st["end_ms"] - st["start_ms"]) // L + 1
         k = np.arange(n)
-        return pd.DataFrame({"slot": k, "start_ms": st["start_ms"] + k * L, "end_ms": st["start_ms"] + (k + 1) * L,
-                             "item_id": [self.item_ids[i] for i in order[k % len(order)]]})
+        return pd.DataFrame(
+            {
+                "slot": k,
+                "start_ms": st["start_ms"] + k * L,
+                "end_ms": st["start_ms"] + (k + 1) * L,
+                "item_id": [self.item_ids[i] for i in order[k % len(order)]],
+            }
+        )
 
     # --- faults and clean events ---------------------------------------------------------------
     @property
@@ -1172,6 +1581,7 @@ class GroundTruth:
 
     def faults_frame(self):
         import pandas as pd
+
         return pd.DataFrame([{"key": k, **v} for k, v in self.fault_log.items()])
 
     def clean_events(self) -> list[dict[str, Any]]:
@@ -1187,6 +1597,7 @@ class GroundTruth:
         ``late`` (bool: sent hours late). Invalid rows (see ``INVALID_KINDS``) are absent.
         """
         import pandas as pd
+
         log = self.fault_log
         df = pd.DataFrame(self.clean_events())
         if df.empty:
@@ -1199,6 +1610,7 @@ class GroundTruth:
 
     def catalog_frame(self):
         import pandas as pd
+
         return pd.DataFrame(self._sim.catalog)
 
     def summary(self) -> dict[str, Any]:
@@ -1213,8 +1625,9 @@ class GroundTruth:
         for k in _V2_FIELDS:  # repeat-world knobs only when used: older truth files stay as they were
             if cfg[k] == getattr(defaults, k):
                 del cfg[k]
-        streams = [{k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in s.items()}
-                   for s in self._sim.world.streams]
+        streams = [
+            {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in s.items()} for s in self._sim.world.streams
+        ]
         for s in streams:
             s["showcase"] = [self.item_ids[i] for i in s["showcase"]]
             if "presentation" in s:
@@ -1259,10 +1672,19 @@ class Simulation:
             cat = []
             for i, iid in enumerate(w.item_ids):
                 plat = first_plat.get(i, cfg.platforms[i % len(cfg.platforms)])
-                d = {"event_id": f"{plat}-cat-{i:06d}", "type": "catalog_item", "ts": ts[i], "platform": plat,
-                     "item_id": iid, "title": w.titles[i], "description": w.descriptions[i],
-                     "category": CATEGORIES[w.item_cat[i]][0], "price": price[i], "currency": "CNY",
-                     "stream_ids": by_item.get(i, [])}
+                d = {
+                    "event_id": f"{plat}-cat-{i:06d}",
+                    "type": "catalog_item",
+                    "ts": ts[i],
+                    "platform": plat,
+                    "item_id": iid,
+                    "title": w.titles[i],
+                    "description": w.descriptions[i],
+                    "category": CATEGORIES[w.item_cat[i]][0],
+                    "price": price[i],
+                    "currency": "CNY",
+                    "stream_ids": by_item.get(i, []),
+                }
                 cat.append(d)
             self._catalog = cat
         return self._catalog
@@ -1291,8 +1713,11 @@ class Simulation:
 
         state = _RepeatState(self.cfg, self.world) if self.cfg.uses_v2() else None
         for st in self.world.streams:
-            rows = (_stream_events(self.cfg, self.world, st) if state is None
-                    else _stream_events_v2(self.cfg, self.world, st, state))
+            rows = (
+                _stream_events(self.cfg, self.world, st)
+                if state is None
+                else _stream_events_v2(self.cfg, self.world, st, state)
+            )
             n_true += len(rows)
             if keep_clean:
                 clean.extend(rows)
@@ -1311,9 +1736,14 @@ class Simulation:
             yield plat, r
             line += 1
         self._fault_log = log
-        self._summary = {"true_events": n_true, "sent_rows": line, "events_by_type": dict(sorted(by_type.items())),
-                         "faults_by_kind": dict(sorted(Counter(v["kind"] for v in log.values()).items())),
-                         "catalog_items": len(self.world.item_ids), "streams": len(self.world.streams)}
+        self._summary = {
+            "true_events": n_true,
+            "sent_rows": line,
+            "events_by_type": dict(sorted(by_type.items())),
+            "faults_by_kind": dict(sorted(Counter(v["kind"] for v in log.values()).items())),
+            "catalog_items": len(self.world.item_ids),
+            "streams": len(self.world.streams),
+        }
         if state is not None:
             self._summary["repeat"] = state.summary()
             if self.world.hosts is not None:
@@ -1359,8 +1789,9 @@ class Simulation:
         if buf:
             yield buf
 
-    def iter_platform_batches(self, batch_size: int = 500, include_catalog: bool = True
-                              ) -> Iterator[tuple[str, list[Any]]]:
+    def iter_platform_batches(
+        self, batch_size: int = 500, include_catalog: bool = True
+    ) -> Iterator[tuple[str, list[Any]]]:
         """(platform, rows) batches: each platform's rows in send order, as its webhooks would carry."""
         bufs: dict[str, list[Any]] = defaultdict(list)
         src: Iterable[tuple[str, Any]] = ((r["platform"], r) for r in self.catalog) if include_catalog else ()
@@ -1400,19 +1831,25 @@ def simulate(cfg: SimConfig | None = None, **overrides: Any) -> Simulation:
 # output: files, HTTP
 # ----------------------------------------------------------------------------------------------
 
-def write_files(sim: Simulation, out_dir: str | os.PathLike, gzip_output: bool = False,
-                truth_tables: bool = True) -> dict[str, str]:
+
+def write_files(
+    sim: Simulation, out_dir: str | os.PathLike, gzip_output: bool = False, truth_tables: bool = True
+) -> dict[str, str]:
     """Write ``catalog.ndjson``, ``events.ndjson`` (send order, raw lines verbatim), ``truth.json``,
     and if ``truth_tables``: ``expected_clean.parquet``, ``items.parquet``, ``users.parquet``
     (latent vectors). ``gzip_output`` writes ``.ndjson.gz``. Streams (bounded memory) unless
     ``truth_tables`` needs the clean events. Returns {name: path}."""
     import pandas as pd
+
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     ext = ".ndjson.gz" if gzip_output else ".ndjson"
     opener = (lambda p: gzip.open(p, "wb", compresslevel=5)) if gzip_output else (lambda p: open(p, "wb"))
-    paths = {"catalog": str(out / f"catalog{ext}"), "events": str(out / f"events{ext}"),
-             "truth": str(out / "truth.json")}
+    paths = {
+        "catalog": str(out / f"catalog{ext}"),
+        "events": str(out / f"events{ext}"),
+        "truth": str(out / "truth.json"),
+    }
     with opener(paths["catalog"]) as f:
         for r in sim.catalog:
             f.write(orjson.dumps(r) + b"\n")
@@ -1436,19 +1873,33 @@ def write_files(sim: Simulation, out_dir: str | os.PathLike, gzip_output: bool =
         paths["expected_clean"] = str(out / "expected_clean.parquet")
         df.to_parquet(paths["expected_clean"], index=False)
         paths["items"] = str(out / "items.parquet")
-        pd.DataFrame({"item_id": t.item_ids, "category": t.item_category, "price": t.item_price,
-                      "bias": t.item_bias, "popularity": t.item_popularity,
-                      "vector": list(t.item_vectors)}).to_parquet(paths["items"], index=False)
+        pd.DataFrame(
+            {
+                "item_id": t.item_ids,
+                "category": t.item_category,
+                "price": t.item_price,
+                "bias": t.item_bias,
+                "popularity": t.item_popularity,
+                "vector": list(t.item_vectors),
+            }
+        ).to_parquet(paths["items"], index=False)
         paths["users"] = str(out / "users.parquet")
-        pd.DataFrame({"user_id": t.user_ids, "platform": t.user_platform, "activity": t.user_activity,
-                      "vector": list(t.user_vectors),
-                      "category_weights": list(t.user_category_weights)}).to_parquet(paths["users"], index=False)
+        pd.DataFrame(
+            {
+                "user_id": t.user_ids,
+                "platform": t.user_platform,
+                "activity": t.user_activity,
+                "vector": list(t.user_vectors),
+                "category_weights": list(t.user_category_weights),
+            }
+        ).to_parquet(paths["users"], index=False)
     return paths
 
 
 @dataclass
 class SendResult:
     """Outcome of ``send``. ``responses`` holds one summary per HTTP request (no per-event results)."""
+
     accepted: int = 0
     rejected: int = 0
     rows_sent: int = 0
@@ -1461,9 +1912,20 @@ class SendResult:
     responses: list[dict[str, Any]] = field(default_factory=list)
 
 
-def _post_batch(session: Any, url: str, platform: str, secret: str | bytes, rows: list[Any], body_format: str,
-                timeout: float, max_retries: int, max_wait_s: float, sleep=time.sleep) -> list[dict[str, Any]]:
-    from .signing import signed_headers
+def _post_batch(
+    session: Any,
+    url: str,
+    platform: str,
+    secret: str | bytes,
+    rows: list[Any],
+    body_format: str,
+    timeout: float,
+    max_retries: int,
+    max_wait_s: float,
+    sleep=time.sleep,
+) -> list[dict[str, Any]]:
+    from shared.signing import signed_headers
+
     if body_format == "ndjson":
         bodies = [(b"\n".join(_dumps(r) for r in rows) + b"\n", len(rows))]
         ctype = "application/x-ndjson"
@@ -1483,7 +1945,7 @@ def _post_batch(session: Any, url: str, platform: str, secret: str | bytes, rows
             except Exception as exc:  # connection trouble: retry with backoff
                 summary.update(status=None, error=f"{type(exc).__name__}: {exc}")
                 if attempt < max_retries:
-                    sleep(min(max_wait_s, 0.5 * 2 ** attempt))
+                    sleep(min(max_wait_s, 0.5 * 2**attempt))
                     continue
                 break
             summary["status"] = resp.status_code
@@ -1516,9 +1978,19 @@ def _post_batch(session: Any, url: str, platform: str, secret: str | bytes, rows
     return out
 
 
-def send(sim: Simulation, url: str, secrets: Mapping[str, str | bytes], batch_size: int = 500,
-         concurrency: int = 4, progress: bool = True, body_format: str = "ndjson", include_catalog: bool = True,
-         timeout: float = 30.0, max_retries: int = 5, max_wait_s: float = 30.0) -> SendResult:
+def send(
+    sim: Simulation,
+    url: str,
+    secrets: Mapping[str, str | bytes],
+    batch_size: int = 500,
+    concurrency: int = 4,
+    progress: bool = True,
+    body_format: str = "ndjson",
+    include_catalog: bool = True,
+    timeout: float = 30.0,
+    max_retries: int = 5,
+    max_wait_s: float = 30.0,
+) -> SendResult:
     """POST the simulation (catalog first, then events in send order) to an ingest URL.
 
     Rows are grouped per platform into batches of ``batch_size``; each body (NDJSON by default, or a
@@ -1529,6 +2001,7 @@ def send(sim: Simulation, url: str, secrets: Mapping[str, str | bytes], batch_si
     A batch of a platform missing from ``secrets`` raises ``KeyError`` before anything is sent.
     """
     import requests
+
     missing = sorted(set(sim.cfg.platforms) - set(secrets))
     if missing:
         raise KeyError(f"no secret for platform(s): {', '.join(missing)}")
@@ -1537,8 +2010,7 @@ def send(sim: Simulation, url: str, secrets: Mapping[str, str | bytes], batch_si
     def work(plat: str, rows: list[Any]) -> list[dict[str, Any]]:
         if not hasattr(local, "session"):
             local.session = requests.Session()
-        return _post_batch(local.session, url, plat, secrets[plat], rows, body_format, timeout, max_retries,
-                           max_wait_s)
+        return _post_batch(local.session, url, plat, secrets[plat], rows, body_format, timeout, max_retries, max_wait_s)
 
     res = SendResult()
     total = ((len(sim.catalog) if include_catalog else 0) + len(sim._events)) if sim._events is not None else 0
@@ -1564,8 +2036,10 @@ def send(sim: Simulation, url: str, secrets: Mapping[str, str | bytes], batch_si
         if progress:
             el = time.monotonic() - t0
             tot = f"/{total}" if total else ""
-            sys.stderr.write(f"\rsent {res.rows_sent}{tot} rows  accepted {res.accepted}  rejected {res.rejected}"
-                             f"  failed batches {res.failed_batches}  {res.rows_sent / max(el, 1e-9):.0f} rows/s ")
+            sys.stderr.write(
+                f"\rsent {res.rows_sent}{tot} rows  accepted {res.accepted}  rejected {res.rejected}"
+                f"  failed batches {res.failed_batches}  {res.rows_sent / max(el, 1e-9):.0f} rows/s "
+            )
             sys.stderr.flush()
 
     with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
@@ -1588,8 +2062,9 @@ def send(sim: Simulation, url: str, secrets: Mapping[str, str | bytes], batch_si
 # CLI
 # ----------------------------------------------------------------------------------------------
 
+
 def _parse_faults(spec: str | None) -> FaultRates | str | None:
-    """"default", "none", or "kind=rate,kind=rate" (starting from zero)."""
+    """ "default", "none", or "kind=rate,kind=rate" (starting from zero)."""
     if not spec or spec == "none":
         return None
     if spec == "default":
@@ -1604,8 +2079,9 @@ def _parse_faults(spec: str | None) -> FaultRates | str | None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m shared.simulator",
-                                 description="Deterministic live-stream selling traffic with ground truth.")
+    ap = argparse.ArgumentParser(
+        prog="python -m devtools.simulator", description="Deterministic live-stream selling traffic with ground truth."
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--streams", type=int, default=5)
     ap.add_argument("--users", type=int, default=2000)
@@ -1613,42 +2089,61 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--viewers", type=float, default=300.0, help="mean viewers (sessions) per stream")
     ap.add_argument("--platforms", default="douyin,kuaishou")
     ap.add_argument("--start", default="2026-11-27T12:00:00Z")
-    ap.add_argument("--faults", default=None, help="'default', 'none', or kind=rate,... (kinds: %s)"
-                    % ", ".join(FAULT_KINDS))
-    ap.add_argument("--repeat-world", action="store_true",
-                    help="the ~28-day repeat world preset (SimConfig.repeat_preset); --seed/--faults/--platforms/"
-                         "--start apply, --streams/--users/--items/--viewers are ignored (use --scale)")
+    ap.add_argument(
+        "--faults", default=None, help="'default', 'none', or kind=rate,... (kinds: %s)" % ", ".join(FAULT_KINDS)
+    )
+    ap.add_argument(
+        "--repeat-world",
+        action="store_true",
+        help="the ~28-day repeat world preset (SimConfig.repeat_preset); --seed/--faults/--platforms/"
+        "--start apply, --streams/--users/--items/--viewers are ignored (use --scale)",
+    )
     ap.add_argument("--scale", type=float, default=1.0, help="with --repeat-world: scale streams, users, items")
     ap.add_argument("--days", type=float, default=None, help="with --repeat-world: days of the world (default 28)")
     ap.add_argument("--out", help="write NDJSON + truth files into this directory")
     ap.add_argument("--gzip", action="store_true", help="with --out: write .ndjson.gz")
     ap.add_argument("--no-truth-tables", action="store_true", help="with --out: skip parquet truth (streams)")
     ap.add_argument("--url", help="POST to this ingest URL")
-    ap.add_argument("--secret", action="append", default=[], metavar="PLATFORM=SECRET",
-                    help="per-platform signing secret (default: $DAIHUO_SECRET_<PLATFORM>)")
+    ap.add_argument(
+        "--secret",
+        action="append",
+        default=[],
+        metavar="PLATFORM=SECRET",
+        help="per-platform signing secret (default: $DAIHUO_SECRET_<PLATFORM>)",
+    )
     ap.add_argument("--batch-size", type=int, default=500)
     ap.add_argument("--concurrency", type=int, default=4)
     ap.add_argument("--format", choices=["ndjson", "json"], default="ndjson")
     a = ap.parse_args(argv)
     if a.repeat_world:
-        over: dict[str, Any] = {"platforms": tuple(p for p in a.platforms.split(",") if p),
-                                "faults": _parse_faults(a.faults)}
+        over: dict[str, Any] = {
+            "platforms": tuple(p for p in a.platforms.split(",") if p),
+            "faults": _parse_faults(a.faults),
+        }
         if a.start != ap.get_default("start"):
             over["start"] = a.start
         if a.days is not None:
             over["days"] = a.days
         cfg = SimConfig.repeat_preset(seed=a.seed, scale=a.scale, **over)
     else:
-        cfg = SimConfig(seed=a.seed, n_streams=a.streams, n_users=a.users, n_items=a.items,
-                        mean_viewers_per_stream=a.viewers, platforms=tuple(p for p in a.platforms.split(",") if p),
-                        start=a.start, faults=_parse_faults(a.faults))
+        cfg = SimConfig(
+            seed=a.seed,
+            n_streams=a.streams,
+            n_users=a.users,
+            n_items=a.items,
+            mean_viewers_per_stream=a.viewers,
+            platforms=tuple(p for p in a.platforms.split(",") if p),
+            start=a.start,
+            faults=_parse_faults(a.faults),
+        )
     sim = simulate(cfg)
     t0 = time.monotonic()
     report: dict[str, Any] = {}
     if a.out:
         report["files"] = write_files(sim, a.out, gzip_output=a.gzip, truth_tables=not a.no_truth_tables)
     if a.url:
-        from .signing import secret_env_name
+        from shared.signing import secret_env_name
+
         secrets: dict[str, str] = {}
         for p in cfg.platforms:
             v = os.environ.get(secret_env_name(p))
@@ -1658,9 +2153,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             p, _, v = s.partition("=")
             secrets[p] = v
         r = send(sim, a.url, secrets, batch_size=a.batch_size, concurrency=a.concurrency, body_format=a.format)
-        report["send"] = {"accepted": r.accepted, "rejected": r.rejected, "rows_sent": r.rows_sent,
-                          "batches": r.batches, "failed_batches": r.failed_batches, "by_status": r.by_status,
-                          "by_platform": r.by_platform, "reject_reasons": r.reject_reasons}
+        report["send"] = {
+            "accepted": r.accepted,
+            "rejected": r.rejected,
+            "rows_sent": r.rows_sent,
+            "batches": r.batches,
+            "failed_batches": r.failed_batches,
+            "by_status": r.by_status,
+            "by_platform": r.by_platform,
+            "reject_reasons": r.reject_reasons,
+        }
     if not a.out and not a.url:
         for _ in sim.iter_events():
             pass

@@ -13,10 +13,11 @@ Zips are deterministic: entries sorted, fixed timestamps (1980-01-01), fixed per
 same source gives byte-identical bundles and the same SHA-256; Terraform puts that hash in the
 object name (infra/storage.tf), so only a changed bundle redeploys.
 
-Usage: ``python tools/package.py [--out dist] [name ...]``  (default: every function folder that
+Usage: ``python -m devtools.package [--out dist] [name ...]``  (default: every function folder that
 has a main.py; a folder without one -- still being written -- is reported and skipped, or is an
 error with ``--strict``).
 """
+
 from __future__ import annotations
 
 import argparse

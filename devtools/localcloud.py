@@ -3,9 +3,9 @@ own functions-framework process, the topics and subscriptions of ``infra/topolog
 subscriptions pointing at the CloudEvent functions, the archive's pull subscription, a dead-letter
 topic), and a scheduler that publishes the ticks on the schedules declared there.
 
-    python -m shared.localcloud up [--detach] [--port-base 8080] [--store local|gcs] [--every clean-hourly=20]
-    python -m shared.localcloud status
-    python -m shared.localcloud down
+    python -m devtools.localcloud up [--detach] [--port-base 8080] [--store local|gcs] [--every clean-hourly=20]
+    python -m devtools.localcloud status
+    python -m devtools.localcloud down
 
 ``up`` without ``--detach`` runs in the foreground until Ctrl-C; with it, a background process
 holds the stack and ``down`` stops it (SIGTERM, clean shutdown). State and logs live in
@@ -17,6 +17,7 @@ Supervision: a thread restarts a function whose process died (backoff ``restart_
 doubling to 30 s, reset after a minute up). ``status`` checks every function (HTTP), every emulator
 (process + API) and the holding process; anything down -> ``DOWN`` and exit code 1.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,10 +30,10 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
-from shared import emulators
+from devtools import emulators
 from shared.log import get_logger
 
 log = get_logger("localcloud")
@@ -78,7 +79,7 @@ class Scheduler(threading.Thread):
 
     def fire(self, name: str) -> str:
         spec = self.schedules[name]
-        now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        now = datetime.now(UTC).isoformat(timespec="seconds")
         payload = {**spec.get("payload", {}), "schedule": name, "scheduled_at": now}
         mid = self.bus.publish(spec["topic"], json.dumps(payload).encode(), schedule=name)
         self.fired.append((name, now))
@@ -110,11 +111,22 @@ class Scheduler(threading.Thread):
 
 
 class Stack:
-    def __init__(self, *, port_base: int = 8080, store: str = "local", state_dir: Path = STATE_DIR,
-                 functions: list[str] | None = None, overrides: dict[str, float] | None = None,
-                 scheduler: bool = True, project: str = "daihuo-local", fresh: bool = False,
-                 push_backoff_s: tuple[float, float] = (1.0, 10.0), extra_env: dict[str, str] | None = None,
-                 restart_backoff_s: tuple[float, float] = (1.0, 30.0), supervise: bool = True):
+    def __init__(
+        self,
+        *,
+        port_base: int = 8080,
+        store: str = "local",
+        state_dir: Path = STATE_DIR,
+        functions: list[str] | None = None,
+        overrides: dict[str, float] | None = None,
+        scheduler: bool = True,
+        project: str = "daihuo-local",
+        fresh: bool = False,
+        push_backoff_s: tuple[float, float] = (1.0, 10.0),
+        extra_env: dict[str, str] | None = None,
+        restart_backoff_s: tuple[float, float] = (1.0, 30.0),
+        supervise: bool = True,
+    ):
         self.topology = load_topology()
         self.ports = Ports(port_base)
         self.store_kind = store
@@ -174,8 +186,12 @@ class Stack:
         from shared import identity
 
         priv, pub = identity.keygen()
-        values = {"viewer_kid": "local-1", "viewer_private": identity.b64url(priv), "viewer_public": identity.b64url(pub),
-                  "operator_token": pysecrets.token_urlsafe(32)}
+        values = {
+            "viewer_kid": "local-1",
+            "viewer_private": identity.b64url(priv),
+            "viewer_public": identity.b64url(pub),
+            "operator_token": pysecrets.token_urlsafe(32),
+        }
         path.write_text(json.dumps(values))
         path.chmod(0o600)
         return values
@@ -187,7 +203,7 @@ class Stack:
         return identity.mint(identity.unb64url(ident["viewer_private"]), ident["viewer_kid"], user_id, ttl_s=ttl_s)
 
     # -- lifecycle -----------------------------------------------------------------------------
-    def start(self) -> "Stack":
+    def start(self) -> Stack:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.log_dir.mkdir(parents=True, exist_ok=True)
         if self.fresh and (self.state_dir / "store").exists():
@@ -204,11 +220,21 @@ class Stack:
                 gcs = emulators.start_gcs(self.ports.gcs, log_dir=self.log_dir)
                 self.procs["gcs-emulator"] = gcs
                 self.env.update(gcs.env)
-            self.env.update({"DAIHUO_STORE": self._store_url(), "PUBSUB_PROJECT_ID": self.project,
-                             "GOOGLE_CLOUD_PROJECT": self.project, **self.extra_env})
+            self.env.update(
+                {
+                    "DAIHUO_STORE": self._store_url(),
+                    "PUBSUB_PROJECT_ID": self.project,
+                    "GOOGLE_CLOUD_PROJECT": self.project,
+                    **self.extra_env,
+                }
+            )
             self.env.update({f"DAIHUO_SECRET_{p.upper()}": s for p, s in self.secrets.items()})
-            self.env.update({"DAIHUO_VIEWER_KEYS": json.dumps({self.identity["viewer_kid"]: self.identity["viewer_public"]}),
-                             "DAIHUO_OPERATOR_TOKENS": self.identity["operator_token"]})
+            self.env.update(
+                {
+                    "DAIHUO_VIEWER_KEYS": json.dumps({self.identity["viewer_kid"]: self.identity["viewer_public"]}),
+                    "DAIHUO_OPERATOR_TOKENS": self.identity["operator_token"],
+                }
+            )
             self._saved_env = {k: os.environ.get(k) for k in self.env}
             os.environ.update(self.env)  # this process's clients (bus, store) talk to the stack
             from shared.bus import Bus
@@ -234,30 +260,38 @@ class Stack:
     def _start_function(self, name: str) -> emulators.Emulator:
         spec = self.topology["functions"][name]
         sig = "http" if spec["trigger"] == "http" else "cloudevent"
-        return emulators.start_function(name, spec["entry_point"], port=self.ports.function(spec["port_offset"]),
-                                        signature_type=sig, env=self.env, log_dir=self.log_dir, timeout=60)
+        return emulators.start_function(
+            name,
+            spec["entry_point"],
+            port=self.ports.function(spec["port_offset"]),
+            signature_type=sig,
+            env=self.env,
+            log_dir=self.log_dir,
+            timeout=60,
+        )
 
     def _supervise(self) -> None:
         """Restart a function whose process died, with exponential backoff per function (``restart_backoff_s``
         = (first, max) seconds; the delay doubles after each restart that did not stay up for a minute).
         Emulators are not restarted (a new Pub/Sub emulator has no topics; ``status`` reports it down)."""
         first, cap = self.restart_backoff_s
-        delay = {n: first for n in self.functions()}
+        delay = dict.fromkeys(self.functions(), first)
         up_since = {n: time.monotonic() for n in self.functions()}
         while not self._stopping.wait(0.5):
             for name in self.functions():
                 proc = self.procs.get(name)
                 if proc is None or proc.proc.poll() is None:
                     if proc is not None and time.monotonic() - up_since[name] > 60:
-                        delay[name] = first   # stayed up: the next crash restarts quickly again
+                        delay[name] = first  # stayed up: the next crash restarts quickly again
                     continue
                 code = proc.proc.returncode
                 try:  # leftovers of the dead process group (a gunicorn worker) must free the port
                     os.killpg(proc.proc.pid, signal.SIGKILL)
                 except (ProcessLookupError, PermissionError):
                     pass
-                log.error("function died; restarting", extra={"function": name, "exit_code": code,
-                                                              "backoff_s": delay[name]})
+                log.error(
+                    "function died; restarting", extra={"function": name, "exit_code": code, "backoff_s": delay[name]}
+                )
                 if self._stopping.wait(delay[name]):
                     return
                 try:
@@ -288,17 +322,28 @@ class Stack:
             if spec["trigger"] != "topic":
                 continue
             self.bus.ensure_subscription(
-                f"{name}-push", spec["topic"], push_endpoint=self.url(name), ack_deadline_s=d["ack_deadline_s"],
-                dead_letter_topic=d["dead_letter_topic"], max_delivery_attempts=d["max_delivery_attempts"],
-                min_backoff_s=self.push_backoff_s[0], max_backoff_s=self.push_backoff_s[1])
+                f"{name}-push",
+                spec["topic"],
+                push_endpoint=self.url(name),
+                ack_deadline_s=d["ack_deadline_s"],
+                dead_letter_topic=d["dead_letter_topic"],
+                max_delivery_attempts=d["max_delivery_attempts"],
+                min_backoff_s=self.push_backoff_s[0],
+                max_backoff_s=self.push_backoff_s[1],
+            )
 
     def _write_state(self) -> None:
-        state = {"pid": os.getpid(), "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                 "store": self.env.get("DAIHUO_STORE"), "env": {k: v for k, v in self.env.items() if "SECRET" not in k and "TOKEN" not in k},
-                 "functions": {n: self.url(n) for n in self.functions()},
-                 "emulators": {n: e.host for n, e in self.procs.items() if n.endswith("emulator")},
-                 "pids": {n: e.proc.pid for n, e in self.procs.items()}, "restarts": dict(self.restarts),
-                 "logs": str(self.log_dir)}
+        state = {
+            "pid": os.getpid(),
+            "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "store": self.env.get("DAIHUO_STORE"),
+            "env": {k: v for k, v in self.env.items() if "SECRET" not in k and "TOKEN" not in k},
+            "functions": {n: self.url(n) for n in self.functions()},
+            "emulators": {n: e.host for n, e in self.procs.items() if n.endswith("emulator")},
+            "pids": {n: e.proc.pid for n, e in self.procs.items()},
+            "restarts": dict(self.restarts),
+            "logs": str(self.log_dir),
+        }
         (self.state_dir / "state.json").write_text(json.dumps(state, indent=2))
 
     def health(self) -> dict[str, bool]:
@@ -325,14 +370,15 @@ class Stack:
     def stop(self) -> None:
         self._stopping.set()
         if self._supervisor is not None:
-            with self._proc_lock:   # a restart in progress finishes first (then it is stopped below)
+            with self._proc_lock:  # a restart in progress finishes first (then it is stopped below)
                 pass
             self._supervisor.join(timeout=5)
             self._supervisor = None
         if self.scheduler:
             self.scheduler.stop()
-        for name in [n for n in self.procs if not n.endswith("emulator")] + \
-                [n for n in self.procs if n.endswith("emulator")]:
+        for name in [n for n in self.procs if not n.endswith("emulator")] + [
+            n for n in self.procs if n.endswith("emulator")
+        ]:
             try:
                 self.procs[name].stop()
             except Exception:
@@ -353,7 +399,7 @@ class Stack:
                 os.environ[k] = v
         self._saved_env = {}
 
-    def __enter__(self) -> "Stack":
+    def __enter__(self) -> Stack:
         return self.start()
 
     def __exit__(self, *exc) -> None:
@@ -364,6 +410,7 @@ def _probe(url: str) -> bool:
     """Up = the server answers HTTP at all (any status)."""
     import urllib.error
     import urllib.request
+
     try:
         urllib.request.urlopen(url, timeout=2).read()
         return True
@@ -399,7 +446,7 @@ def status(state_dir: Path = STATE_DIR) -> tuple[bool, list[str]]:
     lines.append(f"{'stack':16s} pid {state.get('pid')!s:22s} {'up' if holder else 'DOWN (stale state)'}")
     restarts = state.get("restarts", {})
     for name, url in state["functions"].items():
-        up = _probe(url + "__health")   # the HTTP answer is the truth (the supervisor may have restarted it)
+        up = _probe(url + "__health")  # the HTTP answer is the truth (the supervisor may have restarted it)
         ok &= up
         extra = f" (restarted {restarts[name]}x)" if restarts.get(name) else ""
         lines.append(f"{name:16s} {url:28s} {'up' if up else 'DOWN'}{extra}")
@@ -422,14 +469,22 @@ def _parse_overrides(items: list[str]) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m shared.localcloud", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m devtools.localcloud", description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
     up = sub.add_parser("up", help="start the local cloud")
     up.add_argument("--port-base", type=int, default=int(os.environ.get("DAIHUO_PORT_BASE", 8080)))
-    up.add_argument("--store", default=os.environ.get("DAIHUO_LOCAL_STORE", "local"),
-                    help="local (embedded default), gcs (the GCS emulator), or a store URL")
-    up.add_argument("--every", action="append", default=[], metavar="SCHEDULE=SECONDS",
-                    help="run a schedule at a fixed interval instead of its cron (e.g. clean-hourly=30)")
+    up.add_argument(
+        "--store",
+        default=os.environ.get("DAIHUO_LOCAL_STORE", "local"),
+        help="local (embedded default), gcs (the GCS emulator), or a store URL",
+    )
+    up.add_argument(
+        "--every",
+        action="append",
+        default=[],
+        metavar="SCHEDULE=SECONDS",
+        help="run a schedule at a fixed interval instead of its cron (e.g. clean-hourly=30)",
+    )
     up.add_argument("--detach", action="store_true", help="run in the background; stop with `down`")
     up.add_argument("--fresh", action="store_true", help="empty the local store and make new secrets")
     sub.add_parser("down", help="stop a detached local cloud")
@@ -465,12 +520,27 @@ def main(argv: list[str] | None = None) -> int:
         print(f"local cloud already running (see {state_path}); `make down` first", file=sys.stderr)
         return 1
     if args.detach:
-        cmd = [sys.executable, "-m", "shared.localcloud", "up", "--port-base", str(args.port_base), "--store", args.store]
+        cmd = [
+            sys.executable,
+            "-m",
+            "devtools.localcloud",
+            "up",
+            "--port-base",
+            str(args.port_base),
+            "--store",
+            args.store,
+        ]
         cmd += [f"--every={e}" for e in args.every] + (["--fresh"] if args.fresh else [])
         STATE_DIR.mkdir(parents=True, exist_ok=True)
         with open(STATE_DIR / "stack.log", "ab") as out:
-            proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-                                    env={**os.environ, "PYTHONPATH": str(ROOT)})
+            proc = subprocess.Popen(
+                cmd,
+                cwd=ROOT,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                env={**os.environ, "PYTHONPATH": str(ROOT)},
+            )
         for _ in range(1200):
             if state_path.exists():
                 print(state_path.read_text())
@@ -484,8 +554,18 @@ def main(argv: list[str] | None = None) -> int:
     stopping = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())
     stack.start()
-    print(json.dumps({"functions": {n: stack.url(n) for n in stack.functions()}, "health": stack.health(),
-                      "store": stack.env["DAIHUO_STORE"], "logs": str(stack.log_dir)}, indent=2), flush=True)
+    print(
+        json.dumps(
+            {
+                "functions": {n: stack.url(n) for n in stack.functions()},
+                "health": stack.health(),
+                "store": stack.env["DAIHUO_STORE"],
+                "logs": str(stack.log_dir),
+            },
+            indent=2,
+        ),
+        flush=True,
+    )
     try:
         while not stopping.wait(1.0):
             pass

@@ -6,6 +6,7 @@
 Each emulator runs as its own process group so that stopping it also stops the children the
 launcher scripts start (the Pub/Sub script execs java; gcloud wraps it once more).
 """
+
 from __future__ import annotations
 
 import os
@@ -57,7 +58,7 @@ class Emulator:
                 pass
             self.proc.wait(timeout=timeout)
 
-    def __enter__(self) -> "Emulator":
+    def __enter__(self) -> Emulator:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -86,8 +87,14 @@ def _wait_http(url: str, proc: subprocess.Popen, name: str, timeout: float, log_
 def _spawn(cmd: list[str], log_path: Path | None, env: dict[str, str] | None = None) -> subprocess.Popen:
     out = open(log_path, "ab") if log_path else subprocess.DEVNULL
     try:
-        return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True, env={**os.environ, **(env or {})})
+        return subprocess.Popen(
+            cmd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            env={**os.environ, **(env or {})},
+        )
     finally:
         if log_path:
             out.close()
@@ -96,12 +103,16 @@ def _spawn(cmd: list[str], log_path: Path | None, env: dict[str, str] | None = N
 def start_gcs(port: int | None = None, log_dir: Path | None = None, timeout: float = 30.0) -> Emulator:
     """Start ``gcp-storage-emulator`` in memory on 127.0.0.1:port."""
     port = port or free_port()
-    exe = shutil.which("gcp-storage-emulator", path=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
+    exe = shutil.which(
+        "gcp-storage-emulator", path=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
+    )
     if not exe:
         raise EmulatorError("gcp-storage-emulator is not installed (pip install -r requirements.txt)")
     log_path = Path(log_dir) / "gcs-emulator.log" if log_dir else None
-    proc = _spawn([exe, "start", "--host", "127.0.0.1", "--port", str(port), "--in-memory",
-                   "--default-bucket", "daihuo-default"], log_path)
+    proc = _spawn(
+        [exe, "start", "--host", "127.0.0.1", "--port", str(port), "--in-memory", "--default-bucket", "daihuo-default"],
+        log_path,
+    )
     host = f"127.0.0.1:{port}"
     _wait_http(f"http://{host}/storage/v1/b", proc, "GCS emulator", timeout, log_path)
     return Emulator("gcs", host, proc, log_path, {"STORAGE_EMULATOR_HOST": f"http://{host}"})
@@ -109,8 +120,12 @@ def start_gcs(port: int | None = None, log_dir: Path | None = None, timeout: flo
 
 def pubsub_emulator_command() -> list[str] | None:
     """The emulator's own launcher if the SDK has it, else ``gcloud beta emulators pubsub start``."""
-    roots = [os.environ.get("CLOUDSDK_ROOT_DIR", ""), "/usr/lib/google-cloud-sdk", "/usr/share/google-cloud-sdk",
-             os.path.expanduser("~/google-cloud-sdk")]
+    roots = [
+        os.environ.get("CLOUDSDK_ROOT_DIR", ""),
+        "/usr/lib/google-cloud-sdk",
+        "/usr/share/google-cloud-sdk",
+        os.path.expanduser("~/google-cloud-sdk"),
+    ]
     gcloud = shutil.which("gcloud")
     if gcloud:
         roots.append(str(Path(os.path.realpath(gcloud)).parent.parent))
@@ -121,17 +136,24 @@ def pubsub_emulator_command() -> list[str] | None:
     return None
 
 
-def start_pubsub(port: int | None = None, project: str = "daihuo-local", log_dir: Path | None = None,
-                 data_dir: Path | None = None, timeout: float = 60.0) -> Emulator:
+def start_pubsub(
+    port: int | None = None,
+    project: str = "daihuo-local",
+    log_dir: Path | None = None,
+    data_dir: Path | None = None,
+    timeout: float = 60.0,
+) -> Emulator:
     """Start Google's Pub/Sub emulator on 127.0.0.1:port (needs Java)."""
     port = port or free_port()
     cmd = pubsub_emulator_command()
     if cmd is None:
         raise EmulatorError(PUBSUB_INSTALL_HINT)
     if not shutil.which("java"):
-        raise EmulatorError("Java is required by the Pub/Sub emulator (install a JRE 11+, e.g. openjdk-17-jre-headless)")
+        raise EmulatorError(
+            "Java is required by the Pub/Sub emulator (install a JRE 11+, e.g. openjdk-17-jre-headless)"
+        )
     log_path = Path(log_dir) / "pubsub-emulator.log" if log_dir else None
-    cmd = cmd + [f"--host=127.0.0.1", f"--port={port}"]
+    cmd = cmd + ["--host=127.0.0.1", f"--port={port}"]
     if data_dir:
         cmd.append(f"--dir={data_dir}")
     proc = _spawn(cmd, log_path, {"JAVA_TOOL_OPTIONS": os.environ.get("JAVA_TOOL_OPTIONS", "-Xms64m -Xmx512m")})
@@ -143,10 +165,19 @@ def start_pubsub(port: int | None = None, project: str = "daihuo-local", log_dir
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
-def start_function(name: str, target: str | None = None, *, port: int | None = None,
-                   signature_type: str = "http", env: dict[str, str] | None = None,
-                   log_dir: Path | None = None, timeout: float = 30.0, workers: int = 1,
-                   threads: int | None = None, source: Path | None = None) -> Emulator:
+def start_function(
+    name: str,
+    target: str | None = None,
+    *,
+    port: int | None = None,
+    signature_type: str = "http",
+    env: dict[str, str] | None = None,
+    log_dir: Path | None = None,
+    timeout: float = 30.0,
+    workers: int = 1,
+    threads: int | None = None,
+    source: Path | None = None,
+) -> Emulator:
     """Serve ``functions/<name>/main.py`` (or ``source``) with ``functions-framework`` on 127.0.0.1:port."""
     port = port or free_port()
     exe = Path(sys.executable).parent / "functions-framework"
@@ -154,28 +185,45 @@ def start_function(name: str, target: str | None = None, *, port: int | None = N
     if not source.exists():
         raise EmulatorError(f"no function at {source}")
     log_path = Path(log_dir) / f"{name}.log" if log_dir else None
-    run_env = {"PYTHONPATH": str(REPO_ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-               "WORKERS": str(workers), "PYTHONUNBUFFERED": "1", **(env or {})}
+    run_env = {
+        "PYTHONPATH": str(REPO_ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+        "WORKERS": str(workers),
+        "PYTHONUNBUFFERED": "1",
+        **(env or {}),
+    }
     if threads:
         run_env["THREADS"] = str(threads)
-    cmd = [str(exe), "--target", target or name, "--source", str(source), "--signature-type", signature_type,
-           "--host", "127.0.0.1", "--port", str(port)]
+    cmd = [
+        str(exe),
+        "--target",
+        target or name,
+        "--source",
+        str(source),
+        "--signature-type",
+        signature_type,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
     proc = _spawn(cmd, log_path, run_env)
     host = f"127.0.0.1:{port}"
     _wait_http(f"http://{host}/__ready", proc, f"function {name}", timeout, log_path)
     return Emulator(name, host, proc, log_path, {})
 
 
-if __name__ == "__main__":  # python -m shared.emulators check
+if __name__ == "__main__":  # python -m devtools.emulators check
     if len(sys.argv) > 1 and sys.argv[1] == "check":
         ok = True
         if pubsub_emulator_command() is None:
             print(PUBSUB_INSTALL_HINT, file=sys.stderr)
             ok = False
         if not shutil.which("java"):
-            print("Java is missing: the Pub/Sub emulator needs a JRE 11+ (apt-get install openjdk-17-jre-headless)",
-                  file=sys.stderr)
+            print(
+                "Java is missing: the Pub/Sub emulator needs a JRE 11+ (apt-get install openjdk-17-jre-headless)",
+                file=sys.stderr,
+            )
             ok = False
         sys.exit(0 if ok else 1)
-    print("usage: python -m shared.emulators check", file=sys.stderr)
+    print("usage: python -m devtools.emulators check", file=sys.stderr)
     sys.exit(2)

@@ -2,7 +2,7 @@
 
 Two modes.  The honest protocols of issue 9 (``shared.reco.protocol``; docs/evaluation.md)::
 
-    python -m shared.reco.evaluate --data FILE [--format auto|csv|parquet|tafeng|movielens]
+    python -m devtools.evaluate --data FILE [--format auto|csv|parquet|tafeng|movielens]
         [--user-col C --item-col C --time-col C --type-col C --stream-col C --weight-col C]
         [--items PATH] [--target purchase|cart|any] [--split leave-last,global-time]
         [--variant all,new] [--in-stream | --no-in-stream] [--model served,hybrid]
@@ -14,7 +14,7 @@ every non-MovieLens file, and for MovieLens when any of those flags is given.
 
 The legacy MovieLens protocols (``make evaluate``, unchanged)::
 
-    python -m shared.reco.evaluate [--data PATH] [--format movielens|csv|parquet]
+    python -m devtools.evaluate [--data PATH] [--format movielens|csv|parquet]
                                    [--items PATH] [--k 10] [--json out.json]
                                    [--protocols temporal,random_item,random_user]
 
@@ -52,16 +52,16 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from .content import ContentModel
-from .ease import EASE
-from .hybrid import HybridRecommender
-from .interactions import DEFAULT_ACTION_WEIGHTS, Interactions
-from .itemknn import ItemItemCF
-from .metrics import ranking_metrics
-from .popularity import Popularity
-from .splits import stratified_split, temporal_leave_last_out, validation_split
+from shared.reco.content import ContentModel
+from shared.reco.ease import EASE
+from shared.reco.hybrid import HybridRecommender
+from shared.reco.interactions import DEFAULT_ACTION_WEIGHTS, Interactions
+from shared.reco.itemknn import ItemItemCF
+from shared.reco.metrics import ranking_metrics
+from shared.reco.popularity import Popularity
+from shared.reco.splits import stratified_split, temporal_leave_last_out, validation_split
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_ML100K = REPO_ROOT.parent / "shared" / "data" / "ml-100k"
 
 EASE_LAMBDAS = (50.0, 100.0, 200.0, 300.0, 500.0, 800.0, 1200.0)
@@ -89,7 +89,12 @@ def load_movielens(path: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     items["category"] = [" ".join(gnames[row]) for row in gmat]
     items["title"] = items["title"].fillna("")
     out = pd.DataFrame(
-        {"user_id": df["user_id"].astype(str), "item_id": df["item_id"].astype(str), "ts": df["ts"].astype(np.float64), "w": 1.0}
+        {
+            "user_id": df["user_id"].astype(str),
+            "item_id": df["item_id"].astype(str),
+            "ts": df["ts"].astype(np.float64),
+            "w": 1.0,
+        }
     )
     it = pd.DataFrame({"item_id": items["item_id"].astype(str), "title": items["title"], "category": items["category"]})
     return out, it
@@ -118,7 +123,9 @@ def load_table(path: Path, fmt: str, items_path: Path | None) -> tuple[pd.DataFr
         w = df["type"].map(DEFAULT_ACTION_WEIGHTS).fillna(0.0).astype(np.float64)
     else:
         w = pd.Series(1.0, index=df.index)
-    out = pd.DataFrame({"user_id": df[u].astype(str), "item_id": df[i].astype(str), "ts": ts.astype(np.float64), "w": w})
+    out = pd.DataFrame(
+        {"user_id": df[u].astype(str), "item_id": df[i].astype(str), "ts": ts.astype(np.float64), "w": w}
+    )
     out = out[out["w"] > 0].reset_index(drop=True)
     items = None
     if items_path is not None:
@@ -149,7 +156,7 @@ class Space:
 
 
 def _topk_from_scores(scores: np.ndarray, Xtrain_rows: sp.csr_matrix, k: int) -> np.ndarray:
-    from ._core import top_k_rows
+    from shared.reco._core import top_k_rows
 
     scores = np.array(scores, dtype=np.float64, copy=True)
     r, c = Xtrain_rows.nonzero()
@@ -231,7 +238,7 @@ def _tune(name, candidates, make, Xtr2, Xval, k, n_items):
     """Pick the candidate with the best validation NDCG@k."""
     best = None
     for c in candidates:
-        _, m, _ = _fit_eval(lambda: make(c), Xtr2, Xval, k, n_items)
+        _, m, _ = _fit_eval(lambda: make(c), Xtr2, Xval, k, n_items)  # noqa: B023 (called in this iteration)
         log(f"    tune {name} {c!r}: val ndcg@{k}={m[f'ndcg@{k}']:.4f} p@{k}={m[f'precision@{k}']:.4f}")
         if best is None or m[f"ndcg@{k}"] > best[1]:
             best = (c, m[f"ndcg@{k}"])
@@ -254,16 +261,20 @@ def run_protocol(df, items, protocol, k=10, binary=True, seed=42, models=None, t
     n_items = len(space.items)
     train, test = split(df, protocol, seed)
     tr2, val = validation_split(
-        train, "temporal" if protocol == "temporal" else "random", seed=seed,
+        train,
+        "temporal" if protocol == "temporal" else "random",
+        seed=seed,
         filter_by="user" if protocol == "random_user" else "item",
     )
     Xtr, Xte = space.matrix(train, binary), space.matrix(test, True)
     Xtr2, Xval = space.matrix(tr2, binary), space.matrix(val, True)
-    log(f"  train {len(train)} test {len(test)} (validation: {len(tr2)} / {len(val)}) users {len(space.users)} items {n_items}")
+    log(
+        f"  train {len(train)} test {len(test)} (validation: {len(tr2)} / {len(val)}) users {len(space.users)} items {n_items}"
+    )
     texts = None
     if items is not None:
         it = items.drop_duplicates("item_id").set_index("item_id").reindex(space.items)
-        from .content import item_texts
+        from shared.reco.content import item_texts
 
         texts = item_texts(it)
 
@@ -272,7 +283,9 @@ def run_protocol(df, items, protocol, k=10, binary=True, seed=42, models=None, t
     lam = _tune("EASE lam", EASE_LAMBDAS, lambda c: EASE(lam=c), Xtr2, Xval, k, n_items)
     specs["ease"] = (lambda: EASE(lam=lam), {"lam": lam})
     for sim in ("cosine", "jaccard", "lift"):
-        nb = _tune(f"itemknn-{sim} neighbours", KNN_NEIGHBOURS, lambda c, sim=sim: ItemItemCF(sim, c), Xtr2, Xval, k, n_items)
+        nb = _tune(
+            f"itemknn-{sim} neighbours", KNN_NEIGHBOURS, lambda c, sim=sim: ItemItemCF(sim, c), Xtr2, Xval, k, n_items
+        )
         specs[f"itemknn_{sim}"] = (lambda sim=sim, nb=nb: ItemItemCF(sim, nb), {"neighbours": nb})
     K = _tune("implicit-cosine K", (20, 50, 100, 200), lambda c: ImplicitCosine(c), Xtr2, Xval, k, n_items)
     specs["implicit_cosine (baseline)"] = (lambda: ImplicitCosine(K), {"K": K})
@@ -283,7 +296,10 @@ def run_protocol(df, items, protocol, k=10, binary=True, seed=42, models=None, t
             return _HybridEval(lam, cw, texts, space)
 
         cw = _tune("hybrid content_weight", CONTENT_WEIGHTS, make_h, Xtr2, Xval, k, n_items)
-        specs["hybrid (ease+content+pop)"] = (lambda: _HybridEval(lam, cw, texts, space), {"lam": lam, "content_weight": cw})
+        specs["hybrid (ease+content+pop)"] = (
+            lambda: _HybridEval(lam, cw, texts, space),
+            {"lam": lam, "content_weight": cw},
+        )
 
     rows = []
     users = _eval_users(Xte)
@@ -294,7 +310,15 @@ def run_protocol(df, items, protocol, k=10, binary=True, seed=42, models=None, t
         model, m, fit_s = _fit_eval(make, Xtr, Xte, k, n_items)
         lat_model = model.h if isinstance(model, _HybridEval) else model
         med, p99 = _latency(lat_model, Xtr, users, hybrid_ids=np.asarray(space.users).astype(str))
-        row = {"protocol": protocol, "model": name, **m, "fit_s": fit_s, "latency_us_median": med, "latency_us_p99": p99, "params": params}
+        row = {
+            "protocol": protocol,
+            "model": name,
+            **m,
+            "fit_s": fit_s,
+            "latency_us_median": med,
+            "latency_us_p99": p99,
+            "params": params,
+        }
         if truth is not None:  # simulator: the true tastes of the recommended items
             row.update(_truth_metrics(model, Xtr, users[:truth_users], k, space, truth))
         rows.append(row)
@@ -312,7 +336,10 @@ def _truth_metrics(model, Xtr, users, k, space, truth) -> dict:
             uid = str(space.users[u])
             aff.append(float(np.mean(truth.affinity(uid, ids))))
             pp.append(float(np.mean(truth.purchase_prob(uid, ids))))
-    return {"true_affinity": float(np.mean(aff)) if aff else 0.0, "true_purchase_prob": float(np.mean(pp)) if pp else 0.0}
+    return {
+        "true_affinity": float(np.mean(aff)) if aff else 0.0,
+        "true_purchase_prob": float(np.mean(pp)) if pp else 0.0,
+    }
 
 
 _SIM_CACHE: dict = {}
@@ -320,17 +347,24 @@ _SIM_CACHE: dict = {}
 
 def load_simulator(seed: int, n_streams: int, n_users: int, n_items: int, viewers: float):
     """A simulated world: clean events (typed, action weights) + catalogue + the ground truth."""
-    from shared.simulator import SimConfig, simulate
+    from devtools.simulator import SimConfig, simulate
 
-    sim = simulate(SimConfig(seed=seed, n_streams=n_streams, n_users=n_users, n_items=n_items,
-                             mean_viewers_per_stream=viewers))
+    sim = simulate(
+        SimConfig(seed=seed, n_streams=n_streams, n_users=n_users, n_items=n_items, mean_viewers_per_stream=viewers)
+    )
     ev = sim.truth.expected_clean()
     _SIM_CACHE.update(events=ev, catalog=sim.truth.catalog_frame())
     ev = ev[ev["item_id"].notna() & ev["user_id"].notna()]
     w = ev["type"].astype(str).map(DEFAULT_ACTION_WEIGHTS).fillna(0.0).astype(np.float64)
     ts = (pd.to_datetime(ev["ts_utc"], utc=True) - pd.Timestamp(0, tz="UTC")).dt.total_seconds()
-    df = pd.DataFrame({"user_id": ev["user_id"].astype(str).to_numpy(), "item_id": ev["item_id"].astype(str).to_numpy(),
-                       "ts": ts.to_numpy(np.float64), "w": w.to_numpy()})
+    df = pd.DataFrame(
+        {
+            "user_id": ev["user_id"].astype(str).to_numpy(),
+            "item_id": ev["item_id"].astype(str).to_numpy(),
+            "ts": ts.to_numpy(np.float64),
+            "w": w.to_numpy(),
+        }
+    )
     df = df[df["w"] > 0].reset_index(drop=True)
     cat = sim.truth.catalog_frame()
     items = cat[[c for c in ("item_id", "title", "description", "category") if c in cat]].copy()
@@ -338,15 +372,21 @@ def load_simulator(seed: int, n_streams: int, n_users: int, n_items: int, viewer
     return df, items, sim.truth
 
 
-def run_instream(sim_events: pd.DataFrame, catalog: pd.DataFrame, k: int = 10, holdout_frac: float = 0.2,
-                 max_pairs: int = 5000, reasons_pairs: int = 300) -> list[dict]:
+def run_instream(
+    sim_events: pd.DataFrame,
+    catalog: pd.DataFrame,
+    k: int = 10,
+    holdout_frac: float = 0.2,
+    max_pairs: int = 5000,
+    reasons_pairs: int = 300,
+) -> list[dict]:
     """The in-stream protocol of the train job (``shared.reco.instream``) on simulator events: time split
     at the ``1 - holdout_frac`` quantile of item events; the blend (content, popularity weights and
     ``stream_pop_mix``) is tuned on a validation split carved from the TRAINING part the same way; then
     every (user, stream) pair of the holdout ranks its stream's showcase.  Baselines: stream
     bestsellers and showcase (global) popularity.  ``reasons_match``: share of ``recommend`` items (on
     ``reasons_pairs`` pairs) whose reason names their largest score part."""
-    from .instream import instream_parts, ndcg_fast, stream_pairs, tune_blend
+    from shared.reco.instream import instream_parts, stream_pairs, tune_blend
 
     ev = sim_events.copy()
     ev["ts"] = pd.to_datetime(ev["ts_utc"] if "ts_utc" in ev else ev["ts"], utc=True)
@@ -355,7 +395,7 @@ def run_instream(sim_events: pd.DataFrame, catalog: pd.DataFrame, k: int = 10, h
     showcases: dict[str, set] = {}
     if "stream_ids" in catalog:
         for it, sids in zip(catalog["item_id"].astype(str), catalog["stream_ids"]):
-            for s_ in (sids if sids is not None else ()):
+            for s_ in sids if sids is not None else ():
                 showcases.setdefault(str(s_), set()).add(it)
     seen = ev.loc[ev["stream_id"].notna() & ev["item_id"].notna(), ["stream_id", "item_id"]].drop_duplicates()
     for s_, it in zip(seen["stream_id"].astype(str), seen["item_id"].astype(str)):
@@ -371,8 +411,9 @@ def run_instream(sim_events: pd.DataFrame, catalog: pd.DataFrame, k: int = 10, h
     split = qsplit(ev)
     train, hold = ev[ev["ts"] <= split], ev[ev["ts"] > split]
     vsplit = qsplit(train)
-    m = HybridRecommender(**base).fit_events(train[train["ts"] <= vsplit], items, reference_time=vsplit, item_ids=ids,
-                                             content=content)
+    m = HybridRecommender(**base).fit_events(
+        train[train["ts"] <= vsplit], items, reference_time=vsplit, item_ids=ids, content=content
+    )
     vp = stream_pairs(m, train[train["ts"] > vsplit], showcases, 3000)
     vparts = instream_parts(m, vp, showcases)
     grid_c, grid_p, grid_m = (0.0, 0.1, 0.3, 0.5, 1.0), (0.0, 0.05, 0.1, 0.2, 0.3, 0.5), (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -380,17 +421,28 @@ def run_instream(sim_events: pd.DataFrame, catalog: pd.DataFrame, k: int = 10, h
     best_nomix, _ = tune_blend(vparts, grid_c, grid_p, k)
     log(f"  in-stream: validation {len(vp)} pairs, tuned {best}, without the mix {best_nomix}")
     rows = []
-    for name, params in (("hybrid (tuned, stream_pop_mix)", {k_: best[k_] for k_ in ("content_weight", "popularity_weight", "stream_pop_mix")}),
-                         ("hybrid (tuned, stream popularity only)", {k_: best_nomix[k_] for k_ in ("content_weight", "popularity_weight")})):
+    for name, params in (
+        (
+            "hybrid (tuned, stream_pop_mix)",
+            {k_: best[k_] for k_ in ("content_weight", "popularity_weight", "stream_pop_mix")},
+        ),
+        (
+            "hybrid (tuned, stream popularity only)",
+            {k_: best_nomix[k_] for k_ in ("content_weight", "popularity_weight")},
+        ),
+    ):
         t0 = time.perf_counter()
-        h = HybridRecommender(**{**base, **params}).fit_events(train, items, reference_time=split, item_ids=ids,
-                                                               content=content)
+        h = HybridRecommender(**{**base, **params}).fit_events(
+            train, items, reference_time=split, item_ids=ids, content=content
+        )
         fit_s = time.perf_counter() - t0
         pairs = stream_pairs(h, hold, showcases, max_pairs)
         parts = instream_parts(h, pairs, showcases)
-        res = {"model": (h.cf_weight, h.content_weight, h.popularity_weight, "stream", h.stream_pop_mix),
-               "stream_bestsellers": (0.0, 0.0, 1.0, "stream", 0.0),
-               "showcase_popularity": (0.0, 0.0, 1.0, "global", 0.0)}
+        res = {
+            "model": (h.cf_weight, h.content_weight, h.popularity_weight, "stream", h.stream_pop_mix),
+            "stream_bestsellers": (0.0, 0.0, 1.0, "stream", 0.0),
+            "showcase_popularity": (0.0, 0.0, 1.0, "global", 0.0),
+        }
         if not rows:  # baselines once (same pairs for every model fitted on the same part)
             for bname in ("stream_bestsellers", "showcase_popularity"):
                 rows.append(_instream_row(bname, parts, pairs, res[bname], k, 0.0, {}))
@@ -412,27 +464,39 @@ def run_instream(sim_events: pd.DataFrame, catalog: pd.DataFrame, k: int = 10, h
 
 
 def _instream_row(name, parts, pairs, blend, k, fit_s, params) -> dict:
-    from .metrics import ranking_metrics
 
     w_cf, w_ct, w_p, kind, mix = blend
     top = parts.topk(w_cf, w_ct, w_p, k, kind, mix)
-    rel_pos = [set(np.flatnonzero(parts.rel[parts.ptr[p]:parts.ptr[p + 1]]) + parts.ptr[p]) for p in range(len(pairs))]
+    rel_pos = [
+        set(np.flatnonzero(parts.rel[parts.ptr[p] : parts.ptr[p + 1]]) + parts.ptr[p]) for p in range(len(pairs))
+    ]
     hits = np.array([[t in rel_pos[p] for t in row] for p, row in enumerate(top)], dtype=bool)
     disc = 1.0 / np.log2(np.arange(k) + 2.0)
     nrel = parts.n_rel
     idcg = np.concatenate([[0.0], np.cumsum(disc)])[np.minimum(nrel, k)]
     ndcg = np.divide((hits * disc).sum(1), idcg, out=np.zeros(len(nrel)), where=idcg > 0)
     cov_items = set(parts.item[top[top >= 0]].tolist())
-    return {"protocol": "in_stream", "model": name, f"precision@{k}": float(hits.sum(1).mean() / k),
-            f"recall@{k}": float(np.mean(hits.sum(1) / np.maximum(nrel, 1))), f"ndcg@{k}": float(ndcg.mean()),
-            f"map@{k}": float("nan"), f"hitrate@{k}": float(hits.any(1).mean()),
-            "coverage": len(cov_items) / max(len(parts.item_ids), 1), "fit_s": fit_s, "latency_us_median": float("nan"),
-            "latency_us_p99": float("nan"), "params": params, "pairs": len(pairs),
-            "ndcg_check": ndcg_fast_value(parts, blend, k)}
+    return {
+        "protocol": "in_stream",
+        "model": name,
+        f"precision@{k}": float(hits.sum(1).mean() / k),
+        f"recall@{k}": float(np.mean(hits.sum(1) / np.maximum(nrel, 1))),
+        f"ndcg@{k}": float(ndcg.mean()),
+        f"map@{k}": float("nan"),
+        f"hitrate@{k}": float(hits.any(1).mean()),
+        "coverage": len(cov_items) / max(len(parts.item_ids), 1),
+        "fit_s": fit_s,
+        "latency_us_median": float("nan"),
+        "latency_us_p99": float("nan"),
+        "params": params,
+        "pairs": len(pairs),
+        "ndcg_check": ndcg_fast_value(parts, blend, k),
+    }
 
 
 def ndcg_fast_value(parts, blend, k):
-    from .instream import ndcg_fast
+    from shared.reco.instream import ndcg_fast
+
     w_cf, w_ct, w_p, kind, mix = blend
     return ndcg_fast(parts, w_cf, w_ct, w_p, k, kind, mix)
 
@@ -456,7 +520,11 @@ class _HybridEval:
         self.lam, self.cw, self.texts, self.space = lam, content_weight, texts, space
 
     def fit(self, X):
-        inter = Interactions(matrix=X, user_ids=np.asarray(self.space.users).astype(str), item_ids=np.asarray(self.space.items).astype(str))
+        inter = Interactions(
+            matrix=X,
+            user_ids=np.asarray(self.space.users).astype(str),
+            item_ids=np.asarray(self.space.items).astype(str),
+        )
         items = pd.DataFrame({"item_id": np.asarray(self.space.items).astype(str), "title": self.texts})
         self.h = HybridRecommender(cf="ease", cf_params={"lam": self.lam}, content_weight=self.cw).fit(inter, items)
         return self
@@ -466,22 +534,38 @@ class _HybridEval:
 
 
 def format_table(rows, k=10) -> str:
-    hdr = f"{'protocol':<12} {'model':<28} {'P@'+str(k):>7} {'R@'+str(k):>7} {'NDCG@'+str(k):>8} {'MAP@'+str(k):>7} {'HR@'+str(k):>7} {'cov':>6} {'fit s':>7} {'lat µs':>8} {'p99 µs':>8}  params"
+    hdr = f"{'protocol':<12} {'model':<28} {'P@' + str(k):>7} {'R@' + str(k):>7} {'NDCG@' + str(k):>8} {'MAP@' + str(k):>7} {'HR@' + str(k):>7} {'cov':>6} {'fit s':>7} {'lat µs':>8} {'p99 µs':>8}  params"
     lines = [hdr, "-" * len(hdr)]
     for r in rows:
         lines.append(
             f"{r['protocol']:<12} {r['model']:<28} {r[f'precision@{k}']:7.4f} {r[f'recall@{k}']:7.4f} {r[f'ndcg@{k}']:8.4f} "
             f"{r[f'map@{k}']:7.4f} {r[f'hitrate@{k}']:7.4f} {r['coverage']:6.3f} {r['fit_s']:7.3f} "
             f"{r['latency_us_median']:8.0f} {r['latency_us_p99']:8.0f}  {json.dumps(r['params'])}"
-            + (f"  true_aff {r['true_affinity']:.3f} true_pbuy {r['true_purchase_prob']:.4f}" if "true_affinity" in r else "")
+            + (
+                f"  true_aff {r['true_affinity']:.3f} true_pbuy {r['true_purchase_prob']:.4f}"
+                if "true_affinity" in r
+                else ""
+            )
             + (f"  pairs {r['pairs']}" if "pairs" in r else "")
             + (f"  reasons_match {r['reasons_match']:.3f}" if "reasons_match" in r else "")
         )
     return "\n".join(lines)
 
 
-NEW_FLAGS = ("user_col", "item_col", "time_col", "type_col", "stream_col", "weight_col", "target", "split",
-             "variant", "in_stream", "model", "max_queries")
+NEW_FLAGS = (
+    "user_col",
+    "item_col",
+    "time_col",
+    "type_col",
+    "stream_col",
+    "weight_col",
+    "target",
+    "split",
+    "variant",
+    "in_stream",
+    "model",
+    "max_queries",
+)
 
 
 def _quiet():
@@ -505,16 +589,18 @@ class ModelUnavailable(RuntimeError):
 
 
 def _model_rankers(names: list[str]):
-    from .protocol import HybridRanker, RecommendRanker
+    from shared.reco.protocol import HybridRanker, RecommendRanker
 
     out = []
     for name in names:
         if name == "served":
             try:
                 from shared.reco.recipe import env_recipe, fit_recipe
-            except Exception as e:  # noqa: BLE001 — the lead's module may not exist yet
-                raise ModelUnavailable(f"--model served needs shared.reco.recipe.fit_recipe, which cannot be "
-                                       f"imported: {type(e).__name__}: {e}") from None
+            except Exception as e:
+                raise ModelUnavailable(
+                    f"--model served needs shared.reco.recipe.fit_recipe, which cannot be "
+                    f"imported: {type(e).__name__}: {e}"
+                ) from None
             # the train function's recipe (DEFAULT_RECIPE + $DAIHUO_TRAIN_PARAMS), through the same call
             out.append(RecommendRanker(lambda tr, it, ref, f=fit_recipe, p=env_recipe(): f(tr, it, ref, p), "served"))
         elif name == "hybrid":
@@ -526,7 +612,7 @@ def _model_rankers(names: list[str]):
 
 def run_honest(args, data: Path, fmt: str) -> int:
     """The issue-9 protocols: one block per (split, variant)."""
-    from . import protocol as P
+    from shared.reco import protocol as P
 
     t0 = time.perf_counter()
     try:
@@ -537,9 +623,17 @@ def run_honest(args, data: Path, fmt: str) -> int:
     log(f"loading {data} ({fmt})")
     try:
         ev, items = P.load_interactions(
-            data, fmt=fmt, user_col=args.user_col, item_col=args.item_col, time_col=args.time_col,
-            type_col=args.type_col, stream_col=args.stream_col, weight_col=args.weight_col,
-            default_type=args.default_type, time_unit=args.time_unit)
+            data,
+            fmt=fmt,
+            user_col=args.user_col,
+            item_col=args.item_col,
+            time_col=args.time_col,
+            type_col=args.type_col,
+            stream_col=args.stream_col,
+            weight_col=args.weight_col,
+            default_type=args.default_type,
+            time_unit=args.time_unit,
+        )
         if args.items is not None:
             items = P.load_items(args.items, item_col=args.item_col if args.item_col else None)
     except (P.ColumnError, FileNotFoundError, ValueError) as e:
@@ -548,8 +642,10 @@ def run_honest(args, data: Path, fmt: str) -> int:
     has_stream = "stream_id" in ev and ev["stream_id"].notna().any()
     in_stream = has_stream if args.in_stream is None else args.in_stream
     types = ev["type"].value_counts().to_dict()
-    log(f"{len(ev)} events, {ev['user_id'].nunique()} users, {ev['item_id'].nunique()} items, types {types}"
-        f"{', streams ' + str(ev['stream_id'].nunique()) if has_stream else ''} ({time.perf_counter() - t0:.1f}s)")
+    log(
+        f"{len(ev)} events, {ev['user_id'].nunique()} users, {ev['item_id'].nunique()} items, types {types}"
+        f"{', streams ' + str(ev['stream_id'].nunique()) if has_stream else ''} ({time.perf_counter() - t0:.1f}s)"
+    )
     splits = [x.strip() for x in (args.split or "leave-last,global-time").split(",") if x.strip()]
     variants = [x.strip() for x in (args.variant or "all,new").split(",") if x.strip()]
     if in_stream:
@@ -560,14 +656,24 @@ def run_honest(args, data: Path, fmt: str) -> int:
         for variant in variants:
             t1 = time.perf_counter()
             try:
-                s = P.make_split(ev, split=sp_name, target=target, variant=variant, in_stream=in_stream,
-                                 items=items, max_queries=args.max_queries or 5000, test_frac=args.test_frac,
-                                 horizon=args.horizon)
+                s = P.make_split(
+                    ev,
+                    split=sp_name,
+                    target=target,
+                    variant=variant,
+                    in_stream=in_stream,
+                    items=items,
+                    max_queries=args.max_queries or 5000,
+                    test_frac=args.test_frac,
+                    horizon=args.horizon,
+                )
             except ValueError as e:
                 log(f"error: {e}")
                 return 2
-            log(f"== {s.name}: {s.info['queries']} queries (of {s.info['candidate_queries']}), "
-                f"{s.info['train_events']} training events ({time.perf_counter() - t1:.1f}s)")
+            log(
+                f"== {s.name}: {s.info['queries']} queries (of {s.info['candidate_queries']}), "
+                f"{s.info['train_events']} training events ({time.perf_counter() - t1:.1f}s)"
+            )
             rankers = P.baseline_rankers(target, in_stream) + _model_rankers([m.name for m in models])
             rep = P.evaluate(s.train, s.queries, items, rankers, args.k, reference_time=s.reference_time, log=log)
             print(P.format_report(rep, s.name), flush=True)
@@ -582,10 +688,17 @@ def run_honest(args, data: Path, fmt: str) -> int:
 
 def main(argv=None) -> int:
     _quiet()
-    ap = argparse.ArgumentParser(prog="python -m shared.reco.evaluate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="python -m devtools.evaluate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--data", type=Path, default=None, help="interactions file or MovieLens-100k dir")
     ap.add_argument("--format", choices=("auto", "movielens", "csv", "parquet", "tafeng"), default=None)
-    ap.add_argument("--items", type=Path, default=None, help="item table (csv/parquet: item_id,title,description,category,price[,stream_ids]) or u.item")
+    ap.add_argument(
+        "--items",
+        type=Path,
+        default=None,
+        help="item table (csv/parquet: item_id,title,description,category,price[,stream_ids]) or u.item",
+    )
     ap.add_argument("--k", type=int, default=10)
     ap.add_argument("--protocols", default=None, help="legacy protocols (default temporal,random_item,random_user)")
     ap.add_argument("--models", default=None, help="legacy: comma-separated substrings of model names to run")
@@ -593,21 +706,38 @@ def main(argv=None) -> int:
     for role in ("user", "item", "time", "type", "stream", "weight"):
         g.add_argument(f"--{role}-col", default=None, help=f"the file's {role} column (default: guessed)")
     g.add_argument("--default-type", default="purchase", help="event type of every row when there is no type column")
-    g.add_argument("--time-unit", default=None, choices=("s", "ms", "us", "ns"), help="unit of numeric times (default: guessed)")
-    g.add_argument("--target", choices=("purchase", "cart", "any"), default=None, help="relevant event types (default purchase)")
+    g.add_argument(
+        "--time-unit", default=None, choices=("s", "ms", "us", "ns"), help="unit of numeric times (default: guessed)"
+    )
+    g.add_argument(
+        "--target", choices=("purchase", "cart", "any"), default=None, help="relevant event types (default purchase)"
+    )
     g.add_argument("--split", default=None, help="leave-last,global-time (comma list; default both)")
     g.add_argument("--variant", default=None, help="all,new (comma list; default both)")
-    g.add_argument("--in-stream", dest="in_stream", action="store_true", default=None,
-                   help="in-stream protocol (default when the file has a stream column)")
-    g.add_argument("--no-in-stream", dest="in_stream", action="store_false", help="catalogue protocols even with streams")
+    g.add_argument(
+        "--in-stream",
+        dest="in_stream",
+        action="store_true",
+        default=None,
+        help="in-stream protocol (default when the file has a stream column)",
+    )
+    g.add_argument(
+        "--no-in-stream", dest="in_stream", action="store_false", help="catalogue protocols even with streams"
+    )
     g.add_argument("--model", default=None, help="models to judge besides the baselines: served,hybrid")
-    g.add_argument("--max-queries", type=int, default=None, help="sample at most this many queries (md5 of the key; default 5000)")
+    g.add_argument(
+        "--max-queries", type=int, default=None, help="sample at most this many queries (md5 of the key; default 5000)"
+    )
     g.add_argument("--test-frac", type=float, default=0.2, help="global-time: share of target events after the cut")
     g.add_argument("--horizon", default=None, help="global-time: test window after the cut (e.g. 7D)")
     ap.add_argument("--weighted", action="store_true", help="use weights instead of binary interactions")
     ap.add_argument("--json", type=Path, default=None, help="write the figures to this JSON file")
-    ap.add_argument("--simulator", action="store_true", help="evaluate on a simulated world (shared.simulator) and "
-                    "also report the ground truth: mean true affinity / purchase probability of the top-k")
+    ap.add_argument(
+        "--simulator",
+        action="store_true",
+        help="evaluate on a simulated world (devtools.simulator) and "
+        "also report the ground truth: mean true affinity / purchase probability of the top-k",
+    )
     ap.add_argument("--seed", type=int, default=7, help="--simulator: world seed")
     ap.add_argument("--sim-streams", type=int, default=30)
     ap.add_argument("--sim-users", type=int, default=10000)
@@ -630,7 +760,9 @@ def main(argv=None) -> int:
             rows += run_instream(_SIM_CACHE["events"], _SIM_CACHE["catalog"], args.k)
         print(format_table(rows, args.k))
         if args.json:
-            args.json.write_text(json.dumps({"data": f"simulator seed={args.seed}", "k": args.k, "results": rows}, indent=2))
+            args.json.write_text(
+                json.dumps({"data": f"simulator seed={args.seed}", "k": args.k, "results": rows}, indent=2)
+            )
         return 0
 
     data = args.data
@@ -638,7 +770,7 @@ def main(argv=None) -> int:
         if not DEFAULT_ML100K.exists():
             ap.error(f"--data is required ({DEFAULT_ML100K} not found)")
         data = DEFAULT_ML100K
-    from .protocol import _guess_format
+    from shared.reco.protocol import _guess_format
 
     fmt = args.format if args.format not in (None, "auto") else _guess_format(Path(data))
     if args.protocols is None and (explicit_new or fmt != "movielens"):
