@@ -1,4 +1,4 @@
-"""The event contract, version 1: one JSON object per viewer action or catalog record.
+"""The event contract, version 1: one JSON object per viewer action, host action or catalog record.
 
 Every record has a ``type``; the type decides which fields are required (a discriminated union, so
 the JSON Schema published in ``schema/events.v1.json`` says exactly what this module accepts, and a
@@ -10,6 +10,10 @@ test keeps the two in agreement). Field rules:
 * ``platform``, ``stream_id``, ``user_id``, ``item_id``: identifiers (same alphabet as event_id).
 * money: ``price`` >= 0 and finite, ``currency`` an ISO 4217 code (3 capital letters).
 * unknown top-level fields are refused (``props`` is the free-form place, <= 32 scalar values).
+* host actions (``HOST_ACTIONS``: stream start/end, presentation slot start/end, showcase changes) carry
+  a ``stream_id`` and no ``user_id``; ``showcase_update`` has conditional requirements (``price`` when
+  ``change`` is ``"price"``, ``stock`` when it is ``"stock"``), checked by a model validator and
+  published in the JSON Schema as ``if``/``then`` clauses.
 
 ``validate_record(obj)`` returns ``(record, None)`` or ``(None, reasons)`` where each reason names
 the field (``"price: Input should be greater than or equal to 0"``). It never raises.
@@ -19,9 +23,19 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr, TypeAdapter, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    TypeAdapter,
+    ValidationError,
+    model_validator,
+)
 from pydantic.functional_validators import AfterValidator, BeforeValidator
 
 SCHEMA_VERSION = 1
@@ -40,8 +54,14 @@ VIEWER_ACTIONS = (
     "purchase",
     "refund",
 )
+# what the host (the streamer's console) sends: a stream's start/end, a presentation slot (讲解) of one
+# item between slot_start and slot_end (a new slot_start implicitly ends the previous slot of the stream),
+# and showcase changes (sold out = change "sold_out", or "stock" with stock 0; "add" or stock > 0 revert it)
+HOST_ACTIONS = ("stream_start", "stream_end", "slot_start", "slot_end", "showcase_update")
+ShowcaseChange = Literal["add", "remove", "price", "stock", "sold_out"]
+SHOWCASE_CHANGES: tuple[str, ...] = get_args(ShowcaseChange)
 CATALOG_TYPE = "catalog_item"
-ALL_TYPES = VIEWER_ACTIONS + (CATALOG_TYPE,)
+ALL_TYPES = VIEWER_ACTIONS + HOST_ACTIONS + (CATALOG_TYPE,)
 
 _ID = r"^[A-Za-z0-9._:@-]{1,128}$"
 _RFC3339 = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,6})?([Zz]|[+-][0-9]{2}:[0-9]{2})$"
@@ -76,6 +96,7 @@ def _integral(value: Any) -> Any:
 
 Count = Annotated[StrictInt, Field(ge=1, le=10_000), BeforeValidator(_integral)]
 Quantity = Count
+Stock = Annotated[StrictInt, Field(ge=0, le=1_000_000_000), BeforeValidator(_integral)]
 PropValue = Annotated[StrictStr, Field(max_length=256)] | StrictInt | StrictFloat | bool | None
 
 
@@ -159,6 +180,79 @@ class Refund(_ProductAction):
     order_id: Id | None = None
 
 
+class _HostAction(_Record):
+    stream_id: Id
+
+
+class StreamStart(_HostAction):
+    """The stream went on air: who hosts it, its title and the schedule it was announced with."""
+
+    type: Literal["stream_start"]
+    host_id: Id
+    host_name: Annotated[StrictStr, Field(min_length=1, max_length=200)] | None = None
+    title: Annotated[StrictStr, Field(min_length=1, max_length=500)] | None = None
+    scheduled_start: Timestamp | None = None
+    scheduled_end: Timestamp | None = None
+
+
+class StreamEnd(_HostAction):
+    type: Literal["stream_end"]
+    host_id: Id | None = None
+
+
+class SlotStart(_HostAction):
+    """The host starts presenting one item (a presentation slot); ``price`` is the on-stage price."""
+
+    type: Literal["slot_start"]
+    slot_id: Id
+    item_id: Id
+    host_id: Id | None = None
+    price: Money | None = None
+    currency: Currency | None = None
+
+
+class SlotEnd(_HostAction):
+    type: Literal["slot_end"]
+    slot_id: Id
+    item_id: Id
+    host_id: Id | None = None
+
+
+# showcase_update's conditional requirements, in one table read by the validator and the JSON Schema:
+# change value -> (the field it requires, that field's JSON type)
+_SHOWCASE_REQUIRES = {"price": ("price", "number"), "stock": ("stock", "integer")}
+
+
+class ShowcaseUpdate(_HostAction):
+    """An item of the stream's showcase changed: added, removed, repriced, restocked or sold out."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "allOf": [
+                {
+                    "if": {"properties": {"change": {"const": change}}, "required": ["change"]},
+                    "then": {"required": [fld], "properties": {fld: {"type": jtype}}},
+                }
+                for change, (fld, jtype) in _SHOWCASE_REQUIRES.items()
+            ]
+        }
+    )
+
+    type: Literal["showcase_update"]
+    item_id: Id
+    change: ShowcaseChange
+    price: Money | None = None
+    stock: Stock | None = None
+    currency: Currency | None = None
+
+    @model_validator(mode="after")
+    def _conditional_fields(self) -> ShowcaseUpdate:
+        need = _SHOWCASE_REQUIRES.get(self.change)
+        if need and getattr(self, need[0]) is None:
+            raise ValueError(f"{need[0]}: Field required when change is {self.change!r}")
+        return self
+
+
 class CatalogItem(_Record):
     """A product record: what a stream's showcase sells. ``stream_ids`` lists the showcases."""
 
@@ -185,11 +279,19 @@ Record = Annotated[
     | AddToCart
     | Purchase
     | Refund
+    | StreamStart
+    | StreamEnd
+    | SlotStart
+    | SlotEnd
+    | ShowcaseUpdate
     | CatalogItem,
     Field(discriminator="type"),
 ]
 RECORD_ADAPTER: TypeAdapter = TypeAdapter(Record)
 MODEL_BY_TYPE = {m.model_fields["type"].annotation.__args__[0]: m for m in Record.__origin__.__args__}
+
+
+_NAMED = re.compile(r"^[a-z_]+: ")
 
 
 def _reason(err: dict[str, Any]) -> str:
@@ -207,6 +309,8 @@ def _reason(err: dict[str, Any]) -> str:
     msg = err.get("msg", "invalid")
     if msg.startswith("Value error, "):
         msg = msg[len("Value error, ") :]
+    if not loc and _NAMED.match(msg):  # a model validator's reason names its own field
+        return msg
     return f"{where}: {msg}"
 
 
@@ -230,7 +334,9 @@ def json_schema() -> dict[str, Any]:
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "$id": "https://daihuo.dev/schema/events.v1.json",
         "title": f"Daihuo event contract v{SCHEMA_VERSION}",
-        "description": "One viewer action or catalog record; a webhook body carries one, a JSON array, or NDJSON.",
+        "description": (
+            "One viewer action, host action or catalog record; a webhook body carries one, a JSON array, or NDJSON."
+        ),
         **schema,
     }
 

@@ -124,6 +124,27 @@ def test_partitions_are_objects_and_lines_verbatim(bus, sub, tmp_path):
     assert not drain(bus, name)  # acked
 
 
+def test_host_events_are_archived_like_viewer_events(bus, sub, tmp_path):
+    from tests import factories
+
+    topic, name = sub
+    store = open_store(tmp_path / "store")
+    rec = {"received_at": "2026-11-27T20:00:02.000Z"}
+    host = [
+        {**factories.host_event("stream_start", ts="2026-11-27T20:00:00.000Z", title="今晚"), **rec},
+        {**factories.host_event("slot_start", ts="2026-11-27T20:00:01.000Z"), **rec},
+        # a console clock 2 h ahead: partitioned by received_at, like a viewer event
+        {**factories.host_event("showcase_update", ts="2026-11-27T22:00:00Z", change="sold_out"), **rec},
+    ]
+    for h in host:  # one message per (type, stream), as ingest publishes them
+        bus.publish(topic, orjson.dumps(h), type=h["type"], stream_id=h["stream_id"])
+    s = archive_batch(bus, store, acfg(name), now=NOW)
+    assert s["events"] == 3 and s["partitions"] == 1
+    assert [k.rsplit("/", 1)[0] for k in store.list("raw/")] == ["raw/date=2026-11-27/hour=20"]
+    assert sorted(raw_lines(store), key=lambda r: r["event_id"]) == sorted(host, key=lambda r: r["event_id"])
+    assert not drain(bus, name)
+
+
 # ------------------------------------------------------------------------- ack after write
 def test_crash_between_write_and_ack_is_redelivered_and_rewrites_nothing(bus, sub, tmp_path):
     topic, name = sub

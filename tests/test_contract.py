@@ -11,7 +11,16 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from shared.contract import ALL_TYPES, MODEL_BY_TYPE, json_schema, validate_record
+from shared.contract import (
+    ALL_TYPES,
+    CATALOG_TYPE,
+    HOST_ACTIONS,
+    MODEL_BY_TYPE,
+    SHOWCASE_CHANGES,
+    VIEWER_ACTIONS,
+    json_schema,
+    validate_record,
+)
 from tests import factories
 
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schema" / "events.v1.json"
@@ -32,21 +41,15 @@ def test_every_type_has_a_model():
     assert set(MODEL_BY_TYPE) == set(ALL_TYPES)
 
 
+def test_type_sets_partition_the_contract():
+    assert set(VIEWER_ACTIONS) | set(HOST_ACTIONS) | {CATALOG_TYPE} == set(ALL_TYPES)
+    assert len(VIEWER_ACTIONS) + len(HOST_ACTIONS) + 1 == len(ALL_TYPES)
+    assert HOST_ACTIONS == ("stream_start", "stream_end", "slot_start", "slot_end", "showcase_update")
+
+
 def test_valid_event_of_each_type():
     for t in ALL_TYPES:
-        if t == "catalog_item":
-            ev = {
-                "event_id": "c-1",
-                "type": t,
-                "ts": "2026-11-27T12:00:00+08:00",
-                "platform": "douyin",
-                "item_id": "sku-1",
-                "title": "夏季 纯棉 T恤 男",
-                "price": 59,
-                "stream_ids": ["s-1"],
-            }
-        else:
-            ev = factories.event(t)
+        ev = factories.record(t)
         record, reasons = validate_record(ev)
         assert reasons is None, (t, reasons)
         assert record.type == t
@@ -92,6 +95,109 @@ def test_each_bad_field_is_named(mutate, reason):
     else:
         assert reason.replace("Value error, ", "") in reasons
     assert not schema_valid(ev)
+
+
+FULL_HOST = {
+    "stream_start": {
+        "host_id": "h-7",
+        "host_name": "李佳 Li",
+        "title": "双十二 预热专场",
+        "scheduled_start": "2026-11-27T20:00:00+08:00",
+        "scheduled_end": "2026-11-27T23:00:00+08:00",
+    },
+    "stream_end": {"host_id": "h-7"},
+    "slot_start": {"slot_id": "slot-3", "item_id": "sku-9", "host_id": "h-7", "price": 9.9, "currency": "CNY"},
+    "slot_end": {"slot_id": "slot-3", "item_id": "sku-9", "host_id": "h-7"},
+    "showcase_update": {"item_id": "sku-9", "change": "price", "price": 19.9, "currency": "CNY"},
+}
+
+
+@pytest.mark.parametrize("t", HOST_ACTIONS)
+def test_host_events_minimal_and_full(t):
+    for ev in (factories.host_event(t), factories.host_event(t, **FULL_HOST[t])):
+        record, reasons = validate_record(ev)
+        assert reasons is None, (ev, reasons)
+        assert record.type == t and record.stream_id == ev["stream_id"]
+        assert schema_valid(ev)
+    # host events have no viewer: a user_id is an unknown field, the stream is required
+    assert validate_record(factories.host_event(t, user_id="u-1"))[1] == [
+        "user_id: unknown field (put free-form data in props)"
+    ]
+    ev = factories.host_event(t)
+    del ev["stream_id"]
+    assert validate_record(ev)[1] == ["stream_id: Field required"]
+    assert not schema_valid(ev)
+
+
+@pytest.mark.parametrize("change", SHOWCASE_CHANGES)
+def test_every_showcase_change_is_accepted_with_what_it_needs(change):
+    extra = {"price": {"price": 5.0}, "stock": {"stock": 0}}.get(change, {})
+    ev = factories.host_event("showcase_update", change=change, **extra)
+    assert validate_record(ev)[1] is None and schema_valid(ev)
+
+
+ID_PATTERN = "String should match pattern '^[A-Za-z0-9._:@-]{1,128}$'"
+
+
+@pytest.mark.parametrize(
+    "t, change, reason",
+    [
+        ("stream_start", {"host_id": None}, "host_id: Input should be a valid string"),
+        ("stream_start", {"host_id": "h 1"}, f"host_id: {ID_PATTERN}"),
+        ("stream_start", {"host_name": ""}, "host_name: String should have at least 1 character"),
+        ("stream_start", {"host_name": "x" * 201}, "host_name: String should have at most 200 characters"),
+        ("stream_start", {"title": ""}, "title: String should have at least 1 character"),
+        ("stream_start", {"title": "x" * 501}, "title: String should have at most 500 characters"),
+        (
+            "stream_start",
+            {"scheduled_start": "2026-11-27 20:00"},
+            "scheduled_start: expected an RFC 3339 date-time with offset, e.g. 2026-11-27T20:15:03.120Z",
+        ),
+        (
+            "stream_start",
+            {"scheduled_end": "2026-11-31T20:00:00Z"},
+            "scheduled_end: not a real date-time (day is out of range for month)",
+        ),
+        ("stream_end", {"host_id": 7}, "host_id: Input should be a valid string"),
+        ("stream_end", {"item_id": "sku-1"}, "item_id: unknown field (put free-form data in props)"),
+        ("slot_start", {"slot_id": None}, "slot_id: Input should be a valid string"),
+        ("slot_start", {"item_id": "a b"}, f"item_id: {ID_PATTERN}"),
+        ("slot_start", {"price": -1}, "price: Input should be greater than or equal to 0"),
+        ("slot_start", {"currency": "rmb"}, "currency: String should match pattern '^[A-Z]{3}$'"),
+        ("slot_end", {"price": 1.0}, "price: unknown field (put free-form data in props)"),
+        (
+            "showcase_update",
+            {"change": "restock"},
+            "change: Input should be 'add', 'remove', 'price', 'stock' or 'sold_out'",
+        ),
+        ("showcase_update", {"change": "price"}, "price: Field required when change is 'price'"),
+        ("showcase_update", {"change": "price", "price": None}, "price: Field required when change is 'price'"),
+        ("showcase_update", {"change": "stock"}, "stock: Field required when change is 'stock'"),
+        ("showcase_update", {"change": "stock", "stock": -1}, "stock: Input should be greater than or equal to 0"),
+        ("showcase_update", {"change": "stock", "stock": 2.5}, "stock: Input should be a valid integer"),
+        ("showcase_update", {"change": "stock", "stock": "3"}, "stock: Input should be a valid integer"),
+        ("showcase_update", {"change": "price", "price": True}, "price: Input should be a valid number"),
+    ],
+)
+def test_each_bad_host_field_is_named(t, change, reason):
+    ev = factories.host_event(t, **change)
+    record, reasons = validate_record(ev)
+    assert record is None
+    assert reasons == [reason]
+    assert not schema_valid(ev)
+
+
+def test_host_required_fields_are_named():
+    for t, fields in factories._HOST_REQUIRED.items():
+        for f in fields:
+            ev = factories.host_event(t)
+            del ev[f]
+            assert validate_record(ev)[1] == [f"{f}: Field required"], (t, f)
+            assert not schema_valid(ev)
+    # the stock 1.0 is the integer 1 (as in JSON Schema); a stock with another change is allowed
+    rec, reasons = validate_record(factories.host_event("showcase_update", change="stock", stock=1.0))
+    assert reasons is None and rec.stock == 1 and isinstance(rec.stock, int)
+    assert validate_record(factories.host_event("showcase_update", change="add", stock=5, price=3.0))[1] is None
 
 
 def test_unknown_and_missing_type():
@@ -165,6 +271,12 @@ changes = {
         st.text(max_size=3), st.integers() | st.text(max_size=3) | st.lists(st.none()), max_size=3
     ),
     "schema_version": st.sampled_from([1, 2, "1"]),
+    "host_id": ids,
+    "slot_id": ids,
+    "host_name": st.text(max_size=3) | st.none(),
+    "scheduled_start": stamps,
+    "change": st.sampled_from(SHOWCASE_CHANGES + ("restock", None)),
+    "stock": st.one_of(st.integers(-2, 5), st.floats(0, 3), st.none(), st.just("1")),
     "bogus": st.just(1),
 }
 
@@ -172,19 +284,7 @@ changes = {
 @st.composite
 def mutated_events(draw):
     t = draw(st.sampled_from(ALL_TYPES))
-    if t == "catalog_item":
-        ev = {
-            "event_id": "c-1",
-            "type": t,
-            "ts": "2026-11-27T12:00:00+08:00",
-            "platform": "douyin",
-            "item_id": "sku-1",
-            "title": "夏季 纯棉 T恤 男",
-            "price": 59,
-            "stream_ids": ["s-1"],
-        }
-    else:
-        ev = factories.event(t)
+    ev = factories.record(t)
     for name in draw(st.lists(st.sampled_from(sorted(changes)), max_size=2, unique=True)):
         if draw(st.integers(0, 5)) == 0:
             ev.pop(name, None)

@@ -154,6 +154,40 @@ def test_ndjson_batch_with_some_bad_events(ingest, bus):
     assert all(r["reasons"] and r["platform"] == "douyin" for r in rows)
 
 
+def test_signed_host_events_are_accepted_and_published_like_viewer_events(ingest, bus):
+    url, store = ingest
+    host = [
+        factories.host_event("stream_start", stream_id="s-9", host_id="h-1", host_name="主播 A", title="今晚 上新"),
+        factories.host_event("slot_start", stream_id="s-9", slot_id="slot-1", item_id="sku-3", price=9.9),
+        factories.host_event("showcase_update", stream_id="s-9", item_id="sku-3", change="sold_out"),
+        factories.host_event("showcase_update", stream_id="s-9", item_id="sku-4", change="stock", stock=0),
+        factories.host_event("slot_end", stream_id="s-9", slot_id="slot-1", item_id="sku-3"),
+        factories.host_event("stream_end", stream_id="s-9"),
+    ]
+    viewer = factories.event("product_click", stream_id="s-9")
+    bad = factories.host_event("showcase_update", stream_id="s-9", change="price")  # no price
+    before = len(quarantined(store))
+    r = post(url, orjson.dumps(host + [viewer, bad]))
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert (body["accepted"], body["rejected"]) == (7, 1)
+    assert body["results"][7]["reasons"] == ["price: Field required when change is 'price'"]
+    # grouped by (type, stream): the two showcase updates travel in one message
+    assert body["messages"] == 6
+    got = drain(bus, expect=7)
+    assert sorted(e["event_id"] for e, _ in got) == sorted(e["event_id"] for e in host + [viewer])
+    for event, attrs in got:
+        assert attrs["type"] == event["type"] and attrs["stream_id"] == "s-9" and attrs["platform"] == "douyin"
+        assert event["received_at"] == body["received_at"]
+        if event["type"] != "product_click":
+            assert "user_id" not in event
+    by_id = {e["event_id"]: e for e, _ in got}
+    for ev in host:  # published verbatim (+ received_at)
+        assert {k: by_id[ev["event_id"]][k] for k in ev} == ev
+    rows = quarantined(store)[before:]
+    assert [r["raw"]["event_id"] for r in rows] == [bad["event_id"]]
+
+
 def test_duplicate_event_ids_are_accepted_and_passed_on(ingest, bus):
     url, _ = ingest
     ev = factories.event("like")

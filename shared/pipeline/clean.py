@@ -45,7 +45,7 @@ import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from shared.contract import ALL_TYPES, CATALOG_TYPE, validate_record
+from shared.contract import ALL_TYPES, CATALOG_TYPE, VIEWER_ACTIONS, validate_record
 from shared.log import get_logger
 from shared.pipeline.config import TimeRules, _env
 
@@ -81,7 +81,7 @@ _STRUCT = "{" + ",".join(f'"{k}":"{v}"' for k, v in _FIELDS.items()) + "}"
 _ID = "'^[A-Za-z0-9._:@-]{1,128}$'"
 _TS = r"'^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d{1,6})?([Zz]|[+-]\d{2}:\d{2})$'"
 _PRODUCT = ("product_impression", "product_click", "add_to_cart", "purchase", "refund")
-_VIEWER = tuple(t for t in ALL_TYPES if t != CATALOG_TYPE)
+_VIEWER = VIEWER_ACTIONS
 _ALLOWED_KEYS = {  # top-level keys each type may carry (+ received_at, stamped by ingest)
     **{
         t: [
@@ -514,7 +514,8 @@ def clean_core(con, run_id: str, cfg: CleanConfig, *, seen_paths: list[str], cat
     con.execute(f"CREATE TEMP TABLE known_items AS {known}")
     # Valid viewer events stay in ``parsed``; the rows to drop are found on narrow projections and the
     # typed, time-normalised clean table is built by ONE statement (no wide intermediate copies).
-    viewer = f"{_VALID} AND j.type <> '{CATALOG_TYPE}'"
+    # (host actions, valid per the contract, are not viewer rows: they stay in raw/ for now)
+    viewer = f"{_VALID} AND j.type IN {VIEWER_ACTIONS}"
     # dedupe within the run: only event_ids occurring more than once are windowed (first copy = earliest
     # received_at, then row order)
     con.execute(f"""CREATE TEMP TABLE dup_losers AS
