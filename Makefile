@@ -6,11 +6,12 @@ PY     := $(BIN)/python
 STAMP  := $(VENV)/.installed-$(shell sha1sum requirements.txt | cut -c1-12)
 PYTEST_ARGS ?=
 
-.PHONY: help venv lint fmt check-emulators test demo up down status bench-ingest bench-clean bench-recommend bench-ranker eval-served evaluate schema clean-var package checkov infra-fmt
+.PHONY: help venv lock lint fmt check-emulators test demo up down status bench-ingest bench-clean bench-recommend bench-ranker eval-served evaluate schema clean-var package checkov infra-fmt
 
 help:
 	@echo "make demo            the main job: local cloud + a simulated live-stream evening through every function"
 	@echo "make test            the whole default test suite (starts the emulators it needs)"
+	@echo "make lock            recompile requirements/*.in to the pinned lock files and requirements.txt (LOCK_ARGS=\"-P pkg\" to upgrade one)"
 	@echo "make lint / fmt      ruff lint + format check and mypy on the pure modules / apply ruff fixes and format"
 	@echo "make up / down       start / stop the local cloud in the background (status: make status)"
 	@echo "make bench-ingest    ingest throughput and latency (figures in README)"
@@ -30,6 +31,20 @@ $(STAMP): requirements.txt
 	$(PY) -m pip install -q -r requirements.txt
 	@rm -f $(VENV)/.installed-*
 	@touch $@
+
+# requirements/<role>.in (direct requirements) -> requirements.txt (everything, what `make venv` installs; existing
+# pins are kept unless LOCK_ARGS says otherwise, e.g. LOCK_ARGS="-P numpy" or "--upgrade") -> requirements/<role>.txt
+# (each role's subset, constrained to the same versions) -> functions/<name>/requirements.txt pins (same versions).
+PIP_COMPILE := CUSTOM_COMPILE_COMMAND="make lock" $(BIN)/pip-compile -q --strip-extras --annotation-style=line \
+	--no-emit-index-url --no-emit-find-links --no-emit-trusted-host
+LOCK_ARGS ?=
+lock: venv
+	$(PIP_COMPILE) $(LOCK_ARGS) -o requirements.txt requirements/bench.in requirements/dev.in
+	@for role in runtime test bench dev; do \
+	  rm -f requirements/$$role.txt; \
+	  $(PIP_COMPILE) -c requirements.txt -o requirements/$$role.txt requirements/$$role.in || exit 1; \
+	done
+	$(PY) -m devtools.lock
 
 check-emulators: venv
 	@$(PY) -m devtools.emulators check

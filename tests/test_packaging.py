@@ -8,7 +8,12 @@ For each function declared in infra/topology.json whose functions/<name>/main.py
   besides the venv's site-packages, since per-bundle pip installs are not possible offline) and the
   target is registered with functions-framework under the right signature type;
 * every third-party import in the bundle's code is pinned in its requirements.txt (module ->
-  distribution via importlib.metadata), every pin is used, and every pin equals the root pin.
+  distribution via importlib.metadata), every pin is used, and every pin equals the runtime lock's
+  (requirements/runtime.txt).
+
+And the lock files (requirements/README.md): each role's lock pins what requirements.txt pins, the
+union of the roles is requirements.txt, every pin is explained by its ``# via`` line, the deployed code
+imports only runtime requirements, and every direct requirement is imported or says why not.
 """
 
 from __future__ import annotations
@@ -54,7 +59,8 @@ def _pins(path: Path) -> dict[str, str]:
     return pins
 
 
-ROOT_PINS = _pins(ROOT / "requirements.txt")
+ROOT_PINS = _pins(ROOT / "requirements.txt")  # everything `make venv` installs
+RUNTIME_PINS = _pins(ROOT / "requirements" / "runtime.txt")  # what deployed code may install
 
 
 def _written(name: str) -> None:
@@ -203,12 +209,15 @@ def _optional_lines(tree: ast.AST) -> set[int]:
     return lines
 
 
-def third_party_imports(src: Path) -> tuple[set[str], set[str]]:
-    """(required, optional) absolute module names imported by the bundle's code, minus stdlib/local."""
+def third_party_imports(src: Path, files: list[Path] | None = None) -> tuple[set[str], set[str]]:
+    """(required, optional) absolute module names imported by the code under ``src`` (or by ``files``,
+    paths under ``src``), minus stdlib and what ``src`` itself provides (its top-level modules, a file's
+    sibling modules)."""
     local_tops = {p.stem for p in src.iterdir() if p.suffix == ".py"} | {p.name for p in src.iterdir() if p.is_dir()}
     required, optional = set(), set()
-    for f in sorted(src.rglob("*.py")):
+    for f in sorted(src.rglob("*.py")) if files is None else files:
         tree = ast.parse(f.read_text(encoding="utf-8"))
+        siblings = {p.stem for p in f.parent.glob("*.py")} if files is not None else set()  # scripts (bench/)
         opt = _optional_lines(tree)
         for node in ast.walk(tree):
             if isinstance(node, ast.Import):
@@ -219,7 +228,7 @@ def third_party_imports(src: Path) -> tuple[set[str], set[str]]:
                 continue
             for m in mods:
                 top = m.split(".")[0]
-                if top in sys.stdlib_module_names or top in local_tops or top == "__future__":
+                if top in sys.stdlib_module_names or top in local_tops | siblings or top == "__future__":
                     continue
                 (optional if node.lineno in opt else required).add(m)
     return required, optional
@@ -280,8 +289,8 @@ def test_requirements_cover_imports_and_match_root_pins(name, bundles, tmp_path)
     unused = sorted(set(pins) - set(needed) - shipped_optional)
     assert not unused, f"{name}: pinned but never imported by the bundle: {unused}"
     for d, version in pins.items():
-        assert d in ROOT_PINS, f"{name}: {d} is not pinned in the root requirements.txt"
-        assert version == ROOT_PINS[d], f"{name}: {d}=={version} but the root pins {d}=={ROOT_PINS[d]}"
+        assert d in RUNTIME_PINS, f"{name}: {d} is not in requirements/runtime.txt (add it to runtime.in, `make lock`)"
+        assert version == RUNTIME_PINS[d], f"{name}: {d}=={version} but requirements/runtime.txt pins {RUNTIME_PINS[d]}"
 
 
 def test_package_cli_builds_every_written_function(tmp_path):
@@ -295,3 +304,114 @@ def test_package_cli_builds_every_written_function(tmp_path):
     assert proc.returncode == 0, proc.stderr
     written = [n for n in FUNCTIONS if (ROOT / "functions" / n / "main.py").is_file()]
     assert sorted(p.stem for p in tmp_path.glob("*.zip")) == written
+
+
+# ---------------------------------------------------------------------- lock files (requirements/README.md)
+REQ = ROOT / "requirements"
+ROLES = ("runtime", "test", "bench", "dev")
+SHIPPED_DIRS = ("shared", "functions")  # what deploys
+CODE_DIRS = ("shared", "functions", "devtools", "tests", "bench")
+
+
+def _direct(role: str) -> dict[str, str]:
+    """``{distribution: comment}`` of the requirements written in requirements/<role>.in itself."""
+    out = {}
+    for line in (REQ / f"{role}.in").read_text().splitlines():
+        spec, _, comment = line.partition("#")
+        spec = spec.strip()
+        if not spec or spec.startswith("-r "):
+            continue
+        m = re.fullmatch(r"([A-Za-z0-9_.\-]+)(\[[A-Za-z0-9_,\-]+\])?", spec)
+        assert m, f"requirements/{role}.in: {spec!r}: direct requirements are bare names (versions live in the locks)"
+        out[_norm(m.group(1))] = comment.strip()
+    return out
+
+
+def _included(role: str) -> list[str]:
+    """Roles whose .in ``role``.in includes with ``-r`` (transitively), itself first."""
+    roles = [role]
+    for line in (REQ / f"{role}.in").read_text().splitlines():
+        m = re.fullmatch(r"-r\s+(\w+)\.in", line.split("#", 1)[0].strip())
+        if m:
+            roles += [r for r in _included(m.group(1)) if r not in roles]
+    return roles
+
+
+def _via(path: Path) -> dict[str, list[str]]:
+    """``{distribution: [what pulls it in]}`` from pip-compile's ``# via`` annotations (line style)."""
+    out = {}
+    for line in path.read_text().splitlines():
+        spec, _, comment = line.partition("#")
+        if "==" not in spec:
+            continue
+        assert comment.strip().startswith("via "), f"{path.name}: {line!r} has no '# via' (compile with `make lock`)"
+        out[_norm(spec.split("==")[0].strip())] = [v.strip() for v in comment.strip()[4:].split(",")]
+    return out
+
+
+def test_role_locks_are_requirements_txt_split_by_role():
+    """Each requirements/<role>.txt pins exactly requirements.txt's versions; together they are requirements.txt."""
+    union: dict[str, str] = {}
+    for role in ROLES:
+        pins = _pins(REQ / f"{role}.txt")
+        differ = {d: (v, ROOT_PINS.get(d)) for d, v in pins.items() if ROOT_PINS.get(d) != v}
+        assert not differ, f"requirements/{role}.txt vs requirements.txt (run `make lock`): {differ}"
+        for r in _included(role):
+            missing = sorted(set(_direct(r)) - set(pins))
+            assert not missing, f"requirements/{r}.in lists {missing}, not in requirements/{role}.txt (`make lock`)"
+        union |= pins
+    assert not set(ROOT_PINS) - set(union), (
+        f"pinned in requirements.txt, needed by no role: {set(ROOT_PINS) - set(union)}"
+    )
+    for role in ("test", "bench"):  # each builds on the runtime lock
+        assert set(RUNTIME_PINS) <= set(_pins(REQ / f"{role}.txt")), role
+
+
+@pytest.mark.parametrize("lock", ["requirements.txt", *(f"requirements/{r}.txt" for r in ROLES)])
+def test_every_pin_is_pulled_in_by_a_direct_requirement(lock):
+    """A lock's ``# via`` lines form a closed graph: each pin comes from an .in that still lists it or from
+    another pin of the same lock (a requirement removed from an .in without `make lock` leaves a stale pin)."""
+    via = _via(ROOT / lock)
+    assert set(via) == set(_pins(ROOT / lock))
+    stale = []
+    for dist, sources in via.items():
+        own = [s for s in sources if s != "-c requirements.txt"]
+        ok = bool(own)
+        for s in own:
+            m = re.fullmatch(r"-r requirements/(\w+)\.in", s)
+            ok &= (dist in _direct(m.group(1))) if m else (_norm(s) in via)
+        if not ok:
+            stale.append(f"{dist} (via {', '.join(sources)})")
+    assert not stale, f"{lock}: not pulled in by the .in files as they are (`make lock`): {stale}"
+
+
+def _imported_distributions(dirs: tuple[str, ...]) -> tuple[dict[str, set[str]], list[str]]:
+    files = sorted(f for d in dirs for f in (ROOT / d).rglob("*.py"))
+    required, optional = third_party_imports(ROOT, files)
+    found: dict[str, set[str]] = {}
+    unresolved = []
+    for m in sorted(required | optional):
+        dist_name = distribution_of(m)
+        if dist_name is None:
+            if m in required and not any(o.startswith(m + ".") for o in required):
+                unresolved.append(m)
+            continue
+        found.setdefault(dist_name, set()).add(m)
+    return found, unresolved
+
+
+def test_direct_requirements_are_what_the_code_imports():
+    """Deployed code imports only runtime requirements; every import in the tree is a direct requirement of
+    some role (not a transitive accident); every direct requirement is imported or says why not."""
+    shipped, unresolved = _imported_distributions(SHIPPED_DIRS)
+    everything, unresolved_all = _imported_distributions(CODE_DIRS)
+    assert not unresolved_all, f"imports no installed distribution provides: {unresolved_all} (`make venv`?)"
+    direct = {role: _direct(role) for role in ROLES}
+    runtime = set(direct["runtime"])
+    not_runtime = {d: sorted(ms) for d, ms in shipped.items() if d not in runtime}
+    assert not not_runtime, f"shared/ or functions/ import these; add them to requirements/runtime.in: {not_runtime}"
+    all_direct = {d: c for role in ROLES for d, c in direct[role].items()}
+    undeclared = {d: sorted(ms) for d, ms in everything.items() if d not in all_direct}
+    assert not undeclared, f"imported but no requirements/*.in lists them (README: adding a dependency): {undeclared}"
+    unused = sorted(d for d, c in all_direct.items() if d not in everything and not c.startswith("not imported"))
+    assert not unused, f"direct requirements nothing imports (drop them, or say '# not imported: why'): {unused}"
