@@ -59,6 +59,9 @@ __all__ = [
     "FAULT_KINDS",
     "FaultRates",
     "GroundTruth",
+    "HOST_TYPES",
+    "HostTruth",
+    "LiveTruth",
     "REPEAT_WORLD",
     "SendResult",
     "SimConfig",
@@ -376,6 +379,13 @@ class SimConfig:
     presented_boost: float = 2.5  #: affinity boost of the item the host presents right now
     social_proof: float = 0.8  #: affinity boost per log1p(sales of the item in the last window)
     social_window_minutes: float = 10.0  #: social proof window
+    # --- host-side events (all defaults are no-ops; ``host_events=True`` switches them on) -----------
+    host_events: bool = False  #: send stream_start/end, slot_start/end, showcase_update (+ their truth)
+    slot_uplift: float = 2.0  #: affinity boost of the item on stage during its presentation slot
+    flash_rate: float = 0.15  #: share of slots that are flash sales (on-stage price below list price)
+    flash_uplift: float = 1.5  #: extra affinity boost of the item on stage in a flash-sale slot
+    stock_rate: float = 0.3  #: share of showcase items with a limited stock (they can sell out)
+    restock_rate: float = 0.4  #: p(the host restocks a sold-out item a few minutes later)
 
     @classmethod
     def repeat_preset(cls, seed: int = 0, scale: float = 1.0, **overrides: Any) -> SimConfig:
@@ -392,7 +402,7 @@ class SimConfig:
 
     def uses_v2(self) -> bool:
         """Any repeat-world knob on (the per-stream generator then keeps state across streams)."""
-        return self.days > 0 or self.repeat_purchases or self.room_dynamics
+        return self.days > 0 or self.repeat_purchases or self.room_dynamics or self.host_events
 
     def fault_rates(self) -> FaultRates:
         if self.faults is None or self.faults == "none":
@@ -436,6 +446,12 @@ _V2_FIELDS = (
     "presented_boost",
     "social_proof",
     "social_window_minutes",
+    "host_events",
+    "slot_uplift",
+    "flash_rate",
+    "flash_uplift",
+    "stock_rate",
+    "restock_rate",
 )
 
 
@@ -715,10 +731,312 @@ def _build_streams_v2(
             streams.append({"stream_id": f"s-{s_:05d}", **d, "index": s_})
     for st in streams:
         st["presentation"] = np.random.default_rng([cfg.seed, 5, st["index"]]).permutation(st["showcase"])
+    if cfg.host_events:
+        for st in streams:
+            h = st["host_index"]
+            name = hosts[h]["name"] if cfg.multi_day() else _host_name(h)
+            _stream_meta(cfg, st, name, _host_name(h, english=True))
     hosts_out = None
     if cfg.multi_day():
         hosts_out = [{k: v for k, v in h.items()} for h in hosts]
     return hosts_out, streams
+
+
+# ----------------------------------------------------------------------------------------------
+# host side (``host_events``): stream metadata, presentation slots, showcase changes, stock
+# ----------------------------------------------------------------------------------------------
+
+#: Host-side event types (``shared.contract.HOST_ACTIONS``); none has a user_id.
+HOST_TYPES = ("stream_start", "stream_end", "slot_start", "slot_end", "showcase_update")
+_HOST_NAMES_EN = ["Xiao Yang", "Vivian", "Qiqi", "A-Liang", "Big Wolf", "Luna", "Lao Luo", "Zhen", "Jiajia", "Cola"]
+_TITLES = [
+    "{name}直播间 {cat}专场",
+    "{name}的{cat}好物分享 | {en} live",
+    "双12狂欢 {cat}限时秒杀 | {en}'s flash deals",
+    "{name}直播间 · 今晚{cat}福利 宠粉价",
+    "{en} Live: {cat_en} picks tonight",
+    "工厂直发 {cat}源头好货 {name}带你逛",
+]
+_ADD_RATE = 0.15  # showcase items put on the shelf mid-stream (not there at the start)
+_REMOVE_RATE = 0.08  # items taken off the shelf mid-stream
+_PRICE_RATE = 0.10  # items whose list price drops mid-stream (直播间专享价)
+
+
+def _host_name(h: int, english: bool = False) -> str:
+    names = _HOST_NAMES_EN if english else _HOST_NAMES
+    return names[h % len(names)] + ("" if h < len(names) else str(h // len(names) + 1))
+
+
+def _stream_meta(cfg: SimConfig, st: dict[str, Any], name: str, en: str) -> None:
+    """Host name, a live-commerce room title (Chinese / English) and the scheduled times (RNG
+    ``[seed, 8, stream#]``): scheduled start on the quarter hour nearest the real start, scheduled
+    end on the half hour of the planned duration."""
+    rng = np.random.default_rng([cfg.seed, 8, st["index"]])
+    cat = st["main_categories"][0]
+    cat_zh = cat.split("/")[1]
+    cat_en = next(c[1] for c in CATEGORIES if c[0] == cat).split("/")[1]
+    tpl = _TITLES[int(rng.integers(len(_TITLES)))]
+    st["host_name"] = name
+    st["title"] = tpl.format(name=name, en=en, cat=cat_zh, cat_en=cat_en)
+    q, hh = 15 * 60_000, 30 * 60_000
+    sched = int(round(st["start_ms"] / q)) * q
+    st["scheduled_start_ms"] = sched
+    st["scheduled_end_ms"] = sched + max(hh, int(round((st["end_ms"] - st["start_ms"]) / hh)) * hh)
+
+
+def _discount(p: np.ndarray | float, f: np.ndarray | float) -> np.ndarray:
+    """A price like ``p * f`` that ends in .9 when possible, always below ``p`` and >= 0.01."""
+    p, f = np.asarray(p, float), np.asarray(f, float)
+    v = np.floor(p * f) + 0.9
+    v = np.where(v < p, v, np.round(p * f, 2))
+    return np.round(np.maximum(v, 0.01), 2)
+
+
+class _HostPlan:
+    """One stream's host side (RNG ``[seed, 7, stream#]``, independent of the viewer draws): the
+    availability window of every showcase item, mid-stream price drops, which items have a limited
+    stock, and the presentation slots with their on-stage price (flash sales below the list price).
+    ``cap_stock`` then applies the stock to the purchases and records sell-outs and restocks."""
+
+    def __init__(self, cfg: SimConfig, world: World, st: dict[str, Any]):
+        rng = self.rng = np.random.default_rng([cfg.seed, 7, st["index"]])
+        self.cfg, self.st = cfg, st
+        s0, s1, show = st["start_ms"], st["end_ms"], st["showcase"]
+        m, dur = len(show), s1 - s0
+        self.s0, self.s1, self.show, self.m = s0, s1, show, m
+        self.cut = s1 - 1  # every viewer action of the session happens before stream_end
+        self.pos = np.full(len(world.item_ids), -1, np.int64)
+        self.pos[show] = np.arange(m)
+        self.list_price = world.item_price[show].astype(float)
+        late = rng.random(m) < _ADD_RATE
+        if (~late).sum() < 3:
+            late[:] = False
+        t_add = s0 + (rng.uniform(0.1, 0.6, m) * dur).astype(np.int64)
+        self.added = np.where(late, t_add, s0)
+        rm = ~late & (rng.random(m) < _REMOVE_RATE)
+        t_rm = s0 + (rng.uniform(0.4, 0.9, m) * dur).astype(np.int64)
+        self.removed = np.where(rm, t_rm, s1)
+        self.pc = rng.random(m) < _PRICE_RATE
+        self.pc_t = self.added + (rng.uniform(0.2, 0.8, m) * (self.removed - self.added)).astype(np.int64)
+        self.pc_price = _discount(self.list_price, rng.uniform(0.7, 0.95, m))
+        self.limited = rng.random(m) < cfg.stock_rate
+        self.plus08 = bool(rng.random() < cfg.plus08_rate)
+        # presentation slots: one item after another (a shuffled cycle of what is on the shelf),
+        # lognormal length around the stream's slot_ms, short chats between slots
+        L = st["slot_ms"]
+        starts, ends, poss, flash, price = [], [], [], [], []
+        t = s0 + int(rng.uniform(30_000, 180_000))
+        cycle: list[int] = []
+        while True:
+            d = int(np.clip(rng.lognormal(math.log(L), 0.3), 60_000, 600_000))
+            if t + 60_000 > s1 - 30_000:
+                break
+            end = min(t + d, s1 - 30_000)
+            p = -1
+            for _ in range(2 * m):
+                if not cycle:
+                    cycle = rng.permutation(m).tolist()
+                j = cycle.pop()
+                if self.added[j] <= t and end <= self.removed[j]:
+                    p = j
+                    break
+            if p >= 0:
+                fl = bool(rng.random() < cfg.flash_rate)
+                cur = float(self.list_at(np.array([p]), np.array([t]))[0])
+                starts.append(t)
+                ends.append(end)
+                poss.append(p)
+                flash.append(fl)
+                price.append(float(_discount(cur, rng.uniform(0.5, 0.85))) if fl else cur)
+            t = end + int(rng.uniform(5_000, 30_000))
+        self.slot_start = np.array(starts, np.int64)
+        self.slot_end = np.array(ends, np.int64)
+        self.slot_pos = np.array(poss, np.int64)
+        self.slot_flash = np.array(flash, bool)
+        self.slot_price = np.array(price, float)
+        self.slot_ids = [f"{st['stream_id']}-k{k:03d}" for k in range(len(starts))]
+        self.stock: dict[int, int] = {}  # showcase position -> initial units
+        self.sold_out: list[dict[str, Any]] = []  # {pos, sold_out_ms, restock_ms, restock_units}
+
+    # --- lookups (vectorised over aligned item-index / time arrays) -----------------------------
+    def list_at(self, p: np.ndarray, t: np.ndarray) -> np.ndarray:
+        return np.where(self.pc[p] & (t >= self.pc_t[p]), self.pc_price[p], self.list_price[p])
+
+    def slot_at(self, t: np.ndarray) -> np.ndarray:
+        """Index of the slot running at each t, or -1."""
+        j = np.searchsorted(self.slot_start, t, side="right") - 1
+        ok = (j >= 0) & (t < self.slot_end[np.maximum(j, 0)]) if len(self.slot_start) else np.zeros(len(t), bool)
+        return np.where(ok, j, -1)
+
+    def on_stage(self, i: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(item i is on stage at t, ... in a flash-sale slot)."""
+        j = self.slot_at(t)
+        jj = np.maximum(j, 0)
+        on = (j >= 0) & (self.show[self.slot_pos[jj]] == i) if len(self.slot_start) else np.zeros(len(t), bool)
+        return on, on & self.slot_flash[jj] if len(self.slot_start) else on
+
+    def available(self, i: np.ndarray, t: np.ndarray) -> np.ndarray:
+        """On the shelf at t (added, not removed, before the stream ends); stock is applied later."""
+        p = self.pos[i]
+        return (p >= 0) & (self.added[p] <= t) & (t < self.removed[p]) & (t < self.cut)
+
+    def price_at(self, i: np.ndarray, t: np.ndarray) -> np.ndarray:
+        """The price a viewer sees at t: the list price (after any price drop), or the on-stage price
+        during the item's flash-sale slot."""
+        p = np.maximum(self.pos[i], 0)
+        out = self.list_at(p, t)
+        if len(self.slot_start):
+            on, fl = self.on_stage(i, t)
+            out = np.where(fl, self.slot_price[np.maximum(self.slot_at(t), 0)], out)
+        return out
+
+    # --- stock ----------------------------------------------------------------------------------
+    def cap_stock(self, items: np.ndarray, t: np.ndarray, q: np.ndarray) -> np.ndarray:
+        """Apply limited stock to the purchases (item index, time, quantity), in time order per item:
+        a purchase takes at most what is left (the last buyer may get fewer units than carted); when
+        the units sold reach the stock the item is sold out (``sold_out`` at the next ms) and no later
+        purchase goes through unless the host restocks it (``restock_rate``, 2-10 min later). The
+        stock itself is a share (0.3-1.2) of the item's uncapped demand, so sell-outs happen. Returns
+        the quantities (0 = the purchase did not happen)."""
+        q = q.copy()
+        rng = self.rng
+        for p in np.flatnonzero(self.limited).tolist():
+            ix = np.flatnonzero(items == self.show[p])
+            ix = ix[np.argsort(t[ix], kind="stable")]
+            demand = int(q[ix].sum())
+            f, fallback = rng.uniform(0.3, 1.2), int(rng.integers(5, 100))
+            units = max(1, int(round(demand * f))) if demand else fallback
+            self.stock[p] = units
+            left, out_at, re_at, re_units = units, -1, -1, 0
+            for j in ix.tolist():
+                tj = int(t[j])
+                if out_at >= 0 and 0 <= re_at <= tj:  # restocked
+                    left, out_at, re_at = re_units, -1, -1
+                if out_at >= 0:
+                    q[j] = 0
+                    continue
+                take = min(int(q[j]), left)
+                q[j] = take
+                left -= take
+                if left == 0:
+                    out_at = tj + 1
+                    re_at, re_units = -1, 0
+                    restock, delay, frac = (
+                        rng.random() < self.cfg.restock_rate,
+                        rng.uniform(120_000, 600_000),
+                        rng.uniform(0.3, 1.0),
+                    )
+                    if restock and out_at + delay < min(int(self.removed[p]), self.s1 - 60_000):
+                        re_at, re_units = out_at + int(delay), max(1, int(round(units * frac)))
+                    self.sold_out.append(
+                        {
+                            "pos": p,
+                            "sold_out_ms": out_at,
+                            "restock_ms": re_at if re_at >= 0 else None,
+                            "restock_units": re_units or None,
+                        }
+                    )
+        return q
+
+    # --- the host events ------------------------------------------------------------------------
+    def events(self, world: World) -> tuple[np.ndarray, list[dict[str, Any]]]:
+        """(times, rows without event_id) of the host events, in time order."""
+        st, show, iid = self.st, self.show, world.item_ids
+        sid, host = st["stream_id"], st["host_id"]
+        ev: list[tuple[int, dict[str, Any]]] = []
+        ev.append(
+            (
+                self.s0,
+                {
+                    "type": "stream_start",
+                    "stream_id": sid,
+                    "host_id": host,
+                    "host_name": st["host_name"],
+                    "title": st["title"],
+                    "scheduled_start": format_ts(st["scheduled_start_ms"], self.plus08)[0],
+                    "scheduled_end": format_ts(st["scheduled_end_ms"], self.plus08)[0],
+                },
+            )
+        )
+
+        def upd(t: int, p: int, change: str, **kw: Any) -> None:
+            ev.append(
+                (int(t), {"type": "showcase_update", "stream_id": sid, "item_id": iid[show[p]], "change": change, **kw})
+            )
+
+        for p in range(self.m):
+            t_add = int(self.added[p]) + (1 + p if self.added[p] == self.s0 else 0)
+            upd(t_add, p, "add", price=float(self.list_price[p]), currency="CNY")
+            if p in self.stock:
+                upd(t_add + (self.m if self.added[p] == self.s0 else 1), p, "stock", stock=self.stock[p])
+            if self.removed[p] < self.s1:
+                upd(int(self.removed[p]), p, "remove")
+            if self.pc[p]:
+                upd(int(self.pc_t[p]), p, "price", price=float(self.pc_price[p]), currency="CNY")
+        for so in self.sold_out:
+            upd(so["sold_out_ms"], so["pos"], "sold_out")
+            if so["restock_ms"] is not None:
+                upd(so["restock_ms"], so["pos"], "stock", stock=so["restock_units"])
+        for k, sl in enumerate(self.slot_ids):
+            item = iid[show[self.slot_pos[k]]]
+            ev.append(
+                (
+                    int(self.slot_start[k]),
+                    {
+                        "type": "slot_start",
+                        "stream_id": sid,
+                        "slot_id": sl,
+                        "item_id": item,
+                        "host_id": host,
+                        "price": float(self.slot_price[k]),
+                        "currency": "CNY",
+                    },
+                )
+            )
+            ev.append(
+                (
+                    int(self.slot_end[k]),
+                    {"type": "slot_end", "stream_id": sid, "slot_id": sl, "item_id": item, "host_id": host},
+                )
+            )
+        ev.append((self.s1, {"type": "stream_end", "stream_id": sid, "host_id": host}))
+        order = sorted(range(len(ev)), key=lambda j: (ev[j][0], j))
+        times = np.array([ev[j][0] for j in order], np.int64)
+        return times, [ev[j][1] for j in order]
+
+    def truth(self, world: World) -> dict[str, Any]:
+        """JSON-able record of what the host did (``Simulation.host_truth`` reads it)."""
+        iid, show = world.item_ids, self.show
+        return {
+            "slots": [
+                {
+                    "slot_id": sl,
+                    "slot": k,
+                    "item_id": iid[show[self.slot_pos[k]]],
+                    "start_ms": int(self.slot_start[k]),
+                    "end_ms": int(self.slot_end[k]),
+                    "flash": bool(self.slot_flash[k]),
+                    "price": float(self.slot_price[k]),
+                    "list_price": float(self.list_at(self.slot_pos[k : k + 1], self.slot_start[k : k + 1])[0]),
+                }
+                for k, sl in enumerate(self.slot_ids)
+            ],
+            "items": [
+                {
+                    "item_id": iid[show[p]],
+                    "added_ms": int(self.added[p]),
+                    "removed_ms": int(self.removed[p]) if self.removed[p] < self.s1 else None,
+                    "list_price": float(self.list_price[p]),
+                    "price_change_ms": int(self.pc_t[p]) if self.pc[p] else None,
+                    "new_price": float(self.pc_price[p]) if self.pc[p] else None,
+                    "stock": self.stock.get(p),
+                }
+                for p in range(self.m)
+            ],
+            "sold_out": [
+                {"item_id": iid[show[so["pos"]]], **{k: v for k, v in so.items() if k != "pos"}} for so in self.sold_out
+            ],
+        }
 
 
 # Funnel logits: p(click | impression), p(cart | click), p(buy | cart) all rise with affinity.
@@ -876,9 +1194,13 @@ def _rows(
     n_gift: int,
     users: np.ndarray,
     m: int,
+    price_fn: Any = None,
+    ms_out: list[np.ndarray] | None = None,
 ) -> list[dict[str, Any]]:
     """Event dicts of one stream from its columns, added in the order imp, click, cart, buy, like,
-    comment, share, follow, gift, enter, leave, refund."""
+    comment, share, follow, gift, enter, leave, refund. ``price_fn(items, ms)`` (host events) gives
+    the price of each product event at its time (a refund carries its purchase's price);
+    ``ms_out`` receives the rows' times (epoch ms)."""
     cols_sess, cols_t, cols_type, cols_item = cols
     S_ = np.concatenate(cols_sess)
     T_ = np.concatenate(cols_t)
@@ -912,6 +1234,16 @@ def _rows(
     S_, T_, Y_, I_, qty, val, order_no, aux = (a[srt] for a in (S_, T_, Y_, I_, qty, val, order_no, aux))
     U_ = users[S_]
     ts = format_ts(T_, world.user_plus08[U_])
+    if ms_out is not None:
+        ms_out.append(T_)
+    row_price = None
+    if price_fn is not None:
+        P_ = np.asarray(price_fn(np.maximum(I_, 0), T_), float)
+        isb, isr = Y_ == T_BUY, Y_ == T_REFUND
+        by_order = np.zeros(max(int(order_no.max()) if n else 0, 0) + 1)
+        by_order[order_no[isb]] = P_[isb]
+        P_[isr] = by_order[order_no[isr]]
+        row_price = np.round(P_, 2).tolist()
 
     plat, sid, pfx = st["platform"], st["stream_id"], f"{st['platform']}-{st['index']:05d}-"
     uid, iid, price = world.user_ids, world.item_ids, world.item_price.tolist()
@@ -930,7 +1262,7 @@ def _rows(
         }
         if y in _PRODUCT_TYPES:
             d["item_id"] = iid[i]
-            d["price"] = price[i]
+            d["price"] = price[i] if row_price is None else row_price[n_]
             d["currency"] = "CNY"
             if y == T_CART:
                 d["quantity"] = q
@@ -1070,11 +1402,24 @@ class _RepeatState:
         return out
 
 
-def _stream_events_v2(cfg: SimConfig, world: World, st: dict[str, Any], state: _RepeatState) -> list[dict[str, Any]]:
+def _stream_events_v2(
+    cfg: SimConfig,
+    world: World,
+    st: dict[str, Any],
+    state: _RepeatState,
+    host_log: dict[str, dict[str, Any]] | None = None,
+) -> list[dict[str, Any]]:
     """One stream of a repeat world: like ``_stream_events`` plus host loyalty and due items in the
     viewer draw, due-item look-ups in the cart list, the rebuy boost, the presented-item boost and
-    social proof in the funnel. Reads and then updates ``state``."""
+    social proof in the funnel. Reads and then updates ``state``.
+
+    With ``host_events`` the host side comes from a ``_HostPlan`` (its own RNG): viewers see the item
+    on stage of each slot, the on-stage uplift (stronger in flash sales) replaces ``presented_boost``,
+    product actions happen only while the item is on the shelf, purchases respect its stock, prices
+    follow price drops and flash sales, and the host events are merged into the rows in time order
+    (``host_log[stream_id]`` receives the plan's truth)."""
     rng = np.random.default_rng([cfg.seed, 1, st["index"]])
+    hp = _HostPlan(cfg, world, st) if cfg.host_events else None
     s0, s1, show = st["start_ms"], st["end_ms"], st["showcase"]
     plat_users = np.flatnonzero(world.user_platform == st["platform_index"])
     if len(plat_users) == 0:
@@ -1108,15 +1453,26 @@ def _stream_events_v2(cfg: SimConfig, world: World, st: dict[str, Any], state: _
 
     m, L = len(show), st["slot_ms"]
     order = st["presentation"]
-    k0 = (enter - s0) // L
-    k1 = np.minimum((leave - s0) // L, (s1 - s0) // L)
-    n_slots = np.maximum(k1 - k0 + 1, 0)
-    sess = np.repeat(np.arange(V), n_slots)
-    first = np.repeat(np.cumsum(n_slots) - n_slots, n_slots)
-    k = np.repeat(k0, n_slots) + (np.arange(len(sess)) - first)
-    t = np.maximum(s0 + k * L, enter[sess]) + rng.integers(1_000, 8_000, len(sess))
-    ok = t < leave[sess] - 1_000
-    imp_s, imp_t, imp_i = [sess[ok]], [t[ok]], [order[k[ok] % m]]
+    if hp is None:
+        k0 = (enter - s0) // L
+        k1 = np.minimum((leave - s0) // L, (s1 - s0) // L)
+        n_slots = np.maximum(k1 - k0 + 1, 0)
+        sess = np.repeat(np.arange(V), n_slots)
+        first = np.repeat(np.cumsum(n_slots) - n_slots, n_slots)
+        k = np.repeat(k0, n_slots) + (np.arange(len(sess)) - first)
+        t = np.maximum(s0 + k * L, enter[sess]) + rng.integers(1_000, 8_000, len(sess))
+        ok = t < leave[sess] - 1_000
+        imp_s, imp_t, imp_i = [sess[ok]], [t[ok]], [order[k[ok] % m]]
+    else:  # the host's slots: every viewer in the room sees the item on stage (slot start or entry)
+        j0 = np.searchsorted(hp.slot_end, enter, side="right")
+        j1 = np.searchsorted(hp.slot_start, leave, side="left") - 1
+        n_slots = np.maximum(j1 - j0 + 1, 0)
+        sess = np.repeat(np.arange(V), n_slots)
+        first = np.repeat(np.cumsum(n_slots) - n_slots, n_slots)
+        k = np.repeat(j0, n_slots) + (np.arange(len(sess)) - first)
+        t = np.maximum(hp.slot_start[k], enter[sess]) + rng.integers(1_000, 8_000, len(sess))
+        ok = (t < leave[sess] - 1_000) & (t < hp.slot_end[k])
+        imp_s, imp_t, imp_i = [sess[ok]], [t[ok]], [show[hp.slot_pos[k[ok]]]]
     browse = rng.random(V) < 0.35
     nb = np.where(browse, rng.integers(2, 8, V), 0)
     bs = np.repeat(np.arange(V), nb)
@@ -1136,15 +1492,21 @@ def _stream_events_v2(cfg: SimConfig, world: World, st: dict[str, Any], state: _
         it = enter[vs] + 1_000 + (rng.random(len(vs)) * (leave[vs] - enter[vs]) * 0.8).astype(np.int64)
         # ... unless the host presents it during the session: then the viewer buys it in its slot (the
         # slot impression above carries the rebuy boost), no extra look-up
-        pos = np.empty(show.max() + 1, np.int64)
-        pos[order] = np.arange(m)
-        kk = k0[vs] + (pos[show[js]] - k0[vs]) % m
-        in_slot = (kk <= k1[vs]) & (np.maximum(s0 + kk * L, enter[vs]) + 8_000 < leave[vs] - 1_000)
+        if hp is None:
+            pos = np.empty(show.max() + 1, np.int64)
+            pos[order] = np.arange(m)
+            kk = k0[vs] + (pos[show[js]] - k0[vs]) % m
+            in_slot = (kk <= k1[vs]) & (np.maximum(s0 + kk * L, enter[vs]) + 8_000 < leave[vs] - 1_000)
+        else:  # the host's slots are not a fixed cycle: the look-up happens anyway
+            in_slot = np.zeros(len(vs), bool)
         oki = (it < leave[vs] - 1_000) & ~in_slot
         imp_s.append(vs[oki])
         imp_t.append(it[oki])
         imp_i.append(show[js[oki]])
     imp_s, imp_t, imp_i = np.concatenate(imp_s), np.concatenate(imp_t), np.concatenate(imp_i)
+    if hp is not None:  # only what is on the shelf can be seen
+        keep_imp = hp.available(imp_i, imp_t)
+        imp_s, imp_t, imp_i = imp_s[keep_imp], imp_t[keep_imp], imp_i[keep_imp]
     add(imp_s, imp_t, T_IMP, imp_i)
 
     # funnel with all three decisions drawn per impression: aff + rebuy + presented + social proof
@@ -1153,7 +1515,10 @@ def _stream_events_v2(cfg: SimConfig, world: World, st: dict[str, Any], state: _
     aff = _affinity(world, u_imp, imp_i)
     boost = np.zeros(n)
     repeat = np.zeros(n, bool)
-    if cfg.room_dynamics:
+    if hp is not None:  # the item on stage sells more during its slot, flash sales even more
+        on, fl = hp.on_stage(imp_i, imp_t)
+        boost += cfg.slot_uplift * on + cfg.flash_uplift * fl
+    elif cfg.room_dynamics:
         presented = order[((imp_t - s0) // L) % m] == imp_i
         boost += cfg.presented_boost * presented
     if state.last is not None:
@@ -1164,12 +1529,16 @@ def _stream_events_v2(cfg: SimConfig, world: World, st: dict[str, Any], state: _
     a_t = c_t + 1_000 + rng.exponential(30_000, n).astype(np.int64)
     b_t = a_t + 1_000 + rng.exponential(45_000, n).astype(np.int64)
     q = rng.choice(np.array([1, 2, 3]), n, p=[0.82, 0.13, 0.05])
+    if hp is not None:  # an action needs the item on the shelf at its time (fixed masks: still monotone)
+        av_c, av_a, av_b = hp.available(imp_i, c_t), hp.available(imp_i, a_t), hp.available(imp_i, b_t)
+    else:
+        av_c = av_a = av_b = np.ones(n, bool)
 
     def decide(extra):
         a = aff + boost + extra
-        clk = u1 < _sigmoid(_CLICK[0] + _CLICK[1] * a)
-        crt = clk & (u2 < _sigmoid(_CART[0] + _CART[1] * a))
-        return clk, crt, crt & (u3 < _sigmoid(_BUY[0] + _BUY[1] * a))
+        clk = (u1 < _sigmoid(_CLICK[0] + _CLICK[1] * a)) & av_c
+        crt = clk & (u2 < _sigmoid(_CART[0] + _CART[1] * a)) & av_a
+        return clk, crt, crt & (u3 < _sigmoid(_BUY[0] + _BUY[1] * a)) & av_b
 
     clk, crt, buy = decide(0.0)
     if cfg.room_dynamics and cfg.social_proof > 0:
@@ -1193,10 +1562,16 @@ def _stream_events_v2(cfg: SimConfig, world: World, st: dict[str, Any], state: _
     keep[1:] = (imp_s[bidx][1:] != imp_s[bidx][:-1]) | (imp_i[bidx][1:] != imp_i[bidx][:-1])
     buy = np.zeros(n, bool)
     buy[bidx[keep]] = True
+    qb = q
+    if hp is not None:  # limited stock: sell-outs, restocks, the last buyer gets what is left
+        qb = q.copy()
+        bix = np.flatnonzero(buy)
+        qb[bix] = hp.cap_stock(imp_i[bix], b_t[bix], q[bix])
+        buy &= qb > 0
     add(imp_s[clk], c_t[clk], T_CLICK, imp_i[clk])
     add(imp_s[crt], a_t[crt], T_CART, imp_i[crt])
     a_q = q[crt]
-    b_s, b_i, b_a, b_q, b_tt = imp_s[buy], imp_i[buy], aff[buy], q[buy], b_t[buy]
+    b_s, b_i, b_a, b_q, b_tt = imp_s[buy], imp_i[buy], aff[buy], qb[buy], b_t[buy]
     add(b_s, b_tt, T_BUY, b_i)
 
     wm = (leave - enter) / 60_000.0
@@ -1205,6 +1580,8 @@ def _stream_events_v2(cfg: SimConfig, world: World, st: dict[str, Any], state: _
     def spread(counts, typ):
         ss = np.repeat(np.arange(V), counts)
         tt = enter[ss] + 1 + (rng.random(len(ss)) * (leave[ss] - enter[ss] - 2)).astype(np.int64)
+        if hp is not None:  # the room closes at stream_end
+            ss, tt = ss[tt < hp.cut], tt[tt < hp.cut]
         add(ss, tt, typ)
         return ss
 
@@ -1220,6 +1597,8 @@ def _stream_events_v2(cfg: SimConfig, world: World, st: dict[str, Any], state: _
     last = enter.copy()
     np.maximum.at(last, act_s, act_t)
     leave = np.maximum(leave, last + rng.integers(1_000, 20_000, V))
+    if hp is not None:  # viewers still in the room leave when it closes
+        leave = np.minimum(leave, hp.cut)
     send_leave = rng.random(V) >= cfg.no_leave_rate
     add(np.arange(V), enter, T_ENTER)
     add(np.flatnonzero(send_leave), leave[send_leave], T_LEAVE)
@@ -1230,7 +1609,8 @@ def _stream_events_v2(cfg: SimConfig, world: World, st: dict[str, Any], state: _
     add(b_s[ref], r_t, T_REFUND, b_i[ref])
 
     state.record(st, users[b_s], b_i, b_tt, repeat[buy], users[fol_s])
-    return _rows(
+    ms: list[np.ndarray] = []
+    rows = _rows(
         world,
         st,
         rng,
@@ -1243,7 +1623,27 @@ def _stream_events_v2(cfg: SimConfig, world: World, st: dict[str, Any], state: _
         len(gift_s),
         users,
         m,
+        price_fn=None if hp is None else hp.price_at,
+        ms_out=ms,
     )
+    if hp is None:
+        return rows
+    # merge the host events in time order (a host event first at the same ms)
+    h_t, h_rows = hp.events(world)
+    pfx = f"{st['platform']}-{st['index']:05d}-h"
+    h_ts = format_ts(h_t, hp.plus08) if len(h_t) else []
+    h_rows = [
+        {"event_id": f"{pfx}{j:05d}", "type": r.pop("type"), "ts": tsv, "platform": st["platform"], **r}
+        for j, (r, tsv) in enumerate(zip(h_rows, h_ts))
+    ]
+    v_t = ms[0] if ms else np.zeros(0, np.int64)
+    t_all = np.concatenate([h_t, v_t])
+    src = np.concatenate([np.zeros(len(h_t), np.int8), np.ones(len(v_t), np.int8)])
+    o = np.lexsort((src, t_all))
+    both = h_rows + rows
+    if host_log is not None:
+        host_log[st["stream_id"]] = hp.truth(world)
+    return [both[j] for j in o.tolist()]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1255,6 +1655,22 @@ _REQUIRED = {
     "product": ["item_id"],
     "purchase": ["price"],
 }
+_HOST_ONLY_FIELDS = ("host_id", "host_name", "title", "scheduled_start", "scheduled_end", "slot_id", "change", "stock")
+
+
+def _host_required(r: dict[str, Any]) -> list[str]:
+    """The required fields of a host event (HOST_EVENTS spec)."""
+    req = ["event_id", "ts", "platform", "type", "stream_id"]
+    t = r["type"]
+    if t == "stream_start":
+        req.append("host_id")
+    elif t in ("slot_start", "slot_end"):
+        req += ["slot_id", "item_id"]
+    elif t == "showcase_update":
+        req += ["item_id", "change"] + [f for f in ("price", "stock") if r.get("change") == f]
+    return req
+
+
 _WRONG_TYPES = [
     ("price", "abc"),
     ("quantity", "two"),
@@ -1346,7 +1762,10 @@ def _inject_faults(
         place(r, {"kind": "wrong_type", "event_id": r["event_id"], "field": f, "source_event_id": rows[i]["event_id"]})
     for i in extra(rates.missing_field):
         r = dict(rows[i], event_id=fresh_id())
-        req = list(_REQUIRED["common"])
+        if r["type"] in HOST_TYPES:
+            req = _host_required(r)
+        else:
+            req = list(_REQUIRED["common"])
         if r["type"] in ("product_impression", "product_click", "add_to_cart", "purchase", "refund"):
             req += _REQUIRED["product"]
         if r["type"] == "purchase":
@@ -1385,8 +1804,10 @@ def _inject_faults(
         else:
             src = dict(rows[i], type="purchase", item_id="x", price=99.0, currency="CNY", quantity=1)
             src.pop("props", None)
-            for kk in ("count", "text", "gift_value"):
+            for kk in ("count", "text", "gift_value") + _HOST_ONLY_FIELDS:
                 src.pop(kk, None)
+            if "user_id" not in src:  # a host event: no viewer to buy
+                continue
         eid = fresh_id()
         r = dict(src, event_id=eid, item_id=f"sku-x{seq:06d}", order_id=f"o-{st['index']:05d}-x{seq:06d}")
         place(r, {"kind": "unknown_item", "event_id": eid, "field": "item_id", "source_event_id": src["event_id"]})
@@ -1556,6 +1977,9 @@ class GroundTruth:
             raise KeyError(stream_id)
         if "presentation" not in st:
             raise ValueError("presentation is recorded only with days/repeat_purchases/room_dynamics on")
+        if self.config.host_events:  # the host's slots (with chats between them)
+            sl = self._sim.host_truth.slots(stream_id)
+            return sl[["slot", "start_ms", "end_ms", "item_id"]].reset_index(drop=True)
         L, order = st["slot_ms"], st["presentation"]
         n = (st["end_ms"] - st["start_ms"]) // L + 1
         k = np.arange(n)
@@ -1635,7 +2059,325 @@ class GroundTruth:
         out = {"config": cfg, "streams": streams, "fault_log": self.fault_log, "summary": self.summary()}
         if self.config.repeat_purchases:
             out["repeat_profile"] = repeat_profile()
+        if self.config.host_events:
+            out["host"] = self._sim.host_truth.to_json()
         return out
+
+
+_LIVE_SUMS = (
+    "entries",
+    "leaves",
+    "like_events",
+    "likes",
+    "comments",
+    "shares",
+    "follows",
+    "gifts",
+    "gift_value",
+    "impressions",
+    "clicks",
+    "add_to_carts",
+    "orders",
+    "units",
+    "gmv",
+    "refunds",
+    "refund_units",
+    "refund_amount",
+)
+_MINUTE_COLS = ("entries", "leaves", "impressions", "clicks", "add_to_carts", "orders", "units", "gmv")
+
+
+class HostTruth:
+    """What the hosts did (``host_events=True``): ``sim.host_truth``. Times are epoch ms (UTC).
+
+    * ``streams`` DataFrame: stream_id, platform, host_id, host_name, title, scheduled_start_ms,
+      scheduled_end_ms, start_ms (stream_start), end_ms (stream_end).
+    * ``slots(stream_id=None)``: stream_id, slot, slot_id, item_id, start_ms, end_ms, flash,
+      price (on stage), list_price (at the slot's start).
+    * ``items(stream_id=None)``: the showcase: added_ms, removed_ms, list_price, price_change_ms,
+      new_price, stock (initial units or None = unlimited).
+    * ``sold_out(stream_id=None)``: stream_id, item_id, sold_out_ms, restock_ms, restock_units.
+    * ``on_stage(stream_id, ms)`` -> slot dict or None; ``price_at(stream_id, item_id, ms)``;
+      ``is_sold_out(stream_id, item_id, ms)``; ``to_json()``.
+    """
+
+    def __init__(self, sim: Simulation):
+        if not sim.cfg.host_events:
+            raise ValueError("host truth needs SimConfig(host_events=True)")
+        self._sim = sim
+
+    def _log(self) -> dict[str, dict[str, Any]]:
+        self._sim._ensure(need_rows=False)
+        return self._sim._host_log
+
+    def _index(self, stream_id: str) -> tuple[list[int], list[dict[str, Any]], dict[str, dict[str, Any]]]:
+        cache = self._sim.__dict__.setdefault("_host_index", {})
+        if stream_id not in cache:
+            lg = self._log()[stream_id]
+            cache[stream_id] = (
+                [s["start_ms"] for s in lg["slots"]],
+                lg["slots"],
+                {i["item_id"]: i for i in lg["items"]},
+            )
+        return cache[stream_id]
+
+    def _frame(self, key: str, stream_id: str | None):
+        import pandas as pd
+
+        log = self._log()
+        sids = [stream_id] if stream_id is not None else list(log)
+        rows = [{"stream_id": s, **r} for s in sids for r in log.get(s, {}).get(key, [])]
+        return pd.DataFrame(rows)
+
+    @property
+    def streams(self):
+        import pandas as pd
+
+        log = self._log()
+        return pd.DataFrame(
+            [
+                {
+                    "stream_id": s["stream_id"],
+                    "platform": s["platform"],
+                    "host_id": s["host_id"],
+                    "host_name": s["host_name"],
+                    "title": s["title"],
+                    "scheduled_start_ms": s["scheduled_start_ms"],
+                    "scheduled_end_ms": s["scheduled_end_ms"],
+                    "start_ms": s["start_ms"],
+                    "end_ms": s["end_ms"],
+                }
+                for s in self._sim.world.streams
+                if s["stream_id"] in log
+            ]
+        )
+
+    def slots(self, stream_id: str | None = None):
+        return self._frame("slots", stream_id)
+
+    def items(self, stream_id: str | None = None):
+        df = self._frame("items", stream_id)
+        for c in ("removed_ms", "price_change_ms", "stock"):
+            if c in df:
+                df[c] = df[c].astype("Int64")
+        return df
+
+    def sold_out(self, stream_id: str | None = None):
+        import pandas as pd
+
+        df = self._frame("sold_out", stream_id)
+        if not len(df):
+            return pd.DataFrame(columns=["stream_id", "item_id", "sold_out_ms", "restock_ms", "restock_units"])
+        for c in ("restock_ms", "restock_units"):
+            df[c] = df[c].astype("Int64")
+        return df
+
+    def on_stage(self, stream_id: str, ms: int) -> dict[str, Any] | None:
+        """The slot running at ``ms`` (its dict from ``slots``), or None between slots."""
+        import bisect
+
+        starts, slots, _ = self._index(stream_id)
+        j = bisect.bisect_right(starts, ms) - 1
+        return slots[j] if j >= 0 and ms < slots[j]["end_ms"] else None
+
+    def price_at(self, stream_id: str, item_id: str, ms: int) -> float:
+        """What a viewer pays at ``ms``: the on-stage price in the item's flash slot, else the list
+        price after any price drop."""
+        sl = self.on_stage(stream_id, ms)
+        if sl is not None and sl["item_id"] == item_id and sl["flash"]:
+            return sl["price"]
+        it = self._index(stream_id)[2][item_id]
+        if it["price_change_ms"] is not None and ms >= it["price_change_ms"]:
+            return it["new_price"]
+        return it["list_price"]
+
+    def is_sold_out(self, stream_id: str, item_id: str, ms: int) -> bool:
+        for so in self._log()[stream_id]["sold_out"]:
+            if (
+                so["item_id"] == item_id
+                and so["sold_out_ms"] <= ms
+                and (so["restock_ms"] is None or ms < so["restock_ms"])
+            ):
+                return True
+        return False
+
+    def to_json(self) -> dict[str, Any]:
+        return {"streams": self.streams.to_dict("records"), "by_stream": self._log()}
+
+
+@dataclass
+class LiveTruth:
+    """The numbers a live layer must show, recounted from the rows the simulator SENT: each event_id
+    once (its first copy in send order), rows the contract rejects left out, late rows (sent after
+    everything else) only with ``include_late``. ``sim.live_truth(...)`` builds it.
+
+    ``streams[stream_id]``: entries, leaves, unique_viewers, current_viewers (entries - leaves),
+    peak_viewers (max of that running count in send order, which within a stream is true time order),
+    like_events, likes (sum of count), comments, shares, follows, gifts, gift_value, impressions,
+    clicks, add_to_carts, orders, units, gmv (sum price * quantity of purchases), buyers, refunds,
+    refund_units, refund_amount, ``funnel`` (users who entered / saw / clicked / carted / bought),
+    ``on_stage`` (the slot_id/item_id/price of the last slot_start not yet ended, or None),
+    ``showcase`` (items added and not removed, by the showcase_update rows), ``sold_out`` (those of
+    them sold out: last update sold_out or stock 0), ``started``/``ended``, ``events`` (rows counted).
+    ``per_minute``: stream_id, minute (UTC, from the ts AS SENT: a skewed row counts in the minute
+    it claims), entries, leaves, impressions, clicks, add_to_carts, orders, units, gmv.
+    ``slots``: the true slots (``HostTruth.slots``) with the impressions / clicks / add_to_carts /
+    orders / units / gmv of the slot's item whose ts falls inside the slot.
+    ``duplicates``: event_id -> extra copies sent; ``late_event_ids``; ``rejected_lines`` (0-based
+    send lines the contract rejects); ``unknown_item_event_ids`` (valid per the contract, counted
+    here, quarantined by the batch clean; ``drop_unknown_items=True`` leaves them out).
+    """
+
+    streams: dict[str, dict[str, Any]]
+    per_minute: Any
+    slots: Any
+    duplicates: dict[str, int]
+    late_event_ids: list[str]
+    rejected_lines: list[int]
+    unknown_item_event_ids: list[str]
+    include_late: bool = False
+    upto: int | None = None
+
+    def stream(self, stream_id: str) -> dict[str, Any]:
+        return self.streams[stream_id]
+
+
+def _live_truth(sim: Simulation, upto: int | None, include_late: bool, drop_unknown_items: bool) -> LiveTruth:
+    import pandas as pd
+
+    log = sim.truth.fault_log
+    kind_at: dict[int, str] = {}
+    for m in log.values():
+        for e in [m, *m.get("also", [])]:
+            kind_at[e["line"]] = e["kind"]
+    seen: set[str] = set()
+    dups: Counter = Counter()
+    rejected, late_ids, unknown = [], [], []
+    keep = []
+    events = sim.events
+    n_lines = len(events) if upto is None else min(upto, len(events))
+    for line in range(n_lines):
+        r = events[line]
+        kind = kind_at.get(line)
+        if isinstance(r, str) or (kind in INVALID_KINDS and kind != "unknown_item"):
+            rejected.append(line)
+            continue
+        eid = r["event_id"]
+        if eid in seen:
+            dups[eid] += 1
+            continue
+        seen.add(eid)
+        if kind == "late":
+            late_ids.append(eid)
+            if not include_late:
+                continue
+        if kind == "unknown_item":
+            unknown.append(eid)
+            if drop_unknown_items:
+                continue
+        keep.append(line)
+    df = pd.DataFrame([events[i] for i in keep])
+    if df.empty:
+        return LiveTruth(
+            {}, pd.DataFrame(), pd.DataFrame(), dict(dups), late_ids, rejected, unknown, include_late, upto
+        )
+    df["line"] = keep
+    for c in ("user_id", "item_id", "price", "quantity", "count", "gift_value", "slot_id", "change", "stock"):
+        if c not in df:
+            df[c] = None
+    df["ms"] = pd.to_datetime(df["ts"], format="ISO8601", utc=True).dt.as_unit("ms").astype("int64")
+    df["qty"] = df["quantity"].fillna(1).astype(float)
+    df["amount"] = df["price"].fillna(0).astype(float) * df["qty"]
+    t = df["type"]
+    df["entries"] = t.eq("stream_enter")
+    df["leaves"] = t.eq("stream_leave")
+    df["like_events"] = t.eq("like")
+    df["likes"] = np.where(df["like_events"], df["count"].fillna(1).astype(float), 0)
+    df["comments"], df["shares"], df["follows"], df["gifts"] = (t.eq(x) for x in ("comment", "share", "follow", "gift"))
+    df["gift_value"] = np.where(df["gifts"], df["gift_value"].fillna(0).astype(float), 0)
+    df["impressions"], df["clicks"], df["add_to_carts"] = (
+        t.eq(x) for x in ("product_impression", "product_click", "add_to_cart")
+    )
+    buy, ref = t.eq("purchase"), t.eq("refund")
+    df["orders"], df["units"], df["gmv"] = buy, np.where(buy, df["qty"], 0), np.where(buy, df["amount"], 0)
+    df["refunds"], df["refund_units"], df["refund_amount"] = (
+        ref,
+        np.where(ref, df["qty"], 0),
+        np.where(ref, df["amount"], 0),
+    )
+    df["delta"] = df["entries"].astype(int) - df["leaves"].astype(int)
+    df = df.sort_values("line", kind="stable")
+    df["level"] = df.groupby("stream_id")["delta"].cumsum()
+    out: dict[str, dict[str, Any]] = {}
+    for sid, g in df.groupby("stream_id", sort=True):
+        d: dict[str, Any] = {}
+        for c in _LIVE_SUMS:
+            v = g[c].sum()
+            d[c] = round(float(v), 2) if c in ("gmv", "gift_value", "refund_amount") else int(v)
+        viewer = g[g["user_id"].notna() & ~g["refunds"]]
+        d["unique_viewers"] = int(viewer["user_id"].nunique())
+        d["buyers"] = int(g.loc[g["orders"], "user_id"].nunique())
+        d["current_viewers"] = int(g["delta"].sum())
+        d["peak_viewers"] = int(max(0, g["level"].max()))
+        d["funnel"] = {
+            k: int(g.loc[g[c], "user_id"].nunique())
+            for k, c in (
+                ("entered", "entries"),
+                ("saw", "impressions"),
+                ("clicked", "clicks"),
+                ("carted", "add_to_carts"),
+                ("bought", "orders"),
+            )
+        }
+        d["events"] = len(g)
+        d["started"] = bool(t.loc[g.index].eq("stream_start").any())
+        d["ended"] = bool(t.loc[g.index].eq("stream_end").any())
+        sl = g[g["type"].isin(["slot_start", "slot_end"])]
+        last = sl.iloc[-1] if len(sl) else None
+        d["on_stage"] = (
+            {"slot_id": last["slot_id"], "item_id": last["item_id"], "price": last["price"]}
+            if last is not None and last["type"] == "slot_start" and not d["ended"]
+            else None
+        )
+        upd = g[g["type"].eq("showcase_update")]
+        state: dict[str, str] = {}
+        for it, ch, stock in zip(upd["item_id"], upd["change"], upd["stock"]):
+            if ch == "sold_out" or (ch == "stock" and stock == 0):
+                state[it] = "sold_out"
+            elif ch == "remove":
+                state[it] = "removed"
+            elif ch == "add" or (ch == "stock" and stock and stock > 0):
+                state[it] = "on"
+        d["showcase"] = sorted(k for k, v in state.items() if v != "removed")
+        d["sold_out"] = sorted(k for k, v in state.items() if v == "sold_out")
+        out[str(sid)] = d
+    df["minute"] = pd.to_datetime(df["ms"] // 60_000 * 60_000, unit="ms", utc=True)
+    pm = df.groupby(["stream_id", "minute"], sort=True)[list(_MINUTE_COLS)].sum().reset_index()
+    for c in _MINUTE_COLS:
+        pm[c] = pm[c].round(2) if c == "gmv" else pm[c].astype(int)
+    slots = pd.DataFrame()
+    if sim.cfg.host_events:
+        slots = sim.host_truth.slots()
+        prod = df[
+            df["item_id"].notna() & df["type"].isin(["product_impression", "product_click", "add_to_cart", "purchase"])
+        ]
+        agg = {
+            c: np.zeros(len(slots), float) for c in ("impressions", "clicks", "add_to_carts", "orders", "units", "gmv")
+        }
+        for sid, g in prod.groupby("stream_id"):
+            ix = np.flatnonzero((slots["stream_id"] == sid).to_numpy())
+            if not len(ix):
+                continue
+            s_start, s_end = slots["start_ms"].to_numpy()[ix], slots["end_ms"].to_numpy()[ix]
+            s_item = slots["item_id"].to_numpy()[ix]
+            j = np.searchsorted(s_start, g["ms"].to_numpy(), side="right") - 1
+            jj = np.maximum(j, 0)
+            inside = (j >= 0) & (g["ms"].to_numpy() < s_end[jj]) & (g["item_id"].to_numpy() == s_item[jj])
+            for c in agg:
+                np.add.at(agg[c], ix[jj[inside]], g[c].to_numpy()[inside].astype(float))
+        for c, v in agg.items():
+            slots[c] = np.round(v, 2) if c == "gmv" else v.astype(int)
+    return LiveTruth(out, pm, slots, dict(dups), late_ids, rejected, unknown, include_late, upto)
 
 
 class Simulation:
@@ -1651,6 +2393,7 @@ class Simulation:
         self._clean: list[dict[str, Any]] | None = None
         self._event_platforms: list[str] | None = None
         self._fault_log: dict[str, dict[str, Any]] = {}
+        self._host_log: dict[str, dict[str, Any]] = {}
         self._summary: dict[str, Any] = {}
         self._done = False  # a full pass has run: fault log and summary are complete
         self.truth = GroundTruth(self)
@@ -1712,11 +2455,12 @@ class Simulation:
                 log[key] = m
 
         state = _RepeatState(self.cfg, self.world) if self.cfg.uses_v2() else None
+        host_log: dict[str, dict[str, Any]] = {}
         for st in self.world.streams:
             rows = (
                 _stream_events(self.cfg, self.world, st)
                 if state is None
-                else _stream_events_v2(self.cfg, self.world, st, state)
+                else _stream_events_v2(self.cfg, self.world, st, state, host_log)
             )
             n_true += len(rows)
             if keep_clean:
@@ -1736,6 +2480,7 @@ class Simulation:
             yield plat, r
             line += 1
         self._fault_log = log
+        self._host_log = host_log
         self._summary = {
             "true_events": n_true,
             "sent_rows": line,
@@ -1759,8 +2504,22 @@ class Simulation:
             self._events = [r for _, r in pairs]
 
     @property
+    def host_truth(self) -> HostTruth:
+        """What the hosts did: slots, showcase, stock and sell-outs (``host_events=True``)."""
+        return HostTruth(self)
+
+    def live_truth(
+        self, upto: int | None = None, include_late: bool = False, drop_unknown_items: bool = False
+    ) -> LiveTruth:
+        """The live layer's numbers recounted from the sent rows (``LiveTruth``): the first ``upto``
+        rows of ``events`` (all if None), duplicates once, contract-rejected rows out, late rows only
+        if ``include_late``."""
+        return _live_truth(self, upto, include_late, drop_unknown_items)
+
+    @property
     def events(self) -> list[Any]:
-        """All viewer-event rows in SEND order, fault rows included (unparseable ones are ``str``)."""
+        """All event rows in SEND order, fault rows included (unparseable ones are ``str``); with
+        ``host_events`` the host events of each stream are among them in time order."""
         self._ensure()
         return self._events  # type: ignore[return-value]
 
@@ -2100,6 +2859,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     ap.add_argument("--scale", type=float, default=1.0, help="with --repeat-world: scale streams, users, items")
     ap.add_argument("--days", type=float, default=None, help="with --repeat-world: days of the world (default 28)")
+    ap.add_argument(
+        "--host-events",
+        action="store_true",
+        help="also send host events (stream start/end, presentation slots, showcase updates, sold-out)",
+    )
     ap.add_argument("--out", help="write NDJSON + truth files into this directory")
     ap.add_argument("--gzip", action="store_true", help="with --out: write .ndjson.gz")
     ap.add_argument("--no-truth-tables", action="store_true", help="with --out: skip parquet truth (streams)")
@@ -2124,6 +2888,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             over["start"] = a.start
         if a.days is not None:
             over["days"] = a.days
+        if a.host_events:
+            over["host_events"] = True
         cfg = SimConfig.repeat_preset(seed=a.seed, scale=a.scale, **over)
     else:
         cfg = SimConfig(
@@ -2135,6 +2901,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             platforms=tuple(p for p in a.platforms.split(",") if p),
             start=a.start,
             faults=_parse_faults(a.faults),
+            host_events=a.host_events,
         )
     sim = simulate(cfg)
     t0 = time.monotonic()

@@ -437,3 +437,324 @@ def test_repeat_preset_and_cli(tmp_path, capsys):
     truth = json.loads((tmp_path / "truth.json").read_text(encoding="utf-8"))
     assert truth["config"]["days"] == 28 and truth["repeat_profile"]["食品/零食"]["cycle_days"] == 7
     assert "presentation" in truth["streams"][0]
+
+
+# --- host-side events (stream start/end, presentation slots, showcase, stock, flash sales) ----------
+
+from devtools.simulator import HOST_TYPES  # noqa: E402
+
+HOST = SimConfig(seed=11, n_streams=4, n_users=1200, n_items=300, mean_viewers_per_stream=250, host_events=True)
+
+
+@pytest.fixture(scope="module")
+def host_sim():
+    sim = simulate(HOST)
+    _ = sim.events
+    return sim
+
+
+@pytest.fixture(scope="module")
+def host_faulty():
+    sim = simulate(HOST, faults=FAULTY)
+    _ = sim.events
+    return sim
+
+
+def _ms(r) -> int:
+    return parse_ts_ms(r["ts"])
+
+
+def test_host_events_off_by_default_and_valid_when_on(host_sim):
+    plain = simulate(SMALL)
+    assert not {r["type"] for r in plain.events} & set(HOST_TYPES)
+    assert "host_events" not in plain.truth.to_json()["config"]
+    with pytest.raises(ValueError):
+        plain.host_truth.slots()
+    types = Counter(r["type"] for r in host_sim.events)
+    assert all(types[t] >= 4 for t in HOST_TYPES), types
+    changes = Counter(r["change"] for r in host_sim.events if r["type"] == "showcase_update")
+    assert {"add", "remove", "price", "stock", "sold_out"} <= set(changes), changes
+    for r in host_sim.catalog + host_sim.events:
+        assert validate_record(r)[1] is None, (r, validate_record(r)[1])
+    ids = [r["event_id"] for r in host_sim.events]
+    assert len(ids) == len(set(ids))
+    for r in host_sim.events:
+        if r["type"] in HOST_TYPES:
+            assert "user_id" not in r and r["stream_id"]
+    meta = host_sim.host_truth.streams.set_index("stream_id")
+    for r in host_sim.events:
+        if r["type"] == "stream_start":
+            m = meta.loc[r["stream_id"]]
+            assert (r["host_id"], r["host_name"], r["title"]) == (m["host_id"], m["host_name"], m["title"])
+            assert re.search(r"[\u4e00-\u9fff]", r["title"]) and _ms(r) == m["start_ms"]
+            assert abs(parse_ts_ms(r["scheduled_start"]) - m["start_ms"]) <= 8 * 60_000
+            assert parse_ts_ms(r["scheduled_end"]) > parse_ts_ms(r["scheduled_start"])
+    # one name per host id
+    assert (meta.groupby("host_id")["host_name"].nunique() == 1).all()
+
+
+def test_slots_cover_the_stream(host_sim):
+    ht = host_sim.host_truth
+    slots, items = ht.slots(), ht.items()
+    by_stream = defaultdict(list)
+    for r in host_sim.events:
+        by_stream[r["stream_id"]].append(r)
+    for st in ht.streams.itertuples():
+        rows = by_stream[st.stream_id]
+        assert rows[0]["type"] == "stream_start" and _ms(rows[0]) == st.start_ms
+        end = next(r for r in rows if r["type"] == "stream_end")
+        assert _ms(end) == st.end_ms
+        # every viewer action but refunds happens while the room is open
+        for r in rows:
+            if r["type"] not in HOST_TYPES and r["type"] != "refund":
+                assert st.start_ms <= _ms(r) < st.end_ms, r
+        sl = slots[slots["stream_id"] == st.stream_id].sort_values("start_ms")
+        s, e = sl["start_ms"].to_numpy(), sl["end_ms"].to_numpy()
+        assert (e > s).all() and (s[1:] >= e[:-1]).all()  # one item at a time
+        assert s[0] - st.start_ms <= 180_000 and st.end_ms - e[-1] <= 700_000
+        assert (s[1:] - e[:-1]).max() <= 30_000  # short chats between slots
+        assert (e - s).sum() > 0.75 * (st.end_ms - st.start_ms)
+        # the slot events say exactly the truth, each slot_start closed by its slot_end
+        ev = [r for r in rows if r["type"] in ("slot_start", "slot_end")]
+        assert [(r["slot_id"], r["item_id"], _ms(r)) for r in ev[0::2]] == list(zip(sl["slot_id"], sl["item_id"], s))
+        assert [(r["slot_id"], _ms(r)) for r in ev[1::2]] == list(zip(sl["slot_id"], e))
+        assert all(a["type"] == "slot_start" and b["type"] == "slot_end" for a, b in zip(ev[0::2], ev[1::2]))
+        # the item on stage is on the shelf for the whole slot; flash = below the list price
+        it = items[items["stream_id"] == st.stream_id].set_index("item_id")
+        for x in sl.itertuples():
+            assert it.loc[x.item_id, "added_ms"] <= x.start_ms
+            assert pd_none(it.loc[x.item_id, "removed_ms"]) or x.end_ms <= it.loc[x.item_id, "removed_ms"]
+            assert (x.price < x.list_price) if x.flash else (x.price == x.list_price)
+        assert ht.on_stage(st.stream_id, int(s[0]))["slot_id"] == sl["slot_id"].iloc[0]
+        assert ht.on_stage(st.stream_id, int(e[0])) is None or e[0] == s[1]
+    assert 0.05 < slots["flash"].mean() < 0.3
+
+
+def pd_none(v) -> bool:
+    return v is None or bool(pd.isna(v))
+
+
+def test_showcase_and_sold_out_respected(host_sim):
+    ht = host_sim.host_truth
+    items, so = ht.items(), ht.sold_out()
+    assert len(so) >= 3 and so["restock_ms"].notna().any()
+    buys = defaultdict(list)
+    shelf = {(x.stream_id, x.item_id): (x.added_ms, x.removed_ms) for x in items.itertuples()}
+    for r in host_sim.events:
+        if r["type"] == "purchase":
+            buys[(r["stream_id"], r["item_id"])].append((_ms(r), r["quantity"]))
+        if r["type"] in ("product_impression", "product_click", "add_to_cart", "purchase"):
+            added, removed = shelf[(r["stream_id"], r["item_id"])]
+            assert added <= _ms(r) and (pd_none(removed) or _ms(r) < removed), r  # on the shelf
+            assert r["price"] == ht.price_at(r["stream_id"], r["item_id"], _ms(r))
+    # stock: the units sold up to each sell-out equal the stock set before it; nothing sold while out
+    upd = defaultdict(list)
+    for r in host_sim.events:
+        if r["type"] == "showcase_update" and r["change"] in ("stock", "sold_out"):
+            upd[(r["stream_id"], r["item_id"])].append((_ms(r), r["change"], r.get("stock")))
+    n_out = 0
+    for key, us in upd.items():
+        timeline = sorted([(t, 1, c, s) for t, c, s in us] + [(t, 0, "buy", q) for t, q in buys[key]])
+        left, out = None, False
+        for t, _, c, v in timeline:
+            if c == "stock":
+                left, out = v, v == 0
+            elif c == "sold_out":
+                assert left == 0 and not out
+                out, n_out = True, n_out + 1
+            else:
+                assert not out and left is not None and 0 < v <= left, (key, t)
+                left -= v
+        for t, c, _s in us:
+            assert ht.is_sold_out(key[0], key[1], t) == (c == "sold_out")
+    assert n_out == len(so)
+    # unlimited items never sell out; the stock events match the truth
+    lim = items[items["stock"].notna()]
+    assert {(a, b) for a, b in zip(so["stream_id"], so["item_id"])} <= set(zip(lim["stream_id"], lim["item_id"]))
+    # a sold-out item's last buyer may get fewer units than carted, never more; refunds match orders
+    df = pd.DataFrame([r for r in host_sim.events if r["type"] in ("add_to_cart", "purchase", "refund")])
+    q = df.pivot_table(index=["stream_id", "user_id", "item_id"], columns="type", values="quantity", aggfunc="sum")
+    assert (q["purchase"].dropna() <= q["add_to_cart"].reindex(q["purchase"].dropna().index)).all()
+    o = df[df["type"] == "purchase"].set_index("order_id")
+    for r in df[df["type"] == "refund"].itertuples():
+        assert (o.loc[r.order_id, "quantity"], o.loc[r.order_id, "price"]) == (r.quantity, r.price)
+
+
+def test_on_stage_uplift_measurable():
+    """Per impression, the item on stage converts several times better than an item seen in the
+    cart list, and a flash sale better still; with the uplift off the same slots (the host side has
+    its own RNG) convert far less."""
+
+    def rates(sim):
+        ht = sim.host_truth
+        n, last = Counter(), {}
+        for r in sim.events:  # a purchase is credited to the viewer's last impression of the item
+            key = (r["stream_id"], r.get("user_id"), r.get("item_id"))
+            if r["type"] == "product_impression":
+                sl = ht.on_stage(r["stream_id"], _ms(r))
+                k = "off" if sl is None or sl["item_id"] != r["item_id"] else ("flash" if sl["flash"] else "on")
+                n[k] += 1
+                last[key] = k
+            elif r["type"] == "purchase":
+                n[last[key] + "_buy"] += 1
+        return {k: n[k + "_buy"] / n[k] for k in ("off", "on", "flash")}, n
+
+    cfg = dataclasses.replace(HOST, n_streams=8)
+    with_up, n = rates(simulate(cfg))
+    assert n["on"] > 1500 and n["flash"] > 200 and n["off"] > 1500, n
+    assert with_up["on"] > 2 * with_up["off"] and with_up["flash"] > 1.5 * with_up["on"], with_up
+    flat_sim = simulate(cfg, slot_uplift=0.0, flash_uplift=0.0)
+    flat, _ = rates(flat_sim)
+    assert flat["on"] < 0.6 * with_up["on"] and flat["flash"] < 0.5 * with_up["flash"], (flat, with_up)
+    up_sim = simulate(cfg)
+    pd.testing.assert_frame_equal(flat_sim.host_truth.slots(), up_sim.host_truth.slots())
+    enters = lambda s: [(r["user_id"], r["ts"]) for r in s.events if r["type"] == "stream_enter"]
+    assert enters(flat_sim) == enters(up_sim)  # same viewers: only the uplift differs
+
+
+import dataclasses  # noqa: E402
+
+import pandas as pd  # noqa: E402
+
+
+def _recount(rows):
+    """An independent recount of what a live layer sees: first copy of each valid event_id."""
+    seen, out = set(), defaultdict(Counter)
+    lvl, peak = Counter(), Counter()
+    for r in rows:
+        if isinstance(r, str) or validate_record(r)[1] is not None or r["event_id"] in seen:
+            continue
+        seen.add(r["event_id"])
+        c, t = out[r["stream_id"]], r["type"]
+        c[t] += 1
+        if t == "purchase":
+            c["units"] += r.get("quantity") or 1
+            c["gmv"] += r["price"] * (r.get("quantity") or 1)
+        if t in ("stream_enter", "stream_leave"):
+            lvl[r["stream_id"]] += 1 if t == "stream_enter" else -1
+            peak[r["stream_id"]] = max(peak[r["stream_id"]], lvl[r["stream_id"]])
+        c["current"], c["peak"] = lvl[r["stream_id"]], peak[r["stream_id"]]
+    return out
+
+
+def _check(lt, rc):
+    assert set(lt.streams) == set(rc)
+    for sid, d in lt.streams.items():
+        c = rc[sid]
+        assert d["entries"] == c["stream_enter"] and d["leaves"] == c["stream_leave"]
+        assert d["impressions"] == c["product_impression"] and d["clicks"] == c["product_click"]
+        assert d["add_to_carts"] == c["add_to_cart"] and d["orders"] == c["purchase"]
+        assert d["units"] == c["units"] and d["gmv"] == pytest.approx(c["gmv"], abs=0.01)
+        assert d["refunds"] == c["refund"] and d["current_viewers"] == c["current"]
+        assert d["peak_viewers"] == c["peak"]
+
+
+def test_live_truth_equals_recount_of_sent_unique_events(host_faulty):
+    sim = host_faulty
+    log = sim.truth.fault_log
+    on_time = sim.live_truth()
+    late_ids = {k for k, v in log.items() if v["kind"] == "late"}
+    assert set(on_time.late_event_ids) == late_ids and late_ids
+    assert {k for k, v in log.items() if v["kind"] == "duplicate"} <= set(on_time.duplicates)
+    sent = [r for r in sim.events if not (isinstance(r, dict) and r.get("event_id") in late_ids)]
+    _check(on_time, _recount(sent))
+    with_late = sim.live_truth(include_late=True)
+    _check(with_late, _recount(sim.events))
+    # late events are the only difference, and they are counted
+    late_rows = [r for r in sim.events if isinstance(r, dict) and r.get("event_id") in late_ids]
+    late_n = Counter((r["stream_id"], r["type"]) for r in {r["event_id"]: r for r in late_rows}.values())
+    for sid in with_late.streams:
+        a, b = with_late.stream(sid), on_time.streams.get(sid, {})
+        assert a["orders"] - b.get("orders", 0) == late_n[(sid, "purchase")]
+        assert a["entries"] - b.get("entries", 0) == late_n[(sid, "stream_enter")]
+    # "so far": the first k rows
+    k = len(sim.events) // 3
+    _check(
+        sim.live_truth(upto=k),
+        _recount([r for r in sim.events[:k] if not (isinstance(r, dict) and r.get("event_id") in late_ids)]),
+    )
+    # per minute and per slot add up to the totals
+    pm = on_time.per_minute.groupby("stream_id")[["orders", "gmv", "entries"]].sum()
+    for sid, d in on_time.streams.items():
+        assert pm.loc[sid, "orders"] == d["orders"] and pm.loc[sid, "entries"] == d["entries"]
+        assert pm.loc[sid, "gmv"] == pytest.approx(d["gmv"], abs=0.05)
+    assert on_time.slots["orders"].sum() > 0.3 * sum(d["orders"] for d in on_time.streams.values())
+    # with everything sent and the unknown items dropped, the live totals equal the batch's clean table
+    full = sim.live_truth(include_late=True, drop_unknown_items=True)
+    clean = sim.truth.expected_clean()
+    buys = clean[clean["type"] == "purchase"]
+    for sid, g in buys.groupby("stream_id"):
+        d = full.stream(sid)
+        assert d["orders"] == len(g) and d["units"] == g["quantity"].sum()
+        assert d["gmv"] == pytest.approx(float((g["price"] * g["quantity"]).sum()), abs=0.01)
+    assert all(d["ended"] and d["on_stage"] is None for d in full.streams.values())
+
+
+def test_live_truth_matches_the_generative_truth(host_sim):
+    """Without faults the recount is the generator's own story: slots' sales, sold-out items."""
+    lt = host_sim.live_truth()
+    ht = host_sim.host_truth
+    assert not lt.duplicates and not lt.late_event_ids and not lt.rejected_lines
+    sl = lt.slots
+    buys = [r for r in host_sim.events if r["type"] == "purchase"]
+    for x in sl.sample(20, random_state=0).itertuples():
+        mine = [
+            r
+            for r in buys
+            if r["stream_id"] == x.stream_id and r["item_id"] == x.item_id and x.start_ms <= _ms(r) < x.end_ms
+        ]
+        assert x.orders == len(mine) and x.gmv == pytest.approx(sum(r["price"] * r["quantity"] for r in mine), abs=0.01)
+    so = ht.sold_out()
+    for sid, d in lt.streams.items():
+        last = so[so["stream_id"] == sid].sort_values("sold_out_ms").groupby("item_id").tail(1)
+        it = ht.items(sid)
+        shelf = set(it.loc[it["removed_ms"].isna(), "item_id"])
+        assert set(d["showcase"]) == shelf and set(d["sold_out"]) <= shelf
+        assert set(d["sold_out"]) == set(last.loc[last["restock_ms"].isna(), "item_id"]) & shelf
+    # mid-stream: the item on stage is the truth's slot
+    rows = host_sim.events
+    k = next(j for j, r in enumerate(rows) if r["type"] == "slot_start" and j > len(rows) // 2) + 1
+    mid = host_sim.live_truth(upto=k)
+    r = rows[k - 1]
+    assert (
+        mid.stream(r["stream_id"])["on_stage"]["slot_id"]
+        == r["slot_id"]
+        == ht.on_stage(r["stream_id"], _ms(r))["slot_id"]
+    )
+
+
+def test_host_events_deterministic_and_streamed(host_faulty, tmp_path):
+    again = simulate(HOST, faults=FAULTY)
+    assert again.events == host_faulty.events
+    assert list(simulate(HOST, faults=FAULTY).iter_events()) == host_faulty.events
+    assert again.truth.fault_log == host_faulty.truth.fault_log
+    assert again.host_truth.to_json() == host_faulty.host_truth.to_json()
+    assert again.live_truth().streams == host_faulty.live_truth().streams
+    other = simulate(HOST, seed=12)
+    assert other.host_truth.slots()["item_id"].tolist() != again.host_truth.slots()["item_id"].tolist()
+    # host rows get faults like the others (duplicated, late, corrupted copies naming the field)
+    log = host_faulty.truth.fault_log
+    host_ids = {r["event_id"] for r in host_faulty.truth.clean_events() if r["type"] in HOST_TYPES}
+    assert {v["kind"] for k, v in log.items() if k in host_ids or v.get("source_event_id") in host_ids}
+    paths = write_files(host_faulty, tmp_path)
+    truth = json.loads(open(paths["truth"], encoding="utf-8").read())
+    assert truth["config"]["host_events"] is True and truth["host"]["by_stream"]
+
+
+def test_host_events_sent_signed(host_sim):
+    responses = pytest.importorskip("responses")
+    env = {"DAIHUO_SECRET_DOUYIN": "s3cret-d", "DAIHUO_SECRET_KUAISHOU": "s3cret-k"}
+    got = Counter()
+
+    def handler(request):
+        platform = verify(request.headers, request.body, environ=env)
+        rows = [json.loads(x) for x in request.body.decode().splitlines() if x]
+        assert all(r["platform"] == platform for r in rows)
+        got.update(r["type"] for r in rows)
+        return 200, {}, json.dumps({"accepted": len(rows), "rejected": 0})
+
+    with responses.RequestsMock() as rm:
+        rm.add_callback(responses.POST, "http://ingest.test/", callback=handler)
+        res = send(host_sim, "http://ingest.test/", {"douyin": "s3cret-d", "kuaishou": "s3cret-k"}, progress=False)
+    assert res.failed_batches == 0 and res.accepted == len(host_sim.catalog) + len(host_sim.events)
+    assert all(got[t] == sum(r["type"] == t for r in host_sim.events) for t in HOST_TYPES)
