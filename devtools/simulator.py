@@ -25,6 +25,10 @@ presented item and social proof driving sales): ``simulate(SimConfig.repeat_pres
 ``python -m devtools.simulator --repeat-world --out DIR``; ground truth ``CATEGORY_CYCLE_DAYS``,
 ``sim.truth.repeat_profile()``, ``sim.truth.presentation(stream_id)``, ``sim.truth.summary()["repeat"]``.
 
+Host side (``SimConfig(host_events=True)``): stream start/end with titles and hosts, presentation
+slots (the item on stage sells more, flash sales more still), showcase changes, stock and sell-outs;
+ground truth ``sim.host_truth`` and ``sim.live_truth()`` (what a live layer must count).
+
 Everything is a pure function of the ``SimConfig`` (numpy ``Generator`` seeded from the config,
 one independent generator per stream, no wall clock), so the same config gives byte-identical
 output however it is consumed. See ``docs/simulator.md``.

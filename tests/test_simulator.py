@@ -470,6 +470,9 @@ def test_host_events_off_by_default_and_valid_when_on(host_sim):
     assert "host_events" not in plain.truth.to_json()["config"]
     with pytest.raises(ValueError):
         plain.host_truth.slots()
+    from shared.contract import HOST_ACTIONS
+
+    assert HOST_TYPES == HOST_ACTIONS
     types = Counter(r["type"] for r in host_sim.events)
     assert all(types[t] >= 4 for t in HOST_TYPES), types
     changes = Counter(r["change"] for r in host_sim.events if r["type"] == "showcase_update")
