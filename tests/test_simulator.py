@@ -690,6 +690,15 @@ def test_live_truth_equals_recount_of_sent_unique_events(host_faulty):
         d = full.stream(sid)
         assert d["orders"] == len(g) and d["units"] == g["quantity"].sum()
         assert d["gmv"] == pytest.approx(float((g["price"] * g["quantity"]).sum()), abs=0.01)
+    names = {"stream_enter": "entries", "stream_leave": "leaves", "like": "like_events", "comment": "comments"}
+    names.update(product_impression="impressions", product_click="clicks", add_to_cart="add_to_carts")
+    names.update(share="shares", follow="follows", gift="gifts", refund="refunds")
+    per = clean.groupby(["stream_id", "type"]).size()
+    for (sid, typ), n in per.items():
+        if typ in names:
+            assert full.stream(sid)[names[typ]] == n, (sid, typ)
+    viewers = clean[clean["type"] != "refund"].groupby("stream_id")["user_id"].nunique()
+    assert all(full.stream(sid)["unique_viewers"] == n for sid, n in viewers.items())
     assert all(d["ended"] and d["on_stage"] is None for d in full.streams.values())
 
 
@@ -761,3 +770,54 @@ def test_host_events_sent_signed(host_sim):
         res = send(host_sim, "http://ingest.test/", {"douyin": "s3cret-d", "kuaishou": "s3cret-k"}, progress=False)
     assert res.failed_batches == 0 and res.accepted == len(host_sim.catalog) + len(host_sim.events)
     assert all(got[t] == sum(r["type"] == t for r in host_sim.events) for t in HOST_TYPES)
+
+
+def test_host_events_through_the_real_ingest(pubsub_emulator, tmp_path):
+    """The simulator's signed webhooks with host events and faults, POSTed to the ingest function
+    (functions-framework over HTTP) publishing to the Pub/Sub emulator: every row the contract accepts
+    is accepted and published once per copy, host rows under their own type, the rest rejected."""
+    import time
+
+    from devtools import emulators
+    from shared.bus import Bus
+
+    sim = simulate(
+        SimConfig(seed=4, n_streams=2, n_users=300, n_items=80, mean_viewers_per_stream=40, host_events=True),
+        faults=FAULTY,
+    )
+    secrets = {"douyin": "sim-secret-d", "kuaishou": "sim-secret-k"}
+    bus = Bus()
+    bus.ensure_topic("viewer-events")
+    bus.ensure_subscription("sim-host-test", "viewer-events", ack_deadline_s=30)
+    env = {
+        "PUBSUB_EMULATOR_HOST": pubsub_emulator.host,
+        "PUBSUB_PROJECT_ID": "daihuo-local",
+        "DAIHUO_STORE": str(tmp_path / "store"),
+        "DAIHUO_SECRET_DOUYIN": secrets["douyin"],
+        "DAIHUO_SECRET_KUAISHOU": secrets["kuaishou"],
+        "DAIHUO_PUBLISH_TIMEOUT_S": "5",
+    }
+    fn = emulators.start_function("ingest", env=env, log_dir=emulators.REPO_ROOT / "var" / "test-logs")
+    try:
+        res = send(sim, f"http://{fn.host}/", secrets, batch_size=200, concurrency=2, progress=False)
+    finally:
+        fn.stop()
+    valid = [r for r in sim.catalog + sim.events if not isinstance(r, str) and validate_record(r)[1] is None]
+    assert res.failed_batches == 0 and res.accepted == len(valid)
+    assert res.rejected == len(sim.events) + len(sim.catalog) - len(valid)
+    got: Counter = Counter()
+    types: dict[str, str] = {}
+    deadline, empty = time.monotonic() + 60, 0
+    while time.monotonic() < deadline and (sum(got.values()) < len(valid) or empty < 1):
+        msgs = bus.pull("sim-host-test", 1000, timeout_s=2)
+        bus.ack("sim-host-test", [m.ack_id for m in msgs])
+        empty = 0 if msgs else empty + 1
+        for m in msgs:
+            for line in m.data.split(b"\n"):
+                e = orjson.loads(line)
+                got[e["event_id"]] += 1
+                assert m.attributes["type"] == e["type"]
+                types[e["event_id"]] = e["type"]
+    bus.close()
+    assert got == Counter(r["event_id"] for r in valid)
+    assert {types[r["event_id"]] for r in valid if r["type"] in HOST_TYPES} == set(HOST_TYPES)
