@@ -45,6 +45,8 @@ from typing import Any
 
 import orjson
 
+from shared import runtime
+
 MAX_TOKEN_CHARS = 2048
 LEEWAY_S = 30
 DEFAULT_AUDIENCE = "daihuo-recommend"
@@ -176,21 +178,23 @@ class TokenError(ValueError):
     pass
 
 
-_VERIFIER: Verifier | None = None
+def _build_verifier() -> Verifier:
+    v = Verifier()
+    if v.config_error:
+        from shared.log import get_logger
+
+        get_logger("identity").error(
+            "viewer keys misconfigured: no request is personal", extra={"error": v.config_error}
+        )
+    return v
+
+
+_verifier = runtime.per_instance(_build_verifier)
 
 
 def verifier() -> Verifier:
-    """The process's verifier, built from the environment once."""
-    global _VERIFIER
-    if _VERIFIER is None:
-        _VERIFIER = Verifier()
-        if _VERIFIER.config_error:
-            from shared.log import get_logger
-
-            get_logger("identity").error(
-                "viewer keys misconfigured: no request is personal", extra={"error": _VERIFIER.config_error}
-            )
-    return _VERIFIER
+    """The process's verifier, built from the environment on first use (``shared.runtime``)."""
+    return _verifier.get()
 
 
 # ---------------------------------------------------------------------------------- minting (platform side)

@@ -42,6 +42,7 @@ import orjson
 from shared import limits, signing
 from shared.bus import BusUnavailable
 from shared.contract import SCHEMA_VERSION, validate_record
+from shared.http import Answer, error, json_answer
 from shared.log import get_logger
 
 log = get_logger("ingest")
@@ -60,14 +61,9 @@ class IngestConfig:
     retry_after_s: int = 5
 
 
-@dataclass
-class Answer:
-    status: int
-    body: dict[str, Any]
-    headers: dict[str, str] = field(default_factory=dict)
-
-    def json(self) -> bytes:
-        return orjson.dumps(self.body)
+def too_large(limit: int) -> Answer:
+    """413 for a body over ``limit`` bytes (also answered by the adapter before reading the body)."""
+    return error(413, f"body over {limit} bytes")
 
 
 class BadBody(ValueError):
@@ -192,26 +188,22 @@ class Ingestor:
 
     def _unavailable(self, what: str, exc: Exception) -> Answer:
         log.error("dependency unavailable", extra={"dependency": what, "error": str(exc)})
-        return Answer(
-            503,
-            {"error": f"{what} unavailable, retry later", "accepted": 0},
-            {"Retry-After": str(self.config.retry_after_s)},
-        )
+        return error(503, f"{what} unavailable, retry later", retry_after=self.config.retry_after_s, accepted=0)
 
     def handle(
         self, method: str, headers: Mapping[str, str], body: bytes, *, now: float | None = None, content_type: str = ""
     ) -> Answer:
         cfg = self.config
         if method.upper() != "POST":
-            return Answer(405, {"error": "method not allowed; POST webhook bodies"}, {"Allow": "POST"})
+            return error(405, "method not allowed; POST webhook bodies", headers={"Allow": "POST"})
         if len(body) > cfg.max_body_bytes:
-            return Answer(413, {"error": f"body over {cfg.max_body_bytes} bytes"})
+            return too_large(cfg.max_body_bytes)
         now = time.time() if now is None else now
         try:
             platform = signing.verify(headers, body, now=now, environ=self.environ)
         except signing.SignatureError as exc:
             log.warning("signature refused", extra={"reason": str(exc)})
-            return Answer(401, {"error": f"unauthorized: {exc}"})
+            return error(401, f"unauthorized: {exc}")
         received_at = _iso_now(now)
         try:
             items, sizes = parse_body(body, content_type)
@@ -232,9 +224,9 @@ class Ingestor:
                 )
             except Exception as qexc:  # the sender keeps its copy; a 400 is still the right answer
                 log.error("could not quarantine unparseable body", extra={"error": str(qexc)})
-            return Answer(400, {"error": str(exc)})
+            return error(400, str(exc))
         if len(items) > cfg.max_events:
-            return Answer(413, {"error": f"{len(items)} events in one request; the limit is {cfg.max_events}"})
+            return error(413, f"{len(items)} events in one request; the limit is {cfg.max_events}")
         too_big = {i for i, size in enumerate(sizes) if size > cfg.max_event_bytes}
 
         results: list[dict[str, Any]] = []
@@ -308,7 +300,7 @@ class Ingestor:
             "ingested",
             extra={"platform": platform, "accepted": accepted, "rejected": len(quarantined), "messages": len(groups)},
         )
-        return Answer(
+        return json_answer(
             200,
             {
                 "accepted": accepted,

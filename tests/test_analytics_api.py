@@ -401,13 +401,15 @@ def test_no_token_configured_refuses_everything_and_iam_mode_trusts_cloud_run(bu
     from shared.dashboard.auth import OperatorAuth
 
     closed = OperatorAuth({})
-    assert closed.check("/", {}, {"Authorization": "Bearer anything-at-all-123"}, {})[0] == 401
+    assert closed.check("/", {}, {"Authorization": "Bearer anything-at-all-123"}, {}).status == 401
     assert (
-        OperatorAuth({"DAIHUO_OPERATOR_TOKENS": "short"}).check("/", {}, {"Authorization": "Bearer short"}, {})[0]
+        OperatorAuth({"DAIHUO_OPERATOR_TOKENS": "short"}).check("/", {}, {"Authorization": "Bearer short"}, {}).status
         == 401
     )
     assert OperatorAuth({"DAIHUO_OPERATOR_AUTH": "iam"}).check("/", {}, {}, {}) is None
     assert (
-        OperatorAuth({"DAIHUO_OPERATOR_AUTH": "bogus", "DAIHUO_OPERATOR_TOKENS": OPERATOR}).check("/", {}, AUTH, {})[0]
+        OperatorAuth({"DAIHUO_OPERATOR_AUTH": "bogus", "DAIHUO_OPERATOR_TOKENS": OPERATOR})
+        .check("/", {}, AUTH, {})
+        .status
         == 401
     )

@@ -8,6 +8,7 @@ import gzip
 import time
 import uuid
 from datetime import UTC, datetime
+from pathlib import Path
 
 import orjson
 import pytest
@@ -15,8 +16,10 @@ import pytest
 from shared.pipeline.archive import ArchiveConfig, archive_batch, partition_of, run_archive
 from shared.pipeline.clean import CleanConfig, load_manifest, read_clean, run_clean
 from shared.pipeline.config import TimeRules
+from shared.runtime import faults
 from shared.storage import open_store
 
+ROOT = Path(__file__).resolve().parent.parent
 RULES = TimeRules(max_future_s=300, max_past_s=30 * 86400, late_after_s=3600)
 NOW = datetime(2026, 11, 29, 5, 30, tzinfo=UTC).timestamp()  # the archive run's clock
 ACK_DEADLINE_S = 10  # the emulator's minimum: a "crashed" batch is redelivered after this
@@ -154,8 +157,8 @@ def test_crash_between_write_and_ack_is_redelivered_and_rewrites_nothing(bus, su
     ]
     for i in range(0, 30, 10):
         bus.publish(topic, body(events[i : i + 10]))
-    with pytest.raises(RuntimeError, match="injected crash"):
-        run_archive(bus, store, acfg(name), now=NOW, crash_after="write")
+    with faults.installed("archive:write"), pytest.raises(RuntimeError, match="injected crash"):
+        run_archive(bus, store, acfg(name), now=NOW)
     keys = sorted(store.list("raw/"))
     assert len(keys) == 3 and len(raw_lines(store)) == 30  # written, not acked
     gens = {k: store.generation(k) for k in keys}
@@ -228,8 +231,8 @@ def test_redelivery_in_another_batch_composition_reaches_clean_once(bus, sub, tm
     later = [ev(f"y{i:02d}", user_id=f"u-{i}") for i in range(10)]
     bus.publish(topic, body(first[:10]))
     bus.publish(topic, body(first[10:]))
-    with pytest.raises(RuntimeError):
-        archive_batch(bus, store, acfg(name), now=NOW, crash_after="write")
+    with faults.installed("archive:write"), pytest.raises(RuntimeError):
+        archive_batch(bus, store, acfg(name), now=NOW)
     n_objects = len(list(store.list("raw/")))
     # the same messages come back in another composition (here: one message per batch, as a smaller
     # bound or a partial redelivery would cut them; plus new traffic) -> other batch ids, so their lines
@@ -265,3 +268,40 @@ def test_write_failure_nacks_at_once(bus, sub, tmp_path):
     s = archive_batch(bus, store, acfg(name), now=NOW)
     assert s["events"] == 20 and time.monotonic() - t0 < ACK_DEADLINE_S - 2  # redelivered at once (nack)
     assert sorted(e["event_id"] for e in raw_lines(store)) == sorted(e["event_id"] for e in events)
+
+
+# ------------------------------------------------------------- no crash switch in a message
+def test_a_tick_body_cannot_make_the_function_crash(bus, sub, tmp_path, monkeypatch):
+    """The archive function, served in-process by functions-framework, gets a tick whose body asks
+    for the old test crash (``crash_after``): it archives and acks as always."""
+    import base64
+
+    import functions_framework
+
+    from shared import runtime
+
+    topic, name = sub
+    monkeypatch.setenv("DAIHUO_STORE", str(tmp_path / "store"))
+    monkeypatch.setenv("DAIHUO_ARCHIVE_SUBSCRIPTION", name)
+    monkeypatch.setenv("DAIHUO_ARCHIVE_PULL_TIMEOUT_S", "2")
+    bus.publish(topic, body([ev(f"m{i}") for i in range(5)]))
+    runtime.reset_all()  # this test's store, a fresh bus
+    try:
+        app = functions_framework.create_app(
+            target="archive", source=str(ROOT / "functions" / "archive" / "main.py"), signature_type="cloudevent"
+        )
+        tick = base64.b64encode(orjson.dumps({"crash_after": "write"})).decode()
+        event = {
+            "specversion": "1.0",
+            "type": "google.cloud.pubsub.topic.v1.messagePublished",
+            "source": "//pubsub.googleapis.com/projects/p/topics/archive-tick",
+            "id": "tick-1",
+            "data": {"message": {"data": tick, "messageId": "tick-1"}, "subscription": "archive-push"},
+        }
+        r = app.test_client().post("/", data=orjson.dumps(event), content_type="application/cloudevents+json")
+        assert r.status_code == 200, r.get_data(as_text=True)
+        store = open_store(tmp_path / "store")
+        assert sorted(e["event_id"] for e in raw_lines(store)) == [f"m{i}" for i in range(5)]
+        assert not drain(bus, name)  # acked: no crash between write and ack
+    finally:
+        runtime.reset_all()

@@ -12,8 +12,9 @@ import pandas as pd
 import pytest
 
 from devtools.simulator import INVALID_KINDS, simulate
-from shared.pipeline.clean import CleanConfig, InjectedCrash, clean_tables, load_manifest, read_clean, run_clean
+from shared.pipeline.clean import CleanConfig, clean_tables, load_manifest, read_clean, run_clean
 from shared.pipeline.config import TimeRules
+from shared.runtime import InjectedCrash, faults
 from shared.storage import open_store
 
 # the simulated evening is 2026-11-27; received 2 days later: nothing in the future, nothing implausible
@@ -113,8 +114,8 @@ def test_run_twice_replay_crash_and_concurrency(sim, tmp_path):
     for k, b in objs[:2]:
         store.put(k, b)
     # a crash after clean/ was written: nothing committed, the rerun writes the same names
-    with pytest.raises(InjectedCrash):
-        run_clean(store, None, cfg(), crash_after="write_clean")
+    with faults.installed("clean:write_clean"), pytest.raises(InjectedCrash):
+        run_clean(store, None, cfg())
     assert load_manifest(store)[1] is None
     s1 = run_clean(store, None, cfg())
     assert s1["status"] == "committed"

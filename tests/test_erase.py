@@ -32,7 +32,8 @@ from devtools import emulators
 from shared import erasure, identity, signing
 from shared.ingest import Ingestor
 from shared.pipeline.clean import CleanConfig, load_manifest, run_clean
-from shared.pipeline.erase import InjectedCrash, run_erase
+from shared.pipeline.erase import run_erase
+from shared.runtime import InjectedCrash, faults
 from shared.serving.registry import Registry
 from shared.serving.train import run_train
 from shared.storage import open_store
@@ -219,8 +220,8 @@ def test_crash_then_rerun_finishes(tmp_path, crash):
     built = build_pipeline_store(tmp_path / "s", seed=6, n_streams=2, n_users=120, runs=1)
     store = built.store
     victim = str(built.sim.truth.expected_clean()["user_id"].value_counts().index[0])
-    with pytest.raises(InjectedCrash):
-        run_erase(store, users=[victim], train=False, crash_after=crash)
+    with faults.installed(f"erase:{crash}"), pytest.raises(InjectedCrash):
+        run_erase(store, users=[victim], train=False)
     m, _ = load_manifest(store)  # a reader in between: every named object still exists
     assert all(store.exists(k) for k in m["done"] + [f["key"] for f in m["clean_files"]] + m["dedupe"])
     out = run_erase(store, train=False)

@@ -4,7 +4,7 @@ subscriptions with dead-lettering, the scheduler), simulated traffic through ing
 clean → train driven only by the scheduler's ticks and Pub/Sub, then recommend and analytics.
 
 At-least-once: the clean function is made to crash once after writing its clean objects and before
-committing (DAIHUO_FAIL_ONCE=clean:write_clean); Pub/Sub redelivers the tick and the result in
+committing (the test-only fault plan DAIHUO_TEST_FAULTS=clean:write_clean, shared/runtime.py); Pub/Sub redelivers the tick and the result in
 clean/ is still exactly once per event.
 """
 
@@ -60,7 +60,7 @@ def evening(tmp_path_factory):
         overrides={"archive-every-minute": 2, "clean-hourly": 6},
         push_backoff_s=(0.5, 2),
         extra_env={
-            "DAIHUO_FAIL_ONCE": "clean:write_clean",
+            "DAIHUO_TEST_FAULTS": "clean:write_clean",
             "DAIHUO_MODEL_REFRESH_S": "1",
             "DAIHUO_ARCHIVE_PULL_TIMEOUT_S": "2",
             "DAIHUO_CLEAN_UNKNOWN_ITEMS": "quarantine",

@@ -6,35 +6,35 @@ Referrer-Policy, frame-ancestors) to every answer, refusals included.
 No request body is ever read; a query string over 4 KiB is refused (414) before it is parsed."""
 
 import functions_framework
-import orjson
-from flask import Response as FlaskResponse
 
-from shared import runtime
+from shared import http, runtime
 from shared.dashboard.app import App
 from shared.dashboard.auth import SECURITY_HEADERS, OperatorAuth
 
-_app = App(runtime.get_store)  # the store (and the data) load on the first request, not at import
-_auth = OperatorAuth()
+_app = runtime.per_instance(lambda: App(runtime.get_store))  # the data load on the first request
+_auth = runtime.per_instance(OperatorAuth)
 MAX_QUERY_BYTES = 4096
 
 
-def _answer(status: int, body: bytes, headers: dict, method: str) -> FlaskResponse:
-    return FlaskResponse(body if method != "HEAD" else b"", status=status, headers={**headers, **SECURITY_HEADERS})
+def _send(answer: http.Answer, method: str):
+    answer = answer.with_headers(SECURITY_HEADERS)
+    return http.to_flask(answer.without_body() if method == "HEAD" else answer)
 
 
 @functions_framework.http
 def analytics(request):
     if len(request.query_string) > MAX_QUERY_BYTES:
-        return _answer(
+        too_long = http.error(
             414,
-            orjson.dumps({"error": "uri_too_long", "message": f"query over {MAX_QUERY_BYTES} bytes"}),
-            {"Content-Type": "application/json; charset=utf-8", "Cache-Control": "no-store"},
-            request.method,
+            "uri_too_long",
+            message=f"query over {MAX_QUERY_BYTES} bytes",
+            headers={"Cache-Control": "no-store"},
+            content_type=http.JSON_UTF8,
         )
+        return _send(too_long, request.method)
     args = {k: v for k, v in request.args.items()}
     path = "/" + request.path.strip("/") if request.path.strip("/") else "/"
-    refused = _auth.check(path, args, request.headers, request.cookies)
+    refused = _auth.get().check(path, args, request.headers, request.cookies)
     if refused is not None:
-        return _answer(*refused, request.method)
-    res = _app.handle(request.method, request.path, args, request.headers)
-    return _answer(res.status, res.body, res.headers, request.method)
+        return _send(refused, request.method)
+    return _send(_app.get().handle(request.method, request.path, args, request.headers), request.method)

@@ -4,6 +4,7 @@ publishes the run's summary on ``events-cleaned``.
 
 An exception answers 500 so Pub/Sub retries the tick; a retried or duplicated tick is a no-op or
 a fresh run (nothing is half-committed: the manifest moves last, with a generation precondition).
+The tick's body is not read (fault injection goes through ``shared.runtime.faults`` only).
 """
 
 import json
@@ -16,11 +17,5 @@ from shared.pipeline.clean import CleanConfig, run_clean
 
 @functions_framework.cloud_event
 def clean(cloud_event):
-    params = runtime.pubsub_json(cloud_event)
-    summary = run_clean(
-        runtime.get_store(),
-        runtime.get_bus(),
-        CleanConfig(),
-        crash_after=params.get("crash_after") or runtime.fail_once("clean"),
-    )
+    summary = run_clean(runtime.get_store(), runtime.get_bus(), CleanConfig())
     return json.dumps({k: summary.get(k) for k in ("status", "run_id", "rows_in", "rows_out", "dropped")})

@@ -2,31 +2,27 @@
 
 Run locally: ``functions-framework --source functions/ingest/main.py --target ingest --port 8081``
 (with the repository root on PYTHONPATH; a deployed bundle carries ``shared/`` beside this file).
+
+The pattern of every HTTP function: per-instance state in ``runtime.per_instance`` holders (built on
+the first request), the logic answers a ``shared.http.Answer``, ``http.to_flask`` sends it.
 """
 
 import flask
 import functions_framework
 
-from shared import runtime
-from shared.ingest import Answer, IngestConfig, Ingestor
+from shared import http, runtime
+from shared.ingest import IngestConfig, Ingestor, too_large
 
-_ingestor = None
-
-
-def _get() -> Ingestor:
-    global _ingestor
-    if _ingestor is None:
-        _ingestor = Ingestor(runtime.get_bus(), runtime.get_store(), IngestConfig())
-    return _ingestor
+_ingestor = runtime.per_instance(lambda: Ingestor(runtime.get_bus(), runtime.get_store(), IngestConfig()))
 
 
 @functions_framework.http
 def ingest(request: flask.Request):
-    ing = _get()
+    ing = _ingestor.get()
     limit = ing.config.max_body_bytes
     if request.method == "POST" and (request.content_length or 0) > limit:
-        answer = Answer(413, {"error": f"body over {limit} bytes"})
+        answer = too_large(limit)
     else:
         body = request.stream.read(limit + 1) if request.method == "POST" else b""
         answer = ing.handle(request.method, request.headers, body, content_type=request.content_type or "")
-    return flask.Response(answer.json(), status=answer.status, headers=answer.headers, mimetype="application/json")
+    return http.to_flask(answer)

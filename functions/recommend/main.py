@@ -9,21 +9,13 @@ import os
 
 import flask
 import functions_framework
-import orjson
 
-from shared import limits, runtime
+from shared import http, limits, runtime
 from shared.serving.recommend import ModelHolder, Recommender
 
-_service = None
+_service = runtime.per_instance(lambda: Recommender(ModelHolder(runtime.get_store())))
 MAX_BODY = int(os.environ.get("DAIHUO_RECOMMEND_MAX_BODY_BYTES", 16_384))
 MAX_DEPTH = 4  # {"context": [...]} needs 2
-
-
-def _get() -> Recommender:
-    global _service
-    if _service is None:
-        _service = Recommender(ModelHolder(runtime.get_store()))
-    return _service
 
 
 @functions_framework.http
@@ -32,11 +24,8 @@ def recommend(request: flask.Request):
         try:
             args = limits.read_json_body(request.content_length, request.stream, MAX_BODY, MAX_DEPTH)
         except limits.BodyRefused as exc:
-            return flask.Response(
-                orjson.dumps({"error": str(exc), "param": "body"}), status=exc.status, mimetype="application/json"
-            )
+            return http.to_flask(http.error(exc.status, str(exc), param="body"))
         args = args if isinstance(args, dict) else None
     else:
         args = request.args.to_dict()
-    status, body, headers = _get().handle(request.method, args, request.headers)
-    return flask.Response(orjson.dumps(body), status=status, headers=headers, mimetype="application/json")
+    return http.to_flask(_service.get().handle(request.method, args, request.headers))

@@ -1,4 +1,4 @@
-"""The analytics function's router: (method, path, query, headers) -> Response. No web framework here,
+"""The analytics function's router: (method, path, query, headers) -> ``shared.http.Answer``. No web framework here,
 so it is tested in-process and served by any adapter (functions/analytics/main.py uses Flask's request).
 
 Caching: every answer for the same data version has the same ETag (the data version: a hash of the
@@ -15,14 +15,12 @@ import re
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote
 
-import orjson
-
 from shared.dashboard import pages, queries
 from shared.dashboard.data import DataSource
+from shared.http import HTML_UTF8, JSON_UTF8, Answer, error, json_answer
 from shared.log import get_logger
 
 log = get_logger("analytics")
@@ -46,23 +44,8 @@ ROUTES: list[tuple[re.Pattern, str, set[str]]] = [
 ]
 
 
-@dataclass
-class Response:
-    status: int
-    body: bytes = b""
-    headers: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def json(self) -> Any:
-        return orjson.loads(self.body)
-
-
-def _json(status: int, obj: Any, headers: dict[str, str] | None = None) -> Response:
-    return Response(
-        status,
-        orjson.dumps(obj, option=orjson.OPT_NON_STR_KEYS),
-        {"Content-Type": "application/json; charset=utf-8", **(headers or {})},
-    )
+def _json(status: int, obj: Any, headers: dict[str, str] | None = None) -> Answer:
+    return json_answer(status, obj, headers, content_type=JSON_UTF8, non_str_keys=True)
 
 
 def _etag_matches(header: str | None, etag: str) -> bool:
@@ -105,7 +88,7 @@ class App:
     # ------------------------------------------------------------------------------------------
     def handle(
         self, method: str, path: str, args: Mapping[str, str] | None = None, headers: Mapping[str, str] | None = None
-    ) -> Response:
+    ) -> Answer:
         args = dict(args or {})
         headers = headers or {}
         path = "/" + (path or "/").strip("/") if (path or "/").strip("/") else "/"
@@ -143,7 +126,7 @@ class App:
         if sid is not None and not snap.has_stream(sid):
             return self._error(404, "unknown_stream", f"unknown stream {sid!r}", api, snap, stream_id=sid)
         if _etag_matches(headers.get("If-None-Match") or headers.get("if-none-match"), etag):
-            return Response(304, b"", cache)
+            return Answer(304, b"", cache)
         try:
             if api:
                 return _json(200, self._api(kind, snap, sid, args), cache)
@@ -155,7 +138,7 @@ class App:
                     self._pages[key] = body
                     while len(self._pages) > self._page_cache:
                         self._pages.popitem(last=False)
-            return Response(200, body, {"Content-Type": "text/html; charset=utf-8", **cache})
+            return Answer(200, body, {"Content-Type": HTML_UTF8, **cache})
         except queries.BadParameter as exc:
             return self._error(400, "bad_parameter", exc.message, api, snap, parameter=exc.parameter)
         except queries.UnknownStream as exc:
@@ -199,12 +182,12 @@ class App:
         *,
         extra_headers: dict[str, str] | None = None,
         **fields,
-    ) -> Response:
+    ) -> Answer:
         hdrs = {"Cache-Control": "no-store", **(extra_headers or {})}
         if api or snap is None and status == 405:
-            return _json(status, {"error": code, "message": message, **fields}, hdrs)
+            return error(status, code, message=message, headers=hdrs, content_type=JSON_UTF8, **fields)
         from shared.dashboard.data import empty_snapshot
 
         title = {400: "Bad request", 404: "Not found", 405: "Method not allowed"}.get(status, "Error")
         html = pages.error_page(snap or empty_snapshot(""), status, title, message, self.root)
-        return Response(status, html.encode("utf-8"), {"Content-Type": "text/html; charset=utf-8", **hdrs})
+        return Answer(status, html.encode("utf-8"), {"Content-Type": HTML_UTF8, **hdrs})

@@ -23,8 +23,7 @@ import hmac
 import os
 from collections.abc import Mapping
 
-import orjson
-
+from shared.http import HTML_UTF8, JSON_UTF8, Answer, error
 from shared.log import get_logger
 
 log = get_logger("analytics.auth")
@@ -80,8 +79,8 @@ class OperatorAuth:
 
     def check(
         self, path: str, args: Mapping[str, str], headers: Mapping[str, str], cookies: Mapping[str, str]
-    ) -> tuple[int, bytes, dict[str, str]] | None:
-        """None = let the request through; else the (status, body, headers) to answer."""
+    ) -> Answer | None:
+        """None = let the request through; else the answer (a refusal, or the login's redirect)."""
         if path in OPEN_PATHS:
             return None
         if self.mode == "iam":
@@ -91,22 +90,18 @@ class OperatorAuth:
                 cookie = (
                     f"{COOKIE}={args['token'].strip()}; Path=/; Max-Age={COOKIE_MAX_AGE_S}; HttpOnly; SameSite=Strict"
                 )
-                return 303, b"", {"Location": "/", "Set-Cookie": cookie, "Cache-Control": "no-store"}
+                return Answer(303, b"", {"Location": "/", "Set-Cookie": cookie, "Cache-Control": "no-store"})
             return self._refuse(path, "invalid operator token")
         if self.mode == "token" and self._valid(self.presented(headers, cookies)):
             return None
         return self._refuse(path, "operator authentication required")
 
-    def _refuse(self, path: str, why: str) -> tuple[int, bytes, dict[str, str]]:
+    def _refuse(self, path: str, why: str) -> Answer:
         hdrs = {"WWW-Authenticate": 'Bearer realm="daihuo-analytics"', "Cache-Control": "no-store"}
         if path.startswith("/api/"):
-            return (
-                401,
-                orjson.dumps({"error": "unauthorized", "message": why}),
-                {**hdrs, "Content-Type": "application/json; charset=utf-8"},
-            )
+            return error(401, "unauthorized", message=why, headers=hdrs, content_type=JSON_UTF8)
         html = (
             '<!doctype html><html lang="en"><meta charset="utf-8"><title>401 Unauthorized</title>'
             f"<h1>401 Unauthorized</h1><p>{why}. See docs/dashboard.md (operator access).</p></html>"
         )
-        return 401, html.encode(), {**hdrs, "Content-Type": "text/html; charset=utf-8"}
+        return Answer(401, html.encode(), {**hdrs, "Content-Type": HTML_UTF8})

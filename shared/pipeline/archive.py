@@ -33,6 +33,7 @@ import orjson
 
 from shared.log import get_logger
 from shared.pipeline.config import TimeRules, _env
+from shared.runtime import faults
 from shared.storage import ABSENT, PreconditionFailed
 
 log = get_logger("archive")
@@ -87,9 +88,7 @@ def split_lines(data: bytes, attributes: dict[str, str]) -> list[bytes]:
     return [ln for ln in data.split(b"\n") if ln.strip()]
 
 
-def archive_batch(
-    bus, store, cfg: ArchiveConfig | None = None, *, now: float | None = None, crash_after: str | None = None
-) -> dict[str, Any]:
+def archive_batch(bus, store, cfg: ArchiveConfig | None = None, *, now: float | None = None) -> dict[str, Any]:
     """Pull up to ``cfg.max_events`` events (at most ``cfg.max_pulls`` pulls), write, then ack."""
     cfg = cfg or ArchiveConfig()
     now = time.time() if now is None else now
@@ -158,8 +157,7 @@ def archive_batch(
         except Exception:
             log.exception("nack failed too; the messages come back after the ack deadline")
         raise
-    if crash_after == "write":
-        raise RuntimeError("injected crash after write, before ack")
+    faults.point("archive:write", store, "after write, before ack")  # tests only (shared.runtime)
     bus.ack(cfg.subscription, [m.ack_id for m, _ in msgs])
     summary = {
         "messages": len(msgs),
@@ -178,14 +176,12 @@ def archive_batch(
     return summary
 
 
-def run_archive(
-    bus, store, cfg: ArchiveConfig | None = None, *, now: float | None = None, crash_after: str | None = None
-) -> dict[str, Any]:
+def run_archive(bus, store, cfg: ArchiveConfig | None = None, *, now: float | None = None) -> dict[str, Any]:
     """One scheduler tick: up to ``cfg.max_batches`` batches, stopping early when the backlog is empty."""
     cfg = cfg or ArchiveConfig()
     total = {"batches": 0, "messages": 0, "events": 0, "objects": [], "existing_objects": []}
     for _ in range(cfg.max_batches):
-        s = archive_batch(bus, store, cfg, now=now, crash_after=crash_after)
+        s = archive_batch(bus, store, cfg, now=now)
         if not s["messages"]:
             break
         total["batches"] += 1

@@ -48,6 +48,7 @@ import pyarrow.parquet as pq
 from shared.contract import ALL_TYPES, CATALOG_TYPE, VIEWER_ACTIONS, validate_record
 from shared.log import get_logger
 from shared.pipeline.config import TimeRules, _env
+from shared.runtime import faults
 
 log = get_logger("clean")
 
@@ -814,20 +815,14 @@ def _put_file(store, key: str, path: str, content_type: str) -> None:
         store.put(key, f.read(), content_type=content_type)
 
 
-class InjectedCrash(RuntimeError):
-    pass
-
-
-def run_clean(
-    store, bus=None, cfg: CleanConfig | None = None, *, crash_after: str | None = None, now: float | None = None
-) -> dict[str, Any]:
+def run_clean(store, bus=None, cfg: CleanConfig | None = None, *, now: float | None = None) -> dict[str, Any]:
     """One clean run: pending raw objects -> clean/, quarantine/, catalog/, state/dedupe/, analytics/,
     reports/clean/; commit by swapping the manifest (generation precondition); publish the summary.
 
     Returns the summary; ``status`` is ``committed``, ``noop`` (nothing pending) or ``conflict``
     (another run committed first: this one's objects are unreferenced and ignored by readers).
-    ``crash_after`` (tests): ``write_clean`` / ``write_all`` raise before the manifest moves,
-    ``commit`` raises after it moved but before publishing.
+    Fault points (tests, ``shared.runtime.faults``): ``clean:write_clean`` / ``clean:write_all``
+    crash before the manifest moves, ``clean:commit`` after it moved but before publishing.
     """
     from shared.storage import PreconditionFailed
 
@@ -883,8 +878,7 @@ def run_clean(
                 _put_file(store, key, p, "application/vnd.apache.parquet")
                 written["clean"].append(key)
                 written["clean_files"].append({"key": key, "streams": [x for x in streams if x is not None]})
-            if crash_after == "write_clean":
-                raise InjectedCrash("injected crash after writing clean/, before the manifest moved")
+            faults.point("clean:write_clean", store, "after writing clean/, before the manifest moved")
             # quarantine/ per received date
             qrows = con.execute("""SELECT coalesce(substr(received_at, 1, 10), strftime(now(), '%Y-%m-%d')) AS d,
                                           reason, field, reasons, raw, event_id, src, received_at
@@ -942,8 +936,7 @@ def run_clean(
                 "seconds": round(time.monotonic() - t0, 3),
             }
             store.put(report_key, orjson.dumps(summary, option=orjson.OPT_INDENT_2), content_type="application/json")
-            if crash_after == "write_all":
-                raise InjectedCrash("injected crash after writing every object, before the manifest moved")
+            faults.point("clean:write_all", store, "after writing every object, before the manifest moved")
         finally:
             con.close()
     finally:
@@ -987,8 +980,7 @@ def run_clean(
             in ("run_id", "rows_in", "rows_out", "dropped", "duplicates", "late", "ts_corrected", "seconds", "backlog")
         },
     )
-    if crash_after == "commit":
-        raise InjectedCrash("injected crash after the commit, before publishing")
+    faults.point("clean:commit", store, "after the commit, before publishing")
     if bus is not None:
         _publish(store, bus, cfg, run_id, summary)
     return summary

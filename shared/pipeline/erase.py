@@ -44,6 +44,7 @@ import pyarrow.parquet as pq
 
 from shared import erasure
 from shared.log import get_logger
+from shared.runtime import faults
 
 log = get_logger("erase")
 
@@ -51,10 +52,6 @@ PREFIXES = ("raw/", "clean/", "quarantine/", "state/dedupe/", "catalog/", "analy
 MANIFEST = "state/clean-manifest.json"
 _TOKEN = re.compile(rb"[A-Za-z0-9._:@-]+")
 _SUFFIX = re.compile(r"~e[0-9a-f]{12}$")
-
-
-class InjectedCrash(RuntimeError):
-    pass
 
 
 def _split_ext(key: str) -> tuple[str, str]:
@@ -322,7 +319,6 @@ def run_erase(
     mode: str = "pending",
     train: bool = True,
     now: float | None = None,
-    crash_after: str | None = None,
 ) -> dict[str, Any]:
     """Register ``users`` (if any), then erase every open entry (``mode="pending"``: no ``clean_model``
     yet) or every entry (``mode="all"``). See the module docstring."""
@@ -386,8 +382,7 @@ def run_erase(
             )
         plan[k] = nk
         summary["rows_removed"] += dropped
-    if crash_after == "write":
-        raise InjectedCrash("injected crash after writing the rewritten copies, before the manifest moved")
+    faults.point("erase:write", store, "after writing the rewritten copies, before the manifest moved")
 
     def remap(m):
         def one(k):
@@ -404,8 +399,7 @@ def run_erase(
 
     if plan and store.exists(MANIFEST):
         update_json(store, MANIFEST, remap)
-    if crash_after == "manifest":
-        raise InjectedCrash("injected crash after the manifest moved, before the old objects were deleted")
+    faults.point("erase:manifest", store, "after the manifest moved, before the old objects were deleted")
     for k in plan:
         store.delete(k)
     summary["rewritten"] = {k: v for k, v in plan.items() if v}

@@ -5,7 +5,8 @@
   ``refresh_s`` seconds (``DAIHUO_MODEL_REFRESH_S``, default 30; every second while no model exists)
   and swaps in a new version only after it loaded completely. A version that fails to load is logged
   and skipped: the last good model keeps serving. Requests never touch the store after the first.
-* ``parse_params`` validates the query (400 naming the parameter), ``Recommender.handle`` answers.
+* ``parse_params`` validates the query (400 naming the parameter), ``Recommender.handle`` answers
+  (a ``shared.http.Answer``; the JSON body is serialised when it is sent).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from shared import identity
+from shared.http import Answer, error, json_answer
 from shared.log import get_logger
 from shared.serving.registry import Registry, Served
 
@@ -364,18 +366,16 @@ class Recommender:
     def __init__(self, holder: ModelHolder):
         self.holder = holder
 
-    def handle(
-        self, method: str, args: Mapping[str, Any] | None, headers: Mapping[str, str] | None = None
-    ) -> tuple[int, dict, dict[str, str]]:
+    def handle(self, method: str, args: Mapping[str, Any] | None, headers: Mapping[str, str] | None = None) -> Answer:
         t0 = time.perf_counter()
         if method not in ("GET", "POST"):
-            return 405, {"error": f"method {method} not allowed", "allowed": ["GET", "POST"]}, {"Allow": "GET, POST"}
+            return error(405, f"method {method} not allowed", headers={"Allow": "GET, POST"}, allowed=["GET", "POST"])
         if args is None:
-            return 400, {"error": "body: expected a JSON object", "param": "body"}, {}
+            return error(400, "body: expected a JSON object", param="body")
         try:
             p = parse_params(args)
         except BadParam as exc:
-            return 400, {"error": str(exc), "param": exc.param}, {}
+            return error(400, str(exc), param=exc.param)
         # personal results only for a viewer who proves to be user_id (shared/identity.py); otherwise
         # the model is asked as for a stranger: stream / context / global, no reason from a history
         ident = identity.verifier().check(p.user_id, headers)
@@ -386,14 +386,12 @@ class Recommender:
         loaded = self.holder.get()
         if loaded is None:
             retry = max(1, int(math.ceil(min(self.holder.refresh_s, 5.0))))
-            return (
+            return error(
                 503,
-                {
-                    "error": "no model has been published yet (models/LATEST.json missing or unloadable)",
-                    "detail": self.holder.last_error,
-                    "retry_after_s": retry,
-                },
-                {"Retry-After": str(retry)},
+                "no model has been published yet (models/LATEST.json missing or unloadable)",
+                retry_after=retry,
+                detail=self.holder.last_error,
+                retry_after_s=retry,
             )
         served = loaded.served
         allowed = None
@@ -449,4 +447,4 @@ class Recommender:
         if note:
             body["note"] = note
         body.update(personal=ident.personal, identity=ident.reason)
-        return 200, body, {"X-Model-Version": served.version}
+        return json_answer(200, body, {"X-Model-Version": served.version})
