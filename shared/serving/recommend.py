@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from shared import identity
+from shared.erasure import ErasureList
 from shared.http import Answer, error, json_answer
 from shared.log import get_logger
 from shared.serving.registry import Registry, Served
@@ -344,19 +345,14 @@ _FALLBACK = {
 
 
 # ------------------------------------------------------------------------------ erasure
-def _erased(holder: ModelHolder, user_id: str | None) -> bool:
+def _erased(holder: ModelHolder, erasures: ErasureList, user_id: str | None) -> bool:
     """True if ``user_id`` asked to be erased and the served model may still hold their history
     (``shared.erasure``: the list is cached, re-checked every ``DAIHUO_ERASURE_REFRESH_S``)."""
     if user_id is None:
         return False
-    from shared.erasure import ErasureList
-
-    lst = getattr(holder, "erasure", None)
-    if lst is None:
-        lst = holder.erasure = ErasureList(holder.registry.store)
     cur = holder.get()
     served = cur.served if cur is not None else None
-    return lst.refuses(
+    return erasures.refuses(
         user_id, served.version if served else None, (served.meta or {}).get("created_at") if served else None
     )
 
@@ -365,6 +361,7 @@ def _erased(holder: ModelHolder, user_id: str | None) -> bool:
 class Recommender:
     def __init__(self, holder: ModelHolder):
         self.holder = holder
+        self.erasures = ErasureList(holder.registry.store)  # read on the first personal request
 
     def handle(self, method: str, args: Mapping[str, Any] | None, headers: Mapping[str, str] | None = None) -> Answer:
         t0 = time.perf_counter()
@@ -379,7 +376,8 @@ class Recommender:
         # personal results only for a viewer who proves to be user_id (shared/identity.py); otherwise
         # the model is asked as for a stranger: stream / context / global, no reason from a history
         ident = identity.verifier().check(p.user_id, headers)
-        if ident.personal and _erased(self.holder, p.user_id):  # asked to be forgotten (docs/privacy.md)
+        # a viewer who asked to be forgotten (docs/privacy.md) is answered as a stranger
+        if ident.personal and _erased(self.holder, self.erasures, p.user_id):
             ident = dataclasses.replace(ident, personal=False, reason="erased")
         if p.user_id is not None and not ident.personal:
             p = dataclasses.replace(p, user_id=None)
