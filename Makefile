@@ -99,7 +99,7 @@ infra-fmt:
 	terraform fmt -check -recursive infra
 
 # ruff (lint + format check) on everything; mypy on the modules listed in MYPY_MODULES (pure logic)
-MYPY_MODULES ?= shared/limits.py shared/signing.py shared/log.py shared/pipeline/config.py shared/http.py shared/runtime.py
+MYPY_MODULES ?= shared/limits.py shared/signing.py shared/log.py shared/pipeline/config.py shared/http.py shared/runtime.py shared/settings.py shared/layout.py
 lint: venv
 	$(BIN)/ruff check shared functions devtools tests bench
 	$(BIN)/ruff format --check shared functions devtools tests bench

@@ -37,6 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from devtools.emulators import free_port  # noqa: E402
+from shared import layout  # noqa: E402
 from shared.serving.data import write_clean_from_frames  # noqa: E402
 from shared.storage import open_store  # noqa: E402
 
@@ -251,7 +252,7 @@ def main(argv=None) -> int:
     t = time.perf_counter()
     res = run_train(store, None)
     train_s = time.perf_counter() - t
-    meta = json.loads(store.get(f"models/{res.version}/meta.json"))
+    meta = json.loads(store.get(layout.model_meta_key(res.version)))
     print(
         f"train (read clean -> promoted model): {train_s:.2f}s  promoted={res.promoted}  timing={meta['timing_s']} "
         f"users={meta['data']['users']:,} items={meta['data']['items']:,} npz={meta['arrays_bytes'] / 1e6:.1f} MB",

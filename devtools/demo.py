@@ -48,7 +48,8 @@ def wait(pred, timeout: float, what: str, interval: float = 1.0, progress=None):
 def run(args) -> int:
     import logging
 
-    from shared.pipeline.clean import load_manifest
+    from shared import layout
+    from shared.layout import load_manifest
     from shared.storage import open_store
 
     logging.getLogger("daihuo.localcloud").setLevel(logging.WARNING)  # ticks are in var/stack/logs
@@ -102,7 +103,7 @@ def run(args) -> int:
         def archived() -> int:
             import gzip
 
-            for k in store.list("raw/"):
+            for k in store.list(layout.RAW):
                 if k not in lines_in:
                     lines_in[k] = gzip.decompress(store.get(k)).count(b"\n")
             return sum(lines_in.values())
@@ -111,18 +112,18 @@ def run(args) -> int:
             m, _ = load_manifest(store)
             return (
                 f"archived {archived()}/{res.accepted} events in {len(lines_in)} raw objects, "
-                f"{len(m.get('clean_files', []))} clean runs committed"
+                f"{len(m.clean_files)} clean runs committed"
             )
 
         def all_cleaned():
             if archived() < res.accepted:
                 return None
             m, _ = load_manifest(store)
-            return m if set(lines_in) <= set(m.get("done", [])) else None
+            return m if set(lines_in) <= set(m.done) else None
 
         wait(all_cleaned, args.timeout, "archive and clean to process every accepted event", progress=progress)
         print()
-        reports = [json.loads(store.get(run["report"])) for run in load_manifest(store)[0].get("runs", [])]
+        reports = [json.loads(store.get(run.report)) for run in load_manifest(store)[0].runs]
         tot = lambda k: sum(int(r.get(k, 0) or 0) for r in reports)
         print(
             f"   {len(reports)} clean runs: rows in {tot('rows_in')}, clean {tot('rows_out')}, "
@@ -138,11 +139,11 @@ def run(args) -> int:
 
         step("train runs on events-cleaned and promotes a model")
         latest = wait(
-            lambda: store.exists("models/LATEST.json") and json.loads(store.get("models/LATEST.json")),
+            lambda: store.exists(layout.LATEST) and json.loads(store.get(layout.LATEST)),
             args.timeout,
             "a promoted model (models/LATEST.json)",
         )
-        meta = json.loads(store.get(f"models/{latest['version']}/meta.json"))
+        meta = json.loads(store.get(layout.model_meta_key(latest["version"])))
         metrics = meta.get("metrics", {})
         print(f"   model {latest['version']} promoted: {(meta.get('decision') or {}).get('reason', '')}")
         g = metrics.get("gate") or {}

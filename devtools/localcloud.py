@@ -35,6 +35,7 @@ from pathlib import Path
 
 from devtools import emulators
 from shared.log import get_logger
+from shared.settings import dev_settings
 
 log = get_logger("localcloud")
 ROOT = emulators.REPO_ROOT
@@ -472,10 +473,11 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m devtools.localcloud", description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
     up = sub.add_parser("up", help="start the local cloud")
-    up.add_argument("--port-base", type=int, default=int(os.environ.get("DAIHUO_PORT_BASE", 8080)))
+    dev = dev_settings()
+    up.add_argument("--port-base", type=int, default=dev.port_base)
     up.add_argument(
         "--store",
-        default=os.environ.get("DAIHUO_LOCAL_STORE", "local"),
+        default=dev.local_store,
         help="local (embedded default), gcs (the GCS emulator), or a store URL",
     )
     up.add_argument(

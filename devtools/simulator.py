@@ -2913,13 +2913,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if a.out:
         report["files"] = write_files(sim, a.out, gzip_output=a.gzip, truth_tables=not a.no_truth_tables)
     if a.url:
-        from shared.signing import secret_env_name
+        from shared.settings import platform_secret
 
         secrets: dict[str, str] = {}
         for p in cfg.platforms:
-            v = os.environ.get(secret_env_name(p))
+            v = platform_secret(p)  # $DAIHUO_SECRET_<PLATFORM>
             if v:
-                secrets[p] = v
+                secrets[p] = v.decode()
         for s in a.secret:
             p, _, v = s.partition("=")
             secrets[p] = v

@@ -63,9 +63,11 @@ class Bus:
         max_bytes: int = 9 * 1024 * 1024,
     ):
         self.project = project or project_id()
-        self.publish_timeout_s = float(
-            publish_timeout_s if publish_timeout_s is not None else os.environ.get("DAIHUO_PUBLISH_TIMEOUT_S", "10")
-        )
+        if publish_timeout_s is None:
+            from shared.settings import settings
+
+            publish_timeout_s = settings().publish_timeout_s
+        self.publish_timeout_s = float(publish_timeout_s)
         self._batch = (max_bytes, max_latency_s, max_messages)
         self._publisher = None
         self._subscriber = None

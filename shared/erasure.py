@@ -18,17 +18,18 @@ Readers:
 from __future__ import annotations
 
 import hashlib
-import os
 import threading
 import time
 from datetime import UTC, datetime
 from typing import Any
 
+from shared import layout
 from shared.log import get_logger
+from shared.settings import settings
 
 log = get_logger("erasure")
 
-ERASURE_KEY = "state/erasure.json"
+ERASURE_KEY = layout.ERASURE
 _NS = b"daihuo-erasure:v1:"
 
 
@@ -95,7 +96,7 @@ class ErasureList:
 
     def __init__(self, store, refresh_s: float | None = None):
         self.store = store
-        self.refresh_s = float(refresh_s if refresh_s is not None else os.environ.get("DAIHUO_ERASURE_REFRESH_S", "30"))
+        self.refresh_s = float(refresh_s if refresh_s is not None else settings().erasure_refresh_s)
         self._entries: dict[str, dict] | None = None
         self._gen: str | None = "unread"
         self._checked = 0.0

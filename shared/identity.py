@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import os
 import sys
 import time
 from collections.abc import Mapping
@@ -82,13 +81,15 @@ class Verifier:
         max_ttl_s: int | None = None,
         environ: Mapping[str, str] | None = None,
     ):
-        env = os.environ if environ is None else environ
-        self.audience = audience or env.get("DAIHUO_VIEWER_AUDIENCE") or DEFAULT_AUDIENCE
-        self.max_ttl_s = int(max_ttl_s if max_ttl_s is not None else env.get("DAIHUO_VIEWER_TOKEN_MAX_TTL_S", 900))
+        from shared.settings import load
+
+        env = load(environ)
+        self.audience = audience or env.viewer_audience or DEFAULT_AUDIENCE
+        self.max_ttl_s = int(max_ttl_s if max_ttl_s is not None else env.viewer_token_max_ttl_s)
         self.config_error: str | None = None
         if keys is None:
             keys = {}
-            raw = env.get("DAIHUO_VIEWER_KEYS", "").strip()
+            raw = env.viewer_keys.strip()
             if raw:
                 try:
                     keys = {str(k): unb64url(v) for k, v in orjson.loads(raw).items()}
@@ -261,7 +262,12 @@ def main(argv: list[str] | None = None) -> int:
             ).decode()
         )
         return 0
-    seed = unb64url(os.environ["DAIHUO_VIEWER_PRIVATE_KEY"])
+    from shared.settings import settings
+
+    key = settings().viewer_private_key
+    if key is None:
+        ap.error("DAIHUO_VIEWER_PRIVATE_KEY is not set (the platform's signing seed, base64url)")
+    seed = unb64url(key.get_secret_value())
     print(mint(seed, a.kid, a.sub, aud=a.aud, ttl_s=a.ttl))
     return 0
 

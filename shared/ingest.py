@@ -29,7 +29,6 @@ which is what lets one instance publish >100k events/s (see README, "Ingest benc
 from __future__ import annotations
 
 import gzip
-import os
 import time
 import uuid
 from collections.abc import Mapping
@@ -39,25 +38,22 @@ from typing import Any
 
 import orjson
 
-from shared import limits, signing
+from shared import layout, limits, signing
 from shared.bus import BusUnavailable
 from shared.contract import SCHEMA_VERSION, validate_record
 from shared.http import Answer, error, json_answer
 from shared.log import get_logger
+from shared.settings import settings
 
 log = get_logger("ingest")
 
 
-def _env_int(name: str, default: int) -> int:
-    return int(os.environ.get(name, default))
-
-
 @dataclass(frozen=True)
 class IngestConfig:
-    max_body_bytes: int = field(default_factory=lambda: _env_int("DAIHUO_MAX_BODY_BYTES", 1_048_576))
-    max_events: int = field(default_factory=lambda: _env_int("DAIHUO_MAX_EVENTS", 1000))
-    max_event_bytes: int = field(default_factory=lambda: _env_int("DAIHUO_MAX_EVENT_BYTES", 16_384))
-    topic: str = field(default_factory=lambda: os.environ.get("DAIHUO_EVENTS_TOPIC", "viewer-events"))
+    max_body_bytes: int = field(default_factory=lambda: settings().max_body_bytes)
+    max_events: int = field(default_factory=lambda: settings().max_events)
+    max_event_bytes: int = field(default_factory=lambda: settings().max_event_bytes)
+    topic: str = field(default_factory=lambda: settings().events_topic)
     retry_after_s: int = 5
 
 
@@ -181,7 +177,7 @@ class Ingestor:
 
     def _quarantine(self, rows: list[dict[str, Any]], received_at: str, now: float) -> str:
         day = received_at[:10]
-        key = f"quarantine/ingest/date={day}/{int(now * 1000):013d}-{uuid.uuid4().hex}.ndjson.gz"
+        key = layout.ingest_quarantine_key(day, int(now * 1000), uuid.uuid4().hex)
         data = gzip.compress(b"\n".join(_dump_row(r) for r in rows) + b"\n", compresslevel=6, mtime=0)
         self.store.put(key, data, content_type="application/gzip")
         return key

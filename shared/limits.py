@@ -20,7 +20,6 @@ Defaults: ``DAIHUO_MAX_JSON_DEPTH`` = 16 levels per event (a valid event needs 2
 
 from __future__ import annotations
 
-import os
 import re
 
 _STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.S)
@@ -33,7 +32,9 @@ _TOKEN = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{},]', re.S)
 
 
 def max_depth_default() -> int:
-    return int(os.environ.get("DAIHUO_MAX_JSON_DEPTH", 16))
+    from shared.settings import settings
+
+    return settings().max_json_depth
 
 
 def too_deep(data: bytes, max_depth: int) -> bool:

@@ -88,9 +88,10 @@ def _new_bus():
 
 
 def _open_store():
+    from shared.settings import settings
     from shared.storage import open_store
 
-    return open_store(os.environ.get("DAIHUO_STORE", "var/store"))
+    return open_store(settings().store)
 
 
 _bus = per_instance(_new_bus)
@@ -106,7 +107,7 @@ def get_store():
 
 
 # ------------------------------------------------------------------------------ fault injection
-TEST_FAULTS_ENV = "DAIHUO_TEST_FAULTS"  # test-only: never set in a deployment
+TEST_FAULTS_ENV = "DAIHUO_TEST_FAULTS"  # test-only: never set in a deployment (shared/settings.py)
 
 
 class InjectedCrash(RuntimeError):
@@ -162,17 +163,20 @@ class Faults:
         if store is None:
             with self._lock:
                 return self._plan.pop(name, None) is not None
+        from shared import layout
         from shared.storage import ABSENT, PreconditionFailed
 
         try:
-            store.put(f"state/faults/{name.replace(':', '-')}", b"injected", if_generation_match=ABSENT)
+            store.put(layout.fault_key(name), b"injected", if_generation_match=ABSENT)
         except PreconditionFailed:
             return False
         return True
 
 
 def _environ_plan(environ) -> list[str]:
-    points = [p.strip() for p in (environ.get(TEST_FAULTS_ENV) or "").split(",") if p.strip()]
+    from shared.settings import read_one
+
+    points = [p.strip() for p in read_one("test_faults", environ).split(",") if p.strip()]
     if points and environ.get("K_SERVICE"):
         from shared.log import get_logger
 

@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import os
 import re
 import time
 from collections.abc import Mapping
+
+from shared import settings
 
 HEADER_PLATFORM = "X-Daihuo-Platform"
 HEADER_TIMESTAMP = "X-Daihuo-Timestamp"
@@ -35,8 +36,7 @@ class SignatureError(Exception):
     """The request is not authentic; ``str(err)`` says why (safe to show the caller)."""
 
 
-def secret_env_name(platform: str) -> str:
-    return "DAIHUO_SECRET_" + platform.upper()
+secret_env_name = settings.secret_env_name  # DAIHUO_SECRET_<PLATFORM>, declared in shared/settings.py
 
 
 def sign(secret: bytes | str, body: bytes, timestamp: int | None = None) -> dict[str, str]:
@@ -52,9 +52,7 @@ def signed_headers(platform: str, secret: bytes | str, body: bytes, timestamp: i
 
 
 def lookup_secret(platform: str, environ: Mapping[str, str] | None = None) -> bytes | None:
-    env = os.environ if environ is None else environ
-    value = env.get(secret_env_name(platform))
-    return value.encode() if value else None
+    return settings.platform_secret(platform, environ)
 
 
 def verify(

@@ -1,6 +1,6 @@
 """One small object-store interface, three backends: GCS, S3-compatible, local filesystem.
 
-Everything Daihuo keeps lives in one bucket under prefixes (DESIGN.md section 3). Code talks to an
+Everything Daihuo keeps lives in one bucket under prefixes (shared/layout.py spells them). Code talks to an
 ``ObjectStore`` obtained from ``open_store(url)``:
 
 * ``gs://bucket[/prefix]``   Google Cloud Storage (``STORAGE_EMULATOR_HOST`` selects the emulator)
@@ -152,6 +152,7 @@ class ObjectStore(Protocol):
     def exists(self, key: str) -> bool: ...
     def list(self, prefix: str = "") -> Iterator[str]: ...
     def delete(self, key: str) -> None: ...
+    def local_path(self, key: str, cache_dir: str) -> str: ...
     def put_if_unchanged(
         self, key: str, data: bytes, expected: Generation | None, *, content_type: str | None = None
     ) -> Generation: ...
@@ -231,6 +232,19 @@ class _BaseStore:
     def delete(self, key: str) -> None:
         """Remove the object; deleting a missing object is not an error."""
         self._delete(self._name(key))
+
+    def local_path(self, key: str, cache_dir: str) -> str:
+        """A filesystem path holding the object's bytes, for engines that read files (DuckDB,
+        pyarrow): a download into ``cache_dir`` (named by a hash of the key; an earlier download of
+        the same key there is reused, so give each run its own directory). ``LocalStore`` returns
+        the object's own file instead (no copy: read it, never write to it). NotFound if absent."""
+        path = os.path.join(cache_dir, hashlib.sha1(key.encode()).hexdigest() + os.path.splitext(key)[1])
+        if not os.path.exists(path):
+            data = self.get(key)
+            os.makedirs(cache_dir, exist_ok=True)
+            with open(path, "wb") as f:
+                f.write(data)
+        return path
 
     # JSON convenience (also available as module functions)
     def put_json(self, key: str, obj: Any, *, if_generation_match: Generation | None = None) -> Generation:
@@ -592,6 +606,14 @@ class LocalStore(_BaseStore):
 
     def _data_path(self, name: str) -> str:
         return self._path(self.root, name)
+
+    def local_path(self, key: str, cache_dir: str) -> str:
+        """The object's own file (no copy; ``cache_dir`` is not used). Read it, never write to it:
+        a later ``put`` replaces the file atomically, so an open handle keeps the old bytes."""
+        path = self._data_path(self._name(key))
+        if not os.path.isfile(path):
+            raise NotFound(f"{self.url}: {key!r} does not exist")
+        return path
 
     def _meta_path(self, name: str, suffix: str) -> str:
         # metadata is keyed by a hash of the name: no file/directory clashes between "a" and "a/b",

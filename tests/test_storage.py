@@ -514,3 +514,18 @@ def test_open_store_gcs_uses_emulator_client(gcs_emulator):
     s.put("a.txt", b"hi")
     assert s.get("a.txt") == b"hi" and list(s.list()) == ["a.txt"]
     assert s.client is storage.gcs_client()  # created lazily, shared by the process
+
+
+def test_local_path_gives_a_readable_file(store, tmp_path):
+    """``local_path``: a file with the object's bytes for engines that read files (DuckDB, pyarrow):
+    the object's own file on the local backend, a download elsewhere; NotFound if absent."""
+    store.put("clean/date=2026-11-27/r-1.parquet", b"first")
+    cache = str(tmp_path / "dl")
+    path = store.local_path("clean/date=2026-11-27/r-1.parquet", cache)
+    assert path.endswith(".parquet") and open(path, "rb").read() == b"first"
+    if isinstance(store, LocalStore):  # no copy: the store's own file
+        assert not os.path.exists(cache) and path.startswith(store.root)
+    else:
+        assert os.path.dirname(path) == cache
+    with pytest.raises(NotFound):
+        store.local_path("clean/date=2026-11-27/r-missing.parquet", cache)

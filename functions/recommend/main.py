@@ -5,16 +5,15 @@ refreshed by a background thread when models/LATEST.json moves (DAIHUO_MODEL_REF
 A POST body is bounded before it is parsed: over ``DAIHUO_RECOMMEND_MAX_BODY_BYTES`` (16 KiB) ->
 413, nested deeper than 4 levels or not JSON -> 400 ``param: body`` (shared/limits.py)."""
 
-import os
-
 import flask
 import functions_framework
 
 from shared import http, limits, runtime
 from shared.serving.recommend import ModelHolder, Recommender
+from shared.settings import settings
 
 _service = runtime.per_instance(lambda: Recommender(ModelHolder(runtime.get_store())))
-MAX_BODY = int(os.environ.get("DAIHUO_RECOMMEND_MAX_BODY_BYTES", 16_384))
+MAX_BODY = settings().recommend_max_body_bytes
 MAX_DEPTH = 4  # {"context": [...]} needs 2
 
 

@@ -10,7 +10,6 @@ memory and looks at the manifest's generation at most every ``DAIHUO_DASHBOARD_C
 
 from __future__ import annotations
 
-import os
 import re
 import threading
 from collections import OrderedDict
@@ -22,6 +21,7 @@ from shared.dashboard import pages, queries
 from shared.dashboard.data import DataSource
 from shared.http import HTML_UTF8, JSON_UTF8, Answer, error, json_answer
 from shared.log import get_logger
+from shared.settings import settings
 
 log = get_logger("analytics")
 
@@ -72,8 +72,9 @@ class App:
         self._check_every_s = check_every_s
         self._source: DataSource | None = None
         self._lock = threading.Lock()
-        self.max_age_s = int(os.environ.get("DAIHUO_DASHBOARD_MAX_AGE", 300)) if max_age_s is None else max_age_s
-        self.root = (os.environ.get("DAIHUO_DASHBOARD_ROOT", "") if root is None else root).rstrip("/")
+        env = settings()
+        self.max_age_s = env.dashboard_max_age if max_age_s is None else max_age_s
+        self.root = (env.dashboard_root if root is None else root).rstrip("/")
         self._pages: OrderedDict[tuple, bytes] = OrderedDict()
         self._page_cache = page_cache
 

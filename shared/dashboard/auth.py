@@ -20,11 +20,11 @@ and a short HTML page elsewhere; nothing about the data.
 from __future__ import annotations
 
 import hmac
-import os
 from collections.abc import Mapping
 
 from shared.http import HTML_UTF8, JSON_UTF8, Answer, error
 from shared.log import get_logger
+from shared.settings import load
 
 log = get_logger("analytics.auth")
 
@@ -50,11 +50,11 @@ OPEN_PATHS = {"/healthz"}
 
 class OperatorAuth:
     def __init__(self, environ: Mapping[str, str] | None = None):
-        env = os.environ if environ is None else environ
-        self.mode = (env.get("DAIHUO_OPERATOR_AUTH") or "token").strip().lower()
+        env = load(environ)
+        self.mode = env.operator_auth.strip().lower()
         if self.mode not in ("token", "iam"):
             log.error("unknown DAIHUO_OPERATOR_AUTH; refusing every request", extra={"mode": self.mode})
-        raw = [t.strip() for t in (env.get("DAIHUO_OPERATOR_TOKENS") or "").split(",") if t.strip()]
+        raw = env.operator_token_list
         self.tokens = [t.encode() for t in raw if len(t) >= 16]
         if len(self.tokens) != len(raw):
             log.error("operator tokens shorter than 16 characters are ignored")

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
-import re
 import threading
 import time
 from collections import OrderedDict
@@ -27,21 +25,25 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from shared import layout
+from shared.layout import Manifest
 from shared.log import get_logger
-from shared.pipeline.analytics import STREAM_COLS
-from shared.pipeline.clean import CLEAN_SCHEMA, MANIFEST
+from shared.pipeline import outputs
+from shared.settings import settings
 from shared.storage import NotFound
 
 log = get_logger("dashboard")
 
-MODELS_LATEST = "models/LATEST.json"
-_META = re.compile(r"^models/([^/]+)/meta\.json$")
+_META = layout.MODEL_META_RE
 # bump when the rendered output changes shape: part of the ETag, so caches do not serve old pages
 RENDER_VERSION = "1"
 
 
 def _read_parquet(store, key: str) -> pd.DataFrame:
-    t = pq.read_table(io.BytesIO(store.get(key)))
+    return _frame(pq.read_table(io.BytesIO(store.get(key))))
+
+
+def _frame(t: pa.Table) -> pd.DataFrame:
     # dictionary columns -> plain strings (pandas categoricals get in the way of filtering/sorting)
     cols = [c.cast(pa.string()) if pa.types.is_dictionary(c.type) else c for c in t.columns]
     return pa.table(cols, names=t.column_names).to_pandas()
@@ -59,7 +61,7 @@ class Snapshot:
     """One consistent state of the analytics data (immutable once built)."""
 
     version: str  # ETag value: changes whenever anything shown changes
-    manifest: dict[str, Any]
+    manifest: Manifest
     stream: pd.DataFrame
     stream_hour: pd.DataFrame
     stream_item: pd.DataFrame
@@ -81,15 +83,9 @@ class Snapshot:
 
     def clean_events(self, stream_id: str) -> pa.Table:
         """The stream's committed clean events (only the clean files that hold the stream are read)."""
-        keys = [f["key"] for f in self.manifest.get("clean_files", []) if stream_id in f.get("streams", [])]
-        parts = []
-        for k in keys:
-            t = pq.read_table(io.BytesIO(self._store.get(k)))
-            sid = t.column("stream_id").cast(pa.string())
-            parts.append(t.filter(pa.compute.equal(sid, stream_id)))
-        if not parts:
-            return CLEAN_SCHEMA.empty_table()
-        return pa.concat_tables(parts, promote_options="permissive")
+        if self._store is None:
+            return outputs.empty_clean()
+        return outputs.clean_events(self._store, self.manifest, stream_id)
 
     def fine_series(self, stream_id: str, bucket_s: int) -> pd.DataFrame:
         """Per-bucket series from the clean events (cached per snapshot, a few streams at a time)."""
@@ -111,8 +107,8 @@ class Snapshot:
 def empty_snapshot(version: str = "empty") -> Snapshot:
     return Snapshot(
         version=version,
-        manifest={},
-        stream=pd.DataFrame(columns=STREAM_COLS),
+        manifest=Manifest(),
+        stream=pd.DataFrame(columns=outputs.STREAM_COLUMNS),
         stream_hour=pd.DataFrame(columns=["stream_id", "hour"]),
         stream_item=pd.DataFrame(
             columns=[
@@ -140,7 +136,7 @@ def load_models(store) -> tuple[list[dict[str, Any]], str | None]:
     """Every ``models/<version>/meta.json`` (a broken one is listed with ``error``) and LATEST's version."""
     latest = None
     try:
-        ptr = orjson.loads(store.get(MODELS_LATEST))
+        ptr = orjson.loads(store.get(layout.LATEST))
         latest = ptr.get("version") if isinstance(ptr, dict) else None
         latest = str(latest) if latest is not None else None
     except NotFound:
@@ -149,7 +145,7 @@ def load_models(store) -> tuple[list[dict[str, Any]], str | None]:
         log.warning("unreadable models/LATEST.json", extra={"error": str(exc)})
     models = []
     try:
-        keys = [k for k in store.list("models/") if _META.match(k)]
+        keys = [k for k in store.list(layout.MODELS) if _META.match(k)]
     except Exception as exc:
         log.warning("cannot list models/", extra={"error": str(exc)})
         keys = []
@@ -169,34 +165,29 @@ def load_models(store) -> tuple[list[dict[str, Any]], str | None]:
 
 
 def load_snapshot(store, manifest_gen: str | None, models_gen: str | None) -> Snapshot:
-    from shared.pipeline.clean import load_manifest
-
     version = hashlib.sha1(f"{RENDER_VERSION}|{manifest_gen}|{models_gen}".encode()).hexdigest()[:16]
     snap = empty_snapshot(version)
     snap._store = store
     snap.models, snap.latest_model = load_models(store)
     if manifest_gen is None:
         return snap
-    manifest, _ = load_manifest(store)
+    manifest, _ = outputs.load_manifest(store)
     snap.manifest = manifest
-    an = manifest.get("analytics") or {}
-    if an.get("stream"):
-        snap.stream = _read_parquet(store, an["stream"])
-    if an.get("stream_hour"):
-        snap.stream_hour = _read_parquet(store, an["stream_hour"])
-    if an.get("stream_item"):
-        snap.stream_item = _read_parquet(store, an["stream_item"])
-    cats = [_read_parquet(store, k) for k in manifest.get("catalog", [])]
+    for name in layout.ANALYTICS_TABLES:
+        t = outputs.read_table(store, manifest, name)
+        if t is not None:
+            setattr(snap, name, _frame(t))
+    cats = [_read_parquet(store, k) for k in manifest.catalog]
     if cats:
         cat = pd.concat(cats, ignore_index=True).sort_values(["ts", "event_id"], kind="stable")
         snap.catalog = cat.drop_duplicates("item_id", keep="last")[["item_id", "title", "category", "price"]]
     runs = []
-    for r in manifest.get("runs", []):
+    for r in manifest.runs:
         try:
-            rep = orjson.loads(store.get(r["report"]))
+            rep = orjson.loads(store.get(r.report))
         except Exception as exc:
             rep = {"error": f"unreadable report: {exc}"}
-        runs.append({**r, **rep, "run_id": r["run_id"]})
+        runs.append({**r.model_dump(exclude_none=True), **rep, "run_id": r.run_id})
     snap.runs = runs
     return snap
 
@@ -206,9 +197,7 @@ class DataSource:
 
     def __init__(self, store, check_every_s: float | None = None):
         self.store = store
-        self.check_every_s = (
-            float(os.environ.get("DAIHUO_DASHBOARD_CHECK_S", 30)) if check_every_s is None else float(check_every_s)
-        )
+        self.check_every_s = settings().dashboard_check_s if check_every_s is None else float(check_every_s)
         self._snap: Snapshot | None = None
         self._gens: tuple | None = None
         self._checked = 0.0
@@ -223,7 +212,7 @@ class DataSource:
         with self._lock:
             if self._snap is not None and time.monotonic() - self._checked < self.check_every_s:
                 return self._snap
-            gens = (_generation(self.store, MANIFEST), _generation(self.store, MODELS_LATEST))
+            gens = (_generation(self.store, layout.MANIFEST), _generation(self.store, layout.LATEST))
             if self._snap is None or gens != self._gens:
                 t0 = time.monotonic()
                 self._snap = load_snapshot(self.store, *gens)

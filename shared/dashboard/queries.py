@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from shared.pipeline.analytics import STREAM_COLS, analytics_sql
+from shared.pipeline.outputs import STREAM_COLUMNS, session_tables
 
 
 class BadParameter(ValueError):
@@ -33,7 +33,7 @@ class UnknownStream(LookupError):
         self.stream_id = stream_id
 
 
-# the list view's columns (all of STREAM_COLS are sortable)
+# the list view's columns (all of STREAM_COLUMNS are sortable)
 HEADLINE = [
     "stream_id",
     "platform",
@@ -159,7 +159,7 @@ def _page(df: pd.DataFrame, args) -> tuple[pd.DataFrame, int, int]:
 # ------------------------------------------------------------------------------ endpoints
 def list_streams(snap, args: Mapping[str, str]) -> dict[str, Any]:
     """``/api/streams``: filter (platform, from/to on the stream's start), sort, page."""
-    sort = p_choice(args, "sort", "gmv", STREAM_COLS)
+    sort = p_choice(args, "sort", "gmv", STREAM_COLUMNS)
     order = p_choice(
         args, "order", "desc" if sort not in ("stream_id", "platform", "start", "end") else "asc", ("asc", "desc")
     )
@@ -326,8 +326,6 @@ def fine_series_from_events(events: pa.Table, bucket_s: int, max_session_s: floa
 
     The buckets cover the stream's span; summing a column over the buckets gives the stream's total
     (watch seconds, orders, GMV, likes ...)."""
-    from shared.pipeline.clean import CleanConfig
-
     cols = [
         "t",
         "viewers",
@@ -347,12 +345,11 @@ def fine_series_from_events(events: pa.Table, bucket_s: int, max_session_s: floa
     ]
     if events.num_rows == 0:
         return pd.DataFrame(columns=cols)
-    max_session_s = CleanConfig().max_session_s if max_session_s is None else max_session_s
     con = duckdb.connect()
     try:
         con.execute("SET TimeZone='UTC'")
         con.register("fine_src", events)
-        analytics_sql(con, "fine_src", max_session_s)  # a_ev, a_span, a_sess: the tables' own definitions
+        session_tables(con, "fine_src", max_session_s)  # a_ev, a_span, a_sess: the tables' own definitions
         b = f"INTERVAL {int(bucket_s)} SECOND"
         df = con.execute(f"""
             WITH bk AS (

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import os
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -31,9 +30,11 @@ from typing import Any
 
 import orjson
 
+from shared import layout
 from shared.log import get_logger
-from shared.pipeline.config import TimeRules, _env
+from shared.pipeline.config import TimeRules
 from shared.runtime import faults
+from shared.settings import settings
 from shared.storage import ABSENT, PreconditionFailed
 
 log = get_logger("archive")
@@ -41,15 +42,13 @@ log = get_logger("archive")
 
 @dataclass(frozen=True)
 class ArchiveConfig:
-    subscription: str = field(
-        default_factory=lambda: os.environ.get("DAIHUO_ARCHIVE_SUBSCRIPTION", "viewer-events-archive")
-    )
-    max_events: int = field(default_factory=lambda: _env("DAIHUO_ARCHIVE_MAX_EVENTS", 20_000))
-    max_pulls: int = field(default_factory=lambda: _env("DAIHUO_ARCHIVE_MAX_PULLS", 40))
-    pull_size: int = field(default_factory=lambda: _env("DAIHUO_ARCHIVE_PULL_SIZE", 1000))
-    pull_timeout_s: float = field(default_factory=lambda: _env("DAIHUO_ARCHIVE_PULL_TIMEOUT_S", 5.0, float))
+    subscription: str = field(default_factory=lambda: settings().archive_subscription)
+    max_events: int = field(default_factory=lambda: settings().archive_max_events)
+    max_pulls: int = field(default_factory=lambda: settings().archive_max_pulls)
+    pull_size: int = field(default_factory=lambda: settings().archive_pull_size)
+    pull_timeout_s: float = field(default_factory=lambda: settings().archive_pull_timeout_s)
     empty_pulls: int = 2  # stop a batch after this many empty pulls in a row
-    max_batches: int = field(default_factory=lambda: _env("DAIHUO_ARCHIVE_MAX_BATCHES", 5))
+    max_batches: int = field(default_factory=lambda: settings().archive_max_batches)
     compresslevel: int = 6
     rules: TimeRules = field(default_factory=TimeRules)
 
@@ -137,7 +136,7 @@ def archive_batch(bus, store, cfg: ArchiveConfig | None = None, *, now: float | 
     try:
         for p in sorted(parts):
             h = hashlib.sha256(p.encode() + b"\0" + "\0".join(sorted(set(ids_by_part[p]))).encode()).hexdigest()[:24]
-            key = f"raw/{p}/{h}.ndjson.gz"
+            key = layout.raw_key(p, h)
             body = gzip.compress(b"\n".join(parts[p]) + b"\n", compresslevel=cfg.compresslevel, mtime=0)
             try:
                 store.put(key, body, content_type="application/gzip", if_generation_match=ABSENT)

@@ -45,14 +45,16 @@ import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from shared import layout
 from shared.contract import ALL_TYPES, CATALOG_TYPE, VIEWER_ACTIONS, validate_record
+from shared.layout import MANIFEST, load_manifest  # noqa: F401  (re-exported: readers and tests)
 from shared.log import get_logger
-from shared.pipeline.config import TimeRules, _env
+from shared.pipeline.config import TimeRules
 from shared.runtime import faults
+from shared.settings import settings
 
 log = get_logger("clean")
 
-MANIFEST = "state/clean-manifest.json"
 
 # -- the contract's fields, as DuckDB's JSON reader should type them ---------------------------
 _FIELDS = {
@@ -209,26 +211,26 @@ CATALOG_SCHEMA = pa.schema(
 @dataclass(frozen=True)
 class CleanConfig:
     rules: TimeRules = field(default_factory=TimeRules)
-    default_currency: str = field(default_factory=lambda: os.environ.get("DAIHUO_DEFAULT_CURRENCY", "CNY"))
-    max_objects: int = field(default_factory=lambda: _env("DAIHUO_CLEAN_MAX_OBJECTS", 2000))
-    chunk_bytes: int = field(default_factory=lambda: _env("DAIHUO_CLEAN_CHUNK_BYTES", 128 << 20))
-    memory_limit: str = field(default_factory=lambda: os.environ.get("DAIHUO_CLEAN_MEMORY_LIMIT", "2GB"))
-    threads: int = field(default_factory=lambda: _env("DAIHUO_CLEAN_THREADS", os.cpu_count() or 2))
+    default_currency: str = field(default_factory=lambda: settings().default_currency)
+    max_objects: int = field(default_factory=lambda: settings().clean_max_objects)
+    chunk_bytes: int = field(default_factory=lambda: settings().clean_chunk_bytes)
+    memory_limit: str = field(default_factory=lambda: settings().clean_memory_limit)
+    threads: int = field(default_factory=lambda: settings().clean_threads or os.cpu_count() or 2)
     # a purchase/click of an item no catalog_item named yet: "keep" (default: the catalog is often late;
     # the row is clean, counted in GMV, and titles attach when the catalog arrives, since readers join
     # the catalog at read time) or "quarantine" (the old rule: reason unknown_item, raw = the row as parsed)
-    unknown_items: str = field(default_factory=lambda: os.environ.get("DAIHUO_CLEAN_UNKNOWN_ITEMS", "keep"))
+    unknown_items: str = field(default_factory=lambda: settings().clean_unknown_items)
 
     @property
     def require_catalog(self) -> bool:
         return self.unknown_items == "quarantine"
 
-    max_session_s: float = field(default_factory=lambda: _env("DAIHUO_MAX_SESSION_S", 4 * 3600.0, float))
+    max_session_s: float = field(default_factory=lambda: settings().max_session_s)
     strict: bool = False  # re-validate EVERY row with shared.contract (slow; tests)
-    tmp_dir: str | None = field(default_factory=lambda: os.environ.get("DAIHUO_TMP") or None)
+    tmp_dir: str | None = field(default_factory=lambda: settings().tmp)
     # the dedupe index and the manifest's done list remember this many days (shared/pipeline/retention.py)
-    lookback_days: int = field(default_factory=lambda: _env("DAIHUO_DEDUPE_LOOKBACK_DAYS", 35))
-    topic: str = field(default_factory=lambda: os.environ.get("DAIHUO_CLEANED_TOPIC", "events-cleaned"))
+    lookback_days: int = field(default_factory=lambda: settings().dedupe_lookback_days)
+    topic: str = field(default_factory=lambda: settings().cleaned_topic)
 
 
 # ================================================================================== raw -> Arrow
@@ -773,41 +775,9 @@ def _prefetch(chunks: Iterable[pa.Table]) -> Iterable[pa.Table]:
 
 
 # ===================================================================================== the run
-def _empty_manifest() -> dict[str, Any]:
-    return {
-        "version": 1,
-        "seq": 0,
-        "done": [],
-        "runs": [],
-        "clean_files": [],
-        "dedupe": [],
-        "catalog": [],
-        "analytics": {},
-    }
-
-
-def load_manifest(store) -> tuple[dict[str, Any], str | None]:
-    from shared.storage import NotFound
-
-    try:
-        data, gen = store.get_with_generation(MANIFEST)
-    except NotFound:
-        return _empty_manifest(), None
-    return orjson.loads(data), gen
-
-
 def _local(store, key: str, tmp: str) -> str:
     """A filesystem path holding the object: the file itself on the local backend, else a download."""
-    from shared.storage import LocalStore
-
-    if isinstance(store, LocalStore):
-        return store._data_path(store._name(key))
-    path = os.path.join(tmp, "dl", hashlib.sha1(key.encode()).hexdigest() + os.path.splitext(key)[1])
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    if not os.path.exists(path):
-        with open(path, "wb") as f:
-            f.write(store.get(key))
-    return path
+    return store.local_path(key, os.path.join(tmp, "dl"))
 
 
 def _put_file(store, key: str, path: str, content_type: str) -> None:
@@ -838,7 +808,7 @@ def run_clean(store, bus=None, cfg: CleanConfig | None = None, *, now: float | N
     # partitions older than the look-back are forgotten by ``done`` (compaction): never pending again.
     # The look-back counts back from the newest raw partition (archive never writes one beyond the
     # wall clock), not the wall clock alone: a store that got no data for a while forgets nothing.
-    raw_keys = [k for k in store.list("raw/") if k.endswith(".ndjson.gz")]
+    raw_keys = [k for k in store.list(layout.RAW) if k.endswith(".ndjson.gz")]
     ref = retention.reference_time(raw_keys, now)
     old = retention.cutoff_date(ref, cfg.lookback_days)
     pending_all = [k for k in raw_keys if k not in done and not retention.too_old(k, old)]
@@ -869,7 +839,7 @@ def run_clean(store, bus=None, cfg: CleanConfig | None = None, *, now: float | N
                                           list(DISTINCT CAST(stream_id AS VARCHAR) ORDER BY CAST(stream_id AS VARCHAR))
                                    FROM clean GROUP BY 1 ORDER BY 1""").fetchall()
             for d, day, streams in dates:
-                key = f"clean/date={d}/{run_id}.parquet"
+                key = layout.clean_key(d, run_id)
                 p = os.path.join(tmp, f"clean-{d}.parquet")
                 # rows in arrival order (a sort by stream/ts of the whole run cost as much as the parse)
                 write_parquet(
@@ -904,23 +874,23 @@ def run_clean(store, bus=None, cfg: CleanConfig | None = None, *, now: float | N
                     )
                 )
             for d, rows in sorted(by_day.items()):
-                key = f"quarantine/date={d}/{run_id}.ndjson.gz"
+                key = layout.quarantine_key(d, run_id)
                 store.put(key, gzip.compress(b"\n".join(rows) + b"\n", mtime=0), content_type="application/gzip")
                 written["quarantine"].append(key)
             # dedupe index part and catalog part
-            dkey = f"state/dedupe/{run_id}.parquet"
+            dkey = layout.dedupe_key(run_id)
             p = os.path.join(tmp, "dedupe.parquet")
             write_parquet(con, "SELECT event_id FROM dedupe_new", p, pa.schema([("event_id", pa.string())]))
             _put_file(store, dkey, p, "application/vnd.apache.parquet")
             ckey = None
             if report["catalog_items"]:
-                ckey = f"catalog/{run_id}.parquet"
+                ckey = layout.catalog_key(run_id)
                 p = os.path.join(tmp, "catalog.parquet")
                 write_parquet(con, "SELECT * FROM catalog_new ORDER BY item_id", p, CATALOG_SCHEMA)
                 _put_file(store, ckey, p, "application/vnd.apache.parquet")
             # analytics: recompute the affected streams from ALL their committed clean data + this run's
             analytics_keys = _write_analytics(con, store, manifest, written, run_id, cfg, tmp)
-            report_key = f"reports/clean/{run_id}.json"
+            report_key = layout.clean_report_key(run_id)
             summary = {
                 "run_id": run_id,
                 "status": "committed",
@@ -961,7 +931,7 @@ def run_clean(store, bus=None, cfg: CleanConfig | None = None, *, now: float | N
     ]
     new, compaction = retention.compact(new, now, cfg.lookback_days, ref=ref)
     try:
-        store.put_if_unchanged(MANIFEST, orjson.dumps(new), gen, content_type="application/json")
+        layout.commit_manifest(store, new, gen)
     except PreconditionFailed:
         log.warning("clean run lost the manifest race; nothing committed", extra={"run_id": run_id})
         return {"status": "conflict", "run_id": run_id}
@@ -989,8 +959,6 @@ def run_clean(store, bus=None, cfg: CleanConfig | None = None, *, now: float | N
 def _publish(store, bus, cfg: CleanConfig, run_id: str, summary: dict) -> None:
     """Publish the run's summary on ``events-cleaned``, then mark the run published in the manifest.
     A failure leaves it unmarked: the next run republishes it (at least once)."""
-    from shared.storage import update_json
-
     msg = {
         k: summary.get(k)
         for k in (
@@ -1016,7 +984,7 @@ def _publish(store, bus, cfg: CleanConfig, run_id: str, summary: dict) -> None:
                 r["published"] = True
         return m
 
-    update_json(store, MANIFEST, mark)
+    layout.update_manifest(store, mark)
 
 
 def _republish(store, bus, cfg: CleanConfig, manifest: dict) -> None:
@@ -1046,7 +1014,7 @@ def _write_analytics(con, store, manifest, written, run_id, cfg, tmp) -> dict[st
     con.execute(f"CREATE OR REPLACE TEMP VIEW a_source AS {src}")
     analytics_sql(con, "a_source", cfg.max_session_s)
     out = {}
-    for name in ("stream", "stream_hour", "stream_item"):
+    for name in layout.ANALYTICS_TABLES:
         sql = f"SELECT * FROM a_{name}"
         if old.get(name):
             prev = _local(store, old[name], tmp)
@@ -1056,7 +1024,7 @@ def _write_analytics(con, store, manifest, written, run_id, cfg, tmp) -> dict[st
             )
         p = os.path.join(tmp, f"a-{name}.parquet")
         con.execute(f"COPY ({sql} ORDER BY ALL) TO '{p}' (FORMAT parquet, COMPRESSION zstd)")
-        key = f"analytics/{name}/{run_id}.parquet"
+        key = layout.analytics_key(name, run_id)
         _put_file(store, key, p, "application/vnd.apache.parquet")
         out[name] = key
     return out

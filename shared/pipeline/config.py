@@ -1,14 +1,10 @@
-"""Pipeline knobs, all overridable from the environment (documented in docs/pipeline.md)."""
+"""Pipeline knobs, all overridable from the environment (declared in shared/settings.py)."""
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 
-
-def _env(name: str, default, cast=int):
-    v = os.environ.get(name)
-    return default if v in (None, "") else cast(v)
+from shared.settings import settings
 
 
 @dataclass(frozen=True)
@@ -22,6 +18,6 @@ class TimeRules:
     * lag > late_after_s   (old but plausible):                   ts kept, flagged ``late``.
     """
 
-    max_future_s: float = field(default_factory=lambda: _env("DAIHUO_MAX_FUTURE_S", 300.0, float))
-    max_past_s: float = field(default_factory=lambda: _env("DAIHUO_MAX_PAST_S", 30 * 86400.0, float))
-    late_after_s: float = field(default_factory=lambda: _env("DAIHUO_LATE_AFTER_S", 3600.0, float))
+    max_future_s: float = field(default_factory=lambda: settings().max_future_s)
+    max_past_s: float = field(default_factory=lambda: settings().max_past_s)
+    late_after_s: float = field(default_factory=lambda: settings().late_after_s)

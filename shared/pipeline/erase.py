@@ -29,7 +29,6 @@ import argparse
 import gzip
 import hashlib
 import io
-import os
 import re
 import sys
 import time
@@ -42,14 +41,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from shared import erasure
+from shared import erasure, layout
 from shared.log import get_logger
 from shared.runtime import faults
+from shared.settings import settings
 
 log = get_logger("erase")
 
-PREFIXES = ("raw/", "clean/", "quarantine/", "state/dedupe/", "catalog/", "analytics/", "reports/")
-MANIFEST = "state/clean-manifest.json"
+PREFIXES = layout.PERSONAL_PREFIXES
 _TOKEN = re.compile(rb"[A-Za-z0-9._:@-]+")
 _SUFFIX = re.compile(r"~e[0-9a-f]{12}$")
 
@@ -269,7 +268,7 @@ def _model_holds(t: Targets, store, version: str) -> bool:
 
 
 def _versions(store) -> list[str]:
-    return sorted({k.split("/")[1] for k in store.list("models/") if k.count("/") >= 2})
+    return sorted({k.split("/")[1] for k in store.list(layout.MODELS) if k.count("/") >= 2})
 
 
 def _clean_models(t: Targets, store, train: bool, summary: dict) -> str | None:
@@ -343,9 +342,9 @@ def run_erase(
     # 2. learn: rows of the targets in raw/, quarantine/, clean/ -> their event ids
     keys = [k for p in PREFIXES for k in store.list(p)]
     for k in keys:
-        if k.endswith((".ndjson.gz", ".ndjson")) and k.startswith(("raw/", "quarantine/")):
+        if k.endswith((".ndjson.gz", ".ndjson")) and k.startswith((layout.RAW, layout.QUARANTINE)):
             _learn_lines(t, _lines(store.get(k)))
-        elif k.endswith(".parquet") and k.startswith("clean/"):
+        elif k.endswith(".parquet") and k.startswith(layout.CLEAN):
             _learn_table(t, pq.read_table(io.BytesIO(store.get(k))))
     summary["event_ids"] = len(t.eids)
     # 3. rewrite every object that holds one of them
@@ -397,8 +396,8 @@ def run_erase(
         m["analytics"] = {n: one(k) for n, k in (m.get("analytics") or {}).items()}
         return m
 
-    if plan and store.exists(MANIFEST):
-        update_json(store, MANIFEST, remap)
+    if plan and store.exists(layout.MANIFEST):
+        layout.update_manifest(store, remap)
     faults.point("erase:manifest", store, "after the manifest moved, before the old objects were deleted")
     for k in plan:
         store.delete(k)
@@ -439,7 +438,7 @@ def main(argv: list[str] | None = None) -> int:
     from shared.storage import open_store
 
     ap = argparse.ArgumentParser(prog="python -m shared.pipeline.erase", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--store", default=os.environ.get("DAIHUO_STORE", "var/store"))
+    ap.add_argument("--store", default=settings().store)
     ap.add_argument("--user", action="append", default=[], help="a user id to erase ('-': one per line on stdin)")
     g = ap.add_mutually_exclusive_group()
     g.add_argument("--pending", action="store_true", help="only finish open requests (the default)")

@@ -29,8 +29,10 @@ from typing import Any
 
 import orjson
 
+from shared import layout
 from shared.pipeline.archive import partition_of
 from shared.pipeline.config import TimeRules
+from shared.settings import settings
 from shared.storage import ABSENT, PreconditionFailed
 
 
@@ -72,7 +74,7 @@ def replay(store, rows: Iterable[dict[str, Any]], *, now: float | None = None, d
     for p in sorted(parts):
         lines = sorted(parts[p])
         h = hashlib.sha256(p.encode() + b"\0" + b"\n".join(lines)).hexdigest()[:24]
-        key = f"raw/{p}/replay-{h}.ndjson.gz"
+        key = layout.replay_key(p, h)
         if dry_run:
             written.append(key)
             continue
@@ -109,13 +111,12 @@ def _read_rows(path: str) -> list[dict[str, Any]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import os
 
     from shared.storage import open_store
 
     ap = argparse.ArgumentParser(prog="python -m shared.pipeline.replay", description=__doc__.split("\n\n")[0])
     ap.add_argument("files", nargs="+", help="fixed quarantine rows (NDJSON, optionally gzipped)")
-    ap.add_argument("--store", default=os.environ.get("DAIHUO_STORE", "var/store"))
+    ap.add_argument("--store", default=settings().store)
     ap.add_argument("--dry-run", action="store_true")
     a = ap.parse_args(argv)
     rows = [r for f in a.files for r in _read_rows(f)]

@@ -19,7 +19,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import sys
 import time
@@ -27,28 +26,21 @@ from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-DEFAULT_RETENTION_DAYS = {"raw": 365, "clean": 400, "quarantine": 90}
-DEFAULT_LOOKBACK_DAYS = 35
-_DATE = re.compile(r"(?:^|/)date=(\d{4}-\d{2}-\d{2})(?:/|$)")
+from shared import layout
+from shared.settings import DEFAULT_RETENTION_DAYS, Settings, load  # noqa: F401  (DEFAULT_RETENTION_DAYS: re-exported)
+
+DEFAULT_LOOKBACK_DAYS = Settings.model_fields["dedupe_lookback_days"].default
+_DATE = layout.DATE_RE
 _RUN = re.compile(r"(r-[0-9a-f]+)")
 
 
 def retention_days(environ: Mapping[str, str] | None = None) -> dict[str, int]:
-    env = os.environ if environ is None else environ
-    out = dict(DEFAULT_RETENTION_DAYS)
-    for item in (env.get("DAIHUO_RETENTION_DAYS") or "").split(","):
-        if item.strip():
-            name, _, days = item.partition("=")
-            name = name.strip().strip("/")
-            if name not in out:
-                raise ValueError(f"DAIHUO_RETENTION_DAYS: unknown prefix {name!r} (known: {', '.join(out)})")
-            out[name] = int(days)
-    return out
+    """``$DAIHUO_RETENTION_DAYS`` over the defaults (an unknown prefix raises SettingsError)."""
+    return dict(load(environ).retention_days)
 
 
 def lookback_days(environ: Mapping[str, str] | None = None) -> int:
-    env = os.environ if environ is None else environ
-    return int(env.get("DAIHUO_DEDUPE_LOOKBACK_DAYS") or DEFAULT_LOOKBACK_DAYS)
+    return load(environ).dedupe_lookback_days
 
 
 def partition_date(key: str) -> str | None:
@@ -100,7 +92,8 @@ def compact(
     at = {}
     m["runs"] = [dict(r) for r in m.get("runs", [])]
     for r in m["runs"]:
-        r.setdefault("at", _iso(now))  # a run from before this field: its clock starts now
+        if not r.get("at"):  # a run from before this field: its clock starts now
+            r["at"] = _iso(now)
         at[r["run_id"]] = datetime.fromisoformat(r["at"]).timestamp()
     old_runs = {rid for rid, t in at.items() if t < t_cut}
 
@@ -128,9 +121,6 @@ def apply_retention(
 ) -> dict[str, Any]:
     """Compact the manifest (CAS), then delete every object past its prefix's retention and the
     dedupe parts the manifest no longer names."""
-    from shared.pipeline.clean import MANIFEST
-    from shared.storage import update_json
-
     now = time.time() if now is None else now
     days = retention_days(environ)
     deleted = []
@@ -139,7 +129,7 @@ def apply_retention(
         deleted += [k for k in store.list(prefix + "/") if too_old(k, cut)]
     gone = set(deleted)
     stats: dict[str, Any] = {}
-    if store.exists(MANIFEST) and not dry_run:
+    if store.exists(layout.MANIFEST) and not dry_run:
 
         def fn(m):
             new, s = compact(m, now, lookback_days(environ), days["clean"])
@@ -149,7 +139,7 @@ def apply_retention(
             stats.update(s)
             return new
 
-        update_json(store, MANIFEST, fn)
+        layout.update_manifest(store, fn)
     deleted += [k for k in stats.get("dedupe_dropped", []) if k not in gone]
     if not dry_run:
         for k in deleted:
@@ -163,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     from shared.storage import open_store
 
     ap = argparse.ArgumentParser(prog="python -m shared.pipeline.retention", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--store", default=os.environ.get("DAIHUO_STORE", "var/store"))
+    ap.add_argument("--store", default=load().store)
     ap.add_argument("--dry-run", action="store_true")
     a = ap.parse_args(argv)
     print(orjson.dumps(apply_retention(open_store(a.store), dry_run=a.dry_run)).decode())

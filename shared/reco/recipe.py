@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import sys
 import time
 from collections.abc import Callable
@@ -71,8 +70,9 @@ def merge_recipe(overrides: dict | None = None) -> dict:
 
 def env_recipe() -> dict:
     """The recipe the train function serves: ``DEFAULT_RECIPE`` + ``$DAIHUO_TRAIN_PARAMS`` (JSON)."""
-    raw = os.environ.get("DAIHUO_TRAIN_PARAMS")
-    return merge_recipe(json.loads(raw) if raw else None)
+    from shared.settings import settings
+
+    return merge_recipe(settings().train_params or None)
 
 
 def _md5_first(keys: list[str], n: int) -> np.ndarray:

@@ -1,6 +1,6 @@
 """Read the training inputs from the store: ``clean/`` events of a time window + the ``catalog/``.
 
-The layout is the batch pipeline's (docs/pipeline.md, shared/pipeline/clean.py):
+The layout is the batch pipeline's (docs/pipeline.md; keys in shared/layout.py):
 
 * ``clean/date=YYYY-MM-DD/<run-id>.parquet`` - one row per unique event_id, ``ts`` a UTC timestamp,
   the contract's columns (``event_id, type, ts, platform, stream_id, user_id, item_id, price, ...``),
@@ -17,8 +17,6 @@ Everything that knows about that layout is in :func:`read_training_data` (one pl
 from __future__ import annotations
 
 import io
-import json
-import re
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 
@@ -28,14 +26,14 @@ import pyarrow as pa
 import pyarrow.compute
 import pyarrow.parquet as pq
 
-from shared.storage import NotFound, ObjectStore
+from shared import layout
+from shared.storage import ObjectStore
 
-CLEAN_PREFIX = "clean/"
-CATALOG_PREFIX = "catalog/"
-MANIFEST = "state/clean-manifest.json"  # shared.pipeline.clean.MANIFEST
+CLEAN_PREFIX = layout.CLEAN
+CATALOG_PREFIX = layout.CATALOG
 EVENT_COLUMNS = ["event_id", "type", "ts", "stream_id", "user_id", "item_id", "price"]
 CATALOG_COLUMNS = ["item_id", "title", "description", "category", "price", "stream_ids", "ts"]
-_DATE = re.compile(r"(?:^|/)date=(\d{4}-\d{2}-\d{2})(?:/|$)")
+_DATE = layout.DATE_RE
 
 
 @dataclass
@@ -178,13 +176,10 @@ def read_training_data(store: ObjectStore, window_days: float = 30.0, *, end=Non
     # Only COMMITTED objects: the clean run's manifest lists them (a run that lost the manifest race or
     # crashed before committing leaves unreferenced objects under clean/ that readers must ignore).
     # Without a manifest (data written directly, e.g. tests/bench), every object under the prefixes.
-    try:
-        manifest = json.loads(store.get(MANIFEST))
-    except NotFound:
-        manifest = None
-    if manifest is not None:
-        keys = sorted({(f["key"] if isinstance(f, dict) else f) for f in manifest.get("clean_files", [])})
-        catalog_keys = sorted(set(manifest.get("catalog", [])))
+    manifest, gen = layout.load_manifest(store)
+    if gen is not None:
+        keys = sorted({f.key for f in manifest.clean_files})
+        catalog_keys = sorted(set(manifest.catalog))
     else:
         keys = sorted(k for k in store.list(CLEAN_PREFIX) if k.endswith(".parquet"))
         catalog_keys = sorted(k for k in store.list(CATALOG_PREFIX) if k.endswith(".parquet"))
@@ -301,7 +296,7 @@ def write_clean_from_frames(
         )
         buf = io.BytesIO()
         pq.write_table(t, buf)
-        key = f"clean/date={d}/{run_id}.parquet"
+        key = layout.clean_key(d, run_id)
         store.put(key, buf.getvalue(), content_type="application/vnd.apache.parquet")
         keys.append(key)
     if catalog is not None and len(catalog):
@@ -327,7 +322,7 @@ def write_clean_from_frames(
         ]
         buf = io.BytesIO()
         pq.write_table(pa.Table.from_pandas(cat.reset_index(drop=True), preserve_index=False), buf)
-        key = f"catalog/{run_id}.parquet"
+        key = layout.catalog_key(run_id)
         store.put(key, buf.getvalue(), content_type="application/vnd.apache.parquet")
         keys.append(key)
     return keys

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import threading
 import time
 from collections.abc import Mapping
@@ -27,6 +26,7 @@ from shared.erasure import ErasureList
 from shared.http import Answer, error, json_answer
 from shared.log import get_logger
 from shared.serving.registry import Registry, Served
+from shared.settings import settings
 
 log = get_logger("recommend")
 
@@ -63,7 +63,7 @@ def _prepare(served: Served) -> Loaded:
 class ModelHolder:
     def __init__(self, store, refresh_s: float | None = None):
         self.registry = Registry(store)
-        self.refresh_s = float(refresh_s if refresh_s is not None else os.environ.get("DAIHUO_MODEL_REFRESH_S", "30"))
+        self.refresh_s = float(refresh_s if refresh_s is not None else settings().model_refresh_s)
         self.current: Loaded | None = None
         self._seen_generation: str | None = None  # LATEST generation last acted upon
         self._failed: dict[str, str] = {}  # version -> error (not retried for the same pointer)

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from shared import layout
 from shared.reco import HybridRecommender
 from shared.reco.ranker import RoomRanker
 from shared.storage import ABSENT, NotFound, ObjectStore, PreconditionFailed, get_json_with_generation
@@ -27,16 +28,10 @@ from shared.storage import ABSENT, NotFound, ObjectStore, PreconditionFailed, ge
 #: model classes a version may hold (``meta["model"]["class"]``); arrays + JSON only
 MODEL_CLASSES = {"HybridRecommender": HybridRecommender, "RoomRanker": RoomRanker}
 
-MODELS = "models/"
-LATEST = "models/LATEST.json"
-
-
-def arrays_key(version: str) -> str:
-    return f"{MODELS}{version}/arrays.npz"
-
-
-def meta_key(version: str) -> str:
-    return f"{MODELS}{version}/meta.json"
+MODELS = layout.MODELS
+LATEST = layout.LATEST
+arrays_key = layout.model_arrays_key
+meta_key = layout.model_meta_key
 
 
 @dataclass

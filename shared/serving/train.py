@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -42,32 +41,22 @@ from shared.reco.recipe import fit_recipe, merge_recipe
 from shared.serving.data import TrainingData, read_training_data
 from shared.serving.gate import current_factory, decide, evaluate_candidate
 from shared.serving.registry import Registry, encode_arrays, showcase_extras
+from shared.settings import settings
 
 log = get_logger("train")
 
 
-def _envf(name: str, default: float) -> float:
-    v = os.environ.get(name)
-    return default if v in (None, "") else float(v)
-
-
 @dataclass
 class TrainConfig:
-    window_days: float = field(default_factory=lambda: _envf("DAIHUO_TRAIN_WINDOW_DAYS", 30.0))
-    holdout_frac: float = field(default_factory=lambda: _envf("DAIHUO_TRAIN_HOLDOUT_FRAC", 0.2))
-    tolerance: float = field(default_factory=lambda: _envf("DAIHUO_PROMOTE_TOLERANCE", 0.02))
-    strict: bool = field(
-        default_factory=lambda: os.environ.get("DAIHUO_GATE_STRICT", "0").lower() in ("1", "true", "yes")
-    )
+    window_days: float = field(default_factory=lambda: settings().train_window_days)
+    holdout_frac: float = field(default_factory=lambda: settings().train_holdout_frac)
+    tolerance: float = field(default_factory=lambda: settings().promote_tolerance)
+    strict: bool = field(default_factory=lambda: settings().gate_strict)
     k: int = 10
-    max_eval_users: int = field(default_factory=lambda: int(_envf("DAIHUO_EVAL_MAX_USERS", 5000)))
-    half_life_days: float = field(default_factory=lambda: _envf("DAIHUO_TRAIN_HALF_LIFE_DAYS", 30.0))
-    params: dict = field(
-        default_factory=lambda: (
-            json.loads(os.environ["DAIHUO_TRAIN_PARAMS"]) if os.environ.get("DAIHUO_TRAIN_PARAMS") else {}
-        )
-    )  # recipe overrides (DEFAULT_RECIPE)
-    topic: str = field(default_factory=lambda: os.environ.get("DAIHUO_MODEL_TOPIC", "model-published"))
+    max_eval_users: int = field(default_factory=lambda: settings().eval_max_users)
+    half_life_days: float = field(default_factory=lambda: settings().train_half_life_days)
+    params: dict = field(default_factory=lambda: dict(settings().train_params))  # recipe overrides (DEFAULT_RECIPE)
+    topic: str = field(default_factory=lambda: settings().model_topic)
 
 
 _CODE_VERSION: str | None = None
@@ -76,8 +65,8 @@ _CODE_VERSION: str | None = None
 def code_version() -> str:
     """``$DAIHUO_CODE_VERSION`` (e.g. a git sha set at deploy) or a hash of the model + serving code."""
     global _CODE_VERSION
-    if os.environ.get("DAIHUO_CODE_VERSION"):
-        return os.environ["DAIHUO_CODE_VERSION"]
+    if settings().code_version:
+        return str(settings().code_version)
     if _CODE_VERSION is None:
         root = Path(__file__).resolve().parent.parent
         h = hashlib.sha256()

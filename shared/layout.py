@@ -1,0 +1,241 @@
+"""The object-store layout: every key and prefix Daihuo writes, and the clean manifest (typed).
+
+One bucket (``DAIHUO_STORE``) holds everything, under these prefixes (docs/storage.md, "Layout")::
+
+    raw/date=YYYY-MM-DD/hour=HH/<hash>.ndjson.gz        archive: the events as received (create-only)
+    raw/date=.../replay-<hash>.ndjson.gz                 replay: corrected quarantine rows
+    quarantine/ingest/date=YYYY-MM-DD/<ms>-<uuid>.ndjson.gz   ingest: refused events, with reasons
+    quarantine/date=YYYY-MM-DD/<run>.ndjson.gz           clean: refused rows, with reasons
+    clean/date=YYYY-MM-DD/<run>.parquet                  clean: one row per event_id, typed, UTC
+    catalog/<run>.parquet                                clean: catalog_item records
+    analytics/<table>/<run>.parquet                      clean: the dashboard's tables (ANALYTICS_TABLES)
+    reports/clean/<run>.json                             clean: a run's summary and data-quality report
+    state/clean-manifest.json                            clean: what is COMMITTED (Manifest, below)
+    state/dedupe/<run>.parquet                           clean: the dedupe index, one part per run
+    state/erasure.json                                   erase: the erasure list (shared.erasure)
+    state/faults/<function>-<point>                      tests: fault-injection markers (shared.runtime)
+    models/<version>/arrays.npz, models/<version>/meta.json   train: immutable model versions
+    models/LATEST.json                                   train: the served version's pointer (CAS)
+
+Readers only trust what the manifest names: a run that crashed or lost the commit race leaves
+objects nobody references. The manifest moves by compare-and-swap on its generation
+(:func:`commit_manifest`, :func:`update_manifest`).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from shared.storage import NotFound, ObjectStore, PreconditionFailed
+
+# -- prefixes ------------------------------------------------------------------------------------
+RAW = "raw/"
+QUARANTINE = "quarantine/"
+INGEST_QUARANTINE = QUARANTINE + "ingest/"
+CLEAN = "clean/"
+CATALOG = "catalog/"
+ANALYTICS = "analytics/"
+REPORTS = "reports/"
+CLEAN_REPORTS = REPORTS + "clean/"
+STATE = "state/"
+DEDUPE = STATE + "dedupe/"
+FAULTS = STATE + "faults/"
+MODELS = "models/"
+
+# -- single objects ------------------------------------------------------------------------------
+MANIFEST = STATE + "clean-manifest.json"
+ERASURE = STATE + "erasure.json"
+LATEST = MODELS + "LATEST.json"
+
+#: the analytics tables clean writes (``analytics/<name>/<run>.parquet``, named by the manifest)
+ANALYTICS_TABLES = ("stream", "stream_hour", "stream_item")
+#: the prefixes retention applies to (``DAIHUO_RETENTION_DAYS``): partitioned by date
+RETENTION_PREFIXES = ("raw", "clean", "quarantine")
+#: every prefix that may hold a viewer's rows (the erasure job rewrites them)
+PERSONAL_PREFIXES = (RAW, CLEAN, QUARANTINE, DEDUPE, CATALOG, ANALYTICS, REPORTS)
+
+DATE_RE = re.compile(r"(?:^|/)date=(\d{4}-\d{2}-\d{2})(?:/|$)")
+MODEL_META_RE = re.compile(r"^models/([^/]+)/meta\.json$")
+
+
+def raw_key(partition: str, digest: str) -> str:
+    """``partition`` = ``date=YYYY-MM-DD/hour=HH``."""
+    return f"{RAW}{partition}/{digest}.ndjson.gz"
+
+
+def replay_key(partition: str, digest: str) -> str:
+    return f"{RAW}{partition}/replay-{digest}.ndjson.gz"
+
+
+def ingest_quarantine_key(day: str, millis: int, unique: str) -> str:
+    return f"{INGEST_QUARANTINE}date={day}/{millis:013d}-{unique}.ndjson.gz"
+
+
+def quarantine_key(day: str, run_id: str) -> str:
+    return f"{QUARANTINE}date={day}/{run_id}.ndjson.gz"
+
+
+def clean_key(day: str, run_id: str) -> str:
+    return f"{CLEAN}date={day}/{run_id}.parquet"
+
+
+def catalog_key(run_id: str) -> str:
+    return f"{CATALOG}{run_id}.parquet"
+
+
+def dedupe_key(run_id: str) -> str:
+    return f"{DEDUPE}{run_id}.parquet"
+
+
+def analytics_key(table: str, run_id: str) -> str:
+    return f"{ANALYTICS}{table}/{run_id}.parquet"
+
+
+def clean_report_key(run_id: str) -> str:
+    return f"{CLEAN_REPORTS}{run_id}.json"
+
+
+def fault_key(point: str) -> str:
+    """The marker of a fault point (``clean:write_clean`` -> ``state/faults/clean-write_clean``)."""
+    return f"{FAULTS}{point.replace(':', '-')}"
+
+
+def model_prefix(version: str) -> str:
+    return f"{MODELS}{version}/"
+
+
+def model_arrays_key(version: str) -> str:
+    return f"{MODELS}{version}/arrays.npz"
+
+
+def model_meta_key(version: str) -> str:
+    return f"{MODELS}{version}/meta.json"
+
+
+def partition_date(key: str) -> str | None:
+    """The ``date=YYYY-MM-DD`` partition a key lies in, or None."""
+    m = DATE_RE.search(key)
+    return m.group(1) if m else None
+
+
+# -- the clean manifest --------------------------------------------------------------------------
+class _Record(BaseModel):
+    """A JSON object with typed fields; also read like a dict (``m["done"]``, ``m.get("runs", [])``)."""
+
+    model_config = ConfigDict(extra="allow", validate_assignment=True)
+
+    def __getitem__(self, name: str) -> Any:
+        if name in type(self).model_fields or name in (self.model_extra or {}):
+            return getattr(self, name)
+        raise KeyError(name)
+
+    def get(self, name: str, default: Any = None) -> Any:
+        try:
+            return self[name]
+        except KeyError:
+            return default
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and (name in type(self).model_fields or name in (self.model_extra or {}))
+
+    def keys(self) -> Iterator[str]:
+        yield from type(self).model_fields
+        yield from self.model_extra or {}
+
+
+class CleanFile(_Record):
+    key: str  # clean/date=.../<run>.parquet
+    streams: list[str] = Field(default_factory=list)  # the stream ids it holds (readers skip the others)
+
+
+class Run(_Record):
+    run_id: str
+    report: str  # reports/clean/<run>.json
+    published: bool = False  # its summary reached events-cleaned (else the next run republishes it)
+    raw_objects: int = 0
+    rows_out: int = 0
+    at: str | None = None  # ISO time of the commit (the look-back forgets runs by it)
+
+
+class Manifest(_Record):
+    """``state/clean-manifest.json``: what clean has COMMITTED. Readers use only the objects it names."""
+
+    version: int = 1
+    seq: int = 0  # commits so far
+    done: list[str] = Field(default_factory=list)  # raw objects already cleaned (within the look-back)
+    runs: list[Run] = Field(default_factory=list)
+    clean_files: list[CleanFile] = Field(default_factory=list)
+    dedupe: list[str] = Field(default_factory=list)  # the dedupe index's parts
+    catalog: list[str] = Field(default_factory=list)  # catalog parts, oldest first (the latest record wins)
+    analytics: dict[str, str | None] = Field(default_factory=dict)  # table -> its current object
+
+    @field_validator("clean_files", mode="before")
+    @classmethod
+    def _bare_keys(cls, v: Any) -> Any:  # an early manifest listed bare keys
+        return [{"key": f} if isinstance(f, str) else f for f in v] if isinstance(v, list) else v
+
+    @classmethod
+    def parse(cls, data: bytes | dict[str, Any]) -> Manifest:
+        return cls.model_validate(orjson.loads(data) if isinstance(data, (bytes, bytearray, str)) else data)
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(self.to_dict())
+
+    def to_dict(self) -> dict[str, Any]:
+        out = self.model_dump(mode="json")
+        for r in out["runs"]:  # a run recorded before ``at`` existed keeps no ``at`` (see retention.compact)
+            if r.get("at") is None:
+                r.pop("at", None)
+        return out
+
+
+def load_manifest(store: ObjectStore) -> tuple[Manifest, str | None]:
+    """The committed manifest and its generation; an empty one and None if nothing was committed."""
+    try:
+        data, gen = store.get_with_generation(MANIFEST)
+    except NotFound:
+        return Manifest(), None
+    return Manifest.parse(data), gen
+
+
+def manifest_generation(store: ObjectStore) -> str | None:
+    return store.generation(MANIFEST)
+
+
+def commit_manifest(store: ObjectStore, manifest: Manifest | dict[str, Any], expected: str | None) -> str:
+    """Write ``manifest`` iff the stored one is still at generation ``expected`` (None: iff there is
+    none). Validated first (a malformed manifest is never written). Returns the new generation;
+    raises ``PreconditionFailed`` when another writer committed in between (nothing is written)."""
+    m = manifest if isinstance(manifest, Manifest) else Manifest.parse(manifest)
+    return store.put_if_unchanged(MANIFEST, m.to_json(), expected, content_type="application/json")
+
+
+def update_manifest(
+    store: ObjectStore,
+    fn: Callable[[dict[str, Any]], Manifest | dict[str, Any]],
+    *,
+    max_attempts: int = 50,
+) -> tuple[Manifest, str]:
+    """Read-modify-write the manifest with compare-and-swap, retrying a lost race. ``fn`` gets the
+    current manifest as a plain dict (it may mutate it) and returns the new one; it may run several
+    times, so it must not have side effects. NotFound if there is no manifest."""
+    import random
+    import time
+
+    last: PreconditionFailed | None = None
+    for attempt in range(max_attempts):
+        data, gen = store.get_with_generation(MANIFEST)
+        new = fn(Manifest.parse(data).to_dict())
+        m = new if isinstance(new, Manifest) else Manifest.parse(new)
+        try:
+            return m, commit_manifest(store, m, gen)
+        except PreconditionFailed as exc:
+            last = exc
+            time.sleep(random.uniform(0, 0.005 * min(2**attempt, 64)))
+    assert last is not None
+    raise last
