@@ -53,6 +53,7 @@ class IngestConfig:
     max_body_bytes: int = field(default_factory=lambda: settings().max_body_bytes)
     max_events: int = field(default_factory=lambda: settings().max_events)
     max_event_bytes: int = field(default_factory=lambda: settings().max_event_bytes)
+    max_json_depth: int = field(default_factory=lambda: settings().max_json_depth)
     topic: str = field(default_factory=lambda: settings().events_topic)
     retry_after_s: int = 5
 
@@ -202,7 +203,7 @@ class Ingestor:
             return error(401, f"unauthorized: {exc}")
         received_at = _iso_now(now)
         try:
-            items, sizes = parse_body(body, content_type)
+            items, sizes = parse_body(body, content_type, self.config.max_json_depth)
         except BadBody as exc:
             try:
                 self._quarantine(

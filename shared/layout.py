@@ -24,11 +24,11 @@ objects nobody references. The manifest moves by compare-and-swap on its generat
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import orjson
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from shared.storage import NotFound, ObjectStore, PreconditionFailed
@@ -181,10 +181,10 @@ class Manifest(_Record):
 
     @classmethod
     def parse(cls, data: bytes | dict[str, Any]) -> Manifest:
-        return cls.model_validate(orjson.loads(data) if isinstance(data, (bytes, bytearray, str)) else data)
+        return cls.model_validate(json.loads(data) if isinstance(data, (bytes, bytearray, str)) else data)
 
     def to_json(self) -> bytes:
-        return orjson.dumps(self.to_dict())
+        return json.dumps(self.to_dict(), ensure_ascii=False, separators=(",", ":")).encode()
 
     def to_dict(self) -> dict[str, Any]:
         out = self.model_dump(mode="json")

@@ -147,7 +147,9 @@ def test_shipped_code_reads_no_daihuo_variable_itself():
                     "shared/runtime.py",
                 ):
                     offenders.append(f"{rel}:{i}: {line.strip()}")
-                if re.search(r"environ.*DAIHUO_|DAIHUO_.*environ", line) and not line.lstrip().startswith("#"):
+                if re.search(r"""environ.*["']DAIHUO_|["']DAIHUO_.*environ""", line) and not line.lstrip().startswith(
+                    "#"
+                ):
                     offenders.append(f"{rel}:{i}: {line.strip()}")
             for lineno, s in _code_strings(path):
                 if re.fullmatch(r"DAIHUO_[A-Z0-9_]+", s) and s not in _declared():
