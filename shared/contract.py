@@ -64,7 +64,11 @@ CATALOG_TYPE = "catalog_item"
 ALL_TYPES = VIEWER_ACTIONS + HOST_ACTIONS + (CATALOG_TYPE,)
 
 _ID = r"^[A-Za-z0-9._:@-]{1,128}$"
-_RFC3339 = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,6})?([Zz]|[+-][0-9]{2}:[0-9]{2})$"
+# (hours 00-23, offsets below 24 h with minutes 00-59, as RFC 3339 writes them; fromisoformat checks the rest)
+_RFC3339 = (
+    r"^[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt]([01][0-9]|2[0-3]):[0-9]{2}:[0-9]{2}(\.[0-9]{1,6})?"
+    r"([Zz]|[+-]([01][0-9]|2[0-3]):[0-5][0-9])$"
+)
 
 
 _RFC3339_RE = re.compile(_RFC3339)

@@ -7,6 +7,7 @@ One bucket (``DAIHUO_STORE``) holds everything, under these prefixes (docs/stora
     quarantine/ingest/date=YYYY-MM-DD/<ms>-<uuid>.ndjson.gz   ingest: refused events, with reasons
     quarantine/date=YYYY-MM-DD/<run>.ndjson.gz           clean: refused rows, with reasons
     clean/date=YYYY-MM-DD/<run>.parquet                  clean: one row per event_id, typed, UTC
+    clean_host/date=YYYY-MM-DD/<run>.parquet             clean: the host actions (manifest: host_files)
     catalog/<run>.parquet                                clean: catalog_item records
     analytics/<table>/<run>.parquet                      clean: the dashboard's tables (ANALYTICS_TABLES)
     reports/clean/<run>.json                             clean: a run's summary and data-quality report
@@ -38,6 +39,7 @@ RAW = "raw/"
 QUARANTINE = "quarantine/"
 INGEST_QUARANTINE = QUARANTINE + "ingest/"
 CLEAN = "clean/"
+CLEAN_HOST = "clean_host/"
 CATALOG = "catalog/"
 ANALYTICS = "analytics/"
 REPORTS = "reports/"
@@ -82,6 +84,10 @@ def quarantine_key(day: str, run_id: str) -> str:
 
 def clean_key(day: str, run_id: str) -> str:
     return f"{CLEAN}date={day}/{run_id}.parquet"
+
+
+def clean_host_key(day: str, run_id: str) -> str:
+    return f"{CLEAN_HOST}date={day}/{run_id}.parquet"
 
 
 def catalog_key(run_id: str) -> str:

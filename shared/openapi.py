@@ -437,10 +437,20 @@ STREAM_SORTS = [
     "conversion_rate",
     "gpm",
     "buyers",
+    "title",
+    "host_id",
+    "host_name",
+    "started_at",
+    "ended_at",
 ]  # shared.pipeline.analytics.STREAM_COLS (a test checks they are equal)
 HEADLINE = [
     "stream_id",
     "platform",
+    "title",
+    "host_id",
+    "host_name",
+    "started_at",
+    "ended_at",
     "start",
     "end",
     "duration_s",
@@ -472,8 +482,10 @@ STREAM_ID = {"type": "string", "pattern": "^[A-Za-z0-9._:@%-]{1,200}$", "format"
 def _kpi(name: str) -> dict:
     if name in ("stream_id", "platform"):
         return {"type": "string"}
-    if name in ("start", "end"):
+    if name in ("start", "end", "started_at", "ended_at"):
         return TIME
+    if name in ("title", "host_id", "host_name"):  # from the stream's host actions; null if none was seen
+        return {"type": ["string", "null"]}
     return NUM_OR_NULL  # the tables' values unchanged; a rate with a zero denominator is null
 
 

@@ -148,3 +148,52 @@ def test_refunds_and_late_flag_missing_keep_the_old_span():
     rows = [ev(-60, "refund", "a", item="i1", price=5.0, qty=1), ev(0, "like", "a"), ev(10, "like", "b")]
     s = run(rows)["stream"].iloc[0]  # no `late` column: nothing is late
     assert s["start"] == T0 and s["duration_s"] == 600
+
+
+def _host(t_min, typ, stream="s1", eid=None, **kw):
+    return {
+        "event_id": eid or f"h-{typ}-{stream}-{t_min}",
+        "type": typ,
+        "ts": T0 + pd.Timedelta(minutes=t_min),
+        "stream_id": stream,
+        "host_id": kw.get("host_id"),
+        "host_name": kw.get("host_name"),
+        "title": kw.get("title"),
+    }
+
+
+def test_stream_info_from_host_actions_and_kpis_unchanged():
+    rows = [
+        ev(0, "stream_enter", "a"),
+        ev(1, "product_impression", "a", item="i1"),
+        ev(2, "purchase", "a", item="i1", price=10.0, qty=2),
+        ev(30, "stream_leave", "a"),
+        ev(5, "stream_enter", "b", stream="s2"),
+        ev(9, "stream_enter", "c", stream="s3"),
+    ]
+    host = [
+        _host(-5, "stream_start", host_id="h-1", host_name="主播 A", title="早场"),
+        _host(-1, "stream_start", host_id="h-1", host_name="主播 A", title="早场 · 上新"),  # a restart: the latest
+        _host(15, "slot_start", host_id="h-9"),
+        _host(40, "stream_end"),
+        _host(45, "stream_end"),  # the last end counts
+        _host(3, "slot_start", stream="s2", host_id="h-2"),  # no stream_start: the host id of its actions
+    ]
+    plain = run(rows)["stream"].set_index("stream_id")
+    t = pa.Table.from_pandas(pd.DataFrame(rows), preserve_index=False)
+    h = pa.Table.from_pandas(pd.DataFrame(host), preserve_index=False)
+    got = {k: v.to_pandas() for k, v in compute_analytics(t, host=h).items()}
+    s = got["stream"].set_index("stream_id")
+    info = ["title", "host_id", "host_name", "started_at", "ended_at"]
+    # every KPI of the viewer events is the same with or without the host actions
+    pd.testing.assert_frame_equal(s.drop(columns=info), plain.drop(columns=info))
+    assert plain[info].isna().all().all()  # no host actions: all null
+    assert s.loc["s1", "title"] == "早场 · 上新" and s.loc["s1", "host_name"] == "主播 A"
+    assert s.loc["s1", "host_id"] == "h-1"
+    assert s.loc["s1", "started_at"] == T0 + pd.Timedelta(minutes=-5)
+    assert s.loc["s1", "ended_at"] == T0 + pd.Timedelta(minutes=45)
+    assert s.loc["s2", "host_id"] == "h-2" and pd.isna(s.loc["s2", "title"]) and pd.isna(s.loc["s2", "started_at"])
+    assert s.loc["s3", info].isna().all()
+    # the per-hour and per-item tables do not change
+    for name in ("stream_hour", "stream_item"):
+        pd.testing.assert_frame_equal(got[name], run(rows)[name])

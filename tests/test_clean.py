@@ -324,3 +324,80 @@ def test_quarantined_rows_carry_raw_and_replay_exactly_once(tmp_path):
     assert s["rows_out"] == 0 and s["duplicates_seen_before"] == 1
     assert sorted(read_clean(store).to_pandas()["event_id"].tolist()) == ["bad-1", "ok-1", "unk-1"]
     assert replay(store, [{"raw": None}])["refused"]
+
+
+# ------------------------------------------------------------------------------ host actions
+def _line(r: dict, rec: str) -> bytes:
+    return orjson.dumps(dict(r, received_at=rec))
+
+
+def test_host_actions_are_cleaned_deduplicated_and_timed_like_viewer_events(tmp_path):
+    from shared.pipeline.clean import HOST_SCHEMA, read_analytics
+    from tests import factories
+
+    start = factories.host_event(
+        "stream_start", stream_id="s-h", host_id="h-1", host_name="主播 A", title="今晚 上新",
+        scheduled_start="2026-11-27T20:00:00+08:00", ts="2026-11-27T12:00:00.000Z",
+    )  # fmt: skip
+    slot = factories.host_event("slot_start", stream_id="s-h", slot_id="k1", item_id="sku-1", price=9.9,
+                                ts="2026-11-27T12:05:00.000Z")  # fmt: skip
+    # the console clock 2 h ahead of the receiver: corrected to received_at, like a viewer event
+    ahead = factories.host_event("showcase_update", stream_id="s-h", item_id="sku-1", change="stock", stock=0,
+                                 ts="2026-11-27T14:10:00.000Z")  # fmt: skip
+    # sent 3 h before it was received: kept, flagged late
+    late = factories.host_event("slot_end", stream_id="s-h", slot_id="k0", item_id="sku-0", ts="2026-11-27T09:00:00Z")
+    viewer = [
+        factories.event("stream_enter", stream_id="s-h", user_id="u-1", ts="2026-11-27T12:01:00.000Z"),
+        factories.event("purchase", stream_id="s-h", user_id="u-1", price=20.0, ts="2026-11-27T12:06:00.000Z"),
+    ]
+    rec = "2026-11-27T12:10:00.000Z"
+    lines = [_line(r, rec) for r in [start, slot, ahead, late, *viewer]]
+    lines.append(_line(slot, "2026-11-27T12:09:00.000Z"))  # a redelivered copy, received earlier: it wins
+    bad = factories.host_event("showcase_update", stream_id="s-h", change="price")  # no price: quarantined
+    lines.append(_line(bad, rec))
+    store = open_store(tmp_path / "store")
+    store.put("raw/date=2026-11-27/hour=12/a.ndjson.gz", gzip.compress(b"\n".join(lines) + b"\n"))
+    s1 = run_clean(store, None, cfg(unknown_items="keep"), now=pd.Timestamp("2026-11-27T13:00:00Z").timestamp())
+    assert s1["status"] == "committed"
+    assert (s1["rows_out"], s1["host_rows"], s1["duplicates_in_run"], s1["dropped"]) == (2, 4, 1, 1)
+    assert s1["rows_in"] == s1["rows_out"] + s1["host_rows"] + s1["dropped"] + s1["duplicates"] + s1["catalog_rows"]
+    m = load_manifest(store)[0]
+    assert [f["streams"] for f in m["host_files"]] == [["s-h"]]
+    import io
+
+    import pyarrow.parquet as pq
+
+    host = pq.read_table(io.BytesIO(store.get(m["host_files"][0]["key"])))
+    assert host.schema == HOST_SCHEMA
+    h = host.to_pandas().set_index("event_id")
+    assert set(h.index) == {start["event_id"], slot["event_id"], ahead["event_id"], late["event_id"]}
+    assert "user_id" not in h.columns
+    assert h.loc[slot["event_id"], "received_at"] == pd.Timestamp("2026-11-27T12:09:00Z")  # the earliest copy
+    assert h.loc[slot["event_id"], "price"] == 9.9 and h.loc[slot["event_id"], "currency"] == "CNY"
+    assert h.loc[ahead["event_id"], "ts_corrected"] and h.loc[ahead["event_id"], "ts"] == pd.Timestamp(rec)
+    assert h.loc[ahead["event_id"], "ts_sent"] == "2026-11-27T14:10:00.000Z" and h.loc[ahead["event_id"], "stock"] == 0
+    assert h.loc[late["event_id"], "late"] and not h.loc[late["event_id"], "ts_corrected"]
+    assert h.loc[start["event_id"], "scheduled_start"] == pd.Timestamp("2026-11-27T12:00:00Z")
+    assert h.loc[start["event_id"], "title"] == "今晚 上新" and h.loc[start["event_id"], "host_name"] == "主播 A"
+    q = quarantine_rows(store)
+    assert [r["reasons"] for r in q] == [["price: Field required when change is 'price'"]]
+    assert set(read_clean(store)["event_id"].to_pylist()) == {v["event_id"] for v in viewer}
+    a = read_analytics(store, "stream").to_pandas().set_index("stream_id")
+    assert a.loc["s-h", "title"] == "今晚 上新" and a.loc["s-h", "host_id"] == "h-1"
+    assert a.loc["s-h", "started_at"] == pd.Timestamp("2026-11-27T12:00:00Z") and pd.isna(a.loc["s-h", "ended_at"])
+    kpis = a.loc["s-h"].drop(["title", "host_id", "host_name", "started_at", "ended_at"])
+
+    # a later run: the same stream_start again (seen before: a duplicate) and the stream_end alone
+    end = factories.host_event("stream_end", stream_id="s-h", ts="2026-11-27T15:00:00.000Z")
+    store.put(
+        "raw/date=2026-11-27/hour=15/b.ndjson.gz",
+        gzip.compress(_line(start, "2026-11-27T15:00:01Z") + b"\n" + _line(end, "2026-11-27T15:00:01Z") + b"\n"),
+    )
+    s2 = run_clean(store, None, cfg(unknown_items="keep"), now=pd.Timestamp("2026-11-27T16:00:00Z").timestamp())
+    assert (s2["rows_out"], s2["host_rows"], s2["duplicates_seen_before"]) == (0, 1, 1)
+    a2 = read_analytics(store, "stream").to_pandas().set_index("stream_id")
+    assert a2.loc["s-h", "ended_at"] == pd.Timestamp("2026-11-27T15:00:00Z")
+    assert a2.loc["s-h", "title"] == "今晚 上新"
+    pd.testing.assert_series_equal(
+        a2.loc["s-h"].drop(["title", "host_id", "host_name", "started_at", "ended_at"]), kpis
+    )

@@ -37,6 +37,11 @@ class UnknownStream(LookupError):
 HEADLINE = [
     "stream_id",
     "platform",
+    "title",
+    "host_id",
+    "host_name",
+    "started_at",
+    "ended_at",
     "start",
     "end",
     "duration_s",

@@ -59,14 +59,46 @@ STREAM_COLS = [
     "conversion_rate",
     "gpm",
     "buyers",
+    # from the stream's host actions (clean_host): null when no stream_start / stream_end was seen
+    "title",
+    "host_id",
+    "host_name",
+    "started_at",
+    "ended_at",
 ]
+INFO_COLS = ["title", "host_id", "host_name", "started_at", "ended_at"]
 
 
 def _rate(num: str, den: str) -> str:
     return f"CASE WHEN ({den}) > 0 THEN CAST({num} AS DOUBLE) / ({den}) END"
 
 
-def analytics_sql(con: duckdb.DuckDBPyConnection, source: str, max_session_s: float = 4 * 3600.0) -> None:
+def stream_info_sql(con: duckdb.DuckDBPyConnection, host_source: str | None) -> None:
+    """``a_info``: per stream, what its host actions say -- the latest stream_start's title, host id and
+    name (the host id of any host action if no stream_start named one), ``started_at`` = the first
+    stream_start, ``ended_at`` = the last stream_end (null when none was seen)."""
+    if host_source is None:
+        con.execute("""CREATE OR REPLACE TEMP TABLE a_info (stream_id VARCHAR, title VARCHAR, host_id VARCHAR,
+                       host_name VARCHAR, started_at TIMESTAMPTZ, ended_at TIMESTAMPTZ)""")
+        return
+    latest = "ORDER BY ts DESC, event_id DESC"
+    con.execute(f"""CREATE OR REPLACE TEMP TABLE a_info AS
+        SELECT CAST(stream_id AS VARCHAR) AS stream_id,
+               first(title {latest}) FILTER (type = 'stream_start' AND title IS NOT NULL) AS title,
+               coalesce(first(CAST(host_id AS VARCHAR) {latest}) FILTER (type = 'stream_start' AND host_id IS NOT NULL),
+                        first(CAST(host_id AS VARCHAR) {latest}) FILTER (host_id IS NOT NULL)) AS host_id,
+               first(host_name {latest}) FILTER (type = 'stream_start' AND host_name IS NOT NULL) AS host_name,
+               min(ts) FILTER (type = 'stream_start') AS started_at,
+               max(ts) FILTER (type = 'stream_end') AS ended_at
+        FROM {host_source} GROUP BY 1""")
+
+
+def analytics_sql(
+    con: duckdb.DuckDBPyConnection, source: str, max_session_s: float = 4 * 3600.0, host_source: str | None = None
+) -> None:
+    """The KPI tables from ``source`` (clean viewer events); ``host_source`` (clean host actions, or None)
+    adds each stream's title, host and start/end (``INFO_COLS``) to ``a_stream``."""
+    stream_info_sql(con, host_source)
     cols = {d[0] for d in con.execute(f"SELECT * FROM {source} LIMIT 0").description}
     late = "coalesce(late, false)" if "late" in cols else "false"  # (hand-made inputs may omit the flag)
     con.execute(f"""CREATE OR REPLACE TEMP TABLE a_ev AS
@@ -137,10 +169,10 @@ def analytics_sql(con: duckdb.DuckDBPyConnection, source: str, max_session_s: fl
                      coalesce(w.sessions, 0) AS sessions, coalesce(w.total_watch_s, 0) AS total_watch_s,
                      coalesce(w.watchers, 0) AS watchers, coalesce(p.peak_concurrent, 0) AS peak_concurrent
               FROM a_span sp JOIN c USING (stream_id) LEFT JOIN w USING (stream_id) LEFT JOIN p USING (stream_id))
-        SELECT *, {_rate("total_watch_s", "duration_s")} AS avg_concurrent,
+        SELECT b.*, {_rate("total_watch_s", "duration_s")} AS avg_concurrent,
                {_rate("total_watch_s", "watchers")} AS avg_watch_s, {per_min}, {rates},
-               {_rate("gmv * 1000", "unique_viewers")} AS gpm
-        FROM b ORDER BY stream_id""")
+               {_rate("gmv * 1000", "unique_viewers")} AS gpm, {", ".join(f"i.{c}" for c in INFO_COLS)}
+        FROM b LEFT JOIN a_info i USING (stream_id) ORDER BY stream_id""")
     # --- per stream-hour ----------------------------------------------------------------------
     con.execute(f"""CREATE OR REPLACE TABLE a_stream_hour AS
         WITH hrs AS (
@@ -205,13 +237,18 @@ def analytics_sql(con: duckdb.DuckDBPyConnection, source: str, max_session_s: fl
         FROM a_ev WHERE item_id IS NOT NULL GROUP BY ALL ORDER BY stream_id, item_id""")
 
 
-def compute_analytics(clean: pa.Table, max_session_s: float = 4 * 3600.0) -> dict[str, pa.Table]:
-    """Pure wrapper: clean events (Arrow) -> {"stream", "stream_hour", "stream_item"} Arrow tables."""
+def compute_analytics(
+    clean: pa.Table, max_session_s: float = 4 * 3600.0, host: pa.Table | None = None
+) -> dict[str, pa.Table]:
+    """Pure wrapper: clean events (Arrow; ``host``: clean host actions) -> {"stream", "stream_hour",
+    "stream_item"} Arrow tables."""
     con = duckdb.connect()
     try:
         con.execute("SET TimeZone='UTC'")
         con.register("clean_src", clean)
-        analytics_sql(con, "clean_src", max_session_s)
+        if host is not None:
+            con.register("host_src", host)
+        analytics_sql(con, "clean_src", max_session_s, host_source="host_src" if host is not None else None)
         return {
             name: con.sql(f"SELECT * FROM a_{name}").to_arrow_table()
             for name in ("stream", "stream_hour", "stream_item")

@@ -9,8 +9,8 @@ Guarantees
   objects are created with an "only if absent" precondition: redelivering exactly the same messages
   rewrites nothing; an object that already exists is kept (its content is the same).
 * **Partitioning** by the event's own time (``ts`` in UTC), unless ``ts`` is unparseable or
-  implausible relative to ``received_at`` (see ``TimeRules``: more than ``max_future_s`` ahead or
-  ``max_past_s`` behind) -- then by ``received_at``; a line with neither goes to the hour of the
+  implausible relative to ``received_at`` (the skew rule, ``shared.pipeline.skew.skew_flags``: more than
+  ``max_future_s`` ahead or ``max_past_s`` behind) -- then by ``received_at``; a line with neither goes to the hour of the
   archive run. Lines are written verbatim (bytes as ingest published them, ``received_at`` included),
   so cleaning sees exactly what was received.
 * **Bounded.** A batch holds at most ``max_events`` lines: messages are taken whole while they fit; the
@@ -33,6 +33,7 @@ import orjson
 from shared import layout
 from shared.log import get_logger
 from shared.pipeline.config import TimeRules
+from shared.pipeline.skew import skew_flags
 from shared.runtime import faults
 from shared.settings import settings
 from shared.storage import ABSENT, PreconditionFailed
@@ -75,7 +76,7 @@ def partition_of(line: bytes, rules: TimeRules, now: float) -> str:
     if isinstance(obj, dict):
         ts, rec = _parse_ts(obj.get("ts")), _parse_ts(obj.get("received_at"))
     t = ts
-    if t is None or (rec is not None and not (-rules.max_future_s <= rec - t <= rules.max_past_s)):
+    if t is None or (rec is not None and skew_flags(rec - t, rules)[0]):  # the sent ts is not believed
         t = rec if rec is not None else now
     d = datetime.fromtimestamp(t, UTC)
     return f"date={d:%Y-%m-%d}/hour={d:%H}"

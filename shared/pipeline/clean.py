@@ -17,13 +17,15 @@ The pure core is :func:`clean_tables` (Arrow in, Arrow out), used by the tests d
 (:func:`run_clean`) adds storage and the manifest around it.
 
 Validation: a vectorised fast path checks JSON validity, known top-level keys, required fields per type,
-the id / currency / RFC 3339 patterns and value ranges (the rules of ``shared.contract``); every row it
-flags is re-validated with ``shared.contract.validate_record`` (the reference), which decides and
-gives the exact reasons. The reader coerces silently (``"quantity": 1.5`` -> 2, ``"price": true`` -> 1.0,
-``"user_id": 7`` -> ``'7'``), so the fast path also flags every row whose RAW JSON types differ from the
-contract's (``_RAW_TYPE_RE``: one regex pass over the line), duplicate keys, suspect ``props`` and every
-catalog record: the contract then quarantines them with its own reasons, or accepts them (``1.0`` as a
-quantity is read as 1).
+the patterns, lengths, enums, value ranges and conditional requirements of every field -- all GENERATED
+from ``shared.contract``'s models by ``shared.pipeline.contract_sql`` (nothing of the contract is restated
+here); every row it flags is re-validated with ``shared.contract.validate_record`` (the reference), which
+decides and gives the exact reasons. The reader coerces silently (``"quantity": 1.5`` -> 2, ``"price":
+true`` -> 1.0, ``"user_id": 7`` -> ``'7'``), so the fast path also flags every row whose RAW JSON types
+differ from the contract's (``_RAW_TYPE_RE``: one regex pass over the line), duplicate keys, suspect
+``props`` and every record of a type with a rule the SQL does not express (``catalog_item``): the
+contract then quarantines them with its own reasons, or accepts them (``1.0`` as a quantity is read as 1).
+Clock skew: the rule of ``shared.pipeline.skew`` (its SQL form), the one archive applies in Python.
 """
 
 from __future__ import annotations
@@ -46,123 +48,41 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from shared import layout
-from shared.contract import ALL_TYPES, CATALOG_TYPE, VIEWER_ACTIONS, validate_record
+from shared.contract import ALL_TYPES, CATALOG_TYPE, HOST_ACTIONS, VIEWER_ACTIONS, validate_record
 from shared.layout import MANIFEST, load_manifest  # noqa: F401  (re-exported: readers and tests)
 from shared.log import get_logger
+from shared.pipeline import contract_sql
 from shared.pipeline.config import TimeRules
+from shared.pipeline.skew import skew_sql
 from shared.runtime import faults
 from shared.settings import settings
 
 log = get_logger("clean")
 
 
-# -- the contract's fields, as DuckDB's JSON reader should type them ---------------------------
-_FIELDS = {
-    "event_id": "VARCHAR",
-    "type": "VARCHAR",
-    "ts": "VARCHAR",
-    "received_at": "VARCHAR",
-    "platform": "VARCHAR",
-    "schema_version": "BIGINT",
-    "stream_id": "VARCHAR",
-    "user_id": "VARCHAR",
-    "item_id": "VARCHAR",
-    "price": "DOUBLE",
-    "currency": "VARCHAR",
-    "quantity": "BIGINT",
-    "order_id": "VARCHAR",
-    "count": "BIGINT",
-    "text": "VARCHAR",
-    "gift_value": "DOUBLE",
-    "props": "JSON",
-    "title": "VARCHAR",
-    "description": "VARCHAR",
-    "category": "VARCHAR",
-    "stream_ids": "VARCHAR[]",
-}
+# -- the contract's fields, as DuckDB's JSON reader should type them: derived from shared.contract --
+# (shared/pipeline/contract_sql.py generates them from the contract's JSON Schema; nothing is restated here)
+_FIELDS = contract_sql.FIELDS
 _STRUCT = "{" + ",".join(f'"{k}":"{v}"' for k, v in _FIELDS.items()) + "}"
-_ID = "'^[A-Za-z0-9._:@-]{1,128}$'"
-_TS = r"'^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d{1,6})?([Zz]|[+-]\d{2}:\d{2})$'"
-_PRODUCT = ("product_impression", "product_click", "add_to_cart", "purchase", "refund")
 _VIEWER = VIEWER_ACTIONS
-_ALLOWED_KEYS = {  # top-level keys each type may carry (+ received_at, stamped by ingest)
-    **{
-        t: [
-            "event_id",
-            "type",
-            "ts",
-            "platform",
-            "schema_version",
-            "props",
-            "stream_id",
-            "user_id",
-            "item_id",
-            "received_at",
-        ]
-        for t in _VIEWER
-    },
-}
-for _t in _PRODUCT:
-    _ALLOWED_KEYS[_t] = _ALLOWED_KEYS[_t] + ["price", "currency"]
-for _t in ("add_to_cart", "purchase", "refund"):
-    _ALLOWED_KEYS[_t] = _ALLOWED_KEYS[_t] + ["quantity"]
-for _t in ("purchase", "refund"):
-    _ALLOWED_KEYS[_t] = _ALLOWED_KEYS[_t] + ["order_id"]
-_ALLOWED_KEYS["like"] = _ALLOWED_KEYS["like"] + ["count"]
-_ALLOWED_KEYS["comment"] = _ALLOWED_KEYS["comment"] + ["text"]
-_ALLOWED_KEYS["gift"] = _ALLOWED_KEYS["gift"] + ["gift_value", "currency"]
-_ALLOWED_KEYS[CATALOG_TYPE] = [
-    "event_id",
-    "type",
-    "ts",
-    "platform",
-    "schema_version",
-    "props",
-    "item_id",
-    "title",
-    "description",
-    "category",
-    "price",
-    "currency",
-    "stream_ids",
-    "received_at",
-]
-_TYPED = ("schema_version", "price", "quantity", "count", "gift_value", "stream_ids")  # null after a bad cast
-# a raw JSON value whose type differs from the contract's, which the JSON reader would coerce silently
-# ("quantity": 1.5 -> 2, "price": true -> 1.0, "schema_version": "1" -> 1, "user_id": 7 -> '7',
-# "stream_id": {} -> '{}'): flagged, so that shared.contract decides. Alternatives:
-# * a string field holding anything but a string (number, bool, null, object, array);
-# * a number field holding anything but a number;
-# * an integer field holding a number written with a fraction or exponent (1.0 is accepted by the
-#   contract and read as 1; 1.5 is refused);
-# * a key spelled with \u escapes ("user\u005fid" is the key user_id, invisible to the patterns above).
-_STR_FIELDS = (
-    "event_id",
-    "ts",
-    "platform",
-    "type",
-    "stream_id",
-    "user_id",
-    "item_id",
-    "order_id",
-    "currency",
-    "title",
-    "text",
-    "description",
-    "category",
-)
-_NUM_FIELDS = ("price", "gift_value", "quantity", "count", "schema_version")
-_INT_FIELDS = ("quantity", "count", "schema_version")
-_RAW_TYPE_RE = "|".join(
-    [
-        r'"(' + "|".join(_STR_FIELDS) + r')"\s*:\s*[^"\s]',
-        r'"(' + "|".join(_NUM_FIELDS) + r')"\s*:\s*[^-0-9\s]',
-        r'"(' + "|".join(_INT_FIELDS) + r')"\s*:\s*-?[0-9]+[.eE]',
-    ]
-)
+# ``parsed`` (the run's largest table) keeps only the fields of viewer events (+ received_at); a row of
+# another type (host action, catalog record: few) keeps its line and is parsed again with ``_STRUCT``
+_KEPT = {f: d for f, d in _FIELDS.items() if f in contract_sql.EXTRA_FIELDS or contract_sql.types_with(f, _VIEWER)}
+_KEEP = "struct_pack(" + ", ".join(f'"{f}" := j."{f}"' for f in _KEPT) + ")"
+_IS_VIEWER = f"j.type IN {_VIEWER}"
+_ALLOWED_KEYS = contract_sql.ALLOWED_KEYS  # top-level keys each type may carry (+ received_at, stamped by ingest)
+_TYPED = contract_sql.TYPED_FIELDS  # null after a bad cast
+# a raw JSON value whose type differs from the contract's, which the JSON reader would coerce silently:
+# flagged, so that shared.contract decides (see contract_sql.raw_type_re); plus a key spelled with \u
+# escapes ("user\u005fid" is the key user_id, invisible to the patterns above).
+_RAW_TYPE_RE = contract_sql.raw_type_re()
 _ESCAPED_KEY_RE = r'\\u[0-9A-Fa-f]{4}[A-Za-z0-9_\\]*"\s*:'  # (only run on lines containing a backslash-u)
 # the count of known fields with a non-null value (see _fast_conds)
 _NN = "(" + " + ".join(f'CAST(j."{f}" IS NOT NULL AS INTEGER)' for f in _FIELDS) + ")"
+# types whose clean rows default a missing currency / quantity (the types whose records may carry them)
+_WITH_CURRENCY = contract_sql.types_with("currency", VIEWER_ACTIONS)
+_WITH_QUANTITY = contract_sql.types_with("quantity", VIEWER_ACTIONS)
+_ts = contract_sql.timestamp_sql  # an RFC 3339 string -> TIMESTAMPTZ, as the contract reads it
 
 # -- output schemas ---------------------------------------------------------------------------
 _DICT = pa.dictionary(pa.int32(), pa.string())
@@ -206,6 +126,35 @@ CATALOG_SCHEMA = pa.schema(
         ("run_id", _DICT),
     ]
 )
+
+
+def _host_columns() -> tuple[list[str], dict[str, str], pa.Schema]:
+    """clean_host's columns, derived from the host models of the contract: the common ones, then every
+    field a host action may carry (in the contract's order), then the props / ts / run columns."""
+    lead = ["event_id", "type", "ts", "received_at", "platform", "stream_id"]
+    tail = ["currency", "props", "ts_sent", "ts_corrected", "late", "run_id"]
+    ordered = dict.fromkeys(f for t in HOST_ACTIONS for f in contract_sql.TYPES[t].props)
+    fields = [f for f in ordered if f not in lead + tail]
+    fields = [f for f in fields if f != "schema_version"]
+    select, types = {}, {}
+    for f in fields:
+        props = [contract_sql.TYPES[t].props[f] for t in contract_sql.types_with(f, HOST_ACTIONS)]
+        if any(p.fmt == "date-time" for p in props):
+            select[f], types[f] = _ts(f'j."{f}"'), _UTC
+        else:
+            types[f] = {"DOUBLE": pa.float64(), "BIGINT": pa.int64()}.get(props[0].duck, pa.string())
+    schema = pa.schema(
+        [("event_id", pa.string()), ("type", _DICT), ("ts", _UTC), ("received_at", _UTC), ("platform", _DICT)]
+        + [("stream_id", _DICT)]
+        + [(f, types[f]) for f in fields]
+        + [("currency", _DICT), ("props", pa.string()), ("ts_sent", pa.string())]
+        + [("ts_corrected", pa.bool_()), ("late", pa.bool_()), ("run_id", _DICT)]
+    )
+    return fields, select, schema
+
+
+# the host actions' clean table (one row per host event_id): see docs/storage.md
+_HOST_FIELDS, _HOST_SELECT, HOST_SCHEMA = _host_columns()
 
 
 @dataclass(frozen=True)
@@ -319,25 +268,10 @@ def _fast_conds() -> list[tuple[str, str]]:
         ("j IS NULL", "'unparseable'"),
         ("NOT list_contains(" + str(list(ALL_TYPES)) + ", j.type)", "'schema'"),
         (f"NOT ({allowed})", "'schema'"),
-        ("j.event_id IS NULL OR j.ts IS NULL OR j.platform IS NULL", "'schema'"),
-        (f"NOT regexp_full_match(j.event_id, {_ID}) OR NOT regexp_full_match(j.platform, {_ID})", "'schema'"),
-        (f"NOT regexp_full_match(j.ts, {_TS}) OR try_cast(j.ts AS TIMESTAMPTZ) IS NULL", "'schema'"),
-        (
-            f"j.type <> '{CATALOG_TYPE}' AND (j.stream_id IS NULL OR j.user_id IS NULL "
-            f"OR NOT regexp_full_match(j.stream_id, {_ID}) OR NOT regexp_full_match(j.user_id, {_ID}))",
-            "'schema'",
-        ),
-        (f"j.item_id IS NOT NULL AND NOT regexp_full_match(j.item_id, {_ID})", "'schema'"),
-        (f"j.order_id IS NOT NULL AND NOT regexp_full_match(j.order_id, {_ID})", "'schema'"),
-        ("list_contains(" + str(list(_PRODUCT) + [CATALOG_TYPE]) + ", j.type) AND j.item_id IS NULL", "'schema'"),
-        (f"j.type IN ('purchase', '{CATALOG_TYPE}') AND j.price IS NULL", "'schema'"),
-        (f"j.type = '{CATALOG_TYPE}' AND (j.title IS NULL OR length(j.title) < 1)", "'schema'"),
-        ("j.schema_version IS NOT NULL AND j.schema_version <> 1", "'schema'"),
-        ("j.currency IS NOT NULL AND NOT regexp_full_match(j.currency, '^[A-Z]{3}$')", "'schema'"),
-        ("j.price IS NOT NULL AND NOT (j.price >= 0 AND j.price <= 1e9)", "'impossible_value'"),
-        ("j.gift_value IS NOT NULL AND NOT (j.gift_value >= 0 AND j.gift_value <= 1e9)", "'impossible_value'"),
-        ("j.quantity IS NOT NULL AND NOT (j.quantity BETWEEN 1 AND 10000)", "'impossible_value'"),
-        ("j.count IS NOT NULL AND NOT (j.count BETWEEN 1 AND 10000)", "'impossible_value'"),
+        # required fields per type, then every field's checks (patterns, lengths, ranges, enums, RFC 3339
+        # + a real timestamp) and the conditional requirements -- all generated from the contract
+        *contract_sql.required_conds(),
+        *contract_sql.value_conds(),
         (
             f"len(k) <> {nn} AND (" + " OR ".join(f"(j.{f} IS NULL AND list_contains(k, '{f}'))" for f in _TYPED) + ")",
             "'schema'",
@@ -349,17 +283,9 @@ def _fast_conds() -> list[tuple[str, str]]:
         ),
         # duplicate keys: DuckDB keeps the first value, the contract (orjson) the last -- see _slow_path
         (f"len(k) <> {nn} AND len(list_distinct(k)) <> len(k)", "'schema'"),
-        # props: an object of <= 32 scalars, keys <= 64 chars, strings <= 256 (conservative text checks:
-        # any nested bracket, any string literal of >= 65 chars, > 32 colons -> the contract decides)
-        (
-            "j.props IS NOT NULL AND (NOT starts_with(j.props, '{') OR regexp_matches(j.props, "
-            r"""'^.+[\[{]|"(\\.|[^"\\]){65,}') OR length(j.props) - length(replace(j.props, ':', '')) > 32)""",
-            "'schema'",
-        ),
-        ("j.text IS NOT NULL AND length(j.text) > 2000", "'schema'"),
-        # catalog records (few): always re-checked (lengths, stream_ids element types and patterns)
-        (f"j.type = '{CATALOG_TYPE}'", "'schema'"),
     ]
+    if contract_sql.SLOW_TYPES:  # types with a rule the SQL does not express (catalog_item): always re-checked
+        conds.append((contract_sql.type_in(contract_sql.SLOW_TYPES), "'schema'"))
     return conds
 
 
@@ -382,7 +308,8 @@ def _parse_sql(guarded: bool) -> str:
         j, k = f"try(json_transform(line, '{_STRUCT}'))", "try(json_keys(line))"
     return f"""
 INSERT INTO parsed
-SELECT row_id, j, reason, CASE WHEN reason IS NOT NULL OR $strict THEN line END AS line
+SELECT row_id, {_KEEP} AS j, reason,
+       CASE WHEN reason IS NOT NULL OR $strict OR NOT coalesce({_IS_VIEWER}, false) THEN line END AS line
 FROM (SELECT row_id, line, j, {_fast_reason_sql()} AS reason
       FROM (SELECT *, {_NN} AS nn
             FROM (SELECT row_id, line, {j} AS j, {k} AS k FROM chunk)))
@@ -393,7 +320,7 @@ _PARSE_SQL = _parse_sql(True)
 _PARSE_SQL_TRY = _parse_sql(False)
 
 _REASON_CATEGORY = {"record": "unparseable"}
-_RANGE_FIELDS = {"quantity", "price", "count", "gift_value"}
+_RANGE_FIELDS = set(contract_sql.NUM_FIELDS)  # a reason "greater than / less than" on these: impossible_value
 
 
 def _categorise(reasons: list[str]) -> tuple[str, str]:
@@ -429,9 +356,12 @@ def _duplicate_key(line: str) -> str | None:
     return found[0] if found else None
 
 
-def _slow_path(con: duckdb.DuckDBPyConnection) -> None:
-    """Re-validate every flagged row with shared.contract: exact reasons, or un-flag it."""
-    rows = con.execute("SELECT row_id, line FROM parsed WHERE reason IS NOT NULL OR line IS NOT NULL").fetchall()
+def _slow_path(con: duckdb.DuckDBPyConnection, strict: bool = False) -> None:
+    """Re-validate every flagged row (``strict``: every row) with shared.contract: exact reasons, or un-flag it."""
+    rows = con.execute(
+        "SELECT row_id, line FROM parsed WHERE reason IS NOT NULL OR (line IS NOT NULL AND $strict)",
+        {"strict": bool(strict)},
+    ).fetchall()
     verdicts = []
     for row_id, line in rows:
         try:
@@ -481,7 +411,7 @@ def _ingest_chunks(con, chunks: Iterable[pa.Table], cfg: CleanConfig) -> int:
     con.execute("CREATE TABLE sources (src VARCHAR, r0 BIGINT, r1 BIGINT)")
     con.execute(
         f"""CREATE TABLE parsed (row_id BIGINT, j STRUCT({
-            ", ".join(f'"{k}" {v}' for k, v in _FIELDS.items())
+            ", ".join(f'"{k}" {v}' for k, v in _KEPT.items())
         }), reason VARCHAR, line VARCHAR)"""
     )
     n = 0
@@ -500,25 +430,29 @@ def _ingest_chunks(con, chunks: Iterable[pa.Table], cfg: CleanConfig) -> int:
 def clean_core(con, run_id: str, cfg: CleanConfig, *, seen_paths: list[str], catalog_paths: list[str]) -> dict:
     """Everything after parsing, as DuckDB tables: ``clean``, ``quarantine``, ``catalog_new``,
     ``dedupe_new``; returns the report counters."""
-    _slow_path(con)
-    r = cfg.rules
+    _slow_path(con, cfg.strict)
+    corrected, late = skew_sql("lag_s", cfg.rules)  # the skew rule (shared/pipeline/skew.py)
     cur = cfg.default_currency.replace("'", "")
     # the catalog: catalog_item rows of this run (latest per item) + all committed catalog parts
     con.execute(f"""CREATE TABLE catalog_new AS
         SELECT j.item_id AS item_id, j.title AS title, j.description AS description, j.category AS category,
                j.price AS price, coalesce(j.currency, '{cur}') AS currency, j.stream_ids AS stream_ids,
-               j.platform AS platform, try_cast(j.ts AS TIMESTAMPTZ) AS ts, j.event_id AS event_id,
+               j.platform AS platform, {_ts("j.ts")} AS ts, j.event_id AS event_id,
                '{run_id}' AS run_id
-        FROM parsed WHERE {_VALID} AND j.type = '{CATALOG_TYPE}'
-        QUALIFY row_number() OVER (PARTITION BY j.item_id ORDER BY try_cast(j.ts AS TIMESTAMPTZ) DESC, row_id DESC) = 1""")
+        FROM (SELECT row_id, json_transform(line, '{_STRUCT}') AS j FROM parsed
+              WHERE {_VALID} AND j.type = '{CATALOG_TYPE}')
+        QUALIFY row_number() OVER (PARTITION BY j.item_id ORDER BY {_ts("j.ts")} DESC, row_id DESC) = 1""")
     known = "SELECT item_id FROM catalog_new"
     if catalog_paths:
         known += f" UNION SELECT item_id FROM read_parquet({catalog_paths!r})"
     con.execute(f"CREATE TEMP TABLE known_items AS {known}")
     # Valid viewer events stay in ``parsed``; the rows to drop are found on narrow projections and the
     # typed, time-normalised clean table is built by ONE statement (no wide intermediate copies).
-    # (host actions, valid per the contract, are not viewer rows: they stay in raw/ for now)
-    viewer = f"{_VALID} AND j.type IN {VIEWER_ACTIONS}"
+    # Host actions (no viewer) are deduplicated with the viewer events (one event_id space, the same
+    # index) and go to their own table, ``clean_host``.
+    events = f"{_VALID} AND j.type <> '{CATALOG_TYPE}'"
+    viewer = f"{_VALID} AND {_IS_VIEWER}"
+    host = f"{_VALID} AND j.type IN {HOST_ACTIONS}"
     # dedupe within the run: only event_ids occurring more than once are windowed (first copy = earliest
     # received_at, then row order)
     con.execute(f"""CREATE TEMP TABLE dup_losers AS
@@ -526,13 +460,13 @@ def clean_core(con, run_id: str, cfg: CleanConfig, *, seen_paths: list[str], cat
             SELECT row_id, row_number() OVER (PARTITION BY event_id
                                               ORDER BY received_at NULLS LAST, row_id) AS rn
             FROM (SELECT row_id, j.event_id AS event_id, try_cast(j.received_at AS TIMESTAMPTZ) AS received_at
-                  FROM parsed WHERE {viewer} AND j.event_id IN (
-                      SELECT j.event_id FROM parsed WHERE {viewer} GROUP BY 1 HAVING count(*) > 1)))
+                  FROM parsed WHERE {events} AND j.event_id IN (
+                      SELECT j.event_id FROM parsed WHERE {events} GROUP BY 1 HAVING count(*) > 1)))
         WHERE rn > 1""")
     # ... then against every committed id (the dedupe index)
     if seen_paths:
         con.execute(f"""CREATE TEMP TABLE seen_rows AS
-            SELECT p.row_id FROM (SELECT row_id, j.event_id AS event_id FROM parsed WHERE {viewer}) p
+            SELECT p.row_id FROM (SELECT row_id, j.event_id AS event_id FROM parsed WHERE {events}) p
             SEMI JOIN read_parquet({seen_paths!r}) s ON p.event_id = s.event_id
             WHERE p.row_id NOT IN (SELECT row_id FROM dup_losers)""")
     else:
@@ -547,32 +481,45 @@ def clean_core(con, run_id: str, cfg: CleanConfig, *, seen_paths: list[str], cat
         con.execute("CREATE TEMP TABLE unknown_rows (row_id BIGINT)")
     # the typed rows are computed ONCE into a table: the view was re-evaluated by every reader (dates,
     # stats, each clean/ COPY, analytics: ~5 evaluations of the anti-joins and timestamp casts)
-    con.execute(f"""CREATE TEMP VIEW clean_v AS
-        WITH t AS (
-            SELECT row_id, j, try_cast(j.ts AS TIMESTAMPTZ) AS ts_parsed,
-                   try_cast(j.received_at AS TIMESTAMPTZ) AS received_at
-            FROM parsed WHERE {viewer}
-              AND row_id NOT IN (SELECT row_id FROM dup_losers UNION ALL SELECT row_id FROM seen_rows
-                                 UNION ALL SELECT row_id FROM unknown_rows)),
+    dropped = """row_id NOT IN (SELECT row_id FROM dup_losers UNION ALL SELECT row_id FROM seen_rows
+                                UNION ALL SELECT row_id FROM unknown_rows)"""
+
+    def timed(rows: str) -> str:
+        """rows (row_id, j) -> + ts_parsed, received_at, lag_s, ts_corrected, late (the skew rule)."""
+        return f"""WITH t AS (
+            SELECT row_id, j, {_ts("j.ts")} AS ts_parsed, try_cast(j.received_at AS TIMESTAMPTZ) AS received_at
+            FROM ({rows})),
         l AS (SELECT *, epoch(received_at) - epoch(ts_parsed) AS lag_s FROM t),
-        f AS (SELECT *, coalesce(lag_s < -{r.max_future_s} OR lag_s > {r.max_past_s}, false) AS ts_corrected,
-                        coalesce(lag_s > {r.late_after_s} AND lag_s <= {r.max_past_s}, false) AS late
-              FROM l)
+        f AS (SELECT *, {corrected} AS ts_corrected, {late} AS late FROM l)"""
+
+    con.execute(f"""CREATE TEMP VIEW clean_v AS
+        {timed(f"SELECT row_id, j FROM parsed WHERE {viewer} AND {dropped}")}
         SELECT j.event_id AS event_id, j.type AS type,
                CASE WHEN ts_corrected THEN received_at ELSE ts_parsed END AS ts, received_at,
                j.platform AS platform, j.stream_id AS stream_id, j.user_id AS user_id, j.item_id AS item_id,
                j.price AS price,
                CASE WHEN j.currency IS NOT NULL THEN j.currency
-                    WHEN j.type IN {_PRODUCT + ("gift",)} THEN '{cur}' END AS currency,
+                    WHEN j.type IN {_WITH_CURRENCY} THEN '{cur}' END AS currency,
                CAST(CASE WHEN j.quantity IS NOT NULL THEN j.quantity
-                         WHEN j.type IN ('add_to_cart', 'purchase', 'refund') THEN 1 END AS INTEGER) AS quantity,
+                         WHEN j.type IN {_WITH_QUANTITY} THEN 1 END AS INTEGER) AS quantity,
                j.order_id AS order_id,
                CAST(CASE WHEN j.type = 'like' THEN coalesce(j.count, 1) ELSE j.count END AS INTEGER) AS count,
                j.gift_value AS gift_value, j.text AS text, CAST(j.props AS VARCHAR) AS props, j.ts AS ts_sent,
                ts_corrected, late, '{run_id}' AS run_id
         FROM f""")
     con.execute("CREATE TEMP TABLE clean AS SELECT * FROM clean_v")
-    con.execute("CREATE TEMP VIEW dedupe_new AS SELECT event_id FROM clean")  # unique per run already
+    # host actions: re-parsed from their lines (``parsed`` keeps viewer fields only), the same time rules
+    hsel = ", ".join(_HOST_SELECT.get(f, f'j."{f}"') + f' AS "{f}"' for f in _HOST_FIELDS)
+    con.execute(f"""CREATE TEMP TABLE clean_host AS
+        {timed(f"SELECT row_id, json_transform(line, '{_STRUCT}') AS j FROM parsed WHERE {host} AND {dropped}")}
+        SELECT j.event_id AS event_id, j.type AS type,
+               CASE WHEN ts_corrected THEN received_at ELSE ts_parsed END AS ts, received_at,
+               j.platform AS platform, j.stream_id AS stream_id, {hsel},
+               CASE WHEN j.currency IS NOT NULL THEN j.currency WHEN j.price IS NOT NULL THEN '{cur}' END AS currency,
+               CAST(j.props AS VARCHAR) AS props, j.ts AS ts_sent, ts_corrected, late, '{run_id}' AS run_id
+        FROM f""")
+    # (unique per run already)
+    con.execute("CREATE TEMP VIEW dedupe_new AS SELECT event_id FROM clean UNION ALL SELECT event_id FROM clean_host")
     # quarantine: invalid rows with the contract's reasons + purchases of unknown items
     con.execute("""CREATE TABLE quarantine AS
         SELECT row_id, src, reason, field, reasons, CAST(line AS VARCHAR) AS raw,
@@ -589,6 +536,7 @@ def clean_core(con, run_id: str, cfg: CleanConfig, *, seen_paths: list[str], cat
         (SELECT count(*) FROM dup_losers),
         (SELECT count(*) FROM seen_rows),
         (SELECT count(*) FROM catalog_new)""").fetchone()
+    host_rows = con.execute("SELECT count(*) FROM clean_host").fetchone()[0]
     stats = (
         *stats[:4],
         *con.execute("SELECT count(*), count(*) FILTER (late), count(*) FILTER (ts_corrected) FROM clean").fetchone(),
@@ -616,6 +564,7 @@ def clean_core(con, run_id: str, cfg: CleanConfig, *, seen_paths: list[str], cat
         "duplicates_seen_before": stats[3],
         "duplicates": stats[2] + stats[3],
         "rows_out": stats[4],
+        "host_rows": host_rows,
         "late": stats[5],
         "ts_corrected": stats[6],
         "catalog_items": stats[7],
@@ -685,7 +634,7 @@ def clean_tables(
 ) -> dict[str, Any]:
     """The pure core for in-memory use and tests: raw objects (key, bytes) in, Arrow tables out.
 
-    Returns ``{"clean": Table, "quarantine": Table, "catalog": Table, "report": dict}``.
+    Returns ``{"clean": Table, "host": Table, "quarantine": Table, "catalog": Table, "report": dict}``.
     """
     cfg = cfg or CleanConfig()
     tmp = tempfile.mkdtemp(prefix="daihuo-clean-", dir=cfg.tmp_dir)
@@ -706,6 +655,7 @@ def clean_tables(
             for name, sql, schema in (
                 ("clean", "SELECT * FROM clean ORDER BY ts, event_id", CLEAN_SCHEMA),
                 ("catalog", "SELECT * FROM catalog_new ORDER BY item_id", CATALOG_SCHEMA),
+                ("host", "SELECT * FROM clean_host ORDER BY ts, event_id", HOST_SCHEMA),
             ):
                 p = os.path.join(tmp, f"{name}.parquet")
                 write_parquet(con, sql, p, schema)
@@ -820,7 +770,7 @@ def run_clean(store, bus=None, cfg: CleanConfig | None = None, *, now: float | N
     try:
         con = _connect(os.path.join(tmp, "work.duckdb"), cfg)
         try:
-            written: dict[str, Any] = {"clean": [], "quarantine": [], "clean_files": []}
+            written: dict[str, Any] = {"clean": [], "quarantine": [], "clean_files": [], "host_files": []}
             _ingest_chunks(con, _prefetch(_chunks(((k, (lambda k=k: store.get(k))) for k in pending), cfg)), cfg)
             # the index as this run's commit will leave it: parts beyond the look-back are not consulted
             live = set(retention.compact(manifest, now, cfg.lookback_days, ref=ref)[0]["dedupe"])
@@ -848,6 +798,22 @@ def run_clean(store, bus=None, cfg: CleanConfig | None = None, *, now: float | N
                 _put_file(store, key, p, "application/vnd.apache.parquet")
                 written["clean"].append(key)
                 written["clean_files"].append({"key": key, "streams": [x for x in streams if x is not None]})
+            # clean_host/ per event date: the host actions (few rows)
+            hdates = con.execute("""SELECT strftime(ts, '%Y-%m-%d') AS d, min(date_trunc('day', ts)),
+                                           list(DISTINCT CAST(stream_id AS VARCHAR) ORDER BY CAST(stream_id AS VARCHAR))
+                                    FROM clean_host GROUP BY 1 ORDER BY 1""").fetchall()
+            for d, day, streams in hdates:
+                key = layout.clean_host_key(d, run_id)  # listed in the manifest's host_files
+                p = os.path.join(tmp, f"host-{d}.parquet")
+                write_parquet(
+                    con,
+                    "SELECT * FROM clean_host WHERE ts >= $d AND ts < $d + INTERVAL 1 DAY",
+                    p,
+                    HOST_SCHEMA,
+                    {"d": day},
+                )
+                _put_file(store, key, p, "application/vnd.apache.parquet")
+                written["host_files"].append({"key": key, "streams": [x for x in streams if x is not None]})
             faults.point("clean:write_clean", store, "after writing clean/, before the manifest moved")
             # quarantine/ per received date
             qrows = con.execute("""SELECT coalesce(substr(received_at, 1, 10), strftime(now(), '%Y-%m-%d')) AS d,
@@ -916,6 +882,8 @@ def run_clean(store, bus=None, cfg: CleanConfig | None = None, *, now: float | N
     new["seq"] = manifest["seq"] + 1
     new["done"] = manifest["done"] + pending
     new["clean_files"] = manifest["clean_files"] + written["clean_files"]
+    if written["host_files"] or "host_files" in manifest:
+        new["host_files"] = manifest.get("host_files", []) + written["host_files"]
     new["dedupe"] = manifest["dedupe"] + [dkey]
     new["catalog"] = manifest["catalog"] + ([ckey] if ckey else [])
     new["analytics"] = analytics_keys
@@ -999,20 +967,32 @@ def _republish(store, bus, cfg: CleanConfig, manifest: dict) -> None:
 def _write_analytics(con, store, manifest, written, run_id, cfg, tmp) -> dict[str, str]:
     from shared.pipeline.analytics import analytics_sql
 
-    affected = [s for (s,) in con.execute("SELECT DISTINCT stream_id FROM clean").fetchall()]
+    # the streams of this run's viewer events and host actions (a late stream_end alone re-reads its stream)
+    affected = [
+        s
+        for (s,) in con.execute(
+            "SELECT DISTINCT CAST(stream_id AS VARCHAR) FROM clean "
+            "UNION SELECT DISTINCT CAST(stream_id AS VARCHAR) FROM clean_host"
+        ).fetchall()
+    ]
     old = manifest.get("analytics") or {}
-    files = [f["key"] for f in manifest["clean_files"] if set(f["streams"]) & set(affected)]
-    paths = [_local(store, k, tmp) for k in files]
     con.execute("CREATE TEMP TABLE affected AS SELECT unnest(?::VARCHAR[]) AS stream_id", [affected])
-    src = "SELECT * FROM clean"
-    if paths:
-        cols = ", ".join(f.name for f in CLEAN_SCHEMA)
-        src = (
-            f"SELECT {cols} FROM clean UNION ALL SELECT {cols} FROM read_parquet({paths!r}) "
+
+    def source(table: str, listed: list[dict], schema: pa.Schema) -> str:
+        """This run's rows + the committed files that hold an affected stream."""
+        paths = [_local(store, f["key"], tmp) for f in listed if set(f["streams"]) & set(affected)]
+        if not paths:
+            return f"SELECT * FROM {table}"
+        cols = ", ".join(f.name for f in schema)
+        return (
+            f"SELECT {cols} FROM {table} UNION ALL SELECT {cols} FROM read_parquet({paths!r}) "
             f"WHERE CAST(stream_id AS VARCHAR) IN (SELECT stream_id FROM affected)"
         )
-    con.execute(f"CREATE OR REPLACE TEMP VIEW a_source AS {src}")
-    analytics_sql(con, "a_source", cfg.max_session_s)
+
+    con.execute(f"CREATE OR REPLACE TEMP VIEW a_source AS {source('clean', manifest['clean_files'], CLEAN_SCHEMA)}")
+    hsrc = source("clean_host", manifest.get("host_files", []), HOST_SCHEMA)
+    con.execute(f"CREATE OR REPLACE TEMP VIEW a_host_source AS {hsrc}")
+    analytics_sql(con, "a_source", cfg.max_session_s, host_source="a_host_source")
     out = {}
     for name in layout.ANALYTICS_TABLES:
         sql = f"SELECT * FROM a_{name}"

@@ -30,6 +30,9 @@ from shared import layout
 from shared.settings import DEFAULT_RETENTION_DAYS, Settings, load  # noqa: F401  (DEFAULT_RETENTION_DAYS: re-exported)
 
 DEFAULT_LOOKBACK_DAYS = Settings.model_fields["dedupe_lookback_days"].default
+FOLLOWS = {
+    "clean": (layout.CLEAN_HOST.rstrip("/"),)
+}  # prefixes kept as long as another one (the host actions' clean files)
 _DATE = layout.DATE_RE
 _RUN = re.compile(r"(r-[0-9a-f]+)")
 
@@ -104,6 +107,8 @@ def compact(
     dedupe = [k for k in m.get("dedupe", []) if run_of(k) not in old_runs]
     ccut = cutoff_date(ref, clean_days)
     clean_files = [f for f in m.get("clean_files", []) if not too_old(f["key"], ccut)]
+    if "host_files" in m:  # clean_host/ files: the retention of clean/
+        m["host_files"] = [f for f in m["host_files"] if not too_old(f["key"], ccut)]
     runs = [r for r in m.get("runs", []) if not (r["run_id"] in old_runs and r.get("published"))]
     stats = {
         "done_forgotten": len(m.get("done", [])) - len(done),
@@ -126,7 +131,8 @@ def apply_retention(
     deleted = []
     for prefix, d in days.items():
         cut = cutoff_date(now, d)
-        deleted += [k for k in store.list(prefix + "/") if too_old(k, cut)]
+        for p in (prefix, *FOLLOWS.get(prefix, ())):
+            deleted += [k for k in store.list(p + "/") if too_old(k, cut)]
     gone = set(deleted)
     stats: dict[str, Any] = {}
     if store.exists(layout.MANIFEST) and not dry_run:
@@ -135,6 +141,8 @@ def apply_retention(
             new, s = compact(m, now, lookback_days(environ), days["clean"])
             new["done"] = [k for k in new["done"] if k not in gone]  # a raw retention below the look-back
             new["clean_files"] = [f for f in new["clean_files"] if f["key"] not in gone]
+            if "host_files" in new:
+                new["host_files"] = [f for f in new["host_files"] if f["key"] not in gone]
             stats.clear()
             stats.update(s)
             return new
