@@ -2224,12 +2224,15 @@ class LiveTruth:
     ``showcase`` (items added and not removed, by the showcase_update rows), ``sold_out`` (those of
     them sold out: last update sold_out or stock 0), ``started``/``ended``, ``events`` (rows counted).
     ``per_minute``: stream_id, minute (UTC, from the ts AS SENT: a skewed row counts in the minute
-    it claims), entries, leaves, impressions, clicks, add_to_carts, orders, units, gmv.
+    it claims), entries, leaves, impressions, clicks, add_to_carts, orders, units, gmv, viewers (the
+    running entries - leaves count after the minute's last row in send order).
     ``slots``: the true slots (``HostTruth.slots``) with the impressions / clicks / add_to_carts /
     orders / units / gmv of the slot's item whose ts falls inside the slot.
     ``duplicates``: event_id -> extra copies sent; ``late_event_ids``; ``rejected_lines`` (0-based
     send lines the contract rejects); ``unknown_item_event_ids`` (valid per the contract, counted
     here, quarantined by the batch clean; ``drop_unknown_items=True`` leaves them out).
+    ``rows``: the counted rows (line, event_id, type, stream_id, user_id, item_id, price, qty, amount,
+    ms as sent, slot_id, change, stock); ``orders_in_window(stream_id, end_ms, minutes=5)``.
     """
 
     streams: dict[str, dict[str, Any]]
@@ -2241,9 +2244,20 @@ class LiveTruth:
     unknown_item_event_ids: list[str]
     include_late: bool = False
     upto: int | None = None
+    rows: Any = None
 
     def stream(self, stream_id: str) -> dict[str, Any]:
         return self.streams[stream_id]
+
+    def orders_in_window(self, stream_id: str, end_ms: int, minutes: float = 5.0) -> dict[str, int]:
+        """item_id -> orders counted with ts (as sent) in ``[end_ms - minutes, end_ms)``: "selling fast
+        in this room" (本场热卖 · 近5分钟 N 单)."""
+        r = self.rows
+        if r is None or not len(r):
+            return {}
+        m = (r["stream_id"] == stream_id) & (r["type"] == "purchase") & (r["ms"] < end_ms)
+        m &= r["ms"] >= end_ms - int(minutes * 60_000)
+        return {str(k): int(v) for k, v in r[m].groupby("item_id").size().items()}
 
 
 def _live_truth(sim: Simulation, upto: int | None, include_late: bool, drop_unknown_items: bool) -> LiveTruth:
@@ -2283,7 +2297,7 @@ def _live_truth(sim: Simulation, upto: int | None, include_late: bool, drop_unkn
     df = pd.DataFrame([events[i] for i in keep])
     if df.empty:
         return LiveTruth(
-            {}, pd.DataFrame(), pd.DataFrame(), dict(dups), late_ids, rejected, unknown, include_late, upto
+            {}, pd.DataFrame(), pd.DataFrame(), dict(dups), late_ids, rejected, unknown, include_late, upto, df
         )
     df["line"] = keep
     for c in ("user_id", "item_id", "price", "quantity", "count", "gift_value", "slot_id", "change", "stock"):
@@ -2356,8 +2370,11 @@ def _live_truth(sim: Simulation, upto: int | None, include_late: bool, drop_unkn
         d["sold_out"] = sorted(k for k, v in state.items() if v == "sold_out")
         out[str(sid)] = d
     df["minute"] = pd.to_datetime(df["ms"] // 60_000 * 60_000, unit="ms", utc=True)
-    pm = df.groupby(["stream_id", "minute"], sort=True)[list(_MINUTE_COLS)].sum().reset_index()
-    for c in _MINUTE_COLS:
+    grp = df.groupby(["stream_id", "minute"], sort=True)
+    pm = grp[list(_MINUTE_COLS)].sum()
+    pm["viewers"] = grp["level"].last()  # the running count after the minute's last row (send order)
+    pm = pm.reset_index()
+    for c in (*_MINUTE_COLS, "viewers"):
         pm[c] = pm[c].round(2) if c == "gmv" else pm[c].astype(int)
     slots = pd.DataFrame()
     if sim.cfg.host_events:
@@ -2381,7 +2398,9 @@ def _live_truth(sim: Simulation, upto: int | None, include_late: bool, drop_unkn
                 np.add.at(agg[c], ix[jj[inside]], g[c].to_numpy()[inside].astype(float))
         for c, v in agg.items():
             slots[c] = np.round(v, 2) if c == "gmv" else v.astype(int)
-    return LiveTruth(out, pm, slots, dict(dups), late_ids, rejected, unknown, include_late, upto)
+    cols = ["line", "event_id", "type", "stream_id", "user_id", "item_id", "price", "qty", "amount", "ms"]
+    rows_out = df[cols + [c for c in ("slot_id", "change", "stock") if c in df]].reset_index(drop=True)
+    return LiveTruth(out, pm, slots, dict(dups), late_ids, rejected, unknown, include_late, upto, rows_out)
 
 
 class Simulation:

@@ -682,6 +682,20 @@ def test_live_truth_equals_recount_of_sent_unique_events(host_faulty):
         assert pm.loc[sid, "orders"] == d["orders"] and pm.loc[sid, "entries"] == d["entries"]
         assert pm.loc[sid, "gmv"] == pytest.approx(d["gmv"], abs=0.05)
     assert on_time.slots["orders"].sum() > 0.3 * sum(d["orders"] for d in on_time.streams.values())
+    last_minute = on_time.per_minute.groupby("stream_id")["viewers"].last()
+    assert all(last_minute[sid] == d["current_viewers"] for sid, d in on_time.streams.items())
+    assert on_time.per_minute.groupby("stream_id")["viewers"].max().max() <= max(
+        d["peak_viewers"] for d in on_time.streams.values()
+    )
+    # "selling fast now": orders of each item in the 5 minutes before a moment, recounted by hand
+    sid = next(iter(on_time.streams))
+    end = int(on_time.slots.loc[on_time.slots["stream_id"] == sid, "end_ms"].iloc[5])
+    first = {}
+    for r in sent:
+        if isinstance(r, dict) and r.get("type") == "purchase" and validate_record(r)[1] is None:
+            first.setdefault(r["event_id"], r)
+    hand = Counter(r["item_id"] for r in first.values() if r["stream_id"] == sid and end - 300_000 <= _ms(r) < end)
+    assert on_time.orders_in_window(sid, end) == dict(hand) and hand
     # with everything sent and the unknown items dropped, the live totals equal the batch's clean table
     full = sim.live_truth(include_late=True, drop_unknown_items=True)
     clean = sim.truth.expected_clean()
