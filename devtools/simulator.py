@@ -758,7 +758,7 @@ _TITLES = [
     "{name}的{cat}好物分享 | {en} live",
     "双12狂欢 {cat}限时秒杀 | {en}'s flash deals",
     "{name}直播间 · 今晚{cat}福利 宠粉价",
-    "{en} Live: {cat_en} picks tonight",
+    "{en} Live: {cat_en} picks tonight | {name}直播间",
     "工厂直发 {cat}源头好货 {name}带你逛",
 ]
 _ADD_RATE = 0.15  # showcase items put on the shelf mid-stream (not there at the start)
@@ -1427,12 +1427,12 @@ def _stream_events_v2(
     s0, s1, show = st["start_ms"], st["end_ms"], st["showcase"]
     plat_users = np.flatnonzero(world.user_platform == st["platform_index"])
     if len(plat_users) == 0:
-        return []
+        return [] if hp is None else _merge_host(world, st, hp, [], None, host_log)
     match = world.user_vec[plat_users] @ world.item_vec[show].mean(0)
     logw = np.log(world.user_activity[plat_users]) + 1.5 * match + state.visit_logit(plat_users, st)
     n_v = int(min(rng.poisson(cfg.mean_viewers_per_stream * st["popularity"]), len(plat_users)))
     if n_v == 0:
-        return []
+        return [] if hp is None else _merge_host(world, st, hp, [], None, host_log)
     g = logw + rng.gumbel(size=len(plat_users))
     pick = np.sort(np.argpartition(-g, n_v - 1)[:n_v]) if n_v < len(plat_users) else np.arange(len(plat_users))
     users = plat_users[pick]
@@ -1632,7 +1632,23 @@ def _stream_events_v2(
     )
     if hp is None:
         return rows
-    # merge the host events in time order (a host event first at the same ms)
+    return _merge_host(world, st, hp, rows, ms[0] if ms else None, host_log)
+
+
+def _merge_host(
+    world: World,
+    st: dict[str, Any],
+    hp: _HostPlan,
+    rows: list[dict[str, Any]],
+    v_t: np.ndarray | None,
+    host_log: dict[str, dict[str, Any]] | None,
+) -> list[dict[str, Any]]:
+    """The stream's viewer rows (times ``v_t``) with its host events merged in time order (a host event
+    first at the same ms); a stream nobody watched still has its host side."""
+    if v_t is None:  # no viewers: the stock of limited items is still set
+        e = np.zeros(0, np.int64)
+        hp.cap_stock(e, e, e)
+        v_t = e
     h_t, h_rows = hp.events(world)
     pfx = f"{st['platform']}-{st['index']:05d}-h"
     h_ts = format_ts(h_t, hp.plus08) if len(h_t) else []
@@ -1640,7 +1656,6 @@ def _stream_events_v2(
         {"event_id": f"{pfx}{j:05d}", "type": r.pop("type"), "ts": tsv, "platform": st["platform"], **r}
         for j, (r, tsv) in enumerate(zip(h_rows, h_ts))
     ]
-    v_t = ms[0] if ms else np.zeros(0, np.int64)
     t_all = np.concatenate([h_t, v_t])
     src = np.concatenate([np.zeros(len(h_t), np.int8), np.ones(len(v_t), np.int8)])
     o = np.lexsort((src, t_all))

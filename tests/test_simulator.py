@@ -835,3 +835,18 @@ def test_host_events_through_the_real_ingest(pubsub_emulator, tmp_path):
     bus.close()
     assert got == Counter(r["event_id"] for r in valid)
     assert {types[r["event_id"]] for r in valid if r["type"] in HOST_TYPES} == set(HOST_TYPES)
+
+
+def test_empty_rooms_still_have_their_host_side_and_titles_are_chinese():
+    sim = simulate(HOST, n_streams=60, mean_viewers_per_stream=0.01)
+    assert all(re.search(r"[\u4e00-\u9fff]", t) for t in sim.truth.streams["title"])
+    assert sim.truth.streams["title"].nunique() > 20
+    types = Counter((r["stream_id"], r["type"]) for r in sim.events)
+    assert sum(types[(s, "stream_enter")] for s in sim.truth.streams["stream_id"]) < 10
+    for sid in sim.truth.streams["stream_id"]:
+        assert types[(sid, "stream_start")] == types[(sid, "stream_end")] == 1
+        assert types[(sid, "slot_start")] == types[(sid, "slot_end")] == len(sim.host_truth.slots(sid)) > 5
+    items = sim.host_truth.items()
+    assert items["stock"].notna().any() and not len(sim.host_truth.sold_out())
+    for r in sim.events:
+        assert validate_record(r)[1] is None, r
