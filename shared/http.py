@@ -31,7 +31,7 @@ JSON_UTF8 = "application/json; charset=utf-8"
 HTML_UTF8 = "text/html; charset=utf-8"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Answer:
     status: int
     body: Any = b""  # bytes: sent as they are; any other value: a JSON document
@@ -96,6 +96,6 @@ def error(
 
 def to_flask(answer: Answer):
     """The Flask (functions-framework) response for ``answer``: same status, headers and bytes."""
-    import flask
+    from flask import Response  # here, not at import: the logic modules stay framework-free
 
-    return flask.Response(answer.payload, status=answer.status, headers=dict(answer.headers))
+    return Response(answer.payload, status=answer.status, headers=answer.headers)
