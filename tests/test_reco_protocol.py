@@ -396,3 +396,31 @@ def test_served_model_unavailable_exits_2(tmp_path, monkeypatch, capsys):
     assert evaluate_main(["--data", str(f), "--model", "served"]) == 2
     assert "shared.reco.recipe" in capsys.readouterr().err
     assert evaluate_main(["--data", str(f), "--model", "nope"]) == 2
+
+
+def test_event_type_sets_are_defined_once_from_the_contract():
+    """Every type set the models read comes from shared/reco/event_types.py, built from the contract's
+    names: touch / non-touch partition the contract, the protocol's targets and room keys use the sets."""
+    from shared.contract import ALL_TYPES, VIEWER_ACTIONS
+    from shared.reco import event_types as ET
+    from shared.reco import instream
+
+    assert set(ET.POSITIVE_TYPES) | ET.NON_TOUCH_TYPES == set(ALL_TYPES)
+    assert not set(ET.POSITIVE_TYPES) & ET.NON_TOUCH_TYPES
+    # what never touched an item before the sets were shared still does not
+    assert {"product_impression", "refund", "stream_enter", "stream_leave", "like", "comment", "share"} <= (
+        ET.NON_TOUCH_TYPES
+    )
+    assert {"follow", "gift", "catalog_item"} <= ET.NON_TOUCH_TYPES
+    for s in (ET.POSITIVE_TYPES, ET.CART_OR_BUY_TYPES, ET.QUERY_ROOM_TYPES, ET.RANKER_ROOM_TYPES):
+        assert set(s) <= set(VIEWER_ACTIONS)
+    assert P.TARGETS == {"purchase": ("purchase",), "cart": ET.CART_OR_BUY_TYPES, "any": ET.POSITIVE_TYPES}
+    assert instream.POSITIVE_TYPES is ET.POSITIVE_TYPES
+    assert ET.ROOM_RECENT_KEYS == ("purchase@10m", "product_click@5m", "product_impression@5m")
+    assert ET.ROOM_WINDOWS == (
+        ("purchase", None),
+        ("product_click", None),
+        ("purchase", 10),
+        ("product_click", 5),
+        ("product_impression", 5),
+    )

@@ -15,6 +15,7 @@ Conventions
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -173,7 +174,7 @@ def csr_to_arrays(m: sp.csr_matrix, prefix: str) -> dict[str, np.ndarray]:
     }
 
 
-def csr_from_arrays(arrays: dict[str, np.ndarray], prefix: str) -> sp.csr_matrix:
+def csr_from_arrays(arrays: Mapping[str, np.ndarray], prefix: str) -> sp.csr_matrix:
     shape = tuple(int(x) for x in arrays[f"{prefix}.shape"])
     m = sp.csr_matrix(
         (arrays[f"{prefix}.data"], arrays[f"{prefix}.indices"], arrays[f"{prefix}.indptr"]),

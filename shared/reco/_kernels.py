@@ -30,7 +30,7 @@ try:  # pragma: no cover - exercised when numba is installed
 
     HAVE_NUMBA = True
 except Exception:  # pragma: no cover
-    _nb = None
+    _nb = None  # type: ignore[assignment]  # no numba: HAVE_NUMBA is False and guards every use of _nb
     HAVE_NUMBA = False
 
 __all__ = ["HAVE_NUMBA", "topn_similarity", "KIND_CODES", "user_scores", "pair_scores"]

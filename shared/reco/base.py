@@ -39,6 +39,8 @@ class ItemBasedRecommender:
 
     W_: sp.csr_matrix | None = None
     B_: np.ndarray | None = None
+    n_items_: int  # set by fit / from_arrays
+    fit_info_: dict[str, Any]
 
     # ------------------------------------------------------------------ params
     @classmethod
@@ -48,13 +50,6 @@ class ItemBasedRecommender:
 
     def get_params(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self._param_names()}
-
-    def set_params(self, **params):
-        for k, v in params.items():
-            if k not in self._param_names():
-                raise ValueError(f"unknown parameter {k!r}")
-            setattr(self, k, v)
-        return self
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
@@ -225,7 +220,7 @@ class ItemBasedRecommender:
         if filter_seen:
             r, c = rows.nonzero()
             scores[r, c] = -np.inf
-        mask = np.zeros(self.n_items_, dtype=bool)
+        mask = np.zeros(self.n_items_, dtype=np.bool_)
         if items is not None:
             mask[:] = True
             mask[np.asarray(items, dtype=np.int64)] = False

@@ -40,6 +40,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -50,18 +51,189 @@ from ._core import as_csr, csr_from_arrays, csr_to_arrays, str_array, top_k
 from ._kernels import HAVE_NUMBA, pair_scores
 from .content import ContentModel, item_texts
 from .ease import EASE
+from .event_types import PURCHASE
 from .interactions import Interactions, build_stream_items, build_user_items
 from .itemknn import ItemItemCF
 from .popularity import Popularity
 
 __all__ = ["HybridRecommender"]
 
-_CF_CLASSES = {"EASE": EASE, "ItemItemCF": ItemItemCF}
+_CF_CLASSES: dict[str, type[EASE] | type[ItemItemCF]] = {"EASE": EASE, "ItemItemCF": ItemItemCF}
 
 
-def _norm(x: np.ndarray) -> np.ndarray:
-    m = float(x.max()) if x.size else 0.0
-    return x / m if m > 0 else np.zeros_like(x)
+# ------------------------------------------------------------- request steps' values
+@dataclass(slots=True)
+class _Sources:
+    """A request's source items: the history (known user and/or explicit ``history``, strongest
+    ``max_history``) then the context items, with a positive weight."""
+
+    idx: np.ndarray  # item positions j
+    w: np.ndarray  # a(u, j) (context items: context_weight)
+    act: np.ndarray  # action code of a history item (0: none / context item)
+    is_ctx: np.ndarray  # bool: a context item
+    purchased: np.ndarray  # positions the known user bought (exclude_purchased)
+    n_history: int  # history items before the weight filter (decides personal vs context)
+
+
+@dataclass(slots=True)
+class _Parts:
+    """The sparse cf / content parts: sorted candidate positions ``*_c``, weighted normalised values
+    ``*_v`` and each candidate's top source ``*_s`` (``None``: a dense B, sources computed on demand).
+    ``joint``: both parts on one candidate array (``pair_scores``). Unset parts are ``None``."""
+
+    cf_c: np.ndarray | None = None
+    cf_v: np.ndarray | None = None
+    cf_s: np.ndarray | None = None
+    ct_c: np.ndarray | None = None
+    ct_v: np.ndarray | None = None
+    ct_s: np.ndarray | None = None
+    joint: bool = False
+
+
+@dataclass(slots=True)
+class _Candidates:
+    """The items that can make the top-N. ``fast``: not sorted, the parts' values and sources carried
+    along (``cf``, ``cf_src``, ``ct``, ``ct_src``) instead of looked up again."""
+
+    items: np.ndarray
+    fast: bool = False
+    cf: np.ndarray | None = None
+    cf_src: np.ndarray | None = None
+    ct: np.ndarray | None = None
+    ct_src: np.ndarray | None = None
+
+
+@dataclass(slots=True)
+class _Scores:
+    """Score parts on the candidates (``content`` is ``None`` without a content part) and whether the
+    popularity part is the stream's (reason ``popular_in_stream``)."""
+
+    cf: np.ndarray
+    content: np.ndarray | None
+    popularity: np.ndarray
+    total: np.ndarray
+    in_stream: np.ndarray
+
+
+@dataclass(slots=True)
+class _Stream:
+    """A known stream: its row ``k`` and its items with positive popularity (sorted ``idx``, ``val``,
+    and ``order`` = by score desc, index asc)."""
+
+    k: int
+    idx: np.ndarray
+    val: np.ndarray
+    order: np.ndarray
+
+
+class _Filters:
+    """A request's filters on item positions: exclusions (one sorted array), category codes, price."""
+
+    __slots__ = ("bad", "cat_code", "cat_codes", "price", "lo", "hi", "n")
+
+    def __init__(
+        self,
+        bad: np.ndarray,
+        cat_code: np.ndarray | None,
+        cat_codes: np.ndarray | None,
+        price: np.ndarray | None,
+        lo: float | None,
+        hi: float | None,
+        n: int,
+    ):
+        self.bad, self.cat_code, self.cat_codes = bad, cat_code, cat_codes
+        self.price, self.lo, self.hi, self.n = price, lo, hi, n
+
+    def passing(self, c: np.ndarray) -> np.ndarray:
+        """Mask of the positions ``c`` that pass every filter."""
+        ok = np.ones(c.size, dtype=bool)
+        bad = self.bad
+        if bad.size:
+            p_ = np.minimum(np.searchsorted(bad, c), bad.size - 1)
+            ok &= bad[p_] != c
+        if self.cat_codes is not None and self.cat_code is not None:
+            ok &= np.isin(self.cat_code[c], self.cat_codes)
+        if self.price is not None:
+            pc = self.price[c]
+            if self.lo is not None:
+                ok &= pc >= self.lo
+            if self.hi is not None:
+                ok &= pc <= self.hi
+        return ok
+
+    def first_passing(self, order: np.ndarray, *skips: np.ndarray) -> np.ndarray:
+        """The first ``n`` items of ``order`` passing the filters and in none of the sorted ``skips``."""
+        N = self.n
+        got, total_, start, step = [], 0, 0, max(4 * N, 64)
+        while start < order.size and total_ < N:
+            chunk = order[start : start + step]
+            ok = self.passing(chunk)
+            for skip in skips:
+                if skip.size:
+                    p_ = np.minimum(np.searchsorted(skip, chunk), skip.size - 1)
+                    ok &= skip[p_] != chunk
+            sel = chunk[ok][: N - total_]
+            got.append(sel)
+            total_ += sel.size
+            start += step
+            step *= 2
+        return np.concatenate(got) if got else np.empty(0, dtype=np.int64)
+
+
+class _LastPosition:
+    """``src_idx`` position of a source item (its last occurrence, as a dict built from the array),
+    looked up on demand: long histories name only a few sources."""
+
+    __slots__ = ("_idx", "_memo")
+
+    def __init__(self, src_idx: np.ndarray):
+        self._idx = src_idx
+        self._memo: dict[int, int] = {}
+
+    def __getitem__(self, j: int) -> int:
+        if j not in self._memo:
+            self._memo[j] = int(np.flatnonzero(self._idx == j)[-1])
+        return self._memo[j]
+
+
+def _scaled(v: np.ndarray, n_cand: int, n: int, weight: float) -> np.ndarray:
+    """``weight · v / max`` over the catalogue: items outside the ``n_cand`` candidates score 0."""
+    m = float(v.max()) if v.size else 0.0
+    if n_cand < n:
+        m = max(m, 0.0)
+    return weight * (v / m if m > 0 else np.zeros_like(v))
+
+
+def _lookup(cand: np.ndarray, cs: np.ndarray | None, vs: np.ndarray | None, n: int) -> np.ndarray:
+    """Values of the sparse part (sorted ``cs``, ``vs``) at the sorted candidates (0 where absent)."""
+    out = np.zeros(cand.size, dtype=np.float64)
+    if cs is None or vs is None or cs.size == 0 or cand.size == 0:
+        return out
+    if cs.size == n:  # dense B: candidates are all items in order
+        return vs[cand]
+    p_ = np.minimum(np.searchsorted(cs, cand), cs.size - 1)
+    hit = cs[p_] == cand
+    out[hit] = vs[p_[hit]]
+    return out
+
+
+def _lookup_src(cs: np.ndarray, ss: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """Top source of the sparse part (sorted ``cs``, sources ``ss``) at ``targets`` (-1 where absent)."""
+    out = np.full(targets.size, -1, dtype=np.int64)
+    if cs.size == 0:
+        return out
+    p_ = np.minimum(np.searchsorted(cs, targets), cs.size - 1)
+    hit = cs[p_] == targets
+    out[hit] = ss[p_[hit]]
+    return out
+
+
+def _not_in(sorted_: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """``c`` without the items of the sorted array ``sorted_``."""
+    if not (sorted_.size and c.size):
+        return c
+    p_ = np.minimum(np.searchsorted(sorted_, c), sorted_.size - 1)
+    return c[sorted_[p_] != c]
 
 
 class HybridRecommender:
@@ -241,7 +413,7 @@ class HybridRecommender:
         self._user_index = pd.Index(self.user_ids_)
         self._item_index = pd.Index(self.item_ids_)
         self._item_pos = {s: k for k, s in enumerate(self.item_ids_.tolist())}
-        self._purchase_code = self.action_names_.index("purchase") + 1 if "purchase" in self.action_names_ else -1
+        self._purchase_code = self.action_names_.index(PURCHASE) + 1 if PURCHASE in self.action_names_ else -1
         n = self.n_items_
         self._gpop = np.asarray(self.popularity_.global_, dtype=np.float64)
         # global popularity order: score desc, index asc (the dense top_k tie rule)
@@ -272,15 +444,6 @@ class HybridRecommender:
         self._act = None if self.actions_ is None else (self.actions_.indptr, self.actions_.indices, self.actions_.data)
 
     # -------------------------------------------------------------- recommend
-    def _item_idx(self, ids) -> np.ndarray:
-        if ids is None:
-            return np.empty(0, dtype=np.int64)
-        arr = np.asarray(list(ids) if not isinstance(ids, np.ndarray) else ids).astype(str)
-        if arr.size == 0:
-            return np.empty(0, dtype=np.int64)
-        pos = self._item_index.get_indexer(arr)
-        return pos[pos >= 0].astype(np.int64)
-
     def _user_row(self, user_id):
         if user_id is None:
             return None
@@ -330,14 +493,33 @@ class HybridRecommender:
         "popularity"}, "reason": {...}}, ...]}`` best first.
 
         Candidate-only scoring (same result as the dense formula, see
-        ``_recommend_reference``): an item outside the CF / content neighbours
+        ``tests/reco_oracle.py``): an item outside the CF / content neighbours
         of the sources scores ``popularity`` only, so the top-N is contained in
         (neighbours passing the filters) ∪ (the first N filter-passing items of
         each popularity order); with ``allowed_items`` the candidates are just
         the allowed items.  Cost ~ |sources| x neighbours + N, not the catalogue.
+
+        Steps: sources (history + context) and strategy -> sparse score parts
+        -> filters -> candidates -> parts on the candidates -> top-k -> reasons.
         """
         N = int(N)
-        # ---- history (known user and/or explicit history) + context
+        src = self._sources(user_id, history, context_items)
+        stream = self._stream(stream_id)
+        strategy, cw = self._strategy(src, stream)
+        if N <= 0:
+            return {"strategy": strategy, "items": []}
+        parts = self._score_parts(src, cw)
+        filters = self._filters(src, N, exclude_items, filter_seen, exclude_purchased, category, price_range)
+        # share of global popularity in the popularity part (personal / context with a stream only;
+        # the stream strategy stays "stream bestsellers")
+        mix = self.stream_pop_mix if (stream is not None and strategy in ("personal", "context")) else 0.0
+        cands = self._candidates(parts, filters, stream, mix, allowed_items, allowed_idx)
+        scores = self._candidate_scores(cands, parts, stream, mix, strategy)
+        best = self._top_k(scores.total, cands, N)
+        return {"strategy": strategy, "items": self._reasons(src, parts, cands, scores, best, stream, stream_id)}
+
+    def _sources(self, user_id, history: Mapping[str, float] | None, context_items: Iterable | None) -> _Sources:
+        """History (known user and/or explicit history, the strongest ``max_history``) + context items."""
         h_idx = np.empty(0, dtype=np.int64)
         h_w = np.empty(0, dtype=np.float64)
         h_act = np.empty(0, dtype=np.int64)
@@ -385,75 +567,74 @@ class HybridRecommender:
         pos = src_w > 0
         if src_w.size and not pos.all():
             src_idx, src_w, src_act, is_ctx = src_idx[pos], src_w[pos], src_act[pos], is_ctx[pos]
+        return _Sources(src_idx, src_w, src_act, is_ctx, purchased, int(h_idx.size))
 
+    def _stream(self, stream_id) -> _Stream | None:
+        """The known stream's showcase popularity (``None``: no or an unknown ``stream_id``)."""
         sk = self.popularity_._stream_index.get(str(stream_id)) if stream_id is not None else None
-        if h_idx.size:
-            strategy, cw = "personal", self.content_weight
-        elif src_idx.size:
-            strategy, cw = "context", self.content_weight_context
-        elif sk is not None:
-            strategy, cw = "stream", 0.0
-        else:
-            strategy, cw = "global", 0.0
-        if N <= 0:
-            return {"strategy": strategy, "items": []}
+        if sk is None:
+            return None
+        a, b = self._s_ptr[sk], self._s_ptr[sk + 1]
+        return _Stream(int(sk), self._s_idx[a:b], self._s_val[a:b], self._s_ord[a:b])
 
-        # ---- sparse score parts: (sorted candidate items, normalised part)
+    def _strategy(self, src: _Sources, stream: _Stream | None) -> tuple[str, float]:
+        """The first strategy that applies, and its content weight."""
+        if src.n_history:
+            return "personal", self.content_weight
+        if src.idx.size:
+            return "context", self.content_weight_context
+        if stream is not None:
+            return "stream", 0.0
+        return "global", 0.0
+
+    def _score_parts(self, src: _Sources, cw: float) -> _Parts:
+        """cf / content parts over the neighbours of the sources, weighted and max-normalised."""
+        parts = _Parts()
+        if not src.idx.size:
+            return parts
         n = self.n_items_
-        cf_c = ct_c = None
-        joint = False  # cf and content parts aligned on one sorted candidate array (pair_scores)
-        if src_idx.size:
-            use_ct = self.content_model_ is not None and cw > 0
-            if (
-                HAVE_NUMBA
-                and self.cf_model_.B_ is None
-                and self.cf_model_.W_ is not None
-                and (
-                    not use_ct
-                    or (
-                        self.content_model_.B_ is None
-                        and self.content_model_.W_ is not None
-                        and self.content_model_.W_.shape == self.cf_model_.W_.shape
-                    )
-                )
-            ):
-                joint = True
-                cf_c, cf_v, cf_s, ct_v, ct_s = pair_scores(
-                    self.cf_model_.W_, self.content_model_.W_ if use_ct else None, src_idx, src_w
-                )
-                m = float(cf_v.max()) if cf_v.size else 0.0
-                if cf_c.size < n:
-                    m = max(m, 0.0)
-                cf_v = self.cf_weight * (cf_v / m if m > 0 else np.zeros_like(cf_v))
-                if use_ct:
-                    ct_c = cf_c
-                    m = float(ct_v.max()) if ct_v.size else 0.0
-                    if ct_c.size < n:
-                        m = max(m, 0.0)
-                    ct_v = cw * (ct_v / m if m > 0 else np.zeros_like(ct_v))
-        if src_idx.size and not joint:
-            cf_c, cf_v, cf_s, _ = self.cf_model_.score_one_sources(src_idx, src_w)
-            cf_v = np.asarray(cf_v, dtype=np.float64)
-            m = float(cf_v.max()) if cf_v.size else 0.0
-            if cf_c.size < n:
-                m = max(m, 0.0)  # items outside the neighbours score 0
-            cf_v = self.cf_weight * (cf_v / m if m > 0 else np.zeros_like(cf_v))
-            if self.content_model_ is not None and cw > 0:
-                ct_c, ct_v, ct_s, _ = self.content_model_.score_one_sources(src_idx, src_w)
-                ct_v = np.asarray(ct_v, dtype=np.float64)
-                m = float(ct_v.max()) if ct_v.size else 0.0
-                if ct_c.size < n:
-                    m = max(m, 0.0)
-                ct_v = cw * (ct_v / m if m > 0 else np.zeros_like(ct_v))
+        cfm = self.cf_model_
+        ctm = self.content_model_ if cw > 0 else None  # None: no content part
+        if (
+            HAVE_NUMBA
+            and cfm.B_ is None
+            and cfm.W_ is not None
+            and (ctm is None or (ctm.B_ is None and ctm.W_ is not None and ctm.W_.shape == cfm.W_.shape))
+        ):
+            cf_c, cf_v, cf_s, ct_v, ct_s = pair_scores(cfm.W_, ctm.W_ if ctm is not None else None, src.idx, src.w)
+            parts.joint = True
+            parts.cf_c, parts.cf_s = cf_c, cf_s
+            parts.cf_v = _scaled(cf_v, cf_c.size, n, self.cf_weight)
+            if ctm is not None:
+                parts.ct_c, parts.ct_s = cf_c, ct_s
+                parts.ct_v = _scaled(ct_v, cf_c.size, n, cw)
+            return parts
+        cf_c, cf_v, parts.cf_s, _ = cfm.score_one_sources(src.idx, src.w)
+        parts.cf_c = cf_c
+        parts.cf_v = _scaled(np.asarray(cf_v, dtype=np.float64), cf_c.size, n, self.cf_weight)
+        if ctm is not None:
+            ct_c, ct_v, parts.ct_s, _ = ctm.score_one_sources(src.idx, src.w)
+            parts.ct_c = ct_c
+            parts.ct_v = _scaled(np.asarray(ct_v, dtype=np.float64), ct_c.size, n, cw)
+        return parts
 
-        # ---- filters, evaluated on candidate arrays only
+    def _filters(
+        self,
+        src: _Sources,
+        N: int,
+        exclude_items: Iterable | None,
+        filter_seen: bool,
+        exclude_purchased: bool,
+        category: str | Iterable[str] | None,
+        price_range: tuple[float | None, float | None] | None,
+    ) -> _Filters:
         bad_parts = []
         if exclude_items is not None:
             bad_parts.append(self._item_idx_fast(exclude_items))
         if filter_seen:
-            bad_parts.append(src_idx)
+            bad_parts.append(src.idx)
         if exclude_purchased:
-            bad_parts.append(purchased)
+            bad_parts.append(src.purchased)
         bad = (
             np.sort(np.concatenate(bad_parts)).astype(np.int64, copy=False)
             if bad_parts
@@ -465,143 +646,101 @@ class HybridRecommender:
             cat_codes = np.array([self._cat_lookup[c_] for c_ in cats if c_ in self._cat_lookup], dtype=np.int32)
         price = self._price64 if price_range is not None else None
         lo = hi = None
-        if price is not None:
+        if price is not None and price_range is not None:
             lo, hi = price_range
+        return _Filters(bad, self._cat_code, cat_codes, price, lo, hi, N)
 
-        def passing(c: np.ndarray) -> np.ndarray:
-            ok = np.ones(c.size, dtype=bool)
-            if bad.size:
-                p_ = np.minimum(np.searchsorted(bad, c), bad.size - 1)
-                ok &= bad[p_] != c
-            if cat_codes is not None:
-                ok &= np.isin(self._cat_code[c], cat_codes)
-            if price is not None:
-                pc = price[c]
-                if lo is not None:
-                    ok &= pc >= lo
-                if hi is not None:
-                    ok &= pc <= hi
-            return ok
-
-        def first_passing(order: np.ndarray, *skips: np.ndarray) -> np.ndarray:
-            # the first N items of ``order`` passing the filters and in none of the sorted ``skips``
-            got, total_, start, step = [], 0, 0, max(4 * N, 64)
-            while start < order.size and total_ < N:
-                chunk = order[start : start + step]
-                ok = passing(chunk)
-                for skip in skips:
-                    if skip.size:
-                        p_ = np.minimum(np.searchsorted(skip, chunk), skip.size - 1)
-                        ok &= skip[p_] != chunk
-                sel = chunk[ok][: N - total_]
-                got.append(sel)
-                total_ += sel.size
-                start += step
-                step *= 2
-            return np.concatenate(got) if got else np.empty(0, dtype=np.int64)
-
-        # share of global popularity in the popularity part (personal / context with a stream only;
-        # the stream strategy stays "stream bestsellers")
-        mix = self.stream_pop_mix if (sk is not None and strategy in ("personal", "context")) else 0.0
-        if sk is not None:
-            s_in = self._s_idx[self._s_ptr[sk] : self._s_ptr[sk + 1]]
-            s_val = self._s_val[self._s_ptr[sk] : self._s_ptr[sk + 1]]
-        fast = False
+    def _candidates(
+        self,
+        parts: _Parts,
+        filters: _Filters,
+        stream: _Stream | None,
+        mix: float,
+        allowed_items: Iterable | None,
+        allowed_idx: np.ndarray | None,
+    ) -> _Candidates:
+        """The allowed items passing the filters; else the scored items (a cf / content term) passing
+        them, completed by the first passing items of each popularity order (the rest score
+        popularity only, so no other item can make the top-N)."""
+        n = self.n_items_
         if allowed_items is not None or allowed_idx is not None:
             if allowed_items is not None:
                 cand = np.unique(self._item_idx_fast(allowed_items))
             else:
                 cand = np.asarray(allowed_idx, dtype=np.int64)
                 cand = cand[(cand >= 0) & (cand < n)]
-            cand = cand[passing(cand)]
-        else:
-            # scored = items with a cf / content term (all of them pass through
-            # the filters); the rest score popularity only, so their best N
-            # (per popularity order, skipping scored items) complete the set
-            scored = [c_ for c_ in (cf_c, ct_c) if c_ is not None and c_.size]
-            if joint:  # already the sorted union
-                scored = cf_c
-            elif len(scored) == 2 and max(scored[0].size, scored[1].size) == n:
-                scored = scored[0] if scored[0].size == n else scored[1]  # dense B: all items
-            elif len(scored) == 2:
-                scored = np.union1d(scored[0], scored[1])
-            else:  # candidates from score_one_sources are sorted and unique
-                scored = scored[0] if scored else np.empty(0, dtype=np.int64)
-            fast = joint or (ct_c is None and cf_c is not None and 0 < cf_c.size < n)
-            if fast:  # parts aligned on the candidates: carry values / sources along, no re-lookup
-                keep_ = passing(cf_c)
-                pieces = [cf_c[keep_]]
+            return _Candidates(cand[filters.passing(cand)])
+        cf_c, ct_c = parts.cf_c, parts.ct_c
+        nonempty = [c_ for c_ in (cf_c, ct_c) if c_ is not None and c_.size]
+        if parts.joint and cf_c is not None:  # already the sorted union
+            scored = cf_c
+        elif len(nonempty) == 2 and max(nonempty[0].size, nonempty[1].size) == n:
+            scored = nonempty[0] if nonempty[0].size == n else nonempty[1]  # dense B: all items
+        elif len(nonempty) == 2:
+            scored = np.union1d(nonempty[0], nonempty[1])
+        else:  # candidates from score_one_sources are sorted and unique
+            scored = nonempty[0] if nonempty else np.empty(0, dtype=np.int64)
+        # parts aligned on the candidates: carry values / sources along, no re-lookup
+        fast = cf_c is not None and (parts.joint or (ct_c is None and 0 < cf_c.size < n))
+        keep = filters.passing(cf_c) if fast and cf_c is not None else None
+        pieces = [cf_c[keep]] if cf_c is not None and keep is not None else [scored[filters.passing(scored)]]
+        if scored.size < n:
+            gpop = self._gpop_order
+            if stream is not None and mix >= 1.0:  # popularity part = global popularity
+                pieces.append(filters.first_passing(gpop, scored))
+            elif stream is not None and mix > 0.0:
+                # blended order inside the stream: every stream item not scored is a candidate
+                pieces.append(_not_in(scored, stream.idx[filters.passing(stream.idx)]))
+                pieces.append(filters.first_passing(gpop, scored, stream.idx))
+            elif stream is not None:
+                pieces.append(filters.first_passing(stream.order, scored))
+                pieces.append(filters.first_passing(gpop, scored, stream.idx))
             else:
-                pieces = [scored[passing(scored)]]
-            if scored.size < n:
-                if sk is not None and mix >= 1.0:  # popularity part = global popularity
-                    pieces.append(first_passing(self._gpop_order, scored))
-                elif sk is not None and mix > 0.0:
-                    # blended order inside the stream: every stream item not scored is a candidate
-                    rest = s_in[passing(s_in)]
-                    if scored.size and rest.size:
-                        p_ = np.minimum(np.searchsorted(scored, rest), scored.size - 1)
-                        rest = rest[scored[p_] != rest]
-                    pieces.append(rest)
-                    pieces.append(first_passing(self._gpop_order, scored, s_in))
-                elif sk is not None:
-                    pieces.append(first_passing(self._s_ord[self._s_ptr[sk] : self._s_ptr[sk + 1]], scored))
-                    pieces.append(first_passing(self._gpop_order, scored, s_in))
-                else:
-                    pieces.append(first_passing(self._gpop_order, scored))
-            # pieces are disjoint (fills skip scored items / the stream's items)
-            if fast:
-                cand = np.concatenate(pieces)
-                n_fill = cand.size - pieces[0].size
-                cf_fast = np.concatenate([cf_v[keep_], np.zeros(n_fill)])
-                src_fast = np.concatenate([cf_s[keep_], np.full(n_fill, -1, dtype=np.int64)])
-                if ct_c is not None:
-                    ct_fast = np.concatenate([ct_v[keep_], np.zeros(n_fill)])
-                    ct_src_fast = np.concatenate([ct_s[keep_], np.full(n_fill, -1, dtype=np.int64)])
-            else:
-                cand = np.sort(np.concatenate(pieces)) if len(pieces) > 1 else pieces[0]
+                pieces.append(filters.first_passing(gpop, scored))
+        # pieces are disjoint (fills skip scored items / the stream's items)
+        if keep is None:
+            return _Candidates(np.sort(np.concatenate(pieces)) if len(pieces) > 1 else pieces[0])
+        assert parts.cf_v is not None and parts.cf_s is not None  # set with cf_c
+        cand = np.concatenate(pieces)
+        n_fill = cand.size - pieces[0].size
+        out = _Candidates(
+            cand,
+            fast=True,
+            cf=np.concatenate([parts.cf_v[keep], np.zeros(n_fill)]),
+            cf_src=np.concatenate([parts.cf_s[keep], np.full(n_fill, -1, dtype=np.int64)]),
+        )
+        if ct_c is not None:
+            assert parts.ct_v is not None and parts.ct_s is not None
+            out.ct = np.concatenate([parts.ct_v[keep], np.zeros(n_fill)])
+            out.ct_src = np.concatenate([parts.ct_s[keep], np.full(n_fill, -1, dtype=np.int64)])
+        return out
 
-        # ---- parts on the candidates
-        def lookup(cs, vs):
-            out_ = np.zeros(cand.size, dtype=np.float64)
-            if cs is None or cs.size == 0 or cand.size == 0:
-                return out_
-            if cs.size == n:  # dense B: candidates are all items in order
-                return vs[cand]
-            p_ = np.minimum(np.searchsorted(cs, cand), cs.size - 1)
-            hit = cs[p_] == cand
-            out_[hit] = vs[p_[hit]]
-            return out_
-
-        def lookup_src(cs, ss, targets):
-            out_ = np.full(targets.size, -1, dtype=np.int64)
-            if cs.size == 0:
-                return out_
-            p_ = np.minimum(np.searchsorted(cs, targets), cs.size - 1)
-            hit = cs[p_] == targets
-            out_[hit] = ss[p_[hit]]
-            return out_
-
-        cf = cf_fast if fast else lookup(cf_c, cf_v if cf_c is not None else None)
-        if ct_c is None:
-            content = None
-        elif fast:
-            content = ct_fast
+    def _candidate_scores(
+        self, cands: _Candidates, parts: _Parts, stream: _Stream | None, mix: float, strategy: str
+    ) -> _Scores:
+        """cf, content and popularity parts on the candidates, and their sum."""
+        cand, n = cands.items, self.n_items_
+        if cands.fast:
+            assert cands.cf is not None
+            cf = cands.cf
+            content = cands.ct if parts.ct_c is not None else None
         else:
-            content = lookup(ct_c, ct_v)
+            cf = _lookup(cand, parts.cf_c, parts.cf_v, n)
+            content = None if parts.ct_c is None else _lookup(cand, parts.ct_c, parts.ct_v, n)
         g = self._gpop[cand]
-        if sk is not None and s_in.size and cand.size:
+        if stream is not None and stream.idx.size and cand.size:
+            s_in = stream.idx
             p_ = np.minimum(np.searchsorted(s_in, cand), s_in.size - 1)
             in_stream = s_in[p_] == cand
-            pop = np.where(in_stream, s_val[p_].astype(np.float64), 0.1 * g)
+            pop = np.where(in_stream, stream.val[p_].astype(np.float64), 0.1 * g)
             if mix > 0.0:
                 # reason "popular_in_stream" only where the stream share is the larger one
                 in_stream &= (1.0 - mix) * pop >= mix * g
                 pop = (1.0 - mix) * pop + mix * g
-        elif sk is not None and mix > 0.0:
+        elif stream is not None and mix > 0.0:
             in_stream = np.zeros(cand.size, dtype=bool)
             pop = (1.0 - mix) * 0.1 * g + mix * g
-        elif sk is not None:
+        elif stream is not None:
             in_stream = np.zeros(cand.size, dtype=bool)
             pop = 0.1 * g
         else:
@@ -610,50 +749,61 @@ class HybridRecommender:
         popw = self.popularity_weight if strategy in ("personal", "context") else 1.0
         popularity = popw * pop
         total = cf + popularity if content is None else cf + content + popularity
-        if fast:  # cand not sorted: top-k with ties broken by item index
-            if N < total.size:  # everything >= the N-th largest total (all ties at the boundary)
-                kth = np.partition(total, total.size - N)[total.size - N]
-                part_ = np.flatnonzero(total >= kth)
-            else:
-                part_ = np.arange(total.size)
-            best = part_[np.lexsort((cand[part_], -total[part_]))][:N]
-        else:
-            best = top_k(total, N)
+        return _Scores(cf, content, popularity, total, in_stream)
 
-        # ---- reasons (from the largest part; sources from that part's sum)
-        items = cand[best]
-        src_cf = src_ct = None
+    @staticmethod
+    def _top_k(total: np.ndarray, cands: _Candidates, N: int) -> np.ndarray:
+        """Positions in the candidates of the ``N`` best totals (ties: smaller item index first)."""
+        if not cands.fast:  # sorted candidates: the dense rule
+            return top_k(total, N)
+        if N < total.size:  # everything >= the N-th largest total (all ties at the boundary)
+            kth = np.partition(total, total.size - N)[total.size - N]
+            part_ = np.flatnonzero(total >= kth)
+        else:
+            part_ = np.arange(total.size)
+        return part_[np.lexsort((cands.items[part_], -total[part_]))][:N]
+
+    def _reasons(
+        self,
+        src: _Sources,
+        parts: _Parts,
+        cands: _Candidates,
+        scores: _Scores,
+        best: np.ndarray,
+        stream: _Stream | None,
+        stream_id,
+    ) -> list[dict[str, Any]]:
+        """The answer's items: score, parts and the reason of the largest part (sources from that
+        part's sum)."""
+        items = cands.items[best]
+        src_idx = src.idx
+        src_cf: np.ndarray | None = None
+        src_ct: np.ndarray | None = None
         if src_idx.size and best.size:
-            if fast:
-                src_cf = src_fast[best]
-                if ct_c is not None:
-                    src_ct = ct_src_fast[best]
-            elif cf_s is None:  # dense B
-                src_cf, _ = self.cf_model_.top_sources(src_idx, src_w, items)
-            else:
-                src_cf = lookup_src(cf_c, cf_s, items)
-            if ct_c is not None and not fast:
-                src_ct = (
-                    lookup_src(ct_c, ct_s, items)
-                    if ct_s is not None
-                    else self.content_model_.top_sources(src_idx, src_w, items)[0]
-                )
+            if cands.fast:
+                assert cands.cf_src is not None
+                src_cf = cands.cf_src[best]
+                if parts.ct_c is not None and cands.ct_src is not None:
+                    src_ct = cands.ct_src[best]
+            elif parts.cf_s is None:  # dense B
+                src_cf, _ = self.cf_model_.top_sources(src_idx, src.w, items)
+            elif parts.cf_c is not None:
+                src_cf = _lookup_src(parts.cf_c, parts.cf_s, items)
+            if parts.ct_c is not None and not cands.fast:
+                if parts.ct_s is not None:
+                    src_ct = _lookup_src(parts.ct_c, parts.ct_s, items)
+                elif self.content_model_ is not None:
+                    src_ct = self.content_model_.top_sources(src_idx, src.w, items)[0]
+        pos_of: Mapping[int, int] | _LastPosition
         if src_idx.size <= 64:
             pos_of = {int(j): k for k, j in enumerate(src_idx.tolist())}
-        else:  # long histories: look up only the few named sources (last occurrence, as the dict)
-            _memo: dict[int, int] = {}
-
-            class _Pos:
-                def __getitem__(self_, j):
-                    if j not in _memo:
-                        _memo[j] = int(np.flatnonzero(src_idx == j)[-1])
-                    return _memo[j]
-
-            pos_of = _Pos()
+        else:  # long histories: look up only the few named sources
+            pos_of = _LastPosition(src_idx)
         ids = self.item_ids_[items].tolist()
-        tot_l, cf_l, pop_l = total[best].tolist(), cf[best].tolist(), popularity[best].tolist()
-        ct_l = content[best].tolist() if content is not None else [0.0] * best.size
-        ins_l = in_stream[best].tolist()
+        tot_l, cf_l, pop_l = scores.total[best].tolist(), scores.cf[best].tolist(), scores.popularity[best].tolist()
+        ct_l = scores.content[best].tolist() if scores.content is not None else [0.0] * best.size
+        ins_l = scores.in_stream[best].tolist()
+        is_ctx, src_act, names = src.is_ctx, src.act, self.action_names_
         out = []
         for k in range(best.size):
             # largest part (first on ties, as np.argmax)
@@ -663,21 +813,21 @@ class HybridRecommender:
             if pop_l[k] > top:
                 w_, top = 2, pop_l[k]
             reason: dict[str, Any]
-            src = None
+            s_ = None
             if top > 0 and w_ == 0 and src_cf is not None:
-                src = int(src_cf[k])
+                s_ = int(src_cf[k])
             elif top > 0 and w_ == 1 and src_ct is not None:
-                src = int(src_ct[k])
-            if src is not None and src >= 0:
-                p = pos_of[src]
+                s_ = int(src_ct[k])
+            if s_ is not None and s_ >= 0:
+                p = pos_of[s_]
                 via = "cf" if w_ == 0 else "content"
                 if is_ctx[p]:
-                    reason = {"kind": "similar_to", "item": str(self.item_ids_[src]), "via": via}
+                    reason = {"kind": "similar_to", "item": str(self.item_ids_[s_]), "via": via}
                 else:
                     code = int(src_act[p])
-                    action = self.action_names_[code - 1] if 0 < code <= len(self.action_names_) else None
-                    reason = {"kind": "because_you", "item": str(self.item_ids_[src]), "action": action, "via": via}
-            elif sk is not None and ins_l[k]:
+                    action = names[code - 1] if 0 < code <= len(names) else None
+                    reason = {"kind": "because_you", "item": str(self.item_ids_[s_]), "action": action, "via": via}
+            elif stream is not None and ins_l[k]:
                 reason = {"kind": "popular_in_stream", "stream": str(stream_id)}
             else:
                 reason = {"kind": "popular"}
@@ -689,166 +839,7 @@ class HybridRecommender:
                     "reason": reason,
                 }
             )
-        return {"strategy": strategy, "items": out}
-
-    def _recommend_reference(
-        self,
-        user_id=None,
-        N: int = 10,
-        *,
-        context_items: Iterable | None = None,
-        stream_id=None,
-        history: Mapping[str, float] | None = None,
-        allowed_items: Iterable | None = None,
-        exclude_items: Iterable | None = None,
-        exclude_purchased: bool = True,
-        filter_seen: bool = True,
-        category: str | Iterable[str] | None = None,
-        price_range: tuple[float | None, float | None] | None = None,
-    ) -> dict[str, Any]:
-        """Dense reference implementation (full-catalogue part arrays); kept
-        for the equivalence tests of the candidate-only ``recommend``.
-
-        Returns ``{"strategy": "personal"|"context"|"stream"|"global",
-        "items": [{"item_id", "score", "parts": {"cf", "content",
-        "popularity"}, "reason": {...}}, ...]}`` best first.
-        """
-        n = self.n_items_
-        # ---- history (known user and/or explicit history) + context
-        h_idx = np.empty(0, dtype=np.int64)
-        h_w = np.empty(0, dtype=np.float64)
-        h_act = np.empty(0, dtype=np.int64)
-        purchased = np.empty(0, dtype=np.int64)
-        row = self._user_row(user_id)
-        if row is not None:
-            r = self.user_items_[row]
-            h_idx, h_w = r.indices.astype(np.int64), r.data.astype(np.float64)
-            if self.actions_ is not None:
-                a = self.actions_[row]
-                amap = dict(zip(a.indices.tolist(), a.data.tolist()))
-                h_act = np.array([amap.get(j, 0) for j in h_idx.tolist()], dtype=np.int64)
-                purchased = a.indices[a.data == self._purchase_code].astype(np.int64)
-            else:
-                h_act = np.zeros(h_idx.size, dtype=np.int64)
-        if history:
-            hk = self._item_idx(list(history.keys()))
-            hv = np.array([float(history[k]) for k in history.keys() if k in self._item_index], dtype=np.float64)
-            h_idx = np.concatenate([h_idx, hk])
-            h_w = np.concatenate([h_w, hv[: hk.size]])
-            h_act = np.concatenate([h_act, np.zeros(hk.size, dtype=np.int64)])
-        if h_idx.size > self.max_history:  # keep the strongest affinities
-            keep = np.sort(np.argsort(-h_w, kind="stable")[: self.max_history])
-            h_idx, h_w, h_act = h_idx[keep], h_w[keep], h_act[keep]
-        c_idx = self._item_idx(context_items)
-        is_ctx = np.concatenate([np.zeros(h_idx.size, dtype=bool), np.ones(c_idx.size, dtype=bool)])
-        src_idx = np.concatenate([h_idx, c_idx])
-        src_w = np.concatenate([h_w, np.full(c_idx.size, float(self.context_weight))])
-        src_act = np.concatenate([h_act, np.zeros(c_idx.size, dtype=np.int64)])
-        pos = src_w > 0
-        src_idx, src_w, src_act, is_ctx = src_idx[pos], src_w[pos], src_act[pos], is_ctx[pos]
-
-        stream_pop = self.popularity_.stream_scores(stream_id) if stream_id is not None else None
-        if h_idx.size:
-            strategy, cw = "personal", self.content_weight
-        elif src_idx.size:
-            strategy, cw = "context", self.content_weight_context
-        elif stream_pop is not None:
-            strategy, cw = "stream", 0.0
-        else:
-            strategy, cw = "global", 0.0
-
-        # ---- score parts (dense over the catalogue)
-        cf = np.zeros(n)
-        content = np.zeros(n)
-        if src_idx.size:
-            cand, sc = self.cf_model_.score_one(src_idx, src_w)
-            cf[cand] = sc
-            cf = self.cf_weight * _norm(cf)
-            if self.content_model_ is not None and cw > 0:
-                cand, sc = self.content_model_.score_one(src_idx, src_w)
-                content[cand] = sc
-                content = cw * _norm(content)
-        gpop = self.popularity_.global_.astype(np.float64)
-        if stream_pop is not None:
-            # stream bestsellers first; other items ranked by a damped global popularity
-            in_stream = stream_pop > 0
-            pop = np.where(in_stream, stream_pop, 0.1 * gpop)
-            mix = self.stream_pop_mix if strategy in ("personal", "context") else 0.0
-            if mix > 0.0:
-                in_stream = in_stream & ((1.0 - mix) * pop >= mix * gpop)
-                pop = (1.0 - mix) * pop + mix * gpop
-        else:
-            in_stream = np.zeros(n, dtype=bool)
-            pop = gpop
-        popw = self.popularity_weight if strategy in ("personal", "context") else 1.0
-        popularity = popw * pop
-        total = cf + content + popularity
-
-        # ---- filters
-        bad = np.zeros(n, dtype=bool)
-        if allowed_items is not None:
-            bad[:] = True
-            bad[self._item_idx(allowed_items)] = False
-        if exclude_items is not None:
-            bad[self._item_idx(exclude_items)] = True
-        if filter_seen:
-            bad[src_idx] = True
-        if exclude_purchased:
-            bad[purchased] = True
-        if category is not None and self.category_ is not None:
-            cats = [category] if isinstance(category, str) else list(category)
-            bad |= ~np.isin(self.category_, cats)
-        if price_range is not None and self.price_ is not None:
-            lo, hi = price_range
-            p = self.price_
-            if lo is not None:
-                bad |= ~(p >= lo)
-            if hi is not None:
-                bad |= ~(p <= hi)
-        total[bad] = -np.inf
-        best = top_k(total, N)
-        best = best[np.isfinite(total[best])]
-
-        # ---- reasons (from the largest part; sources from that part's sum)
-        parts = np.stack([cf[best], content[best], popularity[best]])
-        which = np.argmax(parts, axis=0)
-        src_cf = src_ct = None
-        if src_idx.size and best.size:
-            src_cf, _ = self.cf_model_.top_sources(src_idx, src_w, best)
-            if self.content_model_ is not None and cw > 0:
-                src_ct, _ = self.content_model_.top_sources(src_idx, src_w, best)
-        pos_of = {int(j): k for k, j in enumerate(src_idx.tolist())}
-        out = []
-        for k, i in enumerate(best.tolist()):
-            w_ = int(which[k])
-            reason: dict[str, Any]
-            src = None
-            if parts[w_, k] > 0 and w_ == 0 and src_cf is not None:
-                src = int(src_cf[k])
-            elif parts[w_, k] > 0 and w_ == 1 and src_ct is not None:
-                src = int(src_ct[k])
-            if src is not None and src >= 0:
-                p = pos_of[src]
-                via = "cf" if w_ == 0 else "content"
-                if is_ctx[p]:
-                    reason = {"kind": "similar_to", "item": str(self.item_ids_[src]), "via": via}
-                else:
-                    code = int(src_act[p])
-                    action = self.action_names_[code - 1] if 0 < code <= len(self.action_names_) else None
-                    reason = {"kind": "because_you", "item": str(self.item_ids_[src]), "action": action, "via": via}
-            elif stream_pop is not None and in_stream[i]:
-                reason = {"kind": "popular_in_stream", "stream": str(stream_id)}
-            else:
-                reason = {"kind": "popular"}
-            out.append(
-                {
-                    "item_id": str(self.item_ids_[i]),
-                    "score": float(total[i]),
-                    "parts": {"cf": float(cf[i]), "content": float(content[i]), "popularity": float(popularity[i])},
-                    "reason": reason,
-                }
-            )
-        return {"strategy": strategy, "items": out}
+        return out
 
     def score_batch(self, user_rows: sp.spmatrix, stream_id=None) -> np.ndarray:
         """Vectorised ``personal``-strategy scores for many user rows (for

@@ -41,6 +41,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from ._kernels import HAVE_NUMBA
+from .event_types import POSITIVE_TYPES
 
 __all__ = [
     "StreamPairs",
@@ -52,7 +53,7 @@ __all__ = [
     "POSITIVE_TYPES",
 ]
 
-POSITIVE_TYPES = ("product_click", "add_to_cart", "purchase")
+#: the in-stream positives: shared.reco.event_types.POSITIVE_TYPES (re-exported here)
 
 
 @dataclass
@@ -112,7 +113,9 @@ def stream_pairs(
         up = up.iloc[np.sort(_md5_order(keys)[:max_pairs])]
     pos = pos.merge(up, on=["user_id", "stream_id"], how="inner")
     pos = pos.drop_duplicates()
-    users, streams, relevant = [], [], []
+    users: list[str] = []
+    streams: list[str] = []
+    relevant: list[list[str]] = []
     if pos.empty:
         return StreamPairs(users, streams, relevant, n_available=int(len(keys)))
     # plain arrays sorted by (user, stream), item order of first appearance kept inside a pair

@@ -29,12 +29,21 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, overload
 
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from .event_types import (
+    CART_OR_BUY_TYPES,
+    NON_TOUCH_TYPES,
+    POSITIVE_TYPES,
+    PURCHASE,
+    QUERY_ROOM_TYPES,
+    ROOM_RECENT,
+    room_key,
+)
 from .interactions import DEFAULT_ACTION_WEIGHTS
 from .rebuy import ts_ns
 
@@ -65,17 +74,13 @@ __all__ = [
 
 #: event types that count as relevant (and define baskets) for each target
 TARGETS: dict[str, tuple[str, ...]] = {
-    "purchase": ("purchase",),
-    "cart": ("add_to_cart", "purchase"),  # carted or bought
-    "any": ("product_click", "add_to_cart", "purchase"),
+    "purchase": (PURCHASE,),
+    "cart": CART_OR_BUY_TYPES,  # carted or bought
+    "any": POSITIVE_TYPES,
 }
-#: types that never count as "touching" an item (history for variant new / repeats=False)
-NON_TOUCH_TYPES = frozenset(
-    {"product_impression", "refund", "stream_enter", "stream_leave", "like", "comment", "share", "follow", "gift"}
-)
-ROOM_TYPES = ("purchase", "product_click", "add_to_cart", "product_impression")
-#: recent-window room counts (what sells / is shown in the room right now): key "<type>@<minutes>m"
-ROOM_RECENT = (("purchase", 10), ("product_click", 5), ("product_impression", 5))
+# NON_TOUCH_TYPES (never "touching" an item: history for variant new / repeats=False), QUERY_ROOM_TYPES
+# (what a query records of its room) and ROOM_RECENT (recent-window room counts, key "<type>@<minutes>m"):
+# shared.reco.event_types
 HALF_LIFE_DAYS = 30.0
 NS_PER_DAY = 86400 * 10**9
 
@@ -106,6 +111,10 @@ def _guess_format(path: Path) -> str:
     return "csv"
 
 
+@overload
+def _resolve(cols: list[str], given: str | None, role: str, path, required: Literal[True]) -> str: ...
+@overload
+def _resolve(cols: list[str], given: str | None, role: str, path, required: bool) -> str | None: ...
 def _resolve(cols: list[str], given: str | None, role: str, path, required: bool) -> str | None:
     if given is not None:
         if given not in cols:
@@ -530,18 +539,18 @@ def make_split(
             )
         # rooms: per stream, typed events sorted by ts; a query's room = the prefix before its entry
         typ = ev["type"].to_numpy(dtype=object)
-        room_rows = np.flatnonzero((scodes >= 0) & (icodes >= 0) & np.isin(typ, ROOM_TYPES))
+        room_rows = np.flatnonzero((scodes >= 0) & (icodes >= 0) & np.isin(typ, QUERY_ROOM_TYPES))
         o = np.lexsort((ts[room_rows], scodes[room_rows]))
         rr = room_rows[o]
         r_s, r_t, r_i = scodes[rr], ts[rr], icodes[rr]
-        r_ty = pd.Categorical(typ[rr], categories=list(ROOM_TYPES)).codes
+        r_ty = pd.Categorical(typ[rr], categories=list(QUERY_ROOM_TYPES)).codes
         s_ptr = np.searchsorted(r_s, np.arange(len(sids) + 1))
         for q in chosen:
             s_ = q_stream[q]
             a, b = s_ptr[s_], s_ptr[s_ + 1]
             e = a + int(np.searchsorted(r_t[a:b], q_ts[q], side="left"))
             room = {}
-            for k_, name in enumerate(ROOM_TYPES):
+            for k_, name in enumerate(QUERY_ROOM_TYPES):
                 its = r_i[a:e][r_ty[a:e] == k_]
                 if its.size:
                     u_, c_ = np.unique(its, return_counts=True)
@@ -550,9 +559,9 @@ def make_split(
                     room[name] = {}
             for name, minutes in ROOM_RECENT:
                 w0 = a + int(np.searchsorted(r_t[a:e], q_ts[q] - minutes * 60 * 10**9, side="left"))
-                its = r_i[w0:e][r_ty[w0:e] == ROOM_TYPES.index(name)]
+                its = r_i[w0:e][r_ty[w0:e] == QUERY_ROOM_TYPES.index(name)]
                 u_, c_ = np.unique(its, return_counts=True)
-                room[f"{name}@{minutes}m"] = dict(zip(iid_arr[u_].tolist(), c_.tolist()))
+                room[room_key(name, minutes)] = dict(zip(iid_arr[u_].tolist(), c_.tolist()))
             rooms[int(q)] = room
 
     repeats = variant == "all"
@@ -616,7 +625,7 @@ class _TrainIndex:
         self.item_index = pd.Index(self.item_ids)
         nu, ni = len(self.user_index), len(self.item_ids)
         self.user_pos = {x: k for k, x in enumerate(self.user_index.tolist())}
-        typ = ev["type"].to_numpy(dtype=object) if "type" in ev else np.full(len(ev), "purchase", dtype=object)
+        typ = ev["type"].to_numpy(dtype=object) if "type" in ev else np.full(len(ev), PURCHASE, dtype=object)
         is_t = np.isin(typ, target_types)
         if not is_t.any():
             is_t = touch_mask(ev)
@@ -648,7 +657,7 @@ class _TrainIndex:
         self.X.sum_duplicates()
         self.X.data = np.maximum(self.X.data, 0.0)
         self.X.eliminate_zeros()
-        pm = touch & (typ == "purchase")
+        pm = touch & (typ == PURCHASE)
         P = sp.csr_matrix((np.ones(int(pm.sum())), (u[pm], i[pm])), shape=(nu, ni))
         P.sum_duplicates()
         H = sp.csr_matrix((np.ones(int(touch.sum())), (u[touch], i[touch])), shape=(nu, ni))
@@ -742,7 +751,7 @@ class ShowcasePopularity(_BaseRanker):
 
 
 def _room_order(q: Query, ranker: _BaseRanker) -> list[str]:
-    counts = (q.room or {}).get("purchase") or {}
+    counts = (q.room or {}).get(PURCHASE) or {}
     if not counts:
         return []
     ids = list(counts.keys())

@@ -53,6 +53,7 @@ import scipy.sparse as sp
 
 from ._core import csr_from_arrays, csr_to_arrays, str_array
 from ._kernels import HAVE_NUMBA, pair_scores
+from .event_types import ADD_TO_CART, POSITIVE_TYPES, PRODUCT_CLICK, PURCHASE, RANKER_ROOM_TYPES, ROOM_RECENT_KEYS
 from .hybrid import HybridRecommender
 from .interactions import _codes, build_user_items
 from .rebuy import RepeatStats, purchase_occasions, ts_days, ts_ns1
@@ -150,9 +151,6 @@ def _head(weights: Mapping[str, float], mu=None, sigma=None, bias: float = 0.0) 
     }
 
 
-ROOM_TYPES = ("purchase", "product_click")
-
-
 def _at(idx: np.ndarray, val: np.ndarray, c: np.ndarray) -> np.ndarray:
     """Values at positions ``c`` of a sparse vector given as sorted ``idx`` and ``val`` (0 where absent)."""
     out = np.zeros(c.size, dtype=np.float64)
@@ -178,7 +176,7 @@ def _now_days(now, default: float) -> float:
 
 
 def room_counts(
-    events: pd.DataFrame, stream_ids: np.ndarray, item_ids: np.ndarray, types: Iterable[str] = ROOM_TYPES
+    events: pd.DataFrame, stream_ids: np.ndarray, item_ids: np.ndarray, types: Iterable[str] = RANKER_ROOM_TYPES
 ) -> dict[str, sp.csr_matrix]:
     """Per type: stream x item event counts (what the room has seen in the window)."""
     out = {}
@@ -194,8 +192,54 @@ def room_counts(
     return out
 
 
+#: a sparse score part: (sorted item positions, scores, top source per item or None for a dense B)
+_Part = tuple[np.ndarray, np.ndarray, np.ndarray | None]
+_Counts = tuple[np.ndarray, np.ndarray]  # (sorted item positions, counts)
+#: a room: purchases, clicks so far, total orders, the recent windows (orders, clicks, impressions)
+_RoomVectors = tuple[_Counts, _Counts, float, tuple[_Counts, _Counts, _Counts]]
+
+
+def _on_cand(part: _Part | None, cand: np.ndarray, n_items: int) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """A score part on the candidates, max-normalised and clipped at 0, and each candidate's source
+    (-1: none; ``None`` for a dense B or a part without sources)."""
+    if part is None:
+        return None, None
+    n = cand.size
+    cc, sc, src = part[0], np.asarray(part[1], dtype=np.float64), part[2]
+    m = float(sc.max()) if sc.size else 0.0
+    v = np.zeros(n)
+    s = np.full(n, -1, dtype=np.int64)
+    if cc.size == n_items and np.array_equal(cc, np.arange(n_items)):  # dense B
+        v = sc[cand]
+        s_ = None
+    else:
+        p = np.searchsorted(cc, cand)
+        p = np.minimum(p, max(cc.size - 1, 0))
+        hit = (cc[p] == cand) if cc.size else np.zeros(n, bool)
+        v[hit] = sc[p[hit]]
+        s_ = src
+        if src is not None:
+            s[hit] = np.asarray(src)[p[hit]]
+    v = v / m if m > 0 else np.zeros(n)
+    return np.maximum(v, 0.0), (s if s_ is not None else None)
+
+
 class RoomRanker:
     """Fitted by ``shared.reco.recipe.fit_recipe``; ``recommend`` is what the recommend service calls."""
+
+    # the fitted state (``fit_state`` / ``from_arrays``); serving lookups are derived by ``_build``
+    reference_day: float  # epoch days of the reference time
+    buy_count_: sp.csr_matrix  # viewer x item purchase occasions
+    buy_last_: sp.csr_matrix  # viewer x item day of the last purchase
+    repeat_: RepeatStats
+    recent_buyers_: np.ndarray  # per item: buyers in the last 7 days
+    cart_: sp.csr_matrix  # viewer x item decayed carts
+    click_: sp.csr_matrix  # viewer x item decayed clicks
+    touch_last_: sp.csr_matrix  # viewer x item day of the last touch
+    room_stream_ids_: np.ndarray
+    room_: dict[str, sp.csr_matrix]  # per RANKER_ROOM_TYPES type: stream x item counts
+    _cat_code: np.ndarray | None
+    _logprice: np.ndarray | None
 
     def __init__(
         self,
@@ -248,11 +292,11 @@ class RoomRanker:
         recent = occ.day >= self.reference_day - 7.0
         self.recent_buyers_ = np.bincount(occ.item[recent], minlength=len(iids)).astype(np.float32)
         self.cart_ = build_user_items(
-            events, {"add_to_cart": 1.0}, half_life_days, reference_time, user_ids=uids, item_ids=iids, dtype=np.float32
+            events, {ADD_TO_CART: 1.0}, half_life_days, reference_time, user_ids=uids, item_ids=iids, dtype=np.float32
         ).matrix
         self.click_ = build_user_items(
             events,
-            {"product_click": 1.0},
+            {PRODUCT_CLICK: 1.0},
             half_life_days,
             reference_time,
             user_ids=uids,
@@ -272,11 +316,7 @@ class RoomRanker:
 
     @staticmethod
     def _last_touch(events, uids, iids) -> sp.csr_matrix:
-        ev = events[
-            events["type"].isin(["product_click", "add_to_cart", "purchase"])
-            & events["item_id"].notna()
-            & events["user_id"].notna()
-        ]
+        ev = events[events["type"].isin(POSITIVE_TYPES) & events["item_id"].notna() & events["user_id"].notna()]
         u = _codes(ev["user_id"], uids)[0]
         i = _codes(ev["item_id"], iids)[0]
         d = ts_days(ev["ts"]) if len(ev) else np.empty(0)
@@ -395,15 +435,15 @@ class RoomRanker:
                 u, inv = np.unique(j[ok], return_inverse=True)
                 return u.astype(np.int64), np.bincount(inv, weights=v[ok], minlength=u.size)
 
-            buy, clk = conv(room.get("purchase")), conv(room.get("product_click"))
-            now = tuple(conv(room.get(k)) for k in ("purchase@10m", "product_click@5m", "product_impression@5m"))
+            buy, clk = conv(room.get(PURCHASE)), conv(room.get(PRODUCT_CLICK))
+            now = tuple(conv(room.get(k)) for k in ROOM_RECENT_KEYS)
         else:
             k = self._room_index.get(str(stream_id))
             e = (np.empty(0, np.int64), np.empty(0))
             now = (e, e, e)  # the model's own counts have no "now" (the live layer's counters will)
             if k is None:
                 return e, e, 0.0, now
-            B, C = self.room_["purchase"], self.room_["product_click"]
+            B, C = self.room_[PURCHASE], self.room_[PRODUCT_CLICK]
             buy = (
                 B.indices[B.indptr[k] : B.indptr[k + 1]].astype(np.int64),
                 B.data[B.indptr[k] : B.indptr[k + 1]].astype(float),
@@ -424,21 +464,55 @@ class RoomRanker:
         room=None,
         now=None,
         pool: bool = True,
-    ):
+    ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
         """The candidate items and their feature matrix for one request.
 
         Returns ``(cand, F, info)``: ``cand`` sorted unique item positions, ``F`` ``(len(cand), len(FEATURES))``,
         ``info`` the per-candidate sources named by reasons (cf / content / context source item, purchase
-        count / last day, strongest history action) and the strategy."""
-        b = self.base
+        count / last day, strongest history action) and the strategy.
+
+        Steps: sources (history, context, room) -> their sparse score parts -> candidates -> features
+        on the candidates (neighbours, own history, popularity, room) -> strategy."""
         now_d = max(_now_days(now, self.reference_day), 0.0)
         row = self._user_row(user_id)
         h_idx = h_w = np.empty(0, dtype=np.int64)
         if row is not None:
             h_idx, h_w = self._history(row)
-        c_idx = b._item_idx_fast(context_items) if context_items else np.empty(0, dtype=np.int64)
+        c_idx = self.base._item_idx_fast(context_items) if context_items else np.empty(0, dtype=np.int64)
         rv = self._room_vectors(stream_id, room)
-        parts: dict[str, tuple] = {}
+        parts = self._source_parts(h_idx, h_w, c_idx)
+        cand = self._candidates(parts, h_idx, c_idx, rv, allowed_idx, pool)
+        F = np.zeros((cand.size, len(FEATURES)))
+        head = "room" if (stream_id is not None or allowed_idx is not None or room is not None) else "catalogue"
+        info: dict[str, Any] = {"now_day": now_d, "stream_id": stream_id, "head": head}
+        if cand.size == 0:
+            return cand, F, info
+        self._neighbour_features(F, info, parts, cand, h_idx)
+        if row is not None:
+            self._own_features(F, info, row, cand, now_d, h_idx, h_w)
+        F[:, _F["pop"]] = self._gpop[cand]
+        F[:, _F["pop_log"]] = self._poplog[cand]
+        F[:, _F["pop_recent"]] = self._poprecent[cand]
+        if rv is not None:
+            self._room_features(F, rv, cand)
+        info["strategy"] = (
+            "personal"
+            if h_idx.size
+            else "context"
+            if c_idx.size
+            else "stream"
+            if rv is not None and (rv[0][0].size or rv[1][0].size)
+            else "global"
+        )
+        info["row"] = row
+        info["head"] = head
+        return cand, F, info
+
+    def _source_parts(self, h_idx: np.ndarray, h_w: np.ndarray, c_idx: np.ndarray) -> dict[str, _Part]:
+        """Sparse score parts ``(sorted items, scores, top source or None)`` of the history (``cf``,
+        ``content``) and of the context items (``ctx_cf``, ``ctx_ct``)."""
+        b = self.base
+        parts: dict[str, _Part] = {}
         if h_idx.size:
             cm, tm = b.cf_model_, b.content_model_
             if (
@@ -453,86 +527,68 @@ class RoomRanker:
                 if tm is not None:
                     parts["content"] = (cc, v2, s2)
             else:
-                parts["cf"] = cm.score_one_sources(h_idx, h_w)
+                parts["cf"] = cm.score_one_sources(h_idx, h_w)[:3]
                 if tm is not None:
-                    parts["content"] = tm.score_one_sources(h_idx, h_w)
+                    parts["content"] = tm.score_one_sources(h_idx, h_w)[:3]
         if c_idx.size:
             cw = np.ones(c_idx.size)
-            parts["ctx_cf"] = b.cf_model_.score_one_sources(c_idx, cw)
+            parts["ctx_cf"] = b.cf_model_.score_one_sources(c_idx, cw)[:3]
             if b.content_model_ is not None:
-                parts["ctx_ct"] = b.content_model_.score_one_sources(c_idx, cw)
-        # ---- candidates: the showcase, else the pool of every source's best (a huge showcase: pool ∩ it)
+                parts["ctx_ct"] = b.content_model_.score_one_sources(c_idx, cw)[:3]
+        return parts
+
+    def _candidates(
+        self,
+        parts: dict[str, _Part],
+        h_idx: np.ndarray,
+        c_idx: np.ndarray,
+        rv: _RoomVectors | None,
+        allowed_idx,
+        pool: bool,
+    ) -> np.ndarray:
+        """The showcase, else the pool of every source's best (a huge showcase: pool ∩ it + its
+        bestsellers); ``pool=False``: every item."""
         if allowed_idx is not None and np.asarray(allowed_idx).size <= self.max_allowed:
-            cand = np.unique(np.asarray(allowed_idx, dtype=np.int64))
-        elif pool:
-            pieces = [h_idx, c_idx, self._gpop_order[: self.pop_top]]
-            for name, top in (
-                ("cf", self.cf_top),
-                ("content", self.content_top),
-                ("ctx_cf", self.cf_top),
-                ("ctx_ct", self.content_top),
-            ):
-                if name in parts:
-                    cc, sc = parts[name][0], np.asarray(parts[name][1])
-                    if cc.size > top:
-                        cc = cc[np.argpartition(-sc, top - 1)[:top]]
-                    pieces.append(np.asarray(cc, dtype=np.int64))
-            if rv is not None:
-                for idx, val in rv[:2]:
-                    pieces.append(
-                        idx[np.argpartition(-val, self.room_top - 1)[: self.room_top]]
-                        if idx.size > self.room_top
-                        else idx
-                    )
-            cand = np.unique(np.concatenate(pieces))
-            if allowed_idx is not None:  # a showcase larger than max_allowed
-                al = np.asarray(allowed_idx, dtype=np.int64)  # sorted, unique (the allowed_idx contract)
-                inside = cand[al[np.minimum(np.searchsorted(al, cand), al.size - 1)] == cand]
-                g = -self._gpop[al]
-                top = (
-                    np.argpartition(g, self.pop_top - 1)[: self.pop_top]
-                    if al.size > self.pop_top
-                    else np.arange(al.size)
+            return np.unique(np.asarray(allowed_idx, dtype=np.int64))
+        if not pool:
+            return np.arange(self.n_items_, dtype=np.int64)
+        pieces = [h_idx, c_idx, self._gpop_order[: self.pop_top]]
+        for name, top in (
+            ("cf", self.cf_top),
+            ("content", self.content_top),
+            ("ctx_cf", self.cf_top),
+            ("ctx_ct", self.content_top),
+        ):
+            if name in parts:
+                cc, sc = parts[name][0], np.asarray(parts[name][1])
+                if cc.size > top:
+                    cc = cc[np.argpartition(-sc, top - 1)[:top]]
+                pieces.append(np.asarray(cc, dtype=np.int64))
+        if rv is not None:
+            for idx, val in rv[:2]:
+                pieces.append(
+                    idx[np.argpartition(-val, self.room_top - 1)[: self.room_top]] if idx.size > self.room_top else idx
                 )
-                cand = np.union1d(inside, al[top])
-        else:
-            cand = np.arange(self.n_items_, dtype=np.int64)
-        n = cand.size
-        F = np.zeros((n, len(FEATURES)))
-        info: dict[str, Any] = {
-            "now_day": now_d,
-            "stream_id": stream_id,
-            "head": "room" if (stream_id is not None or allowed_idx is not None or room is not None) else "catalogue",
-        }
-        if n == 0:
-            return cand, F, info
+        cand = np.unique(np.concatenate(pieces))
+        if allowed_idx is not None:  # a showcase larger than max_allowed
+            al = np.asarray(allowed_idx, dtype=np.int64)  # sorted, unique (the allowed_idx contract)
+            inside = cand[al[np.minimum(np.searchsorted(al, cand), al.size - 1)] == cand]
+            g = -self._gpop[al]
+            best = (
+                np.argpartition(g, self.pop_top - 1)[: self.pop_top] if al.size > self.pop_top else np.arange(al.size)
+            )
+            cand = np.union1d(inside, al[best])
+        return cand
 
-        # ---- score parts on the candidates
-        def on_cand(name):
-            if name not in parts:
-                return None, None
-            cc, sc, src = parts[name][0], np.asarray(parts[name][1], dtype=np.float64), parts[name][2]
-            m = float(sc.max()) if sc.size else 0.0
-            v = np.zeros(n)
-            s = np.full(n, -1, dtype=np.int64)
-            if cc.size == self.n_items_ and np.array_equal(cc, np.arange(self.n_items_)):  # dense B
-                v = sc[cand]
-                s_ = None
-            else:
-                p = np.searchsorted(cc, cand)
-                p = np.minimum(p, max(cc.size - 1, 0))
-                hit = (cc[p] == cand) if cc.size else np.zeros(n, bool)
-                v[hit] = sc[p[hit]]
-                s_ = src
-                if src is not None:
-                    s[hit] = np.asarray(src)[p[hit]]
-            v = v / m if m > 0 else np.zeros(n)
-            return np.maximum(v, 0.0), (s if s_ is not None else None)
-
-        cf, cf_src = on_cand("cf")
-        ct, ct_src = on_cand("content")
-        xc, xc_src = on_cand("ctx_cf")
-        xt, xt_src = on_cand("ctx_ct")
+    def _neighbour_features(
+        self, F: np.ndarray, info: dict[str, Any], parts: dict[str, _Part], cand: np.ndarray, h_idx: np.ndarray
+    ) -> None:
+        """``cf``, ``content``, ``context`` features (the parts on the candidates) and their sources."""
+        n_items = self.n_items_
+        cf, cf_src = _on_cand(parts.get("cf"), cand, n_items)
+        ct, ct_src = _on_cand(parts.get("content"), cand, n_items)
+        xc, xc_src = _on_cand(parts.get("ctx_cf"), cand, n_items)
+        xt, xt_src = _on_cand(parts.get("ctx_ct"), cand, n_items)
         if cf is not None:
             F[:, _F["cf"]] = cf
         if ct is not None:
@@ -546,72 +602,70 @@ class RoomRanker:
             ctx_src2=xt_src,
             hist_idx=h_idx,
         )
-        # ---- own history: repeat + touches
-        if row is not None:
-            bc = self.buy_count_
-            cnt = _lookup(bc.indptr, bc.indices, bc.data, row, cand)
-            bl = self.buy_last_
-            last = _lookup(bl.indptr, bl.indices, bl.data, row, cand)
-            bought = cnt > 0
-            rate = self.repeat_.rate[cand].astype(np.float64)
-            tau = np.maximum(self.repeat_.interval[cand].astype(np.float64), 0.5)
-            gap = np.maximum(now_d - last, 0.0)
-            x = np.maximum(gap, 0.25) / tau
-            F[:, _F["bought"]] = bought
-            F[:, _F["buy_count"]] = np.where(bought, rate * np.log1p(cnt), 0.0)
-            F[:, _F["rebuy_due"]] = np.where(bought, rate * np.exp(-(np.log(x) ** 2) / (2 * 0.36)), 0.0)
-            F[:, _F["bought_durable"]] = np.where(bought, 1.0 - rate, 0.0)
-            F[:, _F["bought_fresh"]] = np.where(bought, np.maximum(0.0, 1.0 - x) ** 2, 0.0)
-            F[:, _F["buy_freq"]] = np.log1p(cnt)
-            F[:, _F["buy_recency"]] = np.where(bought, np.exp(-gap / 30.0), 0.0)
-            F[:, _F["user_repeat"]] = np.where(bought, self._user_repeat[row], 0.0)
-            ca, cl, tl = self.cart_, self.click_, self.touch_last_
-            F[:, _F["cart"]] = np.log1p(_lookup(ca.indptr, ca.indices, ca.data, row, cand))
-            F[:, _F["click"]] = np.log1p(_lookup(cl.indptr, cl.indices, cl.data, row, cand))
-            tlast = _lookup(tl.indptr, tl.indices, tl.data, row, cand)
-            F[:, _F["touch_recent"]] = np.where(tlast > 0, np.exp(-np.maximum(now_d - tlast, 0.0) / 2.0), 0.0)
-            info.update(buy_count=cnt, buy_last=last)
-            # taste: category share and price fit from the history
-            if self._cat_code is not None and h_idx.size:
-                share = np.bincount(self._cat_code[h_idx], weights=h_w, minlength=self._n_cat)
-                share = share / share.sum() if share.sum() > 0 else share
-                F[:, _F["category"]] = share[self._cat_code[cand]]
-            if self._logprice is not None and h_idx.size:
-                lp = self._logprice[h_idx]
-                ok = np.isfinite(lp)
-                if ok.any():
-                    mu = float(np.average(lp[ok], weights=h_w[ok]))
-                    lc = self._logprice[cand]
-                    F[:, _F["price"]] = np.where(np.isfinite(lc), np.exp(-np.abs(lc - mu)), 0.0)
-        F[:, _F["pop"]] = self._gpop[cand]
-        F[:, _F["pop_log"]] = self._poplog[cand]
-        F[:, _F["pop_recent"]] = self._poprecent[cand]
-        if rv is not None:
-            buy, clk, tot, (buy_now, clk_now, shown_now) = rv
-            if buy_now[0].size:
-                F[:, _F["room_buy_now"]] = np.log1p(_at(*buy_now, cand))
-            if clk_now[0].size:
-                F[:, _F["room_click_now"]] = np.log1p(_at(*clk_now, cand))
-            if shown_now[0].size:
-                F[:, _F["room_shown_now"]] = _at(*shown_now, cand) / max(float(shown_now[1].sum()), 1.0)
-            if buy[0].size:
-                rb = _at(*buy, cand)
-                F[:, _F["room_buy"]] = np.log1p(rb)
-                F[:, _F["room_share"]] = rb / max(tot, 1.0)
-            if clk[0].size:
-                F[:, _F["room_click"]] = np.log1p(_at(*clk, cand))
-        info["strategy"] = (
-            "personal"
-            if h_idx.size
-            else "context"
-            if c_idx.size
-            else "stream"
-            if rv is not None and (rv[0][0].size or rv[1][0].size)
-            else "global"
-        )
-        info["row"] = row
-        info["head"] = "room" if (stream_id is not None or allowed_idx is not None or room is not None) else "catalogue"
-        return cand, F, info
+
+    def _own_features(
+        self,
+        F: np.ndarray,
+        info: dict[str, Any],
+        row: int,
+        cand: np.ndarray,
+        now_d: float,
+        h_idx: np.ndarray,
+        h_w: np.ndarray,
+    ) -> None:
+        """The viewer's own history on the candidates: repeat purchase, touches, taste."""
+        bc = self.buy_count_
+        cnt = _lookup(bc.indptr, bc.indices, bc.data, row, cand)
+        bl = self.buy_last_
+        last = _lookup(bl.indptr, bl.indices, bl.data, row, cand)
+        bought = cnt > 0
+        rate = self.repeat_.rate[cand].astype(np.float64)
+        tau = np.maximum(self.repeat_.interval[cand].astype(np.float64), 0.5)
+        gap = np.maximum(now_d - last, 0.0)
+        x = np.maximum(gap, 0.25) / tau
+        F[:, _F["bought"]] = bought
+        F[:, _F["buy_count"]] = np.where(bought, rate * np.log1p(cnt), 0.0)
+        F[:, _F["rebuy_due"]] = np.where(bought, rate * np.exp(-(np.log(x) ** 2) / (2 * 0.36)), 0.0)
+        F[:, _F["bought_durable"]] = np.where(bought, 1.0 - rate, 0.0)
+        F[:, _F["bought_fresh"]] = np.where(bought, np.maximum(0.0, 1.0 - x) ** 2, 0.0)
+        F[:, _F["buy_freq"]] = np.log1p(cnt)
+        F[:, _F["buy_recency"]] = np.where(bought, np.exp(-gap / 30.0), 0.0)
+        F[:, _F["user_repeat"]] = np.where(bought, self._user_repeat[row], 0.0)
+        ca, cl, tl = self.cart_, self.click_, self.touch_last_
+        F[:, _F["cart"]] = np.log1p(_lookup(ca.indptr, ca.indices, ca.data, row, cand))
+        F[:, _F["click"]] = np.log1p(_lookup(cl.indptr, cl.indices, cl.data, row, cand))
+        tlast = _lookup(tl.indptr, tl.indices, tl.data, row, cand)
+        F[:, _F["touch_recent"]] = np.where(tlast > 0, np.exp(-np.maximum(now_d - tlast, 0.0) / 2.0), 0.0)
+        info.update(buy_count=cnt, buy_last=last)
+        # taste: category share and price fit from the history
+        if self._cat_code is not None and h_idx.size:
+            share = np.bincount(self._cat_code[h_idx], weights=h_w, minlength=self._n_cat)
+            share = share / share.sum() if share.sum() > 0 else share
+            F[:, _F["category"]] = share[self._cat_code[cand]]
+        if self._logprice is not None and h_idx.size:
+            lp = self._logprice[h_idx]
+            ok = np.isfinite(lp)
+            if ok.any():
+                mu = float(np.average(lp[ok], weights=h_w[ok]))
+                lc = self._logprice[cand]
+                F[:, _F["price"]] = np.where(np.isfinite(lc), np.exp(-np.abs(lc - mu)), 0.0)
+
+    @staticmethod
+    def _room_features(F: np.ndarray, rv: _RoomVectors, cand: np.ndarray) -> None:
+        """The room's counts so far and its recent windows on the candidates."""
+        buy, clk, tot, (buy_now, clk_now, shown_now) = rv
+        if buy_now[0].size:
+            F[:, _F["room_buy_now"]] = np.log1p(_at(*buy_now, cand))
+        if clk_now[0].size:
+            F[:, _F["room_click_now"]] = np.log1p(_at(*clk_now, cand))
+        if shown_now[0].size:
+            F[:, _F["room_shown_now"]] = _at(*shown_now, cand) / max(float(shown_now[1].sum()), 1.0)
+        if buy[0].size:
+            rb = _at(*buy, cand)
+            F[:, _F["room_buy"]] = np.log1p(rb)
+            F[:, _F["room_share"]] = rb / max(tot, 1.0)
+        if clk[0].size:
+            F[:, _F["room_click"]] = np.log1p(_at(*clk, cand))
 
     def contributions(self, F: np.ndarray, head: str = "room") -> np.ndarray:
         """Per-feature contributions ``w_f x_f / σ_f`` (0 for a feature that is 0; the ``μ`` terms are in
@@ -759,8 +813,8 @@ class RoomRanker:
             date = datetime.fromtimestamp(day * 86400.0, tz=UTC).strftime("%Y-%m-%d")
             return {"kind": "buy_often" if n >= 3 else "buy_again", "feature": top, "times": n, "last_purchase": date}
         if g == "history":
-            action = "add_to_cart" if f[_F["cart"]] > 0 else "product_click"
-            return {"kind": "in_history", "feature": top, "item": str(ids[item]), "action": action}
+            touched = ADD_TO_CART if f[_F["cart"]] > 0 else PRODUCT_CLICK
+            return {"kind": "in_history", "feature": top, "item": str(ids[item]), "action": touched}
         if g in ("cf", "content", "context"):
             src_arr = info.get({"cf": "cf_src", "content": "content_src", "context": "ctx_src"}[g])
             if g == "context" and (src_arr is None or src_arr[k] < 0):
@@ -777,7 +831,7 @@ class RoomRanker:
                 if g == "context":
                     return {"kind": "similar_to", "feature": top, "item": str(ids[src]), "via": "context"}
                 row = info.get("row")
-                action = None
+                action: str | None = None
                 if row is not None and self.base._act is not None:
                     aip, aix, adx = self.base._act
                     code = int(_lookup(aip, aix, adx, row, np.array([src]))[0])
@@ -862,7 +916,7 @@ class RoomRanker:
         )
         self.room_stream_ids_ = np.asarray(arrays["rr.room_stream_ids"])
         self.recent_buyers_ = np.asarray(arrays["rr.recent_buyers"])
-        self.room_ = {t: csr_from_arrays(arrays, f"rr.room.{t}") for t in ROOM_TYPES}
+        self.room_ = {t: csr_from_arrays(arrays, f"rr.room.{t}") for t in RANKER_ROOM_TYPES}
         self._build()
         self.set_heads(meta["heads"], meta.get("ranker"))
         self.always_filter_seen = bool(meta.get("always_filter_seen", False))

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -39,6 +38,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from .event_types import ROOM_WINDOWS, room_key
 from .ranker import FEATURES, HEADS, PRIOR_WEIGHTS, RoomRanker
 from .rebuy import ts_ns, ts_ns1
 
@@ -90,14 +90,8 @@ def _s(x: pd.Series) -> np.ndarray:
     )
 
 
-#: what the ranker reads of a room: counts so far, and recent windows ("<type>@<minutes>m")
-ROOM_WINDOWS = (
-    ("purchase", None),
-    ("product_click", None),
-    ("purchase", 10),
-    ("product_click", 5),
-    ("product_impression", 5),
-)
+# what the ranker reads of a room (counts so far, and recent windows "<type>@<minutes>m"):
+# ROOM_WINDOWS in shared.reco.event_types
 
 
 def room_so_far(
@@ -136,7 +130,7 @@ def room_so_far(
             sel = typ[w0:cut] == tname
             if sel.any():
                 u, c = np.unique(item[w0:cut][sel], return_counts=True)
-                key = tname if minutes is None else f"{tname}@{minutes}m"
+                key = room_key(tname, minutes)
                 if item_index is not None:
                     ok = u >= 0
                     out[q][key] = ("idx", u[ok], c[ok].astype(float))
@@ -364,7 +358,3 @@ def fit_recipe(
     model.ranker_info["fit_seconds"] = round(time.perf_counter() - t0, 3)
     say(f"recipe: fitted in {time.perf_counter() - t0:.1f}s ({info.get('kind')})")
     return model
-
-
-def _stderr(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)

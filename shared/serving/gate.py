@@ -26,6 +26,10 @@ the difference recorded) and it is not worse than the current model by more than
 (relative).  With ``strict`` the lower end of the 95 % interval of (candidate − best baseline) must be
 above 0.  With no current model the first candidate is promoted even below a baseline (something must
 serve), and the decision says so (``below_baseline: true``).
+
+``run_gate`` is the train job's step: it finds the current version (``LATEST``), evaluates the
+candidate recipe against it and the baselines, decides, and returns the numbers and the decision that
+the version's ``meta.json`` records.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
@@ -40,6 +45,7 @@ import pandas as pd
 from shared.log import get_logger
 from shared.reco import protocol as P
 from shared.reco.recipe import fit_recipe
+from shared.serving.registry import Registry, code_version
 
 log = get_logger("gate")
 
@@ -54,8 +60,9 @@ PRIMARY = ("room", "purchase", "all")
 FALLBACK_PRIMARY = ("catalogue", "purchase", "all")
 
 
-class _Fitted(P.Ranker):
-    """A model ranker fitted once per distinct training part (the blocks of one target share it)."""
+class _Fitted(P.RecommendRanker):
+    """A model ranker fitted once per distinct training part (the blocks of one target share it);
+    it ranks as ``RecommendRanker`` (the service's ``recommend`` call)."""
 
     is_model = True
 
@@ -68,9 +75,6 @@ class _Fitted(P.Ranker):
             self._cache[key] = self.factory(train_events, items, reference_time)
         self.model = self._cache[key]
         return self
-
-    def rank(self, queries, k):
-        return P.RecommendRanker.rank(self, queries, k)
 
 
 def current_factory(meta: dict) -> Callable | None:
@@ -257,3 +261,110 @@ def decide(
             )
         return True, f"{txt}; current {current_version} {old:.4f} (tolerance {tolerance:.0%})", summary
     return True, txt, summary
+
+
+def gate_metrics(ev: dict, summary: dict) -> dict:
+    """Flat numbers per block (candidate, best baseline, ratio) for the dashboard + the gate summary."""
+    out: dict[str, Any] = {"k": ev.get("k"), "gate": summary, "primary": ev.get("primary")}
+    for name, b in (ev.get("blocks") or {}).items():
+        if "rankers" not in b:
+            continue
+        key = b["metric"]
+        tag = name.replace("/purchase", "").replace("/", "_")
+        out[f"{tag}_{key}"] = round(b["rankers"]["candidate"][key], 6)
+        out[f"{tag}_best_baseline_{key}"] = round(b["rankers"][b["best_baseline"]][key], 6)
+        out[f"{tag}_queries"] = b["n_queries"]
+    if summary.get("vs_best_baseline"):
+        out["ratio_vs_best_baseline"] = round(summary["vs_best_baseline"]["ratio"], 4)
+    return out
+
+
+@dataclass
+class GateOutcome:
+    """What the gate found: the evaluation (every block), the flat metrics and the decision."""
+
+    evaluation: dict[str, Any]
+    metrics: dict[str, Any]
+    promote: bool
+    reason: str
+    summary: dict[str, Any]
+    current_version: str | None
+    latest_generation: str | None
+    tolerance: float
+    strict: bool
+    seconds: float = 0.0
+
+    def decision(self) -> dict[str, Any]:
+        """The decision as ``meta.json`` records it (``Registry.complete_promotion`` carries it out)."""
+        return {
+            "promote": self.promote,
+            "reason": self.reason,
+            "compared_to": self.current_version,
+            "latest_generation": self.latest_generation,
+            "tolerance": self.tolerance,
+            "strict": self.strict,
+            "below_baseline": bool(self.summary.get("below_baseline", False)),
+        }
+
+
+def _current(reg: Registry, recipe: dict) -> tuple[str | None, str | None, Callable | None, bool, str | None]:
+    """``(current version, LATEST generation, its refit factory, same recipe and code, load error)``."""
+    pointer, latest_gen = reg.latest()
+    current_version = pointer.get("version") if pointer else None
+    current_error, factory, same = None, None, False
+    if current_version:
+        try:
+            cur_meta = reg.read_meta(current_version)
+            factory = current_factory(cur_meta)
+            # same code + same recipe: its refit on the training part is the candidate's fit (reused)
+            same = cur_meta.get("code_version") == code_version() and cur_meta.get("params") == recipe
+        except Exception as exc:
+            current_error = f"{type(exc).__name__}: {exc}"
+            log.error("current model unreadable", extra={"version": current_version, "error": current_error})
+    return current_version, latest_gen, factory, same, current_error
+
+
+def run_gate(
+    reg: Registry,
+    events: pd.DataFrame,
+    items: pd.DataFrame | None,
+    recipe: dict,
+    *,
+    k: int = 10,
+    holdout_frac: float = 0.2,
+    max_queries: int = 5000,
+    tolerance: float = 0.02,
+    strict: bool = False,
+) -> GateOutcome:
+    """The candidate ``recipe`` vs the current version (LATEST) vs the baselines on a time-based holdout
+    of ``events``, and the promotion decision (see the module docstring)."""
+    t0 = time.perf_counter()
+
+    def candidate(tr, it, ref):  # exactly what `python -m devtools.evaluate --model served` fits
+        return fit_recipe(tr, it, ref, recipe)
+
+    current_version, latest_gen, factory, same, current_error = _current(reg, recipe)
+    ev = evaluate_candidate(
+        events,
+        items,
+        candidate=candidate,
+        current=factory,
+        k=k,
+        holdout_frac=holdout_frac,
+        max_queries=max_queries,
+        current_is_candidate=same,
+    )
+    ev["current_refit"] = "reused the candidate's fit (same code and recipe)" if same else "refitted"
+    promote, reason, summary = decide(ev, current_version, current_error, tolerance, strict)
+    return GateOutcome(
+        evaluation=ev,
+        metrics=gate_metrics(ev, summary),
+        promote=promote,
+        reason=reason,
+        summary=summary,
+        current_version=current_version,
+        latest_generation=latest_gen,
+        tolerance=tolerance,
+        strict=strict,
+        seconds=time.perf_counter() - t0,
+    )

@@ -9,29 +9,74 @@ Layout::
     models/<version>/meta.json    parameters, data window, input objects, metrics, decision, created_at,
                                   code version, the model's own meta (written LAST: it commits the version)
     models/LATEST.json            {"version", "promoted_at", "previous", "metrics"}
+
+Versioning: a version id is ``<window end>-<hash>`` of the input objects (keys + generations), the
+training spec and the code version (``version_id``), so the same input gives the same version and a
+redelivered trigger finds it written; ``Registry.complete_promotion`` moves LATEST as a recorded
+decision says, unless LATEST moved since the decision.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from shared import layout
 from shared.reco import HybridRecommender
 from shared.reco.ranker import RoomRanker
+from shared.settings import settings
 from shared.storage import ABSENT, NotFound, ObjectStore, PreconditionFailed, get_json_with_generation
 
 #: model classes a version may hold (``meta["model"]["class"]``); arrays + JSON only
-MODEL_CLASSES = {"HybridRecommender": HybridRecommender, "RoomRanker": RoomRanker}
+MODEL_CLASSES: dict[str, type[HybridRecommender] | type[RoomRanker]] = {
+    "HybridRecommender": HybridRecommender,
+    "RoomRanker": RoomRanker,
+}
 
 MODELS = layout.MODELS
 LATEST = layout.LATEST
 arrays_key = layout.model_arrays_key
 meta_key = layout.model_meta_key
+
+
+_CODE_VERSION: str | None = None
+
+
+def code_version() -> str:
+    """``$DAIHUO_CODE_VERSION`` (e.g. a git sha set at deploy) or a hash of the model + serving code."""
+    global _CODE_VERSION
+    if settings().code_version:
+        return str(settings().code_version)
+    if _CODE_VERSION is None:
+        root = Path(__file__).resolve().parent.parent
+        h = hashlib.sha256()
+        for p in sorted(list((root / "reco").glob("*.py")) + list((root / "serving").glob("*.py"))):
+            h.update(p.name.encode())
+            h.update(p.read_bytes())
+        _CODE_VERSION = "src-" + h.hexdigest()[:12]
+    return _CODE_VERSION
+
+
+def version_id(inputs: list[dict[str, Any]], window_end: Any, spec: dict[str, Any]) -> str:
+    """``<window end as %Y%m%dT%H%M%SZ>-<16 hex>``: a hash of the input objects (key + generation), the
+    training ``spec`` and the code version. Same input, spec and code -> same version."""
+    full = {"inputs": [[i["key"], str(i["generation"])] for i in inputs], **spec, "code": code_version()}
+    digest = hashlib.sha256(json.dumps(full, sort_keys=True).encode()).hexdigest()[:16]
+    stamp = pd.Timestamp(window_end).strftime("%Y%m%dT%H%M%SZ") if window_end else "empty"
+    return f"{stamp}-{digest}"
+
+
+def now_iso() -> str:
+    """Now, UTC, ISO 8601 to the second (``created_at``, ``promoted_at``)."""
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 @dataclass
@@ -56,7 +101,7 @@ def encode_arrays(model: RoomRanker | HybridRecommender, extras: dict[str, np.nd
         if v.dtype == object:
             raise TypeError(f"array {k} has dtype object (would need pickle)")
     buf = io.BytesIO()
-    np.savez(buf, **arrays)
+    np.savez(buf, **arrays)  # type: ignore[arg-type]  # numpy stubs type **kwds as the allow_pickle flag
     return buf.getvalue()
 
 
@@ -140,6 +185,38 @@ class Registry:
 
     def latest_generation(self) -> str | None:
         return self.store.generation(LATEST)
+
+    def complete_promotion(self, version: str, meta: dict[str, Any]) -> tuple[bool, str]:
+        """Carry out the decision recorded in a version's ``meta``: move LATEST to ``version`` if the
+        decision says so and LATEST has not moved since it was taken (also after a crash between the
+        version write and the move). Returns ``(promoted, reason)``."""
+        d = meta["decision"]
+        reason = d["reason"]
+        if not d["promote"]:
+            return False, reason
+        pointer, gen = self.latest()
+        if pointer and pointer.get("version") == version:
+            return True, reason
+        if gen != d.get("latest_generation"):
+            return False, (
+                f"not promoted: LATEST moved to {pointer and pointer.get('version')} since the decision "
+                f"(was {d.get('compared_to')}); {reason}"
+            )
+        try:
+            self.promote(
+                {
+                    "version": version,
+                    "promoted_at": now_iso(),
+                    "previous": d.get("compared_to"),
+                    "metrics": meta["metrics"].get("gate", {}),
+                },
+                gen,
+            )
+        except Exception as exc:  # PreconditionFailed: someone moved it between read and swap
+            if type(exc).__name__ != "PreconditionFailed":
+                raise
+            return False, f"not promoted: LATEST moved concurrently ({type(exc).__name__}); {reason}"
+        return True, reason
 
     def promote(self, pointer: dict[str, Any], expected: str | None) -> str:
         """Move LATEST iff it is still at ``expected`` (None: iff absent); PreconditionFailed else."""
