@@ -2,6 +2,8 @@
 
 * Google Cloud Storage: the pip package ``gcp-storage-emulator`` (``STORAGE_EMULATOR_HOST``).
 * Pub/Sub: Google's own emulator from the Cloud SDK (a Java program; ``PUBSUB_EMULATOR_HOST``).
+* Bigtable: Google's emulator from the Cloud SDK (``cbtemulator``, a Go program, in memory;
+  ``BIGTABLE_EMULATOR_HOST``), for the live layer (docs/live.md).
 
 Each emulator runs as its own process group so that stopping it also stops the children the
 launcher scripts start (the Pub/Sub script execs java; gcloud wraps it once more).
@@ -24,6 +26,12 @@ PUBSUB_INSTALL_HINT = (
     "Google's Pub/Sub emulator was not found. Install it with `gcloud components install pubsub-emulator` "
     "or, on Debian/Ubuntu with Google's apt repository, `apt-get install google-cloud-cli-pubsub-emulator` "
     "(it needs Java 11+)."
+)
+
+
+BIGTABLE_INSTALL_HINT = (
+    "Google's Bigtable emulator was not found. Install it with `gcloud components install bigtable-emulator` "
+    "or, on Debian/Ubuntu with Google's apt repository, `apt-get install google-cloud-cli-bigtable-emulator`."
 )
 
 
@@ -162,6 +170,59 @@ def start_pubsub(
     return Emulator("pubsub", host, proc, log_path, {"PUBSUB_EMULATOR_HOST": host, "PUBSUB_PROJECT_ID": project})
 
 
+def _sdk_roots() -> list[str]:
+    roots = [
+        os.environ.get("CLOUDSDK_ROOT_DIR", ""),
+        "/usr/lib/google-cloud-sdk",
+        "/usr/share/google-cloud-sdk",
+        os.path.expanduser("~/google-cloud-sdk"),
+    ]
+    gcloud = shutil.which("gcloud")
+    if gcloud:
+        roots.append(str(Path(os.path.realpath(gcloud)).parent.parent))
+    return [r for r in roots if r]
+
+
+def bigtable_emulator_command() -> list[str] | None:
+    """The emulator binary of the SDK component if present, else ``gcloud beta emulators bigtable start``
+    when gcloud has the component (it wraps the same binary), else None."""
+    for root in _sdk_roots():
+        exe = Path(root) / "platform" / "bigtable-emulator" / "cbtemulator"
+        if exe.exists():
+            return [str(exe)]
+    return None
+
+
+def _wait_tcp(host: str, port: int, proc: subprocess.Popen, name: str, timeout: float, log_path: Path | None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            tail = log_path.read_text(errors="replace")[-2000:] if log_path and log_path.exists() else ""
+            raise EmulatorError(f"{name} exited with code {proc.returncode} before it was ready:\n{tail}")
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise EmulatorError(f"{name} not listening on {host}:{port} after {timeout:.0f}s")
+
+
+def start_bigtable(
+    port: int | None = None, project: str = "daihuo-local", log_dir: Path | None = None, timeout: float = 30.0
+) -> Emulator:
+    """Start Google's Bigtable emulator (in memory) on 127.0.0.1:port. Tables are created by the
+    caller (``shared.live.schema.ensure_table``); the emulator accepts any project / instance."""
+    port = port or free_port()
+    cmd = bigtable_emulator_command()
+    if cmd is None:
+        raise EmulatorError(BIGTABLE_INSTALL_HINT)
+    log_path = Path(log_dir) / "bigtable-emulator.log" if log_dir else None
+    proc = _spawn(cmd + ["-host", "127.0.0.1", "-port", str(port)], log_path)
+    _wait_tcp("127.0.0.1", port, proc, "Bigtable emulator", timeout, log_path)
+    host = f"127.0.0.1:{port}"
+    return Emulator("bigtable", host, proc, log_path, {"BIGTABLE_EMULATOR_HOST": host})
+
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -223,6 +284,9 @@ if __name__ == "__main__":  # python -m devtools.emulators check
                 "Java is missing: the Pub/Sub emulator needs a JRE 11+ (apt-get install openjdk-17-jre-headless)",
                 file=sys.stderr,
             )
+            ok = False
+        if bigtable_emulator_command() is None:
+            print(BIGTABLE_INSTALL_HINT, file=sys.stderr)
             ok = False
         sys.exit(0 if ok else 1)
     print("usage: python -m devtools.emulators check", file=sys.stderr)

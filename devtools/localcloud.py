@@ -62,6 +62,10 @@ class Ports:
     def gcs(self) -> int:
         return self.base + 943  # 9023 by default
 
+    @property
+    def bigtable(self) -> int:
+        return self.base + 606  # 8686 by default
+
 
 class Scheduler(threading.Thread):
     """Publishes each schedule's payload to its topic at the times its cron expression gives.
@@ -217,6 +221,8 @@ class Stack:
             ps = emulators.start_pubsub(self.ports.pubsub, project=self.project, log_dir=self.log_dir)
             self.procs["pubsub-emulator"] = ps
             self.env.update(ps.env)
+            if any(self.topology["functions"][n].get("bigtable") for n in self.functions()):
+                self._start_bigtable()
             if self.store_kind == "gcs":
                 gcs = emulators.start_gcs(self.ports.gcs, log_dir=self.log_dir)
                 self.procs["gcs-emulator"] = gcs
@@ -257,6 +263,33 @@ class Stack:
             self.stop()
             raise
         return self
+
+    def _start_bigtable(self) -> None:
+        """The Bigtable emulator (in memory) and the live table, created with the GC rules of
+        shared/live/schema.py (in the cloud: infra/live.tf)."""
+        bt = emulators.start_bigtable(self.ports.bigtable, project=self.project, log_dir=self.log_dir)
+        self.procs["bigtable-emulator"] = bt
+        self.env.update(bt.env)
+        self.env.update({"DAIHUO_BIGTABLE_PROJECT": self.project})
+        from shared.live import schema
+        from shared.live.config import LiveConfig
+
+        old = os.environ.get("BIGTABLE_EMULATOR_HOST")
+        os.environ["BIGTABLE_EMULATOR_HOST"] = bt.host
+        try:
+            env = {**os.environ, **self.env, **self.extra_env}
+            schema.ensure_table(
+                LiveConfig(
+                    project=self.project,
+                    instance=env.get("DAIHUO_BIGTABLE_INSTANCE", "daihuo-live"),
+                    table=env.get("DAIHUO_LIVE_TABLE", "live"),
+                )
+            )
+        finally:
+            if old is None:
+                os.environ.pop("BIGTABLE_EMULATOR_HOST", None)
+            else:
+                os.environ["BIGTABLE_EMULATOR_HOST"] = old
 
     def _start_function(self, name: str) -> emulators.Emulator:
         spec = self.topology["functions"][name]
@@ -320,17 +353,19 @@ class Stack:
         d = topo["push_defaults"]
         for name in self.functions():
             spec = topo["functions"][name]
-            if spec["trigger"] != "topic":
+            if spec["trigger"] not in ("topic", "push"):
                 continue
+            # "topic": Eventarc owns the subscription in the cloud; "push": our own (infra/live.tf)
+            p = {**d, **spec.get("push", {})}
             self.bus.ensure_subscription(
-                f"{name}-push",
+                spec.get("subscription") or f"{name}-push",
                 spec["topic"],
                 push_endpoint=self.url(name),
-                ack_deadline_s=d["ack_deadline_s"],
+                ack_deadline_s=p["ack_deadline_s"],
                 dead_letter_topic=d["dead_letter_topic"],
-                max_delivery_attempts=d["max_delivery_attempts"],
-                min_backoff_s=self.push_backoff_s[0],
-                max_backoff_s=self.push_backoff_s[1],
+                max_delivery_attempts=p["max_delivery_attempts"],
+                min_backoff_s=min(self.push_backoff_s[0], p["min_backoff_s"]),
+                max_backoff_s=min(self.push_backoff_s[1], p["max_backoff_s"]),
             )
 
     def _write_state(self) -> None:
@@ -421,6 +456,17 @@ def _probe(url: str) -> bool:
         return False
 
 
+def _probe_tcp(host: str) -> bool:
+    import socket
+
+    h, _, port = host.rpartition(":")
+    try:
+        with socket.create_connection((h, int(port)), timeout=2):
+            return True
+    except OSError:
+        return False
+
+
 def _pid_alive(pid: int | None) -> bool:
     if not pid:
         return False
@@ -454,7 +500,7 @@ def status(state_dir: Path = STATE_DIR) -> tuple[bool, list[str]]:
     for name, host in state["emulators"].items():
         api = f"http://{host}/storage/v1/b" if name.startswith("gcs") else f"http://{host}/"
         up = _pid_alive(pids.get(name)) if name in pids else True
-        up = up and _probe(api)
+        up = up and (_probe_tcp(host) if name.startswith("bigtable") else _probe(api))  # gRPC only
         ok &= up
         lines.append(f"{name:16s} {host:28s} {'up' if up else 'DOWN'}")
     lines.append(f"store {state['store']}   logs {state['logs']}   (since {state['started_at']})")

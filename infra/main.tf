@@ -25,6 +25,8 @@ locals {
     train     = { cpu = "2", min_instances = 0, max_instances = 1, concurrency = 1 }
     recommend = { cpu = "1", min_instances = 0, max_instances = 20, concurrency = 40 }
     analytics = { cpu = "1", min_instances = 0, max_instances = 3, concurrency = 20 }
+    # one warm instance keeps accepted -> visible under 5 s; each takes ~20k events/s (docs/live.md)
+    live = { cpu = "1", min_instances = 1, max_instances = 10, concurrency = 16 }
   }
   fallback_defaults = { cpu = "1", min_instances = 0, max_instances = 3, concurrency = 1 }
 
@@ -64,6 +66,11 @@ locals {
     # retention (shared/pipeline/retention.py); the lifecycle rules in storage.tf delete the objects
     DAIHUO_DEDUPE_LOOKBACK_DAYS = tostring(var.dedupe_lookback_days)
     DAIHUO_RETENTION_DAYS       = "raw=${var.raw_delete_after_days},clean=${var.clean_delete_after_days},quarantine=${var.quarantine_delete_after_days}"
+    # the live layer (infra/live.tf, docs/live.md)
+    DAIHUO_BIGTABLE_INSTANCE = var.bigtable_instance
+    DAIHUO_LIVE_TABLE        = var.live_table
+    DAIHUO_LIVE_SHARDS       = tostring(var.live_shards)
+    DAIHUO_LIVE_RETENTION_S  = tostring(var.live_retention_s)
   }
 
   # Webhook secrets: one Secret Manager secret per DAIHUO_SECRET_<PLATFORM> declared by any function.
@@ -82,6 +89,7 @@ locals {
   #  * clean, train overwrite pointers with a generation precondition (state/clean-manifest.json,
   #    models/LATEST.json), which needs storage.objects.delete: objectAdmin on this bucket only.
   #  * recommend, analytics only read.
+  #  * live only creates quarantine/live/ objects (malformed messages); its state is in Bigtable.
   storage_grants = {
     ingest    = { role = "roles/storage.objectCreator", prefix = "quarantine/" }
     archive   = { role = "roles/storage.objectCreator", prefix = "raw/" }
@@ -89,6 +97,7 @@ locals {
     train     = { role = "roles/storage.objectAdmin", prefix = null }
     recommend = { role = "roles/storage.objectViewer", prefix = null }
     analytics = { role = "roles/storage.objectViewer", prefix = null }
+    live      = { role = "roles/storage.objectCreator", prefix = "quarantine/" }
   }
   # A function that topology.json adds later gets read-only or create-only access until it is listed above.
   function_storage = {

@@ -137,3 +137,70 @@ variable "analytics_operators" {
     error_message = "analytics is for operators only: allUsers / allAuthenticatedUsers are not allowed."
   }
 }
+
+# --- the live layer (infra/live.tf, docs/live.md) ----------------------------------------------
+variable "bigtable_instance" {
+  description = "Bigtable instance of the live layer."
+  type        = string
+  default     = "daihuo-live"
+}
+
+variable "bigtable_zone" {
+  description = "Zone of the live Bigtable cluster. Default: <region>-a."
+  type        = string
+  default     = null
+}
+
+variable "bigtable_min_nodes" {
+  description = "Autoscaling floor of the live Bigtable cluster."
+  type        = number
+  default     = 1
+}
+
+variable "bigtable_max_nodes" {
+  description = "Autoscaling ceiling of the live Bigtable cluster (docs/live.md sizes 50k events/s)."
+  type        = number
+  default     = 5
+}
+
+variable "bigtable_cpu_target" {
+  description = "Autoscaling CPU target (percent) of the live Bigtable cluster."
+  type        = number
+  default     = 60
+}
+
+variable "bigtable_deletion_protection" {
+  description = "Protect the live instance and table from terraform destroy."
+  type        = bool
+  default     = true
+}
+
+variable "live_table" {
+  description = "The live table (DAIHUO_LIVE_TABLE)."
+  type        = string
+  default     = "live"
+}
+
+variable "live_shards" {
+  description = "Minute / unique-viewer rows per room (DAIHUO_LIVE_SHARDS). Change it only between streams: an event's claim row depends on it."
+  type        = number
+  default     = 4
+}
+
+variable "live_dedupe_s" {
+  description = "Dedupe look-back of the live layer: GC max age of the claims family x (seconds)."
+  type        = number
+  default     = 86400
+}
+
+variable "live_retention_s" {
+  description = "How long live counters, state and sessions are kept: GC max age of the c/s/o/e families (seconds)."
+  type        = number
+  default     = 604800
+}
+
+variable "live_session_events" {
+  description = "Product events kept per viewer and (type, item): GC max versions of the e family."
+  type        = number
+  default     = 20
+}

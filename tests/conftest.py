@@ -52,3 +52,10 @@ def pubsub_emulator():
     """Google's Pub/Sub emulator; PUBSUB_EMULATOR_HOST points at it for the session."""
     with _running(emulators.start_pubsub) as emu:
         yield emu
+
+
+@pytest.fixture(scope="session")
+def bigtable_emulator():
+    """Google's Bigtable emulator (in memory); BIGTABLE_EMULATOR_HOST points at it for the session."""
+    with _running(emulators.start_bigtable) as emu:
+        yield emu

@@ -34,7 +34,7 @@ from devtools import package  # noqa: E402
 
 TOPOLOGY = json.loads((ROOT / "infra" / "topology.json").read_text())
 FUNCTIONS = sorted(TOPOLOGY["functions"])
-SIGNATURE = {"http": "http", "topic": "cloudevent"}
+SIGNATURE = {"http": "http", "topic": "cloudevent", "push": "cloudevent"}
 
 # Imported somewhere in a bundle but deliberately not shipped, with the reason.
 NOT_SHIPPED = {

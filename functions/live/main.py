@@ -1,0 +1,81 @@
+"""live: a Pub/Sub push (CloudEvent) on its own subscription ``viewer-events-live`` of
+``viewer-events`` -> the room's live state in Bigtable (shared/live/, docs/live.md).
+
+Outcomes: every well-formed event is applied exactly once (claims in Bigtable, shared/live/apply.py);
+malformed lines (or a body that is not base64 NDJSON) are quarantined under ``quarantine/live/`` and
+logged, and the message is acknowledged (a bad message never loops). A Bigtable or store failure
+raises, the function answers 500 and Pub/Sub redelivers (dead-letter topic after max attempts);
+the redelivery adds nothing that was already counted.
+"""
+
+import base64
+import binascii
+import gzip
+import json
+import threading
+import time
+import uuid
+from datetime import UTC, datetime
+
+import functions_framework
+import orjson
+
+from shared import runtime
+from shared.live import schema
+from shared.live.apply import LiveWriter
+from shared.live.config import LiveConfig
+from shared.log import get_logger
+
+log = get_logger("live")
+_lock = threading.Lock()
+_writer: LiveWriter | None = None
+
+
+def _get() -> LiveWriter:
+    global _writer
+    if _writer is None:
+        with _lock:
+            if _writer is None:
+                cfg = LiveConfig()
+                _writer = LiveWriter(schema.open_table(cfg), cfg)
+    return _writer
+
+
+def _quarantine(rows: list[dict], message_id: str | None, attributes: dict) -> str:
+    now = time.time()
+    day = datetime.fromtimestamp(now, UTC).strftime("%Y-%m-%d")
+    received = datetime.fromtimestamp(now, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    # a fresh name per attempt: the runtime identity may only create objects, never overwrite
+    key = f"quarantine/live/date={day}/{int(now * 1000):013d}-{message_id or 'none'}-{uuid.uuid4().hex[:8]}.ndjson.gz"
+    lines = [
+        orjson.dumps(
+            {**r, "stage": "live", "message_id": message_id, "attributes": attributes, "received_at": received}
+        )
+        for r in rows
+    ]
+    runtime.get_store().put(key, gzip.compress(b"\n".join(lines) + b"\n", mtime=0), content_type="application/gzip")
+    return key
+
+
+@functions_framework.cloud_event
+def live(cloud_event):
+    msg = (cloud_event.data or {}).get("message") or {}
+    message_id = runtime.pubsub_message_id(cloud_event)
+    attributes = dict(msg.get("attributes") or {})
+    try:
+        data = base64.b64decode(msg.get("data") or b"", validate=True)
+    except (binascii.Error, ValueError, TypeError) as exc:
+        key = _quarantine(
+            [{"reasons": [f"message: data is not base64 ({exc})"], "raw": str(msg.get("data"))[:65536]}],
+            message_id,
+            attributes,
+        )
+        log.warning("live message quarantined", extra={"message_id": message_id, "quarantine": key})
+        return json.dumps({"quarantined": key})
+    result = _get().apply_message(data, attributes)  # LiveStoreError -> 500 -> redelivery
+    summary = result.summary()
+    if result.rejected:
+        summary["quarantine"] = _quarantine(result.rejected, message_id, attributes)
+        log.warning("live: malformed events quarantined", extra={"message_id": message_id, **summary})
+    log.info("live applied", extra={"message_id": message_id, "type": attributes.get("type"), **summary})
+    return json.dumps(summary)

@@ -1,0 +1,413 @@
+"""The live writer: one Pub/Sub message of ingest (NDJSON events of one (type, stream) group) ->
+exact, idempotent updates of the live table (docs/live.md, "Exactly once").
+
+Two kinds of writes, nothing else:
+
+* **claims**: counters are only ever added in the same atomic ``CheckAndMutateRow`` that records the
+  ids they count (an event id in a minute row, a ``<step>:<user>`` flag in a unique-viewers row).
+  The predicate is "any of these ids is already in the row"; when it does not match, the ids are
+  written and the counters added (``AddToCell`` into the ``c`` sum family) as one mutation. When it
+  matches (a redelivery, a concurrent copy), the row is read, the ids already present are dropped
+  and the rest is claimed the same way. A crash before the mutation changes nothing; after it, the
+  ids are there and a redelivery adds nothing.
+* **sets**: state (stream info, slots, showcase) and session cells are written with the event time
+  as the cell time, so writing them again is a no-op and the newest event wins on read.
+
+Every step is re-run on a redelivery (each is idempotent on its own), so a crash between steps never
+loses the later ones.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from shared.live import schema
+from shared.live.config import LiveConfig
+from shared.live.schema import CLAIMS, COUNTERS, SESSION, SHOWCASE, STATE
+from shared.live.state import HOST_TYPES, PRODUCT_TYPES, SESSION_TYPES, UNIQUE_STEPS, Slot, slot_for, slots_from_cells
+from shared.live.state import ts_ms as parse_ts
+from shared.log import get_logger
+
+log = get_logger("live")
+
+_ID = re.compile(r"^[A-Za-z0-9._:@-]{1,128}$")
+_VIEWER_TYPES = frozenset(
+    (
+        "stream_enter",
+        "stream_leave",
+        "like",
+        "comment",
+        "share",
+        "follow",
+        "gift",
+        *PRODUCT_TYPES,
+    )
+)
+_HOST = frozenset(HOST_TYPES)
+_MAX_CLAIM_ROUNDS = 8
+
+
+class LiveStoreError(RuntimeError):
+    """Bigtable did not complete a write: the message must be redelivered (the function answers 500)."""
+
+
+@dataclass
+class ApplyResult:
+    events: int = 0
+    counted: int = 0  # viewer events counted now (first delivery of their id)
+    duplicates: int = 0  # viewer events whose id was already claimed
+    host: int = 0  # host events written (idempotent sets)
+    ignored: int = 0  # valid types the live layer does not count (catalog_item, ...)
+    too_old: int = 0  # older than the retention: not applied
+    rejected: list[dict[str, Any]] = field(default_factory=list)  # malformed lines, with reasons
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "events": self.events,
+            "counted": self.counted,
+            "duplicates": self.duplicates,
+            "host": self.host,
+            "ignored": self.ignored,
+            "too_old": self.too_old,
+            "rejected": len(self.rejected),
+        }
+
+
+def _num(value: Any, default: float | None = None) -> float | None:
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int | float) or value != value or abs(value) > 1e12:
+        raise ValueError(f"not a finite number: {value!r}")
+    return float(value)
+
+
+def _check(ev: Any) -> str | None:
+    """A light structural check (ingest validated the events against the contract; this guards the
+    fields the live layer reads). None when fine, else the reason."""
+    if not isinstance(ev, dict):
+        return "record: not a JSON object"
+    for name in ("event_id", "type", "ts"):
+        if not isinstance(ev.get(name), str):
+            return f"{name}: missing or not a string"
+    if not _ID.match(ev["event_id"]):
+        return "event_id: not an id"
+    t = ev["type"]
+    if t in _VIEWER_TYPES or t in _HOST:
+        if not isinstance(ev.get("stream_id"), str) or not _ID.match(ev["stream_id"]):
+            return "stream_id: missing or not an id"
+    if t in _VIEWER_TYPES and (not isinstance(ev.get("user_id"), str) or not _ID.match(ev["user_id"])):
+        return "user_id: missing or not an id"
+    needs_item = t in PRODUCT_TYPES or t in ("slot_start", "slot_end", "showcase_update")
+    if needs_item and (not isinstance(ev.get("item_id"), str) or not _ID.match(ev["item_id"])):
+        return "item_id: missing or not an id"
+    if t in ("slot_start", "slot_end") and (not isinstance(ev.get("slot_id"), str) or not _ID.match(ev["slot_id"])):
+        return "slot_id: missing or not an id"
+    try:
+        ev["_ms"] = parse_ts(ev["ts"])
+        for name in ("price", "quantity", "count", "gift_value", "stock"):
+            _num(ev.get(name))
+    except (ValueError, TypeError) as exc:
+        return f"record: {exc}"
+    if t == "purchase" and ev.get("price") is None:
+        return "price: required for a purchase"
+    return None
+
+
+def parse_message(data: bytes) -> tuple[list[dict], list[dict]]:
+    """NDJSON -> (checked events, rejected rows {reasons, raw})."""
+    good, bad = [], []
+    for line in data.split(b"\n"):
+        if not line.strip():
+            continue
+        try:
+            ev = orjson.loads(line)
+        except orjson.JSONDecodeError as exc:
+            bad.append({"reasons": [f"record: not valid JSON ({exc})"], "raw": line.decode("utf-8", "replace")})
+            continue
+        reason = _check(ev)
+        if reason:
+            raw = {k: v for k, v in ev.items() if k != "_ms"} if isinstance(ev, dict) else ev
+            bad.append({"reasons": [reason], "raw": raw})
+        else:
+            good.append(ev)
+    return good, bad
+
+
+def _milli(value: float) -> int:
+    return int(round(value * 1000))
+
+
+def minute_counters(events: Iterable[dict], slots: list[Slot]) -> dict[str, int]:
+    """The sums one minute row keeps for ``events`` (all of one stream and minute). Money in
+    thousandths (``*_milli``); GMV is gross (refunds have their own sums), like the batch KPIs."""
+    c: dict[str, int] = defaultdict(int)
+    for ev in events:
+        t = ev["type"]
+        c["n:" + t] += 1
+        item = ev.get("item_id")
+        if t == "like":
+            c["likes"] += int(_num(ev.get("count"), 1) or 1)
+        elif t == "gift" and ev.get("gift_value") is not None:
+            c["gift_milli"] += _milli(_num(ev["gift_value"]) or 0.0)
+        if t in PRODUCT_TYPES and item:
+            c[f"i:{item}:{t}"] += 1
+            q = int(_num(ev.get("quantity"), 1) or 1)
+            if t == "add_to_cart":
+                c["cart_units"] += q
+            elif t == "purchase":
+                g = _milli((_num(ev["price"]) or 0.0) * q)
+                c["units"] += q
+                c["gmv_milli"] += g
+                c[f"i:{item}:units"] += q
+                c[f"i:{item}:gmv_milli"] += g
+                slot = slot_for(slots, item, ev["_ms"])
+                if slot is not None:
+                    c[f"slot:{slot.slot_id}:orders"] += 1
+                    c[f"slot:{slot.slot_id}:units"] += q
+                    c[f"slot:{slot.slot_id}:gmv_milli"] += g
+            elif t == "refund":
+                c["refund_units"] += q
+                c["refund_milli"] += _milli((_num(ev.get("price"), 0.0) or 0.0) * q)
+    return c
+
+
+def _any_of(quals: Iterable[str]) -> bytes:
+    return ("^(" + "|".join(re.escape(q) for q in quals) + ")$").encode()
+
+
+class LiveWriter:
+    """Applies messages to the live table. Thread-safe (no state beyond the table handle)."""
+
+    def __init__(self, table, cfg: LiveConfig | None = None, clock: Callable[[], float] = time.time):
+        self.table = table
+        self.cfg = cfg or LiveConfig()
+        self.clock = clock
+
+    # -- the one entry point -------------------------------------------------------------------
+    def apply_message(self, data: bytes, attributes: dict[str, str] | None = None) -> ApplyResult:
+        events, rejected = parse_message(data)
+        res = ApplyResult(events=len(events) + len(rejected), rejected=rejected)
+        now_ms = int(self.clock() * 1000)
+        oldest = now_ms - self.cfg.retention_s * 1000
+        viewer: dict[str, list[dict]] = defaultdict(list)
+        host: dict[str, list[dict]] = defaultdict(list)
+        seen: set[str] = set()
+        for ev in events:
+            t = ev["type"]
+            if t in _VIEWER_TYPES:
+                if ev["_ms"] < oldest:
+                    res.too_old += 1
+                elif ev["event_id"] in seen:  # the same id twice in one message counts once
+                    res.duplicates += 1
+                else:
+                    seen.add(ev["event_id"])
+                    viewer[ev["stream_id"]].append(ev)
+            elif t in _HOST:
+                host[ev["stream_id"]].append(ev)
+            else:
+                res.ignored += 1
+        try:
+            for stream, evs in host.items():
+                res.host += self._apply_host(stream, evs)
+            for stream, evs in viewer.items():
+                counted = self._apply_viewer(stream, evs, now_ms)
+                res.counted += counted
+                res.duplicates += len(evs) - counted
+        except LiveStoreError:
+            raise
+        except Exception as exc:  # grpc / api_core errors, timeouts, MutationsExceptionGroup
+            raise LiveStoreError(f"bigtable write failed: {type(exc).__name__}: {exc}") from exc
+        return res
+
+    # -- viewer events -------------------------------------------------------------------------
+    def _apply_viewer(self, stream: str, events: list[dict], now_ms: int) -> int:
+        cfg = self.cfg
+        slots: list[Slot] = []
+        if any(ev["type"] == "purchase" for ev in events):
+            slots = self._slots(stream)
+        rows: dict[bytes, list[dict]] = defaultdict(list)
+        for ev in events:
+            minute = ev["_ms"] // 60_000
+            rows[schema.minute_key(stream, minute, schema.shard_of(ev["event_id"], cfg.shards))].append(ev)
+        counted = 0
+        claim_us = now_ms * 1000
+        for key, evs in rows.items():
+            minute_us = (evs[0]["_ms"] // 60_000) * 60_000_000
+            by_id = {ev["event_id"]: ev for ev in evs}
+            for i in range(0, len(evs), cfg.claim_chunk):
+                chunk = [ev["event_id"] for ev in evs[i : i + cfg.claim_chunk]]
+                counted += self._claim(
+                    key,
+                    chunk,
+                    lambda ids, minute_us=minute_us, by_id=by_id: minute_counters(
+                        (by_id[x] for x in ids), slots
+                    ).items(),
+                    claim_us,
+                    counter_us=minute_us,
+                    read_first=False,
+                )
+        self._apply_uniques(stream, events, claim_us)
+        self._apply_sessions(stream, events)
+        return counted
+
+    def _apply_uniques(self, stream: str, events: list[dict], claim_us: int) -> None:
+        rows: dict[bytes, set[str]] = defaultdict(set)
+        for ev in events:
+            t = ev["type"]
+            shard = schema.shard_of(ev["user_id"], self.cfg.shards)
+            for step, step_type in UNIQUE_STEPS.items():
+                if (step_type is None and t != "refund") or t == step_type:
+                    rows[schema.unique_key(stream, shard)].add(f"{step}:{ev['user_id']}")
+        day_us = (claim_us // 86_400_000_000) * 86_400_000_000
+
+        def counters(flags):
+            c: dict[str, int] = defaultdict(int)
+            for flag in flags:
+                c["u:" + flag.split(":", 1)[0]] += 1
+            return c.items()
+
+        for key, flags in rows.items():
+            ordered = sorted(flags)
+            for i in range(0, len(ordered), self.cfg.claim_chunk):
+                # most flags of a busy room exist already: read first, then claim the new ones
+                self._claim(key, ordered[i : i + self.cfg.claim_chunk], counters, claim_us, day_us, read_first=True)
+
+    def _apply_sessions(self, stream: str, events: list[dict]) -> None:
+        from google.cloud.bigtable.data.mutations import RowMutationEntry, SetCell
+
+        rows: dict[bytes, list] = defaultdict(list)
+        last = max(ev["_ms"] for ev in events)  # the room row exists (and says when it was last active)
+        rows[schema.room_key(stream)].append(SetCell(STATE, b"last", orjson.dumps({"ts_ms": last}), last * 1000))
+        for ev in events:
+            if ev["type"] not in SESSION_TYPES:
+                continue
+            value = {"event_id": ev["event_id"], "ts": ev["ts"]}
+            for name in ("price", "quantity"):
+                if ev.get(name) is not None:
+                    value[name] = ev[name]
+            rows[schema.viewer_key(stream, ev["user_id"])].append(
+                SetCell(SESSION, f"{ev['type']}:{ev['item_id']}".encode(), orjson.dumps(value), ev["_ms"] * 1000)
+            )
+        self.table.bulk_mutate_rows(
+            [RowMutationEntry(k, m) for k, m in rows.items()], operation_timeout=self.cfg.timeout_s
+        )
+
+    # -- the claim -----------------------------------------------------------------------------
+    def _claim(
+        self,
+        key: bytes,
+        ids: list[str],
+        counters: Callable[[list[str]], Iterable[tuple[str, int]]],
+        claim_us: int,
+        counter_us: int,
+        *,
+        read_first: bool,
+    ) -> int:
+        """Atomically record the ids of ``ids`` not yet in row ``key`` and add their counters.
+        Returns how many were new. Exact under redelivery, concurrency and crashes (module doc)."""
+        from google.cloud.bigtable.data import row_filters as rf
+        from google.cloud.bigtable.data.mutations import AddToCell, SetCell
+
+        pending = list(ids)
+        for attempt in range(_MAX_CLAIM_ROUNDS):
+            if read_first or attempt:
+                row = self.table.read_row(
+                    key,
+                    row_filter=rf.RowFilterChain(
+                        [
+                            rf.FamilyNameRegexFilter(f"^{CLAIMS}$"),
+                            rf.ColumnQualifierRegexFilter(_any_of(pending)),
+                            rf.CellsColumnLimitFilter(1),
+                            rf.StripValueTransformerFilter(True),
+                        ]
+                    ),
+                    operation_timeout=self.cfg.timeout_s,
+                )
+                present = {c.qualifier.decode() for c in row.cells} if row is not None else set()
+                pending = [x for x in pending if x not in present]
+                if not pending:
+                    return 0
+            mutations: list = [SetCell(CLAIMS, x.encode(), b"", claim_us) for x in pending]
+            mutations += [AddToCell(COUNTERS, q.encode(), int(v), counter_us) for q, v in counters(pending) if v]
+            predicate = rf.RowFilterChain(
+                [
+                    rf.FamilyNameRegexFilter(f"^{CLAIMS}$"),
+                    rf.ColumnQualifierRegexFilter(_any_of(pending)),
+                    rf.CellsColumnLimitFilter(1),
+                    rf.StripValueTransformerFilter(True),
+                ]
+            )
+            matched = self.table.check_and_mutate_row(
+                key,
+                predicate,
+                true_case_mutations=None,
+                false_case_mutations=mutations,
+                operation_timeout=self.cfg.timeout_s,
+            )
+            if not matched:
+                return len(pending)
+        raise LiveStoreError(f"claim on {key!r} still contended after {_MAX_CLAIM_ROUNDS} rounds")
+
+    # -- host events ---------------------------------------------------------------------------
+    def _slots(self, stream: str) -> list[Slot]:
+        from google.cloud.bigtable.data import row_filters as rf
+
+        row = self.table.read_row(
+            schema.room_key(stream),
+            row_filter=rf.RowFilterChain(
+                [
+                    rf.FamilyNameRegexFilter(f"^{STATE}$"),
+                    rf.ColumnQualifierRegexFilter(rb"^slot:.*"),
+                    rf.CellsColumnLimitFilter(1),
+                ]
+            ),
+            operation_timeout=self.cfg.timeout_s,
+        )
+        cells = {c.qualifier.decode(): c.value for c in row.cells} if row is not None else {}
+        return slots_from_cells(cells)
+
+    def _apply_host(self, stream: str, events: list[dict]) -> int:
+        from google.cloud.bigtable.data.mutations import SetCell
+
+        muts = []
+        for ev in events:
+            t, ms = ev["type"], ev["_ms"]
+            us = ms * 1000
+            base = {"event_id": ev["event_id"], "ts_ms": ms}
+            if t == "stream_start":
+                info = {k: ev.get(k) for k in ("host_id", "host_name", "title", "scheduled_start", "scheduled_end")}
+                muts.append(SetCell(STATE, b"info", orjson.dumps({**base, **info, "platform": ev.get("platform")}), us))
+            elif t == "stream_end":
+                muts.append(SetCell(STATE, b"ended", orjson.dumps({**base, "host_id": ev.get("host_id")}), us))
+            elif t == "slot_start":
+                doc = {**base, "item_id": ev["item_id"]}
+                doc.update({k: ev.get(k) for k in ("price", "currency", "host_id")})
+                muts.append(SetCell(STATE, f"slot:{ev['slot_id']}:start".encode(), orjson.dumps(doc), us))
+            elif t == "slot_end":
+                doc = {**base, "item_id": ev["item_id"]}
+                muts.append(SetCell(STATE, f"slot:{ev['slot_id']}:end".encode(), orjson.dumps(doc), us))
+            elif t == "showcase_update":
+                item, change = ev["item_id"], ev.get("change")
+                status = None
+                if change == "sold_out" or (change == "stock" and ev.get("stock") == 0):
+                    status = "sold_out"
+                elif change == "add" or (change == "stock" and (ev.get("stock") or 0) > 0):
+                    status = "available"
+                elif change == "remove":
+                    status = "removed"
+                if status is not None:
+                    doc = {**base, "status": status, "change": change, "stock": ev.get("stock")}
+                    muts.append(SetCell(SHOWCASE, f"avail:{item}".encode(), orjson.dumps(doc), us))
+                if ev.get("price") is not None:
+                    doc = {**base, "price": ev["price"], "currency": ev.get("currency")}
+                    muts.append(SetCell(SHOWCASE, f"price:{item}".encode(), orjson.dumps(doc), us))
+        if muts:
+            self.table.mutate_row(schema.room_key(stream), muts, operation_timeout=self.cfg.timeout_s)
+        return len(events)
