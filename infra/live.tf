@@ -12,6 +12,7 @@ locals {
   live_families = {
     x = { max_age_s = var.live_dedupe_s, max_versions = 1, type = null }                          # claimed event ids / unique flags
     c = { max_age_s = var.live_retention_s, max_versions = null, type = "intsum" }                # AddToCell sums
+    i = { max_age_s = var.live_retention_s, max_versions = 1, type = null }                       # per-item sums (a JSON cell per message)
     s = { max_age_s = var.live_retention_s, max_versions = 1, type = null }                       # room state
     o = { max_age_s = var.live_retention_s, max_versions = 1, type = null }                       # showcase
     e = { max_age_s = var.live_retention_s, max_versions = var.live_session_events, type = null } # sessions

@@ -164,7 +164,7 @@ class _Crashing:
     """The real table, but the ``fail_at``-th write call raises: before it reaches Bigtable
     (``after=False``) or after Bigtable applied it, the answer lost (``after=True``)."""
 
-    WRITES = ("check_and_mutate_row", "mutate_row", "bulk_mutate_rows")
+    WRITES = ("read_modify_write_row", "check_and_mutate_row", "mutate_row", "bulk_mutate_rows")
 
     def __init__(self, table, fail_at: int, after: bool):
         self.table, self.fail_at, self.after, self.calls = table, fail_at, after, 0

@@ -3,13 +3,16 @@ exact, idempotent updates of the live table (docs/live.md, "Exactly once").
 
 Two kinds of writes, nothing else:
 
-* **claims**: counters are only ever added in the same atomic ``CheckAndMutateRow`` that records the
-  ids they count (an event id in a minute row, a ``<step>:<user>`` flag in a unique-viewers row).
-  The predicate is "any of these ids is already in the row"; when it does not match, the ids are
-  written and the counters added (``AddToCell`` into the ``c`` sum family) as one mutation. When it
-  matches (a redelivery, a concurrent copy), the row is read, the ids already present are dropped
-  and the rest is claimed the same way. A crash before the mutation changes nothing; after it, the
-  ids are there and a redelivery adds nothing.
+* **claims**: per row and chunk of ids (event ids in a minute row, ``<step>:<user>`` flags in a
+  unique-viewers row), a ``ReadModifyWriteRow`` appends the chunk's token to one cell per id and
+  returns them: the ids whose cell starts with the token are the chunk's (the first claim of an id
+  wins, for ever). Then one ``CheckAndMutateRow`` writes the chunk's marker and adds the sums of
+  exactly those ids (``AddToCell`` into the ``c`` family) unless the marker is there. The token is a
+  hash of the row and the chunk's ids, so every copy of a chunk wins the same ids and the marker lets
+  its sums in once. Both calls are atomic single-row operations; a crash between or after them is
+  repaired by the redelivery, which repeats both. (Why not one conditional mutation with an "any of
+  these ids" qualifier regex: the emulator compiles the regex once per cell of the row, seconds per
+  call for a busy minute; docs/live.md.)
 * **sets**: state (stream info, slots, showcase) and session cells are written with the event time
   as the cell time, so writing them again is a no-op and the newest event wins on read.
 
@@ -19,7 +22,9 @@ loses the later ones.
 
 from __future__ import annotations
 
+import hashlib
 import re
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable
@@ -30,7 +35,7 @@ import orjson
 
 from shared.live import schema
 from shared.live.config import LiveConfig
-from shared.live.schema import CLAIMS, COUNTERS, SESSION, SHOWCASE, STATE
+from shared.live.schema import CLAIMS, COUNTERS, ITEMS, SESSION, SHOWCASE, STATE
 from shared.live.state import HOST_TYPES, PRODUCT_TYPES, SESSION_TYPES, UNIQUE_STEPS, Slot, slot_for, slots_from_cells
 from shared.live.state import ts_ms as parse_ts
 from shared.log import get_logger
@@ -51,7 +56,6 @@ _VIEWER_TYPES = frozenset(
     )
 )
 _HOST = frozenset(HOST_TYPES)
-_MAX_CLAIM_ROUNDS = 8
 
 
 class LiveStoreError(RuntimeError):
@@ -178,10 +182,6 @@ def minute_counters(events: Iterable[dict], slots: list[Slot]) -> dict[str, int]
     return c
 
 
-def _any_of(quals: Iterable[str]) -> bytes:
-    return ("^(" + "|".join(re.escape(q) for q in quals) + ")$").encode()
-
-
 class LiveWriter:
     """Applies messages to the live table. Thread-safe (no state beyond the table handle)."""
 
@@ -189,9 +189,16 @@ class LiveWriter:
         self.table = table
         self.cfg = cfg or LiveConfig()
         self.clock = clock
+        self._lock = threading.Lock()
+        self._committed: dict[bytes, set[str]] = {}  # unique-viewer flags this instance counted
 
     # -- the one entry point -------------------------------------------------------------------
-    def apply_message(self, data: bytes, attributes: dict[str, str] | None = None) -> ApplyResult:
+    def apply_message(
+        self, data: bytes, attributes: dict[str, str] | None = None, message_id: str | None = None
+    ) -> ApplyResult:
+        """Apply one message. ``message_id`` (Pub/Sub's, the same on every delivery) names the
+        message's claims; without it the message's bytes do (identical on redelivery)."""
+        message_key = message_id.encode() if message_id else hashlib.blake2b(data, digest_size=16).digest()
         events, rejected = parse_message(data)
         res = ApplyResult(events=len(events) + len(rejected), rejected=rejected)
         now_ms = int(self.clock() * 1000)
@@ -217,7 +224,7 @@ class LiveWriter:
             for stream, evs in host.items():
                 res.host += self._apply_host(stream, evs)
             for stream, evs in viewer.items():
-                counted = self._apply_viewer(stream, evs, now_ms)
+                counted = self._apply_viewer(stream, evs, now_ms, message_key)
                 res.counted += counted
                 res.duplicates += len(evs) - counted
         except LiveStoreError:
@@ -227,7 +234,7 @@ class LiveWriter:
         return res
 
     # -- viewer events -------------------------------------------------------------------------
-    def _apply_viewer(self, stream: str, events: list[dict], now_ms: int) -> int:
+    def _apply_viewer(self, stream: str, events: list[dict], now_ms: int, message_key: bytes) -> int:
         cfg = self.cfg
         slots: list[Slot] = []
         if any(ev["type"] == "purchase" for ev in events):
@@ -241,43 +248,45 @@ class LiveWriter:
         for key, evs in rows.items():
             minute_us = (evs[0]["_ms"] // 60_000) * 60_000_000
             by_id = {ev["event_id"]: ev for ev in evs}
-            for i in range(0, len(evs), cfg.claim_chunk):
-                chunk = [ev["event_id"] for ev in evs[i : i + cfg.claim_chunk]]
-                counted += self._claim(
-                    key,
-                    chunk,
-                    lambda ids, minute_us=minute_us, by_id=by_id: minute_counters(
-                        (by_id[x] for x in ids), slots
-                    ).items(),
-                    claim_us,
-                    counter_us=minute_us,
-                    read_first=False,
-                )
-        self._apply_uniques(stream, events, claim_us)
+            n, _ = self._claim(
+                key,
+                list(by_id),
+                lambda ids, by_id=by_id: minute_counters((by_id[x] for x in ids), slots),
+                message_key,
+                claim_us,
+                minute_us,
+            )
+            counted += n
+        self._apply_uniques(stream, events, claim_us, message_key)
         self._apply_sessions(stream, events)
         return counted
 
-    def _apply_uniques(self, stream: str, events: list[dict], claim_us: int) -> None:
+    def _apply_uniques(self, stream: str, events: list[dict], claim_us: int, message_key: bytes) -> None:
         rows: dict[bytes, set[str]] = defaultdict(set)
         for ev in events:
             t = ev["type"]
-            shard = schema.shard_of(ev["user_id"], self.cfg.shards)
+            key = schema.unique_key(stream, schema.shard_of(ev["user_id"], self.cfg.shards))
             for step, step_type in UNIQUE_STEPS.items():
                 if (step_type is None and t != "refund") or t == step_type:
-                    rows[schema.unique_key(stream, shard)].add(f"{step}:{ev['user_id']}")
+                    rows[key].add(f"{step}:{ev['user_id']}")
         day_us = (claim_us // 86_400_000_000) * 86_400_000_000
 
         def counters(flags):
             c: dict[str, int] = defaultdict(int)
             for flag in flags:
                 c["u:" + flag.split(":", 1)[0]] += 1
-            return c.items()
+            return c
 
         for key, flags in rows.items():
-            ordered = sorted(flags)
-            for i in range(0, len(ordered), self.cfg.claim_chunk):
-                # most flags of a busy room exist already: read first, then claim the new ones
-                self._claim(key, ordered[i : i + self.cfg.claim_chunk], counters, claim_us, day_us, read_first=True)
+            with self._lock:  # flags this instance counted (committed) already: no need to claim again
+                known = self._committed.get(key, set())
+                todo = sorted(f for f in flags if f not in known)
+            if todo:
+                _, won = self._claim(key, todo, counters, message_key, claim_us, day_us)
+                with self._lock:
+                    if sum(len(v) for v in self._committed.values()) > 500_000:
+                        self._committed.clear()  # bounded memory; only costs re-claims
+                    self._committed.setdefault(key, set()).update(won)
 
     def _apply_sessions(self, stream: str, events: list[dict]) -> None:
         from google.cloud.bigtable.data.mutations import RowMutationEntry, SetCell
@@ -304,56 +313,58 @@ class LiveWriter:
         self,
         key: bytes,
         ids: list[str],
-        counters: Callable[[list[str]], Iterable[tuple[str, int]]],
+        counters: Callable[[list[str]], dict[str, int]],
+        message_key: bytes,
         claim_us: int,
         counter_us: int,
-        *,
-        read_first: bool,
-    ) -> int:
-        """Atomically record the ids of ``ids`` not yet in row ``key`` and add their counters.
-        Returns how many were new. Exact under redelivery, concurrency and crashes (module doc)."""
+    ) -> tuple[int, list[str]]:
+        """Count, exactly once, the ids of ``ids`` that no other message claimed first. Returns (ids
+        counted by this call, ids this message owns). Two kinds of atomic single-row calls on ``key``
+        (module doc, docs/live.md):
+
+        1. ``ReadModifyWriteRow`` (per ``claim_chunk`` ids) appends this message's token to one ``x``
+           cell per id and returns the cells: an id whose value starts with the token is this
+           message's (the first claim of an id wins; a redelivery appends the same token again and
+           owns the same ids).
+        2. one ``CheckAndMutateRow``: unless the row has the message's marker ``x:!<token>``, write
+           the marker, ``AddToCell`` the room sums of the owned ids and set their per-item sums
+           (one JSON cell in ``i``), as one mutation.
+        The token is a hash of the row and the message (its Pub/Sub id, else its bytes), so every
+        delivery of a message owns the same ids and the marker lets its sums in once."""
         from google.cloud.bigtable.data import row_filters as rf
         from google.cloud.bigtable.data.mutations import AddToCell, SetCell
+        from google.cloud.bigtable.data.read_modify_write_rules import AppendValueRule
 
-        pending = list(ids)
-        for attempt in range(_MAX_CLAIM_ROUNDS):
-            if read_first or attempt:
-                row = self.table.read_row(
-                    key,
-                    row_filter=rf.RowFilterChain(
-                        [
-                            rf.FamilyNameRegexFilter(f"^{CLAIMS}$"),
-                            rf.ColumnQualifierRegexFilter(_any_of(pending)),
-                            rf.CellsColumnLimitFilter(1),
-                            rf.StripValueTransformerFilter(True),
-                        ]
-                    ),
-                    operation_timeout=self.cfg.timeout_s,
-                )
-                present = {c.qualifier.decode() for c in row.cells} if row is not None else set()
-                pending = [x for x in pending if x not in present]
-                if not pending:
-                    return 0
-            mutations: list = [SetCell(CLAIMS, x.encode(), b"", claim_us) for x in pending]
-            mutations += [AddToCell(COUNTERS, q.encode(), int(v), counter_us) for q, v in counters(pending) if v]
-            predicate = rf.RowFilterChain(
-                [
-                    rf.FamilyNameRegexFilter(f"^{CLAIMS}$"),
-                    rf.ColumnQualifierRegexFilter(_any_of(pending)),
-                    rf.CellsColumnLimitFilter(1),
-                    rf.StripValueTransformerFilter(True),
-                ]
-            )
-            matched = self.table.check_and_mutate_row(
-                key,
-                predicate,
-                true_case_mutations=None,
-                false_case_mutations=mutations,
-                operation_timeout=self.cfg.timeout_s,
-            )
-            if not matched:
-                return len(pending)
-        raise LiveStoreError(f"claim on {key!r} still contended after {_MAX_CLAIM_ROUNDS} rounds")
+        token = hashlib.blake2b(key + b"\n" + message_key, digest_size=8).hexdigest().encode()
+        owned: set[str] = set()
+        for i in range(0, len(ids), self.cfg.claim_chunk):
+            rules = [AppendValueRule(CLAIMS, x.encode(), token) for x in ids[i : i + self.cfg.claim_chunk]]
+            row = self.table.read_modify_write_row(key, rules, operation_timeout=self.cfg.timeout_s)
+            owned.update(c.qualifier.decode() for c in row.cells if c.family == CLAIMS and c.value[:16] == token)
+        mine = [x for x in ids if x in owned]
+        if not mine:
+            return 0, mine
+        marker = b"!" + token
+        mutations: list = [SetCell(CLAIMS, marker, b"", claim_us)]
+        items: dict[str, dict[str, int]] = defaultdict(dict)
+        for q, v in counters(mine).items():
+            if not v:
+                continue
+            if q.startswith("i:"):  # per item: one JSON cell (few AddToCells keep the mutation cheap)
+                item, _, metric = q[2:].rpartition(":")
+                items[item][metric] = int(v)
+            else:
+                mutations.append(AddToCell(COUNTERS, q.encode(), int(v), counter_us))
+        if items:
+            mutations.append(SetCell(ITEMS, token, orjson.dumps(items), counter_us))
+        already = self.table.check_and_mutate_row(
+            key,
+            rf.ColumnRangeFilter(CLAIMS, marker, marker, inclusive_start=True, inclusive_end=True),
+            true_case_mutations=None,
+            false_case_mutations=mutations,
+            operation_timeout=self.cfg.timeout_s,
+        )
+        return (0 if already else len(mine)), mine
 
     # -- host events ---------------------------------------------------------------------------
     def _slots(self, stream: str) -> list[Slot]:

@@ -20,7 +20,7 @@ import orjson
 
 from shared.live import schema
 from shared.live.config import LiveConfig
-from shared.live.schema import COUNTERS, SESSION, SHOWCASE, STATE
+from shared.live.schema import COUNTERS, ITEMS, SESSION, SHOWCASE, STATE
 from shared.live.state import UNIQUE_STEPS, iso, slots_from_cells
 
 # totals / per-minute names follow the batch KPIs (docs/metrics.md) where one exists
@@ -149,12 +149,13 @@ class LiveReader:
                 RowRange(start_key=start, end_key=schema.prefix_end(mprefix)),
                 RowRange(start_key=uprefix, end_key=schema.prefix_end(uprefix)),
             ],
-            row_filter=rf.FamilyNameRegexFilter(f"^({COUNTERS}|{STATE}|{SHOWCASE})$"),
+            row_filter=rf.FamilyNameRegexFilter(f"^({COUNTERS}|{ITEMS}|{STATE}|{SHOWCASE})$"),
         )
         rows = self._rows(query)
         state: dict[str, bytes] = {}
         showcase_cells: dict[str, bytes] = {}
         minute_c: dict[int, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+        minute_items: dict[int, list[bytes]] = defaultdict(list)  # per-item JSON partials, decoded if needed
         uniques: dict[str, int] = dict.fromkeys(UNIQUE_STEPS, 0)
         for row in rows:
             key = row.row_key.decode()
@@ -165,15 +166,31 @@ class LiveReader:
                     state.setdefault(q, cell.value)  # newest version first
                 elif cell.family == SHOWCASE:
                     showcase_cells.setdefault(q, cell.value)
+                elif kind == "m" and cell.family == ITEMS:
+                    minute_items[int(key.split("#")[2])].append(cell.value)
                 elif kind == "m":
                     minute_c[int(key.split("#")[2])][q] += _int(cell.value)
                 elif kind == "u" and q.startswith("u:"):
                     uniques[q[2:]] = uniques.get(q[2:], 0) + _int(cell.value)
+        for minute in minute_items:
+            minute_c.setdefault(minute, defaultdict(int))
         return self._room(
-            stream_id, now, now_minute, state, showcase_cells, minute_c, uniques, since_minutes, window_minutes, top
+            stream_id,
+            now,
+            now_minute,
+            state,
+            showcase_cells,
+            minute_c,
+            minute_items,
+            uniques,
+            since_minutes,
+            window_minutes,
+            top,
         )
 
-    def _room(self, stream_id, now, now_minute, state, showcase_cells, minute_c, uniques, since, window, top):
+    def _room(
+        self, stream_id, now, now_minute, state, showcase_cells, minute_c, minute_items, uniques, since, window, top
+    ):
         info: dict[str, Any] = {}
         if "info" in state:
             doc = orjson.loads(state["info"])
@@ -198,12 +215,6 @@ class LiveReader:
                     m[_ROOM_COUNTS[q]] += v
                 elif q in _ROOM_MONEY:
                     m[_ROOM_MONEY[q]] += v / 1000
-                elif q.startswith("i:"):
-                    item, _, metric = q[2:].rpartition(":")
-                    name = "gmv" if metric == "gmv_milli" else _ITEM.get(metric)
-                    if name:
-                        d = items_by_minute[minute][item]
-                        d[name] = d.get(name, 0) + (v / 1000 if name == "gmv" else v)
                 elif q.startswith("slot:"):
                     slot_id, _, metric = q[5:].rpartition(":")
                     if metric == "gmv_milli":
@@ -250,6 +261,16 @@ class LiveReader:
 
         last_minute = max(minute_c) if minute_c else now_minute
         anchor = min(now_minute, last_minute)
+        for minute, partials in minute_items.items():  # only the trending windows are decoded
+            if not anchor - 2 * window < minute <= anchor:
+                continue
+            for value in partials:
+                for item, metrics in orjson.loads(value).items():
+                    d = items_by_minute[minute][item]
+                    for metric, v in metrics.items():
+                        name = "gmv" if metric == "gmv_milli" else _ITEM.get(metric)
+                        if name:
+                            d[name] = d.get(name, 0) + (v / 1000 if name == "gmv" else v)
         trending = _trending(items_by_minute, anchor, window, top)
         on_air = bool(minute_c or info.get("started_at")) and ended is None
         if last_ms is not None and now * 1000 - last_ms > 30 * 60_000 and "started_at" not in info:

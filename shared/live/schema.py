@@ -32,7 +32,7 @@ import zlib
 
 from shared.live.config import LiveConfig
 
-CLAIMS, COUNTERS, STATE, SHOWCASE, SESSION = "x", "c", "s", "o", "e"
+CLAIMS, COUNTERS, ITEMS, STATE, SHOWCASE, SESSION = "x", "c", "i", "s", "o", "e"
 
 
 def room_key(stream: str) -> bytes:
@@ -74,24 +74,19 @@ def gc_rules(cfg: LiveConfig) -> dict[str, dict]:
     return {
         CLAIMS: {"max_age_s": cfg.dedupe_s, "max_versions": 1, "aggregate": False},
         COUNTERS: {"max_age_s": cfg.retention_s, "aggregate": True},
+        ITEMS: {"max_age_s": cfg.retention_s, "max_versions": 1, "aggregate": False},
         STATE: {"max_age_s": cfg.retention_s, "max_versions": 1, "aggregate": False},
         SHOWCASE: {"max_age_s": cfg.retention_s, "max_versions": 1, "aggregate": False},
         SESSION: {"max_age_s": cfg.retention_s, "max_versions": cfg.session_events, "aggregate": False},
     }
 
 
-def _admin_client():
-    from google.cloud.bigtable_admin_v2 import BigtableTableAdminClient
+def _admin_client(cfg: LiveConfig):
+    """The table-admin API client. Through the classic client, which honours
+    ``BIGTABLE_EMULATOR_HOST`` (an insecure channel to the emulator); the GAPIC one alone does not."""
+    from google.cloud import bigtable
 
-    host = os.environ.get("BIGTABLE_EMULATOR_HOST")
-    if host:  # the GAPIC admin client does not read the variable itself
-        import grpc
-        from google.cloud.bigtable_admin_v2.services.bigtable_table_admin.transports import (
-            BigtableTableAdminGrpcTransport,
-        )
-
-        return BigtableTableAdminClient(transport=BigtableTableAdminGrpcTransport(channel=grpc.insecure_channel(host)))
-    return BigtableTableAdminClient()
+    return bigtable.Client(project=cfg.project, admin=True).table_admin_client
 
 
 def ensure_table(cfg: LiveConfig | None = None) -> bool:
@@ -114,7 +109,7 @@ def ensure_table(cfg: LiveConfig | None = None) -> bool:
                 aggregate_type=Type.Aggregate(input_type=Type(int64_type=Type.Int64()), sum=Type.Aggregate.Sum())
             )
         families[name] = types.ColumnFamily(**kwargs)
-    admin = _admin_client()
+    admin = _admin_client(cfg)
     try:
         admin.create_table(
             parent=f"projects/{cfg.project}/instances/{cfg.instance}",
@@ -132,7 +127,7 @@ def drop_table(cfg: LiveConfig | None = None) -> None:
     from google.api_core import exceptions as gexc
 
     cfg = cfg or LiveConfig()
-    admin = _admin_client()
+    admin = _admin_client(cfg)
     try:
         admin.delete_table(name=f"projects/{cfg.project}/instances/{cfg.instance}/tables/{cfg.table}")
     except gexc.NotFound:
