@@ -162,18 +162,35 @@ def test_concurrent_redelivery_counts_once(live):
 
 class _Crashing:
     """The real table, but the ``fail_at``-th write call raises: before it reaches Bigtable
-    (``after=False``) or after Bigtable applied it, the answer lost (``after=True``)."""
+    (``after=False``) or after Bigtable applied it, the answer lost (``after=True``). Write calls:
+    the table's conditional / single-row mutations and the raw GAPIC appends and MutateRows of
+    shared/live/rpc.py."""
 
-    WRITES = ("read_modify_write_row", "check_and_mutate_row", "mutate_row", "bulk_mutate_rows")
+    WRITES = ("check_and_mutate_row", "mutate_row")
+    GAPIC_WRITES = ("read_modify_write_row", "mutate_rows")
 
     def __init__(self, table, fail_at: int, after: bool):
         self.table, self.fail_at, self.after, self.calls = table, fail_at, after, 0
+        crashing = self
 
-    def __getattr__(self, name):
-        fn = getattr(self.table, name)
-        if name not in self.WRITES:
-            return fn
+        class _Gapic:
+            def __getattr__(self, name):
+                fn = getattr(table.client._gapic_client, name)
+                if name not in crashing.GAPIC_WRITES:
+                    return fn
+                if name == "mutate_rows":  # a stream: the answer is read before the crash
+                    return crashing._wrap(lambda *a, **kw: list(fn(*a, **kw)))
+                return crashing._wrap(fn)
 
+        class _Client:
+            _gapic_client = _Gapic()
+
+            def __getattr__(self, name):
+                return getattr(table.client, name)
+
+        self.client = _Client()
+
+    def _wrap(self, fn):
         def call(*a, **kw):
             self.calls += 1
             if self.calls == self.fail_at and not self.after:
@@ -184,6 +201,10 @@ class _Crashing:
             return out
 
         return call
+
+    def __getattr__(self, name):
+        fn = getattr(self.table, name)
+        return self._wrap(fn) if name in self.WRITES else fn
 
 
 @pytest.mark.parametrize("after", [False, True])
@@ -259,3 +280,28 @@ def test_unavailable_bigtable_raises_fast(monkeypatch):
     writer = LiveWriter(schema.open_table(LiveConfig(table="absent", timeout_s=0.5)), LiveConfig(timeout_s=0.5))
     with pytest.raises(LiveStoreError):
         writer.apply_message(ndjson([ev("stream_enter", "s1", NOW)]))
+
+
+def test_single_event_messages_redelivered_and_regrouped_count_once(live):
+    """The one-conditional-mutation path of small messages, mixed with the append path of batches."""
+    cfg, table, writer, reader = live
+    host, viewer = _evening()
+    writer.apply_message(ndjson(host))
+    singles = [ndjson([e]) for e in viewer]
+    work = singles + singles[::-1] + [ndjson(viewer[:9]), ndjson(viewer[9:])]
+    counted, errors = [], []
+
+    def run(chunk):
+        try:
+            w = LiveWriter(table, cfg)
+            counted.extend(w.apply_message(b, message_id=f"m{hash(b)}").counted for b in chunk)
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(work[i::4],)) for i in range(4)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(60)
+    assert not errors and sum(counted) == len(viewer)
+    _check_evening(reader.room("s1", now=NOW), reader.viewer("s1", "u0"))

@@ -12,7 +12,6 @@ import base64
 import binascii
 import gzip
 import json
-import threading
 import time
 import uuid
 from datetime import UTC, datetime
@@ -27,18 +26,14 @@ from shared.live.config import LiveConfig
 from shared.log import get_logger
 
 log = get_logger("live")
-_lock = threading.Lock()
-_writer: LiveWriter | None = None
 
 
-def _get() -> LiveWriter:
-    global _writer
-    if _writer is None:
-        with _lock:
-            if _writer is None:
-                cfg = LiveConfig()
-                _writer = LiveWriter(schema.open_table(cfg), cfg)
-    return _writer
+def _writer() -> LiveWriter:
+    cfg = LiveConfig()
+    return LiveWriter(schema.open_table(cfg), cfg)
+
+
+_live = runtime.per_instance(_writer)  # the Bigtable client on the first message
 
 
 def _quarantine(rows: list[dict], message_id: str | None, attributes: dict) -> str:
@@ -72,7 +67,7 @@ def live(cloud_event):
         )
         log.warning("live message quarantined", extra={"message_id": message_id, "quarantine": key})
         return json.dumps({"quarantined": key})
-    result = _get().apply_message(data, attributes)  # LiveStoreError -> 500 -> redelivery
+    result = _live.get().apply_message(data, attributes, message_id)  # LiveStoreError -> 500 -> redelivery
     summary = result.summary()
     if result.rejected:
         summary["quarantine"] = _quarantine(result.rejected, message_id, attributes)

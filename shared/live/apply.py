@@ -33,7 +33,7 @@ from typing import Any
 
 import orjson
 
-from shared.live import schema
+from shared.live import rpc, schema
 from shared.live.config import LiveConfig
 from shared.live.schema import CLAIMS, COUNTERS, ITEMS, SESSION, SHOWCASE, STATE
 from shared.live.state import HOST_TYPES, PRODUCT_TYPES, SESSION_TYPES, UNIQUE_STEPS, Slot, slot_for, slots_from_cells
@@ -289,11 +289,9 @@ class LiveWriter:
                     self._committed.setdefault(key, set()).update(won)
 
     def _apply_sessions(self, stream: str, events: list[dict]) -> None:
-        from google.cloud.bigtable.data.mutations import RowMutationEntry, SetCell
-
-        rows: dict[bytes, list] = defaultdict(list)
+        rows: dict[bytes, list[tuple[str, bytes, bytes, int]]] = defaultdict(list)
         last = max(ev["_ms"] for ev in events)  # the room row exists (and says when it was last active)
-        rows[schema.room_key(stream)].append(SetCell(STATE, b"last", orjson.dumps({"ts_ms": last}), last * 1000))
+        rows[schema.room_key(stream)].append((STATE, b"last", orjson.dumps({"ts_ms": last}), last * 1000))
         for ev in events:
             if ev["type"] not in SESSION_TYPES:
                 continue
@@ -302,11 +300,9 @@ class LiveWriter:
                 if ev.get(name) is not None:
                     value[name] = ev[name]
             rows[schema.viewer_key(stream, ev["user_id"])].append(
-                SetCell(SESSION, f"{ev['type']}:{ev['item_id']}".encode(), orjson.dumps(value), ev["_ms"] * 1000)
+                (SESSION, f"{ev['type']}:{ev['item_id']}".encode(), orjson.dumps(value), ev["_ms"] * 1000)
             )
-        self.table.bulk_mutate_rows(
-            [RowMutationEntry(k, m) for k, m in rows.items()], operation_timeout=self.cfg.timeout_s
-        )
+        rpc.set_cells(self.table, rows, self.cfg.timeout_s)
 
     # -- the claim -----------------------------------------------------------------------------
     def _claim(
@@ -332,22 +328,57 @@ class LiveWriter:
         The token is a hash of the row and the message (its Pub/Sub id, else its bytes), so every
         delivery of a message owns the same ids and the marker lets its sums in once."""
         from google.cloud.bigtable.data import row_filters as rf
-        from google.cloud.bigtable.data.mutations import AddToCell, SetCell
-        from google.cloud.bigtable.data.read_modify_write_rules import AppendValueRule
+        from google.cloud.bigtable.data.mutations import SetCell
 
         token = hashlib.blake2b(key + b"\n" + message_key, digest_size=8).hexdigest().encode()
+        marker = b"!" + token
+        if len(ids) <= self.cfg.fast_claim:
+            # fast path for a few ids (single-event messages): one conditional mutation, "none of these
+            # ids in the row" -> write the ids (valued with the token, as the append
+            # would), the marker and the sums. Any hit falls back to the append claim below.
+            # (no marker in the predicate: a message writes its ids no later than its marker, and a
+            # redelivery claims a subset of the first delivery's ids, so absent ids mean no marker)
+            ranges = [
+                rf.ColumnRangeFilter(CLAIMS, q, q, inclusive_start=True, inclusive_end=True)
+                for q in (x.encode() for x in ids)
+            ]
+            predicate = ranges[0] if len(ranges) == 1 else rf.RowFilterUnion(ranges)
+            claim_cells = [SetCell(CLAIMS, x.encode(), token, claim_us) for x in ids]
+            hit = self.table.check_and_mutate_row(
+                key,
+                predicate,
+                true_case_mutations=None,
+                false_case_mutations=claim_cells + self._sums(marker, token, counters(ids), claim_us, counter_us),
+                operation_timeout=self.cfg.timeout_s,
+            )
+            if not hit:
+                return len(ids), list(ids)
         owned: set[str] = set()
         for i in range(0, len(ids), self.cfg.claim_chunk):
-            rules = [AppendValueRule(CLAIMS, x.encode(), token) for x in ids[i : i + self.cfg.claim_chunk]]
-            row = self.table.read_modify_write_row(key, rules, operation_timeout=self.cfg.timeout_s)
-            owned.update(c.qualifier.decode() for c in row.cells if c.family == CLAIMS and c.value[:16] == token)
+            quals = [x.encode() for x in ids[i : i + self.cfg.claim_chunk]]
+            cells = rpc.append(self.table, key, CLAIMS, quals, token, self.cfg.timeout_s)
+            owned.update(q.decode() for q, v in cells if v[:16] == token)
         mine = [x for x in ids if x in owned]
         if not mine:
             return 0, mine
-        marker = b"!" + token
+        mutations = self._sums(marker, token, counters(mine), claim_us, counter_us)
+        already = self.table.check_and_mutate_row(
+            key,
+            rf.ColumnRangeFilter(CLAIMS, marker, marker, inclusive_start=True, inclusive_end=True),
+            true_case_mutations=None,
+            false_case_mutations=mutations,
+            operation_timeout=self.cfg.timeout_s,
+        )
+        return (0 if already else len(mine)), mine
+
+    @staticmethod
+    def _sums(marker: bytes, token: bytes, sums: dict[str, int], claim_us: int, counter_us: int) -> list:
+        """The marker, the room sums (``AddToCell``) and the per-item sums (one JSON cell)."""
+        from google.cloud.bigtable.data.mutations import AddToCell, SetCell
+
         mutations: list = [SetCell(CLAIMS, marker, b"", claim_us)]
         items: dict[str, dict[str, int]] = defaultdict(dict)
-        for q, v in counters(mine).items():
+        for q, v in sums.items():
             if not v:
                 continue
             if q.startswith("i:"):  # per item: one JSON cell (few AddToCells keep the mutation cheap)
@@ -357,14 +388,7 @@ class LiveWriter:
                 mutations.append(AddToCell(COUNTERS, q.encode(), int(v), counter_us))
         if items:
             mutations.append(SetCell(ITEMS, token, orjson.dumps(items), counter_us))
-        already = self.table.check_and_mutate_row(
-            key,
-            rf.ColumnRangeFilter(CLAIMS, marker, marker, inclusive_start=True, inclusive_end=True),
-            true_case_mutations=None,
-            false_case_mutations=mutations,
-            operation_timeout=self.cfg.timeout_s,
-        )
-        return (0 if already else len(mine)), mine
+        return mutations
 
     # -- host events ---------------------------------------------------------------------------
     def _slots(self, stream: str) -> list[Slot]:
