@@ -159,6 +159,20 @@ class Settings(_Base):
     dashboard_check_s: float = _f(30.0, "dashboard: seconds between checks of the manifest's generation")
     dashboard_max_age: int = _f(300, "dashboard: `Cache-Control: max-age` of a page")
     dashboard_root: str = _f("", "dashboard: URL prefix of the links (empty: the function's root)")
+    # -- the live layer (shared/live, docs/live.md) ------------------------------------------------
+    bigtable_project: str | None = _f(None, "live: project of the Bigtable instance", shown="(the Pub/Sub project)")
+    bigtable_instance: str = _f("daihuo-live", "live: the Bigtable instance")
+    live_table: str = _f("live", "live: the Bigtable table")
+    live_shards: int = _f(1, "live: minute rows and unique-viewer rows per room (change only between streams)")
+    live_dedupe_s: int = _f(86400, "live: seconds an event id is remembered (GC of the claims family)")
+    live_retention_s: int = _f(
+        7 * 86400, "live: seconds counters, state and sessions are kept (older events are not applied)"
+    )
+    live_session_events: int = _f(20, "live: session events kept per viewer and (type, item); the reader's default")
+    live_claim_chunk: int = _f(500, "live: most ids in one append claim")
+    live_fast_claim: int = _f(1, "live: a row's claim of at most this many ids is one conditional mutation")
+    live_timeout_s: float = _f(10.0, "live: the writer's deadline per Bigtable call")
+    live_read_timeout_s: float = _f(1.0, "live: the reader's deadline per read (then `LiveUnavailable`)")
 
     @field_validator("retention_days", mode="before")
     @classmethod

@@ -1,22 +1,21 @@
-"""Settings of the live layer, all from the environment (docs/live.md, "Configuration")."""
+"""Settings of the live layer: the ``DAIHUO_BIGTABLE_*`` / ``DAIHUO_LIVE_*`` fields of
+shared/settings.py (docs/live.md, "Configuration"), gathered in one frozen object."""
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 
+from shared.settings import settings
 
-def _env(name: str, default: str) -> str:
-    return os.environ.get(name) or default
+
+def _s(name: str):
+    return field(default_factory=lambda: getattr(settings(), name))
 
 
 def _project() -> str:
-    return (
-        os.environ.get("DAIHUO_BIGTABLE_PROJECT")
-        or os.environ.get("GOOGLE_CLOUD_PROJECT")
-        or os.environ.get("PUBSUB_PROJECT_ID")
-        or "daihuo-local"
-    )
+    from shared.bus import project_id
+
+    return settings().bigtable_project or project_id()
 
 
 @dataclass(frozen=True)
@@ -27,20 +26,20 @@ class LiveConfig:
     counters live (an event older than that is not applied: its cells would be collected at once).
     ``session_events``: the last N product events kept per viewer. ``claim_chunk``: most event ids
     claimed by one append; ``fast_claim``: up to this many ids of a row are claimed with one
-    conditional mutation (falling back to the append on any hit). ``timeout_s``: the writer's deadline per Bigtable call;
-    ``read_timeout_s`` the reader's per read."""
+    conditional mutation (falling back to the append on any hit). ``timeout_s``: the writer's
+    deadline per Bigtable call; ``read_timeout_s`` the reader's per read."""
 
     project: str = field(default_factory=_project)
-    instance: str = field(default_factory=lambda: _env("DAIHUO_BIGTABLE_INSTANCE", "daihuo-live"))
-    table: str = field(default_factory=lambda: _env("DAIHUO_LIVE_TABLE", "live"))
-    shards: int = field(default_factory=lambda: int(_env("DAIHUO_LIVE_SHARDS", "1")))
-    dedupe_s: int = field(default_factory=lambda: int(_env("DAIHUO_LIVE_DEDUPE_S", str(24 * 3600))))
-    retention_s: int = field(default_factory=lambda: int(_env("DAIHUO_LIVE_RETENTION_S", str(7 * 86400))))
-    session_events: int = field(default_factory=lambda: int(_env("DAIHUO_LIVE_SESSION_EVENTS", "20")))
-    claim_chunk: int = field(default_factory=lambda: int(_env("DAIHUO_LIVE_CLAIM_CHUNK", "500")))
-    fast_claim: int = field(default_factory=lambda: int(_env("DAIHUO_LIVE_FAST_CLAIM", "1")))
-    timeout_s: float = field(default_factory=lambda: float(_env("DAIHUO_LIVE_TIMEOUT_S", "10")))
-    read_timeout_s: float = field(default_factory=lambda: float(_env("DAIHUO_LIVE_READ_TIMEOUT_S", "1.0")))
+    instance: str = _s("bigtable_instance")
+    table: str = _s("live_table")
+    shards: int = _s("live_shards")
+    dedupe_s: int = _s("live_dedupe_s")
+    retention_s: int = _s("live_retention_s")
+    session_events: int = _s("live_session_events")
+    claim_chunk: int = _s("live_claim_chunk")
+    fast_claim: int = _s("live_fast_claim")
+    timeout_s: float = _s("live_timeout_s")
+    read_timeout_s: float = _s("live_read_timeout_s")
 
     def __post_init__(self) -> None:
         if not 1 <= self.shards <= 64:

@@ -27,7 +27,6 @@ per column or older than the retention).
 
 from __future__ import annotations
 
-import os
 import zlib
 
 from shared.live.config import LiveConfig
@@ -84,9 +83,13 @@ def gc_rules(cfg: LiveConfig) -> dict[str, dict]:
 def _admin_client(cfg: LiveConfig):
     """The table-admin API client. Through the classic client, which honours
     ``BIGTABLE_EMULATOR_HOST`` (an insecure channel to the emulator); the GAPIC one alone does not."""
+    import warnings
+
     from google.cloud import bigtable
 
-    return bigtable.Client(project=cfg.project, admin=True).table_admin_client
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return bigtable.Client(project=cfg.project, admin=True).table_admin_client
 
 
 def ensure_table(cfg: LiveConfig | None = None) -> bool:
@@ -136,22 +139,15 @@ def drop_table(cfg: LiveConfig | None = None) -> None:
         admin.transport.close()
 
 
-_clients: dict[tuple[str, str, str], object] = {}
-
-
 def open_table(cfg: LiveConfig | None = None):
-    """The data-API table handle (``google.cloud.bigtable.data``); one client per project/instance
-    per process (it honours ``BIGTABLE_EMULATOR_HOST``)."""
+    """The data-API table handle (``google.cloud.bigtable.data``) on a new client (it honours
+    ``BIGTABLE_EMULATOR_HOST``); callers keep one per process (``runtime.per_instance``)."""
     import warnings
 
     from google.cloud.bigtable.data import BigtableDataClient
 
     cfg = cfg or LiveConfig()
-    key = (cfg.project, os.environ.get("BIGTABLE_EMULATOR_HOST", ""), cfg.instance)
-    client = _clients.get(key)
-    if client is None:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # "Connecting to Bigtable emulator at ..."
-            client = BigtableDataClient(project=cfg.project)
-        _clients[key] = client
-    return client.get_table(cfg.instance, cfg.table)  # type: ignore[attr-defined]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # "Connecting to Bigtable emulator at ..."
+        client = BigtableDataClient(project=cfg.project)
+    return client.get_table(cfg.instance, cfg.table)
