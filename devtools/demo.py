@@ -90,7 +90,10 @@ def run(args) -> int:
         )
 
         step("sending signed webhooks to ingest")
+        live = _LiveTicker(sim) if "live" in stack.functions() else None
         res = simulator.send(sim, stack.url("ingest"), stack.secrets, batch_size=500, concurrency=4, progress=True)
+        if live is not None:
+            live.finish()
         print(f"\n   accepted {res.accepted}, rejected {res.rejected} (quarantined with reasons)")
         if res.failed_batches:
             raise DemoFailed(f"demo failed: {res.failed_batches} ingest batches failed; see var/stack/logs/ingest.log")
@@ -211,6 +214,64 @@ def run(args) -> int:
         stack.stop()
     step(f"done in {time.time() - t_start:.0f}s")
     return 0
+
+
+class _LiveTicker:
+    """Prints the live layer's numbers (Bigtable, via shared.live.reader) while the evening is sent,
+    then a line per stream once the push deliveries have caught up."""
+
+    def __init__(self, sim, every_s: float = 3.0):
+        import threading
+
+        from shared.live.reader import LiveReader
+
+        self.reader = LiveReader(timeout_s=5.0)
+        self.streams = sorted({e["stream_id"] for e in sim.events if isinstance(e, dict) and e.get("stream_id")})
+        self._stop = threading.Event()
+        self.every_s = every_s
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _totals(self) -> dict:
+        out = {"entries": 0, "viewers_now": 0, "orders": 0, "gmv": 0.0}
+        for s in self.streams:
+            t = self.reader.room(s).totals
+            for k in out:
+                out[k] += t[k] or 0
+        return out
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every_s):
+            try:
+                t = self._totals()
+            except Exception as exc:  # the demo goes on; the live layer says why it is not there
+                print(f"\n   live: {exc}", file=sys.stderr)
+                continue
+            print(
+                f"\n   live now: {t['entries']} entries, {t['viewers_now']} watching, {t['orders']} orders, "
+                f"GMV {t['gmv']:,.2f}",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    def finish(self, timeout: float = 60.0) -> None:
+        self._stop.set()
+        self._thread.join()
+        step("the live layer (Bigtable, within seconds of each event; docs/live.md)")
+        last, t0 = None, time.monotonic()
+        while time.monotonic() - t0 < timeout:  # until the push deliveries have caught up
+            now = self._totals()
+            if now == last:
+                break
+            last = now
+            time.sleep(2.0)
+        for s in self.streams:
+            room = self.reader.room(s)
+            t, top = room.totals, (room.trending[0]["item_id"] if room.trending else "-")
+            print(
+                f"   {s:12s} entries {t['entries']:6d}  orders {t['orders']:5d}  GMV {t['gmv']:12,.2f}  "
+                f"unique viewers {t['unique_viewers']:6d}  trending {top}  sold out {len(room.sold_out)}"
+            )
 
 
 def _save_dashboard(base: str, stream_ids: list[str], headers: dict | None = None) -> str:

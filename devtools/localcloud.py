@@ -1,4 +1,5 @@
-"""The local cloud: Google's Pub/Sub emulator, optionally the GCS emulator, every function in its
+"""The local cloud: Google's Pub/Sub emulator, optionally the GCS emulator, Google's Bigtable emulator
+with the live table (when a function declares ``"bigtable"`` in topology.json), every function in its
 own functions-framework process, the topics and subscriptions of ``infra/topology.json`` (push
 subscriptions pointing at the CloudEvent functions, the archive's pull subscription, a dead-letter
 topic), and a scheduler that publishes the ticks on the schedules declared there.

@@ -5,6 +5,7 @@ One bucket (``DAIHUO_STORE``) holds everything, under these prefixes (docs/stora
     raw/date=YYYY-MM-DD/hour=HH/<hash>.ndjson.gz        archive: the events as received (create-only)
     raw/date=.../replay-<hash>.ndjson.gz                 replay: corrected quarantine rows
     quarantine/ingest/date=YYYY-MM-DD/<ms>-<uuid>.ndjson.gz   ingest: refused events, with reasons
+    quarantine/live/date=YYYY-MM-DD/<ms>-<id>.ndjson.gz  live: malformed messages / lines, with reasons
     quarantine/date=YYYY-MM-DD/<run>.ndjson.gz           clean: refused rows, with reasons
     clean/date=YYYY-MM-DD/<run>.parquet                  clean: one row per event_id, typed, UTC
     clean_host/date=YYYY-MM-DD/<run>.parquet             clean: the host actions (manifest: host_files)
@@ -38,6 +39,7 @@ from shared.storage import NotFound, ObjectStore, PreconditionFailed
 RAW = "raw/"
 QUARANTINE = "quarantine/"
 INGEST_QUARANTINE = QUARANTINE + "ingest/"
+LIVE_QUARANTINE = QUARANTINE + "live/"
 CLEAN = "clean/"
 CLEAN_HOST = "clean_host/"
 CATALOG = "catalog/"
@@ -76,6 +78,10 @@ def replay_key(partition: str, digest: str) -> str:
 
 def ingest_quarantine_key(day: str, millis: int, unique: str) -> str:
     return f"{INGEST_QUARANTINE}date={day}/{millis:013d}-{unique}.ndjson.gz"
+
+
+def live_quarantine_key(day: str, millis: int, unique: str) -> str:
+    return f"{LIVE_QUARANTINE}date={day}/{millis:013d}-{unique}.ndjson.gz"
 
 
 def quarantine_key(day: str, run_id: str) -> str:

@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 import functions_framework
 import orjson
 
-from shared import runtime
+from shared import layout, runtime
 from shared.live import schema
 from shared.live.apply import LiveWriter
 from shared.live.config import LiveConfig
@@ -41,7 +41,7 @@ def _quarantine(rows: list[dict], message_id: str | None, attributes: dict) -> s
     day = datetime.fromtimestamp(now, UTC).strftime("%Y-%m-%d")
     received = datetime.fromtimestamp(now, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
     # a fresh name per attempt: the runtime identity may only create objects, never overwrite
-    key = f"quarantine/live/date={day}/{int(now * 1000):013d}-{message_id or 'none'}-{uuid.uuid4().hex[:8]}.ndjson.gz"
+    key = layout.live_quarantine_key(day, int(now * 1000), f"{message_id or 'none'}-{uuid.uuid4().hex[:8]}")
     lines = [
         orjson.dumps(
             {**r, "stage": "live", "message_id": message_id, "attributes": attributes, "received_at": received}
