@@ -137,12 +137,19 @@ def partition_date(key: str) -> str | None:
 
 # -- the clean manifest --------------------------------------------------------------------------
 class _Record(BaseModel):
-    """A JSON object with typed fields; also read like a dict (``m["done"]``, ``m.get("runs", [])``)."""
+    """A JSON object with typed fields; also read like a dict (``m["done"]``, ``m.get("runs", [])``).
+    An optional field that is None is ABSENT (not in it, not written): the JSON it came from did not
+    have it."""
 
     model_config = ConfigDict(extra="allow", validate_assignment=True)
 
+    def _has(self, name: str) -> bool:
+        if name in type(self).model_fields:
+            return getattr(self, name) is not None
+        return name in (self.model_extra or {})
+
     def __getitem__(self, name: str) -> Any:
-        if name in type(self).model_fields or name in (self.model_extra or {}):
+        if self._has(name):
             return getattr(self, name)
         raise KeyError(name)
 
@@ -153,10 +160,10 @@ class _Record(BaseModel):
             return default
 
     def __contains__(self, name: object) -> bool:
-        return isinstance(name, str) and (name in type(self).model_fields or name in (self.model_extra or {}))
+        return isinstance(name, str) and self._has(name)
 
     def keys(self) -> Iterator[str]:
-        yield from type(self).model_fields
+        yield from (n for n in type(self).model_fields if getattr(self, n) is not None)
         yield from self.model_extra or {}
 
 
@@ -182,6 +189,7 @@ class Manifest(_Record):
     done: list[str] = Field(default_factory=list)  # raw objects already cleaned (within the look-back)
     runs: list[Run] = Field(default_factory=list)
     clean_files: list[CleanFile] = Field(default_factory=list)
+    host_files: list[CleanFile] | None = None  # clean_host/ files (absent until a run cleaned host actions)
     dedupe: list[str] = Field(default_factory=list)  # the dedupe index's parts
     catalog: list[str] = Field(default_factory=list)  # catalog parts, oldest first (the latest record wins)
     analytics: dict[str, str | None] = Field(default_factory=dict)  # table -> its current object
@@ -200,6 +208,8 @@ class Manifest(_Record):
 
     def to_dict(self) -> dict[str, Any]:
         out = self.model_dump(mode="json")
+        if out.get("host_files") is None:
+            out.pop("host_files", None)
         for r in out["runs"]:  # a run recorded before ``at`` existed keeps no ``at`` (see retention.compact)
             if r.get("at") is None:
                 r.pop("at", None)

@@ -91,6 +91,10 @@ def test_manifest_is_typed_and_keeps_what_it_does_not_know():
     assert dict(m)["future_field"] == 3
     back = Manifest.parse(m.to_json())
     assert back == m and "at" not in m.to_dict()["runs"][0]  # an unset ``at`` stays absent
+    # an optional part is absent until written: not in it, not in its JSON; typed once present
+    assert "host_files" not in m and m.get("host_files", []) == [] and "host_files" not in m.to_dict()
+    h = Manifest.parse({"host_files": [{"key": "clean_host/date=2026-11-27/r-1.parquet", "streams": ["s1"]}]})
+    assert "host_files" in h and h.host_files[0].streams == ["s1"] and "host_files" in h.to_dict()
     with pytest.raises(pydantic.ValidationError):
         Manifest.parse({"seq": "many"})
     with pytest.raises(pydantic.ValidationError):
