@@ -78,7 +78,10 @@ _TYPED = contract_sql.TYPED_FIELDS  # null after a bad cast
 _RAW_TYPE_RE = contract_sql.raw_type_re()
 _ESCAPED_KEY_RE = r'\\u[0-9A-Fa-f]{4}[A-Za-z0-9_\\]*"\s*:'  # (only run on lines containing a backslash-u)
 # the count of known fields with a non-null value (see _fast_conds)
-_NN = "(" + " + ".join(f'CAST(j."{f}" IS NOT NULL AS INTEGER)' for f in _FIELDS) + ")"
+# (in two parts: ``nn_o`` counts the fields no viewer event may carry -- a viewer row's allowed-keys check
+# is then ``nn_o = 0`` plus its few viewer fields -- and ``nn = nn_v + nn_o``)
+_NN_V = "(" + " + ".join(f'CAST(j."{f}" IS NOT NULL AS INTEGER)' for f in _FIELDS if f in _KEPT) + ")"
+_NN_OTHER = "(" + " + ".join(f'CAST(j."{f}" IS NOT NULL AS INTEGER)' for f in _FIELDS if f not in _KEPT) + ")"
 # types whose clean rows default a missing currency / quantity (the types whose records may carry them)
 _WITH_CURRENCY = contract_sql.types_with("currency", VIEWER_ACTIONS)
 _WITH_QUANTITY = contract_sql.types_with("quantity", VIEWER_ACTIONS)
@@ -259,10 +262,15 @@ def _fast_conds() -> list[tuple[str, str]]:
     allowed = (
         f"(len(k) = length({ks}) - length(replace({ks}, chr(31), '')) + 1) AND CASE j.type {allowed} ELSE false END"
     )
-    outside = " ".join(
-        f"WHEN '{t}' THEN " + (" AND ".join(f'j."{f}" IS NULL' for f in _FIELDS if f not in keys) or "true")
-        for t, keys in _ALLOWED_KEYS.items()
-    )
+
+    def nulls(t: str, keys: list[str]) -> str:
+        out = [f for f in _FIELDS if f not in keys]
+        if t in _VIEWER:  # every non-viewer field is outside: one test of their count (``nn_o``)
+            out = [f for f in out if f in _KEPT]
+            return " AND ".join(["nn_o = 0"] + [f'j."{f}" IS NULL' for f in out])
+        return " AND ".join(f'j."{f}" IS NULL' for f in out) or "true"
+
+    outside = " ".join(f"WHEN '{t}' THEN {nulls(t, keys)}" for t, keys in _ALLOWED_KEYS.items())
     allowed = f"CASE WHEN len(k) = {nn} THEN (CASE j.type {outside} ELSE false END) ELSE ({allowed}) END"
     conds = [
         ("j IS NULL", "'unparseable'"),
@@ -311,8 +319,9 @@ INSERT INTO parsed
 SELECT row_id, {_KEEP} AS j, reason,
        CASE WHEN reason IS NOT NULL OR $strict OR NOT coalesce({_IS_VIEWER}, false) THEN line END AS line
 FROM (SELECT row_id, line, j, {_fast_reason_sql()} AS reason
-      FROM (SELECT *, {_NN} AS nn
-            FROM (SELECT row_id, line, {j} AS j, {k} AS k FROM chunk)))
+      FROM (SELECT *, nn_v + nn_o AS nn
+            FROM (SELECT *, {_NN_V} AS nn_v, {_NN_OTHER} AS nn_o
+                  FROM (SELECT row_id, line, {j} AS j, {k} AS k FROM chunk))))
 """
 
 
