@@ -5,6 +5,7 @@ emulator, fed Pub/Sub push envelopes over HTTP like the push subscription sends 
 
 * anchor   : the same emulator's raw throughput in this run: MutateRows (500 rows per call) rows/s
              and single CheckAndMutateRow calls/s, from one client thread.
+* in-process: the writer alone (``LiveWriter.apply_message`` in this process, no HTTP).
 * batched  : 500-event messages (a realistic type mix, 20 rooms, fresh event ids), closed loop at
              each concurrency; events/s counted from the function's answers (``counted``).
 * single   : single-event messages, same; messages/s.
@@ -155,6 +156,27 @@ def closed_loop(host: str, messages: list[tuple[bytes, int]], concurrency: int, 
     }
 
 
+def in_process(cfg: LiveConfig, size: int, seconds: float) -> dict:
+    """The writer alone (``LiveWriter.apply_message`` in this process, no HTTP, one message at a
+    time): what an instance's code costs without functions-framework and the HTTP client."""
+    from shared.live.apply import LiveWriter
+
+    writer = LiveWriter(schema.open_table(cfg), cfg)
+    n_msgs = int((12_000 / size + 150) * seconds)
+    bodies = [
+        base64.b64decode(orjson.loads(m)["message"]["data"])
+        for m, _ in build_messages(n_msgs, size, f"I{size}-{uuid.uuid4().hex[:6]}", seed=7 + size)
+    ]
+    done, t0 = 0, time.perf_counter()
+    for body in bodies:
+        writer.apply_message(body)
+        done += 1
+        if time.perf_counter() - t0 > seconds:
+            break
+    el = time.perf_counter() - t0
+    return {"size": size, "messages": done, "msg_per_s": done / el, "events_per_s": done * size / el}
+
+
 def verify(cfg: LiveConfig, results: dict) -> dict:
     """Every acknowledged event is in Bigtable exactly once: the rooms' counters sum to the count."""
     from shared.live.reader import LiveReader
@@ -166,6 +188,7 @@ def verify(cfg: LiveConfig, results: dict) -> dict:
         total += sum(t[k] for k in ("entries", "leaves", "impressions", "clicks", "add_to_carts", "orders"))
         total += t["like_events"] + t["comments"]
     acked = sum(r["events"] for step in ("batched", "single") for r in results.get(step, []))
+    acked += sum(r["messages"] * r["size"] for r in results.get("in_process", []))
     return {"in_bigtable": int(total), "acknowledged": acked}
 
 
@@ -311,6 +334,13 @@ def main(argv=None) -> int:
         print(
             f"anchor (same emulator, 1 client thread): MutateRows {results['anchor']['mutate_rows_per_s']:,.0f} rows/s, "
             f"CheckAndMutateRow {results['anchor']['check_and_mutate_per_s']:,.0f} calls/s",
+            flush=True,
+        )
+        results["in_process"] = [in_process(cfg, 500, args.duration), in_process(cfg, 1, args.duration)]
+        b, one = results["in_process"]
+        print(
+            f"in-process writer (no HTTP): {b['events_per_s']:,.0f} events/s in 500-event messages, "
+            f"{one['msg_per_s']:,.0f} single-event msg/s",
             flush=True,
         )
         results["batched"] = []

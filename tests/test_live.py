@@ -171,6 +171,7 @@ class _Crashing:
 
     def __init__(self, table, fail_at: int, after: bool):
         self.table, self.fail_at, self.after, self.calls = table, fail_at, after, 0
+        self.lock = threading.Lock()
         crashing = self
 
         class _Gapic:
@@ -192,11 +193,13 @@ class _Crashing:
 
     def _wrap(self, fn):
         def call(*a, **kw):
-            self.calls += 1
-            if self.calls == self.fail_at and not self.after:
+            with self.lock:  # the writer overlaps a message's calls
+                self.calls += 1
+                n = self.calls
+            if n == self.fail_at and not self.after:
                 raise ConnectionError("crash before the write")
             out = fn(*a, **kw)
-            if self.calls == self.fail_at:
+            if n == self.fail_at:
                 raise ConnectionError("crash after the write, answer lost")
             return out
 

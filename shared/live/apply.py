@@ -28,6 +28,7 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -185,12 +186,15 @@ def minute_counters(events: Iterable[dict], slots: list[Slot]) -> dict[str, int]
 class LiveWriter:
     """Applies messages to the live table. Thread-safe (no state beyond the table handle)."""
 
-    def __init__(self, table, cfg: LiveConfig | None = None, clock: Callable[[], float] = time.time):
+    def __init__(
+        self, table, cfg: LiveConfig | None = None, clock: Callable[[], float] = time.time, *, workers: int = 8
+    ):
         self.table = table
         self.cfg = cfg or LiveConfig()
         self.clock = clock
         self._lock = threading.Lock()
         self._committed: dict[bytes, set[str]] = {}  # unique-viewer flags this instance counted
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="live") if workers > 1 else None
 
     # -- the one entry point -------------------------------------------------------------------
     def apply_message(
@@ -243,25 +247,41 @@ class LiveWriter:
         for ev in events:
             minute = ev["_ms"] // 60_000
             rows[schema.minute_key(stream, minute, schema.shard_of(ev["event_id"], cfg.shards))].append(ev)
-        counted = 0
         claim_us = now_ms * 1000
+        # the rows are independent (each step is exact and idempotent by itself): their calls overlap
+        jobs = []
         for key, evs in rows.items():
             minute_us = (evs[0]["_ms"] // 60_000) * 60_000_000
             by_id = {ev["event_id"]: ev for ev in evs}
-            n, _ = self._claim(
-                key,
-                list(by_id),
-                lambda ids, by_id=by_id: minute_counters((by_id[x] for x in ids), slots),
-                message_key,
-                claim_us,
-                minute_us,
+            jobs.append(
+                (
+                    self._claim,
+                    key,
+                    list(by_id),
+                    lambda ids, by_id=by_id: minute_counters((by_id[x] for x in ids), slots),
+                    message_key,
+                    claim_us,
+                    minute_us,
+                )
             )
-            counted += n
-        self._apply_uniques(stream, events, claim_us, message_key)
-        self._apply_sessions(stream, events)
-        return counted
+        jobs += self._unique_jobs(stream, events, claim_us, message_key)
+        jobs.append((self._apply_sessions, stream, events))
+        results = self._run(jobs)
+        return sum(r[0] for r, job in zip(results, jobs) if job[0] == self._claim and job[1].startswith(b"m#"))
 
-    def _apply_uniques(self, stream: str, events: list[dict], claim_us: int, message_key: bytes) -> None:
+    def _run(self, jobs: list[tuple]) -> list:
+        """Run (fn, *args) jobs, overlapping their Bigtable calls; the first failure is raised after
+        all have finished (nothing is left running behind an answer)."""
+        if len(jobs) == 1 or self._pool is None:
+            return [fn(*args) for fn, *args in jobs]
+        futures = [self._pool.submit(fn, *args) for fn, *args in jobs]
+        errors = [f.exception() for f in futures]
+        for exc in errors:
+            if exc is not None:
+                raise exc
+        return [f.result() for f in futures]
+
+    def _unique_jobs(self, stream: str, events: list[dict], claim_us: int, message_key: bytes) -> list[tuple]:
         rows: dict[bytes, set[str]] = defaultdict(set)
         for ev in events:
             t = ev["type"]
@@ -270,23 +290,28 @@ class LiveWriter:
                 if (step_type is None and t != "refund") or t == step_type:
                     rows[key].add(f"{step}:{ev['user_id']}")
         day_us = (claim_us // 86_400_000_000) * 86_400_000_000
+        jobs = []
+        for key, flags in rows.items():
+            with self._lock:  # flags this instance counted (committed) already: no need to claim again
+                known = self._committed.get(key, set())
+                todo = sorted(f for f in flags if f not in known)
+            if todo:
+                jobs.append((self._claim_unique, key, todo, message_key, claim_us, day_us))
+        return jobs
 
+    def _claim_unique(self, key: bytes, todo: list[str], message_key: bytes, claim_us: int, day_us: int):
         def counters(flags):
             c: dict[str, int] = defaultdict(int)
             for flag in flags:
                 c["u:" + flag.split(":", 1)[0]] += 1
             return c
 
-        for key, flags in rows.items():
-            with self._lock:  # flags this instance counted (committed) already: no need to claim again
-                known = self._committed.get(key, set())
-                todo = sorted(f for f in flags if f not in known)
-            if todo:
-                _, won = self._claim(key, todo, counters, message_key, claim_us, day_us)
-                with self._lock:
-                    if sum(len(v) for v in self._committed.values()) > 500_000:
-                        self._committed.clear()  # bounded memory; only costs re-claims
-                    self._committed.setdefault(key, set()).update(won)
+        out = self._claim(key, todo, counters, message_key, claim_us, day_us)
+        with self._lock:
+            if sum(len(v) for v in self._committed.values()) > 500_000:
+                self._committed.clear()  # bounded memory; only costs re-claims
+            self._committed.setdefault(key, set()).update(out[1])
+        return out
 
     def _apply_sessions(self, stream: str, events: list[dict]) -> None:
         rows: dict[bytes, list[tuple[str, bytes, bytes, int]]] = defaultdict(list)
