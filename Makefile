@@ -6,7 +6,7 @@ PY     := $(BIN)/python
 STAMP  := $(VENV)/.installed-$(shell sha1sum requirements.txt | cut -c1-12)
 PYTEST_ARGS ?=
 
-.PHONY: help venv lock lint fmt check-emulators test demo up down status bench-ingest bench-live bench-clean bench-recommend bench-ranker eval-served evaluate schema clean-var package checkov infra-fmt
+.PHONY: help venv lock lint fmt check-emulators test demo up down status bench-ingest bench-live bench-live-e2e bench-clean bench-recommend bench-ranker eval-served evaluate schema clean-var package checkov infra-fmt
 
 help:
 	@echo "make demo            the main job: local cloud + a simulated live-stream evening through every function"
@@ -16,6 +16,7 @@ help:
 	@echo "make up / down       start / stop the local cloud in the background (status: make status)"
 	@echo "make bench-ingest    ingest throughput and latency (figures in README)"
 	@echo "make bench-live      live layer: one instance's events/s (batched, single), accepted->visible latency (docs/live.md)"
+	@echo "make bench-live-e2e  accepted by ingest -> visible in the live read, p50/p95 at a steady rate (docs/live.md)"
 	@echo "make bench-clean     cleaning + analytics over 10M simulated events vs DuckDB"
 	@echo "make bench-recommend recommendation fit and scoring speed"
 	@echo "make evaluate        offline evaluation on MovieLens 100k (DATA=../shared/data/ml-100k)"
@@ -70,6 +71,9 @@ bench-ingest: venv check-emulators
 
 bench-live: venv check-emulators
 	$(PY) bench/bench_live.py $(BENCH_ARGS)
+
+bench-live-e2e: venv check-emulators
+	$(PY) bench/bench_live_e2e.py $(BENCH_ARGS)
 
 bench-clean: venv
 	$(PY) bench/bench_clean.py --events 10000000 $(BENCH_ARGS)   # the issue's size; BENCH_ARGS="--events 2000000" for a quicker run

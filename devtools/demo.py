@@ -1,12 +1,17 @@
 """``make demo``: a simulated live-stream evening through the whole local cloud.
 
-1. brings the stack up (Google's Pub/Sub emulator, every function under functions-framework, the
-   topics and push subscriptions of infra/topology.json, the scheduler);
-2. signs and sends the simulated webhooks of several streams and thousands of viewers to ingest;
+1. brings the stack up (Google's Pub/Sub and Bigtable emulators, every function under
+   functions-framework, the topics and push subscriptions of infra/topology.json, the scheduler);
+2. signs and sends the simulated webhooks of several streams and thousands of viewers, with the
+   host side (stream start/end, presentation slots, showcase, sold out), to ingest; while they are
+   sent it prints the live numbers every few seconds from the live layer (``LiveReader`` on the
+   Bigtable table the ``live`` function keeps): viewers now, orders, GMV so far, the item on stage;
+   then waits until the live layer equals the simulator's live truth;
 3. lets the scheduler's ticks drive archive → clean, and Pub/Sub drive clean → train
    (``events-cleaned``) → ``model-published``;
 4. asks recommend for a few viewers and prints the answers with their reasons;
-5. prints the streams' headline KPIs from the analytics function and where the dashboard is;
+5. prints the streams' headline KPIs from the analytics function, the live totals beside them (they
+   must agree: the demo fails otherwise) and where the dashboard is;
 6. shuts down (``--stay`` keeps it up).
 
 Any failed step exits non-zero with the reason.
@@ -17,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import threading
 import time
 
 import requests
@@ -61,7 +67,7 @@ def run(args) -> int:
         overrides={"archive-every-minute": args.archive_every, "clean-hourly": args.clean_every},
         extra_env={"DAIHUO_MODEL_REFRESH_S": "2"},
     )
-    step("starting the local cloud: Pub/Sub emulator, 6 functions, subscriptions, scheduler")
+    step("starting the local cloud: Pub/Sub and Bigtable emulators, the functions, subscriptions, scheduler")
     stack.start()
     try:
         print("   " + "\n   ".join(f"{n:10s} {stack.url(n)}" for n in stack.functions()))
@@ -83,22 +89,28 @@ def run(args) -> int:
             n_items=args.items,
             mean_viewers_per_stream=args.viewers,
             faults=None if args.faults == "none" else args.faults,
+            host_events=True,
+            start=_evening_start(args.start),
         )
+        n_host = sum(1 for r in sim.events if isinstance(r, dict) and r.get("type") in simulator.HOST_TYPES)
         print(
-            f"   {len(sim.catalog)} catalog records, {len(sim.events)} viewer-event rows "
-            f"({len(sim.truth.fault_log)} injected faults)"
+            f"   {len(sim.catalog)} catalog records, {len(sim.events)} event rows ({n_host} host-side: streams, "
+            f"slots, showcase; {len(sim.truth.fault_log)} injected faults); the evening started {sim.cfg.start}"
         )
 
-        step("sending signed webhooks to ingest")
-        live = _LiveTicker(sim) if "live" in stack.functions() else None
-        res = simulator.send(sim, stack.url("ingest"), stack.secrets, batch_size=500, concurrency=4, progress=True)
+        step("sending signed webhooks to ingest; the live layer while they arrive (LiveReader on Bigtable)")
+        live = LiveWatch(stack, sim) if "live" in stack.functions() else None
         if live is not None:
-            live.finish()
-        print(f"\n   accepted {res.accepted}, rejected {res.rejected} (quarantined with reasons)")
+            res = live.send_and_watch(args.live_every)
+        else:  # a stack without the live function (Stack(functions=[...]))
+            res = simulator.send(sim, stack.url("ingest"), stack.secrets, batch_size=500, concurrency=4, progress=True)
+        print(f"   accepted {res.accepted}, rejected {res.rejected} (quarantined with reasons)")
         if res.failed_batches:
             raise DemoFailed(f"demo failed: {res.failed_batches} ingest batches failed; see var/stack/logs/ingest.log")
         for reason, n in sorted(res.reject_reasons.items(), key=lambda kv: -kv[1])[:5]:
             print(f"     {n:5d}  {reason}")
+        if live is not None:
+            live.wait_for_truth(args.timeout)
 
         step("archive → clean run on the scheduler's ticks")
         lines_in: dict[str, int] = {}
@@ -198,6 +210,8 @@ def run(args) -> int:
                 f"{num('peak_concurrent'):5.0f} {num('orders'):6.0f} {num('gmv'):10.2f} "
                 f"{num('gpm'):8.1f} {num('ctr'):6.1%} {num('conversion_rate'):6.1%}"
             )
+        if live is not None:
+            live.compare_with_batch(streams)
         out = _save_dashboard(stack.url("analytics"), [s["stream_id"] for s in streams], operator)
         print(
             f"\n   dashboard: {stack.url('analytics')} while the stack is up (make demo DEMO_ARGS=--stay, or make up);"
@@ -216,62 +230,182 @@ def run(args) -> int:
     return 0
 
 
-class _LiveTicker:
-    """Prints the live layer's numbers (Bigtable, via shared.live.reader) while the evening is sent,
-    then a line per stream once the push deliveries have caught up."""
+def _evening_start(value: str) -> str:
+    """``auto``: 14 hours before the current hour, so the evening (streams start within 8 h and last at
+    most 5 h) is over and within the live layer's retention (7 days) whenever the demo runs."""
+    if value != "auto":
+        return value
+    from datetime import UTC, datetime, timedelta
 
-    def __init__(self, sim, every_s: float = 3.0):
-        import threading
+    start = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(hours=14)
+    return start.strftime("%Y-%m-%dT%H:%M:%SZ")
 
+
+# the live figures compared with the batch KPIs (analytics /api/streams) at the end: same names, same dedupe
+LIVE_VS_BATCH = (
+    "unique_viewers",
+    "impressions",
+    "clicks",
+    "add_to_carts",
+    "orders",
+    "units",
+    "gmv",
+    "refunds",
+    "likes",
+)
+
+
+LABELS = {"unique_viewers": "viewers", "add_to_carts": "carts", "impressions": "impressions", "gmv": "GMV ¥"}
+
+
+def _fmt(key: str, value: float) -> str:
+    return f"{value:11,.2f}" if key == "gmv" else f"{value:11,.0f}"
+
+
+class LiveWatch:
+    """The live layer seen from the demo: ``LiveReader`` (shared/live/reader.py) on the stack's table."""
+
+    def __init__(self, stack: Stack, sim):
         from shared.live.reader import LiveReader
 
-        self.reader = LiveReader(timeout_s=5.0)
-        self.streams = sorted({e["stream_id"] for e in sim.events if isinstance(e, dict) and e.get("stream_id")})
-        self._stop = threading.Event()
-        self.every_s = every_s
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
+        self.sim = sim
+        self.stack = stack
+        self.reader = LiveReader()
+        self.titles = {c["item_id"]: c.get("title") or c["item_id"] for c in sim.catalog}
+        self.stream_ids = sorted(sim.truth.streams["stream_id"])
+        self.last: dict[str, tuple] = {}
 
-    def _totals(self) -> dict:
-        out = {"entries": 0, "viewers_now": 0, "orders": 0, "gmv": 0.0}
-        for s in self.streams:
-            t = self.reader.room(s).totals
-            for k in out:
-                out[k] += t[k] or 0
+    def rooms(self) -> dict[str, object]:
+        from shared.live.reader import LiveUnavailable
+
+        out = {}
+        for sid in self.stream_ids:
+            try:
+                room = self.reader.room(sid)
+            except LiveUnavailable as exc:
+                print(f"   live layer unavailable: {exc}")
+                return {}
+            if room.exists:
+                out[sid] = room
         return out
 
-    def _run(self) -> None:
-        while not self._stop.wait(self.every_s):
+    def print_rooms(self, elapsed: float, sent: str) -> None:
+        rooms = self.rooms()
+        lines = []
+        for sid, room in rooms.items():
+            t = room.totals
+            state = (t["viewers_now"], t["orders"], round(t["gmv"], 2), room.on_air)
+            if self.last.get(sid) == state:
+                continue  # unchanged since the last print (an ended room, or one not reached yet)
+            self.last[sid] = state
+            if room.on_air:
+                stage = room.on_stage
+                if stage:
+                    price = f" ¥{stage['price']:g}" if stage.get("price") is not None else ""
+                    what = f"on stage: {self.titles.get(stage['item_id'], stage['item_id'])[:22]}{price}"
+                else:
+                    what = "between presentations"
+                lines.append(
+                    f"     {sid:8s} ON AIR viewers now {t['viewers_now']:5.0f}  orders {t['orders']:5.0f}  "
+                    f"GMV ¥{t['gmv']:11,.2f}  {what}"
+                )
+            else:
+                peak = max((m["viewers"] for m in room.minutes), default=0)
+                lines.append(
+                    f"     {sid:8s} ended  peak viewers {peak:4.0f}  orders {t['orders']:5.0f}  GMV ¥{t['gmv']:11,.2f}  "
+                    f"{len(room.sold_out)} items sold out at the end"
+                )
+        if lines:
+            print(f"   [{elapsed:5.1f}s] {sent}")
+            print("\n".join(lines), flush=True)
+
+    def send_and_watch(self, every: float):
+        """Send the evening in a thread; every ``every`` seconds print the rooms that changed."""
+        result: dict[str, object] = {}
+
+        def sender() -> None:
             try:
-                t = self._totals()
-            except Exception as exc:  # the demo goes on; the live layer says why it is not there
-                print(f"\n   live: {exc}", file=sys.stderr)
-                continue
-            print(
-                f"\n   live now: {t['entries']} entries, {t['viewers_now']} watching, {t['orders']} orders, "
-                f"GMV {t['gmv']:,.2f}",
-                file=sys.stderr,
-                flush=True,
+                result["res"] = simulator.send(
+                    self.sim,
+                    self.stack.url("ingest"),
+                    self.stack.secrets,
+                    batch_size=500,
+                    concurrency=4,
+                    progress=False,
+                )
+            except BaseException as exc:  # reported by the main thread
+                result["error"] = exc
+
+        th = threading.Thread(target=sender, name="demo-send", daemon=True)
+        t0 = time.monotonic()
+        th.start()
+        while th.is_alive():
+            th.join(every)
+            self.print_rooms(time.monotonic() - t0, "sending ..." if th.is_alive() else "all rows sent")
+        if "error" in result:
+            raise DemoFailed(f"demo failed: sending to ingest: {result['error']}")
+        return result["res"]
+
+    def wait_for_truth(self, timeout: float) -> None:
+        """Until every room equals the simulator's live truth (all rows sent, late ones included);
+        prints the rooms as they catch up."""
+        truth = self.sim.live_truth(include_late=True)
+        keys = ("entries", "leaves", "orders", "units", "gmv", "impressions", "clicks", "unique_viewers")
+        t0 = time.monotonic()
+
+        def caught_up() -> bool:
+            rooms = self.rooms()
+            return all(
+                sid in rooms and all(round(rooms[sid].totals[k], 2) == round(d[k], 2) for k in keys)
+                for sid, d in truth.streams.items()
             )
 
-    def finish(self, timeout: float = 60.0) -> None:
-        self._stop.set()
-        self._thread.join()
-        step("the live layer (Bigtable, within seconds of each event; docs/live.md)")
-        last, t0 = None, time.monotonic()
-        while time.monotonic() - t0 < timeout:  # until the push deliveries have caught up
-            now = self._totals()
-            if now == last:
-                break
-            last = now
-            time.sleep(2.0)
-        for s in self.streams:
-            room = self.reader.room(s)
-            t, top = room.totals, (room.trending[0]["item_id"] if room.trending else "-")
+        next_print = t0 + 3
+        while not caught_up():
+            if time.monotonic() - t0 > timeout:
+                raise DemoFailed(
+                    f"demo failed: the live layer did not reach the simulator's truth within {timeout:.0f}s; "
+                    "logs in var/stack/logs/live.log"
+                )
+            if time.monotonic() >= next_print:
+                self.print_rooms(time.monotonic() - t0, "the live layer catching up")
+                next_print = time.monotonic() + 3
+            time.sleep(0.5)
+        n = sum(d["events"] for d in truth.streams.values())
+        print(
+            f"   live layer = the simulator's live truth for all {len(truth.streams)} rooms ({n} unique events counted "
+            f"once, {sum(truth.duplicates.values())} duplicate copies refused, {len(truth.late_event_ids)} late "
+            f"events counted in their rooms after they ended), {time.monotonic() - t0:.1f}s after the last webhook"
+        )
+        for sid, room in self.rooms().items():
+            t = room.totals
+            top = room.trending[0]["item_id"] if room.trending else None
             print(
-                f"   {s:12s} entries {t['entries']:6d}  orders {t['orders']:5d}  GMV {t['gmv']:12,.2f}  "
-                f"unique viewers {t['unique_viewers']:6d}  trending {top}  sold out {len(room.sold_out)}"
+                f"     {sid:8s} unique viewers {t['unique_viewers']:5.0f}  buyers {t['buyers']:4.0f}  "
+                f"net GMV ¥{t['net_gmv']:11,.2f} (refunds ¥{t['refund_amount']:,.2f})  "
+                f"{len(room.slots)} presentations  trending: {self.titles.get(top, '-')[:22] if top else '-'}"
             )
+
+    def compare_with_batch(self, batch_streams: list[dict]) -> None:
+        """The live totals beside the batch KPIs of each stream; they must agree (same dedupe)."""
+        rooms = self.rooms()
+        print("\n   live totals (Bigtable, seconds) vs batch KPIs (clean + analytics, the scheduler's runs):")
+        print(f"   {'stream':9s} {'':6s} " + " ".join(f"{LABELS.get(k, k):>11s}" for k in LIVE_VS_BATCH))
+        bad = []
+        for s in batch_streams:
+            sid = s["stream_id"]
+            room = rooms.get(sid)
+            if room is None:
+                bad.append((sid, "not in the live layer"))
+                continue
+            lv = [round(float(room.totals[k]), 2) for k in LIVE_VS_BATCH]
+            bv = [round(float(s.get(k) or 0), 2) for k in LIVE_VS_BATCH]
+            print(f"   {sid:9s} {'live':6s} " + " ".join(_fmt(k, v) for k, v in zip(LIVE_VS_BATCH, lv)))
+            print(f"   {'':9s} {'batch':6s} " + " ".join(_fmt(k, v) for k, v in zip(LIVE_VS_BATCH, bv)))
+            bad += [(sid, k, a, b) for k, a, b in zip(LIVE_VS_BATCH, lv, bv) if a != b]
+        if bad:
+            raise DemoFailed(f"demo failed: live and batch disagree: {bad[:10]}")
+        print("   live and batch agree on every stream")
 
 
 def _save_dashboard(base: str, stream_ids: list[str], headers: dict | None = None) -> str:
@@ -329,6 +463,8 @@ def main(argv=None) -> int:
     ap.add_argument("--archive-every", type=float, default=3.0)
     ap.add_argument("--clean-every", type=float, default=10.0)
     ap.add_argument("--timeout", type=float, default=300.0)
+    ap.add_argument("--start", default="auto", help="start of the simulated evening (UTC, RFC 3339); auto: 14 h ago")
+    ap.add_argument("--live-every", type=float, default=3.0, help="seconds between two prints of the live numbers")
     ap.add_argument("--stay", action="store_true", help="keep the stack up at the end")
     return run(ap.parse_args(argv))
 
