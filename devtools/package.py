@@ -107,10 +107,16 @@ def shared_closure(entry: Path, root: Path = ROOT) -> list[Path]:
                     todo.append(target)
     files = set(seen)
     # data files shipped inside the packages used (templates, SQL, JSON), never caches or tests
+    # and in their data folders (no __init__.py: shared/dashboard/templates/, static/), recursively
     for pkg_init in [p for p in seen if p.name == "__init__.py"]:
         for extra in pkg_init.parent.iterdir():
             if extra.is_file() and extra.suffix not in {".py"} | EXCLUDE_SUFFIXES:
                 files.add(extra)
+            elif extra.is_dir() and extra.name not in EXCLUDE_DIRS and not (extra / "__init__.py").exists():
+                for f in extra.rglob("*"):
+                    rel = f.relative_to(extra).parts
+                    if f.is_file() and f.suffix not in EXCLUDE_SUFFIXES and not set(rel) & EXCLUDE_DIRS:
+                        files.add(f)
     return sorted(files)
 
 

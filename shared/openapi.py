@@ -626,6 +626,75 @@ def analytics() -> dict:
         "/quality": op("pageQuality", "dashboard: data quality per clean run", [], None),
         "/models": op("pageModels", "dashboard: offline metrics per model version", [], None),
     }
+
+    def live_op(op_id: str, summary: str, schema_ref: str | None, *, stream: bool = False) -> dict:
+        """The live routes: read from Bigtable at each request, never cached (no ETag, no 304)."""
+        html = schema_ref is None
+        content = (
+            {"text/html": {"schema": {"type": "string"}}}
+            if html
+            else {"application/json": {"schema": {"$ref": f"#/components/schemas/{schema_ref}"}}}
+        )
+        responses = {
+            "200": {
+                "description": (
+                    "UTF-8 HTML page (it polls /api/live/{stream_id})"
+                    if html
+                    else "UTF-8 JSON; Bigtable slow or down is `available: false` with a message (never a 5xx)"
+                ),
+                "headers": no_store,
+                "content": content,
+            },
+            "400": err(400, "an unknown parameter (named in `parameter`)", html),
+            "401": err(401, "no operator identity (docs/dashboard.md)", html),
+        }
+        if stream:
+            responses["404"] = err(404, "the live table has nothing of this stream", html)
+        else:
+            responses["404"] = err(404, "no such resource", html)
+        return {
+            "get": {
+                "operationId": op_id,
+                "summary": summary,
+                "parameters": [sid] if stream else [],
+                "responses": responses,
+            },
+            **{
+                m: {
+                    "operationId": f"{op_id}{m.capitalize()}",
+                    "parameters": [sid] if stream else [],
+                    "responses": {"405": err(405, "only GET/HEAD", html)},
+                }
+                for m in ("post", "put", "delete", "patch")
+            },
+        }
+
+    paths["/api/live"] = live_op("listLiveStreams", "the rooms of the live table, on air first", "LiveStreams")
+    paths["/api/live/{stream_id}"] = live_op(
+        "getLiveRoom", "one room now: tiles, per-minute series, on stage, trending, sold out", "LiveRoom", stream=True
+    )
+    paths["/live"] = live_op("pageLiveIndex", "dashboard: the streams on air", None)
+    paths["/live/{stream_id}"] = live_op("pageLive", "dashboard: one room live (polls the JSON)", None, stream=True)
+    paths["/assets/live.js"] = {
+        "get": {
+            "operationId": "assetLiveJs",
+            "summary": "the live page's script (the CSP allows scripts from the function only)",
+            "parameters": [],
+            "responses": {
+                "200": {
+                    "description": "JavaScript",
+                    "headers": {"Cache-Control": cached["Cache-Control"]},
+                    "content": {"text/javascript": {"schema": {"type": "string"}}},
+                },
+                "400": err(400, "an unknown parameter", True),
+                "401": err(401, "no operator identity", True),
+            },
+        },
+        **{
+            m: {"operationId": f"assetLiveJs{m.capitalize()}", "responses": {"405": err(405, "only GET/HEAD", True)}}
+            for m in ("post", "put", "delete", "patch")
+        },
+    }
     headline = {c: _kpi(c) for c in HEADLINE}
     count = {"type": "integer", "minimum": 0}
     rate = {"type": ["number", "null"], "minimum": 0}
@@ -765,6 +834,133 @@ def analytics() -> dict:
                         "reasons": {"type": "array", "items": {"type": "string"}},
                     },
                 ),
+                "LiveStreams": _obj(
+                    ["available", "as_of", "streams"],
+                    {
+                        "available": {"type": "boolean"},
+                        "as_of": {"type": "string", "format": "date-time"},
+                        "message": {"type": "string", "description": "why the live data is unavailable"},
+                        "streams": {
+                            "type": "array",
+                            "items": _obj(
+                                ["stream_id", "on_air"],
+                                {
+                                    "stream_id": {"type": "string"},
+                                    "title": {"type": ["string", "null"]},
+                                    "host_id": {"type": ["string", "null"]},
+                                    "host_name": {"type": ["string", "null"]},
+                                    "started_at": TIME,
+                                    "ended_at": TIME,
+                                    "last_event_at": TIME,
+                                    "on_air": {"type": "boolean"},
+                                },
+                            ),
+                        },
+                    },
+                ),
+                "LiveRoom": {
+                    "oneOf": [
+                        _obj(
+                            ["stream_id", "available", "as_of", "on_air", "info", "tiles", "minutes", "trending"],
+                            {
+                                "stream_id": {"type": "string"},
+                                "available": {"const": True},
+                                "as_of": {"type": "string", "format": "date-time"},
+                                "on_air": {"type": "boolean"},
+                                "info": _obj(
+                                    ["title", "host_name"],
+                                    {
+                                        **dict.fromkeys(
+                                            ["title", "host_id", "host_name", "platform"], {"type": ["string", "null"]}
+                                        ),
+                                        **dict.fromkeys(["started_at", "ended_at", "last_event_at"], TIME),
+                                    },
+                                ),
+                                "tiles": _obj(
+                                    ["viewers_now", "entries", "gmv", "orders", "units", "conversion"],
+                                    {
+                                        "viewers_now": {"type": ["integer", "null"], "minimum": 0},
+                                        "entries": count,
+                                        "gmv": {"type": "number"},
+                                        "orders": count,
+                                        "units": count,
+                                        "conversion": rate,
+                                    },
+                                    additionalProperties={"type": "number"},
+                                ),
+                                "minutes": {
+                                    "type": "array",
+                                    "items": _obj(
+                                        ["minute", "viewers", "gmv", "orders"],
+                                        {
+                                            "minute": {"type": "string", "format": "date-time"},
+                                            "viewers": count,
+                                            "gmv": {"type": "number"},
+                                            "orders": count,
+                                        },
+                                    ),
+                                },
+                                "on_stage": {
+                                    "oneOf": [
+                                        {"type": "null"},
+                                        _obj(
+                                            ["slot_id", "item_id", "started_at", "sales"],
+                                            {
+                                                "slot_id": {"type": "string"},
+                                                "item_id": {"type": "string"},
+                                                "title": {"type": ["string", "null"]},
+                                                "started_at": {"type": "string", "format": "date-time"},
+                                                "price": NUM_OR_NULL,
+                                                "currency": {"type": ["string", "null"]},
+                                                "sales": _obj(
+                                                    ["orders", "units", "gmv"],
+                                                    {"orders": count, "units": count, "gmv": {"type": "number"}},
+                                                ),
+                                                "sold_out": {"type": "boolean"},
+                                            },
+                                        ),
+                                    ]
+                                },
+                                "slots": count,
+                                "trending": {
+                                    "type": "array",
+                                    "items": _obj(
+                                        ["item_id", "score", "rise", "orders", "gmv"],
+                                        {
+                                            "item_id": {"type": "string"},
+                                            "title": {"type": ["string", "null"]},
+                                            "score": {"type": "number"},
+                                            "previous_score": {"type": "number"},
+                                            "rise": {"type": "number"},
+                                            "orders": count,
+                                            "clicks": count,
+                                            "add_to_carts": count,
+                                            "gmv": {"type": "number"},
+                                            "sold_out": {"type": "boolean"},
+                                        },
+                                    ),
+                                },
+                                "trend_minutes": {"type": ["integer", "null"]},
+                                "sold_out": {
+                                    "type": "array",
+                                    "items": _obj(
+                                        ["item_id"],
+                                        {"item_id": {"type": "string"}, "title": {"type": ["string", "null"]}},
+                                    ),
+                                },
+                            },
+                        ),
+                        _obj(
+                            ["available", "message", "as_of"],
+                            {
+                                "available": {"const": False},
+                                "message": {"type": "string"},
+                                "as_of": {"type": "string", "format": "date-time"},
+                                "stream_id": {"type": "string"},
+                            },
+                        ),
+                    ]
+                },
                 "Models": _obj(
                     ["latest", "models", "metrics"],
                     {

@@ -159,6 +159,8 @@ class Settings(_Base):
     dashboard_check_s: float = _f(30.0, "dashboard: seconds between checks of the manifest's generation")
     dashboard_max_age: int = _f(300, "dashboard: `Cache-Control: max-age` of a page")
     dashboard_root: str = _f("", "dashboard: URL prefix of the links (empty: the function's root)")
+    dashboard_tz: str = _f("Asia/Shanghai", "dashboard: IANA time zone the pages show times in (the JSON stays UTC)")
+    dashboard_live_poll_s: float = _f(3.0, "dashboard: seconds between the live page's polls")
     # -- the live layer (shared/live, docs/live.md) ------------------------------------------------
     bigtable_project: str | None = _f(None, "live: project of the Bigtable instance", shown="(the Pub/Sub project)")
     bigtable_instance: str = _f("daihuo-live", "live: the Bigtable instance")
@@ -189,6 +191,17 @@ class Settings(_Base):
                     raise ValueError(f"unknown prefix {name!r} (known: {', '.join(out)})")
                 out[name] = int(days)
         return out
+
+    @field_validator("dashboard_tz")
+    @classmethod
+    def _tz(cls, v: str) -> str:
+        from zoneinfo import ZoneInfo
+
+        try:
+            ZoneInfo(v)
+        except Exception as exc:
+            raise ValueError(f"unknown time zone {v!r} (an IANA name such as Asia/Shanghai or UTC)") from exc
+        return v
 
     @field_validator("train_params", mode="before")
     @classmethod

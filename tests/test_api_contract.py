@@ -141,7 +141,7 @@ ANALYTICS_STATUSES: list[int] = []
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
+def world(tmp_path_factory, bigtable_emulator):
     """One store: the clean pipeline's output for a simulated evening, then a real trained model.
     recommend is started before the model exists (its 503 is kept for the test below) and picks
     the model up through its background refresh."""
@@ -165,9 +165,35 @@ def world(tmp_path_factory):
             break
         time.sleep(0.2)
     assert r.status_code == 200, r.text
+    # the live routes read a live table (Bigtable emulator) where two of the streams have rooms
+    from shared.live import schema as live_schema
+    from shared.live.apply import LiveWriter
+    from tests.live_helpers import ev, fresh_config, ndjson
+
+    live_cfg = fresh_config()
+    writer = LiveWriter(live_schema.open_table(live_cfg), live_cfg)
+    now = time.time()
+    for sid in STREAMS[:2]:
+        writer.apply_message(
+            ndjson(
+                [
+                    ev("stream_start", sid, now - 120, title="直播 " + sid, host_id="h1", host_name="主播"),
+                    ev("slot_start", sid, now - 100, slot_id="sl1", item_id=ITEMS[0], price=9.9),
+                ]
+            )
+        )
+        writer.apply_message(
+            ndjson([ev("purchase", sid, now - 60, user=USERS[0], item=ITEMS[0], price=9.9, quantity=1)])
+        )
     ana = emulators.start_function(
         "analytics",
-        env={"DAIHUO_STORE": built.url, "DAIHUO_DASHBOARD_CHECK_S": "3600", "DAIHUO_OPERATOR_TOKENS": OPERATOR},
+        env={
+            "DAIHUO_STORE": built.url,
+            "DAIHUO_DASHBOARD_CHECK_S": "3600",
+            "DAIHUO_OPERATOR_TOKENS": OPERATOR,
+            "DAIHUO_LIVE_TABLE": live_cfg.table,
+            **bigtable_emulator.env,
+        },
         log_dir=LOGS,
         timeout=60,
     )

@@ -56,7 +56,9 @@ def chromium_path() -> str:
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
-    built = build_pipeline_store(tmp_path_factory.mktemp("dash-store"), seed=5, n_streams=3, models=True)
+    built = build_pipeline_store(
+        tmp_path_factory.mktemp("dash-store"), seed=5, n_streams=3, models=True, host_events=True
+    )
     LOGS.mkdir(parents=True, exist_ok=True)
     fn = emulators.start_function(
         "analytics", env={"DAIHUO_STORE": built.url, "DAIHUO_OPERATOR_TOKENS": OPERATOR}, log_dir=LOGS, timeout=60

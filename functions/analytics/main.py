@@ -1,5 +1,6 @@
 """analytics: HTTP GET. KPIs as JSON under /api/... and the dashboard (HTML with inline SVG charts) at
-/, /streams/<id>, /quality, /models, read from analytics/ in the store. Routing, caching and rendering
+/, /streams/<id>, /quality, /models, read from analytics/ in the store, and the live pages /live, /live/<id>
+(+ /api/live..., read from the live layer in Bigtable). Routing, caching and rendering
 live in shared.dashboard.app (docs/dashboard.md); this adapter only translates the Flask request,
 checks the operator's identity (shared/dashboard/auth.py) and adds the security headers (CSP, nosniff,
 Referrer-Policy, frame-ancestors) to every answer, refusals included.

@@ -1,7 +1,7 @@
 """The analytics function's router: (method, path, query, headers) -> ``shared.http.Answer``. No web framework here,
 so it is tested in-process and served by any adapter (functions/analytics/main.py uses Flask's request).
 
-Caching: every answer for the same data version has the same ETag (the data version: a hash of the
+Caching (the batch pages; the live routes are `no-store`): every answer for the same data version has the same ETag (the data version: a hash of the
 clean manifest's generation, the models pointer's generation and the render version); with
 ``Cache-Control: private, max-age=300`` (operator data: never a shared cache) a browser reuses it for 5 minutes and then revalidates
 with ``If-None-Match`` (-> 304, no body). The instance keeps the loaded tables and rendered pages in
@@ -14,11 +14,13 @@ import re
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
 from shared.dashboard import pages, queries
 from shared.dashboard.data import DataSource
+from shared.dashboard.live import LiveRoomUnknown, LiveView
 from shared.http import HTML_UTF8, JSON_UTF8, Answer, error, json_answer
 from shared.log import get_logger
 from shared.settings import settings
@@ -40,8 +42,16 @@ ROUTES: list[tuple[re.Pattern, str, set[str]]] = [
     (re.compile(rf"^/streams/{_SID}$"), "page_stream", {"bucket"}),
     (re.compile(r"^/quality$"), "page_quality", set()),
     (re.compile(r"^/models$"), "page_models", set()),
+    (re.compile(r"^/api/live$"), "api_live_streams", set()),
+    (re.compile(rf"^/api/live/{_SID}$"), "api_live_room", set()),
+    (re.compile(r"^/live$"), "page_live_index", set()),
+    (re.compile(rf"^/live/{_SID}$"), "page_live", set()),
+    (re.compile(r"^/assets/live\.js$"), "asset_live_js", set()),
     (re.compile(r"^/healthz$"), "health", set()),
 ]
+LIVE_KINDS = {"api_live_streams", "api_live_room", "page_live_index", "page_live", "asset_live_js"}
+STATIC = Path(__file__).parent / "static"
+NO_STORE = {"Cache-Control": "no-store", "Vary": "Accept-Encoding, Authorization, Cookie"}
 
 
 def _json(status: int, obj: Any, headers: dict[str, str] | None = None) -> Answer:
@@ -67,8 +77,11 @@ class App:
         max_age_s: int | None = None,
         root: str | None = None,
         page_cache: int = 64,
+        live_reader: Callable[[], Any] | None = None,
+        live_cache_s: float = 1.0,
     ):
         self._store_factory = store_factory
+        self.live = LiveView(live_reader or _default_live_reader, cache_s=live_cache_s)
         self._check_every_s = check_every_s
         self._source: DataSource | None = None
         self._lock = threading.Lock()
@@ -116,6 +129,9 @@ class App:
             )
         if kind == "health":
             return _json(200, {"status": "ok"}, {"Cache-Control": "no-store"})
+        sid = unquote(m.group(1)) if m.groups() else None
+        if kind in LIVE_KINDS:
+            return self._live(kind, sid, api)
         snap = self.source.snapshot()
         etag = f'"{snap.version}"'
         cache = {
@@ -123,7 +139,6 @@ class App:
             "ETag": etag,
             "Vary": "Accept-Encoding, Authorization, Cookie",
         }
-        sid = unquote(m.group(1)) if m.groups() else None
         if sid is not None and not snap.has_stream(sid):
             return self._error(404, "unknown_stream", f"unknown stream {sid!r}", api, snap, stream_id=sid)
         if _etag_matches(headers.get("If-None-Match") or headers.get("if-none-match"), etag):
@@ -144,6 +159,34 @@ class App:
             return self._error(400, "bad_parameter", exc.message, api, snap, parameter=exc.parameter)
         except queries.UnknownStream as exc:
             return self._error(404, "unknown_stream", str(exc), api, snap, stream_id=exc.stream_id)
+
+    def _live(self, kind: str, sid: str | None, api: bool) -> Answer:
+        """The live routes: never cached (no-store), no ETag; read from Bigtable through ``self.live``."""
+        if kind == "asset_live_js":
+            body = (STATIC / "live.js").read_bytes()
+            return Answer(
+                200,
+                body,
+                {
+                    "Content-Type": "text/javascript; charset=utf-8",
+                    "Cache-Control": f"private, max-age={self.max_age_s}",
+                },
+            )
+        snap = self.source.snapshot()  # catalog titles; cheap (cached, checked every few seconds)
+        if kind == "api_live_streams":
+            return _json(200, self.live.streams(), NO_STORE)
+        if kind == "page_live_index":
+            body = pages.live_index_page(snap, self.live.streams(), self.root)
+            return Answer(200, body.encode("utf-8"), {"Content-Type": HTML_UTF8, **NO_STORE})
+        assert sid is not None
+        try:
+            doc = self.live.room(sid, snap.catalog)
+        except LiveRoomUnknown as exc:
+            return self._error(404, "unknown_stream", str(exc), api, snap, stream_id=sid)
+        if kind == "api_live_room":
+            return _json(200, doc, NO_STORE)
+        body = pages.live_page(snap, sid, doc, self.root)
+        return Answer(200, body.encode("utf-8"), {"Content-Type": HTML_UTF8, **NO_STORE})
 
     def _api(self, kind: str, snap, sid: str | None, args: dict) -> dict:
         if kind == "api_streams":
@@ -192,3 +235,9 @@ class App:
         title = {400: "Bad request", 404: "Not found", 405: "Method not allowed"}.get(status, "Error")
         html = pages.error_page(snap or empty_snapshot(""), status, title, message, self.root)
         return Answer(status, html.encode("utf-8"), {"Content-Type": HTML_UTF8, **hdrs})
+
+
+def _default_live_reader():
+    from shared.live.reader import LiveReader
+
+    return LiveReader()

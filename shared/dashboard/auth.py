@@ -30,11 +30,13 @@ log = get_logger("analytics.auth")
 
 COOKIE = "daihuo_operator"
 COOKIE_MAX_AGE_S = 8 * 3600
-# No script at all, styles inline (the templates and Vega's SVG use them), the favicon is a data:
-# URL; nothing may frame the dashboard, no form posts elsewhere, no <base> tricks.
+# Scripts only from the function itself (the live page's /assets/live.js; no inline script, no eval)
+# and fetches only to it (the live page's polls), styles inline (the templates and Vega's SVG use
+# them), the favicon is a data: URL; nothing may frame the dashboard, no form posts elsewhere, no
+# <base> tricks.
 CSP = (
-    "default-src 'none'; img-src data:; style-src 'unsafe-inline'; base-uri 'none'; form-action 'self'; "
-    "frame-ancestors 'none'"
+    "default-src 'none'; script-src 'self'; connect-src 'self'; img-src data:; style-src 'unsafe-inline'; "
+    "base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
 )
 SECURITY_HEADERS = {
     "Content-Security-Policy": CSP,

@@ -35,7 +35,16 @@ def _config(chart: alt.TopLevelMixin) -> alt.TopLevelMixin:
     )
 
 
-def _time_x(title: str = "time (UTC)") -> alt.X:
+_ZONE = object()
+
+
+def _time_x(title=_ZONE) -> alt.X:
+    """The time axis. The series' times are already shifted to the dashboard's zone (pages.to_local_axis):
+    the utc scale then prints that zone's wall clock."""
+    if title is _ZONE:
+        from shared.settings import settings
+
+        title = f"time ({settings().dashboard_tz})"
     return alt.X("t:T", title=title, scale=alt.Scale(type="utc"), axis=alt.Axis(format="%H:%M", labelAngle=0))
 
 

@@ -36,7 +36,7 @@ log = get_logger("dashboard")
 
 _META = layout.MODEL_META_RE
 # bump when the rendered output changes shape: part of the ETag, so caches do not serve old pages
-RENDER_VERSION = "1"
+RENDER_VERSION = "2"
 
 
 def _read_parquet(store, key: str) -> pd.DataFrame:

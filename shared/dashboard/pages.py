@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import jinja2
 import pandas as pd
 
 from shared.dashboard import charts, queries
+from shared.settings import settings
 
 _env = jinja2.Environment(
     loader=jinja2.FileSystemLoader(str(Path(__file__).parent / "templates")),
@@ -17,20 +19,55 @@ _env = jinja2.Environment(
 
 
 def fmt_pct(v) -> str:
-    return "–" if v is None else f"{v * 100:.1f}%"
+    return "–" if v is None or isinstance(v, jinja2.Undefined) else f"{v * 100:.1f}%"
 
 
 def fmt_num(v, digits: int = 0) -> str:
-    if v is None:
+    if v is None or isinstance(v, jinja2.Undefined):
         return "–"
     return f"{v:,.{digits}f}"
 
 
-_env.globals.update(fmt_pct=fmt_pct, fmt_num=fmt_num)
+def tz_name() -> str:
+    """The zone the pages show times in (``DAIHUO_DASHBOARD_TZ``, default Asia/Shanghai)."""
+    return settings().dashboard_tz
+
+
+def local_time(value, fmt: str = "%Y-%m-%d %H:%M") -> str:
+    """An ISO 8601 instant (or Timestamp) -> wall-clock text in the dashboard's zone; '' for none."""
+    if value is None or isinstance(value, jinja2.Undefined) or value == "":
+        return ""
+    try:
+        ts = pd.Timestamp(value)
+    except (ValueError, TypeError):
+        return str(value)
+    if pd.isna(ts):
+        return ""
+    ts = ts.tz_localize("UTC") if ts.tzinfo is None else ts
+    return ts.tz_convert(ZoneInfo(tz_name())).strftime(fmt)
+
+
+def tz_label() -> str:
+    """``Asia/Shanghai (UTC+08:00)``: the zone and its offset now."""
+    off = pd.Timestamp.now(tz=ZoneInfo(tz_name())).strftime("%z")
+    return f"{tz_name()} (UTC{off[:3]}:{off[3:]})"
+
+
+_env.globals.update(fmt_pct=fmt_pct, fmt_num=fmt_num, tz_label=tz_label)
+_env.filters["local"] = local_time
 
 
 def _render(template: str, snap, root: str, **ctx) -> str:
-    return _env.get_template(template).render(root=root, version=snap.version, run_id=snap.run_id, **ctx)
+    return _env.get_template(template).render(root=root, version=snap.version, run_id=snap.run_id, tz=tz_name(), **ctx)
+
+
+def to_local_axis(series: pd.DataFrame, col: str = "t") -> pd.DataFrame:
+    """Shift a UTC time column so that the charts (Vega's utc scale) print the dashboard zone's wall clock."""
+    out = series.copy()
+    if len(out):
+        t = pd.to_datetime(out[col], utc=True)
+        out[col] = t.dt.tz_convert(ZoneInfo(tz_name())).dt.tz_localize(None).dt.tz_localize("UTC")
+    return out
 
 
 def overview_page(snap, args, root: str = "") -> str:
@@ -95,7 +132,7 @@ def stream_page(snap, stream_id: str, args, root: str = "") -> str:
         outside = (series["t"] < lo) | (series["t"] > pd.Timestamp(kpis["end"]).tz_convert("UTC"))
     activity = ["likes", "comments", "shares", "follows", "gifts", "impressions", "clicks", "add_to_carts", "orders"]
     undrawn = int(series.loc[outside, activity].sum().sum())
-    series = series[~outside]
+    series = to_local_axis(series[~outside])
     steps = queries.funnel(snap, stream_id)["steps"]
     top_gmv = queries.products(snap, stream_id, {"sort": "gmv", "limit": "20"})["products"]
     by_ctr = queries.products(snap, stream_id, {"sort": "ctr", "limit": str(queries.MAX_LIMIT)})["products"]
@@ -122,7 +159,7 @@ def stream_page(snap, stream_id: str, args, root: str = "") -> str:
         "stream.html",
         snap,
         root,
-        title=f"直播间 {stream_id}",
+        title=f"直播间 {kpis.get('title') or stream_id}",
         nav="stream",
         s=kpis,
         charts=c,
@@ -177,6 +214,35 @@ def models_page(snap, root: str = "") -> str:
         metrics=m["metrics"],
         latest=m["latest"],
         charts=c,
+    )
+
+
+def live_index_page(snap, live: dict, root: str = "") -> str:
+    return _render(
+        "live_index.html",
+        snap,
+        root,
+        title="直播中 Live now",
+        nav="live",
+        live=live,
+        on_air=[s for s in live["streams"] if s["on_air"]],
+        ended=[s for s in live["streams"] if not s["on_air"]][:50],
+    )
+
+
+def live_page(snap, stream_id: str, doc: dict, root: str = "") -> str:
+    info = doc.get("info") or {}
+    return _render(
+        "live.html",
+        snap,
+        root,
+        title=f"实时 {info.get('title') or stream_id}",
+        nav="live",
+        sid=stream_id,
+        d=doc,
+        info=info,
+        tiles=doc.get("tiles") or {},
+        poll_s=settings().dashboard_live_poll_s,
     )
 
 
