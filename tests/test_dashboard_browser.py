@@ -197,7 +197,17 @@ def test_unauthenticated_browser_is_refused(served, browser):
     ctx = browser.new_context()
     page = ctx.new_page()
     try:
-        for path in ("/", "/streams/s-00000", "/quality", "/models", "/api/streams"):
+        for path in (
+            "/",
+            "/streams/s-00000",
+            "/quality",
+            "/models",
+            "/api/streams",
+            "/live",
+            "/live/s-00000",
+            "/api/live/s-00000",
+            "/assets/live.js",
+        ):
             resp = page.goto(base + path, wait_until="load")
             assert resp is not None and resp.status == 401, (path, resp and resp.status)
             assert SECURITY_HEADERS <= set(resp.all_headers())
