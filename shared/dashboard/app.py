@@ -237,7 +237,12 @@ class App:
         return Answer(status, html.encode("utf-8"), {"Content-Type": HTML_UTF8, **hdrs})
 
 
+LIVE_READ_TIMEOUT_S = 5.0  # a page poll may wait longer than recommend (DAIHUO_LIVE_READ_TIMEOUT_S, 1 s)
+
+
 def _default_live_reader():
+    """The dashboard's reader: a whole room (every minute row of the stream) can take over a second on
+    a loaded Bigtable; the page polls again only after an answer, so a slow read delays, not piles up."""
     from shared.live.reader import LiveReader
 
-    return LiveReader()
+    return LiveReader(timeout_s=LIVE_READ_TIMEOUT_S)
