@@ -149,6 +149,7 @@ ID_MAX = 128
 REASON_TEXT = {"text_zh": {"type": "string", "minLength": 1}, "text_en": {"type": "string", "minLength": 1}}
 NUM = {"type": "number"}
 NUM_OR_NULL = {"type": ["number", "null"]}
+STR_OR_NULL = {"type": ["string", "null"]}
 JSON_ERROR_405 = {
     "description": "any other method",
     "headers": {"Allow": {"required": True, "schema": {"type": "string"}}},
@@ -165,6 +166,11 @@ def _reason(kind: str, required: list[str], props: dict) -> dict:
 
 
 def recommend() -> dict:
+    live_reason = {
+        "source": {"const": "live"},
+        "feature": {"type": "null"},
+        "model_reason": {"$ref": "#/components/schemas/Reason", "description": "the model's own reason"},
+    }
     source = {"type": "string", "minLength": 1, "description": "the history/context item the score comes from"}
     via = {"enum": ["cf", "content", "context"], "description": "which score part the reason comes from"}
     reco_params = {
@@ -275,6 +281,7 @@ def recommend() -> dict:
                         "strategy",
                         "fallback",
                         "model_version",
+                        "live",
                         "timing_ms",
                     ],
                     "properties": {
@@ -289,10 +296,12 @@ def recommend() -> dict:
                         },
                         "fallback": {"type": ["string", "null"], "description": "null for personal, else why"},
                         "model_version": {"type": "string", "minLength": 1},
+                        "live": {"$ref": "#/components/schemas/Live"},
                         "timing_ms": {
                             "type": "object",
-                            "required": ["model", "total"],
+                            "required": ["live", "model", "total"],
                             "properties": {
+                                "live": {"type": "number", "minimum": 0, "description": "the live reads"},
                                 "model": {"type": "number", "minimum": 0},
                                 "total": {"type": "number", "minimum": 0},
                             },
@@ -368,7 +377,48 @@ def recommend() -> dict:
                         _reason("taste", [], {"category": {"type": ["string", "null"]}}),
                         _reason("popular_in_stream", ["stream"], {"stream": {"type": "string"}}),
                         _reason("popular", [], {}),
+                        _reason(
+                            "on_stage",
+                            ["source", "model_reason"],
+                            {**live_reason, "slot_id": {"type": ["string", "null"]}, "since": STR_OR_NULL},
+                        ),
+                        _reason(
+                            "selling_fast",
+                            ["source", "orders", "minutes", "model_reason"],
+                            {
+                                **live_reason,
+                                "orders": {"type": "integer", "minimum": 1, "description": "orders in the window"},
+                                "minutes": {"type": "integer", "minimum": 1},
+                            },
+                        ),
+                        _reason(
+                            "just_viewed",
+                            ["source", "action", "model_reason"],
+                            {**live_reason, "action": {"enum": ["product_click", "add_to_cart"]}, "at": STR_OR_NULL},
+                        ),
                     ],
+                },
+                "Live": {
+                    "type": "object",
+                    "description": "whether the live state (Bigtable) was merged into the answer (docs/serving.md, "
+                    "'Live state'); used=false: the batch model's answer, `reason` says why",
+                    "required": ["used", "room", "viewer", "ms"],
+                    "properties": {
+                        "used": {"type": "boolean"},
+                        "room": {"enum": ["used", "unavailable", "not_read"]},
+                        "viewer": {
+                            "enum": ["used", "unavailable", "anonymous", "not_read"],
+                            "description": "the session is read for a verified viewer only",
+                        },
+                        "reason": {"type": "string", "description": "why (part of) the live state was not used"},
+                        "as_of": {"type": "string", "description": "when the room was read (RFC 3339)"},
+                        "last_event_at": {**STR_OR_NULL, "description": "the room's latest viewer event"},
+                        "on_air": {"type": "boolean"},
+                        "on_stage": {**STR_OR_NULL, "description": "the item the host presents now"},
+                        "sold_out_removed": {"type": "array", "items": {"type": "string"}},
+                        "session_items": {"type": "integer", "minimum": 0},
+                        "ms": {"type": "number", "minimum": 0},
+                    },
                 },
                 "BadParam": {
                     "type": "object",

@@ -148,6 +148,17 @@ class Settings(_Base):
     viewer_audience: str = _f("daihuo-recommend", "recommend: the token `aud` it accepts")
     viewer_token_max_ttl_s: int = _f(900, "recommend: longest accepted token lifetime (`exp - iat`)")
     recommend_max_body_bytes: int = _f(16_384, "recommend: largest POST body (413 above)")
+    recommend_live: Literal["auto", "on", "off"] = _f(
+        "auto",
+        "recommend: merge the live state (Bigtable) into answers with a `stream_id`; `auto`: when "
+        "`BIGTABLE_EMULATOR_HOST` is set or on Google Cloud",
+    )
+    recommend_live_timeout_s: float = _f(
+        0.03, "recommend: deadline of the live reads (room and viewer, in parallel); then the batch answer"
+    )
+    recommend_live_backoff_s: float = _f(
+        5.0, "recommend: after 3 failed live reads in a row, seconds answered from the batch model without trying"
+    )
     viewer_private_key: SecretStr | None = _f(
         None, "`python -m shared.identity mint`: the platform's signing seed (base64url)"
     )

@@ -7,6 +7,10 @@
   and skipped: the last good model keeps serving. Requests never touch the store after the first.
 * ``parse_params`` validates the query (400 naming the parameter), ``Recommender.handle`` answers
   (a ``shared.http.Answer``; the JSON body is serialised when it is sent).
+* With a ``stream_id``, the live state (``shared.serving.live``: one room read, one viewer read, within
+  ``DAIHUO_RECOMMEND_LIVE_TIMEOUT_S``) is merged with the model: the item on stage first, sold-out
+  items removed, the room's last minutes and the viewer's session as the ranker's inputs, live
+  reasons; the answer's ``live`` says whether it was used (Bigtable slow or down: the batch answer).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from shared import identity
 from shared.erasure import ErasureList
 from shared.http import Answer, error, json_answer
 from shared.log import get_logger
+from shared.serving.live import LiveSource, LiveState, explain_live, relabel
 from shared.serving.registry import Registry, Served
 from shared.settings import settings
 
@@ -48,15 +53,34 @@ class Loaded:
     index: dict[str, int]  # item_id -> model index
     showcase_ids: dict[str, np.ndarray]  # stream_id -> item ids
     loaded_at: float
+    room_rows: dict[str, int] | None = None  # RoomRanker: stream_id -> row of its room counts
+
+    def batch_room(self, stream_id: str) -> dict[str, tuple] | None:
+        """The model's own counts of the stream so far (``purchase`` / ``product_click``: item ids,
+        counts), merged with the live windows (``shared.serving.live.LiveState.room_counts``)."""
+        if self.room_rows is None:
+            return None
+        k = self.room_rows.get(stream_id)
+        if k is None:
+            return {}
+        model = self.served.model
+        out = {}
+        for kind in ("purchase", "product_click"):
+            M = model.room_[kind]
+            lo, hi = M.indptr[k], M.indptr[k + 1]
+            out[kind] = (model.item_ids_[M.indices[lo:hi]].tolist(), M.data[lo:hi].tolist())
+        return out
 
 
 def _prepare(served: Served) -> Loaded:
     ids = served.model.item_ids_
+    rooms = getattr(served.model, "room_stream_ids_", None)
     return Loaded(
         served,
         {str(x): i for i, x in enumerate(ids.tolist())},
         {s: ids[idx] for s, idx in served.showcase.items()},
         time.time(),
+        {str(s): k for k, s in enumerate(rooms.tolist())} if rooms is not None else None,
     )
 
 
@@ -299,7 +323,12 @@ def _date(iso: str | None) -> tuple[str, str]:
 def explain(reason: dict, title_of) -> dict:
     kind = reason.get("kind")
     out = dict(reason)
-    if kind == "because_you":
+    live = explain_live(reason)
+    if live is not None:  # on_stage / selling_fast / just_viewed (shared/serving/live.py)
+        out.update(live)
+        if isinstance(reason.get("model_reason"), dict):
+            out["model_reason"] = explain(reason["model_reason"], title_of)
+    elif kind == "because_you":
         t = title_of(reason.get("item"))
         zh, en = _ACTION_TEXT.get(
             reason.get("action") or "", ("因为你关注过「{t}」", "because you showed interest in {t}")
@@ -359,9 +388,11 @@ def _erased(holder: ModelHolder, erasures: ErasureList, user_id: str | None) -> 
 
 # ------------------------------------------------------------------------------ service
 class Recommender:
-    def __init__(self, holder: ModelHolder):
+    def __init__(self, holder: ModelHolder, live: LiveSource | None = None):
         self.holder = holder
         self.erasures = ErasureList(holder.registry.store)  # read on the first personal request
+        self.live = live if live is not None else LiveSource()
+        self.live.warm()
 
     def handle(self, method: str, args: Mapping[str, Any] | None, headers: Mapping[str, str] | None = None) -> Answer:
         t0 = time.perf_counter()
@@ -399,22 +430,10 @@ class Recommender:
             if allowed is None:
                 allowed = np.empty(0, dtype=np.int64)
                 note = f"no showcase known for stream {p.stream_id}"
+        # the live state: one room read + one viewer read (a verified viewer only), within the deadline
+        live = self.live.read(p.stream_id, p.user_id)
         t1 = time.perf_counter()
-        kw: dict[str, Any] = {}
-        if hasattr(served.model, "repeat_"):  # RoomRanker: the request time drives "due" (buy again)
-            kw["now"] = max(time.time(), served.model.reference_day * 86400.0)
-        rec = served.model.recommend(
-            p.user_id,
-            p.k,
-            context_items=p.context or None,
-            stream_id=p.stream_id,
-            allowed_idx=allowed,
-            exclude_purchased=p.exclude_purchased,
-            filter_seen=p.filter_seen,
-            category=p.category,
-            price_range=(p.min_price, p.max_price) if (p.min_price is not None or p.max_price is not None) else None,
-            **kw,
-        )
+        rec = self._rank(loaded, p, allowed, live)
         t2 = time.perf_counter()
         index, titles = loaded.index, served.titles
 
@@ -440,9 +459,61 @@ class Recommender:
             "strategy": rec["strategy"],
             "fallback": _FALLBACK.get(rec["strategy"]),
             "model_version": served.version,
-            "timing_ms": {"model": round((t2 - t1) * 1e3, 3), "total": round((time.perf_counter() - t0) * 1e3, 3)},
+            "live": live.to_answer(),
+            "timing_ms": {
+                "live": round(live.ms, 3),
+                "model": round((t2 - t1) * 1e3, 3),
+                "total": round((time.perf_counter() - t0) * 1e3, 3),
+            },
         }
         if note:
             body["note"] = note
         body.update(personal=ident.personal, identity=ident.reason)
         return json_answer(200, body, {"X-Model-Version": served.version})
+
+    def _rank(self, loaded: Loaded, p: Params, allowed, live: LiveState) -> dict[str, Any]:
+        """The model's answer with the live state merged in (``live`` unused: the batch answer):
+        the session's clicks join the context, the room's last minutes are the ranker's room counts,
+        sold-out items are excluded, the item on stage is put first (when it passes the request's
+        filters) and the live reasons are set."""
+        model = loaded.served.model
+        kw: dict[str, Any] = {}
+        if hasattr(model, "repeat_"):  # RoomRanker: the request time drives "due" (buy again)
+            kw["now"] = max(time.time(), model.reference_day * 86400.0)
+        context = list(p.context)
+        if live.session is not None:
+            context += [i for i in live.session_clicks() if i not in context]
+            context = context[:MAX_CONTEXT]
+        if live.room is not None:
+            if live.sold_out:
+                kw["exclude_items"] = live.sold_out
+            if loaded.room_rows is not None and p.stream_id is not None:  # a RoomRanker takes room counts
+                kw["room"] = live.room_counts(loaded.batch_room(p.stream_id))
+        stage = live.on_stage["item_id"] if live.on_stage else None
+        if stage is not None and (stage in live.sold_out or stage not in loaded.index):
+            stage = None  # sold out, or unknown to the model (no title, no score): not pinned
+        if stage is not None and allowed is not None:
+            pos = loaded.index[stage]
+            j = int(np.searchsorted(allowed, pos))
+            if j >= allowed.size or allowed[j] != pos:
+                stage = None  # showcase_only and not on the showcase the model knows
+        query = dict(
+            context_items=context or None,
+            stream_id=p.stream_id,
+            exclude_purchased=p.exclude_purchased,
+            filter_seen=p.filter_seen,
+            category=p.category,
+            price_range=(p.min_price, p.max_price) if (p.min_price is not None or p.max_price is not None) else None,
+            **kw,
+        )
+        rec = model.recommend(p.user_id, p.k, allowed_idx=allowed, **query)
+        if stage is not None:
+            items = rec["items"]
+            mine = [it for it in items if it["item_id"] == stage]
+            if not mine:  # not in the top k: scored alone, under the same filters (empty: filtered out)
+                mine = model.recommend(p.user_id, 1, allowed_items=[stage], **query)["items"][:1]
+            if mine:  # (none: the request's filters refuse it: category, price, bought, seen)
+                rec["items"] = (mine + [it for it in items if it["item_id"] != stage])[: p.k]
+        if live.used:
+            relabel(rec["items"], live)
+        return rec
