@@ -191,6 +191,13 @@ faults = Faults()
 faults.install(*_environ_plan(os.environ), once=True)
 
 
+def bigtable_configured(environ=None) -> bool:
+    """A Bigtable to talk to: the emulator's variable (``BIGTABLE_EMULATOR_HOST``, tests and the local
+    stack) or Google Cloud (``K_SERVICE``). recommend's ``DAIHUO_RECOMMEND_LIVE=auto`` asks this."""
+    env = os.environ if environ is None else environ
+    return bool(env.get("BIGTABLE_EMULATOR_HOST") or env.get("K_SERVICE"))
+
+
 # ------------------------------------------------------------------------------ Pub/Sub push
 def pubsub_json(cloud_event) -> dict:
     """The JSON object carried by a Pub/Sub push CloudEvent (``data.message.data``, base64), or {}

@@ -13,7 +13,6 @@ Never raises: a failure of the live layer is a flag in the answer, not a 5xx.
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -21,6 +20,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from typing import Any
 
+from shared import runtime
 from shared.log import get_logger
 from shared.settings import settings
 
@@ -30,12 +30,6 @@ ROOM_MINUTES = 10  # the room read covers the ranker's longest "now" window (ord
 SELLING_FAST_MINUTES = 5  # the reader's trending window: "近5分钟 N 单"
 SESSION_TYPES = ("product_click", "add_to_cart")  # the session's "looked at it" events
 FAILURES_BEFORE_BACKOFF = 3
-
-
-def enabled_by_default(environ=None) -> bool:
-    """``DAIHUO_RECOMMEND_LIVE=auto``: on when a Bigtable emulator is configured or on Google Cloud."""
-    env = os.environ if environ is None else environ
-    return bool(env.get("BIGTABLE_EMULATOR_HOST") or env.get("K_SERVICE"))
 
 
 @dataclass
@@ -130,7 +124,7 @@ class LiveSource:
     ):
         s = settings()
         if enabled is None:
-            enabled = s.recommend_live == "on" or (s.recommend_live == "auto" and enabled_by_default())
+            enabled = s.recommend_live == "on" or (s.recommend_live == "auto" and runtime.bigtable_configured())
         self.enabled = enabled
         self.timeout_s = float(s.recommend_live_timeout_s if timeout_s is None else timeout_s)
         self.backoff_s = float(s.recommend_live_backoff_s if backoff_s is None else backoff_s)
