@@ -14,6 +14,13 @@ Steps
    --connections concurrent connections over random known users (+ a stream id), reporting req/s,
    p50/p99 and the non-200 count. Server: gunicorn (functions-framework) with WORKERS processes x
    THREADS threads each. The machine has 2 shared cores: the load generator competes with the server.
+5. --live: recommend with its live reads (shared/serving/live.py) against Google's Bigtable emulator:
+   a live table filled with the last 10 minutes of every stream (slot on stage, sold-out items,
+   impressions / clicks / carts / orders, each bench viewer's clicks), requests as verified viewers
+   (viewer tokens: one room read + one viewer read per request); in-process handle() and the HTTP load
+   are measured with the live reads OFF (the anchor) and ON in the same run, beside the load average.
+
+    python bench/bench_recommend_http.py --live                # 2k items, live reads on vs off
 """
 
 from __future__ import annotations
@@ -92,9 +99,10 @@ def simulated(args):
     return ev, sim.truth.catalog_frame(), users[:5000], sim.truth.streams["stream_id"].tolist()
 
 
-def start_server(store_url: str, port: int, workers: int, threads: int, log_path: Path):
+def start_server(store_url: str, port: int, workers: int, threads: int, log_path: Path, extra_env=None):
     env = {
         **os.environ,
+        **(extra_env or {}),
         "PYTHONPATH": str(ROOT),
         "DAIHUO_STORE": store_url,
         "WORKERS": str(workers),
@@ -168,14 +176,16 @@ def wrk_load(url: str, users: list[str], streams: list[str], conns: int, duratio
     }
 
 
-def thread_load(url: str, users, streams, conns: int, duration: float) -> dict:
+def thread_load(url: str, users, streams, conns: int, duration: float, tokens: dict | None = None) -> dict:
     lat, bad, stop = [], [0], time.perf_counter() + duration
 
     def work(n):
         s, k, mine = requests.Session(), n, []
         while time.perf_counter() < stop:
+            u = users[k % len(users)]
+            headers = {"Authorization": "Bearer " + tokens[u]} if tokens else None
             t = time.perf_counter()
-            r = s.get(url, params={"user_id": users[k % len(users)], "stream_id": streams[k % len(streams)], "k": 10})
+            r = s.get(url, params={"user_id": u, "stream_id": streams[k % len(streams)], "k": 10}, headers=headers)
             mine.append(time.perf_counter() - t)
             bad[0] += r.status_code != 200
             k += conns
@@ -197,19 +207,212 @@ def thread_load(url: str, users, streams, conns: int, duration: float) -> dict:
     }
 
 
-def in_process_latency(store, users, streams, n=3000) -> dict:
+def in_process_latency(store, users, streams, n=3000, live=None, tokens=None) -> dict:
     from shared.serving.recommend import ModelHolder, Recommender
 
-    r = Recommender(ModelHolder(store, refresh_s=3600))
+    r = Recommender(ModelHolder(store, refresh_s=3600), live)
     r.holder.get()
-    lat = []
+    if live is not None and live.enabled:
+        live._warm.result(timeout=60)
+    from collections import Counter
+
+    lat, used, live_ms, why = [], 0, [], Counter()
     for k in range(n):
+        u = users[k % len(users)]
+        headers = {"Authorization": "Bearer " + tokens[u]} if tokens else None
         t = time.perf_counter()
-        r.handle("GET", {"user_id": users[k % len(users)], "stream_id": streams[k % len(streams)], "k": "10"})
+        a = r.handle("GET", {"user_id": u, "stream_id": streams[k % len(streams)], "k": "10"}, headers)
         lat.append(time.perf_counter() - t)
+        used += bool(a.json["live"]["used"])
+        why[(a.json["live"].get("reason") or "")[:60]] += 1
+        live_ms.append(a.json["timing_ms"]["live"])
     r.holder.stop()
     a = np.array(lat) * 1e6
-    return {"median_us": float(np.median(a)), "p99_us": float(np.percentile(a, 99))}
+    return {
+        "median_us": float(np.median(a)),
+        "p99_us": float(np.percentile(a, 99)),
+        "live_used": used / n,
+        "live_p99_ms": float(np.percentile(live_ms, 99)),
+        "reasons": why.most_common(3),
+    }
+
+
+# ------------------------------------------------------------------------------ --live
+def fill_live(cfg, table, cat, users: list[str], streams: list[str], per_stream: int, seed: int = 3) -> dict:
+    """The last 10 minutes of every stream in the live table, through the live writer (one message
+    per (type, stream), as ingest groups them): a slot on stage, two sold-out items, impressions,
+    clicks, carts and orders on the stream's items, and each bench viewer's clicks in their stream."""
+    import uuid
+
+    import orjson
+
+    from shared.live.apply import LiveWriter
+
+    rng = np.random.default_rng(seed)
+    writer = LiveWriter(table, cfg)
+    now = time.time()
+    by_stream: dict[str, list[str]] = {}
+    for item, sids in zip(cat["item_id"].tolist(), cat["stream_ids"].tolist()):
+        for sid in list(sids if sids is not None else []):
+            by_stream.setdefault(str(sid), []).append(str(item))
+    all_items = cat["item_id"].astype(str).tolist()
+    n_events = 0
+
+    def iso(t):
+        from datetime import UTC, datetime
+
+        return datetime.fromtimestamp(t, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+    def send(events):
+        nonlocal n_events
+        if events:
+            writer.apply_message(b"\n".join(orjson.dumps(e) for e in events), message_id=uuid.uuid4().hex)
+            n_events += len(events)
+
+    def ev(t, sid, ts, **kw):
+        return {"event_id": uuid.uuid4().hex, "type": t, "ts": iso(ts), "platform": "douyin", "stream_id": sid, **kw}
+
+    t0 = time.perf_counter()
+    for sid in streams:
+        items = by_stream.get(sid) or all_items[:50]
+        send([ev("slot_start", sid, now - 240, slot_id=f"{sid}-slot", item_id=items[0], price=9.9)])
+        send([ev("showcase_update", sid, now - 200, item_id=i, change="sold_out") for i in items[1:3]])
+        pick = rng.integers(0, len(items), per_stream)
+        kinds = rng.choice(4, per_stream, p=[0.6, 0.3, 0.07, 0.03])
+        ts = now - rng.uniform(0, 600, per_stream)
+        for code, name in enumerate(("product_impression", "product_click", "add_to_cart", "purchase")):
+            sel = np.flatnonzero(kinds == code)
+            extra = {"price": 9.9, "quantity": 1} if name == "purchase" else {}
+            send(
+                [
+                    ev(name, sid, float(ts[j]), user_id=f"live-u{int(j) % 500}", item_id=items[int(pick[j])], **extra)
+                    for j in sel
+                ]
+            )
+    for sid in streams:  # the bench viewers' clicks in the stream their requests name
+        mine = [u for k, u in enumerate(users) if streams[k % len(streams)] == sid]
+        items = by_stream.get(sid) or all_items[:50]
+        send(
+            [
+                ev("product_click", sid, now - 30 - j, user_id=u, item_id=items[(k + j) % len(items)])
+                for k, u in enumerate(mine)
+                for j in range(3)
+            ]
+        )
+    return {"events": n_events, "seconds": time.perf_counter() - t0}
+
+
+def live_bench(args, tmp: Path, store, cat, users, streams) -> None:
+    import json as _json
+
+    from devtools.emulators import start_bigtable
+    from shared import identity
+    from shared.live import schema
+    from shared.live.config import LiveConfig
+    from shared.live.reader import LiveReader
+    from shared.serving.live import LiveSource
+
+    users = users[:2000]
+    emu = start_bigtable(log_dir=tmp)
+    os.environ["BIGTABLE_EMULATOR_HOST"] = emu.host
+    try:
+        cfg = LiveConfig(table="bench")
+        schema.ensure_table(cfg)
+        table = schema.open_table(cfg)
+        filled = fill_live(cfg, table, cat, users, streams, args.live_events)
+        print(
+            f"live table: {filled['events']:,} events of the last 10 minutes over {len(streams)} streams "
+            f"written by the live writer in {filled['seconds']:.1f}s (Bigtable emulator {emu.host})",
+            flush=True,
+        )
+        private, public = identity.keygen()
+        keys = _json.dumps({"kb": identity.b64url(public)})
+        os.environ["DAIHUO_VIEWER_KEYS"] = keys
+        tokens = {u: identity.mint(private, "kb", u, ttl_s=900) for u in users}
+        rows = {}
+        for name, source in (
+            ("live OFF (anchor)", LiveSource(enabled=False)),
+            (
+                "live ON",
+                LiveSource(
+                    LiveReader(table, cfg, timeout_s=args.live_timeout), enabled=True, timeout_s=args.live_timeout
+                ),
+            ),
+        ):
+            load = os.getloadavg()[0]
+            ip = in_process_latency(store, users, streams, n=args.live_requests, live=source, tokens=tokens)
+            rows[name] = ip
+            print(
+                f"in-process handle(), verified viewers + stream, {name}: median {ip['median_us'] / 1e3:.2f} ms  "
+                f"p99 {ip['p99_us'] / 1e3:.2f} ms  live used {ip['live_used']:.1%}  live reads p99 "
+                f"{ip['live_p99_ms']:.2f} ms  (loadavg before {load:.2f}); reasons {ip['reasons']}",
+                flush=True,
+            )
+            source.close()
+        env_common = {
+            "BIGTABLE_EMULATOR_HOST": emu.host,
+            "DAIHUO_BIGTABLE_PROJECT": cfg.project,
+            "DAIHUO_LIVE_TABLE": cfg.table,
+            "DAIHUO_VIEWER_KEYS": keys,
+            "DAIHUO_RECOMMEND_LIVE_TIMEOUT_S": str(args.live_timeout),
+        }
+        for name, mode in (("live OFF (anchor)", "off"), ("live ON", "on")):
+            port = free_port()
+            url = f"http://127.0.0.1:{port}/"
+            proc, t0 = start_server(
+                str(tmp / "store"),
+                port,
+                args.workers,
+                args.threads,
+                tmp / f"server-{mode}.log",
+                {**env_common, "DAIHUO_RECOMMEND_LIVE": mode},
+            )
+            try:
+                wait_first_answer(url, {"stream_id": streams[0], "k": 10}, proc, t0)
+                used = 0
+                for k in range(300):  # warm every worker (and its live reader)
+                    u = users[k % len(users)]
+                    r = requests.get(
+                        url,
+                        params={"user_id": u, "stream_id": streams[k % len(streams)], "k": 10},
+                        headers={"Authorization": "Bearer " + tokens[u]},
+                        timeout=10,
+                    )
+                    used += bool(r.json()["live"]["used"])
+                    if mode == "on" and k == 150 and not used:
+                        time.sleep(3)  # the readers open their client in the background
+                load = os.getloadavg()[0]
+                out = thread_load(url, users, streams, args.connections, args.duration, tokens)
+                check = [
+                    requests.get(
+                        url,
+                        params={"user_id": users[k], "stream_id": streams[k % len(streams)], "k": 10},
+                        headers={"Authorization": "Bearer " + tokens[users[k]]},
+                        timeout=10,
+                    ).json()["live"]
+                    for k in range(50)
+                ]
+                print(
+                    f"HTTP load, {name} ({out['tool']}, {args.connections} connections, {args.duration:.0f}s, "
+                    f"loadavg before {load:.2f}): {out['req_per_s']:.0f} req/s  p50 {out['p50_ms']:.2f} ms  "
+                    f"p99 {out['p99_ms']:.2f} ms  non-2xx {out['non_2xx']}  live used in "
+                    f"{sum(c['used'] for c in check)}/50 checked answers",
+                    flush=True,
+                )
+                rows["http " + name] = out
+            finally:
+                os.killpg(proc.pid, 15)
+                proc.wait(10)
+        on = rows["http live ON"]["p99_ms"]
+        print(
+            f"aim: recommend with its live reads p99 < 20 ms at {len(cat):,} items: in-process p99 "
+            f"{rows['live ON']['p99_us'] / 1e3:.2f} ms, over HTTP p99 {on:.2f} ms -> "
+            f"{'met' if on < 20 else 'MISSED'} over HTTP (loadavg now {os.getloadavg()[0]:.2f})",
+            flush=True,
+        )
+    finally:
+        emu.stop()
+        os.environ.pop("BIGTABLE_EMULATOR_HOST", None)
 
 
 def main(argv=None) -> int:
@@ -226,6 +429,11 @@ def main(argv=None) -> int:
     ap.add_argument("--duration", type=float, default=10.0)
     ap.add_argument("--params", help="JSON training params (DAIHUO_TRAIN_PARAMS)")
     ap.add_argument("--keep", action="store_true", help="keep the temp store")
+    ap.add_argument("--live", action="store_true", help="recommend with live reads vs without (Bigtable emulator)")
+    ap.add_argument("--live-only", action="store_true", help="with --live: skip the plain load and cold start")
+    ap.add_argument("--live-events", type=int, default=2000, help="--live: events per stream in the live table")
+    ap.add_argument("--live-timeout", type=float, default=0.03, help="--live: DAIHUO_RECOMMEND_LIVE_TIMEOUT_S")
+    ap.add_argument("--live-requests", type=int, default=2000, help="--live: in-process requests per mode")
     args = ap.parse_args(argv)
     if args.params:
         os.environ["DAIHUO_TRAIN_PARAMS"] = args.params
@@ -267,6 +475,12 @@ def main(argv=None) -> int:
             f"{g['best_baseline_value']:.4f} (ratio {vs.get('ratio') or 0:.3f}, {g['n_queries']} queries)",
             flush=True,
         )
+    if args.live:
+        live_bench(args, tmp, store, cat, users, streams)
+        if args.live_only:
+            if not args.keep:
+                shutil.rmtree(tmp, ignore_errors=True)
+            return 0
     ip = in_process_latency(store, users, streams)
     print(f"in-process handle(): median {ip['median_us']:.0f} µs  p99 {ip['p99_us']:.0f} µs", flush=True)
 

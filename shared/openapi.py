@@ -416,6 +416,10 @@ def recommend() -> dict:
                         "on_air": {"type": "boolean"},
                         "on_stage": {**STR_OR_NULL, "description": "the item the host presents now"},
                         "sold_out_removed": {"type": "array", "items": {"type": "string"}},
+                        "room_cached": {
+                            "type": "boolean",
+                            "description": "the room's state was reused (read at `as_of`, at most a few seconds ago)",
+                        },
                         "session_items": {"type": "integer", "minimum": 0},
                         "ms": {"type": "number", "minimum": 0},
                     },

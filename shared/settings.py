@@ -156,6 +156,11 @@ class Settings(_Base):
     recommend_live_timeout_s: float = _f(
         0.03, "recommend: deadline of the live reads (room and viewer, in parallel); then the batch answer"
     )
+    recommend_live_room_cache_s: float = _f(
+        1.0,
+        "recommend: seconds a room's live state is reused per instance (refreshed in the background; 0: a "
+        "room read per request)",
+    )
     recommend_live_backoff_s: float = _f(
         5.0, "recommend: after 3 failed live reads in a row, seconds answered from the batch model without trying"
     )

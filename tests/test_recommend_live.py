@@ -56,6 +56,7 @@ def _env(cfg, root, host: str, **extra) -> dict[str, str]:
         "DAIHUO_LIVE_TABLE": cfg.table,
         "DAIHUO_VIEWER_KEYS": VIEWER_KEYS,
         "DAIHUO_RECOMMEND_LIVE": "on",
+        "DAIHUO_RECOMMEND_LIVE_ROOM_CACHE_S": "0",  # a room read per request: each event shows at once
         **extra,
     }
 
@@ -299,3 +300,32 @@ def test_room_counts_merge_the_batch_counts_and_the_live_windows():
     assert rc["purchase"] == (["a", "z", "a"], [4.0, 1.0, 3.0])  # summed by the ranker
     assert rc["product_click"] == (["a", "b"], [5.0, 1.0])
     assert LiveState().room_counts(None) is None
+
+
+def test_the_room_cache_reuses_a_read_and_refreshes_it_in_the_background(bigtable_emulator):
+    cfg = fresh_config()
+    table = schema.open_table(cfg)
+    writer = LiveWriter(table, cfg)
+    try:
+        source = LiveSource(LiveReader(table, cfg, timeout_s=5), enabled=True, timeout_s=5, room_cache_s=0.5)
+        source.warm()
+        source._warm.result(timeout=60)
+        _send(writer, [ev("slot_start", "cache-s", time.time() - 5, slot_id="a", item_id="i-a")])
+        first = source.read("cache-s", None)
+        assert first.room_status == "used" and not first.room_cached and first.on_stage["item_id"] == "i-a"
+        _send(writer, [ev("slot_start", "cache-s", time.time() - 1, slot_id="b", item_id="i-b")])
+        again = source.read("cache-s", None)  # within the TTL: the same read, no Bigtable call
+        assert again.room_cached and again.room is first.room and again.on_stage["item_id"] == "i-a"
+        assert again.to_answer()["room_cached"] is True and again.to_answer()["as_of"] == first.room.as_of
+        time.sleep(0.6)
+        stale = source.read("cache-s", None)  # past the TTL: still answered at once, refreshed behind
+        assert stale.room_cached and stale.on_stage["item_id"] == "i-a"
+
+        def fresh():
+            st = source.read("cache-s", None)
+            return st if st.on_stage and st.on_stage["item_id"] == "i-b" else None
+
+        assert wait_for(fresh, 10, interval=0.05), "the background refresh never landed"
+        source.close()
+    finally:
+        schema.drop_table(cfg)

@@ -30,6 +30,8 @@ ROOM_MINUTES = 10  # the room read covers the ranker's longest "now" window (ord
 SELLING_FAST_MINUTES = 5  # the reader's trending window: "近5分钟 N 单"
 SESSION_TYPES = ("product_click", "add_to_cart")  # the session's "looked at it" events
 FAILURES_BEFORE_BACKOFF = 3
+STALE_FACTOR = 5  # a cached room older than its TTL is still answered (and refreshed) up to 5 TTLs
+MAX_ROOMS = 2000  # rooms cached per instance
 
 
 @dataclass
@@ -42,6 +44,7 @@ class LiveState:
     viewer_status: str = "not_read"  # used | unavailable | anonymous | not_read
     reason: str | None = None
     ms: float = 0.0
+    room_cached: bool = False
     # derived (``derive``)
     on_stage: dict[str, Any] | None = None
     sold_out: list[str] = field(default_factory=list)
@@ -105,6 +108,7 @@ class LiveState:
                 on_stage=self.on_stage["item_id"] if self.on_stage else None,
                 sold_out_removed=self.sold_out,
             )
+            doc["room_cached"] = self.room_cached
         if self.session is not None:
             doc["session_items"] = len(self.session_items)
         doc["ms"] = round(self.ms, 3)
@@ -121,8 +125,13 @@ class LiveSource:
         enabled: bool | None = None,
         timeout_s: float | None = None,
         backoff_s: float | None = None,
+        room_cache_s: float | None = None,
     ):
         s = settings()
+        self.room_cache_s = float(s.recommend_live_room_cache_s if room_cache_s is None else room_cache_s)
+        self._rooms: dict[str, tuple[float, Any]] = {}  # stream -> (monotonic time read, RoomLive)
+        self._inflight: dict[str, Any] = {}  # stream -> the room read in flight
+        self._rooms_reader = None
         if enabled is None:
             enabled = s.recommend_live == "on" or (s.recommend_live == "auto" and runtime.bigtable_configured())
         self.enabled = enabled
@@ -193,6 +202,74 @@ class LiveSource:
                 self._failures = 0
                 log.warning("live reads failing: answering from the batch model", extra={"error": error})
 
+    # -- room reads: one in flight per stream, cached per instance, refreshed in the background
+    def _room_reader(self):
+        """The reader of room reads: the same table handle, the live layer's own read deadline
+        (``DAIHUO_LIVE_READ_TIMEOUT_S``): a request waits at most its deadline, but a read that
+        finishes later still fills the cache for the next requests."""
+        with self._lock:
+            if self._rooms_reader is None:
+                from shared.live.reader import LiveReader
+
+                base = self._reader
+                self._rooms_reader = LiveReader(
+                    base.table, base.cfg, timeout_s=max(base.cfg.read_timeout_s, self.timeout_s)
+                )
+            return self._rooms_reader
+
+    def _cached_room(self, stream_id: str):
+        """(room, fresh) from the cache; a stale room (past the TTL, within 5 TTLs) is returned and
+        refreshed behind; None when there is none usable."""
+        if self.room_cache_s <= 0:
+            return None
+        with self._lock:
+            entry = self._rooms.get(stream_id)
+        if entry is None:
+            return None
+        age = time.monotonic() - entry[0]
+        if age >= self.room_cache_s * STALE_FACTOR:
+            return None
+        if age >= self.room_cache_s:
+            self._room_future(stream_id)
+        return entry[1]
+
+    def _keep_room(self, stream_id: str, room, at: float) -> None:
+        if self.room_cache_s <= 0:
+            return
+        with self._lock:
+            old = self._rooms.get(stream_id)
+            if old is not None and old[0] > at:
+                return
+            self._rooms[stream_id] = (at, room)
+            if len(self._rooms) > MAX_ROOMS:
+                for key, _ in sorted(self._rooms.items(), key=lambda kv: kv[1][0])[: len(self._rooms) - MAX_ROOMS]:
+                    del self._rooms[key]
+
+    def _room_future(self, stream_id: str):
+        """The room read of ``stream_id`` in flight, or a new one (its result fills the cache)."""
+        with self._lock:
+            fut = self._inflight.get(stream_id)
+            if fut is not None:
+                return fut
+            pool, reader = self._pool, self._room_reader()
+            at = time.monotonic()
+            fut = pool.submit(reader.room, stream_id, since_minutes=ROOM_MINUTES, top=1000)
+            self._inflight[stream_id] = fut
+
+        def done(f):
+            with self._lock:
+                self._inflight.pop(stream_id, None)
+            if f.cancelled():
+                return
+            exc = f.exception()
+            if exc is None:
+                self._keep_room(stream_id, f.result(), at)
+            else:
+                self._failed(f"room: {type(exc).__name__}: {exc}")
+
+        fut.add_done_callback(done)
+        return fut
+
     def read(self, stream_id: str | None, user_id: str | None, now: float | None = None) -> LiveState:
         """The room (and, for a verified viewer, the session) within the deadline; never raises."""
         if not self.enabled:
@@ -200,13 +277,6 @@ class LiveSource:
         if stream_id is None:
             return LiveState(reason="no stream_id: nothing live to merge")
         t0 = time.perf_counter()
-        if time.monotonic() < self._skip_until:
-            left = self._skip_until - time.monotonic()
-            return LiveState(
-                room_status="unavailable",
-                viewer_status="unavailable" if user_id else "anonymous",
-                reason=f"live reads failed repeatedly ({self._last_error}); retrying in {left:.1f} s",
-            )
         state = LiveState(viewer_status="anonymous" if user_id is None else "not_read")
         why = self._warming()
         if why is not None:
@@ -214,10 +284,27 @@ class LiveSource:
             if user_id is not None:
                 state.viewer_status = "unavailable"
             return state
+        cached = self._cached_room(stream_id) if now is None else None
+        if cached is not None:
+            state.room, state.room_status, state.room_cached = cached, "used", True
+        if time.monotonic() < self._skip_until:  # the back-off: no read (a cached room is still used)
+            left = self._skip_until - time.monotonic()
+            state.reason = f"live reads failed repeatedly ({self._last_error}); retrying in {left:.1f} s"
+            if cached is None:
+                state.room_status = "unavailable"
+            if user_id is not None:
+                state.viewer_status = "unavailable"
+            state.ms = (time.perf_counter() - t0) * 1e3
+            return state.derive()
         try:
             pool, reader = self._ensure()
             deadline = time.monotonic() + self.timeout_s
-            f_room = pool.submit(reader.room, stream_id, now=now, since_minutes=ROOM_MINUTES, top=1000)
+            if cached is not None:
+                f_room = None
+            elif now is not None:  # a given clock (tests): a direct read, not cached
+                f_room = pool.submit(reader.room, stream_id, now=now, since_minutes=ROOM_MINUTES, top=1000)
+            else:
+                f_room = self._room_future(stream_id)
             f_viewer = pool.submit(reader.viewer, stream_id, user_id) if user_id is not None else None
         except Exception as exc:
             state.room_status = "unavailable"
@@ -230,11 +317,15 @@ class LiveSource:
                 continue
             try:
                 value = fut.result(timeout=max(0.0, deadline - time.monotonic()))
-            except FutureTimeout:
-                fut.cancel()
+            except FutureTimeout:  # a room read goes on and fills the cache; the request goes on without it
                 value, err = None, f"{name}: no answer within {self.timeout_s * 1e3:.0f} ms"
+                if name == "viewer":
+                    fut.cancel()
+                self._failed(err)
             except Exception as exc:  # LiveUnavailable (deadline, down, no table), anything else
                 value, err = None, f"{name}: {type(exc).__name__}: {exc}"
+                if name == "viewer":
+                    self._failed(err)  # (a room read's failure is counted by its callback)
             else:
                 err = None
             if name == "room":
@@ -245,7 +336,6 @@ class LiveSource:
                 errors.append(err)
         if errors:
             state.reason = "; ".join(errors)
-            self._failed(state.reason)
         else:
             with self._lock:
                 self._failures = 0
