@@ -145,6 +145,23 @@ def test_live_index_and_overview_show_titles(live_served, browser):  # noqa: F81
         row = page.locator("table#live-streams tbody tr", has_text="live-s2")
         assert row.count() == 1 and "年货节 · 第二场" in row.inner_text() and "王芳" in row.inner_text()
         assert "Asia/Shanghai" in page.inner_text("footer")
+        assert not problems, problems
+    finally:
+        ctx.close()
+    # the big screen on a phone: no sideways scrolling, the tiles and charts fit
+    ctx, page, problems = open_page(browser, f"{base}/live/live-s2", width=390, height=844)
+    try:
+        page.wait_for_function("() => +document.getElementById('live').dataset.polls >= 1", timeout=WAIT_MS)
+        assert "年货节 · 第二场" in page.inner_text("h1")
+        overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+        assert overflow <= 0, f"the live page scrolls sideways on a phone by {overflow}px"
+        box = page.locator("#chart-viewers svg").bounding_box()
+        assert box and box["width"] <= 390, box
+        assert not problems, problems
+    finally:
+        ctx.close()
+    ctx, page, problems = open_page(browser, f"{base}/live")
+    try:
         # the batch pages: every stream's title and host (from its host actions) and times in the zone
         from shared.pipeline.clean import read_analytics
 
