@@ -203,7 +203,8 @@ def test_bigtable_stopped_answers_200_from_the_batch_model(model_store):
             assert live["items"][0]["item_id"] == showcase[-1]
             own.stop()
             batch = batch_answer(model_store, stream_id=stream, k=5)
-            for _ in range(5):  # failing reads, then the back-off: every answer a 200 from the batch model
+            end = time.monotonic() + 30
+            while time.monotonic() < end:  # failing reads, then the back-off: every answer a 200, batch
                 t = time.perf_counter()
                 down = _get(url, stream_id=stream, k=5)
                 assert time.perf_counter() - t < 10
@@ -211,6 +212,8 @@ def test_bigtable_stopped_answers_200_from_the_batch_model(model_store):
                 assert down["live"]["reason"]
                 assert [i["item_id"] for i in down["items"]] == [i["item_id"] for i in batch["items"]]
                 assert all(i["reason"]["kind"] != "on_stage" for i in down["items"])
+                if "retrying in" in down["live"]["reason"]:
+                    break
             assert "retrying in" in down["live"]["reason"]  # after 3 failures: no read attempted
         finally:
             fn.stop()
@@ -264,18 +267,21 @@ def test_slow_bigtable_within_the_deadline_gives_the_batch_answer_and_says_so(bi
         }
         rec.handle("GET", {"stream_id": stream, "k": "5"})  # the model is loaded
         bodies, took = [], []
-        for _ in range(4):
+        end = time.monotonic() + 30
+        while time.monotonic() < end:  # until the failed reads (each after its 1 s read timeout) trip the back-off
             t = time.perf_counter()
             a = rec.handle("GET", {"stream_id": stream, "k": "5"})
             took.append(time.perf_counter() - t)
             assert a.status == 200
             bodies.append(a.json)
+            if "retrying in" in a.json["live"]["reason"]:
+                break
         for body in bodies:
             assert body["live"]["used"] is False and body["live"]["room"] == "unavailable"
             assert [i["item_id"] for i in body["items"]] == [i["item_id"] for i in batch["items"]]
-        assert "room: no answer within 50 ms" in bodies[1]["live"]["reason"]
-        assert "retrying in" in bodies[3]["live"]["reason"]  # the back-off: no read, no wait
-        assert max(took[:3]) < 1.0  # the deadline bounds the wait (generous: a loaded machine)
+        assert "room: no answer within 50 ms" in bodies[0]["live"]["reason"]
+        assert "retrying in" in bodies[-1]["live"]["reason"]  # the back-off: no read, no wait
+        assert max(took) < 1.0  # the deadline bounds every wait (generous: a loaded machine)
         rec.holder.stop()
         source.close()
     finally:

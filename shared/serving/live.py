@@ -317,11 +317,11 @@ class LiveSource:
                 continue
             try:
                 value = fut.result(timeout=max(0.0, deadline - time.monotonic()))
-            except FutureTimeout:  # a room read goes on and fills the cache; the request goes on without it
+            except FutureTimeout:  # a room read goes on and fills the cache (its callback counts a failure)
                 value, err = None, f"{name}: no answer within {self.timeout_s * 1e3:.0f} ms"
                 if name == "viewer":
                     fut.cancel()
-                self._failed(err)
+                    self._failed(err)
             except Exception as exc:  # LiveUnavailable (deadline, down, no table), anything else
                 value, err = None, f"{name}: {type(exc).__name__}: {exc}"
                 if name == "viewer":
