@@ -308,3 +308,24 @@ def test_single_event_messages_redelivered_and_regrouped_count_once(live):
         th.join(60)
     assert not errors and sum(counted) == len(viewer)
     _check_evening(reader.room("s1", now=NOW), reader.viewer("s1", "u0"))
+
+
+def test_an_ended_rooms_trending_is_its_last_picture(live):
+    """A refund days after the stream lands in a later minute; the ended room's trending windows stay
+    the ones before its stream_end (they used to end at the refund's minute and come out empty)."""
+    cfg, table, writer, reader = live
+    t0 = NOW - 3 * 3600
+    writer.apply_message(ndjson([ev("stream_start", "s9", t0, host_id="h1")]))
+    writer.apply_message(
+        ndjson(
+            [ev("product_click", "s9", t0 + 60, user="u1", item="i1")]
+            + [ev("purchase", "s9", t0 + 120, user=f"u{i}", item="i1", price=5.0) for i in range(3)]
+        )
+    )
+    writer.apply_message(ndjson([ev("stream_end", "s9", t0 + 240)]))
+    before = reader.room("s9", now=NOW).trending
+    assert [x["item_id"] for x in before] == ["i1"]
+    writer.apply_message(ndjson([ev("refund", "s9", NOW - 60, user="u1", item="i1", price=5.0)]))
+    after = reader.room("s9", now=NOW)
+    assert not after.on_air and after.totals["refunds"] == 1
+    assert after.trending == before

@@ -20,7 +20,7 @@ import pytest
 import requests
 
 from devtools import simulator
-from devtools.localcloud import Stack
+from devtools.localcloud import Ports, Stack, load_topology
 from shared.pipeline.clean import load_manifest, read_clean
 from shared.storage import open_store
 from tests.waiting import wait_for
@@ -35,10 +35,17 @@ def _port_free(port: int) -> bool:
             return False
 
 
+# every port the stack binds, relative to its base: each function's offset and the emulators'
+_STACK_OFFSETS = sorted(
+    {spec["port_offset"] for spec in load_topology()["functions"].values()}
+    | {Ports(0).pubsub, Ports(0).bigtable, Ports(0).gcs}
+)
+
+
 def _free_base() -> int:
     for _ in range(200):
         base = random.randrange(20000, 50000, 10)
-        if all(_port_free(base + off) for off in (1, 2, 3, 4, 5, 6, 605)):
+        if all(_port_free(base + off) for off in _STACK_OFFSETS):
             return base
     raise RuntimeError("no free port range")
 

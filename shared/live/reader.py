@@ -261,6 +261,8 @@ class LiveReader:
 
         last_minute = max(minute_c) if minute_c else now_minute
         anchor = min(now_minute, last_minute)
+        if ended is not None:  # an ended room's last picture: the windows before its stream_end, not
+            anchor = min(anchor, ended["ts_ms"] // 60_000)  # the minute of a refund days later
         for minute, partials in minute_items.items():  # only the trending windows are decoded
             if not anchor - 2 * window < minute <= anchor:
                 continue
