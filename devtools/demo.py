@@ -438,7 +438,7 @@ def _save_dashboard(base: str, stream_ids: list[str], headers: dict | None = Non
 
     out = Path(__file__).resolve().parent.parent / "var" / "demo" / "dashboard"
     (out / "streams").mkdir(parents=True, exist_ok=True)
-    pages = {"index.html": "", "quality.html": "quality", "models.html": "models"}
+    pages = {"index.html": "", "quality.html": "quality", "models.html": "models", "live.html": "live"}
     pages.update({f"streams/{sid}.html": f"streams/{sid}" for sid in stream_ids})
     for name, path in pages.items():
         r = requests.get(base + path, headers=headers, timeout=60)
@@ -451,7 +451,9 @@ def _save_dashboard(base: str, stream_ids: list[str], headers: dict | None = Non
         html = html.replace('href="/quality"', f'href="{depth}quality.html"').replace(
             'href="/models"', f'href="{depth}models.html"'
         )
-        html = html.replace('href="/"', f'href="{depth}index.html"')
+        html = html.replace('href="/"', f'href="{depth}index.html"').replace('href="/live"', f'href="{depth}live.html"')
+        # a room's live page polls the analytics function: its links go to the running stack
+        html = re.sub(r'href="/live/([^"/?#]+)"', lambda m: f'href="{base}live/{m.group(1)}"', html)
         (out / name).write_text(html, encoding="utf-8")
     return str(out)
 
