@@ -104,8 +104,8 @@ COPY (SELECT stream_id, item_id, count(*) FILTER (type='product_impression') imp
 
 def job(kind: str, store_dir: str, work: str) -> None:
     if kind == "pipeline":
+        from shared.adapters.storage import open_store
         from shared.pipeline.clean import CleanConfig, run_clean
-        from shared.storage import open_store
 
         s = run_clean(open_store(work), None, CleanConfig(threads=2, memory_limit="2GB", tmp_dir=work + "-tmp"))
         print(

@@ -37,7 +37,7 @@ import orjson  # noqa: E402
 import requests  # noqa: E402
 
 from devtools import emulators, simulator  # noqa: E402
-from shared.bus import Bus  # noqa: E402
+from shared.adapters.bus import Bus  # noqa: E402
 from shared.signing import signed_headers  # noqa: E402
 
 SECRET = "bench-secret"

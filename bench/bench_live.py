@@ -214,7 +214,7 @@ def anchor(cfg: LiveConfig, seconds: float = 3.0) -> dict:
 
 
 def latency(bt_env: dict, cfg: LiveConfig, live_host: str, seconds: float, rate: float, size: int) -> dict:
-    from shared.bus import Bus
+    from shared.adapters.bus import Bus
     from shared.live.reader import LiveReader
     from shared.signing import signed_headers
 

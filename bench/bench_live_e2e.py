@@ -113,7 +113,7 @@ class Anchor:
 
 
 def run(args) -> dict:
-    from shared.bus import Bus
+    from shared.adapters.bus import Bus
     from shared.live.reader import LiveReader
     from shared.signing import signed_headers
 

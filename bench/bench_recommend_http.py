@@ -45,8 +45,8 @@ sys.path.insert(0, str(ROOT))
 
 from devtools.emulators import free_port  # noqa: E402
 from shared import layout  # noqa: E402
+from shared.adapters.storage import open_store  # noqa: E402
 from shared.serving.data import write_clean_from_frames  # noqa: E402
-from shared.storage import open_store  # noqa: E402
 
 
 def synthetic(users: int, items: int, events: int, streams: int, seed: int = 0):

@@ -55,8 +55,8 @@ def run(args) -> int:
     import logging
 
     from shared import layout
+    from shared.adapters.storage import open_store
     from shared.layout import load_manifest
-    from shared.storage import open_store
 
     logging.getLogger("daihuo.localcloud").setLevel(logging.WARNING)  # ticks are in var/stack/logs
     t_start = time.time()

@@ -245,7 +245,7 @@ class Stack:
             )
             self._saved_env = {k: os.environ.get(k) for k in self.env}
             os.environ.update(self.env)  # this process's clients (bus, store) talk to the stack
-            from shared.bus import Bus
+            from shared.adapters.bus import Bus
 
             self.bus = Bus(self.project)
             self._declare_messaging(push=False)

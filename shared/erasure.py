@@ -59,7 +59,7 @@ def empty() -> dict[str, Any]:
 
 
 def load(store) -> tuple[dict[str, Any], str | None]:
-    from shared.storage import NotFound, get_json_with_generation
+    from shared.adapters.storage import NotFound, get_json_with_generation
 
     try:
         return get_json_with_generation(store, ERASURE_KEY)
@@ -71,7 +71,7 @@ def request(store, user_ids: list[str], *, now: float | None = None, requested_b
     """Register erasure requests (idempotent: a repeated request keeps the first ``requested_at``
     unless the viewer's data was already erased, then the new request moves the cut-off forward and
     the job runs again). Returns the hashes."""
-    from shared.storage import update_json
+    from shared.adapters.storage import update_json
 
     stamp = now_iso(now)
     hashes = [user_hash(u) for u in user_ids]

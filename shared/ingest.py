@@ -39,7 +39,7 @@ from typing import Any
 import orjson
 
 from shared import layout, limits, signing
-from shared.bus import BusUnavailable
+from shared.adapters.bus import BusUnavailable
 from shared.contract import SCHEMA_VERSION, validate_record
 from shared.http import Answer, error, json_answer
 from shared.log import get_logger

@@ -33,7 +33,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from shared.storage import NotFound, ObjectStore, PreconditionFailed
+from shared.adapters.storage import NotFound, ObjectStore, PreconditionFailed
 
 # -- prefixes ------------------------------------------------------------------------------------
 RAW = "raw/"

@@ -82,14 +82,14 @@ def reset_all() -> None:
 
 
 def _new_bus():
-    from shared.bus import Bus
+    from shared.adapters.bus import Bus
 
     return Bus()
 
 
 def _open_store():
+    from shared.adapters.storage import open_store
     from shared.settings import settings
-    from shared.storage import open_store
 
     return open_store(settings().store)
 
@@ -164,7 +164,7 @@ class Faults:
             with self._lock:
                 return self._plan.pop(name, None) is not None
         from shared import layout
-        from shared.storage import ABSENT, PreconditionFailed
+        from shared.adapters.storage import ABSENT, PreconditionFailed
 
         try:
             store.put(layout.fault_key(name), b"injected", if_generation_match=ABSENT)

@@ -26,9 +26,9 @@ from typing import Any
 import orjson
 
 from devtools.simulator import Simulation, simulate
+from shared.adapters.storage import ObjectStore, open_store
 from shared.pipeline.clean import CleanConfig, run_clean
 from shared.pipeline.config import TimeRules
-from shared.storage import ObjectStore, open_store
 
 RECEIVED_AT = "2026-11-29T00:00:00.000Z"  # two days after the default simulated evening (2026-11-27)
 RULES = TimeRules(max_future_s=300, max_past_s=30 * 86400, late_after_s=3600)

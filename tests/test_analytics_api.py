@@ -13,10 +13,10 @@ import requests
 
 from devtools import emulators
 from devtools.simulator import simulate
+from shared.adapters.storage import open_store
 from shared.dashboard.app import App
 from shared.pipeline.analytics import STREAM_COLS
 from shared.pipeline.clean import read_analytics, run_clean
-from shared.storage import open_store
 from tests.data_fixtures import MODEL_METAS, build_pipeline_store, clean_config, raw_objects
 
 LOGS = emulators.REPO_ROOT / "var" / "test-logs"

@@ -27,7 +27,7 @@ from hypothesis import strategies as st
 
 from devtools import emulators
 from shared import openapi
-from shared.bus import Bus
+from shared.adapters.bus import Bus
 from shared.signing import signed_headers
 
 SECRET = "api-contract-secret"

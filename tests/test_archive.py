@@ -13,11 +13,11 @@ from pathlib import Path
 import orjson
 import pytest
 
+from shared.adapters.storage import open_store
 from shared.pipeline.archive import ArchiveConfig, archive_batch, partition_of, run_archive
 from shared.pipeline.clean import CleanConfig, load_manifest, read_clean, run_clean
 from shared.pipeline.config import TimeRules
 from shared.runtime import faults
-from shared.storage import open_store
 
 ROOT = Path(__file__).resolve().parent.parent
 RULES = TimeRules(max_future_s=300, max_past_s=30 * 86400, late_after_s=3600)
@@ -45,7 +45,7 @@ def body(events: list) -> bytes:
 
 @pytest.fixture(scope="module")
 def bus(pubsub_emulator):
-    from shared.bus import Bus
+    from shared.adapters.bus import Bus
 
     b = Bus()
     yield b

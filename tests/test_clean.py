@@ -12,10 +12,10 @@ import pandas as pd
 import pytest
 
 from devtools.simulator import INVALID_KINDS, simulate
+from shared.adapters.storage import open_store
 from shared.pipeline.clean import CleanConfig, clean_tables, load_manifest, read_clean, run_clean
 from shared.pipeline.config import TimeRules
 from shared.runtime import InjectedCrash, faults
-from shared.storage import open_store
 
 # the simulated evening is 2026-11-27; received 2 days later: nothing in the future, nothing implausible
 REC = "2026-11-29T00:00:00.000Z"

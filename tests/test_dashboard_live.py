@@ -10,13 +10,13 @@ import time
 import pandas as pd
 import pytest
 
+from shared.adapters.storage import LocalStore
 from shared.dashboard.app import App
 from shared.dashboard.auth import CSP
 from shared.live import schema
 from shared.live.apply import LiveWriter
 from shared.live.config import LiveConfig
 from shared.live.reader import LiveReader
-from shared.storage import LocalStore
 from tests.live_helpers import ev, fresh_config, ndjson
 
 NOW = time.time()

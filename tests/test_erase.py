@@ -30,13 +30,13 @@ import requests
 
 from devtools import emulators
 from shared import erasure, identity, signing
+from shared.adapters.storage import open_store
 from shared.ingest import Ingestor
 from shared.pipeline.clean import CleanConfig, load_manifest, run_clean
 from shared.pipeline.erase import run_erase
 from shared.runtime import InjectedCrash, faults
 from shared.serving.registry import Registry
 from shared.serving.train import run_train
-from shared.storage import open_store
 from tests.data_fixtures import build_pipeline_store
 
 LOGS = emulators.REPO_ROOT / "var" / "test-logs"
@@ -241,7 +241,7 @@ def test_recommend_refuses_until_a_clean_model(tmp_path):
     erasure.request(store, ["u-1"], now=1_800_000_000)
     assert lst.refuses("u-1", "v1", "2026-11-28T00:00:00+00:00") and not lst.refuses("u-2", "v1", None)
     # data erased at t: a model built in the same second may predate it; one built later may not
-    from shared.storage import update_json
+    from shared.adapters.storage import update_json
 
     h = erasure.user_hash("u-1")
     update_json(

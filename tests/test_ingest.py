@@ -13,9 +13,9 @@ import pytest
 import requests
 
 from devtools import emulators
-from shared.bus import Bus
+from shared.adapters.bus import Bus
+from shared.adapters.storage import open_store
 from shared.signing import HEADER_SIGNATURE, HEADER_TIMESTAMP, signed_headers
-from shared.storage import open_store
 from tests import factories
 
 SECRET = "test-secret-douyin"

@@ -11,8 +11,8 @@ import pydantic
 import pytest
 
 from shared import layout
+from shared.adapters.storage import LocalStore, NotFound, PreconditionFailed
 from shared.layout import Manifest, commit_manifest, load_manifest, update_manifest
-from shared.storage import LocalStore, NotFound, PreconditionFailed
 
 ROOT = Path(__file__).resolve().parent.parent
 PREFIXES = ("raw/", "quarantine/", "clean/", "catalog/", "analytics/", "reports/", "state/", "models/")

@@ -43,14 +43,14 @@ import pytest
 
 from devtools import emulators
 from devtools.simulator import FaultRates, SimConfig, simulate
-from shared.bus import Bus
+from shared.adapters.bus import Bus
+from shared.adapters.storage import open_store
 from shared.contract import VIEWER_ACTIONS, validate_record
 from shared.layout import load_manifest
 from shared.live import schema
 from shared.live.reader import LiveReader
 from shared.pipeline.outputs import read_table
 from shared.signing import signed_headers
-from shared.storage import open_store
 from tests.live_helpers import fresh_config
 from tests.waiting import wait_for
 

@@ -117,7 +117,7 @@ def test_bigtable_down_answers_500_so_pubsub_redelivers(bigtable_emulator, tmp_p
 
 @pytest.mark.slow
 def test_end_to_end_ingest_pubsub_push_live_bigtable_reader(bigtable_emulator, pubsub_emulator, tmp_path):
-    from shared.bus import Bus
+    from shared.adapters.bus import Bus
 
     cfg = fresh_config()
     secret = "e2e-secret-" + uuid.uuid4().hex

@@ -38,7 +38,7 @@ SIGNATURE = {"http": "http", "topic": "cloudevent", "push": "cloudevent"}
 
 # Imported somewhere in a bundle but deliberately not shipped, with the reason.
 NOT_SHIPPED = {
-    "boto3": "S3 backend of shared/storage.py, imported lazily only for s3:// stores; on GCP DAIHUO_STORE=gs://",
+    "boto3": "S3 backend of shared/adapters/storage.py, imported lazily only for s3:// stores; on GCP DAIHUO_STORE=gs://",
     "botocore": "same as boto3",
 }
 

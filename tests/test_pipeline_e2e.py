@@ -16,9 +16,9 @@ import pytest
 
 from devtools import emulators
 from devtools.simulator import INVALID_KINDS, send, simulate
-from shared.bus import Bus
+from shared.adapters.bus import Bus
+from shared.adapters.storage import open_store
 from shared.pipeline.clean import load_manifest, read_analytics, read_clean
-from shared.storage import open_store
 from tests.waiting import wait_for
 
 LOGS = emulators.REPO_ROOT / "var" / "test-logs"

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from devtools import emulators
-from shared.bus import Bus
+from shared.adapters.bus import Bus
 from tests.waiting import wait_for
 
 FLAKY = Path(__file__).parent / "fixtures" / "flaky_function" / "main.py"

@@ -16,11 +16,11 @@ import requests
 from devtools import emulators
 from devtools.simulator import SimConfig, simulate
 from shared import identity
+from shared.adapters.storage import open_store
 from shared.reco.ranker import FEATURE_GROUP
 from shared.serving.data import write_clean_from_frames
 from shared.serving.registry import Registry, arrays_key, meta_key
 from shared.serving.train import run_train
-from shared.storage import open_store
 
 LOGS = emulators.REPO_ROOT / "var" / "test-logs"
 # the platform's viewer-token key pair (shared/identity.py): recommend holds only the public key

@@ -17,6 +17,7 @@ import requests
 from devtools import emulators
 from devtools.simulator import SimConfig, simulate
 from shared import identity
+from shared.adapters.storage import open_store
 from shared.live import schema
 from shared.live.apply import LiveWriter
 from shared.live.reader import LiveReader
@@ -25,7 +26,6 @@ from shared.serving.live import LiveSource, LiveState
 from shared.serving.recommend import ModelHolder, Recommender
 from shared.serving.registry import Registry
 from shared.serving.train import run_train
-from shared.storage import open_store
 from tests.live_helpers import ev, fresh_config, ndjson
 from tests.waiting import wait_for
 

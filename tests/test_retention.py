@@ -12,10 +12,10 @@ from datetime import UTC, datetime, timedelta
 import orjson
 import pytest
 
+from shared.adapters.storage import open_store
 from shared.pipeline import retention
 from shared.pipeline.clean import CleanConfig, load_manifest, read_clean, run_clean
 from shared.pipeline.config import TimeRules
-from shared.storage import open_store
 
 D1 = datetime(2026, 10, 1, 20, tzinfo=UTC)
 DAY = 86400

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from shared import runtime
+from shared.adapters.storage import open_store
 from shared.runtime import Faults, InjectedCrash, faults
-from shared.storage import open_store
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -793,7 +793,7 @@ def test_host_events_through_the_real_ingest(pubsub_emulator, tmp_path):
     import time
 
     from devtools import emulators
-    from shared.bus import Bus
+    from shared.adapters.bus import Bus
 
     sim = simulate(
         SimConfig(seed=4, n_streams=2, n_users=300, n_items=80, mean_viewers_per_stream=40, host_events=True),

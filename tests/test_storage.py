@@ -1,4 +1,4 @@
-"""shared.storage: one suite run against the local filesystem, S3 (moto as a real server) and GCS
+"""shared.adapters.storage: one suite run against the local filesystem, S3 (moto as a real server) and GCS
 (the gcp-storage-emulator from conftest).
 
 The GCS emulator ignores preconditions, so on GCS the compare-and-swap tests check instead that the
@@ -18,8 +18,8 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from shared import storage
-from shared.storage import (
+from shared.adapters import storage
+from shared.adapters.storage import (
     ABSENT,
     GCSStore,
     InvalidKey,

@@ -21,8 +21,8 @@ import requests
 
 from devtools import simulator
 from devtools.localcloud import Ports, Stack, load_topology
+from shared.adapters.storage import open_store
 from shared.pipeline.clean import load_manifest, read_clean
-from shared.storage import open_store
 from tests.waiting import wait_for
 
 

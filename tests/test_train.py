@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from devtools.simulator import SimConfig, simulate
+from shared.adapters.storage import open_store
 from shared.serving.data import read_training_data, write_clean_from_frames
 from shared.serving.registry import LATEST, Registry, arrays_key, meta_key
 from shared.serving.train import TrainConfig, run_train
-from shared.storage import open_store
 
 SIM = SimConfig.repeat_preset(seed=1, scale=0.3)  # 28 days, repeat consumables, live-room dynamics
 #: a repeat-blind recipe (the v1 habit: nothing the viewer touched before is ever served)

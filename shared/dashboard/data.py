@@ -26,11 +26,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from shared import layout
+from shared.adapters.storage import NotFound
 from shared.layout import Manifest
 from shared.log import get_logger
 from shared.pipeline import outputs
 from shared.settings import settings
-from shared.storage import NotFound
 
 log = get_logger("dashboard")
 

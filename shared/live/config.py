@@ -13,7 +13,7 @@ def _s(name: str):
 
 
 def _project() -> str:
-    from shared.bus import project_id
+    from shared.adapters.bus import project_id
 
     return settings().bigtable_project or project_id()
 

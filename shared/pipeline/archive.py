@@ -31,12 +31,12 @@ from typing import Any
 import orjson
 
 from shared import layout
+from shared.adapters.storage import ABSENT, PreconditionFailed
 from shared.log import get_logger
 from shared.pipeline.config import TimeRules
 from shared.pipeline.skew import skew_flags
 from shared.runtime import faults
 from shared.settings import settings
-from shared.storage import ABSENT, PreconditionFailed
 
 log = get_logger("archive")
 

@@ -753,7 +753,7 @@ def run_clean(store, bus=None, cfg: CleanConfig | None = None, *, now: float | N
     Fault points (tests, ``shared.runtime.faults``): ``clean:write_clean`` / ``clean:write_all``
     crash before the manifest moves, ``clean:commit`` after it moved but before publishing.
     """
-    from shared.storage import PreconditionFailed
+    from shared.adapters.storage import PreconditionFailed
 
     cfg = cfg or CleanConfig()
     t0 = time.monotonic()

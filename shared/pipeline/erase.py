@@ -242,8 +242,8 @@ def _to_parquet(table: pa.Table) -> bytes:
 
 # ------------------------------------------------------------------------------ models
 def _model_holds(t: Targets, store, version: str) -> bool:
+    from shared.adapters.storage import NotFound
     from shared.serving.registry import arrays_key, meta_key
-    from shared.storage import NotFound
 
     try:
         meta = store.get(meta_key(version))
@@ -321,7 +321,7 @@ def run_erase(
 ) -> dict[str, Any]:
     """Register ``users`` (if any), then erase every open entry (``mode="pending"``: no ``clean_model``
     yet) or every entry (``mode="all"``). See the module docstring."""
-    from shared.storage import update_json
+    from shared.adapters.storage import update_json
 
     users = [u for u in users if u]
     if users:
@@ -435,7 +435,7 @@ def run_erase(
 
 
 def main(argv: list[str] | None = None) -> int:
-    from shared.storage import open_store
+    from shared.adapters.storage import open_store
 
     ap = argparse.ArgumentParser(prog="python -m shared.pipeline.erase", description=__doc__.split("\n\n")[0])
     ap.add_argument("--store", default=settings().store)

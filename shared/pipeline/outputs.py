@@ -21,11 +21,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from shared.adapters.storage import ObjectStore
 from shared.layout import ANALYTICS_TABLES, Manifest, load_manifest
 from shared.pipeline.analytics import STREAM_COLS, analytics_sql
 from shared.pipeline.clean import CLEAN_SCHEMA
 from shared.settings import settings
-from shared.storage import ObjectStore
 
 __all__ = [
     "ANALYTICS_TABLES",

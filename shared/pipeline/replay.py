@@ -30,10 +30,10 @@ from typing import Any
 import orjson
 
 from shared import layout
+from shared.adapters.storage import ABSENT, PreconditionFailed
 from shared.pipeline.archive import partition_of
 from shared.pipeline.config import TimeRules
 from shared.settings import settings
-from shared.storage import ABSENT, PreconditionFailed
 
 
 class BadRow(ValueError):
@@ -112,7 +112,7 @@ def _read_rows(path: str) -> list[dict[str, Any]]:
 
 def main(argv: list[str] | None = None) -> int:
 
-    from shared.storage import open_store
+    from shared.adapters.storage import open_store
 
     ap = argparse.ArgumentParser(prog="python -m shared.pipeline.replay", description=__doc__.split("\n\n")[0])
     ap.add_argument("files", nargs="+", help="fixed quarantine rows (NDJSON, optionally gzipped)")

@@ -158,7 +158,7 @@ def apply_retention(
 def main(argv: list[str] | None = None) -> int:
     import orjson
 
-    from shared.storage import open_store
+    from shared.adapters.storage import open_store
 
     ap = argparse.ArgumentParser(prog="python -m shared.pipeline.retention", description=__doc__.split("\n\n")[0])
     ap.add_argument("--store", default=load().store)

@@ -27,7 +27,7 @@ import pyarrow.compute
 import pyarrow.parquet as pq
 
 from shared import layout
-from shared.storage import ObjectStore
+from shared.adapters.storage import ObjectStore
 
 CLEAN_PREFIX = layout.CLEAN
 CATALOG_PREFIX = layout.CATALOG

@@ -30,10 +30,10 @@ import numpy as np
 import pandas as pd
 
 from shared import layout
+from shared.adapters.storage import ABSENT, NotFound, ObjectStore, PreconditionFailed, get_json_with_generation
 from shared.reco import HybridRecommender
 from shared.reco.ranker import RoomRanker
 from shared.settings import settings
-from shared.storage import ABSENT, NotFound, ObjectStore, PreconditionFailed, get_json_with_generation
 
 #: model classes a version may hold (``meta["model"]["class"]``); arrays + JSON only
 MODEL_CLASSES: dict[str, type[HybridRecommender] | type[RoomRanker]] = {
