@@ -13,6 +13,8 @@ import sys
 from pathlib import Path
 
 from shared.contract import json_schema
+from shared.dashboard import queries
+from shared.pipeline.analytics import STREAM_COLS
 
 OUT_DIR = Path(__file__).resolve().parent.parent / "schema" / "openapi"
 
@@ -453,81 +455,8 @@ def recommend() -> dict:
 
 
 # ------------------------------------------------------------------------------------- analytics
-STREAM_SORTS = [
-    "stream_id",
-    "platform",
-    "start",
-    "end",
-    "duration_s",
-    "unique_viewers",
-    "sessions",
-    "peak_concurrent",
-    "avg_concurrent",
-    "total_watch_s",
-    "avg_watch_s",
-    "likes",
-    "comments",
-    "shares",
-    "follows",
-    "gifts",
-    "gift_value",
-    "likes_per_min",
-    "comments_per_min",
-    "shares_per_min",
-    "follows_per_min",
-    "gifts_per_min",
-    "impressions",
-    "clicks",
-    "add_to_carts",
-    "orders",
-    "units",
-    "gmv",
-    "refunds",
-    "refund_units",
-    "refund_amount",
-    "ctr",
-    "cart_rate",
-    "order_rate",
-    "conversion_rate",
-    "gpm",
-    "buyers",
-    "title",
-    "host_id",
-    "host_name",
-    "started_at",
-    "ended_at",
-]  # shared.pipeline.analytics.STREAM_COLS (a test checks they are equal)
-HEADLINE = [
-    "stream_id",
-    "platform",
-    "title",
-    "host_id",
-    "host_name",
-    "started_at",
-    "ended_at",
-    "start",
-    "end",
-    "duration_s",
-    "unique_viewers",
-    "peak_concurrent",
-    "avg_concurrent",
-    "avg_watch_s",
-    "impressions",
-    "clicks",
-    "add_to_carts",
-    "orders",
-    "units",
-    "buyers",
-    "gmv",
-    "gpm",
-    "ctr",
-    "conversion_rate",
-    "refunds",
-    "refund_amount",
-    "likes",
-    "comments",
-    "gifts",
-]
+STREAM_SORTS = list(STREAM_COLS)  # every column of the stream table is sortable
+HEADLINE = list(queries.HEADLINE)  # the dashboard list view's columns
 PRODUCT_SORTS = ["gmv", "ctr", "orders", "clicks", "impressions", "units", "conversion_rate"]
 TIME = {"type": ["string", "null"], "format": "date-time"}
 STREAM_ID = {"type": "string", "pattern": "^[A-Za-z0-9._:@%-]{1,200}$", "format": F_STREAM}
