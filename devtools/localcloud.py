@@ -67,6 +67,30 @@ class Ports:
     def bigtable(self) -> int:
         return self.base + 606  # 8686 by default
 
+    @classmethod
+    def free(cls, topology: dict | None = None, lo: int = 20000, hi: int = 31000, tries: int = 200) -> Ports:
+        """A base whose every port (each function's offset and the emulators') is free now; bases are
+        drawn below Linux's ephemeral range (32768+) so a client socket cannot take one meanwhile."""
+        import random
+        import socket
+
+        offsets = {spec["port_offset"] for spec in (topology or load_topology())["functions"].values()}
+        offsets |= {cls(0).pubsub, cls(0).gcs, cls(0).bigtable}
+
+        def free(port: int) -> bool:
+            with socket.socket() as s:
+                try:
+                    s.bind(("127.0.0.1", port))
+                    return True
+                except OSError:
+                    return False
+
+        for _ in range(tries):
+            base = random.randrange(lo, hi - max(offsets), 10)
+            if all(free(base + off) for off in offsets):
+                return cls(base)
+        raise RuntimeError(f"no free port range for the local stack in {lo}..{hi}")
+
 
 class Scheduler(threading.Thread):
     """Publishes each schedule's payload to its topic at the times its cron expression gives.

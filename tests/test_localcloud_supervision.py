@@ -6,7 +6,6 @@ emulator is reported DOWN (exit 1)."""
 from __future__ import annotations
 
 import os
-import random
 import signal
 import subprocess
 import sys
@@ -15,7 +14,7 @@ import time
 import requests
 
 from devtools import emulators
-from devtools.localcloud import Stack
+from devtools.localcloud import Ports, Stack
 
 
 def _status(state_dir):
@@ -30,7 +29,7 @@ def _status(state_dir):
 
 
 def test_restart_after_kill_and_real_status(tmp_path):
-    base = random.randrange(20000, 40000, 10)
+    base = Ports.free().base
     stack = Stack(
         port_base=base, state_dir=tmp_path, functions=["recommend"], scheduler=False, restart_backoff_s=(0.5, 4.0)
     )

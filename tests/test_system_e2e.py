@@ -12,42 +12,16 @@ from __future__ import annotations
 
 import gzip
 import json
-import random
-import socket
 
 import orjson
 import pytest
 import requests
 
 from devtools import simulator
-from devtools.localcloud import Ports, Stack, load_topology
+from devtools.localcloud import Ports, Stack
 from shared.adapters.storage import open_store
 from shared.pipeline.clean import load_manifest, read_clean
 from tests.waiting import wait_for
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-            return True
-        except OSError:
-            return False
-
-
-# every port the stack binds, relative to its base: each function's offset and the emulators'
-_STACK_OFFSETS = sorted(
-    {spec["port_offset"] for spec in load_topology()["functions"].values()}
-    | {Ports(0).pubsub, Ports(0).bigtable, Ports(0).gcs}
-)
-
-
-def _free_base() -> int:
-    for _ in range(200):
-        base = random.randrange(20000, 50000, 10)
-        if all(_port_free(base + off) for off in _STACK_OFFSETS):
-            return base
-    raise RuntimeError("no free port range")
 
 
 def _wait(pred, timeout: float, what: str):
@@ -60,7 +34,7 @@ def _wait(pred, timeout: float, what: str):
 def evening(tmp_path_factory):
     state = tmp_path_factory.mktemp("stack")
     stack = Stack(
-        port_base=_free_base(),
+        port_base=Ports.free().base,
         store="local",
         state_dir=state,
         fresh=True,
