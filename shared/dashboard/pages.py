@@ -105,23 +105,7 @@ def stream_page(snap, stream_id: str, args, root: str = "") -> str:
     ts = queries.timeseries(snap, stream_id, {k: v for k, v in args.items() if k == "bucket"})
     series = pd.DataFrame(
         ts["points"],
-        columns=[
-            "t",
-            "viewers",
-            "avg_concurrent",
-            "watch_s",
-            "likes",
-            "comments",
-            "shares",
-            "follows",
-            "gifts",
-            "impressions",
-            "clicks",
-            "add_to_carts",
-            "orders",
-            "units",
-            "gmv",
-        ],
+        columns=queries.TIMESERIES_COLS,
     )
     series["t"] = pd.to_datetime(series["t"], utc=True)
     # Events stamped before the stream's start (a device clock hours behind; clean flags them late)

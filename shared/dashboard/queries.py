@@ -33,6 +33,24 @@ class UnknownStream(LookupError):
         self.stream_id = stream_id
 
 
+#: the columns of a stream's time series (one row per bucket), in order
+TIMESERIES_COLS = [
+    "t",
+    "viewers",
+    "avg_concurrent",
+    "watch_s",
+    "likes",
+    "comments",
+    "shares",
+    "follows",
+    "gifts",
+    "impressions",
+    "clicks",
+    "add_to_carts",
+    "orders",
+    "units",
+    "gmv",
+]
 # the list view's columns (all of STREAM_COLUMNS are sortable)
 HEADLINE = [
     "stream_id",
@@ -331,23 +349,7 @@ def fine_series_from_events(events: pa.Table, bucket_s: int, max_session_s: floa
 
     The buckets cover the stream's span; summing a column over the buckets gives the stream's total
     (watch seconds, orders, GMV, likes ...)."""
-    cols = [
-        "t",
-        "viewers",
-        "avg_concurrent",
-        "watch_s",
-        "likes",
-        "comments",
-        "shares",
-        "follows",
-        "gifts",
-        "impressions",
-        "clicks",
-        "add_to_carts",
-        "orders",
-        "units",
-        "gmv",
-    ]
+    cols = TIMESERIES_COLS
     if events.num_rows == 0:
         return pd.DataFrame(columns=cols)
     con = duckdb.connect()
