@@ -10,6 +10,9 @@ test keeps the two in agreement). Field rules:
 * ``platform``, ``stream_id``, ``user_id``, ``item_id``: identifiers (same alphabet as event_id).
 * money: ``price`` >= 0 and finite, ``currency`` an ISO 4217 code (3 capital letters).
 * unknown top-level fields are refused (``props`` is the free-form place, <= 32 scalar values).
+* ``rec_impression`` (an item of a recommend answer shown to the viewer: ``rec_id``, optional
+  ``position``) and the optional ``rec_id`` of ``product_click`` / ``add_to_cart`` / ``purchase`` are the
+  recommendation experiments' attribution (docs/metrics.md, "Recommendation experiments").
 * host actions (``HOST_ACTIONS``: stream start/end, presentation slot start/end, showcase changes) carry
   a ``stream_id`` and no ``user_id``; ``showcase_update`` has conditional requirements (``price`` when
   ``change`` is ``"price"``, ``stock`` when it is ``"stock"``), checked by a model validator and
@@ -53,6 +56,7 @@ VIEWER_ACTIONS = (
     "add_to_cart",
     "purchase",
     "refund",
+    "rec_impression",
 )
 # what the host (the streamer's console) sends: a stream's start/end, a presentation slot (讲解) of one
 # item between slot_start and slot_end (a new slot_start implicitly ends the previous slot of the stream),
@@ -99,6 +103,8 @@ def _integral(value: Any) -> Any:
 
 
 Count = Annotated[StrictInt, Field(ge=1, le=10_000), BeforeValidator(_integral)]
+# a place in a recommendation list, 1 = first (recommend answers at most 100 items)
+Position = Annotated[StrictInt, Field(ge=1, le=100), BeforeValidator(_integral)]
 Quantity = Count
 Stock = Annotated[StrictInt, Field(ge=0, le=1_000_000_000), BeforeValidator(_integral)]
 PropValue = Annotated[StrictStr, Field(max_length=256)] | StrictInt | StrictFloat | bool | None
@@ -163,12 +169,16 @@ class ProductImpression(_ProductAction):
 
 
 class ProductClick(_ProductAction):
+    """``rec_id``: the recommendation the viewer tapped the item in (attribution, docs/metrics.md)."""
+
     type: Literal["product_click"]
+    rec_id: Id | None = None
 
 
 class AddToCart(_ProductAction):
     type: Literal["add_to_cart"]
     quantity: Quantity | None = None
+    rec_id: Id | None = None
 
 
 class Purchase(_ProductAction):
@@ -176,12 +186,23 @@ class Purchase(_ProductAction):
     price: Money
     quantity: Quantity | None = None
     order_id: Id | None = None
+    rec_id: Id | None = None
 
 
 class Refund(_ProductAction):
     type: Literal["refund"]
     quantity: Quantity | None = None
     order_id: Id | None = None
+
+
+class RecImpression(_ViewerAction):
+    """The viewer app showed item ``item_id`` at ``position`` of the recommendation ``rec_id`` (the id of
+    a recommend answer: shared/serving/experiments.py). One event per item shown."""
+
+    type: Literal["rec_impression"]
+    item_id: Id
+    rec_id: Id
+    position: Position | None = None
 
 
 class _HostAction(_Record):
@@ -283,6 +304,7 @@ Record = Annotated[
     | AddToCart
     | Purchase
     | Refund
+    | RecImpression
     | StreamStart
     | StreamEnd
     | SlotStart

@@ -29,6 +29,8 @@ def event(
         ev["item_id"] = item_id
     if type_ == "purchase":
         ev.setdefault("price", 129.0)
+    if type_ == "rec_impression":
+        ev.setdefault("rec_id", "r1.none.default.AAAAAAAAAAAAAAAAAAAAAA")
     ev.update(extra)
     return ev
 

@@ -218,6 +218,9 @@ def _valid_records() -> list[dict]:
         factories.event("gift", gift_value=5.5, currency="CNY"),
         factories.event("comment", text="好看 👍"),
         factories.event("stream_enter", item_id=None),
+        factories.event("rec_impression", rec_id="r1.e.A.x", position=100),
+        factories.event("purchase", price=9.9, rec_id="r1.e.B.y", order_id="o-2"),
+        factories.event("product_click", rec_id="r1.e.B.y"),
     ]
     return out
 

@@ -97,6 +97,29 @@ def test_each_bad_field_is_named(mutate, reason):
     assert not schema_valid(ev)
 
 
+def test_recommendation_attribution_fields():
+    # rec_impression: one item of a recommend answer shown; rec_id required, position 1..100
+    ok = factories.event("rec_impression", rec_id="r1.exp1.A.abcDEF_-123", position=3)
+    assert validate_record(ok)[1] is None and schema_valid(ok)
+    for bad, reason in (
+        ({"position": 0}, "position: Input should be greater than or equal to 1"),
+        ({"position": 101}, "position: Input should be less than or equal to 100"),
+        ({"rec_id": "r 1"}, "rec_id: String should match pattern '^[A-Za-z0-9._:@-]{1,128}$'"),
+    ):
+        ev = {**ok, **bad}
+        assert reason in validate_record(ev)[1] and not schema_valid(ev)
+    ev = {k: v for k, v in ok.items() if k != "rec_id"}
+    assert "rec_id: Field required" in validate_record(ev)[1]
+    ev = {k: v for k, v in ok.items() if k != "item_id"}
+    assert "item_id: Field required" in validate_record(ev)[1]
+    # the optional rec_id of the actions it may lead to; no other type carries one
+    for t in ("product_click", "add_to_cart", "purchase"):
+        ev = factories.event(t, rec_id="r1.exp1.A.abcDEF_-123")
+        assert validate_record(ev)[1] is None and schema_valid(ev)
+    ev = factories.event("like", rec_id="r1.exp1.A.abcDEF_-123")
+    assert validate_record(ev)[1] == ["rec_id: unknown field (put free-form data in props)"]
+
+
 FULL_HOST = {
     "stream_start": {
         "host_id": "h-7",

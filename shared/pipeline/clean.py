@@ -112,6 +112,9 @@ CLEAN_SCHEMA = pa.schema(
         ("ts_corrected", pa.bool_()),
         ("late", pa.bool_()),
         ("run_id", _DICT),
+        # recommendation experiments (rec_impression; the rec_id of a click / cart / purchase)
+        ("rec_id", pa.string()),
+        ("position", pa.int32()),
     ]
 )
 CATALOG_SCHEMA = pa.schema(
@@ -514,7 +517,7 @@ def clean_core(con, run_id: str, cfg: CleanConfig, *, seen_paths: list[str], cat
                j.order_id AS order_id,
                CAST(CASE WHEN j.type = 'like' THEN coalesce(j.count, 1) ELSE j.count END AS INTEGER) AS count,
                j.gift_value AS gift_value, j.text AS text, CAST(j.props AS VARCHAR) AS props, j.ts AS ts_sent,
-               ts_corrected, late, '{run_id}' AS run_id
+               ts_corrected, late, '{run_id}' AS run_id, j.rec_id AS rec_id, CAST(j.position AS INTEGER) AS position
         FROM f""")
     con.execute("CREATE TEMP TABLE clean AS SELECT * FROM clean_v")
     # host actions: re-parsed from their lines (``parsed`` keeps viewer fields only), the same time rules

@@ -10,6 +10,9 @@ groups them by what they mean to the models:
 * ``NON_TOUCH_TYPES``: every other type of the contract (impressions, refunds, stream-level actions,
   catalog records, and any type the contract adds later, e.g. host actions): they never count as a
   viewer touching an item.
+* ``REC_IMPRESSION``: an item of a recommend answer shown (a non-touch type: it is not interest);
+  ``REC_TAGGED_TYPES``: the actions that may carry its ``rec_id`` (click, cart, purchase), the
+  experiments' attribution (``shared.pipeline.experiments``).
 * ``QUERY_ROOM_TYPES``: what an evaluation query records of its room (``shared.reco.protocol``).
 * ``RANKER_ROOM_TYPES``: the room counts so far the served ranker reads (``shared.reco.ranker``);
   ``ROOM_RECENT``: its recent windows ``(type, minutes)``; ``ROOM_WINDOWS`` both, as
@@ -19,13 +22,15 @@ groups them by what they mean to the models:
 
 from __future__ import annotations
 
-from shared.contract import ALL_TYPES, VIEWER_ACTIONS
+from shared.contract import ALL_TYPES, MODEL_BY_TYPE, VIEWER_ACTIONS
 
 __all__ = [
     "PURCHASE",
     "ADD_TO_CART",
     "PRODUCT_CLICK",
     "PRODUCT_IMPRESSION",
+    "REC_IMPRESSION",
+    "REC_TAGGED_TYPES",
     "POSITIVE_TYPES",
     "CART_OR_BUY_TYPES",
     "NON_TOUCH_TYPES",
@@ -48,6 +53,11 @@ PURCHASE = _contract_type("purchase")
 ADD_TO_CART = _contract_type("add_to_cart")
 PRODUCT_CLICK = _contract_type("product_click")
 PRODUCT_IMPRESSION = _contract_type("product_impression")
+REC_IMPRESSION = _contract_type("rec_impression")
+# the viewer actions that may carry the ``rec_id`` of the recommendation they came from (attribution)
+REC_TAGGED_TYPES: tuple[str, ...] = tuple(
+    t for t in VIEWER_ACTIONS if t != REC_IMPRESSION and "rec_id" in MODEL_BY_TYPE[t].model_fields
+)
 
 POSITIVE_TYPES: tuple[str, ...] = (PRODUCT_CLICK, ADD_TO_CART, PURCHASE)
 CART_OR_BUY_TYPES: tuple[str, ...] = (ADD_TO_CART, PURCHASE)
