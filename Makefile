@@ -75,8 +75,10 @@ bench-live: venv check-emulators
 bench-live-e2e: venv check-emulators
 	$(PY) bench/bench_live_e2e.py $(BENCH_ARGS)
 
-bench-clean: venv
-	$(PY) bench/bench_clean.py --events 10000000 $(BENCH_ARGS)   # the issue's size; BENCH_ARGS="--events 2000000" for a quicker run
+CLEAN_EVENTS ?= 10000000
+CLEAN_SCALING ?= 1000000,2000000,5000000
+bench-clean: venv   # the issue's size and the smaller ones (linear scaling); CLEAN_EVENTS=2000000 for a quicker run
+	$(PY) bench/bench_clean.py --events $(CLEAN_EVENTS) --scaling $(CLEAN_SCALING) $(BENCH_ARGS)
 
 bench-recommend: venv
 	$(PY) bench/bench_recommend.py $(BENCH_ARGS)
