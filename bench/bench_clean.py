@@ -150,7 +150,8 @@ def yardstick_sql(glob: str, out: str, memory_limit: str, threads: int, tmp: str
                    CASE WHEN currency IS NOT NULL THEN currency WHEN type IN {wc} THEN 'CNY' END AS currency,
                    CAST(CASE WHEN quantity IS NOT NULL THEN quantity WHEN type IN {wq} THEN 1 END AS INTEGER) AS quantity,
                    order_id, CAST(CASE WHEN type = 'like' THEN coalesce(count, 1) ELSE count END AS INTEGER) AS count,
-                   gift_value, text, CAST(props AS VARCHAR) AS props, ts AS ts_sent, ts_corrected, late, 'r-y' AS run_id
+                   gift_value, text, CAST(props AS VARCHAR) AS props, ts AS ts_sent, ts_corrected, late, 'r-y' AS run_id,
+                   rec_id, CAST(position AS INTEGER) AS position
             FROM {timed(f"reason IS NULL AND type IN {VIEWER_ACTIONS}")}""",
         f"""CREATE TABLE clean_host AS SELECT event_id, type, ts_final AS ts, rec AS received_at, platform, stream_id,
                    host_id, host_name, title, {ts("scheduled_start")} AS scheduled_start,

@@ -15,8 +15,20 @@ import os
 import re
 import threading
 
-import altair as alt
 import pandas as pd
+
+
+class _Lazy:
+    """``altair`` imported on first use (~0.5 s of CPU, jsonschema and narwhals with it): the JSON API and
+    a page served from the page cache never pay it."""
+
+    def __getattr__(self, name: str):
+        import altair
+
+        return getattr(altair, name)
+
+
+alt = _Lazy()
 
 FONT = "Noto Sans CJK SC, Source Han Sans SC, WenQuanYi Zen Hei, PingFang SC, Microsoft YaHei, sans-serif"
 WIDTH = 620
