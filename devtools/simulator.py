@@ -1323,6 +1323,8 @@ class _RepeatState:
             self.cycle_ms = cyc[world.item_cat]  # (N,) 0 = durable
         self.n_buys = 0
         self.n_repeat = 0
+        # stream_id -> the true sessions (users, enter/leave ms, leave sent, followed): AudienceTruth
+        self.sessions: dict[str, dict[str, np.ndarray]] = {}
         self.repeat_by_cat = np.zeros((len(CATEGORIES), 2), np.int64)  # (buys, repeats) per category
 
     # --- the rebuy model ------------------------------------------------------------------------
@@ -1606,6 +1608,15 @@ def _stream_events_v2(
     send_leave = rng.random(V) >= cfg.no_leave_rate
     add(np.arange(V), enter, T_ENTER)
     add(np.flatnonzero(send_leave), leave[send_leave], T_LEAVE)
+    followed = np.zeros(V, bool)
+    followed[fol_s] = True
+    state.sessions[st["stream_id"]] = {  # (no draw: the events stay as they were)
+        "user": users.copy(),
+        "enter_ms": enter.copy(),
+        "leave_ms": leave.copy(),
+        "leave_sent": send_leave.copy(),
+        "followed": followed,
+    }
 
     p_ref = np.clip(cfg.refund_rate * np.exp(-0.3 * (b_a - 4.0)), 0, 0.5)
     ref = rng.random(len(b_s)) < p_ref
@@ -2224,6 +2235,101 @@ class HostTruth:
         return {"streams": self.streams.to_dict("records"), "by_stream": self._log()}
 
 
+class AudienceTruth:
+    """The true audience of every stream (``sim.audience_truth``; the stateful generator: any repeat-world
+    knob or ``host_events``): one session per (stream, viewer) as the generator drew it, before any
+    fault. Times are epoch ms (UTC).
+
+    * ``sessions`` DataFrame: stream_id, platform, host_id, stream_start_ms, user_id, enter_ms, leave_ms
+      (the true leave, also when the ``stream_leave`` was never sent), leave_sent, followed, watch_s.
+    * ``retention(stream_id, minutes)``: share of the stream's viewers who watched at least t minutes,
+      for each t of ``minutes``; ``median_watch_s(stream_id)``.
+    * ``audience()`` DataFrame per stream: viewers, new_host_viewers / returning_host_viewers (watched
+      an earlier-starting stream of the same host), new_platform_viewers / returning_platform_viewers
+      (same platform), followers (viewers who followed in the stream).
+    * ``cohorts(grain, tz)``: host_id, cohort (the day / Monday week of the viewer's first stream with
+      the host, in ``tz``), period (days / weeks later), viewers (of the cohort who watched the host then).
+    """
+
+    def __init__(self, sim: Simulation):
+        if not sim.cfg.uses_v2():
+            raise ValueError("audience truth needs the stateful generator (days, host_events, ...)")
+        self._sim = sim
+
+    @property
+    def sessions(self):
+        import pandas as pd
+
+        self._sim._ensure(need_rows=False)
+        log = self._sim._session_log
+        frames = []
+        w = self._sim.world
+        for st in w.streams:
+            d = log.get(st["stream_id"])
+            if d is None or not len(d["user"]):
+                continue
+            frames.append(
+                pd.DataFrame(
+                    {
+                        "stream_id": st["stream_id"],
+                        "platform": st["platform"],
+                        "host_id": st["host_id"],
+                        "stream_start_ms": st["start_ms"],
+                        "user_id": np.asarray(w.user_ids, dtype=object)[d["user"]],
+                        "enter_ms": d["enter_ms"],
+                        "leave_ms": d["leave_ms"],
+                        "leave_sent": d["leave_sent"],
+                        "followed": d["followed"],
+                    }
+                )
+            )
+        df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+        if len(df):
+            df["watch_s"] = (df["leave_ms"] - df["enter_ms"]) / 1000.0
+        return df
+
+    def retention(self, stream_id: str, minutes: Iterable[int]) -> list[float]:
+        s = self.sessions
+        w = s.loc[s["stream_id"] == stream_id, "watch_s"].to_numpy()
+        return [float((w >= 60 * t).mean()) for t in minutes]
+
+    def median_watch_s(self, stream_id: str) -> float:
+        s = self.sessions
+        return float(np.median(s.loc[s["stream_id"] == stream_id, "watch_s"].to_numpy()))
+
+    def audience(self):
+        s = self.sessions
+        first_host = s.groupby(["host_id", "user_id"])["stream_start_ms"].transform("min")
+        first_plat = s.groupby(["platform", "user_id"])["stream_start_ms"].transform("min")
+        s = s.assign(ret_host=s["stream_start_ms"] > first_host, ret_plat=s["stream_start_ms"] > first_plat)
+        g = s.groupby("stream_id")
+        out = g.agg(
+            host_id=("host_id", "first"),
+            viewers=("user_id", "size"),
+            returning_host_viewers=("ret_host", "sum"),
+            returning_platform_viewers=("ret_plat", "sum"),
+            followers=("followed", "sum"),
+        )
+        out["new_host_viewers"] = out["viewers"] - out["returning_host_viewers"]
+        out["new_platform_viewers"] = out["viewers"] - out["returning_platform_viewers"]
+        return out.reset_index()
+
+    def cohorts(self, grain: str = "day", tz: str = "UTC"):
+        import pandas as pd
+
+        s = self.sessions
+        day = pd.to_datetime(s["stream_start_ms"], unit="ms", utc=True).dt.tz_convert(tz).dt.tz_localize(None)
+        day = day.dt.normalize()
+        if grain == "week":
+            day = day - pd.to_timedelta(day.dt.day_of_week, unit="D")
+        d = pd.DataFrame({"host_id": s["host_id"], "user_id": s["user_id"], "p": day}).drop_duplicates()
+        d["cohort"] = d.groupby(["host_id", "user_id"])["p"].transform("min")
+        d["period"] = (d["p"] - d["cohort"]).dt.days // (7 if grain == "week" else 1)
+        out = d.groupby(["host_id", "cohort", "period"]).size().rename("viewers").reset_index()
+        out["cohort"] = out["cohort"].dt.date
+        return out
+
+
 @dataclass
 class LiveTruth:
     """The numbers a live layer must show, recounted from the rows the simulator SENT: each event_id
@@ -2432,6 +2538,7 @@ class Simulation:
         self._event_platforms: list[str] | None = None
         self._fault_log: dict[str, dict[str, Any]] = {}
         self._host_log: dict[str, dict[str, Any]] = {}
+        self._session_log: dict[str, dict[str, np.ndarray]] = {}
         self._summary: dict[str, Any] = {}
         self._done = False  # a full pass has run: fault log and summary are complete
         self.truth = GroundTruth(self)
@@ -2519,6 +2626,7 @@ class Simulation:
             line += 1
         self._fault_log = log
         self._host_log = host_log
+        self._session_log = state.sessions if state is not None else {}
         self._summary = {
             "true_events": n_true,
             "sent_rows": line,
@@ -2545,6 +2653,11 @@ class Simulation:
     def host_truth(self) -> HostTruth:
         """What the hosts did: slots, showcase, stock and sell-outs (``host_events=True``)."""
         return HostTruth(self)
+
+    @property
+    def audience_truth(self) -> AudienceTruth:
+        """Who watched which stream for how long, followed, came back (repeat-world generator)."""
+        return AudienceTruth(self)
 
     def live_truth(
         self, upto: int | None = None, include_late: bool = False, drop_unknown_items: bool = False

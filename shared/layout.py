@@ -57,7 +57,21 @@ ERASURE = STATE + "erasure.json"
 LATEST = MODELS + "LATEST.json"
 
 #: the analytics tables clean writes (``analytics/<name>/<run>.parquet``, named by the manifest)
-ANALYTICS_TABLES = ("stream", "stream_hour", "stream_item")
+ANALYTICS_TABLES = (
+    "stream",
+    "stream_hour",
+    "stream_item",
+    # host and audience KPIs (shared/pipeline/host_kpis.py): per stream, then across a host's streams
+    "viewer_stream",
+    "stream_retention",
+    "stream_slot",
+    "stream_audience",
+    "host",
+    "host_cohort",
+)
+#: the analytics tables holding viewer ids (one row per stream and viewer): never served by the
+#: dashboard or the API; the erasure job rewrites them like clean/
+VIEWER_TABLES = ("viewer_stream",)
 #: the prefixes retention applies to (``DAIHUO_RETENTION_DAYS``): partitioned by date
 RETENTION_PREFIXES = ("raw", "clean", "quarantine")
 #: every prefix that may hold a viewer's rows (the erasure job rewrites them)

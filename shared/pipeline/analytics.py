@@ -240,18 +240,22 @@ def analytics_sql(
 def compute_analytics(
     clean: pa.Table, max_session_s: float = 4 * 3600.0, host: pa.Table | None = None
 ) -> dict[str, pa.Table]:
-    """Pure wrapper: clean events (Arrow; ``host``: clean host actions) -> {"stream", "stream_hour",
-    "stream_item"} Arrow tables."""
+    """Pure wrapper: clean events (Arrow; ``host``: clean host actions) -> every analytics table
+    (``layout.ANALYTICS_TABLES``: stream, stream_hour, stream_item and the host / audience tables of
+    ``shared.pipeline.host_kpis``) as Arrow tables. Cohort days in ``DAIHUO_DASHBOARD_TZ``."""
+    from shared.layout import ANALYTICS_TABLES
+    from shared.pipeline import host_kpis
+    from shared.settings import settings
+
     con = duckdb.connect()
     try:
         con.execute("SET TimeZone='UTC'")
         con.register("clean_src", clean)
         if host is not None:
             con.register("host_src", host)
-        analytics_sql(con, "clean_src", max_session_s, host_source="host_src" if host is not None else None)
-        return {
-            name: con.sql(f"SELECT * FROM a_{name}").to_arrow_table()
-            for name in ("stream", "stream_hour", "stream_item")
-        }
+        hsrc = "host_src" if host is not None else None
+        analytics_sql(con, "clean_src", max_session_s, host_source=hsrc)
+        host_kpis.compute(con, hsrc, settings().dashboard_tz)
+        return {name: con.sql(f"SELECT * FROM a_{name}").to_arrow_table() for name in ANALYTICS_TABLES}
     finally:
         con.close()

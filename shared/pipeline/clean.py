@@ -977,6 +977,7 @@ def _republish(store, bus, cfg: CleanConfig, manifest: dict) -> None:
 
 
 def _write_analytics(con, store, manifest, written, run_id, cfg, tmp) -> dict[str, str]:
+    from shared.pipeline import host_kpis
     from shared.pipeline.analytics import analytics_sql
 
     # the streams of this run's viewer events and host actions (a late stream_end alone re-reads its stream)
@@ -988,6 +989,10 @@ def _write_analytics(con, store, manifest, written, run_id, cfg, tmp) -> dict[st
         ).fetchall()
     ]
     old = manifest.get("analytics") or {}
+    if old and any(not old.get(n) for n in layout.ANALYTICS_TABLES if n not in host_kpis.DERIVED_TABLES):
+        # a table this store has never had (a newer version added it): backfill it once, every stream
+        everything = manifest["clean_files"] + (manifest.get("host_files") or [])
+        affected = sorted(set(affected) | {s for f in everything for s in f["streams"]})
     con.execute("CREATE TEMP TABLE affected AS SELECT unnest(?::VARCHAR[]) AS stream_id", [affected])
 
     def source(table: str, listed: list[dict], schema: pa.Schema) -> str:
@@ -1005,8 +1010,20 @@ def _write_analytics(con, store, manifest, written, run_id, cfg, tmp) -> dict[st
     hsrc = source("clean_host", manifest.get("host_files", []), HOST_SCHEMA)
     con.execute(f"CREATE OR REPLACE TEMP VIEW a_host_source AS {hsrc}")
     analytics_sql(con, "a_source", cfg.max_session_s, host_source="a_host_source")
+    host_kpis.stream_tables_sql(con, "a_host_source")
     out = {}
+
+    def put(name: str, sql: str) -> None:
+        p = os.path.join(tmp, f"a-{name}.parquet")
+        con.execute(f"COPY ({sql} ORDER BY ALL) TO '{p}' (FORMAT parquet, COMPRESSION zstd)")
+        key = layout.analytics_key(name, run_id)
+        _put_file(store, key, p, "application/vnd.apache.parquet")
+        out[name] = key
+
+    # per-stream tables: the affected streams' new rows + the other streams' rows as committed
     for name in layout.ANALYTICS_TABLES:
+        if name in host_kpis.DERIVED_TABLES:
+            continue
         sql = f"SELECT * FROM a_{name}"
         if old.get(name):
             prev = _local(store, old[name], tmp)
@@ -1014,11 +1031,14 @@ def _write_analytics(con, store, manifest, written, run_id, cfg, tmp) -> dict[st
                 f"SELECT * FROM a_{name} UNION ALL BY NAME SELECT * FROM read_parquet('{prev}') "
                 f"WHERE stream_id NOT IN (SELECT stream_id FROM affected)"
             )
-        p = os.path.join(tmp, f"a-{name}.parquet")
-        con.execute(f"COPY ({sql} ORDER BY ALL) TO '{p}' (FORMAT parquet, COMPRESSION zstd)")
-        key = layout.analytics_key(name, run_id)
-        _put_file(store, key, p, "application/vnd.apache.parquet")
-        out[name] = key
+        if name in host_kpis.DERIVED_INPUTS:  # the whole table, read again by the cross-stream ones
+            con.execute(f"CREATE OR REPLACE TEMP TABLE m_{name} AS {sql}")
+            sql = f"SELECT * FROM m_{name}"
+        put(name, sql)
+    # cross-stream tables (new vs returning, hosts, cohorts): recomputed from the merged tables
+    host_kpis.derived_sql(con, "m_stream", "m_viewer_stream", settings().dashboard_tz)
+    for name in host_kpis.DERIVED_TABLES:
+        put(name, f"SELECT * FROM a_{name}")
     return out
 
 
