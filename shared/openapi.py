@@ -15,6 +15,7 @@ from pathlib import Path
 from shared.contract import json_schema
 from shared.dashboard import queries
 from shared.pipeline.analytics import STREAM_COLS
+from shared.pipeline.outputs import COHORT_GRAINS
 
 OUT_DIR = Path(__file__).resolve().parent.parent / "schema" / "openapi"
 
@@ -460,6 +461,8 @@ HEADLINE = list(queries.HEADLINE)  # the dashboard list view's columns
 PRODUCT_SORTS = ["gmv", "ctr", "orders", "clicks", "impressions", "units", "conversion_rate"]
 TIME = {"type": ["string", "null"], "format": "date-time"}
 STREAM_ID = {"type": "string", "pattern": "^[A-Za-z0-9._:@%-]{1,200}$", "format": F_STREAM}
+F_HOST = "daihuo-host-id"
+HOST_ID = {"type": "string", "pattern": "^[A-Za-z0-9._:@%-]{1,200}$", "format": F_HOST}
 
 
 def _kpi(name: str) -> dict:
@@ -518,8 +521,20 @@ def analytics() -> dict:
             hdrs["Allow"] = {"required": True, "schema": {"const": "GET, HEAD"}}
         return {"description": description, "headers": hdrs, "content": content}
 
-    def op(op_id: str, summary: str, params: list, schema_ref: str | None, *, stream: bool = False) -> dict:
+    hid = {
+        "name": "host_id",
+        "in": "path",
+        "required": True,
+        "schema": HOST_ID,
+        "example": "h-0000-douyin",
+        "description": "a host id (percent-encoded)",
+    }
+
+    def op(
+        op_id: str, summary: str, params: list, schema_ref: str | None, *, stream: bool = False, host: bool = False
+    ) -> dict:
         html = schema_ref is None
+        path_params = [sid] if stream else [hid] if host else []
         content = (
             {"text/html": {"schema": {"type": "string"}}}
             if html
@@ -533,20 +548,20 @@ def analytics() -> dict:
             },
             "304": {"description": "If-None-Match matched the current ETag; no body", "headers": cached},
             "400": err(400, "a bad value or an unknown parameter (named in `parameter`)", html),
-            "404": err(404, "unknown stream" if stream else "no such resource", html),
+            "404": err(404, "unknown stream" if stream else "unknown host" if host else "no such resource", html),
             "401": err(401, "no operator identity (docs/dashboard.md)", html),
         }
         return {
             "get": {
                 "operationId": op_id,
                 "summary": summary,
-                "parameters": ([sid] if stream else []) + params + [inm],
+                "parameters": path_params + params + [inm],
                 "responses": responses,
             },
             **{
                 m: {
                     "operationId": f"{op_id}{m.capitalize()}",
-                    "parameters": [sid] if stream else [],
+                    "parameters": path_params,
                     "responses": {"405": err(405, "only GET/HEAD", html)},
                 }
                 for m in ("post", "put", "delete", "patch")
@@ -591,6 +606,7 @@ def analytics() -> dict:
         "/api/streams/{stream_id}/products": op(
             "getProducts", "per-product KPIs with catalog titles", prod_params, "Products", stream=True
         ),
+        **_host_paths(op, q, limit, offset),
         "/api/quality": op("getQuality", "clean-run reports", [], "Quality"),
         "/api/models": op("getModels", "model versions and their metrics", [], "Models"),
         "/": op(
@@ -696,12 +712,22 @@ def analytics() -> dict:
                 "Error": _obj(
                     ["error", "message"],
                     {
-                        "error": {"enum": ["bad_parameter", "unknown_stream", "not_found", "method_not_allowed"]},
+                        "error": {
+                            "enum": [
+                                "bad_parameter",
+                                "unknown_stream",
+                                "unknown_host",
+                                "not_found",
+                                "method_not_allowed",
+                            ]
+                        },
                         "message": {"type": "string"},
                         "parameter": {"type": "string"},
                         "stream_id": {"type": "string"},
+                        "host_id": {"type": "string"},
                     },
                 ),
+                **_host_schemas(),
                 "StreamList": _obj(
                     ["total", "limit", "offset", "sort", "order", "streams"],
                     {
@@ -966,6 +992,159 @@ def analytics() -> dict:
                 ),
             }
         },
+    }
+
+
+def _host_paths(op, q, limit, offset) -> dict:
+    """The host and audience routes of the analytics function (shared/dashboard/hosts.py)."""
+    from shared.dashboard import hosts
+
+    return {
+        "/api/streams/{stream_id}/audience": op(
+            "getAudience",
+            "new vs returning viewers, followers gained, watch time, the retention curve",
+            [],
+            "Audience",
+            stream=True,
+        ),
+        "/api/streams/{stream_id}/slots": op(
+            "getSlots",
+            "sales per presentation slot (讲解)",
+            [
+                q("sort", {"enum": list(hosts.SLOT_SORTS), "default": "start"}, "start ascending, else descending"),
+                {**limit, "description": "page size, default 500"},
+                offset,
+            ],
+            "Slots",
+            stream=True,
+        ),
+        "/api/hosts": op(
+            "listHosts",
+            "hosts with their totals across streams",
+            [
+                q("sort", {"enum": ["host_id", *hosts.HOST_SORTS], "default": "gmv"}, "a column of the host table"),
+                q("order", {"enum": ["asc", "desc"]}, "default desc; asc for host_id and platform"),
+                limit,
+                offset,
+                q("platform", {"type": "string", "examples": ["douyin"]}, "one platform or a comma list"),
+            ],
+            "HostList",
+        ),
+        "/api/hosts/{host_id}": op(
+            "getHost", "one host's totals and its streams side by side", [], "HostDetail", host=True
+        ),
+        "/api/hosts/{host_id}/cohorts": op(
+            "getHostCohorts",
+            "viewers by the day / week of their first stream with the host, and their return",
+            [q("grain", {"enum": list(COHORT_GRAINS), "default": "week"}, "cohort grain")],
+            "Cohorts",
+            host=True,
+        ),
+        "/hosts": op("pageHosts", "dashboard: the hosts", [], None),
+        "/hosts/{host_id}": op(
+            "pageHost",
+            "dashboard: one host, its streams side by side, cohorts",
+            [q("grain", {"enum": list(COHORT_GRAINS), "default": "week"}, "cohort grain")],
+            None,
+            host=True,
+        ),
+    }
+
+
+def _col(name: str) -> dict:
+    if name in ("start", "end", "started_at", "first_stream_at", "last_stream_at", "stream_time"):
+        return TIME
+    if name in (
+        "host_id",
+        "host_name",
+        "platform",
+        "title",
+        "currency",
+        "best_stream_id",
+        "item_id",
+        "slot_id",
+        "stream_id",
+    ):
+        return {"type": ["string", "null"]}
+    if name == "open_ended":
+        return {"type": "boolean"}
+    return NUM_OR_NULL
+
+
+def _host_schemas() -> dict:
+    from shared.dashboard import hosts
+
+    count = {"type": "integer", "minimum": 0}
+    page = {"total": count, "limit": {"type": "integer", "minimum": 1, "maximum": 500}, "offset": count}
+
+    def row(cols, **kw):
+        return _obj(list(cols), {c: _col(c) for c in cols}, additionalProperties=False, **kw)
+
+    return {
+        "HostList": _obj(
+            ["total", "limit", "offset", "sort", "order", "hosts"],
+            {
+                **page,
+                "sort": {"enum": ["host_id", *hosts.HOST_SORTS]},
+                "order": {"enum": ["asc", "desc"]},
+                "hosts": {"type": "array", "maxItems": 500, "items": row(hosts.HOST_COLUMNS)},
+            },
+        ),
+        "HostDetail": _obj(
+            ["host", "streams"],
+            {
+                "host": row(hosts.HOST_COLUMNS),
+                "streams": {"type": "array", "items": row(hosts.SIDE_BY_SIDE), "description": "oldest first"},
+            },
+        ),
+        "Cohorts": _obj(
+            ["host_id", "grain", "cohorts"],
+            {
+                "host_id": {"type": "string"},
+                "grain": {"enum": list(COHORT_GRAINS)},
+                "cohorts": {
+                    "type": "array",
+                    "items": _obj(
+                        ["cohort", "cohort_size", "periods"],
+                        {
+                            "cohort": {"type": "string", "format": "date"},
+                            "cohort_size": count,
+                            "periods": {
+                                "type": "array",
+                                "items": _obj(
+                                    ["period", "viewers", "share"],
+                                    {"period": count, "viewers": count, "share": {"type": "number", "minimum": 0}},
+                                ),
+                            },
+                        },
+                    ),
+                },
+            },
+        ),
+        "Audience": _obj(
+            ["stream_id", "audience", "retention"],
+            {
+                "stream_id": {"type": "string"},
+                "audience": row(hosts.AUDIENCE_COLUMNS),
+                "retention": {
+                    "type": "array",
+                    "description": "minute t = 0, 1, ...: viewers whose watch time is >= t minutes",
+                    "items": _obj(
+                        ["minute", "viewers", "share", "dropped"],
+                        {"minute": count, "viewers": count, "share": {"type": "number"}, "dropped": count},
+                    ),
+                },
+            },
+        ),
+        "Slots": _obj(
+            ["stream_id", "total", "limit", "offset", "sort", "slots"],
+            {
+                "stream_id": {"type": "string"},
+                **page,
+                "sort": {"enum": list(hosts.SLOT_SORTS)},
+                "slots": {"type": "array", "items": row(hosts.SLOT_COLUMNS)},
+            },
+        ),
     }
 
 

@@ -127,6 +127,9 @@ _other_id = st.from_regex(r"[A-Za-z0-9._:@-]{1,12}", fullmatch=True)
 schemathesis.openapi.format(openapi.F_USER, st.one_of(st.sampled_from(USERS), st.sampled_from(USERS), _other_id))
 schemathesis.openapi.format(openapi.F_STREAM, st.one_of(st.sampled_from(STREAMS), st.sampled_from(STREAMS), _other_id))
 schemathesis.openapi.format(openapi.F_ITEM, st.one_of(st.sampled_from(ITEMS), _other_id))
+# the evening has no host actions: no host exists, so the host routes answer their documented 404
+HOSTS = [f"h-{i:04d}-{p}" for i in range(2) for p in ("douyin", "kuaishou")]
+schemathesis.openapi.format(openapi.F_HOST, st.one_of(st.sampled_from(HOSTS), _other_id))
 schemathesis.openapi.format(openapi.F_ITEMS, st.lists(st.sampled_from(ITEMS), min_size=1, max_size=4).map(",".join))
 
 recommend_schema = schemathesis.openapi.from_path(openapi.OUT_DIR / "recommend.json")

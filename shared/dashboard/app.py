@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
-from shared.dashboard import pages, queries
+from shared.dashboard import hosts, pages, queries
 from shared.dashboard.data import DataSource
 from shared.dashboard.live import LiveRoomUnknown, LiveView
 from shared.http import HTML_UTF8, JSON_UTF8, Answer, error, json_answer
@@ -36,10 +36,17 @@ ROUTES: list[tuple[re.Pattern, str, set[str]]] = [
     (re.compile(rf"^/api/streams/{_SID}/timeseries$"), "api_timeseries", {"grain", "bucket"}),
     (re.compile(rf"^/api/streams/{_SID}/funnel$"), "api_funnel", set()),
     (re.compile(rf"^/api/streams/{_SID}/products$"), "api_products", {"sort", "limit", "offset"}),
+    (re.compile(rf"^/api/streams/{_SID}/audience$"), "api_audience", set()),
+    (re.compile(rf"^/api/streams/{_SID}/slots$"), "api_slots", {"sort", "limit", "offset"}),
+    (re.compile(r"^/api/hosts$"), "api_hosts", {"sort", "order", "limit", "offset", "platform"}),
+    (re.compile(rf"^/api/hosts/{_SID}$"), "api_host", set()),
+    (re.compile(rf"^/api/hosts/{_SID}/cohorts$"), "api_host_cohorts", {"grain"}),
     (re.compile(r"^/api/quality$"), "api_quality", set()),
     (re.compile(r"^/api/models$"), "api_models", set()),
     (re.compile(r"^/$"), "page_overview", {"platform", "from", "to", "sort", "order"}),
     (re.compile(rf"^/streams/{_SID}$"), "page_stream", {"bucket"}),
+    (re.compile(r"^/hosts$"), "page_hosts", set()),
+    (re.compile(rf"^/hosts/{_SID}$"), "page_host", {"grain"}),
     (re.compile(r"^/quality$"), "page_quality", set()),
     (re.compile(r"^/models$"), "page_models", set()),
     (re.compile(r"^/api/live$"), "api_live_streams", set()),
@@ -49,6 +56,7 @@ ROUTES: list[tuple[re.Pattern, str, set[str]]] = [
     (re.compile(r"^/assets/live\.js$"), "asset_live_js", set()),
     (re.compile(r"^/healthz$"), "health", set()),
 ]
+HOST_KINDS = {"api_host", "api_host_cohorts", "page_host"}  # the path id is a host id
 LIVE_KINDS = {"api_live_streams", "api_live_room", "page_live_index", "page_live", "asset_live_js"}
 STATIC = Path(__file__).parent / "static"
 NO_STORE = {"Cache-Control": "no-store", "Vary": "Accept-Encoding, Authorization, Cookie"}
@@ -139,7 +147,10 @@ class App:
             "ETag": etag,
             "Vary": "Accept-Encoding, Authorization, Cookie",
         }
-        if sid is not None and not snap.has_stream(sid):
+        if sid is not None and kind in HOST_KINDS:
+            if not hosts.has_host(snap, sid):
+                return self._error(404, "unknown_host", f"unknown host {sid!r}", api, snap, host_id=sid)
+        elif sid is not None and not snap.has_stream(sid):
             return self._error(404, "unknown_stream", f"unknown stream {sid!r}", api, snap, stream_id=sid)
         if _etag_matches(headers.get("If-None-Match") or headers.get("if-none-match"), etag):
             return Answer(304, b"", cache)
@@ -159,6 +170,8 @@ class App:
             return self._error(400, "bad_parameter", exc.message, api, snap, parameter=exc.parameter)
         except queries.UnknownStream as exc:
             return self._error(404, "unknown_stream", str(exc), api, snap, stream_id=exc.stream_id)
+        except hosts.UnknownHost as exc:
+            return self._error(404, "unknown_host", str(exc), api, snap, host_id=exc.host_id)
 
     def _live(self, kind: str, sid: str | None, api: bool) -> Answer:
         """The live routes: never cached (no-store), no ETag; read from Bigtable through ``self.live``."""
@@ -199,6 +212,16 @@ class App:
             return queries.funnel(snap, sid)
         if kind == "api_products":
             return queries.products(snap, sid, args)
+        if kind == "api_audience":
+            return hosts.stream_audience(snap, sid)
+        if kind == "api_slots":
+            return hosts.stream_slots(snap, sid, args)
+        if kind == "api_hosts":
+            return hosts.list_hosts(snap, args)
+        if kind == "api_host":
+            return hosts.host_detail(snap, sid)
+        if kind == "api_host_cohorts":
+            return hosts.host_cohorts(snap, sid, args)
         if kind == "api_quality":
             return queries.quality(snap)
         if kind == "api_models":
@@ -210,6 +233,10 @@ class App:
             return pages.overview_page(snap, args, self.root)
         if kind == "page_stream":
             return pages.stream_page(snap, sid, args, self.root)
+        if kind == "page_hosts":
+            return hosts.hosts_page(snap, args, self.root)
+        if kind == "page_host":
+            return hosts.host_page(snap, sid, args, self.root)
         if kind == "page_quality":
             return pages.quality_page(snap, self.root)
         if kind == "page_models":

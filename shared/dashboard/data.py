@@ -1,7 +1,7 @@
 """Loading what the dashboard shows from the object store, cached per instance.
 
-A :class:`Snapshot` is an immutable view of one committed state: the three analytics tables of the
-clean manifest, product titles from the catalog parts, the clean runs' data-quality reports and the
+A :class:`Snapshot` is an immutable view of one committed state: the analytics tables of the
+clean manifest (all but the viewer-level ``layout.VIEWER_TABLES``), product titles from the catalog parts, the clean runs' data-quality reports and the
 model versions' metadata. :class:`DataSource` keeps the current snapshot and reloads it only when the
 manifest's generation (or the ``models/LATEST.json`` generation) changed, looking at most once every
 ``check_every_s`` seconds (two small metadata reads; nothing is downloaded while nothing changed).
@@ -49,6 +49,10 @@ def _frame(t: pa.Table) -> pd.DataFrame:
     return pa.table(cols, names=t.column_names).to_pandas()
 
 
+def _empty(cols: list[str]) -> pd.DataFrame:
+    return pd.DataFrame(columns=cols)
+
+
 def _generation(store, key: str) -> str | None:
     try:
         return store.generation(key)
@@ -69,6 +73,12 @@ class Snapshot:
     runs: list[dict[str, Any]]  # clean run reports, oldest first
     models: list[dict[str, Any]]  # model metadata, oldest first
     latest_model: str | None
+    # the host / audience tables (shared/pipeline/host_kpis.py; empty until a clean run wrote them)
+    stream_slot: pd.DataFrame = field(default_factory=lambda: _empty(outputs.TABLE_COLUMNS["stream_slot"]))
+    stream_retention: pd.DataFrame = field(default_factory=lambda: _empty(outputs.TABLE_COLUMNS["stream_retention"]))
+    stream_audience: pd.DataFrame = field(default_factory=lambda: _empty(outputs.TABLE_COLUMNS["stream_audience"]))
+    host: pd.DataFrame = field(default_factory=lambda: _empty(outputs.TABLE_COLUMNS["host"]))
+    host_cohort: pd.DataFrame = field(default_factory=lambda: _empty(outputs.TABLE_COLUMNS["host_cohort"]))
     loaded_at: float = field(default_factory=time.time)
     _store: Any = None
     _minute_cache: OrderedDict[tuple, pd.DataFrame] = field(default_factory=OrderedDict)
@@ -174,6 +184,8 @@ def load_snapshot(store, manifest_gen: str | None, models_gen: str | None) -> Sn
     manifest, _ = outputs.load_manifest(store)
     snap.manifest = manifest
     for name in layout.ANALYTICS_TABLES:
+        if name in outputs.VIEWER_TABLES:  # viewer ids: never loaded by the dashboard
+            continue
         t = outputs.read_table(store, manifest, name)
         if t is not None:
             setattr(snap, name, _frame(t))

@@ -139,10 +139,17 @@ def stream_page(snap, stream_id: str, args, root: str = "") -> str:
             charts.products_chart(top_ctr, "ctr"), name="products_ctr", label="top products by CTR"
         ),
     }
+    from shared.dashboard import hosts
+
+    extra = hosts.stream_extras(snap, stream_id)  # audience tiles, retention chart, slot sales
     return _render(
         "stream.html",
         snap,
         root,
+        a=extra["audience"],
+        slots=extra["slots"],
+        retention_chart=extra["retention_chart"],
+        has_host=bool(kpis.get("host_id")) and hosts.has_host(snap, kpis["host_id"]),
         title=f"直播间 {kpis.get('title') or stream_id}",
         nav="stream",
         s=kpis,

@@ -5,6 +5,9 @@ their definitions; the pipeline's internals (its SQL, its config, the run) stay 
 
 * :data:`CLEAN_SCHEMA`, :func:`empty_clean` - the clean/ table's Arrow schema;
 * :data:`STREAM_COLUMNS` - the columns of the ``stream`` analytics table;
+* :data:`TABLE_COLUMNS` - the columns of the host / audience tables (``stream_slot``,
+  ``stream_retention``, ``stream_audience``, ``host``, ``host_cohort``; shared.pipeline.host_kpis);
+* :data:`VIEWER_TABLES` - the analytics tables holding viewer ids: readers must not serve them;
 * :func:`load_manifest` - the committed manifest (``shared.layout.Manifest``) and its generation;
 * :func:`clean_events` - one stream's committed clean events (only the files holding it are read);
 * :func:`read_table` - an analytics table of the manifest;
@@ -22,7 +25,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from shared.adapters.storage import ObjectStore
-from shared.layout import ANALYTICS_TABLES, Manifest, load_manifest
+from shared.layout import ANALYTICS_TABLES, VIEWER_TABLES, Manifest, load_manifest
+from shared.pipeline import host_kpis
 from shared.pipeline.analytics import STREAM_COLS, analytics_sql
 from shared.pipeline.clean import CLEAN_SCHEMA
 from shared.settings import settings
@@ -31,6 +35,10 @@ __all__ = [
     "ANALYTICS_TABLES",
     "CLEAN_SCHEMA",
     "STREAM_COLUMNS",
+    "TABLE_COLUMNS",
+    "VIEWER_TABLES",
+    "COHORT_GRAINS",
+    "RETENTION_POINTS",
     "clean_events",
     "empty_clean",
     "load_manifest",
@@ -39,6 +47,15 @@ __all__ = [
 ]
 
 STREAM_COLUMNS: list[str] = list(STREAM_COLS)
+TABLE_COLUMNS: dict[str, list[str]] = {
+    "stream_slot": list(host_kpis.SLOT_COLS),
+    "stream_retention": list(host_kpis.RETENTION_COLS),
+    "stream_audience": list(host_kpis.AUDIENCE_COLS),
+    "host": list(host_kpis.HOST_COLS),
+    "host_cohort": list(host_kpis.COHORT_COLS),
+}
+COHORT_GRAINS: tuple[str, ...] = host_kpis.COHORT_GRAINS
+RETENTION_POINTS: tuple[int, ...] = host_kpis.RETENTION_POINTS
 
 
 def empty_clean() -> pa.Table:
