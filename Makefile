@@ -6,7 +6,7 @@ PY     := $(BIN)/python
 STAMP  := $(VENV)/.installed-$(shell sha1sum requirements.txt | cut -c1-12)
 PYTEST_ARGS ?=
 
-.PHONY: help venv lock lint fmt check-emulators test demo up down status bench-ingest bench-live bench-live-e2e bench-clean bench-recommend bench-ranker eval-served evaluate schema clean-var package checkov infra-fmt
+.PHONY: help venv lock lint fmt check-emulators test demo up down status bench bench-coldstart bench-ingest bench-live bench-live-e2e bench-clean bench-recommend bench-ranker eval-served evaluate schema clean-var package checkov infra-fmt
 
 help:
 	@echo "make demo            the main job: local cloud + a simulated live-stream evening through every function"
@@ -14,6 +14,8 @@ help:
 	@echo "make lock            recompile requirements/*.in to the pinned lock files and requirements.txt (LOCK_ARGS=\"-P pkg\" to upgrade one)"
 	@echo "make lint / fmt      ruff lint + format check and mypy on the pure modules / apply ruff fixes and format"
 	@echo "make up / down       start / stop the local cloud in the background (status: make status)"
+	@echo "make bench           every benchmark (bounded sizes), each figure beside its anchor, a summary table"
+	@echo "make bench-coldstart cold starts of the packaged bundles (read-only, unprivileged) vs a bare function"
 	@echo "make bench-ingest    ingest throughput and latency (figures in README)"
 	@echo "make bench-live      live layer: one instance's events/s (batched, single), accepted->visible latency (docs/live.md)"
 	@echo "make bench-live-e2e  accepted by ingest -> visible in the live read, p50/p95 at a steady rate (docs/live.md)"
@@ -65,6 +67,12 @@ down: venv
 
 status: venv
 	$(PY) -m devtools.localcloud status
+
+bench: venv check-emulators   # every benchmark at bounded sizes + a summary table (bench/run_all.py; BENCH_ONLY=clean,coldstart)
+	$(PY) bench/run_all.py $(if $(BENCH_ONLY),--only $(BENCH_ONLY))
+
+bench-coldstart: venv check-emulators
+	$(PY) bench/bench_coldstart.py $(BENCH_ARGS)
 
 bench-ingest: venv check-emulators
 	$(PY) bench/bench_ingest.py $(BENCH_ARGS)
