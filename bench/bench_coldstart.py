@@ -108,15 +108,17 @@ run_clean(open_store({str(d / "store")!r}), None, CleanConfig(threads=2))
 # ------------------------------------------------------------------------------- the bundles
 def allowed_modules(requirements: Path) -> set[str] | None:
     """Top-level modules of the pinned distributions and everything they require (recursively)."""
+    import re
     from importlib import metadata
 
-    from packaging.requirements import Requirement
+    def name_of(req: str) -> str:
+        return re.match(r"\s*([A-Za-z0-9._-]+)", req).group(1)  # type: ignore[union-attr]
 
     todo = []
     for line in requirements.read_text().splitlines():
         line = line.split("#", 1)[0].strip()
         if line:
-            todo.append(Requirement(line).name)
+            todo.append(name_of(line))
     seen: set[str] = set()
     mods: set[str] = set()
     by_dist: dict[str, list[str]] = {}
@@ -135,9 +137,10 @@ def allowed_modules(requirements: Path) -> set[str] | None:
         mods.update(by_dist.get(name, []))
         mods.update(by_dist.get(dist.metadata["Name"].lower().replace("_", "-"), []))
         for r in dist.requires or []:
-            req = Requirement(r)
-            if req.marker is None or req.marker.evaluate({"extra": ""}):
-                todo.append(req.name)
+            # an extra's requirement is not installed; other markers (python, platform) are kept: the guard
+            # then allows a little more than pip would install, never less
+            if "extra ==" not in r.replace("extra==", "extra =="):
+                todo.append(name_of(r))
     return mods
 
 

@@ -94,6 +94,18 @@ def _open_store():
     return open_store(settings().store)
 
 
+def numba_cache_dir(source_dir: str) -> None:
+    """``numba``'s ``cache=True`` writes compiled kernels beside their source; a deployed function's source
+    directory is read-only (``os.access`` also sees a read-only mount, which root's file modes would not):
+    then the cache goes to the temp directory (numba reads ``NUMBA_CACHE_DIR``, its own variable, when it is
+    imported). An instance's workers share it; a new instance compiles once. A set value is kept."""
+    if os.environ.get("NUMBA_CACHE_DIR") or os.access(source_dir, os.W_OK):
+        return
+    import tempfile
+
+    os.environ["NUMBA_CACHE_DIR"] = os.path.join(tempfile.gettempdir(), "daihuo-numba-cache")
+
+
 _bus = per_instance(_new_bus)
 _store = per_instance(_open_store)
 

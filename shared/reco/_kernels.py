@@ -22,25 +22,14 @@ blockwise scipy implementation in ``itemknn.py`` (same results up to ties).
 from __future__ import annotations
 
 import os
-import tempfile
 import threading
 
 import numpy as np
 
+from shared.runtime import numba_cache_dir
 
-def _numba_cache_dir() -> None:
-    """``cache=True`` makes numba write its compiled kernels beside this file; a deployed function's
-    source directory is read-only (and root ignores file modes, hence ``os.access``, which also sees a
-    read-only mount): then the cache goes to the temp directory (numba reads ``NUMBA_CACHE_DIR`` when it
-    is imported; set by nobody else). Within an instance its workers share it; a new instance compiles
-    once. An explicit ``NUMBA_CACHE_DIR`` is kept."""
-    if os.environ.get("NUMBA_CACHE_DIR"):
-        return
-    if not os.access(os.path.dirname(os.path.abspath(__file__)), os.W_OK):
-        os.environ["NUMBA_CACHE_DIR"] = os.path.join(tempfile.gettempdir(), "daihuo-numba-cache")
-
-
-_numba_cache_dir()
+# numba writes its cache beside this file: to the temp directory when that is read-only (shared.runtime)
+numba_cache_dir(os.path.dirname(os.path.abspath(__file__)))
 
 try:  # pragma: no cover - exercised when numba is installed
     import numba as _nb
