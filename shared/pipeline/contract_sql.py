@@ -31,16 +31,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from shared.contract import ALL_TYPES, MODEL_BY_TYPE, json_schema
+from shared.contract import ALL_TYPES
+from shared.contract_rules import ANNOTATIONS as _ANNOTATIONS
+from shared.contract_rules import Untranslatable, conditional, non_null, type_schemas
 
-# JSON Schema keywords that only annotate (no effect on validity)
-_ANNOTATIONS = {"title", "description", "default", "examples"}
 _DUCK = {"string": "VARCHAR", "number": "DOUBLE", "integer": "BIGINT", "object": "JSON", "boolean": "BOOLEAN"}
 EXTRA_FIELDS = {"received_at": "VARCHAR"}  # not in the contract: stamped by ingest on every accepted event
-
-
-class Untranslatable(Exception):
-    """A schema keyword the fast path does not express: the type's rows always go to the contract."""
 
 
 def _lit(v: Any) -> str:
@@ -66,13 +62,7 @@ class Prop:
 
 def _base(schema: dict[str, Any]) -> dict[str, Any]:
     """The non-null branch of an optional property (``anyOf: [X, {"type": "null"}]``)."""
-    if "anyOf" in schema:
-        rest = {k: v for k, v in schema.items() if k not in _ANNOTATIONS and k != "anyOf"}
-        branches = [b for b in schema["anyOf"] if b != {"type": "null"}]
-        if rest or len(branches) != 1 or len(schema["anyOf"]) != 2:
-            raise Untranslatable(f"union {schema['anyOf']!r}")
-        return branches[0]
-    return schema
+    return non_null(schema)[0]
 
 
 def _free_form(s: dict[str, Any]) -> str:
@@ -154,35 +144,15 @@ def _prop(schema: dict[str, Any]) -> Prop:
 
 
 def _conditional(clause: dict[str, Any], props: dict[str, Prop]) -> str:
-    """One ``allOf`` clause ``{"if": {"properties": {X: {"const": V}}, "required": [X]}, "then":
-    {"required": [F, ...], "properties": {F: {"type": T}}}}`` -> SQL that is true when it is violated."""
-    cond, then = clause.get("if", {}), clause.get("then", {})
-    if (
-        set(clause) != {"if", "then"}
-        or set(cond) - {"properties", "required"}
-        or set(then) - {"properties", "required"}
-    ):
-        raise Untranslatable(f"allOf clause {clause!r}")
-    tests = []
-    for x, sub in cond.get("properties", {}).items():
-        if set(sub) != {"const"} or x not in props:
-            raise Untranslatable(f"if {x}: {sub!r}")
-        tests.append(f'j."{x}" = {_lit(sub["const"])}')
-    for x in cond.get("required", []):
-        tests.append(f'j."{x}" IS NOT NULL')
-    need = []
-    for f in then.get("required", []):
-        if f not in props:
-            raise Untranslatable(f"then requires {f}")
-        need.append(f'j."{f}" IS NULL')
-    for f, sub in then.get("properties", {}).items():
+    """One ``allOf`` clause (parsed by ``contract_rules.conditional``) -> SQL that is true when it is violated."""
+    c = conditional(clause, props)
+    for f, jtype in c.need_types.items():
         # a type restriction only (the null branch removed): already what the field's own check says
-        if set(sub) != {"type"} or f not in props or _DUCK.get(sub["type"]) != props[f].duck:
-            raise Untranslatable(f"then {f}: {sub!r}")
-        need.append(f'j."{f}" IS NULL')
-    if not tests or not need:
-        raise Untranslatable(f"allOf clause {clause!r}")
-    return "(" + " AND ".join(tests) + ") AND (" + " OR ".join(dict.fromkeys(need)) + ")"
+        if _DUCK.get(jtype) != props[f].duck:
+            raise Untranslatable(f"then {f}: {jtype!r}")
+    tests = [f'j."{x}" = {_lit(v)}' for x, v in c.when.items()] + [f'j."{x}" IS NOT NULL' for x in c.when_present]
+    need = [f'j."{f}" IS NULL' for f in c.needs]
+    return "(" + " AND ".join(tests) + ") AND (" + " OR ".join(need) + ")"
 
 
 @dataclass(frozen=True)
@@ -213,8 +183,7 @@ def _type_sql(t: str, schema: dict[str, Any]) -> TypeSQL:
 
 
 def _derive() -> dict[str, TypeSQL]:
-    defs = json_schema()["$defs"]
-    return {t: _type_sql(t, defs[MODEL_BY_TYPE[t].__name__]) for t in ALL_TYPES}
+    return {t: _type_sql(t, schema) for t, schema in type_schemas().items()}
 
 
 TYPES: dict[str, TypeSQL] = _derive()
