@@ -58,6 +58,7 @@ locals {
     DAIHUO_EVENTS_TOPIC         = "viewer-events"
     DAIHUO_CLEANED_TOPIC        = "events-cleaned"
     DAIHUO_MODEL_TOPIC          = "model-published"
+    DAIHUO_ALERTS_TOPIC         = "alerts"
     DAIHUO_ARCHIVE_SUBSCRIPTION = "viewer-events-archive"
     # analytics is IAM-only (no allUsers binding, iam.tf): Cloud Run admits only operators holding
     # run.invoker with a Google ID token (gcloud run services proxy / IAP), docs/dashboard.md

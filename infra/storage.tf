@@ -84,6 +84,16 @@ resource "google_storage_bucket" "data" {
     }
   }
 
+  lifecycle_rule {
+    condition {
+      age            = var.alert_retention_days
+      matches_prefix = ["alerts/"]
+    }
+    action {
+      type = "Delete"
+    }
+  }
+
   # Versioning keeps overwritten pointers (state/clean-manifest.json, models/LATEST.json) for a
   # while for recovery; noncurrent versions older than a week, or beyond the 5 newest, are removed.
   lifecycle_rule {

@@ -204,3 +204,21 @@ variable "live_session_events" {
   type        = number
   default     = 20
 }
+
+variable "alert_notification_channels" {
+  description = "Cloud Monitoring notification channel ids (projects/<p>/notificationChannels/<id>) the alert policies notify (infra/alerts.tf). Empty: incidents are opened without notifications."
+  type        = list(string)
+  default     = []
+}
+
+variable "dead_letter_alert_threshold" {
+  description = "The dead-letter alert policy fires when more messages than this wait on the inspection subscription for 5 minutes."
+  type        = number
+  default     = 0
+}
+
+variable "alert_retention_days" {
+  description = "Days the alerts/ objects (recorded alerts and their sent markers) are kept."
+  type        = number
+  default     = 90
+}

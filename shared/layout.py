@@ -18,6 +18,8 @@ One bucket (``DAIHUO_STORE``) holds everything, under these prefixes (docs/stora
     state/faults/<function>-<point>                      tests: fault-injection markers (shared.runtime)
     models/<version>/arrays.npz, models/<version>/meta.json   train: immutable model versions
     models/LATEST.json                                   train: the served version's pointer (CAS)
+    alerts/date=YYYY-MM-DD/<id>.json                     clean, live: one fired alert (create-only, docs/alerts.md)
+    alerts/sent/<id>                                     clean, live: the alert reached the alerts topic
 
 Readers only trust what the manifest names: a run that crashed or lost the commit race leaves
 objects nobody references. The manifest moves by compare-and-swap on its generation
@@ -50,6 +52,8 @@ STATE = "state/"
 DEDUPE = STATE + "dedupe/"
 FAULTS = STATE + "faults/"
 MODELS = "models/"
+ALERTS = "alerts/"
+ALERTS_SENT = ALERTS + "sent/"
 
 # -- single objects ------------------------------------------------------------------------------
 MANIFEST = STATE + "clean-manifest.json"
@@ -141,6 +145,15 @@ def model_arrays_key(version: str) -> str:
 
 def model_meta_key(version: str) -> str:
     return f"{MODELS}{version}/meta.json"
+
+
+def alert_key(day: str, alert_id: str) -> str:
+    """``day``: the UTC date of the alert's ``time`` (deterministic: a re-evaluation finds it)."""
+    return f"{ALERTS}date={day}/{alert_id}.json"
+
+
+def alert_sent_key(alert_id: str) -> str:
+    return f"{ALERTS_SENT}{alert_id}"
 
 
 def partition_date(key: str) -> str | None:

@@ -694,6 +694,7 @@ def analytics() -> dict:
             for m in ("post", "put", "delete", "patch")
         },
     }
+    paths.update(_alert_paths(q, err, no_store))
     headline = {c: _kpi(c) for c in HEADLINE}
     count = {"type": "integer", "minimum": 0}
     rate = {"type": ["number", "null"], "minimum": 0}
@@ -970,6 +971,7 @@ def analytics() -> dict:
                         ),
                     ]
                 },
+                **_alert_schemas(),
                 "Models": _obj(
                     ["latest", "models", "metrics"],
                     {
@@ -1143,6 +1145,86 @@ def _host_schemas() -> dict:
                 **page,
                 "sort": {"enum": list(hosts.SLOT_SORTS)},
                 "slots": {"type": "array", "items": row(hosts.SLOT_COLUMNS)},
+            },
+        ),
+    }
+
+
+def _alert_paths(q, err, no_store) -> dict:
+    """/api/alerts and /alerts (shared/dashboard/alerts.py): read at each request, never cached."""
+    from shared.alert_rules import RULE_NAMES
+    from shared.dashboard import alerts as alert_view
+
+    rule = q("rule", {"enum": list(RULE_NAMES)}, "only this rule's alerts")
+    limit = q("limit", {"type": "integer", "minimum": 1, "maximum": alert_view.MAX_LIMIT}, "most alerts (default 100)")
+
+    def one(op_id: str, summary: str, params: list, html: bool) -> dict:
+        content = (
+            {"text/html": {"schema": {"type": "string"}}}
+            if html
+            else {"application/json": {"schema": {"$ref": "#/components/schemas/Alerts"}}}
+        )
+        return {
+            "get": {
+                "operationId": op_id,
+                "summary": summary,
+                "parameters": params,
+                "responses": {
+                    "200": {
+                        "description": "UTF-8 HTML page" if html else "UTF-8 JSON, newest first",
+                        "headers": no_store,
+                        "content": content,
+                    },
+                    "400": err(
+                        400, "an unknown rule, a bad limit or an unknown parameter (named in `parameter`)", html
+                    ),
+                    "401": err(401, "no operator identity (docs/dashboard.md)", html),
+                    "404": err(404, "no such resource", html),
+                },
+            },
+            **{
+                m: {
+                    "operationId": f"{op_id}{m.capitalize()}",
+                    "parameters": [],
+                    "responses": {"405": err(405, "only GET/HEAD", html)},
+                }
+                for m in ("post", "put", "delete", "patch")
+            },
+        }
+
+    return {
+        "/api/alerts": one("listAlerts", "the recent alerts (docs/alerts.md)", [rule, limit], False),
+        "/alerts": one("pageAlerts", "dashboard: the recent alerts", [rule], True),
+    }
+
+
+def _alert_schemas() -> dict:
+    from shared.alert_rules import RULE_NAMES
+
+    alert = _obj(
+        ["id", "rule", "subject", "value", "threshold", "time", "source", "message", "published", "details"],
+        {
+            "id": {"type": "string", "description": "hash of (rule, subject, window): the same condition, the same id"},
+            "rule": {"enum": list(RULE_NAMES)},
+            "subject": {"type": "string", "description": "stream:<id>, clean, subscription:<name> or model"},
+            "value": {"type": "number", "description": "what was measured"},
+            "threshold": {"type": "number", "description": "the limit it crossed"},
+            "time": {"type": "string", "description": "when the condition held (UTC, ISO 8601)"},
+            "source": {"enum": ["clean", "live", "train"]},
+            "message": {"type": "string"},
+            "published": {"type": "boolean", "description": "it reached the alerts topic"},
+            "recorded_at": {"type": ["string", "null"]},
+            "details": {"type": "object"},
+        },
+    )
+    return {
+        "Alert": alert,
+        "Alerts": _obj(
+            ["alerts", "rules", "days"],
+            {
+                "alerts": {"type": "array", "items": {"$ref": "#/components/schemas/Alert"}},
+                "rules": {"type": "array", "items": {"enum": list(RULE_NAMES)}},
+                "days": {"type": "integer", "minimum": 1},
             },
         ),
     }

@@ -191,6 +191,16 @@ class Settings(_Base):
     live_fast_claim: int = _f(1, "live: a row's claim of at most this many ids is one conditional mutation")
     live_timeout_s: float = _f(10.0, "live: the writer's deadline per Bigtable call")
     live_read_timeout_s: float = _f(1.0, "live: the reader's deadline per read (then `LiveUnavailable`)")
+    # -- alerts (shared/alert_rules.py, shared/alerts.py, docs/alerts.md) -------------------------
+    alerts_topic: str = _f("alerts", "clean, live: the topic alerts are published on (JSON, docs/alerts.md)")
+    alert_rules: Annotated[dict[str, Any], NoDecode] = _f(
+        {},
+        "clean, live: alert thresholds over the defaults, JSON `{rule: {field: value}}` (docs/alerts.md); "
+        "validated at load",
+    )
+    alert_live_check_s: float = _f(
+        60.0, "live: seconds between two evaluations of a room's GMV-drop rule per instance (0: every message)"
+    )
 
     @field_validator("retention_days", mode="before")
     @classmethod
@@ -218,6 +228,27 @@ class Settings(_Base):
         except Exception as exc:
             raise ValueError(f"unknown time zone {v!r} (an IANA name such as Asia/Shanghai or UTC)") from exc
         return v
+
+    @field_validator("alert_rules", mode="before")
+    @classmethod
+    def _alert_rules(cls, v: Any) -> Any:
+        """A JSON object of overrides; checked against the rules' model now (a bad rule stops the load)."""
+        from shared.alert_rules import RulesError, parse_rules
+
+        v = cls._json_object(v)
+        if isinstance(v, dict):
+            try:
+                parse_rules(v)
+            except RulesError as exc:
+                raise ValueError(str(exc)) from None
+        return v
+
+    @property
+    def alerts(self):  # -> shared.alert_rules.AlertRules
+        """The alert rules: the defaults with ``alert_rules`` applied (validated at load)."""
+        from shared.alert_rules import parse_rules
+
+        return parse_rules(self.alert_rules)
 
     @field_validator("train_params", mode="before")
     @classmethod

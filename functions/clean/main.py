@@ -1,6 +1,8 @@
 """clean: a scheduler tick (Pub/Sub push on topic ``clean-tick``, hourly) cleans the raw objects not
 yet in ``state/clean-manifest.json`` into clean/, quarantine/, analytics/, reports/clean/ and
-publishes the run's summary on ``events-cleaned``.
+publishes the run's summary on ``events-cleaned``; then the batch alert rules are evaluated
+(shared/alerts.py: quarantine rate, dead-letter depth, model promotion streak, GMV vs the host's
+typical rate) and what fires is recorded under ``alerts/`` and published on ``alerts``.
 
 An exception answers 500 so Pub/Sub retries the tick; a retried or duplicated tick is a no-op or
 a fresh run (nothing is half-committed: the manifest moves last, with a generation precondition).
@@ -11,11 +13,13 @@ import json
 
 import functions_framework
 
-from shared import runtime
+from shared import alerts, runtime
 from shared.pipeline.clean import CleanConfig, run_clean
 
 
 @functions_framework.cloud_event
 def clean(cloud_event):
-    summary = run_clean(runtime.get_store(), runtime.get_bus(), CleanConfig())
+    store, bus = runtime.get_store(), runtime.get_bus()
+    summary = run_clean(store, bus, CleanConfig())
+    alerts.after_clean(store, bus, summary)  # never raises: the run is committed
     return json.dumps({k: summary.get(k) for k in ("status", "run_id", "rows_in", "rows_out", "dropped")})

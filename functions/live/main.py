@@ -6,6 +6,10 @@ malformed lines (or a body that is not base64 NDJSON) are quarantined under ``qu
 logged, and the message is acknowledged (a bad message never loops). A Bigtable or store failure
 raises, the function answers 500 and Pub/Sub redelivers (dead-letter topic after max attempts);
 the redelivery adds nothing that was already counted.
+
+After a message is applied, the rooms it touched are judged by the GMV-drop alert rule (at most
+once per ``DAIHUO_ALERT_LIVE_CHECK_S`` per room and instance; shared/alerts.py): an alert is
+recorded under ``alerts/`` and published on ``alerts`` once per window, whatever the redeliveries.
 """
 
 import base64
@@ -19,7 +23,7 @@ from datetime import UTC, datetime
 import functions_framework
 import orjson
 
-from shared import layout, runtime
+from shared import alerts, layout, runtime
 from shared.live import schema
 from shared.live.apply import LiveWriter
 from shared.live.config import LiveConfig
@@ -34,6 +38,18 @@ def _writer() -> LiveWriter:
 
 
 _live = runtime.per_instance(_writer)  # the Bigtable client on the first message
+
+
+def _alerts() -> alerts.LiveAlerts:
+    from shared.live.reader import LiveReader
+
+    cfg = LiveConfig()
+    return alerts.LiveAlerts(
+        LiveReader(schema.open_table(cfg), cfg), alerts.AlertSink(runtime.get_store(), runtime.get_bus())
+    )
+
+
+_live_alerts = runtime.per_instance(_alerts)
 
 
 def _quarantine(rows: list[dict], message_id: str | None, attributes: dict) -> str:
@@ -73,4 +89,12 @@ def live(cloud_event):
         summary["quarantine"] = _quarantine(result.rejected, message_id, attributes)
         log.warning("live: malformed events quarantined", extra={"message_id": message_id, **summary})
     log.info("live applied", extra={"message_id": message_id, "type": attributes.get("type"), **summary})
+    if result.streams:
+        try:
+            fired = _live_alerts.get().check(result.streams)  # never raises once built
+        except Exception as exc:  # building it (a store or bus client) failed: the next message retries
+            fired = {}
+            log.error("alerts: evaluation failed", extra={"error": f"{type(exc).__name__}: {exc}"})
+        if fired:
+            summary["alerts"] = fired
     return json.dumps(summary)

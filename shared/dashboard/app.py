@@ -54,10 +54,13 @@ ROUTES: list[tuple[re.Pattern, str, set[str]]] = [
     (re.compile(r"^/live$"), "page_live_index", set()),
     (re.compile(rf"^/live/{_SID}$"), "page_live", set()),
     (re.compile(r"^/assets/live\.js$"), "asset_live_js", set()),
+    (re.compile(r"^/api/alerts$"), "api_alerts", {"rule", "limit"}),
+    (re.compile(r"^/alerts$"), "page_alerts", {"rule"}),
     (re.compile(r"^/healthz$"), "health", set()),
 ]
 HOST_KINDS = {"api_host", "api_host_cohorts", "page_host"}  # the path id is a host id
 LIVE_KINDS = {"api_live_streams", "api_live_room", "page_live_index", "page_live", "asset_live_js"}
+ALERT_KINDS = {"api_alerts", "page_alerts"}  # read from alerts/ at each request (no-store)
 STATIC = Path(__file__).parent / "static"
 NO_STORE = {"Cache-Control": "no-store", "Vary": "Accept-Encoding, Authorization, Cookie"}
 
@@ -140,6 +143,8 @@ class App:
         sid = unquote(m.group(1)) if m.groups() else None
         if kind in LIVE_KINDS:
             return self._live(kind, sid, api)
+        if kind in ALERT_KINDS:
+            return self._alerts(kind, args, api)
         snap = self.source.snapshot()
         etag = f'"{snap.version}"'
         cache = {
@@ -199,6 +204,20 @@ class App:
         if kind == "api_live_room":
             return _json(200, doc, NO_STORE)
         body = pages.live_page(snap, sid, doc, self.root)
+        return Answer(200, body.encode("utf-8"), {"Content-Type": HTML_UTF8, **NO_STORE})
+
+    def _alerts(self, kind: str, args: dict, api: bool) -> Answer:
+        """The recent alerts (shared/dashboard/alerts.py): never cached, like the live routes."""
+        from shared.dashboard import alerts as alert_view
+
+        snap = self.source.snapshot()
+        try:
+            doc = alert_view.list_alerts(self.source.store, args)
+        except queries.BadParameter as exc:
+            return self._error(400, "bad_parameter", exc.message, api, snap, parameter=exc.parameter)
+        if kind == "api_alerts":
+            return _json(200, doc, NO_STORE)
+        body = pages.alerts_page(snap, doc, args.get("rule"), self.root)
         return Answer(200, body.encode("utf-8"), {"Content-Type": HTML_UTF8, **NO_STORE})
 
     def _api(self, kind: str, snap, sid: str | None, args: dict) -> dict:

@@ -239,3 +239,18 @@ def live_page(snap, stream_id: str, doc: dict, root: str = "") -> str:
 
 def error_page(snap, status: int, title: str, message: str, root: str = "") -> str:
     return _render("error.html", snap, root, title=title, nav="", status=status, message=message)
+
+
+def alerts_page(snap, doc: dict, rule: str | None, root: str = "") -> str:
+    """/alerts: the recent alerts (``doc``: shared.dashboard.alerts.list_alerts)."""
+    return _render(
+        "alerts.html",
+        snap,
+        root,
+        title="告警 Alerts",
+        nav="alerts",
+        rule=rule,
+        alerts=doc["alerts"],
+        rules=doc["rules"],
+        days=doc["days"],
+    )

@@ -72,6 +72,7 @@ class ApplyResult:
     ignored: int = 0  # valid types the live layer does not count (catalog_item, ...)
     too_old: int = 0  # older than the retention: not applied
     rejected: list[dict[str, Any]] = field(default_factory=list)  # malformed lines, with reasons
+    streams: list[str] = field(default_factory=list)  # the rooms the message touched (alerts judge them)
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -224,6 +225,7 @@ class LiveWriter:
                 host[ev["stream_id"]].append(ev)
             else:
                 res.ignored += 1
+        res.streams = sorted(set(viewer) | set(host))
         try:
             for stream, evs in host.items():
                 res.host += self._apply_host(stream, evs)

@@ -1,0 +1,365 @@
+"""Alerts: the rules of shared/alert_rules.py evaluated where their data is, each firing recorded in
+the store and published on the alerts topic once (docs/alerts.md).
+
+* :func:`after_clean` -- after every clean tick (functions/clean): the clean run's quarantine rate,
+  the dead-letter subscriptions' depth, the model versions' promotion streak, and each stream of
+  the run against its host's typical GMV per minute.
+* :class:`LiveAlerts` -- by the live function after it applied a message: the GMV-drop rule on the
+  room's per-minute GMV in Bigtable, at most once per ``DAIHUO_ALERT_LIVE_CHECK_S`` per room and
+  instance.
+
+Once: an alert's id hashes (rule, subject, window) (``Alert.id``). :meth:`AlertSink.fire` creates
+``alerts/date=<day>/<id>.json`` only if absent (the claim: a second evaluation of the same condition,
+a redelivered message, a second instance, finds it and stops), publishes the alert, then creates the
+marker ``alerts/sent/<id>``. A crash between the claim and the marker leaves a claim without a
+marker: the next evaluation of the same condition older than ``lease_s`` publishes it again
+(at least once; the message's ``alert_id`` attribute lets a consumer drop the copy). Both writes are
+creations, which the live function's create-only identity may do.
+
+Alert evaluation never fails the work it follows: an error is logged (``alerts: evaluation
+failed``) and the next evaluation tries again.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import orjson
+
+from shared import alert_rules, layout
+from shared.adapters.storage import ABSENT, NotFound, PreconditionFailed
+from shared.alert_rules import Alert, AlertRules
+from shared.log import get_logger
+
+log = get_logger("alerts")
+
+#: most messages counted per dead-letter subscription (the depth is then a lower bound)
+PEEK_CAP = 1000
+#: days of alerts the dashboard lists
+LIST_DAYS = 7
+
+
+def _rules(rules: AlertRules | None) -> AlertRules:
+    if rules is not None:
+        return rules
+    from shared.settings import settings
+
+    return settings().alerts
+
+
+def _topic(topic: str | None) -> str:
+    if topic:
+        return topic
+    from shared.settings import settings
+
+    return settings().alerts_topic
+
+
+# -------------------------------------------------------------------------------------------- sink
+class AlertSink:
+    """Records (store) and publishes (bus, may be None: record only) alerts, each once."""
+
+    def __init__(self, store, bus=None, topic: str | None = None, *, lease_s: float = 120.0, clock=time.time):
+        self.store = store
+        self.bus = bus
+        self.topic = _topic(topic)
+        self.lease_s = lease_s
+        self.clock = clock
+
+    def fire(self, alert: Alert) -> str:
+        """``published`` (new), ``recorded`` (new, no bus), ``duplicate`` (already fired) or
+        ``republished`` (claimed earlier, never marked sent: a crash in between)."""
+        doc = {**alert.to_dict(), "recorded_at": alert_rules.iso(self.clock())}
+        key = layout.alert_key(alert.time[:10] if len(alert.time) >= 10 else "unknown", alert.id)
+        try:
+            self.store.put(key, orjson.dumps(doc), content_type="application/json", if_generation_match=ABSENT)
+        except PreconditionFailed:
+            if self.bus is None or self.store.exists(layout.alert_sent_key(alert.id)):
+                return "duplicate"
+            try:
+                earlier = orjson.loads(self.store.get(key))
+            except (NotFound, orjson.JSONDecodeError):
+                return "duplicate"
+            age = self.clock() - _epoch(earlier.get("recorded_at"))
+            if age < self.lease_s:  # another evaluation claimed it moments ago and is publishing
+                return "duplicate"
+            self._publish(alert, earlier)
+            return "republished"
+        if self.bus is None:
+            fields = {k: doc[k] for k in ("id", "rule", "subject", "value", "threshold")}
+            log.warning("alert recorded", extra={**fields, "alert_time": doc["time"], "text": doc["message"]})
+            return "recorded"
+        self._publish(alert, doc)
+        return "published"
+
+    def _publish(self, alert: Alert, doc: dict[str, Any]) -> None:
+        self.bus.publish(self.topic, orjson.dumps(doc), alert_id=alert.id, rule=alert.rule, subject=alert.subject)
+        try:
+            self.store.put(layout.alert_sent_key(alert.id), b"", if_generation_match=ABSENT)
+        except PreconditionFailed:
+            pass
+        fields = {k: doc[k] for k in ("id", "rule", "subject", "value", "threshold")}
+        log.warning("alert published", extra={**fields, "alert_time": doc["time"], "text": doc["message"]})
+
+    def fire_all(self, alerts: Iterable[Alert]) -> dict[str, str]:
+        out = {}
+        for a in alerts:
+            try:
+                out[a.id] = self.fire(a)
+            except Exception as exc:  # a store or bus failure: the next evaluation tries again
+                log.error("alerts: could not fire", extra={"id": a.id, "rule": a.rule, "error": str(exc)})
+                out[a.id] = "failed"
+        return out
+
+
+def _epoch(value: Any) -> float:
+    from datetime import datetime
+
+    try:
+        return datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return 0.0
+
+
+# --------------------------------------------------------------------------------- batch (clean)
+def dead_letter_depths(bus, subscriptions: Iterable[str], cap: int = PEEK_CAP) -> dict[str, int]:
+    """Messages waiting on each subscription, counted by pulling up to ``cap`` and giving every one
+    back at once (ack deadline 0: nothing is consumed). Cloud Monitoring's
+    ``num_undelivered_messages`` is the exact figure on Google Cloud (the alert policy of
+    infra/alerts.tf); this count works on the emulator too. A subscription that cannot be read is
+    left out (logged)."""
+    out = {}
+    for sub in subscriptions:
+        got: list[str] = []
+        try:
+            while len(got) < cap:
+                msgs = bus.pull(sub, max_messages=min(100, cap - len(got)), timeout_s=2.0)
+                if not msgs:
+                    break
+                got += [m.ack_id for m in msgs]
+        except Exception as exc:
+            log.error("alerts: dead-letter subscription unreadable", extra={"subscription": sub, "error": str(exc)})
+            continue
+        finally:
+            if got:
+                try:
+                    bus.nack(sub, got)
+                except Exception as exc:  # they come back after the ack deadline anyway
+                    log.warning("alerts: nack failed", extra={"subscription": sub, "error": str(exc)})
+        out[sub] = len(got)
+    return out
+
+
+def model_alert(store, rules: AlertRules) -> Alert | None:
+    """The promotion streak over the newest model versions (by version id, i.e. by window end)."""
+    rule = rules.model_not_promoted
+    if not rule.enabled:
+        return None
+    metas = sorted(k for k in store.list(layout.MODELS) if layout.MODEL_META_RE.match(k))
+    newest = metas[-max(2 * rule.runs, 10) :]
+    docs = []
+    for k in newest:
+        try:
+            docs.append(orjson.loads(store.get(k)))
+        except (NotFound, orjson.JSONDecodeError):
+            continue
+    try:
+        latest = orjson.loads(store.get(layout.LATEST))
+    except NotFound:
+        latest = None
+    return alert_rules.model_not_promoted(docs, latest, rule)
+
+
+def _run_streams(store, summary: dict) -> set[str]:
+    manifest, _ = layout.load_manifest(store)
+    keys = set(summary.get("clean") or [])
+    return {s for f in manifest.clean_files if f.key in keys for s in f.streams}
+
+
+def host_gmv_alerts(store, summary: dict, rules: AlertRules, now: float) -> list[Alert]:
+    """The streams this run touched that are over (a ``stream_end``, or no event for an hour), against
+    their host's typical GMV per minute."""
+    rule = rules.gmv_drop
+    if not rule.enabled or not rule.compare_host or summary.get("status") != "committed":
+        return []
+    from shared.pipeline.clean import read_analytics
+
+    touched = _run_streams(store, summary)
+    if not touched:
+        return []
+    table = read_analytics(store, "stream")
+    if table.num_rows == 0 or "host_id" not in table.column_names:
+        return []
+    cols = [c for c in ("stream_id", "host_id", "gmv", "duration_s", "end", "ended_at") if c in table.column_names]
+    rows = table.select(cols).to_pylist()
+    for r in rows:
+        r["end"] = _iso(r.get("end"))
+    at = alert_rules.iso(now)
+    alerts = alert_rules.gmv_drop_vs_host(rows, rule, at=at)
+    # judge a stream once it is over (its whole span), and only the streams of this run
+    quiet = alert_rules.iso(now - 3600)
+    ended = {str(r["stream_id"]) for r in rows if r.get("ended_at") is not None or (r["end"] or "9") < quiet}
+    return [a for a in alerts if a.subject[7:] in touched and a.subject[7:] in ended]
+
+
+def _iso(v: Any) -> str | None:
+    if v is None:
+        return None
+    if hasattr(v, "timestamp"):
+        return alert_rules.iso(v.timestamp())
+    return str(v)
+
+
+def evaluate_batch(
+    store, bus, summary: dict, rules: AlertRules | None = None, *, now: float | None = None
+) -> list[Alert]:
+    """Every batch rule after one clean tick (``summary``: run_clean's answer, any status)."""
+    rules = _rules(rules)
+    now = time.time() if now is None else now
+    at = alert_rules.iso(now)
+    out: list[Alert] = []
+    steps: list[tuple[str, Callable[[], Iterable[Alert | None]]]] = [
+        ("quarantine_rate", lambda: [alert_rules.quarantine_rate(summary, rules.quarantine_rate, at=at)]),
+        (
+            "dead_letter_depth",
+            lambda: (
+                alert_rules.dead_letter_depth(
+                    dead_letter_depths(bus, rules.dead_letter_depth.subscriptions) if bus is not None else {},
+                    rules.dead_letter_depth,
+                    now=now,
+                    capped=PEEK_CAP,
+                )
+                if rules.dead_letter_depth.enabled
+                else []
+            ),
+        ),
+        ("model_not_promoted", lambda: [model_alert(store, rules)]),
+        ("gmv_drop", lambda: host_gmv_alerts(store, summary, rules, now)),
+    ]
+    for name, step in steps:
+        try:
+            out += [a for a in step() if a is not None]
+        except Exception as exc:
+            log.error("alerts: evaluation failed", extra={"rule": name, "error": f"{type(exc).__name__}: {exc}"})
+    return out
+
+
+def after_clean(
+    store, bus, summary: dict, rules: AlertRules | None = None, *, now: float | None = None, topic: str | None = None
+) -> dict:
+    """Evaluate the batch rules and fire what fires. Never raises (the run is committed already)."""
+    try:
+        alerts = evaluate_batch(store, bus, summary, rules, now=now)
+        fired = AlertSink(store, bus, topic).fire_all(alerts)
+    except Exception as exc:
+        log.error("alerts: evaluation failed", extra={"error": f"{type(exc).__name__}: {exc}"})
+        return {"error": str(exc)}
+    return {"alerts": len(alerts), "fired": fired}
+
+
+# ------------------------------------------------------------------------------------------- live
+class LiveAlerts:
+    """The GMV-drop rule on live rooms, for the live function: :meth:`check` after each applied
+    message, for the streams it touched; a room is read and judged at most once per ``every_s`` per
+    instance (the rest return at once). Thread-safe."""
+
+    def __init__(
+        self,
+        reader,
+        sink: AlertSink,
+        rules: AlertRules | None = None,
+        *,
+        every_s: float | None = None,
+        clock: Callable[[], float] = time.time,
+    ):
+        from shared.settings import settings
+
+        self.reader = reader
+        self.sink = sink
+        self.rules = _rules(rules)
+        self.every_s = settings().alert_live_check_s if every_s is None else every_s
+        self.clock = clock
+        self._last: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def _due(self, stream: str, now: float) -> bool:
+        with self._lock:
+            last = self._last.get(stream)
+            if last is not None and now - last < self.every_s:
+                return False
+            self._last[stream] = now
+            if len(self._last) > 10_000:  # forget the oldest rooms
+                for k in sorted(self._last, key=self._last.__getitem__)[:5000]:
+                    del self._last[k]
+            return True
+
+    def evaluate(self, stream: str, now: float | None = None) -> Alert | None:
+        """The rule on one room now (no rate limit, nothing fired)."""
+        rule = self.rules.gmv_drop
+        if not rule.enabled:
+            return None
+        now = self.clock() if now is None else now
+        span = rule.window_min + rule.baseline_min + 1
+        room = self.reader.room(stream, now=now, since_minutes=span)
+        if not room.on_air:
+            return None  # an ended room's GMV stops; that is not a drop
+        series: dict[int, float] = {}
+        for m in room.minutes:
+            series[int(_epoch(m["minute"]) // 60)] = float(m.get("gmv") or 0.0)
+        first = None
+        started = room.info.get("started_at")
+        if started:
+            first = int(_epoch(started) // 60)
+        elif series:
+            first = min(series)
+        if first is None:
+            return None
+        last_complete = int(now // 60) - 1
+        return alert_rules.gmv_drop_series(f"stream:{stream}", series, last_complete, rule, first_minute=first)
+
+    def check(self, streams: Iterable[str]) -> dict[str, str]:
+        """Judge the due rooms among ``streams`` and fire; never raises (logged)."""
+        out: dict[str, str] = {}
+        if not self.rules.gmv_drop.enabled:
+            return out
+        now = self.clock()
+        for stream in streams:
+            if not stream or not self._due(stream, now):
+                continue
+            try:
+                alert = self.evaluate(stream, now)
+                if alert is not None:
+                    out[stream] = self.sink.fire(alert)
+            except Exception as exc:
+                with self._lock:
+                    self._last.pop(stream, None)  # try again on the next message
+                log.error(
+                    "alerts: evaluation failed",
+                    extra={"rule": "gmv_drop", "stream_id": stream, "error": f"{type(exc).__name__}: {exc}"},
+                )
+        return out
+
+
+# --------------------------------------------------------------------------------------- reading
+def recent(store, *, limit: int = 100, days: int = LIST_DAYS, now: float | None = None) -> list[dict[str, Any]]:
+    """The newest alerts of the last ``days`` days (by ``time``), each with ``published``."""
+    from datetime import UTC, datetime, timedelta
+
+    now = time.time() if now is None else now
+    today = datetime.fromtimestamp(now, UTC).date()
+    docs: list[dict[str, Any]] = []
+    for i in range(days + 1):
+        day = (today - timedelta(days=i)).isoformat()
+        for key in store.list(f"{layout.ALERTS}date={day}/"):
+            try:
+                docs.append(orjson.loads(store.get(key)))
+            except (NotFound, orjson.JSONDecodeError):
+                continue
+    sent = {k.rsplit("/", 1)[-1] for k in store.list(layout.ALERTS_SENT)} if docs else set()
+    for d in docs:
+        d["published"] = d.get("id") in sent
+    docs.sort(key=lambda d: (str(d.get("time")), str(d.get("recorded_at"))), reverse=True)
+    return docs[:limit]
