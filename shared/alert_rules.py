@@ -44,30 +44,38 @@ class _Rule(BaseModel):
 
 
 class GmvDropRule(_Rule):
-    window_min: int = Field(10, ge=1, le=240, description="minutes of the recent window")
-    baseline_min: int = Field(30, ge=1, le=1440, description="minutes before the window that set the stream's rate")
-    drop_below: float = Field(0.5, gt=0, lt=1, description="fires when recent < drop_below x baseline")
-    min_baseline_gmv_per_min: float = Field(10.0, ge=0, description="ignore streams whose baseline rate is lower")
-    min_baseline_coverage: float = Field(
-        0.5, gt=0, le=1, description="share of baseline_min the stream must have been on (else: too young)"
+    window_min: int = Field(default=10, ge=1, le=240, description="minutes of the recent window")
+    baseline_min: int = Field(
+        default=30, ge=1, le=1440, description="minutes before the window that set the stream's rate"
     )
-    compare_host: bool = Field(True, description="after a clean run, also compare each stream with its host's rate")
-    min_stream_minutes: float = Field(10.0, ge=0, description="host comparison: streams shorter than this are skipped")
+    drop_below: float = Field(default=0.5, gt=0, lt=1, description="fires when recent < drop_below x baseline")
+    min_baseline_gmv_per_min: float = Field(
+        default=10.0, ge=0, description="ignore streams whose baseline rate is lower"
+    )
+    min_baseline_coverage: float = Field(
+        default=0.5, gt=0, le=1, description="share of baseline_min the stream must have been on (else: too young)"
+    )
+    compare_host: bool = Field(
+        default=True, description="after a clean run, also compare each stream with its host's rate"
+    )
+    min_stream_minutes: float = Field(
+        default=10.0, ge=0, description="host comparison: streams shorter than this are skipped"
+    )
 
 
 class QuarantineRateRule(_Rule):
-    max_rate: float = Field(0.05, gt=0, lt=1, description="fires when dropped / rows_in is above")
-    min_rows: int = Field(100, ge=1, description="runs with fewer input rows are not judged")
+    max_rate: float = Field(default=0.05, gt=0, lt=1, description="fires when dropped / rows_in is above")
+    min_rows: int = Field(default=100, ge=1, description="runs with fewer input rows are not judged")
 
 
 class DeadLetterRule(_Rule):
-    max_messages: int = Field(0, ge=0, description="fires when more messages than this wait")
+    max_messages: int = Field(default=0, ge=0, description="fires when more messages than this wait")
     subscriptions: list[str] = Field(default_factory=lambda: ["dead-letters-inspect"], min_length=1)
-    window_s: int = Field(3600, ge=60, description="one alert per subscription per window while it persists")
+    window_s: int = Field(default=3600, ge=60, description="one alert per subscription per window while it persists")
 
 
 class ModelRule(_Rule):
-    runs: int = Field(3, ge=1, le=100, description="fires when this many train runs in a row were not promoted")
+    runs: int = Field(default=3, ge=1, le=100, description="fires when this many train runs in a row were not promoted")
 
 
 class AlertRules(BaseModel):
@@ -75,10 +83,10 @@ class AlertRules(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    gmv_drop: GmvDropRule = Field(default_factory=GmvDropRule)
-    quarantine_rate: QuarantineRateRule = Field(default_factory=QuarantineRateRule)
-    dead_letter_depth: DeadLetterRule = Field(default_factory=DeadLetterRule)
-    model_not_promoted: ModelRule = Field(default_factory=ModelRule)
+    gmv_drop: GmvDropRule = Field(default_factory=lambda: GmvDropRule())
+    quarantine_rate: QuarantineRateRule = Field(default_factory=lambda: QuarantineRateRule())
+    dead_letter_depth: DeadLetterRule = Field(default_factory=lambda: DeadLetterRule())
+    model_not_promoted: ModelRule = Field(default_factory=lambda: ModelRule())
 
     @model_validator(mode="after")
     def _baseline_not_shorter(self) -> AlertRules:
