@@ -1,7 +1,7 @@
 """clean: a scheduler tick (Pub/Sub push on topic ``clean-tick``, hourly) cleans the raw objects not
 yet in ``state/clean-manifest.json`` into clean/, quarantine/, analytics/, reports/clean/ and
 publishes the run's summary on ``events-cleaned``; then the batch alert rules are evaluated
-(shared/alerts.py: quarantine rate, dead-letter depth, model promotion streak, GMV vs the host's
+(shared/pipeline/alerts.py: quarantine rate, dead-letter depth, model promotion streak, GMV vs the host's
 typical rate) and what fires is recorded under ``alerts/`` and published on ``alerts``.
 
 An exception answers 500 so Pub/Sub retries the tick; a retried or duplicated tick is a no-op or
@@ -13,7 +13,8 @@ import json
 
 import functions_framework
 
-from shared import alerts, runtime
+from shared import runtime
+from shared.pipeline import alerts
 from shared.pipeline.clean import CleanConfig, run_clean
 
 
