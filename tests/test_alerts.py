@@ -428,3 +428,45 @@ def test_live_gmv_drop_fires_once_on_a_real_room(room, bus, topic, tmp_path):
     assert doc["rule"] == "gmv_drop" and doc["subject"] == "stream:s-drop" and doc["source"] == "live"
     assert doc["value"] < doc["threshold"] and doc["details"]["baseline_per_min"] == pytest.approx(100.0)
     assert [d["subject"] for d in alerts.recent(store, now=now)] == ["stream:s-drop"]
+
+
+def test_the_live_function_publishes_a_gmv_drop_once_however_often_pushed(
+    bigtable_emulator, pubsub_emulator, bus, topic, tmp_path
+):
+    """functions/live over HTTP (Pub/Sub push envelopes): the room's evening, then the same message
+    pushed again and a later message of the room: one alert on the topic, on the dashboard's API."""
+    from devtools import emulators
+    from shared.live import schema
+    from tests.live_helpers import ev, fresh_config, ndjson
+    from tests.test_live_function import LOGS, _live_env, _push
+
+    cfg = fresh_config()
+    env = {
+        **_live_env(cfg, tmp_path, bigtable_emulator.host),
+        **pubsub_emulator.env,
+        "DAIHUO_ALERTS_TOPIC": topic,
+        "DAIHUO_ALERT_LIVE_CHECK_S": "0",  # judge the room at every message: the dedupe is the store's
+    }
+    fn = emulators.start_function("live", "live", signature_type="cloudevent", env=env, log_dir=LOGS)
+    try:
+        now = time.time()
+        t0 = (int(now // 60) - 45) * 60
+        evs = [ev("stream_start", "s-fn", t0, title="今晚", host_id="h1")]
+        for m in range(45):
+            evs.append(ev("stream_enter", "s-fn", t0 + m * 60 + 5, user=f"u{m}"))
+            if m < 35:
+                evs.append(ev("purchase", "s-fn", t0 + m * 60 + 6, user=f"u{m}", item="i1", price=100.0))
+        body = ndjson(evs)
+        assert _push(fn.host, body, {"stream_id": "s-fn"}, message_id="m-1") == 200
+        assert _push(fn.host, body, {"stream_id": "s-fn"}, message_id="m-1") == 200  # redelivered
+        later = ndjson([ev("like", "s-fn", now - 1, user="u1", count=1)])
+        assert _push(fn.host, later, {"stream_id": "s-fn"}) == 200
+        msgs = _drain(bus, f"{topic}-inspect", 5.0)
+        assert len(msgs) == 1, [m.data for m in msgs]
+        doc = orjson.loads(msgs[0].data)
+        assert (doc["rule"], doc["subject"], doc["source"]) == ("gmv_drop", "stream:s-fn", "live")
+        body = orjson.loads(App(lambda: open_store(str(tmp_path)), check_every_s=0).handle("GET", "/api/alerts").body)
+        assert [(a["id"], a["published"]) for a in body["alerts"]] == [(doc["id"], True)]
+    finally:
+        fn.stop()
+        schema.drop_table(cfg)
