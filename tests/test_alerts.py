@@ -470,3 +470,35 @@ def test_the_live_function_publishes_a_gmv_drop_once_however_often_pushed(
     finally:
         fn.stop()
         schema.drop_table(cfg)
+
+
+def test_bad_inputs_have_defined_outcomes(bigtable_emulator, tmp_path):
+    """A room that cannot be read: nothing fires, nothing raises, the next message judges it again; an
+    unreadable alert object is left out of the listing; a publish to a missing topic is 'failed'."""
+    from shared.live.config import LiveConfig
+    from shared.live.reader import LiveReader
+
+    store = open_store(str(tmp_path))
+    reader = LiveReader(cfg=LiveConfig(table=f"missing-{uuid.uuid4().hex[:6]}"), timeout_s=2.0)
+    live = alerts.LiveAlerts(reader, alerts.AlertSink(store, None), RULES, every_s=3600)
+    assert live.check(["s-1"]) == {}
+    assert live._due("s-1", time.time())  # not rate-limited after a failure: the next message retries
+    store.put(layout.alert_key(alert_rules.iso(time.time())[:10], "broken"), b"{not json")
+    alerts.AlertSink(store, None).fire(_alert(time=alert_rules.iso(time.time() - 5)))
+    assert [d["rule"] for d in alerts.recent(store)] == ["quarantine_rate"]
+    assert App(lambda: store, check_every_s=0).handle("GET", "/api/alerts").status == 200
+
+
+def test_a_publish_that_fails_is_reported_and_retried_after_the_lease(bus, tmp_path):
+    store = open_store(str(tmp_path))
+    clock = [2_000_000.0]
+    missing = f"missing-{uuid.uuid4().hex[:6]}"
+    a = _alert(window="run:r-fail")
+    sink = alerts.AlertSink(store, Bus(publish_timeout_s=2.0), missing, lease_s=60, clock=lambda: clock[0])
+    assert sink.fire_all([a]) == {a.id: "failed"}
+    assert not store.exists(layout.alert_sent_key(a.id))
+    bus.ensure_topic(missing)
+    bus.ensure_subscription(f"{missing}-inspect", missing)
+    clock[0] += 61
+    assert sink.fire(a) == "republished" and store.exists(layout.alert_sent_key(a.id))
+    assert len(_drain(bus, f"{missing}-inspect")) == 1
