@@ -184,10 +184,15 @@ def recommend() -> dict:
         ),
         "stream_id": (
             {"type": "string", "maxLength": ID_MAX, "format": F_STREAM, "examples": ["s-00000"]},
-            "the stream the viewer watches (its bestsellers; required with showcase_only)",
+            "the stream the viewer watches (its showcase and bestsellers; required with showcase_only=true)",
         ),
         "k": ({"type": "integer", "minimum": 1, "maximum": 100, "default": 10}, "how many items"),
-        "showcase_only": ({"type": "boolean", "default": False}, "only items in the stream's showcase"),
+        "showcase_only": (
+            {"type": "boolean", "default": True},
+            "with a stream_id: only items on the room's current showcase (default "
+            "`DAIHUO_RECOMMEND_SHOWCASE_ONLY`, on; none known: not restricted, `note` says so; "
+            "`true` without stream_id: 400)",
+        ),
         "exclude_purchased": (
             {"type": "boolean", "default": False},
             "leave out what the user bought (default: buy-again items are served)",

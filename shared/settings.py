@@ -148,6 +148,11 @@ class Settings(_Base):
     viewer_audience: str = _f("daihuo-recommend", "recommend: the token `aud` it accepts")
     viewer_token_max_ttl_s: int = _f(900, "recommend: longest accepted token lifetime (`exp - iat`)")
     recommend_max_body_bytes: int = _f(16_384, "recommend: largest POST body (413 above)")
+    recommend_showcase_only: bool = _f(
+        True,
+        "recommend: with a `stream_id`, only items on the room's current showcase (the live room's, else "
+        "the model's; none known: not restricted, said in `note`); a request's `showcase_only` overrides",
+    )
     recommend_live: Literal["auto", "on", "off"] = _f(
         "auto",
         "recommend: merge the live state (Bigtable) into answers with a `stream_id`; `auto`: when "

@@ -144,6 +144,26 @@ def test_filters(world):
     assert not (got & buys[buyer])
 
 
+def test_showcase_only_is_the_default_with_a_stream(world):
+    """A room recommends what it sells: with a stream_id and no showcase_only, only the stream's
+    showcase; showcase_only=false lifts it; an unknown stream is not restricted (the note says so),
+    unless showcase_only=true asks for it (no items); without a stream the default does nothing."""
+    truth = world["sim"].truth
+    user = _known_user(world)
+    for stream in truth.streams["stream_id"].iloc[:4]:
+        showcase = set(truth.showcase(stream))
+        body = get(world, user_id=user, stream_id=stream, k=100).json()
+        ids = {i["item_id"] for i in body["items"]}
+        assert ids and ids <= showcase and "note" not in body
+    wide = get(world, user_id=user, stream_id=stream, showcase_only="false", k=100).json()
+    assert {i["item_id"] for i in wide["items"]} - showcase  # the catalogue is larger than one showcase
+    unknown = get(world, user_id=user, stream_id="s-unknown", k=5).json()
+    assert len(unknown["items"]) == 5 and "not restricted" in unknown["note"]
+    strict = get(world, user_id=user, stream_id="s-unknown", showcase_only="true", k=5).json()
+    assert strict["items"] == [] and "no showcase known" in strict["note"]
+    assert len(get(world, user_id=user, k=5).json()["items"]) == 5  # no stream: no showcase to apply
+
+
 @pytest.mark.parametrize(
     "params,param",
     [

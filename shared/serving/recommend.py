@@ -188,6 +188,7 @@ class Params:
     min_price: float | None
     max_price: float | None
     filter_seen: bool = False
+    showcase_explicit: bool = False  # the request said showcase_only (else the setting's default)
 
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -271,9 +272,14 @@ def parse_params(args: Mapping[str, Any]) -> Params:
         raise BadParam("k", f"expected an integer 1..{MAX_K}, got {kv!r}") from None
     if not 1 <= k <= MAX_K:
         raise BadParam("k", f"expected an integer 1..{MAX_K}, got {k}")
-    showcase_only = _bool("showcase_only", args.get("showcase_only"), False)
+    # default on (DAIHUO_RECOMMEND_SHOWCASE_ONLY): a room recommends what it sells; without a stream
+    # there is no showcase, so only an explicit showcase_only=true needs a stream_id
+    explicit = args.get("showcase_only") is not None
+    showcase_only = _bool("showcase_only", args.get("showcase_only"), settings().recommend_showcase_only)
     if showcase_only and stream_id is None:
-        raise BadParam("stream_id", "is required with showcase_only")
+        if explicit:
+            raise BadParam("stream_id", "is required with showcase_only")
+        showcase_only = False
     category = args.get("category")
     if category is not None and not isinstance(category, str):
         raise BadParam("category", "expected a string")
@@ -294,7 +300,25 @@ def parse_params(args: Mapping[str, Any]) -> Params:
         lo,
         hi,
         _bool("filter_seen", args.get("filter_seen"), False),
+        explicit,
     )
+
+
+def current_showcase(loaded: Loaded, stream_id: str, live: LiveState) -> np.ndarray | None:
+    """The room's current showcase as sorted model positions: the model's showcase of the stream
+    (from its training window) joined with the live room's showcase updates (items added since),
+    without the items the live room removed; None when neither knows the stream's showcase."""
+    base = loaded.served.showcase.get(stream_id)
+    entries = getattr(live.room, "showcase", None) or {} if live.room is not None else {}
+    if not entries:
+        return base
+    index = loaded.index
+    added = [index[i] for i, e in entries.items() if e.get("status") != "removed" and i in index]
+    removed = [index[i] for i, e in entries.items() if e.get("status") == "removed" and i in index]
+    out = np.union1d(base if base is not None else np.empty(0, dtype=np.int64), np.asarray(added, dtype=np.int64))
+    if removed:
+        out = np.setdiff1d(out, np.asarray(removed, dtype=np.int64))
+    return out.astype(np.int64, copy=False)
 
 
 # ------------------------------------------------------------------------------ reasons
@@ -425,13 +449,15 @@ class Recommender:
         served = loaded.served
         allowed = None
         note = None
-        if p.showcase_only:  # item positions (sorted, unique): no per-request id lookups
-            allowed = served.showcase.get(p.stream_id)
-            if allowed is None:
-                allowed = np.empty(0, dtype=np.int64)
-                note = f"no showcase known for stream {p.stream_id}"
         # the live state: one room read + one viewer read (a verified viewer only), within the deadline
         live = self.live.read(p.stream_id, p.user_id)
+        if p.showcase_only and p.stream_id is not None:  # item positions (sorted, unique)
+            allowed = current_showcase(loaded, p.stream_id, live)
+            if allowed is None and p.showcase_explicit:
+                allowed = np.empty(0, dtype=np.int64)
+                note = f"no showcase known for stream {p.stream_id}"
+            elif allowed is None:
+                note = f"no showcase known for stream {p.stream_id}: not restricted to it"
         t1 = time.perf_counter()
         rec = self._rank(loaded, p, allowed, live)
         t2 = time.perf_counter()
