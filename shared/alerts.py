@@ -4,6 +4,8 @@ the store and published on the alerts topic once (docs/alerts.md).
 * ``shared.pipeline.alerts.after_clean`` -- after every clean tick (functions/clean): the clean
   run's quarantine rate, the dead-letter subscriptions' depth, the model versions' promotion streak,
   and each stream of the run against its host's typical GMV per minute.
+* :func:`after_train` -- after every train run (functions/train): the promotion streak at once (clean
+  judges it again; the same condition is the same alert).
 * :class:`LiveAlerts` -- by the live function after it applied a message: the GMV-drop rule on the
   room's per-minute GMV in Bigtable, at most once per ``DAIHUO_ALERT_LIVE_CHECK_S`` per room and
   instance.
@@ -120,6 +122,39 @@ def _epoch(value: Any) -> float:
         return datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp()
     except ValueError:
         return 0.0
+
+
+# ------------------------------------------------------------------------------------------ model
+def model_alert(store, rules: AlertRules) -> Alert | None:
+    """The promotion streak over the newest model versions (by version id, i.e. by window end)."""
+    rule = rules.model_not_promoted
+    if not rule.enabled:
+        return None
+    metas = sorted(k for k in store.list(layout.MODELS) if layout.MODEL_META_RE.match(k))
+    newest = metas[-max(2 * rule.runs, 10) :]
+    docs = []
+    for k in newest:
+        try:
+            docs.append(orjson.loads(store.get(k)))
+        except (NotFound, orjson.JSONDecodeError):
+            continue
+    try:
+        latest = orjson.loads(store.get(layout.LATEST))
+    except NotFound:
+        latest = None
+    return alert_rules.model_not_promoted(docs, latest, rule)
+
+
+def after_train(store, bus, rules: AlertRules | None = None, *, topic: str | None = None) -> dict[str, str]:
+    """The model rule right after a train run (functions/train); never raises (logged)."""
+    try:
+        alert = model_alert(store, rules_or_settings(rules))
+        return AlertSink(store, bus, topic).fire_all([alert] if alert else [])
+    except Exception as exc:
+        log.error(
+            "alerts: evaluation failed", extra={"rule": "model_not_promoted", "error": f"{type(exc).__name__}: {exc}"}
+        )
+        return {}
 
 
 # ------------------------------------------------------------------------------------------- live

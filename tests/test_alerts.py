@@ -344,15 +344,15 @@ def test_dead_letters_are_counted_without_being_consumed(bus, topic, tmp_path):
 def test_model_rule_reads_the_registry(tmp_path):
     store = open_store(str(tmp_path))
     rule = parse_rules({"model_not_promoted": {"runs": 2}})
-    assert batch_alerts.model_alert(store, rule) is None  # no model yet
+    assert alerts.model_alert(store, rule) is None  # no model yet
     metas = [_meta("20261201T010000Z-a", True, "2026-12-01T01:00:00+00:00")]
     metas += [_meta(f"20261201T0{i}0000Z-b", False, f"2026-12-01T0{i}:00:00+00:00") for i in (2, 3)]
     for m in metas[:2]:
         store.put(layout.model_meta_key(m["version"]), orjson.dumps(m))
     store.put(layout.LATEST, orjson.dumps({"version": metas[0]["version"]}))
-    assert batch_alerts.model_alert(store, rule) is None  # one run not promoted
+    assert alerts.model_alert(store, rule) is None  # one run not promoted
     store.put(layout.model_meta_key(metas[2]["version"]), orjson.dumps(metas[2]))
-    a = batch_alerts.model_alert(store, rule)
+    a = alerts.model_alert(store, rule)
     assert a is not None and a.value == 2 and a.time == "2026-12-01T03:00:00+00:00"
 
 
@@ -502,3 +502,21 @@ def test_a_publish_that_fails_is_reported_and_retried_after_the_lease(bus, tmp_p
     clock[0] += 61
     assert sink.fire(a) == "republished" and store.exists(layout.alert_sent_key(a.id))
     assert len(_drain(bus, f"{missing}-inspect")) == 1
+
+
+def test_after_train_and_after_clean_fire_the_model_rule_once(bus, topic, tmp_path):
+    store = open_store(str(tmp_path))
+    rules = parse_rules(
+        {"model_not_promoted": {"runs": 2}, "dead_letter_depth": {"enabled": False}, "gmv_drop": {"enabled": False}}
+    )
+    metas = [_meta("20261201T010000Z-a", True, "2026-12-01T01:00:00+00:00")]
+    metas += [_meta(f"20261201T0{i}0000Z-b", False, f"2026-12-01T0{i}:00:00+00:00") for i in (2, 3)]
+    for m in metas:
+        store.put(layout.model_meta_key(m["version"]), orjson.dumps(m))
+    store.put(layout.LATEST, orjson.dumps({"version": metas[0]["version"]}))
+    assert list(alerts.after_train(store, bus, rules, topic=topic).values()) == ["published"]
+    assert list(batch_alerts.after_clean(store, bus, {"status": "noop"}, rules, topic=topic)["fired"].values()) == [
+        "duplicate"
+    ]
+    (msg,) = _drain(bus, f"{topic}-inspect")
+    assert orjson.loads(msg.data)["rule"] == "model_not_promoted" and msg.attributes["subject"] == "model"

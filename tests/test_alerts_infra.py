@@ -1,5 +1,5 @@
 """infra/ for alerts (docs/alerts.md): the alerts topic and its inspection subscription come from
-topology.json, only clean and live may publish on it, live records alerts with a create-only grant on
+topology.json, only clean, live and train may publish on it, live records alerts with a create-only grant on
 alerts/ only, clean may read the dead-letter subscription (nothing else), and Cloud Monitoring is wired
 to the dead letters' backlog and to the alerts' log-based metric."""
 
@@ -19,7 +19,7 @@ def tf():
 def test_alerts_topic_and_publishers_in_topology():
     assert settings().alerts_topic in TOPOLOGY["topics"]
     pubs = {n for n, f in TOPOLOGY["functions"].items() if "alerts" in f.get("publishes", [])}
-    assert pubs == {"clean", "live"}
+    assert pubs == {"clean", "live", "train"}
     assert TOPOLOGY["pull_subscriptions"]["alerts-inspect"]["topic"] == "alerts"
     for name in pubs:
         assert "DAIHUO_ALERTS_TOPIC" in TOPOLOGY["functions"][name]["env"]

@@ -1,5 +1,6 @@
 """train: a Pub/Sub push on ``events-cleaned`` (CloudEvent) -> fit, evaluate, write models/<version>/,
-maybe move models/LATEST.json, publish ``model-published``. Logic: shared/serving/train.py.
+maybe move models/LATEST.json, publish ``model-published``. Logic: shared/serving/train.py. Then the
+``model_not_promoted`` alert rule (shared/alerts.py: the last N runs not promoted -> ``alerts``).
 
 An exception answers 500, so Pub/Sub retries (and dead-letters after max attempts); a redelivered
 event finds its version already written and only finishes/republishes.
@@ -9,7 +10,7 @@ import json
 
 import functions_framework
 
-from shared import runtime
+from shared import alerts, runtime
 from shared.serving.train import TrainConfig, run_train
 
 
@@ -23,5 +24,7 @@ def _message(cloud_event) -> dict:
 
 @functions_framework.cloud_event
 def train(cloud_event):
-    result = run_train(runtime.get_store(), runtime.get_bus(), TrainConfig(), trigger=_message(cloud_event))
+    store, bus = runtime.get_store(), runtime.get_bus()
+    result = run_train(store, bus, TrainConfig(), trigger=_message(cloud_event))
+    alerts.after_train(store, bus)  # never raises
     return json.dumps(result.message(), ensure_ascii=False)

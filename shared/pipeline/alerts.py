@@ -11,12 +11,9 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-import orjson
-
 from shared import alert_rules, layout
-from shared.adapters.storage import NotFound
 from shared.alert_rules import Alert, AlertRules
-from shared.alerts import AlertSink, rules_or_settings
+from shared.alerts import AlertSink, model_alert, rules_or_settings
 from shared.log import get_logger
 
 log = get_logger("alerts")
@@ -51,26 +48,6 @@ def dead_letter_depths(bus, subscriptions: Iterable[str], cap: int = PEEK_CAP) -
                     log.warning("alerts: nack failed", extra={"subscription": sub, "error": str(exc)})
         out[sub] = len(got)
     return out
-
-
-def model_alert(store, rules: AlertRules) -> Alert | None:
-    """The promotion streak over the newest model versions (by version id, i.e. by window end)."""
-    rule = rules.model_not_promoted
-    if not rule.enabled:
-        return None
-    metas = sorted(k for k in store.list(layout.MODELS) if layout.MODEL_META_RE.match(k))
-    newest = metas[-max(2 * rule.runs, 10) :]
-    docs = []
-    for k in newest:
-        try:
-            docs.append(orjson.loads(store.get(k)))
-        except (NotFound, orjson.JSONDecodeError):
-            continue
-    try:
-        latest = orjson.loads(store.get(layout.LATEST))
-    except NotFound:
-        latest = None
-    return alert_rules.model_not_promoted(docs, latest, rule)
 
 
 def _run_streams(store, summary: dict) -> set[str]:
