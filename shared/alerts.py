@@ -24,12 +24,11 @@ failed``) and the next evaluation tries again.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
-
-import orjson
 
 from shared import alert_rules, layout
 from shared.adapters.storage import ABSENT, NotFound, PreconditionFailed
@@ -75,13 +74,13 @@ class AlertSink:
         doc = {**alert.to_dict(), "recorded_at": alert_rules.iso(self.clock())}
         key = layout.alert_key(alert.time[:10] if len(alert.time) >= 10 else "unknown", alert.id)
         try:
-            self.store.put(key, orjson.dumps(doc), content_type="application/json", if_generation_match=ABSENT)
+            self.store.put(key, _dumps(doc), content_type="application/json", if_generation_match=ABSENT)
         except PreconditionFailed:
             if self.bus is None or self.store.exists(layout.alert_sent_key(alert.id)):
                 return "duplicate"
             try:
-                earlier = orjson.loads(self.store.get(key))
-            except (NotFound, orjson.JSONDecodeError):
+                earlier = json.loads(self.store.get(key))
+            except (NotFound, ValueError):
                 return "duplicate"
             age = self.clock() - _epoch(earlier.get("recorded_at"))
             if age < self.lease_s:  # another evaluation claimed it moments ago and is publishing
@@ -96,7 +95,7 @@ class AlertSink:
         return "published"
 
     def _publish(self, alert: Alert, doc: dict[str, Any]) -> None:
-        self.bus.publish(self.topic, orjson.dumps(doc), alert_id=alert.id, rule=alert.rule, subject=alert.subject)
+        self.bus.publish(self.topic, _dumps(doc), alert_id=alert.id, rule=alert.rule, subject=alert.subject)
         try:
             self.store.put(layout.alert_sent_key(alert.id), b"", if_generation_match=ABSENT)
         except PreconditionFailed:
@@ -113,6 +112,11 @@ class AlertSink:
                 log.error("alerts: could not fire", extra={"id": a.id, "rule": a.rule, "error": str(exc)})
                 out[a.id] = "failed"
         return out
+
+
+def _dumps(doc: dict[str, Any]) -> bytes:
+    """Compact UTF-8 JSON (stdlib: the train bundle ships no orjson)."""
+    return json.dumps(doc, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
 
 
 def _epoch(value: Any) -> float:
@@ -135,11 +139,11 @@ def model_alert(store, rules: AlertRules) -> Alert | None:
     docs = []
     for k in newest:
         try:
-            docs.append(orjson.loads(store.get(k)))
-        except (NotFound, orjson.JSONDecodeError):
+            docs.append(json.loads(store.get(k)))
+        except (NotFound, ValueError):
             continue
     try:
-        latest = orjson.loads(store.get(layout.LATEST))
+        latest = json.loads(store.get(layout.LATEST))
     except NotFound:
         latest = None
     return alert_rules.model_not_promoted(docs, latest, rule)
@@ -252,8 +256,8 @@ def recent(store, *, limit: int = 100, days: int = LIST_DAYS, now: float | None 
         day = (today - timedelta(days=i)).isoformat()
         for key in store.list(f"{layout.ALERTS}date={day}/"):
             try:
-                docs.append(orjson.loads(store.get(key)))
-            except (NotFound, orjson.JSONDecodeError):
+                docs.append(json.loads(store.get(key)))
+            except (NotFound, ValueError):
                 continue
     sent = {k.rsplit("/", 1)[-1] for k in store.list(layout.ALERTS_SENT)} if docs else set()
     for d in docs:
