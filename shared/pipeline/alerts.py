@@ -134,4 +134,5 @@ def after_clean(
     except Exception as exc:
         log.error("alerts: evaluation failed", extra={"error": f"{type(exc).__name__}: {exc}"})
         return {"error": str(exc)}
+    log.info("alerts evaluated", extra={"after": "clean", "status": summary.get("status"), "fired": fired})
     return {"alerts": len(alerts), "fired": fired}
