@@ -212,6 +212,7 @@ def run(args) -> int:
             )
         if live is not None:
             live.compare_with_batch(streams)
+        _print_alerts(stack.url("analytics"), operator)
         out = _save_dashboard(stack.url("analytics"), [s["stream_id"] for s in streams], operator)
         print(
             f"\n   dashboard: {stack.url('analytics')} while the stack is up (make demo DEMO_ARGS=--stay, or make up);"
@@ -431,6 +432,19 @@ class LiveWatch:
         print("   live and batch agree on every stream")
 
 
+def _print_alerts(base: str, headers: dict) -> None:
+    """The alerts the evening raised (docs/alerts.md), as the dashboard's /alerts lists them."""
+    step("alerts (clean, live and train rules; /alerts)")
+    r = requests.get(base + "api/alerts", headers=headers, timeout=30)
+    if r.status_code != 200:
+        raise DemoFailed(f"demo failed: /api/alerts answered {r.status_code}: {r.text[:300]}")
+    got = r.json()["alerts"]
+    if not got:
+        print("   none fired")
+    for a in got[:10]:
+        print(f"   {a['time']}  {a['rule']:18s} {a['subject'][:28]:28s} {a['message'][:90]}")
+
+
 def _save_dashboard(base: str, stream_ids: list[str], headers: dict | None = None) -> str:
     """Fetch the dashboard pages (server-rendered HTML with inline SVG charts) into var/demo/dashboard."""
     import re
@@ -439,6 +453,7 @@ def _save_dashboard(base: str, stream_ids: list[str], headers: dict | None = Non
     out = Path(__file__).resolve().parent.parent / "var" / "demo" / "dashboard"
     (out / "streams").mkdir(parents=True, exist_ok=True)
     pages = {"index.html": "", "quality.html": "quality", "models.html": "models", "live.html": "live"}
+    pages["alerts.html"] = "alerts"
     pages.update({f"streams/{sid}.html": f"streams/{sid}" for sid in stream_ids})
     for name, path in pages.items():
         r = requests.get(base + path, headers=headers, timeout=60)
@@ -452,6 +467,7 @@ def _save_dashboard(base: str, stream_ids: list[str], headers: dict | None = Non
             'href="/models"', f'href="{depth}models.html"'
         )
         html = html.replace('href="/"', f'href="{depth}index.html"').replace('href="/live"', f'href="{depth}live.html"')
+        html = html.replace('href="/alerts"', f'href="{depth}alerts.html"')
         # a room's live page polls the analytics function: its links go to the running stack
         html = re.sub(r'href="/live/([^"/?#]+)"', lambda m: f'href="{base}live/{m.group(1)}"', html)
         (out / name).write_text(html, encoding="utf-8")
