@@ -6,11 +6,13 @@ PY     := $(BIN)/python
 STAMP  := $(VENV)/.installed-$(shell sha1sum requirements.txt | cut -c1-12)
 PYTEST_ARGS ?=
 
-.PHONY: help venv lock lint fmt check-emulators test demo up down status bench bench-coldstart bench-ingest bench-live bench-live-e2e bench-clean bench-recommend bench-ranker eval-served evaluate schema clean-var package checkov infra-fmt
+.PHONY: help venv venv-beam bench-beam lock lint fmt check-emulators test demo up down status bench bench-coldstart bench-ingest bench-live bench-live-e2e bench-clean bench-recommend bench-ranker eval-served evaluate schema clean-var package checkov infra-fmt
 
 help:
 	@echo "make demo            the main job: local cloud + a simulated live-stream evening through every function"
 	@echo "make test            the whole default test suite (starts the emulators it needs)"
+	@echo "make venv-beam       the Beam clean job's own environment .venv-beam (requirements/beam.txt; pipelines/beam)"
+	@echo "make bench-beam      the Beam engine vs the DuckDB engine at 1M events (BEAM_EVENTS=...)"
 	@echo "make lock            recompile requirements/*.in to the pinned lock files and requirements.txt (LOCK_ARGS=\"-P pkg\" to upgrade one)"
 	@echo "make lint / fmt      ruff lint + format check and mypy on the pure modules / apply ruff fixes and format"
 	@echo "make up / down       start / stop the local cloud in the background (status: make status)"
@@ -49,6 +51,21 @@ lock: venv
 	  $(PIP_COMPILE) -c requirements.txt -o requirements/$$role.txt requirements/$$role.in || exit 1; \
 	done
 	$(PY) -m devtools.lock
+	@mkdir -p var/lock && grep -vE '^(protobuf|pyarrow)==' requirements.txt > var/lock/beam-constraints.txt
+	rm -f requirements/beam.txt
+	$(PIP_COMPILE) -c var/lock/beam-constraints.txt -o requirements/beam.txt requirements/beam.in
+
+# the Beam clean job's own environment (requirements/beam.in: apache-beam needs protobuf < 7, pyarrow < 26)
+VENV_BEAM  ?= .venv-beam
+BEAM_STAMP := $(VENV_BEAM)/.installed-$(shell sha1sum requirements/beam.txt | cut -c1-12)
+venv-beam: $(BEAM_STAMP)
+
+$(BEAM_STAMP): requirements/beam.txt
+	@test -x $(VENV_BEAM)/bin/python || $(PYTHON) -m venv $(VENV_BEAM)
+	$(VENV_BEAM)/bin/python -m pip install -q --upgrade pip
+	$(VENV_BEAM)/bin/python -m pip install -q --no-deps -r requirements/beam.txt
+	@rm -f $(VENV_BEAM)/.installed-*
+	@touch $@
 
 check-emulators: venv
 	@$(PY) -m devtools.emulators check
@@ -88,6 +105,10 @@ CLEAN_SCALING ?= 1000000,2000000,5000000
 bench-clean: venv   # the issue's size and the smaller ones (linear scaling); CLEAN_EVENTS=2000000 for a quicker run
 	$(PY) bench/bench_clean.py --events $(CLEAN_EVENTS) --scaling $(CLEAN_SCALING) $(BENCH_ARGS)
 
+BEAM_EVENTS ?= 1000000
+bench-beam: venv venv-beam   # the Beam engine and the DuckDB engine over the same 1M events, outputs compared
+	$(PY) bench/bench_beam.py --events $(BEAM_EVENTS) $(BENCH_ARGS)
+
 bench-recommend: venv
 	$(PY) bench/bench_recommend.py $(BENCH_ARGS)
 
@@ -120,10 +141,10 @@ infra-fmt:
 MYPY_MODULES ?= shared/limits.py shared/signing.py shared/log.py shared/pipeline/config.py shared/http.py shared/runtime.py shared/settings.py shared/layout.py shared/alert_rules.py \
 	shared/reco shared/serving/gate.py shared/serving/train.py shared/serving/registry.py
 lint: venv
-	$(BIN)/ruff check shared functions devtools tests bench
-	$(BIN)/ruff format --check shared functions devtools tests bench
+	$(BIN)/ruff check shared functions devtools tests bench pipelines
+	$(BIN)/ruff format --check shared functions devtools tests bench pipelines
 	$(BIN)/mypy $(MYPY_MODULES)
 
 fmt: venv
-	$(BIN)/ruff check --fix shared functions devtools tests bench
-	$(BIN)/ruff format shared functions devtools tests bench
+	$(BIN)/ruff check --fix shared functions devtools tests bench pipelines
+	$(BIN)/ruff format shared functions devtools tests bench pipelines

@@ -120,6 +120,16 @@ class Settings(_Base):
     clean_unknown_items: Literal["keep", "quarantine"] = _f(
         "keep", "clean: an event of an item no catalog record named yet: `keep` it or `quarantine` it"
     )
+    clean_engine: Literal["duckdb", "beam"] = _f(
+        "duckdb",
+        "clean: the engine of a run: `duckdb` (in the function) or `beam` (the Apache Beam job, pipelines/beam)",
+    )
+    beam_python: str = _f(
+        ".venv-beam/bin/python", "clean (engine `beam`): the Beam environment's interpreter (`make venv-beam`)"
+    )
+    beam_args: str = _f(
+        "--runner=FnApiRunner", "clean (engine `beam`): the Beam pipeline options (e.g. DataflowRunner's)"
+    )
     tmp: str | None = _f(None, "clean: scratch directory (DuckDB spill, downloads)", shown="(system temp dir)")
     default_currency: str = _f("CNY", "clean: the currency of a price that names none")
     max_session_s: float = _f(4 * 3600.0, "clean, analytics: longest viewing session counted")

@@ -14,13 +14,13 @@ import json
 import functions_framework
 
 from shared import runtime
-from shared.pipeline import alerts
-from shared.pipeline.clean import CleanConfig, run_clean
+from shared.pipeline import alerts, engine
 
 
 @functions_framework.cloud_event
 def clean(cloud_event):
     store, bus = runtime.get_store(), runtime.get_bus()
-    summary = run_clean(store, bus, CleanConfig())
+    # DAIHUO_CLEAN_ENGINE: duckdb (default, in this function) or beam (shared/pipeline/engine.py)
+    summary = engine.run(store, bus)
     alerts.after_clean(store, bus, summary)  # never raises: the run is committed
     return json.dumps({k: summary.get(k) for k in ("status", "run_id", "rows_in", "rows_out", "dropped")})

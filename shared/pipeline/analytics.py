@@ -203,6 +203,25 @@ def analytics_sql(
         FROM act a LEFT JOIN c USING (stream_id, hour) LEFT JOIN w USING (stream_id, hour)
              LEFT JOIN p USING (stream_id, hour)
         ORDER BY a.stream_id, a.hour""")
+    hour_zeros(con)
+    # --- per item in each stream --------------------------------------------------------------
+    con.execute(f"""CREATE OR REPLACE TABLE a_stream_item AS
+        SELECT stream_id, item_id,
+               count(*) FILTER (type = 'product_impression') AS impressions,
+               count(*) FILTER (type = 'product_click') AS clicks,
+               count(*) FILTER (type = 'add_to_cart') AS add_to_carts,
+               count(*) FILTER (type = 'purchase') AS orders,
+               coalesce(sum(quantity) FILTER (type = 'purchase'), 0) AS units,
+               coalesce(sum(price * quantity) FILTER (type = 'purchase'), 0) AS gmv,
+               count(*) FILTER (type = 'refund') AS refunds,
+               {_rate("count(*) FILTER (type = 'product_click')", "count(*) FILTER (type = 'product_impression')")} AS ctr,
+               {_rate("count(*) FILTER (type = 'purchase')", "count(*) FILTER (type = 'product_impression')")} AS conversion_rate
+        FROM a_ev WHERE item_id IS NOT NULL GROUP BY ALL ORDER BY stream_id, item_id""")
+
+
+def hour_zeros(con: duckdb.DuckDBPyConnection, table: str = "a_stream_hour") -> None:
+    """An hour without a count says 0, not NULL (an UPDATE after the hour table is built; the Beam engine
+    runs it again on its merged table, so the two tables' Parquet files are alike column for column)."""
     for col in (
         "like_events",
         "likes",
@@ -219,22 +238,9 @@ def analytics_sql(
         "refunds",
         "refund_units",
     ):
-        con.execute(f"UPDATE a_stream_hour SET {col} = coalesce({col}, 0)")
+        con.execute(f"UPDATE {table} SET {col} = coalesce({col}, 0)")
     for col in ("gift_value", "gmv", "refund_amount"):
-        con.execute(f"UPDATE a_stream_hour SET {col} = coalesce({col}, 0.0)")
-    # --- per item in each stream --------------------------------------------------------------
-    con.execute(f"""CREATE OR REPLACE TABLE a_stream_item AS
-        SELECT stream_id, item_id,
-               count(*) FILTER (type = 'product_impression') AS impressions,
-               count(*) FILTER (type = 'product_click') AS clicks,
-               count(*) FILTER (type = 'add_to_cart') AS add_to_carts,
-               count(*) FILTER (type = 'purchase') AS orders,
-               coalesce(sum(quantity) FILTER (type = 'purchase'), 0) AS units,
-               coalesce(sum(price * quantity) FILTER (type = 'purchase'), 0) AS gmv,
-               count(*) FILTER (type = 'refund') AS refunds,
-               {_rate("count(*) FILTER (type = 'product_click')", "count(*) FILTER (type = 'product_impression')")} AS ctr,
-               {_rate("count(*) FILTER (type = 'purchase')", "count(*) FILTER (type = 'product_impression')")} AS conversion_rate
-        FROM a_ev WHERE item_id IS NOT NULL GROUP BY ALL ORDER BY stream_id, item_id""")
+        con.execute(f"UPDATE {table} SET {col} = coalesce({col}, 0.0)")
 
 
 def compute_analytics(

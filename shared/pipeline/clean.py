@@ -756,28 +756,13 @@ def run_clean(store, bus=None, cfg: CleanConfig | None = None, *, now: float | N
     Fault points (tests, ``shared.runtime.faults``): ``clean:write_clean`` / ``clean:write_all``
     crash before the manifest moves, ``clean:commit`` after it moved but before publishing.
     """
-    from shared.adapters.storage import PreconditionFailed
-
     cfg = cfg or CleanConfig()
     t0 = time.monotonic()
     now = time.time() if now is None else now
-    manifest, gen = load_manifest(store)
-    if bus is not None:
-        _republish(store, bus, cfg, manifest)
-    done = set(manifest["done"])
-    from shared.pipeline import retention
-
-    # partitions older than the look-back are forgotten by ``done`` (compaction): never pending again.
-    # The look-back counts back from the newest raw partition (archive never writes one beyond the
-    # wall clock), not the wall clock alone: a store that got no data for a while forgets nothing.
-    raw_keys = [k for k in store.list(layout.RAW) if k.endswith(".ndjson.gz")]
-    ref = retention.reference_time(raw_keys, now)
-    old = retention.cutoff_date(ref, cfg.lookback_days)
-    pending_all = [k for k in raw_keys if k not in done and not retention.too_old(k, old)]
-    pending = pending_all[: cfg.max_objects]
-    if not pending:
+    plan = plan_run(store, bus, cfg, now)
+    if plan is None:
         return {"status": "noop", "pending": 0}
-    run_id = "r-" + hashlib.sha256(f"{gen}|{manifest['seq']}|".encode() + "\n".join(pending).encode()).hexdigest()[:20]
+    manifest, pending, run_id, ref = plan.manifest, plan.pending, plan.run_id, plan.ref
     tmp = tempfile.mkdtemp(prefix="daihuo-clean-", dir=cfg.tmp_dir)
     try:
         con = _connect(os.path.join(tmp, "work.duckdb"), cfg)
@@ -785,8 +770,7 @@ def run_clean(store, bus=None, cfg: CleanConfig | None = None, *, now: float | N
             written: dict[str, Any] = {"clean": [], "quarantine": [], "clean_files": [], "host_files": []}
             _ingest_chunks(con, _prefetch(_chunks(((k, (lambda k=k: store.get(k))) for k in pending), cfg)), cfg)
             # the index as this run's commit will leave it: parts beyond the look-back are not consulted
-            live = set(retention.compact(manifest, now, cfg.lookback_days, ref=ref)[0]["dedupe"])
-            seen = [_local(store, k, tmp) for k in manifest["dedupe"] if k in live]
+            seen = [_local(store, k, tmp) for k in plan.live_dedupe]
             cats = [_local(store, k, tmp) for k in manifest["catalog"]]
             report = clean_core(con, run_id, cfg, seen_paths=seen, catalog_paths=cats)
             # rows accepted whose sent ts is older than the look-back: the index no longer covers them,
@@ -833,24 +817,7 @@ def run_clean(store, bus=None, cfg: CleanConfig | None = None, *, now: float | N
                                    FROM quarantine ORDER BY row_id""").fetchall()
             by_day: dict[str, list[bytes]] = {}
             for d, reason, fld, reasons, raw, eid, src, rec in qrows:
-                if reason == "unknown_item" and raw and raw.startswith("{") and '":null' in raw.replace(" ", ""):
-                    # an unflagged row keeps no line: its parsed fields, without the absent ones, are its raw
-                    raw = orjson.dumps({k: v for k, v in orjson.loads(raw).items() if v is not None}).decode()
-                by_day.setdefault(d, []).append(
-                    orjson.dumps(
-                        {
-                            "reason": reason,
-                            "field": fld,
-                            "reasons": reasons,
-                            "event_id": eid,
-                            "raw": raw,
-                            "received_at": rec,
-                            "source": src,
-                            "run_id": run_id,
-                            "stage": "clean",
-                        }
-                    )
-                )
+                by_day.setdefault(d, []).append(quarantine_line(reason, fld, reasons, raw, eid, src, rec, run_id))
             for d, rows in sorted(by_day.items()):
                 key = layout.quarantine_key(d, run_id)
                 store.put(key, gzip.compress(b"\n".join(rows) + b"\n", mtime=0), content_type="application/gzip")
@@ -868,27 +835,101 @@ def run_clean(store, bus=None, cfg: CleanConfig | None = None, *, now: float | N
                 _put_file(store, ckey, p, "application/vnd.apache.parquet")
             # analytics: recompute the affected streams from ALL their committed clean data + this run's
             analytics_keys = _write_analytics(con, store, manifest, written, run_id, cfg, tmp)
-            report_key = layout.clean_report_key(run_id)
-            summary = {
-                "run_id": run_id,
-                "status": "committed",
-                "raw_objects": pending,
-                "backlog": len(pending_all) - len(pending),
-                "clean": written["clean"],
-                "quarantine": written["quarantine"],
-                "catalog": ckey,
-                "dedupe": dkey,
-                "analytics": analytics_keys,
-                "report": report_key,
-                **report,
-                "seconds": round(time.monotonic() - t0, 3),
-            }
-            store.put(report_key, orjson.dumps(summary, option=orjson.OPT_INDENT_2), content_type="application/json")
-            faults.point("clean:write_all", store, "after writing every object, before the manifest moved")
         finally:
             con.close()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    return commit_run(store, bus, cfg, plan, written, report, dkey=dkey, ckey=ckey, analytics=analytics_keys, t0=t0)
+
+
+def quarantine_line(reason, fld, reasons, raw, eid, src, received_at, run_id: str) -> bytes:
+    """One quarantine/ NDJSON row (both engines write them with this)."""
+    if reason == "unknown_item" and raw and raw.startswith("{") and '":null' in raw.replace(" ", ""):
+        # an unflagged row keeps no line: its parsed fields, without the absent ones, are its raw
+        raw = orjson.dumps({k: v for k, v in orjson.loads(raw).items() if v is not None}).decode()
+    return orjson.dumps(
+        {
+            "reason": reason,
+            "field": fld,
+            "reasons": reasons,
+            "event_id": eid,
+            "raw": raw,
+            "received_at": received_at,
+            "source": src,
+            "run_id": run_id,
+            "stage": "clean",
+        }
+    )
+
+
+@dataclass
+class RunPlan:
+    """What a clean run works on, whichever engine runs it: the manifest read (and its generation), the
+    pending raw objects (and the backlog behind them), the run id, the look-back reference time and
+    the dedupe index parts the run consults (those its commit will keep)."""
+
+    manifest: dict
+    gen: Any
+    pending: list[str]
+    pending_all: list[str]
+    run_id: str
+    ref: float
+    now: float
+    live_dedupe: list[str]
+
+
+def plan_run(store, bus, cfg: CleanConfig, now: float) -> RunPlan | None:
+    """Read the manifest (republishing unpublished runs), list the pending raw objects; None if none."""
+    from shared.pipeline import retention
+
+    manifest, gen = load_manifest(store)
+    if bus is not None:
+        _republish(store, bus, cfg, manifest)
+    done = set(manifest["done"])
+    # partitions older than the look-back are forgotten by ``done`` (compaction): never pending again.
+    # The look-back counts back from the newest raw partition (archive never writes one beyond the
+    # wall clock), not the wall clock alone: a store that got no data for a while forgets nothing.
+    raw_keys = [k for k in store.list(layout.RAW) if k.endswith(".ndjson.gz")]
+    ref = retention.reference_time(raw_keys, now)
+    old = retention.cutoff_date(ref, cfg.lookback_days)
+    pending_all = [k for k in raw_keys if k not in done and not retention.too_old(k, old)]
+    pending = pending_all[: cfg.max_objects]
+    if not pending:
+        return None
+    run_id = "r-" + hashlib.sha256(f"{gen}|{manifest['seq']}|".encode() + "\n".join(pending).encode()).hexdigest()[:20]
+    # the index as this run's commit will leave it: parts beyond the look-back are not consulted
+    live = set(retention.compact(manifest, now, cfg.lookback_days, ref=ref)[0]["dedupe"])
+    return RunPlan(manifest, gen, pending, pending_all, run_id, ref, now, [k for k in manifest["dedupe"] if k in live])
+
+
+def commit_run(
+    store, bus, cfg: CleanConfig, plan: RunPlan, written: dict, report: dict, *, dkey: str, ckey, analytics, t0
+) -> dict[str, Any]:
+    """Write the run's report, then commit: the manifest moves only if nobody moved it since ``plan``
+    read it (generation precondition); compact, publish. Both engines (DuckDB here, Beam:
+    pipelines/beam/clean.py) end with this call, so a run commits the same way whichever ran it."""
+    from shared.adapters.storage import PreconditionFailed
+    from shared.pipeline import retention
+
+    manifest, gen, pending, run_id, ref, now = plan.manifest, plan.gen, plan.pending, plan.run_id, plan.ref, plan.now
+    analytics_keys = analytics
+    report_key = layout.clean_report_key(run_id)
+    summary = {
+        "run_id": run_id,
+        "status": "committed",
+        "raw_objects": pending,
+        "backlog": len(plan.pending_all) - len(pending),
+        "clean": written["clean"],
+        "quarantine": written["quarantine"],
+        "catalog": ckey,
+        "dedupe": dkey,
+        "analytics": analytics_keys,
+        "report": report_key,
+        **report,
+        "seconds": round(time.monotonic() - t0, 3),
+    }
+    store.put(report_key, orjson.dumps(summary, option=orjson.OPT_INDENT_2), content_type="application/json")
+    faults.point("clean:write_all", store, "after writing every object, before the manifest moved")
     # commit: the manifest moves only if nobody else moved it since we read it
     new = dict(manifest)
     new["seq"] = manifest["seq"] + 1

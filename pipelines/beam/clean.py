@@ -1,0 +1,639 @@
+"""The clean step as an Apache Beam batch pipeline: raw/ NDJSON.gz -> clean/, clean_host/, quarantine/,
+catalog/, the dedupe index part, the analytics/ KPI tables and the run's report, committed through the
+same manifest swap as the DuckDB engine (``shared.pipeline.clean.plan_run`` / ``commit_run``).
+
+    .venv-beam/bin/python -m pipelines.beam.clean --store file:///path/to/store [--now EPOCH] [beam args]
+
+Offline, ``--runner=FnApiRunner`` is set unless a runner is given (Beam's default runner first tries to
+download the Prism binary). On Dataflow the same pipeline takes ``--runner=DataflowRunner`` and its
+options; the workers need the store's credentials and this package (a Flex Template image).
+
+Shape (every step keyed, so it spreads over workers):
+
+1. one element per pending raw object -> read through the project's storage adapter, split into lines,
+   each judged by ``pipelines.beam.rows.judge`` (the contract: compiled checks, then pydantic for what
+   they flag) -> bad / catalog / viewer / host;
+2. exact dedupe: the events keyed by ``event_id`` co-grouped with the committed index
+   (``state/dedupe/*.parquet`` parts the commit keeps): the first copy (earliest received_at, then raw
+   order) wins, a copy of a committed id is counted and dropped -- the DuckDB path's semantics;
+3. purchases keyed by ``item_id`` co-grouped with the known catalog (this run's + committed parts):
+   kept and counted, or quarantined as ``unknown_item`` (``DAIHUO_CLEAN_UNKNOWN_ITEMS``);
+4. clean/ and clean_host/ one Parquet object per event date, quarantine/ one NDJSON.gz per received
+   date (rows in raw order), the catalog part (latest record per item), the dedupe part;
+5. KPI tables: the affected streams' rows (this run's + their committed clean files) grouped by
+   stream, each group through the SAME SQL as the DuckDB path (``shared.pipeline.analytics``,
+   ``host_kpis.stream_tables_sql``, DuckDB in the worker); then one merge step: the other streams'
+   rows from the committed tables, and the cross-stream tables (``host_kpis.derived_sql``) from the
+   merged ones.
+
+I/O goes through ``shared.adapters.storage`` inside the DoFns (not ``apache_beam.io``): the layout's
+object names, the emulator and the local / S3 backends are the adapter's, and Beam's GCS filesystem
+(the ``[gcp]`` extra) neither speaks to the emulator nor writes one object per partition by name.
+Report counters are Beam metrics; the written object names come back in ``state/beam/<run>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import apache_beam as beam
+import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from apache_beam.metrics import Metrics
+from apache_beam.metrics.metric import MetricsFilter
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from pipelines.beam import rows as R
+from shared import layout
+from shared.adapters.storage import open_store
+from shared.pipeline import clean as dclean
+
+NS = "clean"
+OUTPUTS = "state/beam/{run_id}.json"  # the written objects, for the driver's commit
+
+
+def _count(name: str, n: int = 1) -> None:
+    Metrics.counter(NS, name).inc(n)
+
+
+def _plain(schema: pa.Schema) -> pa.Schema:
+    """``schema`` with dictionary columns as plain strings (what DuckDB's tables and read_parquet give)."""
+    return pa.schema(
+        [pa.field(f.name, f.type.value_type if pa.types.is_dictionary(f.type) else f.type) for f in schema]
+    )
+
+
+def ipc(t: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, t.schema) as w:
+        w.write_table(t)
+    return sink.getvalue().to_pybytes()
+
+
+def unipc(b: bytes) -> pa.Table:
+    return pa.ipc.open_stream(b).read_all()
+
+
+def _parquet_bytes(t: pa.Table) -> bytes:
+    buf = io.BytesIO()
+    pq.write_table(t, buf, compression="zstd")
+    return buf.getvalue()
+
+
+class _StoreFn(beam.DoFn):
+    def __init__(self, store_url: str):
+        self.store_url = store_url
+        self.store = None
+
+    def setup(self):
+        self.store = open_store(self.store_url)
+
+
+class ReadAndJudge(_StoreFn):
+    """(index, raw key) -> every line's verdict: main output ``viewer``, tagged ``host`` / ``catalog`` / ``bad``."""
+
+    def __init__(self, store_url: str, params: R.Params):
+        super().__init__(store_url)
+        self.params = params
+
+    def process(self, elem):
+        idx, key = elem
+        lines = R.split_lines(self.store.get(key))
+        _count("rows_in", len(lines))
+        for i, line in enumerate(lines):
+            kind, row = R.judge(line, key, (idx, i), self.params)
+            if kind == "viewer":
+                yield row
+            else:
+                if kind == "catalog":
+                    _count("catalog_rows")
+                yield beam.pvalue.TaggedOutput(kind, row)
+
+
+class ReadIds(_StoreFn):
+    """A Parquet key -> (value of ``column``, None) per row (the dedupe index, the committed catalog)."""
+
+    def __init__(self, store_url: str, column: str):
+        super().__init__(store_url)
+        self.column = column
+
+    def process(self, key):
+        t = pq.read_table(io.BytesIO(self.store.get(key)), columns=[self.column])
+        for v in t.column(self.column).cast(pa.string()).to_pylist():
+            yield v, None
+
+
+def _first_copy(rows: list[dict]) -> dict:
+    """The copy the DuckDB path keeps: ORDER BY received_at NULLS LAST, row_id."""
+    return min(rows, key=lambda r: (r["received_at"] is None, r["received_at"] or 0, r["_order"]))
+
+
+def dedupe(kv):
+    _eid, g = kv
+    rows = list(g["events"])
+    if not rows:
+        return
+    if len(rows) > 1:
+        _count("duplicates_in_run", len(rows) - 1)
+    if list(g["seen"]):
+        _count("duplicates_seen_before")
+        return
+    yield rows[0] if len(rows) == 1 else _first_copy(rows)
+
+
+class KnownItems(beam.DoFn):
+    """Purchases co-grouped with the known items: kept (counted if uncatalogued) or quarantined."""
+
+    def __init__(self, require_catalog: bool):
+        self.require_catalog = require_catalog
+
+    def process(self, kv):
+        item, g = kv
+        rows = list(g["purchases"])
+        known = item is None or bool(list(g["known"]))
+        for r in rows:
+            if known:
+                yield r
+            elif self.require_catalog:
+                yield beam.pvalue.TaggedOutput("bad", R.unknown_item(r))
+            else:
+                _count("uncatalogued_purchases")
+                yield r
+
+
+def _day(us: int) -> str:
+    return datetime.fromtimestamp(us / 1e6, UTC).strftime("%Y-%m-%d") if us >= 0 else _slow_day(us)
+
+
+def _slow_day(us: int) -> str:
+    from datetime import timedelta
+
+    return (datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=us)).strftime("%Y-%m-%d")
+
+
+class WriteDay(_StoreFn):
+    """(date, rows) -> one Parquet object of ``schema`` (clean/ or clean_host/) -> its manifest entry."""
+
+    def __init__(self, store_url: str, kind: str, run_id: str, cutoff_us: float | None = None):
+        super().__init__(store_url)
+        self.kind, self.run_id, self.cutoff_us = kind, run_id, cutoff_us
+
+    def process(self, kv):
+        d, rows = kv
+        rows = [R.public(r) for r in rows]
+        if self.kind == "clean":
+            schema, key = dclean.CLEAN_SCHEMA, layout.clean_key(d, self.run_id)
+            _count("rows_out", len(rows))
+            _count("late", sum(1 for r in rows if r["late"]))
+            _count("ts_corrected", sum(1 for r in rows if r["ts_corrected"]))
+            # the index no longer covers rows whose sent ts is older than the look-back (report: beyond_lookback)
+            old = 0
+            for r in rows:
+                sent = R.ts_us(r["ts_sent"], upper=False)
+                if (sent if sent is not None else r["ts"]) < self.cutoff_us:
+                    old += 1
+            _count("beyond_lookback", old)
+        else:
+            schema, key = dclean.HOST_SCHEMA, layout.clean_host_key(d, self.run_id)
+            _count("host_rows", len(rows))
+        t = pa.Table.from_pylist(rows, schema=schema)
+        self.store.put(key, _parquet_bytes(t), content_type="application/vnd.apache.parquet")
+        streams = sorted({r["stream_id"] for r in rows if r["stream_id"] is not None})
+        yield {"kind": self.kind, "date": d, "key": key, "streams": streams}
+
+
+class WriteQuarantine(_StoreFn):
+    def __init__(self, store_url: str, run_id: str):
+        super().__init__(store_url)
+        self.run_id = run_id
+
+    def process(self, kv):
+        import gzip
+
+        d, rows = kv
+        rows = sorted(rows, key=lambda r: r["_order"])
+        lines = []
+        for r in rows:
+            _count(f"dropped:{r['reason']}")
+            _count(f"dropped_field:{r['reason']}:{r['field'] if r['field'] is not None else '?'}")
+            lines.append(
+                dclean.quarantine_line(
+                    r["reason"],
+                    r["field"],
+                    r["reasons"],
+                    r["raw"],
+                    r["event_id"],
+                    r["source"],
+                    r["received_at"],
+                    self.run_id,
+                )
+            )
+        key = layout.quarantine_key(d, self.run_id)
+        self.store.put(key, gzip.compress(b"\n".join(lines) + b"\n", mtime=0), content_type="application/gzip")
+        yield {"kind": "quarantine", "date": d, "key": key}
+
+
+def _quarantine_day(r: dict) -> str:
+    rec = r["received_at"]
+    return rec[:10] if rec is not None else datetime.now(UTC).strftime("%Y-%m-%d")
+
+
+class WriteDedupe(_StoreFn):
+    def __init__(self, store_url: str, run_id: str):
+        super().__init__(store_url)
+        self.run_id = run_id
+
+    def process(self, kv):
+        _, ids = kv
+        ids = [i for i in ids if i is not None]
+        key = layout.dedupe_key(self.run_id)
+        t = pa.table({"event_id": pa.array(sorted(ids), pa.string())})
+        self.store.put(key, _parquet_bytes(t), content_type="application/vnd.apache.parquet")
+        yield {"kind": "dedupe", "key": key}
+
+
+class WriteCatalog(_StoreFn):
+    def __init__(self, store_url: str, run_id: str):
+        super().__init__(store_url)
+        self.run_id = run_id
+
+    def process(self, kv):
+        _, rows = kv
+        rows = sorted((R.public(r) for r in rows), key=lambda r: r["item_id"])
+        _count("catalog_items", len(rows))
+        key = layout.catalog_key(self.run_id)
+        t = pa.Table.from_pylist(rows, schema=dclean.CATALOG_SCHEMA)
+        self.store.put(key, _parquet_bytes(t), content_type="application/vnd.apache.parquet")
+        yield {"kind": "catalog", "key": key}
+
+
+# ---------------------------------------------------------------------------------------- KPI tables
+def _duck():
+    import duckdb
+
+    con = duckdb.connect(":memory:")
+    con.execute("SET threads=1")
+    con.execute("SET TimeZone='UTC'")
+    return con
+
+
+def _stream_tables() -> list[str]:
+    from shared.pipeline import host_kpis
+
+    return [n for n in layout.ANALYTICS_TABLES if n not in host_kpis.DERIVED_TABLES]
+
+
+class ReadCommitted(_StoreFn):
+    """A committed clean/ (or clean_host/) file whose streams include an affected one -> (stream, rows)."""
+
+    def __init__(self, store_url: str, kind: str):
+        super().__init__(store_url)
+        self.kind = kind
+
+    def process(self, entry, affected):
+        want = set(entry["streams"]) & set(affected)
+        if not want:
+            return
+        schema = dclean.CLEAN_SCHEMA if self.kind == "clean" else dclean.HOST_SCHEMA
+        t = pq.read_table(io.BytesIO(self.store.get(entry["key"]))).cast(_plain(schema))
+        sid = t.column("stream_id")
+        for s in sorted(want):
+            part = t.filter(pc.equal(sid, s))
+            if part.num_rows:
+                yield s, (self.kind, ipc(part))
+
+
+class StreamKPIs(beam.DoFn):
+    """(stream, its rows) -> the per-stream KPI tables of that stream, by the DuckDB path's own SQL."""
+
+    def __init__(self, max_session_s: float):
+        self.max_session_s = max_session_s
+
+    def process(self, kv):
+        from shared.pipeline import host_kpis
+        from shared.pipeline.analytics import analytics_sql
+
+        _stream, items = kv
+        parts: dict[str, list[pa.Table]] = {"clean": [], "host": []}
+        rows: dict[str, list[dict]] = {"clean": [], "host": []}
+        for kind, v in items:
+            if kind.startswith("row:"):
+                rows[kind[4:]].append(R.public(v))
+            else:
+                parts[kind].append(unipc(v))
+        con = _duck()
+        for kind, schema in (("clean", dclean.CLEAN_SCHEMA), ("host", dclean.HOST_SCHEMA)):
+            t = pa.Table.from_pylist(rows[kind], schema=schema).cast(_plain(schema))
+            t = pa.concat_tables([t, *parts[kind]])
+            con.register(f"src_{kind}", t)
+        con.execute("CREATE VIEW a_source AS SELECT * FROM src_clean")
+        con.execute("CREATE VIEW a_host_source AS SELECT * FROM src_host")
+        analytics_sql(con, "a_source", self.max_session_s, host_source="a_host_source")
+        host_kpis.stream_tables_sql(con, "a_host_source")
+        for name in _stream_tables():
+            yield 0, (name, ipc(con.sql(f"SELECT * FROM a_{name}").to_arrow_table()))
+        con.close()
+
+
+class MergeKPIs(_StoreFn):
+    """Every affected stream's KPI rows + the other streams' committed rows -> analytics/<table>/<run>;
+    the cross-stream tables from the merged ones. The same statements as ``clean._write_analytics``."""
+
+    def __init__(self, store_url: str, run_id: str, old: dict, max_session_s: float, tz: str):
+        super().__init__(store_url)
+        self.run_id, self.old, self.max_session_s, self.tz = run_id, old, max_session_s, tz
+
+    def process(self, kv, affected):
+        from shared.pipeline import host_kpis
+        from shared.pipeline.analytics import analytics_sql, hour_zeros
+
+        _, items = kv
+        con = _duck()
+        # the tables' types: the same SQL over no rows, then every stream's rows inserted by name
+        for kind, schema in (("clean", dclean.CLEAN_SCHEMA), ("host", dclean.HOST_SCHEMA)):
+            con.register(f"src_{kind}", _plain(schema).empty_table())
+        con.execute("CREATE VIEW a_source AS SELECT * FROM src_clean")
+        con.execute("CREATE VIEW a_host_source AS SELECT * FROM src_host")
+        analytics_sql(con, "a_source", self.max_session_s, host_source="a_host_source")
+        host_kpis.stream_tables_sql(con, "a_host_source")
+        for n, it in enumerate(x for x in items if x is not None):
+            name, b = it
+            con.register(f"part_{n}", unipc(b))
+            con.execute(f"INSERT INTO a_{name} BY NAME SELECT * FROM part_{n}")
+            con.unregister(f"part_{n}")
+        hour_zeros(con)  # (as analytics_sql ends its hour table: the same column statistics in the files)
+        con.execute("CREATE TEMP TABLE affected AS SELECT unnest(?::VARCHAR[]) AS stream_id", [sorted(affected)])
+        out = {}
+        with tempfile.TemporaryDirectory(prefix="daihuo-beam-kpi-") as tmp:
+
+            def put(name: str, sql: str) -> None:
+                p = os.path.join(tmp, f"a-{name}.parquet")
+                con.execute(f"COPY ({sql} ORDER BY ALL) TO '{p}' (FORMAT parquet, COMPRESSION zstd)")
+                key = layout.analytics_key(name, self.run_id)
+                with open(p, "rb") as f:
+                    self.store.put(key, f.read(), content_type="application/vnd.apache.parquet")
+                out[name] = key
+
+            for name in _stream_tables():
+                sql = f"SELECT * FROM a_{name}"
+                if self.old.get(name):
+                    prev = os.path.join(tmp, f"old-{name}.parquet")
+                    with open(prev, "wb") as f:
+                        f.write(self.store.get(self.old[name]))
+                    sql = (
+                        f"SELECT * FROM a_{name} UNION ALL BY NAME SELECT * FROM read_parquet('{prev}') "
+                        f"WHERE stream_id NOT IN (SELECT stream_id FROM affected)"
+                    )
+                if name in host_kpis.DERIVED_INPUTS:
+                    con.execute(f"CREATE OR REPLACE TEMP TABLE m_{name} AS {sql}")
+                    sql = f"SELECT * FROM m_{name}"
+                put(name, sql)
+            host_kpis.derived_sql(con, "m_stream", "m_viewer_stream", self.tz)
+            for name in host_kpis.DERIVED_TABLES:
+                put(name, f"SELECT * FROM a_{name}")
+        con.close()
+        yield {"kind": "analytics", "tables": out}
+
+
+class WriteOutputs(_StoreFn):
+    def __init__(self, store_url: str, run_id: str):
+        super().__init__(store_url)
+        self.run_id = run_id
+
+    def process(self, kv):
+        _, metas = kv
+        metas = sorted((m for m in metas if m is not None), key=lambda m: orjson.dumps(m, option=orjson.OPT_SORT_KEYS))
+        self.store.put(OUTPUTS.format(run_id=self.run_id), orjson.dumps(metas), content_type="application/json")
+        yield len(metas)
+
+
+# ---------------------------------------------------------------------------------------- the pipeline
+def build(p: beam.Pipeline, store_url: str, plan: dclean.RunPlan, cfg: dclean.CleanConfig, tz: str) -> None:
+    from shared.pipeline import host_kpis
+
+    run_id, manifest = plan.run_id, plan.manifest
+    params = R.Params.of(cfg, run_id)
+    cutoff_us = (plan.ref - cfg.lookback_days * 86400.0) * 1e6
+    judged = (
+        p
+        | "pending" >> beam.Create(list(enumerate(plan.pending)))
+        | "spread" >> beam.Reshuffle()
+        | "read+judge"
+        >> beam.ParDo(ReadAndJudge(store_url, params)).with_outputs("host", "catalog", "bad", main="viewer")
+    )
+    # the catalog: the latest record per item (ts, then raw order), + the committed parts: the known items
+    catalog_new = (
+        judged.catalog
+        | "by item" >> beam.Map(lambda r: (r["item_id"], r))
+        | "latest" >> beam.CombinePerKey(lambda rs: max(rs, key=lambda r: (r["ts"], r["_order"])))
+        | "catalog rows" >> beam.Values()
+    )
+    known = (
+        catalog_new | "new ids" >> beam.Map(lambda r: (r["item_id"], None)),
+        p
+        | "catalog parts" >> beam.Create(list(manifest["catalog"]))
+        | "read catalog" >> beam.ParDo(ReadIds(store_url, "item_id")),
+    ) | "known" >> beam.Flatten()
+    # exact dedupe against the run and the committed index
+    seen = (
+        p
+        | "index parts" >> beam.Create(list(plan.live_dedupe))
+        | "read index" >> beam.ParDo(ReadIds(store_url, "event_id"))
+    )
+    events = (
+        (judged.viewer, judged.host) | "events" >> beam.Flatten() | "by id" >> beam.Map(lambda r: (r["event_id"], r))
+    )
+    firsts = {"events": events, "seen": seen} | "dedupe join" >> beam.CoGroupByKey() | "dedupe" >> beam.FlatMap(dedupe)
+    host = firsts | "host only" >> beam.Filter(lambda r: r["type"] in R.HOST_TYPES)
+    viewer = firsts | "viewer only" >> beam.Filter(lambda r: r["type"] not in R.HOST_TYPES)
+    purchases = viewer | "purchases" >> beam.Filter(lambda r: r["type"] == "purchase")
+    others = viewer | "not purchases" >> beam.Filter(lambda r: r["type"] != "purchase")
+    checked = (
+        {"purchases": purchases | "by item id" >> beam.Map(lambda r: (r["item_id"], r)), "known": known}
+        | "catalog join" >> beam.CoGroupByKey()
+        | "known items" >> beam.ParDo(KnownItems(cfg.require_catalog)).with_outputs("bad", main="ok")
+    )
+    clean = (others, checked.ok) | "clean rows" >> beam.Flatten()
+    metas = []
+    metas.append(
+        clean
+        | "clean by day" >> beam.Map(lambda r: (_day(r["ts"]), r))
+        | "clean days" >> beam.GroupByKey()
+        | "write clean" >> beam.ParDo(WriteDay(store_url, "clean", run_id, cutoff_us))
+    )
+    metas.append(
+        host
+        | "host by day" >> beam.Map(lambda r: (_day(r["ts"]), r))
+        | "host days" >> beam.GroupByKey()
+        | "write host" >> beam.ParDo(WriteDay(store_url, "host", run_id))
+    )
+    metas.append(
+        (judged.bad, checked.bad)
+        | "bad" >> beam.Flatten()
+        | "bad by day" >> beam.Map(lambda r: (_quarantine_day(r), r))
+        | "bad days" >> beam.GroupByKey()
+        | "write quarantine" >> beam.ParDo(WriteQuarantine(store_url, run_id))
+    )
+    metas.append(
+        (clean, host)
+        | "committed" >> beam.Flatten()
+        | "ids" >> beam.Map(lambda r: (0, r["event_id"]))
+        | "seed ids" >> _Seeded()
+        | "write index" >> beam.ParDo(WriteDedupe(store_url, run_id))
+    )
+    metas.append(
+        catalog_new
+        | "one catalog" >> beam.Map(lambda r: (0, r))
+        | "catalog part" >> beam.GroupByKey()
+        | "write catalog" >> beam.ParDo(WriteCatalog(store_url, run_id))
+    )
+    # KPI tables: the affected streams (+ every stream once, when a table is new to this store)
+    old = manifest.get("analytics") or {}
+    everything = manifest["clean_files"] + (manifest.get("host_files") or [])
+    backfill: list[str] = []
+    if old and any(not old.get(n) for n in layout.ANALYTICS_TABLES if n not in host_kpis.DERIVED_TABLES):
+        backfill = sorted({s for f in everything for s in f["streams"]})
+    affected = (
+        (
+            (clean, host) | "rows" >> beam.Flatten() | "streams" >> beam.Map(lambda r: r["stream_id"]),
+            p | "backfill" >> beam.Create(backfill),
+        )
+        | "all streams" >> beam.Flatten()
+        | "real" >> beam.Filter(lambda s: s is not None)
+        | "distinct" >> beam.Distinct()
+    )
+    aff = beam.pvalue.AsList(affected)
+    grouped = (
+        (
+            clean | "clean by stream" >> beam.Map(lambda r: (r["stream_id"], ("row:clean", r))),
+            host | "host by stream" >> beam.Map(lambda r: (r["stream_id"], ("row:host", r))),
+            p
+            | "clean files" >> beam.Create(list(manifest["clean_files"]))
+            | "read clean" >> beam.ParDo(ReadCommitted(store_url, "clean"), aff),
+            p
+            | "host files" >> beam.Create(list(manifest.get("host_files") or []))
+            | "read host" >> beam.ParDo(ReadCommitted(store_url, "host"), aff),
+        )
+        | "stream rows" >> beam.Flatten()
+        | "real stream" >> beam.Filter(lambda kv: kv[0] is not None)
+        | "by stream" >> beam.GroupByKey()
+    )
+    metas.append(
+        grouped
+        | "stream KPIs" >> beam.ParDo(StreamKPIs(cfg.max_session_s))
+        | "seed KPIs" >> _Seeded()
+        | "merge KPIs" >> beam.ParDo(MergeKPIs(store_url, run_id, old, cfg.max_session_s, tz), aff)
+    )
+    _ = (
+        metas
+        | "metas" >> beam.Flatten()
+        | "one list" >> beam.Map(lambda m: (0, m))
+        | "seed metas" >> _Seeded()
+        | "write outputs" >> beam.ParDo(WriteOutputs(store_url, run_id))
+    )
+
+
+class _Seeded(beam.PTransform):
+    """(0, x) elements -> one (0, [x...]) group that exists even when there is no element (a None seed)."""
+
+    def expand(self, pcoll):
+        seed = pcoll.pipeline | f"{self.label} seed" >> beam.Create([(0, None)])
+        return (
+            (pcoll, seed)
+            | f"{self.label} with seed" >> beam.Flatten()
+            | f"{self.label} group" >> beam.GroupByKey()
+            | f"{self.label} drop seed" >> beam.MapTuple(lambda k, xs: (k, [x for x in xs if x is not None]))
+        )
+
+
+def _options(args: list[str]) -> PipelineOptions:
+    if not any(a.startswith("--runner") for a in args):
+        args = ["--runner=FnApiRunner", *args]
+    return PipelineOptions(args)
+
+
+def run(store_url: str, cfg: dclean.CleanConfig | None = None, *, now: float | None = None, beam_args=()) -> dict:
+    """One clean run on Beam: plan (the manifest), the pipeline, then the DuckDB engine's commit."""
+    from shared.runtime import faults
+    from shared.settings import settings
+
+    cfg = cfg or dclean.CleanConfig()
+    t0 = time.monotonic()
+    now = time.time() if now is None else now
+    store = open_store(store_url)
+    plan = dclean.plan_run(store, None, cfg, now)
+    if plan is None:
+        return {"status": "noop", "pending": 0}
+    p = beam.Pipeline(options=_options(list(beam_args)))
+    build(p, store_url, plan, cfg, settings().dashboard_tz)
+    result = p.run()
+    result.wait_until_finish()
+    counters: dict[str, int] = {}
+    for c in result.metrics().query(MetricsFilter().with_namespace(NS))["counters"]:
+        v = c.committed if c.committed is not None else c.attempted
+        counters[c.key.metric.name] = counters.get(c.key.metric.name, 0) + int(v or 0)
+    out_key = OUTPUTS.format(run_id=plan.run_id)
+    metas = orjson.loads(store.get(out_key))
+    by = lambda kind: sorted((m for m in metas if m["kind"] == kind), key=lambda m: m.get("date", ""))
+    written: dict[str, Any] = {
+        "clean": [m["key"] for m in by("clean")],
+        "clean_files": [{"key": m["key"], "streams": m["streams"]} for m in by("clean")],
+        "host_files": [{"key": m["key"], "streams": m["streams"]} for m in by("host")],
+        "quarantine": [m["key"] for m in by("quarantine")],
+    }
+    faults.point("clean:write_clean", store, "after writing clean/, before the manifest moved")
+    by_reason = {k.split(":", 1)[1]: v for k, v in sorted(counters.items()) if k.startswith("dropped:")}
+    by_field = {k.split(":", 1)[1]: v for k, v in sorted(counters.items()) if k.startswith("dropped_field:")}
+    n = lambda k: counters.get(k, 0)
+    report = {
+        "rows_in": n("rows_in"),
+        "catalog_rows": n("catalog_rows"),
+        "duplicates_in_run": n("duplicates_in_run"),
+        "duplicates_seen_before": n("duplicates_seen_before"),
+        "duplicates": n("duplicates_in_run") + n("duplicates_seen_before"),
+        "rows_out": n("rows_out"),
+        "host_rows": n("host_rows"),
+        "late": n("late"),
+        "ts_corrected": n("ts_corrected"),
+        "catalog_items": n("catalog_items"),
+        "uncatalogued_purchases": n("uncatalogued_purchases"),
+        "dropped": sum(by_reason.values()),
+        "dropped_by_reason": by_reason,
+        "dropped_by_field": by_field,
+        "beyond_lookback": n("beyond_lookback"),
+        "engine": "beam",
+    }
+    dkey = next(m["key"] for m in metas if m["kind"] == "dedupe")
+    ckey = next((m["key"] for m in metas if m["kind"] == "catalog"), None)
+    analytics = next(m["tables"] for m in metas if m["kind"] == "analytics")
+    summary = dclean.commit_run(
+        store, None, cfg, plan, written, report, dkey=dkey, ckey=ckey, analytics=analytics, t0=t0
+    )
+    store.delete(out_key)
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--store", default=None, help="the store URL (default: DAIHUO_STORE)")
+    ap.add_argument("--now", type=float, default=None, help="the run's clock (epoch seconds; tests)")
+    args, beam_args = ap.parse_known_args(argv)
+    from shared.settings import settings
+
+    url = args.store or settings().store
+    summary = run(url, now=args.now, beam_args=beam_args)
+    sys.stdout.write(orjson.dumps(summary).decode() + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

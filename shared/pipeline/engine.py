@@ -1,0 +1,49 @@
+"""Which engine runs a clean run (``DAIHUO_CLEAN_ENGINE``): ``duckdb`` (the default: in the function,
+``shared.pipeline.clean.run_clean``) or ``beam`` (the Apache Beam job ``pipelines.beam.clean``, in its
+own environment: ``DAIHUO_BEAM_PYTHON``, started here by subprocess with ``DAIHUO_BEAM_ARGS`` as its
+pipeline options; it reads the same DAIHUO_* settings, plans and commits the run through the same
+manifest code, and this side publishes the committed summary on ``events-cleaned``).
+
+Both write the same objects (``tests/test_beam_clean.py`` proves it row for row). The Beam engine takes
+its configuration from the settings, not from a ``CleanConfig`` object: a config built in code is
+refused rather than silently ignored.
+"""
+
+from __future__ import annotations
+
+import shlex
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from shared.pipeline.clean import CleanConfig, _publish, _republish, load_manifest, run_clean
+from shared.settings import settings
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+
+
+def run(store, bus=None, cfg: CleanConfig | None = None, *, now: float | None = None) -> dict[str, Any]:
+    """One clean run on the configured engine; the summary (``status`` committed / noop / conflict)."""
+    s = settings()
+    if s.clean_engine == "duckdb":
+        return run_clean(store, bus, cfg, now=now)
+    if cfg is not None:
+        raise ValueError("the beam engine reads its configuration from the DAIHUO_* settings, not a CleanConfig")
+    cfg = CleanConfig()
+    if bus is not None:
+        _republish(store, bus, cfg, load_manifest(store)[0])
+    py = Path(s.beam_python)
+    py = py if py.is_absolute() else ROOT / py
+    cmd = [str(py), "-m", "pipelines.beam.clean", "--store", s.store, *shlex.split(s.beam_args)]
+    if now is not None:
+        cmd += ["--now", repr(now)]
+    # (``-m`` from the repository root finds pipelines/ and shared/; the environment is inherited)
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    if out.returncode != 0:
+        raise RuntimeError(f"the Beam clean job failed ({out.returncode}): {out.stderr[-2000:]}")
+    summary = orjson.loads(out.stdout.strip().splitlines()[-1])
+    if bus is not None and summary.get("status") == "committed":
+        _publish(store, bus, cfg, summary["run_id"], summary)
+    return summary
