@@ -127,18 +127,30 @@ def _typed(field: str, v: Any) -> Any:
     return v
 
 
+def _keys(o: Any) -> int:
+    """The keys of every object inside a decoded JSON value."""
+    n = 0
+    if o.__class__ is dict:
+        n = len(o)
+        vals = o.values()
+    elif o.__class__ is list:
+        vals = o
+    else:
+        return 0
+    for v in vals:
+        if v.__class__ is dict or v.__class__ is list:
+            n += _keys(v)
+    return n
+
+
 def _maybe_duplicate_key(line: str, obj: Any) -> bool:
     """False only when the line certainly has no duplicate key: every key of the text (each is followed by
-    ``":``) survived decoding. Sound: a duplicate drops a key, so the text then has more ``":`` than keys."""
-
-    def keys(o: Any) -> int:
-        if isinstance(o, dict):
-            return len(o) + sum(keys(v) for v in o.values())
-        if isinstance(o, list):
-            return sum(keys(v) for v in o)
-        return 0
-
-    return len(_KEY_COLON.findall(line.encode())) != keys(obj)
+    ``":``, maybe with blanks between) survived decoding. Sound: a duplicate drops a key, so the text then
+    has more ``":`` than the decoded value has keys."""
+    marks = line.count('":')
+    if '" ' in line or '"\t' in line or '"\r' in line or '"\n' in line[:-1]:
+        marks = len(_KEY_COLON.findall(line.encode()))
+    return marks != _keys(obj)
 
 
 # ------------------------------------------------------------------------------------------ verdicts

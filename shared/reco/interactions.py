@@ -22,6 +22,8 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from shared.action_weights import DEFAULT_ACTION_WEIGHTS  # (one definition; the Beam job reads it too)
+
 from ._core import str_array
 
 __all__ = [
@@ -31,17 +33,6 @@ __all__ = [
     "build_stream_items",
     "event_weights",
 ]
-
-DEFAULT_ACTION_WEIGHTS: dict[str, float] = {
-    "product_impression": 0.0,
-    "product_click": 1.0,
-    "add_to_cart": 3.0,
-    "purchase": 5.0,
-    "refund": -5.0,
-    "like": 0.5,
-    "comment": 0.5,
-    "share": 0.5,
-}
 
 
 @dataclass
