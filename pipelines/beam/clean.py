@@ -40,7 +40,7 @@ import os
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import apache_beam as beam
@@ -58,6 +58,7 @@ from shared.adapters.storage import open_store
 from shared.pipeline import clean as dclean
 
 NS = "clean"
+_EPOCH_DAY = date(1970, 1, 1)
 OUTPUTS = "state/beam/{run_id}.json"  # the written objects, for the driver's commit
 
 
@@ -98,8 +99,29 @@ class _StoreFn(beam.DoFn):
         self.store = open_store(self.store_url)
 
 
+# An accepted event travels between the keyed steps as ``(event_id, Ev)``, Ev a flat tuple: the fields the
+# steps route by, then the whole row as orjson bytes (decoded only where rows are written). Rows as
+# dicts cost most of the run in Beam's element coder (a profile of the first version).
+NULLS, REC, ORDER, TYPE, ITEM, DAY, STREAM, ROW = range(8)
+
+
+def _ev(row: dict, order: int) -> tuple:
+    rec = row["received_at"]
+    return (
+        rec is None,  # first copy: received_at NULLS LAST, then raw order
+        rec or 0,
+        order,
+        row["type"],
+        row.get("item_id"),
+        _day(row["ts"]),
+        row["stream_id"],
+        orjson.dumps(row),
+    )
+
+
 class ReadAndJudge(_StoreFn):
-    """(index, raw key) -> every line's verdict: main output ``viewer``, tagged ``host`` / ``catalog`` / ``bad``."""
+    """(index, raw key) -> every line's verdict: main output the accepted events ``(event_id, Ev)``, tagged
+    ``catalog`` (dict rows) and ``bad`` (``(quarantine date, row bytes)``)."""
 
     def __init__(self, store_url: str, params: R.Params):
         super().__init__(store_url)
@@ -109,13 +131,15 @@ class ReadAndJudge(_StoreFn):
         idx, key = elem
         lines = R.split_lines(self.store.get(key))
         _count("rows_in", len(lines))
+        base = idx << 32
         for i, line in enumerate(lines):
             kind, row = R.judge(line, key, (idx, i), self.params)
-            if kind == "viewer":
-                yield row
+            if kind == "viewer" or kind == "host":
+                yield row["event_id"], _ev(row, base + i)
+            elif kind == "bad":
+                yield beam.pvalue.TaggedOutput("bad", (_quarantine_day(row), orjson.dumps(row)))
             else:
-                if kind == "catalog":
-                    _count("catalog_rows")
+                _count("catalog_rows")
                 yield beam.pvalue.TaggedOutput(kind, row)
 
 
@@ -132,13 +156,9 @@ class ReadIds(_StoreFn):
             yield v, None
 
 
-def _first_copy(rows: list[dict]) -> dict:
-    """The copy the DuckDB path keeps: ORDER BY received_at NULLS LAST, row_id."""
-    return min(rows, key=lambda r: (r["received_at"] is None, r["received_at"] or 0, r["_order"]))
-
-
 def dedupe(kv):
-    _eid, g = kv
+    """The copy the DuckDB path keeps (ORDER BY received_at NULLS LAST, row_id), unless the index has the id."""
+    eid, g = kv
     rows = list(g["events"])
     if not rows:
         return
@@ -147,7 +167,7 @@ def dedupe(kv):
     if list(g["seen"]):
         _count("duplicates_seen_before")
         return
-    yield rows[0] if len(rows) == 1 else _first_copy(rows)
+    yield eid, (rows[0] if len(rows) == 1 else min(rows, key=lambda v: (v[NULLS], v[REC], v[ORDER])))
 
 
 class KnownItems(beam.DoFn):
@@ -160,24 +180,20 @@ class KnownItems(beam.DoFn):
         item, g = kv
         rows = list(g["purchases"])
         known = item is None or bool(list(g["known"]))
-        for r in rows:
+        for ev in rows:
             if known:
-                yield r
+                yield ev
             elif self.require_catalog:
-                yield beam.pvalue.TaggedOutput("bad", R.unknown_item(r))
+                bad = R.unknown_item(orjson.loads(ev[1][ROW]))
+                yield beam.pvalue.TaggedOutput("bad", (_quarantine_day(bad), orjson.dumps(bad)))
             else:
                 _count("uncatalogued_purchases")
-                yield r
+                yield ev
 
 
 def _day(us: int) -> str:
-    return datetime.fromtimestamp(us / 1e6, UTC).strftime("%Y-%m-%d") if us >= 0 else _slow_day(us)
-
-
-def _slow_day(us: int) -> str:
-    from datetime import timedelta
-
-    return (datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=us)).strftime("%Y-%m-%d")
+    """The UTC date of a timestamp in microseconds (integer arithmetic: no rounding at midnight)."""
+    return (_EPOCH_DAY + timedelta(days=us // 86_400_000_000)).isoformat()
 
 
 class WriteDay(_StoreFn):
@@ -188,8 +204,8 @@ class WriteDay(_StoreFn):
         self.kind, self.run_id, self.cutoff_us = kind, run_id, cutoff_us
 
     def process(self, kv):
-        d, rows = kv
-        rows = [R.public(r) for r in rows]
+        d, payloads = kv
+        rows = [R.public(orjson.loads(b)) for b in payloads]
         if self.kind == "clean":
             schema, key = dclean.CLEAN_SCHEMA, layout.clean_key(d, self.run_id)
             _count("rows_out", len(rows))
@@ -219,8 +235,8 @@ class WriteQuarantine(_StoreFn):
     def process(self, kv):
         import gzip
 
-        d, rows = kv
-        rows = sorted(rows, key=lambda r: r["_order"])
+        d, payloads = kv
+        rows = sorted((orjson.loads(b) for b in payloads), key=lambda r: r["_order"])
         lines = []
         for r in rows:
             _count(f"dropped:{r['reason']}")
@@ -327,7 +343,7 @@ class StreamKPIs(beam.DoFn):
         rows: dict[str, list[dict]] = {"clean": [], "host": []}
         for kind, v in items:
             if kind.startswith("row:"):
-                rows[kind[4:]].append(R.public(v))
+                rows[kind[4:]].append(R.public(orjson.loads(v)))
             else:
                 parts[kind].append(unipc(v))
         con = _duck()
@@ -427,8 +443,7 @@ def build(p: beam.Pipeline, store_url: str, plan: dclean.RunPlan, cfg: dclean.Cl
         p
         | "pending" >> beam.Create(list(enumerate(plan.pending)))
         | "spread" >> beam.Reshuffle()
-        | "read+judge"
-        >> beam.ParDo(ReadAndJudge(store_url, params)).with_outputs("host", "catalog", "bad", main="viewer")
+        | "read+judge" >> beam.ParDo(ReadAndJudge(store_url, params)).with_outputs("catalog", "bad", main="events")
     )
     # the catalog: the latest record per item (ts, then raw order), + the committed parts: the known items
     catalog_new = (
@@ -449,16 +464,14 @@ def build(p: beam.Pipeline, store_url: str, plan: dclean.RunPlan, cfg: dclean.Cl
         | "index parts" >> beam.Create(list(plan.live_dedupe))
         | "read index" >> beam.ParDo(ReadIds(store_url, "event_id"))
     )
-    events = (
-        (judged.viewer, judged.host) | "events" >> beam.Flatten() | "by id" >> beam.Map(lambda r: (r["event_id"], r))
-    )
-    firsts = {"events": events, "seen": seen} | "dedupe join" >> beam.CoGroupByKey() | "dedupe" >> beam.FlatMap(dedupe)
-    host = firsts | "host only" >> beam.Filter(lambda r: r["type"] in R.HOST_TYPES)
-    viewer = firsts | "viewer only" >> beam.Filter(lambda r: r["type"] not in R.HOST_TYPES)
-    purchases = viewer | "purchases" >> beam.Filter(lambda r: r["type"] == "purchase")
-    others = viewer | "not purchases" >> beam.Filter(lambda r: r["type"] != "purchase")
+    joined = {"events": judged.events, "seen": seen} | "dedupe join" >> beam.CoGroupByKey()
+    firsts = joined | "dedupe" >> beam.FlatMap(dedupe)
+    host = firsts | "host only" >> beam.Filter(lambda e: e[1][TYPE] in R.HOST_TYPES)
+    viewer = firsts | "viewer only" >> beam.Filter(lambda e: e[1][TYPE] not in R.HOST_TYPES)
+    purchases = viewer | "purchases" >> beam.Filter(lambda e: e[1][TYPE] == "purchase")
+    others = viewer | "not purchases" >> beam.Filter(lambda e: e[1][TYPE] != "purchase")
     checked = (
-        {"purchases": purchases | "by item id" >> beam.Map(lambda r: (r["item_id"], r)), "known": known}
+        {"purchases": purchases | "by item id" >> beam.Map(lambda e: (e[1][ITEM], e)), "known": known}
         | "catalog join" >> beam.CoGroupByKey()
         | "known items" >> beam.ParDo(KnownItems(cfg.require_catalog)).with_outputs("bad", main="ok")
     )
@@ -466,27 +479,26 @@ def build(p: beam.Pipeline, store_url: str, plan: dclean.RunPlan, cfg: dclean.Cl
     metas = []
     metas.append(
         clean
-        | "clean by day" >> beam.Map(lambda r: (_day(r["ts"]), r))
+        | "clean by day" >> beam.Map(lambda e: (e[1][DAY], e[1][ROW]))
         | "clean days" >> beam.GroupByKey()
         | "write clean" >> beam.ParDo(WriteDay(store_url, "clean", run_id, cutoff_us))
     )
     metas.append(
         host
-        | "host by day" >> beam.Map(lambda r: (_day(r["ts"]), r))
+        | "host by day" >> beam.Map(lambda e: (e[1][DAY], e[1][ROW]))
         | "host days" >> beam.GroupByKey()
         | "write host" >> beam.ParDo(WriteDay(store_url, "host", run_id))
     )
     metas.append(
         (judged.bad, checked.bad)
         | "bad" >> beam.Flatten()
-        | "bad by day" >> beam.Map(lambda r: (_quarantine_day(r), r))
         | "bad days" >> beam.GroupByKey()
         | "write quarantine" >> beam.ParDo(WriteQuarantine(store_url, run_id))
     )
     metas.append(
         (clean, host)
         | "committed" >> beam.Flatten()
-        | "ids" >> beam.Map(lambda r: (0, r["event_id"]))
+        | "ids" >> beam.Map(lambda e: (0, e[0]))
         | "seed ids" >> _Seeded()
         | "write index" >> beam.ParDo(WriteDedupe(store_url, run_id))
     )
@@ -504,7 +516,7 @@ def build(p: beam.Pipeline, store_url: str, plan: dclean.RunPlan, cfg: dclean.Cl
         backfill = sorted({s for f in everything for s in f["streams"]})
     affected = (
         (
-            (clean, host) | "rows" >> beam.Flatten() | "streams" >> beam.Map(lambda r: r["stream_id"]),
+            (clean, host) | "rows" >> beam.Flatten() | "streams" >> beam.Map(lambda e: e[1][STREAM]),
             p | "backfill" >> beam.Create(backfill),
         )
         | "all streams" >> beam.Flatten()
@@ -514,8 +526,8 @@ def build(p: beam.Pipeline, store_url: str, plan: dclean.RunPlan, cfg: dclean.Cl
     aff = beam.pvalue.AsList(affected)
     grouped = (
         (
-            clean | "clean by stream" >> beam.Map(lambda r: (r["stream_id"], ("row:clean", r))),
-            host | "host by stream" >> beam.Map(lambda r: (r["stream_id"], ("row:host", r))),
+            clean | "clean by stream" >> beam.Map(lambda e: (e[1][STREAM], ("row:clean", e[1][ROW]))),
+            host | "host by stream" >> beam.Map(lambda e: (e[1][STREAM], ("row:host", e[1][ROW]))),
             p
             | "clean files" >> beam.Create(list(manifest["clean_files"]))
             | "read clean" >> beam.ParDo(ReadCommitted(store_url, "clean"), aff),

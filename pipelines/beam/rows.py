@@ -293,9 +293,14 @@ def unknown_item(row: dict[str, Any]) -> dict[str, Any]:
     )
 
 
+_PRIVATE = ("_order", "_raw", "_src", "_received_raw")
+
+
 def public(row: dict[str, Any]) -> dict[str, Any]:
-    """A row without the job's private fields (``_order``, ``_raw``...)."""
-    return {k: v for k, v in row.items() if not k.startswith("_")}
+    """The row without the job's private fields (``_order``, ``_raw``...), in place."""
+    for k in _PRIVATE:
+        row.pop(k, None)
+    return row
 
 
 def is_host(kind: str) -> bool:
