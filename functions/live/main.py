@@ -43,10 +43,9 @@ _live = runtime.per_instance(_writer)  # the Bigtable client on the first messag
 def _alerts() -> alerts.LiveAlerts:
     from shared.live.reader import LiveReader
 
-    cfg = LiveConfig()
-    return alerts.LiveAlerts(
-        LiveReader(schema.open_table(cfg), cfg), alerts.AlertSink(runtime.get_store(), runtime.get_bus())
-    )
+    writer = _live.get()  # one Bigtable client per instance: the writer's
+    reader = LiveReader(writer.table, writer.cfg)
+    return alerts.LiveAlerts(reader, alerts.AlertSink(runtime.get_store(), runtime.get_bus()))
 
 
 _live_alerts = runtime.per_instance(_alerts)
