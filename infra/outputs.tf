@@ -9,7 +9,7 @@ output "ingest_url" {
 }
 
 output "recommend_url" {
-  description = "The viewer app calls GET <url>?user=..&stream=.."
+  description = "The viewer app calls GET <url>?user_id=..&stream_id=..&k=10 (or POST <url> with a JSON object of the same names), Authorization: Bearer <viewer token> for personal results; docs/api.md, schema/openapi/recommend.json"
   value       = try(google_cloudfunctions2_function.fn["recommend"].url, null)
 }
 

@@ -300,3 +300,18 @@ def test_terraform_fmt():
         [terraform, "fmt", "-check", "-recursive", "-diff", str(INFRA)], capture_output=True, text=True, timeout=60
     )
     assert proc.returncode == 0, f"terraform fmt -check failed:\n{proc.stdout}{proc.stderr}"
+
+
+def test_recommend_url_documents_a_request_recommend_accepts(tf):
+    """The output's description is the request the viewer app makes: its query parses (no 400)."""
+    from urllib.parse import parse_qsl
+
+    from shared.serving.recommend import parse_params
+
+    desc = tf["output"]["recommend_url"]["description"]
+    m = re.search(r"GET <url>\?(\S+)", desc)
+    assert m, desc
+    args = dict(parse_qsl(m.group(1).replace("..", "x1")))
+    p = parse_params(args)  # BadParam (-> 400) on an unknown or malformed parameter
+    assert p.user_id and p.stream_id and p.k == 10
+    assert "Bearer" in desc and "docs/api.md" in desc
