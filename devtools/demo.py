@@ -82,21 +82,32 @@ def run(args) -> int:
             f"simulating an evening: {args.streams} streams, {args.users} viewers, {args.items} products "
             f"(seed {args.seed}, faults {args.faults})"
         )
+        timing = demo_timing(args.start)
         sim = simulator.simulate(
             seed=args.seed,
             n_streams=args.streams,
             n_users=args.users,
             n_items=args.items,
             mean_viewers_per_stream=args.viewers,
-            faults=None if args.faults == "none" else args.faults,
+            faults=demo_faults(args.faults, timing),
             host_events=True,
-            start=_evening_start(args.start),
+            **timing,
         )
         n_host = sum(1 for r in sim.events if isinstance(r, dict) and r.get("type") in simulator.HOST_TYPES)
         print(
             f"   {len(sim.catalog)} catalog records, {len(sim.events)} event rows ({n_host} host-side: streams, "
             f"slots, showcase; {len(sim.truth.fault_log)} injected faults); the evening started {sim.cfg.start}"
         )
+        if "until" in timing:
+            print(
+                f"   dated now: streams of {sim.cfg.stream_min_hours * 60:.0f}-{sim.cfg.stream_max_hours * 60:.0f} min "
+                f"in the last {(time.time() * 1000 - sim.cfg.start_ms()) / 60000:.0f} min, sent as they would arrive "
+                "now (on time; no rows hours late); what happens after now (later refunds) is not sent"
+            )
+        else:
+            print(
+                f"   a replay of {sim.cfg.start}: rows older than the late threshold are flagged late, as they would be"
+            )
 
         step("sending signed webhooks to ingest; the live layer while they arrive (LiveReader on Bigtable)")
         live = LiveWatch(stack, sim) if "live" in stack.functions() else None
@@ -152,27 +163,17 @@ def run(args) -> int:
         if dropped:
             print("   quarantined by clean: " + ", ".join(f"{k} {v}" for k, v in dropped.items()))
 
-        step("train runs on events-cleaned and promotes a model")
-        latest = wait(
-            lambda: store.exists(layout.LATEST) and json.loads(store.get(layout.LATEST)),
+        step("train runs on events-cleaned (once per committed clean run); the gate promotes or keeps")
+        manifest = load_manifest(store)[0]
+        wait(
+            lambda: _trained_on(store, manifest),
             args.timeout,
-            "a promoted model (models/LATEST.json)",
+            "a model version trained on every committed clean file",
+            progress=lambda: f"{len(_versions(store))} model versions written",
         )
-        meta = json.loads(store.get(layout.model_meta_key(latest["version"])))
-        metrics = meta.get("metrics", {})
-        print(f"   model {latest['version']} promoted: {(meta.get('decision') or {}).get('reason', '')}")
-        g = metrics.get("gate") or {}
-        for name, b in ((meta.get("evaluation") or {}).get("blocks") or {}).items():
-            if "rankers" in b:
-                best = b["best_baseline"]
-                vs = (b.get("vs_best_baseline") or {}).get("candidate") or {}
-                print(
-                    f"   holdout {name:24s} ndcg@10 model {b['rankers']['candidate']['ndcg@10']:.3f}  "
-                    f"best baseline {best} {b['rankers'][best]['ndcg@10']:.3f}  ratio {vs.get('ratio') or 0:.2f} "
-                    f"[{vs.get('ratio_lo') or 0:.2f}, {vs.get('ratio_hi') or 0:.2f}]  ({b['n_queries']} queries)"
-                )
-        if g.get("below_baseline"):
-            print("   NOTE: the model is below the best baseline on the gate's primary metric (see the reason above)")
+        print()
+        _print_versions(store)
+        serving = _print_serving(store, "serving after the last clean run")
 
         step("recommend: top products for a few viewers, with the reasons")
         clean_users = _sample_users(store, sim, n=3)
@@ -213,6 +214,11 @@ def run(args) -> int:
         if live is not None:
             live.compare_with_batch(streams)
         _print_alerts(stack.url("analytics"), operator)
+        step("the model serving now (models/LATEST.json)")
+        _print_versions(store)
+        now_serving = _print_serving(store, "serving at the end")
+        if now_serving != serving:
+            print(f"   (it moved from {serving} while the demo ran: a later train run promoted it)")
         out = _save_dashboard(stack.url("analytics"), [s["stream_id"] for s in streams], operator)
         print(
             f"\n   dashboard: {stack.url('analytics')} while the stack is up (make demo DEMO_ARGS=--stay, or make up);"
@@ -231,15 +237,39 @@ def run(args) -> int:
     return 0
 
 
-def _evening_start(value: str) -> str:
-    """``auto``: 14 hours before the current hour, so the evening (streams start within 8 h and last at
-    most 5 h) is over and within the live layer's retention (7 days) whenever the demo runs."""
-    if value != "auto":
-        return value
+#: ``--start now``: an evening that happened in the last hour, so that a send of a minute or two is on
+#: time (every row within ``DAIHUO_LATE_AFTER_S`` = 1 h of its ts when ingest receives it): it starts
+#: 50 minutes before now, streams start within 9 minutes and last 15-36 minutes, refunds follow their
+#: purchase by minutes, and what would happen after now is not sent.
+NOW_TIMING = {"window_hours": 0.15, "stream_hours": 0.4, "stream_min_hours": 0.25, "stream_max_hours": 0.6}
+NOW_LEAD_MIN = 50
+NOW_REFUND_HOURS = 0.08
+
+
+def demo_timing(value: str, now: float | None = None) -> dict:
+    """The simulator's timing knobs for ``--start``: ``now`` (default) -- an evening that ends before
+    now and is sent on time (``NOW_TIMING``, ``until`` = now); a date (RFC 3339, UTC) -- the
+    simulator's evening at that date (a replay: sent later, its rows arrive late, as they would)."""
     from datetime import UTC, datetime, timedelta
 
-    start = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(hours=14)
-    return start.strftime("%Y-%m-%dT%H:%M:%SZ")
+    if value != "now":
+        return {"start": value}
+    t = datetime.fromtimestamp(time.time() if now is None else now, UTC).replace(microsecond=0)
+    start = t.replace(second=0) - timedelta(minutes=NOW_LEAD_MIN)
+    iso = lambda d: d.strftime("%Y-%m-%dT%H:%M:%SZ")
+    return {"start": iso(start), "until": iso(t), "refund_hours": NOW_REFUND_HOURS, **NOW_TIMING}
+
+
+def demo_faults(value: str, timing: dict):
+    """The fault rates: ``none``; ``default`` -- the simulator's, except that a demo dated now sends
+    no late rows (a row delivered hours late cannot arrive in a send that lasts a minute)."""
+    import dataclasses
+
+    if value == "none":
+        return None
+    if "until" in timing:
+        return dataclasses.replace(simulator.DEFAULT_FAULTS, late=0.0)
+    return value
 
 
 # the live figures compared with the batch KPIs (analytics /api/streams) at the end: same names, same dedupe
@@ -474,6 +504,72 @@ def _save_dashboard(base: str, stream_ids: list[str], headers: dict | None = Non
     return str(out)
 
 
+def _versions(store) -> list[dict]:
+    """Every written model version's meta.json, oldest first."""
+    from shared.dashboard.data import load_models
+
+    return [m for m in load_models(store)[0] if "error" not in m]
+
+
+def _trained_on(store, manifest) -> bool:
+    """Some version was trained on every clean file the manifest names (the last clean run's train ran)."""
+    keys = {f.key for f in manifest.clean_files}
+    return any(keys <= {i.get("key") for i in meta.get("inputs") or []} for meta in _versions(store))
+
+
+def _print_versions(store) -> None:
+    """Every version with its outcome as the models page shows it (queries.model_statuses)."""
+    from shared.dashboard.data import load_models
+    from shared.dashboard.queries import model_statuses
+
+    models, latest = load_models(store)
+    status = model_statuses(models, latest)
+    for meta in models:
+        d = meta.get("decision") or {}
+        print(f"   {meta['version']}  {status.get(meta['version'])}: {str(d.get('reason', ''))[:140]}")
+
+
+def _print_serving(store, label: str) -> str | None:
+    """The version LATEST points at, its decision and the gate's figures against the baselines."""
+    from shared import layout
+
+    if not store.exists(layout.LATEST):
+        print("   no model promoted yet (recommend answers from popularity)")
+        return None
+    latest = json.loads(store.get(layout.LATEST))
+    meta = json.loads(store.get(layout.model_meta_key(latest["version"])))
+    d = meta.get("decision") or {}
+    print(f"   {label}: model {latest['version']} (promoted {latest.get('promoted_at', '?')})")
+    print(f"     decision: {d.get('reason', '')}")
+    data = meta.get("data") or {}
+    if data:
+        print(
+            f"     trained on {data.get('events', '?')} events, {data.get('users', '?')} users, "
+            f"{data.get('items', '?')} items, {data.get('streams', '?')} streams"
+        )
+    for name, b in ((meta.get("evaluation") or {}).get("blocks") or {}).items():
+        if "rankers" in b:
+            best = b["best_baseline"]
+            vs = (b.get("vs_best_baseline") or {}).get("candidate") or {}
+            print(
+                f"     holdout {name:24s} ndcg@10 model {b['rankers']['candidate']['ndcg@10']:.3f}  "
+                f"best baseline {best} {b['rankers'][best]['ndcg@10']:.3f}  ratio {vs.get('ratio') or 0:.2f} "
+                f"[{vs.get('ratio_lo') or 0:.2f}, {vs.get('ratio_hi') or 0:.2f}]  ({b['n_queries']} queries)"
+            )
+    if d.get("below_baseline"):
+        print("     NOTE: below the best baseline on the gate's primary metric (promoted: nothing else served)")
+    from shared.layout import load_manifest
+
+    keys = {f.key for f in load_manifest(store)[0].clean_files}
+    got = {i.get("key") for i in meta.get("inputs") or []}
+    if not keys <= got:
+        print(
+            f"     NOTE: trained on {len(keys & got)} of the {len(keys)} clean files: the version trained on all of "
+            "them was not promoted (see its status above); the next clean run's train compares against this one"
+        )
+    return latest["version"]
+
+
 def _get(url: str, params: dict, headers: dict | None = None):
     try:
         r = requests.get(url, params=params, headers=headers, timeout=10)
@@ -504,7 +600,12 @@ def main(argv=None) -> int:
     ap.add_argument("--archive-every", type=float, default=3.0)
     ap.add_argument("--clean-every", type=float, default=10.0)
     ap.add_argument("--timeout", type=float, default=300.0)
-    ap.add_argument("--start", default="auto", help="start of the simulated evening (UTC, RFC 3339); auto: 14 h ago")
+    ap.add_argument(
+        "--start",
+        default="now",
+        help="now: a short evening that ended just now, sent on time; or a date (UTC, RFC 3339): a replay of "
+        "the simulator's evening then (rows older than DAIHUO_LATE_AFTER_S arrive late)",
+    )
     ap.add_argument("--live-every", type=float, default=3.0, help="seconds between two prints of the live numbers")
     ap.add_argument("--stay", action="store_true", help="keep the stack up at the end")
     return run(ap.parse_args(argv))

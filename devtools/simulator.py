@@ -390,6 +390,11 @@ class SimConfig:
     flash_uplift: float = 1.5  #: extra affinity boost of the item on stage in a flash-sale slot
     stock_rate: float = 0.3  #: share of showcase items with a limited stock (they can sell out)
     restock_rate: float = 0.4  #: p(the host restocks a sold-out item a few minutes later)
+    # --- timing (defaults: the evening above; ``make demo`` dates a short evening that ends now) -----
+    stream_min_hours: float = 0.5  #: shortest stream (the lognormal duration is clipped to these bounds)
+    stream_max_hours: float = 5.0  #: longest stream
+    refund_hours: float = 6.0  #: median delay of a refund after its purchase (lognormal, sigma 1)
+    until: str | None = None  #: no row happens after this instant (UTC, RFC 3339): later refunds are not sent
 
     @classmethod
     def repeat_preset(cls, seed: int = 0, scale: float = 1.0, **overrides: Any) -> SimConfig:
@@ -420,10 +425,17 @@ class SimConfig:
         raise ValueError(f"faults: expected FaultRates, 'default' or None, got {self.faults!r}")
 
     def start_ms(self) -> int:
-        dt = datetime.fromisoformat(self.start.replace("Z", "+00:00"))
-        if dt.tzinfo is None:
-            dt = dt.replace(tzinfo=UTC)
-        return int(round(dt.timestamp() * 1000))
+        return _iso_ms(self.start)
+
+    def until_ms(self) -> int | None:
+        return None if self.until is None else _iso_ms(self.until)
+
+
+def _iso_ms(value: str) -> int:
+    dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return int(round(dt.timestamp() * 1000))
 
 
 #: The repeat-world preset (``SimConfig.repeat_preset()``): 28 days, 150 streams x ~300 viewers.
@@ -456,6 +468,10 @@ _V2_FIELDS = (
     "flash_uplift",
     "stock_rate",
     "restock_rate",
+    "stream_min_hours",
+    "stream_max_hours",
+    "refund_hours",
+    "until",
 )
 
 
@@ -624,7 +640,13 @@ def _legacy_streams(
         g = np.log(w) + rng.gumbel(size=N)
         show = np.sort(np.argpartition(-g, n_show - 1)[:n_show])
         st = start_ms + int(rng.uniform(0, cfg.window_hours * _H_MS))
-        dur = int(np.clip(rng.lognormal(math.log(cfg.stream_hours * _H_MS), 0.4), 0.5 * _H_MS, 5 * _H_MS))
+        dur = int(
+            np.clip(
+                rng.lognormal(math.log(cfg.stream_hours * _H_MS), 0.4),
+                cfg.stream_min_hours * _H_MS,
+                cfg.stream_max_hours * _H_MS,
+            )
+        )
         host = int(rng.integers(len(_HOST_NAMES)))
         streams.append(
             {
@@ -705,7 +727,13 @@ def _build_streams_v2(
             for d in np.sort(rng.choice(n_days, int(counts[h]), replace=False)).tolist():
                 off = hd["hour_offset_ms"] + int(rng.normal(0, 0.4 * _H_MS))
                 st = start_ms + d * _DAY_MS + int(np.clip(off, 0, cfg.window_hours * _H_MS))
-                dur = int(np.clip(rng.lognormal(math.log(cfg.stream_hours * _H_MS), 0.4), 0.5 * _H_MS, 5 * _H_MS))
+                dur = int(
+                    np.clip(
+                        rng.lognormal(math.log(cfg.stream_hours * _H_MS), 0.4),
+                        cfg.stream_min_hours * _H_MS,
+                        cfg.stream_max_hours * _H_MS,
+                    )
+                )
                 n_show = min(int(rng.integers(cfg.showcase_min, cfg.showcase_max + 1)), N)
                 w = item_pop * np.where(
                     np.isin(np.arange(N), hd["core"]), 25.0, np.where(np.isin(item_cat, hd["main"]), 1.0, 0.05)
@@ -1166,7 +1194,7 @@ def _stream_events(cfg: SimConfig, world: World, st: dict[str, Any]) -> list[dic
     # refunds: later, possibly after the stream ended; likelier for disliked items
     p_ref = np.clip(cfg.refund_rate * np.exp(-0.3 * (b_a - 4.0)), 0, 0.5)
     ref = rng.random(len(b_s)) < p_ref
-    r_t = b_t[ref] + rng.lognormal(math.log(6 * _H_MS), 1.0, int(ref.sum())).astype(np.int64)
+    r_t = b_t[ref] + rng.lognormal(math.log(cfg.refund_hours * _H_MS), 1.0, int(ref.sum())).astype(np.int64)
     add(b_s[ref], r_t, T_REFUND, b_i[ref])
 
     return _rows(
@@ -1620,7 +1648,7 @@ def _stream_events_v2(
 
     p_ref = np.clip(cfg.refund_rate * np.exp(-0.3 * (b_a - 4.0)), 0, 0.5)
     ref = rng.random(len(b_s)) < p_ref
-    r_t = b_tt[ref] + rng.lognormal(math.log(6 * _H_MS), 1.0, int(ref.sum())).astype(np.int64)
+    r_t = b_tt[ref] + rng.lognormal(math.log(cfg.refund_hours * _H_MS), 1.0, int(ref.sum())).astype(np.int64)
     add(b_s[ref], r_t, T_REFUND, b_i[ref])
 
     state.record(st, users[b_s], b_i, b_tt, repeat[buy], users[fol_s])
@@ -2600,6 +2628,7 @@ class Simulation:
                 log[key] = m
 
         state = _RepeatState(self.cfg, self.world) if self.cfg.uses_v2() else None
+        until = self.cfg.until_ms()
         host_log: dict[str, dict[str, Any]] = {}
         for st in self.world.streams:
             rows = (
@@ -2607,6 +2636,8 @@ class Simulation:
                 if state is None
                 else _stream_events_v2(self.cfg, self.world, st, state, host_log)
             )
+            if until is not None:  # what has not happened by ``until`` (late refunds) is not sent
+                rows = [r for r in rows if parse_ts_ms(r["ts"]) <= until]
             n_true += len(rows)
             if keep_clean:
                 clean.extend(rows)

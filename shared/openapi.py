@@ -825,7 +825,7 @@ def analytics() -> dict:
                     },
                 ),
                 "Quality": _obj(
-                    ["runs", "reasons"],
+                    ["runs", "reasons", "clean_by_reason", "ingest"],
                     {
                         "runs": {
                             "type": "array",
@@ -847,6 +847,30 @@ def analytics() -> dict:
                             ),
                         },
                         "reasons": {"type": "array", "items": {"type": "string"}},
+                        "clean_by_reason": {
+                            "type": "object",
+                            "additionalProperties": count,
+                            "description": "rows clean quarantined per reason, over the runs",
+                        },
+                        "ingest": _obj(
+                            ["days", "rows", "objects", "by_reason", "by_day"],
+                            {
+                                "days": {"type": "integer", "description": "days counted, ending today (UTC)"},
+                                "rows": count,
+                                "objects": count,
+                                "by_reason": {
+                                    "type": "object",
+                                    "additionalProperties": count,
+                                    "description": "rows the webhook refused (quarantine/ingest/), per the field "
+                                    "their first reason names",
+                                },
+                                "by_day": {
+                                    "type": "object",
+                                    "additionalProperties": {"type": "object", "additionalProperties": count},
+                                },
+                                "error": {"type": "string"},
+                            },
+                        ),
                     },
                 ),
                 "LiveStreams": _obj(
@@ -978,12 +1002,12 @@ def analytics() -> dict:
                 },
                 **_alert_schemas(),
                 "Models": _obj(
-                    ["latest", "models", "metrics"],
+                    ["latest", "models", "metrics", "counts", "families"],
                     {
                         "latest": {"type": ["string", "null"], "description": "the version LATEST.json names"},
                         "models": {
                             "type": "array",
-                            "description": "models/<v>/meta.json, oldest first",
+                            "description": "models/<v>/meta.json, oldest first, with status, reason, compared_to, below_baseline, baselines, baseline_names",
                             "items": _obj(
                                 [],
                                 {
@@ -991,10 +1015,45 @@ def analytics() -> dict:
                                     "created_at": {"type": ["string", "null"]},
                                     "metrics": {"type": ["object", "null"]},
                                     "error": {"type": "string"},
+                                    "status": {
+                                        "enum": ["serving", "replaced", "not promoted", "rejected", "unknown"],
+                                        "description": "the promotion decision (queries.model_statuses)",
+                                    },
+                                    "reason": {"type": ["string", "null"], "description": "the gate's reason"},
+                                    "compared_to": {"type": ["string", "null"]},
+                                    "below_baseline": {"type": ["boolean", "null"]},
+                                    "baselines": {
+                                        "type": "array",
+                                        "items": _obj(
+                                            ["block", "metric", "baselines"],
+                                            {
+                                                "block": {"type": "string"},
+                                                "primary": {"type": "boolean"},
+                                                "metric": {"type": ["string", "null"]},
+                                                "n_queries": {"type": ["integer", "null"]},
+                                                "candidate": {"type": ["number", "null"]},
+                                                "current": {"type": ["number", "null"]},
+                                                "best_baseline": {"type": ["string", "null"]},
+                                                "baselines": {
+                                                    "type": "object",
+                                                    "additionalProperties": {"type": ["number", "null"]},
+                                                },
+                                                "ratio": {"type": ["number", "null"]},
+                                                "ratio_lo": {"type": ["number", "null"]},
+                                                "ratio_hi": {"type": ["number", "null"]},
+                                            },
+                                        ),
+                                    },
+                                    "baseline_names": {"type": "array", "items": {"type": "string"}},
                                 },
                             ),
                         },
-                        "metrics": {"type": "array", "items": {"type": "string"}},
+                        "metrics": {"type": "array", "items": {"type": "string"}, "description": "score names"},
+                        "counts": {"type": "array", "items": {"type": "string"}, "description": "count names"},
+                        "families": _obj(
+                            ["ranking", "ratio", "count"],
+                            {f: {"type": "array", "items": {"type": "string"}} for f in ("ranking", "ratio", "count")},
+                        ),
                     },
                 ),
             }

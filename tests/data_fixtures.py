@@ -33,27 +33,96 @@ from shared.pipeline.config import TimeRules
 RECEIVED_AT = "2026-11-29T00:00:00.000Z"  # two days after the default simulated evening (2026-11-27)
 RULES = TimeRules(max_future_s=300, max_past_s=30 * 86400, late_after_s=3600)
 
-# model metadata in the shape written by the train function (models/<version>/meta.json)
+
+# model metadata in the shape the train function writes (models/<version>/meta.json: metrics from
+# gate.gate_metrics, evaluation.blocks from gate.evaluate_candidate, decision from GateOutcome): the
+# first model promoted (later replaced), a candidate the gate rejected, the one serving now
+def _model_meta(version, created, room, cat, n_room, n_cat, promote, reason, compared_to=None):
+    def block(cand, base, n, best):
+        other = {"popular": base * 0.6, "itemknn": base * 0.8, best: base}
+        rankers = {"candidate": {"kind": "model", "ndcg@10": cand, "recall@10": min(1.0, cand * 1.5)}}
+        rankers.update(
+            {k: {"kind": "baseline", "ndcg@10": v, "recall@10": min(1.0, v * 1.5)} for k, v in other.items()}
+        )
+        if compared_to:
+            rankers["current"] = {"kind": "model", "ndcg@10": 0.4, "recall@10": 0.6}
+        r = cand / base
+        return {
+            "metric": "ndcg@10",
+            "k": 10,
+            "n_queries": n,
+            "best_baseline": best,
+            "rankers": rankers,
+            "vs_best_baseline": {
+                "candidate": {"diff": cand - base, "ratio": r, "ratio_lo": r * 0.85, "ratio_hi": r * 1.2}
+            },
+        }
+
+    blocks = {
+        "room/purchase/all": block(room, 0.21, n_room, "own_then_stream"),
+        "catalogue/purchase/all": block(cat, 0.12, n_cat, "own_history"),
+    }
+    metrics = {
+        "k": 10,
+        "primary": "room/purchase/all",
+        "gate": {"block": "room/purchase/all", "metric": "ndcg@10", "candidate": room},
+        "room_all_ndcg@10": room,
+        "room_all_best_baseline_ndcg@10": 0.21,
+        "room_all_queries": n_room,
+        "catalogue_all_ndcg@10": cat,
+        "catalogue_all_best_baseline_ndcg@10": 0.12,
+        "catalogue_all_queries": n_cat,
+        "ratio_vs_best_baseline": round(room / 0.21, 4),
+    }
+    return {
+        "version": version,
+        "created_at": created,
+        "metrics": metrics,
+        "evaluation": {"k": 10, "primary": "room/purchase/all", "blocks": blocks},
+        "decision": {"promote": promote, "reason": reason, "compared_to": compared_to, "below_baseline": False},
+        "data": {"events": 4100, "users": 300, "items": 60},
+    }
+
+
 MODEL_METAS = [
-    {
-        "version": "m-20261127T2300-a1",
-        "created_at": "2026-11-27T23:00:00Z",
-        "algorithm": "item-item",
-        "metrics": {"precision@10": 0.071, "recall@10": 0.212, "ndcg@10": 0.143, "map@10": 0.088, "coverage": 0.64},
-        "n_users": 300,
-        "n_items": 60,
-        "n_interactions": 4100,
-    },
-    {
-        "version": "m-20261128T0000-b2",
-        "created_at": "2026-11-28T00:00:00Z",
-        "algorithm": "hybrid",
-        "metrics": {"precision@10": 0.083, "recall@10": 0.241, "ndcg@10": 0.167, "map@10": 0.097, "coverage": 0.71},
-        "n_users": 300,
-        "n_items": 60,
-        "n_interactions": 4380,
-    },
+    _model_meta(
+        "20261127T2300-a1", "2026-11-27T23:00:00Z", 0.431, 0.134, 7845, 9120, True, "first model (no LATEST yet)"
+    ),
+    _model_meta(
+        "20261128T0000-b2",
+        "2026-11-28T00:00:00Z",
+        0.19,
+        0.11,
+        8210,
+        10432,
+        False,
+        "below baseline: room/purchase/all ndcg@10 0.1900 vs best baseline own_then_stream 0.2100; "
+        "keeping 20261127T2300-a1",
+        "20261127T2300-a1",
+    ),
+    _model_meta(
+        "20261128T0100-c3",
+        "2026-11-28T01:00:00Z",
+        0.452,
+        0.141,
+        8877,
+        11020,
+        True,
+        "room/purchase/all ndcg@10 0.4520 vs best baseline own_then_stream 0.2100; current 20261127T2300-a1 0.4310",
+        "20261127T2300-a1",
+    ),
 ]
+#: the metric names of MODEL_METAS per family (queries.metric_family)
+MODEL_SCORES = sorted(
+    [
+        "room_all_ndcg@10",
+        "room_all_best_baseline_ndcg@10",
+        "catalogue_all_ndcg@10",
+        "catalogue_all_best_baseline_ndcg@10",
+    ]
+)
+MODEL_COUNTS = ["catalogue_all_queries", "room_all_queries"]
+MODEL_RATIOS = ["ratio_vs_best_baseline"]
 
 
 @dataclass

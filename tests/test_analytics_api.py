@@ -17,7 +17,15 @@ from shared.adapters.storage import open_store
 from shared.dashboard.app import App
 from shared.pipeline.analytics import STREAM_COLS
 from shared.pipeline.clean import read_analytics, run_clean
-from tests.data_fixtures import MODEL_METAS, build_pipeline_store, clean_config, raw_objects
+from tests.data_fixtures import (
+    MODEL_COUNTS,
+    MODEL_METAS,
+    MODEL_RATIOS,
+    MODEL_SCORES,
+    build_pipeline_store,
+    clean_config,
+    raw_objects,
+)
 
 LOGS = emulators.REPO_ROOT / "var" / "test-logs"
 
@@ -188,11 +196,87 @@ def test_quality_and_models(app, built):
         for k in ("rows_in", "rows_out", "dropped", "duplicates", "late", "ts_corrected", "dropped_by_reason"):
             assert r[k] == s[k], k
     assert set(q["reasons"]) == {k for s in built.summaries for k in s["dropped_by_reason"]}
+    assert q["clean_by_reason"] == {
+        k: sum(s["dropped_by_reason"].get(k, 0) for s in built.summaries) for k in q["reasons"]
+    }
+    assert q["ingest"] == {"days": 7, "rows": 0, "objects": 0, "by_reason": {}, "by_day": {}}  # raw/ written directly
     m = get(app, "/api/models").json
     assert m["latest"] == MODEL_METAS[-1]["version"]
     assert [x["version"] for x in m["models"]] == [x["version"] for x in MODEL_METAS]
     assert m["models"][0]["metrics"] == MODEL_METAS[0]["metrics"]
-    assert m["metrics"] == sorted(MODEL_METAS[0]["metrics"])
+    # one family per axis: scores (ranking + ratio) apart from the holdout sizes (counts)
+    assert m["families"] == {"ranking": MODEL_SCORES, "ratio": MODEL_RATIOS, "count": MODEL_COUNTS}
+    assert m["metrics"] == sorted(MODEL_SCORES + MODEL_RATIOS) and m["counts"] == MODEL_COUNTS
+    # the promotion decision per version: the first served and was replaced, the second was rejected
+    assert [x["status"] for x in m["models"]] == ["replaced", "rejected", "serving"]
+    assert m["models"][1]["reason"].startswith("below baseline") and m["models"][1]["compared_to"] == "20261127T2300-a1"
+    # the baselines each was compared against, the gate's block first
+    b = m["models"][2]["baselines"]
+    assert [x["block"] for x in b] == ["room/purchase/all", "catalogue/purchase/all"] and b[0]["primary"]
+    assert b[0]["best_baseline"] == "own_then_stream" and set(b[0]["baselines"]) == {
+        "popular",
+        "itemknn",
+        "own_then_stream",
+    }
+    assert b[0]["candidate"] == 0.452 and b[0]["current"] == 0.4 and b[0]["n_queries"] == 8877
+    assert b[0]["ratio"] == pytest.approx(0.452 / 0.21)
+
+
+def test_metric_families_and_model_statuses():
+    from shared.dashboard.queries import metric_family, model_statuses
+
+    fam = {k: metric_family(k, v) for k, v in MODEL_METAS[0]["metrics"].items()}
+    assert fam["room_all_ndcg@10"] == "ranking" and fam["room_all_queries"] == "count"
+    assert fam["ratio_vs_best_baseline"] == "ratio" and fam["k"] is None and fam["gate"] is None
+    assert fam["primary"] is None  # a block name, not a number
+    assert metric_family("precision@10", 0.07) == "ranking" and metric_family("n_users", 300) == "count"
+    assert metric_family("flag", True) is None and metric_family("holdout", 7845) == "count"
+    # a promote decision that lost the race (LATEST moved since): not promoted
+    a = {"version": "a", "decision": {"promote": True, "compared_to": None}}
+    b = {"version": "b", "decision": {"promote": True, "compared_to": None}}
+    c = {"version": "c"}
+    assert model_statuses([a, b, c], "a") == {"a": "serving", "b": "not promoted", "c": "unknown"}
+
+
+def test_ingest_rejects_beside_clean_drops(tmp_path):
+    """Rows the webhook refused (the real Ingestor: quarantine/ingest/) are counted per reason on
+    /api/quality and on the quality page, beside clean's drops."""
+    import orjson
+
+    from shared.ingest import IngestConfig, Ingestor
+    from shared.signing import signed_headers
+    from tests import factories
+
+    built = build_pipeline_store(tmp_path / "store", seed=5, n_streams=2, n_users=120, n_items=40, runs=1)
+    store = built.store
+    env = {"DAIHUO_SECRET_DOUYIN": "test-secret-douyin-0123"}
+    ing = Ingestor(None, store, IngestConfig(), environ=env)  # every event refused: nothing to publish
+    bad = [
+        factories.event("purchase", platform="douyin", quantity=-1),
+        factories.event("purchase", platform="douyin", quantity=0),
+        factories.event("stream_enter", platform="douyin", user_id=12345),
+        {"type": "superchat", "platform": "douyin"},
+    ]
+    for body in (orjson.dumps(bad), b"[{not json"):
+        ans = ing.handle("POST", signed_headers("douyin", env["DAIHUO_SECRET_DOUYIN"], body), body)
+        assert ans.status in (200, 400), ans.body
+    a = App(lambda: store, check_every_s=0)
+    q = get(a, "/api/quality").json
+    ing_q = q["ingest"]
+    assert ing_q["rows"] == 5 and ing_q["objects"] == 2, ing_q
+    assert (
+        ing_q["by_reason"]["quantity"] == 2 and ing_q["by_reason"]["user_id"] == 1 and ing_q["by_reason"]["body"] == 1
+    )
+    assert sum(ing_q["by_reason"].values()) == 5 and len(ing_q["by_day"]) == 1
+    html = get(a, "/quality").payload.decode()
+    assert 'data-chart="rejects"' in html and 'data-stage="ingest"' in html and 'data-stage="clean"' in html
+    # an unreadable object is reported, not fatal
+    day = next(iter(ing_q["by_day"]))  # today (UTC): the days counted end today
+    store.put(f"quarantine/ingest/date={day}/0000000000001-x.ndjson.gz", b"not gzip")
+    store.put("quarantine/ingest/date=2020-01-01/0000000000001-y.ndjson.gz", b"not gzip")  # beyond the 7 days
+    store.put("state/clean-manifest.json", store.get("state/clean-manifest.json"))  # a new generation: reload
+    q2 = get(a, "/api/quality").json["ingest"]
+    assert q2["rows"] == 5 and "unreadable" in q2["error"]
 
 
 def test_empty_store_and_broken_model_meta(tmp_path):
@@ -207,7 +291,13 @@ def test_empty_store_and_broken_model_meta(tmp_path):
         "streams": [],
     }
     assert get(a, "/api/quality").json["runs"] == []
-    assert get(a, "/api/models").json == {"latest": None, "models": [], "metrics": []}
+    assert get(a, "/api/models").json == {
+        "latest": None,
+        "models": [],
+        "metrics": [],
+        "counts": [],
+        "families": {"ranking": [], "ratio": [], "count": []},
+    }
     for page in ("/", "/quality", "/models"):
         r = get(a, page)
         assert r.status == 200 and "text/html; charset=utf-8" in r.headers["Content-Type"]

@@ -185,8 +185,13 @@ def test_stream_info_from_host_actions_and_kpis_unchanged():
     got = {k: v.to_pandas() for k, v in compute_analytics(t, host=h).items()}
     s = got["stream"].set_index("stream_id")
     info = ["title", "host_id", "host_name", "started_at", "ended_at"]
-    # every KPI of the viewer events is the same with or without the host actions
-    pd.testing.assert_frame_equal(s.drop(columns=info), plain.drop(columns=info))
+    # the span is the host's where it has a stream_start / stream_end (s1: first start -5 min, last end
+    # +45 min); every other KPI of the viewer events is the same with or without the host actions
+    span = ["start", "end", "duration_s", "avg_concurrent"] + [c for c in s.columns if c.endswith("_per_min")]
+    assert s.loc["s1", "start"] == T0 + pd.Timedelta(minutes=-5) and s.loc["s1", "end"] == T0 + pd.Timedelta(minutes=45)
+    assert s.loc["s1", "duration_s"] == 50 * 60 and plain.loc["s1", "duration_s"] == 30 * 60
+    pd.testing.assert_frame_equal(s.drop(columns=info + span), plain.drop(columns=info + span))
+    pd.testing.assert_frame_equal(s.loc[["s2", "s3"], span], plain.loc[["s2", "s3"], span])
     assert plain[info].isna().all().all()  # no host actions: all null
     assert s.loc["s1", "title"] == "早场 · 上新" and s.loc["s1", "host_name"] == "主播 A"
     assert s.loc["s1", "host_id"] == "h-1"
@@ -194,6 +199,11 @@ def test_stream_info_from_host_actions_and_kpis_unchanged():
     assert s.loc["s1", "ended_at"] == T0 + pd.Timedelta(minutes=45)
     assert s.loc["s2", "host_id"] == "h-2" and pd.isna(s.loc["s2", "title"]) and pd.isna(s.loc["s2", "started_at"])
     assert s.loc["s3", info].isna().all()
-    # the per-hour and per-item tables do not change
-    for name in ("stream_hour", "stream_item"):
-        pd.testing.assert_frame_equal(got[name], run(rows)[name])
+    # the per-item table does not change; the per-hour rows of s1 cover its host span (19:55-20:45)
+    pd.testing.assert_frame_equal(got["stream_item"], run(rows)["stream_item"])
+    hr, hr_plain = got["stream_hour"], run(rows)["stream_hour"]
+    pd.testing.assert_frame_equal(
+        hr[hr["stream_id"] != "s1"].reset_index(drop=True),
+        hr_plain[hr_plain["stream_id"] != "s1"].reset_index(drop=True),
+    )
+    assert hr[hr["stream_id"] == "s1"]["active_s"].sum() == 50 * 60

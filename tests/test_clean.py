@@ -398,6 +398,19 @@ def test_host_actions_are_cleaned_deduplicated_and_timed_like_viewer_events(tmp_
     a2 = read_analytics(store, "stream").to_pandas().set_index("stream_id")
     assert a2.loc["s-h", "ended_at"] == pd.Timestamp("2026-11-27T15:00:00Z")
     assert a2.loc["s-h", "title"] == "今晚 上新"
+    # the span is now the host's (stream_start 12:00 -> stream_end 15:00): the open session of u-1 (no
+    # stream_leave) lasts to the end; every count and sum is the same
+    assert (a2.loc["s-h", "start"], a2.loc["s-h", "end"]) == (
+        pd.Timestamp("2026-11-27T12:00Z"),
+        end_ts := pd.Timestamp("2026-11-27T15:00Z"),
+    )
+    assert (
+        a2.loc["s-h", "duration_s"] == 3 * 3600
+        and a2.loc["s-h", "total_watch_s"] == (end_ts - pd.Timestamp("2026-11-27T12:01Z")).total_seconds()
+    )
+    span = ["start", "end", "duration_s", "total_watch_s", "avg_watch_s", "avg_concurrent"] + [
+        c for c in kpis.index if c.endswith("_per_min")
+    ]
     pd.testing.assert_series_equal(
-        a2.loc["s-h"].drop(["title", "host_id", "host_name", "started_at", "ended_at"]), kpis
+        a2.loc["s-h"].drop(["title", "host_id", "host_name", "started_at", "ended_at", *span]), kpis.drop(span)
     )

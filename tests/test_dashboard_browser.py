@@ -17,7 +17,7 @@ import shutil
 import pytest
 
 from devtools import emulators
-from tests.data_fixtures import build_pipeline_store
+from tests.data_fixtures import MODEL_COUNTS, MODEL_METAS, MODEL_SCORES, build_pipeline_store
 
 ROOT = emulators.REPO_ROOT
 IMG = ROOT / "docs" / "img" if os.environ.get("DAIHUO_UPDATE_SCREENSHOTS") == "1" else ROOT / "var" / "test-logs"
@@ -166,10 +166,30 @@ def test_overview_quality_models_pages(served, browser):
         assert page.locator("table#runs tbody tr").count() == n_runs
         reasons = sum(len(s["dropped_by_reason"]) for s in built.summaries)
         assert marks(page, "dropped") == reasons  # one stacked segment per (run, reason)
+        # the ingest rejects beside clean's drops (this store's raw/ was written directly: clean's only)
+        assert page.locator('table#rejects tr[data-stage="clean"]').count() == len(
+            {k for s in built.summaries for k in s["dropped_by_reason"]}
+        )
+        assert marks(page, "rejects") == page.locator("table#rejects tbody tr").count()
+        page.screenshot(path=str(IMG / "dashboard-quality.png"), full_page=True)
         page.goto(f"{base}/models")
-        assert page.locator("table#models tbody tr").count() == 2
-        assert marks(page, "models") == 2 * 5  # 2 versions x 5 metrics
+        n = len(MODEL_METAS)
+        assert page.locator("table#models tbody tr").count() == n
+        # one chart per family: scores on a 0-1 axis, the ratio to the best baseline, counts apart
+        assert marks(page, "models-ranking") == n * len(MODEL_SCORES)
+        assert marks(page, "models-count") == n * len(MODEL_COUNTS)
+        assert marks(page, "models-ratio", "symbol") == n
+        counts = page.inner_text('figure[data-chart="models-count"]')
+        assert ".0000" not in counts and ".5" not in counts  # whole-number ticks
+        ranking = page.inner_text('figure[data-chart="models-ranking"]')
+        assert "1,000" not in ranking and "8,000" not in ranking  # no holdout size on the score axis
         assert "LATEST" in page.inner_text("table#models")
+        statuses = [page.locator("table#models tbody tr").nth(i).get_attribute("data-status") for i in range(n)]
+        assert statuses == ["replaced", "rejected", "serving"]
+        assert "below baseline" in page.inner_text('table#models tr[data-status="rejected"]')
+        assert page.locator("table.baselines").count() == n
+        assert "own_then_stream" in page.inner_text(f'table.baselines[data-version="{MODEL_METAS[-1]["version"]}"]')
+        page.screenshot(path=str(IMG / "dashboard-models.png"), full_page=True)
         assert not problems, problems
     finally:
         ctx.close()

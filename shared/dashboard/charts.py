@@ -185,28 +185,97 @@ def quality_chart(runs: list[dict], reasons: list[str]) -> dict:
     return _config(chart.properties(width=WIDTH - 120, height=max(1, len(runs)) * 26)).to_dict()
 
 
-def models_chart(models: list[dict], metrics: list[str]) -> dict:
-    """Offline metrics per model version (grouped bars)."""
+def rejects_chart(ingest: dict[str, int], clean: dict[str, int]) -> dict:
+    """Rows refused per reason at each stage: ingest (the contract, at the webhook: the field a reason
+    names) beside clean (its quarantine reasons), one row per (stage, reason)."""
+    rows = [{"stage": "ingest 接入", "reason": k, "rows": int(v)} for k, v in ingest.items()]
+    rows += [{"stage": "clean 清洗", "reason": k, "rows": int(v)} for k, v in clean.items()]
+    df = pd.DataFrame(rows, columns=["stage", "reason", "rows"])
+    chart = (
+        alt.Chart(df)
+        .mark_bar()
+        .encode(
+            alt.Y("reason:N", title=None, sort=alt.EncodingSortField("rows", order="descending")),
+            alt.X("rows:Q", title="rows refused 拒收行数", axis=alt.Axis(format="d", tickMinStep=1)),
+            alt.Color("stage:N", title="stage 环节", sort=["ingest 接入", "clean 清洗"]),
+            alt.Row("stage:N", title=None, sort=["ingest 接入", "clean 清洗"], header=alt.Header(labelAngle=0)),
+            tooltip=["stage:N", "reason:N", alt.Tooltip("rows:Q", format="d")],
+        )
+        .resolve_scale(y="independent")
+    )
+    return _config(chart.properties(width=WIDTH - 200, height=alt.Step(18))).to_dict()
+
+
+def models_chart(models: list[dict], metrics: list[str], *, integer: bool = False, title: str = "value") -> dict:
+    """One metric family per model version (grouped bars: a row per metric, a bar per version), on
+    its own axis; ``integer`` (counts such as holdout sizes): whole-number ticks and labels."""
     rows = [
         {"version": m["version"], "order": i, "metric": k, "value": float(v)}
         for i, m in enumerate(models)
         for k, v in (m.get("metrics") or {}).items()
-        if k in metrics
+        if k in metrics and isinstance(v, (int, float)) and not isinstance(v, bool)
     ]
     df = pd.DataFrame(rows, columns=["version", "order", "metric", "value"])
-    chart = (
+    axis = alt.Axis(format="d", tickMinStep=1) if integer else alt.Axis(format=".2f")
+    bars = (
         alt.Chart(df)
         .mark_bar()
         .encode(
             alt.Y("metric:N", title=None, sort=metrics),
             alt.YOffset("version:N", sort=alt.EncodingSortField("order")),
-            alt.X("value:Q", title="value"),
+            alt.X("value:Q", title=title, axis=axis),
             alt.Color("version:N", title="model version", sort=alt.EncodingSortField("order")),
+            tooltip=["version:N", "metric:N", alt.Tooltip("value:Q", format="d" if integer else ".4f")],
         )
     )
     return _config(
-        chart.properties(width=WIDTH - 120, height=max(1, len(metrics)) * max(1, len(models)) * 14 + 10)
+        bars.properties(width=WIDTH - 120, height=max(1, len(metrics)) * max(1, len(models)) * 14 + 10)
     ).to_dict()
+
+
+def ratio_chart(models: list[dict]) -> dict:
+    """The gate's primary ratio per version: candidate / best baseline with its 95 % interval (a rule
+    at 1 = as good as the best baseline), coloured by the promotion decision."""
+    rows = []
+    for i, m in enumerate(models):
+        prim = next((b for b in m.get("baselines") or [] if b.get("primary")), None)
+        if prim is None or prim.get("ratio") is None:
+            continue
+        rows.append(
+            {
+                "version": m["version"],
+                "order": i,
+                "ratio": float(prim["ratio"]),
+                "lo": float(prim["ratio_lo"] if prim.get("ratio_lo") is not None else prim["ratio"]),
+                "hi": float(prim["ratio_hi"] if prim.get("ratio_hi") is not None else prim["ratio"]),
+                "status": m.get("status") or "unknown",
+                "vs": f"{prim.get('metric')} vs {prim.get('best_baseline')}",
+            }
+        )
+    df = pd.DataFrame(rows, columns=["version", "order", "ratio", "lo", "hi", "status", "vs"])
+    y = alt.Y("version:N", sort=alt.EncodingSortField("order"), title=None)
+    base = alt.Chart(df)
+    ci = base.mark_rule(color="#555").encode(y, alt.X("lo:Q"), alt.X2("hi:Q"))
+    pts = base.mark_point(filled=True, size=70).encode(
+        y,
+        alt.X(
+            "ratio:Q",
+            title="candidate / best baseline (primary block, 95 % interval)",
+            axis=alt.Axis(format=".2f"),
+            scale=alt.Scale(zero=False),
+        ),
+        alt.Color(
+            "status:N",
+            title="decision 决定",
+            scale=alt.Scale(
+                domain=["serving", "replaced", "not promoted", "rejected", "unknown"],
+                range=["#13a10e", "#2f7ed8", "#ff8a00", "#e4393c", "#bbbbbb"],
+            ),
+        ),
+        tooltip=["version:N", "status:N", "vs:N", alt.Tooltip("ratio:Q", format=".3f")],
+    )
+    one = alt.Chart(pd.DataFrame({"x": [1.0]})).mark_rule(strokeDash=[4, 3], color="#999").encode(x="x:Q")
+    return _config((ci + pts + one).properties(width=WIDTH - 160, height=max(1, len(rows)) * 26 + 10)).to_dict()
 
 
 # ------------------------------------------------------------------------------ rendering

@@ -36,7 +36,7 @@ log = get_logger("dashboard")
 
 _META = layout.MODEL_META_RE
 # bump when the rendered output changes shape: part of the ETag, so caches do not serve old pages
-RENDER_VERSION = "2"
+RENDER_VERSION = "3"
 
 
 def _read_parquet(store, key: str) -> pd.DataFrame:
@@ -79,6 +79,8 @@ class Snapshot:
     stream_audience: pd.DataFrame = field(default_factory=lambda: _empty(outputs.TABLE_COLUMNS["stream_audience"]))
     host: pd.DataFrame = field(default_factory=lambda: _empty(outputs.TABLE_COLUMNS["host"]))
     host_cohort: pd.DataFrame = field(default_factory=lambda: _empty(outputs.TABLE_COLUMNS["host_cohort"]))
+    # events ingest refused (quarantine/ingest/), read on first use (``ingest_rejects()``)
+    _ingest_rejects: dict[str, Any] | None = None
     loaded_at: float = field(default_factory=time.time)
     _store: Any = None
     _minute_cache: OrderedDict[tuple, pd.DataFrame] = field(default_factory=OrderedDict)
@@ -87,6 +89,15 @@ class Snapshot:
     @property
     def run_id(self) -> str | None:
         return self.runs[-1]["run_id"] if self.runs else None
+
+    def ingest_rejects(self) -> dict[str, Any]:
+        """Rows ingest refused over the last ``INGEST_REJECT_DAYS`` days (``load_ingest_rejects``), read
+        the first time the quality page or API asks (other pages and cold starts never pay it)."""
+        if self._ingest_rejects is None:
+            got = load_ingest_rejects(self._store) if self._store is not None else {}
+            with self._lock:
+                self._ingest_rejects = got
+        return self._ingest_rejects
 
     def has_stream(self, stream_id: str) -> bool:
         return bool((self.stream["stream_id"] == stream_id).any()) if len(self.stream) else False
@@ -106,7 +117,12 @@ class Snapshot:
             if key in self._minute_cache:
                 self._minute_cache.move_to_end(key)
                 return self._minute_cache[key]
-        df = fine_series_from_events(self.clean_events(stream_id), bucket_s)
+        row = self.stream[self.stream["stream_id"] == stream_id] if len(self.stream) else self.stream
+        bounds = None
+        if len(row) and {"start", "end"} <= set(row.columns):
+            s, e = row.iloc[0]["start"], row.iloc[0]["end"]
+            bounds = (None if pd.isna(s) else pd.Timestamp(s), None if pd.isna(e) else pd.Timestamp(e))
+        df = fine_series_from_events(self.clean_events(stream_id), bucket_s, bounds=bounds)
         with self._lock:
             self._minute_cache[key] = df
             while len(self._minute_cache) > 32:
@@ -174,6 +190,89 @@ def load_models(store) -> tuple[list[dict[str, Any]], str | None]:
     return models, latest
 
 
+# quarantine/ingest/ objects are immutable (one per request that refused something): each is read once
+# per instance and its counts kept here (key -> {day, reasons}); a key retention deleted drops out
+_reject_counts: dict[str, tuple[str, dict[str, int]]] = {}
+_reject_lock = threading.Lock()
+
+
+def reject_reason(reasons: Any) -> str:
+    """The reason class of a refused row: the field its first reason names (``"quantity: must be >= 1"``
+    -> ``quantity``; ``record: not valid JSON`` -> ``record``; ``body: ...`` -> ``body``)."""
+    first = reasons[0] if isinstance(reasons, list) and reasons else reasons
+    text = str(first or "?")
+    return text.split(":", 1)[0].strip()[:60] or "?"
+
+
+#: days of ingest rejects the quality page counts (today and the days before, UTC partitions)
+INGEST_REJECT_DAYS = 7
+
+
+def load_ingest_rejects(store, days: int = INGEST_REJECT_DAYS, now: float | None = None) -> dict[str, Any]:
+    """Rows ingest refused, per day (UTC, the partition) and reason class, from ``quarantine/ingest/``
+    of the last ``days`` days."""
+    from datetime import UTC, datetime, timedelta
+
+    today = datetime.fromtimestamp(time.time() if now is None else now, UTC).date()
+    try:
+        keys = [
+            k
+            for d in range(days - 1, -1, -1)
+            for k in store.list(f"{layout.INGEST_QUARANTINE}date={today - timedelta(days=d)}/")
+            if k.endswith(".ndjson.gz")
+        ]
+    except Exception as exc:
+        log.warning("cannot list quarantine/ingest/", extra={"error": str(exc)})
+        return {"by_day": {}, "objects": 0, "rows": 0, "error": f"cannot list {layout.INGEST_QUARANTINE}: {exc}"}
+    import gzip
+
+    by_day: dict[str, dict[str, int]] = {}
+    errors = 0
+    for k in keys:
+        with _reject_lock:
+            got = _reject_counts.get(k)
+        if got is None:
+            try:
+                counts: dict[str, int] = {}
+                for line in gzip.decompress(store.get(k)).splitlines():
+                    if line.strip():
+                        row = orjson.loads(line)
+                        r = reject_reason(row.get("reasons") if isinstance(row, dict) else None)
+                        counts[r] = counts.get(r, 0) + 1
+            except NotFound:  # deleted by retention meanwhile
+                continue
+            except Exception as exc:
+                errors += 1
+                log.warning("unreadable ingest quarantine object", extra={"key": k, "error": str(exc)})
+                continue
+            day = k[len(layout.INGEST_QUARANTINE) :].split("/", 1)[0].removeprefix("date=")
+            got = (day, counts)
+            with _reject_lock:
+                _reject_counts[k] = got
+        d = by_day.setdefault(got[0], {})
+        for r, n in got[1].items():
+            d[r] = d.get(r, 0) + n
+    out: dict[str, Any] = {
+        "days": days,
+        "by_day": dict(sorted(by_day.items())),
+        "objects": len(keys),
+        "rows": sum(sum(d.values()) for d in by_day.values()),
+    }
+    if errors:
+        out["error"] = f"{errors} objects unreadable"
+    return out
+
+
+def models_signature(store) -> str | None:
+    """A cheap fingerprint of the written versions (their meta.json keys): a rejected version does not
+    move LATEST, yet the models page must show it."""
+    try:
+        keys = sorted(k for k in store.list(layout.MODELS) if _META.match(k))
+    except Exception:
+        return None
+    return hashlib.sha1("\n".join(keys).encode()).hexdigest()[:12] if keys else None
+
+
 def load_snapshot(store, manifest_gen: str | None, models_gen: str | None) -> Snapshot:
     version = hashlib.sha1(f"{RENDER_VERSION}|{manifest_gen}|{models_gen}".encode()).hexdigest()[:16]
     snap = empty_snapshot(version)
@@ -224,10 +323,15 @@ class DataSource:
         with self._lock:
             if self._snap is not None and time.monotonic() - self._checked < self.check_every_s:
                 return self._snap
-            gens = (_generation(self.store, layout.MANIFEST), _generation(self.store, layout.LATEST))
+            gens = (
+                _generation(self.store, layout.MANIFEST),
+                _generation(self.store, layout.LATEST),
+                models_signature(self.store),
+            )
             if self._snap is None or gens != self._gens:
                 t0 = time.monotonic()
-                self._snap = load_snapshot(self.store, *gens)
+                models_gen = f"{gens[1]}|{gens[2]}" if gens[2] else gens[1]
+                self._snap = load_snapshot(self.store, gens[0], models_gen)
                 self._gens = gens
                 self.loads += 1
                 log.info(

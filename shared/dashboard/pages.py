@@ -162,16 +162,19 @@ def stream_page(snap, stream_id: str, args, root: str = "") -> str:
 
 
 def quality_page(snap, root: str = "") -> str:
+    """Rows refused per reason at ingest (quarantine/ingest/) beside clean's drops, then the clean runs."""
     q = queries.quality(snap)
-    c = (
-        {
-            "dropped": charts.render_svg(
-                charts.quality_chart(q["runs"], q["reasons"]), name="dropped", label="rows dropped per reason per run"
-            )
-        }
-        if q["runs"]
-        else {}
-    )
+    c = {}
+    if q["runs"]:
+        c["dropped"] = charts.render_svg(
+            charts.quality_chart(q["runs"], q["reasons"]), name="dropped", label="rows dropped per reason per run"
+        )
+    if q["ingest"]["by_reason"] or q["clean_by_reason"]:
+        c["rejects"] = charts.render_svg(
+            charts.rejects_chart(q["ingest"]["by_reason"], q["clean_by_reason"]),
+            name="rejects",
+            label="rows refused per reason: ingest and clean",
+        )
     return _render(
         "quality.html",
         snap,
@@ -180,21 +183,40 @@ def quality_page(snap, root: str = "") -> str:
         nav="quality",
         runs=q["runs"],
         reasons=q["reasons"],
+        ingest=q["ingest"],
+        clean_by_reason=q["clean_by_reason"],
         charts=c,
     )
 
 
 def models_page(snap, root: str = "") -> str:
+    """One chart per metric family (ranking scores, the gate's ratio to the best baseline, counts), then
+    per version the promotion decision and the baselines it was compared against."""
     m = queries.models(snap)
-    c = (
-        {
-            "models": charts.render_svg(
-                charts.models_chart(m["models"], m["metrics"]), name="models", label="model metrics per version"
+    fam, c = m["families"], {}
+    if m["models"]:
+        if fam["ranking"]:
+            c["ranking"] = charts.render_svg(
+                charts.models_chart(m["models"], fam["ranking"], title="score (0-1)"),
+                name="models-ranking",
+                label="ranking metrics per model version",
             )
-        }
-        if m["models"] and m["metrics"]
-        else {}
-    )
+        if any(b.get("primary") and b.get("ratio") is not None for v in m["models"] for b in v["baselines"]):
+            c["ratio"] = charts.render_svg(
+                charts.ratio_chart(m["models"]), name="models-ratio", label="candidate / best baseline per version"
+            )
+        elif fam["ratio"]:
+            c["ratio"] = charts.render_svg(
+                charts.models_chart(m["models"], fam["ratio"], title="ratio"),
+                name="models-ratio",
+                label="ratios per model version",
+            )
+        if fam["count"]:
+            c["count"] = charts.render_svg(
+                charts.models_chart(m["models"], fam["count"], integer=True, title="count"),
+                name="models-count",
+                label="holdout sizes per model version",
+            )
     return _render(
         "models.html",
         snap,
@@ -203,6 +225,8 @@ def models_page(snap, root: str = "") -> str:
         nav="models",
         models=m["models"],
         metrics=m["metrics"],
+        counts=m["counts"],
+        families=fam,
         latest=m["latest"],
         charts=c,
     )

@@ -323,32 +323,152 @@ def quality(snap) -> dict[str, Any]:
             out["raw_objects"] = len(r["raw_objects"])
         runs.append(out)
     reasons = sorted({k for r in runs for k in (r.get("dropped_by_reason") or {})})
-    return {"runs": runs, "reasons": reasons}
+    clean_total: dict[str, int] = {}
+    for r in runs:
+        for k, v in (r.get("dropped_by_reason") or {}).items():
+            clean_total[k] = clean_total.get(k, 0) + int(v or 0)
+    ing = snap.ingest_rejects() or {}
+    ing_total: dict[str, int] = {}
+    for d in (ing.get("by_day") or {}).values():
+        for k, v in d.items():
+            ing_total[k] = ing_total.get(k, 0) + int(v)
+    ingest = {
+        "days": int(ing.get("days") or 0),
+        "rows": int(ing.get("rows") or 0),
+        "objects": int(ing.get("objects") or 0),
+        "by_reason": dict(sorted(ing_total.items(), key=lambda kv: (-kv[1], kv[0]))),
+        "by_day": ing.get("by_day") or {},
+    }
+    if ing.get("error"):
+        ingest["error"] = ing["error"]
+    return {
+        "runs": runs,
+        "reasons": reasons,
+        "clean_by_reason": dict(sorted(clean_total.items(), key=lambda kv: (-kv[1], kv[0]))),
+        "ingest": ingest,
+    }
+
+
+#: a metric's family (one chart each on the models page): ranking quality in [0, 1] (NDCG, recall ...),
+#: ratios to a baseline (around 1), counts (holdout sizes: integers, never on a score axis)
+RANKING_TOKENS = ("ndcg", "recall", "precision", "map@", "mrr", "hit", "auc", "coverage", "accuracy")
+FAMILIES = ("ranking", "ratio", "count")
+
+
+def metric_family(name: str, value: Any) -> str | None:
+    """``ranking`` / ``ratio`` / ``count`` for a numeric metric of ``meta.json``'s ``metrics``; None for
+    what is not a metric (``k``, booleans, text, nested objects)."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or name == "k":
+        return None
+    low = name.lower()
+    if low.endswith(("_queries", "_users", "_items", "_events", "_rows")) or low.startswith("n_"):
+        return "count"
+    if "ratio" in low or low.startswith("lift"):
+        return "ratio"
+    if any(t in low for t in RANKING_TOKENS):
+        return "ranking"
+    return "count" if isinstance(value, int) and abs(value) > 1 else "ranking"
+
+
+def model_statuses(models: list[dict[str, Any]], latest: str | None) -> dict[str, str]:
+    """version -> ``serving`` (LATEST names it), ``replaced`` (it served: a later version was compared
+    to it, and promoted), ``not promoted`` (the gate said promote, but LATEST had moved since the
+    decision: another train run promoted first, ``Registry.complete_promotion``), ``rejected`` (the gate
+    kept the current model), ``unknown`` (no decision recorded)."""
+    decisions = {m.get("version"): (m.get("decision") if isinstance(m.get("decision"), dict) else {}) for m in models}
+    served = {latest} | {d.get("compared_to") for d in decisions.values() if d.get("compared_to")}
+    out = {}
+    for v, d in decisions.items():
+        if v == latest:
+            out[v] = "serving"
+        elif not d:
+            out[v] = "unknown"
+        elif not d.get("promote"):
+            out[v] = "rejected"
+        else:
+            out[v] = "replaced" if v in served else "not promoted"
+    return out
+
+
+def _baselines(m: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per evaluated block of the gate: the candidate, the current model and every baseline on the
+    block's metric, the best baseline and the paired-bootstrap ratio to it (the primary block first)."""
+    ev = m.get("evaluation") if isinstance(m.get("evaluation"), dict) else {}
+    primary = ev.get("primary")
+    out = []
+    for name, b in (ev.get("blocks") or {}).items():
+        if not isinstance(b, dict) or "rankers" not in b:
+            continue
+        key = b.get("metric")
+        vals = {r: (v or {}).get(key) for r, v in b["rankers"].items()}
+        vs = ((b.get("vs_best_baseline") or {}).get("candidate")) or {}
+        out.append(
+            {
+                "block": name,
+                "primary": name == primary,
+                "metric": key,
+                "n_queries": b.get("n_queries"),
+                "candidate": vals.get("candidate"),
+                "current": vals.get("current"),
+                "best_baseline": b.get("best_baseline"),
+                "baselines": {r: v for r, v in vals.items() if r not in ("candidate", "current")},
+                "ratio": vs.get("ratio"),
+                "ratio_lo": vs.get("ratio_lo"),
+                "ratio_hi": vs.get("ratio_hi"),
+            }
+        )
+    out.sort(key=lambda r: (not r["primary"], r["block"]))
+    return out
 
 
 def models(snap) -> dict[str, Any]:
-    return {
-        "latest": snap.latest_model,
-        "models": jsonable(snap.models),
-        "metrics": sorted(
+    """Every version (oldest first) with its promotion decision (``status``, see :func:`model_statuses`;
+    ``reason``: the gate's) and the baselines the gate compared it to; ``metrics`` (scores) and ``counts`` list the metric names per family (``families``)."""
+    families: dict[str, set[str]] = {f: set() for f in FAMILIES}
+    for m in snap.models:
+        for k, v in (m.get("metrics") or {}).items():
+            f = metric_family(k, v)
+            if f:
+                families[f].add(k)
+    latest = snap.latest_model
+    status = model_statuses(snap.models, latest)
+    versions = []
+    for m in snap.models:
+        d = m.get("decision") if isinstance(m.get("decision"), dict) else {}
+        bl = _baselines(m)
+        versions.append(
             {
-                k
-                for m in snap.models
-                for k, v in (m.get("metrics") or {}).items()
-                if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "k" and not k.endswith("_queries")
+                **jsonable(m),
+                "status": status.get(m.get("version"), "unknown"),
+                "reason": d.get("reason"),
+                "compared_to": d.get("compared_to"),
+                "below_baseline": d.get("below_baseline"),
+                "baselines": jsonable(bl),
+                "baseline_names": sorted({n for b in bl for n in b["baselines"]}),
             }
-        ),
-    }  # scores, not counts
+        )
+    fam = {f: sorted(v) for f, v in families.items()}
+    return {
+        "latest": latest,
+        "models": versions,
+        "metrics": sorted(families["ranking"] | families["ratio"]),  # scores, not counts
+        "counts": fam["count"],
+        "families": fam,
+    }
 
 
 # ------------------------------------------------------------------------------ finer series
-def fine_series_from_events(events: pa.Table, bucket_s: int, max_session_s: float | None = None) -> pd.DataFrame:
+def fine_series_from_events(
+    events: pa.Table, bucket_s: int, max_session_s: float | None = None, bounds: tuple | None = None
+) -> pd.DataFrame:
     """Per-bucket series of one stream's clean events: viewers (distinct watchers present, average
     concurrency = watch seconds in the bucket / bucket length, over the sessions exactly as the
     analytics tables define them), engagement, funnel counts, orders and GMV.
 
-    The buckets cover the stream's span; summing a column over the buckets gives the stream's total
-    (watch seconds, orders, GMV, likes ...)."""
+    The buckets cover the stream's span (``bounds`` = (start, end), the analytics table's, which knows
+    the host's stream_start / stream_end; else the events'); an event outside it (a device clock off)
+    counts in the nearest bucket, so summing a column over the buckets gives the stream's total (watch
+    seconds, orders, GMV, likes ...) and no bucket lies before the start or after the end."""
     cols = TIMESERIES_COLS
     if events.num_rows == 0:
         return pd.DataFrame(columns=cols)
@@ -356,7 +476,9 @@ def fine_series_from_events(events: pa.Table, bucket_s: int, max_session_s: floa
     try:
         con.execute("SET TimeZone='UTC'")
         con.register("fine_src", events)
-        session_tables(con, "fine_src", max_session_s)  # a_ev, a_span, a_sess: the tables' own definitions
+        sid = events.column("stream_id")[0].as_py() if bounds is not None else None
+        # a_ev, a_span, a_sess: the tables' own definitions
+        session_tables(con, "fine_src", max_session_s, {str(sid): bounds} if bounds is not None else None)
         b = f"INTERVAL {int(bucket_s)} SECOND"
         df = con.execute(f"""
             WITH bk AS (
@@ -365,7 +487,8 @@ def fine_series_from_events(events: pa.Table, bucket_s: int, max_session_s: floa
             w AS (SELECT bk.t, count(DISTINCT s.user_id) AS viewers,
                          sum(epoch(least(s.e, bk.t + {b})) - epoch(greatest(s.s, bk.t))) AS watch_s
                   FROM bk JOIN a_sess s ON s.s < bk.t + {b} AND s.e > bk.t GROUP BY bk.t),
-            c AS (SELECT time_bucket({b}, ts, TIMESTAMPTZ '2000-01-01 00:00:00+00') AS t,
+            c AS (SELECT time_bucket({b}, least(greatest(ts, sp.start), sp."end"),
+                                      TIMESTAMPTZ '2000-01-01 00:00:00+00') AS t,
                          coalesce(sum(coalesce(count, 1)) FILTER (type = 'like'), 0) AS likes,
                          count(*) FILTER (type = 'comment') AS comments, count(*) FILTER (type = 'share') AS shares,
                          count(*) FILTER (type = 'follow') AS follows, count(*) FILTER (type = 'gift') AS gifts,
@@ -375,7 +498,7 @@ def fine_series_from_events(events: pa.Table, bucket_s: int, max_session_s: floa
                          count(*) FILTER (type = 'purchase') AS orders,
                          coalesce(sum(quantity) FILTER (type = 'purchase'), 0) AS units,
                          coalesce(sum(price * quantity) FILTER (type = 'purchase'), 0) AS gmv
-                  FROM a_ev WHERE type <> 'refund' GROUP BY 1),
+                  FROM a_ev JOIN a_span sp USING (stream_id) WHERE type <> 'refund' GROUP BY 1),
             allt AS (SELECT t FROM bk UNION SELECT t FROM c)
             SELECT allt.t, coalesce(w.viewers, 0) AS viewers,
                    coalesce(w.watch_s, 0) / {float(bucket_s)} AS avg_concurrent, coalesce(w.watch_s, 0) AS watch_s,

@@ -7,8 +7,10 @@ holding clean events (the clean/ schema): ``a_stream``, ``a_stream_hour``, ``a_s
 Sessions (per stream and viewer, from stream_enter / stream_leave in ts order, enter before leave at
 the same instant): an enter opens a session unless one is open (a repeated enter is ignored); a leave
 closes the open session (a leave with no open session is ignored). A session that is never closed
-ends at min(the stream's last event, enter + max_session_s). The stream's span (refunds excluded: a
-refund days later does not stretch the stream) starts at its first event NOT flagged ``late`` (a device
+ends at min(the stream's last event, enter + max_session_s). The stream's span is the host's: from its
+first stream_start to its last stream_end when the host actions hold them (a viewer event outside
+them has a device clock off: it counts in the totals, it does not stretch the stream). Without them
+(refunds excluded: a refund days later does not stretch the stream) it starts at its first event NOT flagged ``late`` (a device
 whose clock is hours behind sends events that look hours old: they must not pull the start back; all
 events if the stream has only late ones) and ends at its last event, late or not (a late event's ts is
 never after the real time it happened, so it cannot stretch the end). Late events still count in every
@@ -107,11 +109,20 @@ def analytics_sql(
                CAST(type AS VARCHAR) AS type, ts, price, CAST(currency AS VARCHAR) AS currency, quantity, count,
                gift_value, {late} AS late
         FROM {source}""")
+    # the span: the host's stream_start / stream_end when seen (a clock-skewed viewer event outside them
+    # must not stretch the stream), else the events' (see the module docstring)
     con.execute("""CREATE OR REPLACE TEMP TABLE a_span AS
-        SELECT stream_id, any_value(platform) AS platform,
-               coalesce(min(ts) FILTER (type <> 'refund' AND NOT late), min(ts) FILTER (type <> 'refund')) AS start,
-               max(ts) FILTER (type <> 'refund') AS "end"
-        FROM a_ev GROUP BY stream_id""")
+        WITH e AS (
+            SELECT stream_id, any_value(platform) AS platform,
+                   coalesce(min(ts) FILTER (type <> 'refund' AND NOT late), min(ts) FILTER (type <> 'refund')) AS start,
+                   max(ts) FILTER (type <> 'refund') AS "end"
+            FROM a_ev GROUP BY stream_id),
+        s AS (SELECT e.stream_id, e.platform, coalesce(i.started_at, e.start) AS start, e."end", i.ended_at
+              FROM e LEFT JOIN a_info i USING (stream_id))
+        SELECT stream_id, platform, start,
+               CASE WHEN ended_at IS NOT NULL AND (start IS NULL OR ended_at >= start) THEN ended_at
+                    ELSE greatest("end", start) END AS "end"
+        FROM s""")
     # --- sessions ---------------------------------------------------------------------------
     con.execute(f"""CREATE OR REPLACE TEMP TABLE a_sess AS
         WITH el AS (
@@ -125,7 +136,9 @@ def analytics_sql(
             FROM el GROUP BY ALL)
         SELECT g.stream_id, g.user_id, g.s AS s,
                CASE WHEN g.e IS NOT NULL THEN g.e
-                    ELSE least(sp."end", g.s + to_microseconds(CAST({int(max_session_s * 1e6)} AS BIGINT))) END AS e,
+                    -- (an enter after the host's stream_end, a device clock ahead: an empty session)
+                    ELSE greatest(g.s, least(sp."end", g.s + to_microseconds(CAST({int(max_session_s * 1e6)} AS BIGINT))))
+               END AS e,
                g.e IS NULL AS open_ended
         FROM g JOIN a_span sp USING (stream_id) WHERE g.s IS NOT NULL""")
     # running concurrency: ends before starts at the same instant

@@ -80,8 +80,20 @@ def read_table(store: ObjectStore, manifest: Manifest, name: str) -> pa.Table | 
     return pq.read_table(io.BytesIO(store.get(key))) if key else None
 
 
-def session_tables(con: duckdb.DuckDBPyConnection, source: str, max_session_s: float | None = None) -> None:
+def session_tables(
+    con: duckdb.DuckDBPyConnection, source: str, max_session_s: float | None = None, bounds: dict | None = None
+) -> None:
     """Create the analytics' tables over ``source`` (a relation of clean events) in ``con``:
     ``a_ev``, ``a_span``, ``a_sess`` among them (docs/metrics.md). ``max_session_s`` defaults to
-    ``DAIHUO_MAX_SESSION_S``, as the clean step uses."""
-    analytics_sql(con, source, settings().max_session_s if max_session_s is None else max_session_s)
+    ``DAIHUO_MAX_SESSION_S``, as the clean step uses. ``bounds`` ({stream_id: (start, end)}, e.g. the
+    analytics table's span, which knows the host's stream_start / stream_end) stand for the host actions."""
+    host = None
+    if bounds:
+        rows = [(sid, "stream_start", s, f"b{i}s") for i, (sid, (s, _)) in enumerate(bounds.items()) if s is not None]
+        rows += [(sid, "stream_end", e, f"b{i}e") for i, (sid, (_, e)) in enumerate(bounds.items()) if e is not None]
+        con.execute("""CREATE OR REPLACE TEMP TABLE a_bounds (stream_id VARCHAR, type VARCHAR, ts TIMESTAMPTZ,
+                       event_id VARCHAR, title VARCHAR, host_id VARCHAR, host_name VARCHAR)""")
+        if rows:
+            con.executemany("INSERT INTO a_bounds VALUES (?, ?, ?, ?, NULL, NULL, NULL)", rows)
+        host = "a_bounds"
+    analytics_sql(con, source, settings().max_session_s if max_session_s is None else max_session_s, host)
