@@ -18,6 +18,7 @@ One bucket (``DAIHUO_STORE``) holds everything, under these prefixes (docs/stora
     state/faults/<function>-<point>                      tests: fault-injection markers (shared.runtime)
     models/<version>/arrays.npz, models/<version>/meta.json   train: immutable model versions
     models/LATEST.json                                   train: the served version's pointer (CAS)
+    models/EXPERIMENT.json                               operator: the serving experiment (A/B arms)
     alerts/date=YYYY-MM-DD/<id>.json                     clean, live: one fired alert (create-only, docs/alerts.md)
     alerts/sent/<id>                                     clean, live: the alert reached the alerts topic
 
@@ -59,6 +60,8 @@ ALERTS_SENT = ALERTS + "sent/"
 MANIFEST = STATE + "clean-manifest.json"
 ERASURE = STATE + "erasure.json"
 LATEST = MODELS + "LATEST.json"
+#: the serving experiment's config (shared/serving/experiments.py), written by the operator
+EXPERIMENT = MODELS + "EXPERIMENT.json"
 
 #: the analytics tables clean writes (``analytics/<name>/<run>.parquet``, named by the manifest)
 ANALYTICS_TABLES = (
@@ -72,10 +75,13 @@ ANALYTICS_TABLES = (
     "stream_audience",
     "host",
     "host_cohort",
+    # recommendation experiments (shared/pipeline/experiments.py): per stream and viewer, then per arm
+    "rec_viewer",
+    "experiment",
 )
 #: the analytics tables holding viewer ids (one row per stream and viewer): never served by the
 #: dashboard or the API; the erasure job rewrites them like clean/
-VIEWER_TABLES = ("viewer_stream",)
+VIEWER_TABLES = ("viewer_stream", "rec_viewer")
 #: the prefixes retention applies to (``DAIHUO_RETENTION_DAYS``): partitioned by date
 RETENTION_PREFIXES = ("raw", "clean", "quarantine")
 #: every prefix that may hold a viewer's rows (the erasure job rewrites them)

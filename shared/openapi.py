@@ -16,8 +16,11 @@ from shared.contract import json_schema
 from shared.dashboard import queries
 from shared.pipeline.analytics import STREAM_COLS
 from shared.pipeline.outputs import COHORT_GRAINS
+from shared.serving import experiments
 
 OUT_DIR = Path(__file__).resolve().parent.parent / "schema" / "openapi"
+EXP_NAME = experiments.NAME
+REC_ID = {"type": "string", "pattern": experiments.REC_ID_PATTERN, "maxLength": 128}
 
 ERROR = {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}}
 
@@ -233,7 +236,10 @@ def recommend() -> dict:
     answers = {
         "200": {
             "description": "recommendations from the served model",
-            "headers": {"X-Model-Version": {"required": True, "schema": {"type": "string", "minLength": 1}}},
+            "headers": {
+                "X-Model-Version": {"required": True, "schema": {"type": "string", "minLength": 1}},
+                "X-Rec-Id": {"required": True, "schema": REC_ID, "description": "the answer's rec_id"},
+            },
             "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Recommendations"}}},
         },
         "400": {
@@ -278,10 +284,33 @@ def recommend() -> dict:
         },
         "components": {
             "schemas": {
+                "ExperimentArm": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "required": ["id", "arm", "recipe", "model_version", "counted"],
+                    "properties": {
+                        "id": {"type": "string", "pattern": EXP_NAME},
+                        "arm": {"type": "string", "pattern": EXP_NAME},
+                        "recipe": {
+                            "enum": ["model", "popular"],
+                            "description": "model: the model's answer; popular: the model asked as for a stranger "
+                            "(the stream's / global bestsellers)",
+                        },
+                        "model_version": {"type": "string", "minLength": 1, "description": "the version that answered"},
+                        "counted": {
+                            "type": "boolean",
+                            "description": "false when the arm's pinned version could not be loaded: LATEST "
+                            "answered and the rec_id is r1.none.default.… (not counted for any arm)",
+                        },
+                        "status": {"type": "string", "description": "why the arm could not serve"},
+                    },
+                },
                 "Recommendations": {
                     "type": "object",
                     "additionalProperties": False,
                     "required": [
+                        "rec_id",
+                        "experiment",
                         "user_id",
                         "stream_id",
                         "k",
@@ -293,6 +322,18 @@ def recommend() -> dict:
                         "timing_ms",
                     ],
                     "properties": {
+                        "rec_id": {
+                            **REC_ID,
+                            "description": "this answer's id: r1.<experiment>.<arm>.<ULID> (r1.none.default.… outside "
+                            "an experiment); the viewer app sends it back on rec_impression (one per item shown, with "
+                            "its position) and on the product_click / add_to_cart / purchase it led to "
+                            "(docs/experiments.md)",
+                        },
+                        "experiment": {
+                            "oneOf": [{"type": "null"}, {"$ref": "#/components/schemas/ExperimentArm"}],
+                            "description": "the viewer's arm of the serving experiment (models/EXPERIMENT.json); "
+                            "null outside one (no config, disabled, or no user_id)",
+                        },
                         "user_id": {"type": ["string", "null"]},
                         "stream_id": {"type": ["string", "null"]},
                         "k": {"type": "integer", "minimum": 1, "maximum": 100},
@@ -614,6 +655,13 @@ def analytics() -> dict:
         **_host_paths(op, q, limit, offset),
         "/api/quality": op("getQuality", "clean-run reports", [], "Quality"),
         "/api/models": op("getModels", "model versions and their metrics", [], "Models"),
+        "/api/experiments": op(
+            "getExperiments",
+            "recommendation experiments: per arm impressions, clicks, CTR, conversion, attributed GMV with 95 % "
+            "intervals, and each arm against the control arm (docs/experiments.md)",
+            [],
+            "Experiments",
+        ),
         "/": op(
             "pageOverview",
             "dashboard: streams ranked by GMV and GPM",
@@ -629,6 +677,7 @@ def analytics() -> dict:
         "/streams/{stream_id}": op("pageStream", "dashboard: one stream", [ts_params[1]], None, stream=True),
         "/quality": op("pageQuality", "dashboard: data quality per clean run", [], None),
         "/models": op("pageModels", "dashboard: offline metrics per model version", [], None),
+        "/experiments": op("pageExperiments", "dashboard: recommendation experiments per arm", [], None),
     }
 
     def live_op(op_id: str, summary: str, schema_ref: str | None, *, stream: bool = False) -> dict:
@@ -734,6 +783,7 @@ def analytics() -> dict:
                     },
                 ),
                 **_host_schemas(),
+                **_experiment_schemas(),
                 "StreamList": _obj(
                     ["total", "limit", "offset", "sort", "order", "streams"],
                     {
@@ -1291,6 +1341,58 @@ def _alert_schemas() -> dict:
                 "days": {"type": "integer", "minimum": 1},
             },
         ),
+    }
+
+
+def _experiment_schemas() -> dict:
+    from shared.dashboard import experiments as dx
+    from shared.pipeline.experiments import METRICS
+
+    proportions = {f"{m}{s}" for m in METRICS if m != "gmv_per_impression" for s in ("", "_lo", "_hi")}
+
+    def col(name: str) -> dict:
+        if name in ("first_ts", "last_ts"):
+            return TIME
+        if name == "arm":
+            return {"type": "string"}
+        if name == "is_control":
+            return {"type": "boolean"}
+        if name.endswith("_significant"):
+            return {"type": ["boolean", "null"], "description": "the interval excludes 0 (null: the control arm)"}
+        if name in ("viewers", "recommendations", "impressions", "clicks", "carts", "conversions", "orders", "units"):
+            return {"type": "integer", "minimum": 0}
+        if name in ("unmatched_actions",):
+            return {
+                "type": "integer",
+                "minimum": 0,
+                "description": "tagged actions whose (rec_id, item) was never shown",
+            }
+        if name in proportions:
+            return {"type": ["number", "null"], "minimum": 0, "maximum": 1}
+        return NUM_OR_NULL
+
+    arm = _obj(list(dx.ARM_COLUMNS), {c: col(c) for c in dx.ARM_COLUMNS}, additionalProperties=False)
+    return {
+        "Experiments": _obj(
+            ["experiments"],
+            {
+                "experiments": {
+                    "type": "array",
+                    "items": _obj(
+                        ["experiment", "control_arm", "first_ts", "last_ts", "arms"],
+                        {
+                            "experiment": {"type": "string"},
+                            "control_arm": {"type": "string"},
+                            "first_ts": TIME,
+                            "last_ts": TIME,
+                            "arms": {"type": "array", "items": arm, "description": "the control arm first"},
+                        },
+                        additionalProperties=False,
+                    ),
+                }
+            },
+            additionalProperties=False,
+        )
     }
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
-from shared.dashboard import hosts, pages, queries
+from shared.dashboard import experiments, hosts, pages, queries
 from shared.dashboard.data import DataSource
 from shared.dashboard.live import LiveRoomUnknown, LiveView
 from shared.http import HTML_UTF8, JSON_UTF8, Answer, error, json_answer
@@ -43,12 +43,14 @@ ROUTES: list[tuple[re.Pattern, str, set[str]]] = [
     (re.compile(rf"^/api/hosts/{_SID}/cohorts$"), "api_host_cohorts", {"grain"}),
     (re.compile(r"^/api/quality$"), "api_quality", set()),
     (re.compile(r"^/api/models$"), "api_models", set()),
+    (re.compile(r"^/api/experiments$"), "api_experiments", set()),
     (re.compile(r"^/$"), "page_overview", {"platform", "from", "to", "sort", "order"}),
     (re.compile(rf"^/streams/{_SID}$"), "page_stream", {"bucket"}),
     (re.compile(r"^/hosts$"), "page_hosts", set()),
     (re.compile(rf"^/hosts/{_SID}$"), "page_host", {"grain"}),
     (re.compile(r"^/quality$"), "page_quality", set()),
     (re.compile(r"^/models$"), "page_models", set()),
+    (re.compile(r"^/experiments$"), "page_experiments", set()),
     (re.compile(r"^/api/live$"), "api_live_streams", set()),
     (re.compile(rf"^/api/live/{_SID}$"), "api_live_room", set()),
     (re.compile(r"^/live$"), "page_live_index", set()),
@@ -245,6 +247,8 @@ class App:
             return queries.quality(snap)
         if kind == "api_models":
             return queries.models(snap)
+        if kind == "api_experiments":
+            return experiments.list_experiments(snap)
         raise AssertionError(kind)
 
     def _page(self, kind: str, snap, sid: str | None, args: dict) -> str:
@@ -260,6 +264,8 @@ class App:
             return pages.quality_page(snap, self.root)
         if kind == "page_models":
             return pages.models_page(snap, self.root)
+        if kind == "page_experiments":
+            return experiments.experiments_page(snap, self.root)
         raise AssertionError(kind)
 
     def _error(

@@ -79,6 +79,8 @@ class Snapshot:
     stream_audience: pd.DataFrame = field(default_factory=lambda: _empty(outputs.TABLE_COLUMNS["stream_audience"]))
     host: pd.DataFrame = field(default_factory=lambda: _empty(outputs.TABLE_COLUMNS["host"]))
     host_cohort: pd.DataFrame = field(default_factory=lambda: _empty(outputs.TABLE_COLUMNS["host_cohort"]))
+    # recommendation experiments per arm (shared/pipeline/experiments.py; empty until one was measured)
+    experiment: pd.DataFrame = field(default_factory=lambda: _empty(outputs.TABLE_COLUMNS["experiment"]))
     # events ingest refused (quarantine/ingest/), read on first use (``ingest_rejects()``)
     _ingest_rejects: dict[str, Any] | None = None
     loaded_at: float = field(default_factory=time.time)

@@ -261,9 +261,10 @@ def compute_analytics(
 ) -> dict[str, pa.Table]:
     """Pure wrapper: clean events (Arrow; ``host``: clean host actions) -> every analytics table
     (``layout.ANALYTICS_TABLES``: stream, stream_hour, stream_item and the host / audience tables of
-    ``shared.pipeline.host_kpis``) as Arrow tables. Cohort days in ``DAIHUO_DASHBOARD_TZ``."""
+    ``shared.pipeline.host_kpis``, the experiment tables of ``shared.pipeline.experiments``) as Arrow
+    tables. Cohort days in ``DAIHUO_DASHBOARD_TZ``."""
     from shared.layout import ANALYTICS_TABLES
-    from shared.pipeline import host_kpis
+    from shared.pipeline import experiments, host_kpis
     from shared.settings import settings
 
     con = duckdb.connect()
@@ -275,6 +276,7 @@ def compute_analytics(
         hsrc = "host_src" if host is not None else None
         analytics_sql(con, "clean_src", max_session_s, host_source=hsrc)
         host_kpis.compute(con, hsrc, settings().dashboard_tz)
+        experiments.compute(con, "clean_src")
         return {name: con.sql(f"SELECT * FROM a_{name}").to_arrow_table() for name in ANALYTICS_TABLES}
     finally:
         con.close()

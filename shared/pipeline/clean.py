@@ -1018,8 +1018,11 @@ def _republish(store, bus, cfg: CleanConfig, manifest: dict) -> None:
 
 
 def _write_analytics(con, store, manifest, written, run_id, cfg, tmp) -> dict[str, str]:
-    from shared.pipeline import host_kpis
+    from shared.pipeline import experiments, host_kpis
     from shared.pipeline.analytics import analytics_sql
+
+    derived_tables = host_kpis.DERIVED_TABLES + experiments.DERIVED_TABLES
+    derived_inputs = host_kpis.DERIVED_INPUTS + experiments.DERIVED_INPUTS
 
     # the streams of this run's viewer events and host actions (a late stream_end alone re-reads its stream)
     affected = [
@@ -1030,7 +1033,7 @@ def _write_analytics(con, store, manifest, written, run_id, cfg, tmp) -> dict[st
         ).fetchall()
     ]
     old = manifest.get("analytics") or {}
-    if old and any(not old.get(n) for n in layout.ANALYTICS_TABLES if n not in host_kpis.DERIVED_TABLES):
+    if old and any(not old.get(n) for n in layout.ANALYTICS_TABLES if n not in derived_tables):
         # a table this store has never had (a newer version added it): backfill it once, every stream
         everything = manifest["clean_files"] + (manifest.get("host_files") or [])
         affected = sorted(set(affected) | {s for f in everything for s in f["streams"]})
@@ -1052,6 +1055,7 @@ def _write_analytics(con, store, manifest, written, run_id, cfg, tmp) -> dict[st
     con.execute(f"CREATE OR REPLACE TEMP VIEW a_host_source AS {hsrc}")
     analytics_sql(con, "a_source", cfg.max_session_s, host_source="a_host_source")
     host_kpis.stream_tables_sql(con, "a_host_source")
+    experiments.stream_tables_sql(con, "a_source")
     out = {}
 
     def put(name: str, sql: str) -> None:
@@ -1063,7 +1067,7 @@ def _write_analytics(con, store, manifest, written, run_id, cfg, tmp) -> dict[st
 
     # per-stream tables: the affected streams' new rows + the other streams' rows as committed
     for name in layout.ANALYTICS_TABLES:
-        if name in host_kpis.DERIVED_TABLES:
+        if name in derived_tables:
             continue
         sql = f"SELECT * FROM a_{name}"
         if old.get(name):
@@ -1072,13 +1076,14 @@ def _write_analytics(con, store, manifest, written, run_id, cfg, tmp) -> dict[st
                 f"SELECT * FROM a_{name} UNION ALL BY NAME SELECT * FROM read_parquet('{prev}') "
                 f"WHERE stream_id NOT IN (SELECT stream_id FROM affected)"
             )
-        if name in host_kpis.DERIVED_INPUTS:  # the whole table, read again by the cross-stream ones
+        if name in derived_inputs:  # the whole table, read again by the cross-stream ones
             con.execute(f"CREATE OR REPLACE TEMP TABLE m_{name} AS {sql}")
             sql = f"SELECT * FROM m_{name}"
         put(name, sql)
     # cross-stream tables (new vs returning, hosts, cohorts): recomputed from the merged tables
     host_kpis.derived_sql(con, "m_stream", "m_viewer_stream", settings().dashboard_tz)
-    for name in host_kpis.DERIVED_TABLES:
+    experiments.derived_sql(con, "m_rec_viewer")  # per experiment and arm, from every stream's viewers
+    for name in derived_tables:
         put(name, f"SELECT * FROM a_{name}")
     return out
 

@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 
 from shared.adapters.storage import ObjectStore
 from shared.layout import ANALYTICS_TABLES, VIEWER_TABLES, Manifest, load_manifest
-from shared.pipeline import host_kpis
+from shared.pipeline import experiments, host_kpis
 from shared.pipeline.analytics import STREAM_COLS, analytics_sql
 from shared.pipeline.clean import CLEAN_SCHEMA
 from shared.settings import settings
@@ -53,6 +53,7 @@ TABLE_COLUMNS: dict[str, list[str]] = {
     "stream_audience": list(host_kpis.AUDIENCE_COLS),
     "host": list(host_kpis.HOST_COLS),
     "host_cohort": list(host_kpis.COHORT_COLS),
+    "experiment": list(experiments.EXPERIMENT_COLS),
 }
 COHORT_GRAINS: tuple[str, ...] = host_kpis.COHORT_GRAINS
 RETENTION_POINTS: tuple[int, ...] = host_kpis.RETENTION_POINTS

@@ -11,6 +11,10 @@
   ``DAIHUO_RECOMMEND_LIVE_TIMEOUT_S``) is merged with the model: the item on stage first, sold-out
   items removed, the room's last minutes and the viewer's session as the ranker's inputs, live
   reasons; the answer's ``live`` says whether it was used (Bigtable slow or down: the batch answer).
+* Every answer carries a recommendation id (``rec_id``) and, when ``models/EXPERIMENT.json`` holds an
+  enabled experiment and the request names a ``user_id``, the viewer's arm (a stable hash of the viewer:
+  ``shared.serving.experiments``): the arm's recipe and model version answer; the refresh thread reads
+  the config and loads the arms' pinned versions next to LATEST (docs/experiments.md).
 """
 
 from __future__ import annotations
@@ -25,10 +29,12 @@ from typing import Any
 
 import numpy as np
 
-from shared import identity
+from shared import identity, layout
 from shared.erasure import ErasureList
 from shared.http import Answer, error, json_answer
 from shared.log import get_logger
+from shared.serving import experiments
+from shared.serving.experiments import Experiment
 from shared.serving.live import LiveSource, LiveState, explain_live, relabel
 from shared.serving.registry import Registry, Served
 from shared.settings import settings
@@ -97,6 +103,12 @@ class ModelHolder:
         self._stop = threading.Event()
         self.last_check: float = 0.0
         self.last_error: str | None = None
+        # the serving experiment (models/EXPERIMENT.json) and the arms' pinned versions
+        self.experiment: Experiment | None = None
+        self.experiment_error: str | None = None
+        self.pinned: dict[str, Loaded] = {}  # version -> loaded (versions an arm pins besides LATEST)
+        self.pinned_failed: dict[str, str] = {}  # version -> error (not retried for the same config)
+        self._exp_generation: str | None = None
 
     def get(self) -> Loaded | None:
         if not self._started:
@@ -127,7 +139,64 @@ class ModelHolder:
                 )
 
     def refresh(self) -> bool:
-        """Check LATEST once; load and swap if it names a new version. True if swapped."""
+        """Check LATEST once; load and swap if it names a new version (True if swapped); then the
+        experiment config (``refresh_experiment``)."""
+        swapped = self._refresh_model()
+        self.refresh_experiment()
+        return swapped
+
+    def refresh_experiment(self) -> None:
+        """Re-read ``models/EXPERIMENT.json`` if its generation moved; load the versions its arms pin.
+        Never raises: a bad config means no experiment (logged, ``experiment_error``); a pinned version
+        that fails to load is recorded (``pinned_failed``) and its arm's viewers get untagged answers."""
+        store = self.registry.store
+        try:
+            gen = store.generation(layout.EXPERIMENT)
+            if gen != self._exp_generation:
+                self._exp_generation = gen
+                self.pinned_failed = {}
+                if gen is None:
+                    self.experiment, self.experiment_error = None, None
+                else:
+                    try:
+                        self.experiment = Experiment.parse(store.get(layout.EXPERIMENT))
+                        self.experiment_error = None
+                        log.info("experiment config loaded", extra={"experiment": self.experiment.model_dump()})
+                    except ValueError as exc:
+                        self.experiment, self.experiment_error = None, f"invalid {layout.EXPERIMENT}: {exc}"
+                        log.error("experiment config refused; serving without", extra={"error": self.experiment_error})
+            exp = self.experiment
+            need = set(exp.versions()) if exp is not None else set()
+            current = self.current.served.version if self.current is not None else None
+            for v in sorted(need - set(self.pinned) - set(self.pinned_failed) - {current}):
+                try:
+                    self.pinned[v] = _prepare(self.registry.load(v))
+                    log.info("experiment arm version loaded", extra={"version": v})
+                except Exception as exc:
+                    self.pinned_failed[v] = f"{type(exc).__name__}: {exc}"
+                    log.error("experiment arm version failed to load", extra={"version": v, "error": str(exc)})
+            for v in set(self.pinned) - need:
+                del self.pinned[v]
+        except Exception as exc:  # the store is down: keep what we have, try again next time
+            self.experiment_error = f"{type(exc).__name__}: {exc}"
+            log.error("experiment refresh failed", extra={"error": self.experiment_error})
+
+    def arm_for(self, user_id: str | None, loaded: Loaded) -> tuple[Experiment | None, Any, Loaded, str | None]:
+        """``(experiment, arm, the model that answers, status)`` for a viewer; arm None outside an
+        experiment (no config, disabled, no user_id); the status says why an assigned arm cannot serve."""
+        exp = self.experiment
+        if exp is None or not exp.enabled or user_id is None:
+            return exp, None, loaded, None
+        arm = exp.assign(user_id)
+        if arm.version is None or arm.version == loaded.served.version:
+            return exp, arm, loaded, None
+        pinned = self.pinned.get(arm.version)
+        if pinned is None:
+            why = self.pinned_failed.get(arm.version, "not loaded yet")
+            return exp, arm, loaded, f"arm {arm.name}: version {arm.version} unavailable ({why})"
+        return exp, arm, pinned, None
+
+    def _refresh_model(self) -> bool:
         self.last_check = time.time()
         gen = self.registry.latest_generation()
         if gen is None or gen == self._seen_generation:
@@ -428,6 +497,7 @@ class Recommender:
             p = parse_params(args)
         except BadParam as exc:
             return error(400, str(exc), param=exc.param)
+        viewer = p.user_id  # the experiment's unit (assigned whether or not the identity is verified)
         # personal results only for a viewer who proves to be user_id (shared/identity.py); otherwise
         # the model is asked as for a stranger: stream / context / global, no reason from a history
         ident = identity.verifier().check(p.user_id, headers)
@@ -446,11 +516,15 @@ class Recommender:
                 detail=self.holder.last_error,
                 retry_after_s=retry,
             )
+        exp, arm, loaded, arm_status = self.holder.arm_for(viewer, loaded)
+        recipe = arm.recipe if arm is not None and arm_status is None else "model"
+        # the popular recipe asks the model as for a stranger: the stream's / global bestsellers
+        q = dataclasses.replace(p, user_id=None, context=[]) if recipe == "popular" else p
         served = loaded.served
         allowed = None
         note = None
         # the live state: one room read + one viewer read (a verified viewer only), within the deadline
-        live = self.live.read(p.stream_id, p.user_id)
+        live = self.live.read(q.stream_id, q.user_id)
         if p.showcase_only and p.stream_id is not None:  # item positions (sorted, unique)
             allowed = current_showcase(loaded, p.stream_id, live)
             if allowed is None and p.showcase_explicit:
@@ -459,7 +533,7 @@ class Recommender:
             elif allowed is None:
                 note = f"no showcase known for stream {p.stream_id}: not restricted to it"
         t1 = time.perf_counter()
-        rec = self._rank(loaded, p, allowed, live)
+        rec = self._rank(loaded, q, allowed, live)
         t2 = time.perf_counter()
         index, titles = loaded.index, served.titles
 
@@ -477,7 +551,22 @@ class Recommender:
             }
             for it in rec["items"]
         ]
+        if exp is not None and arm is not None and arm_status is None:
+            rid = experiments.rec_id(exp.experiment, arm.name)
+        else:
+            rid = experiments.rec_id()
         body = {
+            "rec_id": rid,
+            "experiment": None
+            if arm is None
+            else {
+                "id": exp.experiment if exp is not None else None,
+                "model_version": served.version,
+                "arm": arm.name,
+                "recipe": recipe,
+                "counted": arm_status is None,
+                **({"status": arm_status} if arm_status else {}),
+            },
             "user_id": p.user_id,
             "stream_id": p.stream_id,
             "k": p.k,
@@ -495,7 +584,7 @@ class Recommender:
         if note:
             body["note"] = note
         body.update(personal=ident.personal, identity=ident.reason)
-        return json_answer(200, body, {"X-Model-Version": served.version})
+        return json_answer(200, body, {"X-Model-Version": served.version, "X-Rec-Id": rid})
 
     def _rank(self, loaded: Loaded, p: Params, allowed, live: LiveState) -> dict[str, Any]:
         """The model's answer with the live state merged in (``live`` unused: the batch answer):
