@@ -139,7 +139,7 @@ infra-fmt:
 
 # ruff (lint + format check) on everything; mypy on the modules listed in MYPY_MODULES (pure logic)
 MYPY_MODULES ?= shared/limits.py shared/signing.py shared/log.py shared/pipeline/config.py shared/http.py shared/runtime.py shared/settings.py shared/layout.py shared/alert_rules.py \
-	shared/reco shared/serving/gate.py shared/serving/train.py shared/serving/registry.py
+	shared/reco shared/serving/gate.py shared/serving/train.py shared/serving/registry.py shared/serving/experiments.py
 lint: venv
 	$(BIN)/ruff check shared functions devtools tests bench pipelines
 	$(BIN)/ruff format --check shared functions devtools tests bench pipelines
