@@ -320,3 +320,38 @@ def test_answers_carry_a_rec_id_and_the_arm(served):
     store.delete(layout.EXPERIMENT)
     holder.refresh()
     assert holder.experiment is None and holder.experiment_error is None
+
+
+def test_a_pinned_version_serves_its_arm_and_is_checked_for_erasure(served):
+    """An arm pinning another version is answered by it (loaded by the refresh, next to LATEST); the
+    erasure rule is applied against that version, not LATEST's."""
+    from shared.serving.recommend import ModelHolder, Recommender
+
+    store, v = served["store"], served["version"]
+    old = "20200101T000000Z-00000000000000aa"  # a copy of the model under another version id
+    store.put(layout.model_arrays_key(old), store.get(layout.model_arrays_key(v)))
+    meta = json.loads(store.get(layout.model_meta_key(v)))
+    store.put(layout.model_meta_key(old), json.dumps({**meta, "version": old}).encode())
+    cfg = {
+        "experiment": "pinned",
+        "arms": [{"name": "control", "weight": 1}, {"name": "old", "weight": 1, "version": old}],
+    }
+    store.put(layout.EXPERIMENT, json.dumps(cfg).encode())
+    holder = ModelHolder(store, refresh_s=3600)
+    rec = Recommender(holder)
+    e = Experiment.parse(cfg)
+    users = [f"u-{u:06d}" for u in range(60)]
+    on_old = next(u for u in users if e.assign(u).name == "old")
+    on_ctl = next(u for u in users if e.assign(u).name == "control")
+    b = _ask(rec, on_old).body
+    assert b["model_version"] == old and b["experiment"]["model_version"] == old and b["experiment"]["counted"]
+    assert _ask(rec, on_ctl).body["model_version"] == v
+    assert set(holder.pinned) == {old}
+    # the erasure list refuses the old version only: its arm answers as for a stranger
+    rec.erasures.refuses = lambda user, version, created: version == old
+    b = _ask(rec, on_old).body
+    assert b["personal"] is False and b["identity"] == "erased" and b["model_version"] == old
+    assert _ask(rec, on_ctl).body["personal"] is True
+    store.delete(layout.EXPERIMENT)
+    holder.refresh()
+    assert holder.pinned == {} and _ask(rec, on_old).body["model_version"] == v

@@ -228,6 +228,10 @@ class ModelHolder:
                 },
             )
             return False
+        old = self.current
+        exp = self.experiment
+        if old is not None and exp is not None and old.served.version in exp.versions():
+            self.pinned[old.served.version] = old  # an arm pins the outgoing version: keep serving it
         self.current = loaded  # one reference assignment: requests see the old or the new model
         self._seen_generation = gen
         log.info(
@@ -467,13 +471,15 @@ _FALLBACK = {
 
 
 # ------------------------------------------------------------------------------ erasure
-def _erased(holder: ModelHolder, erasures: ErasureList, user_id: str | None) -> bool:
-    """True if ``user_id`` asked to be erased and the served model may still hold their history
-    (``shared.erasure``: the list is cached, re-checked every ``DAIHUO_ERASURE_REFRESH_S``)."""
+def _erased(holder: ModelHolder, erasures: ErasureList, user_id: str | None, served: Served | None = None) -> bool:
+    """True if ``user_id`` asked to be erased and the served model (``served``: an experiment arm's
+    pinned version) may still hold their history (``shared.erasure``: the list is cached, re-checked
+    every ``DAIHUO_ERASURE_REFRESH_S``)."""
     if user_id is None:
         return False
-    cur = holder.get()
-    served = cur.served if cur is not None else None
+    if served is None:
+        cur = holder.get()
+        served = cur.served if cur is not None else None
     return erasures.refuses(
         user_id, served.version if served else None, (served.meta or {}).get("created_at") if served else None
     )
@@ -516,7 +522,12 @@ class Recommender:
                 detail=self.holder.last_error,
                 retry_after_s=retry,
             )
-        exp, arm, loaded, arm_status = self.holder.arm_for(viewer, loaded)
+        exp, arm, pinned, arm_status = self.holder.arm_for(viewer, loaded)
+        if pinned is not loaded:  # an arm's own (older) version: the erasure check is against it
+            if ident.personal and _erased(self.holder, self.erasures, p.user_id, pinned.served):
+                ident = dataclasses.replace(ident, personal=False, reason="erased")
+                p = dataclasses.replace(p, user_id=None)
+            loaded = pinned
         recipe = arm.recipe if arm is not None and arm_status is None else "model"
         # the popular recipe asks the model as for a stranger: the stream's / global bestsellers
         q = dataclasses.replace(p, user_id=None, context=[]) if recipe == "popular" else p
