@@ -355,3 +355,16 @@ def test_a_pinned_version_serves_its_arm_and_is_checked_for_erasure(served):
     store.delete(layout.EXPERIMENT)
     holder.refresh()
     assert holder.pinned == {} and _ask(rec, on_old).body["model_version"] == v
+
+
+def test_api_and_page_before_any_experiment(tmp_path):
+    from shared.adapters.storage import open_store
+    from shared.dashboard.app import App
+
+    app = App(lambda: open_store(str(tmp_path)), check_every_s=0)
+    ans = app.handle("GET", "/api/experiments")
+    assert ans.status == 200 and json.loads(ans.body) == {"experiments": []}
+    page = app.handle("GET", "/experiments")
+    assert page.status == 200 and "no experiment yet" in page.body.decode()
+    assert app.handle("GET", "/api/experiments", {"x": "1"}).status == 400  # unknown parameter
+    assert app.handle("POST", "/api/experiments").status == 405
