@@ -22,8 +22,8 @@ Shape (every step keyed, so it spreads over workers):
    date (rows in raw order), the catalog part (latest record per item), the dedupe part;
 5. KPI tables: the affected streams' rows (this run's + their committed clean files) grouped by
    stream, each group through the SAME SQL as the DuckDB path (``shared.pipeline.analytics``,
-   ``host_kpis.stream_tables_sql``, DuckDB in the worker); then one merge step: the other streams'
-   rows from the committed tables, and the cross-stream tables (``host_kpis.derived_sql``) from the
+   ``kpi_tables.stream_tables_sql``, DuckDB in the worker); then one merge step: the other streams'
+   rows from the committed tables, and the cross-stream tables (``kpi_tables.derived_sql``) from the
    merged ones.
 
 I/O goes through ``shared.adapters.storage`` inside the DoFns (not ``apache_beam.io``): the layout's
@@ -303,9 +303,9 @@ def _duck():
 
 
 def _stream_tables() -> list[str]:
-    from shared.pipeline import host_kpis
+    from shared.pipeline import kpi_tables
 
-    return [n for n in layout.ANALYTICS_TABLES if n not in host_kpis.DERIVED_TABLES]
+    return [n for n in layout.ANALYTICS_TABLES if n not in kpi_tables.DERIVED_TABLES]
 
 
 class ReadCommitted(_StoreFn):
@@ -335,7 +335,7 @@ class StreamKPIs(beam.DoFn):
         self.max_session_s = max_session_s
 
     def process(self, kv):
-        from shared.pipeline import host_kpis
+        from shared.pipeline import kpi_tables
         from shared.pipeline.analytics import analytics_sql
 
         _stream, items = kv
@@ -354,7 +354,7 @@ class StreamKPIs(beam.DoFn):
         con.execute("CREATE VIEW a_source AS SELECT * FROM src_clean")
         con.execute("CREATE VIEW a_host_source AS SELECT * FROM src_host")
         analytics_sql(con, "a_source", self.max_session_s, host_source="a_host_source")
-        host_kpis.stream_tables_sql(con, "a_host_source")
+        kpi_tables.stream_tables_sql(con, "a_source", "a_host_source")
         for name in _stream_tables():
             yield 0, (name, ipc(con.sql(f"SELECT * FROM a_{name}").to_arrow_table()))
         con.close()
@@ -369,7 +369,7 @@ class MergeKPIs(_StoreFn):
         self.run_id, self.old, self.max_session_s, self.tz = run_id, old, max_session_s, tz
 
     def process(self, kv, affected):
-        from shared.pipeline import host_kpis
+        from shared.pipeline import kpi_tables
         from shared.pipeline.analytics import analytics_sql, hour_zeros
 
         _, items = kv
@@ -380,7 +380,7 @@ class MergeKPIs(_StoreFn):
         con.execute("CREATE VIEW a_source AS SELECT * FROM src_clean")
         con.execute("CREATE VIEW a_host_source AS SELECT * FROM src_host")
         analytics_sql(con, "a_source", self.max_session_s, host_source="a_host_source")
-        host_kpis.stream_tables_sql(con, "a_host_source")
+        kpi_tables.stream_tables_sql(con, "a_source", "a_host_source")
         for n, it in enumerate(x for x in items if x is not None):
             name, b = it
             con.register(f"part_{n}", unipc(b))
@@ -409,12 +409,12 @@ class MergeKPIs(_StoreFn):
                         f"SELECT * FROM a_{name} UNION ALL BY NAME SELECT * FROM read_parquet('{prev}') "
                         f"WHERE stream_id NOT IN (SELECT stream_id FROM affected)"
                     )
-                if name in host_kpis.DERIVED_INPUTS:
+                if name in kpi_tables.DERIVED_INPUTS:
                     con.execute(f"CREATE OR REPLACE TEMP TABLE m_{name} AS {sql}")
                     sql = f"SELECT * FROM m_{name}"
                 put(name, sql)
-            host_kpis.derived_sql(con, "m_stream", "m_viewer_stream", self.tz)
-            for name in host_kpis.DERIVED_TABLES:
+            kpi_tables.derived_sql(con, self.tz)
+            for name in kpi_tables.DERIVED_TABLES:
                 put(name, f"SELECT * FROM a_{name}")
         con.close()
         yield {"kind": "analytics", "tables": out}
@@ -434,7 +434,7 @@ class WriteOutputs(_StoreFn):
 
 # ---------------------------------------------------------------------------------------- the pipeline
 def build(p: beam.Pipeline, store_url: str, plan: dclean.RunPlan, cfg: dclean.CleanConfig, tz: str) -> None:
-    from shared.pipeline import host_kpis
+    from shared.pipeline import kpi_tables
 
     run_id, manifest = plan.run_id, plan.manifest
     params = R.Params.of(cfg, run_id)
@@ -512,7 +512,7 @@ def build(p: beam.Pipeline, store_url: str, plan: dclean.RunPlan, cfg: dclean.Cl
     old = manifest.get("analytics") or {}
     everything = manifest["clean_files"] + (manifest.get("host_files") or [])
     backfill: list[str] = []
-    if old and any(not old.get(n) for n in layout.ANALYTICS_TABLES if n not in host_kpis.DERIVED_TABLES):
+    if old and any(not old.get(n) for n in layout.ANALYTICS_TABLES if n not in kpi_tables.DERIVED_TABLES):
         backfill = sorted({s for f in everything for s in f["streams"]})
     affected = (
         (

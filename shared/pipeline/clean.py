@@ -1018,11 +1018,10 @@ def _republish(store, bus, cfg: CleanConfig, manifest: dict) -> None:
 
 
 def _write_analytics(con, store, manifest, written, run_id, cfg, tmp) -> dict[str, str]:
-    from shared.pipeline import experiments, host_kpis
+    from shared.pipeline import kpi_tables
     from shared.pipeline.analytics import analytics_sql
 
-    derived_tables = host_kpis.DERIVED_TABLES + experiments.DERIVED_TABLES
-    derived_inputs = host_kpis.DERIVED_INPUTS + experiments.DERIVED_INPUTS
+    derived_tables, derived_inputs = kpi_tables.DERIVED_TABLES, kpi_tables.DERIVED_INPUTS
 
     # the streams of this run's viewer events and host actions (a late stream_end alone re-reads its stream)
     affected = [
@@ -1054,8 +1053,7 @@ def _write_analytics(con, store, manifest, written, run_id, cfg, tmp) -> dict[st
     hsrc = source("clean_host", manifest.get("host_files", []), HOST_SCHEMA)
     con.execute(f"CREATE OR REPLACE TEMP VIEW a_host_source AS {hsrc}")
     analytics_sql(con, "a_source", cfg.max_session_s, host_source="a_host_source")
-    host_kpis.stream_tables_sql(con, "a_host_source")
-    experiments.stream_tables_sql(con, "a_source")
+    kpi_tables.stream_tables_sql(con, "a_source", "a_host_source")
     out = {}
 
     def put(name: str, sql: str) -> None:
@@ -1081,8 +1079,7 @@ def _write_analytics(con, store, manifest, written, run_id, cfg, tmp) -> dict[st
             sql = f"SELECT * FROM m_{name}"
         put(name, sql)
     # cross-stream tables (new vs returning, hosts, cohorts): recomputed from the merged tables
-    host_kpis.derived_sql(con, "m_stream", "m_viewer_stream", settings().dashboard_tz)
-    experiments.derived_sql(con, "m_rec_viewer")  # per experiment and arm, from every stream's viewers
+    kpi_tables.derived_sql(con, settings().dashboard_tz)  # hosts, cohorts, experiments: every stream
     for name in derived_tables:
         put(name, f"SELECT * FROM a_{name}")
     return out
