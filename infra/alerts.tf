@@ -27,6 +27,22 @@ resource "google_storage_bucket_iam_member" "alert_writer" {
   }
 }
 
+# ... and reads back what it needs to fire once: an alert's claim and sent marker (alerts/) and the
+# hosts' typical GMV per minute that clean writes (state/host-rates.json); nothing else.
+resource "google_storage_bucket_iam_member" "alert_writer_reads" {
+  for_each = local.alert_writers
+
+  bucket = google_storage_bucket.data.name
+  role   = "roles/storage.objectViewer"
+  member = "serviceAccount:${google_service_account.fn[each.key].email}"
+
+  condition {
+    title       = "only-alerts-read"
+    description = "Read alerts/ and state/host-rates.json only"
+    expression  = "resource.name.startsWith(\"projects/_/buckets/${local.bucket_name}/objects/alerts/\") || resource.name == \"projects/_/buckets/${local.bucket_name}/objects/state/host-rates.json\""
+  }
+}
+
 # clean counts the dead letters waiting (pull, then give every message back at once: never acks).
 resource "google_pubsub_subscription_iam_member" "alert_reader" {
   for_each = local.alert_readers

@@ -265,6 +265,62 @@ def gmv_drop_vs_host(streams: Iterable[Mapping[str, Any]], rule: GmvDropRule, *,
     return out
 
 
+def host_rates(streams: Iterable[Mapping[str, Any]], rule: GmvDropRule) -> dict[str, dict[str, float]]:
+    """Each host's typical GMV per minute over its streams (rows of the ``stream`` analytics table;
+    streams under ``min_stream_minutes`` left out): ``{host_id: {"gmv_per_min", "streams", "minutes"}}``.
+    The live rule compares a room with it (:func:`gmv_drop_vs_host_live`)."""
+    acc: dict[str, list[float]] = {}
+    for r in streams:
+        minutes = float(r.get("duration_s") or 0.0) / 60
+        if not r.get("host_id") or minutes < max(rule.min_stream_minutes, 1e-9):
+            continue
+        a = acc.setdefault(str(r["host_id"]), [0.0, 0.0, 0.0])
+        a[0] += float(r.get("gmv") or 0.0)
+        a[1] += minutes
+        a[2] += 1
+    return {h: {"gmv_per_min": g / m, "streams": int(n), "minutes": m} for h, (g, m, n) in sorted(acc.items()) if m > 0}
+
+
+def gmv_drop_vs_host_live(
+    subject: str,
+    gmv_by_minute: Mapping[int, float],
+    last_minute: int,
+    rule: GmvDropRule,
+    *,
+    first_minute: int,
+    host_id: str,
+    host_per_min: float,
+) -> Alert | None:
+    """A live room against its host's typical GMV per minute (``host_rates`` of the batch data): the
+    last ``window_min`` complete minutes below ``drop_below`` x the host's rate, once the room has
+    been on for ``window_min`` minutes. Once per room (window ``host``): a room that sells below its
+    host all evening is one alert, not one per window."""
+    if not rule.enabled or not rule.compare_host or host_per_min < rule.min_baseline_gmv_per_min:
+        return None
+    w = rule.window_min
+    recent_from = last_minute - w + 1
+    if recent_from < first_minute:
+        return None  # not on for a whole window yet
+    recent = sum(gmv_by_minute.get(m, 0.0) for m in range(recent_from, last_minute + 1)) / w
+    threshold = rule.drop_below * host_per_min
+    if recent >= threshold:
+        return None
+    return Alert(
+        rule="gmv_drop",
+        subject=subject,
+        value=round(recent, 4),
+        threshold=round(threshold, 4),
+        time=iso((last_minute + 1) * 60),
+        window="host-live",
+        source="live",
+        message=(
+            f"{subject}: GMV {recent:.2f}/min over the last {w} min, below {rule.drop_below:.0%} of host "
+            f"{host_id}'s typical {host_per_min:.2f}/min"
+        ),
+        details={"compare": "host", "host_id": host_id, "recent_per_min": recent, "host_per_min": host_per_min},
+    )
+
+
 # -------------------------------------------------------------------------------- quarantine_rate
 def quarantine_rate(summary: Mapping[str, Any], rule: QuarantineRateRule, *, at: str) -> Alert | None:
     """A committed clean run's summary (rows_in, dropped, dropped_by_reason, run_id)."""

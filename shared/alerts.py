@@ -7,7 +7,8 @@ the store and published on the alerts topic once (docs/alerts.md).
 * :func:`after_train` -- after every train run (functions/train): the promotion streak at once (clean
   judges it again; the same condition is the same alert).
 * :class:`LiveAlerts` -- by the live function after it applied a message: the GMV-drop rule on the
-  room's per-minute GMV in Bigtable, at most once per ``DAIHUO_ALERT_LIVE_CHECK_S`` per room and
+  room's per-minute GMV in Bigtable (against its own earlier rate, then against its host's typical
+  rate from ``state/host-rates.json``, which clean writes), at most once per ``DAIHUO_ALERT_LIVE_CHECK_S`` per room and
   instance.
 
 Once: an alert's id hashes (rule, subject, window) (``Alert.id``). :meth:`AlertSink.fire` creates
@@ -185,6 +186,23 @@ class LiveAlerts:
         self.clock = clock
         self._last: dict[str, float] = {}
         self._lock = threading.Lock()
+        self._rates: tuple[float, dict[str, Any]] | None = None  # (read at, state/host-rates.json hosts)
+
+    #: seconds the hosts' typical rates are reused per instance (clean rewrites them hourly)
+    RATES_TTL_S = 600.0
+
+    def host_rates(self, now: float) -> dict[str, Any]:
+        """``state/host-rates.json``'s hosts (clean writes it), re-read every ``RATES_TTL_S``; {} if absent
+        or unreadable (the host comparison is then skipped)."""
+        hit = self._rates
+        if hit is not None and now - hit[0] < self.RATES_TTL_S:
+            return hit[1]
+        try:
+            hosts = json.loads(self.sink.store.get(layout.HOST_RATES)).get("hosts") or {}
+        except (NotFound, ValueError, AttributeError):
+            hosts = {}
+        self._rates = (now, hosts)
+        return hosts
 
     def _due(self, stream: str, now: float) -> bool:
         with self._lock:
@@ -219,7 +237,23 @@ class LiveAlerts:
         if first is None:
             return None
         last_complete = int(now // 60) - 1
-        return alert_rules.gmv_drop_series(f"stream:{stream}", series, last_complete, rule, first_minute=first)
+        subject = f"stream:{stream}"
+        own = alert_rules.gmv_drop_series(subject, series, last_complete, rule, first_minute=first)
+        if own is not None or not rule.compare_host:
+            return own
+        host = room.info.get("host_id")
+        rate = self.host_rates(now).get(str(host)) if host else None
+        if not rate:
+            return None
+        return alert_rules.gmv_drop_vs_host_live(
+            subject,
+            series,
+            last_complete,
+            rule,
+            first_minute=first,
+            host_id=str(host),
+            host_per_min=float(rate.get("gmv_per_min") or 0.0),
+        )
 
     def check(self, streams: Iterable[str]) -> dict[str, str]:
         """Judge the due rooms among ``streams`` and fire; never raises (logged)."""
@@ -234,9 +268,7 @@ class LiveAlerts:
                 alert = self.evaluate(stream, now)
                 if alert is not None:
                     out[stream] = self.sink.fire(alert)
-            except Exception as exc:
-                with self._lock:
-                    self._last.pop(stream, None)  # try again on the next message
+            except Exception as exc:  # judged again when due (every_s): a failing room costs no more
                 log.error(
                     "alerts: evaluation failed",
                     extra={"rule": "gmv_drop", "stream_id": stream, "error": f"{type(exc).__name__}: {exc}"},

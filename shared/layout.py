@@ -21,6 +21,7 @@ One bucket (``DAIHUO_STORE``) holds everything, under these prefixes (docs/stora
     models/EXPERIMENT.json                               operator: the serving experiment (A/B arms)
     alerts/date=YYYY-MM-DD/<id>.json                     clean, live: one fired alert (create-only, docs/alerts.md)
     alerts/sent/<id>                                     clean, live: the alert reached the alerts topic
+    state/host-rates.json                                clean: each host's typical GMV per minute (the live alert rule)
 
 Readers only trust what the manifest names: a run that crashed or lost the commit race leaves
 objects nobody references. The manifest moves by compare-and-swap on its generation
@@ -59,6 +60,7 @@ ALERTS_SENT = ALERTS + "sent/"
 # -- single objects ------------------------------------------------------------------------------
 MANIFEST = STATE + "clean-manifest.json"
 ERASURE = STATE + "erasure.json"
+HOST_RATES = STATE + "host-rates.json"
 LATEST = MODELS + "LATEST.json"
 #: the serving experiment's config (shared/serving/experiments.py), written by the operator
 EXPERIMENT = MODELS + "EXPERIMENT.json"

@@ -75,6 +75,30 @@ def test_gmv_drop_against_the_host():
     assert alert_rules.gmv_drop_vs_host(rows[:2], G, at="x") == []
 
 
+def test_host_rates_and_the_live_host_comparison():
+    rows = [
+        {"stream_id": "a", "host_id": "h1", "gmv": 6000.0, "duration_s": 3600.0},
+        {"stream_id": "b", "host_id": "h1", "gmv": 3000.0, "duration_s": 1800.0},
+        {"stream_id": "c", "host_id": "h1", "gmv": 99999.0, "duration_s": 60.0},  # under min_stream_minutes
+        {"stream_id": "d", "host_id": None, "gmv": 10.0, "duration_s": 3600.0},
+    ]
+    rates = alert_rules.host_rates(rows, G)
+    assert rates == {"h1": {"gmv_per_min": pytest.approx(100.0), "streams": 2, "minutes": pytest.approx(90.0)}}
+    weak = {1000 + i: 20.0 for i in range(15)}
+    a = alert_rules.gmv_drop_vs_host_live(
+        "stream:s", weak, 1014, G, first_minute=1000, host_id="h1", host_per_min=100.0
+    )
+    assert a is not None and a.window == "host-live" and a.value == pytest.approx(20.0) and a.threshold == 50.0
+    later = alert_rules.gmv_drop_vs_host_live(
+        "stream:s", weak, 1014 + 30, G, first_minute=1000, host_id="h1", host_per_min=100.0
+    )
+    assert later is not None and later.id == a.id  # once per room, however long it stays weak
+    kw = {"first_minute": 1000, "host_id": "h1"}
+    assert alert_rules.gmv_drop_vs_host_live("stream:s", weak, 1014, G, host_per_min=30.0, **kw) is None
+    assert alert_rules.gmv_drop_vs_host_live("stream:s", weak, 1005, G, host_per_min=100.0, **kw) is None  # young
+    assert alert_rules.gmv_drop_vs_host_live("stream:s", weak, 1014, G, host_per_min=5.0, **kw) is None  # quiet host
+
+
 def test_quarantine_rate():
     q = RULES.quarantine_rate
     run = {"status": "committed", "run_id": "r-1", "rows_in": 1000, "dropped": 80, "dropped_by_reason": {"schema": 80}}
@@ -376,6 +400,15 @@ def test_host_gmv_drop_after_a_real_clean_run(tmp_path):
     got = batch_alerts.host_gmv_alerts(store, summary, RULES, time.time())
     assert [a.subject for a in got] == ["stream:s-c"]
     assert got[0].details["host_id"] == "h1" and got[0].value < got[0].threshold
+    # the hosts' typical rates for the live rule
+    doc = orjson.loads(store.get(layout.HOST_RATES))
+    assert doc["hosts"]["h1"]["streams"] == 3
+    from shared.pipeline.clean import read_analytics
+
+    st = read_analytics(store, "stream").to_pylist()
+    expect = sum(r["gmv"] for r in st) / sum(r["duration_s"] / 60 for r in st)
+    assert sum(r["gmv"] for r in st) == pytest.approx(6000 + 6600 + 600)
+    assert doc["hosts"]["h1"]["gmv_per_min"] == pytest.approx(expect)
 
 
 # ------------------------------------------------------------------------------ live rule on Bigtable
@@ -473,16 +506,18 @@ def test_the_live_function_publishes_a_gmv_drop_once_however_often_pushed(
 
 
 def test_bad_inputs_have_defined_outcomes(bigtable_emulator, tmp_path):
-    """A room that cannot be read: nothing fires, nothing raises, the next message judges it again; an
+    """A room that cannot be read: nothing fires, nothing raises, it is judged again when due; an
     unreadable alert object is left out of the listing; a publish to a missing topic is 'failed'."""
     from shared.live.config import LiveConfig
     from shared.live.reader import LiveReader
 
     store = open_store(str(tmp_path))
     reader = LiveReader(cfg=LiveConfig(table=f"missing-{uuid.uuid4().hex[:6]}"), timeout_s=2.0)
-    live = alerts.LiveAlerts(reader, alerts.AlertSink(store, None), RULES, every_s=3600)
+    clock = [time.time()]
+    live = alerts.LiveAlerts(reader, alerts.AlertSink(store, None), RULES, every_s=60, clock=lambda: clock[0])
     assert live.check(["s-1"]) == {}
-    assert live._due("s-1", time.time())  # not rate-limited after a failure: the next message retries
+    assert not live._due("s-1", clock[0] + 1)  # a failing room is not read at every message...
+    assert live._due("s-1", clock[0] + 61)  # ...but again when due
     store.put(layout.alert_key(alert_rules.iso(time.time())[:10], "broken"), b"{not json")
     alerts.AlertSink(store, None).fire(_alert(time=alert_rules.iso(time.time() - 5)))
     assert [d["rule"] for d in alerts.recent(store)] == ["quarantine_rate"]
@@ -520,3 +555,24 @@ def test_after_train_and_after_clean_fire_the_model_rule_once(bus, topic, tmp_pa
     ]
     (msg,) = _drain(bus, f"{topic}-inspect")
     assert orjson.loads(msg.data)["rule"] == "model_not_promoted" and msg.attributes["subject"] == "model"
+
+
+def test_live_room_below_its_host_fires_once(room, tmp_path):
+    """A room selling steadily (no drop of its own) at a fifth of its host's typical rate."""
+    writer, reader = room
+    now = time.time()
+    store = open_store(str(tmp_path))
+    store.put(layout.HOST_RATES, orjson.dumps({"hosts": {"h1": {"gmv_per_min": 500.0, "streams": 4}}}))
+    _evening(writer, "s-weak", now, drop=False)  # 100 per minute, host h1
+    live = alerts.LiveAlerts(reader, alerts.AlertSink(store, None), RULES, every_s=0, clock=lambda: now)
+    a = live.evaluate("s-weak")
+    assert a is not None and a.details["compare"] == "host" and a.value == pytest.approx(100.0)
+    assert a.threshold == pytest.approx(250.0)
+    assert live.check(["s-weak"]) == {"s-weak": "recorded"}
+    assert live.check(["s-weak"]) == {"s-weak": "duplicate"}
+    store.put(layout.HOST_RATES, orjson.dumps({"hosts": {"h1": {"gmv_per_min": 150.0}}}))
+    live._rates = None  # the next read of the rates (every RATES_TTL_S)
+    assert live.evaluate("s-weak") is None  # 100 >= 50 % of 150
+    store.delete(layout.HOST_RATES)
+    live._rates = None
+    assert live.evaluate("s-weak") is None  # no batch data: nothing to compare with

@@ -34,6 +34,10 @@ def test_alert_grants_are_least_privilege(tf):
     assert w["for_each"] == "${local.alert_writers}" and w["role"] == "roles/storage.objectCreator"
     assert "/objects/alerts/" in _one(w["condition"])["expression"]
     assert w["bucket"] == "${google_storage_bucket.data.name}"
+    reads = _res(tf, "google_storage_bucket_iam_member", "alert_writer_reads")
+    assert reads["role"] == "roles/storage.objectViewer" and reads["for_each"] == "${local.alert_writers}"
+    expr = _one(reads["condition"])["expression"]
+    assert "/objects/alerts/" in expr and "/objects/state/host-rates.json" in expr and expr.count("||") == 1
     r = _res(tf, "google_pubsub_subscription_iam_member", "alert_reader")
     assert r["role"] == "roles/pubsub.subscriber" and r["for_each"] == "${local.alert_readers}"
     assert r["subscription"] == "${google_pubsub_subscription.dead_letters_inspect.name}"

@@ -7,6 +7,7 @@ live function's bundle does not carry the batch pipeline.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -58,7 +59,8 @@ def _run_streams(store, summary: dict) -> set[str]:
 
 def host_gmv_alerts(store, summary: dict, rules: AlertRules, now: float) -> list[Alert]:
     """The streams this run touched that are over (a ``stream_end``, or no event for an hour), against
-    their host's typical GMV per minute."""
+    their host's typical GMV per minute. Writes every host's rate to ``state/host-rates.json`` for
+    the live rule."""
     rule = rules.gmv_drop
     if not rule.enabled or not rule.compare_host or summary.get("status") != "committed":
         return []
@@ -75,6 +77,9 @@ def host_gmv_alerts(store, summary: dict, rules: AlertRules, now: float) -> list
     for r in rows:
         r["end"] = _iso(r.get("end"))
     at = alert_rules.iso(now)
+    rates = alert_rules.host_rates(rows, rule)
+    doc = {"at": at, "hosts": rates}
+    store.put(layout.HOST_RATES, json.dumps(doc, allow_nan=False).encode(), content_type="application/json")
     alerts = alert_rules.gmv_drop_vs_host(rows, rule, at=at)
     # judge a stream once it is over (its whole span), and only the streams of this run
     quiet = alert_rules.iso(now - 3600)
