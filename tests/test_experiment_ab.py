@@ -242,3 +242,27 @@ def test_the_api_and_the_page_show_the_experiments(ab):
     assert "ranker-vs-popular" in html and "ranker" in html and "[95% CI]" in html
     # the viewer-level table is never served
     assert "rec_viewer" not in ans.body.decode() and "u-0" not in ans.body.decode()
+
+
+def _validator(document: str, schema: str):
+    import jsonschema
+
+    from shared import openapi
+
+    doc = json.loads((openapi.OUT_DIR / f"{document}.json").read_text())
+    return jsonschema.Draft202012Validator({"$ref": f"#/components/schemas/{schema}", "components": doc["components"]})
+
+
+def test_answers_match_the_openapi_documents(ab):
+    """With data (the contract test's fixture has no experiment): /api/experiments against
+    ``Experiments`` and recommend answers inside an arm against ``Recommendations``."""
+    from shared.dashboard.app import App
+
+    ans = App(lambda: ab["store"], check_every_s=0).handle("GET", "/api/experiments")
+    errors = [e.message for e in _validator("analytics", "Experiments").iter_errors(json.loads(ans.payload))]
+    assert not errors, errors[:3]
+    v = _validator("recommend", "Recommendations")
+    for name, answers in ab["answers"].items():
+        for a in answers[:200]:
+            errors = [e.message for e in v.iter_errors(json.loads(json.dumps(a)))]
+            assert not errors, (name, errors[:3])
