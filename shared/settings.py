@@ -163,6 +163,11 @@ class Settings(_Base):
         "recommend: with a `stream_id`, only items on the room's current showcase (the live room's, else "
         "the model's; none known: not restricted, said in `note`); a request's `showcase_only` overrides",
     )
+    recommend_max_history: int = _f(
+        50,
+        "recommend and train: a viewer's strongest history items (time-decayed affinity) that score a request; "
+        "bounds its cost (train fits the ranker on the same cap)",
+    )
     recommend_live: Literal["auto", "on", "off"] = _f(
         "auto",
         "recommend: merge the live state (Bigtable) into answers with a `stream_id`; `auto`: when "
@@ -232,6 +237,13 @@ class Settings(_Base):
                     raise ValueError(f"unknown prefix {name!r} (known: {', '.join(out)})")
                 out[name] = int(days)
         return out
+
+    @field_validator("recommend_max_history")
+    @classmethod
+    def _history_cap(cls, v: int) -> int:
+        if not 1 <= v <= 10_000:
+            raise ValueError(f"expected 1..10000 items, got {v}")
+        return v
 
     @field_validator("dashboard_tz")
     @classmethod

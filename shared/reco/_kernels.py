@@ -388,3 +388,578 @@ def pair_scores(W1, W2, idx: np.ndarray, w: np.ndarray):
         np.asarray(w, dtype=np.float64),
         *sc,
     )
+
+
+# ------------------------------------------------------------------ the served ranker's request kernel
+#: ``shared.reco.ranker.FEATURES`` in the order the request kernel writes them (checked at import there)
+RANK_FEATURES = (
+    "bought",
+    "buy_count",
+    "buy_freq",
+    "buy_recency",
+    "user_repeat",
+    "rebuy_due",
+    "bought_durable",
+    "bought_fresh",
+    "cart",
+    "click",
+    "touch_recent",
+    "cf",
+    "content",
+    "context",
+    "pop",
+    "pop_log",
+    "pop_recent",
+    "room_buy",
+    "room_share",
+    "room_click",
+    "room_buy_now",
+    "room_click_now",
+    "room_shown_now",
+    "category",
+    "price",
+)
+#: columns of the per-item float array the kernel reads (``RoomRanker._build``)
+ITEM_COLS = ("pop", "pop_log", "pop_recent", "rebuy_rate", "rebuy_interval", "log_price", "price")
+
+if HAVE_NUMBA:
+
+    @_nb.njit(cache=True)
+    def _gather_rows(indptr, indices, data, idx, w, S, o, touched, nt):
+        # accumulate rows idx of a neighbour matrix into S[:, o] (sum), S[:, o + 1] (largest term),
+        # S[:, o + 2] (its source position; -1 untouched); S[:, 6] marks the union, listed in touched
+        for k in range(idx.shape[0]):
+            j = idx[k]
+            wk = w[k]
+            for p in range(indptr[j], indptr[j + 1]):
+                c = indices[p]
+                t = data[p] * wk
+                if S[c, o + 2] < 0:
+                    S[c, o] = t
+                    S[c, o + 1] = t
+                    S[c, o + 2] = k
+                    if S[c, 6] == 0:
+                        S[c, 6] = 1.0
+                        touched[nt] = c
+                        nt += 1
+                else:
+                    S[c, o] += t
+                    if t > S[c, o + 1]:
+                        S[c, o + 1] = t
+                        S[c, o + 2] = k
+        return nt
+
+    @_nb.njit(cache=True)
+    def _scatter(idx, val, U, col, shift):
+        # U[idx[k], col] = val[k] + shift
+        for k in range(idx.shape[0]):
+            U[idx[k], col] = val[k] + shift
+
+    @_nb.njit(cache=True)
+    def _scatter_row(ip, ix, dat, row, U, col, flag_col):
+        # row `row` of a CSR matrix into U[:, col] (and 1 into U[:, flag_col] when flag_col >= 0)
+        for p in range(ip[row], ip[row + 1]):
+            c = ix[p]
+            if col >= 0:
+                U[c, col] = dat[p]
+            if flag_col >= 0:
+                U[c, flag_col] = 1.0
+
+    @_nb.njit(cache=True)
+    def _clear_row(ip, ix, row, U, col):
+        for p in range(ip[row], ip[row + 1]):
+            U[ix[p], col] = 0.0
+
+    @_nb.njit(cache=True)
+    def _clear(idx, U, col):
+        for k in range(idx.shape[0]):
+            U[idx[k], col] = 0.0
+
+    @_nb.njit(cache=True)
+    def _heap_top(vals, items, n, top, hv, hc):
+        # the `top` best (value desc, item asc) of vals[:n] / items[:n] into the heap; returns its size
+        size = 0
+        if top <= 0:
+            return 0
+        for q in range(n):
+            v = vals[q]
+            c = items[q]
+            if size < top:
+                hv[size] = v
+                hc[size] = c
+                _sift_up(hv, hc, size)
+                size += 1
+            elif _worse(hv[0], hc[0], v, c):
+                hv[0] = v
+                hc[0] = c
+                _sift_down(hv, hc, 0, size)
+        return size
+
+    @_nb.njit(cache=True)
+    def _part_tops(S, touched, nt, two, cf_top, content_top, h1v, h1c, h2v, h2c):
+        # over the reached items: each part's max (0 for an item the other matrix reached) and its best
+        # items, value desc then item asc, in the heaps h1 / h2 (written out: no call per item)
+        m1 = 0.0
+        m2 = 0.0
+        n1 = 0
+        n2 = 0
+        for q in range(nt):
+            c = touched[q]
+            v = S[c, 0] if S[c, 2] >= 0 else 0.0
+            if q == 0 or v > m1:
+                m1 = v
+            if cf_top > 0:
+                if n1 < cf_top:
+                    h1v[n1] = v
+                    h1c[n1] = c
+                    _sift_up(h1v, h1c, n1)
+                    n1 += 1
+                elif v > h1v[0] or (v == h1v[0] and c < h1c[0]):
+                    h1v[0] = v
+                    h1c[0] = c
+                    _sift_down(h1v, h1c, 0, n1)
+            if two:
+                v2 = S[c, 3] if S[c, 5] >= 0 else 0.0
+                if q == 0 or v2 > m2:
+                    m2 = v2
+                if content_top > 0:
+                    if n2 < content_top:
+                        h2v[n2] = v2
+                        h2c[n2] = c
+                        _sift_up(h2v, h2c, n2)
+                        n2 += 1
+                    elif v2 > h2v[0] or (v2 == h2v[0] and c < h2c[0]):
+                        h2v[0] = v2
+                        h2c[0] = c
+                        _sift_down(h2v, h2c, 0, n2)
+        return m1, m2, n1, n2
+
+    @_nb.njit(cache=True)
+    def _rank_kernel(
+        ip1,
+        ix1,
+        d1,
+        ip2,
+        ix2,
+        d2,
+        two,
+        h_idx,
+        h_w,
+        c_idx,
+        x_c,
+        x_v,
+        x_s,
+        x_has,
+        t_c,
+        t_v,
+        t_s,
+        t_has,
+        item_f,
+        cat_code,
+        n_cat,
+        has_cat,
+        has_logprice,
+        gpop_order,
+        pop_top,
+        cf_top,
+        content_top,
+        room_top,
+        has_row,
+        row,
+        now_d,
+        user_repeat,
+        u_ip,
+        u_ix,
+        bc_ip,
+        bc_ix,
+        bc_d,
+        bl_ip,
+        bl_ix,
+        bl_d,
+        ca_ip,
+        ca_ix,
+        ca_d,
+        cl_ip,
+        cl_ix,
+        cl_d,
+        tl_ip,
+        tl_ix,
+        tl_d,
+        has_room,
+        rb_i,
+        rb_v,
+        rc_i,
+        rc_v,
+        room_tot,
+        bn_i,
+        bn_v,
+        cn_i,
+        cn_v,
+        sn_i,
+        sn_v,
+        allowed,
+        allowed_mode,
+        excl,
+        filter_seen,
+        excl_purchased,
+        cat_ok,
+        use_cat,
+        lo,
+        hi,
+        use_lo,
+        use_hi,
+        scale,
+        intercept,
+        N,
+        S,
+        U,
+    ):
+        # S: one row (a cache line) per item: cf sum, cf best term, its source, content sum, best term,
+        # source, union mark, candidate position. U: the request's sparse inputs scattered per item (see
+        # rank_scratch). Both are reset before returning; no helper taking arrays is called per item
+        # (numba's reference counting would cost more than the work).
+        n = S.shape[0]
+        nh = h_idx.shape[0]
+        # 1. the history's neighbours (cf and content rows of every source)
+        total = 0
+        for k in range(nh):
+            j = h_idx[k]
+            total += ip1[j + 1] - ip1[j]
+            if two:
+                total += ip2[j + 1] - ip2[j]
+        touched = np.empty(min(total, n), dtype=np.int64)
+        nt = _gather_rows(ip1, ix1, d1, h_idx, h_w, S, 0, touched, 0)
+        if two:
+            nt = _gather_rows(ip2, ix2, d2, h_idx, h_w, S, 3, touched, nt)
+        h1v = np.empty(max(cf_top, 1), dtype=np.float64)
+        h1c = np.empty(max(cf_top, 1), dtype=np.int64)
+        h2v = np.empty(max(content_top, 1), dtype=np.float64)
+        h2c = np.empty(max(content_top, 1), dtype=np.int64)
+        m1, m2, n1, n2 = _part_tops(S, touched, nt, two, cf_top, content_top, h1v, h1c, h2v, h2c)
+        mx = 0.0
+        for q in range(x_v.shape[0]):
+            if q == 0 or x_v[q] > mx:
+                mx = x_v[q]
+        mt = 0.0
+        for q in range(t_v.shape[0]):
+            if q == 0 or t_v[q] > mt:
+                mt = t_v[q]
+        # 2. the request's sparse inputs, scattered into U
+        if has_row:
+            _scatter_row(bc_ip, bc_ix, bc_d, row, U, 0, -1)
+            _scatter_row(bl_ip, bl_ix, bl_d, row, U, 1, -1)
+            _scatter_row(ca_ip, ca_ix, ca_d, row, U, 2, -1)
+            _scatter_row(cl_ip, cl_ix, cl_d, row, U, 3, -1)
+            _scatter_row(tl_ip, tl_ix, tl_d, row, U, 4, 5)
+            if filter_seen:
+                _scatter_row(u_ip, u_ix, u_ix, row, U, -1, 5)
+        ones = np.ones(max(excl.shape[0], 1), dtype=np.float64)
+        _scatter(excl, ones, U, 6, 0.0)
+        if has_room:
+            _scatter(rb_i, rb_v, U, 7, 0.0)
+            _scatter(rc_i, rc_v, U, 8, 0.0)
+            _scatter(bn_i, bn_v, U, 9, 0.0)
+            _scatter(cn_i, cn_v, U, 10, 0.0)
+            _scatter(sn_i, sn_v, U, 11, 0.0)
+        if x_has:
+            _scatter(x_c, x_v, U, 12, 0.0)
+            _scatter(x_c, x_s.astype(np.float64), U, 13, 2.0)  # source + 2: 0 = not reached
+        if t_has:
+            _scatter(t_c, t_v, U, 14, 0.0)
+            _scatter(t_c, t_s.astype(np.float64), U, 15, 2.0)
+        # 3. the candidates: the allowed items, else the pool of every source's best
+        only = allowed_mode == 2
+        if allowed_mode == 1:
+            pool = allowed
+        else:
+            cap = nh + c_idx.shape[0] + min(pop_top, gpop_order.shape[0]) + n1 + n2
+            cap += (x_c.shape[0] if x_has else 0) + (t_c.shape[0] if t_has else 0) + 2 * max(room_top, 0)
+            if only:
+                cap += max(pop_top, 0)
+            pool = np.empty(cap, dtype=np.int64)
+            np_ = 0
+            for q in range(nh):
+                pool[np_] = h_idx[q]
+                np_ += 1
+            for q in range(c_idx.shape[0]):
+                pool[np_] = c_idx[q]
+                np_ += 1
+            for q in range(min(pop_top, gpop_order.shape[0])):
+                pool[np_] = gpop_order[q]
+                np_ += 1
+            for q in range(n1):
+                pool[np_] = h1c[q]
+                np_ += 1
+            for q in range(n2):
+                pool[np_] = h2c[q]
+                np_ += 1
+            hv = np.empty(max(cf_top, content_top, room_top, pop_top, 1), dtype=np.float64)
+            hc = np.empty(hv.shape[0], dtype=np.int64)
+            if x_has:
+                s_ = _heap_top(x_v, x_c, x_c.shape[0], cf_top, hv, hc)
+                pool[np_ : np_ + s_] = hc[:s_]
+                np_ += s_
+            if t_has:
+                s_ = _heap_top(t_v, t_c, t_c.shape[0], content_top, hv, hc)
+                pool[np_ : np_ + s_] = hc[:s_]
+                np_ += s_
+            if has_room:
+                s_ = _heap_top(rb_v, rb_i, rb_i.shape[0], room_top, hv, hc)
+                pool[np_ : np_ + s_] = hc[:s_]
+                np_ += s_
+                s_ = _heap_top(rc_v, rc_i, rc_i.shape[0], room_top, hv, hc)
+                pool[np_ : np_ + s_] = hc[:s_]
+                np_ += s_
+            if only:  # a large showcase: the pool inside it, + its pop_top bestsellers
+                w_ = 0
+                for q in range(np_):
+                    c = pool[q]
+                    a_lo = 0
+                    a_hi = allowed.shape[0]
+                    while a_lo < a_hi:
+                        mid = (a_lo + a_hi) >> 1
+                        if allowed[mid] < c:
+                            a_lo = mid + 1
+                        else:
+                            a_hi = mid
+                    if a_lo < allowed.shape[0] and allowed[a_lo] == c:
+                        pool[w_] = c
+                        w_ += 1
+                np_ = w_
+                gv = np.empty(allowed.shape[0], dtype=np.float64)
+                for q in range(allowed.shape[0]):
+                    gv[q] = item_f[allowed[q], 0]
+                s_ = _heap_top(gv, allowed, allowed.shape[0], pop_top, hv, hc)
+                pool[np_ : np_ + s_] = hc[:s_]
+                np_ += s_
+            pool = pool[:np_]
+        cand = np.empty(pool.shape[0], dtype=np.int64)
+        nc = 0
+        for q in range(pool.shape[0]):
+            c = pool[q]
+            if S[c, 7] < 0:
+                S[c, 7] = nc
+                cand[nc] = c
+                nc += 1
+        # 4. taste of the history: category shares, mean log price
+        share = np.zeros(max(n_cat, 1), dtype=np.float64)
+        do_cat = has_row and has_cat and nh > 0
+        if do_cat:
+            for k in range(nh):
+                share[cat_code[h_idx[k]]] += h_w[k]
+            s_sum = share.sum()
+            if s_sum > 0:
+                for k in range(n_cat):
+                    share[k] = share[k] / s_sum
+        mu = 0.0
+        do_price = False
+        if has_row and has_logprice and nh > 0:
+            sw = 0.0
+            sx = 0.0
+            for k in range(nh):
+                lp = item_f[h_idx[k], 5]
+                if np.isfinite(lp):
+                    sw += h_w[k]
+                    sx += lp * h_w[k]
+                    do_price = True
+            if do_price:
+                mu = sx / sw
+        shown_tot = 0.0
+        for q in range(sn_v.shape[0]):
+            shown_tot += sn_v[q]
+        shown_tot = max(shown_tot, 1.0)
+        # 5. features, score and filters per candidate; the N best passing ones in a heap
+        nf = scale.shape[0]
+        nb8 = 8 * (nf // 8)
+        F = np.zeros((nc, nf), dtype=np.float64)
+        tv = np.empty(max(N, 1), dtype=np.float64)
+        tc = np.empty(max(N, 1), dtype=np.int64)
+        ntop = 0
+        n_keep = 0
+        acc8 = np.zeros(8, dtype=np.float64)
+        for q in range(nc):
+            c = cand[q]
+            keep = True
+            if has_row:
+                cnt = U[c, 0]
+                last = U[c, 1]
+                gap = max(now_d - last, 0.0)
+                F[q, 2] = np.log1p(cnt)
+                if cnt > 0:
+                    rate = item_f[c, 3]
+                    tau = max(item_f[c, 4], 0.5)
+                    x = max(gap, 0.25) / tau
+                    F[q, 0] = 1.0
+                    F[q, 1] = rate * np.log1p(cnt)
+                    F[q, 5] = rate * np.exp(-(np.log(x) ** 2) / (2 * 0.36))
+                    F[q, 6] = 1.0 - rate
+                    fr = max(0.0, 1.0 - x)
+                    F[q, 7] = fr * fr
+                    F[q, 3] = np.exp(-gap / 30.0)
+                    F[q, 4] = user_repeat
+                    if excl_purchased:
+                        keep = False
+                F[q, 8] = np.log1p(U[c, 2])
+                F[q, 9] = np.log1p(U[c, 3])
+                tlast = U[c, 4]
+                if tlast > 0:
+                    F[q, 10] = np.exp(-max(now_d - tlast, 0.0) / 2.0)
+                if do_cat:
+                    F[q, 23] = share[cat_code[c]]
+                if do_price:
+                    lc = item_f[c, 5]
+                    if np.isfinite(lc):
+                        F[q, 24] = np.exp(-abs(lc - mu))
+                if filter_seen and U[c, 5] > 0:
+                    keep = False
+            if nh > 0:
+                b = int(S[c, 2])
+                if b >= 0 and m1 > 0:
+                    F[q, 11] = max(S[c, 0] / m1, 0.0)
+                if two:
+                    b = int(S[c, 5])
+                    if b >= 0 and m2 > 0:
+                        F[q, 12] = max(S[c, 3] / m2, 0.0)
+            if x_has or t_has:
+                xc = 0.0
+                xt = 0.0
+                if x_has and U[c, 13] > 0 and mx > 0:
+                    xc = max(U[c, 12] / mx, 0.0)
+                if t_has and U[c, 15] > 0 and mt > 0:
+                    xt = max(U[c, 14] / mt, 0.0)
+                F[q, 13] = 0.5 * (xc + xt)
+            F[q, 14] = item_f[c, 0]
+            F[q, 15] = item_f[c, 1]
+            F[q, 16] = item_f[c, 2]
+            if has_room:
+                if bn_i.shape[0]:
+                    F[q, 20] = np.log1p(U[c, 9])
+                if cn_i.shape[0]:
+                    F[q, 21] = np.log1p(U[c, 10])
+                if sn_i.shape[0]:
+                    F[q, 22] = U[c, 11] / shown_tot
+                if rb_i.shape[0]:
+                    rb = U[c, 7]
+                    F[q, 17] = np.log1p(rb)
+                    F[q, 18] = rb / max(room_tot, 1.0)
+                if rc_i.shape[0]:
+                    F[q, 19] = np.log1p(U[c, 8])
+            if keep and U[c, 6] > 0:
+                keep = False
+            if keep and use_cat and not cat_ok[cat_code[c]]:
+                keep = False
+            if keep and use_lo and not (item_f[c, 6] >= lo):
+                keep = False
+            if keep and use_hi and not (item_f[c, 6] <= hi):
+                keep = False
+            if not keep:
+                continue
+            n_keep += 1
+            # score = intercept + sum_f scale_f x_f (summed in numpy's pairwise order)
+            acc8[:] = 0.0
+            for k in range(nb8):
+                acc8[k % 8] += F[q, k] * scale[k]
+            s = ((acc8[0] + acc8[1]) + (acc8[2] + acc8[3])) + ((acc8[4] + acc8[5]) + (acc8[6] + acc8[7]))
+            for k in range(nb8, nf):
+                s += F[q, k] * scale[k]
+            s = intercept + s
+            if N > 0:
+                if ntop < N:
+                    tv[ntop] = s
+                    tc[ntop] = c
+                    _sift_up(tv, tc, ntop)
+                    ntop += 1
+                elif s > tv[0] or (s == tv[0] and c < tc[0]):
+                    tv[0] = s
+                    tc[0] = c
+                    _sift_down(tv, tc, 0, ntop)
+        # 6. the N best: item, features, purchase count / last day, the parts' sources
+        top_F = np.empty((ntop, nf), dtype=np.float64)
+        top_meta = np.empty((ntop, 2), dtype=np.float64)
+        top_src = np.full((ntop, 4), -1, dtype=np.int64)
+        for k in range(ntop):
+            c = tc[k]
+            q = int(S[c, 7])
+            top_F[k] = F[q]
+            top_meta[k, 0] = U[c, 0] if has_row else 0.0
+            top_meta[k, 1] = U[c, 1] if has_row else 0.0
+            if nh > 0:
+                b = int(S[c, 2])
+                if b >= 0 and S[c, 1] > 0:
+                    top_src[k, 0] = h_idx[b]
+                b = int(S[c, 5])
+                if two and b >= 0 and S[c, 4] > 0:
+                    top_src[k, 1] = h_idx[b]
+            if x_has and U[c, 13] > 0:
+                top_src[k, 2] = int(U[c, 13]) - 2
+            if t_has and U[c, 15] > 0:
+                top_src[k, 3] = int(U[c, 15]) - 2
+        top_items = tc[:ntop].copy()
+        # 7. reset the scratch for the next request
+        for q in range(nt):
+            c = touched[q]
+            S[c, 2] = -1.0
+            S[c, 5] = -1.0
+            S[c, 6] = 0.0
+        for q in range(nc):
+            S[cand[q], 7] = -1.0
+        if has_row:
+            _clear_row(bc_ip, bc_ix, row, U, 0)
+            _clear_row(bl_ip, bl_ix, row, U, 1)
+            _clear_row(ca_ip, ca_ix, row, U, 2)
+            _clear_row(cl_ip, cl_ix, row, U, 3)
+            _clear_row(tl_ip, tl_ix, row, U, 4)
+            _clear_row(tl_ip, tl_ix, row, U, 5)
+            if filter_seen:
+                _clear_row(u_ip, u_ix, row, U, 5)
+        _clear(excl, U, 6)
+        if has_room:
+            _clear(rb_i, U, 7)
+            _clear(rc_i, U, 8)
+            _clear(bn_i, U, 9)
+            _clear(cn_i, U, 10)
+            _clear(sn_i, U, 11)
+        if x_has:
+            _clear(x_c, U, 12)
+            _clear(x_c, U, 13)
+        if t_has:
+            _clear(t_c, U, 14)
+            _clear(t_c, U, 15)
+        work = np.empty(3, dtype=np.int64)
+        work[0] = total
+        work[1] = nt
+        work[2] = nc
+        return top_items, top_F, top_meta, top_src, n_keep, work
+
+
+_rank_scratch = None
+
+
+def rank_scratch(n: int):
+    """Per-thread catalogue-size scratch of :func:`_rank_kernel` (reset by the kernel after each call):
+    ``S`` (n x 8: the history parts) and ``U`` (n x 16: the viewer's rows, the room, the context parts,
+    exclusions scattered by item), 192 bytes per item and serving thread."""
+    global _rank_scratch
+    if _rank_scratch is None:
+        _rank_scratch = threading.local()
+    sc = getattr(_rank_scratch, "arrays", None)
+    if sc is None or sc[0].shape[0] != n:
+        sc = (_aligned(n, 8), _aligned(n, 16))
+        sc[0][:, 2] = sc[0][:, 5] = sc[0][:, 7] = -1.0
+        _rank_scratch.arrays = sc
+    return sc
+
+
+def _aligned(n: int, cols: int) -> np.ndarray:
+    """Zeros of shape (n, cols) float64 whose rows start on 64-byte (cache-line) boundaries."""
+    buf = np.zeros(n * cols + 8, dtype=np.float64)
+    off = (-buf.ctypes.data % 64) // 8
+    return buf[off : off + n * cols].reshape(n, cols)
+
+
+def rank_kernel(*args):
+    """The served ranker's request in one compiled pass (``shared.reco.ranker.RoomRanker.recommend``):
+    the capped history's neighbours, the candidate pool, the 25 features, the head's linear score, the
+    request's filters and a top-N heap. Returns ``(items, F, meta, src, n_keep, work)`` of the N best
+    passing candidates (unordered); ``work`` = (neighbour entries gathered, items reached, candidates)."""
+    return _rank_kernel(*args)

@@ -52,7 +52,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from ._core import csr_from_arrays, csr_to_arrays, str_array
-from ._kernels import HAVE_NUMBA, pair_scores
+from ._kernels import HAVE_NUMBA, ITEM_COLS, RANK_FEATURES, pair_scores, rank_kernel, rank_scratch, user_scores
 from .event_types import ADD_TO_CART, POSITIVE_TYPES, PRODUCT_CLICK, PURCHASE, RANKER_ROOM_TYPES, ROOM_RECENT_KEYS
 from .hybrid import HybridRecommender
 from .interactions import _codes, build_user_items
@@ -135,6 +135,14 @@ PRIOR_WEIGHTS = {
     "price": 0.1,
 }
 _F = {f: k for k, f in enumerate(FEATURES)}
+assert FEATURES == RANK_FEATURES  # the request kernel writes the features in this order
+_NO_FILTERS = {
+    "filter_seen": False,
+    "exclude_purchased": False,
+    "exclude_items": None,
+    "category": None,
+    "price_range": None,
+}
 HEADS = ("room", "catalogue", "room_new", "catalogue_new")
 _GROUP_MATRIX = np.zeros((len(FEATURES), len(GROUPS)))
 for _f, _g in FEATURE_GROUP.items():
@@ -159,6 +167,22 @@ def _at(idx: np.ndarray, val: np.ndarray, c: np.ndarray) -> np.ndarray:
         hit = idx[p] == c
         out[hit] = val[p[hit]]
     return out
+
+
+def _best(v: np.ndarray, top: int) -> np.ndarray:
+    """Positions of the ``top`` largest values of ``v`` (ties: the earlier position), ascending: the
+    deterministic rule the request kernel applies (value desc, item index asc on sorted items). O(n)."""
+    n = v.size
+    if top <= 0:
+        return np.empty(0, dtype=np.int64)
+    if n <= top:
+        return np.arange(n)
+    kth = np.partition(v, n - top)[n - top]
+    sel = v > kth
+    need = top - int(np.count_nonzero(sel))
+    if need > 0:
+        sel[np.flatnonzero(v == kth)[:need]] = True
+    return np.flatnonzero(sel)
 
 
 def _lookup(ptr: np.ndarray, ind: np.ndarray, dat: np.ndarray, r: int, c: np.ndarray) -> np.ndarray:
@@ -368,6 +392,27 @@ class RoomRanker:
         rep = occ - np.diff(C.indptr)
         g = float(rep.sum() / occ.sum()) if occ.sum() else 0.0
         self._user_repeat = (rep + 3.0 * g) / (occ + 3.0)
+        # the request kernel's inputs (derived, not serialised): one float array per item, category codes
+        n = self.n_items_
+        nan = np.full(n, np.nan)
+        cols = {
+            "pop": self._gpop,
+            "pop_log": self._poplog,
+            "pop_recent": self._poprecent,
+            "rebuy_rate": np.asarray(self.repeat_.rate, dtype=np.float64),
+            "rebuy_interval": np.asarray(self.repeat_.interval, dtype=np.float64),
+            "log_price": nan if self._logprice is None else np.asarray(self._logprice, dtype=np.float64),
+            "price": nan if b.price_ is None else np.asarray(b.price_, dtype=np.float64),
+        }
+        self._item_f = np.ascontiguousarray(np.column_stack([cols[c] for c in ITEM_COLS]), dtype=np.float64)
+        self._cat_of = (
+            {str(c_): k for k, c_ in enumerate(np.unique(np.asarray(cat).astype(str)).tolist())}
+            if cat is not None
+            else {}
+        )
+        self._cat_code_k = self._cat_code if self._cat_code is not None else np.zeros(n, dtype=np.int64)
+        self._e_i = np.empty(0, dtype=np.int64)
+        self._e_f = np.empty(0, dtype=np.float64)
         self.set_heads(self.heads, self.ranker_info)
 
     def set_heads(self, heads: Mapping[str, Mapping], info=None):
@@ -406,7 +451,7 @@ class RoomRanker:
         a0, a1 = ip[row], ip[row + 1]
         h_idx, h_w = ix[a0:a1].astype(np.int64), dx[a0:a1].astype(np.float64)
         if h_idx.size > self.max_history:
-            keep = np.sort(np.argsort(-h_w, kind="stable")[: self.max_history])
+            keep = _best(h_w, self.max_history)
             h_idx, h_w = h_idx[keep], h_w[keep]
         pos = h_w > 0
         return h_idx[pos], h_w[pos]
@@ -562,21 +607,18 @@ class RoomRanker:
             if name in parts:
                 cc, sc = parts[name][0], np.asarray(parts[name][1])
                 if cc.size > top:
-                    cc = cc[np.argpartition(-sc, top - 1)[:top]]
+                    cc = cc[_best(sc, top)]
                 pieces.append(np.asarray(cc, dtype=np.int64))
         if rv is not None:
             for idx, val in rv[:2]:
                 pieces.append(
-                    idx[np.argpartition(-val, self.room_top - 1)[: self.room_top]] if idx.size > self.room_top else idx
+                    idx[_best(np.asarray(val, dtype=np.float64), self.room_top)] if idx.size > self.room_top else idx
                 )
         cand = np.unique(np.concatenate(pieces))
         if allowed_idx is not None:  # a showcase larger than max_allowed
             al = np.asarray(allowed_idx, dtype=np.int64)  # sorted, unique (the allowed_idx contract)
             inside = cand[al[np.minimum(np.searchsorted(al, cand), al.size - 1)] == cand]
-            g = -self._gpop[al]
-            best = (
-                np.argpartition(g, self.pop_top - 1)[: self.pop_top] if al.size > self.pop_top else np.arange(al.size)
-            )
+            best = _best(self._gpop[al], self.pop_top) if al.size > self.pop_top else np.arange(al.size)
             cand = np.union1d(inside, al[best])
         return cand
 
@@ -705,12 +747,6 @@ class RoomRanker:
             filter_seen = True
         if allowed_items is not None:
             allowed_idx = np.unique(self.base._item_idx_fast(list(allowed_items)))
-        cand, F, info = self.candidates_and_features(
-            user_id, stream_id=stream_id, context_items=context_items, allowed_idx=allowed_idx, room=room, now=now
-        )
-        strategy = info.get("strategy", "global")
-        if cand.size == 0 or N <= 0:
-            return {"strategy": strategy, "items": []}
         filters = dict(
             filter_seen=filter_seen,
             exclude_purchased=exclude_purchased,
@@ -718,6 +754,22 @@ class RoomRanker:
             category=category,
             price_range=price_range,
         )
+        if self.use_kernel and self.kernel_ready():
+            out = self._recommend_kernel(user_id, N, stream_id, context_items, allowed_idx, room, now, filters)
+            if out is not None:
+                return out
+        return self._recommend_reference(user_id, N, stream_id, context_items, allowed_idx, room, now, filters)
+
+    def _recommend_reference(self, user_id, N, stream_id, context_items, allowed_idx, room, now, filters):
+        """``recommend`` in numpy over ``candidates_and_features`` (the features training reads): the
+        reference the kernel path is tested against, and the path without numba / with a dense B."""
+        filter_seen = filters["filter_seen"]
+        cand, F, info = self.candidates_and_features(
+            user_id, stream_id=stream_id, context_items=context_items, allowed_idx=allowed_idx, room=room, now=now
+        )
+        strategy = info.get("strategy", "global")
+        if cand.size == 0 or N <= 0:
+            return {"strategy": strategy, "items": []}
         keep = self._keep(cand, info, **filters)
         if allowed_idx is None and keep.sum() < N:  # a narrow filter: widen with the popularity order
             extra = self._gpop_order[~np.isin(self._gpop_order, cand)][: max(4 * N, 200)]
@@ -734,6 +786,218 @@ class RoomRanker:
                 info["head"] = head  # still the request's question (catalogue / room)
                 keep = self._keep(cand, info, **filters)
         return self._top(cand, F, info, keep, N, new_only=filter_seen)
+
+    # ------------------------------------------------------------ the request kernel
+    use_kernel = True  # False: every request on the numpy reference path (tests, benches' anchor)
+
+    def kernel_usable(self) -> bool:
+        """The compiled request path applies: numba, and sparse neighbour matrices (a dense EASE ``B``
+        is scored by the reference path)."""
+        b = self.base
+        cm, tm = b.cf_model_, b.content_model_
+        return (
+            HAVE_NUMBA
+            and cm.B_ is None
+            and cm.W_ is not None
+            and (tm is None or (tm.B_ is None and tm.W_ is not None and tm.W_.shape == cm.W_.shape))
+        )
+
+    def kernel_ready(self) -> bool:
+        """True once the request kernel is compiled (or loaded from numba's cache) for this model's
+        array types. Until then requests take the reference path and one background thread compiles it
+        (a cold instance answers at once; ``warm_kernel()`` compiles synchronously)."""
+        ready = getattr(self, "_kernel_state", None)
+        if ready is True:
+            return True
+        if ready is None and self.kernel_usable():
+            import threading
+
+            self._kernel_state = "compiling"
+            threading.Thread(target=self.warm_kernel, name="rank-kernel-compile", daemon=True).start()
+        return False
+
+    def warm_kernel(self) -> bool:
+        """Compile / load the request kernel for this model's types now (a request without user: the
+        same signature as every request). False when the kernel path does not apply."""
+        if not self.kernel_usable():
+            self._kernel_state = False
+            return False
+        self._recommend_kernel(None, 1, None, None, None, None, None, _NO_FILTERS)
+        self._kernel_state = True
+        return True
+
+    def _recommend_kernel(self, user_id, N, stream_id, context_items, allowed_idx, room, now, filters):
+        """``recommend`` through ``shared.reco._kernels.rank_kernel``: the same candidates, features,
+        score, filters and top-N as the reference path; Python builds only the N answers' parts and
+        reasons. ``None``: the reference path must answer (a narrow filter that widens the pool)."""
+        b = self.base
+        now_d = max(_now_days(now, self.reference_day), 0.0)
+        row = self._user_row(user_id)
+        e_i, e_f = self._e_i, self._e_f
+        h_idx, h_w = self._history(row) if row is not None else (e_i, e_f)
+        h_w = np.asarray(h_w, dtype=np.float64)
+        c_idx = b._item_idx_fast(context_items) if context_items else e_i
+        rv = self._room_vectors(stream_id, room)
+        cm, tm = b.cf_model_, b.content_model_
+        n = self.n_items_
+        # the context items' parts: their own normalisation (few sources: one small kernel call each)
+        x_c = x_s = t_c = t_s = e_i
+        x_v = t_v = e_f
+        if c_idx.size:
+            ones = np.ones(c_idx.size)
+            x_c, x_v, x_s, _ = user_scores(cm.W_, c_idx, ones)
+            if tm is not None:
+                t_c, t_v, t_s, _ = user_scores(tm.W_, c_idx, ones)
+        if allowed_idx is None:
+            allowed, mode = e_i, 0
+        else:
+            allowed = np.asarray(allowed_idx, dtype=np.int64)
+            if allowed.size and (allowed.min() < 0 or allowed.max() >= n):
+                raise IndexError("allowed item position out of range")
+            if allowed.size <= self.max_allowed:
+                mode = 1
+            else:
+                mode = 2
+                allowed = np.unique(allowed)
+        head = "room" if (stream_id is not None or allowed_idx is not None or room is not None) else "catalogue"
+        filter_seen = bool(filters["filter_seen"])
+        hd = head + ("_new" if filter_seen else "")
+        scale, intercept = self._scale[hd]
+        excl = e_i
+        if filters["exclude_items"] is not None:
+            excl = np.unique(b._item_idx_fast(list(filters["exclude_items"])))
+        category = filters["category"]
+        use_cat = category is not None and b.category_ is not None
+        cat_ok = np.zeros(max(self._n_cat, 1), dtype=np.bool_)
+        if use_cat:
+            for c_ in [category] if isinstance(category, str) else list(category):
+                k_ = self._cat_of.get(str(c_))
+                if k_ is not None:
+                    cat_ok[k_] = True
+        pr = filters["price_range"]
+        lo, hi = pr if pr is not None and b.price_ is not None else (None, None)
+        has_room = rv is not None
+        if has_room:
+            (rb_i, rb_v), (rc_i, rc_v), tot, ((bn_i, bn_v), (cn_i, cn_v), (sn_i, sn_v)) = rv
+        else:
+            rb_i = rc_i = bn_i = cn_i = sn_i = e_i
+            rb_v = rc_v = bn_v = cn_v = sn_v = e_f
+            tot = 0.0
+        r_ = -1 if row is None else int(row)
+        ui, bc, bl, ca, cl, tl = b._ui, self.buy_count_, self.buy_last_, self.cart_, self.click_, self.touch_last_
+        two = tm is not None
+        W2 = tm.W_ if two else cm.W_
+        items, Ft, meta, src, n_keep, work = rank_kernel(
+            cm.W_.indptr,
+            cm.W_.indices,
+            cm.W_.data,
+            W2.indptr,
+            W2.indices,
+            W2.data,
+            two,
+            np.asarray(h_idx, dtype=np.int64),
+            h_w,
+            np.asarray(c_idx, dtype=np.int64),
+            x_c,
+            x_v,
+            x_s,
+            bool(c_idx.size),
+            t_c,
+            t_v,
+            t_s,
+            bool(c_idx.size and two),
+            self._item_f,
+            self._cat_code_k,
+            int(self._n_cat),
+            self._cat_code is not None,
+            self._logprice is not None,
+            self._gpop_order,
+            int(self.pop_top),
+            int(self.cf_top),
+            int(self.content_top),
+            int(self.room_top),
+            row is not None,
+            r_,
+            float(now_d),
+            float(self._user_repeat[row]) if row is not None else 0.0,
+            ui[0],
+            ui[1],
+            bc.indptr,
+            bc.indices,
+            bc.data,
+            bl.indptr,
+            bl.indices,
+            bl.data,
+            ca.indptr,
+            ca.indices,
+            ca.data,
+            cl.indptr,
+            cl.indices,
+            cl.data,
+            tl.indptr,
+            tl.indices,
+            tl.data,
+            has_room,
+            np.asarray(rb_i, dtype=np.int64),
+            np.asarray(rb_v, dtype=np.float64),
+            np.asarray(rc_i, dtype=np.int64),
+            np.asarray(rc_v, dtype=np.float64),
+            float(tot),
+            np.asarray(bn_i, dtype=np.int64),
+            np.asarray(bn_v, dtype=np.float64),
+            np.asarray(cn_i, dtype=np.int64),
+            np.asarray(cn_v, dtype=np.float64),
+            np.asarray(sn_i, dtype=np.int64),
+            np.asarray(sn_v, dtype=np.float64),
+            allowed,
+            mode,
+            excl,
+            filter_seen,
+            bool(filters["exclude_purchased"]),
+            cat_ok,
+            use_cat,
+            float(lo) if lo is not None else 0.0,
+            float(hi) if hi is not None else 0.0,
+            lo is not None,
+            hi is not None,
+            scale,
+            float(intercept),
+            max(int(N), 0),
+            *rank_scratch(n),
+        )
+        self.last_work = work
+        strategy = (
+            "personal"
+            if h_idx.size
+            else "context"
+            if c_idx.size
+            else "stream"
+            if rv is not None and (rv[0][0].size or rv[1][0].size)
+            else "global"
+        )
+        if int(work[2]) == 0:  # no candidate (as the reference: no strategy decided)
+            return {"strategy": "global", "items": []}
+        if N <= 0:
+            return {"strategy": strategy, "items": []}
+        if allowed_idx is None and n_keep < N:  # a narrow filter: the reference widens the pool
+            return None
+        info: dict[str, Any] = {
+            "now_day": now_d,
+            "stream_id": stream_id,
+            "head": head,
+            "strategy": strategy,
+            "row": row,
+            "buy_count": meta[:, 0],
+            "buy_last": meta[:, 1],
+            "cf_src": src[:, 0],
+            "content_src": src[:, 1] if two else None,
+            "ctx_src": src[:, 2] if c_idx.size else None,
+            "ctx_src2": src[:, 3] if c_idx.size and two else None,
+            "hist_idx": h_idx,
+        }
+        if not h_idx.size:
+            info["cf_src"] = info["content_src"] = None
+        return self._top(items, Ft, info, np.ones(items.size, dtype=bool), N, new_only=filter_seen)
 
     def _keep(
         self,

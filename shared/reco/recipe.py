@@ -57,6 +57,7 @@ DEFAULT_RECIPE: dict[str, Any] = {
     "later_weight": 0.0,
     "half_life_days": 30.0,
     "target": "purchase",
+    "max_history": None,  # the viewer's strongest history items scored per request; None: DAIHUO_RECOMMEND_MAX_HISTORY
 }
 
 
@@ -328,7 +329,18 @@ def fit_recipe(
         from .hybrid import HybridRecommender
 
         content = HybridRecommender(**p["base"]).fit_content(item_ids, items)
-    kw = dict(base_params=p["base"], item_ids=item_ids, content=content, half_life_days=p["half_life_days"])
+    cap = p.get("max_history")
+    if cap is None:
+        from shared.settings import settings
+
+        cap = settings().recommend_max_history
+    kw = dict(
+        base_params=p["base"],
+        item_ids=item_ids,
+        content=content,
+        half_life_days=p["half_life_days"],
+        max_history=int(cap),
+    )
     tgt_ts = events.loc[(events["type"] == p["target"]) & events["item_id"].notna(), "ts"]
     off = list(p.get("features_off") or [])
     heads = {h: {"weights": {f: (0.0 if f in off else v) for f, v in PRIOR_WEIGHTS.items()}} for h in HEADS}

@@ -78,7 +78,11 @@ class Loaded:
         return out
 
 
-def _prepare(served: Served) -> Loaded:
+def _prepare(served: Served, warm: bool = False) -> Loaded:
+    if hasattr(served.model, "warm_kernel"):  # RoomRanker: the serving cap on history, its compiled path
+        served.model.max_history = int(settings().recommend_max_history)
+        if warm:  # a refresh (the loader thread): compile / load the kernel before the swap
+            served.model.warm_kernel()
     ids = served.model.item_ids_
     rooms = getattr(served.model, "room_stream_ids_", None)
     return Loaded(
@@ -213,7 +217,7 @@ class ModelHolder:
             return False
         t0 = time.perf_counter()
         try:
-            loaded = _prepare(self.registry.load(version, gen))
+            loaded = _prepare(self.registry.load(version, gen), warm=self.current is not None)
         except Exception as exc:
             err = f"{type(exc).__name__}: {exc}"
             self._failed[version] = err
