@@ -12,7 +12,12 @@
 4. asks recommend for a few viewers and prints the answers with their reasons;
 5. prints the streams' headline KPIs from the analytics function, the live totals beside them (they
    must agree: the demo fails otherwise) and where the dashboard is;
-6. shuts down (``--stay`` keeps it up).
+6. an A/B test of recommendations (``--experiment-viewers``, 0 skips it): ``models/EXPERIMENT.json``
+   splits viewers between the serving model and the stream's bestsellers, simulated viewers
+   (``devtools.rec_sim``) ask recommend, see the lists and react (impressions, clicks, purchases with
+   the answer's ``rec_id``) through ingest; after the next clean run it prints the arms from
+   ``/api/experiments`` with their intervals (docs/experiments.md);
+7. shuts down (``--stay`` keeps it up).
 
 Any failed step exits non-zero with the reason.
 """
@@ -214,6 +219,8 @@ def run(args) -> int:
         if live is not None:
             live.compare_with_batch(streams)
         _print_alerts(stack.url("analytics"), operator)
+        if args.experiment_viewers > 0 and serving is not None:
+            _run_experiment(stack, store, sim, serving, args, operator)
         step("the model serving now (models/LATEST.json)")
         _print_versions(store)
         now_serving = _print_serving(store, "serving at the end")
@@ -475,6 +482,81 @@ def _print_alerts(base: str, headers: dict) -> None:
         print(f"   {a['time']}  {a['rule']:18s} {a['subject'][:28]:28s} {a['message'][:90]}")
 
 
+def _run_experiment(stack, store, sim, version: str, args, operator: dict) -> None:
+    """An A/B test on simulated traffic: the serving model (pinned) vs the stream's bestsellers."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from devtools.rec_sim import RecTraffic
+    from shared import layout
+
+    name = "demo-ranker-vs-popular"
+    step(f"an A/B test: the model {version} vs the stream's bestsellers, viewers split by a hash (docs/experiments.md)")
+    cfg = {
+        "experiment": name,
+        "arms": [
+            {"name": "control", "weight": 0.5, "recipe": "popular"},
+            {"name": "ranker", "weight": 0.5, "recipe": "model", "version": version},
+        ],
+    }
+    store.put(layout.EXPERIMENT, json.dumps(cfg).encode(), content_type="application/json")
+    print(f"   {layout.EXPERIMENT}: {json.dumps(cfg)}")
+    traffic = RecTraffic(sim, seed=args.seed)
+    reqs = traffic.requests(args.experiment_viewers)
+    url = stack.url("recommend")
+
+    def ask(q):
+        user, stream = q
+        auth = {"Authorization": "Bearer " + stack.viewer_token(user)}
+        r = _get(url, {"user_id": user, "stream_id": stream, "k": 8}, auth)
+        return r.json() if r is not None else None
+
+    wait(lambda: (ask(reqs[0]) or {}).get("experiment"), 60, "recommend to read the experiment config")
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(ask, reqs))
+    if any(a is None for a in answers):
+        raise DemoFailed("demo failed: recommend did not answer every viewer of the experiment")
+    events, _ = traffic.react(reqs, answers)
+    n_imp = sum(e["type"] == "rec_impression" for e in events)
+    print(f"   {len(answers)} answers, {n_imp} items shown, {len(events) - n_imp} clicks / carts / purchases")
+    by_plat: dict[str, list] = {}
+    for e in events:
+        by_plat.setdefault(e["platform"], []).append(e)
+    with requests.Session() as s:
+        for plat, rows in by_plat.items():
+            for i in range(0, len(rows), 500):
+                for res in simulator._post_batch(
+                    s, stack.url("ingest"), plat, stack.secrets[plat], rows[i : i + 500], "ndjson", 30.0, 5, 10.0
+                ):
+                    if res.get("status") != 200 or res.get("rejected"):
+                        raise DemoFailed(f"demo failed: ingest refused experiment events: {res}")
+    base = stack.url("analytics")
+
+    def measured():
+        r = requests.get(base + "api/experiments", headers=operator, timeout=30)
+        for e in r.json().get("experiments", []) if r.status_code == 200 else []:
+            if e["experiment"] == name and sum(a["impressions"] for a in e["arms"]) >= n_imp:
+                return e
+        return None
+
+    e = wait(measured, args.timeout, "archive and clean to attribute the experiment's events")
+    print()
+    print(f"   {'arm':8s} {'viewers':>7s} {'shown':>6s} {'CTR [95% CI]':>24s} {'conversion':>24s} {'GMV/shown ¥':>22s}")
+    for a in e["arms"]:
+        ci = lambda m, f: f"{f.format(a[m])} [{f.format(a[m + '_lo'])}, {f.format(a[m + '_hi'])}]"  # noqa: B023
+        print(
+            f"   {a['arm']:8s} {a['viewers']:7d} {a['impressions']:6d} {ci('ctr', '{:.2%}'):>24s} "
+            f"{ci('conversion_rate', '{:.2%}'):>24s} {ci('gmv_per_impression', '{:.2f}'):>22s}"
+        )
+        if not a["is_control"]:
+            for m, f in (("ctr", "{:+.2%}"), ("conversion_rate", "{:+.2%}"), ("gmv_per_impression", "{:+.2f}")):
+                verdict = "the interval excludes 0" if a[m + "_significant"] else "not significant"
+                print(
+                    f"     {m} vs control: {f.format(a[m + '_diff'])} [{f.format(a[m + '_diff_lo'])}, "
+                    f"{f.format(a[m + '_diff_hi'])}]: {verdict}"
+                )
+    print("   (the experiment's purchases are real ones of the streams: the stream KPIs above predate them)")
+
+
 def _save_dashboard(base: str, stream_ids: list[str], headers: dict | None = None) -> str:
     """Fetch the dashboard pages (server-rendered HTML with inline SVG charts) into var/demo/dashboard."""
     import re
@@ -484,6 +566,7 @@ def _save_dashboard(base: str, stream_ids: list[str], headers: dict | None = Non
     (out / "streams").mkdir(parents=True, exist_ok=True)
     pages = {"index.html": "", "quality.html": "quality", "models.html": "models", "live.html": "live"}
     pages["alerts.html"] = "alerts"
+    pages["experiments.html"] = "experiments"
     pages.update({f"streams/{sid}.html": f"streams/{sid}" for sid in stream_ids})
     for name, path in pages.items():
         r = requests.get(base + path, headers=headers, timeout=60)
@@ -498,6 +581,7 @@ def _save_dashboard(base: str, stream_ids: list[str], headers: dict | None = Non
         )
         html = html.replace('href="/"', f'href="{depth}index.html"').replace('href="/live"', f'href="{depth}live.html"')
         html = html.replace('href="/alerts"', f'href="{depth}alerts.html"')
+        html = html.replace('href="/experiments"', f'href="{depth}experiments.html"')
         # a room's live page polls the analytics function: its links go to the running stack
         html = re.sub(r'href="/live/([^"/?#]+)"', lambda m: f'href="{base}live/{m.group(1)}"', html)
         (out / name).write_text(html, encoding="utf-8")
@@ -607,6 +691,12 @@ def main(argv=None) -> int:
         "the simulator's evening then (rows older than DAIHUO_LATE_AFTER_S arrive late)",
     )
     ap.add_argument("--live-every", type=float, default=3.0, help="seconds between two prints of the live numbers")
+    ap.add_argument(
+        "--experiment-viewers",
+        type=int,
+        default=1500,
+        help="answers of the A/B test (the model vs the stream's bestsellers) at the end; 0 skips it",
+    )
     ap.add_argument("--stay", action="store_true", help="keep the stack up at the end")
     return run(ap.parse_args(argv))
 
