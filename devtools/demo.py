@@ -555,6 +555,10 @@ def _run_experiment(stack, store, sim, version: str, args, operator: dict) -> No
                     f"{f.format(a[m + '_diff_hi'])}]: {verdict}"
                 )
     print("   (the experiment's purchases are real ones of the streams: the stream KPIs above predate them)")
+    from shared.layout import load_manifest
+
+    manifest = load_manifest(store)[0]  # its clean run triggered train too: the summary below waits for it
+    wait(lambda: _trained_on(store, manifest), args.timeout, "train on the experiment's clean run")
 
 
 def _save_dashboard(base: str, stream_ids: list[str], headers: dict | None = None) -> str:
