@@ -161,6 +161,14 @@ def run(args) -> int:
             f"duplicates dropped {tot('duplicates_in_run') + tot('duplicates_seen_before')}, "
             f"late {tot('late')}, clock-skew corrected {tot('ts_corrected')}"
         )
+        skew = [m for m in sim.truth.fault_log.values() if m["kind"] == "skew"]
+        late_faults = sum(1 for m in sim.truth.fault_log.values() if m["kind"] == "late")
+        print(
+            f"   the simulator injected {len(skew)} device-clock faults ({sum(m['skew_s'] < 0 for m in skew)} behind, "
+            f"{sum(m['skew_s'] > 0 for m in skew)} ahead: behind by more than DAIHUO_LATE_AFTER_S -> late, ahead by "
+            f"more than DAIHUO_MAX_FUTURE_S -> corrected; smaller offsets pass unflagged) and {late_faults} rows "
+            "delivered hours late"
+        )
         dropped: dict[str, int] = {}
         for r in reports:
             for k, v in (r.get("dropped_by_reason") or {}).items():

@@ -503,3 +503,12 @@ def test_no_token_configured_refuses_everything_and_iam_mode_trusts_cloud_run(bu
         .status
         == 401
     )
+
+
+def test_quality_page_when_clean_dropped_nothing(tmp_path):
+    """A clean feed (or one whose bad rows ingest already refused): no empty chart, a sentence instead."""
+    built = build_pipeline_store(tmp_path / "store", seed=5, n_streams=2, n_users=80, n_items=30, runs=1, faults=None)
+    a = App(lambda: built.store, check_every_s=0)
+    assert get(a, "/api/quality").json["clean_by_reason"] == {}
+    html = get(a, "/quality").payload.decode()
+    assert 'id="no-clean-drops"' in html and 'data-chart="dropped"' not in html and "table" in html

@@ -165,7 +165,7 @@ def quality_page(snap, root: str = "") -> str:
     """Rows refused per reason at ingest (quarantine/ingest/) beside clean's drops, then the clean runs."""
     q = queries.quality(snap)
     c = {}
-    if q["runs"]:
+    if any(r.get("dropped_by_reason") for r in q["runs"]):
         c["dropped"] = charts.render_svg(
             charts.quality_chart(q["runs"], q["reasons"]), name="dropped", label="rows dropped per reason per run"
         )
