@@ -239,7 +239,7 @@ def test_the_api_and_the_page_show_the_experiments(ab):
     page = app.handle("GET", "/experiments")
     assert page.status == 200
     html = page.body.decode()
-    assert "ranker-vs-popular" in html and "ranker" in html and "[95% CI]" in html
+    assert "ranker-vs-popular" in html and "ranker − control [95% CI]" in html and "<svg" in html
     # the viewer-level table is never served
     assert "rec_viewer" not in ans.body.decode() and "u-0" not in ans.body.decode()
 
