@@ -8,13 +8,20 @@ Synthetic events (numpy, seeded): Zipf item popularity, taste clusters, 30 days,
 showcase, types click : cart : purchase = 8 : 2 : 1 with repeat buyers.  Latency is measured for viewers
 whose history is at least ``--history`` (default 200) items: we add such heavy viewers.
 
-Anchors printed beside: the v1 ``HybridRecommender`` fit and ``recommend`` on the same events (what the
-recipe builds on), and the load average.
+Anchors printed beside, in the same run: the numpy reference path of ``RoomRanker.recommend`` with the
+old history cap of 200 (what served before the compiled path), the bare request kernel, `implicit`'s
+``ItemItemRecommender.recommend`` on the same cf neighbours (dot-product scoring of the whole history, no
+features / filters / reasons), the v1 ``HybridRecommender`` fit and ``recommend`` on the same events, the
+load average; latency as wall and this thread's CPU time.
+
+    python bench/bench_ranker.py --save /tmp/w50k            # fit once, keep the model
+    python bench/bench_ranker.py --load /tmp/w50k            # latency only
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -84,15 +91,30 @@ def generate(n_users: int, n_items: int, n_events: int, history: int, heavy: int
     return ev.sort_values("ts", kind="stable").reset_index(drop=True), cat
 
 
-def latency(fn, users, reps: int = 1):
-    out = []
+def latency(fn, users, reps: int = 1) -> dict:
+    """Per call: wall and this thread's CPU time (other processes on the 2 shared cores count little in
+    the latter), median / p99 in µs over ``reps`` passes over ``users``."""
+    wall, cpu = [], []
     for _ in range(reps):
         for u in users:
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.thread_time()
             fn(u)
-            out.append(time.perf_counter() - t)
-    a = np.array(out) * 1e6
-    return float(np.median(a)), float(np.percentile(a, 99))
+            cpu.append(time.thread_time() - c)
+            wall.append(time.perf_counter() - t)
+    w, c = np.array(wall) * 1e6, np.array(cpu) * 1e6
+    return {"med": float(np.median(w)), "p99": float(np.percentile(w, 99)), "cpu": float(np.median(c)), "n": w.size}
+
+
+def fmt(r: dict) -> str:
+    return f"median {r['med']:6.0f} µs  p99 {r['p99']:6.0f} µs  (CPU median {r['cpu']:5.0f} µs, {r['n']} calls)"
+
+
+def load_model(path: str):
+    from shared.reco.ranker import RoomRanker
+
+    with np.load(path + ".npz", allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
+    return RoomRanker.from_arrays(arrays, json.loads(Path(path + ".json").read_text()))
 
 
 def main(argv=None) -> int:
@@ -102,40 +124,99 @@ def main(argv=None) -> int:
     ap.add_argument("--events", type=int, default=10_000_000)
     ap.add_argument("--history", type=int, default=200)
     ap.add_argument("--heavy", type=int, default=300, help="viewers with --history items each (latency sample)")
+    ap.add_argument("--reps", type=int, default=5, help="passes over the latency sample")
     ap.add_argument("--no-anchor", action="store_true", help="skip the v1 hybrid fit anchor")
+    ap.add_argument("--save", help="write the fitted model to PATH.npz + PATH.json (reuse with --load)")
+    ap.add_argument("--load", help="serve a model written by --save (no data, no fit)")
     a = ap.parse_args(argv)
-    t = time.perf_counter()
-    ev, cat = generate(a.users, a.items, a.events, a.history, a.heavy)
-    log(f"generated {len(ev):,} events, {a.items:,} items in {time.perf_counter() - t:.1f}s")
-    ref = ev["ts"].max()
     load0 = os.getloadavg()
-    t = time.perf_counter()
-    m = fit_recipe(ev, cat, ref, progress=log)
-    fit_s = time.perf_counter() - t
-    anchor_fit = None
+    cpu0 = time.process_time()
+    fit_s = anchor_fit = None
     h = None
-    if not a.no_anchor:
+    if a.load:
+        from shared.settings import settings
+
+        m = load_model(a.load)
+        m.max_history = settings().recommend_max_history  # as the recommend service serves it
+        print(f"model: {a.load} ({m.n_items_:,} items, {len(m.user_ids_):,} users)")
+    else:
         t = time.perf_counter()
-        h = HybridRecommender(**DEFAULT_RECIPE["base"]).fit_events(ev, cat, reference_time=ref)
-        anchor_fit = time.perf_counter() - t
+        ev, cat = generate(a.users, a.items, a.events, a.history, a.heavy)
+        log(f"generated {len(ev):,} events, {a.items:,} items in {time.perf_counter() - t:.1f}s")
+        ref = ev["ts"].max()
+        t = time.perf_counter()
+        m = fit_recipe(ev, cat, ref, progress=log)
+        fit_s = time.perf_counter() - t
+        if not a.no_anchor:
+            t = time.perf_counter()
+            h = HybridRecommender(**DEFAULT_RECIPE["base"]).fit_events(ev, cat, reference_time=ref)
+            anchor_fit = time.perf_counter() - t
+        print(f"data: {len(ev):,} events, {a.items:,} items, {a.users:,} users")
+        print(f"fit_recipe (whole train recipe: state twice + label queries + ranker): {fit_s:7.1f} s")
+        if anchor_fit is not None:
+            print(f"  anchor: v1 HybridRecommender.fit_events on the same events:          {anchor_fit:7.1f} s")
+        if a.save:
+            np.savez(a.save + ".npz", **m.to_arrays())
+            Path(a.save + ".json").write_text(json.dumps(m.meta))
+        del ev
+    t = time.perf_counter()
+    compiled = m.warm_kernel()
+    print(f"request kernel: {'compiled / loaded' if compiled else 'not applicable'} in {time.perf_counter() - t:.2f}s")
+    cap = m.max_history
     heavy = [f"u{u}" for u in range(a.heavy)]
-    m.recommend(heavy[0], 10)  # compile / warm
-    med, p99 = latency(lambda u: m.recommend(u, 10), heavy, 3)
-    smed, sp99 = latency(lambda u: m.recommend(u, 10, stream_id="s7"), heavy, 1)
     hist = np.diff(m.base.user_items_.indptr)[m.base._user_index.get_indexer(heavy)]
+    print(f"latency viewers: {len(heavy)}, history median {int(np.median(hist))} items, history cap {cap}")
+    m.recommend(heavy[0], 10)
+    stream = str(m.room_stream_ids_[min(7, len(m.room_stream_ids_) - 1)]) if len(m.room_stream_ids_) else None
+    rows = {}
+    for name, kw in (("catalogue", {}), ("with stream", {"stream_id": stream})):
+        m.use_kernel = True
+        rows["kernel " + name] = latency(lambda u, kw=kw: m.recommend(u, 10, **kw), heavy, a.reps)
+        m.use_kernel = False  # the anchor: the numpy path over candidates_and_features (before: cap 200)
+        m.max_history = 200
+        rows["reference " + name] = latency(lambda u, kw=kw: m.recommend(u, 10, **kw), heavy, max(1, a.reps // 2))
+        m.max_history = cap
+        m.use_kernel = True
+    print("RoomRanker.recommend, k=10, heaviest viewers:")
+    for k, r in rows.items():
+        what = f"compiled path, cap {cap}" if k.startswith("kernel") else "anchor: numpy path, cap 200 (before)"
+        print(f"  {k.split(' ', 1)[1]:12s} {what:38s} {fmt(r)}")
+    # the kernel alone and `implicit`'s dot-product scoring of the same cf neighbours (no features)
+    from shared.reco import ranker as R
+
+    calls: list = []
+    orig = R.rank_kernel
+    R.rank_kernel = lambda *args: calls.append(args) or orig(*args)
+    try:
+        m.recommend(heavy[1], 10)
+    finally:
+        R.rank_kernel = orig
+    kargs = calls[0]
+    bare = latency(lambda u: orig(*kargs), heavy[:100], a.reps)
+    print(f"  bare request kernel (one viewer's inputs, no Python around it): {fmt(bare)}")
     print(
-        f"data: {len(ev):,} events, {a.items:,} items, {a.users:,} users; latency viewers' history "
-        f"median {int(np.median(hist))} items (capped at {m.max_history})"
+        f"  kernel work per heavy request: {int(m.last_work[0]):,} neighbour entries, {int(m.last_work[2])} candidates"
     )
-    print(f"fit_recipe (whole train recipe: state twice + label queries + ranker): {fit_s:7.1f} s")
-    if anchor_fit is not None:
-        print(f"  anchor: v1 HybridRecommender.fit_events on the same events:          {anchor_fit:7.1f} s")
-    print(f"RoomRanker.recommend, k=10, catalogue:  median {med:7.0f} µs  p99 {p99:7.0f} µs")
-    print(f"RoomRanker.recommend, k=10, with stream: median {smed:7.0f} µs  p99 {sp99:7.0f} µs")
+    try:
+        from implicit._nearest_neighbours import NearestNeighboursScorer
+        from implicit.nearest_neighbours import ItemItemRecommender
+
+        imp = ItemItemRecommender(K=100)
+        imp.similarity = m.base.cf_model_.W_.astype(np.float32).tocsr()
+        imp.scorer = NearestNeighboursScorer(imp.similarity)
+        X = m.base.user_items_.astype(np.float32).tocsr()
+        rows_ = m.base._user_index.get_indexer(heavy)
+        ir = latency(lambda k: imp.recommend(int(k), X[int(k)], N=10, filter_already_liked_items=False), rows_, a.reps)
+        print(f"  anchor: implicit ItemItemRecommender.recommend on the same cf neighbours, whole history: {fmt(ir)}")
+    except Exception as exc:  # implicit not installed / API changed: said, not hidden
+        print(f"  anchor: implicit not measured ({type(exc).__name__}: {exc})")
     if h is not None:
-        hmed, hp99 = latency(lambda u: h.recommend(u, 10), heavy, 3)
-        print(f"  anchor: v1 HybridRecommender.recommend:  median {hmed:7.0f} µs  p99 {hp99:7.0f} µs")
-    print(f"load average before / after: {load0[0]:.2f} / {os.getloadavg()[0]:.2f} (2 cores)")
+        hr = latency(lambda u: h.recommend(u, 10), heavy, 2)
+        print(f"  anchor: v1 HybridRecommender.recommend: {fmt(hr)}")
+    print(
+        f"load average before / after: {load0[0]:.2f} / {os.getloadavg()[0]:.2f} (2 cores); "
+        f"process CPU {time.process_time() - cpu0:.1f} s"
+    )
     return 0
 
 

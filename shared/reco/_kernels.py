@@ -543,8 +543,9 @@ if HAVE_NUMBA:
         ix2,
         d2,
         two,
-        h_idx,
-        h_w,
+        hf_idx,
+        hf_w,
+        cap_h,
         c_idx,
         x_c,
         x_v,
@@ -590,6 +591,7 @@ if HAVE_NUMBA:
         rb_v,
         rc_i,
         rc_v,
+        room_tops,
         room_tot,
         bn_i,
         bn_v,
@@ -619,7 +621,40 @@ if HAVE_NUMBA:
         # rank_scratch). Both are reset before returning; no helper taking arrays is called per item
         # (numba's reference counting would cost more than the work).
         n = S.shape[0]
-        nh = h_idx.shape[0]
+        # 0. the history: the viewer's strongest cap_h items (weight desc, earlier position on ties), in
+        # their row order, positive weights only (the reference's RoomRanker._history)
+        nfull = hf_idx.shape[0]
+        if nfull > cap_h:
+            hv_ = np.empty(max(cap_h, 1), dtype=np.float64)
+            hp_ = np.empty(max(cap_h, 1), dtype=np.int64)
+            size = 0
+            for p in range(nfull):
+                v = float(hf_w[p])
+                if size < cap_h:
+                    hv_[size] = v
+                    hp_[size] = p
+                    _sift_up(hv_, hp_, size)
+                    size += 1
+                elif v > hv_[0] or (v == hv_[0] and p < hp_[0]):
+                    hv_[0] = v
+                    hp_[0] = p
+                    _sift_down(hv_, hp_, 0, size)
+            keep_pos = np.sort(hp_[:size])
+        else:
+            keep_pos = np.arange(nfull)
+        nh = 0
+        for q in range(keep_pos.shape[0]):
+            if hf_w[keep_pos[q]] > 0:
+                nh += 1
+        h_idx = np.empty(nh, dtype=np.int64)
+        h_w = np.empty(nh, dtype=np.float64)
+        k_ = 0
+        for q in range(keep_pos.shape[0]):
+            p = keep_pos[q]
+            if hf_w[p] > 0:
+                h_idx[k_] = hf_idx[p]
+                h_w[k_] = float(hf_w[p])
+                k_ += 1
         # 1. the history's neighbours (cf and content rows of every source)
         total = 0
         for k in range(nh):
@@ -655,9 +690,7 @@ if HAVE_NUMBA:
                 _scatter_row(u_ip, u_ix, u_ix, row, U, -1, 5)
         ones = np.ones(max(excl.shape[0], 1), dtype=np.float64)
         _scatter(excl, ones, U, 6, 0.0)
-        if has_room:
-            _scatter(rb_i, rb_v, U, 7, 0.0)
-            _scatter(rc_i, rc_v, U, 8, 0.0)
+        if has_room:  # (the room's purchases and clicks so far: binary searches, a stream's rows are long)
             _scatter(bn_i, bn_v, U, 9, 0.0)
             _scatter(cn_i, cn_v, U, 10, 0.0)
             _scatter(sn_i, sn_v, U, 11, 0.0)
@@ -673,7 +706,7 @@ if HAVE_NUMBA:
             pool = allowed
         else:
             cap = nh + c_idx.shape[0] + min(pop_top, gpop_order.shape[0]) + n1 + n2
-            cap += (x_c.shape[0] if x_has else 0) + (t_c.shape[0] if t_has else 0) + 2 * max(room_top, 0)
+            cap += (x_c.shape[0] if x_has else 0) + (t_c.shape[0] if t_has else 0) + room_tops.shape[0]
             if only:
                 cap += max(pop_top, 0)
             pool = np.empty(cap, dtype=np.int64)
@@ -703,13 +736,10 @@ if HAVE_NUMBA:
                 s_ = _heap_top(t_v, t_c, t_c.shape[0], content_top, hv, hc)
                 pool[np_ : np_ + s_] = hc[:s_]
                 np_ += s_
-            if has_room:
-                s_ = _heap_top(rb_v, rb_i, rb_i.shape[0], room_top, hv, hc)
-                pool[np_ : np_ + s_] = hc[:s_]
-                np_ += s_
-                s_ = _heap_top(rc_v, rc_i, rc_i.shape[0], room_top, hv, hc)
-                pool[np_ : np_ + s_] = hc[:s_]
-                np_ += s_
+            if has_room:  # the room's best room_top purchases and clicks, selected by the caller
+                for q in range(room_tops.shape[0]):
+                    pool[np_] = room_tops[q]
+                    np_ += 1
             if only:  # a large showcase: the pool inside it, + its pop_top bestsellers
                 w_ = 0
                 for q in range(np_):
@@ -839,11 +869,28 @@ if HAVE_NUMBA:
                 if sn_i.shape[0]:
                     F[q, 22] = U[c, 11] / shown_tot
                 if rb_i.shape[0]:
-                    rb = U[c, 7]
+                    lo_ = 0
+                    hi_ = rb_i.shape[0]
+                    while lo_ < hi_:
+                        mid = (lo_ + hi_) >> 1
+                        if rb_i[mid] < c:
+                            lo_ = mid + 1
+                        else:
+                            hi_ = mid
+                    rb = rb_v[lo_] if lo_ < rb_i.shape[0] and rb_i[lo_] == c else 0.0
                     F[q, 17] = np.log1p(rb)
                     F[q, 18] = rb / max(room_tot, 1.0)
                 if rc_i.shape[0]:
-                    F[q, 19] = np.log1p(U[c, 8])
+                    lo_ = 0
+                    hi_ = rc_i.shape[0]
+                    while lo_ < hi_:
+                        mid = (lo_ + hi_) >> 1
+                        if rc_i[mid] < c:
+                            lo_ = mid + 1
+                        else:
+                            hi_ = mid
+                    rc = rc_v[lo_] if lo_ < rc_i.shape[0] and rc_i[lo_] == c else 0.0
+                    F[q, 19] = np.log1p(rc)
             if keep and U[c, 6] > 0:
                 keep = False
             if keep and use_cat and not cat_ok[cat_code[c]]:
@@ -914,8 +961,6 @@ if HAVE_NUMBA:
                 _clear_row(u_ip, u_ix, row, U, 5)
         _clear(excl, U, 6)
         if has_room:
-            _clear(rb_i, U, 7)
-            _clear(rc_i, U, 8)
             _clear(bn_i, U, 9)
             _clear(cn_i, U, 10)
             _clear(sn_i, U, 11)
@@ -925,11 +970,12 @@ if HAVE_NUMBA:
         if t_has:
             _clear(t_c, U, 14)
             _clear(t_c, U, 15)
-        work = np.empty(3, dtype=np.int64)
+        work = np.empty(4, dtype=np.int64)
         work[0] = total
         work[1] = nt
         work[2] = nc
-        return top_items, top_F, top_meta, top_src, n_keep, work
+        work[3] = nh
+        return top_items, top_F, top_meta, top_src, n_keep, work, h_idx
 
 
 _rank_scratch = None
@@ -961,5 +1007,6 @@ def rank_kernel(*args):
     """The served ranker's request in one compiled pass (``shared.reco.ranker.RoomRanker.recommend``):
     the capped history's neighbours, the candidate pool, the 25 features, the head's linear score, the
     request's filters and a top-N heap. Returns ``(items, F, meta, src, n_keep, work)`` of the N best
-    passing candidates (unordered); ``work`` = (neighbour entries gathered, items reached, candidates)."""
+    passing candidates (unordered), ``work`` = (neighbour entries gathered, items reached, candidates,
+    history items scored) and the scored history (the viewer's strongest ``cap_h``, positive weights)."""
     return _rank_kernel(*args)

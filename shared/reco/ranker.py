@@ -365,6 +365,8 @@ class RoomRanker:
         self.user_ids_ = b.user_ids_
         self.n_items_ = b.n_items_
         self._room_index = {s: k for k, s in enumerate(self.room_stream_ids_.tolist())}
+        self._room_cache: dict = {}  # stream id -> its room vectors from the model's counts
+        self._room_tops: dict = {}  # stream id -> its best room_top purchases + clicks (candidates)
         self._gpop = np.asarray(b.popularity_.global_, dtype=np.float64)
         self._gpop_order = b._gpop_order
         cat = b.category_
@@ -483,6 +485,9 @@ class RoomRanker:
             buy, clk = conv(room.get(PURCHASE)), conv(room.get(PRODUCT_CLICK))
             now = tuple(conv(room.get(k)) for k in ROOM_RECENT_KEYS)
         else:
+            hit = self._room_cache.get(stream_id)
+            if hit is not None:  # the model's own counts of a stream do not change: built once
+                return hit
             k = self._room_index.get(str(stream_id))
             e = (np.empty(0, np.int64), np.empty(0))
             now = (e, e, e)  # the model's own counts have no "now" (the live layer's counters will)
@@ -497,6 +502,8 @@ class RoomRanker:
                 C.indices[C.indptr[k] : C.indptr[k + 1]].astype(np.int64),
                 C.data[C.indptr[k] : C.indptr[k + 1]].astype(float),
             )
+            if len(self._room_cache) < 4096:
+                self._room_cache[stream_id] = (buy, clk, float(buy[1].sum()), now)
         return buy, clk, float(buy[1].sum()), now
 
     def candidates_and_features(
@@ -834,8 +841,8 @@ class RoomRanker:
         now_d = max(_now_days(now, self.reference_day), 0.0)
         row = self._user_row(user_id)
         e_i, e_f = self._e_i, self._e_f
-        h_idx, h_w = self._history(row) if row is not None else (e_i, e_f)
-        h_w = np.asarray(h_w, dtype=np.float64)
+        ip, ix, dx = b._ui  # the viewer's whole row: the kernel keeps the strongest max_history
+        a0, a1 = (int(ip[row]), int(ip[row + 1])) if row is not None else (0, 0)
         c_idx = b._item_idx_fast(context_items) if context_items else e_i
         rv = self._room_vectors(stream_id, room)
         cm, tm = b.cf_model_, b.content_model_
@@ -879,7 +886,18 @@ class RoomRanker:
         has_room = rv is not None
         if has_room:
             (rb_i, rb_v), (rc_i, rc_v), tot, ((bn_i, bn_v), (cn_i, cn_v), (sn_i, sn_v)) = rv
+            tops = self._room_tops.get(stream_id) if room is None else None
+            if tops is None:  # the room's best room_top purchases and clicks (candidates)
+                tops = np.concatenate(
+                    [
+                        i_[_best(np.asarray(v_, dtype=np.float64), self.room_top)] if i_.size > self.room_top else i_
+                        for i_, v_ in ((rb_i, rb_v), (rc_i, rc_v))
+                    ]
+                ).astype(np.int64)
+                if room is None and len(self._room_tops) < 4096:
+                    self._room_tops[stream_id] = tops
         else:
+            tops = e_i
             rb_i = rc_i = bn_i = cn_i = sn_i = e_i
             rb_v = rc_v = bn_v = cn_v = sn_v = e_f
             tot = 0.0
@@ -887,7 +905,7 @@ class RoomRanker:
         ui, bc, bl, ca, cl, tl = b._ui, self.buy_count_, self.buy_last_, self.cart_, self.click_, self.touch_last_
         two = tm is not None
         W2 = tm.W_ if two else cm.W_
-        items, Ft, meta, src, n_keep, work = rank_kernel(
+        items, Ft, meta, src, n_keep, work, h_idx = rank_kernel(
             cm.W_.indptr,
             cm.W_.indices,
             cm.W_.data,
@@ -895,8 +913,9 @@ class RoomRanker:
             W2.indices,
             W2.data,
             two,
-            np.asarray(h_idx, dtype=np.int64),
-            h_w,
+            ix[a0:a1],
+            dx[a0:a1],
+            int(self.max_history),
             np.asarray(c_idx, dtype=np.int64),
             x_c,
             x_v,
@@ -942,6 +961,7 @@ class RoomRanker:
             np.asarray(rb_v, dtype=np.float64),
             np.asarray(rc_i, dtype=np.int64),
             np.asarray(rc_v, dtype=np.float64),
+            tops,
             float(tot),
             np.asarray(bn_i, dtype=np.int64),
             np.asarray(bn_v, dtype=np.float64),
