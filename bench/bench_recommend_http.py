@@ -9,12 +9,15 @@ Steps
    (numpy power-law users x items, typed like the pipeline's clean/ Parquet) written to a local store;
 2. train: ``run_train`` exactly as the function runs it (read clean Parquet -> holdout evaluation ->
    full refit -> npz + meta -> LATEST), timed end to end;
-3. cold start: ``functions-framework`` process start -> first 200 answer (model load included);
-4. load: ``wrk`` (if installed; else a thread pool of requests.Session) for --duration seconds with
+3. in process: ``Recommender.handle`` on the served model, the numpy reference path
+   (``DAIHUO_RECOMMEND_KERNEL=0``, the anchor: what served before the compiled kernel) and the kernel;
+4. cold start: ``functions-framework`` process start -> first 200 answer (model load included), per server;
+5. load: ``wrk`` (if installed; else a thread pool of requests.Session) for --duration seconds with
    --connections concurrent connections over random known users (+ a stream id), reporting req/s,
    p50/p99 and the non-200 count. Server: gunicorn (functions-framework) with WORKERS processes x
-   THREADS threads each. The machine has 2 shared cores: the load generator competes with the server.
-5. --live: recommend with its live reads (shared/serving/live.py) against Google's Bigtable emulator:
+   THREADS threads each, once with the numpy path (the anchor) and once with the kernel. The machine has 2
+   shared cores: the load generator competes with the server.
+6. --live: recommend with its live reads (shared/serving/live.py) against Google's Bigtable emulator:
    a live table filled with the last 10 minutes of every stream (slot on stage, sold-out items,
    impressions / clicks / carts / orders, each bench viewer's clicks), requests as verified viewers
    (viewer tokens: one room read + one viewer read per request); in-process handle() and the HTTP load
@@ -216,12 +219,16 @@ def in_process_latency(store, users, streams, n=3000, live=None, tokens=None) ->
         live._warm.result(timeout=60)
     from collections import Counter
 
-    lat, used, live_ms, why = [], 0, [], Counter()
+    model = r.holder.get().served.model
+    if getattr(model, "use_kernel", False):
+        model.warm_kernel()  # a warmed instance (the kernel's compile / cache load is a cold-start cost)
+    lat, cpu, used, live_ms, why = [], [], 0, [], Counter()
     for k in range(n):
         u = users[k % len(users)]
         headers = {"Authorization": "Bearer " + tokens[u]} if tokens else None
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.thread_time()
         a = r.handle("GET", {"user_id": u, "stream_id": streams[k % len(streams)], "k": "10"}, headers)
+        cpu.append(time.thread_time() - c)
         lat.append(time.perf_counter() - t)
         used += bool(a.json["live"]["used"])
         why[(a.json["live"].get("reason") or "")[:60]] += 1
@@ -231,6 +238,7 @@ def in_process_latency(store, users, streams, n=3000, live=None, tokens=None) ->
     return {
         "median_us": float(np.median(a)),
         "p99_us": float(np.percentile(a, 99)),
+        "cpu_us": float(np.median(cpu)) * 1e6,
         "live_used": used / n,
         "live_p99_ms": float(np.percentile(live_ms, 99)),
         "reasons": why.most_common(3),
@@ -428,6 +436,8 @@ def main(argv=None) -> int:
     ap.add_argument("--connections", type=int, default=16)
     ap.add_argument("--duration", type=float, default=10.0)
     ap.add_argument("--params", help="JSON training params (DAIHUO_TRAIN_PARAMS)")
+    ap.add_argument("--no-anchor", action="store_true", help="skip the numpy-path server (the anchor)")
+    ap.add_argument("--settle", type=float, default=5.0, help="seconds after warm-up for the kernel compile")
     ap.add_argument("--keep", action="store_true", help="keep the temp store")
     ap.add_argument("--live", action="store_true", help="recommend with live reads vs without (Bigtable emulator)")
     ap.add_argument("--live-only", action="store_true", help="with --live: skip the plain load and cold start")
@@ -481,34 +491,58 @@ def main(argv=None) -> int:
             if not args.keep:
                 shutil.rmtree(tmp, ignore_errors=True)
             return 0
-    ip = in_process_latency(store, users, streams)
-    print(f"in-process handle(): median {ip['median_us']:.0f} µs  p99 {ip['p99_us']:.0f} µs", flush=True)
-
-    port = free_port()
-    url = f"http://127.0.0.1:{port}/"
-    proc, t0 = start_server(str(tmp / "store"), port, args.workers, args.threads, tmp / "server.log")
-    try:
-        cold = wait_first_answer(url, {"user_id": users[0], "k": 10}, proc, t0)
-        print(f"cold start (process start -> first 200, model load included): {cold:.2f}s", flush=True)
-        for k in range(200):  # warm every worker
-            requests.get(url, params={"user_id": users[k % len(users)], "k": 10}, timeout=10)
-        load = os.getloadavg()
-        out = (
-            wrk_load(url, users, streams, args.connections, args.duration, 2)
-            if shutil.which("wrk")
-            else thread_load(url, users, streams, args.connections, args.duration)
-        )
+    for kernel in ("0", "1"):  # the numpy reference path (the anchor, as served before) vs the compiled kernel
+        os.environ["DAIHUO_RECOMMEND_KERNEL"] = kernel
+        load = os.getloadavg()[0]
+        ip = in_process_latency(store, users, streams)
         print(
-            f"load ({out['tool']}, {args.connections} connections, {args.duration:.0f}s, loadavg before "
-            f"{load[0]:.2f}): {out['req_per_s']:.0f} req/s  p50 {out['p50_ms']:.2f} ms  p99 {out['p99_ms']:.2f} ms"
-            f"  non-2xx {out['non_2xx']}",
+            f"in-process handle(), {'compiled kernel' if kernel == '1' else 'anchor: numpy path'}: median "
+            f"{ip['median_us']:.0f} µs  p99 {ip['p99_us']:.0f} µs  CPU median {ip['cpu_us']:.0f} µs  "
+            f"(loadavg before {load:.2f})",
             flush=True,
         )
+    os.environ.pop("DAIHUO_RECOMMEND_KERNEL", None)
+
+    try:
+        for kernel in ("0", "1") if not args.no_anchor else ("1",):
+            port = free_port()
+            url = f"http://127.0.0.1:{port}/"
+            what = "compiled kernel" if kernel == "1" else "anchor: numpy path"
+            proc, t0 = start_server(
+                str(tmp / "store"),
+                port,
+                args.workers,
+                args.threads,
+                tmp / f"server-{kernel}.log",
+                {"DAIHUO_RECOMMEND_KERNEL": kernel},
+            )
+            try:
+                cold = wait_first_answer(url, {"user_id": users[0], "k": 10}, proc, t0)
+                print(f"{what}: cold start (process start -> first 200, model load included): {cold:.2f}s", flush=True)
+                for k in range(200):  # warm every worker
+                    requests.get(url, params={"user_id": users[k % len(users)], "k": 10}, timeout=10)
+                time.sleep(args.settle)  # the workers' kernel compile / cache load runs in the background
+                for k in range(200):
+                    requests.get(url, params={"user_id": users[k % len(users)], "k": 10}, timeout=10)
+                load = os.getloadavg()
+                out = (
+                    wrk_load(url, users, streams, args.connections, args.duration, 2)
+                    if shutil.which("wrk")
+                    else thread_load(url, users, streams, args.connections, args.duration)
+                )
+                print(
+                    f"{what}: load ({out['tool']}, {args.connections} connections, {args.duration:.0f}s, loadavg "
+                    f"before {load[0]:.2f}): {out['req_per_s']:.0f} req/s  p50 {out['p50_ms']:.2f} ms  p99 "
+                    f"{out['p99_ms']:.2f} ms  non-2xx {out['non_2xx']}",
+                    flush=True,
+                )
+            finally:
+                os.killpg(proc.pid, 15)
+                proc.wait(10)
     finally:
-        os.killpg(proc.pid, 15)
-        proc.wait(10)
         if not args.keep:
             shutil.rmtree(tmp, ignore_errors=True)
+    print(f"load average at the end: {os.getloadavg()[0]:.2f} (2 cores shared; HTTP figures under load are noisy)")
     return 0
 
 

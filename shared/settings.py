@@ -168,6 +168,9 @@ class Settings(_Base):
         "recommend and train: a viewer's strongest history items (time-decayed affinity) that score a request; "
         "bounds its cost (train fits the ranker on the same cap)",
     )
+    recommend_kernel: bool = _f(
+        True, "recommend: score with the compiled request kernel (0: the numpy reference path, a benchmark's anchor)"
+    )
     recommend_live: Literal["auto", "on", "off"] = _f(
         "auto",
         "recommend: merge the live state (Bigtable) into answers with a `stream_id`; `auto`: when "

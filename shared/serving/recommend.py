@@ -81,7 +81,8 @@ class Loaded:
 def _prepare(served: Served, warm: bool = False) -> Loaded:
     if hasattr(served.model, "warm_kernel"):  # RoomRanker: the serving cap on history, its compiled path
         served.model.max_history = int(settings().recommend_max_history)
-        if warm:  # a refresh (the loader thread): compile / load the kernel before the swap
+        served.model.use_kernel = bool(settings().recommend_kernel)
+        if warm and served.model.use_kernel:  # a refresh (the loader thread): compile / load the kernel before the swap
             served.model.warm_kernel()
     ids = served.model.item_ids_
     rooms = getattr(served.model, "room_stream_ids_", None)
