@@ -809,14 +809,18 @@ class RoomRanker:
             and (tm is None or (tm.B_ is None and tm.W_ is not None and tm.W_.shape == cm.W_.shape))
         )
 
+    compile_in_background = False  # the recommend service's first model: answer at once, compile aside
+
     def kernel_ready(self) -> bool:
         """True once the request kernel is compiled (or loaded from numba's cache) for this model's
-        array types. Until then requests take the reference path and one background thread compiles it
-        (a cold instance answers at once; ``warm_kernel()`` compiles synchronously)."""
+        array types. The first request compiles it, or with ``compile_in_background`` (a cold serving
+        instance) one background thread does while requests take the reference path."""
         ready = getattr(self, "_kernel_state", None)
         if ready is True:
             return True
         if ready is None and self.kernel_usable():
+            if not self.compile_in_background:
+                return self.warm_kernel()
             import threading
 
             self._kernel_state = "compiling"

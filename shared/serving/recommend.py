@@ -82,6 +82,7 @@ def _prepare(served: Served, warm: bool = False) -> Loaded:
     if hasattr(served.model, "warm_kernel"):  # RoomRanker: the serving cap on history, its compiled path
         served.model.max_history = int(settings().recommend_max_history)
         served.model.use_kernel = bool(settings().recommend_kernel)
+        served.model.compile_in_background = not warm  # the first model: answer while it compiles
         if warm and served.model.use_kernel:  # a refresh (the loader thread): compile / load the kernel before the swap
             served.model.warm_kernel()
     ids = served.model.item_ids_
