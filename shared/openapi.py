@@ -163,12 +163,20 @@ JSON_ERROR_405 = {
 }
 
 
-def _reason(kind: str, required: list[str], props: dict) -> dict:
-    return {
+def _reason(kind: str, required: list[str], props: dict, doc: str | None = None) -> dict:
+    out = {
         "type": "object",
         "required": ["kind", *required, "text_zh", "text_en"],
-        "properties": {"kind": {"const": kind}, **props, **REASON_TEXT},
+        "properties": {
+            "kind": {"const": kind},
+            **props,
+            **REASON_TEXT,
+            "same_as": {"type": "string", "description": "the first item of the answer with this reason (grouped)"},
+        },
     }
+    if doc:
+        out["description"] = doc
+    return out
 
 
 def recommend() -> dict:
@@ -190,6 +198,10 @@ def recommend() -> dict:
             "the stream the viewer watches (its showcase and bestsellers; required with showcase_only=true)",
         ),
         "k": ({"type": "integer", "minimum": 1, "maximum": 100, "default": 10}, "how many items"),
+        "max_per_category": (
+            {"type": "integer", "minimum": 0, "maximum": 100},
+            "at most this many items of one category (0: no cap; default `DAIHUO_RECOMMEND_MAX_PER_CATEGORY`)",
+        ),
         "showcase_only": (
             {"type": "boolean", "default": True},
             "with a stream_id: only items on the room's current showcase (default "
@@ -407,10 +419,34 @@ def recommend() -> dict:
                                 },
                             },
                         ),
-                        _reason(
-                            "similar_to",
-                            ["item", "via", "item_title"],
-                            {"item": source, "via": via, "item_title": {"type": "string"}},
+                        *(
+                            _reason(
+                                kind,
+                                ["item", "via", "item_title"],
+                                {
+                                    "item": source,
+                                    "via": via,
+                                    "item_title": {"type": "string"},
+                                    "anchor": {
+                                        "enum": ["history", "context"],
+                                        "description": "the item is in the viewer's history / the session context",
+                                    },
+                                    "action": {
+                                        "type": ["string", "null"],
+                                        "description": "history anchor: the viewer's strongest action on it",
+                                    },
+                                },
+                                doc,
+                            )
+                            for kind, doc in (
+                                ("bought_together", "a CF neighbour of the anchor that viewers bought with it"),
+                                (
+                                    "viewed_together",
+                                    "a CF neighbour viewers looked at with the anchor, never bought with it",
+                                ),
+                                ("similar_to", "a content (text) neighbour of the anchor"),
+                                ("related_to", "a CF neighbour with no viewer touching both (linked by the model)"),
+                            )
                         ),
                         _reason(
                             "buy_again",
@@ -422,10 +458,25 @@ def recommend() -> dict:
                             ["times", "last_purchase"],
                             {"times": {"type": "integer", "minimum": 3}, "last_purchase": {"type": "string"}},
                         ),
-                        _reason("in_history", ["item", "action"], {"item": source, "action": {"type": "string"}}),
+                        _reason(
+                            "in_history",
+                            ["item", "action"],
+                            {"item": source, "action": {"type": "string"}, "last_touch": {"type": "string"}},
+                        ),
                         _reason("taste", [], {"category": {"type": ["string", "null"]}}),
-                        _reason("popular_in_stream", ["stream"], {"stream": {"type": "string"}}),
-                        _reason("popular", [], {}),
+                        _reason(
+                            "popular_in_stream",
+                            ["stream"],
+                            {
+                                "stream": {"type": "string"},
+                                "orders": {"type": "integer", "minimum": 0},
+                                "clicks": {"type": "integer", "minimum": 0},
+                                "minutes": {"type": "integer", "minimum": 1},
+                                "on_show": {"type": "boolean"},
+                            },
+                        ),
+                        _reason("popular", [], {"rank": {"type": "integer", "minimum": 1}}),
+                        _reason("trending", ["buyers_7d"], {"buyers_7d": {"type": "integer", "minimum": 0}}),
                         _reason(
                             "on_stage",
                             ["source", "model_reason"],

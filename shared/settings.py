@@ -158,6 +158,17 @@ class Settings(_Base):
     viewer_audience: str = _f("daihuo-recommend", "recommend: the token `aud` it accepts")
     viewer_token_max_ttl_s: int = _f(900, "recommend: longest accepted token lifetime (`exp - iat`)")
     recommend_max_body_bytes: int = _f(16_384, "recommend: largest POST body (413 above)")
+    recommend_max_per_category: int = _f(
+        0,
+        "recommend: at most this many items of one catalog category in an answer (0: no cap, the default "
+        "tuned on validation; a request's `max_per_category` overrides; too few other items: the rest fill "
+        "the end); docs/recommendations.md",
+    )
+    recommend_near_duplicate: float = _f(
+        0.9,
+        "recommend: an item whose text (title, description, category) has a TF-IDF cosine at or above this "
+        "with a higher-ranked one is not listed after it (0: off)",
+    )
     recommend_showcase_only: bool = _f(
         True,
         "recommend: with a `stream_id`, only items on the room's current showcase (the live room's, else "

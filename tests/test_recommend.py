@@ -113,14 +113,20 @@ def test_post_json_context_and_fallbacks(world):
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["strategy"] == "context" and body["fallback"]
-    assert all(it["reason"]["kind"] in ("similar_to", "popular", "popular_in_stream") for it in body["items"])
+    context_kinds = ("bought_together", "viewed_together", "similar_to", "related_to")
+    assert all(
+        it["reason"]["kind"] in (*context_kinds, "popular", "popular_in_stream", "trending") for it in body["items"]
+    )
+    assert all(it["reason"].get("anchor") in (None, "context") for it in body["items"])
     r = get(world, context="sku-000001,sku-000002", k=3)
     assert [i["item_id"] for i in r.json()["items"]] == [i["item_id"] for i in body["items"]]
     stream = world["sim"].truth.streams["stream_id"].iloc[0]
     r = get(world, user_id="u-nobody", stream_id=stream, k=4)
     assert r.json()["strategy"] == "stream"
-    assert {it["reason"]["kind"] for it in r.json()["items"]} <= {"popular_in_stream", "popular"}
-    assert all(it["reason"]["text_zh"] in ("本直播间热卖", "大家都在买") for it in r.json()["items"])
+    assert {it["reason"]["kind"] for it in r.json()["items"]} <= {"popular_in_stream", "popular", "trending"}
+    texts = [it["reason"]["text_zh"] for it in r.json()["items"]]
+    assert all(t.startswith(("本场", "本直播间", "主播正在", "全站热销第", "近 7 天", "同第")) for t in texts), texts
+    assert len(set(texts)) == len(texts)
 
 
 def test_filters(world):
@@ -142,6 +148,26 @@ def test_filters(world):
     buyer = buys.index[0]
     got = {i["item_id"] for i in get(world, user_id=buyer, k=100, exclude_purchased="true").json()["items"]}
     assert not (got & buys[buyer])
+
+
+def test_diversity_cap_per_request(world):
+    """max_per_category=N: at most N items of one category when the catalogue has others (the default,
+    DAIHUO_RECOMMEND_MAX_PER_CATEGORY=0, is no cap: tuned on validation, docs/recommendations.md); no
+    reason sentence twice in an answer."""
+    truth = world["sim"].truth
+    user = _known_user(world)
+
+    def cats(body):
+        return Counter(truth.item_category[truth.item_index[it["item_id"]]] for it in body["items"])
+
+    for params in ({"user_id": user}, {"user_id": user, "stream_id": truth.streams["stream_id"].iloc[0]}, {}):
+        q = {"stream_id": "s-x", "showcase_only": "false", "k": 10} | params
+        plain = get(world, **q).json()
+        texts = [it["reason"]["text_zh"] for it in plain["items"]]
+        assert len(texts) == 10 and len(set(texts)) == len(texts), texts
+        capped = get(world, max_per_category=3, **q).json()
+        assert len(capped["items"]) == 10 and max(cats(capped).values()) <= 3, cats(capped)
+        assert get(world, max_per_category=0, **q).json()["items"] == plain["items"]
 
 
 def test_showcase_only_is_the_default_with_a_stream(world):
@@ -176,6 +202,8 @@ def test_showcase_only_is_the_default_with_a_stream(world):
         ({"user_id": "u-1", "showcase_only": "maybe", "stream_id": "s"}, "showcase_only"),
         ({"user_id": "u-1", "showcase_only": "true"}, "stream_id"),
         ({"user_id": "u-1", "exclude_purchased": "2"}, "exclude_purchased"),
+        ({"user_id": "u-1", "max_per_category": "-1"}, "max_per_category"),
+        ({"user_id": "u-1", "max_per_category": "two"}, "max_per_category"),
         ({"user_id": "u-1", "colour": "red"}, "colour"),
         ({"k": "5"}, "user_id"),
         ({"user_id": "u" * 200}, "user_id"),
@@ -316,7 +344,13 @@ def _active_user(world) -> str:
 
 
 def _personal_kinds(body) -> set[str]:
-    return {it["reason"]["kind"] for it in body["items"]} - {"similar_to", "popular_in_stream", "popular"}
+    """Reasons from the viewer's own history (an anchor in it, a purchase, a touch, their taste)."""
+    personal = ("buy_again", "buy_often", "in_history", "taste", "because_you")
+    return {
+        it["reason"]["kind"]
+        for it in body["items"]
+        if it["reason"].get("anchor") == "history" or it["reason"]["kind"] in personal
+    }
 
 
 def test_personal_only_with_a_valid_token(world):
@@ -394,3 +428,28 @@ def test_rotated_keys_both_verify(world):
             ).json()["personal"]
             is True
         )
+
+
+def test_current_showcase_joins_the_live_room_updates():
+    """The room's current showcase: the model's (training window) + items the live room added since,
+    minus the ones it removed; the model's alone without live updates; None when neither knows it."""
+    from types import SimpleNamespace
+
+    from shared.serving.live import LiveState
+    from shared.serving.recommend import Loaded, current_showcase
+
+    ids = np.array(["a", "b", "c", "d"])
+    served = SimpleNamespace(showcase={"s1": np.array([0, 1], dtype=np.int64)}, model=SimpleNamespace(item_ids_=ids))
+    loaded = Loaded(served, {str(x): i for i, x in enumerate(ids)}, {}, 0.0)
+    assert current_showcase(loaded, "s1", LiveState()).tolist() == [0, 1]
+    assert current_showcase(loaded, "s2", LiveState()) is None
+    room = SimpleNamespace(
+        showcase={
+            "c": {"status": "available"},
+            "b": {"status": "removed"},
+            "d": {"status": "sold_out"},
+            "zz": {"status": "available"},  # unknown to the model: no score, not served
+        }
+    )
+    assert current_showcase(loaded, "s1", LiveState(room=room)).tolist() == [0, 2, 3]
+    assert current_showcase(loaded, "s2", LiveState(room=room)).tolist() == [2, 3]

@@ -51,12 +51,13 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from ._core import csr_from_arrays, csr_to_arrays, str_array
+from ._core import csr_from_arrays, csr_to_arrays, gather_rows, str_array
 from ._kernels import HAVE_NUMBA, ITEM_COLS, RANK_FEATURES, pair_scores, rank_kernel, rank_scratch, user_scores
 from .event_types import ADD_TO_CART, POSITIVE_TYPES, PRODUCT_CLICK, PURCHASE, RANKER_ROOM_TYPES, ROOM_RECENT_KEYS
 from .hybrid import HybridRecommender
 from .interactions import _codes, build_user_items
 from .rebuy import RepeatStats, purchase_occasions, ts_days, ts_ns1
+from .relations import RELATION_KIND, pair_counts, pair_relations, relation_of
 
 __all__ = ["FEATURES", "FEATURE_GROUP", "PRIOR_WEIGHTS", "RoomRanker", "room_counts"]
 
@@ -147,6 +148,13 @@ HEADS = ("room", "catalogue", "room_new", "catalogue_new")
 _GROUP_MATRIX = np.zeros((len(FEATURES), len(GROUPS)))
 for _f, _g in FEATURE_GROUP.items():
     _GROUP_MATRIX[_F[_f], GROUPS.index(_g)] = 1.0  # *_new: filter_seen requests (new items only)
+_GROUP_FEATURES = {g: [_F[f] for f in FEATURES if FEATURE_GROUP[f] == g] for g in GROUPS}
+#: reason fields that do not change its sentence (a reason's identity in a list is the rest)
+_NOT_IN_TEXT = ("feature", "via")
+
+
+def _reason_key(r: Mapping[str, Any]) -> tuple:
+    return tuple(sorted((k, str(v)) for k, v in r.items() if k not in _NOT_IN_TEXT))
 
 
 def _head(weights: Mapping[str, float], mu=None, sigma=None, bias: float = 0.0) -> dict:
@@ -260,6 +268,7 @@ class RoomRanker:
     cart_: sp.csr_matrix  # viewer x item decayed carts
     click_: sp.csr_matrix  # viewer x item decayed clicks
     touch_last_: sp.csr_matrix  # viewer x item day of the last touch
+    cf_relation_: np.ndarray | None = None  # relation code per stored CF pair (shared.reco.relations)
     room_stream_ids_: np.ndarray
     room_: dict[str, sp.csr_matrix]  # per RANKER_ROOM_TYPES type: stream x item counts
     _cat_code: np.ndarray | None
@@ -328,6 +337,9 @@ class RoomRanker:
             dtype=np.float32,
         ).matrix
         self.touch_last_ = self._last_touch(events, uids, iids)
+        W = base.cf_model_.W_
+        # what each CF neighbour pair is in the data (bought / viewed together, or model-only): reasons
+        self.cf_relation_ = pair_relations(W, self.buy_count_, self.touch_last_) if W is not None else None
         sids = (
             np.asarray(sorted(set(events["stream_id"].dropna().astype(str).unique().tolist())), dtype=str)
             if "stream_id" in events
@@ -369,6 +381,9 @@ class RoomRanker:
         self._room_tops: dict = {}  # stream id -> its best room_top purchases + clicks (candidates)
         self._gpop = np.asarray(b.popularity_.global_, dtype=np.float64)
         self._gpop_order = b._gpop_order
+        self._gpop_rank = np.empty(self.n_items_, dtype=np.int64)  # 1-based rank in the popularity order
+        self._gpop_rank[np.asarray(self._gpop_order, dtype=np.int64)] = np.arange(1, self.n_items_ + 1)
+        self._csc: tuple[sp.csc_matrix, sp.csc_matrix] | None = None  # on-demand pair counts (lazy)
         cat = b.category_
         if cat is not None:
             _, self._cat_code = np.unique(np.asarray(cat).astype(str), return_inverse=True)
@@ -540,6 +555,7 @@ class RoomRanker:
         if cand.size == 0:
             return cand, F, info
         self._neighbour_features(F, info, parts, cand, h_idx)
+        info.update(hist_w=h_w, ctx_idx=c_idx)
         if row is not None:
             self._own_features(F, info, row, cand, now_d, h_idx, h_w)
         F[:, _F["pop"]] = self._gpop[cand]
@@ -649,6 +665,9 @@ class RoomRanker:
             content_src=ct_src,
             ctx_src=xc_src if xc_src is not None else xt_src,
             ctx_src2=xt_src,
+            ctx_cf_src=xc_src,
+            ctx_cf=xc,
+            ctx_ct=xt,
             hist_idx=h_idx,
         )
 
@@ -742,6 +761,8 @@ class RoomRanker:
         exclude_items=None,
         category=None,
         price_range=None,
+        max_per_category: int | None = None,
+        near_duplicate: float | None = None,
     ) -> dict[str, Any]:
         """Top-``N`` items for a viewer (or an anonymous request with a stream / context).
 
@@ -749,6 +770,9 @@ class RoomRanker:
         (default: what the model saw of ``stream_id`` in its window). ``now``: the request time (epoch
         seconds or a timestamp; default the model's reference time). ``repeats=False`` is
         ``filter_seen=True``: nothing the viewer touched before. ``exclude_purchased`` drops bought items.
+        Diversity (default off here; the service passes its settings): ``max_per_category`` items of one
+        category at most, ``near_duplicate`` a text cosine at or above which an item is not listed after
+        one it nearly duplicates (``_diverse``; too few left: the skipped ones fill the end).
         Returns ``{"strategy", "items": [{"item_id", "score", "parts": {group: contribution}, "reason"}]}``."""
         if repeats is False or self.always_filter_seen:  # always_filter_seen: the v1 habit, kept as a recipe knob
             filter_seen = True
@@ -761,13 +785,16 @@ class RoomRanker:
             category=category,
             price_range=price_range,
         )
+        div = (max_per_category, near_duplicate)
         if self.use_kernel and self.kernel_ready():
-            out = self._recommend_kernel(user_id, N, stream_id, context_items, allowed_idx, room, now, filters)
+            out = self._recommend_kernel(user_id, N, stream_id, context_items, allowed_idx, room, now, filters, div)
             if out is not None:
                 return out
-        return self._recommend_reference(user_id, N, stream_id, context_items, allowed_idx, room, now, filters)
+        return self._recommend_reference(user_id, N, stream_id, context_items, allowed_idx, room, now, filters, div)
 
-    def _recommend_reference(self, user_id, N, stream_id, context_items, allowed_idx, room, now, filters):
+    def _recommend_reference(
+        self, user_id, N, stream_id, context_items, allowed_idx, room, now, filters, div=(None, None)
+    ):
         """``recommend`` in numpy over ``candidates_and_features`` (the features training reads): the
         reference the kernel path is tested against, and the path without numba / with a dense B."""
         filter_seen = filters["filter_seen"]
@@ -792,7 +819,16 @@ class RoomRanker:
                 )
                 info["head"] = head  # still the request's question (catalogue / room)
                 keep = self._keep(cand, info, **filters)
-        return self._top(cand, F, info, keep, N, new_only=filter_seen)
+        return self._top(
+            cand,
+            F,
+            info,
+            keep,
+            N,
+            new_only=filter_seen,
+            max_per_category=div[0],
+            near_duplicate=div[1],
+        )
 
     # ------------------------------------------------------------ the request kernel
     use_kernel = True  # False: every request on the numpy reference path (tests, benches' anchor)
@@ -837,7 +873,9 @@ class RoomRanker:
         self._kernel_state = True
         return True
 
-    def _recommend_kernel(self, user_id, N, stream_id, context_items, allowed_idx, room, now, filters):
+    def _recommend_kernel(
+        self, user_id, N, stream_id, context_items, allowed_idx, room, now, filters, div=(None, None)
+    ):
         """``recommend`` through ``shared.reco._kernels.rank_kernel``: the same candidates, features,
         score, filters and top-N as the reference path; Python builds only the N answers' parts and
         reasons. ``None``: the reference path must answer (a narrow filter that widens the pool)."""
@@ -906,6 +944,8 @@ class RoomRanker:
             rb_v = rc_v = bn_v = cn_v = sn_v = e_f
             tot = 0.0
         r_ = -1 if row is None else int(row)
+        # the diversity control skips items: the kernel hands over a longer ranked list to choose from
+        n_top = int(N) if not (div[0] or div[1]) else min(max(4 * int(N), int(N) + 40), n)
         ui, bc, bl, ca, cl, tl = b._ui, self.buy_count_, self.buy_last_, self.cart_, self.click_, self.touch_last_
         two = tm is not None
         W2 = tm.W_ if two else cm.W_
@@ -986,7 +1026,7 @@ class RoomRanker:
             hi is not None,
             scale,
             float(intercept),
-            max(int(N), 0),
+            max(int(n_top), 0),
             *rank_scratch(n),
         )
         self.last_work = work
@@ -1021,7 +1061,20 @@ class RoomRanker:
         }
         if not h_idx.size:
             info["cf_src"] = info["content_src"] = None
-        return self._top(items, Ft, info, np.ones(items.size, dtype=bool), N, new_only=filter_seen)
+        # what the reasons read beside the kernel's sources: the context feature's two halves, weights
+        xc, xc_src = _on_cand((x_c, x_v, x_s), items, n) if c_idx.size else (None, None)
+        xt, _ = _on_cand((t_c, t_v, t_s), items, n) if c_idx.size and two else (None, None)
+        info.update(ctx_cf=xc, ctx_ct=xt, ctx_cf_src=xc_src, hist_w=h_w, ctx_idx=c_idx)
+        return self._top(
+            items,
+            Ft,
+            info,
+            np.ones(items.size, dtype=bool),
+            N,
+            new_only=filter_seen,
+            max_per_category=div[0],
+            near_duplicate=div[1],
+        )
 
     def _keep(
         self,
@@ -1055,84 +1108,254 @@ class RoomRanker:
                 keep &= p <= hi
         return keep
 
-    def _top(self, cand, F, info, keep, N, new_only: bool = False):
+    def _top(
+        self,
+        cand,
+        F,
+        info,
+        keep,
+        N,
+        new_only: bool = False,
+        max_per_category: int | None = None,
+        near_duplicate: float | None = None,
+    ):
         head = info.get("head", "room") + ("_new" if new_only else "")
         C = self.contributions(F, head)
         score = self.intercept(head) + C.sum(axis=1)
         sel = np.flatnonzero(keep)
         if sel.size == 0:
             return {"strategy": info.get("strategy", "global"), "items": []}
-        if sel.size > N:  # the N best (score desc, item asc) without sorting every candidate
-            kth = np.partition(-score[sel], N - 1)[N - 1]
-            sel = sel[-score[sel] <= kth]
-        order = sel[np.lexsort((cand[sel], -score[sel]))][:N]
+        cap = int(max_per_category) if max_per_category and self._cat_code is not None else 0
+        dup = near_duplicate if near_duplicate and self.base.content_model_ is not None else None
+        if cap or dup:
+            order = self._diverse(sel[np.lexsort((cand[sel], -score[sel]))], cand, N, cap, dup)
+        else:
+            if sel.size > N:  # the N best (score desc, item asc) without sorting every candidate
+                kth = np.partition(-score[sel], N - 1)[N - 1]
+                sel = sel[-score[sel] <= kth]
+            order = sel[np.lexsort((cand[sel], -score[sel]))][:N]
         Co = C[order]
         P = Co @ _GROUP_MATRIX
         parts = P.tolist()
-        # the reason: the source (group) with the largest contribution, named by its largest feature
-        g = np.argmax(P, axis=1)
-        in_g = _GROUP_MATRIX[:, g].T > 0  # (items, features) of that group
-        top = np.where(P[np.arange(len(g)), g] > 0, np.argmax(np.where(in_g, Co, -np.inf), axis=1), -1).tolist()
         ids = self.item_ids_[cand[order]].tolist()
         sc = score[order].tolist()
-        out = []
-        for j, k in enumerate(order.tolist()):
-            out.append(
-                {
-                    "item_id": ids[j],
-                    "score": sc[j],
-                    "parts": dict(zip(GROUPS, parts[j])),
-                    "reason": self._reason(k, cand[k], F[k], top[j], info),
-                }
-            )
+        reasons = self._list_reasons(order, cand, F, Co, P, info)
+        out = [
+            {"item_id": ids[j], "score": sc[j], "parts": dict(zip(GROUPS, parts[j])), "reason": reasons[j]}
+            for j in range(order.size)
+        ]
         return {"strategy": info.get("strategy", "global"), "items": out}
 
-    def _reason(self, k: int, item: int, f: np.ndarray, top_f: int, info) -> dict[str, Any]:
-        """The reason of the source with the largest contribution, named by that source's largest
-        feature (``top_f``; -1: no source contributes positively)."""
-        if top_f < 0:
-            return {"kind": "popular", "feature": None}
-        top = FEATURES[top_f]
-        g = FEATURE_GROUP[top]
-        ids = self.item_ids_
+    # ----------------------------------------------------------- diversity
+    def _near_dups(self, item: int, tau: float) -> np.ndarray:
+        """Items whose text (title + description + category, the content model's TF-IDF) has a cosine
+        >= ``tau`` with ``item`` (its stored neighbours)."""
+        W = self.base.content_model_.W_ if self.base.content_model_ is not None else None
+        if W is None:
+            B = self.base.content_model_.B_ if self.base.content_model_ is not None else None
+            return np.flatnonzero(B[item] >= tau) if B is not None else np.empty(0, dtype=np.int64)
+        a, b = W.indptr[item], W.indptr[item + 1]
+        return W.indices[a:b][W.data[a:b] >= tau].astype(np.int64)
+
+    def _diverse(self, ranked: np.ndarray, cand: np.ndarray, N: int, cap: int, tau: float | None) -> np.ndarray:
+        """The first ``N`` of ``ranked`` (candidate positions, best first) with at most ``cap`` items per
+        category (0: no cap) and no item whose text is a near duplicate (cosine >= ``tau``) of one
+        already taken; when fewer than ``N`` pass, the best of the skipped ones fill the end (a
+        one-category showcase still gets a full list)."""
+        taken: list[int] = []
+        skipped: list[int] = []
+        per_cat: dict[int, int] = {}
+        blocked: set[int] = set()
+        cat = self._cat_code
+        for k in ranked.tolist():
+            if len(taken) >= N:
+                break
+            it = int(cand[k])
+            c = int(cat[it]) if cap and cat is not None else -1
+            if (cap and per_cat.get(c, 0) >= cap) or it in blocked:
+                skipped.append(k)
+                continue
+            if tau is not None:
+                near = self._near_dups(it, tau).tolist()
+                if any(int(cand[t]) in near for t in taken):  # stored one way only: check both rows
+                    skipped.append(k)
+                    continue
+                blocked.update(near)
+            taken.append(k)
+            if cap:
+                per_cat[c] = per_cat.get(c, 0) + 1
+        if len(taken) < N:
+            taken += skipped[: N - len(taken)]
+        return np.asarray(taken, dtype=np.int64)
+
+    # ------------------------------------------------------------- reasons
+    def _list_reasons(self, order, cand, F, Co, P, info) -> list[dict[str, Any]]:
+        """One reason per listed item, each true of its own score (a group with a positive
+        contribution, named by its positive features) and none repeated in the list: an item whose
+        best reason was already given (the same sentence, or the same anchor item) takes its next one —
+        another anchor of the same source, then the next source by contribution; with none left it
+        keeps its best (the service groups those, ``shared.serving.recommend``)."""
+        used: set[tuple] = set()
+        anchors: set[str] = set()
+        out = []
+        for j, k in enumerate(order.tolist()):
+            item = int(cand[k])
+            best = None
+            chosen = None
+            for gi in np.argsort(-P[j], kind="stable").tolist():
+                if P[j, gi] <= 0:
+                    break
+                for r in self._group_reasons(k, item, F[k], Co[j], GROUPS[gi], info):
+                    if best is None:
+                        best = r
+                    if _reason_key(r) not in used and (r.get("anchor") is None or r["item"] not in anchors):
+                        chosen = r
+                        break
+                if chosen is not None:
+                    break
+            if chosen is None:
+                chosen = best if best is not None else self._popular_reason(item, None)
+            used.add(_reason_key(chosen))
+            if chosen.get("anchor") is not None:
+                anchors.add(chosen["item"])
+            out.append(chosen)
+        return out
+
+    def _popular_reason(self, item: int, feature: str | None) -> dict[str, Any]:
+        if feature == "pop_recent":
+            return {"kind": "trending", "feature": feature, "buyers_7d": int(round(float(self.recent_buyers_[item])))}
+        return {"kind": "popular", "feature": feature, "rank": int(self._gpop_rank[item])}
+
+    def _group_reasons(self, k: int, item: int, f: np.ndarray, co: np.ndarray, g: str, info):
+        """The reasons group ``g`` can give the candidate ``k`` (``item``), best first: its features with a
+        positive contribution ``co`` (largest first); an anchored source (cf / content / context) lists
+        its top source, then the other source items by their term ``a(u, j) W[j, item]``."""
+        feats = [fi for fi in _GROUP_FEATURES[g] if co[fi] > 0]
+        if not feats:
+            return
+        feats.sort(key=lambda fi: -co[fi])
+        top = FEATURES[feats[0]]
         if g == "buy_again":
             n = int(info["buy_count"][k])
             day = float(info["buy_last"][k])
             date = datetime.fromtimestamp(day * 86400.0, tz=UTC).strftime("%Y-%m-%d")
-            return {"kind": "buy_often" if n >= 3 else "buy_again", "feature": top, "times": n, "last_purchase": date}
-        if g == "history":
+            yield {"kind": "buy_often" if n >= 3 else "buy_again", "feature": top, "times": n, "last_purchase": date}
+        elif g == "history":
             touched = ADD_TO_CART if f[_F["cart"]] > 0 else PRODUCT_CLICK
-            return {"kind": "in_history", "feature": top, "item": str(ids[item]), "action": touched}
-        if g in ("cf", "content", "context"):
-            src_arr = info.get({"cf": "cf_src", "content": "content_src", "context": "ctx_src"}[g])
-            if g == "context" and (src_arr is None or src_arr[k] < 0):
-                src_arr = info.get("ctx_src2")
-            src = int(src_arr[k]) if src_arr is not None else -1
-            if src < 0 and g in ("cf", "content"):  # dense B: the source with the largest term
-                model = self.base.cf_model_ if g == "cf" else self.base.content_model_
-                h = info.get("hist_idx")
-                row = info.get("row")
-                if model is not None and h is not None and h.size:
-                    w = self.base.user_items_[row].toarray().ravel()[h] if row is not None else np.ones(h.size)
-                    src = int(model.top_sources(h, w, np.array([item]))[0][0])
-            if src >= 0:
-                if g == "context":
-                    return {"kind": "similar_to", "feature": top, "item": str(ids[src]), "via": "context"}
-                row = info.get("row")
-                action: str | None = None
-                if row is not None and self.base._act is not None:
-                    aip, aix, adx = self.base._act
-                    code = int(_lookup(aip, aix, adx, row, np.array([src]))[0])
-                    names = self.base.action_names_
-                    action = names[code - 1] if 0 < code <= len(names) else None
-                return {"kind": "because_you", "feature": top, "item": str(ids[src]), "action": action, "via": g}
-            return {"kind": "popular", "feature": top}
-        if g == "room":
-            return {"kind": "popular_in_stream", "feature": top, "stream": str(info.get("stream_id") or "")}
-        if g == "taste":
+            r = {"kind": "in_history", "feature": top, "item": str(self.item_ids_[item]), "action": touched}
+            row = info.get("row")
+            if row is not None:
+                tl = self.touch_last_
+                d = float(_lookup(tl.indptr, tl.indices, tl.data, row, np.array([item]))[0])
+                if d > 0:
+                    r["last_touch"] = datetime.fromtimestamp(d * 86400.0, tz=UTC).strftime("%Y-%m-%d")
+            yield r
+        elif g in ("cf", "content", "context"):
+            yield from self._anchored_reasons(k, item, g, top, info)
+        elif g == "room":
+            sid = str(info.get("stream_id") or "")
+            for fi in feats:
+                name = FEATURES[fi]
+                r: dict[str, Any] = {"kind": "popular_in_stream", "feature": name, "stream": sid}
+                if name in ("room_buy", "room_share"):
+                    r["orders"] = int(round(float(np.expm1(f[_F["room_buy"]]))))
+                elif name == "room_click":
+                    r["clicks"] = int(round(float(np.expm1(f[fi]))))
+                elif name == "room_buy_now":
+                    r.update(orders=int(round(float(np.expm1(f[fi])))), minutes=10)
+                elif name == "room_click_now":
+                    r.update(clicks=int(round(float(np.expm1(f[fi])))), minutes=5)
+                elif name == "room_shown_now":
+                    r["on_show"] = True
+                yield r
+        elif g == "taste":
             cat = str(self.base.category_[item]) if self.base.category_ is not None else None
-            return {"kind": "taste", "feature": top, "category": cat}
-        return {"kind": "popular", "feature": top}
+            yield {"kind": "taste", "feature": top, "category": cat}
+        else:  # popular
+            seen = set()
+            for fi in feats:
+                r = self._popular_reason(item, FEATURES[fi])
+                if r["kind"] not in seen:
+                    seen.add(r["kind"])
+                    yield r
+
+    def _relation(self, j: int, i: int) -> int:
+        """The relation code of the CF pair (``j`` anchor, ``i`` item): stored at fit time, else counted."""
+
+        def on_demand(a, b):
+            if self._csc is None:
+                self._csc = (self.buy_count_.tocsc(), self.touch_last_.tocsc())
+            return pair_counts(a, b, *self._csc)
+
+        return relation_of(j, i, self.base.cf_model_.W_, self.cf_relation_, on_demand)
+
+    def _anchored(self, src: int, item: int, via: str, anchor: str, feature: str, info) -> dict[str, Any]:
+        """A reason naming the source item ``src``: its true relation to ``item`` — the content part's
+        neighbours are text-similar (``similar_to``); a CF neighbour is ``bought_together`` /
+        ``viewed_together`` when viewers did, else ``related_to`` (linked by the model only)."""
+        ids = self.item_ids_
+        kind = "similar_to" if via == "content" else RELATION_KIND[self._relation(src, item)]
+        r: dict[str, Any] = {"kind": kind, "feature": feature, "item": str(ids[src]), "via": via, "anchor": anchor}
+        if anchor == "history":
+            row = info.get("row")
+            action: str | None = None
+            if row is not None and self.base._act is not None:
+                aip, aix, adx = self.base._act
+                code = int(_lookup(aip, aix, adx, row, np.array([src]))[0])
+                names = self.base.action_names_
+                action = names[code - 1] if 0 < code <= len(names) else None
+            r["action"] = action
+        return r
+
+    def _source_terms(self, model, idx: np.ndarray, w: np.ndarray, item: int) -> np.ndarray:
+        """The sources ``idx`` ordered by their term ``w_j · W[j, item]`` (positive terms only)."""
+        if model is None or idx.size == 0:
+            return np.empty(0, dtype=np.int64)
+        if model.B_ is not None:
+            t = w * model.B_[idx, item]
+        else:
+            cols, vals, s = gather_rows(model.W_, idx, w)
+            t = np.zeros(idx.size)
+            hit = cols == item
+            t[s[hit]] = vals[hit]
+        o = np.argsort(-t, kind="stable")
+        return idx[o[t[o] > 0]]
+
+    def _anchored_reasons(self, k: int, item: int, g: str, top: str, info):
+        """``_anchored`` reasons of a neighbour group: the stored top source, then the others."""
+        b = self.base
+        if g == "context":
+            xc, xt = info.get("ctx_cf"), info.get("ctx_ct")
+            vc = float(xc[k]) if xc is not None else 0.0
+            vt = float(xt[k]) if xt is not None else 0.0
+            vias = ("cf", "content") if vc >= vt else ("content", "cf")  # the larger half of the feature first
+            idx = info.get("ctx_idx", np.empty(0, dtype=np.int64))
+            w = np.ones(idx.size)
+            anchor = "context"
+        else:
+            vias = (g,)
+            idx, w = info.get("hist_idx"), info.get("hist_w")
+            anchor = "history"
+        seen: set[int] = set()
+        for via in vias:
+            if g == "context":
+                v = info.get("ctx_cf") if via == "cf" else info.get("ctx_ct")
+                if v is None or float(v[k]) <= 0:
+                    continue
+                src_arr = info.get("ctx_cf_src") if via == "cf" else info.get("ctx_src2")
+            else:
+                src_arr = info.get("cf_src" if via == "cf" else "content_src")
+            first = int(src_arr[k]) if src_arr is not None else -1
+            model = b.cf_model_ if via == "cf" else b.content_model_
+            if first >= 0:
+                seen.add(first)
+                yield self._anchored(first, item, via, anchor, top, info)
+            if idx is None or w is None:
+                continue
+            for src in self._source_terms(model, idx, w, item).tolist():
+                if src not in seen:
+                    seen.add(src)
+                    yield self._anchored(src, item, via, anchor, top, info)
 
     # ---------------------------------------------------------- serialisation
     @property
@@ -1183,6 +1406,8 @@ class RoomRanker:
             out[f"rr.repeat.{k}"] = v
         out["rr.room_stream_ids"] = str_array(self.room_stream_ids_)
         out["rr.recent_buyers"] = np.asarray(self.recent_buyers_, dtype=np.float32)
+        if self.cf_relation_ is not None:
+            out["rr.cf_relation"] = np.asarray(self.cf_relation_, dtype=np.uint8)
         for t, M in self.room_.items():
             out.update(csr_to_arrays(M, f"rr.room.{t}"))
         return out
@@ -1204,6 +1429,8 @@ class RoomRanker:
         )
         self.room_stream_ids_ = np.asarray(arrays["rr.room_stream_ids"])
         self.recent_buyers_ = np.asarray(arrays["rr.recent_buyers"])
+        # an artefact from before the relation codes: pairs are counted on demand (shared.reco.relations)
+        self.cf_relation_ = np.asarray(arrays["rr.cf_relation"]) if "rr.cf_relation" in arrays else None
         self.room_ = {t: csr_from_arrays(arrays, f"rr.room.{t}") for t in RANKER_ROOM_TYPES}
         self._build()
         self.set_heads(meta["heads"], meta.get("ranker"))

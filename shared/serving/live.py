@@ -371,7 +371,7 @@ def explain_live(reason: dict[str, Any]) -> dict[str, Any] | None:
     return None
 
 
-CROWD_KINDS = ("popular", "popular_in_stream")  # model reasons a live count may name better
+CROWD_KINDS = ("popular", "popular_in_stream", "trending")  # model reasons a live count may name better
 
 
 def relabel(items: list[dict[str, Any]], live: LiveState) -> None:

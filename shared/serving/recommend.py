@@ -268,6 +268,7 @@ class Params:
     max_price: float | None
     filter_seen: bool = False
     showcase_explicit: bool = False  # the request said showcase_only (else the setting's default)
+    max_per_category: int | None = None  # None: the setting's (DAIHUO_RECOMMEND_MAX_PER_CATEGORY)
 
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -283,6 +284,7 @@ KNOWN = {
     "category",
     "min_price",
     "max_price",
+    "max_per_category",
 }
 
 
@@ -368,6 +370,18 @@ def parse_params(args: Mapping[str, Any]) -> Params:
         raise BadParam("max_price", f"is below min_price ({hi} < {lo})")
     if user_id is None and not context and stream_id is None:
         raise BadParam("user_id", "is required (or give stream_id / context)")
+    mpc = args.get("max_per_category")
+    if mpc is not None and mpc != "":
+        try:
+            if isinstance(mpc, bool) or (isinstance(mpc, float) and not mpc.is_integer()):
+                raise ValueError
+            mpc = int(str(mpc).strip()) if not isinstance(mpc, (int, float)) else int(mpc)
+        except (TypeError, ValueError):
+            raise BadParam("max_per_category", f"expected an integer 0..{MAX_K}, got {mpc!r}") from None
+        if not 0 <= mpc <= MAX_K:
+            raise BadParam("max_per_category", f"expected an integer 0..{MAX_K} (0: no cap), got {mpc}")
+    else:
+        mpc = None
     return Params(
         user_id,
         stream_id,
@@ -380,6 +394,7 @@ def parse_params(args: Mapping[str, Any]) -> Params:
         hi,
         _bool("filter_seen", args.get("filter_seen"), False),
         explicit,
+        mpc,
     )
 
 
@@ -423,7 +438,48 @@ def _date(iso: str | None) -> tuple[str, str]:
         return "之前", "before"
 
 
+#: what the viewer did with an anchor item, in a relative clause ("你买过的「X」", "X, which you bought")
+_DID = {
+    "purchase": ("买过", "bought"),
+    "add_to_cart": ("加购过", "added to your cart"),
+    "product_click": ("看过", "viewed"),
+    "like": ("点赞过", "liked"),
+    "comment": ("评论过", "commented on"),
+    "share": ("分享过", "shared"),
+}
+_DID_ANY = ("关注过", "showed interest in")
+
+
+def _anchored_text(kind: str, t: str, reason: dict) -> tuple[str, str]:
+    """The sentence of a reason naming an anchor item ``t``: its relation to the listed item (the
+    component that scored it) and, for a history anchor, what the viewer did with it."""
+    if reason.get("anchor") == "history":
+        zh_did, en_did = _DID.get(reason.get("action") or "", _DID_ANY)
+        if kind == "bought_together":
+            return f"常和你{zh_did}的「{t}」一起买", f"often bought with {t}, which you {en_did}"
+        if kind == "viewed_together":
+            return f"看过你{zh_did}的「{t}」的人也看了它", f"viewers of {t}, which you {en_did}, also looked at it"
+        if kind == "similar_to":
+            return f"和你{zh_did}的「{t}」相似", f"similar to {t}, which you {en_did}"
+        zh, en = _ACTION_TEXT.get(
+            reason.get("action") or "", ("因为你关注过「{t}」", "because you showed interest in {t}")
+        )
+        return zh.format(t=t), en.format(t=t)  # related_to: picked from it, no relation claimed
+    if kind == "bought_together":
+        return f"常与「{t}」一起买", f"often bought with {t}"
+    if kind == "viewed_together":
+        return f"看过「{t}」的人也看了它", f"viewers of {t} also looked at it"
+    if kind == "similar_to":
+        return f"与「{t}」相似", f"similar to {t}"
+    return f"根据你在看的「{t}」推荐", f"picked for you from {t}"  # related_to
+
+
+ANCHORED_KINDS = ("bought_together", "viewed_together", "similar_to", "related_to")
+
+
 def explain(reason: dict, title_of) -> dict:
+    """A model reason (``shared.reco.ranker``; the hybrid's ``because_you`` / ``similar_to`` too) with its
+    sentence in Chinese and English (``text_zh``, ``text_en``) and the anchor's title."""
     kind = reason.get("kind")
     out = dict(reason)
     live = explain_live(reason)
@@ -431,15 +487,24 @@ def explain(reason: dict, title_of) -> dict:
         out.update(live)
         if isinstance(reason.get("model_reason"), dict):
             out["model_reason"] = explain(reason["model_reason"], title_of)
-    elif kind == "because_you":
+    elif kind in ANCHORED_KINDS and (reason.get("anchor") or kind != "similar_to"):
         t = title_of(reason.get("item"))
-        zh, en = _ACTION_TEXT.get(
-            reason.get("action") or "", ("因为你关注过「{t}」", "because you showed interest in {t}")
-        )
-        out.update(item_title=t, text_zh=zh.format(t=t), text_en=en.format(t=t))
-    elif kind == "similar_to":
+        zh, en = _anchored_text(str(kind), t, reason)
+        out.update(item_title=t, text_zh=zh, text_en=en)
+    elif kind == "because_you":  # the hybrid's history reason
         t = title_of(reason.get("item"))
-        out.update(item_title=t, text_zh=f"与「{t}」相似", text_en=f"similar to {t}")
+        if reason.get("via") == "content":
+            zh, en = _anchored_text("similar_to", t, {**reason, "anchor": "history"})
+        else:
+            zh, en = _ACTION_TEXT.get(
+                reason.get("action") or "", ("因为你关注过「{t}」", "because you showed interest in {t}")
+            )
+            zh, en = zh.format(t=t), en.format(t=t)
+        out.update(item_title=t, text_zh=zh, text_en=en)
+    elif kind == "similar_to":  # the hybrid's context reason: only the content part is a similarity
+        t = title_of(reason.get("item"))
+        zh, en = _anchored_text("similar_to" if reason.get("via") == "content" else "related_to", t, reason)
+        out.update(item_title=t, text_zh=zh, text_en=en)
     elif kind in ("buy_again", "buy_often"):
         d = _date(reason.get("last_purchase"))
         n = int(reason.get("times") or 0)
@@ -451,10 +516,17 @@ def explain(reason: dict, title_of) -> dict:
         else:
             out.update(text_zh=f"再次购买 · 你 {d[0]}买过", text_en=f"buy again: you bought it on {d[1]}")
     elif kind == "in_history":
+        when = _date(reason["last_touch"]) if reason.get("last_touch") else None
         if reason.get("action") == "add_to_cart":
-            out.update(text_zh="你加购过，还在考虑吗", text_en="you added it to your cart")
+            out.update(
+                text_zh=f"你 {when[0]}加购过，还在考虑吗" if when else "你加购过，还在考虑吗",
+                text_en=f"you added it to your cart on {when[1]}" if when else "you added it to your cart",
+            )
         else:
-            out.update(text_zh="你看过这件商品", text_en="you viewed it")
+            out.update(
+                text_zh=f"你 {when[0]}看过这件商品" if when else "你看过这件商品",
+                text_en=f"you viewed it on {when[1]}" if when else "you viewed it",
+            )
     elif kind == "taste":
         c = str(reason.get("category") or "")
         out.update(
@@ -462,10 +534,64 @@ def explain(reason: dict, title_of) -> dict:
             text_en=f"matches your taste in {c}" if c else "matches your taste",
         )
     elif kind == "popular_in_stream":
-        out.update(text_zh="本直播间热卖", text_en="popular in this stream")
+        out.update(_room_text(reason))
+    elif kind == "trending":
+        n = int(reason.get("buyers_7d") or 0)
+        out.update(
+            text_zh=f"近 7 天 {n} 人购买", text_en=f"bought by {n} viewer{'s' if n != 1 else ''} in the last 7 days"
+        )
+    elif kind == "popular" and reason.get("rank"):
+        r = int(reason["rank"])
+        out.update(text_zh=f"全站热销第 {r}", text_en=f"#{r} bestseller overall")
     else:
         out.update(text_zh="大家都在买", text_en="popular right now")
     return out
+
+
+def _room_text(reason: dict) -> dict[str, str]:
+    """``popular_in_stream``: the room's own count that scored it (orders / clicks so far or lately)."""
+    m = reason.get("minutes")
+    if reason.get("on_show"):
+        return {"text_zh": "主播正在展示", "text_en": "on show in this room now"}
+    if reason.get("orders"):
+        n = int(reason["orders"])
+        if m:
+            return {
+                "text_zh": f"本场近{m}分钟 {n} 单",
+                "text_en": f"{n} order{'s' if n != 1 else ''} here in {m} minutes",
+            }
+        return {"text_zh": f"本场已售 {n} 单", "text_en": f"{n} sold in this room"}
+    if reason.get("clicks"):
+        n = int(reason["clicks"])
+        if m:
+            return {
+                "text_zh": f"本场近{m}分钟 {n} 次点击",
+                "text_en": f"{n} click{'s' if n != 1 else ''} here in {m} minutes",
+            }
+        return {"text_zh": f"本场 {n} 次点击", "text_en": f"{n} click{'s' if n != 1 else ''} in this room"}
+    return {"text_zh": "本直播间热卖", "text_en": "popular in this stream"}
+
+
+def group_repeats(items: list[dict]) -> None:
+    """No sentence twice in one answer (in place): the model varies its reasons
+    (``RoomRanker._list_reasons``), and what still repeats (a live reason on several items, or an item
+    with no other true reason) is grouped: a later item keeps its reason with ``same_as`` (the first
+    item that gave it) and points at the previous one of its group (``同第 N 件`` / ``as #N``)."""
+    first: dict[tuple[str, str], int] = {}
+    last: dict[tuple[str, str], int] = {}
+    for pos, it in enumerate(items):
+        r = it["reason"]
+        key = (r.get("text_zh", ""), r.get("text_en", ""))
+        if key in first:
+            n = last[key]
+            r.update(
+                same_as=items[first[key]]["item_id"],
+                text_zh=f"同第 {n + 1} 件：{key[0]}",
+                text_en=f"as #{n + 1}: {key[1]}",
+            )
+        else:
+            first[key] = pos
+        last[key] = pos
 
 
 _FALLBACK = {
@@ -568,6 +694,7 @@ class Recommender:
             }
             for it in rec["items"]
         ]
+        group_repeats(items)
         if exp is not None and arm is not None and arm_status is None:
             rid = experiments.rec_id(exp.experiment, arm.name)
         else:
@@ -612,6 +739,11 @@ class Recommender:
         kw: dict[str, Any] = {}
         if hasattr(model, "repeat_"):  # RoomRanker: the request time drives "due" (buy again)
             kw["now"] = max(time.time(), model.reference_day * 86400.0)
+            cfg = settings()  # the diversity control (docs/recommendations.md, "Diversity")
+            kw["max_per_category"] = (
+                p.max_per_category if p.max_per_category is not None else cfg.recommend_max_per_category
+            )
+            kw["near_duplicate"] = cfg.recommend_near_duplicate or None
         context = list(p.context)
         if live.session is not None:
             context += [i for i in live.session_clicks() if i not in context]
