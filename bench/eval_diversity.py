@@ -120,7 +120,10 @@ def run(name, ev, items, a, out):
     caps = [int(c) for c in a.caps.split(",")]
     assert caps[0] == 0, "the first cap must be 0 (no cap: the reference)"
     near = a.near_duplicate or None
+    has_stream = "stream_id" in ev and ev["stream_id"].notna().any()
     for split, ins, variant in BLOCKS:
+        if ins and not has_stream:
+            continue
         t0, c0 = time.perf_counter(), cpu_s()
         kw = dict(split="global-time" if ins else split, variant=variant, in_stream=ins, items=items)
         test = P.make_split(ev, max_queries=a.max_queries, **kw)
