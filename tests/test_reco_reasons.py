@@ -106,11 +106,14 @@ def test_relations_survive_the_artefact_round_trip_and_are_counted_without_codes
     arrays = m.to_arrays()
     assert "rr.cf_relation" in arrays and arrays["rr.cf_relation"].dtype == np.uint8
     back = RoomRanker.from_arrays(arrays, m.meta)
+    m.use_kernel = back.use_kernel = False  # one path for exact equality (the kernel's is float-close)
     q = {"context_items": ["ear"]}
     assert back.recommend(None, 5, **q) == m.recommend(None, 5, **q)
     arrays.pop("rr.cf_relation")  # an artefact from before the codes: the pairs are counted on demand
     old = RoomRanker.from_arrays(arrays, m.meta)
+    old.use_kernel = False
     assert old.cf_relation_ is None and old.recommend(None, 5, **q) == m.recommend(None, 5, **q)
+    m.use_kernel = True
 
 
 def test_no_sentence_twice_in_an_answer(world):
@@ -168,3 +171,28 @@ def test_at_most_n_per_category_and_near_duplicates_collapsed(world):
         it["item_id"] for it in m.recommend(None, 2, allowed_items=["pb1", "pb2", "ear"], near_duplicate=0.8)["items"]
     ]
     assert len({"pb1", "pb2"} & set(one)) == 1 and "ear" in one, one  # the near-identical power bank collapsed
+
+
+def test_the_compiled_path_gives_the_same_items_and_reasons(world):
+    """Diversity and reasons on the request kernel's path (a longer heap, the context halves rebuilt)
+    equal the reference path's (scores and parts equal up to float rounding)."""
+    ev, items, m = world
+    if not m.warm_kernel():
+        pytest.skip("no numba: the kernel path does not apply")
+    asks = [
+        ("solo", {}),
+        (None, {"context_items": ["ear", "dress1", "pb1"]}),
+        ("a3", {"max_per_category": 1}),
+        (None, {"max_per_category": 1, "near_duplicate": 0.8}),
+        (None, {"allowed_items": ["pb1", "pb2", "ear"], "near_duplicate": 0.8}),
+    ]
+    try:
+        for who, kw in asks:
+            m.use_kernel = True
+            a = m.recommend(who, 8, **kw)["items"]
+            m.use_kernel = False
+            b = m.recommend(who, 8, **kw)["items"]
+            assert [(x["item_id"], x["reason"]) for x in a] == [(y["item_id"], y["reason"]) for y in b], (who, kw)
+            assert all(abs(x["score"] - y["score"]) < 1e-9 for x, y in zip(a, b))
+    finally:
+        m.use_kernel = True

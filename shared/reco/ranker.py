@@ -945,7 +945,8 @@ class RoomRanker:
             tot = 0.0
         r_ = -1 if row is None else int(row)
         # the diversity control skips items: the kernel hands over a longer ranked list to choose from
-        n_top = int(N) if not (div[0] or div[1]) else min(max(4 * int(N), int(N) + 40), n)
+        active = bool(div[0]) or bool(div[1] and div[1] <= self._content_max())
+        n_top = min(max(4 * int(N), int(N) + 40), n) if active else int(N)
         ui, bc, bl, ca, cl, tl = b._ui, self.buy_count_, self.buy_last_, self.cart_, self.click_, self.touch_last_
         two = tm is not None
         W2 = tm.W_ if two else cm.W_
@@ -1065,6 +1066,7 @@ class RoomRanker:
         xc, xc_src = _on_cand((x_c, x_v, x_s), items, n) if c_idx.size else (None, None)
         xt, _ = _on_cand((t_c, t_v, t_s), items, n) if c_idx.size and two else (None, None)
         info.update(ctx_cf=xc, ctx_ct=xt, ctx_cf_src=xc_src, hist_w=h_w, ctx_idx=c_idx)
+        # None (a diversity pass short of items inside the heap): the reference path ranks them all
         return self._top(
             items,
             Ft,
@@ -1074,6 +1076,7 @@ class RoomRanker:
             new_only=filter_seen,
             max_per_category=div[0],
             near_duplicate=div[1],
+            more_exist=int(n_keep) > items.size,
         )
 
     def _keep(
@@ -1118,7 +1121,11 @@ class RoomRanker:
         new_only: bool = False,
         max_per_category: int | None = None,
         near_duplicate: float | None = None,
+        more_exist: bool = False,
     ):
+        """The answer's N items (score desc, item asc; the diversity control) with parts and reasons.
+        ``more_exist``: the candidates are a prefix of a longer ranked list (the kernel's heap), so a
+        diversity pass that had to fill with skipped items returns ``None`` (the caller ranks them all)."""
         head = info.get("head", "room") + ("_new" if new_only else "")
         C = self.contributions(F, head)
         score = self.intercept(head) + C.sum(axis=1)
@@ -1126,9 +1133,11 @@ class RoomRanker:
         if sel.size == 0:
             return {"strategy": info.get("strategy", "global"), "items": []}
         cap = int(max_per_category) if max_per_category and self._cat_code is not None else 0
-        dup = near_duplicate if near_duplicate and self.base.content_model_ is not None else None
+        dup = near_duplicate if near_duplicate and near_duplicate <= self._content_max() else None
         if cap or dup:
-            order = self._diverse(sel[np.lexsort((cand[sel], -score[sel]))], cand, N, cap, dup)
+            order, filled = self._diverse(sel[np.lexsort((cand[sel], -score[sel]))], cand, N, cap, dup)
+            if filled and more_exist:
+                return None
         else:
             if sel.size > N:  # the N best (score desc, item asc) without sorting every candidate
                 kth = np.partition(-score[sel], N - 1)[N - 1]
@@ -1147,6 +1156,17 @@ class RoomRanker:
         return {"strategy": info.get("strategy", "global"), "items": out}
 
     # ----------------------------------------------------------- diversity
+    def _content_max(self) -> float:
+        """The largest stored text cosine (-inf without a content model): a threshold above it cannot
+        collapse anything, so the near-duplicate pass is skipped (and the kernel's heap stays k)."""
+        v = getattr(self, "_cmax", None)
+        if v is None:
+            cm = self.base.content_model_
+            M = None if cm is None else (cm.W_.data if cm.W_ is not None else cm.B_)
+            v = float(np.max(M)) if M is not None and np.size(M) else float("-inf")
+            self._cmax = v
+        return v
+
     def _near_dups(self, item: int, tau: float) -> np.ndarray:
         """Items whose text (title + description + category, the content model's TF-IDF) has a cosine
         >= ``tau`` with ``item`` (its stored neighbours)."""
@@ -1157,11 +1177,13 @@ class RoomRanker:
         a, b = W.indptr[item], W.indptr[item + 1]
         return W.indices[a:b][W.data[a:b] >= tau].astype(np.int64)
 
-    def _diverse(self, ranked: np.ndarray, cand: np.ndarray, N: int, cap: int, tau: float | None) -> np.ndarray:
+    def _diverse(
+        self, ranked: np.ndarray, cand: np.ndarray, N: int, cap: int, tau: float | None
+    ) -> tuple[np.ndarray, bool]:
         """The first ``N`` of ``ranked`` (candidate positions, best first) with at most ``cap`` items per
         category (0: no cap) and no item whose text is a near duplicate (cosine >= ``tau``) of one
         already taken; when fewer than ``N`` pass, the best of the skipped ones fill the end (a
-        one-category showcase still gets a full list)."""
+        one-category showcase still gets a full list). Returns the positions and whether it filled."""
         taken: list[int] = []
         skipped: list[int] = []
         per_cat: dict[int, int] = {}
@@ -1184,9 +1206,10 @@ class RoomRanker:
             taken.append(k)
             if cap:
                 per_cat[c] = per_cat.get(c, 0) + 1
+        filled = len(taken) < N and bool(skipped)
         if len(taken) < N:
             taken += skipped[: N - len(taken)]
-        return np.asarray(taken, dtype=np.int64)
+        return np.asarray(taken, dtype=np.int64), filled
 
     # ------------------------------------------------------------- reasons
     def _list_reasons(self, order, cand, F, Co, P, info) -> list[dict[str, Any]]:
