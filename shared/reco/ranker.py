@@ -1065,6 +1065,11 @@ class RoomRanker:
         # what the reasons read beside the kernel's sources: the context feature's two halves, weights
         xc, xc_src = _on_cand((x_c, x_v, x_s), items, n) if c_idx.size else (None, None)
         xt, _ = _on_cand((t_c, t_v, t_s), items, n) if c_idx.size and two else (None, None)
+        h_w = e_f
+        if h_idx.size:  # the kept history's weights (the kernel returns its positions), for other anchors
+            r_ix, r_dx = np.asarray(ix[a0:a1], dtype=np.int64), np.asarray(dx[a0:a1], dtype=np.float64)
+            o = np.argsort(r_ix, kind="stable")
+            h_w = r_dx[o[np.minimum(np.searchsorted(r_ix[o], h_idx), r_ix.size - 1)]]
         info.update(ctx_cf=xc, ctx_ct=xt, ctx_cf_src=xc_src, hist_w=h_w, ctx_idx=c_idx)
         # None (a diversity pass short of items inside the heap): the reference path ranks them all
         return self._top(
