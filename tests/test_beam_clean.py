@@ -119,6 +119,35 @@ def test_beam_engine_is_a_noop_without_pending_objects(gcs_emulator, monkeypatch
     assert beam_check.run_beam(url, now=NOW) == {"status": "noop", "pending": 0}
 
 
+def test_a_beam_run_that_crashes_before_the_commit_leaves_nothing_and_reruns_the_same(world, tmp_path, monkeypatch):
+    """A crash after every object is written, before the manifest moves (the fault point
+    ``clean:write_all``, once per store): nothing is committed; the rerun (the same run id, the same
+    object names) commits what the DuckDB engine commits. (On the local backend: the fault's once-only
+    marker is a create-only write, which the GCS emulator does not enforce, docs/storage.md.)"""
+    from shared.layout import MANIFEST
+
+    duck = open_store(tmp_path / "duck")
+    url = str(tmp_path / "beam")
+    beam = open_store(url)
+    _raw(duck, world, 1)
+    _raw(beam, world, 1)
+    run_clean(duck, now=NOW)
+    monkeypatch.setenv("DAIHUO_TEST_FAULTS", "clean:write_all")
+    with pytest.raises(RuntimeError, match="InjectedCrash"):
+        beam_check.run_beam(url, now=NOW)
+    assert not beam.exists(MANIFEST)
+    assert beam_check.run_beam(url, now=NOW)["status"] == "committed"
+    diffs = beam_check.compare_stores(duck, beam)
+    assert not diffs, "\n".join(diffs)
+
+
+def test_engine_without_the_beam_environment_says_so(tmp_path, monkeypatch):
+    monkeypatch.setenv("DAIHUO_CLEAN_ENGINE", "beam")
+    monkeypatch.setenv("DAIHUO_BEAM_PYTHON", str(tmp_path / "no-such-python"))
+    with pytest.raises(RuntimeError, match="make venv-beam"):
+        engine.run(open_store(tmp_path))
+
+
 def test_engine_setting_refuses_a_config_it_cannot_pass(tmp_path, monkeypatch):
     from shared.pipeline.clean import CleanConfig
 

@@ -36,6 +36,10 @@ def run(store, bus=None, cfg: CleanConfig | None = None, *, now: float | None = 
         _republish(store, bus, cfg, load_manifest(store)[0])
     py = Path(s.beam_python)
     py = py if py.is_absolute() else ROOT / py
+    if not py.exists():
+        raise RuntimeError(
+            f"DAIHUO_CLEAN_ENGINE=beam but no Beam environment at {py} (make venv-beam, DAIHUO_BEAM_PYTHON)"
+        )
     cmd = [str(py), "-m", "pipelines.beam.clean", "--store", s.store, *shlex.split(s.beam_args)]
     if now is not None:
         cmd += ["--now", repr(now)]
