@@ -38,7 +38,7 @@ def run(store, bus=None, cfg: CleanConfig | None = None, *, now: float | None = 
     py = py if py.is_absolute() else ROOT / py
     if not py.exists():
         raise RuntimeError(
-            f"DAIHUO_CLEAN_ENGINE=beam but no Beam environment at {py} (make venv-beam, DAIHUO_BEAM_PYTHON)"
+            f"the clean engine is beam but there is no Beam interpreter at {py} (make venv-beam; DAIHUO_BEAM_PYTHON)"
         )
     cmd = [str(py), "-m", "pipelines.beam.clean", "--store", s.store, *shlex.split(s.beam_args)]
     if now is not None:
