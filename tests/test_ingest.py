@@ -408,3 +408,58 @@ def test_missing_topic_is_503_not_a_silent_loss(tmp_path, pubsub_emulator):
         assert r.status_code == 503 and r.json()["accepted"] == 0
     finally:
         fn.stop()
+
+
+@pytest.mark.parametrize("point", ["bus:publish", "bus:published"])
+def test_a_failed_publish_is_5xx_loses_nothing_and_its_retry_is_deduplicated(pubsub_emulator, tmp_path, point):
+    """One batch's publish fails (``bus:publish``: the RPC never left; ``bus:published``: Pub/Sub
+    committed the messages but the answer was lost) while the batches around it succeed: that
+    request is a 503 reporting nothing accepted, the platform's retry is a 200, every event is in
+    Pub/Sub at least once, and archive + clean (the real downstream) keep each event exactly once."""
+    from datetime import UTC, datetime
+
+    from shared.pipeline.archive import ArchiveConfig, run_archive
+    from shared.pipeline.clean import CleanConfig, load_manifest, read_clean, run_clean
+    from shared.pipeline.config import TimeRules
+
+    topic, sub = f"fault-events-{uuid.uuid4().hex[:8]}", f"fault-archive-{uuid.uuid4().hex[:8]}"
+    b = Bus()
+    b.ensure_topic(topic)
+    b.ensure_subscription(sub, topic, ack_deadline_s=30)
+    env = {**_env(pubsub_emulator.host, tmp_path / "fn-store"), "DAIHUO_EVENTS_TOPIC": topic}
+    fn = emulators.start_function("ingest", env={**env, "DAIHUO_TEST_FAULTS": point}, log_dir=LOGS)
+    now = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    first, failing, last = (factories.batch(120, ts=now) for _ in range(3))
+    url = f"http://{fn.host}/"
+    try:
+        ndjson = "application/x-ndjson"
+        r1 = post(url, b"\n".join(map(orjson.dumps, failing)), content_type=ndjson)  # the planned fault: once
+        assert r1.status_code == 503 and r1.json()["accepted"] == 0 and "results" not in r1.json()
+        assert int(r1.headers["Retry-After"]) > 0
+        assert post(url, orjson.dumps(first)).json()["accepted"] == 120
+        r2 = post(url, b"\n".join(map(orjson.dumps, failing)), content_type=ndjson)  # the platform retries
+        assert r2.status_code == 200 and r2.json()["accepted"] == 120
+        assert post(url, orjson.dumps(last)).json()["accepted"] == 120
+    finally:
+        fn.stop()
+    log = (LOGS / "ingest.log").read_text()
+    assert "injected crash at " + point in log and '"dependency": "pubsub"' in log
+
+    store = open_store(str(tmp_path / "store"))
+    cfg = ArchiveConfig(subscription=sub, max_events=10_000, pull_timeout_s=2.0)
+    archived = 0
+    deadline = time.monotonic() + 30
+    expected = 360 + (120 if point == "bus:published" else 0)  # the lost answer's copy is a duplicate
+    while archived < expected and time.monotonic() < deadline:
+        archived += run_archive(b, store, cfg)["events"]
+    assert archived == expected  # nothing lost; a duplicate only where Pub/Sub had the first copy
+    assert not b.pull(sub, 100, timeout_s=1)
+    rules = TimeRules(max_future_s=300, max_past_s=30 * 86400, late_after_s=3600)
+    s = run_clean(store, None, CleanConfig(rules=rules, threads=2))
+    assert s["status"] == "committed" and s["dropped"] == 0
+    assert s["rows_out"] == 360 and s["duplicates"] == expected - 360
+    clean = read_clean(store, load_manifest(store)[0]).to_pandas()
+    assert clean["event_id"].is_unique
+    assert set(clean["event_id"]) == {e["event_id"] for e in first + failing + last}
+    b.delete_subscription(sub)
+    b.close()

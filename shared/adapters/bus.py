@@ -7,7 +7,9 @@ function that never publishes never opens a channel.
 
 Failures: a publish that cannot complete within ``publish_timeout_s`` raises ``BusUnavailable``;
 callers answer 503 and let the sender retry. Nothing is reported as published before Pub/Sub
-returned its message id.
+returned its message id. Test-only fault points (``shared.runtime.faults``): ``bus:publish`` (the RPC
+never leaves: nothing published) and ``bus:published`` (Pub/Sub committed, the caller never heard:
+its retry publishes duplicates); both surface as ``BusUnavailable``.
 """
 
 from __future__ import annotations
@@ -187,12 +189,18 @@ class Bus:
             raise BusUnavailable(f"publish to {topic} failed: {type(exc).__name__}: {exc}") from exc
 
     def _publish_rpc(self, path: str, chunk: list[tuple[bytes, dict[str, str]]], retry, timeout: float, metadata):
+        from shared.runtime import faults
+
         _, call, request_pb, message_pb = self._publish_call()
         request = request_pb(topic=path, messages=[message_pb(data=d, attributes=a) for d, a in chunk])
+        faults.point("bus:publish", None, "before the Publish RPC")  # tests only (shared.runtime)
         resp = retry(call)(request, timeout=timeout, metadata=metadata)
         ids = list(resp.message_ids)
         if len(ids) != len(chunk):
             raise BusUnavailable(f"Pub/Sub confirmed {len(ids)} of {len(chunk)} messages")
+        # tests only: Pub/Sub holds the messages but the caller never hears so (a lost answer, a
+        # deadline that expired after the server committed): the caller must fail, its retry duplicates
+        faults.point("bus:published", None, "after Pub/Sub confirmed, before the caller heard")
         return ids
 
     def publish(self, topic: str, data: bytes, **attributes: str) -> str:
