@@ -114,3 +114,34 @@ def test_unacked_messages_are_redelivered(bus):
     again = wait_for(lambda: bus.pull("wiring-redeliver-sub", 10, timeout_s=2), timeout=20)
     assert [m.data for m in again] == [b"not yet"]
     bus.ack("wiring-redeliver-sub", [m.ack_id for m in again])
+
+
+def test_concurrent_publishers_share_rpcs_and_each_gets_its_own_ids(bus):
+    """publish_many's group commit: 64 callers on 16 threads, one RPC under way at a time, so callers
+    that arrive meanwhile go out together; every caller gets the ids of ITS messages, in order, and
+    every message arrives exactly once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    bus.ensure_topic("wiring-group")
+    bus.ensure_subscription("wiring-group-pull", "wiring-group")
+    b = Bus(max_in_flight=1)
+
+    def publish(i: int) -> tuple[int, list[str]]:
+        return i, b.publish_many("wiring-group", [(f"{i}-{j}".encode(), {"i": str(i)}) for j in range(3)])
+
+    with ThreadPoolExecutor(16) as pool:
+        results = list(pool.map(publish, range(64)))
+    rpcs, messages = b.publish_stats()[f"projects/{b.project}/topics/wiring-group"]
+    assert messages == 192 and rpcs < 64  # shared RPCs
+    got: dict[str, bytes] = {}
+    deadline = time.monotonic() + 20
+    while len(got) < 192 and time.monotonic() < deadline:
+        msgs = bus.pull("wiring-group-pull", 1000, timeout_s=2)
+        bus.ack("wiring-group-pull", [m.ack_id for m in msgs])
+        for m in msgs:
+            assert m.message_id not in got
+            got[m.message_id] = m.data
+    assert len(got) == 192
+    for i, ids in results:
+        assert [got[mid] for mid in ids] == [f"{i}-{j}".encode() for j in range(3)]
+    b.close()

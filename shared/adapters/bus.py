@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -52,6 +53,28 @@ class Message:
     delivery_attempt: int = 0
 
 
+class _Group:
+    """One caller's chunk in a topic's publish queue (``Bus._commit``)."""
+
+    __slots__ = ("messages", "size", "taken", "done", "ids", "error")
+
+    def __init__(self, messages: list[tuple[bytes, dict[str, str]]], size: int):
+        self.messages, self.size = messages, size
+        self.taken = self.done = False
+        self.ids: list[str] = []
+        self.error: BusUnavailable | None = None
+
+
+class _Queue:
+    __slots__ = ("cond", "pending", "in_flight", "rpcs", "messages")
+
+    def __init__(self) -> None:
+        self.cond = threading.Condition(threading.Lock())
+        self.pending: deque[_Group] = deque()
+        self.in_flight = 0
+        self.rpcs = self.messages = 0  # sent so far (publish_stats)
+
+
 class Bus:
     """Publisher + subscriber for one project. Thread-safe; one per process is enough."""
 
@@ -63,8 +86,10 @@ class Bus:
         max_latency_s: float = 0.001,
         max_messages: int = 1000,
         max_bytes: int = 9 * 1024 * 1024,
+        max_in_flight: int = 2,
     ):
         self.project = project or project_id()
+        self.max_in_flight = max_in_flight  # Publish RPCs under way per topic (publish_many)
         if publish_timeout_s is None:
             from shared.settings import settings
 
@@ -75,6 +100,7 @@ class Bus:
         self._subscriber = None
         self._rpc = None  # (client, Publish callable, request class, message class), see _publish_call
         self._lock = threading.Lock()
+        self._queues: dict[str, _Queue] = {}  # topic path -> its publish queue (group commit)
 
     # -- clients -------------------------------------------------------------------------------
     @property
@@ -129,24 +155,91 @@ class Bus:
     def publish_many(self, topic: str, messages: Iterable[tuple[bytes, dict[str, str]]]) -> list[str]:
         """Publish every (data, attributes) pair and wait for all; return the message ids in order.
 
-        The messages go out as one Publish RPC per <=1000 messages / <=9 MB (the API's request
-        limits), with retries on transient errors, and this returns only when Pub/Sub has confirmed
-        every message with an id. Raises BusUnavailable if that does not happen within
-        ``publish_timeout_s``; some messages may then have been published (at-least-once: the
-        caller's retry duplicates them and cleaning deduplicates by event_id).
+        Returns only when Pub/Sub has confirmed every message with an id; raises BusUnavailable if
+        that does not happen within ``publish_timeout_s`` (per Publish RPC, retries on transient
+        errors included). Some messages may then have been published (at-least-once: the caller's
+        retry duplicates them and cleaning deduplicates by event_id).
 
-        One blocking wait per call (ingest: per request), not per message. The request is built as
-        protobuf messages directly (the generated client's dict -> proto-plus marshalling cost 0.2 ms
-        of CPU per 10-message request). Measured against the alternatives (bench/bench_ingest.py
-        ``--publish-compare``, README "Ingest"): the client's background batcher
-        (``PublisherClient.publish`` futures, awaited once per request) costs more CPU per request
-        (its thread hand-offs and per-message futures) and adds its ``max_latency`` timer; packing
-        a request into one message saves little more (the emulator's cost is per byte) and would
-        lose the per-message ``type`` / ``stream_id`` attributes subscribers filter on.
+        **Group commit.** The caller's messages (split at the API's limits, <=1000 messages / <=9 MB
+        per RPC) join the topic's queue; a caller finding fewer than ``max_in_flight`` Publish RPCs
+        under way sends, in ONE RPC, every queued message that fits (its own and those of callers that
+        arrived meanwhile), then wakes them. So each caller blocks once (ingest: once per request,
+        not per message), an idle instance sends at once (no timer), and a busy one sends fewer, larger
+        RPCs. If an RPC fails, every caller in it gets BusUnavailable (each answers 503; nothing of
+        theirs was reported accepted). The request is built as protobuf messages (the generated
+        client's dict -> proto-plus marshalling cost 0.2 ms of CPU per 10-message request).
+
+        Measured against the alternatives (bench/bench_ingest.py ``--publish-compare``, README
+        "Ingest"): one RPC per call without the queue; the client's background batcher
+        (``PublisherClient.publish`` futures, awaited once per request: more CPU per request, and its
+        ``max_latency`` timer); one message per request (little saved: the emulator's cost is per
+        byte; it would lose the per-message ``type`` / ``stream_id`` attributes subscribers filter on).
         """
+        path = topic_path(topic, self.project)
+        max_bytes, _, max_messages = self._batch
+        ids: list[str] = []
+        chunk: list[tuple[bytes, dict[str, str]]] = []
+        size = 0
+        for data, attrs in messages:
+            n = len(data) + sum(len(k) + len(v) for k, v in attrs.items())
+            if chunk and (len(chunk) >= max_messages or size + n > max_bytes):
+                ids += self._commit(path, chunk, size)
+                chunk, size = [], 0
+            chunk.append((data, attrs))
+            size += n
+        if chunk:
+            ids += self._commit(path, chunk, size)
+        return ids
+
+    def _commit(self, path: str, messages: list[tuple[bytes, dict[str, str]]], size: int) -> list[str]:
+        """Queue one chunk and wait until an RPC carrying it (sent by this caller or another) ended."""
+        with self._lock:
+            q = self._queues.get(path)
+            if q is None:
+                q = self._queues[path] = _Queue()
+        mine = _Group(messages, size)
+        max_bytes, _, max_messages = self._batch
+        with q.cond:
+            q.pending.append(mine)
+            while not mine.done:
+                if mine.taken or q.in_flight >= self.max_in_flight:
+                    q.cond.wait()
+                    continue
+                batch, n, b = [], 0, 0  # the queue's oldest groups that fit in one RPC
+                while q.pending and (
+                    not batch or (n + len(q.pending[0].messages) <= max_messages and b + q.pending[0].size <= max_bytes)
+                ):
+                    g = q.pending.popleft()
+                    g.taken = True
+                    batch.append(g)
+                    n, b = n + len(g.messages), b + g.size
+                q.in_flight += 1
+                q.rpcs, q.messages = q.rpcs + 1, q.messages + n
+                q.cond.release()
+                try:
+                    self._send(path, batch)
+                finally:
+                    q.cond.acquire()
+                    q.in_flight -= 1
+                    for g in batch:
+                        g.done = True
+                    q.cond.notify_all()
+        if mine.error is not None:
+            raise mine.error
+        return mine.ids
+
+    def publish_stats(self) -> dict[str, tuple[int, int]]:
+        """Topic path -> (Publish RPCs sent, messages in them) by this Bus (tests, benchmarks)."""
+        with self._lock:
+            return {path: (q.rpcs, q.messages) for path, q in self._queues.items()}
+
+    def _send(self, path: str, batch: list[_Group]) -> None:
+        """One Publish RPC for the groups of ``batch``; sets each group's ids or error, never raises."""
         from google.api_core import exceptions as gexc
         from google.api_core.gapic_v1.routing_header import to_grpc_metadata
         from google.api_core.retry import Retry
+
+        from shared.runtime import faults
 
         timeout = self.publish_timeout_s
         retry = Retry(
@@ -166,42 +259,29 @@ class Bus:
                 ),
             ),
         )
-        path = topic_path(topic, self.project)
-        metadata = (to_grpc_metadata((("topic", path),)),)
-        max_bytes, _, max_messages = self._batch
-        ids: list[str] = []
-        chunk: list[tuple[bytes, dict[str, str]]] = []
-        size = 0
         try:
-            for data, attrs in messages:
-                n = len(data) + sum(len(k) + len(v) for k, v in attrs.items())
-                if chunk and (len(chunk) >= max_messages or size + n > max_bytes):
-                    ids += self._publish_rpc(path, chunk, retry, timeout, metadata)
-                    chunk, size = [], 0
-                chunk.append((data, attrs))
-                size += n
-            if chunk:
-                ids += self._publish_rpc(path, chunk, retry, timeout, metadata)
-            return ids
-        except BusUnavailable:
-            raise
-        except Exception as exc:  # RetryError, NotFound (topic missing), channel errors ...
-            raise BusUnavailable(f"publish to {topic} failed: {type(exc).__name__}: {exc}") from exc
-
-    def _publish_rpc(self, path: str, chunk: list[tuple[bytes, dict[str, str]]], retry, timeout: float, metadata):
-        from shared.runtime import faults
-
-        _, call, request_pb, message_pb = self._publish_call()
-        request = request_pb(topic=path, messages=[message_pb(data=d, attributes=a) for d, a in chunk])
-        faults.point("bus:publish", None, "before the Publish RPC")  # tests only (shared.runtime)
-        resp = retry(call)(request, timeout=timeout, metadata=metadata)
-        ids = list(resp.message_ids)
-        if len(ids) != len(chunk):
-            raise BusUnavailable(f"Pub/Sub confirmed {len(ids)} of {len(chunk)} messages")
-        # tests only: Pub/Sub holds the messages but the caller never hears so (a lost answer, a
-        # deadline that expired after the server committed): the caller must fail, its retry duplicates
-        faults.point("bus:published", None, "after Pub/Sub confirmed, before the caller heard")
-        return ids
+            _, call, request_pb, message_pb = self._publish_call()
+            request = request_pb(
+                topic=path, messages=[message_pb(data=d, attributes=a) for g in batch for d, a in g.messages]
+            )
+            faults.point("bus:publish", None, "before the Publish RPC")  # tests only (shared.runtime)
+            resp = retry(call)(request, timeout=timeout, metadata=(to_grpc_metadata((("topic", path),)),))
+            ids = list(resp.message_ids)
+            if len(ids) != len(request.messages):
+                raise BusUnavailable(f"Pub/Sub confirmed {len(ids)} of {len(request.messages)} messages")
+            # tests only: Pub/Sub holds the messages but the callers never hear so (a lost answer, a
+            # deadline that expired after the server committed): they must fail, their retry duplicates
+            faults.point("bus:published", None, "after Pub/Sub confirmed, before the caller heard")
+        except Exception as exc:  # RetryError, NotFound (topic missing), channel errors, BusUnavailable
+            topic = path.rsplit("/", 1)[-1]
+            for g in batch:  # one exception object per caller (each raises its own)
+                g.error = BusUnavailable(f"publish to {topic} failed: {type(exc).__name__}: {exc}")
+                g.error.__cause__ = exc
+            return
+        at = 0
+        for g in batch:
+            g.ids = ids[at : at + len(g.messages)]
+            at += len(g.messages)
 
     def publish(self, topic: str, data: bytes, **attributes: str) -> str:
         return self.publish_many(topic, [(data, attributes)])[0]
