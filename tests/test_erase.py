@@ -171,7 +171,7 @@ def test_erasure_end_to_end(world):
     b = _wait(lambda: (lambda x: x if not x["personal"] else None)(ask(world, victim)), timeout=10)
     assert b and b["identity"] == "erased" and b["strategy"] != "personal" and b["user_id"] is None
     assert b["model_version"] == world["version"]
-    assert all(it["reason"]["kind"] in ("popular", "popular_in_stream") for it in b["items"])
+    assert all(it["reason"]["kind"] in ("popular", "popular_in_stream", "trending") for it in b["items"])
     assert ask(world, other)["personal"] is True
     assert victim not in store.get(erasure.ERASURE_KEY).decode()
 
@@ -205,7 +205,7 @@ def test_erasure_end_to_end(world):
     # 3. recommend serves the new model; the viewer is a stranger to it, the others are not
     b = _wait(lambda: (lambda x: x if x["model_version"] == summary["clean_model"] else None)(ask(world, victim)))
     assert b and b["strategy"] != "personal"
-    assert all(it["reason"]["kind"] in ("popular", "popular_in_stream") for it in b["items"])
+    assert all(it["reason"]["kind"] in ("popular", "popular_in_stream", "trending") for it in b["items"])
     assert ask(world, other)["personal"] is True
     users = set(Registry(store).load(summary["clean_model"]).model.user_ids_.tolist())
     assert victim not in users and other in users
