@@ -143,6 +143,7 @@ class Settings(_Base):
     train_window_days: float = _f(30.0, "train: training window (event time)")
     train_holdout_frac: float = _f(0.2, "train: last share of item events held out for the gate")
     promote_tolerance: float = _f(0.02, "train: share of the current model's primary NDCG@10 a new model may lose")
+    promote_retries: int = _f(3, "train: re-gates against the newly serving model after another run moved LATEST first")
     gate_strict: bool = _f(False, "train: the candidate must beat the best baseline with the 95 % interval above 0")
     eval_max_users: int = _f(5000, "train: holdout users and (user, stream) pairs scored (md5 samples)")
     train_half_life_days: float = _f(30.0, "train: affinity time decay")

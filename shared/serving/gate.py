@@ -121,13 +121,16 @@ def evaluate_candidate(
     min_queries: int = 30,
     n_boot: int = 1000,
     current_is_candidate: bool = False,
+    candidate_cache: dict | None = None,
 ) -> dict[str, Any]:
     """Every block of ``BLOCKS`` the data allows -> ``{"blocks": {name: report}, "primary": name}``.
 
     ``current_is_candidate``: the current version's recipe and code are the candidate's, so its refit on
-    the same part IS the candidate's fit: it is reused (same rankings), not fitted twice."""
+    the same part IS the candidate's fit: it is reused (same rankings), not fitted twice.
+    ``candidate_cache``: the candidate's fits per training part, kept across calls (a re-gate of the same
+    run against a newly serving model does not fit the candidate again)."""
     has_stream = "stream_id" in events and events["stream_id"].notna().any()
-    cand = _Fitted("candidate", candidate)
+    cand = _Fitted("candidate", candidate, candidate_cache)
     models = [cand]
     if current is not None:
         models.append(
@@ -307,11 +310,13 @@ class GateOutcome:
         }
 
 
-def _current(reg: Registry, recipe: dict) -> tuple[str | None, str | None, Callable | None, bool, str | None]:
-    """``(current version, LATEST generation, its refit factory, same recipe and code, load error)``."""
+def _current(
+    reg: Registry, recipe: dict
+) -> tuple[str | None, str | None, Callable | None, bool, str | None, dict | None]:
+    """``(current version, LATEST generation, its refit factory, same recipe and code, load error, its meta)``."""
     pointer, latest_gen = reg.latest()
     current_version = pointer.get("version") if pointer else None
-    current_error, factory, same = None, None, False
+    current_error, factory, same, cur_meta = None, None, False, None
     if current_version:
         try:
             cur_meta = reg.read_meta(current_version)
@@ -321,7 +326,28 @@ def _current(reg: Registry, recipe: dict) -> tuple[str | None, str | None, Calla
         except Exception as exc:
             current_error = f"{type(exc).__name__}: {exc}"
             log.error("current model unreadable", extra={"version": current_version, "error": current_error})
-    return current_version, latest_gen, factory, same, current_error
+    return current_version, latest_gen, factory, same, current_error, cur_meta
+
+
+def _clean_inputs(inputs: list[dict] | None) -> set[tuple[str, str]]:
+    return {(str(i["key"]), str(i["generation"])) for i in inputs or () if str(i.get("key", "")).startswith("clean/")}
+
+
+def older_data(inputs: list[dict] | None, window: dict | None, current_meta: dict | None) -> str | None:
+    """Why the candidate's training data is older than the current model's, or None: its window ends
+    before the current's, or its clean objects are a strict subset of the current's (a run that read the
+    clean/ prefix before another run's objects were committed). Such a candidate never replaces the
+    current model, whatever the holdout says: refitted on the candidate's (smaller) data the current
+    recipe is no measure of the served model."""
+    if not current_meta or inputs is None:
+        return None
+    mine, theirs = _clean_inputs(inputs), _clean_inputs(current_meta.get("inputs"))
+    end, cur_end = (window or {}).get("end"), (current_meta.get("window") or {}).get("end")
+    if end and cur_end and pd.Timestamp(end) < pd.Timestamp(cur_end):
+        return f"its window ends at {end}, before the current model's ({cur_end})"
+    if theirs and mine < theirs:
+        return f"its {len(mine)} clean objects are a strict subset of the current model's {len(theirs)}"
+    return None
 
 
 def run_gate(
@@ -335,15 +361,19 @@ def run_gate(
     max_queries: int = 5000,
     tolerance: float = 0.02,
     strict: bool = False,
+    inputs: list[dict] | None = None,
+    window: dict | None = None,
+    candidate_cache: dict | None = None,
 ) -> GateOutcome:
     """The candidate ``recipe`` vs the current version (LATEST) vs the baselines on a time-based holdout
-    of ``events``, and the promotion decision (see the module docstring)."""
+    of ``events``, and the promotion decision (see the module docstring). ``inputs`` / ``window``: the
+    candidate's training objects and window (``older_data``: a candidate on older data is refused)."""
     t0 = time.perf_counter()
 
     def candidate(tr, it, ref):  # exactly what `python -m devtools.evaluate --model served` fits
         return fit_recipe(tr, it, ref, recipe)
 
-    current_version, latest_gen, factory, same, current_error = _current(reg, recipe)
+    current_version, latest_gen, factory, same, current_error, cur_meta = _current(reg, recipe)
     ev = evaluate_candidate(
         events,
         items,
@@ -353,9 +383,14 @@ def run_gate(
         holdout_frac=holdout_frac,
         max_queries=max_queries,
         current_is_candidate=same,
+        candidate_cache=candidate_cache,
     )
     ev["current_refit"] = "reused the candidate's fit (same code and recipe)" if same else "refitted"
     promote, reason, summary = decide(ev, current_version, current_error, tolerance, strict)
+    stale = older_data(inputs, window, cur_meta)
+    if promote and stale:
+        promote, reason = False, f"older data: {stale}; keeping {current_version}; {reason}"
+        summary["older_data"] = stale
     return GateOutcome(
         evaluation=ev,
         metrics=gate_metrics(ev, summary),

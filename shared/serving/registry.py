@@ -7,13 +7,15 @@ Layout::
                                   extras (prefix "serving."): numeric and "<U" arrays only, so it loads
                                   with np.load(..., allow_pickle=False)
     models/<version>/meta.json    parameters, data window, input objects, metrics, decision, created_at,
-                                  code version, the model's own meta (written LAST: it commits the version)
+                                  code version, the model's own meta (written LAST: it commits the version;
+                                  afterwards only its decision changes: a re-gate, ``decision.promoted_at``)
     models/LATEST.json            {"version", "promoted_at", "previous", "metrics"}
 
 Versioning: a version id is ``<window end>-<hash>`` of the input objects (keys + generations), the
 training spec and the code version (``version_id``), so the same input gives the same version and a
-redelivered trigger finds it written; ``Registry.complete_promotion`` moves LATEST as a recorded
-decision says, unless LATEST moved since the decision.
+redelivered trigger finds it written; ``Registry.try_promotion`` moves LATEST as a recorded
+decision says, unless LATEST moved since the decision (then ``train`` gates again against the version
+serving now).
 """
 
 from __future__ import annotations
@@ -186,19 +188,22 @@ class Registry:
     def latest_generation(self) -> str | None:
         return self.store.generation(LATEST)
 
-    def complete_promotion(self, version: str, meta: dict[str, Any]) -> tuple[bool, str]:
+    def try_promotion(self, version: str, meta: dict[str, Any]) -> tuple[str, str]:
         """Carry out the decision recorded in a version's ``meta``: move LATEST to ``version`` if the
         decision says so and LATEST has not moved since it was taken (also after a crash between the
-        version write and the move). Returns ``(promoted, reason)``."""
+        version write and the move). Returns ``(status, reason)``, status one of ``promoted`` (LATEST
+        moved now), ``serving`` (LATEST already names it: a redelivery or a twin), ``declined`` (the
+        decision says keep) and ``moved`` (LATEST moved since the decision, or concurrently between
+        the read and the compare-and-swap: the decision is stale, ``train`` re-runs the gate)."""
         d = meta["decision"]
         reason = d["reason"]
-        if not d["promote"]:
-            return False, reason
         pointer, gen = self.latest()
         if pointer and pointer.get("version") == version:
-            return True, reason
+            return "serving", reason
+        if not d["promote"]:
+            return "declined", reason
         if gen != d.get("latest_generation"):
-            return False, (
+            return "moved", (
                 f"not promoted: LATEST moved to {pointer and pointer.get('version')} since the decision "
                 f"(was {d.get('compared_to')}); {reason}"
             )
@@ -212,11 +217,27 @@ class Registry:
                 },
                 gen,
             )
-        except Exception as exc:  # PreconditionFailed: someone moved it between read and swap
-            if type(exc).__name__ != "PreconditionFailed":
-                raise
-            return False, f"not promoted: LATEST moved concurrently ({type(exc).__name__}); {reason}"
-        return True, reason
+        except PreconditionFailed as exc:  # someone moved it between read and swap
+            return "moved", f"not promoted: LATEST moved concurrently ({type(exc).__name__}); {reason}"
+        return "promoted", reason
+
+    def complete_promotion(self, version: str, meta: dict[str, Any]) -> tuple[bool, str]:
+        """``try_promotion`` as ``(promoted, reason)`` (no re-gate: ``train`` does that)."""
+        status, reason = self.try_promotion(version, meta)
+        return status in ("promoted", "serving"), reason
+
+    def read_meta_with_generation(self, version: str) -> tuple[dict, str]:
+        return get_json_with_generation(self.store, meta_key(version))
+
+    def rewrite_meta(self, version: str, meta: dict, generation: str) -> str:
+        """Replace ``meta.json`` iff it is still at ``generation`` (PreconditionFailed else). Only the
+        decision part changes after the commit (a re-gate, the promotion mark); the arrays never do."""
+        return self.store.put(
+            meta_key(version),
+            json.dumps(meta, ensure_ascii=False, sort_keys=True, default=str).encode(),
+            content_type="application/json",
+            if_generation_match=generation,
+        )
 
     def promote(self, pointer: dict[str, Any], expected: str | None) -> str:
         """Move LATEST iff it is still at ``expected`` (None: iff absent); PreconditionFailed else."""

@@ -15,10 +15,16 @@ Steps (``run_train``):
    purchase / add-to-cart, all items and new items), with paired bootstrap intervals;
 4. the served model is the recipe **refitted on the full window** (the newest part of a live-stream
    evening is the most valuable: new items, the current streams), written as ``arrays.npz`` + ``meta.json``;
-5. promotion (``Registry.complete_promotion``): ``LATEST.json`` moves (compare-and-swap on its
+5. promotion (``Registry.try_promotion``): ``LATEST.json`` moves (compare-and-swap on its
    generation) iff the candidate beats the best baseline on the primary block (room / purchase / all
-   NDCG@10) and does not lose more than ``tolerance`` to the current model (the first model always,
-   flagged when below a baseline);
+   NDCG@10), does not lose more than ``tolerance`` to the current model and is not trained on older
+   data than it (``gate.older_data``) (the first model always, flagged when below a baseline). When
+   another run moved LATEST since the decision (two clean runs' notifications train concurrently and
+   both decide "first model"), the decision is stale: the gate runs again against the version now
+   serving (the candidate's holdout fits reused), the new decision replaces the recorded one in
+   ``meta.json`` (the old ones kept under ``decisions``), and the swap is tried again, at most
+   ``promote_retries`` times. A promoted version is marked (``decision.promoted_at``) so that a
+   redelivery after it was replaced never promotes it a second time;
 6. publish ``model-published`` with ``{version, promoted, reason, metrics}``.
 
 Any exception propagates (the function answers 500, Pub/Sub retries, then dead-letters).
@@ -28,12 +34,14 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from shared.adapters.storage import PreconditionFailed
 from shared.log import get_logger
 from shared.reco import HybridRecommender
 from shared.reco.content import ContentModel
@@ -53,6 +61,7 @@ class TrainConfig:
     holdout_frac: float = field(default_factory=lambda: settings().train_holdout_frac)
     tolerance: float = field(default_factory=lambda: settings().promote_tolerance)
     strict: bool = field(default_factory=lambda: settings().gate_strict)
+    promote_retries: int = field(default_factory=lambda: settings().promote_retries)
     k: int = 10
     max_eval_users: int = field(default_factory=lambda: settings().eval_max_users)
     half_life_days: float = field(default_factory=lambda: settings().train_half_life_days)
@@ -219,9 +228,86 @@ def _version_meta(
     }
 
 
-def _finish(reg: Registry, version: str, meta: dict, bus, cfg: TrainConfig, t0: float, reused: bool) -> TrainResult:
-    """Carry out the recorded decision (``Registry.complete_promotion``); log and publish the outcome."""
-    promoted, reason = reg.complete_promotion(version, meta)
+def _redecide(reg: Registry, version: str, gate: GateOutcome) -> dict:
+    """Record a re-gate's decision in ``meta.json`` (compare-and-swap on its generation; the decisions
+    it replaces are kept under ``decisions``). A twin that recorded a decision against the same LATEST
+    generation first wins: its record is used."""
+    while True:
+        meta, gen = reg.read_meta_with_generation(version)
+        if meta["decision"].get("latest_generation") == gate.latest_generation:
+            return meta
+        old = {k: v for k, v in meta["decision"].items()}
+        new = {
+            **meta,
+            "metrics": gate.metrics,
+            "evaluation": gate.evaluation,
+            "decision": gate.decision(),
+            "decisions": [*meta.get("decisions", []), old],
+        }
+        try:
+            reg.rewrite_meta(version, new, gen)
+            return new
+        except PreconditionFailed:
+            continue
+
+
+def _mark_promoted(reg: Registry, version: str) -> None:
+    """``decision.promoted_at`` from LATEST (best effort: a lost swap means a twin marks it)."""
+    try:
+        meta, gen = reg.read_meta_with_generation(version)
+        pointer, _ = reg.latest()
+        if meta["decision"].get("promoted_at") or not pointer or pointer.get("version") != version:
+            return
+        meta["decision"]["promoted_at"] = pointer.get("promoted_at")
+        reg.rewrite_meta(version, meta, gen)
+    except PreconditionFailed:
+        pass
+
+
+def _settle(
+    reg: Registry, version: str, meta: dict, cfg: TrainConfig, regate: Callable[[], GateOutcome]
+) -> tuple[bool, str, dict, int]:
+    """Carry out the recorded decision; on a stale one (LATEST moved since) re-run the gate against the
+    version now serving and try again, at most ``cfg.promote_retries`` times.
+    Returns ``(promoted, reason, meta, re-gates)``."""
+    regates = 0
+    while True:
+        status, reason = reg.try_promotion(version, meta)
+        if status in ("promoted", "serving"):
+            if not meta["decision"].get("promoted_at"):
+                _mark_promoted(reg, version)
+            return True, reason, meta, regates
+        if status == "declined":
+            return False, reason, meta, regates
+        if meta["decision"].get("promoted_at"):  # it served once and was replaced: never again
+            pointer, _ = reg.latest()
+            return (
+                False,
+                f"not promoted again: it served from {meta['decision']['promoted_at']} until "
+                f"{pointer and pointer.get('version')} replaced it",
+                meta,
+                regates,
+            )
+        if regates >= cfg.promote_retries:
+            log.warning("gave up re-gating", extra={"version": version, "regates": regates})
+            return False, f"{reason} (gave up after {regates} re-gates)", meta, regates
+        regates += 1
+        log.info("LATEST moved since the decision: gating again", extra={"version": version, "regate": regates})
+        meta = _redecide(reg, version, regate())
+
+
+def _finish(
+    reg: Registry,
+    version: str,
+    meta: dict,
+    bus,
+    cfg: TrainConfig,
+    t0: float,
+    reused: bool,
+    regate: Callable[[], GateOutcome],
+) -> TrainResult:
+    """Carry out the recorded decision (``_settle``); log and publish the outcome."""
+    promoted, reason, meta, regates = _settle(reg, version, meta, cfg, regate)
     res = TrainResult(version, promoted, reason, meta["metrics"], reused, time.perf_counter() - t0)
     log.info(
         "train done",
@@ -230,6 +316,7 @@ def _finish(reg: Registry, version: str, meta: dict, bus, cfg: TrainConfig, t0: 
             "promoted": promoted,
             "reason": reason,
             "reused": reused,
+            "regates": regates,
             "metrics": meta["metrics"],
             "seconds": round(res.seconds, 3),
         },
@@ -244,6 +331,23 @@ def _finish(reg: Registry, version: str, meta: dict, bus, cfg: TrainConfig, t0: 
     return res
 
 
+def _gate(reg: Registry, data: TrainingData, prep: _Prepared, cfg: TrainConfig, cache: dict) -> GateOutcome:
+    return run_gate(
+        reg,
+        data.events,
+        prep.items,
+        prep.recipe,
+        k=cfg.k,
+        holdout_frac=cfg.holdout_frac,
+        max_queries=cfg.max_eval_users,
+        tolerance=cfg.tolerance,
+        strict=cfg.strict,
+        inputs=data.inputs,
+        window=data.window,
+        candidate_cache=cache,
+    )
+
+
 # ------------------------------------------------------------------------------------- run
 def run_train(store, bus=None, cfg: TrainConfig | None = None, trigger: dict | None = None) -> TrainResult:
     """The steps of the module docstring: read -> version id (a redelivery: finish it) -> prepare ->
@@ -256,21 +360,20 @@ def run_train(store, bus=None, cfg: TrainConfig | None = None, trigger: dict | N
     if _nothing_to_train(data):
         return _skip(data, bus, cfg)
     version = version_id(data.inputs, data.window.get("end"), cfg.version_spec())
+    cache: dict = {}  # the candidate's holdout fits, shared by the gate and its re-runs
+    prepared: list[_Prepared] = []
+
+    def regate() -> GateOutcome:  # against the version serving now (LATEST moved since the decision)
+        if not prepared:
+            prepared.append(_prepare(data, cfg))
+        return _gate(reg, data, prepared[0], cfg, cache)
+
     if reg.exists(version):
         log.info("version already written (redelivery); not fitting again", extra={"version": version})
-        return _finish(reg, version, reg.read_meta(version), bus, cfg, t0, reused=True)
+        return _finish(reg, version, reg.read_meta(version), bus, cfg, t0, True, regate)
     prep = _prepare(data, cfg)
-    gate = run_gate(
-        reg,
-        data.events,
-        prep.items,
-        prep.recipe,
-        k=cfg.k,
-        holdout_frac=cfg.holdout_frac,
-        max_queries=cfg.max_eval_users,
-        tolerance=cfg.tolerance,
-        strict=cfg.strict,
-    )
+    prepared.append(prep)
+    gate = _gate(reg, data, prep, cfg, cache)
     model, t_fit = _fit_served(data, prep)
     blob = encode_arrays(model, _serving_extras(model, data, prep.showcases))
     timing = {"read": t_read, "content": prep.seconds, "evaluate": gate.seconds, "fit": t_fit}
@@ -278,4 +381,4 @@ def run_train(store, bus=None, cfg: TrainConfig | None = None, trigger: dict | N
     written = reg.write_version(version, blob, meta)
     if not written:  # a twin committed it first: use its record
         meta = reg.read_meta(version)
-    return _finish(reg, version, meta, bus, cfg, t0, reused=not written)
+    return _finish(reg, version, meta, bus, cfg, t0, not written, regate)
