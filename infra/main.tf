@@ -116,7 +116,21 @@ locals {
   subscriber_grants = {
     for pair in flatten([
       for name, f in local.functions : [for s in f.pulls : { fn = name, subscription = s }]
-    ]) : "${pair.fn}/${pair.subscription}" => pair
+    ]) : "${pair.fn}/${pair.subscription}" => pair if contains(keys(local.pull_subscriptions), pair.subscription)
+  }
+
+  # var.raw_writer = "subscription": the Pub/Sub Cloud Storage subscription (pubsub.tf) writes raw/
+  # instead of archive; archive's pull subscription and its ticks are then not created (a pull
+  # subscription nobody drains would hold 7 days of every event). The archive function stays deployed,
+  # idle, so switching back is one apply.
+  archive_replaced = var.raw_writer == "subscription"
+  pull_subscriptions = {
+    for name, s in local.topology.pull_subscriptions : name => s
+    if !(local.archive_replaced && name == local.env_values.DAIHUO_ARCHIVE_SUBSCRIPTION)
+  }
+  schedules = {
+    for name, s in local.topology.schedules : name => s
+    if !(local.archive_replaced && s.topic == local.topology.functions.archive.topic)
   }
 
   pubsub_service_agent = "service-${data.google_project.this.number}@gcp-sa-pubsub.iam.gserviceaccount.com"

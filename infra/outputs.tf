@@ -54,3 +54,11 @@ output "dead_letter_commands" {
     ]) if local.functions[name].trigger == "topic"
   ]
 }
+
+output "raw_writer_subscription" {
+  description = "var.raw_writer = \"subscription\": the Cloud Storage subscription writing raw/pubsub/ and its state (ACTIVE; PERMISSION_DENIED or NOT_FOUND when it cannot write the bucket: check the Pub/Sub service agent's grants). null with archive."
+  value = local.archive_replaced ? {
+    name  = google_pubsub_subscription.raw_writer[0].name
+    state = google_pubsub_subscription.raw_writer[0].cloud_storage_config[0].state
+  } : null
+}

@@ -17,7 +17,7 @@ resource "google_pubsub_topic" "topic" {
 # only after raw/ holds it. No dead-letter policy on purpose: raw/ is the system of record, so an
 # outage must leave the events waiting here (7 days), never divert them.
 resource "google_pubsub_subscription" "pull" {
-  for_each = local.topology.pull_subscriptions
+  for_each = local.pull_subscriptions
 
   name                       = each.key
   project                    = var.project_id
@@ -61,4 +61,75 @@ resource "google_pubsub_topic_iam_member" "dead_letter_publisher" {
   topic   = google_pubsub_topic.topic[local.topology.push_defaults.dead_letter_topic].name
   role    = "roles/pubsub.publisher"
   member  = "serviceAccount:${local.pubsub_service_agent}"
+}
+
+# --- raw/ without archive: the Pub/Sub Cloud Storage subscription (var.raw_writer = "subscription") ---
+# Pub/Sub itself writes batches of viewer-events to the data bucket: one object per max_duration /
+# max_bytes, text format (each message's data followed by a newline, NOT compressed: ingest publishes
+# NDJSON, so an object is NDJSON), named <filename_prefix><datetime>_<uuid><filename_suffix>:
+#   raw/pubsub/2026-12-02/19_37_05Z_<uuid>.ndjson
+# The datetime format cannot spell archive's "date=YYYY-MM-DD/hour=HH" (only the datetime tokens and
+# delimiters are allowed), so clean's raw listing also accepts these names (shared/layout.py:
+# RAW_SUBSCRIPTION_*, is_raw_object, partition_date; tests/test_raw_subscription.py writes objects
+# exactly so and cleans them). Partitioned by write time, not by the event's ts as archive does:
+# clean does not depend on the partition (it dedupes and dates rows by their own fields); only the
+# look-back and retention count from it. At-least-once, as archive: clean dedupes by event_id.
+resource "google_pubsub_subscription" "raw_writer" {
+  count = local.archive_replaced ? 1 : 0
+
+  name    = "viewer-events-raw-gcs"
+  project = var.project_id
+  topic   = google_pubsub_topic.topic["viewer-events"].id
+  labels  = var.labels
+
+  # must be >= max_duration (the API refuses a shorter deadline)
+  ack_deadline_seconds       = 600
+  message_retention_duration = "604800s"
+
+  cloud_storage_config {
+    bucket                   = google_storage_bucket.data.name
+    filename_prefix          = "raw/pubsub/"
+    filename_datetime_format = "YYYY-MM-DD/hh_mm_ssZ"
+    filename_suffix          = ".ndjson"
+    max_duration             = var.raw_writer_max_duration
+    max_bytes                = var.raw_writer_max_bytes
+    # no avro_config: text format, the message data only (attributes are not needed: ingest puts
+    # everything clean reads into the NDJSON lines, received_at included)
+  }
+
+  expiration_policy {
+    ttl = "" # never expires
+  }
+
+  retry_policy {
+    minimum_backoff = "10s"
+    maximum_backoff = "600s"
+  }
+
+  depends_on = [
+    google_storage_bucket_iam_member.pubsub_raw_writer,
+    google_storage_bucket_iam_member.pubsub_raw_bucket_reader,
+  ]
+}
+
+# What the Pub/Sub service agent needs to write the subscription's objects, as Google documents it:
+# storage.objects.create (objectCreator: create only, never read, overwrite or delete) and the
+# bucket's metadata (legacyBucketReader: storage.buckets.get, which the service checks when the
+# subscription is created). Both on this bucket only, only when the subscription exists. No IAM
+# condition on the raw/pubsub/ prefix: the service verifies its access on the bucket, and a
+# conditioned grant would not pass that check.
+resource "google_storage_bucket_iam_member" "pubsub_raw_writer" {
+  count = local.archive_replaced ? 1 : 0
+
+  bucket = google_storage_bucket.data.name
+  role   = "roles/storage.objectCreator"
+  member = "serviceAccount:${local.pubsub_service_agent}"
+}
+
+resource "google_storage_bucket_iam_member" "pubsub_raw_bucket_reader" {
+  count = local.archive_replaced ? 1 : 0
+
+  bucket = google_storage_bucket.data.name
+  role   = "roles/storage.legacyBucketReader"
+  member = "serviceAccount:${local.pubsub_service_agent}"
 }

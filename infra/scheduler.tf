@@ -1,10 +1,10 @@
 # Scheduler jobs publishing the ticks declared in topology.json "schedules" (cron overridable per
-# job with var.schedule_overrides). A Pub/Sub target is published by the Cloud Scheduler service
+# job with var.schedule_overrides; archive's ticks are left out when var.raw_writer = "subscription"). A Pub/Sub target is published by the Cloud Scheduler service
 # agent (it has pubsub.topics.publish through roles/cloudscheduler.serviceAgent); no user-managed
 # identity is involved, so none is granted publish on the tick topics.
 
 resource "google_cloud_scheduler_job" "tick" {
-  for_each = local.topology.schedules
+  for_each = local.schedules
 
   name        = "daihuo-${each.key}"
   project     = var.project_id

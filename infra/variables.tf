@@ -222,3 +222,25 @@ variable "alert_retention_days" {
   type        = number
   default     = 90
 }
+
+variable "raw_writer" {
+  description = "Who writes raw/: \"archive\" (the function, pulling viewer-events-archive each minute; the default) or \"subscription\" (a Pub/Sub Cloud Storage subscription writing raw/pubsub/*.ndjson; no archive ticks). docs/deploy.md"
+  type        = string
+  default     = "archive"
+  validation {
+    condition     = contains(["archive", "subscription"], var.raw_writer)
+    error_message = "raw_writer must be \"archive\" or \"subscription\"."
+  }
+}
+
+variable "raw_writer_max_duration" {
+  description = "Cloud Storage subscription: a new object at least this often (60s..600s; <= its ack deadline, 600s)."
+  type        = string
+  default     = "300s"
+}
+
+variable "raw_writer_max_bytes" {
+  description = "Cloud Storage subscription: a new object after this many bytes (1 KB..10 GiB). clean reads one object at a time into memory: keep it well below the clean function's memory."
+  type        = number
+  default     = 67108864
+}

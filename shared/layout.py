@@ -4,6 +4,8 @@ One bucket (``DAIHUO_STORE``) holds everything, under these prefixes (docs/stora
 
     raw/date=YYYY-MM-DD/hour=HH/<hash>.ndjson.gz        archive: the events as received (create-only)
     raw/date=.../replay-<hash>.ndjson.gz                 replay: corrected quarantine rows
+    raw/pubsub/YYYY-MM-DD/hh_mm_ssZ_<uuid>.ndjson        the Pub/Sub Cloud Storage subscription, when it
+                                                         replaces archive (infra var.raw_writer, text format)
     quarantine/ingest/date=YYYY-MM-DD/<ms>-<uuid>.ndjson.gz   ingest: refused events, with reasons
     quarantine/live/date=YYYY-MM-DD/<ms>-<id>.ndjson.gz  live: malformed messages / lines, with reasons
     quarantine/date=YYYY-MM-DD/<run>.ndjson.gz           clean: refused rows, with reasons
@@ -89,8 +91,25 @@ RETENTION_PREFIXES = ("raw", "clean", "quarantine")
 #: every prefix that may hold a viewer's rows (the erasure job rewrites them)
 PERSONAL_PREFIXES = (RAW, CLEAN, QUARANTINE, DEDUPE, CATALOG, ANALYTICS, REPORTS)
 
-DATE_RE = re.compile(r"(?:^|/)date=(\d{4}-\d{2}-\d{2})(?:/|$)")
+# ``date=YYYY-MM-DD`` partitions; under raw/pubsub/ the Cloud Storage subscription's own datetime
+# directory (its filename_datetime_format cannot write the literal "date="), see RAW_SUBSCRIPTION
+DATE_RE = re.compile(r"(?:^|/)(?:date=|(?<=^raw/pubsub/))(\d{4}-\d{2}-\d{2})(?:/|$)")
 MODEL_META_RE = re.compile(r"^models/([^/]+)/meta\.json$")
+
+
+# The Pub/Sub Cloud Storage subscription (infra/pubsub.tf, var.raw_writer = "subscription") names its
+# objects <filename_prefix><datetime>_<uuid><filename_suffix>; with the prefix, datetime format and
+# suffix below, raw/pubsub/2026-12-02/19_37_05Z_<uuid>.ndjson. Text format: each message's data
+# followed by a newline, NOT compressed.
+RAW_SUBSCRIPTION_PREFIX = RAW + "pubsub/"
+RAW_SUBSCRIPTION_DATETIME_FORMAT = "YYYY-MM-DD/hh_mm_ssZ"
+RAW_SUBSCRIPTION_SUFFIX = ".ndjson"
+RAW_SUFFIXES = (".ndjson.gz", RAW_SUBSCRIPTION_SUFFIX)  # what clean lists as raw objects
+
+
+def is_raw_object(key: str) -> bool:
+    """A raw object clean reads: archive's and replay's ``.ndjson.gz``, the subscription's ``.ndjson``."""
+    return key.startswith(RAW) and key.endswith(RAW_SUFFIXES)
 
 
 def raw_key(partition: str, digest: str) -> str:

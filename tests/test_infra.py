@@ -147,7 +147,7 @@ def test_http_exposure(tf):
 def test_topics_and_subscriptions_come_from_topology(tf):
     assert _res(tf, "google_pubsub_topic", "topic")["for_each"] == "${toset(local.topology.topics)}"
     pull = _res(tf, "google_pubsub_subscription", "pull")
-    assert pull["for_each"] == "${local.topology.pull_subscriptions}"
+    assert pull["for_each"] == "${local.pull_subscriptions}"
     assert pull["topic"] == "${google_pubsub_topic.topic[each.value.topic].id}"
     assert pull["message_retention_duration"] == "${each.value.retention}"
     assert _one(pull["expiration_policy"])["ttl"] == ""
@@ -163,7 +163,7 @@ def test_topics_and_subscriptions_come_from_topology(tf):
 
 def test_schedules_come_from_topology(tf):
     job = _res(tf, "google_cloud_scheduler_job", "tick")
-    assert job["for_each"] == "${local.topology.schedules}"
+    assert job["for_each"] == "${local.schedules}"
     assert job["schedule"] == "${lookup(var.schedule_overrides, each.key, each.value.cron)}"
     target = _one(job["pubsub_target"])
     assert target["topic_name"] == "${google_pubsub_topic.topic[each.value.topic].id}"
@@ -315,3 +315,45 @@ def test_recommend_url_documents_a_request_recommend_accepts(tf):
     p = parse_params(args)  # BadParam (-> 400) on an unknown or malformed parameter
     assert p.user_id and p.stream_id and p.k == 10
     assert "Bearer" in desc and "docs/api.md" in desc
+
+
+# ------------------------------------------------------------------ raw/ by a Cloud Storage subscription
+def test_raw_writer_subscription_replaces_archive_only_when_chosen(tf):
+    var = tf["variable"]["raw_writer"]
+    assert var["default"] == "archive"  # archive stays the default
+    assert "subscription" in str(var["validation"])
+    loc = tf["locals"]
+    assert loc["archive_replaced"] == '${var.raw_writer == "subscription"}'
+    # archive's pull subscription, its grant and its ticks go away together with archive's role
+    assert (
+        "local.archive_replaced" in loc["pull_subscriptions"]
+        and "DAIHUO_ARCHIVE_SUBSCRIPTION" in loc["pull_subscriptions"]
+    )
+    assert "local.archive_replaced" in loc["schedules"] and "archive.topic" in loc["schedules"]
+    assert "local.pull_subscriptions" in loc["subscriber_grants"]
+    sub = _res(tf, "google_pubsub_subscription", "raw_writer")
+    assert sub["count"] == "${local.archive_replaced ? 1 : 0}"
+    assert sub["topic"] == '${google_pubsub_topic.topic["viewer-events"].id}'
+    csc = _one(sub["cloud_storage_config"])
+    assert csc["bucket"] == "${google_storage_bucket.data.name}"
+    assert "avro_config" not in csc and "text_config" not in csc or csc.get("text_config") == [{}]  # text format
+    assert csc["filename_prefix"].startswith("raw/") and csc["filename_suffix"] == ".ndjson"
+    assert "/" in csc["filename_datetime_format"] and "date=" not in csc["filename_datetime_format"]
+    # max_duration <= the ack deadline, both within the API's bounds
+    dur = int(str(_default(tf, csc["max_duration"])).rstrip("s"))
+    assert 60 <= dur <= 600 and dur <= int(sub["ack_deadline_seconds"])
+    assert 1000 <= int(_default(tf, csc["max_bytes"])) <= 10 * 2**30
+    assert _one(sub["expiration_policy"])["ttl"] == ""
+
+
+def test_raw_writer_service_agent_is_least_privilege(tf):
+    roles = {}
+    for name in ("pubsub_raw_writer", "pubsub_raw_bucket_reader"):
+        m = _res(tf, "google_storage_bucket_iam_member", name)
+        assert m["count"] == "${local.archive_replaced ? 1 : 0}", name
+        assert m["bucket"] == "${google_storage_bucket.data.name}", name  # this bucket, never the project
+        assert m["member"] == "serviceAccount:${local.pubsub_service_agent}", name
+        roles[name] = m["role"]
+    # create only (no read/overwrite/delete) + the bucket's metadata, nothing else
+    assert sorted(roles.values()) == ["roles/storage.legacyBucketReader", "roles/storage.objectCreator"]
+    assert "raw_writer_subscription" in tf["output"]

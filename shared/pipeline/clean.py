@@ -1,4 +1,4 @@
-"""clean: raw/ NDJSON.gz -> clean/ Parquet (typed, one row per event_id, UTC), quarantine/, the
+"""clean: raw/ NDJSON (.gz, or plain from the Pub/Sub Cloud Storage subscription) -> clean/ Parquet (typed, one row per event_id, UTC), quarantine/, the
 dedupe index, the catalog table, a data-quality report and the analytics tables; committed by
 advancing ``state/clean-manifest.json`` with a generation precondition.
 
@@ -889,7 +889,7 @@ def plan_run(store, bus, cfg: CleanConfig, now: float) -> RunPlan | None:
     # partitions older than the look-back are forgotten by ``done`` (compaction): never pending again.
     # The look-back counts back from the newest raw partition (archive never writes one beyond the
     # wall clock), not the wall clock alone: a store that got no data for a while forgets nothing.
-    raw_keys = [k for k in store.list(layout.RAW) if k.endswith(".ndjson.gz")]
+    raw_keys = [k for k in store.list(layout.RAW) if layout.is_raw_object(k)]
     ref = retention.reference_time(raw_keys, now)
     old = retention.cutoff_date(ref, cfg.lookback_days)
     pending_all = [k for k in raw_keys if k not in done and not retention.too_old(k, old)]
