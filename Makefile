@@ -26,7 +26,7 @@ help:
 	@echo "make evaluate        offline evaluation on MovieLens 100k (DATA=../shared/data/ml-100k)"
 	@echo "make eval-served     the served recipe vs every baseline (repeat world, one evening, Ta Feng)"
 	@echo "make bench-ranker    the served recipe's fit time and request latency (10M events, 50k items)"
-	@echo "make package         build dist/<function>.zip deployable bundles (docs/deploy.md)"
+	@echo "make package         build dist/<function>.zip deployable bundles + the Dataflow Flex Template contexts dist/dataflow/ (docs/deploy.md)"
 	@echo "make checkov         static security checks of infra/ (own tool venv)"
 
 venv: $(STAMP)
@@ -130,6 +130,7 @@ clean-var:
 
 package: venv
 	$(PY) -m devtools.package --out dist $(PACKAGE_ARGS)
+	$(PY) -m devtools.flex_template --out dist/dataflow $(FLEX_ARGS)
 
 checkov:
 	bash .ci/checkov.sh

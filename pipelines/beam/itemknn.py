@@ -168,8 +168,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--store", required=True)
     ap.add_argument("--out", required=True, help="the store key of the neighbour lists (Parquet)")
     ap.add_argument("--neighbours", type=int, default=100)
-    ap.add_argument("--min-cooc", type=float, default=1.0)
-    ap.add_argument("--max-user-items", type=int, default=None, help="sample heavy users to K items (changes S)")
+    # both spellings: the Flex Template launcher passes parameters as --min_cooc=.. (devtools/flex_template.py)
+    ap.add_argument("--min-cooc", "--min_cooc", type=float, default=1.0)
+    ap.add_argument(
+        "--max-user-items", "--max_user_items", type=int, default=None, help="sample heavy users to K items (changes S)"
+    )
     args, beam_args = ap.parse_known_args(argv)
     res: dict[str, Any] = run(
         args.store,
