@@ -62,3 +62,14 @@ output "raw_writer_subscription" {
     state = google_pubsub_subscription.raw_writer[0].cloud_storage_config[0].state
   } : null
 }
+
+output "dataflow_templates" {
+  description = "var.dataflow_enabled: each Flex Template's spec (gs://) and the image to build and push there (docs/deploy.md); launch with gcloud dataflow flex-template run."
+  value = {
+    for t in local.dataflow_templates : t => {
+      spec            = "gs://${google_storage_bucket.dataflow[0].name}/${google_storage_bucket_object.flex_template[t].name}"
+      image           = local.dataflow_images[t]
+      service_account = google_service_account.dataflow[0].email
+    }
+  }
+}

@@ -244,3 +244,34 @@ variable "raw_writer_max_bytes" {
   type        = number
   default     = 67108864
 }
+
+variable "dataflow_enabled" {
+  description = "Create what the Dataflow Flex Templates of the Beam jobs need (infra/dataflow.tf): the template bucket, the image repository, the worker identity and the template specs from dist/dataflow/ (make package). Off by default: the embedded DuckDB clean needs none of it."
+  type        = bool
+  default     = false
+}
+
+variable "dataflow_jobs" {
+  description = "Jobs to launch from the templates at apply, name => { template = \"daihuo-clean\" | \"daihuo-itemknn\", parameters = {...} } (store is filled in). A batch job runs once: use it for a backfill; recurring runs are launched with `gcloud dataflow flex-template run` (docs/deploy.md). Needs dataflow_enabled and the images pushed."
+  type = map(object({
+    template   = string
+    parameters = optional(map(string), {})
+  }))
+  default = {}
+  validation {
+    condition     = alltrue([for j in values(var.dataflow_jobs) : contains(["daihuo-clean", "daihuo-itemknn"], j.template)])
+    error_message = "dataflow_jobs: template must be daihuo-clean or daihuo-itemknn (devtools/flex_template.py TEMPLATES)."
+  }
+}
+
+variable "dataflow_max_workers" {
+  description = "Upper bound of a Dataflow job's autoscaling (docs/scale.md: ~2 n1-standard-4 at 50k events/s, ~5 at 150k)."
+  type        = number
+  default     = 5
+}
+
+variable "dataflow_machine_type" {
+  description = "Dataflow worker machine type."
+  type        = string
+  default     = "n1-standard-4"
+}

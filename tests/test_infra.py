@@ -357,3 +357,49 @@ def test_raw_writer_service_agent_is_least_privilege(tf):
     # create only (no read/overwrite/delete) + the bucket's metadata, nothing else
     assert sorted(roles.values()) == ["roles/storage.legacyBucketReader", "roles/storage.objectCreator"]
     assert "raw_writer_subscription" in tf["output"]
+
+
+# ------------------------------------------------------------------------ Dataflow (infra/dataflow.tf)
+def test_dataflow_templates_match_the_packaged_ones(tf):
+    from devtools.flex_template import TEMPLATES
+
+    loc = tf["locals"]
+    assert loc["dataflow_enabled"] == "${var.dataflow_enabled}"
+    assert tf["variable"]["dataflow_enabled"]["default"] is False  # the embedded DuckDB clean needs none of it
+    names = sorted(t.name for t in TEMPLATES)
+    assert sorted(re.findall(r'"(daihuo-[a-z]+)"', loc["dataflow_templates"])) == names
+    assert sorted(re.findall(r'"(daihuo-[a-z]+)"', str(tf["variable"]["dataflow_jobs"]["validation"]))) == names
+    assert "IMAGE_TAG" in loc["dataflow_images"]  # the content-addressed tag make package wrote
+    obj = _res(tf, "google_storage_bucket_object", "flex_template")
+    assert obj["for_each"] == "${local.dataflow_templates}" and obj["name"] == "templates/${each.key}.json"
+    assert ".spec.json" in obj["content"]
+    job = _res(tf, "google_dataflow_flex_template_job", "job")
+    assert job["provider"] == "${google-beta}" or job["provider"] == "google-beta"
+    assert job["for_each"] == "${local.dataflow_enabled ? var.dataflow_jobs : {}}"
+    assert job["service_account_email"] == "${google_service_account.dataflow[0].email}"
+    assert job["sdk_container_image"] == "${local.dataflow_images[each.value.template]}"
+    assert job["ip_configuration"] == "WORKER_IP_PRIVATE"
+    assert "store = " in job["parameters"] and "local.bucket_name" in job["parameters"]
+    req = _one(_one(tf["terraform"])["required_providers"])
+    assert req["google-beta"]["source"] == "hashicorp/google-beta"
+    assert req["google-beta"]["version"] == req["google"]["version"]
+
+
+def test_dataflow_identity_is_least_privilege(tf):
+    _res(tf, "google_service_account", "dataflow")
+    # the one project-level role: what Dataflow requires of a worker identity
+    assert _res(tf, "google_project_iam_member", "dataflow_worker")["role"] == "roles/dataflow.worker"
+    data = _res(tf, "google_storage_bucket_iam_member", "dataflow_data")
+    assert (data["bucket"], data["role"]) == ("${google_storage_bucket.data.name}", "roles/storage.objectAdmin")
+    assert tf["locals"]["storage_grants"]["clean"]["role"] == data["role"]  # what the clean function holds
+    temp = _res(tf, "google_storage_bucket_iam_member", "dataflow_temp")
+    assert temp["bucket"] == "${google_storage_bucket.dataflow[0].name}"
+    ar = _res(tf, "google_artifact_registry_repository_iam_member", "dataflow_reader")
+    assert ar["role"] == "roles/artifactregistry.reader"
+    assert ar["repository"] == "${google_artifact_registry_repository.dataflow[0].name}"
+    for rtype, by_name in tf["resource"].items():
+        for name, body in by_name.items():
+            if "google_service_account.dataflow" in str(body.get("member", "")):
+                assert name.startswith("dataflow_"), (rtype, name)
+    b = _res(tf, "google_storage_bucket", "dataflow")
+    assert b["uniform_bucket_level_access"] is True and b["public_access_prevention"] == "enforced"

@@ -1,0 +1,149 @@
+# The Beam jobs on Dataflow (pipelines/beam/: clean and item-knn), as Flex Templates built by
+# `make package` into dist/dataflow/ (devtools/flex_template.py). Everything here exists only with
+# var.dataflow_enabled. The images are built and pushed out of band (Cloud Build: docs/deploy.md);
+# this file uploads each template's spec naming its image in the repository below, gives the jobs a
+# worker identity with only what they do, and launches the jobs of var.dataflow_jobs.
+
+locals {
+  dataflow_enabled     = var.dataflow_enabled
+  dataflow_dist        = "${local.dist_dir}/dataflow"
+  dataflow_bucket_name = "${var.project_id}-daihuo-dataflow"
+  dataflow_templates   = local.dataflow_enabled ? toset(["daihuo-clean", "daihuo-itemknn"]) : toset([])
+  dataflow_image_repo  = "${var.region}-docker.pkg.dev/${var.project_id}/daihuo-dataflow"
+  # <repo>/<template>:<content hash of its build context> (dist/dataflow/<template>/IMAGE_TAG)
+  dataflow_images = {
+    for t in local.dataflow_templates :
+    t => "${local.dataflow_image_repo}/${t}:${trimspace(file("${local.dataflow_dist}/${t}/IMAGE_TAG"))}"
+  }
+}
+
+# Templates (templates/<name>.json), staging and temp files of the jobs: nothing of the data.
+resource "google_storage_bucket" "dataflow" {
+  #checkov:skip=CKV_GCP_62:Same as the data bucket: Cloud Audit Logs instead of legacy usage logs.
+  #checkov:skip=CKV_GCP_78:Templates are re-uploaded from dist/ by every apply and temp/staging files are disposable: nothing to recover from old versions.
+  count = local.dataflow_enabled ? 1 : 0
+
+  name                        = local.dataflow_bucket_name
+  project                     = var.project_id
+  location                    = upper(var.region)
+  storage_class               = "STANDARD"
+  uniform_bucket_level_access = true
+  public_access_prevention    = "enforced"
+  force_destroy               = true
+  labels                      = var.labels
+
+  lifecycle_rule {
+    condition {
+      age            = 7
+      matches_prefix = ["temp/", "staging/"]
+    }
+    action {
+      type = "Delete"
+    }
+  }
+}
+
+# The jobs' images (launcher + workers: one image per template).
+resource "google_artifact_registry_repository" "dataflow" {
+  count = local.dataflow_enabled ? 1 : 0
+
+  project       = var.project_id
+  location      = var.region
+  repository_id = "daihuo-dataflow"
+  format        = "DOCKER"
+  description   = "Daihuo Dataflow Flex Template images (make package: dist/dataflow/)"
+  labels        = var.labels
+}
+
+# The spec `gcloud dataflow flex-template build` would write, from dist/dataflow/<t>.spec.json with
+# the image in this project's repository.
+resource "google_storage_bucket_object" "flex_template" {
+  for_each = local.dataflow_templates
+
+  bucket       = google_storage_bucket.dataflow[0].name
+  name         = "templates/${each.key}.json"
+  content_type = "application/json"
+  content = jsonencode(merge(jsondecode(file("${local.dataflow_dist}/${each.key}.spec.json")), {
+    image              = local.dataflow_images[each.key]
+    defaultEnvironment = { sdkContainerImage = local.dataflow_images[each.key] }
+  }))
+}
+
+# --- the worker identity (the launcher VM and the workers run as it) ----------------------------
+resource "google_service_account" "dataflow" {
+  count = local.dataflow_enabled ? 1 : 0
+
+  project      = var.project_id
+  account_id   = "daihuo-dataflow"
+  display_name = "Daihuo Dataflow jobs (Beam clean, item-knn): workers and launcher"
+}
+
+# Dataflow requires its workers' identity to hold roles/dataflow.worker on the project (work items,
+# metrics, shuffle); it grants nothing on data.
+resource "google_project_iam_member" "dataflow_worker" {
+  count = local.dataflow_enabled ? 1 : 0
+
+  project = var.project_id
+  role    = "roles/dataflow.worker"
+  member  = "serviceAccount:${google_service_account.dataflow[0].email}"
+}
+
+# The data: the clean job does what the clean function does (reads raw/, writes clean/, quarantine/,
+# analytics/, state/, and swaps state/clean-manifest.json with a generation precondition, which needs
+# delete): objectAdmin on the data bucket only, as the clean function has (main.tf storage_grants).
+resource "google_storage_bucket_iam_member" "dataflow_data" {
+  count = local.dataflow_enabled ? 1 : 0
+
+  bucket = google_storage_bucket.data.name
+  role   = "roles/storage.objectAdmin"
+  member = "serviceAccount:${google_service_account.dataflow[0].email}"
+}
+
+# Templates, staging and temp: its own bucket.
+resource "google_storage_bucket_iam_member" "dataflow_temp" {
+  count = local.dataflow_enabled ? 1 : 0
+
+  bucket = google_storage_bucket.dataflow[0].name
+  role   = "roles/storage.objectAdmin"
+  member = "serviceAccount:${google_service_account.dataflow[0].email}"
+}
+
+# Pull the images (launcher and workers).
+resource "google_artifact_registry_repository_iam_member" "dataflow_reader" {
+  count = local.dataflow_enabled ? 1 : 0
+
+  project    = var.project_id
+  location   = var.region
+  repository = google_artifact_registry_repository.dataflow[0].name
+  role       = "roles/artifactregistry.reader"
+  member     = "serviceAccount:${google_service_account.dataflow[0].email}"
+}
+
+# --- jobs launched at apply (var.dataflow_jobs; a batch job runs once) --------------------------
+resource "google_dataflow_flex_template_job" "job" {
+  provider = google-beta
+  for_each = local.dataflow_enabled ? var.dataflow_jobs : {}
+
+  project                 = var.project_id
+  region                  = var.region
+  name                    = "daihuo-${each.key}"
+  container_spec_gcs_path = "gs://${google_storage_bucket.dataflow[0].name}/${google_storage_bucket_object.flex_template[each.value.template].name}"
+  sdk_container_image     = local.dataflow_images[each.value.template]
+  service_account_email   = google_service_account.dataflow[0].email
+  temp_location           = "gs://${google_storage_bucket.dataflow[0].name}/temp"
+  staging_location        = "gs://${google_storage_bucket.dataflow[0].name}/staging"
+  max_workers             = var.dataflow_max_workers
+  machine_type            = var.dataflow_machine_type
+  ip_configuration        = "WORKER_IP_PRIVATE"
+  on_delete               = "cancel"
+  labels                  = var.labels
+
+  parameters = merge(each.value.parameters, { store = "gs://${local.bucket_name}" })
+
+  depends_on = [
+    google_project_iam_member.dataflow_worker,
+    google_storage_bucket_iam_member.dataflow_data,
+    google_storage_bucket_iam_member.dataflow_temp,
+    google_artifact_registry_repository_iam_member.dataflow_reader,
+  ]
+}
