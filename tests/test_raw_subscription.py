@@ -7,13 +7,17 @@ cleaned by the real clean to the same rows, quarantine and counters as archive's
 from __future__ import annotations
 
 import gzip
+import os
+import subprocess
 import uuid
 from collections import defaultdict
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import orjson
 import pytest
 
+from devtools import beam_check
 from devtools.simulator import simulate
 from shared import layout
 from shared.adapters.storage import open_store
@@ -151,3 +155,35 @@ def test_raw_listing_accepts_only_raw_suffixes():
         assert not layout.is_raw_object(k)
     assert layout.partition_date("raw/pubsub/2026-12-02/19_37_05Z_0f.ndjson") == "2026-12-02"
     assert layout.partition_date("quarantine/pubsub/2026-12-02/x") is None
+
+
+@pytest.mark.skipif(beam_check.beam_python() is None, reason="the Beam environment is absent: run `make venv-beam`")
+def test_beam_engine_from_the_flex_template_context_cleans_subscription_objects(sim, tmp_path, monkeypatch):
+    """The Beam clean, started as the Flex Template launcher would (the generated main.py, --name=value,
+    from the build context alone: only the files the image ships on PYTHONPATH), over the
+    subscription's objects: the same store as the DuckDB engine's, object by object."""
+    from devtools import flex_template as ft
+
+    monkeypatch.setenv("DAIHUO_CLEAN_UNKNOWN_ITEMS", "quarantine")
+    monkeypatch.setenv("DAIHUO_CLEAN_THREADS", "2")
+    objs = subscription_objects(_messages(_lines(sim)), datetime(2026, 11, 29, 0, 5, tzinfo=UTC))
+    duck, beam = open_store(tmp_path / "duck"), open_store(tmp_path / "beam")
+    for k, b in objs:
+        duck.put(k, b)
+        beam.put(k, b)
+    now = datetime(2026, 11, 29, 1, tzinfo=UTC).timestamp()
+    a = run_clean(duck, now=now)
+    ctx = Path(ft.build(ft.TEMPLATES[0], tmp_path / "dataflow")["context"])
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"PYTHONPATH": str(ctx)}
+    out = subprocess.run(
+        [str(beam_check.beam_python()), "-B", str(ctx / "main.py"), f"--store={tmp_path / 'beam'}", f"--now={now!r}"],
+        cwd=ctx,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    b = orjson.loads(out.stdout.strip().splitlines()[-1])
+    assert a["status"] == b["status"] == "committed" and a["run_id"] == b["run_id"]
+    assert not (diffs := beam_check.compare_stores(duck, beam)), "\n".join(diffs)
