@@ -237,12 +237,20 @@ variable "raw_writer_max_duration" {
   description = "Cloud Storage subscription: a new object at least this often (60s..600s; <= its ack deadline, 600s)."
   type        = string
   default     = "300s"
+  validation {
+    condition     = can(regex("^[0-9]+s$", var.raw_writer_max_duration)) && tonumber(trimsuffix(var.raw_writer_max_duration, "s")) >= 60 && tonumber(trimsuffix(var.raw_writer_max_duration, "s")) <= 600
+    error_message = "raw_writer_max_duration: \"<seconds>s\", 60s..600s (the API's bounds; the subscription's ack deadline is 600s)."
+  }
 }
 
 variable "raw_writer_max_bytes" {
   description = "Cloud Storage subscription: a new object after this many bytes (1 KB..10 GiB). clean reads one object at a time into memory: keep it well below the clean function's memory."
   type        = number
   default     = 67108864
+  validation {
+    condition     = var.raw_writer_max_bytes >= 1000 && var.raw_writer_max_bytes <= 10737418240
+    error_message = "raw_writer_max_bytes: 1 KB..10 GiB (the API's bounds)."
+  }
 }
 
 variable "dataflow_enabled" {

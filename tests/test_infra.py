@@ -343,6 +343,8 @@ def test_raw_writer_subscription_replaces_archive_only_when_chosen(tf):
     dur = int(str(_default(tf, csc["max_duration"])).rstrip("s"))
     assert 60 <= dur <= 600 and dur <= int(sub["ack_deadline_seconds"])
     assert 1000 <= int(_default(tf, csc["max_bytes"])) <= 10 * 2**30
+    for v in ("raw_writer_max_duration", "raw_writer_max_bytes"):  # a bad value fails at plan, not at the API
+        assert "validation" in tf["variable"][v], v
     assert _one(sub["expiration_policy"])["ttl"] == ""
 
 
