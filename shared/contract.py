@@ -367,7 +367,7 @@ def json_schema() -> dict[str, Any]:
     }
 
 
-if __name__ == "__main__":  # python -m shared.contract > schema/events.v1.json
+if __name__ == "__main__":  # python -m shared.contract > schema/events.v1.json (and > shared/contract.schema.json)
     import json
     import sys
 

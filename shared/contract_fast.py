@@ -1,5 +1,7 @@
 """The event contract as compiled Python checks, DERIVED at import time from ``shared.contract``'s JSON
-Schema (through ``shared.contract_rules``, like the clean step's SQL in ``shared.pipeline.contract_sql``).
+Schema (through ``shared.contract_rules``, like the clean step's SQL in ``shared.pipeline.contract_sql``),
+read from the copy shipped in the package (``contract_rules.SHIPPED_SCHEMA``, kept equal to the models by
+tests/test_contract_fast.py): importing this module builds no pydantic model (ingest's cold start).
 
 Ingest checks every event with ``check(obj)``; only an event it flags is validated by pydantic
 (``shared.contract.validate_record``, the reference), so verdicts and reasons are the contract's by
@@ -32,8 +34,7 @@ import re
 from datetime import datetime
 from typing import Any
 
-from shared.contract import validate_record
-from shared.contract_rules import ANNOTATIONS, Untranslatable, conditional, non_null, type_schemas
+from shared.contract_rules import ANNOTATIONS, Untranslatable, conditional, non_null, shipped_type_schemas
 
 _MISSING = object()
 
@@ -270,7 +271,7 @@ def _compile() -> tuple[dict[str, Any], dict[str, str], str]:
     comp = _Compiler()
     funcs: dict[str, str] = {}
     slow: dict[str, str] = {}
-    for t, schema in type_schemas().items():
+    for t, schema in shipped_type_schemas().items():
         try:
             name, src = comp.type_check(t, schema)
         except Untranslatable as exc:
@@ -305,6 +306,8 @@ def validate(obj: Any) -> tuple[tuple[str, str, str] | None, list[str] | None]:
     record (``stream_id`` "" for a type without one), ``(None, reasons)`` with the contract's reasons."""
     if check(obj):
         return (obj["type"], obj.get("stream_id") or "", obj["platform"]), None
+    from shared.contract import validate_record  # the reference, only for what check() flagged
+
     record, reasons = validate_record(obj)
     if record is None:
         return None, reasons

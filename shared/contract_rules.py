@@ -21,10 +21,15 @@ What is extracted here, and nowhere else:
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from shared.contract import ALL_TYPES, MODEL_BY_TYPE, json_schema
+#: the contract's JSON Schema as shipped inside the package (``python -m shared.contract`` writes it, as
+#: ``schema/events.v1.json``; tests/test_contract_fast.py keeps both equal to ``contract.json_schema()``):
+#: ingest's compiled checks read it, so a cold instance does not build the pydantic models to start
+SHIPPED_SCHEMA = Path(__file__).with_name("contract.schema.json")
 
 # JSON Schema keywords that only annotate (no effect on validity)
 ANNOTATIONS = frozenset({"title", "description", "default", "examples"})
@@ -36,8 +41,29 @@ class Untranslatable(Exception):
 
 def type_schemas() -> dict[str, dict[str, Any]]:
     """Event type -> its model's JSON Schema (the ``$defs`` entry), for every type of the contract."""
+    from shared.contract import ALL_TYPES, MODEL_BY_TYPE, json_schema
+
     defs = json_schema()["$defs"]
     return {t: defs[MODEL_BY_TYPE[t].__name__] for t in ALL_TYPES}
+
+
+def shipped_schema() -> dict[str, Any]:
+    return json.loads(SHIPPED_SCHEMA.read_bytes())
+
+
+def shipped_type_schemas(schema: dict[str, Any] | None = None) -> dict[str, dict[str, Any]]:
+    """``type_schemas()`` read from ``SHIPPED_SCHEMA`` (its discriminator maps each type to its
+    ``$defs`` entry), without importing pydantic or the contract's models."""
+    schema = schema or shipped_schema()
+    defs = schema["$defs"]
+    return {t: defs[ref.rsplit("/", 1)[-1]] for t, ref in schema["discriminator"]["mapping"].items()}
+
+
+def shipped_schema_version(schema: dict[str, Any] | None = None) -> int:
+    """``contract.SCHEMA_VERSION``, the ``const`` of every model's ``schema_version``."""
+    schema = schema or shipped_schema()
+    (version,) = {d["properties"]["schema_version"]["const"] for d in schema["$defs"].values()}
+    return version
 
 
 def non_null(schema: dict[str, Any]) -> tuple[dict[str, Any], bool]:

@@ -38,14 +38,17 @@ from typing import Any
 
 import orjson
 
-from shared import contract_fast, layout, limits, signing
+from shared import contract_fast, limits, signing
 from shared.adapters.bus import BusUnavailable
-from shared.contract import SCHEMA_VERSION, validate_record
+from shared.contract_rules import shipped_schema_version
 from shared.http import Answer, error, json_answer
 from shared.log import get_logger
 from shared.settings import settings
 
 log = get_logger("ingest")
+# the contract's models (pydantic) and the object store's layout are imported only by a request that
+# needs them (a flagged event, a quarantine): a cold instance's first valid request does not pay them
+SCHEMA_VERSION = shipped_schema_version()
 
 
 @dataclass(frozen=True)
@@ -187,6 +190,8 @@ class Ingestor:
         self.environ = environ
 
     def _quarantine(self, rows: list[dict[str, Any]], received_at: str, now: float) -> str:
+        from shared import layout
+
         day = received_at[:10]
         key = layout.ingest_quarantine_key(day, int(now * 1000), uuid.uuid4().hex)
         data = gzip.compress(b"\n".join(_dump_row(r) for r in rows) + b"\n", compresslevel=6, mtime=0)
@@ -262,6 +267,8 @@ class Ingestor:
                 reasons = [f"record: {sizes[i]} bytes, over the {cfg.max_event_bytes}-byte limit per event"]
                 raw = item
             else:
+                from shared.contract import validate_record
+
                 record, reasons = validate_record(item)
                 raw = item
                 if record is not None and record.platform != platform:

@@ -182,3 +182,28 @@ def test_wire_round_trip_of_the_simulator_batch():
     sim = factories.batch(50)
     for ev in sim:
         assert parity(orjson.loads(orjson.dumps(ev)))
+
+
+def test_the_shipped_schema_is_the_contract():
+    """contract_fast compiles from the schema shipped in the package (no pydantic at import): it must be
+    the models' own schema, and name every type with its model's entry."""
+    import json
+
+    from shared import contract, contract_rules
+
+    shipped = contract_rules.shipped_schema()
+    assert shipped == json.loads(json.dumps(contract.json_schema())), (
+        "run: python -m shared.contract > shared/contract.schema.json"
+    )
+    assert contract_rules.shipped_type_schemas(shipped) == contract_rules.type_schemas()
+    assert contract_rules.shipped_schema_version(shipped) == contract.SCHEMA_VERSION
+
+
+def test_importing_ingest_builds_no_pydantic_model():
+    """A cold ingest instance imports the contract's models only for an event the checks flag."""
+    import subprocess
+    import sys
+
+    code = "import shared.ingest, sys; print('shared.contract' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
