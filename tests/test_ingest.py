@@ -463,3 +463,22 @@ def test_a_failed_publish_is_5xx_loses_nothing_and_its_retry_is_deduplicated(pub
     assert set(clean["event_id"]) == {e["event_id"] for e in first + failing + last}
     b.delete_subscription(sub)
     b.close()
+
+
+def test_the_bench_refuses_to_print_figures_without_wrk(tmp_path):
+    """bench/bench_ingest.py has no Python fallback loader (it measured itself): without wrk on PATH it
+    says how to install it and exits 2 before starting anything."""
+    import os
+    import subprocess
+    import sys
+
+    py_dir = os.path.dirname(sys.executable)
+    out = subprocess.run(
+        [sys.executable, str(emulators.REPO_ROOT / "bench" / "bench_ingest.py"), "--duration", "1"],
+        env={**os.environ, "PATH": f"{py_dir}:{tmp_path}"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 2
+    assert "apt-get install wrk" in out.stderr and "RESULT" not in out.stdout
