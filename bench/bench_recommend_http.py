@@ -230,6 +230,8 @@ def in_process_latency(store, users, streams, n=3000, live=None, tokens=None) ->
         a = r.handle("GET", {"user_id": u, "stream_id": streams[k % len(streams)], "k": "10"}, headers)
         cpu.append(time.thread_time() - c)
         lat.append(time.perf_counter() - t)
+        if a.status != 200:
+            raise RuntimeError(f"in-process answer {a.status}: {a.json}")
         used += bool(a.json["live"]["used"])
         why[(a.json["live"].get("reason") or "")[:60]] += 1
         live_ms.append(a.json["timing_ms"]["live"])
