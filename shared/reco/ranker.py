@@ -846,12 +846,13 @@ class RoomRanker:
         )
 
     compile_in_background = False  # the recommend service's first model: answer at once, compile aside
+    _kernel_state: bool | str | None = None  # None: not tried; "compiling"; True: ready; False: not usable
 
     def kernel_ready(self) -> bool:
         """True once the request kernel is compiled (or loaded from numba's cache) for this model's
         array types. The first request compiles it, or with ``compile_in_background`` (a cold serving
         instance) one background thread does while requests take the reference path."""
-        ready = getattr(self, "_kernel_state", None)
+        ready = self._kernel_state
         if ready is True:
             return True
         if ready is None and self.kernel_usable():
@@ -888,13 +889,14 @@ class RoomRanker:
         c_idx = b._item_idx_fast(context_items) if context_items else e_i
         rv = self._room_vectors(stream_id, room)
         cm, tm = b.cf_model_, b.content_model_
+        W1 = cm.W_
         n = self.n_items_
         # the context items' parts: their own normalisation (few sources: one small kernel call each)
         x_c = x_s = t_c = t_s = e_i
         x_v = t_v = e_f
         if c_idx.size:
             ones = np.ones(c_idx.size)
-            x_c, x_v, x_s, _ = user_scores(cm.W_, c_idx, ones)
+            x_c, x_v, x_s, _ = user_scores(W1, c_idx, ones)
             if tm is not None:
                 t_c, t_v, t_s, _ = user_scores(tm.W_, c_idx, ones)
         if allowed_idx is None:
@@ -949,11 +951,12 @@ class RoomRanker:
         n_top = min(max(4 * int(N), int(N) + 40), n) if active else int(N)
         ui, bc, bl, ca, cl, tl = b._ui, self.buy_count_, self.buy_last_, self.cart_, self.click_, self.touch_last_
         two = tm is not None
-        W2 = tm.W_ if two else cm.W_
+        W2 = tm.W_ if tm is not None else W1
+        assert W1 is not None and W2 is not None  # kernel_usable: sparse neighbour matrices
         items, Ft, meta, src, n_keep, work, h_idx = rank_kernel(
-            cm.W_.indptr,
-            cm.W_.indices,
-            cm.W_.data,
+            W1.indptr,
+            W1.indices,
+            W1.data,
             W2.indptr,
             W2.indices,
             W2.data,
