@@ -493,10 +493,12 @@ def main(argv=None) -> int:
             if not args.keep:
                 shutil.rmtree(tmp, ignore_errors=True)
             return 0
+    result: dict[str, dict] = {}
     for kernel in ("0", "1"):  # the numpy reference path (the anchor, as served before) vs the compiled kernel
         os.environ["DAIHUO_RECOMMEND_KERNEL"] = kernel
         load = os.getloadavg()[0]
         ip = in_process_latency(store, users, streams)
+        result["in-process " + kernel] = ip
         print(
             f"in-process handle(), {'compiled kernel' if kernel == '1' else 'anchor: numpy path'}: median "
             f"{ip['median_us']:.0f} µs  p99 {ip['p99_us']:.0f} µs  CPU median {ip['cpu_us']:.0f} µs  "
@@ -538,6 +540,7 @@ def main(argv=None) -> int:
                     f"{out['p99_ms']:.2f} ms  non-2xx {out['non_2xx']}",
                     flush=True,
                 )
+                result["http " + kernel] = out
             finally:
                 os.killpg(proc.pid, 15)
                 proc.wait(10)
@@ -545,6 +548,14 @@ def main(argv=None) -> int:
         if not args.keep:
             shutil.rmtree(tmp, ignore_errors=True)
     print(f"load average at the end: {os.getloadavg()[0]:.2f} (2 cores shared; HTTP figures under load are noisy)")
+    k, a_ = result.get("http 1"), result.get("http 0")
+    if k is not None:
+        print(
+            f"RESULT recommend in process {result['in-process 1']['median_us']:.0f} µs (numpy path "
+            f"{result['in-process 0']['median_us']:.0f} µs); HTTP {k['req_per_s']:.0f} req/s p99 {k['p99_ms']:.1f} ms"
+            + (f" (numpy path {a_['req_per_s']:.0f} req/s p99 {a_['p99_ms']:.1f} ms)" if a_ else "")
+            + f"; aim >= 1500 req/s, p99 < 20 ms: {'met' if k['req_per_s'] >= 1500 and k['p99_ms'] < 20 else 'MISSED'}"
+        )
     return 0
 
 
