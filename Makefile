@@ -6,7 +6,7 @@ PY     := $(BIN)/python
 STAMP  := $(VENV)/.installed-$(shell sha1sum requirements.txt | cut -c1-12)
 PYTEST_ARGS ?=
 
-.PHONY: help venv venv-beam bench-beam lock lint fmt check-emulators test demo up down status bench bench-coldstart bench-ingest bench-live bench-live-e2e bench-clean bench-recommend bench-ranker eval-served evaluate schema clean-var package checkov infra-fmt
+.PHONY: help venv venv-beam bench-beam lock lint fmt check-emulators test demo up down status bench bench-coldstart bench-ingest bench-live bench-live-e2e bench-clean bench-recommend bench-ranker bench-train eval-served evaluate schema clean-var package checkov infra-fmt
 
 help:
 	@echo "make demo            the main job: local cloud + a simulated live-stream evening through every function"
@@ -26,6 +26,7 @@ help:
 	@echo "make evaluate        offline evaluation on MovieLens 100k (DATA=../shared/data/ml-100k)"
 	@echo "make eval-served     the served recipe vs every baseline (repeat world, one evening, Ta Feng)"
 	@echo "make bench-ranker    the served recipe's fit time and request latency (10M events, 50k items)"
+	@echo "make bench-train     the whole train function per phase, wall + CPU + load (default 10M events)"
 	@echo "make package         build dist/<function>.zip deployable bundles + the Dataflow Flex Template contexts dist/dataflow/ (docs/deploy.md)"
 	@echo "make checkov         static security checks of infra/ (own tool venv)"
 
@@ -114,6 +115,9 @@ bench-recommend: venv
 
 bench-ranker: venv
 	$(PY) bench/bench_ranker.py $(BENCH_ARGS)   # the served recipe: whole fit + request latency, v1 anchor
+
+bench-train: venv
+	$(PY) bench/bench_train.py $(BENCH_ARGS)    # whole run_train per phase (read/prepare/evaluate/fit/encode/write), wall + CPU + load
 
 eval-served: venv
 	$(PY) bench/eval_served.py $(EVAL_ARGS)     # served recipe vs every baseline: repeat world, one evening, Ta Feng

@@ -109,6 +109,9 @@ class TrainResult:
     metrics: dict
     reused: bool = False
     seconds: float = 0.0
+    #: per phase (read, prepare, evaluate, fit, encode, write = version + promotion (+ re-gates) + publish):
+    #: {"wall": {phase: s}, "cpu": {phase: s}} (process CPU: every thread of the process)
+    phases: dict = field(default_factory=dict)
 
     def message(self) -> dict:
         return {
@@ -348,6 +351,27 @@ def _gate(reg: Registry, data: TrainingData, prep: _Prepared, cfg: TrainConfig, 
     )
 
 
+class _Phases:
+    """Wall and process-CPU seconds per phase of one run (``lap(name)`` closes the phase)."""
+
+    def __init__(self) -> None:
+        self.wall: dict[str, float] = {}
+        self.cpu: dict[str, float] = {}
+        self._t, self._c = time.perf_counter(), time.process_time()
+
+    def lap(self, name: str) -> None:
+        t, c = time.perf_counter(), time.process_time()
+        self.wall[name] = self.wall.get(name, 0.0) + t - self._t
+        self.cpu[name] = self.cpu.get(name, 0.0) + c - self._c
+        self._t, self._c = t, c
+
+    def as_dict(self) -> dict:
+        return {
+            "wall": {k: round(v, 3) for k, v in self.wall.items()},
+            "cpu": {k: round(v, 3) for k, v in self.cpu.items()},
+        }
+
+
 # ------------------------------------------------------------------------------------- run
 def run_train(store, bus=None, cfg: TrainConfig | None = None, trigger: dict | None = None) -> TrainResult:
     """The steps of the module docstring: read -> version id (a redelivery: finish it) -> prepare ->
@@ -355,8 +379,9 @@ def run_train(store, bus=None, cfg: TrainConfig | None = None, trigger: dict | N
     cfg = cfg or TrainConfig()
     t0 = time.perf_counter()
     reg = Registry(store)
+    clock = _Phases()
     data = read_training_data(store, cfg.window_days)
-    t_read = time.perf_counter() - t0
+    clock.lap("read")
     if _nothing_to_train(data):
         return _skip(data, bus, cfg)
     version = version_id(data.inputs, data.window.get("end"), cfg.version_spec())
@@ -370,15 +395,26 @@ def run_train(store, bus=None, cfg: TrainConfig | None = None, trigger: dict | N
 
     if reg.exists(version):
         log.info("version already written (redelivery); not fitting again", extra={"version": version})
-        return _finish(reg, version, reg.read_meta(version), bus, cfg, t0, True, regate)
+        res = _finish(reg, version, reg.read_meta(version), bus, cfg, t0, True, regate)
+        clock.lap("write")
+        res.phases = clock.as_dict()
+        return res
     prep = _prepare(data, cfg)
     prepared.append(prep)
+    clock.lap("prepare")
     gate = _gate(reg, data, prep, cfg, cache)
-    model, t_fit = _fit_served(data, prep)
+    clock.lap("evaluate")
+    model, _ = _fit_served(data, prep)
+    clock.lap("fit")
     blob = encode_arrays(model, _serving_extras(model, data, prep.showcases))
-    timing = {"read": t_read, "content": prep.seconds, "evaluate": gate.seconds, "fit": t_fit}
+    clock.lap("encode")
+    timing = {**clock.wall, "content": prep.seconds}
     meta = _version_meta(version, cfg, data, prep, gate, model, timing, trigger, len(blob))
+    meta["cpu_s"] = {k: round(v, 3) for k, v in clock.cpu.items()}
     written = reg.write_version(version, blob, meta)
     if not written:  # a twin committed it first: use its record
         meta = reg.read_meta(version)
-    return _finish(reg, version, meta, bus, cfg, t0, not written, regate)
+    res = _finish(reg, version, meta, bus, cfg, t0, not written, regate)
+    clock.lap("write")
+    res.phases = clock.as_dict()
+    return res
