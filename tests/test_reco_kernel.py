@@ -153,6 +153,14 @@ def _cpu_us(fn, reps: int = 60) -> float:
     return float(np.median(out)) * 1e6
 
 
+def test_long_rows_binary_searched_give_the_reference_answers(long_histories):
+    """Viewers whose rows are longer than 4 x the candidates are binary-searched, not scattered."""
+    m, lengths = long_histories
+    for u in lengths:
+        for kw in ({}, {"filter_seen": True}, {"exclude_purchased": True}, {"stream_id": "s0"}):
+            _same(*_both(m, u, 10, **kw))
+
+
 def test_kernel_work_is_bounded_by_the_cap_not_the_history(long_histories):
     m, lengths = long_histories
     W1, W2 = m.base.cf_model_.W_, m.base.content_model_.W_

@@ -456,21 +456,6 @@ if HAVE_NUMBA:
             U[idx[k], col] = val[k] + shift
 
     @_nb.njit(cache=True)
-    def _scatter_row(ip, ix, dat, row, U, col, flag_col):
-        # row `row` of a CSR matrix into U[:, col] (and 1 into U[:, flag_col] when flag_col >= 0)
-        for p in range(ip[row], ip[row + 1]):
-            c = ix[p]
-            if col >= 0:
-                U[c, col] = dat[p]
-            if flag_col >= 0:
-                U[c, flag_col] = 1.0
-
-    @_nb.njit(cache=True)
-    def _clear_row(ip, ix, row, U, col):
-        for p in range(ip[row], ip[row + 1]):
-            U[ix[p], col] = 0.0
-
-    @_nb.njit(cache=True)
     def _clear(idx, U, col):
         for k in range(idx.shape[0]):
             U[idx[k], col] = 0.0
@@ -680,16 +665,9 @@ if HAVE_NUMBA:
             if q == 0 or t_v[q] > mt:
                 mt = t_v[q]
         # 2. the request's sparse inputs, scattered into U
-        if has_row:
-            _scatter_row(bc_ip, bc_ix, bc_d, row, U, 0, -1)
-            _scatter_row(bl_ip, bl_ix, bl_d, row, U, 1, -1)
-            _scatter_row(ca_ip, ca_ix, ca_d, row, U, 2, -1)
-            _scatter_row(cl_ip, cl_ix, cl_d, row, U, 3, -1)
-            _scatter_row(tl_ip, tl_ix, tl_d, row, U, 4, 5)
-            if filter_seen:
-                _scatter_row(u_ip, u_ix, u_ix, row, U, -1, 5)
+        # (the viewer's own rows are binary-searched per candidate below: a heavy viewer's rows are long)
         ones = np.ones(max(excl.shape[0], 1), dtype=np.float64)
-        _scatter(excl, ones, U, 6, 0.0)
+        _scatter(excl, ones, U, 7, 0.0)
         if has_room:  # (the room's purchases and clicks so far: binary searches, a stream's rows are long)
             _scatter(bn_i, bn_v, U, 9, 0.0)
             _scatter(cn_i, cn_v, U, 10, 0.0)
@@ -771,6 +749,34 @@ if HAVE_NUMBA:
                 S[c, 7] = nc
                 cand[nc] = c
                 nc += 1
+        # the viewer's rows: scattered into U when short (<= 4 x the candidates), else binary-searched
+        # per candidate; either way bounded by the candidates, not by the viewer's history
+        lim = 4 * nc
+        sc_bc = has_row and bc_ip[row + 1] - bc_ip[row] <= lim
+        sc_bl = has_row and bl_ip[row + 1] - bl_ip[row] <= lim
+        sc_ca = has_row and ca_ip[row + 1] - ca_ip[row] <= lim
+        sc_cl = has_row and cl_ip[row + 1] - cl_ip[row] <= lim
+        sc_tl = has_row and tl_ip[row + 1] - tl_ip[row] <= lim
+        sc_u = has_row and filter_seen and u_ip[row + 1] - u_ip[row] <= lim
+        if sc_bc:
+            for p in range(bc_ip[row], bc_ip[row + 1]):
+                U[bc_ix[p], 0] = bc_d[p]
+        if sc_bl:
+            for p in range(bl_ip[row], bl_ip[row + 1]):
+                U[bl_ix[p], 1] = bl_d[p]
+        if sc_ca:
+            for p in range(ca_ip[row], ca_ip[row + 1]):
+                U[ca_ix[p], 2] = ca_d[p]
+        if sc_cl:
+            for p in range(cl_ip[row], cl_ip[row + 1]):
+                U[cl_ix[p], 3] = cl_d[p]
+        if sc_tl:
+            for p in range(tl_ip[row], tl_ip[row + 1]):
+                U[tl_ix[p], 4] = tl_d[p]
+                U[tl_ix[p], 5] = 1.0
+        if sc_u:
+            for p in range(u_ip[row], u_ip[row + 1]):
+                U[u_ix[p], 6] = 1.0
         # 4. taste of the history: category shares, mean log price
         share = np.zeros(max(n_cat, 1), dtype=np.float64)
         do_cat = has_row and has_cat and nh > 0
@@ -807,12 +813,97 @@ if HAVE_NUMBA:
         ntop = 0
         n_keep = 0
         acc8 = np.zeros(8, dtype=np.float64)
+        cnt_a = np.zeros(nc, dtype=np.float64)
+        last_a = np.zeros(nc, dtype=np.float64)
         for q in range(nc):
             c = cand[q]
             keep = True
             if has_row:
-                cnt = U[c, 0]
-                last = U[c, 1]
+                # the viewer's rows at c (sorted indices; written out: no helper call per item)
+                if sc_bc:
+                    cnt = U[c, 0]
+                else:
+                    lo_ = bc_ip[row]
+                    hi_ = bc_ip[row + 1]
+                    end_ = hi_
+                    while lo_ < hi_:
+                        mid = (lo_ + hi_) >> 1
+                        if bc_ix[mid] < c:
+                            lo_ = mid + 1
+                        else:
+                            hi_ = mid
+                    cnt = float(bc_d[lo_]) if lo_ < end_ and bc_ix[lo_] == c else 0.0
+                if sc_bl:
+                    last = U[c, 1]
+                else:
+                    lo_ = bl_ip[row]
+                    hi_ = bl_ip[row + 1]
+                    end_ = hi_
+                    while lo_ < hi_:
+                        mid = (lo_ + hi_) >> 1
+                        if bl_ix[mid] < c:
+                            lo_ = mid + 1
+                        else:
+                            hi_ = mid
+                    last = float(bl_d[lo_]) if lo_ < end_ and bl_ix[lo_] == c else 0.0
+                if sc_ca:
+                    cart = U[c, 2]
+                else:
+                    lo_ = ca_ip[row]
+                    hi_ = ca_ip[row + 1]
+                    end_ = hi_
+                    while lo_ < hi_:
+                        mid = (lo_ + hi_) >> 1
+                        if ca_ix[mid] < c:
+                            lo_ = mid + 1
+                        else:
+                            hi_ = mid
+                    cart = float(ca_d[lo_]) if lo_ < end_ and ca_ix[lo_] == c else 0.0
+                if sc_cl:
+                    click = U[c, 3]
+                else:
+                    lo_ = cl_ip[row]
+                    hi_ = cl_ip[row + 1]
+                    end_ = hi_
+                    while lo_ < hi_:
+                        mid = (lo_ + hi_) >> 1
+                        if cl_ix[mid] < c:
+                            lo_ = mid + 1
+                        else:
+                            hi_ = mid
+                    click = float(cl_d[lo_]) if lo_ < end_ and cl_ix[lo_] == c else 0.0
+                if sc_tl:
+                    touched_c = U[c, 5] > 0
+                    tlast = U[c, 4]
+                else:
+                    lo_ = tl_ip[row]
+                    hi_ = tl_ip[row + 1]
+                    end_ = hi_
+                    while lo_ < hi_:
+                        mid = (lo_ + hi_) >> 1
+                        if tl_ix[mid] < c:
+                            lo_ = mid + 1
+                        else:
+                            hi_ = mid
+                    touched_c = lo_ < end_ and tl_ix[lo_] == c
+                    tlast = float(tl_d[lo_]) if touched_c else 0.0
+                seen = touched_c
+                if filter_seen and not seen:
+                    if sc_u:
+                        seen = U[c, 6] > 0
+                    else:
+                        lo_ = u_ip[row]
+                        hi_ = u_ip[row + 1]
+                        end_ = hi_
+                        while lo_ < hi_:
+                            mid = (lo_ + hi_) >> 1
+                            if u_ix[mid] < c:
+                                lo_ = mid + 1
+                            else:
+                                hi_ = mid
+                        seen = lo_ < end_ and u_ix[lo_] == c
+                cnt_a[q] = cnt
+                last_a[q] = last
                 gap = max(now_d - last, 0.0)
                 F[q, 2] = np.log1p(cnt)
                 if cnt > 0:
@@ -829,9 +920,8 @@ if HAVE_NUMBA:
                     F[q, 4] = user_repeat
                     if excl_purchased:
                         keep = False
-                F[q, 8] = np.log1p(U[c, 2])
-                F[q, 9] = np.log1p(U[c, 3])
-                tlast = U[c, 4]
+                F[q, 8] = np.log1p(cart)
+                F[q, 9] = np.log1p(click)
                 if tlast > 0:
                     F[q, 10] = np.exp(-max(now_d - tlast, 0.0) / 2.0)
                 if do_cat:
@@ -840,7 +930,7 @@ if HAVE_NUMBA:
                     lc = item_f[c, 5]
                     if np.isfinite(lc):
                         F[q, 24] = np.exp(-abs(lc - mu))
-                if filter_seen and U[c, 5] > 0:
+                if filter_seen and seen:
                     keep = False
             if nh > 0:
                 b = int(S[c, 2])
@@ -891,7 +981,7 @@ if HAVE_NUMBA:
                             hi_ = mid
                     rc = rc_v[lo_] if lo_ < rc_i.shape[0] and rc_i[lo_] == c else 0.0
                     F[q, 19] = np.log1p(rc)
-            if keep and U[c, 6] > 0:
+            if keep and U[c, 7] > 0:
                 keep = False
             if keep and use_cat and not cat_ok[cat_code[c]]:
                 keep = False
@@ -928,8 +1018,8 @@ if HAVE_NUMBA:
             c = tc[k]
             q = int(S[c, 7])
             top_F[k] = F[q]
-            top_meta[k, 0] = U[c, 0] if has_row else 0.0
-            top_meta[k, 1] = U[c, 1] if has_row else 0.0
+            top_meta[k, 0] = cnt_a[q]
+            top_meta[k, 1] = last_a[q]
             if nh > 0:
                 b = int(S[c, 2])
                 if b >= 0 and S[c, 1] > 0:
@@ -950,16 +1040,26 @@ if HAVE_NUMBA:
             S[c, 6] = 0.0
         for q in range(nc):
             S[cand[q], 7] = -1.0
-        if has_row:
-            _clear_row(bc_ip, bc_ix, row, U, 0)
-            _clear_row(bl_ip, bl_ix, row, U, 1)
-            _clear_row(ca_ip, ca_ix, row, U, 2)
-            _clear_row(cl_ip, cl_ix, row, U, 3)
-            _clear_row(tl_ip, tl_ix, row, U, 4)
-            _clear_row(tl_ip, tl_ix, row, U, 5)
-            if filter_seen:
-                _clear_row(u_ip, u_ix, row, U, 5)
-        _clear(excl, U, 6)
+        _clear(excl, U, 7)
+        if sc_bc:
+            for p in range(bc_ip[row], bc_ip[row + 1]):
+                U[bc_ix[p], 0] = 0.0
+        if sc_bl:
+            for p in range(bl_ip[row], bl_ip[row + 1]):
+                U[bl_ix[p], 1] = 0.0
+        if sc_ca:
+            for p in range(ca_ip[row], ca_ip[row + 1]):
+                U[ca_ix[p], 2] = 0.0
+        if sc_cl:
+            for p in range(cl_ip[row], cl_ip[row + 1]):
+                U[cl_ix[p], 3] = 0.0
+        if sc_tl:
+            for p in range(tl_ip[row], tl_ip[row + 1]):
+                U[tl_ix[p], 4] = 0.0
+                U[tl_ix[p], 5] = 0.0
+        if sc_u:
+            for p in range(u_ip[row], u_ip[row + 1]):
+                U[u_ix[p], 6] = 0.0
         if has_room:
             _clear(bn_i, U, 9)
             _clear(cn_i, U, 10)
