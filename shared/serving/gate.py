@@ -364,13 +364,24 @@ def run_gate(
     inputs: list[dict] | None = None,
     window: dict | None = None,
     candidate_cache: dict | None = None,
+    content: Any = None,
+    item_ids: Any = None,
 ) -> GateOutcome:
     """The candidate ``recipe`` vs the current version (LATEST) vs the baselines on a time-based holdout
     of ``events``, and the promotion decision (see the module docstring). ``inputs`` / ``window``: the
-    candidate's training objects and window (``older_data``: a candidate on older data is refused)."""
+    candidate's training objects and window (``older_data``: a candidate on older data is refused).
+    ``content`` / ``item_ids``: the run's content neighbours and item index (``train._prepare``), reused
+    by a candidate fit whose training part has exactly that item index (the same model as a refit:
+    the content model depends on the catalogue and the index only), fitted again otherwise."""
     t0 = time.perf_counter()
 
     def candidate(tr, it, ref):  # exactly what `python -m devtools.evaluate --model served` fits
+        if content is not None and item_ids is not None:
+            from shared.reco import HybridRecommender
+
+            ids = HybridRecommender.catalogue_ids(tr, it)
+            if len(ids) == len(item_ids) and bool((ids == item_ids).all()):
+                return fit_recipe(tr, it, ref, recipe, content=content, item_ids=item_ids)
         return fit_recipe(tr, it, ref, recipe)
 
     current_version, latest_gen, factory, same, current_error, cur_meta = _current(reg, recipe)

@@ -348,6 +348,8 @@ def _gate(reg: Registry, data: TrainingData, prep: _Prepared, cfg: TrainConfig, 
         inputs=data.inputs,
         window=data.window,
         candidate_cache=cache,
+        content=prep.content,
+        item_ids=prep.item_ids,
     )
 
 
