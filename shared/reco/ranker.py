@@ -1273,7 +1273,12 @@ class RoomRanker:
             yield {"kind": "buy_often" if n >= 3 else "buy_again", "feature": top, "times": n, "last_purchase": date}
         elif g == "history":
             touched = ADD_TO_CART if f[_F["cart"]] > 0 else PRODUCT_CLICK
-            r = {"kind": "in_history", "feature": top, "item": str(self.item_ids_[item]), "action": touched}
+            r: dict[str, Any] = {
+                "kind": "in_history",
+                "feature": top,
+                "item": str(self.item_ids_[item]),
+                "action": touched,
+            }
             row = info.get("row")
             if row is not None:
                 tl = self.touch_last_
@@ -1287,7 +1292,7 @@ class RoomRanker:
             sid = str(info.get("stream_id") or "")
             for fi in feats:
                 name = FEATURES[fi]
-                r: dict[str, Any] = {"kind": "popular_in_stream", "feature": name, "stream": sid}
+                r = {"kind": "popular_in_stream", "feature": name, "stream": sid}
                 if name in ("room_buy", "room_share"):
                     r["orders"] = int(round(float(np.expm1(f[_F["room_buy"]]))))
                 elif name == "room_click":
@@ -1359,7 +1364,9 @@ class RoomRanker:
             xc, xt = info.get("ctx_cf"), info.get("ctx_ct")
             vc = float(xc[k]) if xc is not None else 0.0
             vt = float(xt[k]) if xt is not None else 0.0
-            vias = ("cf", "content") if vc >= vt else ("content", "cf")  # the larger half of the feature first
+            vias: tuple[str, ...] = (
+                ("cf", "content") if vc >= vt else ("content", "cf")
+            )  # the larger half of the feature first
             idx = info.get("ctx_idx", np.empty(0, dtype=np.int64))
             w = np.ones(idx.size)
             anchor = "context"
