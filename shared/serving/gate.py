@@ -42,6 +42,7 @@ from typing import Any
 
 import pandas as pd
 
+from shared import layout
 from shared.log import get_logger
 from shared.reco import protocol as P
 from shared.reco.recipe import fit_recipe
@@ -330,7 +331,9 @@ def _current(
 
 
 def _clean_inputs(inputs: list[dict] | None) -> set[tuple[str, str]]:
-    return {(str(i["key"]), str(i["generation"])) for i in inputs or () if str(i.get("key", "")).startswith("clean/")}
+    return {
+        (str(i["key"]), str(i["generation"])) for i in inputs or () if str(i.get("key", "")).startswith(layout.CLEAN)
+    }
 
 
 def older_data(inputs: list[dict] | None, window: dict | None, current_meta: dict | None) -> str | None:
