@@ -391,7 +391,7 @@ def pair_scores(W1, W2, idx: np.ndarray, w: np.ndarray):
 
 
 # ------------------------------------------------------------------ the served ranker's request kernel
-#: ``shared.reco.ranker.FEATURES`` in the order the request kernel writes them (checked at import there)
+#: the served ranker's features (``shared.reco.ranker.FEATURES``) in the order the request kernel writes them
 RANK_FEATURES = (
     "bought",
     "buy_count",

@@ -61,33 +61,8 @@ from .relations import RELATION_KIND, pair_counts, pair_relations, relation_of
 
 __all__ = ["FEATURES", "FEATURE_GROUP", "PRIOR_WEIGHTS", "RoomRanker", "room_counts"]
 
-FEATURES = (
-    "bought",
-    "buy_count",
-    "buy_freq",
-    "buy_recency",
-    "user_repeat",
-    "rebuy_due",
-    "bought_durable",
-    "bought_fresh",
-    "cart",
-    "click",
-    "touch_recent",
-    "cf",
-    "content",
-    "context",
-    "pop",
-    "pop_log",
-    "pop_recent",
-    "room_buy",
-    "room_share",
-    "room_click",
-    "room_buy_now",
-    "room_click_now",
-    "room_shown_now",
-    "category",
-    "price",
-)
+#: the feature vector, in the order the request kernel writes it (defined once, beside the kernel)
+FEATURES = RANK_FEATURES
 FEATURE_GROUP = {
     "bought": "buy_again",
     "buy_count": "buy_again",
@@ -136,7 +111,6 @@ PRIOR_WEIGHTS = {
     "price": 0.1,
 }
 _F = {f: k for k, f in enumerate(FEATURES)}
-assert FEATURES == RANK_FEATURES  # the request kernel writes the features in this order
 _NO_FILTERS = {
     "filter_seen": False,
     "exclude_purchased": False,
