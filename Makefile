@@ -71,7 +71,7 @@ $(BEAM_STAMP): requirements/beam.txt
 check-emulators: venv
 	@$(PY) -m devtools.emulators check
 
-test: venv check-emulators
+test: venv venv-beam check-emulators   # venv-beam: the Beam engine tests run too (~20 s to create, from the lock)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 demo: venv check-emulators
