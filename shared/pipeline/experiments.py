@@ -37,11 +37,8 @@ CONTROL = "control"
 REC_ID_SQL = REC_ID_PATTERN  # (no quote in it: safe inside a SQL string literal)
 TAGGED = ("product_click", "add_to_cart", "purchase")
 
-REC_VIEWER_COLS = [
-    "stream_id",
-    "experiment",
-    "arm",
-    "user_id",
+#: the counts and first/last times both tables carry: per viewer in rec_viewer, per arm in experiment
+COUNT_COLS = [
     "recommendations",
     "impressions",
     "clicks",
@@ -54,6 +51,7 @@ REC_VIEWER_COLS = [
     "first_ts",
     "last_ts",
 ]
+REC_VIEWER_COLS = ["stream_id", "experiment", "arm", "user_id", *COUNT_COLS]
 METRICS = ("ctr", "conversion_rate", "gmv_per_impression")
 EXPERIMENT_COLS = [
     "experiment",
@@ -61,17 +59,7 @@ EXPERIMENT_COLS = [
     "control_arm",
     "is_control",
     "viewers",
-    "recommendations",
-    "impressions",
-    "clicks",
-    "carts",
-    "conversions",
-    "orders",
-    "units",
-    "gmv",
-    "unmatched_actions",
-    "first_ts",
-    "last_ts",
+    *COUNT_COLS,
     *[f"{m}{s}" for m in METRICS for s in ("", "_lo", "_hi")],
     *[f"{m}_{s}" for m in METRICS for s in ("diff", "diff_lo", "diff_hi", "lift", "significant")],
 ]
