@@ -1075,7 +1075,7 @@ if HAVE_NUMBA:
         work[1] = nt
         work[2] = nc
         work[3] = nh
-        return top_items, top_F, top_meta, top_src, n_keep, work, h_idx
+        return top_items, top_F, top_meta, top_src, n_keep, work, h_idx, h_w
 
 
 _rank_scratch = None
@@ -1108,5 +1108,6 @@ def rank_kernel(*args):
     the capped history's neighbours, the candidate pool, the 25 features, the head's linear score, the
     request's filters and a top-N heap. Returns ``(items, F, meta, src, n_keep, work)`` of the N best
     passing candidates (unordered), ``work`` = (neighbour entries gathered, items reached, candidates,
-    history items scored) and the scored history (the viewer's strongest ``cap_h``, positive weights)."""
+    history items scored) and the scored history (the viewer's strongest ``cap_h``, positive weights):
+    its item positions and their weights."""
     return _rank_kernel(*args)

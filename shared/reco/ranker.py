@@ -353,6 +353,7 @@ class RoomRanker:
         self._room_index = {s: k for k, s in enumerate(self.room_stream_ids_.tolist())}
         self._room_cache: dict = {}  # stream id -> its room vectors from the model's counts
         self._room_tops: dict = {}  # stream id -> its best room_top purchases + clicks (candidates)
+        self._near_memo: dict = {}  # near-duplicate threshold -> {item: its near duplicates} (_diverse)
         self._gpop = np.asarray(b.popularity_.global_, dtype=np.float64)
         self._gpop_order = b._gpop_order
         self._gpop_rank = np.empty(self.n_items_, dtype=np.int64)  # 1-based rank in the popularity order
@@ -927,7 +928,7 @@ class RoomRanker:
         two = tm is not None
         W2 = tm.W_ if tm is not None else W1
         assert W1 is not None and W2 is not None  # kernel_usable: sparse neighbour matrices
-        items, Ft, meta, src, n_keep, work, h_idx = rank_kernel(
+        items, Ft, meta, src, n_keep, work, h_idx, h_w = rank_kernel(
             W1.indptr,
             W1.indices,
             W1.data,
@@ -1042,11 +1043,6 @@ class RoomRanker:
         # what the reasons read beside the kernel's sources: the context feature's two halves, weights
         xc, xc_src = _on_cand((x_c, x_v, x_s), items, n) if c_idx.size else (None, None)
         xt, _ = _on_cand((t_c, t_v, t_s), items, n) if c_idx.size and two else (None, None)
-        h_w = e_f
-        if h_idx.size:  # the kept history's weights (the kernel returns its positions), for other anchors
-            r_ix, r_dx = np.asarray(ix[a0:a1], dtype=np.int64), np.asarray(dx[a0:a1], dtype=np.float64)
-            o = np.argsort(r_ix, kind="stable")
-            h_w = r_dx[o[np.minimum(np.searchsorted(r_ix[o], h_idx), r_ix.size - 1)]]
         info.update(ctx_cf=xc, ctx_ct=xt, ctx_cf_src=xc_src, hist_w=h_w, ctx_idx=c_idx)
         # None (a diversity pass short of items inside the heap): the reference path ranks them all
         return self._top(
@@ -1167,25 +1163,35 @@ class RoomRanker:
         already taken; when fewer than ``N`` pass, the best of the skipped ones fill the end (a
         one-category showcase still gets a full list). Returns the positions and whether it filled."""
         taken: list[int] = []
+        taken_items: set[int] = set()
         skipped: list[int] = []
         per_cat: dict[int, int] = {}
         blocked: set[int] = set()
         cat = self._cat_code
+        cand_l = cand.tolist()
+        # each item's near duplicates at this threshold, memoised (one list per item at most; the
+        # threshold is a setting, so one or two thresholds are ever asked)
+        if tau is not None and tau not in self._near_memo and len(self._near_memo) >= 4:
+            self._near_memo.clear()
+        near_of: dict[int, list[int]] = self._near_memo.setdefault(tau, {}) if tau is not None else {}
         for k in ranked.tolist():
             if len(taken) >= N:
                 break
-            it = int(cand[k])
+            it = cand_l[k]
             c = int(cat[it]) if cap and cat is not None else -1
             if (cap and per_cat.get(c, 0) >= cap) or it in blocked:
                 skipped.append(k)
                 continue
             if tau is not None:
-                near = self._near_dups(it, tau).tolist()
-                if any(int(cand[t]) in near for t in taken):  # stored one way only: check both rows
+                near = near_of.get(it)
+                if near is None:
+                    near = near_of[it] = self._near_dups(it, tau).tolist()
+                if not taken_items.isdisjoint(near):  # stored one way only: check both rows
                     skipped.append(k)
                     continue
                 blocked.update(near)
             taken.append(k)
+            taken_items.add(it)
             if cap:
                 per_cat[c] = per_cat.get(c, 0) + 1
         filled = len(taken) < N and bool(skipped)
@@ -1203,24 +1209,28 @@ class RoomRanker:
         used: set[tuple] = set()
         anchors: set[str] = set()
         out = []
+        g_order = np.argsort(-P, axis=1, kind="stable").tolist()  # each row's groups, largest part first
+        Pl = P.tolist()
         for j, k in enumerate(order.tolist()):
             item = int(cand[k])
-            best = None
-            chosen = None
-            for gi in np.argsort(-P[j], kind="stable").tolist():
-                if P[j, gi] <= 0:
+            best = best_key = None
+            chosen = chosen_key = None
+            pj = Pl[j]
+            for gi in g_order[j]:
+                if pj[gi] <= 0:
                     break
                 for r in self._group_reasons(k, item, F[k], Co[j], GROUPS[gi], info):
+                    key = _reason_key(r)
                     if best is None:
-                        best = r
-                    if _reason_key(r) not in used and (r.get("anchor") is None or r["item"] not in anchors):
-                        chosen = r
+                        best, best_key = r, key
+                    if key not in used and (r.get("anchor") is None or r["item"] not in anchors):
+                        chosen, chosen_key = r, key
                         break
                 if chosen is not None:
                     break
             if chosen is None:
-                chosen = best if best is not None else self._popular_reason(item, None)
-            used.add(_reason_key(chosen))
+                chosen, chosen_key = (best, best_key) if best is not None else (self._popular_reason(item, None), None)
+            used.add(chosen_key if chosen_key is not None else _reason_key(chosen))
             if chosen.get("anchor") is not None:
                 anchors.add(chosen["item"])
             out.append(chosen)
