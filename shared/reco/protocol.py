@@ -45,7 +45,7 @@ from .event_types import (
     room_key,
 )
 from .interactions import DEFAULT_ACTION_WEIGHTS
-from .rebuy import ts_ns
+from .rebuy import ts_ns, ts_ns1
 
 __all__ = [
     "ColumnError",
@@ -405,6 +405,7 @@ def make_split(
     items: pd.DataFrame | None = None,
     max_queries: int | None = 5000,
     min_history: int | None = None,
+    cut_at: pd.Timestamp | None = None,
 ) -> Split:
     """Training events + queries for one protocol (see docs/evaluation.md).
 
@@ -414,7 +415,9 @@ def make_split(
     ``stream_id`` column) uses the global-time cut and one query per (user, stream).
     ``target``: purchase | cart | any (``TARGETS``).  ``variant``: all | new.  ``min_history``:
     queries need at least this many training touch events of the user (default 1; 0 in-stream).
-    ``max_queries``: deterministic sample by md5 of the query key."""
+    ``max_queries``: deterministic sample by md5 of the query key.  ``cut_at``: the global-time /
+    in-stream cut given (e.g. another target's, so that several blocks share one training part)
+    instead of the target's quantile."""
     if target not in TARGETS:
         raise ValueError(f"target must be one of {list(TARGETS)}, got {target!r}")
     if variant not in ("all", "new"):
@@ -442,7 +445,10 @@ def make_split(
     info: dict[str, Any] = {"split": "in-stream" if in_stream else split, "target": target, "variant": variant}
 
     if in_stream or split == "global-time":
-        cut = int(np.quantile(ts[tgt_idx], 1.0 - test_frac, method="higher"))
+        if cut_at is None:
+            cut = int(np.quantile(ts[tgt_idx], 1.0 - test_frac, method="higher"))
+        else:
+            cut = ts_ns1(cut_at)
         end = np.iinfo(np.int64).max
         if horizon is not None:
             hz = pd.Timedelta(days=float(horizon)) if isinstance(horizon, (int, float)) else pd.Timedelta(horizon)

@@ -225,11 +225,13 @@ def logistic_newton(
     ``sum_i w_i * logloss(y_i, Z_i @ coef + b) + ||coef||^2 / (2 C)`` (the intercept is not penalised) —
     the objective sklearn's ``LogisticRegression(C=C).fit(Z, y, sample_weight=w)`` minimises (strictly
     convex: one optimum), solved exactly instead of by lbfgs (a handful of ``F x F`` systems, each step
-    halved until the objective decreases). Returns ``(coef, intercept, iterations)``."""
+    halved until the objective decreases; the gradient and objective in float64, so the optimum is
+    exact whatever the Hessian's precision). Returns ``(coef, intercept, iterations)``."""
     n, f = Z.shape
     A = np.empty((n, f + 1), dtype=np.float64)
     A[:, :f] = Z
     A[:, f] = 1.0
+    A32 = A.astype(np.float32)  # the Hessian (the step's direction only) in float32: half the cost
     yv = y.astype(np.float64)
     reg = np.full(f + 1, 1.0 / float(C))
     reg[f] = 0.0
@@ -245,7 +247,8 @@ def logistic_newton(
     for iters in range(1, max_iter + 1):  # noqa: B007 (the count is returned)
         p = 0.5 * (1.0 + np.tanh(0.5 * z))  # sigmoid without overflow
         g = A.T @ (w * (p - yv)) + reg * beta
-        H = (A * (w * p * (1.0 - p))[:, None]).T @ A
+        H = (A32 * (w * p * (1.0 - p)).astype(np.float32)[:, None]).T @ A32
+        H = H.astype(np.float64)
         H[np.diag_indices_from(H)] += reg + 1e-12
         step = np.linalg.solve(H, g)
         t = 1.0

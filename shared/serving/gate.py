@@ -16,6 +16,9 @@ protocol        target       variant   question
 ``room``        add_to_cart  all       what will this viewer add to the cart in this room?
 ==============  ===========  ========  ================================================
 
+Every block uses **one cut** (the purchase blocks' quantile, given to the cart block too): one
+training part, so the candidate and the current model are fitted once per gate.
+
 **Primary metric: NDCG@10 of the room / purchase / all block** (``catalogue`` when the holdout has
 fewer than ``min_queries`` room queries): the live room is where recommendations are shown, purchases
 are the outcome that pays, and repeats are most of live-commerce orders, so excluding them would
@@ -138,6 +141,9 @@ def evaluate_candidate(
             _Fitted("current", candidate, cand._cache) if current_is_candidate else _Fitted("current", current)
         )
     blocks: dict[str, Any] = {}
+    # one holdout cut for every block (the first split's: the purchase quantile): one training part,
+    # so the candidate (and the current model) is fitted once per gate, not once per target
+    shared_cut: pd.Timestamp | None = None
     for proto, target, variant in BLOCKS:
         name = f"{proto}/{target}/{variant}"
         if proto == "room" and not has_stream:
@@ -153,10 +159,13 @@ def evaluate_candidate(
                 test_frac=holdout_frac,
                 items=items,
                 max_queries=max_queries,
+                cut_at=shared_cut,
             )
         except ValueError as exc:  # no events of that target
             blocks[name] = {"skipped": str(exc)}
             continue
+        if shared_cut is None:
+            shared_cut = sp_.reference_time
         if len(sp_.queries) < (min_queries if (proto, target, variant) in (PRIMARY, FALLBACK_PRIMARY) else 1):
             blocks[name] = {"skipped": f"{len(sp_.queries)} queries", "n_queries": len(sp_.queries)}
             continue
