@@ -16,6 +16,7 @@ stream itself) are ignored.
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -95,6 +96,26 @@ def event_weights(
     return w
 
 
+_INDEXES: dict[int, tuple[weakref.ref, pd.Index]] = {}
+
+
+def id_index(ids: np.ndarray) -> pd.Index:
+    """``pd.Index(ids)`` built once per ids array (its hash table is built on the first lookup and kept
+    with it): every ``_codes`` call of a run against the same user / item ids reuses it instead of
+    hashing 1M user ids again. Keyed by the array's identity, checked through a weak reference (a
+    freed array's id reused by another array is never mistaken for it); ids arrays are not mutated."""
+    key = id(ids)
+    hit = _INDEXES.get(key)
+    if hit is not None and hit[0]() is ids:
+        return hit[1]
+    index = pd.Index(ids)
+    if len(_INDEXES) >= 64:
+        for k in [k for k, (r, _) in _INDEXES.items() if r() is None] or list(_INDEXES)[:32]:
+            _INDEXES.pop(k, None)
+    _INDEXES[key] = (weakref.ref(ids), index)
+    return index
+
+
 def _codes(values: pd.Series, ids: np.ndarray | None):
     """Codes into ``ids`` (or the ids of first appearance) — categorical columns (the train job's
     reader hands arrow dictionaries over as ``pd.Categorical``) map their few categories, not every row."""
@@ -114,13 +135,13 @@ def _codes(values: pd.Series, ids: np.ndarray | None):
             remap[order] = np.arange(order.size)
             return np.where(codes >= 0, remap[np.maximum(codes, 0)], -1), str_array(cats[order])
         ids = str_array(ids)
-        remap = pd.Index(ids).get_indexer(cats).astype(np.int64)
+        remap = id_index(ids).get_indexer(cats).astype(np.int64)
         return np.where(codes >= 0, remap[np.maximum(codes, 0)] if remap.size else -1, -1), ids
     if ids is None:
         codes, uniques = pd.factorize(values.astype(str), sort=False)
         return codes, str_array(np.asarray(uniques, dtype=str))
     ids = str_array(ids)
-    codes = pd.Categorical(values.astype(str), categories=ids).codes.astype(np.int64)
+    codes = id_index(ids).get_indexer(values.astype(str)).astype(np.int64)
     return codes, ids
 
 
