@@ -39,12 +39,16 @@ def beam_python() -> Path | None:
     return p if p.exists() else None
 
 
-def run_beam(store_url: str, *, now: float | None = None, env: dict | None = None, args=()) -> dict:
-    """Run ``python -m pipelines.beam.clean`` in the Beam environment; its summary (the last stdout line)."""
+def run_beam(
+    store_url: str, *, now: float | None = None, env: dict | None = None, args=(), publish: bool = False
+) -> dict:
+    """Run ``python -m pipelines.beam.clean`` in the Beam environment; its summary (the last stdout line).
+    ``publish``: the job publishes on ``events-cleaned`` (give ``--cleaned_topic=`` / ``--pubsub_project=``
+    in ``args``); off by default here (``--publish=false``: most callers have no Pub/Sub)."""
     py = beam_python()
     if py is None:
         raise RuntimeError(f"no Beam environment at {BEAM_PYTHON} (make venv-beam)")
-    cmd = [str(py), "-m", "pipelines.beam.clean", "--store", store_url, *args]
+    cmd = [str(py), "-m", "pipelines.beam.clean", "--store", store_url, f"--publish={str(publish).lower()}", *args]
     if now is not None:
         cmd += ["--now", repr(now)]
     e = dict(os.environ if env is None else env)

@@ -74,7 +74,32 @@ TEMPLATES = (
         "pipelines.beam.clean",
         "Daihuo clean: pending raw/ NDJSON -> clean/ Parquet, quarantine/, the dedupe index, the KPI tables, "
         "committed with the clean manifest (the DuckDB clean's outputs, row for row).",
-        (_STORE,),
+        (
+            _STORE,
+            Param(
+                "cleaned_topic",
+                "Cleaned topic",
+                "The Pub/Sub topic the committed run's summary is published on, which triggers train "
+                "(default: events-cleaned, the functions' DAIHUO_CLEANED_TOPIC).",
+                True,
+                (r"^[a-zA-Z][-_.~+%a-zA-Z0-9]{2,254}$",),
+            ),
+            Param(
+                "pubsub_project",
+                "Pub/Sub project",
+                "The project of the cleaned topic (default: the job's own project).",
+                True,
+                (r"^[a-z][-a-z0-9]{4,28}[a-z0-9]$",),
+            ),
+            Param(
+                "publish",
+                "Publish the summary",
+                "true (default): publish the committed run's summary on the cleaned topic, as the clean "
+                "function does; false: commit only (train is not told).",
+                True,
+                (r"^(true|false)$",),
+            ),
+        ),
         {"now": "the run's clock, for tests only: a deployed run uses the wall clock"},
     ),
     Template(

@@ -108,6 +108,17 @@ resource "google_storage_bucket_iam_member" "dataflow_temp" {
   member = "serviceAccount:${google_service_account.dataflow[0].email}"
 }
 
+# The clean job's last step publishes the committed run's summary on events-cleaned (train's trigger),
+# and its launcher republishes an unpublished one first: publish on that topic only.
+resource "google_pubsub_topic_iam_member" "dataflow_cleaned_publisher" {
+  count = local.dataflow_enabled ? 1 : 0
+
+  project = var.project_id
+  topic   = google_pubsub_topic.topic["events-cleaned"].name
+  role    = "roles/pubsub.publisher"
+  member  = "serviceAccount:${google_service_account.dataflow[0].email}"
+}
+
 # Pull the images (launcher and workers).
 resource "google_artifact_registry_repository_iam_member" "dataflow_reader" {
   count = local.dataflow_enabled ? 1 : 0
@@ -145,5 +156,6 @@ resource "google_dataflow_flex_template_job" "job" {
     google_storage_bucket_iam_member.dataflow_data,
     google_storage_bucket_iam_member.dataflow_temp,
     google_artifact_registry_repository_iam_member.dataflow_reader,
+    google_pubsub_topic_iam_member.dataflow_cleaned_publisher,
   ]
 }

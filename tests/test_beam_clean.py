@@ -154,3 +154,98 @@ def test_engine_setting_refuses_a_config_it_cannot_pass(tmp_path, monkeypatch):
     monkeypatch.setenv("DAIHUO_CLEAN_ENGINE", "beam")
     with pytest.raises(ValueError, match="settings"):
         engine.run(open_store(tmp_path), cfg=CleanConfig())
+
+
+# ----------------------------------------------------------------------------- events-cleaned
+def _topic(bus, name: str) -> str:
+    bus.ensure_topic(name)
+    bus.ensure_subscription(f"{name}-pull", name)
+    return f"{name}-pull"
+
+
+def _drain(bus, sub: str, want: int, timeout: float = 30.0) -> list:
+    """Every message on ``sub`` (acked): until ``want`` arrived, then one more empty pull (no extra copies)."""
+    from tests.waiting import wait_for
+
+    got: list = []
+
+    def more():
+        msgs = bus.pull(sub, 10, timeout_s=2)
+        if msgs:
+            bus.ack(sub, [m.ack_id for m in msgs])
+        got.extend(msgs)
+        return len(got) >= want
+
+    wait_for(more, timeout=timeout, interval=0.2)
+    more()
+    return got
+
+
+def _published(store) -> list[tuple[str, bool]]:
+    from shared.pipeline.clean import load_manifest
+
+    return [(r["run_id"], r["published"]) for r in load_manifest(store)[0]["runs"]]
+
+
+def test_a_beam_run_publishes_the_summary_the_duckdb_engine_publishes_once(world, pubsub_emulator, tmp_path):
+    """``python -m pipelines.beam.clean`` run directly (as a Dataflow launch runs it, no clean function
+    around it) publishes on events-cleaned the message the DuckDB engine publishes for the same run (data and
+    attributes), marks the run published in the manifest as ``run_clean`` does, and a second run with nothing
+    new publishes nothing."""
+    from shared.adapters.bus import Bus
+    from shared.pipeline.clean import CleanConfig
+
+    bus = Bus()
+    tag = uuid.uuid4().hex[:8]
+    subs = {e: _topic(bus, f"events-cleaned-{e}-{tag}") for e in ("duck", "beam")}
+    duck, url = open_store(tmp_path / "duck"), str(tmp_path / "beam")
+    beam = open_store(url)
+    _raw(duck, world, 1)
+    _raw(beam, world, 1)
+    a = run_clean(duck, bus, CleanConfig(topic=f"events-cleaned-duck-{tag}"), now=NOW)
+    args = [f"--cleaned_topic=events-cleaned-beam-{tag}", f"--pubsub_project={bus.project}"]
+    b = beam_check.run_beam(url, now=NOW, publish=True, args=args)
+    assert a["status"] == b["status"] == "committed" and a["run_id"] == b["run_id"]
+    (ma,) = _drain(bus, subs["duck"], 1)
+    (mb,) = _drain(bus, subs["beam"], 1)
+    assert orjson.loads(mb.data) == orjson.loads(ma.data) and mb.attributes == ma.attributes == {"run_id": a["run_id"]}
+    assert orjson.loads(mb.data)["rows_out"] == a["rows_out"] > 0
+    assert _published(beam) == _published(duck) == [(a["run_id"], True)]
+    assert not (diffs := beam_check.compare_stores(duck, beam)), "\n".join(diffs)
+    # nothing new: no run, no second copy of the summary
+    assert beam_check.run_beam(url, now=NOW + 60, publish=True, args=args) == {"status": "noop", "pending": 0}
+    assert _drain(bus, subs["beam"], 0, timeout=3) == []
+    bus.close()
+
+
+def test_an_unpublished_beam_run_is_republished_once_by_the_next_run(world, pubsub_emulator, tmp_path, monkeypatch):
+    """At least once, as the DuckDB engine: a publish that fails after the commit (the topic does not exist
+    yet) fails the job but leaves the run committed and unpublished; the next run -- here through the clean
+    function's engine setting, which hands the job its bus's project and topic and publishes nothing itself
+    -- republishes it exactly once, and the one after that publishes nothing."""
+    from shared.adapters.bus import Bus
+
+    bus = Bus()
+    topic = f"events-cleaned-late-{uuid.uuid4().hex[:8]}"
+    url = str(tmp_path / "beam")
+    beam = open_store(url)
+    _raw(beam, world, 1)
+    args = [f"--cleaned_topic={topic}", f"--pubsub_project={bus.project}"]
+    with pytest.raises(RuntimeError, match="publish to .* failed"):
+        beam_check.run_beam(url, now=NOW, publish=True, args=args)
+    ((run_id, published),) = _published(beam)
+    assert published is False
+    sub = _topic(bus, topic)
+    monkeypatch.setenv("DAIHUO_CLEAN_ENGINE", "beam")
+    monkeypatch.setenv("DAIHUO_STORE", url)
+    monkeypatch.setenv("DAIHUO_CLEANED_TOPIC", topic)
+    assert engine.run(beam, bus, now=NOW + 60) == {"status": "noop", "pending": 0}
+    (m,) = _drain(bus, sub, 1)
+    from shared.layout import clean_report_key
+
+    report = orjson.loads(beam.get(clean_report_key(run_id)))
+    assert m.attributes == {"run_id": run_id} and orjson.loads(m.data)["rows_in"] == report["rows_in"] > 0
+    assert _published(beam) == [(run_id, True)]
+    assert engine.run(beam, bus, now=NOW + 120) == {"status": "noop", "pending": 0}
+    assert _drain(bus, sub, 0, timeout=3) == []
+    bus.close()

@@ -399,6 +399,13 @@ def test_dataflow_identity_is_least_privilege(tf):
     ar = _res(tf, "google_artifact_registry_repository_iam_member", "dataflow_reader")
     assert ar["role"] == "roles/artifactregistry.reader"
     assert ar["repository"] == "${google_artifact_registry_repository.dataflow[0].name}"
+    # the clean job publishes the committed run's summary (train's trigger): that topic only
+    pub = _res(tf, "google_pubsub_topic_iam_member", "dataflow_cleaned_publisher")
+    assert (pub["topic"], pub["role"]) == (
+        '${google_pubsub_topic.topic["events-cleaned"].name}',
+        "roles/pubsub.publisher",
+    )
+    assert "events-cleaned" in TOPOLOGY["topics"]
     for rtype, by_name in tf["resource"].items():
         for name, body in by_name.items():
             if "google_service_account.dataflow" in str(body.get("member", "")):

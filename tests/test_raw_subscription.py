@@ -176,7 +176,14 @@ def test_beam_engine_from_the_flex_template_context_cleans_subscription_objects(
     ctx = Path(ft.build(ft.TEMPLATES[0], tmp_path / "dataflow")["context"])
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"PYTHONPATH": str(ctx)}
     out = subprocess.run(
-        [str(beam_check.beam_python()), "-B", str(ctx / "main.py"), f"--store={tmp_path / 'beam'}", f"--now={now!r}"],
+        [
+            str(beam_check.beam_python()),
+            "-B",
+            str(ctx / "main.py"),
+            f"--store={tmp_path / 'beam'}",
+            f"--now={now!r}",
+            "--publish=false",
+        ],
         cwd=ctx,
         env=env,
         capture_output=True,

@@ -29,12 +29,17 @@ Shape (every step keyed, so it spreads over workers):
 I/O goes through ``shared.adapters.storage`` inside the DoFns (not ``apache_beam.io``): the layout's
 object names, the emulator and the local / S3 backends are the adapter's, and Beam's GCS filesystem
 (the ``[gcp]`` extra) neither speaks to the emulator nor writes one object per partition by name.
-Report counters are Beam metrics; the written object names come back in ``state/beam/<run>.json``.
+The run ends inside the job: its last step (``Commit``, one worker) sums the report's counters (carried as
+data beside the written objects' names; also Beam metrics, for the Dataflow UI), calls ``clean.commit_run``
+and publishes the summary on ``events-cleaned`` (``--publish``, ``--cleaned_topic``, ``--pubsub_project``;
+as the clean function does, unpublished runs are republished first). A Flex Template's launcher only builds
+the job and exits, so nothing the driver did after ``wait_until_finish`` would run there.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import io
 import os
 import sys
@@ -49,8 +54,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from apache_beam.metrics import Metrics
-from apache_beam.metrics.metric import MetricsFilter
-from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions
 
 from pipelines.beam import rows as R
 from shared import layout
@@ -59,11 +63,19 @@ from shared.pipeline import clean as dclean
 
 NS = "clean"
 _EPOCH_DAY = date(1970, 1, 1)
-OUTPUTS = "state/beam/{run_id}.json"  # the written objects, for the driver's commit
+OUTPUTS = "state/beam/{run_id}.json"  # the committed summary, for a driver that waits (Commit)
 
 
 def _count(name: str, n: int = 1) -> None:
     Metrics.counter(NS, name).inc(n)
+
+
+def _counted(name: str, n: int = 1):
+    """A report counter as data: ``(name, n)`` on the ``counts`` output (summed per name, then read by the
+    commit step, which runs on a worker: a Flex Template's launcher never sees the job's metrics), and
+    the same Beam metric (the Dataflow UI's counters)."""
+    _count(name, n)
+    return beam.pvalue.TaggedOutput("counts", (name, n))
 
 
 def _plain(schema: pa.Schema) -> pa.Schema:
@@ -130,8 +142,9 @@ class ReadAndJudge(_StoreFn):
     def process(self, elem):
         idx, key = elem
         lines = R.split_lines(self.store.get(key))
-        _count("rows_in", len(lines))
+        yield _counted("rows_in", len(lines))
         base = idx << 32
+        catalog = 0
         for i, line in enumerate(lines):
             kind, row = R.judge(line, key, (idx, i), self.params)
             if kind == "viewer" or kind == "host":
@@ -139,8 +152,10 @@ class ReadAndJudge(_StoreFn):
             elif kind == "bad":
                 yield beam.pvalue.TaggedOutput("bad", (_quarantine_day(row), orjson.dumps(row)))
             else:
-                _count("catalog_rows")
+                catalog += 1
                 yield beam.pvalue.TaggedOutput(kind, row)
+        if catalog:
+            yield _counted("catalog_rows", catalog)
 
 
 class ReadIds(_StoreFn):
@@ -163,9 +178,9 @@ def dedupe(kv):
     if not rows:
         return
     if len(rows) > 1:
-        _count("duplicates_in_run", len(rows) - 1)
+        yield _counted("duplicates_in_run", len(rows) - 1)
     if list(g["seen"]):
-        _count("duplicates_seen_before")
+        yield _counted("duplicates_seen_before")
         return
     yield eid, (rows[0] if len(rows) == 1 else min(rows, key=lambda v: (v[NULLS], v[REC], v[ORDER])))
 
@@ -187,7 +202,7 @@ class KnownItems(beam.DoFn):
                 bad = R.unknown_item(orjson.loads(ev[1][ROW]))
                 yield beam.pvalue.TaggedOutput("bad", (_quarantine_day(bad), orjson.dumps(bad)))
             else:
-                _count("uncatalogued_purchases")
+                yield _counted("uncatalogued_purchases")
                 yield ev
 
 
@@ -208,23 +223,27 @@ class WriteDay(_StoreFn):
         rows = [R.public(orjson.loads(b)) for b in payloads]
         if self.kind == "clean":
             schema, key = dclean.CLEAN_SCHEMA, layout.clean_key(d, self.run_id)
-            _count("rows_out", len(rows))
-            _count("late", sum(1 for r in rows if r["late"]))
-            _count("ts_corrected", sum(1 for r in rows if r["ts_corrected"]))
             # the index no longer covers rows whose sent ts is older than the look-back (report: beyond_lookback)
             old = 0
             for r in rows:
                 sent = R.ts_us(r["ts_sent"], upper=False)
                 if (sent if sent is not None else r["ts"]) < self.cutoff_us:
                     old += 1
-            _count("beyond_lookback", old)
+            counts = {
+                "rows_out": len(rows),
+                "late": sum(1 for r in rows if r["late"]),
+                "ts_corrected": sum(1 for r in rows if r["ts_corrected"]),
+                "beyond_lookback": old,
+            }
         else:
             schema, key = dclean.HOST_SCHEMA, layout.clean_host_key(d, self.run_id)
-            _count("host_rows", len(rows))
+            counts = {"host_rows": len(rows)}
+        for name, n in counts.items():
+            _count(name, n)
         t = pa.Table.from_pylist(rows, schema=schema)
         self.store.put(key, _parquet_bytes(t), content_type="application/vnd.apache.parquet")
         streams = sorted({r["stream_id"] for r in rows if r["stream_id"] is not None})
-        yield {"kind": self.kind, "date": d, "key": key, "streams": streams}
+        yield {"kind": self.kind, "date": d, "key": key, "streams": streams, "counts": counts}
 
 
 class WriteQuarantine(_StoreFn):
@@ -238,9 +257,13 @@ class WriteQuarantine(_StoreFn):
         d, payloads = kv
         rows = sorted((orjson.loads(b) for b in payloads), key=lambda r: r["_order"])
         lines = []
+        counts: dict[str, int] = {}
         for r in rows:
-            _count(f"dropped:{r['reason']}")
-            _count(f"dropped_field:{r['reason']}:{r['field'] if r['field'] is not None else '?'}")
+            for name in (
+                f"dropped:{r['reason']}",
+                f"dropped_field:{r['reason']}:{r['field'] if r['field'] is not None else '?'}",
+            ):
+                counts[name] = counts.get(name, 0) + 1
             lines.append(
                 dclean.quarantine_line(
                     r["reason"],
@@ -255,7 +278,9 @@ class WriteQuarantine(_StoreFn):
             )
         key = layout.quarantine_key(d, self.run_id)
         self.store.put(key, gzip.compress(b"\n".join(lines) + b"\n", mtime=0), content_type="application/gzip")
-        yield {"kind": "quarantine", "date": d, "key": key}
+        for name, n in counts.items():
+            _count(name, n)
+        yield {"kind": "quarantine", "date": d, "key": key, "counts": counts}
 
 
 def _quarantine_day(r: dict) -> str:
@@ -286,10 +311,11 @@ class WriteCatalog(_StoreFn):
         _, rows = kv
         rows = sorted((R.public(r) for r in rows), key=lambda r: r["item_id"])
         _count("catalog_items", len(rows))
+        counts = {"catalog_items": len(rows)}
         key = layout.catalog_key(self.run_id)
         t = pa.Table.from_pylist(rows, schema=dclean.CATALOG_SCHEMA)
         self.store.put(key, _parquet_bytes(t), content_type="application/vnd.apache.parquet")
-        yield {"kind": "catalog", "key": key}
+        yield {"kind": "catalog", "key": key, "counts": counts}
 
 
 # ---------------------------------------------------------------------------------------- KPI tables
@@ -420,20 +446,104 @@ class MergeKPIs(_StoreFn):
         yield {"kind": "analytics", "tables": out}
 
 
-class WriteOutputs(_StoreFn):
-    def __init__(self, store_url: str, run_id: str):
+class Commit(_StoreFn):
+    """The last step, on one worker: every written object's meta and the summed counters -> the run's report,
+    then ``clean.commit_run`` (the manifest swap with the generation the plan read) and, when a topic is
+    given, the summary on ``events-cleaned`` (``clean._publish``: published, then marked in the manifest).
+
+    It runs inside the job, not in the driver after ``wait_until_finish``: a Flex Template's launcher only
+    builds the job graph and exits, so code after the pipeline would never see the job end. A retried
+    bundle (Dataflow retries a failed one) finds its run already in the manifest and only republishes
+    what is unpublished. The summary is left at ``state/beam/<run>.json`` for a driver that waits."""
+
+    def __init__(self, store_url, cfg, plan, started_at: float, project: str | None, publish: bool):
         super().__init__(store_url)
-        self.run_id = run_id
+        self.cfg, self.plan, self.started_at, self.project, self.publish = cfg, plan, started_at, project, publish
+        self.bus = None
+
+    def setup(self):
+        super().setup()
+        if self.publish:
+            from shared.adapters.bus import Bus
+
+            self.bus = Bus(self.project)
+
+    def teardown(self):
+        if self.bus is not None:
+            self.bus.close()
 
     def process(self, kv):
+        from shared.runtime import faults
+
         _, metas = kv
-        metas = sorted((m for m in metas if m is not None), key=lambda m: orjson.dumps(m, option=orjson.OPT_SORT_KEYS))
-        self.store.put(OUTPUTS.format(run_id=self.run_id), orjson.dumps(metas), content_type="application/json")
-        yield len(metas)
+        run_id = self.plan.run_id
+        manifest, _ = dclean.load_manifest(self.store)
+        if any(r["run_id"] == run_id for r in manifest["runs"]):  # a retry after the commit
+            if self.bus is not None:
+                dclean._republish(self.store, self.bus, self.cfg, manifest)
+            summary = orjson.loads(self.store.get(layout.clean_report_key(run_id)))
+        else:
+            summary = self._commit(metas, faults)
+        self.store.put(OUTPUTS.format(run_id=run_id), orjson.dumps(summary), content_type="application/json")
+        yield summary["status"]
+
+    def _commit(self, metas: list[dict], faults) -> dict:
+        counters: dict[str, int] = {}
+        for m in metas:
+            for k, v in (m.get("counts") or {}).items():
+                counters[k] = counters.get(k, 0) + int(v)
+        by = lambda kind: sorted((m for m in metas if m["kind"] == kind), key=lambda m: m.get("date", ""))
+        written: dict[str, Any] = {
+            "clean": [m["key"] for m in by("clean")],
+            "clean_files": [{"key": m["key"], "streams": m["streams"]} for m in by("clean")],
+            "host_files": [{"key": m["key"], "streams": m["streams"]} for m in by("host")],
+            "quarantine": [m["key"] for m in by("quarantine")],
+        }
+        faults.point("clean:write_clean", self.store, "after writing clean/, before the manifest moved")
+        by_reason = {k.split(":", 1)[1]: v for k, v in sorted(counters.items()) if k.startswith("dropped:")}
+        by_field = {k.split(":", 1)[1]: v for k, v in sorted(counters.items()) if k.startswith("dropped_field:")}
+        n = lambda k: counters.get(k, 0)
+        report = {
+            "rows_in": n("rows_in"),
+            "catalog_rows": n("catalog_rows"),
+            "duplicates_in_run": n("duplicates_in_run"),
+            "duplicates_seen_before": n("duplicates_seen_before"),
+            "duplicates": n("duplicates_in_run") + n("duplicates_seen_before"),
+            "rows_out": n("rows_out"),
+            "host_rows": n("host_rows"),
+            "late": n("late"),
+            "ts_corrected": n("ts_corrected"),
+            "catalog_items": n("catalog_items"),
+            "uncatalogued_purchases": n("uncatalogued_purchases"),
+            "dropped": sum(by_reason.values()),
+            "dropped_by_reason": by_reason,
+            "dropped_by_field": by_field,
+            "beyond_lookback": n("beyond_lookback"),
+            "engine": "beam",
+        }
+        dkey = next(m["key"] for m in metas if m["kind"] == "dedupe")
+        ckey = next((m["key"] for m in metas if m["kind"] == "catalog"), None)
+        analytics = next(m["tables"] for m in metas if m["kind"] == "analytics")
+        # commit_run's "seconds" is monotonic time since t0: the run's start, carried as wall time
+        t0 = time.monotonic() - max(0.0, time.time() - self.started_at)
+        return dclean.commit_run(
+            self.store, self.bus, self.cfg, self.plan, written, report, dkey=dkey, ckey=ckey, analytics=analytics, t0=t0
+        )
 
 
 # ---------------------------------------------------------------------------------------- the pipeline
-def build(p: beam.Pipeline, store_url: str, plan: dclean.RunPlan, cfg: dclean.CleanConfig, tz: str) -> None:
+def build(
+    p: beam.Pipeline,
+    store_url: str,
+    plan: dclean.RunPlan,
+    cfg: dclean.CleanConfig,
+    tz: str,
+    *,
+    started_at: float | None = None,
+    project: str | None = None,
+    publish: bool = False,
+) -> None:
+    """The run as one pipeline, ending with its commit (and, if ``publish``, the summary on ``cfg.topic``)."""
     from shared.pipeline import kpi_tables
 
     run_id, manifest = plan.run_id, plan.manifest
@@ -443,7 +553,8 @@ def build(p: beam.Pipeline, store_url: str, plan: dclean.RunPlan, cfg: dclean.Cl
         p
         | "pending" >> beam.Create(list(enumerate(plan.pending)))
         | "spread" >> beam.Reshuffle()
-        | "read+judge" >> beam.ParDo(ReadAndJudge(store_url, params)).with_outputs("catalog", "bad", main="events")
+        | "read+judge"
+        >> beam.ParDo(ReadAndJudge(store_url, params)).with_outputs("catalog", "bad", "counts", main="events")
     )
     # the catalog: the latest record per item (ts, then raw order), + the committed parts: the known items
     catalog_new = (
@@ -465,15 +576,15 @@ def build(p: beam.Pipeline, store_url: str, plan: dclean.RunPlan, cfg: dclean.Cl
         | "read index" >> beam.ParDo(ReadIds(store_url, "event_id"))
     )
     joined = {"events": judged.events, "seen": seen} | "dedupe join" >> beam.CoGroupByKey()
-    firsts = joined | "dedupe" >> beam.FlatMap(dedupe)
-    host = firsts | "host only" >> beam.Filter(lambda e: e[1][TYPE] in R.HOST_TYPES)
-    viewer = firsts | "viewer only" >> beam.Filter(lambda e: e[1][TYPE] not in R.HOST_TYPES)
+    firsts = joined | "dedupe" >> beam.FlatMap(dedupe).with_outputs("counts", main="events")
+    host = firsts.events | "host only" >> beam.Filter(lambda e: e[1][TYPE] in R.HOST_TYPES)
+    viewer = firsts.events | "viewer only" >> beam.Filter(lambda e: e[1][TYPE] not in R.HOST_TYPES)
     purchases = viewer | "purchases" >> beam.Filter(lambda e: e[1][TYPE] == "purchase")
     others = viewer | "not purchases" >> beam.Filter(lambda e: e[1][TYPE] != "purchase")
     checked = (
         {"purchases": purchases | "by item id" >> beam.Map(lambda e: (e[1][ITEM], e)), "known": known}
         | "catalog join" >> beam.CoGroupByKey()
-        | "known items" >> beam.ParDo(KnownItems(cfg.require_catalog)).with_outputs("bad", main="ok")
+        | "known items" >> beam.ParDo(KnownItems(cfg.require_catalog)).with_outputs("bad", "counts", main="ok")
     )
     clean = (others, checked.ok) | "clean rows" >> beam.Flatten()
     metas = []
@@ -545,12 +656,20 @@ def build(p: beam.Pipeline, store_url: str, plan: dclean.RunPlan, cfg: dclean.Cl
         | "seed KPIs" >> _Seeded()
         | "merge KPIs" >> beam.ParDo(MergeKPIs(store_url, run_id, old, cfg.max_session_s, tz), aff)
     )
+    # the report's counters that no written object carries, summed per name (combined before the shuffle)
+    metas.append(
+        (judged.counts, firsts.counts, checked.counts)
+        | "counters" >> beam.Flatten()
+        | "sum counters" >> beam.CombinePerKey(sum)
+        | "counter metas" >> beam.MapTuple(lambda k, v: {"kind": "counts", "counts": {k: v}})
+    )
+    started_at = time.time() if started_at is None else started_at
     _ = (
         metas
         | "metas" >> beam.Flatten()
         | "one list" >> beam.Map(lambda m: (0, m))
         | "seed metas" >> _Seeded()
-        | "write outputs" >> beam.ParDo(WriteOutputs(store_url, run_id))
+        | "commit" >> beam.ParDo(Commit(store_url, cfg, plan, started_at, project, publish))
     )
 
 
@@ -573,76 +692,90 @@ def _options(args: list[str]) -> PipelineOptions:
     return PipelineOptions(args)
 
 
-def run(store_url: str, cfg: dclean.CleanConfig | None = None, *, now: float | None = None, beam_args=()) -> dict:
-    """One clean run on Beam: plan (the manifest), the pipeline, then the DuckDB engine's commit."""
-    from shared.runtime import faults
+def run(
+    store_url: str,
+    cfg: dclean.CleanConfig | None = None,
+    *,
+    now: float | None = None,
+    beam_args=(),
+    publish: bool = False,
+    project: str | None = None,
+) -> dict:
+    """One clean run on Beam: plan (the manifest; with ``publish``, unpublished runs are republished first, as
+    the DuckDB engine does), then the pipeline, whose last step commits and publishes (``Commit``).
+
+    Returns the committed summary when the runner waits for the job (the FnApiRunner; DataflowRunner run
+    directly), ``{"status": "submitted", "run_id": ...}`` when it only submitted it (a Flex Template's
+    launcher: the job commits on its own), or ``noop``."""
     from shared.settings import settings
 
     cfg = cfg or dclean.CleanConfig()
-    t0 = time.monotonic()
-    now = time.time() if now is None else now
+    started_at = time.time()
+    now = started_at if now is None else now
     store = open_store(store_url)
-    plan = dclean.plan_run(store, None, cfg, now)
+    bus = None
+    if publish:
+        from shared.adapters.bus import Bus
+
+        bus = Bus(project)
+    try:
+        plan = dclean.plan_run(store, bus, cfg, now)
+    finally:
+        if bus is not None:
+            bus.close()
     if plan is None:
         return {"status": "noop", "pending": 0}
     p = beam.Pipeline(options=_options(list(beam_args)))
-    build(p, store_url, plan, cfg, settings().dashboard_tz)
+    build(p, store_url, plan, cfg, settings().dashboard_tz, started_at=started_at, project=project, publish=publish)
     result = p.run()
     result.wait_until_finish()
-    counters: dict[str, int] = {}
-    for c in result.metrics().query(MetricsFilter().with_namespace(NS))["counters"]:
-        v = c.committed if c.committed is not None else c.attempted
-        counters[c.key.metric.name] = counters.get(c.key.metric.name, 0) + int(v or 0)
     out_key = OUTPUTS.format(run_id=plan.run_id)
-    metas = orjson.loads(store.get(out_key))
-    by = lambda kind: sorted((m for m in metas if m["kind"] == kind), key=lambda m: m.get("date", ""))
-    written: dict[str, Any] = {
-        "clean": [m["key"] for m in by("clean")],
-        "clean_files": [{"key": m["key"], "streams": m["streams"]} for m in by("clean")],
-        "host_files": [{"key": m["key"], "streams": m["streams"]} for m in by("host")],
-        "quarantine": [m["key"] for m in by("quarantine")],
-    }
-    faults.point("clean:write_clean", store, "after writing clean/, before the manifest moved")
-    by_reason = {k.split(":", 1)[1]: v for k, v in sorted(counters.items()) if k.startswith("dropped:")}
-    by_field = {k.split(":", 1)[1]: v for k, v in sorted(counters.items()) if k.startswith("dropped_field:")}
-    n = lambda k: counters.get(k, 0)
-    report = {
-        "rows_in": n("rows_in"),
-        "catalog_rows": n("catalog_rows"),
-        "duplicates_in_run": n("duplicates_in_run"),
-        "duplicates_seen_before": n("duplicates_seen_before"),
-        "duplicates": n("duplicates_in_run") + n("duplicates_seen_before"),
-        "rows_out": n("rows_out"),
-        "host_rows": n("host_rows"),
-        "late": n("late"),
-        "ts_corrected": n("ts_corrected"),
-        "catalog_items": n("catalog_items"),
-        "uncatalogued_purchases": n("uncatalogued_purchases"),
-        "dropped": sum(by_reason.values()),
-        "dropped_by_reason": by_reason,
-        "dropped_by_field": by_field,
-        "beyond_lookback": n("beyond_lookback"),
-        "engine": "beam",
-    }
-    dkey = next(m["key"] for m in metas if m["kind"] == "dedupe")
-    ckey = next((m["key"] for m in metas if m["kind"] == "catalog"), None)
-    analytics = next(m["tables"] for m in metas if m["kind"] == "analytics")
-    summary = dclean.commit_run(
-        store, None, cfg, plan, written, report, dkey=dkey, ckey=ckey, analytics=analytics, t0=t0
-    )
+    if not store.exists(out_key):  # the runner only submitted the job (a Flex Template launch)
+        return {"status": "submitted", "run_id": plan.run_id, "raw_objects": len(plan.pending)}
+    summary = orjson.loads(store.get(out_key))
     store.delete(out_key)
     return summary
 
 
+def _flag(v: str) -> bool:
+    if v.lower() in ("true", "yes", "on", "1"):
+        return True
+    if v.lower() in ("false", "no", "off", "0"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, not {v!r}")
+
+
 def main(argv: list[str] | None = None) -> int:
+    from shared.adapters.bus import project_id
+    from shared.settings import settings
+
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--store", default=None, help="the store URL (default: DAIHUO_STORE)")
     ap.add_argument("--now", type=float, default=None, help="the run's clock (epoch seconds; tests)")
+    ap.add_argument(
+        "--cleaned_topic",
+        default=None,
+        help="the topic the committed run's summary is published on (default: DAIHUO_CLEANED_TOPIC, events-cleaned)",
+    )
+    ap.add_argument(
+        "--pubsub_project",
+        default=None,
+        help="the topic's project (default: the job's --project, else PUBSUB_PROJECT_ID / GOOGLE_CLOUD_PROJECT)",
+    )
+    ap.add_argument(
+        "--publish",
+        type=_flag,
+        default=True,
+        help="true (default): publish the summary, as the clean function does; false: commit only",
+    )
     args, beam_args = ap.parse_known_args(argv)
-    from shared.settings import settings
-
     url = args.store or settings().store
-    summary = run(url, now=args.now, beam_args=beam_args)
+    cfg = dclean.CleanConfig()
+    if args.cleaned_topic:
+        cfg = dataclasses.replace(cfg, topic=args.cleaned_topic)
+    # the topic's project: the flag, else the job's own (--project, what Dataflow's launcher passes), else the env's
+    project = args.pubsub_project or PipelineOptions(beam_args).view_as(GoogleCloudOptions).project or project_id()
+    summary = run(url, cfg, now=args.now, beam_args=beam_args, publish=args.publish, project=project)
     sys.stdout.write(orjson.dumps(summary).decode() + "\n")
     return 0
 

@@ -2,7 +2,9 @@
 ``shared.pipeline.clean.run_clean``) or ``beam`` (the Apache Beam job ``pipelines.beam.clean``, in its
 own environment: ``DAIHUO_BEAM_PYTHON``, started here by subprocess with ``DAIHUO_BEAM_ARGS`` as its
 pipeline options; it reads the same DAIHUO_* settings, plans and commits the run through the same
-manifest code, and this side publishes the committed summary on ``events-cleaned``).
+manifest code, and -- given this side's bus -- publishes the committed summary on ``events-cleaned``
+itself, as a Dataflow run of the same job does: ``--pubsub_project`` / ``--cleaned_topic`` name this
+bus's project and the topic, ``--publish=false`` when there is no bus).
 
 Both write the same objects (``tests/test_beam_clean.py`` proves it row for row). The Beam engine takes
 its configuration from the settings, not from a ``CleanConfig`` object: a config built in code is
@@ -18,7 +20,7 @@ from typing import Any
 
 import orjson
 
-from shared.pipeline.clean import CleanConfig, _publish, _republish, load_manifest, run_clean
+from shared.pipeline.clean import CleanConfig, run_clean
 from shared.settings import settings
 
 ROOT = Path(__file__).resolve().parent.parent.parent
@@ -32,8 +34,6 @@ def run(store, bus=None, cfg: CleanConfig | None = None, *, now: float | None = 
     if cfg is not None:
         raise ValueError("the beam engine reads its configuration from the DAIHUO_* settings, not a CleanConfig")
     cfg = CleanConfig()
-    if bus is not None:
-        _republish(store, bus, cfg, load_manifest(store)[0])
     py = Path(s.beam_python)
     py = py if py.is_absolute() else ROOT / py
     if not py.exists():
@@ -41,13 +41,15 @@ def run(store, bus=None, cfg: CleanConfig | None = None, *, now: float | None = 
             f"the clean engine is beam but there is no Beam interpreter at {py} (make venv-beam; DAIHUO_BEAM_PYTHON)"
         )
     cmd = [str(py), "-m", "pipelines.beam.clean", "--store", s.store, *shlex.split(s.beam_args)]
+    # the job republishes unpublished runs, commits, publishes and marks the run published: clean._publish
+    if bus is None:
+        cmd += ["--publish=false"]
+    else:
+        cmd += ["--publish=true", f"--pubsub_project={bus.project}", f"--cleaned_topic={cfg.topic}"]
     if now is not None:
         cmd += ["--now", repr(now)]
     # (``-m`` from the repository root finds pipelines/ and shared/; the environment is inherited)
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     if out.returncode != 0:
         raise RuntimeError(f"the Beam clean job failed ({out.returncode}): {out.stderr[-2000:]}")
-    summary = orjson.loads(out.stdout.strip().splitlines()[-1])
-    if bus is not None and summary.get("status") == "committed":
-        _publish(store, bus, cfg, summary["run_id"], summary)
-    return summary
+    return orjson.loads(out.stdout.strip().splitlines()[-1])
