@@ -6,7 +6,7 @@ PY     := $(BIN)/python
 STAMP  := $(VENV)/.installed-$(shell sha1sum requirements.txt | cut -c1-12)
 PYTEST_ARGS ?=
 
-.PHONY: help venv venv-beam bench-beam lock lint fmt check-emulators test demo up down status bench bench-coldstart bench-ingest bench-live bench-live-e2e bench-clean bench-recommend bench-ranker bench-train eval-served evaluate schema clean-var package checkov infra-fmt
+.PHONY: help venv venv-beam bench-beam lock lint fmt check-emulators test demo up down status bench bench-coldstart bench-ingest bench-live bench-live-e2e bench-clean bench-recommend bench-recommend-serve bench-ranker bench-train eval-served evaluate schema clean-var package checkov infra-fmt
 
 help:
 	@echo "make demo            the main job: local cloud + a simulated live-stream evening through every function"
@@ -23,6 +23,7 @@ help:
 	@echo "make bench-live-e2e  accepted by ingest -> visible in the live read, p50/p95 at a steady rate (docs/live.md)"
 	@echo "make bench-clean     cleaning + analytics over 10M simulated events vs DuckDB"
 	@echo "make bench-recommend recommendation fit and scoring speed"
+	@echo "make bench-recommend-serve  recommend for the heaviest verified viewers at 50k items, in process + HTTP"
 	@echo "make evaluate        offline evaluation on MovieLens 100k (DATA=../shared/data/ml-100k)"
 	@echo "make eval-served     the served recipe vs every baseline (repeat world, one evening, Ta Feng)"
 	@echo "make bench-ranker    the served recipe's fit time and request latency (10M events, 50k items)"
@@ -112,6 +113,9 @@ bench-beam: venv venv-beam   # the Beam engine and the DuckDB engine over the sa
 
 bench-recommend: venv
 	$(PY) bench/bench_recommend.py $(BENCH_ARGS)
+
+bench-recommend-serve: venv check-emulators   # heaviest verified viewers, 50k items: in process + HTTP (wrk) vs hello
+	$(PY) bench/bench_recommend_serve.py $(BENCH_ARGS)
 
 bench-ranker: venv
 	$(PY) bench/bench_ranker.py $(BENCH_ARGS)   # the served recipe: whole fit + request latency, v1 anchor
