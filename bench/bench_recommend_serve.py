@@ -9,7 +9,8 @@ per instance over HTTP with p99 < 20 ms. This bench measures exactly that case a
 
 1. data + model: the synthetic power-law world of ``bench_recommend_http.synthetic`` written as clean/
    Parquet, ``run_train`` as the function runs it (gate, promote). The store is cached under
-   var/bench-data/serve-<sizes>-<git tree of shared/> (a change to the serving code retrains);
+   var/bench-data/serve-<sizes>-<hash of the trees of shared/reco, shared/serving> (a change to the
+   model code retrains);
 2. viewers: the --viewers users with the longest histories (distinct items), each with an Ed25519
    viewer token (``shared.identity``), so every answer is *personal* (a stranger's answer skips the
    history, the expensive part); each request names a stream;
@@ -66,11 +67,22 @@ def load() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
-def tree_hash(path: str) -> str:
+MODEL_CODE = ("shared/reco", "shared/serving", "shared/action_weights.py")  # what the trained model depends on
+
+
+def tree_hash(paths=MODEL_CODE) -> str:
+    """A short hash of the committed trees of ``paths`` (+ "-dirty" when they have local changes)."""
+    import hashlib
+
     try:
-        out = subprocess.run(["git", "rev-parse", f"HEAD:{path}"], cwd=ROOT, capture_output=True, text=True, check=True)
-        dirty = subprocess.run(["git", "status", "--porcelain", path], cwd=ROOT, capture_output=True, text=True)
-        return out.stdout.strip()[:12] + ("-dirty" if dirty.stdout.strip() else "")
+        trees = [
+            subprocess.run(
+                ["git", "rev-parse", f"HEAD:{p}"], cwd=ROOT, capture_output=True, text=True, check=True
+            ).stdout.strip()
+            for p in paths
+        ]
+        dirty = subprocess.run(["git", "status", "--porcelain", *paths], cwd=ROOT, capture_output=True, text=True)
+        return hashlib.sha1(" ".join(trees).encode()).hexdigest()[:12] + ("-dirty" if dirty.stdout.strip() else "")
     except (subprocess.CalledProcessError, FileNotFoundError):
         return "nogit"
 
@@ -260,7 +272,7 @@ def main(argv=None) -> int:
         print(WRK_INSTALL, file=sys.stderr)
         return 2
     print(f"bench_recommend_serve: {os.cpu_count()} cores, load average {load()}", flush=True)
-    key = f"serve-i{args.items}-u{args.users}-e{args.events}-s{args.streams}-v{args.viewers}-{tree_hash('shared')}"
+    key = f"serve-i{args.items}-u{args.users}-e{args.events}-s{args.streams}-v{args.viewers}-{tree_hash()}"
     cache = Path(args.cache) / key
     if args.rebuild or not (cache / "viewers.json").exists():
         print(f"building {cache} (cached afterwards)", flush=True)
