@@ -2,7 +2,8 @@
 # `make package` into dist/dataflow/ (devtools/flex_template.py). Everything here exists only with
 # var.dataflow_enabled. The images are built and pushed out of band (Cloud Build: docs/deploy.md);
 # this file uploads each template's spec naming its image in the repository below, gives the jobs a
-# worker identity with only what they do, and launches the jobs of var.dataflow_jobs.
+# worker identity with only what they do, launches the jobs of var.dataflow_jobs at apply, and (with
+# var.dataflow_clean_schedule) launches the clean job on a schedule, the clean function then cleaning nothing.
 
 locals {
   dataflow_enabled     = var.dataflow_enabled
@@ -10,6 +11,10 @@ locals {
   dataflow_bucket_name = "${var.project_id}-daihuo-dataflow"
   dataflow_templates   = local.dataflow_enabled ? toset(["daihuo-clean", "daihuo-itemknn"]) : toset([])
   dataflow_image_repo  = "${var.region}-docker.pkg.dev/${var.project_id}/daihuo-dataflow"
+  # the scheduled clean: Dataflow cleans, the clean function's ticks do not (functions.tf sets its engine)
+  dataflow_clean_scheduled = local.dataflow_enabled && var.dataflow_clean_schedule != ""
+  dataflow_temp            = "gs://${local.dataflow_bucket_name}/temp"
+  dataflow_staging         = "gs://${local.dataflow_bucket_name}/staging"
   # <repo>/<template>:<content hash of its build context> (dist/dataflow/<template>/IMAGE_TAG)
   dataflow_images = {
     for t in local.dataflow_templates :
@@ -141,8 +146,8 @@ resource "google_dataflow_flex_template_job" "job" {
   container_spec_gcs_path = "gs://${google_storage_bucket.dataflow[0].name}/${google_storage_bucket_object.flex_template[each.value.template].name}"
   sdk_container_image     = local.dataflow_images[each.value.template]
   service_account_email   = google_service_account.dataflow[0].email
-  temp_location           = "gs://${google_storage_bucket.dataflow[0].name}/temp"
-  staging_location        = "gs://${google_storage_bucket.dataflow[0].name}/staging"
+  temp_location           = local.dataflow_temp
+  staging_location        = local.dataflow_staging
   max_workers             = var.dataflow_max_workers
   machine_type            = var.dataflow_machine_type
   ip_configuration        = "WORKER_IP_PRIVATE"
@@ -152,6 +157,112 @@ resource "google_dataflow_flex_template_job" "job" {
   parameters = merge(each.value.parameters, { store = "gs://${local.bucket_name}" })
 
   depends_on = [
+    google_project_iam_member.dataflow_worker,
+    google_storage_bucket_iam_member.dataflow_data,
+    google_storage_bucket_iam_member.dataflow_temp,
+    google_artifact_registry_repository_iam_member.dataflow_reader,
+    google_pubsub_topic_iam_member.dataflow_cleaned_publisher,
+  ]
+}
+
+# --- the scheduled clean (var.dataflow_clean_schedule) -------------------------------------------
+# Cloud Scheduler calls the Dataflow REST API (projects.locations.flexTemplates.launch) with an OAuth
+# token of its own identity, which may only launch jobs and run them as the worker identity above.
+resource "google_service_account" "dataflow_launcher" {
+  count = local.dataflow_clean_scheduled ? 1 : 0
+
+  project      = var.project_id
+  account_id   = "daihuo-dataflow-launcher"
+  display_name = "Daihuo: Cloud Scheduler's launches of the Dataflow clean"
+}
+
+# Create (launch) Dataflow jobs in the project: dataflow.developer is the launch role (no data access,
+# no worker rights); a Dataflow job is a project resource, so the grant is on the project.
+resource "google_project_iam_member" "dataflow_launcher_developer" {
+  #checkov:skip=CKV_GCP_49:dataflow.developer is listed because a job it creates runs as a service account; a job can only run as one the caller may actAs, and this identity may actAs the Dataflow worker identity only (dataflow_launcher_act_as_worker), so it can impersonate nothing else. Dataflow's launch permission exists only at project level.
+  count = local.dataflow_clean_scheduled ? 1 : 0
+
+  project = var.project_id
+  role    = "roles/dataflow.developer"
+  member  = "serviceAccount:${google_service_account.dataflow_launcher[0].email}"
+}
+
+# Run the job as the worker identity (actAs) -- on that one service account, not project-wide.
+resource "google_service_account_iam_member" "dataflow_launcher_act_as_worker" {
+  count = local.dataflow_clean_scheduled ? 1 : 0
+
+  service_account_id = google_service_account.dataflow[0].name
+  role               = "roles/iam.serviceAccountUser"
+  member             = "serviceAccount:${google_service_account.dataflow_launcher[0].email}"
+}
+
+# Read the template spec it names (templates/daihuo-clean.json): the template bucket only, read-only.
+resource "google_storage_bucket_iam_member" "dataflow_launcher_templates" {
+  count = local.dataflow_clean_scheduled ? 1 : 0
+
+  bucket = google_storage_bucket.dataflow[0].name
+  role   = "roles/storage.objectViewer"
+  member = "serviceAccount:${google_service_account.dataflow_launcher[0].email}"
+}
+
+resource "google_cloud_scheduler_job" "dataflow_clean" {
+  count = local.dataflow_clean_scheduled ? 1 : 0
+
+  name        = "daihuo-dataflow-clean"
+  project     = var.project_id
+  region      = var.region
+  description = "Launches the daihuo-clean Flex Template on Dataflow (the clean function's ticks clean nothing meanwhile)"
+  schedule    = var.dataflow_clean_schedule
+  time_zone   = var.schedule_time_zone
+  paused      = var.schedules_paused
+  # the launch call answers once the job is created (the launcher VM builds the graph after it)
+  attempt_deadline = "180s"
+
+  # A failed launch is retried once; a launch refused because the previous run (same job name) is still
+  # active is harmless: the next tick cleans what is pending then. Two runs never clean the same objects
+  # into the manifest: a run commits only if the manifest is still the one it planned from.
+  retry_config {
+    retry_count = 1
+  }
+
+  http_target {
+    http_method = "POST"
+    uri         = "https://dataflow.googleapis.com/v1b3/projects/${var.project_id}/locations/${var.region}/flexTemplates:launch"
+    headers     = { "Content-Type" = "application/json" }
+    body = base64encode(jsonencode({
+      launchParameter = {
+        # one name for every scheduled run: Dataflow refuses a second active job of the same name
+        jobName              = "daihuo-clean-scheduled"
+        containerSpecGcsPath = "gs://${google_storage_bucket.dataflow[0].name}/${google_storage_bucket_object.flex_template["daihuo-clean"].name}"
+        parameters = {
+          store          = "gs://${local.bucket_name}"
+          cleaned_topic  = google_pubsub_topic.topic[local.env_values.DAIHUO_CLEANED_TOPIC].name
+          pubsub_project = var.project_id
+          publish        = "true"
+        }
+        environment = {
+          serviceAccountEmail  = google_service_account.dataflow[0].email
+          tempLocation         = local.dataflow_temp
+          stagingLocation      = local.dataflow_staging
+          maxWorkers           = var.dataflow_max_workers
+          machineType          = var.dataflow_machine_type
+          ipConfiguration      = "WORKER_IP_PRIVATE"
+          sdkContainerImage    = local.dataflow_images["daihuo-clean"]
+          additionalUserLabels = var.labels
+        }
+      }
+    }))
+
+    oauth_token {
+      service_account_email = google_service_account.dataflow_launcher[0].email
+      scope                 = "https://www.googleapis.com/auth/cloud-platform"
+    }
+  }
+
+  depends_on = [
+    google_project_iam_member.dataflow_launcher_developer,
+    google_service_account_iam_member.dataflow_launcher_act_as_worker,
+    google_storage_bucket_iam_member.dataflow_launcher_templates,
     google_project_iam_member.dataflow_worker,
     google_storage_bucket_iam_member.dataflow_data,
     google_storage_bucket_iam_member.dataflow_temp,

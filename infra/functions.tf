@@ -42,6 +42,8 @@ resource "google_cloudfunctions2_function" "fn" {
 
     environment_variables = merge(
       { for name in each.value.env : name => local.env_values[name] },
+      # the scheduled Dataflow job cleans (infra/dataflow.tf): clean's ticks then only evaluate the alert rules
+      each.key == "clean" && local.dataflow_clean_scheduled ? { DAIHUO_CLEAN_ENGINE = "dataflow" } : {},
       {
         GOOGLE_CLOUD_PROJECT = var.project_id
         PUBSUB_PROJECT_ID    = var.project_id

@@ -73,3 +73,12 @@ output "dataflow_templates" {
     }
   }
 }
+
+output "dataflow_clean_schedule" {
+  description = "var.dataflow_clean_schedule: the Cloud Scheduler job launching the Dataflow clean, its cron and the identity it launches as (null: no schedule, the clean function cleans)."
+  value = local.dataflow_clean_scheduled ? {
+    job      = google_cloud_scheduler_job.dataflow_clean[0].id
+    schedule = google_cloud_scheduler_job.dataflow_clean[0].schedule
+    launcher = google_service_account.dataflow_launcher[0].email
+  } : null
+}

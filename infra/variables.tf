@@ -283,3 +283,9 @@ variable "dataflow_machine_type" {
   type        = string
   default     = "n1-standard-4"
 }
+
+variable "dataflow_clean_schedule" {
+  description = "With dataflow_enabled: the cron of the Cloud Scheduler job that launches the daihuo-clean Flex Template on Dataflow (infra/dataflow.tf); the clean function then cleans nothing (DAIHUO_CLEAN_ENGINE=dataflow: its ticks only evaluate the alert rules). Empty: no schedule, the clean function cleans (DuckDB)."
+  type        = string
+  default     = "5 * * * *"
+}

@@ -120,9 +120,10 @@ class Settings(_Base):
     clean_unknown_items: Literal["keep", "quarantine"] = _f(
         "keep", "clean: an event of an item no catalog record named yet: `keep` it or `quarantine` it"
     )
-    clean_engine: Literal["duckdb", "beam"] = _f(
+    clean_engine: Literal["duckdb", "beam", "dataflow"] = _f(
         "duckdb",
-        "clean: the engine of a run: `duckdb` (in the function) or `beam` (the Apache Beam job, pipelines/beam)",
+        "clean: the engine of a run: `duckdb` (in the function), `beam` (the Apache Beam job, pipelines/beam) or "
+        "`dataflow` (a scheduled Dataflow job cleans: a tick only evaluates the alert rules; infra/dataflow.tf sets it)",
     )
     beam_python: str = _f(
         ".venv-beam/bin/python", "clean (engine `beam`): the Beam environment's interpreter (`make venv-beam`)"

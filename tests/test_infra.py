@@ -412,3 +412,88 @@ def test_dataflow_identity_is_least_privilege(tf):
                 assert name.startswith("dataflow_"), (rtype, name)
     b = _res(tf, "google_storage_bucket", "dataflow")
     assert b["uniform_bucket_level_access"] is True and b["public_access_prevention"] == "enforced"
+
+
+def _braced(text: str, name: str) -> str:
+    """The ``{...}`` object after ``name = `` in an HCL expression (braces balanced: ``${...}`` inside)."""
+    m = re.search(rf"\b{name}\s*=\s*\{{", text)
+    assert m, name
+    depth, i = 1, m.end()
+    while depth:
+        depth += {"{": 1, "}": -1}.get(text[i], 0)
+        i += 1
+    return text[m.end() : i - 1]
+
+
+def test_dataflow_clean_is_scheduled_through_the_launch_api(tf):
+    """Cloud Scheduler POSTs projects.locations.flexTemplates.launch with an OAuth token of the launcher
+    identity: the daihuo-clean spec, the store and the events-cleaned topic as template parameters (the
+    job's argparse options), the worker identity and its buckets, private IPs, one job name."""
+    from devtools.flex_template import TEMPLATES
+
+    assert tf["locals"]["dataflow_clean_scheduled"] == '${local.dataflow_enabled && var.dataflow_clean_schedule != ""}'
+    assert re.fullmatch(r"[0-9*/,-]+( [0-9*/,-]+){4}", tf["variable"]["dataflow_clean_schedule"]["default"])
+    job = _res(tf, "google_cloud_scheduler_job", "dataflow_clean")
+    assert job["count"] == "${local.dataflow_clean_scheduled ? 1 : 0}"
+    assert job["schedule"] == "${var.dataflow_clean_schedule}" and job["paused"] == "${var.schedules_paused}"
+    http = _one(job["http_target"])
+    assert http["http_method"] == "POST"
+    assert http["uri"] == (
+        "https://dataflow.googleapis.com/v1b3/projects/${var.project_id}/locations/${var.region}/flexTemplates:launch"
+    )
+    token = _one(http["oauth_token"])
+    assert token["service_account_email"] == "${google_service_account.dataflow_launcher[0].email}"
+    assert token["scope"] == "https://www.googleapis.com/auth/cloud-platform"
+    assert "oidc_token" not in http  # a Google API takes an OAuth access token
+    # the body, as HCL text: jsonencode({launchParameter = {...}}) inside base64encode
+    body = http["body"]
+    assert body.startswith("${base64encode(jsonencode(") and "launchParameter" in body
+    for field in ("jobName", "containerSpecGcsPath", "parameters", "environment"):
+        assert re.search(rf"\b{field}\b\s*=", body), field
+    assert 'google_storage_bucket_object.flex_template["daihuo-clean"].name' in body
+    params = _braced(body, "parameters")
+    names = set(re.findall(r"(\w+)\s*=", params))
+    clean = next(t for t in TEMPLATES if t.name == "daihuo-clean")
+    assert names <= {p.name for p in clean.params} and {"store", "cleaned_topic", "pubsub_project"} <= names
+    assert "local.bucket_name" in params and "DAIHUO_CLEANED_TOPIC" in params
+    env = _braced(body, "environment")
+    for field, value in (
+        ("serviceAccountEmail", "google_service_account.dataflow[0].email"),
+        ("tempLocation", "local.dataflow_temp"),
+        ("stagingLocation", "local.dataflow_staging"),
+        ("maxWorkers", "var.dataflow_max_workers"),
+        ("machineType", "var.dataflow_machine_type"),
+        ("ipConfiguration", '"WORKER_IP_PRIVATE"'),
+        ("sdkContainerImage", 'local.dataflow_images["daihuo-clean"]'),
+    ):
+        assert re.search(rf"\b{field}\s*=\s*{re.escape(value)}", env), field
+    # the clean function's ticks do not also clean: its engine is "dataflow" exactly when this exists
+    fn_env = _one(_res(tf, "google_cloudfunctions2_function", "fn")["service_config"])["environment_variables"]
+    assert 'each.key == "clean" && local.dataflow_clean_scheduled ? {DAIHUO_CLEAN_ENGINE = "dataflow"} : {}' in fn_env
+    assert "dataflow_clean_schedule" in tf["output"]
+
+
+def test_dataflow_launcher_is_least_privilege(tf):
+    sa = _res(tf, "google_service_account", "dataflow_launcher")
+    assert sa["count"] == "${local.dataflow_clean_scheduled ? 1 : 0}"
+    launcher = "serviceAccount:${google_service_account.dataflow_launcher[0].email}"
+    grants = {
+        (rtype, name): body
+        for rtype, by_name in tf["resource"].items()
+        for name, body in by_name.items()
+        if body.get("member") == launcher
+    }
+    assert {(r, n): b["role"] for (r, n), b in grants.items()} == {
+        ("google_project_iam_member", "dataflow_launcher_developer"): "roles/dataflow.developer",
+        ("google_service_account_iam_member", "dataflow_launcher_act_as_worker"): "roles/iam.serviceAccountUser",
+        ("google_storage_bucket_iam_member", "dataflow_launcher_templates"): "roles/storage.objectViewer",
+    }
+    # actAs on the worker identity only, never project-wide; templates read-only, not the data bucket
+    act = grants[("google_service_account_iam_member", "dataflow_launcher_act_as_worker")]
+    assert act["service_account_id"] == "${google_service_account.dataflow[0].name}"
+    assert grants[("google_storage_bucket_iam_member", "dataflow_launcher_templates")]["bucket"] == (
+        "${google_storage_bucket.dataflow[0].name}"
+    )
+    for rtype in ("google_project_iam_member", "google_project_iam_binding"):
+        for name, body in tf["resource"].get(rtype, {}).items():
+            assert body.get("role") != "roles/iam.serviceAccountUser", (rtype, name)

@@ -6,6 +6,11 @@ manifest code, and -- given this side's bus -- publishes the committed summary o
 itself, as a Dataflow run of the same job does: ``--pubsub_project`` / ``--cleaned_topic`` name this
 bus's project and the topic, ``--publish=false`` when there is no bus).
 
+``dataflow``: the runs are launched elsewhere (the Cloud Scheduler job of infra/dataflow.tf starts the Beam job
+on Dataflow, which commits and publishes itself); a tick cleans nothing and answers ``status: external``
+(the function then still evaluates the batch alert rules). Terraform sets it on the clean function when it
+schedules the Dataflow clean, so the two never both clean.
+
 Both write the same objects (``tests/test_beam_clean.py`` proves it row for row). The Beam engine takes
 its configuration from the settings, not from a ``CleanConfig`` object: a config built in code is
 refused rather than silently ignored.
@@ -20,8 +25,11 @@ from typing import Any
 
 import orjson
 
+from shared.log import get_logger
 from shared.pipeline.clean import CleanConfig, run_clean
 from shared.settings import settings
+
+log = get_logger("clean")
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 
@@ -31,6 +39,9 @@ def run(store, bus=None, cfg: CleanConfig | None = None, *, now: float | None = 
     s = settings()
     if s.clean_engine == "duckdb":
         return run_clean(store, bus, cfg, now=now)
+    if s.clean_engine == "dataflow":  # the scheduled Dataflow job cleans, commits and publishes (infra/dataflow.tf)
+        log.info("clean tick: the runs are Dataflow's (DAIHUO_CLEAN_ENGINE=dataflow); nothing cleaned here")
+        return {"status": "external", "engine": "dataflow"}
     if cfg is not None:
         raise ValueError("the beam engine reads its configuration from the DAIHUO_* settings, not a CleanConfig")
     cfg = CleanConfig()
