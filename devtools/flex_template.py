@@ -105,19 +105,37 @@ TEMPLATES = (
     Template(
         "daihuo-itemknn",
         "pipelines.beam.itemknn",
-        "Daihuo item-item neighbours: clean/ -> the top-N cosine neighbours per item (Parquet), "
-        "equal to the in-process ItemItemCF fit.",
+        "Daihuo item-item neighbours: the window's clean/ events -> the top-N cosine neighbours per item, "
+        "equal to the in-process ItemItemCF fit, written as neighbours/<id>/ (npz + meta.json) and "
+        "neighbours/LATEST.json, which train reads with DAIHUO_TRAIN_NEIGHBOURS=precomputed.",
         (
             _STORE,
             Param(
-                "out", "Output key", "The store key of the neighbour lists (Parquet), e.g. models/itemknn/x.parquet."
+                "window_days",
+                "Training window (days)",
+                "As train's DAIHUO_TRAIN_WINDOW_DAYS (default 30): train uses the lists only for the same window.",
+                True,
+                (r"^[0-9]+(\.[0-9]+)?$",),
             ),
-            Param("neighbours", "Neighbours per item", "Top-N kept per item (default 100).", True, (r"^[1-9][0-9]*$",)),
+            Param(
+                "half_life_days",
+                "Affinity half-life (days)",
+                "As the recipe's half_life_days (default 30; none: no decay): train uses the lists only for the same.",
+                True,
+                (r"^([0-9]+(\.[0-9]+)?|none)$",),
+            ),
+            Param(
+                "neighbours",
+                "Neighbours per item",
+                "Top-N kept per item (default 100; train needs at least the N its recipe keeps).",
+                True,
+                (r"^[1-9][0-9]*$",),
+            ),
             Param("min_cooc", "Minimum co-occurrence", "Pairs seen fewer times are dropped (default 1).", True),
             Param(
                 "max_user_items",
                 "Items sampled per heavy user",
-                "Keep a deterministic sample of K items per user (default: all; changes the result).",
+                "Keep a deterministic sample of K items per user (default: all; changes the result: train never uses such lists).",
                 True,
                 (r"^[1-9][0-9]*$",),
             ),

@@ -21,6 +21,8 @@ One bucket (``DAIHUO_STORE``) holds everything, under these prefixes (docs/stora
     models/<version>/arrays.npz, models/<version>/meta.json   train: immutable model versions
     models/LATEST.json                                   train: the served version's pointer (CAS)
     models/EXPERIMENT.json                               operator: the serving experiment (A/B arms)
+    neighbours/<id>/arrays.npz, neighbours/<id>/meta.json   itemknn (Beam): immutable item-item neighbour lists
+    neighbours/LATEST.json                               itemknn (Beam): the newest lists' pointer (CAS)
     alerts/date=YYYY-MM-DD/<id>.json                     clean, live: one fired alert (create-only, docs/alerts.md)
     alerts/sent/<id>                                     clean, live: the alert reached the alerts topic
     state/host-rates.json                                clean: each host's typical GMV per minute (the live alert rule)
@@ -56,6 +58,7 @@ STATE = "state/"
 DEDUPE = STATE + "dedupe/"
 FAULTS = STATE + "faults/"
 MODELS = "models/"
+NEIGHBOURS = "neighbours/"
 ALERTS = "alerts/"
 ALERTS_SENT = ALERTS + "sent/"
 
@@ -66,6 +69,8 @@ HOST_RATES = STATE + "host-rates.json"
 LATEST = MODELS + "LATEST.json"
 #: the serving experiment's config (shared/serving/experiments.py), written by the operator
 EXPERIMENT = MODELS + "EXPERIMENT.json"
+#: the newest item-item neighbour lists the Beam job wrote (pipelines/beam/itemknn.py, shared/neighbour_lists.py)
+NEIGHBOURS_LATEST = NEIGHBOURS + "LATEST.json"
 
 #: the analytics tables clean writes (``analytics/<name>/<run>.parquet``, named by the manifest)
 ANALYTICS_TABLES = (
@@ -174,6 +179,14 @@ def model_meta_key(version: str) -> str:
     return f"{MODELS}{version}/meta.json"
 
 
+def neighbours_arrays_key(lists_id: str) -> str:
+    return f"{NEIGHBOURS}{lists_id}/arrays.npz"
+
+
+def neighbours_meta_key(lists_id: str) -> str:
+    return f"{NEIGHBOURS}{lists_id}/meta.json"
+
+
 def alert_key(day: str, alert_id: str) -> str:
     """``day``: the UTC date of the alert's ``time`` (deterministic: a re-evaluation finds it)."""
     return f"{ALERTS}date={day}/{alert_id}.json"
@@ -187,6 +200,23 @@ def partition_date(key: str) -> str | None:
     """The ``date=YYYY-MM-DD`` partition a key lies in, or None."""
     m = DATE_RE.search(key)
     return m.group(1) if m else None
+
+
+def window_keys(keys: list[str], window_days: float, newest: str | None = None) -> list[str]:
+    """The clean objects a training window of ``window_days`` ending on day ``newest`` (default: the
+    newest date partition among ``keys``) may hold events of: date partitions from ``newest - (ceil(
+    window_days) + 1)`` days to ``newest``, and every key without a date partition. Sorted. (Train reads
+    these, ``shared.serving.data``, and so does the Beam item-item job: one rule.)"""
+    import math
+    from datetime import date, timedelta
+
+    dates = {k: partition_date(k) for k in sorted(set(keys))}
+    if newest is None:
+        newest = max((d for d in dates.values() if d), default=None)
+    if newest is None:
+        return list(dates)
+    first_day = (date.fromisoformat(newest) - timedelta(days=int(math.ceil(window_days)) + 1)).isoformat()
+    return [k for k, d in dates.items() if d is None or first_day <= d <= newest]
 
 
 # -- the clean manifest --------------------------------------------------------------------------

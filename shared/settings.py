@@ -151,6 +151,12 @@ class Settings(_Base):
     train_params: Annotated[dict[str, Any], NoDecode] = _f(
         {}, "train: recipe overrides (JSON object, see `DEFAULT_RECIPE`)"
     )
+    train_neighbours: Literal["in_process", "precomputed"] = _f(
+        "in_process",
+        "train: where the served fit's item-item cosine neighbours come from: `in_process`, or `precomputed` (the "
+        "Beam job's lists, `neighbours/LATEST.json`, when they cover the training data; else in process, "
+        "logged); docs/scale.md",
+    )
     model_topic: str = _f("model-published", "train: the topic a training outcome is published on")
     code_version: str | None = _f(None, "train: the code part of the version id", shown="(a hash of the source)")
     # -- recommend -----------------------------------------------------------------------------

@@ -1,21 +1,24 @@
 """Training's heavy step on Beam (pipelines/beam/itemknn.py, in .venv-beam by subprocess): the top-N cosine
 neighbours of every item from the committed clean/ files, equal to the in-process fit
 (``shared.reco.itemknn.ItemItemCF`` on ``build_user_items``) on a small faulty world: the same neighbours
-in the same order and the same float32 scores, item by item. Skipped only without the Beam environment."""
+in the same order and the same float32 scores, item by item, once the tie-extended lists are cut to N
+(``shared.neighbour_lists.select``). Skipped only without the Beam environment. (Train reading the lists:
+tests/test_train_neighbours.py.)"""
 
 from __future__ import annotations
 
 import gzip
-import io
+import json
 import subprocess
 
 import numpy as np
 import orjson
-import pyarrow.parquet as pq
 import pytest
 
 from devtools import beam_check
 from devtools.simulator import simulate
+from shared import layout
+from shared import neighbour_lists as nl
 from shared.adapters.storage import open_store
 from shared.pipeline.clean import read_clean, run_clean
 from shared.reco.interactions import build_user_items
@@ -51,30 +54,31 @@ def test_beam_neighbours_equal_the_in_process_fit(store, neighbours):
     items = np.array(sorted(set(clean["item_id"].dropna().astype(str))))
     inter = build_user_items(clean, half_life_days=None, item_ids=items)
     W = ItemItemCF("cosine", neighbours=neighbours).fit(inter.matrix).W_.tocsr()
+    W.sort_indices()
     assert W.nnz > 0
-    key = f"models/neighbours/test-{neighbours}.parquet"
     py = beam_check.beam_python()
 
     out = subprocess.run(
-        [str(py), "-m", "pipelines.beam.itemknn", "--store", url, "--out", key, "--neighbours", str(neighbours)],
+        [str(py), "-m", "pipelines.beam.itemknn", "--store", url, "--neighbours", str(neighbours)]
+        + ["--window-days", "3650", "--half-life-days", "none"],  # (all of the clean data, undecayed: as above)
         cwd=beam_check.ROOT,
         capture_output=True,
         text=True,
         timeout=900,
     )
     assert out.returncode == 0, out.stderr[-3000:]
-    got = {r["item_id"]: r for r in pq.read_table(io.BytesIO(store.get(key))).to_pylist()}
-    n_rows = 0
-    for i, item in enumerate(items):
-        lo, hi = W.indptr[i], W.indptr[i + 1]
-        want_ids = [str(items[j]) for j in W.indices[lo:hi]]
-        want_scores = W.data[lo:hi].astype(np.float32)
-        if not want_ids:
-            assert item not in got
-            continue
-        n_rows += 1
-        g = got[item]
-        # (the in-process CSR lists a row's neighbours by column = sorted item id, as the Beam rows do)
-        assert g["neighbours"] == want_ids, item
-        assert np.array_equal(np.asarray(g["scores"], dtype=np.float32), want_scores), item
-    assert n_rows == len(got)
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    meta, why = nl.latest(store)
+    assert meta is not None and meta["id"] == res["id"] and res["latest"], why
+    assert meta["definition"]["neighbours"] == neighbours and meta["definition"]["half_life_days"] is None
+    assert {i["key"] for i in meta["inputs"]} == {f.key for f in layout.load_manifest(store)[0].clean_files}
+    arrays = nl.load(store, meta)
+    assert arrays["item_ids"].tolist() == items.tolist()
+    # the rows hold at least N (ties at the N-th score extended), cut to N they are the in-process rows
+    counts = np.diff(arrays["indptr"])
+    assert (counts >= np.minimum(np.diff(W.indptr), neighbours)).all()
+    indptr, indices, data = nl.select(arrays, items, neighbours)
+    assert np.array_equal(indptr, W.indptr)
+    assert np.array_equal(indices, W.indices)
+    assert np.array_equal(data, W.data.astype(np.float32))
+    assert np.diff(indptr).max() <= neighbours

@@ -15,7 +15,7 @@ from shared.adapters.storage import LocalStore, NotFound, PreconditionFailed
 from shared.layout import Manifest, commit_manifest, load_manifest, update_manifest
 
 ROOT = Path(__file__).resolve().parent.parent
-PREFIXES = ("raw/", "quarantine/", "clean/", "catalog/", "analytics/", "reports/", "state/", "models/")
+PREFIXES = ("raw/", "quarantine/", "clean/", "catalog/", "analytics/", "reports/", "state/", "models/", "neighbours/")
 
 
 @pytest.fixture
@@ -39,12 +39,26 @@ def test_keys_follow_the_layout():
     assert layout.model_meta_key("v1") == "models/v1/meta.json" and layout.model_arrays_key("v1").endswith(".npz")
     assert layout.MODEL_META_RE.match(layout.model_meta_key("v1")).group(1) == "v1"
     assert not layout.MODEL_META_RE.match(layout.LATEST)
+    assert layout.neighbours_arrays_key("n1") == "neighbours/n1/arrays.npz"
+    assert layout.neighbours_meta_key("n1") == "neighbours/n1/meta.json"
+    assert layout.NEIGHBOURS_LATEST == "neighbours/LATEST.json"
+    assert not layout.MODEL_META_RE.match(layout.neighbours_meta_key("n1"))  # (not a model version)
     for key in (layout.clean_key("2026-11-27", "r"), layout.ingest_quarantine_key("2026-11-27", 1, "u")):
         assert layout.partition_date(key) == "2026-11-27"
     assert layout.partition_date(layout.catalog_key("r")) is None
     # the retention prefixes are date-partitioned prefixes of the layout; every personal prefix is one
     assert all(p + "/" in (layout.RAW, layout.CLEAN, layout.QUARANTINE) for p in layout.RETENTION_PREFIXES)
     assert all(p.startswith(PREFIXES) for p in layout.PERSONAL_PREFIXES)
+
+
+def test_window_keys_are_the_partitions_a_window_reaches():
+    keys = [layout.clean_key(d, "r") for d in ("2026-11-01", "2026-11-20", "2026-11-22", "2026-11-27")]
+    keys.append("clean/undated.parquet")
+    # newest 2026-11-27, 5-day window: partitions from 2026-11-21 (ceil(5) + 1 days before), undated always
+    assert layout.window_keys(keys, 5.0) == sorted([keys[2], keys[3], keys[4]])
+    assert layout.window_keys(keys, 4.5) == layout.window_keys(keys, 5.0)
+    assert layout.window_keys(keys, 30.0, newest="2026-11-20") == sorted([keys[0], keys[1], keys[4]])
+    assert layout.window_keys([], 30.0) == []
 
 
 def _key_literals(path: Path):

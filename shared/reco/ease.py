@@ -108,3 +108,18 @@ class EASE(ItemBasedRecommender):
                 mode = "ease_dense"
         self.fit_info_ = {"fit_seconds": time.perf_counter() - t0, "mode": mode}
         return self
+
+    def use_neighbours(self, user_items: sp.spmatrix, W: sp.spmatrix):
+        """``fit`` above ``max_dense_items`` (the sparse cosine fallback) with its top-N cosine matrix
+        computed elsewhere (``shared.neighbour_lists``); below the line EASE is not a cosine model."""
+        n = user_items.shape[1]
+        if n <= self.max_dense_items:
+            raise ValueError(f"EASE on {n} <= max_dense_items={self.max_dense_items} items is not item-item cosine")
+        if W.shape != (n, n):
+            raise ValueError(f"neighbours of shape {W.shape} for {n} items")
+        self.n_items_ = n
+        self.user_items_ = as_csr(user_items)
+        self.W_ = W.tocsr()
+        self.B_ = None
+        self.fit_info_ = {"fit_seconds": 0.0, "mode": "fallback_cosine", "neighbours": "precomputed"}
+        return self

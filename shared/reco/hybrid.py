@@ -289,6 +289,22 @@ class HybridRecommender:
             return ItemItemCF(**params)
         raise ValueError(f"unknown cf {self.cf!r}")
 
+    def cosine_knn(self, n_items: int) -> dict[str, Any] | None:
+        """What the CF part's fit on ``n_items`` items is when it is the binary top-N cosine of
+        ``ItemItemCF`` (the lists ``pipelines/beam/itemknn.py`` computes): ``{"neighbours", "min_cooc",
+        "model"}``; None when it is something else (EASE's own fit, another similarity)."""
+        p = dict(self.cf_params or {})
+        if self.cf == "itemknn":
+            m = ItemItemCF(**p)
+            if m.similarity == "cosine" and m.binary and m.neighbours is not None:
+                return {"neighbours": int(m.neighbours), "min_cooc": float(m.min_cooc), "model": "ItemItemCF"}
+            return None
+        if self.cf == "ease":
+            e = EASE(**p)
+            if n_items > e.max_dense_items:  # EASE.fit's sparse fallback: item_similarity(X, "cosine", N)
+                return {"neighbours": int(e.fallback_neighbours), "min_cooc": 1.0, "model": "EASE fallback_cosine"}
+        return None
+
     def fit(
         self,
         interactions: Interactions,
@@ -299,6 +315,7 @@ class HybridRecommender:
         item_col: str = "item_id",
         text_cols=("title", "description", "category"),
         content: ContentModel | None = None,
+        cf_neighbours: sp.spmatrix | None = None,
     ):
         """Fit from an ``Interactions`` (its ``item_ids`` define the catalogue
         index) and an optional item table (``item_id`` + text columns, and
@@ -308,7 +325,10 @@ class HybridRecommender:
         index (``interactions.item_ids`` order, see ``fit_content``) to reuse
         instead of fitting one — the content neighbours depend only on the
         catalogue, so a train job fits them once for the holdout model and the
-        served model."""
+        served model.
+
+        ``cf_neighbours``: the CF part's top-N cosine matrix over the same item index, computed
+        elsewhere (``cosine_knn`` says when that is the CF part's fit), used instead of fitting it."""
         t0 = time.perf_counter()
         X = as_csr(interactions.matrix)
         self.item_ids_ = str_array(interactions.item_ids)
@@ -317,7 +337,12 @@ class HybridRecommender:
         self.user_items_ = X
         self.actions_ = as_csr(interactions.actions, dtype=np.int16) if interactions.actions is not None else None
         self.action_names_ = list(interactions.action_names)
-        self.cf_model_ = self._make_cf().fit(X)
+        if cf_neighbours is None:
+            self.cf_model_ = self._make_cf().fit(X)
+        else:
+            if self.cosine_knn(X.shape[1]) is None:
+                raise ValueError(f"cf={self.cf!r} {self.cf_params} is not a top-N cosine model: no precomputed lists")
+            self.cf_model_ = self._make_cf().use_neighbours(X, cf_neighbours)
         self.category_ = None
         self.price_ = None
         self.content_model_ = None
@@ -355,6 +380,7 @@ class HybridRecommender:
         reference_time=None,
         item_ids=None,
         content: ContentModel | None = None,
+        cf_neighbours: sp.spmatrix | None = None,
     ):
         """Convenience: events (+ item table) -> fitted hybrid.  The catalogue
         is the union of the item table and the items seen in events, so cold
@@ -372,7 +398,7 @@ class HybridRecommender:
             stream_items, stream_ids = build_stream_items(
                 events, inter.item_ids, action_weights, stream_half_life_days, reference_time
             )
-        return self.fit(inter, items, stream_items, stream_ids, content=content)
+        return self.fit(inter, items, stream_items, stream_ids, content=content, cf_neighbours=cf_neighbours)
 
     @staticmethod
     def catalogue_ids(events: pd.DataFrame, items: pd.DataFrame | None = None) -> np.ndarray:

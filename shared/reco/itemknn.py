@@ -169,3 +169,16 @@ class ItemItemCF(ItemBasedRecommender):
         self.user_items_ = X
         self.fit_info_ = {"fit_seconds": time.perf_counter() - t0, "nnz": int(self.W_.nnz)}
         return self
+
+    def use_neighbours(self, user_items: sp.spmatrix, W: sp.spmatrix):
+        """``fit`` with the top-N similarity matrix computed elsewhere (the Beam job's lists mapped into
+        this item index, ``shared.neighbour_lists.select``) instead of by ``item_similarity``."""
+        X = as_csr(user_items)
+        if W.shape != (X.shape[1], X.shape[1]):
+            raise ValueError(f"neighbours of shape {W.shape} for {X.shape[1]} items")
+        self.n_items_ = X.shape[1]
+        self.W_ = W.tocsr()
+        self.B_ = None
+        self.user_items_ = X
+        self.fit_info_ = {"fit_seconds": 0.0, "nnz": int(self.W_.nnz), "neighbours": "precomputed"}
+        return self

@@ -279,9 +279,11 @@ class RoomRanker:
         item_ids=None,
         content=None,
         half_life_days: float = 30.0,
+        cf_neighbours=None,
         **kw,
     ) -> RoomRanker:
-        """Everything but the ranker weights, from the events up to ``reference_time``."""
+        """Everything but the ranker weights, from the events up to ``reference_time`` (``cf_neighbours``:
+        the CF part's precomputed top-N cosine matrix, ``HybridRecommender.fit``)."""
         base = HybridRecommender(**base_params).fit_events(
             events,
             items,
@@ -289,6 +291,7 @@ class RoomRanker:
             reference_time=reference_time,
             item_ids=item_ids,
             content=content,
+            cf_neighbours=cf_neighbours,
         )
         self = cls(base, **kw)
         self.reference_day = float(ts_days(pd.Series([pd.Timestamp(reference_time)]))[0])

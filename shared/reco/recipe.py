@@ -360,8 +360,12 @@ def fit_recipe(
     content=None,
     item_ids=None,
     progress: Callable[[str], None] | None = None,
+    cf_neighbours=None,
 ) -> RoomRanker:
-    """Fit the served recipe on ``events`` (all up to ``reference_time``); see the module docstring."""
+    """Fit the served recipe on ``events`` (all up to ``reference_time``); see the module docstring.
+    ``cf_neighbours``: the CF part's top-N cosine matrix over ``item_ids`` for the fit on ALL the events
+    (step 5; precomputed by the Beam job, ``shared.neighbour_lists``); the label-window state (step 2)
+    is a fit on other events and is always computed here."""
     p = {**DEFAULT_RECIPE, **(params or {})}
     say = progress or (lambda m: None)
     t0 = time.perf_counter()
@@ -407,7 +411,7 @@ def fit_recipe(
             heads, info = _fit_heads(state, queries, p["C"], off, float(p["later_weight"]))
             info["label_cut"] = pd.Timestamp(cut).isoformat()
             info["seconds"] = round(time.perf_counter() - t1, 3)
-    model = RoomRanker.fit_state(events, items, reference_time, **kw)
+    model = RoomRanker.fit_state(events, items, reference_time, cf_neighbours=cf_neighbours, **kw)
     model.set_heads(heads, info)
     model.always_filter_seen = bool(p.get("filter_seen", False))
     model.ranker_info["recipe"] = {k: v for k, v in p.items()}

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass, field
-from datetime import date, timedelta
 
 import numpy as np
 import pandas as pd
@@ -185,17 +184,16 @@ def read_training_data(store: ObjectStore, window_days: float = 30.0, *, end=Non
         catalog_keys = sorted(k for k in store.list(CATALOG_PREFIX) if k.endswith(".parquet"))
     dates = {k: (m.group(1) if (m := _DATE.search(k)) else None) for k in keys}
     if end is None:
-        newest = max((d for d in dates.values() if d), default=None)
+        newest = None
     else:
         newest = (
             pd.Timestamp(end).tz_convert("UTC").date().isoformat()
             if pd.Timestamp(end).tzinfo
             else pd.Timestamp(end).date().isoformat()
         )
-    if newest is not None:
-        first_day = (date.fromisoformat(newest) - timedelta(days=int(np.ceil(window_days)) + 1)).isoformat()
-        keys = [k for k in keys if dates[k] is None or first_day <= dates[k] <= newest]
-        # (objects without a date partition are always read)
+    # the partitions the window may reach (objects without a date partition are always read); the Beam
+    # item-item job selects its inputs by the same rule (layout.window_keys)
+    keys = layout.window_keys(keys, window_days, newest)
     inputs, tables, t_dates = [], [], []
     for k in keys:
         t, gen = _read_parquet(store, k, EVENT_COLUMNS)

@@ -15,6 +15,9 @@ Steps (``run_train``):
    purchase / add-to-cart, all items and new items), with paired bootstrap intervals;
 4. the served model is the recipe **refitted on the full window** (the newest part of a live-stream
    evening is the most valuable: new items, the current streams), written as ``arrays.npz`` + ``meta.json``;
+   its CF part's item-item cosine neighbours are fitted in process, or, with
+   ``DAIHUO_TRAIN_NEIGHBOURS=precomputed``, taken from the Beam job's lists (``shared.neighbour_lists``)
+   when they cover the training data (else fitted in process, logged); ``meta.neighbours`` says which;
 5. promotion (``Registry.try_promotion``): ``LATEST.json`` moves (compare-and-swap on its
    generation) iff the candidate beats the best baseline on the primary block (room / purchase / all
    NDCG@10), does not lose more than ``tolerance`` to the current model and is not trained on older
@@ -40,7 +43,11 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 
+from shared import layout
+from shared import neighbour_lists as nl
+from shared.action_weights import DEFAULT_ACTION_WEIGHTS
 from shared.adapters.storage import PreconditionFailed
 from shared.log import get_logger
 from shared.reco import HybridRecommender
@@ -67,6 +74,8 @@ class TrainConfig:
     half_life_days: float = field(default_factory=lambda: settings().train_half_life_days)
     params: dict = field(default_factory=lambda: dict(settings().train_params))  # recipe overrides (DEFAULT_RECIPE)
     topic: str = field(default_factory=lambda: settings().model_topic)
+    #: where the served fit's CF neighbours come from: "in_process" or "precomputed" (the Beam job's lists)
+    neighbours: str = field(default_factory=lambda: settings().train_neighbours)
 
     def version_spec(self) -> dict[str, Any]:
         """What, besides the inputs and the code, decides the trained version (``registry.version_id``)."""
@@ -112,6 +121,8 @@ class TrainResult:
     #: per phase (read, prepare, evaluate, fit, encode, write = version + promotion (+ re-gates) + publish):
     #: {"wall": {phase: s}, "cpu": {phase: s}} (process CPU: every thread of the process)
     phases: dict = field(default_factory=dict)
+    #: where the served fit's CF neighbours came from (``meta.neighbours``; empty on a redelivery / skip)
+    neighbours: dict = field(default_factory=dict)
 
     def message(self) -> dict:
         return {
@@ -165,11 +176,83 @@ def _prepare(data: TrainingData, cfg: TrainConfig) -> _Prepared:
     return _Prepared(items, recipe, item_ids, content, showcases, time.perf_counter() - t0)
 
 
-def _fit_served(data: TrainingData, prep: _Prepared) -> tuple[RoomRanker, float]:
+def _precomputed_neighbours(store, data: TrainingData, prep: _Prepared, cfg: TrainConfig) -> tuple[Any, dict]:
+    """The served fit's CF neighbours from the Beam job's newest lists when they cover the training data
+    (``shared.neighbour_lists.mismatch``: the same clean objects, window and definition), mapped into
+    the model's item index; else ``(None, note)`` and the fit computes them in process."""
+    note: dict[str, Any] = {"setting": cfg.neighbours, "source": "in_process"}
+    if cfg.neighbours != "precomputed":
+        return None, note
+    t0 = time.perf_counter()
+
+    def fallback(why: str) -> tuple[None, dict]:
+        log.warning("precomputed neighbours not used: fitting them in process", extra={"reason": why})
+        return None, {**note, "reason": why}
+
+    spec = HybridRecommender(**prep.recipe["base"]).cosine_knn(len(prep.item_ids))
+    if spec is None:
+        base = prep.recipe["base"]
+        return fallback(
+            f"the recipe's CF part (cf={base.get('cf')!r}, {base.get('cf_params')}, {len(prep.item_ids)} items) "
+            "is not the top-N cosine the lists hold"
+        )
+    meta, why = nl.latest(store)
+    if meta is None:
+        return fallback(why)
+    end = pd.Timestamp(data.window["end"])
+    stale = nl.mismatch(
+        meta,
+        inputs=[i for i in data.inputs if i["key"].startswith(layout.CLEAN)],
+        window_end_us=int(end.value // 1000),
+        window_start_ns=int(pd.Timestamp(data.window["start"]).value),
+        window_days=float(data.window["days"]),
+        half_life_days=prep.recipe["half_life_days"],
+        action_weights=dict(DEFAULT_ACTION_WEIGHTS),
+        neighbours=spec["neighbours"],
+        min_cooc=spec["min_cooc"],
+    )
+    if stale:
+        return fallback(stale)
+    arrays = nl.load(store, meta)
+    ev_items = data.events["item_id"]
+    have = (
+        ev_items.cat.remove_unused_categories().cat.categories.astype(str)
+        if isinstance(ev_items.dtype, pd.CategoricalDtype)
+        else pd.Index(ev_items.dropna().astype(str).unique())
+    )
+    if not np.array_equal(np.sort(np.asarray(have, dtype=str)), arrays["item_ids"]):
+        return fallback(f"lists {meta['id']}: their item ids are not the items of the training events")
+    n_items = len(prep.item_ids)
+    n = int(max(min(spec["neighbours"], max(n_items - 1, 1)), 1))  # (the in-process kernel's bound)
+    indptr, indices, values = nl.select(arrays, prep.item_ids, n)
+    W = sp.csr_matrix((values, indices, indptr), shape=(n_items, n_items))
+    note = {
+        **note,
+        "source": "precomputed",
+        "lists": meta["id"],
+        "lists_created_at": meta.get("created_at"),
+        "model": spec["model"],
+        "neighbours": n,
+        "nnz": int(W.nnz),
+        "seconds": round(time.perf_counter() - t0, 3),
+    }
+    log.info("using precomputed neighbours", extra={k: v for k, v in note.items() if k != "setting"})
+    return W, note
+
+
+def _fit_served(data: TrainingData, prep: _Prepared, cf_neighbours=None) -> tuple[RoomRanker, float]:
     """The served model: the same recipe on the full window (its newest part matters most)."""
     t0 = time.perf_counter()
     end = pd.Timestamp(data.window["end"])
-    model = fit_recipe(data.events, prep.items, end, prep.recipe, content=prep.content, item_ids=prep.item_ids)
+    model = fit_recipe(
+        data.events,
+        prep.items,
+        end,
+        prep.recipe,
+        content=prep.content,
+        item_ids=prep.item_ids,
+        cf_neighbours=cf_neighbours,
+    )
     return model, time.perf_counter() - t0
 
 
@@ -199,6 +282,7 @@ def _version_meta(
     timing: dict[str, float],
     trigger: dict | None,
     arrays_bytes: int,
+    neighbours: dict | None = None,
 ) -> dict[str, Any]:
     """``models/<version>/meta.json``: what was trained on what, the evaluation and the decision."""
     return {
@@ -227,6 +311,7 @@ def _version_meta(
         "timing_s": {k: round(v, 3) for k, v in timing.items()},
         "trigger": trigger or {},
         "arrays_bytes": arrays_bytes,
+        "neighbours": neighbours or {"setting": "in_process", "source": "in_process"},
         "model": model.meta,
     }
 
@@ -406,12 +491,15 @@ def run_train(store, bus=None, cfg: TrainConfig | None = None, trigger: dict | N
     clock.lap("prepare")
     gate = _gate(reg, data, prep, cfg, cache)
     clock.lap("evaluate")
-    model, _ = _fit_served(data, prep)
+    W, neighbours = _precomputed_neighbours(store, data, prep, cfg)
+    if cfg.neighbours == "precomputed":
+        clock.lap("neighbours")
+    model, _ = _fit_served(data, prep, W)
     clock.lap("fit")
     blob = encode_arrays(model, _serving_extras(model, data, prep.showcases))
     clock.lap("encode")
     timing = {**clock.wall, "content": prep.seconds}
-    meta = _version_meta(version, cfg, data, prep, gate, model, timing, trigger, len(blob))
+    meta = _version_meta(version, cfg, data, prep, gate, model, timing, trigger, len(blob), neighbours)
     meta["cpu_s"] = {k: round(v, 3) for k, v in clock.cpu.items()}
     written = reg.write_version(version, blob, meta)
     if not written:  # a twin committed it first: use its record
@@ -419,4 +507,5 @@ def run_train(store, bus=None, cfg: TrainConfig | None = None, trigger: dict | N
     res = _finish(reg, version, meta, bus, cfg, t0, not written, regate)
     clock.lap("write")
     res.phases = clock.as_dict()
+    res.neighbours = meta.get("neighbours", {})
     return res
