@@ -142,7 +142,10 @@ def top_n(kv, n: int):
 
 
 class WriteOut(_StoreFn):
-    """All rows (one element) -> the CSR arrays over the sorted item ids -> arrays.npz, then meta.json."""
+    """All rows (one element) -> the CSR arrays over the sorted item ids -> arrays.npz, then meta.json,
+    then the pointer. Inside the job, not in the driver after ``wait_until_finish``: a Flex Template's
+    launcher only builds the job and exits. A retried bundle rewrites the same bytes and finds meta.json
+    (create-only) and the pointer already there."""
 
     def __init__(self, store_url: str, lid: str, item_ids: list[str], meta: dict):
         super().__init__(store_url)
@@ -167,7 +170,8 @@ class WriteOut(_StoreFn):
             np.array(scores, dtype=np.float64),
         )
         meta = {**self.meta, "rows": len(by_item), "nnz": len(indices), "created_at": nl.now_iso()}
-        nl.write(self.store, self.lid, blob, meta)
+        stored = nl.write(self.store, self.lid, blob, meta)
+        nl.publish(self.store, stored)
         yield len(by_item)
 
 
@@ -272,7 +276,9 @@ def run(
     max_user_items=None,
     beam_args=(),
 ) -> dict:
-    """Plan, the pipeline (it writes the arrays and commits meta.json), then move the pointer."""
+    """Plan, then the pipeline (its last step writes the arrays, commits meta.json and moves the pointer).
+    Returns the lists' summary when the runner waits for the job (the FnApiRunner; DataflowRunner run
+    directly), ``{"status": "submitted", "id"}`` when it only submitted it (a Flex Template's launcher)."""
     store = open_store(store_url)
     lid, inputs, item_ids, meta = plan(
         store,
@@ -282,13 +288,17 @@ def run(
         min_cooc=min_cooc,
         max_user_items=max_user_items,
     )
-    if not store.exists(layout.neighbours_meta_key(lid)):  # (same inputs and parameters: already computed)
+    computed = store.exists(layout.neighbours_meta_key(lid))  # same inputs and parameters: done before
+    if not computed:
         p = beam.Pipeline(options=_options(list(beam_args)))
         build(p, store_url, lid, inputs, item_ids, meta)
         p.run().wait_until_finish()
+        if not store.exists(layout.neighbours_meta_key(lid)):  # the runner only submitted the job
+            return {"status": "submitted", "id": lid, "clean_files": len(inputs), "items": len(item_ids)}
     stored = orjson.loads(store.get(layout.neighbours_meta_key(lid)))
-    latest = nl.publish(store, stored)
+    latest = nl.publish(store, stored)  # (a no-op when the job's last step moved it; else an earlier run's)
     return {
+        "status": "done" if not computed else "already computed",
         "id": lid,
         "meta": layout.neighbours_meta_key(lid),
         "latest": latest,
