@@ -259,6 +259,17 @@ resource "google_cloud_scheduler_job" "dataflow_clean" {
     }
   }
 
+  # The job runs with the settings' defaults (its launcher and workers get no DAIHUO_* environment): the
+  # clean function's look-back and retention must be those defaults, or the two engines would compact
+  # the manifest differently.
+  lifecycle {
+    precondition {
+      condition = (var.dedupe_lookback_days == 35 && var.raw_delete_after_days == 365 &&
+      var.clean_delete_after_days == 400 && var.quarantine_delete_after_days == 90)
+      error_message = "dataflow_clean_schedule: the Dataflow clean uses the default look-back (35 days) and retention (raw 365, clean 400, quarantine 90); keep dedupe_lookback_days and *_delete_after_days at those values, or set dataflow_clean_schedule = \"\"."
+    }
+  }
+
   depends_on = [
     google_project_iam_member.dataflow_launcher_developer,
     google_service_account_iam_member.dataflow_launcher_act_as_worker,

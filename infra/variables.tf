@@ -260,7 +260,7 @@ variable "dataflow_enabled" {
 }
 
 variable "dataflow_jobs" {
-  description = "Jobs to launch from the templates at apply, name => { template = \"daihuo-clean\" | \"daihuo-itemknn\", parameters = {...} } (store is filled in). A batch job runs once: use it for a backfill; recurring runs are launched with `gcloud dataflow flex-template run` (docs/deploy.md). Needs dataflow_enabled and the images pushed."
+  description = "Jobs to launch from the templates at apply, name => { template = \"daihuo-clean\" | \"daihuo-itemknn\", parameters = {...} } (store is filled in). A batch job runs once: use it for a backfill; the recurring clean is dataflow_clean_schedule's (docs/deploy.md). Needs dataflow_enabled and the images pushed."
   type = map(object({
     template   = string
     parameters = optional(map(string), {})

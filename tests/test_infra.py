@@ -471,6 +471,16 @@ def test_dataflow_clean_is_scheduled_through_the_launch_api(tf):
     fn_env = _one(_res(tf, "google_cloudfunctions2_function", "fn")["service_config"])["environment_variables"]
     assert 'each.key == "clean" && local.dataflow_clean_scheduled ? {DAIHUO_CLEAN_ENGINE = "dataflow"} : {}' in fn_env
     assert "dataflow_clean_schedule" in tf["output"]
+    # the job reads the settings' defaults: the function's look-back and retention must be them
+    from shared.settings import DEFAULT_RETENTION_DAYS, Settings
+
+    cond = _one(_one(job["lifecycle"])["precondition"])["condition"]
+    want = {
+        "dedupe_lookback_days": Settings.model_fields["dedupe_lookback_days"].default,
+        **{f"{k}_delete_after_days": v for k, v in DEFAULT_RETENTION_DAYS.items()},
+    }
+    assert {k: int(v) for k, v in re.findall(r"var\.(\w+) == (\d+)", cond)} == want
+    assert all(_default(tf, f"${{var.{k}}}") == v for k, v in want.items())
 
 
 def test_dataflow_launcher_is_least_privilege(tf):
