@@ -13,6 +13,7 @@ One bucket (``DAIHUO_STORE``) holds everything, under these prefixes (docs/stora
     clean_host/date=YYYY-MM-DD/<run>.parquet             clean: the host actions (manifest: host_files)
     catalog/<run>.parquet                                clean: catalog_item records
     analytics/<table>/<run>.parquet                      clean: the dashboard's tables (ANALYTICS_TABLES)
+    analytics/charts/<run>.json                          clean: the overview page's charts, pre-rendered (SVG)
     reports/clean/<run>.json                             clean: a run's summary and data-quality report
     state/clean-manifest.json                            clean: what is COMMITTED (Manifest, below)
     state/dedupe/<run>.parquet                           clean: the dedupe index, one part per run
@@ -158,6 +159,11 @@ def analytics_key(table: str, run_id: str) -> str:
     return f"{ANALYTICS}{table}/{run_id}.parquet"
 
 
+def charts_key(run_id: str) -> str:
+    """The overview page's charts pre-rendered by clean run ``run_id`` (shared/dashboard/prerender.py)."""
+    return f"{ANALYTICS}charts/{run_id}.json"
+
+
 def clean_report_key(run_id: str) -> str:
     return f"{CLEAN_REPORTS}{run_id}.json"
 
@@ -277,6 +283,7 @@ class Manifest(_Record):
     dedupe: list[str] = Field(default_factory=list)  # the dedupe index's parts
     catalog: list[str] = Field(default_factory=list)  # catalog parts, oldest first (the latest record wins)
     analytics: dict[str, str | None] = Field(default_factory=dict)  # table -> its current object
+    charts: str | None = None  # the overview's pre-rendered charts (charts_key; absent: the page renders them)
 
     @field_validator("clean_files", mode="before")
     @classmethod
@@ -292,8 +299,9 @@ class Manifest(_Record):
 
     def to_dict(self) -> dict[str, Any]:
         out = self.model_dump(mode="json")
-        if out.get("host_files") is None:
-            out.pop("host_files", None)
+        for optional in ("host_files", "charts"):
+            if out.get(optional) is None:
+                out.pop(optional, None)
         for r in out["runs"]:  # a run recorded before ``at`` existed keeps no ``at`` (see retention.compact)
             if r.get("at") is None:
                 r.pop("at", None)

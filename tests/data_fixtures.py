@@ -196,9 +196,11 @@ def build_pipeline_store(
     faults: Any = "default",
     runs: int = 2,
     models: bool = False,
+    charts: bool = False,
     **sim_overrides: Any,
 ) -> BuiltStore:
-    """Simulate, write raw/, run the clean pipeline ``runs`` times; return the store and the simulation."""
+    """Simulate, write raw/, run the clean pipeline ``runs`` times; return the store and the simulation.
+    ``charts``: each run pre-renders the overview's charts, as the clean function does (its hook)."""
     url = str(root)
     store = open_store(url)
     sim = simulate(seed=seed, n_streams=n_streams, n_users=n_users, n_items=n_items, faults=faults, **sim_overrides)
@@ -209,7 +211,10 @@ def build_pipeline_store(
     for r in range(max(1, runs)):
         for key, data in objs[r * per_run : (r + 1) * per_run]:
             store.put(key, data, content_type="application/gzip")
-        built.summaries.append(run_clean(store, None, cfg))
+        hook = None
+        if charts:
+            from shared.dashboard.prerender import write_overview as hook
+        built.summaries.append(run_clean(store, None, cfg, charts=hook))
     if models:
         write_models(store)
     return built

@@ -57,8 +57,8 @@ def chromium_path() -> str:
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     built = build_pipeline_store(
-        tmp_path_factory.mktemp("dash-store"), seed=5, n_streams=3, models=True, host_events=True
-    )
+        tmp_path_factory.mktemp("dash-store"), seed=5, n_streams=3, models=True, host_events=True, charts=True
+    )  # charts: the overview's are pre-rendered by the clean runs, as in the cloud (tests/test_prerender.py)
     LOGS.mkdir(parents=True, exist_ok=True)
     fn = emulators.start_function(
         "analytics", env={"DAIHUO_STORE": built.url, "DAIHUO_OPERATOR_TOKENS": OPERATOR}, log_dir=LOGS, timeout=60
@@ -156,6 +156,7 @@ def test_overview_quality_models_pages(served, browser):
     ctx, page, problems = open_page(browser, f"{base}/")
     try:
         assert marks(page, "rank_gmv") == n_streams and marks(page, "rank_gpm") == n_streams
+        assert page.locator("#charts-note").count() == 0  # the pre-rendered charts, not drawn on request
         assert page.locator("table#streams tbody tr").count() == n_streams
         page.screenshot(path=str(IMG / "dashboard-overview.png"), full_page=True)
         page.click("table#streams tbody tr:first-child a")

@@ -36,6 +36,7 @@ def test_keys_follow_the_layout():
     assert layout.dedupe_key("r-1") == "state/dedupe/r-1.parquet"
     assert layout.catalog_key("r-1") == "catalog/r-1.parquet"
     assert layout.clean_report_key("r-1") == "reports/clean/r-1.json"
+    assert layout.charts_key("r-1") == "analytics/charts/r-1.json"
     assert layout.model_meta_key("v1") == "models/v1/meta.json" and layout.model_arrays_key("v1").endswith(".npz")
     assert layout.MODEL_META_RE.match(layout.model_meta_key("v1")).group(1) == "v1"
     assert not layout.MODEL_META_RE.match(layout.LATEST)
@@ -109,6 +110,9 @@ def test_manifest_is_typed_and_keeps_what_it_does_not_know():
     assert "host_files" not in m and m.get("host_files", []) == [] and "host_files" not in m.to_dict()
     h = Manifest.parse({"host_files": [{"key": "clean_host/date=2026-11-27/r-1.parquet", "streams": ["s1"]}]})
     assert "host_files" in h and h.host_files[0].streams == ["s1"] and "host_files" in h.to_dict()
+    assert "charts" not in m and "charts" not in m.to_dict()  # the pre-rendered charts: absent until named
+    c = Manifest.parse({"charts": layout.charts_key("r-1")})
+    assert c["charts"] == "analytics/charts/r-1.json" and Manifest.parse(c.to_json()).charts == c.charts
     with pytest.raises(pydantic.ValidationError):
         Manifest.parse({"seq": "many"})
     with pytest.raises(pydantic.ValidationError):

@@ -18,6 +18,7 @@ from devtools import emulators
 from devtools.simulator import INVALID_KINDS, send, simulate
 from shared.adapters.bus import Bus
 from shared.adapters.storage import open_store
+from shared.layout import charts_key
 from shared.pipeline.clean import load_manifest, read_analytics, read_clean
 from tests.waiting import wait_for
 
@@ -100,6 +101,8 @@ def test_end_to_end_exact(stack):
     summary = orjson.loads(msgs[0].data)
     manifest, _ = load_manifest(store)
     assert summary["clean"] and set(summary["clean"]) <= {f["key"] for f in manifest["clean_files"]}
+    # the clean function pre-rendered the dashboard overview's charts and its commit names them
+    assert manifest["charts"] == charts_key(summary["run_id"]) and store.exists(manifest["charts"])
 
     # every simulated event is in clean/ exactly once ...
     clean = read_clean(store, manifest).to_pandas()

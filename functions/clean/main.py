@@ -1,6 +1,7 @@
 """clean: a scheduler tick (Pub/Sub push on topic ``clean-tick``, hourly) cleans the raw objects not
 yet in ``state/clean-manifest.json`` into clean/, quarantine/, analytics/, reports/clean/ and
-publishes the run's summary on ``events-cleaned``; then the batch alert rules are evaluated
+publishes the run's summary on ``events-cleaned`` (before the commit, the dashboard overview's charts are
+rendered into analytics/charts/: shared/dashboard/prerender.py); then the batch alert rules are evaluated
 (shared/pipeline/alerts.py: quarantine rate, dead-letter depth, model promotion streak, GMV vs the host's
 typical rate) and what fires is recorded under ``alerts/`` and published on ``alerts``.
 
@@ -17,10 +18,18 @@ from shared import runtime
 from shared.pipeline import alerts, engine
 
 
+def _charts(store, run_id: str, analytics: dict[str, str]) -> str | None:
+    """The dashboard overview's charts, pre-rendered (imported here, on the run, not at cold start)."""
+    from shared.dashboard import prerender
+
+    return prerender.write_overview(store, run_id, analytics)
+
+
 @functions_framework.cloud_event
 def clean(cloud_event):
     store, bus = runtime.get_store(), runtime.get_bus()
     # DAIHUO_CLEAN_ENGINE: duckdb (default, in this function) or beam (shared/pipeline/engine.py)
-    summary = engine.run(store, bus)
+    # the overview page's charts are rendered here, once per run, not on a cold dashboard instance
+    summary = engine.run(store, bus, charts=_charts)
     alerts.after_clean(store, bus, summary)  # never raises: the run is committed
     return json.dumps({k: summary.get(k) for k in ("status", "run_id", "rows_in", "rows_out", "dropped")})

@@ -83,6 +83,8 @@ class Snapshot:
     experiment: pd.DataFrame = field(default_factory=lambda: _empty(outputs.TABLE_COLUMNS["experiment"]))
     # events ingest refused (quarantine/ingest/), read on first use (``ingest_rejects()``)
     _ingest_rejects: dict[str, Any] | None = None
+    # the overview's pre-rendered charts (shared/dashboard/prerender.py), read on first use
+    _prerendered: tuple[dict[str, Any] | None, str] | None = None
     loaded_at: float = field(default_factory=time.time)
     _store: Any = None
     _minute_cache: OrderedDict[tuple, pd.DataFrame] = field(default_factory=OrderedDict)
@@ -100,6 +102,21 @@ class Snapshot:
             with self._lock:
                 self._ingest_rejects = got
         return self._ingest_rejects
+
+    def overview_prerendered(self) -> tuple[dict[str, Any] | None, str]:
+        """The overview charts the manifest names (``Manifest.charts``), checked against this snapshot, or
+        None and why; read the first time the overview page asks (once per snapshot)."""
+        if self._prerendered is None:
+            from shared.dashboard import prerender
+
+            got: tuple[dict[str, Any] | None, str] = (None, "no store")
+            if self._store is not None:
+                got = prerender.load(self._store, self.manifest)
+            if got[0] is None and self.manifest.get("analytics"):
+                log.info("overview charts render on request", extra={"version": self.version, "reason": got[1]})
+            with self._lock:
+                self._prerendered = got
+        return self._prerendered
 
     def has_stream(self, stream_id: str) -> bool:
         return bool((self.stream["stream_id"] == stream_id).any()) if len(self.stream) else False

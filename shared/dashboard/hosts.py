@@ -10,10 +10,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-import altair as alt
 import pandas as pd
 
 from shared.dashboard import charts, queries
+from shared.dashboard.charts import alt  # altair imported on the first chart, not at cold start
 from shared.dashboard.queries import BadParameter, jsonable, p_choice, records
 from shared.pipeline.outputs import COHORT_GRAINS, TABLE_COLUMNS
 

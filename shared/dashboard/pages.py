@@ -1,4 +1,5 @@
-"""HTML pages: the queries' results + server-rendered SVG charts in Jinja2 templates (UTF-8)."""
+"""HTML pages: the queries' results + server-rendered SVG charts in Jinja2 templates (UTF-8); the overview's
+charts come pre-rendered from the clean run when they match (shared/dashboard/prerender.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from zoneinfo import ZoneInfo
 import jinja2
 import pandas as pd
 
-from shared.dashboard import charts, queries
+from shared.dashboard import charts, prerender, queries
 from shared.settings import settings
 
 _env = jinja2.Environment(
@@ -73,24 +74,11 @@ def to_local_axis(series: pd.DataFrame, col: str = "t") -> pd.DataFrame:
 def overview_page(snap, args, root: str = "") -> str:
     data = queries.list_streams(snap, {**args, "limit": args.get("limit") or str(queries.MAX_LIMIT)})
     streams = data["streams"]
-    ctx = {"title": "直播间排行 Streams", "nav": "overview", "streams": streams, "charts": {}}
+    ctx = {"title": "直播间排行 Streams", "nav": "overview", "streams": streams, "charts": {}, "charts_note": ""}
     if streams:
-        by_gpm = sorted(streams, key=lambda s: (-(s["gpm"] or 0), s["stream_id"]))
-        ctx["charts"] = {
-            "rank_gmv": charts.render_svg(
-                charts.ranking_chart(
-                    streams
-                    if data["sort"] == "gmv"
-                    else sorted(streams, key=lambda s: (-(s["gmv"] or 0), s["stream_id"])),
-                    "gmv",
-                ),
-                name="rank_gmv",
-                label="streams ranked by GMV",
-            ),
-            "rank_gpm": charts.render_svg(
-                charts.ranking_chart(by_gpm, "gpm"), name="rank_gpm", label="streams ranked by GPM"
-            ),
-        }
+        # the default view's charts were rendered by the clean run (prerender.py): no chart engine on a cold
+        # instance; a filtered view, or charts missing / drawn from other rows, are rendered now
+        ctx["charts"], ctx["charts_note"] = prerender.overview_charts(snap, data, default_view=not args)
         ctx["totals"] = {
             "streams": len(streams),
             "gmv": sum(s["gmv"] or 0 for s in streams),

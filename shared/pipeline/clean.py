@@ -37,7 +37,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -161,6 +161,10 @@ def _host_columns() -> tuple[list[str], dict[str, str], pa.Schema]:
 
 # the host actions' clean table (one row per host event_id): see docs/storage.md
 _HOST_FIELDS, _HOST_SELECT, HOST_SCHEMA = _host_columns()
+
+
+#: ``(store, run_id, analytics table -> key) -> key | None``: pre-renders charts before the commit (commit_run)
+ChartsHook = Callable[[Any, str, dict[str, str]], "str | None"]
 
 
 @dataclass(frozen=True)
@@ -747,9 +751,12 @@ def _put_file(store, key: str, path: str, content_type: str) -> None:
         store.put(key, f.read(), content_type=content_type)
 
 
-def run_clean(store, bus=None, cfg: CleanConfig | None = None, *, now: float | None = None) -> dict[str, Any]:
+def run_clean(
+    store, bus=None, cfg: CleanConfig | None = None, *, now: float | None = None, charts: ChartsHook | None = None
+) -> dict[str, Any]:
     """One clean run: pending raw objects -> clean/, quarantine/, catalog/, state/dedupe/, analytics/,
     reports/clean/; commit by swapping the manifest (generation precondition); publish the summary.
+    ``charts``: see :func:`commit_run` (the clean function gives the dashboard's pre-renderer).
 
     Returns the summary; ``status`` is ``committed``, ``noop`` (nothing pending) or ``conflict``
     (another run committed first: this one's objects are unreferenced and ignored by readers).
@@ -839,7 +846,9 @@ def run_clean(store, bus=None, cfg: CleanConfig | None = None, *, now: float | N
             con.close()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return commit_run(store, bus, cfg, plan, written, report, dkey=dkey, ckey=ckey, analytics=analytics_keys, t0=t0)
+    return commit_run(
+        store, bus, cfg, plan, written, report, dkey=dkey, ckey=ckey, analytics=analytics_keys, t0=t0, charts=charts
+    )
 
 
 def quarantine_line(reason, fld, reasons, raw, eid, src, received_at, run_id: str) -> bytes:
@@ -903,16 +912,37 @@ def plan_run(store, bus, cfg: CleanConfig, now: float) -> RunPlan | None:
 
 
 def commit_run(
-    store, bus, cfg: CleanConfig, plan: RunPlan, written: dict, report: dict, *, dkey: str, ckey, analytics, t0
+    store,
+    bus,
+    cfg: CleanConfig,
+    plan: RunPlan,
+    written: dict,
+    report: dict,
+    *,
+    dkey: str,
+    ckey,
+    analytics,
+    t0,
+    charts: ChartsHook | None = None,
 ) -> dict[str, Any]:
     """Write the run's report, then commit: the manifest moves only if nobody moved it since ``plan``
     read it (generation precondition); compact, publish. Both engines (DuckDB here, Beam:
-    pipelines/beam/clean.py) end with this call, so a run commits the same way whichever ran it."""
+    pipelines/beam/clean.py) end with this call, so a run commits the same way whichever ran it.
+
+    ``charts(store, run_id, analytics keys)`` (optional) writes the dashboard's pre-rendered charts and
+    returns their key, which the manifest then names (``Manifest.charts``); without it, or when it fails
+    (logged, the run still commits), the manifest names none and the dashboard renders on request."""
     from shared.adapters.storage import PreconditionFailed
     from shared.pipeline import retention
 
     manifest, gen, pending, run_id, ref, now = plan.manifest, plan.gen, plan.pending, plan.run_id, plan.ref, plan.now
     analytics_keys = analytics
+    charts_key = None
+    if charts is not None:
+        try:
+            charts_key = charts(store, run_id, analytics_keys)
+        except Exception as exc:  # the charts are an optimisation: the page renders them on request
+            log.warning("charts not pre-rendered", extra={"run_id": run_id, "error": f"{type(exc).__name__}: {exc}"})
     report_key = layout.clean_report_key(run_id)
     summary = {
         "run_id": run_id,
@@ -940,6 +970,9 @@ def commit_run(
     new["dedupe"] = manifest["dedupe"] + [dkey]
     new["catalog"] = manifest["catalog"] + ([ckey] if ckey else [])
     new["analytics"] = analytics_keys
+    new.pop("charts", None)  # the previous run's were drawn from the previous tables
+    if charts_key:
+        new["charts"] = charts_key
     new["runs"] = manifest["runs"] + [
         {
             "run_id": run_id,

@@ -26,7 +26,7 @@ from typing import Any
 import orjson
 
 from shared.log import get_logger
-from shared.pipeline.clean import CleanConfig, run_clean
+from shared.pipeline.clean import ChartsHook, CleanConfig, run_clean
 from shared.settings import settings
 
 log = get_logger("clean")
@@ -34,11 +34,15 @@ log = get_logger("clean")
 ROOT = Path(__file__).resolve().parent.parent.parent
 
 
-def run(store, bus=None, cfg: CleanConfig | None = None, *, now: float | None = None) -> dict[str, Any]:
-    """One clean run on the configured engine; the summary (``status`` committed / noop / conflict)."""
+def run(
+    store, bus=None, cfg: CleanConfig | None = None, *, now: float | None = None, charts: ChartsHook | None = None
+) -> dict[str, Any]:
+    """One clean run on the configured engine; the summary (``status`` committed / noop / conflict).
+    ``charts``: the pre-render hook (``clean.commit_run``); the Beam job commits in its own process
+    without one, so the dashboard renders that run's charts on request."""
     s = settings()
     if s.clean_engine == "duckdb":
-        return run_clean(store, bus, cfg, now=now)
+        return run_clean(store, bus, cfg, now=now, charts=charts)
     if s.clean_engine == "dataflow":  # the scheduled Dataflow job cleans, commits and publishes (infra/dataflow.tf)
         log.info("clean tick: the runs are Dataflow's (DAIHUO_CLEAN_ENGINE=dataflow); nothing cleaned here")
         return {"status": "external", "engine": "dataflow"}
