@@ -143,3 +143,21 @@ def test_a_failing_renderer_does_not_stop_the_run_and_stale_charts_are_dropped(t
     manifest = layout.load_manifest(store)[0]
     assert summary["status"] == "committed" and "charts" not in manifest and "charts" not in manifest.to_dict()
     assert "pre-rendered no charts" in note(page(store))
+
+
+def test_a_commit_without_them_gets_them_on_the_next_tick(without_charts, tmp_path):
+    """The Beam / Dataflow engines commit without the hook: ``ensure_overview`` (the clean function's tick)
+    renders the committed stream table's charts and names them; a second call changes nothing."""
+    import shutil
+
+    from shared.adapters.storage import open_store
+
+    shutil.copytree(without_charts.url, tmp_path / "s")
+    store = open_store(str(tmp_path / "s"))
+    assert "pre-rendered no charts" in note(page(store))
+    key = prerender.ensure_overview(store)
+    manifest, gen = layout.load_manifest(store)
+    assert key == manifest["charts"] == layout.charts_key(manifest.runs[-1].run_id)
+    html = page(store)
+    assert note(html) is None and figures(html) == figures(page(without_charts.store))
+    assert prerender.ensure_overview(store) == key and layout.load_manifest(store)[1] == gen
