@@ -1,6 +1,10 @@
 """Benchmark: clean + analytics over N simulated events (raw NDJSON.gz objects in a local store,
 generated once and cached), beside an honest yardstick: the same job as plain DuckDB SQL over the same
-files (``yardstick_sql``: in memory, one pass, the contract's SQL-expressible checks, the same outputs).
+files (``yardstick_sql`` + ``job("yardstick")``: in memory, one pass, the pipeline's SQL checks of the
+contract, the same outputs -- clean/, clean_host, catalog, quarantine, dedupe index, EVERY analytics
+table by the pipeline's own SQL functions, the data-quality report -- without the manifest machinery).
+After each size the two jobs' KPI tables are compared row for row (``compare_kpis``); a difference is
+printed and fails the bench: the ratio is only printed for two jobs proven to produce the same tables.
 
     python bench/bench_clean.py --events 10000000 --scaling 1000000,2000000,5000000 --cache var/bench-data
 
@@ -83,48 +87,69 @@ def generate(n_events: int, cache: Path) -> Path:
     return store_dir
 
 
-def yardstick_sql(glob: str, out: str, memory_limit: str, threads: int, tmp: str) -> list[str]:
+def _ev_sql(glob: str, guarded: bool) -> str:
+    """One pass over the files: each line read as text (``read_csv`` with a delimiter JSON never holds
+    unescaped: parallel gunzip), parsed once into the contract's fields, with its reason from the
+    pipeline's own fast-path conditions (``clean._fast_conds``: JSON validity, known type, allowed /
+    duplicate keys, required fields, every value check and conditional requirement, raw JSON types the
+    reader would coerce), the contract-only re-check of ``SLOW_TYPES`` left out (no Python here). A
+    flagged row keeps its line (the quarantine's ``raw``); the others keep only their typed fields."""
+    from shared.pipeline import clean, contract_sql
+
+    conds = clean._fast_conds()
+    if contract_sql.SLOW_TYPES:  # the always-re-check rule: the yardstick takes the SQL checks' verdict
+        conds = [c for c in conds if c[0] != contract_sql.type_in(contract_sql.SLOW_TYPES)]
+    reason = "CASE " + " ".join(f"WHEN {c} THEN {r}" for c, r in conds) + " ELSE NULL END"
+    if guarded:  # as the pipeline: the JSON functions only see lines json_valid accepts
+        j = f"CASE WHEN json_valid(line) THEN json_transform(line, '{clean._STRUCT}') END"
+        k = "CASE WHEN json_valid(line) THEN json_keys(line) END"
+    else:
+        j, k = f"try(json_transform(line, '{clean._STRUCT}'))", "try(json_keys(line))"
+    lines = (
+        f"read_csv('{glob}', columns={{'line': 'VARCHAR'}}, delim='\\x01', quote='', escape='', "
+        "header=false, auto_detect=false, new_line='\\n')"
+    )
+    return f"""CREATE TABLE ev AS SELECT unnest(j), reason, CASE WHEN reason IS NOT NULL THEN line END AS line
+        FROM (SELECT line, j, {reason} AS reason
+              FROM (SELECT *, nn_v + nn_o AS nn
+                    FROM (SELECT *, {clean._NN_V} AS nn_v, {clean._NN_OTHER} AS nn_o
+                          FROM (SELECT line, {j} AS j, {k} AS k FROM {lines} WHERE line IS NOT NULL))))"""
+
+
+def yardstick_sql(glob: str, out: str, memory_limit: str, threads: int, tmp: str, guarded: bool = True) -> list[str]:
     """The honest yardstick: the same job as plain DuckDB SQL, in memory, one pass over the files.
 
-    ``read_json`` (DuckDB's own reader: parallel gunzip, typed columns = the contract's fields, generated
-    by ``shared.pipeline.contract_sql``) -> one table with each row's reason, from every check the SQL
-    form of the contract expresses over typed columns (known type, required fields, fields outside the
-    type's set absent, patterns / lengths / enums / ranges / RFC 3339 timestamps, conditional
-    requirements) -> dedupe (earliest received_at; windowing only the repeated ids) -> the skew rule and
-    the defaults -> clean/ per date, clean_host, catalog (latest per item), quarantine (NDJSON.gz),
-    the dedupe index, and the SAME three analytics tables (``analytics_sql``), all to files.
+    Each line, read by DuckDB itself (``_ev_sql``: parallel gunzip), is parsed once and gets its reason
+    from the pipeline's fast-path conditions (generated from the contract by ``contract_sql``) -> one
+    table -> dedupe (earliest received_at; windowing only the repeated ids) -> the skew rule and the
+    defaults -> clean/ per date, clean_host, catalog (latest per item), quarantine (NDJSON.gz), the dedupe
+    index; then (``job``) EVERY analytics table the pipeline writes, by the same functions
+    (``analytics_sql``, ``kpi_tables.stream_tables_sql`` / ``derived_sql``) and the data-quality report.
 
-    What it does not do, and the pipeline does: the checks that need the raw line (unknown or duplicate
-    keys, raw JSON types the reader would coerce: ``"quantity": 1.5`` -> 2), the contract's re-check
-    (Python) of the flagged rows with exact reasons, row-exact provenance (source object per row), the
-    anti-join against a stored dedupe index (empty in a first run), the manifest commit."""
+    What it does not do, and the pipeline does: the contract's re-check (Python) of the flagged rows
+    (exact reasons; a flagged row the contract accepts, e.g. ``"quantity": 1.0``, is kept by the pipeline
+    and quarantined here; ``catalog_item``'s untranslated rule is not checked), row-exact provenance
+    (source object per row), the anti-join against a stored dedupe index (empty in a first run), the
+    merge with committed analytics, the manifest commit and the publication."""
     import re
 
-    from shared.contract import ALL_TYPES, CATALOG_TYPE, HOST_ACTIONS, VIEWER_ACTIONS
+    from shared.contract import CATALOG_TYPE, HOST_ACTIONS, VIEWER_ACTIONS
+    from shared.pipeline import clean as pclean
     from shared.pipeline import contract_sql
     from shared.pipeline.config import TimeRules
     from shared.pipeline.skew import skew_sql
+    from shared.settings import settings
 
-    def col(sql: str) -> str:  # the contract's conditions name fields j."x": here they are columns
+    def col(sql: str) -> str:  # the pipeline's expressions name fields j."x": here they are columns
         return re.sub(r"\bj\.", "", sql)
 
-    fields = contract_sql.FIELDS
-    outside = " ".join(
-        f"WHEN '{t}' THEN " + (" AND ".join(f'"{f}" IS NULL' for f in fields if f not in keys) or "true")
-        for t, keys in contract_sql.ALLOWED_KEYS.items()
-    )
-    conds = [
-        (f"NOT list_contains({list(ALL_TYPES)}, type)", "'schema'"),
-        (f"NOT (CASE type {outside} ELSE false END)", "'schema'"),
-        *[(col(c), r) for c, r in contract_sql.required_conds() + contract_sql.value_conds()],
-    ]
-    reason = "CASE " + " ".join(f"WHEN {c} THEN {r}" for c, r in conds) + " ELSE NULL END"
-    columns = "{" + ", ".join(f"{f}: '{d}'" for f, d in fields.items()) + "}"
     ts = contract_sql.timestamp_sql
+    cur = settings().default_currency.replace("'", "")
     corrected, late = skew_sql("lag_s", TimeRules())
     events = f"reason IS NULL AND type <> '{CATALOG_TYPE}'"
     wc = contract_sql.types_with("currency", VIEWER_ACTIONS)
     wq = contract_sql.types_with("quantity", VIEWER_ACTIONS)
+    hsel = ", ".join(col(pclean._HOST_SELECT.get(f, f'"{f}"')) + f' AS "{f}"' for f in pclean._HOST_FIELDS)
 
     def timed(where: str) -> str:
         return f"""(SELECT *, CASE WHEN {corrected} THEN rec ELSE tsp END AS ts_final, {corrected} AS ts_corrected,
@@ -139,39 +164,56 @@ def yardstick_sql(glob: str, out: str, memory_limit: str, threads: int, tmp: str
         f"SET temp_directory='{tmp}'",
         "SET preserve_insertion_order=false",
         "SET TimeZone='UTC'",
-        f"""CREATE TABLE ev AS SELECT *, {reason} AS reason
-            FROM read_json('{glob}', format='newline_delimited', ignore_errors=true, columns={columns})""",
+        _ev_sql(glob, guarded),
         f"""CREATE TABLE losers AS SELECT rid FROM (
-              SELECT rowid AS rid, row_number() OVER (PARTITION BY event_id ORDER BY received_at, rowid) AS rn
+              SELECT rowid AS rid, row_number() OVER (PARTITION BY event_id
+                                                      ORDER BY try_cast(received_at AS TIMESTAMPTZ) NULLS LAST, rowid) AS rn
               FROM ev WHERE {events} AND event_id IN (SELECT event_id FROM ev WHERE {events} GROUP BY 1 HAVING count(*) > 1))
             WHERE rn > 1""",
         f"""CREATE TABLE clean AS SELECT event_id, type, ts_final AS ts, rec AS received_at, platform, stream_id,
                    user_id, item_id, price,
-                   CASE WHEN currency IS NOT NULL THEN currency WHEN type IN {wc} THEN 'CNY' END AS currency,
+                   CASE WHEN currency IS NOT NULL THEN currency WHEN type IN {wc} THEN '{cur}' END AS currency,
                    CAST(CASE WHEN quantity IS NOT NULL THEN quantity WHEN type IN {wq} THEN 1 END AS INTEGER) AS quantity,
                    order_id, CAST(CASE WHEN type = 'like' THEN coalesce(count, 1) ELSE count END AS INTEGER) AS count,
                    gift_value, text, CAST(props AS VARCHAR) AS props, ts AS ts_sent, ts_corrected, late, 'r-y' AS run_id,
                    rec_id, CAST(position AS INTEGER) AS position
             FROM {timed(f"reason IS NULL AND type IN {VIEWER_ACTIONS}")}""",
         f"""CREATE TABLE clean_host AS SELECT event_id, type, ts_final AS ts, rec AS received_at, platform, stream_id,
-                   host_id, host_name, title, {ts("scheduled_start")} AS scheduled_start,
-                   {ts("scheduled_end")} AS scheduled_end, slot_id, item_id, price, change, stock, currency,
+                   {hsel},
+                   CASE WHEN currency IS NOT NULL THEN currency WHEN price IS NOT NULL THEN '{cur}' END AS currency,
                    CAST(props AS VARCHAR) AS props, ts AS ts_sent, ts_corrected, late, 'r-y' AS run_id
             FROM {timed(f"reason IS NULL AND type IN {HOST_ACTIONS}")}""",
+        f"""CREATE TABLE catalog AS SELECT item_id, title, description, category, price,
+                   coalesce(currency, '{cur}') AS currency, stream_ids, platform, {ts("ts")} AS ts, event_id,
+                   'r-y' AS run_id
+            FROM ev WHERE reason IS NULL AND type = '{CATALOG_TYPE}'
+            QUALIFY row_number() OVER (PARTITION BY item_id ORDER BY {ts("ts")} DESC, rowid DESC) = 1""",
         f"""COPY (SELECT *, strftime(ts, '%Y-%m-%d') AS date FROM clean) TO '{out}/clean'
             (FORMAT parquet, COMPRESSION zstd, PARTITION_BY (date))""",
         f"COPY clean_host TO '{out}/host.parquet' (FORMAT parquet, COMPRESSION zstd)",
-        f"""COPY (SELECT item_id, title, description, category, price, coalesce(currency, 'CNY') AS currency,
-                         stream_ids, platform, {ts("ts")} AS ts, event_id, 'r-y' AS run_id
-                  FROM ev WHERE reason IS NULL AND type = '{CATALOG_TYPE}'
-                  QUALIFY row_number() OVER (PARTITION BY item_id ORDER BY {ts("ts")} DESC) = 1)
-            TO '{out}/catalog.parquet' (FORMAT parquet, COMPRESSION zstd)""",
-        f"""COPY (SELECT reason, event_id, received_at, to_json(ev) AS raw FROM ev WHERE reason IS NOT NULL)
+        f"COPY (SELECT * FROM catalog ORDER BY item_id) TO '{out}/catalog.parquet' (FORMAT parquet, COMPRESSION zstd)",
+        f"""COPY (SELECT reason, event_id, received_at, line AS raw FROM ev WHERE reason IS NOT NULL)
             TO '{out}/quarantine.ndjson.gz' (FORMAT json, COMPRESSION gzip)""",
         f"""COPY (SELECT event_id FROM clean UNION ALL SELECT event_id FROM clean_host)
             TO '{out}/dedupe.parquet' (FORMAT parquet, COMPRESSION zstd)""",
-        "DROP TABLE ev",
     ]
+
+
+#: the data-quality report's counters (the pipeline's names, ``clean_core``), as the yardstick computes them
+_REPORT_SQL = """SELECT
+    (SELECT count(*) FROM ev) AS rows_in,
+    (SELECT count(*) FROM ev WHERE reason IS NULL AND type = 'catalog_item') AS catalog_rows,
+    (SELECT count(*) FROM losers) AS duplicates,
+    (SELECT count(*) FROM clean) AS rows_out,
+    (SELECT count(*) FROM clean_host) AS host_rows,
+    (SELECT count(*) FILTER (late) FROM clean) AS late,
+    (SELECT count(*) FILTER (ts_corrected) FROM clean) AS ts_corrected,
+    (SELECT count(*) FROM catalog) AS catalog_items,
+    (SELECT count(*) FROM clean WHERE type = 'purchase' AND item_id IS NOT NULL
+                                  AND item_id NOT IN (SELECT item_id FROM catalog)) AS uncatalogued_purchases,
+    (SELECT count(*) FROM ev WHERE reason IS NOT NULL) AS dropped,
+    (SELECT map(list(reason), list(n)) FROM (SELECT reason, count(*) AS n FROM ev WHERE reason IS NOT NULL
+                                            GROUP BY 1 ORDER BY 1)) AS dropped_by_reason"""
 
 
 def job(kind: str, store_dir: str, work: str) -> None:
@@ -200,6 +242,8 @@ def job(kind: str, store_dir: str, work: str) -> None:
     else:  # the yardstick
         import duckdb
 
+        from shared import layout
+        from shared.pipeline import kpi_tables
         from shared.pipeline.analytics import analytics_sql
         from shared.settings import settings
 
@@ -207,14 +251,33 @@ def job(kind: str, store_dir: str, work: str) -> None:
         os.makedirs(out, exist_ok=True)
         con = duckdb.connect(":memory:")
         glob = os.path.join(store_dir, "raw/*/*/*.ndjson.gz")
+        ev_guarded = _ev_sql(glob, True)
         for sql in yardstick_sql(glob, out, "2GB", 2, work + "-tmp"):
-            con.execute(sql)
+            try:
+                con.execute(sql)
+            except duckdb.Error:  # as the pipeline: a line json_valid accepts but the transform rejects
+                if sql != ev_guarded:
+                    raise
+                con.execute("DROP TABLE IF EXISTS ev")
+                con.execute(_ev_sql(glob, False))
+        # the data-quality report (the pipeline writes it to reports/clean/<run>.json)
+        cur = con.execute(_REPORT_SQL)
+        report = dict(zip([d[0] for d in cur.description], cur.fetchone(), strict=True))
+        Path(out, "report.json").write_text(json.dumps(report, default=str, indent=1))
+        con.execute("DROP TABLE ev")  # (the pipeline drops its parsed rows here too)
+        con.execute("DROP TABLE losers")
+        # every analytics table the pipeline writes, by the same functions (clean._write_analytics over a
+        # first run: no committed rows to merge, the derived tables from the whole per-stream ones)
         analytics_sql(con, "clean", settings().max_session_s, host_source="clean_host")
-        for name in ("stream", "stream_hour", "stream_item"):
+        kpi_tables.stream_tables_sql(con, "clean", "clean_host")
+        kpi_tables.derived_sql(con, settings().dashboard_tz, prefix="a_")
+        for name in layout.ANALYTICS_TABLES:
             con.execute(
                 f"COPY (SELECT * FROM a_{name} ORDER BY ALL) TO '{out}/a-{name}.parquet' (FORMAT parquet, COMPRESSION zstd)"
             )
-        print(json.dumps({"rows_out": con.execute("SELECT count(*) FROM clean").fetchone()[0]}))
+        print(
+            json.dumps({k: report[k] for k in ("rows_in", "rows_out", "dropped", "duplicates", "late", "ts_corrected")})
+        )
 
 
 def measure(kind: str, store_dir: Path, work: Path) -> dict:
@@ -276,6 +339,77 @@ def store_for(n_events: int, cache: Path, sizes: list[int]) -> Path:
     return own
 
 
+def compare_kpis(pipeline_work: Path, yardstick_out: Path, rel: float = 1e-9) -> dict[str, int]:
+    """The yardstick's analytics tables against the pipeline's committed ones (its manifest names them),
+    row for row: both sides ``ORDER BY ALL``, same columns and types, every value equal -- floats to
+    ``rel`` relative (parallel sums differ in the last bits from run to run). Prints every table that
+    differs (counts, columns, the first differing rows) and exits non-zero: a ratio between two jobs
+    that do not produce the same tables would say nothing. Returns {table: rows} when all are equal."""
+    import duckdb
+
+    from shared import layout
+    from shared.adapters.storage import open_store
+
+    store = open_store(str(pipeline_work))
+    manifest, _ = layout.load_manifest(store)
+    con = duckdb.connect(":memory:")
+    con.execute("SET threads=1")
+    rows: dict[str, int] = {}
+    bad: list[str] = []
+    for name in layout.ANALYTICS_TABLES:
+        key = (manifest.get("analytics") or {}).get(name)
+        y = yardstick_out / f"a-{name}.parquet"
+        if not key or not y.exists():
+            bad.append(f"{name}: missing ({'pipeline' if not key else 'yardstick'} wrote no such table)")
+            continue
+        p = store.local_path(key, str(pipeline_work) + "-dl")
+        cols = {}
+        for side, path in (("p", p), ("y", str(y))):
+            con.execute(
+                f"CREATE OR REPLACE TEMP TABLE {side} AS SELECT row_number() OVER () AS rn_, * "
+                f"FROM (SELECT * FROM read_parquet('{path}') ORDER BY ALL)"
+            )
+            cols[side] = [(c, t) for c, t, *_ in con.execute(f"DESCRIBE {side}").fetchall() if c != "rn_"]
+        n_p, n_y = (con.execute(f"SELECT count(*) FROM {s}").fetchone()[0] for s in ("p", "y"))
+        if cols["p"] != cols["y"] or n_p != n_y:
+            bad.append(f"{name}: pipeline {n_p} rows {cols['p']}\n    yardstick {n_y} rows {cols['y']}")
+            continue
+
+        def same(c: str, t: str) -> str:
+            if t in ("DOUBLE", "FLOAT") or t.startswith("DECIMAL"):
+                return (
+                    f'(p."{c}" IS NOT DISTINCT FROM y."{c}" OR abs(p."{c}" - y."{c}") '
+                    f'<= {rel} * greatest(abs(p."{c}"), abs(y."{c}")))'
+                )
+            return f'p."{c}" IS NOT DISTINCT FROM y."{c}"'
+
+        diff = " OR ".join(f"NOT {same(c, t)}" for c, t in cols["p"]) or "false"
+        n_diff = con.execute(f"SELECT count(*) FROM p JOIN y USING (rn_) WHERE {diff}").fetchone()[0]
+        if n_diff:
+            names = [c for c, _ in cols["p"]]
+            shown = []
+            for r in con.execute(
+                f"SELECT p.*, y.* EXCLUDE (rn_) FROM p JOIN y USING (rn_) WHERE {diff} ORDER BY rn_ LIMIT 3"
+            ).fetchall():
+                pv, yv = r[1 : 1 + len(names)], r[1 + len(names) :]
+                delta = {c: (a, b) for c, a, b in zip(names, pv, yv, strict=True) if a != b}
+                shown.append(
+                    f"row {r[0]} {names[0]}={pv[0]!r}: "
+                    + ", ".join(f"{c} {a!r} vs {b!r}" for c, (a, b) in delta.items())
+                )
+            bad.append(f"{name}: {n_diff} of {n_p} rows differ (pipeline vs yardstick); " + "\n      ".join(shown))
+            continue
+        rows[name] = n_p
+    if bad:
+        print("KPI TABLES DIFFER (yardstick vs pipeline, ORDER BY ALL, floats to 1e-9 relative):", flush=True)
+        for b in bad:
+            print("  " + b, flush=True)
+        raise SystemExit(
+            f"the yardstick's KPI tables differ from the pipeline's: {', '.join(b.split(':')[0] for b in bad)}"
+        )
+    return rows
+
+
 def run_size(n_events: int, store_dir: Path, cache: Path) -> dict:
     results = {}
     for kind in ("yardstick", "pipeline"):
@@ -288,7 +422,18 @@ def run_size(n_events: int, store_dir: Path, cache: Path) -> dict:
             shutil.copytree(store_dir / "raw", work / "raw", copy_function=os.link)
         results[kind] = measure(kind, store_dir, work)
         print(f"  {n_events:>11,} {kind:9s} {json.dumps(results[kind])}", flush=True)
-        shutil.rmtree(str(work) + "-duck", ignore_errors=True)
+    # like for like: the same KPI tables (outside the timed jobs)
+    rows = compare_kpis(cache / "work-pipeline", Path(str(cache / "work-yardstick") + "-duck"))
+    print(
+        f"  {n_events:>11,} same KPI tables row for row ({len(rows)}: "
+        + ", ".join(f"{k} {v:,}" for k, v in rows.items())
+        + ")",
+        flush=True,
+    )
+    results["kpi_tables_equal"] = rows
+    for kind in ("yardstick", "pipeline"):
+        for suffix in ("-duck", "-dl"):
+            shutil.rmtree(str(cache / f"work-{kind}") + suffix, ignore_errors=True)
     return results
 
 
