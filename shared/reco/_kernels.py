@@ -425,28 +425,36 @@ ITEM_COLS = ("pop", "pop_log", "pop_recent", "rebuy_rate", "rebuy_interval", "lo
 if HAVE_NUMBA:
 
     @_nb.njit(cache=True)
-    def _gather_rows(indptr, indices, data, idx, w, S, o, touched, nt):
-        # accumulate rows idx of a neighbour matrix into S[:, o] (sum), S[:, o + 1] (largest term),
-        # S[:, o + 2] (its source position; -1 untouched); S[:, 6] marks the union, listed in touched
+    def _gather_rows(indptr, indices, data, idx, w, S, o, touched, nt, slot):
+        # accumulate rows idx of a neighbour matrix into S[s, o] (sum), S[s, o + 1] (largest term),
+        # S[s, o + 2] (its source position; -1 untouched), s = slot[c]: the item's row in S, given in
+        # first-touch order (touched[s] = c). The per-item map is 4 bytes an item (L2-resident at 50k
+        # items) and the rows the request uses are S's first ones, not 64-byte rows scattered over the
+        # catalogue: the gather was bound by cache misses
         for k in range(idx.shape[0]):
             j = idx[k]
             wk = w[k]
             for p in range(indptr[j], indptr[j + 1]):
                 c = indices[p]
                 t = data[p] * wk
-                if S[c, o + 2] < 0:
-                    S[c, o] = t
-                    S[c, o + 1] = t
-                    S[c, o + 2] = k
-                    if S[c, 6] == 0:
-                        S[c, 6] = 1.0
-                        touched[nt] = c
-                        nt += 1
+                s = slot[c]
+                if s < 0:
+                    s = nt
+                    slot[c] = s
+                    touched[nt] = c
+                    nt += 1
+                    S[s, 2] = -1.0
+                    S[s, 5] = -1.0
+                    S[s, 7] = -1.0
+                if S[s, o + 2] < 0:
+                    S[s, o] = t
+                    S[s, o + 1] = t
+                    S[s, o + 2] = k
                 else:
-                    S[c, o] += t
-                    if t > S[c, o + 1]:
-                        S[c, o + 1] = t
-                        S[c, o + 2] = k
+                    S[s, o] += t
+                    if t > S[s, o + 1]:
+                        S[s, o + 1] = t
+                        S[s, o + 2] = k
         return nt
 
     @_nb.njit(cache=True)
@@ -488,9 +496,9 @@ if HAVE_NUMBA:
         m2 = 0.0
         n1 = 0
         n2 = 0
-        for q in range(nt):
+        for q in range(nt):  # touched[q]'s row is q
             c = touched[q]
-            v = S[c, 0] if S[c, 2] >= 0 else 0.0
+            v = S[q, 0] if S[q, 2] >= 0 else 0.0
             if q == 0 or v > m1:
                 m1 = v
             if cf_top > 0:
@@ -504,7 +512,7 @@ if HAVE_NUMBA:
                     h1c[0] = c
                     _sift_down(h1v, h1c, 0, n1)
             if two:
-                v2 = S[c, 3] if S[c, 5] >= 0 else 0.0
+                v2 = S[q, 3] if S[q, 5] >= 0 else 0.0
                 if q == 0 or v2 > m2:
                     m2 = v2
                 if content_top > 0:
@@ -600,12 +608,14 @@ if HAVE_NUMBA:
         N,
         S,
         U,
+        slot,
+        touched,
     ):
-        # S: one row (a cache line) per item: cf sum, cf best term, its source, content sum, best term,
-        # source, union mark, candidate position. U: the request's sparse inputs scattered per item (see
-        # rank_scratch). Both are reset before returning; no helper taking arrays is called per item
-        # (numba's reference counting would cost more than the work).
-        n = S.shape[0]
+        # S: one row per item the request reaches (slot[item], first-touch order; touched[row] = item):
+        # cf sum, cf best term, its source, content sum, best term, source, (unused), candidate
+        # position. U: the request's sparse inputs scattered per item (see rank_scratch). slot and U
+        # are reset before returning (S's rows are set when given); no helper taking arrays is called
+        # per item (numba's reference counting would cost more than the work).
         # 0. the history: the viewer's strongest cap_h items (weight desc, earlier position on ties), in
         # their row order, positive weights only (the reference's RoomRanker._history)
         nfull = hf_idx.shape[0]
@@ -641,16 +651,15 @@ if HAVE_NUMBA:
                 h_w[k_] = float(hf_w[p])
                 k_ += 1
         # 1. the history's neighbours (cf and content rows of every source)
-        total = 0
+        total = 0  # neighbour entries gathered (the work counter)
         for k in range(nh):
             j = h_idx[k]
             total += ip1[j + 1] - ip1[j]
             if two:
                 total += ip2[j + 1] - ip2[j]
-        touched = np.empty(min(total, n), dtype=np.int64)
-        nt = _gather_rows(ip1, ix1, d1, h_idx, h_w, S, 0, touched, 0)
+        nt = _gather_rows(ip1, ix1, d1, h_idx, h_w, S, 0, touched, 0, slot)
         if two:
-            nt = _gather_rows(ip2, ix2, d2, h_idx, h_w, S, 3, touched, nt)
+            nt = _gather_rows(ip2, ix2, d2, h_idx, h_w, S, 3, touched, nt, slot)
         h1v = np.empty(max(cf_top, 1), dtype=np.float64)
         h1c = np.empty(max(cf_top, 1), dtype=np.int64)
         h2v = np.empty(max(content_top, 1), dtype=np.float64)
@@ -743,10 +752,20 @@ if HAVE_NUMBA:
             pool = pool[:np_]
         cand = np.empty(pool.shape[0], dtype=np.int64)
         nc = 0
+        ns = nt  # rows given: the reached items, then the candidates no neighbour reached
         for q in range(pool.shape[0]):
             c = pool[q]
-            if S[c, 7] < 0:
-                S[c, 7] = nc
+            s = slot[c]
+            if s < 0:
+                s = ns
+                slot[c] = s
+                touched[ns] = c
+                ns += 1
+                S[s, 2] = -1.0
+                S[s, 5] = -1.0
+                S[s, 7] = -1.0
+            if S[s, 7] < 0:
+                S[s, 7] = nc
                 cand[nc] = c
                 nc += 1
         # the viewer's rows: scattered into U when short (<= 4 x the candidates), else binary-searched
@@ -933,13 +952,14 @@ if HAVE_NUMBA:
                 if filter_seen and seen:
                     keep = False
             if nh > 0:
-                b = int(S[c, 2])
+                s = slot[c]
+                b = int(S[s, 2])
                 if b >= 0 and m1 > 0:
-                    F[q, 11] = max(S[c, 0] / m1, 0.0)
+                    F[q, 11] = max(S[s, 0] / m1, 0.0)
                 if two:
-                    b = int(S[c, 5])
+                    b = int(S[s, 5])
                     if b >= 0 and m2 > 0:
-                        F[q, 12] = max(S[c, 3] / m2, 0.0)
+                        F[q, 12] = max(S[s, 3] / m2, 0.0)
             if x_has or t_has:
                 xc = 0.0
                 xt = 0.0
@@ -1016,16 +1036,17 @@ if HAVE_NUMBA:
         top_src = np.full((ntop, 4), -1, dtype=np.int64)
         for k in range(ntop):
             c = tc[k]
-            q = int(S[c, 7])
+            s = slot[c]
+            q = int(S[s, 7])
             top_F[k] = F[q]
             top_meta[k, 0] = cnt_a[q]
             top_meta[k, 1] = last_a[q]
             if nh > 0:
-                b = int(S[c, 2])
-                if b >= 0 and S[c, 1] > 0:
+                b = int(S[s, 2])
+                if b >= 0 and S[s, 1] > 0:
                     top_src[k, 0] = h_idx[b]
-                b = int(S[c, 5])
-                if two and b >= 0 and S[c, 4] > 0:
+                b = int(S[s, 5])
+                if two and b >= 0 and S[s, 4] > 0:
                     top_src[k, 1] = h_idx[b]
             if x_has and U[c, 13] > 0:
                 top_src[k, 2] = int(U[c, 13]) - 2
@@ -1033,13 +1054,8 @@ if HAVE_NUMBA:
                 top_src[k, 3] = int(U[c, 15]) - 2
         top_items = tc[:ntop].copy()
         # 7. reset the scratch for the next request
-        for q in range(nt):
-            c = touched[q]
-            S[c, 2] = -1.0
-            S[c, 5] = -1.0
-            S[c, 6] = 0.0
-        for q in range(nc):
-            S[cand[q], 7] = -1.0
+        for q in range(ns):
+            slot[touched[q]] = -1
         _clear(excl, U, 7)
         if sc_bc:
             for p in range(bc_ip[row], bc_ip[row + 1]):
@@ -1083,15 +1099,16 @@ _rank_scratch = None
 
 def rank_scratch(n: int):
     """Per-thread catalogue-size scratch of :func:`_rank_kernel` (reset by the kernel after each call):
-    ``S`` (n x 8: the history parts) and ``U`` (n x 16: the viewer's rows, the room, the context parts,
-    exclusions scattered by item), 192 bytes per item and serving thread."""
+    ``S`` (n x 8: the history parts, one row per item the request reaches, in first-touch order),
+    ``U`` (n x 16: the viewer's rows, the room, the context parts, exclusions scattered by item), the
+    item -> row map ``slot`` (int32, -1: not reached) and its inverse ``touched``: 204 bytes per item
+    and serving thread."""
     global _rank_scratch
     if _rank_scratch is None:
         _rank_scratch = threading.local()
     sc = getattr(_rank_scratch, "arrays", None)
     if sc is None or sc[0].shape[0] != n:
-        sc = (_aligned(n, 8), _aligned(n, 16))
-        sc[0][:, 2] = sc[0][:, 5] = sc[0][:, 7] = -1.0
+        sc = (_aligned(n, 8), _aligned(n, 16), np.full(n, -1, dtype=np.int32), np.empty(n, dtype=np.int64))
         _rank_scratch.arrays = sc
     return sc
 
