@@ -116,11 +116,51 @@ def id_index(ids: np.ndarray) -> pd.Index:
     return index
 
 
+_CATS: dict[int, tuple[weakref.ref, np.ndarray]] = {}
+_REMAPS: dict[tuple[int, int], tuple[weakref.ref, weakref.ref, np.ndarray]] = {}
+
+
+def _memo_put(memo: dict, key, value) -> None:
+    if len(memo) >= 64:  # dead entries first, else the oldest half
+        for k in [k for k, v in memo.items() if any(r() is None for r in v[:-1])] or list(memo)[:32]:
+            memo.pop(k, None)
+    memo[key] = value
+
+
+def _category_strings(categories: pd.Index) -> np.ndarray:
+    """A categorical column's categories as a ``<U`` array, converted once per categories Index: every
+    slice of the reader's frame (the gate's training part, the label windows, each type's rows) shares
+    its dtype's categories object, so the 1M user ids are not converted again per call. Keyed by
+    identity through a weak reference, as ``id_index`` (pandas Indexes are immutable)."""
+    hit = _CATS.get(id(categories))
+    if hit is not None and hit[0]() is categories:
+        return hit[1]
+    cats = np.asarray(categories.astype(str), dtype=str)
+    cats.setflags(write=False)
+    _memo_put(_CATS, id(categories), (weakref.ref(categories), cats))
+    return cats
+
+
+def _category_remap(categories: pd.Index, ids: np.ndarray) -> np.ndarray:
+    """Positions of a categorical column's categories in ``ids`` (-1: not there), once per
+    (categories Index, ids array) pair: the same lookup every phase of a run repeats otherwise."""
+    key = (id(categories), id(ids))
+    hit = _REMAPS.get(key)
+    if hit is not None and hit[0]() is categories and hit[1]() is ids:
+        return hit[2]
+    remap = id_index(ids).get_indexer(_category_strings(categories)).astype(np.int64)
+    remap.setflags(write=False)
+    _memo_put(_REMAPS, key, (weakref.ref(categories), weakref.ref(ids), remap))
+    return remap
+
+
 def _codes(values: pd.Series, ids: np.ndarray | None):
     """Codes into ``ids`` (or the ids of first appearance) — categorical columns (the train job's
-    reader hands arrow dictionaries over as ``pd.Categorical``) map their few categories, not every row."""
+    reader hands arrow dictionaries over as ``pd.Categorical``) map their few categories, not every row
+    (converted and looked up once per categories object: ``_category_strings`` / ``_category_remap``)."""
     if isinstance(values.dtype, pd.CategoricalDtype):
-        cats = np.asarray(values.cat.categories.astype(str), dtype=str)
+        categories = values.cat.categories
+        cats = _category_strings(categories)
         codes = values.cat.codes.to_numpy().astype(np.int64)
         if ids is None:
             used = np.zeros(len(cats) + 1, dtype=bool)
@@ -135,7 +175,7 @@ def _codes(values: pd.Series, ids: np.ndarray | None):
             remap[order] = np.arange(order.size)
             return np.where(codes >= 0, remap[np.maximum(codes, 0)], -1), str_array(cats[order])
         ids = str_array(ids)
-        remap = id_index(ids).get_indexer(cats).astype(np.int64)
+        remap = _category_remap(categories, ids)
         return np.where(codes >= 0, remap[np.maximum(codes, 0)] if remap.size else -1, -1), ids
     if ids is None:
         codes, uniques = pd.factorize(values.astype(str), sort=False)
