@@ -629,6 +629,7 @@ class _TrainIndex:
         i, items = pd.factorize(ev["item_id"])
         self.item_ids = np.asarray(items, dtype=object)
         self.item_index = pd.Index(self.item_ids)
+        self.item_pos = {x: k for k, x in enumerate(self.item_ids.tolist())}
         nu, ni = len(self.user_index), len(self.item_ids)
         self.user_pos = {x: k for k, x in enumerate(self.user_index.tolist())}
         typ = ev["type"].to_numpy(dtype=object) if "type" in ev else np.full(len(ev), PURCHASE, dtype=object)
@@ -762,7 +763,8 @@ def _room_order(q: Query, ranker: _BaseRanker) -> list[str]:
         return []
     ids = list(counts.keys())
     n = len(ranker.t.item_ids)
-    codes = ranker.t.item_index.get_indexer(np.asarray(ids, dtype=object))
+    pos = ranker.t.item_pos  # a dict lookup per id: cheaper than Index.get_indexer per query
+    codes = np.fromiter((pos.get(x, -1) for x in ids), dtype=np.int64, count=len(ids))
     pk = np.where(codes >= 0, ranker.t.pop_rank[np.maximum(codes, 0)] if n else 0, n)
     c = np.array([counts[x] for x in ids], dtype=np.float64)
     return [ids[j] for j in np.lexsort((pk, -c))]
@@ -846,7 +848,9 @@ def _ids_of(result) -> list[str]:
 class RecommendRanker(Ranker):
     """Adapter for any model with the service's ``recommend`` call: ``factory(train_events, items,
     reference_time) -> model``; ranking calls exactly ``model.recommend(q.user_id, k,
-    stream_id=q.stream_id, allowed_items=q.allowed, room=q.room, now=q.ts, repeats=q.repeats)``."""
+    stream_id=q.stream_id, allowed_items=q.allowed, room=q.room, now=q.ts, repeats=q.repeats)``
+    (``allowed_idx=model.allowed_index(q.allowed)`` instead, converted once per showcase, for a model
+    that has ``allowed_index``: the same call)."""
 
     is_model = True
 
@@ -859,16 +863,30 @@ class RecommendRanker(Ranker):
 
     def rank(self, queries, k):
         m = self.model
+        # a model that converts allowed ids to positions (``RoomRanker.allowed_index``): each showcase
+        # (one array per stream, shared by its queries) converted once, the same positions
+        # ``recommend(allowed_items=)`` would compute per query
+        conv = getattr(m, "allowed_index", None)
+        idx: dict[int, tuple[Any, np.ndarray]] = {}
+
+        def allowed(q: Query) -> dict[str, Any]:
+            if q.allowed is None or conv is None:
+                return {"allowed_items": q.allowed}
+            hit = idx.get(id(q.allowed))
+            if hit is None or hit[0] is not q.allowed:
+                hit = idx[id(q.allowed)] = (q.allowed, conv(q.allowed))
+            return {"allowed_idx": hit[1]}
+
         return [
             _ids_of(
                 m.recommend(
                     q.user_id,
                     k,
                     stream_id=q.stream_id,
-                    allowed_items=q.allowed,
                     room=q.room,
                     now=q.ts,
                     repeats=q.repeats,
+                    **allowed(q),
                 )
             )[:k]
             for q in queries

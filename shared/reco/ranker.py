@@ -756,7 +756,7 @@ class RoomRanker:
         if repeats is False or self.always_filter_seen:  # always_filter_seen: the v1 habit, kept as a recipe knob
             filter_seen = True
         if allowed_items is not None:
-            allowed_idx = np.unique(self.base._item_idx_fast(list(allowed_items)))
+            allowed_idx = self.allowed_index(allowed_items)
         filters = dict(
             filter_seen=filter_seen,
             exclude_purchased=exclude_purchased,
@@ -770,6 +770,12 @@ class RoomRanker:
             if out is not None:
                 return out
         return self._recommend_reference(user_id, N, stream_id, context_items, allowed_idx, room, now, filters, div)
+
+    def allowed_index(self, allowed_items) -> np.ndarray:
+        """Allowed item ids -> the sorted unique item positions ``recommend(allowed_items=)`` ranks on
+        (unknown ids dropped): ``recommend(allowed_idx=allowed_index(ids))`` is ``recommend(allowed_items=ids)``
+        (the evaluation converts each showcase once, not once per query)."""
+        return np.unique(self.base._item_idx_fast(list(allowed_items)))
 
     def _recommend_reference(
         self, user_id, N, stream_id, context_items, allowed_idx, room, now, filters, div=(None, None)
