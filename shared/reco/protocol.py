@@ -46,6 +46,7 @@ from .event_types import (
 )
 from .interactions import DEFAULT_ACTION_WEIGHTS
 from .rebuy import ts_ns, ts_ns1
+from .roomlog import RoomLog
 
 __all__ = [
     "ColumnError",
@@ -388,6 +389,17 @@ def touch_mask(events: pd.DataFrame) -> np.ndarray:
     return m
 
 
+def _type_codes(col: pd.Series, types: Sequence[str]) -> np.ndarray:
+    """Each row's position in ``types`` (-1: another type or none); a categorical column maps its
+    categories, not every row."""
+    idx = pd.Index(list(types))
+    if isinstance(col.dtype, pd.CategoricalDtype):
+        remap = idx.get_indexer(np.asarray(col.cat.categories.astype(object), dtype=object)).astype(np.int64)
+        c = col.cat.codes.to_numpy().astype(np.int64)
+        return np.where(c >= 0, remap[np.maximum(c, 0)] if remap.size else -1, -1)
+    return idx.get_indexer(col.to_numpy(dtype=object)).astype(np.int64)
+
+
 def _md5_order(keys: Sequence[str]) -> np.ndarray:
     h = np.array([int(hashlib.md5(k.encode()).hexdigest()[:15], 16) for k in keys], dtype=np.int64)
     return np.argsort(h, kind="stable")
@@ -544,29 +556,18 @@ def make_split(
                 pd.unique(pd.concat([grp, pd.Series(extra.get(s_, []), dtype=object)])), dtype=object
             )
         # rooms: per stream, typed events sorted by ts; a query's room = the prefix before its entry
-        typ = ev["type"].to_numpy(dtype=object)
-        room_rows = np.flatnonzero((scodes >= 0) & (icodes >= 0) & np.isin(typ, QUERY_ROOM_TYPES))
-        o = np.lexsort((ts[room_rows], scodes[room_rows]))
-        rr = room_rows[o]
-        r_s, r_t, r_i = scodes[rr], ts[rr], icodes[rr]
-        r_ty = pd.Categorical(typ[rr], categories=list(QUERY_ROOM_TYPES)).codes
-        s_ptr = np.searchsorted(r_s, np.arange(len(sids) + 1))
+        # (RoomLog: one slice per (type, stream), counted over the stream's items)
+        tcode = _type_codes(ev["type"], QUERY_ROOM_TYPES)
+        rr = np.flatnonzero((scodes >= 0) & (icodes >= 0) & (tcode >= 0))
+        log = RoomLog(scodes[rr], ts[rr], icodes[rr], tcode[rr], len(sids), len(QUERY_ROOM_TYPES))
         for q in chosen:
-            s_ = q_stream[q]
-            a, b = s_ptr[s_], s_ptr[s_ + 1]
-            e = a + int(np.searchsorted(r_t[a:b], q_ts[q], side="left"))
+            s_, tq = int(q_stream[q]), int(q_ts[q])
             room = {}
             for k_, name in enumerate(QUERY_ROOM_TYPES):
-                its = r_i[a:e][r_ty[a:e] == k_]
-                if its.size:
-                    u_, c_ = np.unique(its, return_counts=True)
-                    room[name] = dict(zip(iid_arr[u_].tolist(), c_.tolist()))
-                else:
-                    room[name] = {}
+                u_, c_ = log.counts(k_, s_, None, tq)
+                room[name] = dict(zip(iid_arr[u_].tolist(), c_.tolist()))
             for name, minutes in ROOM_RECENT:
-                w0 = a + int(np.searchsorted(r_t[a:e], q_ts[q] - minutes * 60 * 10**9, side="left"))
-                its = r_i[w0:e][r_ty[w0:e] == QUERY_ROOM_TYPES.index(name)]
-                u_, c_ = np.unique(its, return_counts=True)
+                u_, c_ = log.counts(QUERY_ROOM_TYPES.index(name), s_, tq - minutes * 60 * 10**9, tq)
                 room[room_key(name, minutes)] = dict(zip(iid_arr[u_].tolist(), c_.tolist()))
             rooms[int(q)] = room
 

@@ -41,6 +41,7 @@ import pandas as pd
 from .event_types import ROOM_WINDOWS, room_key
 from .ranker import FEATURES, HEADS, PRIOR_WEIGHTS, RoomRanker
 from .rebuy import ts_ns, ts_ns1
+from .roomlog import RoomLog
 
 __all__ = ["DEFAULT_RECIPE", "env_recipe", "fit_recipe", "merge_recipe", "label_queries", "room_so_far"]
 
@@ -110,33 +111,27 @@ def room_so_far(
     sid, tsv = _s(ev["stream_id"]), ts_ns(ev["ts"])
     typ, item = _s(ev["type"]), _s(ev["item_id"])
     if item_index is not None:  # model positions: ("idx", sorted positions, counts), no per-query id lookups
-        item = item_index.get_indexer(item)
-    o = np.lexsort((tsv, sid))
-    sid, tsv, typ, item = sid[o], tsv[o], typ[o], item[o]
-    streams, first = np.unique(sid, return_index=True)
-    bounds = dict(zip(streams.tolist(), zip(first.tolist(), list(first[1:]) + [sid.size])))
+        codes, names = item_index.get_indexer(item).astype(np.int64), None
+    else:  # ids: codes in the ids' sorted order (counts listed by id, as np.unique lists them)
+        names, codes = np.unique(item, return_inverse=True)
+    streams, scode = np.unique(sid, return_inverse=True)
+    # one slice per (type, stream) and window, counted over the stream's items (RoomLog)
+    log = RoomLog(scode, tsv, codes, np.searchsorted(np.asarray(types), typ), len(streams), len(types))
+    spos = {x: k for k, x in enumerate(streams.tolist())}
     for q, (s, t) in enumerate(keys):
-        b = bounds.get(str(s))
-        if b is None:
+        k = spos.get(str(s))
+        if k is None:
             continue
-        a0, a1 = b
         tq = ts_ns1(t)
-        cut = a0 + int(np.searchsorted(tsv[a0:a1], tq, side="left"))
         for tname, minutes in ROOM_WINDOWS:
-            w0 = (
-                a0
-                if minutes is None
-                else a0 + int(np.searchsorted(tsv[a0:cut], tq - minutes * 60 * 10**9, side="left"))
-            )
-            sel = typ[w0:cut] == tname
-            if sel.any():
-                u, c = np.unique(item[w0:cut][sel], return_counts=True)
+            u, c = log.counts(types.index(tname), k, None if minutes is None else tq - minutes * 60 * 10**9, tq)
+            if u.size:
                 key = room_key(tname, minutes)
-                if item_index is not None:
+                if names is None:
                     ok = u >= 0
                     out[q][key] = ("idx", u[ok], c[ok].astype(float))
                 else:
-                    out[q][key] = (u, c.astype(float))
+                    out[q][key] = (names[u], c.astype(float))
     return out
 
 

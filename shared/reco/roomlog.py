@@ -1,0 +1,64 @@
+"""A stream's typed events as contiguous runs: the counts of one type in one stream over a time window
+(a room "so far" before a viewer's entry, or its last minutes), for many queries.
+
+The evaluation's queries (``protocol.make_split``) and the recipe's training queries
+(``recipe.room_so_far``) each ask thousands of such windows. Rows are sorted once by (type, stream,
+time), so a window is one slice found by binary search (no per-query mask over every type's rows), and
+each stream's items get local codes in the order of their global codes, so a window's counts are one
+``np.bincount`` over the stream's few items, not a sort of the slice: the same ``(items ascending,
+counts)`` as ``np.unique(items_in_window, return_counts=True)``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["RoomLog"]
+
+
+class RoomLog:
+    """``RoomLog(stream, ts, item, typ, n_streams, n_types)``: per row a stream code in
+    ``[0, n_streams)``, a time (int64 ns), an item code (any int64: counted as given, sorted ascending)
+    and a type code in ``[0, n_types)``. ``counts(t, s, lo, hi)``: the items of type ``t`` in stream
+    ``s`` with ``lo <= ts < hi`` and how often each occurs."""
+
+    def __init__(
+        self, stream: np.ndarray, ts: np.ndarray, item: np.ndarray, typ: np.ndarray, n_streams: int, n_types: int
+    ):
+        stream = np.asarray(stream, dtype=np.int64)
+        item = np.asarray(item, dtype=np.int64)
+        typ = np.asarray(typ, dtype=np.int64)
+        ts = np.asarray(ts, dtype=np.int64)
+        o = np.lexsort((ts, stream, typ))
+        self.ts, stream, item, typ = ts[o], stream[o], item[o], typ[o]
+        self.n_streams = int(n_streams)
+        # run bounds: rows of (type t, stream s) are [ptr[t * n_streams + s], ptr[t * n_streams + s + 1])
+        run = typ * self.n_streams + stream
+        self.ptr = np.searchsorted(run, np.arange(int(n_types) * self.n_streams + 1), side="left")
+        # per stream its distinct items ascending (every type): local code = rank within the stream
+        lo = int(item.min()) if item.size else 0
+        span = (int(item.max()) - lo + 1) if item.size else 1
+        pair = stream * span + (item - lo)
+        pairs, inv = np.unique(pair, return_inverse=True)
+        self.pair_item = pairs % span + lo
+        self.pair_ptr = np.searchsorted(pairs // span, np.arange(self.n_streams + 1), side="left")
+        self.local = inv.reshape(-1) - self.pair_ptr[stream]
+
+    def bounds(self, t: int, s: int) -> tuple[int, int]:
+        """The rows of type ``t`` in stream ``s`` (sorted by time)."""
+        k = int(t) * self.n_streams + int(s)
+        return int(self.ptr[k]), int(self.ptr[k + 1])
+
+    def counts(self, t: int, s: int, lo: int | None, hi: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(items ascending, counts int64)`` of type ``t`` in stream ``s`` at ``lo <= ts < hi``
+        (``lo`` None: from the start)."""
+        a, b = self.bounds(t, s)
+        tsv = self.ts[a:b]
+        e = a + int(np.searchsorted(tsv, hi, side="left"))
+        a = a if lo is None else a + int(np.searchsorted(tsv, lo, side="left"))
+        if e <= a:
+            return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64)
+        p0, p1 = int(self.pair_ptr[s]), int(self.pair_ptr[s + 1])
+        c = np.bincount(self.local[a:e], minlength=p1 - p0)
+        nz = np.flatnonzero(c)
+        return self.pair_item[p0 + nz], c[nz].astype(np.int64)

@@ -1,0 +1,50 @@
+"""RoomLog (the rooms of the evaluation and training queries) against the per-query mask + np.unique it
+replaced, and room_so_far on ids and on model positions."""
+
+import numpy as np
+import pandas as pd
+
+from shared.reco.recipe import room_so_far
+from shared.reco.roomlog import RoomLog
+
+
+def _reference(stream, ts, item, typ, t, s, lo, hi):
+    m = (stream == s) & (typ == t) & (ts < hi) & ((ts >= lo) if lo is not None else True)
+    return np.unique(item[m], return_counts=True)
+
+
+def test_roomlog_counts_equal_unique_of_the_window():
+    rng = np.random.default_rng(3)
+    n = 5000
+    stream = rng.integers(0, 7, n)
+    ts = rng.integers(0, 10_000, n)  # ties on purpose
+    item = rng.integers(-1, 300, n)  # -1: an unknown item is counted as any code
+    typ = rng.integers(0, 4, n)
+    log = RoomLog(stream, ts, item, typ, 8, 4)  # stream 7 has no rows
+    for _ in range(400):
+        t, s = int(rng.integers(0, 4)), int(rng.integers(0, 8))
+        hi = int(rng.integers(-5, 10_100))
+        lo = None if rng.random() < 0.5 else hi - int(rng.integers(0, 3000))
+        u, c = log.counts(t, s, lo, hi)
+        ru, rc = _reference(stream, ts, item, typ, t, s, lo, hi)
+        assert u.tolist() == ru.tolist() and c.tolist() == rc.tolist()
+        assert u.dtype == np.int64 and c.dtype == np.int64
+
+
+def test_room_so_far_ids_and_positions():
+    t0 = pd.Timestamp("2026-11-01", tz="UTC")
+    ev = pd.DataFrame(
+        {
+            "stream_id": ["s1", "s1", "s1", "s2", "s1", None],
+            "item_id": ["b", "a", "b", "a", "zz", "a"],
+            "type": ["purchase", "purchase", "product_click", "purchase", "purchase", "purchase"],
+            "ts": [t0 + pd.Timedelta(minutes=m) for m in (0, 30, 31, 1, 40, 2)],
+        }
+    )
+    keys = [("s1", t0 + pd.Timedelta(minutes=35)), ("s2", t0 + pd.Timedelta(minutes=5)), ("s9", t0)]
+    rooms = room_so_far(ev, keys)
+    assert rooms[0]["purchase"][0].tolist() == ["a", "b"] and rooms[0]["purchase"][1].tolist() == [1.0, 1.0]
+    assert rooms[0]["purchase@10m"][0].tolist() == ["a"] and rooms[0]["product_click"][0].tolist() == ["b"]
+    assert "product_click@5m" in rooms[0] and rooms[2] == {} and list(rooms[1]) == ["purchase", "purchase@10m"]
+    idx = room_so_far(ev, [(keys[0][0], t0 + pd.Timedelta(minutes=45))], pd.Index(["a", "b"]))[0]
+    assert idx["purchase"][0] == "idx" and idx["purchase"][1].tolist() == [0, 1]  # "zz" unknown: dropped
