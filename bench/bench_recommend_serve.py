@@ -271,13 +271,16 @@ def main(argv=None) -> int:
     ap.add_argument("--no-http", action="store_true")
     ap.add_argument("--rebuild", action="store_true", help="retrain the cached model")
     ap.add_argument("--cache", default=str(ROOT / "var" / "bench-data"))
+    ap.add_argument(
+        "--model-dir", help="use this built world (a serve-* directory) whatever the code's hash (A/B runs)"
+    )
     args = ap.parse_args(argv)
     if not args.no_http and not shutil.which("wrk"):
         print(WRK_INSTALL, file=sys.stderr)
         return 2
     print(f"bench_recommend_serve: {os.cpu_count()} cores, load average {load()}", flush=True)
     key = f"serve-i{args.items}-u{args.users}-e{args.events}-s{args.streams}-v{args.viewers}-{tree_hash()}"
-    cache = Path(args.cache) / key
+    cache = Path(args.model_dir) if args.model_dir else Path(args.cache) / key
     if args.rebuild or not (cache / "viewers.json").exists():
         print(f"building {cache} (cached afterwards)", flush=True)
         info = build(args, cache)
