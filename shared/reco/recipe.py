@@ -213,6 +213,19 @@ def label_queries(
     return queries
 
 
+_HESSIAN_BLOCK = 32768  # rows per block: 26 float32 columns -> 3.4 MB per operand
+
+
+def _hessian(AT32: np.ndarray, s32: np.ndarray) -> np.ndarray:
+    """``A^T diag(s) A`` (float64) for ``AT32 = A^T`` in float32: each block of rows in float32, the
+    blocks summed in float64."""
+    H = np.zeros((AT32.shape[0], AT32.shape[0]))
+    for a in range(0, AT32.shape[1], _HESSIAN_BLOCK):
+        blk = AT32[:, a : a + _HESSIAN_BLOCK]
+        H += (blk * s32[a : a + _HESSIAN_BLOCK]) @ blk.T
+    return H
+
+
 def logistic_newton(
     Z: np.ndarray, y: np.ndarray, w: np.ndarray, C: float, *, tol: float = 1e-8, max_iter: int = 50
 ) -> tuple[np.ndarray, float, int]:
@@ -226,7 +239,10 @@ def logistic_newton(
     A = np.empty((n, f + 1), dtype=np.float64)
     A[:, :f] = Z
     A[:, f] = 1.0
-    A32 = A.astype(np.float32)  # the Hessian (the step's direction only) in float32: half the cost
+    # the Hessian (the step's direction only) in float32 over row blocks of the transposed matrix, the
+    # blocks summed in float64: a block's operands stay in cache (one pass over 1.4M rows x 26 columns
+    # with a full-size float32 temporary cost ~4x more) and the sum is closer to the float64 Hessian
+    AT32 = np.ascontiguousarray(A.T, dtype=np.float32)
     yv = y.astype(np.float64)
     reg = np.full(f + 1, 1.0 / float(C))
     reg[f] = 0.0
@@ -242,8 +258,7 @@ def logistic_newton(
     for iters in range(1, max_iter + 1):  # noqa: B007 (the count is returned)
         p = 0.5 * (1.0 + np.tanh(0.5 * z))  # sigmoid without overflow
         g = A.T @ (w * (p - yv)) + reg * beta
-        H = (A32 * (w * p * (1.0 - p)).astype(np.float32)[:, None]).T @ A32
-        H = H.astype(np.float64)
+        H = _hessian(AT32, (w * p * (1.0 - p)).astype(np.float32))
         H[np.diag_indices_from(H)] += reg + 1e-12
         step = np.linalg.solve(H, g)
         t = 1.0
