@@ -424,3 +424,29 @@ def test_event_type_sets_are_defined_once_from_the_contract():
         ("product_click", 5),
         ("product_impression", 5),
     )
+
+
+def test_room_from_codes_is_the_room_from_dicts(tmp_path):
+    """RecommendRanker hands a RoomRanker each query's room built from the split's codes (ids mapped once
+    per split): the same rankings as from the id -> n dicts, and the same arrays the model builds."""
+    import dataclasses
+
+    from shared.reco.recipe import fit_recipe
+
+    f = _live_csv(tmp_path / "live.csv", n_users=80, n_streams=8)
+    ev, _ = P.load_interactions(f, user_col="viewer", item_col="sku", time_col="when", type_col="action")
+    ev.loc[ev.index % 7 == 0, "item_id"] = "sku-unseen"  # an item the model may not know
+    s = P.make_split(ev, in_stream=True, test_frac=0.4, target="purchase")
+    assert s.queries and all(q.room_codes is not None for q in s.queries)
+    model = fit_recipe(s.train, None, s.reference_time)
+    plain = [dataclasses.replace(q, room_codes=None) for q in s.queries]
+    r = P.RecommendRanker(lambda tr, it, ref: model, "m").fit(s.train, None, s.reference_time)
+    assert r.rank(s.queries, 10) == r.rank(plain, 10)
+    ids, codes = s.queries[-1].room_codes
+    got = P._room_positions(model.item_positions(ids), codes, model.room_keys)
+    for key in model.room_keys:
+        want = model._room_vectors(None, {key: s.queries[-1].room[key]})
+        idx = (list(model.room_keys).index(key) - 2) if key not in ("purchase", "product_click") else None
+        w = want[0] if key == "purchase" else want[1] if key == "product_click" else want[3][idx]
+        assert got[key][1].tolist() == w[0].tolist() and got[key][2].tolist() == w[1].tolist()
+        assert got[key][1].dtype == w[0].dtype and got[key][2].dtype == w[1].dtype

@@ -363,6 +363,9 @@ class Query:
     room: dict | None = None  # {"purchase": {item: n}, "product_click": {...}, "add_to_cart": {...},
     #                            "product_impression": {...}, "purchase@10m": {...}, "product_impression@5m": ...}
     repeats: bool = True  # False: the user's training items must not be recommended
+    # the room as codes: (item ids array shared by the split's queries, {key: (codes ascending, counts)}),
+    # the same counts as ``room`` (a model with ``item_positions`` maps the ids once per split)
+    room_codes: tuple | None = None
 
 
 @dataclass
@@ -544,6 +547,7 @@ def make_split(
 
     showcase: dict[int, np.ndarray] = {}
     rooms: dict[int, dict] = {}
+    room_codes: dict[int, tuple] = {}
     if in_stream:
         sc_all = ev.loc[(scodes >= 0) & (icodes >= 0), ["stream_id", "item_id"]].drop_duplicates()
         extra: dict[str, list] = {}
@@ -562,14 +566,16 @@ def make_split(
         log = RoomLog(scodes[rr], ts[rr], icodes[rr], tcode[rr], len(sids), len(QUERY_ROOM_TYPES))
         for q in chosen:
             s_, tq = int(q_stream[q]), int(q_ts[q])
-            room = {}
+            room, codes = {}, {}
             for k_, name in enumerate(QUERY_ROOM_TYPES):
-                u_, c_ = log.counts(k_, s_, None, tq)
+                u_, c_ = codes[name] = log.counts(k_, s_, None, tq)
                 room[name] = dict(zip(iid_arr[u_].tolist(), c_.tolist()))
             for name, minutes in ROOM_RECENT:
-                u_, c_ = log.counts(QUERY_ROOM_TYPES.index(name), s_, tq - minutes * 60 * 10**9, tq)
-                room[room_key(name, minutes)] = dict(zip(iid_arr[u_].tolist(), c_.tolist()))
+                key = room_key(name, minutes)
+                u_, c_ = codes[key] = log.counts(QUERY_ROOM_TYPES.index(name), s_, tq - minutes * 60 * 10**9, tq)
+                room[key] = dict(zip(iid_arr[u_].tolist(), c_.tolist()))
             rooms[int(q)] = room
+            room_codes[int(q)] = (iid_arr, codes)
 
     repeats = variant == "all"
     queries = []
@@ -586,6 +592,7 @@ def make_split(
                     rel,
                     rooms[int(q)],
                     repeats,
+                    room_codes[int(q)],
                 )
             )
         else:
@@ -841,6 +848,27 @@ class ItemKNNRanker(_BaseRanker):
         return out
 
 
+def _room_positions(pos: np.ndarray, codes: dict, keys: Sequence[str]) -> dict[str, tuple]:
+    """A query's room counts ``{key: (split item codes ascending, counts)}`` -> ``{key: ("idx", model
+    positions sorted, counts float64)}`` through ``pos`` (split code -> model position, -1 unknown): what
+    ``RoomRanker`` builds from the id -> n dict (ids in code order, unknown ones dropped, equal positions
+    summed)."""
+    out: dict[str, tuple] = {}
+    for key in keys:
+        hit = codes.get(key)
+        if hit is None:
+            continue
+        j = pos[hit[0]]
+        ok = j >= 0
+        if not ok.any():
+            out[key] = ("idx", np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float64))
+            continue
+        u, inv = np.unique(j[ok], return_inverse=True)
+        w = np.asarray(hit[1], dtype=np.float64)[ok]
+        out[key] = ("idx", u.astype(np.int64), np.bincount(inv, weights=w, minlength=u.size).astype(np.float64))
+    return out
+
+
 def _ids_of(result) -> list[str]:
     items = result.get("items", []) if isinstance(result, dict) else result
     return [str(it["item_id"]) if isinstance(it, dict) else str(it) for it in items]
@@ -869,6 +897,20 @@ class RecommendRanker(Ranker):
         # ``recommend(allowed_items=)`` would compute per query
         conv = getattr(m, "allowed_index", None)
         idx: dict[int, tuple[Any, np.ndarray]] = {}
+        # a model that maps ids to positions in bulk (``RoomRanker.item_positions``) and names the room keys
+        # it reads: each query's room from the split's codes (the split's ids mapped once), the
+        # ("idx", positions, counts) the model would build from the id -> n dicts
+        positions, keys = getattr(m, "item_positions", None), getattr(m, "room_keys", None)
+        maps: dict[int, tuple[Any, np.ndarray]] = {}
+
+        def room(q: Query):
+            if q.room_codes is None or positions is None or keys is None:
+                return q.room
+            ids, codes = q.room_codes
+            hit = maps.get(id(ids))
+            if hit is None or hit[0] is not ids:
+                hit = maps[id(ids)] = (ids, positions(ids))
+            return _room_positions(hit[1], codes, keys)
 
         def allowed(q: Query) -> dict[str, Any]:
             if q.allowed is None or conv is None:
@@ -884,7 +926,7 @@ class RecommendRanker(Ranker):
                     q.user_id,
                     k,
                     stream_id=q.stream_id,
-                    room=q.room,
+                    room=room(q),
                     now=q.ts,
                     repeats=q.repeats,
                     **allowed(q),

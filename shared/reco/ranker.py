@@ -771,6 +771,14 @@ class RoomRanker:
                 return out
         return self._recommend_reference(user_id, N, stream_id, context_items, allowed_idx, room, now, filters, div)
 
+    #: the keys of a ``room`` dict ``recommend`` reads (the others are ignored)
+    room_keys: tuple[str, ...] = (PURCHASE, PRODUCT_CLICK, *ROOM_RECENT_KEYS)
+
+    def item_positions(self, ids) -> np.ndarray:
+        """Item ids -> model positions, -1 for an unknown id (order and length kept; vectorised: for
+        many ids at once, e.g. every item id of an evaluation split)."""
+        return np.asarray(self.base._item_index.get_indexer(np.asarray(ids, dtype=object)), dtype=np.int64)
+
     def allowed_index(self, allowed_items) -> np.ndarray:
         """Allowed item ids -> the sorted unique item positions ``recommend(allowed_items=)`` ranks on
         (unknown ids dropped): ``recommend(allowed_idx=allowed_index(ids))`` is ``recommend(allowed_items=ids)``
