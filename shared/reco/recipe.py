@@ -114,10 +114,12 @@ def room_so_far(
         codes, names = item_index.get_indexer(item).astype(np.int64), None
     else:  # ids: codes in the ids' sorted order (counts listed by id, as np.unique lists them)
         names, codes = np.unique(item, return_inverse=True)
-    streams, scode = np.unique(sid, return_inverse=True)
+    # stream and type codes by hashing (a stream's code is only a slot: any numbering gives its counts)
+    scode, streams = pd.factorize(sid)
+    tcode = pd.Index(types).get_indexer(typ)  # every row's type is one of `types` (the filter above)
     # one slice per (type, stream) and window, counted over the stream's items (RoomLog)
-    log = RoomLog(scode, tsv, codes, np.searchsorted(np.asarray(types), typ), len(streams), len(types))
-    spos = {x: k for k, x in enumerate(streams.tolist())}
+    log = RoomLog(scode, tsv, codes, tcode, len(streams), len(types))
+    spos = {x: k for k, x in enumerate(np.asarray(streams).tolist())}
     for q, (s, t) in enumerate(keys):
         k = spos.get(str(s))
         if k is None:
