@@ -660,7 +660,10 @@ class _TrainIndex:
             if reference_time is not None
             else (int(t.max()) if t.size else 0)
         )
-        aw = pd.Series(typ).map(DEFAULT_ACTION_WEIGHTS).fillna(1.0).to_numpy(dtype=np.float64)
+        # action weight per row: the few distinct types mapped, then taken (not a dict lookup per row)
+        tc, tu = pd.factorize(typ)
+        tw = pd.Series(np.asarray(tu, dtype=object)).map(DEFAULT_ACTION_WEIGHTS).fillna(1.0).to_numpy(np.float64)
+        aw = np.where(tc >= 0, tw[np.maximum(tc, 0)] if tw.size else 1.0, 1.0)
         if "weight" in ev:
             aw = np.where(
                 np.isfinite(ev["weight"].to_numpy(dtype=np.float64)), ev["weight"].to_numpy(dtype=np.float64), aw
