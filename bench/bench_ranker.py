@@ -193,13 +193,13 @@ def main(argv=None) -> int:
 
     calls: list = []
     orig = R.rank_kernel
-    R.rank_kernel = lambda *args: calls.append(args) or orig(*args)
+    R.rank_kernel = lambda *args, **kw: calls.append((args, kw)) or orig(*args, **kw)
     try:
         m.recommend(heavy[1], 10)
     finally:
         R.rank_kernel = orig
-    kargs = calls[0]
-    bare = latency(lambda u: orig(*kargs), heavy[:100], a.reps)
+    kargs, kkw = calls[0]
+    bare = latency(lambda u: orig(*kargs, **kkw), heavy[:100], a.reps)
     print(f"  bare request kernel (one viewer's inputs, no Python around it): {fmt(bare)}")
     print(
         f"  kernel work per heavy request: {int(m.last_work[0]):,} neighbour entries, {int(m.last_work[2])} candidates"

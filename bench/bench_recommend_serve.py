@@ -170,7 +170,9 @@ def in_process(store, viewers, tokens, kernel: str, n: int) -> dict:
         for k in range(n):
             v = viewers[k % len(viewers)]
             t = time.perf_counter()
-            model.recommend(v["user_id"], 10, stream_id=v["stream_id"], now=now, **div)
+            # as the service asks it (no live state here): the stream's showcase only, the diversity settings
+            allowed = loaded.served.showcase.get(v["stream_id"]) if cfg.recommend_showcase_only else None
+            model.recommend(v["user_id"], 10, stream_id=v["stream_id"], now=now, allowed_idx=allowed, **div)
             if rnd:
                 model_us.append((time.perf_counter() - t) * 1e6)
         for k in range(n):

@@ -213,3 +213,22 @@ def test_the_history_cap_is_a_setting(monkeypatch):
     for bad in ("0", "-3", "10001", "many"):
         with pytest.raises(S.SettingsError, match="DAIHUO_RECOMMEND_MAX_HISTORY"):
             S.load({"DAIHUO_RECOMMEND_MAX_HISTORY": bad})
+
+
+def test_threads_sharing_the_scratch_pool_get_the_single_threaded_answers(world):
+    """The kernel's scratch sets come from one free list (``_kernels.rank_scratch``), not one per thread:
+    8 threads asking at once get exactly the answers one thread gets, and the pool stays small."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from shared.reco import _kernels
+
+    ev, items, m = world
+    reqs = [(u, s, kw) for u, s, kw in _requests(ev, items)][:400]
+    m.use_kernel = True
+    alone = [m.recommend(u, 10, stream_id=s, **kw) for u, s, kw in reqs]
+    with ThreadPoolExecutor(8) as pool:
+        together = list(pool.map(lambda r: m.recommend(r[0], 10, stream_id=r[1], **r[2]), reqs * 3))
+    for a, b in zip(alone * 3, together):
+        _same(a, b)
+    n = m.item_ids_.size
+    assert 1 <= len(_kernels._free_scratch.get(n, [])) <= 8

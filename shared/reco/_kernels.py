@@ -1094,23 +1094,34 @@ if HAVE_NUMBA:
         return top_items, top_F, top_meta, top_src, n_keep, work, h_idx, h_w
 
 
-_rank_scratch = None
+_free_scratch: dict[int, list] = {}  # catalogue size -> released scratch sets, most recently used last
+MAX_FREE_SCRATCH = 64
 
 
 def rank_scratch(n: int):
-    """Per-thread catalogue-size scratch of :func:`_rank_kernel` (reset by the kernel after each call):
+    """A catalogue-size scratch set of :func:`_rank_kernel` (reset by the kernel after each call):
     ``S`` (n x 8: the history parts, one row per item the request reaches, in first-touch order),
     ``U`` (n x 16: the viewer's rows, the room, the context parts, exclusions scattered by item), the
-    item -> row map ``slot`` (int32, -1: not reached) and its inverse ``touched``: 204 bytes per item
-    and serving thread."""
-    global _rank_scratch
-    if _rank_scratch is None:
-        _rank_scratch = threading.local()
-    sc = getattr(_rank_scratch, "arrays", None)
-    if sc is None or sc[0].shape[0] != n:
-        sc = (_aligned(n, 8), _aligned(n, 16), np.full(n, -1, dtype=np.int32), np.empty(n, dtype=np.int64))
-        _rank_scratch.arrays = sc
-    return sc
+    item -> row map ``slot`` (int32, -1: not reached) and its inverse ``touched``: 204 bytes per item.
+
+    Taken from a LIFO free list, not one per thread: the kernel holds the GIL, so a worker needs about
+    one set however many request threads it runs (one per thread was 8 x 10 MB at 50k items in a
+    functions-framework worker with 8 threads), and the set used last is the one most likely still in
+    the caches. Give it back with :func:`release_scratch` after a call that returned (a call that
+    raised leaves it dirty: it is dropped). ``list.pop`` / ``append`` are atomic: no lock."""
+    free = _free_scratch.get(n)
+    if free:
+        try:
+            return free.pop()
+        except IndexError:  # another thread took the last one meanwhile
+            pass
+    return (_aligned(n, 8), _aligned(n, 16), np.full(n, -1, dtype=np.int32), np.empty(n, dtype=np.int64))
+
+
+def release_scratch(sc) -> None:
+    free = _free_scratch.setdefault(sc[0].shape[0], [])
+    if len(free) < MAX_FREE_SCRATCH:
+        free.append(sc)
 
 
 def _aligned(n: int, cols: int) -> np.ndarray:
@@ -1120,11 +1131,14 @@ def _aligned(n: int, cols: int) -> np.ndarray:
     return buf[off : off + n * cols].reshape(n, cols)
 
 
-def rank_kernel(*args):
+def rank_kernel(*args, n: int):
     """The served ranker's request in one compiled pass (``shared.reco.ranker.RoomRanker.recommend``):
     the capped history's neighbours, the candidate pool, the 25 features, the head's linear score, the
     request's filters and a top-N heap. Returns ``(items, F, meta, src, n_keep, work)`` of the N best
     passing candidates (unordered), ``work`` = (neighbour entries gathered, items reached, candidates,
     history items scored) and the scored history (the viewer's strongest ``cap_h``, positive weights):
     its item positions and their weights."""
-    return _rank_kernel(*args)
+    sc = rank_scratch(n)
+    out = _rank_kernel(*args, *sc)
+    release_scratch(sc)
+    return out

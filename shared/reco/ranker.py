@@ -52,7 +52,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from ._core import csr_from_arrays, csr_to_arrays, gather_rows, str_array
-from ._kernels import HAVE_NUMBA, ITEM_COLS, RANK_FEATURES, pair_scores, rank_kernel, rank_scratch, user_scores
+from ._kernels import HAVE_NUMBA, ITEM_COLS, RANK_FEATURES, pair_scores, rank_kernel, user_scores
 from .event_types import ADD_TO_CART, POSITIVE_TYPES, PRODUCT_CLICK, PURCHASE, RANKER_ROOM_TYPES, ROOM_RECENT_KEYS
 from .hybrid import HybridRecommender
 from .interactions import _codes, build_user_items
@@ -1024,7 +1024,7 @@ class RoomRanker:
             scale,
             float(intercept),
             max(int(n_top), 0),
-            *rank_scratch(n),
+            n=n,  # the scratch: a catalogue-size set from the kernel's free list
         )
         self.last_work = work
         strategy = (
