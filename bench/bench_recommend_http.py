@@ -312,11 +312,20 @@ def fill_live(cfg, table, cat, users: list[str], streams: list[str], per_stream:
     return {"events": n_events, "seconds": time.perf_counter() - t0}
 
 
+def viewer_tokens(users) -> tuple[str, dict[str, str]]:
+    """A fresh Ed25519 key pair: its public key as ``DAIHUO_VIEWER_KEYS`` (set here, and returned for a
+    server's environment) and a token per user for the longest lifetime recommend accepts (900 s)."""
+    from shared import identity
+
+    private, public = identity.keygen()
+    keys = json.dumps({"kb": identity.b64url(public)})
+    os.environ["DAIHUO_VIEWER_KEYS"] = keys
+    return keys, {u: identity.mint(private, "kb", u, ttl_s=900) for u in users}
+
+
 def live_bench(args, tmp: Path, store, cat, users, streams) -> None:
-    import json as _json
 
     from devtools.emulators import start_bigtable
-    from shared import identity
     from shared.live import schema
     from shared.live.config import LiveConfig
     from shared.live.reader import LiveReader
@@ -335,10 +344,7 @@ def live_bench(args, tmp: Path, store, cat, users, streams) -> None:
             f"written by the live writer in {filled['seconds']:.1f}s (Bigtable emulator {emu.host})",
             flush=True,
         )
-        private, public = identity.keygen()
-        keys = _json.dumps({"kb": identity.b64url(public)})
-        os.environ["DAIHUO_VIEWER_KEYS"] = keys
-        tokens = {u: identity.mint(private, "kb", u, ttl_s=900) for u in users}
+        keys, tokens = viewer_tokens(users)
         rows = {}
         for name, source in (
             ("live OFF (anchor)", LiveSource(enabled=False)),

@@ -45,10 +45,9 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from bench_ingest import WRK_INSTALL, run_wrk, tree_cpu, write_requests  # noqa: E402
-from bench_recommend_http import synthetic  # noqa: E402
+from bench_recommend_http import synthetic, viewer_tokens  # noqa: E402
 
 from devtools import emulators  # noqa: E402
-from shared import identity  # noqa: E402
 from shared.adapters.storage import open_store  # noqa: E402
 
 AIM_IN_PROCESS_US = 200.0
@@ -296,12 +295,7 @@ def main(argv=None) -> int:
         f"median {np.median(h):.0f}, min {h.min()}, max {h.max()} distinct items",
         flush=True,
     )
-    private, public = identity.keygen()
-    keys = json.dumps({"kb": identity.b64url(public)})
-    os.environ["DAIHUO_VIEWER_KEYS"] = keys
-    tokens = {
-        v["user_id"]: identity.mint(private, "kb", v["user_id"], ttl_s=900) for v in viewers
-    }  # the longest lifetime accepted
+    keys, tokens = viewer_tokens(v["user_id"] for v in viewers)
     store = open_store(str(cache / "store"))
     ip = {}
     for kernel, what in (("0", "numpy path (anchor)"), ("1", "compiled kernel")):

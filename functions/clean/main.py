@@ -15,7 +15,7 @@ import json
 
 import functions_framework
 
-from shared import layout, runtime
+from shared import runtime
 from shared.log import get_logger
 from shared.pipeline import alerts, engine
 
@@ -33,11 +33,9 @@ def _ensure_charts(store) -> None:
     """A commit without them (the Beam / Dataflow engines, a store cleaned before they existed): rendered now.
     Never raises (the run is committed; the dashboard renders them on request meanwhile)."""
     try:
-        manifest, _ = layout.load_manifest(store)
-        if manifest.analytics.get("stream") and not manifest.get("charts"):
-            from shared.dashboard import prerender
+        from shared.dashboard import prerender
 
-            prerender.ensure_overview(store)
+        prerender.ensure_overview(store)  # reads the manifest; renders only when it names a stream table, no charts
     except Exception as exc:
         log.warning("charts not pre-rendered", extra={"error": f"{type(exc).__name__}: {exc}"})
 

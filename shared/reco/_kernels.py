@@ -752,7 +752,10 @@ if HAVE_NUMBA:
             pool = pool[:np_]
         cand = np.empty(pool.shape[0], dtype=np.int64)
         nc = 0
-        ns = nt  # rows given: the reached items, then the candidates no neighbour reached
+        # rows given: the reached items, then the candidates no neighbour reached. (Written out as in
+        # _gather_rows, not a shared helper: an inline="always" helper returning (row, count) measured
+        # 546 vs 298 µs per heavy request, bench_recommend_serve --model-dir, same world.)
+        ns = nt
         for q in range(pool.shape[0]):
             c = pool[q]
             s = slot[c]
