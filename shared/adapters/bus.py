@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from urllib.parse import quote
 
 DEFAULT_PROJECT = "daihuo-local"
 
@@ -130,26 +132,31 @@ class Bus:
 
     # -- publishing ----------------------------------------------------------------------------
     def _publish_call(self):
-        """The Publish RPC as one callable (built once): the generated client's own gRPC stub with
-        errors mapped to ``google.api_core`` exceptions, so ``Retry`` sees them as the client would.
+        """The Publish RPC (built once): ``(client, stub, request class, message class, metadata)``.
 
-        Only the generated (``google.pubsub_v1``) client is imported on the publishing path: it honours
-        ``PUBSUB_EMULATOR_HOST`` itself, and it costs a cold instance less than
-        ``google.cloud.pubsub_v1`` (batching, flow control, tracing), which only admin calls load."""
+        ``stub`` is a plain gRPC callable on the generated client's own channel (its credentials, or
+        the emulator's insecure channel: the generated ``google.pubsub_v1`` client honours
+        ``PUBSUB_EMULATOR_HOST`` itself), serialising the protobuf request and parsing the answer
+        with nothing in between: the client's interceptor chain and ``google.api_core``'s error and
+        retry wrappers cost ≈ 180 µs of CPU per RPC (measured against the emulator: ≈ 480 vs 300 µs
+        per single-message RPC), so they are only paid on the failure path (``_send``). Errors are
+        mapped to ``google.api_core`` exceptions there, so ``Retry`` sees them as the client would.
+
+        Only the generated client is imported on the publishing path: it costs a cold instance less
+        than ``google.cloud.pubsub_v1`` (batching, flow control, tracing), which only admin calls load."""
         if self._rpc is None:
             with self._lock:
                 if self._rpc is None:
-                    from google.api_core import grpc_helpers
                     from google.pubsub_v1 import PublisherClient
                     from google.pubsub_v1.types import pubsub
 
                     client = PublisherClient()
-                    self._rpc = (
-                        client,
-                        grpc_helpers.wrap_errors(client.transport.publish),
-                        pubsub.PublishRequest.pb(),
-                        pubsub.PubsubMessage.pb(),
+                    stub = client.transport.grpc_channel.unary_unary(
+                        "/google.pubsub.v1.Publisher/Publish",
+                        request_serializer=pubsub.PublishRequest.pb().SerializeToString,
+                        response_deserializer=pubsub.PublishResponse.pb().FromString,
                     )
+                    self._rpc = (client, stub, pubsub.PublishRequest.pb(), pubsub.PubsubMessage.pb())
         return self._rpc
 
     def publish_many(self, topic: str, messages: Iterable[tuple[bytes, dict[str, str]]]) -> list[str]:
@@ -234,38 +241,28 @@ class Bus:
             return {path: (q.rpcs, q.messages) for path, q in self._queues.items()}
 
     def _send(self, path: str, batch: list[_Group]) -> None:
-        """One Publish RPC for the groups of ``batch``; sets each group's ids or error, never raises."""
-        from google.api_core import exceptions as gexc
-        from google.api_core.gapic_v1.routing_header import to_grpc_metadata
-        from google.api_core.retry import Retry
+        """One Publish RPC for the groups of ``batch``; sets each group's ids or error, never raises.
+
+        The first attempt is the bare stub (``_publish_call``); only if it fails does the error go
+        through ``google.api_core``: mapped to its exception class and, when transient, retried with
+        backoff within what is left of ``publish_timeout_s``."""
+        import grpc  # (loaded by _publish_call already: a dictionary look-up)
 
         from shared.runtime import faults
 
         timeout = self.publish_timeout_s
-        retry = Retry(
-            initial=0.1,
-            maximum=1.0,
-            multiplier=2.0,
-            timeout=timeout,
-            predicate=lambda e: isinstance(
-                e,
-                (
-                    gexc.ServiceUnavailable,
-                    gexc.DeadlineExceeded,
-                    gexc.InternalServerError,
-                    gexc.Aborted,
-                    gexc.ResourceExhausted,
-                    gexc.Unknown,
-                ),
-            ),
-        )
         try:
-            _, call, request_pb, message_pb = self._publish_call()
+            _, stub, request_pb, message_pb = self._publish_call()
             request = request_pb(
                 topic=path, messages=[message_pb(data=d, attributes=a) for g in batch for d, a in g.messages]
             )
             faults.point("bus:publish", None, "before the Publish RPC")  # tests only (shared.runtime)
-            resp = retry(call)(request, timeout=timeout, metadata=(to_grpc_metadata((("topic", path),)),))
+            metadata = (("x-goog-request-params", "topic=" + quote(path, safe="/")),)
+            start = time.monotonic()
+            try:
+                resp = stub(request, timeout=timeout, metadata=metadata)
+            except grpc.RpcError as exc:
+                resp = self._retry(stub, request, metadata, exc, timeout - (time.monotonic() - start))
             ids = list(resp.message_ids)
             if len(ids) != len(request.messages):
                 raise BusUnavailable(f"Pub/Sub confirmed {len(ids)} of {len(request.messages)} messages")
@@ -282,6 +279,39 @@ class Bus:
         for g in batch:
             g.ids = ids[at : at + len(g.messages)]
             at += len(g.messages)
+
+    @staticmethod
+    def _retry(stub, request, metadata, first: Exception, left_s: float):
+        """After a failed first attempt: the error as a ``google.api_core`` exception, raised at once
+        unless it is transient; then retries (0.1 s doubling to 1 s) until ``left_s`` is spent."""
+        from google.api_core import exceptions as gexc
+        from google.api_core.retry import Retry
+
+        transient = (
+            gexc.ServiceUnavailable,
+            gexc.DeadlineExceeded,
+            gexc.InternalServerError,
+            gexc.Aborted,
+            gexc.ResourceExhausted,
+            gexc.Unknown,
+        )
+        err = gexc.from_grpc_error(first)
+        if not isinstance(err, transient) or left_s <= 0:
+            raise err from first
+        deadline = time.monotonic() + left_s
+
+        import grpc
+
+        def attempt():
+            try:
+                return stub(request, timeout=max(0.001, deadline - time.monotonic()), metadata=metadata)
+            except grpc.RpcError as exc:
+                raise gexc.from_grpc_error(exc) from exc
+
+        retry = Retry(
+            initial=0.1, maximum=1.0, multiplier=2.0, timeout=left_s, predicate=lambda e: isinstance(e, transient)
+        )
+        return retry(attempt)()
 
     def publish(self, topic: str, data: bytes, **attributes: str) -> str:
         return self.publish_many(topic, [(data, attributes)])[0]
