@@ -10,7 +10,7 @@ the same 2 cores measures itself (it turned a 15 ms p99 into 175 ms, issue #12).
 Scenarios, per server configuration (WORKERS x THREADS), each against ingest and then the anchor:
 
 * ``batch``: signed 500-event NDJSON bodies from the simulator (one stream per body, the realistic
-  type mix: 10 Pub/Sub messages each), closed loop, ``--connections`` connections, 2 wrk threads.
+  type mix: one Pub/Sub message each, 10 before 2026-12-03's grouping by stream), closed loop, ``--connections`` connections, 2 wrk threads.
   Requests/s, events/s, p50/p99 (from the send: closed loop).
 * ``single``: signed single-event bodies (200 different events), PACED at ``--rate`` requests/s by
   ``bench/wrk/ingest.lua`` (one connection per wrk thread, ``--paced-connections`` of them); latency
@@ -29,12 +29,13 @@ the function's processes, of the emulator and of wrk, so that a figure taken on 
 read as such. ``ingest CPU/event`` is the function's own CPU time per event (its processes only):
 the rate the instance would reach with both cores to itself is 2 / that (printed, marked derived).
 
-``--publish-compare`` first measures, in process against the emulator (8 threads, the 10 messages
-of a 500-event request), the publishing options of issue #12: what ``Bus.publish_many`` does now
-(group commit: callers arriving while an RPC is under way go out together in the next one), one RPC
-per request without that queue, the generated client's dict messages (before), the client's
-background batcher (``publish`` futures, awaited once per request) at 1 ms and 5 ms, and one message
-per request: requests/s, client CPU and emulator CPU per request.
+``--publish-compare`` first measures, in process against the emulator (8 threads, one 500-event
+request), the publishing options of issue #12: what ingest does now (one message per stream, through
+``Bus.publish_many``'s group commit: callers arriving while an RPC is under way go out together in the
+next one), the same request as 10 messages (one per type and stream, before 2026-12-03), and for those
+10 messages: one RPC per request without the queue, the generated client's dict messages, the
+client's background batcher (``publish`` futures, awaited once per request) at 1 ms and 5 ms:
+requests/s, client CPU and emulator CPU per request.
 
 Ends with ``RESULT`` lines (bench/run_all.py collects them).
 """
@@ -249,7 +250,15 @@ def publish_compare(bus: Bus, ps, body: bytes, rounds: int = 3, n: int = 300) ->
         groups.setdefault((e["type"], e["stream_id"]), []).append(line)
     attrs = {"platform": "douyin", "schema_version": "1", "encoding": "ndjson"}
     msgs = [(b"\n".join(v), {"type": t, "stream_id": s, "count": str(len(v)), **attrs}) for (t, s), v in groups.items()]
-    one = [(b"\n".join(d for d, _ in msgs), {"count": str(sum(len(v) for v in groups.values())), **attrs})]
+    from shared.ingest import _message  # what ingest publishes now: one message per stream
+
+    streams: dict[str, tuple[list[bytes], set[str]]] = {}
+    for line in body.splitlines():
+        e = orjson.loads(line)
+        g = streams.setdefault(e["stream_id"], ([], set()))
+        g[0].append(line)
+        g[1].add(e["type"])
+    one = [_message(s, lines, types, "douyin") for s, (lines, types) in streams.items()]
     path = topic_path(TOPIC, bus.project)
     gapic = bus._publish_call()[0]
     batchers = {
@@ -268,14 +277,14 @@ def publish_compare(bus: Bus, ps, body: bytes, rounds: int = 3, n: int = 300) ->
 
     solo = Bus(max_in_flight=1_000_000)  # every caller sends its own RPC at once: no group commit
     options = {
-        "Bus.publish_many (now): group commit, 2 RPCs in flight": lambda: bus.publish_many(TOPIC, msgs),
-        "one RPC per request (protobuf, no queue)": lambda: solo.publish_many(TOPIC, msgs),
-        "generated client, dict messages (before)": lambda: gapic.publish(
+        "now: 1 message per stream, group commit": lambda: bus.publish_many(TOPIC, one),
+        "10 messages (type x stream), group commit": lambda: bus.publish_many(TOPIC, msgs),
+        "10 messages, one RPC per request (no queue)": lambda: solo.publish_many(TOPIC, msgs),
+        "10 messages, generated client, dict messages": lambda: gapic.publish(
             topic=path, messages=[{"data": d, "attributes": a} for d, a in msgs], timeout=30
         ),
-        "client batcher, futures awaited per request, 1 ms": futures(0.001),
-        "client batcher, futures awaited per request, 5 ms": futures(0.005),
-        "one message per request, group commit": lambda: bus.publish_many(TOPIC, one),
+        "10 messages, client batcher, futures, 1 ms": futures(0.001),
+        "10 messages, client batcher, futures, 5 ms": futures(0.005),
     }
     got: dict[str, list[tuple[float, float, float]]] = {k: [] for k in options}
     pool = ThreadPoolExecutor(8)
@@ -341,8 +350,9 @@ def main(argv=None) -> int:
     body = batches[0]
     batch_events = body.count(b"\n")
     singles = [orjson.dumps(orjson.loads(line)) for line in batches[1].splitlines()[:200]]
-    n_msgs = len({(e["type"], e["stream_id"]) for e in map(orjson.loads, body.splitlines())})
-    print(f"batch body: {batch_events} events, {len(body)} bytes, {n_msgs} Pub/Sub messages")
+    n_msgs = len({e["stream_id"] for e in map(orjson.loads, body.splitlines())})
+    n_before = len({(e["type"], e["stream_id"]) for e in map(orjson.loads, body.splitlines())})
+    print(f"batch body: {batch_events} events, {len(body)} bytes, {n_msgs} Pub/Sub message(s) ({n_before} before)")
     print(f"in process, the handler alone: {inproc_cpu(body):.2f} us CPU per event (load {load1():.2f})")
     # the counting subscription retains every message of a run: give the emulator room
     os.environ.setdefault("JAVA_TOOL_OPTIONS", "-Xms256m -Xmx3g")
@@ -361,7 +371,9 @@ def main(argv=None) -> int:
             bus.ensure_subscription(COUNT_SUB, TOPIC, ack_deadline_s=10)
             if args.publish_compare:
                 results["publish_compare"] = publish_compare(bus, ps, body)
-                print(f"\npublishing options, in process, 8 threads, one 500-event request = {n_msgs} messages:")
+                print(
+                    f"\npublishing options, in process, 8 threads, one 500-event request ({n_msgs} or {n_before} messages):"
+                )
                 print(f"  {'option':52s} {'req/s':>7s} {'client CPU ms':>13s} {'emulator CPU ms':>15s}")
                 for name, rps, cpu, emu in results["publish_compare"]:
                     print(f"  {name:52s} {rps:7.0f} {cpu:13.2f} {emu:15.2f}")

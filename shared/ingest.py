@@ -19,11 +19,14 @@ Answers (the body is always JSON):
        which cleaning removes by ``event_id``
 =====  ==========================================================================================
 
-Message granularity: the accepted events of one request are grouped by ``(type, stream_id)`` and
-each group is published as ONE Pub/Sub message (NDJSON, one event per line) carrying the attributes
-``type``, ``stream_id``, ``platform``, ``count``, ``schema_version``, ``encoding``. Subscribers can
-still filter on type and stream; a 500-event batch becomes a handful of messages instead of 500,
-which is what lets one instance publish >100k events/s (see README, "Ingest benchmark").
+Message granularity: the accepted events of one request are grouped by ``stream_id`` (in request
+order) and each group is published as ONE Pub/Sub message (NDJSON, one event per line) carrying the
+attributes ``stream_id``, ``platform``, ``count``, ``schema_version``, ``encoding``, ``types`` (the
+distinct event types of the message, sorted, comma-separated) and ``type`` when the message holds one
+type only (every single-event request). A 500-event batch of one room is one message: the emulator's
+and the client's cost is per RPC and per byte, the live layer's per message (see README, "Ingest
+webhook"). Readers (archive, the live layer, the raw Cloud Storage subscription) read every line's own
+``type``; no subscription filters on the attributes.
 """
 
 from __future__ import annotations
@@ -178,6 +181,21 @@ def _dump_row(row: dict[str, Any]) -> bytes:
         return orjson.dumps({**row, "raw": raw_text, "raw_encoding": "json-text"})
 
 
+def _message(stream: str, lines: list[bytes], types: set[str], platform: str) -> tuple[bytes, dict[str, str]]:
+    """One Pub/Sub message: a stream's accepted lines of a request and their attributes."""
+    attributes = {
+        "stream_id": stream,
+        "platform": platform,
+        "count": str(len(lines)),
+        "schema_version": str(SCHEMA_VERSION),
+        "encoding": "ndjson",
+        "types": ",".join(sorted(types)),
+    }
+    if len(types) == 1:
+        (attributes["type"],) = types
+    return b"\n".join(lines), attributes
+
+
 def _iso_now(now: float) -> str:
     return datetime.fromtimestamp(now, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
@@ -243,7 +261,7 @@ class Ingestor:
 
         results: list[dict[str, Any]] = []
         quarantined: list[dict[str, Any]] = []
-        groups: dict[tuple[str, str], list[bytes]] = {}
+        groups: dict[str, tuple[list[bytes], set[str]]] = {}  # stream_id -> (lines, types)
         max_event_bytes, fast_check, dumps = cfg.max_event_bytes, contract_fast.check, orjson.dumps
         for i, item in enumerate(items):
             # the hot path: a record the compiled checks pass (the contract would accept it, see
@@ -255,7 +273,11 @@ class Ingestor:
                 except (TypeError, ValueError):  # defensive, as below
                     del item["received_at"]
                 else:
-                    groups.setdefault((item["type"], item.get("stream_id") or ""), []).append(line)
+                    group = groups.get(stream := item.get("stream_id") or "")
+                    if group is None:
+                        group = groups[stream] = ([], set())
+                    group[0].append(line)
+                    group[1].add(item["type"])
                     results.append({"index": i, "event_id": item["event_id"], "status": "accepted"})
                     continue
             event_id = item.get("event_id") if isinstance(item, dict) else None
@@ -281,7 +303,9 @@ class Ingestor:
                     except (TypeError, ValueError) as exc:  # defensive: a value orjson cannot write
                         reasons = [f"record: cannot be re-serialised ({exc})"]
                     else:
-                        groups.setdefault((record.type, getattr(record, "stream_id", "") or ""), []).append(line)
+                        group = groups.setdefault(getattr(record, "stream_id", "") or "", ([], set()))
+                        group[0].append(line)
+                        group[1].add(record.type)
                         results.append({"index": i, "event_id": event_id, "status": "accepted"})
                         continue
             if not isinstance(event_id, str):
@@ -304,20 +328,7 @@ class Ingestor:
             except Exception as exc:  # rows are serialised defensively (_dump_row): this is the store
                 return self._unavailable("storage", exc)
         if groups:
-            messages = [
-                (
-                    b"\n".join(lines),
-                    {
-                        "type": t,
-                        "stream_id": s,
-                        "platform": platform,
-                        "count": str(len(lines)),
-                        "schema_version": str(SCHEMA_VERSION),
-                        "encoding": "ndjson",
-                    },
-                )
-                for (t, s), lines in groups.items()
-            ]
+            messages = [_message(stream, lines, types, platform) for stream, (lines, types) in groups.items()]
             try:
                 self.bus.publish_many(cfg.topic, messages)
             except BusUnavailable as exc:

@@ -139,7 +139,7 @@ def test_host_events_are_archived_like_viewer_events(bus, sub, tmp_path):
         # a console clock 2 h ahead: partitioned by received_at, like a viewer event
         {**factories.host_event("showcase_update", ts="2026-11-27T22:00:00Z", change="sold_out"), **rec},
     ]
-    for h in host:  # one message per (type, stream), as ingest publishes them
+    for h in host:  # one message per (type, stream), as ingest published them until 2026-12-03
         bus.publish(topic, orjson.dumps(h), type=h["type"], stream_id=h["stream_id"])
     s = archive_batch(bus, store, acfg(name), now=NOW)
     assert s["events"] == 3 and s["partitions"] == 1

@@ -102,8 +102,8 @@ def test_single_event_is_published_with_attributes(ingest, bus):
     event, attrs = got[0]
     assert {k: event[k] for k in ev} == ev
     assert event["received_at"] == body["received_at"]
-    assert attrs["type"] == "add_to_cart" and attrs["stream_id"] == "s-1" and attrs["platform"] == "douyin"
-    assert attrs["count"] == "1"
+    assert attrs["type"] == attrs["types"] == "add_to_cart" and attrs["stream_id"] == "s-1"
+    assert attrs["platform"] == "douyin" and attrs["count"] == "1" and attrs["encoding"] == "ndjson"
 
 
 def test_array_batch_is_published_exactly(ingest, bus):
@@ -114,9 +114,13 @@ def test_array_batch_is_published_exactly(ingest, bus):
     assert r.json()["accepted"] == 500
     got = drain(bus, expect=500)
     assert sorted(e["event_id"] for e, _ in got) == sorted(e["event_id"] for e in events)
-    for event, attrs in got:  # every message is homogeneous in type and stream
-        assert attrs["type"] == event["type"] and attrs["stream_id"] == event["stream_id"]
-    assert r.json()["messages"] == len({(e["type"], e["stream_id"]) for e in events})
+    by_stream: dict[str, list[str]] = {}
+    for event, attrs in got:  # one message per stream, its types listed
+        assert attrs["stream_id"] == event["stream_id"] and event["type"] in attrs["types"].split(",")
+        by_stream.setdefault(event["stream_id"], []).append(event["event_id"])
+    assert r.json()["messages"] == len({e["stream_id"] for e in events}) == len(by_stream)
+    for stream, ids in by_stream.items():  # each stream's message keeps the request's order
+        assert ids == [e["event_id"] for e in events if e["stream_id"] == stream]
 
 
 def test_ndjson_batch_with_some_bad_events(ingest, bus):
@@ -172,12 +176,14 @@ def test_signed_host_events_are_accepted_and_published_like_viewer_events(ingest
     body = r.json()
     assert (body["accepted"], body["rejected"]) == (7, 1)
     assert body["results"][7]["reasons"] == ["price: Field required when change is 'price'"]
-    # grouped by (type, stream): the two showcase updates travel in one message
-    assert body["messages"] == 6
+    # grouped by stream: one message, the request's order, every type in `types`, no `type`
+    assert body["messages"] == 1
     got = drain(bus, expect=7)
-    assert sorted(e["event_id"] for e, _ in got) == sorted(e["event_id"] for e in host + [viewer])
+    assert [e["event_id"] for e, _ in got] == [e["event_id"] for e in host + [viewer]]
+    types = ",".join(sorted({e["type"] for e in host + [viewer]}))
     for event, attrs in got:
-        assert attrs["type"] == event["type"] and attrs["stream_id"] == "s-9" and attrs["platform"] == "douyin"
+        assert attrs["types"] == types and "type" not in attrs
+        assert attrs["stream_id"] == "s-9" and attrs["platform"] == "douyin" and attrs["count"] == "7"
         assert event["received_at"] == body["received_at"]
         if event["type"] != "product_click":
             assert "user_id" not in event

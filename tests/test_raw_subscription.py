@@ -36,8 +36,9 @@ def _lines(sim) -> list[bytes]:
 
 
 def _messages(lines: list[bytes], per_message: int = 40) -> list[bytes]:
-    """Pub/Sub message data as ingest publishes it: one message per (type, stream_id) group of a request,
-    NDJSON without a trailing newline (shared/ingest.py)."""
+    """Pub/Sub message data as ingest published it until 2026-12-03 (one message per (type, stream_id)
+    group of a request; now one per stream, shared/ingest.py): NDJSON without a trailing newline. The
+    writer and clean do not depend on the grouping."""
     groups: dict[tuple, list[bytes]] = defaultdict(list)
     for ln in lines:
         try:
