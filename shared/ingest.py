@@ -32,6 +32,7 @@ webhook"). Readers (archive, the live layer, the raw Cloud Storage subscription)
 from __future__ import annotations
 
 import gzip
+import threading
 import time
 import uuid
 from collections.abc import Mapping
@@ -200,12 +201,76 @@ def _iso_now(now: float) -> str:
     return datetime.fromtimestamp(now, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+class _Tally:
+    """What an instance accepted since its last ``ingested`` summary (``Ingestor._log``)."""
+
+    __slots__ = ("lock", "since", "counts")
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.since: float | None = None  # monotonic time of the last summary (None: none yet)
+        self.counts: dict[str, list[int]] = {}  # platform -> [requests, accepted, messages]
+
+
 class Ingestor:
-    def __init__(self, bus, store, config: IngestConfig | None = None, environ: Mapping[str, str] | None = None):
+    """The webhook's logic (``handle``); one per instance, shared by its threads.
+
+    Logging, ``log_every_s``: a request whose every event was accepted is not logged on its own (at
+    1,000 single-event requests/s that line was ≈ 7 % of the instance's CPU, py-spy); it is counted,
+    and the first such request ``log_every_s`` or more after the last summary writes one ``ingested``
+    line per platform with ``requests``, ``accepted``, ``rejected`` (0), ``messages`` and ``seconds``
+    (the span it covers; 0 for an instance's first request), so an instance that gets a request now and
+    then still logs each one. A request with any rejection is logged on its own at once (``requests``
+    1, ``seconds`` 0), its rejections quarantined with their reasons. The totals of an instance's last
+    ``log_every_s`` are not logged if it stops before its next request."""
+
+    def __init__(
+        self,
+        bus,
+        store,
+        config: IngestConfig | None = None,
+        environ: Mapping[str, str] | None = None,
+        *,
+        log_every_s: float = 10.0,
+    ):
         self.bus = bus
         self.store = store
         self.config = config or IngestConfig()
         self.environ = environ
+        self.log_every_s = log_every_s
+        self._tally = _Tally()
+
+    def _log(self, platform: str, accepted: int, rejected: int, messages: int) -> None:
+        if rejected:
+            extra = {"platform": platform, "requests": 1, "accepted": accepted, "rejected": rejected}
+            log.info("ingested", extra={**extra, "messages": messages, "seconds": 0.0})
+            return
+        t = self._tally
+        now = time.monotonic()
+        with t.lock:
+            c = t.counts.get(platform)
+            if c is None:
+                c = t.counts[platform] = [0, 0, 0]
+            c[0] += 1
+            c[1] += accepted
+            c[2] += messages
+            if t.since is not None and now - t.since < self.log_every_s:
+                return
+            counts, t.counts = t.counts, {}
+            seconds = 0.0 if t.since is None else round(now - t.since, 3)
+            t.since = now
+        for p, (requests, acc, msgs) in counts.items():
+            log.info(
+                "ingested",
+                extra={
+                    "platform": p,
+                    "requests": requests,
+                    "accepted": acc,
+                    "rejected": 0,
+                    "messages": msgs,
+                    "seconds": seconds,
+                },
+            )
 
     def _quarantine(self, rows: list[dict[str, Any]], received_at: str, now: float) -> str:
         from shared import layout
@@ -334,10 +399,7 @@ class Ingestor:
             except BusUnavailable as exc:
                 return self._unavailable("pubsub", exc)
         accepted = len(results) - len(quarantined)
-        log.info(
-            "ingested",
-            extra={"platform": platform, "accepted": accepted, "rejected": len(quarantined), "messages": len(groups)},
-        )
+        self._log(platform, accepted, len(quarantined), len(groups))
         return json_answer(
             200,
             {

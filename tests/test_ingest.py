@@ -488,3 +488,64 @@ def test_the_bench_refuses_to_print_figures_without_wrk(tmp_path):
     )
     assert out.returncode == 2
     assert "apt-get install wrk" in out.stderr and "RESULT" not in out.stdout
+
+
+def test_accepted_requests_are_logged_as_a_summary_rejections_at_once(bus, tmp_path):
+    """``Ingestor``'s log: the first request logs at once; fully accepted requests after it are counted
+    into one ``ingested`` line per platform per ``log_every_s``; a request with a rejection gets its own
+    line at once. In process, against the emulator (the function's stdout is the same JSON lines)."""
+    import logging
+
+    from shared.ingest import IngestConfig, Ingestor
+
+    lines: list[dict] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            if record.getMessage() == "ingested":
+                lines.append(
+                    {
+                        k: getattr(record, k)
+                        for k in ("platform", "requests", "accepted", "rejected", "messages", "seconds")
+                    }
+                )
+
+    keep = Keep()
+    logger = logging.getLogger("daihuo.ingest")
+    logger.addHandler(keep)
+    ing = Ingestor(
+        bus, open_store(str(tmp_path)), IngestConfig(), environ={"DAIHUO_SECRET_DOUYIN": SECRET}, log_every_s=0.5
+    )
+
+    def send(events):
+        body = orjson.dumps(events)
+        a = ing.handle("POST", signed_headers("douyin", SECRET, body), body, content_type="application/json")
+        assert a.status == 200, a.json
+        return a.json
+
+    try:
+        send([factories.event("like")])
+        assert lines == [
+            {"platform": "douyin", "requests": 1, "accepted": 1, "rejected": 0, "messages": 1, "seconds": 0.0}
+        ]
+        counted = [send(factories.batch(20)), send([factories.event("like")])]
+        assert len(lines) == 1  # counted, not logged
+        send([factories.event("like"), factories.event("superchat")])  # one rejection: logged at once
+        assert lines[1] == {
+            "platform": "douyin",
+            "requests": 1,
+            "accepted": 1,
+            "rejected": 1,
+            "messages": 1,
+            "seconds": 0.0,
+        }
+        time.sleep(0.6)
+        counted.append(send([factories.event("like")]))  # due: this one writes the summary
+        assert len(lines) == 3
+        summary = lines[2]
+        assert (summary["requests"], summary["accepted"], summary["rejected"]) == (3, 22, 0)
+        assert summary["messages"] == sum(a["messages"] for a in counted)
+        assert summary["seconds"] >= 0.5
+    finally:
+        logger.removeHandler(keep)
+    drain(bus)
