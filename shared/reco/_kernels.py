@@ -927,13 +927,16 @@ if HAVE_NUMBA:
                 cnt_a[q] = cnt
                 last_a[q] = last
                 gap = max(now_d - last, 0.0)
-                F[q, 2] = np.log1p(cnt)
+                # (log1p / exp only where the value is not 0: log1p(0) = 0 is F's initial value; most
+                # candidates have no purchase, cart or click of this viewer, and a call costs ~10 ns)
+                if cnt != 0:
+                    F[q, 2] = np.log1p(cnt)
                 if cnt > 0:
                     rate = item_f[c, 3]
                     tau = max(item_f[c, 4], 0.5)
                     x = max(gap, 0.25) / tau
                     F[q, 0] = 1.0
-                    F[q, 1] = rate * np.log1p(cnt)
+                    F[q, 1] = rate * F[q, 2]
                     F[q, 5] = rate * np.exp(-(np.log(x) ** 2) / (2 * 0.36))
                     F[q, 6] = 1.0 - rate
                     fr = max(0.0, 1.0 - x)
@@ -942,8 +945,10 @@ if HAVE_NUMBA:
                     F[q, 4] = user_repeat
                     if excl_purchased:
                         keep = False
-                F[q, 8] = np.log1p(cart)
-                F[q, 9] = np.log1p(click)
+                if cart != 0:
+                    F[q, 8] = np.log1p(cart)
+                if click != 0:
+                    F[q, 9] = np.log1p(click)
                 if tlast > 0:
                     F[q, 10] = np.exp(-max(now_d - tlast, 0.0) / 2.0)
                 if do_cat:
@@ -975,9 +980,9 @@ if HAVE_NUMBA:
             F[q, 15] = item_f[c, 1]
             F[q, 16] = item_f[c, 2]
             if has_room:
-                if bn_i.shape[0]:
+                if bn_i.shape[0] and U[c, 9] != 0:
                     F[q, 20] = np.log1p(U[c, 9])
-                if cn_i.shape[0]:
+                if cn_i.shape[0] and U[c, 10] != 0:
                     F[q, 21] = np.log1p(U[c, 10])
                 if sn_i.shape[0]:
                     F[q, 22] = U[c, 11] / shown_tot
@@ -991,8 +996,9 @@ if HAVE_NUMBA:
                         else:
                             hi_ = mid
                     rb = rb_v[lo_] if lo_ < rb_i.shape[0] and rb_i[lo_] == c else 0.0
-                    F[q, 17] = np.log1p(rb)
-                    F[q, 18] = rb / max(room_tot, 1.0)
+                    if rb != 0:
+                        F[q, 17] = np.log1p(rb)
+                        F[q, 18] = rb / max(room_tot, 1.0)
                 if rc_i.shape[0]:
                     lo_ = 0
                     hi_ = rc_i.shape[0]
@@ -1003,7 +1009,8 @@ if HAVE_NUMBA:
                         else:
                             hi_ = mid
                     rc = rc_v[lo_] if lo_ < rc_i.shape[0] and rc_i[lo_] == c else 0.0
-                    F[q, 19] = np.log1p(rc)
+                    if rc != 0:
+                        F[q, 19] = np.log1p(rc)
             if keep and U[c, 7] > 0:
                 keep = False
             if keep and use_cat and not cat_ok[cat_code[c]]:

@@ -1,0 +1,115 @@
+"""Choosing how many neighbours per history item a request gathers (the served recipe's CF top-N,
+``base.cf_params.neighbours``, and the text part's, ``base.content_params.neighbours``) on VALIDATION
+splits only, then showing the choice on the test split beside today's 100 / 50.
+
+    python bench/eval_neighbours.py                                  # repeat world, one evening, Ta Feng
+    python bench/eval_neighbours.py --configs 100/50,100/20,60/20 --worlds tafeng --max-queries 1000
+
+A request's kernel work is the capped history x (cf + content neighbours): 50 x (100 + 50) = 7,500
+entries at the default history cap, the part of a heavy viewer's request that is bound by memory (see
+docs/serving.md). The splits are ``bench/eval_history_cap.py``'s (each world's test split's training
+part split again by the same protocol); the rule: the cheapest config (fewest entries) within
+``--tolerance`` of the best validation NDCG@10 in every block; only then the test figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.eval_history_cap import BLOCKS, split
+from bench.eval_served import TAFENG, sim_frames
+from devtools.simulator import SimConfig
+from shared.reco import protocol as P
+from shared.reco.recipe import env_recipe, fit_recipe
+
+
+def log(*a):
+    print(*a, file=sys.stderr, flush=True)
+
+
+def recipe_of(cfg: tuple[int, int]) -> dict:
+    r = env_recipe()
+    base = dict(r["base"])
+    base["cf_params"] = {**base.get("cf_params", {}), "neighbours": cfg[0]}
+    base["content_params"] = {**(base.get("content_params") or {}), "neighbours": cfg[1]}
+    return {**r, "base": base}
+
+
+def ndcg(train, queries, items, ref, cfg: tuple[int, int]) -> float:
+    recipe = recipe_of(cfg)
+    name = f"n{cfg[0]}_{cfg[1]}"
+    r = P.RecommendRanker(lambda tr, it, rf: fit_recipe(tr, it, rf, recipe), name=name)
+    rep = P.evaluate(train, queries, items, [r], 10, reference_time=ref)
+    return float(rep["rankers"][name]["ndcg@10"])
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--worlds", default="repeat,evening,tafeng")
+    ap.add_argument("--configs", default="100/50,100/20,60/30,60/20,40/20", help="cf/content neighbours, first = today")
+    ap.add_argument("--max-queries", type=int, default=1500)
+    ap.add_argument("--tolerance", type=float, default=0.005, help="relative NDCG loss accepted for a cheaper config")
+    ap.add_argument("--tafeng", default=str(TAFENG))
+    ap.add_argument("--config", default=None, help="the config shown on the test split (default: the rule's)")
+    a = ap.parse_args(argv)
+    cfgs = [tuple(int(x) for x in c.split("/")) for c in a.configs.split(",")]
+    load0 = os.getloadavg()[0]
+    worlds = []
+    if "repeat" in a.worlds:
+        worlds.append(("repeat-world seed 0", *sim_frames(SimConfig.repeat_preset(seed=0))))
+    if "evening" in a.worlds:
+        cfg = SimConfig(seed=11, n_streams=12, n_users=3000, n_items=500, mean_viewers_per_stream=400)
+        worlds.append(("one-evening world seed 11", *sim_frames(cfg)))
+    if "tafeng" in a.worlds and Path(a.tafeng).exists():
+        worlds.append(("Ta Feng", *P.load_interactions(a.tafeng, fmt="tafeng")))
+    rows = []
+    for name, ev, items in worlds:
+        has_stream = "stream_id" in ev and ev["stream_id"].notna().any()
+        for block, ins in BLOCKS:
+            if ins and not has_stream:
+                continue
+            test = split(ev, items, block, ins, a.max_queries)
+            val = split(test.train, items, block, ins, a.max_queries)
+            if len(val.queries) < 20 or len(test.queries) < 20:
+                log(f"{name} {block}: too few queries, skipped")
+                continue
+            rows.append((name, block, test, val, items))
+    label = [f"{c[0]}/{c[1]}" for c in cfgs]
+    print(f"validation NDCG@10 by cf/content neighbours (load average {load0:.2f}, 2 cores):")
+    print(f"  {'world':28s} {'block':12s} " + " ".join(f"{x:>8s}" for x in label) + "  queries")
+    val_scores = {}
+    for name, block, _test, val, items in rows:
+        t = time.perf_counter()
+        sc = [ndcg(val.train, val.queries, items, val.reference_time, c) for c in cfgs]
+        val_scores[(name, block)] = sc
+        print(
+            f"  {name:28s} {block:12s} " + " ".join(f"{v:8.4f}" for v in sc) + f"  {len(val.queries)}"
+            f"  ({time.perf_counter() - t:.0f}s)",
+            flush=True,
+        )
+    ok = [k for k in range(len(cfgs)) if all(sc[k] >= max(sc) * (1 - a.tolerance) for sc in val_scores.values())]
+    rule = min(ok, key=lambda k: (sum(cfgs[k]), k)) if ok else 0
+    print(f"cheapest config within {a.tolerance:.1%} of the best validation NDCG in every block: {label[rule]}")
+    chosen = tuple(int(x) for x in a.config.split("/")) if a.config else cfgs[rule]
+    print(f"shown on the test split: {chosen[0]}/{chosen[1]}")
+    print("test NDCG@10 (after the choice):")
+    for name, block, test, _val, items in rows:
+        base = ndcg(test.train, test.queries, items, test.reference_time, cfgs[0])
+        got = ndcg(test.train, test.queries, items, test.reference_time, chosen) if chosen != cfgs[0] else base
+        print(
+            f"  {name:28s} {block:12s} {label[0]} {base:.4f}  {chosen[0]}/{chosen[1]} {got:.4f}"
+            f"  ({len(test.queries)} queries)",
+            flush=True,
+        )
+    print(f"load average before / after: {load0:.2f} / {os.getloadavg()[0]:.2f} (2 cores)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
