@@ -183,7 +183,7 @@ class Settings(_Base):
         "the model's; none known: not restricted, said in `note`); a request's `showcase_only` overrides",
     )
     recommend_max_history: int = _f(
-        50,
+        30,
         "recommend and train: a viewer's strongest history items (time-decayed affinity) that score a request; "
         "bounds its cost (train fits the ranker on the same cap)",
     )

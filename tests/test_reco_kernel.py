@@ -208,7 +208,7 @@ def test_the_history_cap_is_a_setting(monkeypatch):
     monkeypatch.setenv("DAIHUO_RECOMMEND_MAX_HISTORY", "7")
     ev, items = cycle_world(40, 60)
     assert fit_recipe(ev, items, ev["ts"].max()).max_history == 7
-    assert S.load({}).recommend_max_history == 50
+    assert S.load({}).recommend_max_history == 30
     assert S.load({"DAIHUO_RECOMMEND_MAX_HISTORY": "20"}).recommend_max_history == 20
     for bad in ("0", "-3", "10001", "many"):
         with pytest.raises(S.SettingsError, match="DAIHUO_RECOMMEND_MAX_HISTORY"):

@@ -48,7 +48,11 @@ __all__ = ["DEFAULT_RECIPE", "env_recipe", "fit_recipe", "merge_recipe", "label_
 DEFAULT_RECIPE: dict[str, Any] = {
     "base": {
         "cf": "ease",
-        "cf_params": {"lam": 200.0, "neighbours": 100},
+        # neighbours kept per item (CF 50, text 20; were 100 and 50): a heavy viewer's request gathers
+        # cap x (50 + 20) entries instead of cap x 150, chosen on validation splits only
+        # (bench/eval_neighbours.py, docs/serving.md "Fewer neighbours")
+        "cf_params": {"lam": 200.0, "neighbours": 50},
+        "content_params": {"neighbours": 20},
         "content_weight": 0.1,
         "popularity_weight": 0.2,
     },
