@@ -66,7 +66,12 @@ def load() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
-MODEL_CODE = ("shared/reco", "shared/serving", "shared/action_weights.py", "shared/settings.py")  # what the model depends on
+MODEL_CODE = (
+    "shared/reco",
+    "shared/serving",
+    "shared/action_weights.py",
+    "shared/settings.py",
+)  # what the model depends on
 
 
 def tree_hash(paths=MODEL_CODE) -> str:
