@@ -450,3 +450,67 @@ def test_room_from_codes_is_the_room_from_dicts(tmp_path):
         w = want[0] if key == "purchase" else want[1] if key == "product_click" else want[3][idx]
         assert got[key][1].tolist() == w[0].tolist() and got[key][2].tolist() == w[1].tolist()
         assert got[key][1].dtype == w[0].dtype and got[key][2].dtype == w[1].dtype
+
+
+def _plain(x):
+    """A query's fields with arrays as lists (comparable with ==)."""
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    if isinstance(x, dict):
+        return {k: _plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_plain(v) for v in x]
+    return x
+
+
+def _same_queries(a, b) -> bool:
+    import dataclasses
+
+    return [_plain(dataclasses.astuple(q)) for q in a] == [_plain(dataclasses.astuple(q)) for q in b]
+
+
+def test_shared_split_events_give_the_same_splits(tmp_path):
+    """make_split(..., shared=SplitEvents(ev)) answers what make_split(ev, ...) answers, for every
+    protocol the gate asks at one cut (and leave-last, which is not memoised by cut); the blocks of one
+    cut share one training frame, so the baselines' index and item-kNN are built once per target."""
+    f = _live_csv(tmp_path / "live.csv", n_users=80, n_streams=8)
+    ev, _ = P.load_interactions(f, user_col="viewer", item_col="sku", time_col="when", type_col="action")
+    shared = P.SplitEvents(ev)
+    cut = None
+    trains = []
+    for ins, target, variant in [
+        (True, "purchase", "all"),
+        (True, "purchase", "new"),
+        (False, "purchase", "all"),
+        (True, "cart", "all"),
+    ]:
+        kw = dict(split="global-time", in_stream=ins, target=target, variant=variant, test_frac=0.3, cut_at=cut)
+        a, b = P.make_split(ev, **kw), P.make_split(ev, shared=shared, **kw)
+        cut = cut or a.reference_time
+        assert a.queries and _same_queries(a.queries, b.queries)
+        assert a.info == b.info and a.reference_time == b.reference_time
+        pd.testing.assert_frame_equal(a.train, b.train)
+        trains.append(b.train)
+    assert all(t is trains[0] for t in trains)
+    a, b = P.make_split(ev, split="leave-last"), P.make_split(ev, split="leave-last", shared=shared)
+    assert a.queries and _same_queries(a.queries, b.queries)
+    pd.testing.assert_frame_equal(a.train, b.train)
+    with pytest.raises(ValueError, match="another frame"):
+        P.make_split(ev.copy(), split="global-time", shared=shared)
+    # the room baselines order a room from its codes as from its dicts
+    import dataclasses
+
+    s = P.make_split(ev, in_stream=True, test_frac=0.3, shared=shared)
+    plain = [dataclasses.replace(q, room_codes=None) for q in s.queries]
+    assert any(q.room_codes[1]["purchase"][0].size for q in s.queries)
+    for r in (P.StreamBestsellers(), P.OwnThenStream()):
+        r.fit(s.train, None, s.reference_time)
+        assert r.rank(s.queries, 10) == r.rank(plain, 10)
+    # item-kNN is fitted once per training index and ranks as a fresh fit does
+    s = P.make_split(ev, split="global-time", test_frac=0.3, shared=shared)
+    one = P.ItemKNNRanker().fit(s.train, None, s.reference_time)
+    two = P.ItemKNNRanker().fit(s.train, None, s.reference_time)
+    assert two.W is one.W
+    P._TrainIndex._cache.clear()
+    fresh = P.ItemKNNRanker().fit(s.train.copy(), None, s.reference_time)
+    assert fresh.W is not one.W and fresh.rank(s.queries, 10) == one.rank(s.queries, 10)

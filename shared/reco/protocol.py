@@ -24,6 +24,7 @@ See docs/evaluation.md for the protocol definitions.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -49,6 +50,7 @@ from .rebuy import ts_ns, ts_ns1
 from .roomlog import RoomLog
 
 __all__ = [
+    "SplitEvents",
     "ColumnError",
     "TARGETS",
     "Query",
@@ -403,6 +405,28 @@ def _type_codes(col: pd.Series, types: Sequence[str]) -> np.ndarray:
     return idx.get_indexer(col.to_numpy(dtype=object)).astype(np.int64)
 
 
+class SplitEvents:
+    """What ``make_split`` derives from one events frame whatever the protocol (the frame's codes, the
+    training part and history of a time cut, the showcases, the room log, a query's room), kept for
+    the next split of the SAME frame: the gate makes five splits of one frame at one cut, each then
+    reuses the codes, the training frame (one object: the baselines' per-frame index is built once
+    per target) and the rooms of the queries they share. ``make_split(events, ..., shared=SplitEvents(events))``
+    answers exactly what ``make_split(events, ...)`` answers; the frame must not change in between."""
+
+    def __init__(self, events: pd.DataFrame):
+        self.events = events
+        self._memo: dict[Any, Any] = {}
+
+    def get(self, key, make: Callable[[], Any]) -> Any:
+        if key not in self._memo:
+            self._memo[key] = make()
+        return self._memo[key]
+
+
+def _no_memo(key, make: Callable[[], Any]) -> Any:
+    return make()
+
+
 def _md5_order(keys: Sequence[str]) -> np.ndarray:
     h = np.array([int(hashlib.md5(k.encode()).hexdigest()[:15], 16) for k in keys], dtype=np.int64)
     return np.argsort(h, kind="stable")
@@ -421,6 +445,7 @@ def make_split(
     max_queries: int | None = 5000,
     min_history: int | None = None,
     cut_at: pd.Timestamp | None = None,
+    shared: SplitEvents | None = None,
 ) -> Split:
     """Training events + queries for one protocol (see docs/evaluation.md).
 
@@ -432,7 +457,8 @@ def make_split(
     queries need at least this many training touch events of the user (default 1; 0 in-stream).
     ``max_queries``: deterministic sample by md5 of the query key.  ``cut_at``: the global-time /
     in-stream cut given (e.g. another target's, so that several blocks share one training part)
-    instead of the target's quantile."""
+    instead of the target's quantile. ``shared``: a ``SplitEvents`` of ``events`` kept across calls
+    (the same answer, the common work done once)."""
     if target not in TARGETS:
         raise ValueError(f"target must be one of {list(TARGETS)}, got {target!r}")
     if variant not in ("all", "new"):
@@ -446,14 +472,21 @@ def make_split(
         raise ValueError("in-stream protocol needs a stream_id column")
     if min_history is None:
         min_history = 0 if in_stream else 1
-    ev = events.reset_index(drop=True)
+    if shared is not None and shared.events is not events:
+        raise ValueError("shared: a SplitEvents of another frame")
+    memo = shared.get if shared is not None else _no_memo
+    ev = memo("ev", lambda: events.reset_index(drop=True))
     n = len(ev)
-    ts = ts_ns(ev["ts"])
-    ucodes, uids = pd.factorize(ev["user_id"])
-    is_tgt = (ev["type"].isin(TARGETS[target]).to_numpy() if "type" in ev else np.ones(n, bool)) & ev[
-        "item_id"
-    ].notna().to_numpy()
-    touch = touch_mask(ev)
+    ts = memo("ts", lambda: ts_ns(ev["ts"]))
+    ucodes, uids = memo("users", lambda: pd.factorize(ev["user_id"]))
+    is_tgt = memo(
+        ("target", target),
+        lambda: (
+            (ev["type"].isin(TARGETS[target]).to_numpy() if "type" in ev else np.ones(n, bool))
+            & ev["item_id"].notna().to_numpy()
+        ),
+    )
+    touch = memo("touch", lambda: touch_mask(ev))
     if not is_tgt.any():
         raise ValueError(f"no {target} events ({TARGETS[target]}) in the data")
     tgt_idx = np.flatnonzero(is_tgt)
@@ -474,7 +507,7 @@ def make_split(
         ref = _stamp(cut)
     if in_stream:
         test_rows = test_rows[ev["stream_id"].to_numpy(dtype=object)[test_rows] != None]  # noqa: E711
-        scodes, sids = pd.factorize(ev["stream_id"])
+        scodes, sids = memo("streams", lambda: pd.factorize(ev["stream_id"]))
         qk = ucodes[test_rows].astype(np.int64) * (len(sids) + 1) + scodes[test_rows]
         qkeys, qinv = np.unique(qk, return_inverse=True)
         q_user = (qkeys // (len(sids) + 1)).astype(np.int64)
@@ -509,15 +542,24 @@ def make_split(
             q_stream = np.full(q_user.size, -1)
             rel_i = basket
             ref = _stamp(int(ts[train_mask].max())) if train_mask.any() else _stamp(int(ts.max()))
-    train = ev[train_mask].reset_index(drop=True)
+    # a time cut's training part, history and the rooms depend on the cut only (leave-last's on more)
+    part = ("cut", cut, end) if (in_stream or split == "global-time") else ("own", id(train_mask))
+    pmemo = memo if part[0] == "cut" else _no_memo
+    train = pmemo((part, "train"), lambda: ev[train_mask].reset_index(drop=True))
     info["train_events"] = int(train_mask.sum())
 
     # training history per user (touch events in train) as sorted (user, item) keys
-    icodes, iids = pd.factorize(ev["item_id"])
+    icodes, iids = memo("items", lambda: pd.factorize(ev["item_id"]))
     ni = len(iids) + 1
-    tr_touch = train_mask & touch & (icodes >= 0)
-    hist_keys = np.unique(ucodes[tr_touch].astype(np.int64) * ni + icodes[tr_touch])
-    n_hist = np.bincount(ucodes[tr_touch], minlength=len(uids))
+
+    def history() -> tuple[np.ndarray, np.ndarray]:
+        tr_touch = train_mask & touch & (icodes >= 0)
+        return (
+            np.unique(ucodes[tr_touch].astype(np.int64) * ni + icodes[tr_touch]),
+            np.bincount(ucodes[tr_touch], minlength=len(uids)),
+        )
+
+    hist_keys, n_hist = pmemo((part, "history"), history)
     # relevant (query, item) pairs, unique
     pairs = np.unique(rel_q.astype(np.int64) * ni + icodes[rel_i])
     pq, pi = pairs // ni, pairs % ni
@@ -549,23 +591,34 @@ def make_split(
     rooms: dict[int, dict] = {}
     room_codes: dict[int, tuple] = {}
     if in_stream:
-        sc_all = ev.loc[(scodes >= 0) & (icodes >= 0), ["stream_id", "item_id"]].drop_duplicates()
-        extra: dict[str, list] = {}
-        if items is not None and "stream_ids" in items:
-            for it, ss in zip(items["item_id"], items["stream_ids"]):
-                for s_ in ss if ss is not None else ():
-                    extra.setdefault(str(s_), []).append(str(it))
-        for s_, grp in sc_all.groupby("stream_id", sort=False)["item_id"]:
-            showcase[int(sids.get_loc(s_))] = np.asarray(
-                pd.unique(pd.concat([grp, pd.Series(extra.get(s_, []), dtype=object)])), dtype=object
-            )
-        # rooms: per stream, typed events sorted by ts; a query's room = the prefix before its entry
-        # (RoomLog: one slice per (type, stream), counted over the stream's items)
-        tcode = _type_codes(ev["type"], QUERY_ROOM_TYPES)
-        rr = np.flatnonzero((scodes >= 0) & (icodes >= 0) & (tcode >= 0))
-        log = RoomLog(scodes[rr], ts[rr], icodes[rr], tcode[rr], len(sids), len(QUERY_ROOM_TYPES))
-        for q in chosen:
-            s_, tq = int(q_stream[q]), int(q_ts[q])
+
+        def showcases() -> dict[int, np.ndarray]:
+            out: dict[int, np.ndarray] = {}
+            sc_all = ev.loc[(scodes >= 0) & (icodes >= 0), ["stream_id", "item_id"]].drop_duplicates()
+            extra: dict[str, list] = {}
+            if items is not None and "stream_ids" in items:
+                for it, ss in zip(items["item_id"], items["stream_ids"]):
+                    for s_ in ss if ss is not None else ():
+                        extra.setdefault(str(s_), []).append(str(it))
+            for s_, grp in sc_all.groupby("stream_id", sort=False)["item_id"]:
+                out[int(sids.get_loc(s_))] = np.asarray(
+                    pd.unique(pd.concat([grp, pd.Series(extra.get(s_, []), dtype=object)])), dtype=object
+                )
+            return out
+
+        # (the items frame is part of the key: a showcase adds the catalogue's stream_ids)
+        showcase = memo(("showcases", id(items)), showcases)
+
+        def room_log() -> RoomLog:
+            # rooms: per stream, typed events sorted by ts; a query's room = the prefix before its entry
+            # (RoomLog: one slice per (type, stream), counted over the stream's items)
+            tcode = _type_codes(ev["type"], QUERY_ROOM_TYPES)
+            rr = np.flatnonzero((scodes >= 0) & (icodes >= 0) & (tcode >= 0))
+            return RoomLog(scodes[rr], ts[rr], icodes[rr], tcode[rr], len(sids), len(QUERY_ROOM_TYPES))
+
+        log = memo("room_log", room_log)
+
+        def one_room(s_: int, tq: int) -> tuple[dict, dict]:
             room, codes = {}, {}
             for k_, name in enumerate(QUERY_ROOM_TYPES):
                 u_, c_ = codes[name] = log.counts(k_, s_, None, tq)
@@ -574,6 +627,11 @@ def make_split(
                 key = room_key(name, minutes)
                 u_, c_ = codes[key] = log.counts(QUERY_ROOM_TYPES.index(name), s_, tq - minutes * 60 * 10**9, tq)
                 room[key] = dict(zip(iid_arr[u_].tolist(), c_.tolist()))
+            return room, codes
+
+        for q in chosen:
+            s_, tq = int(q_stream[q]), int(q_ts[q])
+            room, codes = memo(("room", s_, tq), functools.partial(one_room, s_, tq))
             rooms[int(q)] = room
             room_codes[int(q)] = (iid_arr, codes)
 
@@ -632,6 +690,7 @@ class _TrainIndex:
 
     def __init__(self, train: pd.DataFrame, reference_time, target_types):
         self.train, self.ref, self.target_types = train, reference_time, target_types
+        self.knn: dict[tuple, tuple] = {}  # (similarity, neighbours) -> ItemKNNRanker's fit on X
         ev = train[train["item_id"].notna()]
         u, self.user_index = pd.factorize(ev["user_id"])
         i, items = pd.factorize(ev["item_id"])
@@ -719,6 +778,14 @@ class _BaseRanker(Ranker):
         self._sc_cache: dict = {}
         return self
 
+    def split_positions(self, ids: np.ndarray) -> np.ndarray:
+        """A split's item ids (``Query.room_codes[0]``) -> positions in the training index (-1: unknown),
+        mapped once per ids array."""
+        hit = getattr(self, "_split_pos", None)
+        if hit is None or hit[0] is not ids:
+            hit = self._split_pos = (ids, self.t.item_index.get_indexer(np.asarray(ids, dtype=object)))
+        return hit[1]
+
     def _showcase(self, allowed: np.ndarray):
         key = id(allowed)
         hit = self._sc_cache.get(key)
@@ -769,6 +836,17 @@ class ShowcasePopularity(_BaseRanker):
 
 
 def _room_order(q: Query, ranker: _BaseRanker) -> list[str]:
+    """The room's items by purchases so far, ties by global popularity, then by id code order."""
+    if q.room_codes is not None and PURCHASE in q.room_codes[1]:
+        # the same order from the split's codes (ascending, as the dict's keys): no per-id lookups
+        ids, codes = q.room_codes
+        u, cnt = codes[PURCHASE]
+        if not len(u):
+            return []
+        n = len(ranker.t.item_ids)
+        p = ranker.split_positions(ids)[u]
+        pk = np.where(p >= 0, ranker.t.pop_rank[np.maximum(p, 0)] if n else 0, n)
+        return ids[u[np.lexsort((pk, -np.asarray(cnt, dtype=np.float64)))]].tolist()
     counts = (q.room or {}).get(PURCHASE) or {}
     if not counts:
         return []
@@ -827,8 +905,13 @@ class ItemKNNRanker(_BaseRanker):
         super().fit(train_events, items, reference_time)
         from .itemknn import ItemItemCF
 
-        self.cf = ItemItemCF(similarity=self.similarity, neighbours=self.neighbours).fit(self.t.X.astype(np.float32))
-        self.W = sp.csr_matrix(self.cf.W_, dtype=np.float64)
+        # fitted once per training index (the blocks of one training part share it: same X, same W)
+        key = (self.similarity, self.neighbours)
+        hit = self.t.knn.get(key)
+        if hit is None:
+            cf = ItemItemCF(similarity=self.similarity, neighbours=self.neighbours).fit(self.t.X.astype(np.float32))
+            hit = self.t.knn[key] = (cf, sp.csr_matrix(cf.W_, dtype=np.float64))
+        self.cf, self.W = hit
         return self
 
     def rank(self, queries, k):
@@ -906,6 +989,8 @@ class RecommendRanker(Ranker):
         positions, keys = getattr(m, "item_positions", None), getattr(m, "room_keys", None)
         maps: dict[int, tuple[Any, np.ndarray]] = {}
 
+        done: dict[int, tuple[dict, dict]] = {}  # a room shared by queries (the split's memo): converted once
+
         def room(q: Query):
             if q.room_codes is None or positions is None or keys is None:
                 return q.room
@@ -913,7 +998,10 @@ class RecommendRanker(Ranker):
             hit = maps.get(id(ids))
             if hit is None or hit[0] is not ids:
                 hit = maps[id(ids)] = (ids, positions(ids))
-            return _room_positions(hit[1], codes, keys)
+            got = done.get(id(codes))
+            if got is None or got[0] is not codes:
+                got = done[id(codes)] = (codes, _room_positions(hit[1], codes, keys))
+            return got[1]
 
         def allowed(q: Query) -> dict[str, Any]:
             if q.allowed is None or conv is None:

@@ -196,13 +196,18 @@ def label_queries(
         )
         grp = pairs.groupby(["u", "s"])
         keys = list(grp.groups.keys())
+        # each (viewer, stream)'s rows as one slice (group numbers follow the keys' sorted order)
+        ng = grp.ngroup().to_numpy()
+        by = np.argsort(ng, kind="stable")
+        ptr = np.searchsorted(ng[by], np.arange(len(keys) + 1))
+        p_t, p_i = pairs["t"].to_numpy()[by], pairs["i"].to_numpy()[by]
         pick = _md5_first([f"{a}|{b}" for a, b in keys], max_queries)
         sel = [keys[k] for k in pick.tolist()]
         times = [pd.Timestamp(int(entry.get(key, pairs["t"].min())), tz="UTC") for key in sel]
         rooms = room_so_far(ts_all, [(s, t) for (_, s), t in zip(sel, times)], item_index)
-        for (uu, ss), t, room in zip(sel, times, rooms):
-            g = grp.get_group((uu, ss))
-            r = set(g.loc[g["t"] >= ts_ns1(t), "i"])
+        for k, (uu, ss), t, room in zip(pick.tolist(), sel, times, rooms):
+            a, b = ptr[k], ptr[k + 1]
+            r = set(p_i[a:b][p_t[a:b] >= ts_ns1(t)].tolist())
             if not r:
                 continue
             queries.append(

@@ -141,6 +141,7 @@ def evaluate_candidate(
             _Fitted("current", candidate, cand._cache) if current_is_candidate else _Fitted("current", current)
         )
     blocks: dict[str, Any] = {}
+    shared = P.SplitEvents(events)  # the splits' common work (codes, training part, rooms) done once
     # one holdout cut for every block (the first split's: the purchase quantile): one training part,
     # so the candidate (and the current model) is fitted once per gate, not once per target
     shared_cut: pd.Timestamp | None = None
@@ -160,6 +161,7 @@ def evaluate_candidate(
                 items=items,
                 max_queries=max_queries,
                 cut_at=shared_cut,
+                shared=shared,
             )
         except ValueError as exc:  # no events of that target
             blocks[name] = {"skipped": str(exc)}
