@@ -1,5 +1,6 @@
 """Choosing how many neighbours per history item a request gathers (the served recipe's CF top-N,
-``base.cf_params.neighbours``, and the text part's, ``base.content_params.neighbours``) on VALIDATION
+``base.cf_params.neighbours`` / ``fallback_neighbours`` — EASE's pruned rows up to 10k items, the cosine
+fallback's above —, and the text part's, ``base.content_params.neighbours``) on VALIDATION
 splits only, then showing the choice on the test split beside today's 100 / 50.
 
     python bench/eval_neighbours.py                                  # repeat world, one evening, Ta Feng
@@ -56,7 +57,9 @@ def recipe_of(cfg: tuple[int, int, int | None]) -> dict:
     if cfg[2]:
         r["max_history"] = cfg[2]
     base = dict(r["base"])
-    base["cf_params"] = {**base.get("cf_params", {}), "neighbours": cfg[0]}
+    # the CF part's top-N: EASE's pruned rows up to max_dense_items, the cosine fallback's above (Ta Feng,
+    # the 50k-item bench world): both set
+    base["cf_params"] = {**base.get("cf_params", {}), "neighbours": cfg[0], "fallback_neighbours": cfg[0]}
     base["content_params"] = {**(base.get("content_params") or {}), "neighbours": cfg[1]}
     return {**r, "base": base}
 

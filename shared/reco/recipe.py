@@ -48,10 +48,10 @@ __all__ = ["DEFAULT_RECIPE", "env_recipe", "fit_recipe", "merge_recipe", "label_
 DEFAULT_RECIPE: dict[str, Any] = {
     "base": {
         "cf": "ease",
-        # neighbours kept per item (CF 50, text 20; were 100 and 50): a heavy viewer's request gathers
-        # cap x (50 + 20) entries instead of cap x 150, chosen on validation splits only
-        # (bench/eval_neighbours.py, docs/serving.md "Fewer neighbours")
-        "cf_params": {"lam": 200.0, "neighbours": 50},
+        # neighbours kept per item, chosen on validation splits only (bench/eval_neighbours.py, docs/serving.md
+        # "Fewer neighbours"): CF 50 (were 100: EASE's pruned rows up to max_dense_items = 10k items, the
+        # cosine fallback's above), text 20 (was 50)
+        "cf_params": {"lam": 200.0, "neighbours": 50, "fallback_neighbours": 50},
         "content_params": {"neighbours": 20},
         "content_weight": 0.1,
         "popularity_weight": 0.2,
