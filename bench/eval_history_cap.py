@@ -47,6 +47,33 @@ def split(ev, items, block, ins, max_queries):
     return P.make_split(ev, split="global-time" if ins else block, in_stream=ins, items=items, max_queries=max_queries)
 
 
+def split_rows(worlds_arg: str, tafeng: str, max_queries: int) -> list[tuple]:
+    """``(world, block, test split, validation split, items)`` per world named in ``worlds_arg`` (repeat,
+    evening, tafeng) and block: the test split as ``bench/eval_served.py`` makes it, its training part
+    split again by the same protocol; blocks with fewer than 20 queries are skipped (said on stderr)."""
+    worlds = []
+    if "repeat" in worlds_arg:
+        worlds.append(("repeat-world seed 0", *sim_frames(SimConfig.repeat_preset(seed=0))))
+    if "evening" in worlds_arg:
+        cfg = SimConfig(seed=11, n_streams=12, n_users=3000, n_items=500, mean_viewers_per_stream=400)
+        worlds.append(("one-evening world seed 11", *sim_frames(cfg)))
+    if "tafeng" in worlds_arg and Path(tafeng).exists():
+        worlds.append(("Ta Feng", *P.load_interactions(tafeng, fmt="tafeng")))
+    rows = []
+    for name, ev, items in worlds:
+        has_stream = "stream_id" in ev and ev["stream_id"].notna().any()
+        for block, ins in BLOCKS:
+            if ins and not has_stream:
+                continue
+            test = split(ev, items, block, ins, max_queries)
+            val = split(test.train, items, block, ins, max_queries)
+            if len(val.queries) < 20 or len(test.queries) < 20:
+                log(f"{name} {block}: too few queries, skipped")
+                continue
+            rows.append((name, block, test, val, items))
+    return rows
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--worlds", default="repeat,evening,tafeng")
@@ -58,26 +85,7 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     caps = [int(c) for c in a.caps.split(",")]
     load0 = os.getloadavg()[0]
-    worlds = []
-    if "repeat" in a.worlds:
-        worlds.append(("repeat-world seed 0", *sim_frames(SimConfig.repeat_preset(seed=0))))
-    if "evening" in a.worlds:
-        cfg = SimConfig(seed=11, n_streams=12, n_users=3000, n_items=500, mean_viewers_per_stream=400)
-        worlds.append(("one-evening world seed 11", *sim_frames(cfg)))
-    if "tafeng" in a.worlds and Path(a.tafeng).exists():
-        worlds.append(("Ta Feng", *P.load_interactions(a.tafeng, fmt="tafeng")))
-    rows = []  # (world, block, test split, validation split)
-    for name, ev, items in worlds:
-        has_stream = "stream_id" in ev and ev["stream_id"].notna().any()
-        for block, ins in BLOCKS:
-            if ins and not has_stream:
-                continue
-            test = split(ev, items, block, ins, a.max_queries)
-            val = split(test.train, items, block, ins, a.max_queries)
-            if len(val.queries) < 20 or len(test.queries) < 20:
-                log(f"{name} {block}: too few queries, skipped")
-                continue
-            rows.append((name, block, test, val, items))
+    rows = split_rows(a.worlds, a.tafeng, a.max_queries)  # (world, block, test split, validation split, items)
     print(f"validation NDCG@10 by history cap (load average {load0:.2f}, 2 cores):")
     print(f"  {'world':28s} {'block':12s} " + " ".join(f"{c:>8d}" for c in caps) + "  queries")
     val_scores = {}

@@ -23,9 +23,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.eval_history_cap import BLOCKS, split
-from bench.eval_served import TAFENG, sim_frames
-from devtools.simulator import SimConfig
+from bench.eval_history_cap import split_rows
+from bench.eval_served import TAFENG
 from shared.reco import protocol as P
 from shared.reco.recipe import env_recipe, fit_recipe
 
@@ -87,26 +86,7 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     cfgs = [parse_config(c) for c in a.configs.split(",")]
     load0 = os.getloadavg()[0]
-    worlds = []
-    if "repeat" in a.worlds:
-        worlds.append(("repeat-world seed 0", *sim_frames(SimConfig.repeat_preset(seed=0))))
-    if "evening" in a.worlds:
-        cfg = SimConfig(seed=11, n_streams=12, n_users=3000, n_items=500, mean_viewers_per_stream=400)
-        worlds.append(("one-evening world seed 11", *sim_frames(cfg)))
-    if "tafeng" in a.worlds and Path(a.tafeng).exists():
-        worlds.append(("Ta Feng", *P.load_interactions(a.tafeng, fmt="tafeng")))
-    rows = []
-    for name, ev, items in worlds:
-        has_stream = "stream_id" in ev and ev["stream_id"].notna().any()
-        for block, ins in BLOCKS:
-            if ins and not has_stream:
-                continue
-            test = split(ev, items, block, ins, a.max_queries)
-            val = split(test.train, items, block, ins, a.max_queries)
-            if len(val.queries) < 20 or len(test.queries) < 20:
-                log(f"{name} {block}: too few queries, skipped")
-                continue
-            rows.append((name, block, test, val, items))
+    rows = split_rows(a.worlds, a.tafeng, a.max_queries)
     labels = [label(c) for c in cfgs]
     print(f"validation NDCG@10 by cf/content neighbours (load average {load0:.2f}, 2 cores):")
     print(f"  {'world':28s} {'block':12s} " + " ".join(f"{x:>8s}" for x in labels) + "  queries")
