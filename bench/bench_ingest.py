@@ -190,12 +190,13 @@ def drain_count(bus: Bus, sub: str) -> tuple[int, int]:
     from google.api_core.exceptions import ResourceExhausted
 
     events = messages = empty = 0
-    size = 300  # 300 x ~10 KB stays below gRPC's 4 MB answer limit
-    while empty < 2:
+    size, refused_at = 300, None  # (Bus.subscriber takes answers of any size from the emulator)
+    while empty < 2 or (refused_at is not None and time.monotonic() < refused_at + 15):
         try:
             msgs = bus.pull(sub, size, timeout_s=5)
-        except ResourceExhausted:  # bigger messages: smaller pulls (the refused ones come back after
-            size = max(1, size // 10)  # the 10 s ack deadline; the empty pulls below wait for them)
+        except ResourceExhausted:  # an answer over a size limit: smaller pulls; the refused messages
+            size = max(1, size // 10)  # come back after the 10 s ack deadline: wait past it
+            refused_at = time.monotonic()
             continue
         if not msgs:
             empty += 1

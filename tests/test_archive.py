@@ -206,6 +206,43 @@ def test_batches_are_bounded_and_the_excess_is_redelivered(bus, sub, tmp_path):
     assert events == 120 and batches >= 4
 
 
+def test_pulls_are_sized_by_the_lines_per_message(bus, sub, tmp_path):
+    """The first pull asks for FIRST_PULL messages, the next ones for what the batch still holds at
+    the lines per message seen: 100-line messages (a webhook batch) fill a 3,000-line batch without
+    pulling, and nacking, hundreds of messages; single-line messages are pulled pull_size at a time."""
+    from shared.pipeline import archive
+
+    topic, name = sub
+    store = open_store(tmp_path / "store")
+    asked: list[int] = []
+
+    class Counting:  # the real bus; the sizes asked for are recorded
+        def pull(self, subscription, max_messages, timeout_s):
+            asked.append(max_messages)
+            return bus.pull(subscription, max_messages, timeout_s)
+
+        def __getattr__(self, attr):
+            return getattr(bus, attr)
+
+    events = [ev(f"p{i:04d}") for i in range(4000)]
+    for i in range(0, 4000, 100):  # 40 messages of 100 lines
+        bus.publish(topic, body(events[i : i + 100]))
+    s = archive_batch(Counting(), store, acfg(name, max_events=3000, pull_size=1000, pull_timeout_s=1.0), now=NOW)
+    assert s["events"] <= 3000 and asked[0] == archive.FIRST_PULL
+    assert all(n <= 30 for n in asked), asked  # never more than the batch can hold
+    rest = []
+    deadline = time.monotonic() + 60
+    while len(raw_lines(store)) < 4000 and time.monotonic() < deadline:
+        rest.append(archive_batch(Counting(), store, acfg(name, max_events=3000, pull_timeout_s=1.0), now=NOW))
+    assert sorted(e["event_id"] for e in raw_lines(store)) == sorted(e["event_id"] for e in events)
+    asked.clear()
+    for i in range(300):
+        bus.publish(topic, body([ev(f"q{i:04d}")]))
+    s = archive_batch(Counting(), store, acfg(name, max_events=3000, pull_size=1000, pull_timeout_s=1.0), now=NOW)
+    assert asked[:2] == [archive.FIRST_PULL, 1000] and s["events"] == 300
+    assert not drain(bus, name)
+
+
 def test_oversized_message_still_progresses(bus, sub, tmp_path):
     topic, name = sub
     store = open_store(tmp_path / "store")

@@ -122,12 +122,27 @@ class Bus:
 
     @property
     def subscriber(self):
+        """The subscriber client. Against the emulator its channel takes answers of any size, as the
+        client's own channel to Google does: the generated client opens the emulator's channel with
+        gRPC's default 4 MB limit, which a pull of 1000 messages of a 500-event request (≈ 100 KB
+        each) exceeds (``ResourceExhausted``, the pulled messages then held until their ack deadline)."""
         if self._subscriber is None:
             with self._lock:
                 if self._subscriber is None:
                     from google.cloud import pubsub_v1
 
-                    self._subscriber = pubsub_v1.SubscriberClient()
+                    host = os.environ.get("PUBSUB_EMULATOR_HOST")
+                    if host:
+                        import grpc
+                        from google.pubsub_v1.services.subscriber.transports import SubscriberGrpcTransport
+
+                        unlimited = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
+                        channel = grpc.insecure_channel(host, options=unlimited)
+                        self._subscriber = pubsub_v1.SubscriberClient(
+                            transport=SubscriberGrpcTransport(channel=channel)
+                        )
+                    else:
+                        self._subscriber = pubsub_v1.SubscriberClient()
         return self._subscriber
 
     # -- publishing ----------------------------------------------------------------------------

@@ -15,7 +15,9 @@ Guarantees
   so cleaning sees exactly what was received.
 * **Bounded.** A batch holds at most ``max_events`` lines: messages are taken whole while they fit; the
   first one that does not (and the rest of that pull) is nacked and goes to the next batch. A single
-  message larger than the bound is still archived alone (a message is never split).
+  message larger than the bound is still archived alone (a message is never split). Pulls are sized
+  by the lines per message seen in the batch (the first asks for ``FIRST_PULL`` messages), so a
+  backlog of 500-line webhook messages is not pulled 1000 at a time (≈ 100 MB) to keep 40.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from shared.runtime import faults
 from shared.settings import settings
 
 log = get_logger("archive")
+FIRST_PULL = 20  # messages asked for by a batch's first pull (then sized by the lines per message)
 
 
 @dataclass(frozen=True)
@@ -95,11 +98,15 @@ def archive_batch(bus, store, cfg: ArchiveConfig | None = None, *, now: float | 
     msgs, n_events, empty, pulls, full = [], 0, 0, 0, False
     seen_ids: set[str] = set()
     excess: list[str] = []  # pulled but over the batch bound: nacked, redelivered to the next batch
+    taken = 0  # messages taken so far: with n_events, the lines per message of this traffic
     while not full and pulls < cfg.max_pulls and empty < cfg.empty_pulls:
-        # a message may carry many lines: pull few, and stop at the first message that does not fit
-        got = bus.pull(
-            cfg.subscription, min(cfg.pull_size, max(1, cfg.max_events - n_events)), timeout_s=cfg.pull_timeout_s
-        )
+        # a message may carry many lines (ingest: one message per stream of a webhook, 500 lines of
+        # ≈ 100 KB for a 500-event batch): the first pull asks for FIRST_PULL messages, the next ones
+        # for what the remaining room holds at the lines per message seen so far (single-event
+        # messages: pull_size at once); stop at the first message that does not fit
+        room = max(1, cfg.max_events - n_events)
+        want = min(cfg.pull_size, FIRST_PULL if not taken else max(1, room * taken // max(1, n_events)))
+        got = bus.pull(cfg.subscription, min(want, room), timeout_s=cfg.pull_timeout_s)
         pulls += 1
         if not got:
             empty += 1
@@ -120,6 +127,7 @@ def archive_batch(bus, store, cfg: ArchiveConfig | None = None, *, now: float | 
             seen_ids.add(m.message_id)
             msgs.append((m, lines))
             n_events += len(lines)
+            taken += 1
             full = n_events >= cfg.max_events
     if excess:
         bus.nack(cfg.subscription, excess)
