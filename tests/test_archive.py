@@ -230,10 +230,9 @@ def test_pulls_are_sized_by_the_lines_per_message(bus, sub, tmp_path):
     s = archive_batch(Counting(), store, acfg(name, max_events=3000, pull_size=1000, pull_timeout_s=1.0), now=NOW)
     assert s["events"] <= 3000 and asked[0] == archive.FIRST_PULL
     assert all(n <= 30 for n in asked), asked  # never more than the batch can hold
-    rest = []
     deadline = time.monotonic() + 60
     while len(raw_lines(store)) < 4000 and time.monotonic() < deadline:
-        rest.append(archive_batch(Counting(), store, acfg(name, max_events=3000, pull_timeout_s=1.0), now=NOW))
+        archive_batch(Counting(), store, acfg(name, max_events=3000, pull_timeout_s=1.0), now=NOW)
     assert sorted(e["event_id"] for e in raw_lines(store)) == sorted(e["event_id"] for e in events)
     asked.clear()
     for i in range(300):
