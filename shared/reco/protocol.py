@@ -506,8 +506,8 @@ def make_split(
         info["cut"] = str(_stamp(cut))
         ref = _stamp(cut)
     if in_stream:
-        test_rows = test_rows[ev["stream_id"].to_numpy(dtype=object)[test_rows] != None]  # noqa: E711
         scodes, sids = memo("streams", lambda: pd.factorize(ev["stream_id"]))
+        test_rows = test_rows[scodes[test_rows] >= 0]  # (a stream named: factorize codes a missing one -1)
         qk = ucodes[test_rows].astype(np.int64) * (len(sids) + 1) + scodes[test_rows]
         qkeys, qinv = np.unique(qk, return_inverse=True)
         q_user = (qkeys // (len(sids) + 1)).astype(np.int64)

@@ -44,7 +44,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -246,7 +246,6 @@ class RoomRanker:
     cart_: sp.csr_matrix  # viewer x item decayed carts
     click_: sp.csr_matrix  # viewer x item decayed clicks
     touch_last_: sp.csr_matrix  # viewer x item day of the last touch
-    cf_relation_: np.ndarray | None = None  # relation code per stored CF pair (shared.reco.relations)
     room_stream_ids_: np.ndarray
     room_: dict[str, sp.csr_matrix]  # per RANKER_ROOM_TYPES type: stream x item counts
     _cat_code: np.ndarray | None
@@ -320,7 +319,11 @@ class RoomRanker:
         self.touch_last_ = self._last_touch(events, uids, iids)
         W = base.cf_model_.W_
         # what each CF neighbour pair is in the data (bought / viewed together, or model-only): reasons
-        self.cf_relation_ = pair_relations(W, self.buy_count_, self.touch_last_) if W is not None else None
+        # (computed when first read: by the reasons or by ``to_arrays``; a state fitted only for the
+        # recipe's label-window features never reads it, and the pair counts cost seconds at 10M events)
+        self._relation_pending = (
+            (lambda: pair_relations(W, self.buy_count_, self.touch_last_)) if W is not None else None
+        )
         sids = (
             np.asarray(sorted(set(events["stream_id"].dropna().astype(str).unique().tolist())), dtype=str)
             if "stream_id" in events
@@ -330,6 +333,20 @@ class RoomRanker:
         self.room_ = room_counts(events, self.room_stream_ids_, iids)
         self._build()
         return self
+
+    #: relation code per stored CF pair (``shared.reco.relations``), aligned with the CF part's ``W_.data``
+    _cf_relation: np.ndarray | None = None
+    _relation_pending: Callable[[], np.ndarray] | None = None
+
+    @property
+    def cf_relation_(self) -> np.ndarray | None:
+        if self._relation_pending is not None:
+            self._cf_relation, self._relation_pending = self._relation_pending(), None
+        return self._cf_relation
+
+    @cf_relation_.setter
+    def cf_relation_(self, value: np.ndarray | None) -> None:
+        self._cf_relation, self._relation_pending = value, None
 
     @staticmethod
     def _last_touch(events, uids, iids) -> sp.csr_matrix:

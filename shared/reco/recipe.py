@@ -39,6 +39,7 @@ import numpy as np
 import pandas as pd
 
 from .event_types import ROOM_WINDOWS, room_key
+from .interactions import _category_strings
 from .ranker import FEATURES, HEADS, PRIOR_WEIGHTS, RoomRanker
 from .rebuy import ts_ns, ts_ns1
 from .roomlog import RoomLog
@@ -96,6 +97,18 @@ def _s(x: pd.Series) -> np.ndarray:
     )
 
 
+def _col_codes(x: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """``(codes int64, -1 where missing; the codes' strings)`` of an id column: a categorical column (the
+    train job's reader hands arrow dictionaries over as ``pd.Categorical``) maps its categories once per
+    categories object, not every row to a Python string (``_s``: 10M strings cost seconds)."""
+    if isinstance(x.dtype, pd.CategoricalDtype):
+        return x.cat.codes.to_numpy().astype(np.int64), _category_strings(x.cat.categories)
+    codes, uniques = pd.factorize(x.astype(str).to_numpy(), sort=False)  # as ``_s``: ids compared as strings
+    codes = codes.astype(np.int64)
+    codes[x.isna().to_numpy()] = -1
+    return codes, np.asarray(uniques, dtype=str)
+
+
 # what the ranker reads of a room (counts so far, and recent windows "<type>@<minutes>m"):
 # ROOM_WINDOWS in shared.reco.event_types
 
@@ -108,22 +121,32 @@ def room_so_far(
     ``("idx", positions, n)`` with ``item_index`` else ``(item ids, n)`` (``RoomRanker.recommend(room=)``
     also takes ``{item: n}`` dicts, as ``shared.reco.protocol`` builds them)."""
     types = sorted({t for t, _ in ROOM_WINDOWS})
-    ev = events[events["stream_id"].notna() & events["item_id"].notna() & events["type"].isin(types)]
     out: list[dict] = [{} for _ in keys]
-    if ev.empty or not keys:
+    if not keys or events.empty:
         return out
-    sid, tsv = _s(ev["stream_id"]), ts_ns(ev["ts"])
-    typ, item = _s(ev["type"]), _s(ev["item_id"])
+    # codes, not strings: a row's stream / type / item as category codes (the stream's code is only a
+    # slot: any numbering gives its counts)
+    scode_all, streams = _col_codes(events["stream_id"])
+    icode_all, icats = _col_codes(events["item_id"])
+    tcode_all, tcats = _col_codes(events["type"])
+    t_remap = pd.Index(types).get_indexer(tcats).astype(np.int64)
+    tcode_all = np.where(tcode_all >= 0, t_remap[np.maximum(tcode_all, 0)] if t_remap.size else -1, -1)
+    rows = np.flatnonzero((scode_all >= 0) & (icode_all >= 0) & (tcode_all >= 0))
+    if rows.size == 0:
+        return out
+    scode, tcode, icode = scode_all[rows], tcode_all[rows], icode_all[rows]
+    tsv = ts_ns(events["ts"])[rows]
     if item_index is not None:  # model positions: ("idx", sorted positions, counts), no per-query id lookups
-        codes, names = item_index.get_indexer(item).astype(np.int64), None
+        codes, names = item_index.get_indexer(icats).astype(np.int64)[icode], None
     else:  # ids: codes in the ids' sorted order (counts listed by id, as np.unique lists them)
-        names, codes = np.unique(item, return_inverse=True)
-    # stream and type codes by hashing (a stream's code is only a slot: any numbering gives its counts)
-    scode, streams = pd.factorize(sid)
-    tcode = pd.Index(types).get_indexer(typ)  # every row's type is one of `types` (the filter above)
-    # one slice per (type, stream) and window, counted over the stream's items (RoomLog)
+        present = np.unique(icode)
+        by_name = np.argsort(icats[present], kind="stable")
+        names = icats[present][by_name]
+        remap = np.full(len(icats), -1, dtype=np.int64)
+        remap[present[by_name]] = np.arange(present.size)
+        codes = remap[icode]
     log = RoomLog(scode, tsv, codes, tcode, len(streams), len(types))
-    spos = {x: k for k, x in enumerate(np.asarray(streams).tolist())}
+    spos = {x: k for k, x in enumerate(streams.tolist())}
     for q, (s, t) in enumerate(keys):
         k = spos.get(str(s))
         if k is None:
@@ -150,10 +173,13 @@ def label_queries(
     max_queries: int = 3000,
     showcases: dict[str, list[str]] | None = None,
     item_index: pd.Index | None = None,
+    events: pd.DataFrame | None = None,
 ) -> list[dict]:
     """Training queries of the label window (see the module docstring): dicts with ``user_id, ts,
-    stream_id, allowed (item ids or None), relevant (set), room``."""
-    tgt = after[(after["type"] == target) & after["item_id"].notna() & after["user_id"].notna()]
+    stream_id, allowed (item ids or None), relevant (set), room``. ``events``: the frame ``before`` and
+    ``after`` were cut from (their rows, in any order), read instead of a concatenated copy."""
+    tgt_rows = ((after["type"] == target) & after["item_id"].notna() & after["user_id"].notna()).to_numpy()
+    tgt = after[tgt_rows]
     queries: list[dict] = []
     if tgt.empty:
         return queries
@@ -179,20 +205,32 @@ def label_queries(
             }
         )
     if "stream_id" in after and tgt["stream_id"].notna().any():
-        ts_all = pd.concat([before, after])
-        if showcases is None:
-            sh = ts_all[ts_all["stream_id"].notna() & ts_all["item_id"].notna()]
-            sh = pd.DataFrame({"s": _s(sh["stream_id"]), "i": _s(sh["item_id"])}).drop_duplicates()
+        # every event of both windows (``events``: the frame they were cut from, no copy of it)
+        ts_all = events if events is not None else pd.concat([before, after])
+        if showcases is None:  # each stream's items in order of first appearance (codes, then strings)
+            sc, scats = _col_codes(ts_all["stream_id"])
+            ic, icats = _col_codes(ts_all["item_id"])
+            ok = (sc >= 0) & (ic >= 0)
+            span = len(icats) + 1
+            uk = pd.unique(sc[ok] * span + ic[ok])
+            sh = pd.DataFrame({"s": scats[uk // span].astype(object), "i": icats[uk % span].astype(object)})
             showcases = sh.groupby("s")["i"].agg(list).to_dict()
-        st = tgt[tgt["stream_id"].notna()]
+        st_rows = tgt["stream_id"].notna().to_numpy()
+        st = tgt[st_rows]
+        # the viewer's entry into each stream: its first event there in the label window, by codes
+        ua, _ = _col_codes(after["user_id"])
+        sa, s_names = _col_codes(after["stream_id"])
+        n_s = len(s_names) + 1
+        ok = (ua >= 0) & (sa >= 0)
+        entry = pd.Series(ts_ns(after["ts"])[ok]).groupby(ua[ok] * n_s + sa[ok]).min()
         pairs = pd.DataFrame(
-            {"u": _s(st["user_id"]), "s": _s(st["stream_id"]), "i": _s(st["item_id"]), "t": ts_ns(st["ts"])}
-        )
-        act = after[after["stream_id"].notna() & after["user_id"].notna()]
-        entry = (
-            pd.DataFrame({"u": _s(act["user_id"]), "s": _s(act["stream_id"]), "t": ts_ns(act["ts"])})
-            .groupby(["u", "s"])["t"]
-            .min()
+            {
+                "u": _s(st["user_id"]),
+                "s": _s(st["stream_id"]),
+                "i": _s(st["item_id"]),
+                "t": ts_ns(st["ts"]),
+                "k": (ua[tgt_rows][st_rows] * n_s + sa[tgt_rows][st_rows]),
+            }
         )
         grp = pairs.groupby(["u", "s"])
         keys = list(grp.groups.keys())
@@ -201,9 +239,11 @@ def label_queries(
         by = np.argsort(ng, kind="stable")
         ptr = np.searchsorted(ng[by], np.arange(len(keys) + 1))
         p_t, p_i = pairs["t"].to_numpy()[by], pairs["i"].to_numpy()[by]
+        p_k = pairs["k"].to_numpy()[by]
         pick = _md5_first([f"{a}|{b}" for a, b in keys], max_queries)
         sel = [keys[k] for k in pick.tolist()]
-        times = [pd.Timestamp(int(entry.get(key, pairs["t"].min())), tz="UTC") for key in sel]
+        t_min = pairs["t"].min()
+        times = [pd.Timestamp(int(entry.get(int(p_k[ptr[k]]), t_min)), tz="UTC") for k in pick.tolist()]
         rooms = room_so_far(ts_all, [(s, t) for (_, s), t in zip(sel, times)], item_index)
         for k, (uu, ss), t, room in zip(pick.tolist(), sel, times, rooms):
             a, b = ptr[k], ptr[k + 1]
@@ -427,6 +467,7 @@ def fit_recipe(
                 target=p["target"],
                 max_queries=int(p["max_queries"]),
                 item_index=state.base._item_index,
+                events=events,
             )
             say(f"recipe: state on {len(before):,} events ({t1 - t0:.1f}s), {len(queries)} label queries")
             heads, info = _fit_heads(state, queries, p["C"], off, float(p["later_weight"]))
