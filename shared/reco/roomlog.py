@@ -29,20 +29,34 @@ class RoomLog:
         item = np.asarray(item, dtype=np.int64)
         typ = np.asarray(typ, dtype=np.int64)
         ts = np.asarray(ts, dtype=np.int64)
-        o = np.lexsort((ts, stream, typ))
-        self.ts, stream, item, typ = ts[o], stream[o], item[o], typ[o]
         self.n_streams = int(n_streams)
-        # run bounds: rows of (type t, stream s) are [ptr[t * n_streams + s], ptr[t * n_streams + s + 1])
+        runs = int(n_types) * self.n_streams
         run = typ * self.n_streams + stream
-        self.ptr = np.searchsorted(run, np.arange(int(n_types) * self.n_streams + 1), side="left")
+        if ts.size < 2 or bool((ts[1:] >= ts[:-1]).all()):
+            # rows already in time order (the events frames are): a stable sort by run is the lexsort's
+            # order, and a run key of 16 bits sorts by radix (10M rows: 0.1 s, the lexsort 1.7 s)
+            o = np.argsort(run.astype(np.uint16) if runs <= 1 << 16 else run, kind="stable")
+        else:
+            o = np.lexsort((ts, stream, typ))
+        self.ts = ts[o]
+        # run bounds: rows of (type t, stream s) are [ptr[t * n_streams + s], ptr[t * n_streams + s + 1])
+        self.ptr = np.concatenate(([0], np.cumsum(np.bincount(run, minlength=runs)))).astype(np.int64)
         # per stream its distinct items ascending (every type): local code = rank within the stream
+        # (computed in the input's order, then one gather into the sorted order)
         lo = int(item.min()) if item.size else 0
         span = (int(item.max()) - lo + 1) if item.size else 1
         pair = stream * span + (item - lo)
-        pairs, inv = np.unique(pair, return_inverse=True)
+        if self.n_streams * span <= 1 << 26:  # (stream, item) space small enough for a dense map
+            present = np.zeros(self.n_streams * span, dtype=bool)
+            present[pair] = True
+            pairs = np.flatnonzero(present)
+            inv = (np.cumsum(present) - 1)[pair]
+        else:
+            pairs, inv = np.unique(pair, return_inverse=True)
         self.pair_item = pairs % span + lo
         self.pair_ptr = np.searchsorted(pairs // span, np.arange(self.n_streams + 1), side="left")
-        self.local = inv.reshape(-1) - self.pair_ptr[stream]
+        local = inv.reshape(-1) - self.pair_ptr[stream]
+        self.local = (local.astype(np.int32) if local.size and int(local.max()) < 1 << 31 else local)[o]
 
     def bounds(self, t: int, s: int) -> tuple[int, int]:
         """The rows of type ``t`` in stream ``s`` (sorted by time)."""
