@@ -699,8 +699,21 @@ class _TrainIndex:
         self.item_pos = {x: k for k, x in enumerate(self.item_ids.tolist())}
         nu, ni = len(self.user_index), len(self.item_ids)
         self.user_pos = {x: k for k, x in enumerate(self.user_index.tolist())}
-        typ = ev["type"].to_numpy(dtype=object) if "type" in ev else np.full(len(ev), PURCHASE, dtype=object)
-        is_t = np.isin(typ, target_types)
+        # each row's type as a code into a few names (a categorical column: its codes, no object array)
+        if "type" not in ev:
+            tc, tu = np.zeros(len(ev), dtype=np.int64), np.asarray([PURCHASE], dtype=object)
+        elif isinstance(ev["type"].dtype, pd.CategoricalDtype):
+            tc = ev["type"].cat.codes.to_numpy().astype(np.int64)
+            tu = np.asarray(ev["type"].cat.categories, dtype=object)
+        else:
+            tc, tu = pd.factorize(ev["type"].to_numpy(dtype=object))
+            tu = np.asarray(tu, dtype=object)
+
+        def of_type(names) -> np.ndarray:
+            hit = np.isin(tu, list(names)) if tu.size else np.zeros(0, dtype=bool)
+            return np.where(tc >= 0, hit[np.maximum(tc, 0)] if hit.size else False, False)
+
+        is_t = of_type(target_types)
         if not is_t.any():
             is_t = touch_mask(ev)
         # popularity: distinct users with a target event per item (not decayed)
@@ -720,8 +733,7 @@ class _TrainIndex:
             else (int(t.max()) if t.size else 0)
         )
         # action weight per row: the few distinct types mapped, then taken (not a dict lookup per row)
-        tc, tu = pd.factorize(typ)
-        tw = pd.Series(np.asarray(tu, dtype=object)).map(DEFAULT_ACTION_WEIGHTS).fillna(1.0).to_numpy(np.float64)
+        tw = pd.Series(tu).map(DEFAULT_ACTION_WEIGHTS).fillna(1.0).to_numpy(np.float64)
         aw = np.where(tc >= 0, tw[np.maximum(tc, 0)] if tw.size else 1.0, 1.0)
         if "weight" in ev:
             aw = np.where(
@@ -729,12 +741,12 @@ class _TrainIndex:
             )
         decay = np.exp2(-np.maximum(refn - t, 0) / (HALF_LIFE_DAYS * NS_PER_DAY))
         w = aw * decay
-        xm = touch | (typ == "refund")
+        xm = touch | of_type(("refund",))
         self.X = sp.csr_matrix((w[xm], (u[xm], i[xm])), shape=(nu, ni))
         self.X.sum_duplicates()
         self.X.data = np.maximum(self.X.data, 0.0)
         self.X.eliminate_zeros()
-        pm = touch & (typ == PURCHASE)
+        pm = touch & of_type((PURCHASE,))
         P = sp.csr_matrix((np.ones(int(pm.sum())), (u[pm], i[pm])), shape=(nu, ni))
         P.sum_duplicates()
         H = sp.csr_matrix((np.ones(int(touch.sum())), (u[touch], i[touch])), shape=(nu, ni))
@@ -748,7 +760,7 @@ class _TrainIndex:
         Xd = self.X.copy()
         Xd.sort_indices()
         af = np.asarray(Xd[hu, hi]).ravel() if hi.size else np.zeros(0)
-        o = np.lexsort((hi, -af, -pc, hu))
+        o = np.lexsort((-af, -pc, hu))  # stable: ties keep H's ascending item order
         self.own_items = hi[o]
         self.own_ptr = H.indptr
 
