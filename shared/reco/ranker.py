@@ -56,7 +56,7 @@ from ._core import csr_from_arrays, csr_to_arrays, gather_rows, str_array
 from ._kernels import HAVE_NUMBA, ITEM_COLS, RANK_FEATURES, pair_scores, rank_kernel, user_scores
 from .event_types import ADD_TO_CART, POSITIVE_TYPES, PRODUCT_CLICK, PURCHASE, RANKER_ROOM_TYPES, ROOM_RECENT_KEYS
 from .hybrid import HybridRecommender
-from .interactions import _codes, build_user_items
+from .interactions import _category_strings, _codes, build_user_items
 from .rebuy import RepeatStats, purchase_occasions, ts_days, ts_ns1
 from .relations import RELATION_KIND, pair_counts, pair_relations, relation_of
 
@@ -209,6 +209,19 @@ _Counts = tuple[np.ndarray, np.ndarray]  # (sorted item positions, counts)
 _RoomVectors = tuple[_Counts, _Counts, float, tuple[_Counts, _Counts, _Counts]]
 
 
+def _stream_ids(events: pd.DataFrame) -> np.ndarray:
+    """The streams named in ``events``, sorted as strings (a categorical column: its used categories)."""
+    if "stream_id" not in events:
+        return np.empty(0, dtype="<U1")
+    col = events["stream_id"]
+    if isinstance(col.dtype, pd.CategoricalDtype):
+        codes = col.cat.codes.to_numpy()
+        names = _category_strings(col.cat.categories)[np.unique(codes[codes >= 0])]
+    else:
+        names = col.dropna().astype(str).unique()
+    return np.asarray(sorted(set(names.tolist())), dtype=str)
+
+
 def _on_cand(part: _Part | None, cand: np.ndarray, n_items: int) -> tuple[np.ndarray | None, np.ndarray | None]:
     """A score part on the candidates, max-normalised and clipped at 0, and each candidate's source
     (-1: none; ``None`` for a dense B or a part without sources)."""
@@ -304,11 +317,20 @@ class RoomRanker:
         self.repeat_ = RepeatStats.fit(occ, len(iids), base.category_)
         recent = occ.day >= self.reference_day - 7.0
         self.recent_buyers_ = np.bincount(occ.item[recent], minlength=len(iids)).astype(np.float32)
+        # one type each: its rows only (the others weigh 0; the index space and the reference are given)
+        sliced = reference_time is not None and "type" in events
+        typed = (lambda t: events[(events["type"] == t).to_numpy()]) if sliced else (lambda t: events)
         self.cart_ = build_user_items(
-            events, {ADD_TO_CART: 1.0}, half_life_days, reference_time, user_ids=uids, item_ids=iids, dtype=np.float32
+            typed(ADD_TO_CART),
+            {ADD_TO_CART: 1.0},
+            half_life_days,
+            reference_time,
+            user_ids=uids,
+            item_ids=iids,
+            dtype=np.float32,
         ).matrix
         self.click_ = build_user_items(
-            events,
+            typed(PRODUCT_CLICK),
             {PRODUCT_CLICK: 1.0},
             half_life_days,
             reference_time,
@@ -324,11 +346,7 @@ class RoomRanker:
         self._relation_pending = (
             (lambda: pair_relations(W, self.buy_count_, self.touch_last_)) if W is not None else None
         )
-        sids = (
-            np.asarray(sorted(set(events["stream_id"].dropna().astype(str).unique().tolist())), dtype=str)
-            if "stream_id" in events
-            else np.empty(0, dtype="<U1")
-        )
+        sids = _stream_ids(events)
         self.room_stream_ids_ = str_array(sids)
         self.room_ = room_counts(events, self.room_stream_ids_, iids)
         self._build()

@@ -412,6 +412,19 @@ def _fit_heads(
     return heads, info
 
 
+def heads_dict(model: RoomRanker) -> dict[str, dict]:
+    """A fitted model's ranker heads in the form ``RoomRanker.set_heads`` takes (and ``meta`` records)."""
+    return {
+        h: {
+            "weights": dict(hd["weights"]),
+            "mu": list(map(float, hd["mu"])),
+            "sigma": list(map(float, hd["sigma"])),
+            "bias": float(hd["bias"]),
+        }
+        for h, hd in model.heads.items()
+    }
+
+
 def fit_recipe(
     events: pd.DataFrame,
     items: pd.DataFrame | None,
@@ -422,11 +435,15 @@ def fit_recipe(
     item_ids=None,
     progress: Callable[[str], None] | None = None,
     cf_neighbours=None,
+    heads_of: RoomRanker | None = None,
 ) -> RoomRanker:
     """Fit the served recipe on ``events`` (all up to ``reference_time``); see the module docstring.
     ``cf_neighbours``: the CF part's top-N cosine matrix over ``item_ids`` for the fit on ALL the events
     (step 5; precomputed by the Beam job, ``shared.neighbour_lists``); the label-window state (step 2)
-    is a fit on other events and is always computed here."""
+    is a fit on other events and is always computed here. ``heads_of``: a model fitted by this recipe on
+    an earlier part of the same events (the gate's candidate) whose ranker heads are taken as they are —
+    steps 1-4 skipped, only the state on all events fitted. Measured and not served: heads taken from the
+    gate's candidate lose to heads learned on the newest label window (``bench/eval_heads.py``)."""
     p = {**DEFAULT_RECIPE, **(params or {})}
     say = progress or (lambda m: None)
     t0 = time.perf_counter()
@@ -454,7 +471,11 @@ def fit_recipe(
     off = list(p.get("features_off") or [])
     heads = {h: {"weights": {f: (0.0 if f in off else v) for f, v in PRIOR_WEIGHTS.items()}} for h in HEADS}
     info: dict[str, Any] = {"kind": "prior", "why": "fewer than 20 purchases"}
-    if len(tgt_ts) >= 20:
+    if heads_of is not None:
+        heads, info = heads_dict(heads_of), dict(heads_of.ranker_info)
+        info.pop("recipe", None), info.pop("fit_seconds", None)
+        info["heads_from"] = "an earlier fit (the gate's candidate): its label window, its weights"
+    elif len(tgt_ts) >= 20:
         cut = tgt_ts.quantile(1.0 - float(p["label_frac"]))
         before, after = events[events["ts"] <= cut], events[events["ts"] > cut]
         if before["item_id"].notna().any() and len(after):
