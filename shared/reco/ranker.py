@@ -177,6 +177,27 @@ def _lookup(ptr: np.ndarray, ind: np.ndarray, dat: np.ndarray, r: int, c: np.nda
     return _at(ind[a:b], dat[a:b], c)
 
 
+def _lookup1(ptr: np.ndarray, ind: np.ndarray, dat: np.ndarray, r: int, c: int) -> float:
+    """``_lookup`` of one column (a reason's single value: no one-element arrays)."""
+    a, b = int(ptr[r]), int(ptr[r + 1])
+    p = a + int(ind[a:b].searchsorted(c))
+    return float(dat[p]) if p < b and int(ind[p]) == c else 0.0
+
+
+_DAY_TEXT: dict[float, str] = {}
+
+
+def _day_text(day: float) -> str:
+    """``YYYY-MM-DD`` (UTC) of epoch ``day``s, memoised (the days of a model's window are few; a
+    ``datetime`` + ``strftime`` per reason cost more than the rest of the reason)."""
+    text = _DAY_TEXT.get(day)
+    if text is None:
+        if len(_DAY_TEXT) >= 65536:
+            _DAY_TEXT.clear()
+        text = _DAY_TEXT[day] = datetime.fromtimestamp(day * 86400.0, tz=UTC).strftime("%Y-%m-%d")
+    return text
+
+
 def _now_days(now, default: float) -> float:
     if now is None:
         return default
@@ -1314,8 +1335,7 @@ class RoomRanker:
         top = FEATURES[feats[0]]
         if g == "buy_again":
             n = int(info["buy_count"][k])
-            day = float(info["buy_last"][k])
-            date = datetime.fromtimestamp(day * 86400.0, tz=UTC).strftime("%Y-%m-%d")
+            date = _day_text(float(info["buy_last"][k]))
             yield {"kind": "buy_often" if n >= 3 else "buy_again", "feature": top, "times": n, "last_purchase": date}
         elif g == "history":
             touched = ADD_TO_CART if f[_F["cart"]] > 0 else PRODUCT_CLICK
@@ -1328,9 +1348,9 @@ class RoomRanker:
             row = info.get("row")
             if row is not None:
                 tl = self.touch_last_
-                d = float(_lookup(tl.indptr, tl.indices, tl.data, row, np.array([item]))[0])
+                d = _lookup1(tl.indptr, tl.indices, tl.data, row, item)
                 if d > 0:
-                    r["last_touch"] = datetime.fromtimestamp(d * 86400.0, tz=UTC).strftime("%Y-%m-%d")
+                    r["last_touch"] = _day_text(d)
             yield r
         elif g in ("cf", "content", "context"):
             yield from self._anchored_reasons(k, item, g, top, info)
@@ -1383,7 +1403,7 @@ class RoomRanker:
             action: str | None = None
             if row is not None and self.base._act is not None:
                 aip, aix, adx = self.base._act
-                code = int(_lookup(aip, aix, adx, row, np.array([src]))[0])
+                code = int(_lookup1(aip, aix, adx, row, src))
                 names = self.base.action_names_
                 action = names[code - 1] if 0 < code <= len(names) else None
             r["action"] = action
