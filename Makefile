@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 
 help:
 	@echo "make demo            the main job: local cloud + a simulated live-stream evening through every function"
-	@echo "make test            the whole default test suite (starts the emulators it needs)"
+	@echo "make test            the whole default test suite, two xdist workers (PYTEST_ARGS=\"-n 0\": serially)"
 	@echo "make venv-beam       the Beam clean job's own environment .venv-beam (requirements/beam.txt; pipelines/beam)"
 	@echo "make bench-beam      the Beam engine vs the DuckDB engine at 1M events (BEAM_EVENTS=...)"
 	@echo "make lock            recompile requirements/*.in to the pinned lock files and requirements.txt (LOCK_ARGS=\"-P pkg\" to upgrade one)"

@@ -18,8 +18,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from devtools import emulators  # noqa: E402
-
-LOG_DIR = ROOT / "var" / "test-logs"
+from tests.logdir import LOGS as LOG_DIR  # noqa: E402  (var/test-logs/, per xdist worker)
 
 
 @contextmanager
@@ -59,3 +58,23 @@ def bigtable_emulator():
     """Google's Bigtable emulator (in memory); BIGTABLE_EMULATOR_HOST points at it for the session."""
     with _running(emulators.start_bigtable) as emu:
         yield emu
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items):
+    """Give every item a unique node id. schemathesis' ``schema.parametrize()`` makes one item per API
+    operation, named ``test_x[GET /]``, ``test_x[POST /]``, but under pytest 9 they share the node id
+    ``test_x``; pytest-xdist schedules and reports by node id (``--dist loadfile`` ran only the first
+    of each such group and reported 11 of tests/test_api_contract.py's 65 items). The id becomes the
+    module's id and the item's own name (``test_x[GET /]``), as pytest names a parametrized test."""
+    seen: dict[str, int] = {}
+    for item in items:
+        seen[item.nodeid] = seen.get(item.nodeid, 0) + 1
+    for item in items:
+        if seen[item.nodeid] > 1:
+            nodeid = f"{item.parent.nodeid}::{item.name}"
+            if hasattr(item, "_id"):  # pytest 9: a structured NodeId
+                item._id = type(item._id).parse(nodeid)
+            else:
+                item._nodeid = nodeid
+    assert len({item.nodeid for item in items}) == len(items), "duplicate test node ids"

@@ -26,8 +26,7 @@ from tests.data_fixtures import (
     clean_config,
     raw_objects,
 )
-
-LOGS = emulators.REPO_ROOT / "var" / "test-logs"
+from tests.logdir import LOGS
 
 
 @pytest.fixture(scope="module")

@@ -29,6 +29,7 @@ from devtools import emulators
 from shared import openapi
 from shared.adapters.bus import Bus
 from shared.signing import signed_headers
+from tests.logdir import LOGS
 
 SECRET = "api-contract-secret"
 CHECKS_NAMES = (
@@ -38,7 +39,6 @@ CHECKS_NAMES = (
     "response_schema_conformance",
     "response_headers_conformance",
 )
-LOGS = emulators.REPO_ROOT / "var" / "test-logs"
 
 
 def test_committed_documents_are_generated(tmp_path):

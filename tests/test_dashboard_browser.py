@@ -2,8 +2,9 @@
 Playwright) opens the pages served by the analytics function under functions-framework over the
 pipeline output of a simulated evening. Every chart must render (no console errors, the expected
 number of marks), Chinese product titles must be on the page, and the phone layout must not
-scroll sideways. Screenshots go to var/test-logs/dashboard-*.png; with DAIHUO_UPDATE_SCREENSHOTS=1
-they replace docs/img/dashboard-*.png (shown in the README), so a plain test run leaves the tree clean.
+scroll sideways. Screenshots go to var/test-logs/dashboard-*.png (var/test-logs/gw<n>/ under xdist); with
+DAIHUO_UPDATE_SCREENSHOTS=1 they replace docs/img/dashboard-*.png (shown in the README), so a plain test run
+leaves the tree clean.
 
 Chromium missing is a failure with instructions, not a skip: CI installs it (.ci/run).
 """
@@ -18,10 +19,10 @@ import pytest
 
 from devtools import emulators
 from tests.data_fixtures import MODEL_COUNTS, MODEL_METAS, MODEL_SCORES, build_pipeline_store
+from tests.logdir import LOGS
 
 ROOT = emulators.REPO_ROOT
-IMG = ROOT / "docs" / "img" if os.environ.get("DAIHUO_UPDATE_SCREENSHOTS") == "1" else ROOT / "var" / "test-logs"
-LOGS = ROOT / "var" / "test-logs"
+IMG = ROOT / "docs" / "img" if os.environ.get("DAIHUO_UPDATE_SCREENSHOTS") == "1" else LOGS
 CHROMIUM_ARGS = [
     "--no-sandbox",
     "--disable-gpu",

@@ -38,8 +38,8 @@ from shared.runtime import InjectedCrash, faults
 from shared.serving.registry import Registry
 from shared.serving.train import run_train
 from tests.data_fixtures import build_pipeline_store
+from tests.logdir import LOGS
 
-LOGS = emulators.REPO_ROOT / "var" / "test-logs"
 PRIVATE, PUBLIC = identity.keygen()
 VIEWER_KEYS = json.dumps({"k1": identity.b64url(PUBLIC)})
 _TOK = re.compile(r"[A-Za-z0-9._:@-]+")

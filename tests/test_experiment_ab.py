@@ -30,8 +30,8 @@ from shared.pipeline.archive import ArchiveConfig, run_archive
 from shared.pipeline.clean import read_analytics, run_clean
 from shared.serving import experiments as sx
 from tests.data_fixtures import build_pipeline_store, clean_config
+from tests.logdir import LOGS
 
-LOGS = emulators.REPO_ROOT / "var" / "test-logs"
 SECRETS = {"douyin": "ab-secret-douyin", "kuaishou": "ab-secret-kuaishou"}
 PRIVATE, PUBLIC = identity.keygen()
 N_REQUESTS = 3000

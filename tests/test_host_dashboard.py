@@ -16,9 +16,9 @@ from devtools import emulators
 from shared.dashboard.app import App
 from shared.pipeline.clean import read_analytics
 from tests.data_fixtures import build_pipeline_store
+from tests.logdir import LOGS
 from tests.test_dashboard_browser import CHROMIUM_ARGS, OPERATOR, chromium_path, marks, open_page
 
-LOGS = emulators.REPO_ROOT / "var" / "test-logs"
 WORLD = dict(seed=3, n_streams=8, n_users=900, n_items=100, days=4, n_hosts=2, host_events=True)
 
 

@@ -17,10 +17,10 @@ from shared.adapters.bus import Bus
 from shared.adapters.storage import open_store
 from shared.signing import HEADER_SIGNATURE, HEADER_TIMESTAMP, signed_headers
 from tests import factories
+from tests.logdir import LOGS
 
 SECRET = "test-secret-douyin"
 OTHER_SECRET = "test-secret-kuaishou"
-LOGS = emulators.REPO_ROOT / "var" / "test-logs"
 
 
 @pytest.fixture(scope="module")

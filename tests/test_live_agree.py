@@ -52,11 +52,11 @@ from shared.live.reader import LiveReader
 from shared.pipeline.outputs import read_table
 from shared.signing import signed_headers
 from tests.live_helpers import fresh_config
+from tests.logdir import LOGS
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.slow
 
-LOGS = emulators.REPO_ROOT / "var" / "test-logs"
 SECRETS = {"douyin": "agree-secret-douyin", "kuaishou": "agree-secret-kuaishou"}
 FAULTS = FaultRates(
     duplicate=0.03,

@@ -22,9 +22,8 @@ from shared.live import schema
 from shared.live.reader import LiveReader
 from shared.signing import signed_headers
 from tests.live_helpers import ev, fresh_config, ndjson
+from tests.logdir import LOGS
 from tests.waiting import wait_for
-
-LOGS = emulators.REPO_ROOT / "var" / "test-logs"
 
 
 def _live_env(cfg, store: Path, emulator_host: str) -> dict[str, str]:

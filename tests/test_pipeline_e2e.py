@@ -20,9 +20,9 @@ from shared.adapters.bus import Bus
 from shared.adapters.storage import open_store
 from shared.layout import charts_key
 from shared.pipeline.clean import load_manifest, read_analytics, read_clean
+from tests.logdir import LOGS
 from tests.waiting import wait_for
 
-LOGS = emulators.REPO_ROOT / "var" / "test-logs"
 SECRETS = {"douyin": "e2e-secret-douyin", "kuaishou": "e2e-secret-kuaishou"}
 
 

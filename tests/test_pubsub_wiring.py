@@ -12,6 +12,7 @@ import pytest
 
 from devtools import emulators
 from shared.adapters.bus import Bus
+from tests.logdir import LOGS
 from tests.waiting import wait_for
 
 FLAKY = Path(__file__).parent / "fixtures" / "flaky_function" / "main.py"
@@ -34,7 +35,7 @@ def pushed(pubsub_emulator, bus, tmp_path_factory):
         signature_type="cloudevent",
         source=FLAKY,
         env={**pubsub_emulator.env, "RECORD_DIR": str(record_dir)},
-        log_dir=emulators.REPO_ROOT / "var" / "test-logs",
+        log_dir=LOGS,
     )
     bus.ensure_topic("wiring-events")
     bus.ensure_topic("wiring-dead")

@@ -21,8 +21,8 @@ from shared.reco.ranker import FEATURE_GROUP
 from shared.serving.data import write_clean_from_frames
 from shared.serving.registry import Registry, arrays_key, meta_key
 from shared.serving.train import run_train
+from tests.logdir import LOGS
 
-LOGS = emulators.REPO_ROOT / "var" / "test-logs"
 # the platform's viewer-token key pair (shared/identity.py): recommend holds only the public key
 PRIVATE, PUBLIC = identity.keygen()
 OLD_PRIVATE, OLD_PUBLIC = identity.keygen()  # a second kid: rotation

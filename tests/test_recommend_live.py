@@ -27,9 +27,9 @@ from shared.serving.recommend import ModelHolder, Recommender
 from shared.serving.registry import Registry
 from shared.serving.train import run_train
 from tests.live_helpers import ev, fresh_config, ndjson
+from tests.logdir import LOGS
 from tests.waiting import wait_for
 
-LOGS = emulators.REPO_ROOT / "var" / "test-logs"
 PRIVATE, PUBLIC = identity.keygen()
 VIEWER_KEYS = json.dumps({"k1": identity.b64url(PUBLIC)})
 SIM = SimConfig(seed=5, n_streams=6, n_users=1200, n_items=150, mean_viewers_per_stream=250)

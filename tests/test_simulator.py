@@ -15,6 +15,7 @@ import pytest
 from devtools.simulator import INVALID_KINDS, FaultRates, SimConfig, main, parse_ts_ms, send, simulate, write_files
 from shared.contract import validate_record
 from shared.signing import verify
+from tests.logdir import LOGS
 
 SMALL = SimConfig(seed=11, n_streams=4, n_users=1200, n_items=300, mean_viewers_per_stream=150)
 FAULTY = FaultRates(
@@ -811,7 +812,7 @@ def test_host_events_through_the_real_ingest(pubsub_emulator, tmp_path):
         "DAIHUO_SECRET_KUAISHOU": secrets["kuaishou"],
         "DAIHUO_PUBLISH_TIMEOUT_S": "5",
     }
-    fn = emulators.start_function("ingest", env=env, log_dir=emulators.REPO_ROOT / "var" / "test-logs")
+    fn = emulators.start_function("ingest", env=env, log_dir=LOGS)
     try:
         res = send(sim, f"http://{fn.host}/", secrets, batch_size=200, concurrency=2, progress=False)
     finally:

@@ -19,8 +19,8 @@ from shared.adapters.bus import Bus
 from shared.adapters.storage import open_store
 from shared.serving.data import write_clean_from_frames
 from shared.serving.registry import LATEST, arrays_key
+from tests.logdir import LOGS
 
-LOGS = emulators.REPO_ROOT / "var" / "test-logs"
 SIM = SimConfig(seed=5, n_streams=10, n_users=2500, n_items=400, mean_viewers_per_stream=400)
 
 
