@@ -153,6 +153,19 @@ def _cpu_us(fn, reps: int = 60) -> float:
     return float(np.median(out)) * 1e6
 
 
+def _cpu_us_pair(f, g, reps: int = 60) -> tuple[float, float]:
+    """``_cpu_us`` of ``f`` and of ``g``, their calls alternated."""
+    a, b = [], []
+    for _ in range(reps):
+        t = time.thread_time()
+        f()
+        a.append(time.thread_time() - t)
+        t = time.thread_time()
+        g()
+        b.append(time.thread_time() - t)
+    return float(np.median(a)) * 1e6, float(np.median(b)) * 1e6
+
+
 def test_long_rows_binary_searched_give_the_reference_answers(long_histories):
     """Viewers whose rows are longer than 4 x the candidates are binary-searched, not scattered."""
     m, lengths = long_histories
@@ -190,8 +203,15 @@ def test_request_cpu_time_does_not_grow_with_the_history(long_histories):
     m, _ = long_histories
     for u in ("h50", "h2000"):
         m.recommend(u, 10)
-    short, long_ = _cpu_us(lambda: m.recommend("h50", 10)), _cpu_us(lambda: m.recommend("h2000", 10))
-    assert long_ < 2.5 * short + 50, (short, long_)
+    # the two measured in alternation (a burst of load from the other test worker or a benchmark hits
+    # both alike), up to three tries: a history cap that does not hold fails every try by far
+    tries = []
+    for _ in range(3):
+        short, long_ = _cpu_us_pair(lambda: m.recommend("h50", 10), lambda: m.recommend("h2000", 10))
+        tries.append((short, long_))
+        if long_ < 2.5 * short + 50:
+            break
+    assert long_ < 2.5 * short + 50, tries
     keep = m.max_history
     m.max_history = 5000
     try:
