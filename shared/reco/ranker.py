@@ -341,24 +341,12 @@ class RoomRanker:
         # one type each: its rows only (the others weigh 0; the index space and the reference are given)
         sliced = reference_time is not None and "type" in events
         typed = (lambda t: events[(events["type"] == t).to_numpy()]) if sliced else (lambda t: events)
-        self.cart_ = build_user_items(
-            typed(ADD_TO_CART),
-            {ADD_TO_CART: 1.0},
-            half_life_days,
-            reference_time,
-            user_ids=uids,
-            item_ids=iids,
-            dtype=np.float32,
-        ).matrix
-        self.click_ = build_user_items(
-            typed(PRODUCT_CLICK),
-            {PRODUCT_CLICK: 1.0},
-            half_life_days,
-            reference_time,
-            user_ids=uids,
-            item_ids=iids,
-            dtype=np.float32,
-        ).matrix
+        self.cart_, self.click_ = (
+            build_user_items(
+                typed(t), {t: 1.0}, half_life_days, reference_time, user_ids=uids, item_ids=iids, dtype=np.float32
+            ).matrix
+            for t in (ADD_TO_CART, PRODUCT_CLICK)
+        )
         self.touch_last_ = self._last_touch(events, uids, iids)
         W = base.cf_model_.W_
         # what each CF neighbour pair is in the data (bought / viewed together, or model-only): reasons
