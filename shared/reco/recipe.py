@@ -40,6 +40,7 @@ import pandas as pd
 
 from .event_types import ROOM_WINDOWS, room_key
 from .interactions import _category_strings
+from .protocol import _type_codes
 from .ranker import FEATURES, HEADS, PRIOR_WEIGHTS, RoomRanker
 from .rebuy import ts_ns, ts_ns1
 from .roomlog import RoomLog
@@ -128,9 +129,7 @@ def room_so_far(
     # slot: any numbering gives its counts)
     scode_all, streams = _col_codes(events["stream_id"])
     icode_all, icats = _col_codes(events["item_id"])
-    tcode_all, tcats = _col_codes(events["type"])
-    t_remap = pd.Index(types).get_indexer(tcats).astype(np.int64)
-    tcode_all = np.where(tcode_all >= 0, t_remap[np.maximum(tcode_all, 0)] if t_remap.size else -1, -1)
+    tcode_all = _type_codes(events["type"], types)
     rows = np.flatnonzero((scode_all >= 0) & (icode_all >= 0) & (tcode_all >= 0))
     if rows.size == 0:
         return out
