@@ -119,11 +119,13 @@ def one(n: int, users: int, items: int, streams: int, cache: bool = True) -> dic
     after = load()
     ph = res.phases
     print(f"promoted={res.promoted}  {res.reason[:140]}")
-    print("| phase | wall s | CPU s |\n|---|---:|---:|")
+    rss = ph.get("peak_rss_mib", {})
+    print("| phase | wall s | CPU s | peak RSS GiB |\n|---|---:|---:|---:|")
     for p in PHASES:
-        print(f"| {p} | {ph['wall'].get(p, 0):.2f} | {ph['cpu'].get(p, 0):.2f} |")
-    print(f"| **whole run_train** | **{wall:.2f}** | **{cpu:.2f}** |")
-    print(f"| anchor: pyarrow read_table of the same {rows:,} clean rows | {a_wall:.2f} | {a_cpu:.2f} |")
+        r = f"{rss[p] / 1024:.2f}" if p in rss else ""
+        print(f"| {p} | {ph['wall'].get(p, 0):.2f} | {ph['cpu'].get(p, 0):.2f} | {r} |")
+    print(f"| **whole run_train** | **{wall:.2f}** | **{cpu:.2f}** | **{max(rss.values(), default=0) / 1024:.2f}** |")
+    print(f"| anchor: pyarrow read_table of the same {rows:,} clean rows | {a_wall:.2f} | {a_cpu:.2f} | |")
     print(f"load average (1/5/15 min) before {before}, after {after}; cpus={os.cpu_count()}", flush=True)
     biggest = max(PHASES, key=lambda p: ph["wall"].get(p, 0))
     print(f"biggest phase: {biggest} ({ph['wall'][biggest] / wall:.0%} of the wall)")

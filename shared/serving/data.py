@@ -252,6 +252,11 @@ def read_training_data(store: ObjectStore, window_days: float = 30.0, *, end=Non
         )
     else:
         cat = pd.DataFrame(columns=CATALOG_COLUMNS)
+    # arrow's allocator (mimalloc) keeps the memory of the tables decoded above for reuse; numpy and
+    # pandas, which do the rest of the train, never reuse it: at 10M events that is 1.4 GiB of a 2.2 GiB
+    # resident set after the read (bench_train's peak RSS column), handed back here
+    del tables, cat_tables
+    pa.default_memory_pool().release_unused()
     return TrainingData(ev, cat, inputs, window)
 
 

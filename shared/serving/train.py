@@ -438,24 +438,36 @@ def _gate(reg: Registry, data: TrainingData, prep: _Prepared, cfg: TrainConfig, 
     )
 
 
+def _peak_rss_mib() -> float:
+    """The process's peak resident set so far (``ru_maxrss``: KiB on Linux), MiB."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 class _Phases:
-    """Wall and process-CPU seconds per phase of one run (``lap(name)`` closes the phase)."""
+    """Wall and process-CPU seconds per phase of one run (``lap(name)`` closes the phase), and the
+    process's peak resident set at the end of each phase (``peak_rss_mib``: the high-water mark so far,
+    so the first phase where it jumps is the one that needed the memory)."""
 
     def __init__(self) -> None:
         self.wall: dict[str, float] = {}
         self.cpu: dict[str, float] = {}
+        self.rss: dict[str, float] = {}
         self._t, self._c = time.perf_counter(), time.process_time()
 
     def lap(self, name: str) -> None:
         t, c = time.perf_counter(), time.process_time()
         self.wall[name] = self.wall.get(name, 0.0) + t - self._t
         self.cpu[name] = self.cpu.get(name, 0.0) + c - self._c
+        self.rss[name] = _peak_rss_mib()
         self._t, self._c = t, c
 
     def as_dict(self) -> dict:
         return {
             "wall": {k: round(v, 3) for k, v in self.wall.items()},
             "cpu": {k: round(v, 3) for k, v in self.cpu.items()},
+            "peak_rss_mib": {k: round(v, 1) for k, v in self.rss.items()},
         }
 
 
