@@ -71,6 +71,7 @@ __all__ = [
     "baseline_rankers",
     "query_metrics",
     "paired_bootstrap",
+    "release_caches",
     "evaluate",
     "format_report",
 ]
@@ -701,6 +702,12 @@ class Ranker:
 
     def rank(self, queries: Sequence[Query], k: int) -> list[list[str]]:
         raise NotImplementedError
+
+
+def release_caches() -> None:
+    """Forget the per-frame lookups kept for the next ranker of the same training frame (``_TrainIndex``:
+    the last frame's, with the frame): call when the evaluation is over."""
+    _TrainIndex._cache.clear()
 
 
 class _TrainIndex:
