@@ -126,6 +126,11 @@ def one(n: int, users: int, items: int, streams: int, cache: bool = True) -> dic
         print(f"| {p} | {ph['wall'].get(p, 0):.2f} | {ph['cpu'].get(p, 0):.2f} | {r} |")
     print(f"| **whole run_train** | **{wall:.2f}** | **{cpu:.2f}** | **{max(rss.values(), default=0) / 1024:.2f}** |")
     print(f"| anchor: pyarrow read_table of the same {rows:,} clean rows | {a_wall:.2f} | {a_cpu:.2f} | |")
+    sf = ph.get("served_fit") or {}
+    if sf:
+        own = ", ".join(f"{k} {w:.2f} s wall / {c:.2f} CPU-s" for k, (w, c) in sf.get("times", {}).items())
+        extra = f", its peak RSS {sf['child_peak_rss_mib'] / 1024:.2f} GiB" if "child_peak_rss_mib" in sf else ""
+        print(f"served fit: {sf.get('mode')} {sf.get('reason') or ''} ({own}{extra})")
     print(f"load average (1/5/15 min) before {before}, after {after}; cpus={os.cpu_count()}", flush=True)
     biggest = max(PHASES, key=lambda p: ph["wall"].get(p, 0))
     print(f"biggest phase: {biggest} ({ph['wall'][biggest] / wall:.0%} of the wall)")

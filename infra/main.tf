@@ -18,6 +18,9 @@ locals {
   # Sizing that topology.json does not carry (it has memory and timeout). CPU >= 1 lets an instance
   # serve concurrent requests; the tick-driven batch functions take one request at a time and run as
   # a single instance (their work is serialized by the manifest / pointer compare-and-swap anyway).
+  # train: the gate on one CPU, the served fit in a forked child on the other (shared/serving/train.py
+  # _ServedFit); at 10M events the two peak at 5.7 GiB together (bench_train), hence 8Gi in
+  # topology.json, the most Cloud Run gives an instance of 2 CPUs.
   function_defaults = {
     ingest    = { cpu = "1", min_instances = 0, max_instances = 20, concurrency = 40 }
     archive   = { cpu = "1", min_instances = 0, max_instances = 2, concurrency = 1 }

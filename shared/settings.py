@@ -157,6 +157,11 @@ class Settings(_Base):
         "Beam job's lists, `neighbours/LATEST.json`, when they cover the training data; else in process, "
         "logged); docs/scale.md",
     )
+    train_parallel_fit: bool = _f(
+        True,
+        "train: fit the served model in a forked child process while the gate runs (2+ CPUs; else, or if the "
+        "child fails, in process); docs/recommendations.md",
+    )
     model_topic: str = _f("model-published", "train: the topic a training outcome is published on")
     code_version: str | None = _f(None, "train: the code part of the version id", shown="(a hash of the source)")
     # -- recommend -----------------------------------------------------------------------------

@@ -12,7 +12,7 @@ import pytest
 from devtools.simulator import SimConfig, simulate
 from shared.adapters.storage import open_store
 from shared.serving.data import read_training_data, write_clean_from_frames
-from shared.serving.registry import LATEST, Registry, arrays_key, meta_key
+from shared.serving.registry import LATEST, Registry, arrays_key, decode_arrays, meta_key
 from shared.serving.train import TrainConfig, run_train
 
 SIM = SimConfig.repeat_preset(seed=1, scale=0.3)  # 28 days, repeat consumables, live-room dynamics
@@ -205,3 +205,61 @@ def test_reader_codes_dedupe_and_order(tmp_path):
         "u1",
         "u3",
     ]
+
+
+def _served(st, version):
+    model, extras = decode_arrays(st.get(arrays_key(version)))
+    return model, extras, Registry(st).read_meta(version)
+
+
+def _timeless(x):
+    if isinstance(x, dict):
+        return {k: _timeless(v) for k, v in x.items() if not k.endswith(("seconds", "_s"))}
+    return [_timeless(v) for v in x] if isinstance(x, list) else x
+
+
+def test_the_served_fit_in_a_child_process_trains_the_same_model(sim, tmp_path):
+    """The served fit runs in a forked child beside the gate (2 CPUs here): the same arrays and heads as
+    a fit in process, with the figures of where it ran."""
+    stores = {}
+    for name in ("child", "inline"):
+        stores[name] = open_store(str(tmp_path / name))
+        write_clean_from_frames(stores[name], sim.truth.expected_clean(), sim.truth.catalog_frame())
+    a = run_train(stores["child"], None, TrainConfig(parallel_fit=True))
+    b = run_train(stores["inline"], None, TrainConfig(parallel_fit=False))
+    assert a.phases["served_fit"]["mode"] == "child", a.phases["served_fit"]
+    assert b.phases["served_fit"] == {**b.phases["served_fit"], "mode": "in_process", "reason": "parallel fit off"}
+    assert a.version == b.version  # (where it ran is not part of the version: the same model)
+    ma, ea, meta_a = _served(stores["child"], a.version)
+    mb, eb, meta_b = _served(stores["inline"], b.version)
+    assert ma.keys() == mb.keys() and ea.keys() == eb.keys()
+    for k in ma:
+        np.testing.assert_array_equal(ma[k], mb[k], err_msg=k)
+    for k in ea:
+        np.testing.assert_array_equal(ea[k], eb[k], err_msg=k)
+    assert _timeless(meta_a["model"]) == _timeless(meta_b["model"]) and meta_a["data"] == meta_b["data"]
+    assert meta_a["served_fit"]["mode"] == "child" and meta_a["served_fit"]["child_peak_rss_mib"] > 0
+    assert a.phases["cpu"]["fit"] >= meta_a["served_fit"]["times"]["fit"][1]  # the child's CPU is counted
+
+
+def test_a_served_fit_child_that_dies_is_replaced_by_a_fit_in_process(store, monkeypatch):
+    """A child killed mid-fit (out of memory, a crash) loses nothing: the parent fits the model itself and
+    says why."""
+    import os
+
+    from shared.serving import train as T
+
+    parent, real = os.getpid(), T._fit_and_encode
+
+    def dies_in_the_child(*args):
+        if os.getpid() != parent:
+            os._exit(3)
+        return real(*args)
+
+    monkeypatch.setattr(T, "_fit_and_encode", dies_in_the_child)
+    res = run_train(store, None, TrainConfig(parallel_fit=True))
+    sf = res.phases["served_fit"]
+    assert sf["mode"] == "in_process" and "exit code 3" in sf["reason"], sf
+    assert res.promoted and Registry(store).latest()[0]["version"] == res.version
+    model, _, meta = _served(store, res.version)
+    assert meta["served_fit"]["mode"] == "in_process" and len(model) > 0

@@ -34,6 +34,12 @@ numba_cache_dir(os.path.dirname(os.path.abspath(__file__)))
 try:  # pragma: no cover - exercised when numba is installed
     import numba as _nb
 
+    # the parallel kernel's threads from numba's own work queue, not GNU OpenMP (numba's first choice when
+    # libgomp is present): OpenMP's threads do not survive fork(), and train fits the served model in a
+    # forked child beside the gate (shared.serving.train._ServedFit). Read at the first parallel launch; a
+    # NUMBA_THREADING_LAYER set in the environment still wins.
+    if _nb.config.THREADING_LAYER == "default":
+        _nb.config.THREADING_LAYER = "workqueue"
     HAVE_NUMBA = True
 except Exception:  # pragma: no cover
     _nb = None  # type: ignore[assignment]  # no numba: HAVE_NUMBA is False and guards every use of _nb

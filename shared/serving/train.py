@@ -36,6 +36,7 @@ Any exception propagates (the function answers 500, Pub/Sub retries, then dead-l
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -76,6 +77,8 @@ class TrainConfig:
     topic: str = field(default_factory=lambda: settings().model_topic)
     #: where the served fit's CF neighbours come from: "in_process" or "precomputed" (the Beam job's lists)
     neighbours: str = field(default_factory=lambda: settings().train_neighbours)
+    #: the served fit in a forked child process beside the gate (``_ServedFit``)
+    parallel_fit: bool = field(default_factory=lambda: settings().train_parallel_fit)
 
     def version_spec(self) -> dict[str, Any]:
         """What, besides the inputs and the code, decides the trained version (``registry.version_id``)."""
@@ -119,7 +122,9 @@ class TrainResult:
     reused: bool = False
     seconds: float = 0.0
     #: per phase (read, prepare, evaluate, fit, encode, write = version + promotion (+ re-gates) + publish):
-    #: {"wall": {phase: s}, "cpu": {phase: s}} (process CPU: every thread of the process)
+    #: {"wall": {phase: s}, "cpu": {phase: s}, "peak_rss_mib": {phase: MiB}, "served_fit": {...}} (process CPU:
+    #: every thread of the process; with the served fit in a child, ``fit`` / ``encode`` CPU include the
+    #: child's, ``fit`` wall is the parent's wait for it, ``served_fit.times`` the child's own [wall, CPU])
     phases: dict = field(default_factory=dict)
     #: where the served fit's CF neighbours came from (``meta.neighbours``; empty on a redelivery / skip)
     neighbours: dict = field(default_factory=dict)
@@ -278,7 +283,7 @@ def _version_meta(
     data: TrainingData,
     prep: _Prepared,
     gate: GateOutcome,
-    model: RoomRanker,
+    model: dict[str, Any],
     timing: dict[str, float],
     trigger: dict | None,
     arrays_bytes: int,
@@ -295,8 +300,8 @@ def _version_meta(
         "inputs": data.inputs,
         "data": {
             "events": int(len(data.events)),
-            "users": int(len(model.user_ids_)),
-            "items": int(model.n_items_),
+            "users": model["users"],
+            "items": model["items"],
             "catalog_items": int(len(data.catalog)),
             "streams": len(prep.showcases),
         },
@@ -312,7 +317,7 @@ def _version_meta(
         "trigger": trigger or {},
         "arrays_bytes": arrays_bytes,
         "neighbours": neighbours or {"setting": "in_process", "source": "in_process"},
-        "model": model.meta,
+        "model": model["meta"],
     }
 
 
@@ -438,6 +443,96 @@ def _gate(reg: Registry, data: TrainingData, prep: _Prepared, cfg: TrainConfig, 
     )
 
 
+def _model_info(model: RoomRanker) -> dict[str, Any]:
+    """What ``meta.json`` records of the served model (``_version_meta``)."""
+    return {"users": int(len(model.user_ids_)), "items": int(model.n_items_), "meta": model.meta}
+
+
+def _fit_and_encode(data: TrainingData, prep: _Prepared, W) -> tuple[dict, bytes, dict]:
+    """The served fit and its arrays: ``(model info, npz bytes, {"fit"|"encode": [wall s, CPU s]})``."""
+    t, c = time.perf_counter(), time.process_time()
+    model, _ = _fit_served(data, prep, W)
+    t1, c1 = time.perf_counter(), time.process_time()
+    blob = encode_arrays(model, _serving_extras(model, data, prep.showcases))
+    t2, c2 = time.perf_counter(), time.process_time()
+    return _model_info(model), blob, {"fit": [t1 - t, c1 - c], "encode": [t2 - t1, c2 - c1]}
+
+
+def _parallel_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+class _ServedFit:
+    """The served fit (the recipe on the full window) and its encoding, in a forked child process while
+    the parent runs the gate: the two do not depend on each other, and the train function has two CPUs
+    (infra/main.tf) of which the gate, single-threaded Python and numpy, uses one. The child sends back
+    JSON (the model's record) and the npz bytes over a pipe (no pickle) and exits; the parent writes.
+
+    In process instead (``parallel=False``, ``DAIHUO_TRAIN_PARALLEL_FIT=false``, one CPU, no ``fork``),
+    and as the fallback when the child fails or dies (logged, ``phases["served_fit"]["mode"]`` says
+    which): the same model either way (tests/test_train.py compares the arrays). Memory: the child shares
+    the parent's pages until either writes them; at 10M events the peak resident set of the two together
+    is bench_train's ``peak RSS`` column (the function's memory in infra/topology.json is sized for it)."""
+
+    def __init__(self, data: TrainingData, prep: _Prepared, W, parallel: bool):
+        self.data, self.prep, self.W = data, prep, W
+        self.proc = self.conn = None
+        self.mode, self.reason = "in_process", "" if parallel else "parallel fit off"
+        if parallel and _parallel_cpus() < 2:
+            self.reason = "one CPU"
+        elif parallel:
+            import multiprocessing as mp
+
+            try:
+                ctx = mp.get_context("fork")
+            except ValueError:
+                self.reason = "no fork on this platform"
+            else:
+                recv, send = ctx.Pipe(duplex=False)
+                self.proc = ctx.Process(target=self._child, args=(send,), name="served-fit", daemon=True)
+                self.proc.start()
+                send.close()
+                self.conn, self.mode = recv, "child"
+
+    def _child(self, conn) -> None:  # runs in the forked process
+        try:
+            info, blob, times = _fit_and_encode(self.data, self.prep, self.W)
+            head = {"ok": True, "info": info, "times": times, "peak_rss_mib": _peak_rss_mib()}
+            conn.send_bytes(json.dumps(head).encode())
+            conn.send_bytes(blob)
+        except BaseException as exc:  # reported to the parent, which fits in process
+            conn.send_bytes(json.dumps({"ok": False, "error": f"{type(exc).__name__}: {exc}"}).encode())
+        finally:
+            conn.close()
+
+    def result(self) -> tuple[dict, bytes, dict]:
+        """``(model info, npz bytes, report)``; waits for the child, or fits here."""
+        if self.conn is not None:
+            try:
+                head = json.loads(self.conn.recv_bytes())
+                if not head.get("ok"):
+                    raise RuntimeError(head.get("error"))
+                blob = self.conn.recv_bytes()
+                self.proc.join(30)
+                report = {"mode": "child", "times": head["times"], "child_peak_rss_mib": head["peak_rss_mib"]}
+                return head["info"], blob, report
+            except (EOFError, OSError, RuntimeError, ValueError) as exc:
+                code = self.proc.exitcode if self.proc is not None else None
+                self.reason = f"the child failed ({exc or type(exc).__name__}; exit code {code})"
+                log.warning("served fit: the child process failed, fitting in process", extra={"reason": self.reason})
+                if self.proc is not None and self.proc.is_alive():
+                    self.proc.kill()
+            finally:
+                self.conn.close()
+                if self.proc is not None:
+                    self.proc.join(5)
+        info, blob, times = _fit_and_encode(self.data, self.prep, self.W)
+        return info, blob, {"mode": "in_process", "reason": self.reason, "times": times}
+
+
 def release_memory() -> None:
     """Hand freed memory back to the system between phases: the baselines' per-frame index (a class
     cache, else kept by a warm instance until its next run), then a garbage collection, glibc's
@@ -525,28 +620,45 @@ def run_train(store, bus=None, cfg: TrainConfig | None = None, trigger: dict | N
     prep = _prepare(data, cfg)
     prepared.append(prep)
     clock.lap("prepare")
+    W, neighbours = _precomputed_neighbours(store, data, prep, cfg)
+    if cfg.neighbours == "precomputed":
+        clock.lap("neighbours")
+    served = _ServedFit(data, prep, W, cfg.parallel_fit)  # a child process fits it meanwhile (or below)
     gate = _gate(reg, data, prep, cfg, cache)
     # the candidate's holdout fit is not kept for a re-gate (the rare run whose LATEST moved meanwhile
     # fits it again): 0.24 GiB at 10M events, held through the served fit's peak
     cache.clear()
     release_memory()
     clock.lap("evaluate")
-    W, neighbours = _precomputed_neighbours(store, data, prep, cfg)
-    if cfg.neighbours == "precomputed":
-        clock.lap("neighbours")
-    model, _ = _fit_served(data, prep, W)
+    model, blob, served_report = served.result()
+    del served, W
     release_memory()
     clock.lap("fit")
-    blob = encode_arrays(model, _serving_extras(model, data, prep.showcases))
-    clock.lap("encode")
+    (_, fit_c), (enc_w, enc_c) = served_report["times"]["fit"], served_report["times"]["encode"]
+    if served_report["mode"] == "child":  # wall: the parent's wait; CPU: the child's too
+        clock.wall["encode"], clock.cpu["encode"] = 0.0, enc_c
+        clock.cpu["fit"] += fit_c
+    else:  # the lap held both
+        clock.wall["encode"], clock.cpu["encode"] = enc_w, enc_c
+        clock.wall["fit"], clock.cpu["fit"] = clock.wall["fit"] - enc_w, clock.cpu["fit"] - enc_c
+    clock.rss["encode"] = clock.rss["fit"]
     timing = {**clock.wall, "content": prep.seconds}
     meta = _version_meta(version, cfg, data, prep, gate, model, timing, trigger, len(blob), neighbours)
     meta["cpu_s"] = {k: round(v, 3) for k, v in clock.cpu.items()}
+    meta["served_fit"] = _rounded(served_report)
     written = reg.write_version(version, blob, meta)
     if not written:  # a twin committed it first: use its record
         meta = reg.read_meta(version)
     res = _finish(reg, version, meta, bus, cfg, t0, not written, regate)
     clock.lap("write")
-    res.phases = clock.as_dict()
+    res.phases = {**clock.as_dict(), "served_fit": meta["served_fit"]}
     res.neighbours = meta.get("neighbours", {})
     return res
+
+
+def _rounded(x):
+    if isinstance(x, dict):
+        return {k: _rounded(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_rounded(v) for v in x]
+    return round(x, 3) if isinstance(x, float) else x
