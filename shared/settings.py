@@ -160,7 +160,7 @@ class Settings(_Base):
     train_parallel_fit: bool = _f(
         True,
         "train: fit the served model in a forked child process while the gate runs (2+ CPUs; else, or if the "
-        "child fails, in process); docs/recommendations.md",
+        "child fails, in process); docs/serving.md §1",
     )
     model_topic: str = _f("model-published", "train: the topic a training outcome is published on")
     code_version: str | None = _f(None, "train: the code part of the version id", shown="(a hash of the source)")

@@ -24,7 +24,7 @@ Steps (``run_train``):
    data than it (``gate.older_data``) (the first model always, flagged when below a baseline). When
    another run moved LATEST since the decision (two clean runs' notifications train concurrently and
    both decide "first model"), the decision is stale: the gate runs again against the version now
-   serving (the candidate's holdout fits reused), the new decision replaces the recorded one in
+   serving (the candidate's holdout fit done again once), the new decision replaces the recorded one in
    ``meta.json`` (the old ones kept under ``decisions``), and the swap is tried again, at most
    ``promote_retries`` times. A promoted version is marked (``decision.promoted_at``) so that a
    redelivery after it was replaced never promotes it a second time;
