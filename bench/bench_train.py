@@ -8,6 +8,10 @@ Phases (``TrainResult.phases``): ``read`` (clean Parquet + catalog -> frame), ``
 content neighbours, showcases: the recipe has no tuning grid, ``DEFAULT_RECIPE``), ``evaluate`` (the
 gate: the candidate fitted on the holdout's training part, baselines, bootstrap), ``fit`` (the served
 recipe on the full window), ``encode`` (arrays -> npz), ``write`` (version objects, LATEST, publish).
+The served fit and encode run in a forked child while the gate runs (``DAIHUO_TRAIN_PARALLEL_FIT``,
+docs/serving.md §1): then ``fit`` wall is the wait for it, CPU columns include the child's, and the
+``served fit`` line gives the child's own times and peak RSS. ``peak RSS``: this process's high-water
+mark at the end of each phase (``ru_maxrss``; the child's is on its own line).
 Anchor, same run: ``pyarrow.parquet.read_table`` of the same clean objects and columns (the floor of
 ``read``). Data: ``bench_recommend_http.synthetic`` (power-law users / items, 28 days), written once
 per size to ``var/bench-data/train-…/`` (a cache, ``--no-cache`` to rebuild) and hard-linked into a
@@ -52,6 +56,13 @@ PHASES = ("read", "prepare", "evaluate", "fit", "encode", "write")
 
 def load() -> str:
     return "/".join(f"{x:.1f}" for x in os.getloadavg())
+
+
+def _children_cpu() -> float:
+    import resource
+
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
 
 
 def anchor_read(root: Path) -> tuple[float, float, int]:
@@ -113,9 +124,10 @@ def one(n: int, users: int, items: int, streams: int, cache: bool = True) -> dic
     store = open_store(str(tmp / "store"))
     a_wall, a_cpu, rows = anchor_read(tmp / "store")
     before = load()
-    t, c = time.perf_counter(), time.process_time()
+    t, c, k = time.perf_counter(), time.process_time(), _children_cpu()
     res = run_train(store, None, TrainConfig())
-    wall, cpu = time.perf_counter() - t, time.process_time() - c
+    # CPU: this process's and the served fit's child's (joined, so in RUSAGE_CHILDREN)
+    wall, cpu = time.perf_counter() - t, time.process_time() - c + _children_cpu() - k
     after = load()
     ph = res.phases
     print(f"promoted={res.promoted}  {res.reason[:140]}")
