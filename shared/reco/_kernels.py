@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 import threading
+from typing import Any
 
 import numpy as np
 
@@ -38,8 +39,9 @@ try:  # pragma: no cover - exercised when numba is installed
     # libgomp is present): OpenMP's threads do not survive fork(), and train fits the served model in a
     # forked child beside the gate (shared.serving.train._ServedFit). Read at the first parallel launch; a
     # NUMBA_THREADING_LAYER set in the environment still wins.
-    if _nb.config.THREADING_LAYER == "default":
-        _nb.config.THREADING_LAYER = "workqueue"
+    _config: Any = _nb.config
+    if _config.THREADING_LAYER == "default":
+        _config.THREADING_LAYER = "workqueue"
     HAVE_NUMBA = True
 except Exception:  # pragma: no cover
     _nb = None  # type: ignore[assignment]  # no numba: HAVE_NUMBA is False and guards every use of _nb

@@ -365,7 +365,8 @@ class RoomCounts(Mapping):
     __slots__ = ("_ids", "_codes", "_dicts")
 
     def __init__(self, ids: np.ndarray, codes: dict[str, tuple[np.ndarray, np.ndarray]]):
-        self._ids, self._codes, self._dicts = ids, codes, None
+        self._ids, self._codes = ids, codes
+        self._dicts: dict[str, dict] | None = None
 
     def _built(self) -> dict[str, dict]:
         if self._dicts is None:

@@ -516,7 +516,8 @@ class _ServedFit:
                 if not head.get("ok"):
                     raise RuntimeError(head.get("error"))
                 blob = self.conn.recv_bytes()
-                self.proc.join(30)
+                if self.proc is not None:
+                    self.proc.join(30)
                 report = {"mode": "child", "times": head["times"], "child_peak_rss_mib": head["peak_rss_mib"]}
                 return head["info"], blob, report
             except (EOFError, OSError, RuntimeError, ValueError) as exc:
