@@ -263,3 +263,18 @@ def test_a_served_fit_child_that_dies_is_replaced_by_a_fit_in_process(store, mon
     assert res.promoted and Registry(store).latest()[0]["version"] == res.version
     model, _, meta = _served(store, res.version)
     assert meta["served_fit"]["mode"] == "in_process" and len(model) > 0
+
+
+def test_a_run_whose_gate_fails_stops_its_served_fit_child(store, monkeypatch):
+    """The gate raising (a store error, a bug) fails the run as before and leaves no child fitting."""
+    import multiprocessing as mp
+
+    from shared.serving import train as T
+
+    def broken_gate(*args, **kwargs):
+        raise RuntimeError("gate broke")
+
+    monkeypatch.setattr(T, "_gate", broken_gate)
+    with pytest.raises(RuntimeError, match="gate broke"):
+        run_train(store, None, TrainConfig(parallel_fit=True))
+    assert [p for p in mp.active_children() if p.name == "served-fit"] == []

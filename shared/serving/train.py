@@ -474,8 +474,9 @@ class _ServedFit:
     In process instead (``parallel=False``, ``DAIHUO_TRAIN_PARALLEL_FIT=false``, one CPU, no ``fork``),
     and as the fallback when the child fails or dies (logged, ``phases["served_fit"]["mode"]`` says
     which): the same model either way (tests/test_train.py compares the arrays). Memory: the child shares
-    the parent's pages until either writes them; at 10M events the peak resident set of the two together
-    is bench_train's ``peak RSS`` column (the function's memory in infra/topology.json is sized for it)."""
+    the parent's pages until either writes them; at 10M events the two together peak at 5.7 GiB
+    (docs/serving.md §1; the function's memory in infra/topology.json is sized for it). A run whose gate
+    raises kills its child (``cancel``)."""
 
     def __init__(self, data: TrainingData, prep: _Prepared, W, parallel: bool):
         self.data, self.prep, self.W = data, prep, W
@@ -507,6 +508,15 @@ class _ServedFit:
             conn.send_bytes(json.dumps({"ok": False, "error": f"{type(exc).__name__}: {exc}"}).encode())
         finally:
             conn.close()
+
+    def cancel(self) -> None:
+        """Stop the child (the run failed before it needed the model)."""
+        if self.proc is not None and self.proc.is_alive():
+            self.proc.kill()
+        if self.conn is not None:
+            self.conn.close()
+        if self.proc is not None:
+            self.proc.join(5)
 
     def result(self) -> tuple[dict, bytes, dict]:
         """``(model info, npz bytes, report)``; waits for the child, or fits here."""
@@ -625,7 +635,11 @@ def run_train(store, bus=None, cfg: TrainConfig | None = None, trigger: dict | N
     if cfg.neighbours == "precomputed":
         clock.lap("neighbours")
     served = _ServedFit(data, prep, W, cfg.parallel_fit)  # a child process fits it meanwhile (or below)
-    gate = _gate(reg, data, prep, cfg, cache)
+    try:
+        gate = _gate(reg, data, prep, cfg, cache)
+    except BaseException:
+        served.cancel()
+        raise
     # the candidate's holdout fit is not kept for a re-gate (the rare run whose LATEST moved meanwhile
     # fits it again): 0.24 GiB at 10M events, held through the served fit's peak
     cache.clear()
