@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from shared.reco.arrays import unique
 from shared.runtime import numba_cache_dir
 
 # numba writes its cache beside this file: to the temp directory when that is read-only (shared.runtime)
@@ -249,7 +250,7 @@ def topn_similarity(X, XT, d, kind: str, n: int, min_cooc: float, work: np.ndarr
     cum = np.cumsum(work + 1.0)
     targets = cum[-1] * np.arange(1, n_chunks) / n_chunks if n_items else np.empty(0)
     inner = np.searchsorted(cum, targets, side="left")
-    bounds = np.unique(np.concatenate(([0], inner, [n_items]))).astype(np.int64)
+    bounds = unique(np.concatenate(([0], inner, [n_items]))).astype(np.int64)
     out_cols = np.empty(n_items * n, dtype=np.int32)
     out_vals = np.empty(n_items * n, dtype=np.float64)
     out_cnt = np.zeros(n_items, dtype=np.int64)

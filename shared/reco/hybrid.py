@@ -47,6 +47,8 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from shared.reco.arrays import unique
+
 from ._core import as_csr, csr_from_arrays, csr_to_arrays, str_array, top_k
 from ._kernels import HAVE_NUMBA, pair_scores
 from .content import ContentModel, item_texts
@@ -691,7 +693,7 @@ class HybridRecommender:
         n = self.n_items_
         if allowed_items is not None or allowed_idx is not None:
             if allowed_items is not None:
-                cand = np.unique(self._item_idx_fast(allowed_items))
+                cand = unique(self._item_idx_fast(allowed_items))
             else:
                 cand = np.asarray(allowed_idx, dtype=np.int64)
                 cand = cand[(cand >= 0) & (cand < n)]

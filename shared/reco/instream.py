@@ -40,6 +40,8 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from shared.reco.arrays import unique
+
 from ._kernels import HAVE_NUMBA
 from .event_types import POSITIVE_TYPES
 
@@ -288,7 +290,7 @@ def instream_parts(
     pstream = model.popularity_
     for s in set(pairs.streams):
         pos = model._item_index.get_indexer(np.asarray(list(showcases[s]), dtype=str))
-        idx = np.unique(pos[pos >= 0]).astype(np.int64)
+        idx = unique(pos[pos >= 0]).astype(np.int64)
         sc_idx[s] = idx
         k = pstream._stream_index.get(str(s))
         if k is None:
@@ -433,7 +435,7 @@ def catalogue_topk(model, Xc: sp.csr_matrix, k: int) -> list[np.ndarray]:
             if ct is not None:
                 sup.append(ct.indices[ct.indptr[r] : ct.indptr[r + 1]])
             sup.append(gorder[: k + hist.size])
-            cand = np.unique(np.concatenate(sup))
+            cand = unique(np.concatenate(sup))
             total = wp * g[cand] + wcf * _gather(cf, r, cand, scratch)
             if ct is not None:
                 total += wct * _gather(ct, r, cand, scratch)

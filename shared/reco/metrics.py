@@ -27,6 +27,8 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
+from shared.reco.arrays import unique
+
 __all__ = [
     "hit_matrix",
     "precision_at_k",
@@ -129,7 +131,7 @@ def hit_rate_at_k(recommended, relevant, k: int = 10) -> float:
 def catalog_coverage(recommended, n_items: int, k: int = 10) -> float:
     rec = np.asarray(recommended)[:, :k].ravel()
     rec = rec[(rec >= 0) & (rec < n_items)]
-    return float(np.unique(rec).size / n_items) if n_items else 0.0
+    return float(unique(rec).size / n_items) if n_items else 0.0
 
 
 def ranking_metrics(recommended, relevant, k: int = 10, n_items: int | None = None) -> dict[str, float]:

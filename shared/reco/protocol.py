@@ -36,6 +36,8 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from shared.reco.arrays import unique
+
 from .event_types import (
     CART_OR_BUY_TYPES,
     NON_TOUCH_TYPES,
@@ -587,13 +589,13 @@ def make_split(
     def history() -> tuple[np.ndarray, np.ndarray]:
         tr_touch = train_mask & touch & (icodes >= 0)
         return (
-            np.unique(ucodes[tr_touch].astype(np.int64) * ni + icodes[tr_touch]),
+            unique(ucodes[tr_touch].astype(np.int64) * ni + icodes[tr_touch]),
             np.bincount(ucodes[tr_touch], minlength=len(uids)),
         )
 
     hist_keys, n_hist = pmemo((part, "history"), history)
     # relevant (query, item) pairs, unique
-    pairs = np.unique(rel_q.astype(np.int64) * ni + icodes[rel_i])
+    pairs = unique(rel_q.astype(np.int64) * ni + icodes[rel_i])
     pq, pi = pairs // ni, pairs % ni
     if variant == "new":
         key = q_user[pq].astype(np.int64) * ni + pi
@@ -754,7 +756,7 @@ class _TrainIndex:
         if not is_t.any():
             is_t = touch_mask(ev)
         # popularity: distinct users with a target event per item (not decayed)
-        key = np.unique(u[is_t].astype(np.int64) * ni + i[is_t])
+        key = unique(u[is_t].astype(np.int64) * ni + i[is_t])
         self.pop = np.bincount(key % ni, minlength=ni).astype(np.float64) if ni else np.zeros(0)
         self.pop_order = np.lexsort((np.arange(ni), -self.pop))
         self.pop_rank = np.empty(ni, dtype=np.int64)

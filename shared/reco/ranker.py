@@ -52,6 +52,8 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from shared.reco.arrays import unique
+
 from ._core import csr_from_arrays, csr_to_arrays, gather_rows, str_array
 from ._kernels import HAVE_NUMBA, ITEM_COLS, RANK_FEATURES, pair_scores, rank_kernel, user_scores
 from .event_types import ADD_TO_CART, POSITIVE_TYPES, PRODUCT_CLICK, PURCHASE, RANKER_ROOM_TYPES, ROOM_RECENT_KEYS
@@ -237,7 +239,7 @@ def _stream_ids(events: pd.DataFrame) -> np.ndarray:
     col = events["stream_id"]
     if isinstance(col.dtype, pd.CategoricalDtype):
         codes = col.cat.codes.to_numpy()
-        names = _category_strings(col.cat.categories)[np.unique(codes[codes >= 0])]
+        names = _category_strings(col.cat.categories)[unique(codes[codes >= 0])]
     else:
         names = col.dropna().astype(str).unique()
     return np.asarray(sorted(set(names.tolist())), dtype=str)
@@ -481,7 +483,7 @@ class RoomRanker:
     def seen_items(self, row: int) -> np.ndarray:
         """Item positions the viewer touched (any weighted action, click, cart or purchase)."""
         ip, ix, _ = self.base._ui
-        return np.unique(
+        return unique(
             np.concatenate([ix[ip[row] : ip[row + 1]].astype(np.int64), self.touch_last_[row].indices.astype(np.int64)])
         )
 
@@ -644,7 +646,7 @@ class RoomRanker:
         """The showcase, else the pool of every source's best (a huge showcase: pool ∩ it + its
         bestsellers); ``pool=False``: every item."""
         if allowed_idx is not None and np.asarray(allowed_idx).size <= self.max_allowed:
-            return np.unique(np.asarray(allowed_idx, dtype=np.int64))
+            return unique(np.asarray(allowed_idx, dtype=np.int64))
         if not pool:
             return np.arange(self.n_items_, dtype=np.int64)
         pieces = [h_idx, c_idx, self._gpop_order[: self.pop_top]]
@@ -664,7 +666,7 @@ class RoomRanker:
                 pieces.append(
                     idx[_best(np.asarray(val, dtype=np.float64), self.room_top)] if idx.size > self.room_top else idx
                 )
-        cand = np.unique(np.concatenate(pieces))
+        cand = unique(np.concatenate(pieces))
         if allowed_idx is not None:  # a showcase larger than max_allowed
             al = np.asarray(allowed_idx, dtype=np.int64)  # sorted, unique (the allowed_idx contract)
             inside = cand[al[np.minimum(np.searchsorted(al, cand), al.size - 1)] == cand]
@@ -831,7 +833,7 @@ class RoomRanker:
         """Allowed item ids -> the sorted unique item positions ``recommend(allowed_items=)`` ranks on
         (unknown ids dropped): ``recommend(allowed_idx=allowed_index(ids))`` is ``recommend(allowed_items=ids)``
         (the evaluation converts each showcase once, not once per query)."""
-        return np.unique(self.base._item_idx_fast(list(allowed_items)))
+        return unique(self.base._item_idx_fast(list(allowed_items)))
 
     def _recommend_reference(
         self, user_id, N, stream_id, context_items, allowed_idx, room, now, filters, div=(None, None)
@@ -950,14 +952,14 @@ class RoomRanker:
                 mode = 1
             else:
                 mode = 2
-                allowed = np.unique(allowed)
+                allowed = unique(allowed)
         head = "room" if (stream_id is not None or allowed_idx is not None or room is not None) else "catalogue"
         filter_seen = bool(filters["filter_seen"])
         hd = head + ("_new" if filter_seen else "")
         scale, intercept = self._scale[hd]
         excl = e_i
         if filters["exclude_items"] is not None:
-            excl = np.unique(b._item_idx_fast(list(filters["exclude_items"])))
+            excl = unique(b._item_idx_fast(list(filters["exclude_items"])))
         category = filters["category"]
         use_cat = category is not None and b.category_ is not None
         cat_ok = np.zeros(max(self._n_cat, 1), dtype=np.bool_)

@@ -38,6 +38,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from shared.reco.arrays import unique
+
 from .event_types import ROOM_WINDOWS, room_key
 from .interactions import _category_strings
 from .protocol import _type_codes
@@ -138,7 +140,7 @@ def room_so_far(
     if item_index is not None:  # model positions: ("idx", sorted positions, counts), no per-query id lookups
         codes, names = item_index.get_indexer(icats).astype(np.int64)[icode], None
     else:  # ids: codes in the ids' sorted order (counts listed by id, as np.unique lists them)
-        present = np.unique(icode)
+        present = unique(icode)
         by_name = np.argsort(icats[present], kind="stable")
         names = icats[present][by_name]
         remap = np.full(len(icats), -1, dtype=np.int64)
@@ -363,7 +365,7 @@ def _fit_heads(
         if q.get("allowed") is not None:
             key = str(q.get("stream_id"))
             if key not in shown:
-                shown[key] = np.unique(state.base._item_idx_fast(list(q["allowed"])))
+                shown[key] = unique(state.base._item_idx_fast(list(q["allowed"])))
             allowed = shown[key]
             if allowed.size == 0:
                 continue

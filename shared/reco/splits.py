@@ -21,6 +21,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from shared.reco.arrays import unique
+
 __all__ = ["temporal_leave_last_out", "stratified_split", "validation_split"]
 
 
@@ -60,7 +62,7 @@ def stratified_split(
     # position of each row inside its group, in the original row order
     k = pd.Series(codes).groupby(codes, sort=False).cumcount().to_numpy()
     shuffled_pos = np.empty(len(df), dtype=np.int64)
-    for n_g in np.unique(sizes):
+    for n_g in unique(sizes):
         perm = np.random.RandomState(seed).permutation(n_g)  # == group.sample(frac=1, random_state=seed)
         inv = np.empty(n_g, dtype=np.int64)
         inv[perm] = np.arange(n_g)

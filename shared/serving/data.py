@@ -27,6 +27,7 @@ import pyarrow.parquet as pq
 
 from shared import layout
 from shared.adapters.storage import ObjectStore
+from shared.reco.arrays import unique
 
 CLEAN_PREFIX = layout.CLEAN
 CATALOG_PREFIX = layout.CATALOG
@@ -140,7 +141,7 @@ def _events_frame(tables: list[pa.Table], dates: list | None = None) -> pd.DataF
         ties = np.flatnonzero(ts[1:] == ts[:-1])
         order = None
         if ties.size:
-            starts = np.unique(np.concatenate([ties[np.r_[True, np.diff(ties) > 1]]]))
+            starts = unique(np.concatenate([ties[np.r_[True, np.diff(ties) > 1]]]))
             if starts.size <= 100_000:
                 order = np.arange(ts.size)
                 eid = table["event_id"]
