@@ -5,8 +5,9 @@ The evaluation's queries (``protocol.make_split``) and the recipe's training que
 (``recipe.room_so_far``) each ask thousands of such windows. Rows are sorted once by (type, stream,
 time), so a window is one slice found by binary search (no per-query mask over every type's rows), and
 each stream's items get local codes in the order of their global codes, so a window's counts are one
-``np.bincount`` over the stream's few items, not a sort of the slice: the same ``(items ascending,
-counts)`` as ``np.unique(items_in_window, return_counts=True)``.
+``np.bincount`` over the stream's items, not a sort of the slice (a window of fewer rows than a
+quarter of the stream's items, a room's last minutes, is sorted instead: cheaper there): the same
+``(items ascending, counts)`` as ``np.unique(items_in_window, return_counts=True)``.
 """
 
 from __future__ import annotations
@@ -73,6 +74,9 @@ class RoomLog:
         if e <= a:
             return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64)
         p0, p1 = int(self.pair_ptr[s]), int(self.pair_ptr[s + 1])
+        if (e - a) * 4 < p1 - p0:  # a short window over a large room: sorting the slice is cheaper
+            nz, c = np.unique(self.local[a:e], return_counts=True)  # (the sort path: counts requested)
+            return self.pair_item[p0 + nz], c.astype(np.int64)
         c = np.bincount(self.local[a:e], minlength=p1 - p0)
         nz = np.flatnonzero(c)
         return self.pair_item[p0 + nz], c[nz].astype(np.int64)
