@@ -291,7 +291,14 @@ def write_clean_from_frames(
     keys = []
     day = ev["ts"].dt.strftime("%Y-%m-%d")
     for d, part in ev.groupby(day, sort=True):
-        t = pa.Table.from_pandas(part.reset_index(drop=True), preserve_index=False)
+        part = part.reset_index(drop=True)
+        # a day's file carries the ids of that day only, as the pipeline's (DuckDB writes each row group's
+        # dictionary from its values): a categorical's unused categories (a whole user universe) are not
+        # written into every file
+        for c in part.columns:
+            if isinstance(part[c].dtype, pd.CategoricalDtype):
+                part[c] = part[c].cat.remove_unused_categories()
+        t = pa.Table.from_pandas(part, preserve_index=False)
         t = pa.table(
             {
                 c: (t[c].dictionary_encode() if c in ("type", "platform", "stream_id", "user_id", "item_id") else t[c])
