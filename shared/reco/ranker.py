@@ -384,14 +384,18 @@ class RoomRanker:
         i = _codes(ev["item_id"], iids)[0]
         d = ts_days(ev["ts"]) if len(ev) else np.empty(0)
         ok = (u >= 0) & (i >= 0)
-        u, i, d = u[ok], i[ok], d[ok]
-        o = np.lexsort((d, i, u))
-        u, i, d = u[o], i[o], d[o]
-        last = np.ones(u.size, dtype=bool)
-        last[:-1] = (u[1:] != u[:-1]) | (i[1:] != i[:-1])
-        M = sp.csr_matrix((d[last], (u[last], i[last])), shape=(len(uids), len(iids)))
-        M.sort_indices()
-        return M
+        u, i, d = u[ok], i[ok], np.asarray(d, dtype=np.float64)[ok]
+        # each (user, item) pair's latest day, in row-major order: one sort of the pair key and a
+        # maximum per run (a 3-key lexsort took ~2 s of the gate's candidate fit at 10M events)
+        ni = max(len(iids), 1)
+        key = u.astype(np.int64) * ni + i
+        o = np.argsort(key)
+        ks = key[o]
+        start = np.flatnonzero(np.r_[True, ks[1:] != ks[:-1]]) if ks.size else np.empty(0, dtype=np.int64)
+        last = np.maximum.reduceat(d[o], start) if ks.size else np.empty(0, dtype=np.float64)
+        pu, pi = ks[start] // ni, ks[start] % ni
+        indptr = np.concatenate(([0], np.cumsum(np.bincount(pu, minlength=len(uids))))).astype(np.int64)
+        return sp.csr_matrix((last, pi.astype(np.int32), indptr), shape=(len(uids), len(iids)))
 
     @property
     def user_items_(self):
