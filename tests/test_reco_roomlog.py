@@ -31,6 +31,29 @@ def test_roomlog_counts_equal_unique_of_the_window():
         assert u.dtype == np.int64 and c.dtype == np.int64
 
 
+def test_roomlog_prefixes_in_time_order_and_back():
+    """Rooms so far asked in time order per stream (the callers' order: each prefix extends the last one,
+    counted incrementally), then backwards and repeated: always the reference's counts."""
+    rng = np.random.default_rng(5)
+    n = 20000
+    stream = rng.integers(0, 3, n)
+    ts = rng.integers(0, 50_000, n)
+    item = rng.integers(0, 2000, n)  # many items per stream: the bincount (prefix) branch
+    typ = rng.integers(0, 2, n)
+    log = RoomLog(stream, ts, item, typ, 3, 2)
+    his = np.sort(rng.integers(0, 50_500, 60))
+    asks = [(s, int(h)) for s in range(3) for h in his]
+    asks += [(s, int(h)) for s in range(3) for h in his[::-1]] + asks[:20]
+    for s, hi in asks:
+        for t in range(2):
+            u, c = log.counts(t, s, None, hi)
+            ru, rc = _reference(stream, ts, item, typ, t, s, None, hi)
+            assert u.tolist() == ru.tolist() and c.tolist() == rc.tolist()
+        u, c = log.counts(0, s, hi - 400, hi)  # a recent window between two prefixes leaves them alone
+        ru, rc = _reference(stream, ts, item, typ, 0, s, hi - 400, hi)
+        assert u.tolist() == ru.tolist() and c.tolist() == rc.tolist()
+
+
 def test_room_so_far_ids_and_positions():
     t0 = pd.Timestamp("2026-11-01", tz="UTC")
     ev = pd.DataFrame(

@@ -666,9 +666,14 @@ def make_split(
                 )
             return RoomCounts(iid_arr, codes), codes
 
-        for q in chosen:
+        built: dict[int, tuple] = {}
+        # in (stream, time) order: each room prefix extends the one before it (RoomLog counts the rows in
+        # between only); the dicts below keep the queries' order
+        for q in chosen[np.lexsort((q_ts[chosen], q_stream[chosen]))].tolist():
             s_, tq = int(q_stream[q]), int(q_ts[q])
-            room, codes = memo(("room", s_, tq), functools.partial(one_room, s_, tq))
+            built[q] = memo(("room", s_, tq), functools.partial(one_room, s_, tq))
+        for q in chosen.tolist():
+            room, codes = built[q]
             rooms[int(q)] = room
             room_codes[int(q)] = (iid_arr, codes)
 

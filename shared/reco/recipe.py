@@ -148,11 +148,14 @@ def room_so_far(
         codes = remap[icode]
     log = RoomLog(scode, tsv, codes, tcode, len(streams), len(types))
     spos = {x: k for k, x in enumerate(streams.tolist())}
+    todo = []
     for q, (s, t) in enumerate(keys):
         k = spos.get(str(s))
-        if k is None:
-            continue
-        tq = ts_ns1(t)
+        if k is not None:
+            todo.append((k, ts_ns1(t), q))
+    # in (stream, time) order: each room prefix extends the one before it (RoomLog counts the rows in between)
+    todo.sort()
+    for k, tq, q in todo:
         for tname, minutes in ROOM_WINDOWS:
             u, c = log.counts(types.index(tname), k, None if minutes is None else tq - minutes * 60 * 10**9, tq)
             if u.size:

@@ -7,7 +7,8 @@ time), so a window is one slice found by binary search (no per-query mask over e
 each stream's items get local codes in the order of their global codes, so a window's counts are one
 ``np.bincount`` over the stream's items, not a sort of the slice (a window of fewer rows than a
 quarter of the stream's items, a room's last minutes, is sorted instead: cheaper there): the same
-``(items ascending, counts)`` as ``np.unique(items_in_window, return_counts=True)``.
+``(items ascending, counts)`` as ``np.unique(items_in_window, return_counts=True)``. A room "so far"
+that extends the run's previous one adds only the rows in between (callers ask in time order).
 """
 
 from __future__ import annotations
@@ -58,6 +59,9 @@ class RoomLog:
         self.pair_ptr = np.searchsorted(pairs // span, np.arange(self.n_streams + 1), side="left")
         local = inv.reshape(-1) - self.pair_ptr[stream]
         self.local = (local.astype(np.int32) if local.size and int(local.max()) < 1 << 31 else local)[o]
+        # per (type, stream) run: the end row and the counts of the last prefix counted, so queries asked in
+        # time order within a stream (make_split, room_so_far) count each row once, not once per query
+        self._prefix: dict[int, tuple[int, np.ndarray]] = {}
 
     def bounds(self, t: int, s: int) -> tuple[int, int]:
         """The rows of type ``t`` in stream ``s`` (sorted by time)."""
@@ -77,6 +81,17 @@ class RoomLog:
         if (e - a) * 4 < p1 - p0:  # a short window over a large room: sorting the slice is cheaper
             nz, c = np.unique(self.local[a:e], return_counts=True)  # (the sort path: counts requested)
             return self.pair_item[p0 + nz], c.astype(np.int64)
-        c = np.bincount(self.local[a:e], minlength=p1 - p0)
+        if lo is None:  # a room so far: continue the run's last prefix when this one extends it
+            run = int(t) * self.n_streams + int(s)
+            st = self._prefix.get(run)
+            if st is not None and st[0] <= e:
+                c = st[1]
+                if e > st[0]:
+                    c += np.bincount(self.local[st[0] : e], minlength=p1 - p0)
+            else:
+                c = np.bincount(self.local[a:e], minlength=p1 - p0)
+            self._prefix[run] = (e, c)
+        else:
+            c = np.bincount(self.local[a:e], minlength=p1 - p0)
         nz = np.flatnonzero(c)
         return self.pair_item[p0 + nz], c[nz].astype(np.int64)
