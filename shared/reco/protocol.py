@@ -982,8 +982,8 @@ class ItemKNNRanker(_BaseRanker):
             r = rows[a : a + B]
             Xr = self.t.X[np.maximum(r, 0)]
             Xr = sp.diags((r >= 0).astype(np.float64)) @ Xr
+            # (no sort_indices: the order below is total, pop_rank being a permutation, whatever a row's order)
             S = sp.csr_matrix(Xr @ self.W)
-            S.sort_indices()
             for j, q in enumerate(queries[a : a + B]):
                 s0, s1 = S.indptr[j], S.indptr[j + 1]
                 idx, val = S.indices[s0:s1], S.data[s0:s1]
