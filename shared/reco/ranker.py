@@ -387,15 +387,18 @@ class RoomRanker:
         u, i, d = u[ok], i[ok], np.asarray(d, dtype=np.float64)[ok]
         # each (user, item) pair's latest day, in row-major order: one sort of the pair key and a
         # maximum per run (a 3-key lexsort took ~2 s of the gate's candidate fit at 10M events)
+        shape = (len(uids), len(iids))
+        if not u.size:
+            return sp.csr_matrix(shape, dtype=np.float64)
         ni = max(len(iids), 1)
         key = u.astype(np.int64) * ni + i
         o = np.argsort(key)
         ks = key[o]
-        start = np.flatnonzero(np.r_[True, ks[1:] != ks[:-1]]) if ks.size else np.empty(0, dtype=np.int64)
-        last = np.maximum.reduceat(d[o], start) if ks.size else np.empty(0, dtype=np.float64)
-        pu, pi = ks[start] // ni, ks[start] % ni
+        start = np.flatnonzero(np.r_[True, ks[1:] != ks[:-1]])
+        last = np.maximum.reduceat(d[o], start)
+        pu, pi = np.divmod(ks[start], ni)
         indptr = np.concatenate(([0], np.cumsum(np.bincount(pu, minlength=len(uids))))).astype(np.int64)
-        return sp.csr_matrix((last, pi.astype(np.int32), indptr), shape=(len(uids), len(iids)))
+        return sp.csr_matrix((last, pi.astype(np.int32), indptr), shape=shape)
 
     @property
     def user_items_(self):

@@ -81,17 +81,14 @@ class RoomLog:
         if (e - a) * 4 < p1 - p0:  # a short window over a large room: sorting the slice is cheaper
             nz, c = np.unique(self.local[a:e], return_counts=True)  # (the sort path: counts requested)
             return self.pair_item[p0 + nz], c.astype(np.int64)
-        if lo is None:  # a room so far: continue the run's last prefix when this one extends it
-            run = int(t) * self.n_streams + int(s)
-            st = self._prefix.get(run)
-            if st is not None and st[0] <= e:
-                c = st[1]
-                if e > st[0]:
-                    c += np.bincount(self.local[st[0] : e], minlength=p1 - p0)
-            else:
-                c = np.bincount(self.local[a:e], minlength=p1 - p0)
-            self._prefix[run] = (e, c)
+        run = int(t) * self.n_streams + int(s)
+        st = self._prefix.get(run) if lo is None else None
+        if st is not None and st[0] <= e:  # a room so far extending the run's last one: the rows between
+            c = st[1]
+            c += np.bincount(self.local[st[0] : e], minlength=p1 - p0)
         else:
             c = np.bincount(self.local[a:e], minlength=p1 - p0)
+        if lo is None:
+            self._prefix[run] = (e, c)
         nz = np.flatnonzero(c)
         return self.pair_item[p0 + nz], c[nz].astype(np.int64)
