@@ -36,6 +36,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -155,8 +156,39 @@ def raw_get(host: str, path: str, token: str) -> bytes:
     return f"GET {path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {token}\r\n\r\n".encode()
 
 
-def in_process(store, viewers, tokens, kernel: str, n: int) -> dict:
-    """The model's recommend and the whole handle(), one thread, kernel on or off."""
+def concurrent_cpu(r, viewers, tokens, n: int, threads: int) -> tuple[float, float]:
+    """``handle()`` from ``threads`` request threads at once (as a gunicorn worker's threads run it):
+    the process's CPU per call (µs) and its voluntary context switches per call. A call that releases the
+    GIL (a system call, most numpy sorts, reductions and fancy indexing) while other threads are
+    runnable hands the GIL over and waits to get it back: each such switch costs CPU (caches refilled),
+    so this figure, not the one-thread median, is what an instance with concurrent requests pays."""
+    import resource
+
+    per = max(1, n // threads)
+
+    def work(off: int) -> None:
+        for k in range(per):
+            v = viewers[(k * 7 + off) % len(viewers)]
+            args = {"user_id": v["user_id"], "stream_id": v["stream_id"], "k": "10"}
+            a = r.handle("GET", args, {"Authorization": "Bearer " + tokens[v["user_id"]]})
+            if a.status != 200:
+                raise RuntimeError(f"in-process answer {a.status}: {a.json}")
+
+    ru0 = resource.getrusage(resource.RUSAGE_SELF)
+    ts = [threading.Thread(target=work, args=(i,)) for i in range(threads)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    ru1 = resource.getrusage(resource.RUSAGE_SELF)
+    calls = per * threads
+    cpu = (ru1.ru_utime - ru0.ru_utime + ru1.ru_stime - ru0.ru_stime) / calls * 1e6
+    return cpu, (ru1.ru_nvcsw - ru0.ru_nvcsw) / calls
+
+
+def in_process(store, viewers, tokens, kernel: str, n: int, threads: int = 8) -> dict:
+    """The model's recommend and the whole handle(), one thread, kernel on or off; then handle()'s CPU
+    per call from one thread and from ``threads`` threads at once (``concurrent_cpu``)."""
     os.environ["DAIHUO_RECOMMEND_KERNEL"] = kernel
     from shared.serving.recommend import ModelHolder, Recommender
     from shared.settings import settings
@@ -192,9 +224,14 @@ def in_process(store, viewers, tokens, kernel: str, n: int) -> dict:
             if rnd:
                 handle_us.append(dh * 1e6)
                 personal += bool(a.json["personal"])
+    threaded = {t: concurrent_cpu(r, viewers, tokens, n, t) for t in (1, threads)}
     r.holder.stop()
     os.environ.pop("DAIHUO_RECOMMEND_KERNEL", None)
     return {
+        "cpu_us_1": threaded[1][0],
+        "csw_1": threaded[1][1],
+        "cpu_us_n": threaded[threads][0],
+        "csw_n": threaded[threads][1],
         "model_us": float(np.median(model_us)),
         "model_p99_us": float(np.percentile(model_us, 99)),
         "handle_us": float(np.median(handle_us)),
@@ -235,6 +272,11 @@ def http_runs(args, store_dir: Path, viewers, tokens, keys: str, log_dir: Path) 
                     raise RuntimeError(f"{name} warm-up answer {a.status_code}: {a.text[:300]}")
             reqfile = log_dir / f"{name}.req"
             write_requests(reqfile, reqs)
+            # the loop above used one keep-alive connection, so one worker: wrk's connections reach every
+            # worker (a worker still loading its model inside a measured scenario was 1-2 s of its CPU)
+            warm = run_wrk(f"http://{fn.host}/", reqfile, 3, args.connections, min(2, args.connections), 0.0)
+            if warm["non_2xx"] or warm["socket_errors"]:
+                raise RuntimeError(f"{name} warm-up: {warm['non_2xx']} non-2xx, {warm['socket_errors']} errors")
             for mode in ("closed", "paced"):
                 conns = args.connections if mode == "closed" else args.paced_connections
                 threads = min(2, conns) if mode == "closed" else conns
@@ -262,12 +304,12 @@ def http_runs(args, store_dir: Path, viewers, tokens, keys: str, log_dir: Path) 
     return out
 
 
-def in_process_child(cache: Path, kernel: str, n: int) -> int:
+def in_process_child(cache: Path, kernel: str, n: int, threads: int) -> int:
     """One fresh process, one path (``--in-process-child``): its figures as one JSON line on stdout."""
     info = json.loads((cache / "viewers.json").read_text())
     viewers = info["viewers"]
     _, tokens = viewer_tokens(v["user_id"] for v in viewers)
-    r = in_process(open_store(str(cache / "store")), viewers, tokens, kernel, n)
+    r = in_process(open_store(str(cache / "store")), viewers, tokens, kernel, n, threads)
     print("CHILD " + json.dumps(r), flush=True)
     return 0
 
@@ -291,6 +333,8 @@ def in_process_runs(args, cache: Path) -> dict:
                     str(cache),
                     "--requests",
                     str(args.requests),
+                    "--threads",
+                    str(args.threads),
                 ],
                 capture_output=True,
                 text=True,
@@ -303,7 +347,9 @@ def in_process_runs(args, cache: Path) -> dict:
             runs[kernel].append(r)
             print(
                 f"  run {i + 1}, {'kernel' if kernel == '1' else 'numpy path':10s}: model {r['model_us']:5.0f} µs, "
-                f"handle() {r['handle_us']:5.0f} µs  (load {l0})",
+                f"handle() {r['handle_us']:5.0f} µs; CPU per handle() from 1 / {args.threads} threads "
+                f"{r['cpu_us_1']:4.0f} / {r['cpu_us_n']:4.0f} µs, context switches {r['csw_1']:.2f} / {r['csw_n']:.2f}"
+                f"  (load {l0})",
                 flush=True,
             )
     ip = {}
@@ -319,6 +365,12 @@ def in_process_runs(args, cache: Path) -> dict:
             f"  handle() median {agg['handle_us']:5.0f} µs (runs {agg['handle_range'][0]:.0f}-"
             f"{agg['handle_range'][1]:.0f}, p99 {agg['handle_p99_us']:5.0f})  personal {agg['personal']:.0%}"
             f"  ({len(rs)} processes)",
+            flush=True,
+        )
+        print(
+            f"  {'':20s}  handle() CPU per call, 1 thread {agg['cpu_us_1']:4.0f} µs, {args.threads} threads at once"
+            f" {agg['cpu_us_n']:4.0f} µs ({agg['cpu_us_n'] / max(agg['cpu_us_1'], 1e-9):.2f}x); voluntary context"
+            f" switches per call {agg['csw_1']:.2f} / {agg['csw_n']:.2f}",
             flush=True,
         )
     return ip
@@ -350,7 +402,7 @@ def main(argv=None) -> int:
     )
     args = ap.parse_args(argv)
     if args.in_process_child:
-        return in_process_child(Path(args.model_dir), args.in_process_child, args.requests)
+        return in_process_child(Path(args.model_dir), args.in_process_child, args.requests, args.threads)
     if not args.no_http and not shutil.which("wrk"):
         print(WRK_INSTALL, file=sys.stderr)
         return 2

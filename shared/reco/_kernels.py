@@ -1161,3 +1161,176 @@ def rank_kernel(*args, n: int):
     out = _rank_kernel(*args, *sc)
     release_scratch(sc)
     return out
+
+
+# ------------------------------------------------------------------ the answer's top (score, order, parts)
+# ``RoomRanker._top`` on the few candidates a request keeps, in two compiled calls that hold the GIL.
+# The numpy formulation it replaces made ~8 calls that release the GIL (a reduction, lexsort, fancy
+# indexing, argsort): in a worker with several busy request threads, each release handed the GIL to another
+# thread and its return waited for it, ~11 context switches a request that doubled its CPU
+# (bench/bench_recommend_serve.py; docs/serving.md §4). Contributions, scores and order are numpy's bit for
+# bit (the row sums repeat numpy's pairwise summation); the group parts are summed in feature order, where
+# BLAS's product had an order of its own (the last bit may differ; tests/test_reco_kernels_top.py).
+
+if HAVE_NUMBA:
+
+    @_nb.njit(cache=True, inline="always")
+    def _pairwise_row(C, i, f):
+        # numpy's pairwise sum of C[i, :f] (DOUBLE_pairwise_sum, f <= 128): 8 accumulators, then the rest
+        if f < 8:
+            res = 0.0
+            for k in range(f):
+                res += C[i, k]
+            return res
+        r0 = C[i, 0]
+        r1 = C[i, 1]
+        r2 = C[i, 2]
+        r3 = C[i, 3]
+        r4 = C[i, 4]
+        r5 = C[i, 5]
+        r6 = C[i, 6]
+        r7 = C[i, 7]
+        k = 8
+        while k < f - (f % 8):
+            r0 += C[i, k]
+            r1 += C[i, k + 1]
+            r2 += C[i, k + 2]
+            r3 += C[i, k + 3]
+            r4 += C[i, k + 4]
+            r5 += C[i, k + 5]
+            r6 += C[i, k + 6]
+            r7 += C[i, k + 7]
+            k += 8
+        res = ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7))
+        while k < f:
+            res += C[i, k]
+            k += 1
+        return res
+
+    @_nb.njit(cache=True, inline="always")
+    def _before(sa, ca, pa, sb, cb, pb):
+        # is candidate a ranked before b?  score desc (NaN last), item asc, then position (stable)
+        if sa != sa:
+            if sb == sb:
+                return False
+        elif sb != sb:
+            return True
+        elif sa != sb:
+            return sa > sb
+        if ca != cb:
+            return ca < cb
+        return pa < pb
+
+    @_nb.njit(cache=True)
+    def _score_rank(F, w, b, cand, keep):
+        n, f = F.shape
+        C = np.empty((n, f))
+        score = np.empty(n)
+        for i in range(n):
+            for k in range(f):
+                C[i, k] = F[i, k] * w[k]
+            score[i] = b + (0.0 + _pairwise_row(C, i, f))
+        m = 0
+        for i in range(n):
+            if keep[i]:
+                m += 1
+        a = np.empty(m, dtype=np.int64)
+        m = 0
+        for i in range(n):
+            if keep[i]:
+                a[m] = i
+                m += 1
+        # bottom-up merge sort of the kept positions (a total order: equal to numpy's lexsort)
+        tmp = np.empty(m, dtype=np.int64)
+        width = 1
+        while width < m:
+            lo = 0
+            while lo < m:
+                mid = min(lo + width, m)
+                hi = min(lo + 2 * width, m)
+                x, y, o = lo, mid, lo
+                while x < mid and y < hi:
+                    p, q = a[x], a[y]
+                    if _before(score[q], cand[q], q, score[p], cand[p], p):
+                        tmp[o] = q
+                        y += 1
+                    else:
+                        tmp[o] = p
+                        x += 1
+                    o += 1
+                while x < mid:
+                    tmp[o] = a[x]
+                    x += 1
+                    o += 1
+                while y < hi:
+                    tmp[o] = a[y]
+                    y += 1
+                    o += 1
+                lo += 2 * width
+            a, tmp = tmp, a
+            width *= 2
+        return C, score, a
+
+    @_nb.njit(cache=True)
+    def _top_rows(C, F, score, cand, order, grp, G):
+        N = order.shape[0]
+        f = C.shape[1]
+        Co = np.empty((N, f))
+        Fo = np.empty((N, f))
+        P = np.zeros((N, G))
+        g_order = np.empty((N, G), dtype=np.int64)
+        s_o = np.empty(N)
+        c_o = np.empty(N, dtype=np.int64)
+        for j in range(N):
+            r = order[j]
+            s_o[j] = score[r]
+            c_o[j] = cand[r]
+            for k in range(f):
+                Co[j, k] = C[r, k]
+                Fo[j, k] = F[r, k]
+                P[j, grp[k]] += C[r, k]
+            # the groups by part desc (NaN last), group asc: numpy's stable argsort of -P
+            for g in range(G):
+                x = g
+                v = P[j, g]
+                t = g - 1
+                while t >= 0:
+                    u = P[j, g_order[j, t]]
+                    if v == v and (u != u or v > u):
+                        g_order[j, t + 1] = g_order[j, t]
+                        t -= 1
+                    else:
+                        break
+                g_order[j, t + 1] = x
+        return Co, Fo, P, g_order, s_o, c_o
+
+
+def score_rank(F: np.ndarray, w: np.ndarray, b: float, cand: np.ndarray, keep: np.ndarray):
+    """``(C, score, ranked)``: the contributions ``F * w``, ``score = b + C.sum(axis=1)`` and the kept rows
+    ranked by score desc (NaN last), item asc, position asc, i.e. ``sel[np.lexsort((cand[sel],
+    -score[sel]))]`` with ``sel = np.flatnonzero(keep)``."""
+    F = np.ascontiguousarray(F, dtype=np.float64)
+    w = np.ascontiguousarray(w, dtype=np.float64)
+    cand = np.ascontiguousarray(cand, dtype=np.int64)
+    keep = np.ascontiguousarray(keep, dtype=np.bool_)
+    if HAVE_NUMBA and F.shape[1] <= 128:
+        return _score_rank(F, w, float(b), cand, keep)
+    C = F * w
+    score = b + C.sum(axis=1)
+    sel = np.flatnonzero(keep)
+    return C, score, sel[np.lexsort((sel, cand[sel], np.where(np.isnan(score[sel]), np.inf, -score[sel])))]
+
+
+def top_rows(C, F, score, cand, order, grp: np.ndarray, G: int):
+    """The listed rows' parts: ``(C[order], F[order], P, g_order, score[order], cand[order])`` with ``P`` the
+    contributions summed per group (``grp[f]`` = feature f's group) in feature order, and ``g_order`` each
+    row's groups by part desc (NaN last), group asc."""
+    order = np.ascontiguousarray(order, dtype=np.int64)
+    if HAVE_NUMBA:
+        return _top_rows(C, F, score, np.ascontiguousarray(cand, dtype=np.int64), order, grp, G)
+    Co = C[order]
+    P = np.zeros((order.size, G))
+    for k in range(C.shape[1]):
+        P[:, grp[k]] += Co[:, k]
+    key = np.where(np.isnan(P), np.inf, -P)
+    return Co, F[order], P, np.argsort(key, axis=1, kind="stable"), score[order], cand[order]

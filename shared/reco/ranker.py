@@ -55,7 +55,7 @@ import scipy.sparse as sp
 from shared.reco.arrays import unique
 
 from ._core import csr_from_arrays, csr_to_arrays, gather_rows, str_array
-from ._kernels import HAVE_NUMBA, ITEM_COLS, RANK_FEATURES, pair_scores, rank_kernel, user_scores
+from ._kernels import HAVE_NUMBA, ITEM_COLS, RANK_FEATURES, pair_scores, rank_kernel, score_rank, top_rows, user_scores
 from .event_types import ADD_TO_CART, POSITIVE_TYPES, PRODUCT_CLICK, PURCHASE, RANKER_ROOM_TYPES, ROOM_RECENT_KEYS
 from .hybrid import HybridRecommender
 from .interactions import _category_strings, _codes, build_user_items
@@ -125,6 +125,7 @@ HEADS = ("room", "catalogue", "room_new", "catalogue_new")
 _GROUP_MATRIX = np.zeros((len(FEATURES), len(GROUPS)))
 for _f, _g in FEATURE_GROUP.items():
     _GROUP_MATRIX[_F[_f], GROUPS.index(_g)] = 1.0  # *_new: filter_seen requests (new items only)
+_GROUP_OF = np.argmax(_GROUP_MATRIX, axis=1).astype(np.int64)  # each feature's group
 _GROUP_FEATURES = {g: [_F[f] for f in FEATURES if FEATURE_GROUP[f] == g] for g in GROUPS}
 _ROOM_BUY = _F["room_buy"]
 #: reason fields that do not change its sentence (a reason's identity in a list is the rest)
@@ -1180,28 +1181,26 @@ class RoomRanker:
         ``more_exist``: the candidates are a prefix of a longer ranked list (the kernel's heap), so a
         diversity pass that had to fill with skipped items returns ``None`` (the caller ranks them all)."""
         head = info.get("head", "room") + ("_new" if new_only else "")
-        C = self.contributions(F, head)
-        score = self.intercept(head) + C.sum(axis=1)
-        sel = np.flatnonzero(keep)
-        if sel.size == 0:
+        # contributions, scores, the ranked order and the listed rows' parts in two compiled calls that
+        # hold the GIL (shared.reco._kernels.score_rank / top_rows: numpy's results, bit for bit)
+        w, b = self._scale[head]
+        C, score, ranked = score_rank(F, w, b, cand, keep)
+        if ranked.size == 0:
             return {"strategy": info.get("strategy", "global"), "items": []}
         cap = int(max_per_category) if max_per_category and self._cat_code is not None else 0
         dup = near_duplicate if near_duplicate and near_duplicate <= self._content_max() else None
         if cap or dup:
-            order, filled = self._diverse(sel[np.lexsort((cand[sel], -score[sel]))], cand, N, cap, dup)
+            order, filled = self._diverse(ranked, cand, N, cap, dup)
             if filled and more_exist:
                 return None
         else:
-            if sel.size > N:  # the N best (score desc, item asc) without sorting every candidate
-                kth = np.partition(-score[sel], N - 1)[N - 1]
-                sel = sel[-score[sel] <= kth]
-            order = sel[np.lexsort((cand[sel], -score[sel]))][:N]
-        Co = C[order]
-        P = Co @ _GROUP_MATRIX
+            order = ranked[:N]
+        rows = top_rows(C, F, score, cand, order, _GROUP_OF, len(GROUPS))
+        Co, _, P, _, s_o, c_o = rows
         parts = P.tolist()
-        ids = self.item_ids_[cand[order]].tolist()
-        sc = score[order].tolist()
-        reasons = self._list_reasons(order, cand, F, Co, P, info)
+        ids = self.item_ids_[c_o].tolist()
+        sc = s_o.tolist()
+        reasons = self._list_reasons(order, rows, info)
         out = [
             {"item_id": ids[j], "score": sc[j], "parts": dict(zip(GROUPS, parts[j])), "reason": reasons[j]}
             for j in range(order.size)
@@ -1275,7 +1274,7 @@ class RoomRanker:
         return np.asarray(taken, dtype=np.int64), filled
 
     # ------------------------------------------------------------- reasons
-    def _list_reasons(self, order, cand, F, Co, P, info) -> list[dict[str, Any]]:
+    def _list_reasons(self, order, rows, info) -> list[dict[str, Any]]:
         """One reason per listed item, each true of its own score (a group with a positive
         contribution, named by its positive features) and none repeated in the list: an item whose
         best reason was already given (the same sentence, or the same anchor item) takes its next one —
@@ -1284,12 +1283,14 @@ class RoomRanker:
         used: set[frozenset] = set()
         anchors: set[str] = set()
         out = []
-        g_order = np.argsort(-P, axis=1, kind="stable").tolist()  # each row's groups, largest part first
+        # ``rows``: the listed rows (shared.reco._kernels.top_rows), as Python lists once (numpy scalar
+        # indexing costs ~0.1 µs a value); g_order: each row's groups, largest part first
+        Co, Fo, P, g_order_a, _, c_o = rows
+        g_order = g_order_a.tolist()
         Pl = P.tolist()
-        # the listed rows as Python lists once (numpy scalar indexing costs ~0.1 µs a value)
-        Fl = F[order].tolist()
+        Fl = Fo.tolist()
         Col = Co.tolist()
-        items = cand[order].tolist()
+        items = c_o.tolist()
         for j, k in enumerate(order.tolist()):
             item = items[j]
             best = best_key = None

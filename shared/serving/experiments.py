@@ -38,6 +38,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import threading
 import time
 from typing import Annotated, Literal
 
@@ -57,10 +58,39 @@ REC_ID_RE = re.compile(REC_ID_PATTERN)
 Name = Annotated[str, Field(pattern=NAME)]
 
 
+class _RandomPool(threading.local):
+    """``os.urandom`` bytes read 4 KiB at a time, per thread: ``getrandom`` is a system call that releases
+    the GIL, and in a worker with busy request threads every release cost a context switch (one per
+    answer: docs/serving.md §4). The bytes are the same kernel CSPRNG's; a pool is never shared across
+    threads, and a forked worker starts with an empty one (``os.register_at_fork``)."""
+
+    def __init__(self) -> None:
+        self.buf = b""
+        self.pos = 0
+
+    def take(self, n: int) -> bytes:
+        if self.pos + n > len(self.buf):
+            self.buf, self.pos = os.urandom(4096), 0
+        out = self.buf[self.pos : self.pos + n]
+        self.pos += n
+        return out
+
+
+_POOL = _RandomPool()
+
+
+def _reset_pool() -> None:
+    global _POOL
+    _POOL = _RandomPool()
+
+
+os.register_at_fork(after_in_child=_reset_pool)
+
+
 def ulid(now_ms: int | None = None, rand: bytes | None = None) -> str:
     """26 Crockford base32 characters: 48-bit milliseconds + 80 random bits (time-sortable, unique)."""
     ms = int(time.time() * 1000) if now_ms is None else int(now_ms)
-    r = os.urandom(10) if rand is None else rand
+    r = _POOL.take(10) if rand is None else rand
     n = ((ms & ((1 << 48) - 1)) << 80) | int.from_bytes(r[:10], "big")
     return "".join([_PAIRS[(n >> (10 * (12 - i))) & 1023] for i in range(13)])  # 2 characters per lookup
 
