@@ -1230,16 +1230,8 @@ if HAVE_NUMBA:
             for k in range(f):
                 C[i, k] = F[i, k] * w[k]
             score[i] = b + (0.0 + _pairwise_row(C, i, f))
-        m = 0
-        for i in range(n):
-            if keep[i]:
-                m += 1
-        a = np.empty(m, dtype=np.int64)
-        m = 0
-        for i in range(n):
-            if keep[i]:
-                a[m] = i
-                m += 1
+        a = np.flatnonzero(keep).astype(np.int64)
+        m = a.shape[0]
         # bottom-up merge sort of the kept positions (a total order: equal to numpy's lexsort)
         tmp = np.empty(m, dtype=np.int64)
         width = 1
