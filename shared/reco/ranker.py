@@ -1182,7 +1182,7 @@ class RoomRanker:
         diversity pass that had to fill with skipped items returns ``None`` (the caller ranks them all)."""
         head = info.get("head", "room") + ("_new" if new_only else "")
         # contributions, scores, the ranked order and the listed rows' parts in two compiled calls that
-        # hold the GIL (shared.reco._kernels.score_rank / top_rows: numpy's results, bit for bit)
+        # hold the GIL (shared.reco._kernels.score_rank / top_rows: numpy's scores and order bit for bit)
         w, b = self._scale[head]
         C, score, ranked = score_rank(F, w, b, cand, keep)
         if ranked.size == 0:
