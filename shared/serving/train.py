@@ -465,6 +465,21 @@ def _parallel_cpus() -> int:
         return os.cpu_count() or 1
 
 
+def _no_compile_in_progress():
+    """numba's compiler lock, held around a fork: a child forked while another thread of this worker
+    compiles (a previous train run's gate, on a cold numba cache) inherits the lock held by a thread it
+    does not have, and its first compile waits for ever (seen: ``make demo`` on a fresh clone). Held by
+    the forking thread instead, the child owns it (an RLock; the forking thread is the child's thread)
+    and compiles. A null context without numba."""
+    import contextlib
+
+    try:
+        from numba.core.compiler_lock import global_compiler_lock
+    except Exception:  # pragma: no cover - no numba
+        return contextlib.nullcontext()
+    return global_compiler_lock
+
+
 class _ServedFit:
     """The served fit (the recipe on the full window) and its encoding, in a forked child process while
     the parent runs the gate: the two do not depend on each other, and the train function has two CPUs
@@ -494,7 +509,8 @@ class _ServedFit:
             else:
                 recv, send = ctx.Pipe(duplex=False)
                 self.proc = ctx.Process(target=self._child, args=(send,), name="served-fit", daemon=True)
-                self.proc.start()
+                with _no_compile_in_progress():
+                    self.proc.start()
                 send.close()
                 self.conn, self.mode = recv, "child"
 
