@@ -152,10 +152,27 @@ def one(n: int, users: int, items: int, streams: int, cache: bool = True) -> dic
     heads = (meta["model"].get("ranker") or {}).get("heads") or {}
     for h, v in heads.items():
         print(f"  head {h}: " + ", ".join(f"{k} {v[k]}" for k in sorted(v) if not isinstance(v[k], dict)))
+    gate_table(meta.get("evaluation") or {})
     m_sha, g_sha = fingerprints(store, res.version)
     print(f"model sha1 {m_sha}  gate sha1 {g_sha}", flush=True)
     shutil.rmtree(tmp, ignore_errors=True)
     return {"events": n, "wall": wall, "cpu": cpu, "phases": ph, "model_sha1": m_sha, "gate_sha1": g_sha}
+
+
+def gate_table(evaluation: dict) -> None:
+    """The gate's time per block (its split, fits and rankings) and per ranker: fit / rank seconds."""
+    blocks = {n: b for n, b in (evaluation.get("blocks") or {}).items() if "rankers" in b}
+    if not blocks:
+        return
+    names = list(dict.fromkeys(r for b in blocks.values() for r in b["rankers"]))
+    print("gate, seconds per block: whole block, then fit / rank per ranker (the split is the rest)")
+    print("| block | block s | " + " | ".join(names) + " |\n|---|---:|" + "---:|" * len(names))
+    for n, b in blocks.items():
+        cells = [
+            f"{b['rankers'][r]['fit_s']:.1f} / {b['rankers'][r]['rank_s']:.1f}" if r in b["rankers"] else ""
+            for r in names
+        ]
+        print(f"| {n} | {b.get('seconds', 0):.1f} | " + " | ".join(cells) + " |")
 
 
 def main(argv=None) -> int:

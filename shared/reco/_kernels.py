@@ -1326,3 +1326,80 @@ def top_rows(C, F, score, cand, order, grp: np.ndarray, G: int):
         P[:, grp[k]] += Co[:, k]
     key = np.where(np.isnan(P), np.inf, -P)
     return Co, F[order], P, np.argsort(key, axis=1, kind="stable"), score[order], cand[order]
+
+
+if HAVE_NUMBA:
+
+    @_nb.njit(cache=True)
+    def _before(a1, b1, c1, a2, b2, c2):
+        # (a desc, b desc, c asc): a strict total order when c is unique within a segment
+        if a1 != a2:
+            return a1 > a2
+        if b1 != b2:
+            return b1 > b2
+        return c1 < c2
+
+    @_nb.njit(cache=True)
+    def _segments_sorted(ptr, a, b, c):
+        n = c.size
+        o = np.arange(n)
+        tmp = np.empty(n, dtype=np.int64)
+        for r in range(ptr.size - 1):
+            s0, s1 = ptr[r], ptr[r + 1]
+            m = s1 - s0
+            if m <= 1:
+                continue
+            if m <= 24:  # insertion sort
+                for x in range(s0 + 1, s1):
+                    v = o[x]
+                    y = x - 1
+                    while y >= s0 and _before(a[v], b[v], c[v], a[o[y]], b[o[y]], c[o[y]]):
+                        o[y + 1] = o[y]
+                        y -= 1
+                    o[y + 1] = v
+                continue
+            # bottom-up merge sort of the segment
+            width = 1
+            src, dst = o, tmp
+            odd = False
+            while width < m:
+                for lo in range(s0, s1, 2 * width):
+                    mid = min(lo + width, s1)
+                    hi = min(lo + 2 * width, s1)
+                    x, y, z = lo, mid, lo
+                    while x < mid and y < hi:
+                        if _before(a[src[y]], b[src[y]], c[src[y]], a[src[x]], b[src[x]], c[src[x]]):
+                            dst[z] = src[y]
+                            y += 1
+                        else:
+                            dst[z] = src[x]
+                            x += 1
+                        z += 1
+                    while x < mid:
+                        dst[z] = src[x]
+                        x += 1
+                        z += 1
+                    while y < hi:
+                        dst[z] = src[y]
+                        y += 1
+                        z += 1
+                src, dst = dst, src
+                odd = not odd
+                width *= 2
+            if odd:  # the last pass wrote to tmp
+                o[s0:s1] = tmp[s0:s1]
+        return o
+
+
+def segments_sorted(ptr: np.ndarray, a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """The permutation sorting each segment ``[ptr[r], ptr[r+1])`` by ``a`` desc, ``b`` desc, ``c`` asc (the
+    segments in place, in their order): ``np.lexsort((c, -b, -a, row))`` with ``row`` each entry's segment,
+    for ``c`` unique within a segment (a total order, so any correct sort gives this one)."""
+    ptr = np.ascontiguousarray(ptr, dtype=np.int64)
+    a = np.ascontiguousarray(a, dtype=np.float64)
+    b = np.ascontiguousarray(b, dtype=np.float64)
+    c = np.ascontiguousarray(c, dtype=np.int64)
+    if HAVE_NUMBA:
+        return _segments_sorted(ptr, a, b, c)
+    row = np.repeat(np.arange(ptr.size - 1), np.diff(ptr))
+    return np.lexsort((c, -b, -a, row))

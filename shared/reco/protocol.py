@@ -38,6 +38,7 @@ import scipy.sparse as sp
 
 from shared.reco.arrays import unique
 
+from ._kernels import segments_sorted
 from .event_types import (
     CART_OR_BUY_TYPES,
     NON_TOUCH_TYPES,
@@ -722,6 +723,14 @@ def release_caches() -> None:
     _TrainIndex._cache.clear()
 
 
+def _id_list(ids) -> list:
+    """A factorize's uniques as a list of ids (a Categorical's through its categories: iterating one
+    element by element cost ~0.35 s for 1M users)."""
+    if isinstance(ids, pd.Categorical):
+        return np.asarray(ids.categories, dtype=object)[ids.codes].tolist()
+    return np.asarray(ids, dtype=object).tolist()
+
+
 class _TrainIndex:
     """Per-training-frame lookups shared by the baselines (cached for the last frame)."""
 
@@ -732,9 +741,33 @@ class _TrainIndex:
         for c in cls._cache:
             if c.train is train and c.ref == reference_time and c.target_types == target_types:
                 return c
+        same = [c for c in cls._cache if c.train is train and c.ref == reference_time]
+        if same:  # another target on the same frame: everything but the popularity is shared
+            obj = object.__new__(cls)
+            obj.__dict__.update({k: v for k, v in same[0].__dict__.items() if k not in cls._TARGET_ATTRS})
+            obj.target_types = target_types
+            obj._popularity()
+            cls._cache[:] = same + [obj]
+            return obj
         obj = cls(train, reference_time, target_types)
         cls._cache[:] = [obj]
         return obj
+
+    #: what depends on the target (the rest, the histories and X with its kNN fits, on the frame only)
+    _TARGET_ATTRS = ("target_types", "pop", "pop_order", "pop_rank", "pop_ids")
+
+    def _popularity(self) -> None:
+        """Distinct users with a target event per item (not decayed); the order: popularity, then index."""
+        is_t = self._of_type(self.target_types)
+        if not is_t.any():
+            is_t = self._touch
+        u, i, ni = self._u, self._i, len(self.item_ids)
+        key = unique(u[is_t].astype(np.int64) * ni + i[is_t])
+        self.pop = np.bincount(key % ni, minlength=ni).astype(np.float64) if ni else np.zeros(0)
+        self.pop_order = np.lexsort((np.arange(ni), -self.pop))
+        self.pop_rank = np.empty(ni, dtype=np.int64)
+        self.pop_rank[self.pop_order] = np.arange(ni)
+        self.pop_ids = self.item_ids[self.pop_order]
 
     def __init__(self, train: pd.DataFrame, reference_time, target_types):
         self.train, self.ref, self.target_types = train, reference_time, target_types
@@ -746,34 +779,26 @@ class _TrainIndex:
         self.item_index = pd.Index(self.item_ids)
         self.item_pos = {x: k for k, x in enumerate(self.item_ids.tolist())}
         nu, ni = len(self.user_index), len(self.item_ids)
-        self.user_pos = {x: k for k, x in enumerate(self.user_index.tolist())}
+        self.user_pos = dict(zip(_id_list(self.user_index), range(nu)))
         # each row's type as a code into a few names (a categorical column: its codes, no object array)
         if "type" not in ev:
             tc, tu = np.zeros(len(ev), dtype=np.int64), np.asarray([PURCHASE], dtype=object)
         elif isinstance(ev["type"].dtype, pd.CategoricalDtype):
-            tc = ev["type"].cat.codes.to_numpy().astype(np.int64)
+            tc = ev["type"].cat.codes.to_numpy()  # (int8 for a few types: the lookups' index)
             tu = np.asarray(ev["type"].cat.categories, dtype=object)
         else:
             tc, tu = pd.factorize(ev["type"].to_numpy(dtype=object))
             tu = np.asarray(tu, dtype=object)
 
         def of_type(names) -> np.ndarray:
-            hit = np.isin(tu, list(names)) if tu.size else np.zeros(0, dtype=bool)
-            return np.where(tc >= 0, hit[np.maximum(tc, 0)] if hit.size else False, False)
+            # one lookup per row in the few types' table (its last entry, False, for code -1: no type)
+            return np.append(np.isin(tu, list(names)), False)[tc]
 
-        is_t = of_type(target_types)
-        if not is_t.any():
-            is_t = touch_mask(ev)
-        # popularity: distinct users with a target event per item (not decayed)
-        key = unique(u[is_t].astype(np.int64) * ni + i[is_t])
-        self.pop = np.bincount(key % ni, minlength=ni).astype(np.float64) if ni else np.zeros(0)
-        self.pop_order = np.lexsort((np.arange(ni), -self.pop))
-        self.pop_rank = np.empty(ni, dtype=np.int64)
-        self.pop_rank[self.pop_order] = np.arange(ni)
-        self.pop_ids = self.item_ids[self.pop_order]
+        touch = touch_mask(ev)
+        self._of_type, self._touch, self._u, self._i = of_type, touch, u, i
+        self._popularity()
         # history: touch events; affinity = action weight x 30-day decay (clicks/carts count less);
         # purchase counts first
-        touch = touch_mask(ev)
         t = ts_ns(ev["ts"])
         refn = (
             int(ts_ns(pd.Series([reference_time]))[0])
@@ -782,7 +807,7 @@ class _TrainIndex:
         )
         # action weight per row: the few distinct types mapped, then taken (not a dict lookup per row)
         tw = pd.Series(tu).map(DEFAULT_ACTION_WEIGHTS).fillna(1.0).to_numpy(np.float64)
-        aw = np.where(tc >= 0, tw[np.maximum(tc, 0)] if tw.size else 1.0, 1.0)
+        aw = np.append(tw, 1.0)[tc]
         if "weight" in ev:
             aw = np.where(
                 np.isfinite(ev["weight"].to_numpy(dtype=np.float64)), ev["weight"].to_numpy(dtype=np.float64), aw
@@ -802,13 +827,15 @@ class _TrainIndex:
         H.sort_indices()
         self.H = H
         # own history order per user: purchase count desc, decayed affinity desc, item index
-        hu = np.repeat(np.arange(nu), np.diff(H.indptr))
+        hu = np.repeat(np.arange(nu, dtype=np.int32), np.diff(H.indptr))
         hi = H.indices
         pc = np.asarray(P[hu, hi]).ravel() if hi.size else np.zeros(0)
         Xd = self.X.copy()
         Xd.sort_indices()
         af = np.asarray(Xd[hu, hi]).ravel() if hi.size else np.zeros(0)
-        o = np.lexsort((-af, -pc, hu))  # stable: ties keep H's ascending item order
+        # (per row: pc desc, af desc, item asc; a compiled sort of each row's few entries, not a
+        # 3-key lexsort of all of them)
+        o = segments_sorted(H.indptr, pc, af, hi)
         self.own_items = hi[o]
         self.own_ptr = H.indptr
 
@@ -854,9 +881,20 @@ class _BaseRanker(Ranker):
             n = len(self.t.item_ids)
             pk = np.where(codes >= 0, self.t.pop_rank[np.maximum(codes, 0)] if n else 0, n + np.arange(codes.size))
             order = np.asarray(allowed, dtype=object)[np.argsort(pk, kind="stable")]
-            hit = (allowed, set(np.asarray(allowed, dtype=object).tolist()), order.tolist())
+            hit = [allowed, set(np.asarray(allowed, dtype=object).tolist()), order.tolist(), codes, None]
             self._sc_cache[key] = hit
         return hit[1], hit[2]
+
+    def allowed_mask(self, allowed: np.ndarray) -> np.ndarray:
+        """A showcase as a mask over the training index's positions (its ids the index does not know
+        have no position: no training item is one of them), built once per showcase array."""
+        self._showcase(allowed)
+        hit = self._sc_cache[id(allowed)]
+        if hit[4] is None:
+            mask = np.zeros(len(self.t.item_ids), dtype=bool)
+            mask[hit[3][hit[3] >= 0]] = True
+            hit[4] = mask
+        return hit[4]
 
     def _select(self, q: Query, k: int, primary: Iterable[str]) -> list[str]:
         excl = set(self.t.own(q.user_id).tolist()) if not q.repeats else ()
@@ -987,10 +1025,19 @@ class ItemKNNRanker(_BaseRanker):
             for j, q in enumerate(queries[a : a + B]):
                 s0, s1 = S.indptr[j], S.indptr[j + 1]
                 idx, val = S.indices[s0:s1], S.data[s0:s1]
+                # what _select would skip, dropped here in index space: not positive, outside the
+                # showcase, the user's own items when repeats are not wanted (a row's indices are unique)
                 pos = val > 0
+                if q.allowed is not None:
+                    pos &= self.allowed_mask(q.allowed)[idx]
+                if not q.repeats and r[j] >= 0:
+                    pos[np.isin(idx, self.t.own_items[self.t.own_ptr[r[j]] : self.t.own_ptr[r[j] + 1]])] = False
                 idx, val = idx[pos], val[pos]
+                if idx.size > 4 * k:  # only the k best can be taken: those at or above the k-th value
+                    top = val >= -np.partition(-val, k - 1)[k - 1]
+                    idx, val = idx[top], val[top]
                 o = np.lexsort((self.t.pop_rank[idx], -val))
-                out.append(self._select(q, k, self.t.item_ids[idx[o]]))
+                out.append(self._select(q, k, self.t.item_ids[idx[o[:k]]]))
         return out
 
 
