@@ -57,6 +57,10 @@ class Interactions:
 
 
 def _ts_seconds(ts: pd.Series) -> np.ndarray:
+    if isinstance(ts.dtype, pd.DatetimeTZDtype) and ts.dtype.unit == "ns" and str(ts.dtype.tz) == "UTC":
+        ns = ts.array.asi8  # (NaT is int64 min: the path below then handles it)
+        if not ns.size or int(ns.min()) > np.iinfo(np.int64).min:  # the same microseconds, from the int64s
+            return (ns // 1000).astype(np.float64) / 1e6
     t = pd.to_datetime(ts, utc=True)
     if not t.isna().any():  # integer microseconds since the epoch (no per-element timedelta objects)
         return t.dt.as_unit("us").astype("int64").to_numpy().astype(np.float64) / 1e6
@@ -141,17 +145,18 @@ def _category_strings(categories: pd.Index) -> np.ndarray:
     return cats
 
 
-def _category_remap(categories: pd.Index, ids: np.ndarray) -> np.ndarray:
+def _category_remap(categories: pd.Index, ids: np.ndarray, missing: bool = False) -> np.ndarray:
     """Positions of a categorical column's categories in ``ids`` (-1: not there), once per
-    (categories Index, ids array) pair: the same lookup every phase of a run repeats otherwise."""
+    (categories Index, ids array) pair: the same lookup every phase of a run repeats otherwise.
+    ``missing``: with one more entry, -1, at the end (what code -1, a missing value, indexes)."""
     key = (id(categories), id(ids))
     hit = _REMAPS.get(key)
-    if hit is not None and hit[0]() is categories and hit[1]() is ids:
-        return hit[2]
-    remap = id_index(ids).get_indexer(_category_strings(categories)).astype(np.int64)
-    remap.setflags(write=False)
-    _memo_put(_REMAPS, key, (weakref.ref(categories), weakref.ref(ids), remap))
-    return remap
+    if not (hit is not None and hit[0]() is categories and hit[1]() is ids):
+        remap = np.append(id_index(ids).get_indexer(_category_strings(categories)).astype(np.int64), -1)
+        remap.setflags(write=False)
+        hit = (weakref.ref(categories), weakref.ref(ids), remap)
+        _memo_put(_REMAPS, key, hit)
+    return hit[2] if missing else hit[2][:-1]
 
 
 def _codes(values: pd.Series, ids: np.ndarray | None):
@@ -161,8 +166,8 @@ def _codes(values: pd.Series, ids: np.ndarray | None):
     if isinstance(values.dtype, pd.CategoricalDtype):
         categories = values.cat.categories
         cats = _category_strings(categories)
-        codes = values.cat.codes.to_numpy().astype(np.int64)
         if ids is None:
+            codes = values.cat.codes.to_numpy().astype(np.int64)
             used = np.zeros(len(cats) + 1, dtype=bool)
             used[codes + 1] = True
             # first-appearance order, as pd.factorize
@@ -175,8 +180,8 @@ def _codes(values: pd.Series, ids: np.ndarray | None):
             remap[order] = np.arange(order.size)
             return np.where(codes >= 0, remap[np.maximum(codes, 0)], -1), str_array(cats[order])
         ids = str_array(ids)
-        remap = _category_remap(categories, ids)
-        return np.where(codes >= 0, remap[np.maximum(codes, 0)] if remap.size else -1, -1), ids
+        # one gather from the remap with -1 appended: code -1 (missing) takes that last entry
+        return _category_remap(categories, ids, missing=True)[values.cat.codes.to_numpy()], ids
     if ids is None:
         codes, uniques = pd.factorize(values.astype(str), sort=False)
         return codes, str_array(np.asarray(uniques, dtype=str))

@@ -1056,9 +1056,14 @@ def _room_positions(pos: np.ndarray, codes: dict, keys: Sequence[str]) -> dict[s
         if not ok.any():
             out[key] = ("idx", np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float64))
             continue
-        u, inv = np.unique(j[ok], return_inverse=True)
-        w = np.asarray(hit[1], dtype=np.float64)[ok]
-        out[key] = ("idx", u.astype(np.int64), np.bincount(inv, weights=w, minlength=u.size).astype(np.float64))
+        j, w = j[ok], np.asarray(hit[1], dtype=np.float64)[ok]
+        o = np.argsort(j)
+        u = j[o]
+        if u.size > 1 and bool((u[1:] == u[:-1]).any()):  # (distinct ids have distinct positions: never)
+            u, inv = np.unique(j, return_inverse=True)
+            out[key] = ("idx", u.astype(np.int64), np.bincount(inv, weights=w, minlength=u.size).astype(np.float64))
+        else:  # one count per position: sorted, nothing to sum
+            out[key] = ("idx", u.astype(np.int64), w[o])
     return out
 
 
