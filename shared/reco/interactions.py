@@ -57,10 +57,16 @@ class Interactions:
 
 
 def _ts_seconds(ts: pd.Series) -> np.ndarray:
-    if isinstance(ts.dtype, pd.DatetimeTZDtype) and ts.dtype.unit == "ns" and str(ts.dtype.tz) == "UTC":
-        ns = ts.array.asi8  # (NaT is int64 min: the path below then handles it)
-        if not ns.size or int(ns.min()) > np.iinfo(np.int64).min:  # the same microseconds, from the int64s
-            return (ns // 1000).astype(np.float64) / 1e6
+    """Float seconds since the epoch of the instants' whole microseconds (a UTC column's int64s scaled,
+    no datetime conversion; anything else, or NaT, through pandas)."""
+    per_us = {"ns": -1000, "us": 1, "ms": 1000, "s": 1_000_000}
+    if isinstance(ts.dtype, pd.DatetimeTZDtype) and str(ts.dtype.tz) == "UTC" and ts.dtype.unit in per_us:
+        v = ts.array.asi8  # (NaT is int64 min: the path below then handles it)
+        f = per_us[ts.dtype.unit]
+        big = np.iinfo(np.int64).max // max(f, 1)  # (a coarser unit's values must fit as microseconds)
+        if not v.size or (int(v.min()) > np.iinfo(np.int64).min and int(np.abs(v).max()) <= big):
+            us = v // -f if f < 0 else (v * f if f > 1 else v)
+            return us.astype(np.float64) / 1e6
     t = pd.to_datetime(ts, utc=True)
     if not t.isna().any():  # integer microseconds since the epoch (no per-element timedelta objects)
         return t.dt.as_unit("us").astype("int64").to_numpy().astype(np.float64) / 1e6
@@ -167,18 +173,14 @@ def _codes(values: pd.Series, ids: np.ndarray | None):
         categories = values.cat.categories
         cats = _category_strings(categories)
         if ids is None:
-            codes = values.cat.codes.to_numpy().astype(np.int64)
-            used = np.zeros(len(cats) + 1, dtype=bool)
-            used[codes + 1] = True
-            # first-appearance order, as pd.factorize
-            present = np.flatnonzero(used[1:])
-            first = np.full(len(cats), codes.size, dtype=np.int64)
-            ok = codes >= 0
-            np.minimum.at(first, codes[ok], np.flatnonzero(ok))
-            order = present[np.argsort(first[present], kind="stable")]
-            remap = np.full(len(cats), -1, dtype=np.int64)
+            codes = values.cat.codes.to_numpy()
+            # the categories in first-appearance order, as pd.factorize: pd.unique of the codes (a hash
+            # pass in order of appearance), code -1 (missing) left out
+            order = pd.unique(codes)
+            order = order[order >= 0].astype(np.int64)
+            remap = np.full(len(cats) + 1, -1, dtype=np.int64)  # (its last entry: code -1)
             remap[order] = np.arange(order.size)
-            return np.where(codes >= 0, remap[np.maximum(codes, 0)], -1), str_array(cats[order])
+            return remap[codes], str_array(cats[order])
         ids = str_array(ids)
         # one gather from the remap with -1 appended: code -1 (missing) takes that last entry
         return _category_remap(categories, ids, missing=True)[values.cat.codes.to_numpy()], ids
@@ -204,11 +206,14 @@ def build_user_items(
     time_col: str = "ts",
     weight_col: str | None = None,
     dtype=np.float32,
+    actions: bool = True,
 ) -> Interactions:
     """Events -> weighted user x item CSR (see module docstring).
 
     ``user_ids`` / ``item_ids`` fix the index space (e.g. the full catalogue,
     so cold items get a column); events with ids outside it are dropped.
+    ``actions=False``: no strongest-action matrix (``Interactions.actions`` None), for a caller that
+    reads only the weights.
     """
     aw = DEFAULT_ACTION_WEIGHTS if action_weights is None else action_weights
     ev = events[events[item_col].notna() & events[user_col].notna()]
@@ -218,22 +223,24 @@ def build_user_items(
     u, uids = _codes(ev[user_col], user_ids)
     i, iids = _codes(ev[item_col], item_ids)
     ok = (u >= 0) & (i >= 0)
-    u, i, w = u[ok], i[ok], w[ok]
+    if not ok.all():
+        u, i, w = u[ok], i[ok], w[ok]
     shape = (len(uids), len(iids))
     X = sp.coo_matrix((w, (u, i)), shape=shape).tocsr()  # sums duplicates
     X.data = np.maximum(X.data, 0.0)
     X.eliminate_zeros()
     X = X.astype(dtype)
     X.sort_indices()
-    actions = None
+    strongest = None
     names: list[str] = []
-    if type_col in ev and weight_col is None:
+    if actions and type_col in ev and weight_col is None:
         names = list(aw.keys())
-        t = _codes(ev[type_col], np.asarray(names, dtype=str))[0][ok]
+        t = _codes(ev[type_col], np.asarray(names, dtype=str))[0]
+        t = t if t.size == u.size else t[ok]
         tw = np.array([aw[n] for n in names], dtype=np.float64)
         good = t >= 0
         if good.any():
-            uu, ii, tt = u[good], i[good], t[good]
+            uu, ii, tt = (u, i, t) if good.all() else (u[good], i[good], t[good])
             # strongest action per (u, i): one sort of packed keys (u, i, rank of the action weight;
             # equal weights: later action name last, as the stable lexsort it replaces), keep the last
             rank = np.empty(len(names), dtype=np.int64)
@@ -242,18 +249,24 @@ def build_user_items(
             if (len(uids) + 1) * (len(iids) + 1) < (1 << (62 - nb)):
                 key = ((uu * len(iids) + ii) << nb) | rank[tt]
                 key.sort()
-                rk_inv = np.argsort(rank)
-                tt = rk_inv[key & ((1 << nb) - 1)]
                 ui = key >> nb
+                last = np.ones(ui.size, dtype=bool)
+                last[:-1] = ui[1:] != ui[:-1]
+                key, ui = key[last], ui[last]  # (decoded for the kept entries only)
+                tt = np.argsort(rank)[key & ((1 << nb) - 1)]
                 uu, ii = ui // len(iids), ui % len(iids)
             else:
                 order = np.lexsort((tw[tt], ii, uu))
                 uu, ii, tt = uu[order], ii[order], tt[order]
-            last = np.ones(uu.size, dtype=bool)
-            last[:-1] = (uu[1:] != uu[:-1]) | (ii[1:] != ii[:-1])
-            actions = sp.csr_matrix(((tt[last] + 1).astype(np.int16), (uu[last], ii[last])), shape=shape)
-            actions.sort_indices()
-    return Interactions(matrix=X, user_ids=uids, item_ids=iids, actions=actions, action_names=names)
+                last = np.ones(uu.size, dtype=bool)
+                last[:-1] = (uu[1:] != uu[:-1]) | (ii[1:] != ii[:-1])
+                uu, ii, tt = uu[last], ii[last], tt[last]
+            # (u, i) ascending and distinct: the CSR arrays directly (no COO conversion, no sort)
+            indptr = np.zeros(shape[0] + 1, dtype=np.int64)
+            np.cumsum(np.bincount(uu, minlength=shape[0]), out=indptr[1:])
+            strongest = sp.csr_matrix(((tt + 1).astype(np.int16), ii, indptr), shape=shape)
+            strongest.sort_indices()
+    return Interactions(matrix=X, user_ids=uids, item_ids=iids, actions=strongest, action_names=names)
 
 
 def build_stream_items(

@@ -435,8 +435,7 @@ def _type_codes(col: pd.Series, types: Sequence[str]) -> np.ndarray:
     idx = pd.Index(list(types))
     if isinstance(col.dtype, pd.CategoricalDtype):
         remap = idx.get_indexer(np.asarray(col.cat.categories.astype(object), dtype=object)).astype(np.int64)
-        c = col.cat.codes.to_numpy().astype(np.int64)
-        return np.where(c >= 0, remap[np.maximum(c, 0)] if remap.size else -1, -1)
+        return np.append(remap, -1)[col.cat.codes.to_numpy()]  # (code -1, none, takes the appended -1)
     return idx.get_indexer(col.to_numpy(dtype=object)).astype(np.int64)
 
 

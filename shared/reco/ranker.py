@@ -346,7 +346,14 @@ class RoomRanker:
         typed = (lambda t: events[(events["type"] == t).to_numpy()]) if sliced else (lambda t: events)
         self.cart_, self.click_ = (
             build_user_items(
-                typed(t), {t: 1.0}, half_life_days, reference_time, user_ids=uids, item_ids=iids, dtype=np.float32
+                typed(t),
+                {t: 1.0},
+                half_life_days,
+                reference_time,
+                user_ids=uids,
+                item_ids=iids,
+                dtype=np.float32,
+                actions=False,
             ).matrix
             for t in (ADD_TO_CART, PRODUCT_CLICK)
         )
