@@ -278,3 +278,37 @@ def test_a_run_whose_gate_fails_stops_its_served_fit_child(store, monkeypatch):
     with pytest.raises(RuntimeError, match="gate broke"):
         run_train(store, None, TrainConfig(parallel_fit=True))
     assert [p for p in mp.active_children() if p.name == "served-fit"] == []
+
+
+def test_reader_orders_ties_of_a_file_already_in_time_order(tmp_path):
+    """Rows already in ts order: only runs of equal ts are put in event_id order (and rows already so
+    ordered are kept as they are, without a reordering copy of the table)."""
+    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    for ids, want in (
+        (["e-0", "e-b", "e-a", "e-c"], ["e-0", "e-a", "e-b", "e-c"]),
+        (["e-0", "e-a", "e-b", "e-c"], None),
+    ):
+        st = open_store(str(tmp_path / ids[1]))
+        ts = pd.to_datetime(
+            ["2026-11-02T09:00:00Z"] + ["2026-11-02T10:00:00Z"] * 2 + ["2026-11-02T11:00:00Z"], utc=True
+        )
+        df = pd.DataFrame(
+            {
+                "event_id": ids,
+                "type": "purchase",
+                "ts": ts.astype("datetime64[us, UTC]"),
+                "stream_id": "s1",
+                "user_id": ["u0", "u1", "u2", "u3"],
+                "item_id": "i1",
+                "price": 1.0,
+            }
+        )
+        buf = io.BytesIO()
+        pq.write_table(pa.Table.from_pandas(df, preserve_index=False), buf)
+        st.put("clean/date=2026-11-02/r1.parquet", buf.getvalue())
+        ev = read_training_data(st, 30).events
+        assert ev["event_id"].tolist() == (want or ids)
+        assert ev["user_id"].astype(str).tolist() == [df.set_index("event_id").loc[e, "user_id"] for e in (want or ids)]
