@@ -123,3 +123,31 @@ def test_itemknn_ranks_as_its_definition(in_stream, variant):
         got = r.rank(queries, k)
         assert got == _knn_plain(r, queries, k)
         assert sum(len(x) for x in got) > 0
+
+
+def test_first_at_is_the_groupby_minimum():
+    rng = np.random.default_rng(7)
+    for sort in (True, False):
+        keys = rng.integers(0, 50, 3000)
+        ts = rng.integers(0, 10**6, 3000)
+        if sort:
+            ts = np.sort(ts)
+        want_keys = np.unique(keys)[::-1]
+        want = pd.Series(ts).groupby(keys).min().reindex(want_keys).to_numpy()
+        assert P._first_at(keys, ts, want_keys).tolist() == want.tolist()
+
+
+def test_a_rooms_showcase_is_its_items_in_order_of_appearance_then_the_catalogues():
+    ev = _world(seed=4)
+    items = pd.DataFrame({"item_id": ["sku-new", "sku3"], "stream_ids": [["room8"], ["room8", "room9"]]})
+    s = P.make_split(ev, split="global-time", in_stream=True, test_frac=0.3, items=items)
+    seen = {}
+    for st, it in zip(ev["stream_id"], ev["item_id"]):
+        seen.setdefault(st, [])
+        if it not in seen[st]:
+            seen[st].append(it)
+    for st, extra in (("room8", ["sku-new", "sku3"]), ("room9", ["sku3"])):
+        seen[st] += [x for x in extra if x not in seen[st]]
+    asked = {q.stream_id: q.allowed.tolist() for q in s.queries}
+    assert asked and all(asked[st] == seen[st] for st in asked)
+    assert "sku-new" in asked["room8"] and "room9" in asked

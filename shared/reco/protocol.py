@@ -414,6 +414,17 @@ class Split:
     info: dict = field(default_factory=dict)
 
 
+def _first_at(keys: np.ndarray, ts: np.ndarray, want: np.ndarray) -> np.ndarray:
+    """Per key of ``want`` the smallest ``ts`` of its rows (every key of ``want`` has rows): rows already
+    in time order take each key's first row (a hash pass), others a groupby minimum."""
+    if ts.size < 2 or bool((ts[1:] >= ts[:-1]).all()):
+        first = pd.Series(keys).drop_duplicates()  # (keep the first: the index is its row)
+        at = pd.Index(first.to_numpy()).get_indexer(want)
+        if not (at < 0).any():
+            return ts[first.index.to_numpy()[at]].astype(np.int64)
+    return pd.Series(ts).groupby(keys).min().reindex(want).to_numpy(dtype=np.int64)
+
+
 def _stamp(ns: int) -> pd.Timestamp:
     return pd.Timestamp(int(ns), unit="ns", tz="UTC")
 
@@ -549,8 +560,7 @@ def make_split(
         # entry = the user's first event in that stream at/after the cut
         after = np.flatnonzero((ts >= cut) & (scodes >= 0))
         ak = ucodes[after].astype(np.int64) * (len(sids) + 1) + scodes[after]
-        first = pd.Series(ts[after]).groupby(ak).min()
-        q_ts = first.reindex(qkeys).to_numpy(dtype=np.int64)
+        q_ts = _first_at(ak, ts[after], qkeys)
         rel_q, rel_i = qinv, test_rows
     else:
         if split == "global-time":
@@ -631,16 +641,30 @@ def make_split(
     if in_stream:
 
         def showcases() -> dict[int, np.ndarray]:
+            # per stream its items in order of first appearance (the (stream, item) codes' first rows), then
+            # the catalogue's own stream_ids items not among them
             out: dict[int, np.ndarray] = {}
-            sc_all = ev.loc[(scodes >= 0) & (icodes >= 0), ["stream_id", "item_id"]].drop_duplicates()
+            ok = (scodes >= 0) & (icodes >= 0)
+            span = len(iids) + 1
+            uk = pd.unique(scodes[ok].astype(np.int64) * span + icodes[ok])
+            ks, ki = uk // span, uk % span
+            o = np.argsort(ks, kind="stable")
+            ks, ki = ks[o], ki[o]
+            starts = np.flatnonzero(np.r_[True, ks[1:] != ks[:-1]]) if ks.size else np.empty(0, dtype=np.int64)
+            ends = np.r_[starts[1:], ks.size]
             extra: dict[str, list] = {}
             if items is not None and "stream_ids" in items:
                 for it, ss in zip(items["item_id"], items["stream_ids"]):
                     for s_ in ss if ss is not None else ():
                         extra.setdefault(str(s_), []).append(str(it))
-            for s_, grp in sc_all.groupby("stream_id", sort=False)["item_id"]:
-                out[int(sids.get_loc(s_))] = np.asarray(
-                    pd.unique(pd.concat([grp, pd.Series(extra.get(s_, []), dtype=object)])), dtype=object
+            iid_obj = np.asarray(iids, dtype=object)
+            for a, b in zip(starts.tolist(), ends.tolist()):
+                got = iid_obj[ki[a:b]]
+                more = extra.get(str(sids[int(ks[a])]))
+                out[int(ks[a])] = (
+                    np.asarray(pd.unique(np.concatenate([got, np.asarray(more, dtype=object)])), dtype=object)
+                    if more
+                    else got
                 )
             return out
 
