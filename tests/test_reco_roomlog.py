@@ -71,3 +71,36 @@ def test_room_so_far_ids_and_positions():
     assert "product_click@5m" in rooms[0] and rooms[2] == {} and list(rooms[1]) == ["purchase", "purchase@10m"]
     idx = room_so_far(ev, [(keys[0][0], t0 + pd.Timedelta(minutes=45))], pd.Index(["a", "b"]))[0]
     assert idx["purchase"][0] == "idx" and idx["purchase"][1].tolist() == [0, 1]  # "zz" unknown: dropped
+
+
+def test_roomlog_of_time_ordered_rows_compiled_and_plain():
+    """Rows in time order (the callers' frames): the compiled one-pass build gives the arrays of the numpy
+    build, and the reference's counts."""
+    import pytest
+
+    from shared.reco import _kernels as K
+
+    if not K.HAVE_NUMBA:
+        pytest.skip("numba not installed")
+    rng = np.random.default_rng(11)
+    for n, n_streams in ((1, 1), (7000, 9), (20000, 3)):
+        stream = rng.integers(0, n_streams - 1 if n_streams > 1 else 1, n)  # (the last stream has no rows)
+        ts = np.sort(rng.integers(0, 30_000, n))  # ties on purpose
+        item = rng.integers(-1, 400, n)
+        typ = rng.integers(0, 4, n)
+        fast = RoomLog(stream, ts, item, typ, n_streams, 4)
+        K.HAVE_NUMBA = False
+        try:
+            plain = RoomLog(stream, ts, item, typ, n_streams, 4)
+        finally:
+            K.HAVE_NUMBA = True
+        for a in ("ts", "ptr", "pair_item", "pair_ptr", "local"):
+            x, y = getattr(fast, a), getattr(plain, a)
+            assert x.dtype == y.dtype and x.tolist() == y.tolist(), a
+        for _ in range(200):
+            t, s = int(rng.integers(0, 4)), int(rng.integers(0, n_streams))
+            hi = int(rng.integers(-5, 30_100))
+            lo = None if rng.random() < 0.5 else hi - int(rng.integers(0, 5000))
+            u, c = fast.counts(t, s, lo, hi)
+            ru, rc = _reference(stream, ts, item, typ, t, s, lo, hi)
+            assert u.tolist() == ru.tolist() and c.tolist() == rc.tolist()

@@ -1403,3 +1403,60 @@ def segments_sorted(ptr: np.ndarray, a: np.ndarray, b: np.ndarray, c: np.ndarray
         return _segments_sorted(ptr, a, b, c)
     row = np.repeat(np.arange(ptr.size - 1), np.diff(ptr))
     return np.lexsort((c, -b, -a, row))
+
+
+if HAVE_NUMBA:
+
+    @_nb.njit(cache=True)
+    def _room_log_build(stream, ts, item, typ, n_streams, runs, lo, span):
+        n = stream.size
+        cnt = np.zeros(runs + 1, dtype=np.int64)
+        present = np.zeros(n_streams * span, dtype=np.bool_)
+        for r in range(n):
+            cnt[typ[r] * n_streams + stream[r] + 1] += 1
+            present[stream[r] * span + (item[r] - lo)] = True
+        ptr = np.cumsum(cnt)
+        rank = np.empty(n_streams * span, dtype=np.int32)
+        n_pairs = 0
+        for p in range(n_streams * span):
+            rank[p] = n_pairs
+            if present[p]:
+                n_pairs += 1
+        pair_item = np.empty(n_pairs, dtype=np.int64)
+        pair_ptr = np.zeros(n_streams + 1, dtype=np.int64)
+        k = 0
+        for p in range(n_streams * span):
+            if present[p]:
+                pair_item[k] = p % span + lo
+                pair_ptr[p // span + 1] += 1
+                k += 1
+        for s in range(n_streams):
+            pair_ptr[s + 1] += pair_ptr[s]
+        # rows in input (time) order scattered to their run: a stable counting sort by run
+        at = ptr[:-1].copy()
+        ts_o = np.empty(n, dtype=np.int64)
+        local_o = np.empty(n, dtype=np.int32)
+        for r in range(n):
+            j = at[typ[r] * n_streams + stream[r]]
+            at[typ[r] * n_streams + stream[r]] = j + 1
+            ts_o[j] = ts[r]
+            local_o[j] = rank[stream[r] * span + (item[r] - lo)] - pair_ptr[stream[r]]
+        return ts_o, ptr, pair_item, pair_ptr, local_o
+
+
+def room_log_build(stream, ts, item, typ, n_streams: int, runs: int, lo: int, span: int):
+    """``RoomLog``'s arrays for rows already in time order, in one compiled pass: ``(ts by run, run
+    pointers, each stream's items ascending, their pointers, each row's local item code by run)``; None
+    without numba (``RoomLog`` then computes the same arrays with numpy)."""
+    if not HAVE_NUMBA:
+        return None
+    return _room_log_build(
+        np.ascontiguousarray(stream, dtype=np.int64),
+        np.ascontiguousarray(ts, dtype=np.int64),
+        np.ascontiguousarray(item, dtype=np.int64),
+        np.ascontiguousarray(typ, dtype=np.int64),
+        int(n_streams),
+        int(runs),
+        int(lo),
+        int(span),
+    )
