@@ -1331,7 +1331,7 @@ def top_rows(C, F, score, cand, order, grp: np.ndarray, G: int):
 if HAVE_NUMBA:
 
     @_nb.njit(cache=True)
-    def _before(a1, b1, c1, a2, b2, c2):
+    def _seg_before(a1, b1, c1, a2, b2, c2):
         # (a desc, b desc, c asc): a strict total order when c is unique within a segment
         if a1 != a2:
             return a1 > a2
@@ -1353,7 +1353,7 @@ if HAVE_NUMBA:
                 for x in range(s0 + 1, s1):
                     v = o[x]
                     y = x - 1
-                    while y >= s0 and _before(a[v], b[v], c[v], a[o[y]], b[o[y]], c[o[y]]):
+                    while y >= s0 and _seg_before(a[v], b[v], c[v], a[o[y]], b[o[y]], c[o[y]]):
                         o[y + 1] = o[y]
                         y -= 1
                     o[y + 1] = v
@@ -1368,7 +1368,7 @@ if HAVE_NUMBA:
                     hi = min(lo + 2 * width, s1)
                     x, y, z = lo, mid, lo
                     while x < mid and y < hi:
-                        if _before(a[src[y]], b[src[y]], c[src[y]], a[src[x]], b[src[x]], c[src[x]]):
+                        if _seg_before(a[src[y]], b[src[y]], c[src[y]], a[src[x]], b[src[x]], c[src[x]]):
                             dst[z] = src[y]
                             y += 1
                         else:
