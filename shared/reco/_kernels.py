@@ -1208,31 +1208,26 @@ if HAVE_NUMBA:
         return res
 
     @_nb.njit(cache=True, inline="always")
-    def _before(sa, ca, pa, sb, cb, pb):
-        # is candidate a ranked before b?  score desc (NaN last), item asc, then position (stable)
-        if sa != sa:
-            if sb == sb:
+    def _ranked_before(p, q, s, u, v, u_desc):
+        # is entry p ranked before q?  s desc (NaN last), then u (desc if u_desc, else asc), then v asc
+        sp, sq = s[p], s[q]
+        if sp != sp:
+            if sq == sq:
                 return False
-        elif sb != sb:
+        elif sq != sq:
             return True
-        elif sa != sb:
-            return sa > sb
-        if ca != cb:
-            return ca < cb
-        return pa < pb
+        elif sp != sq:
+            return sp > sq
+        up, uq = u[p], u[q]
+        if up != uq:
+            return (up > uq) if u_desc else (up < uq)
+        return v[p] < v[q]
 
     @_nb.njit(cache=True)
-    def _score_rank(F, w, b, cand, keep):
-        n, f = F.shape
-        C = np.empty((n, f))
-        score = np.empty(n)
-        for i in range(n):
-            for k in range(f):
-                C[i, k] = F[i, k] * w[k]
-            score[i] = b + (0.0 + _pairwise_row(C, i, f))
-        a = np.flatnonzero(keep).astype(np.int64)
+    def _merge_sorted(a, s, u, v, u_desc):
+        # the entries a in _ranked_before's order: a bottom-up merge sort (a total order when v is unique);
+        # a's buffer is used as scratch
         m = a.shape[0]
-        # bottom-up merge sort of the kept positions (a total order: equal to numpy's lexsort)
         tmp = np.empty(m, dtype=np.int64)
         width = 1
         while width < m:
@@ -1242,12 +1237,11 @@ if HAVE_NUMBA:
                 hi = min(lo + 2 * width, m)
                 x, y, o = lo, mid, lo
                 while x < mid and y < hi:
-                    p, q = a[x], a[y]
-                    if _before(score[q], cand[q], q, score[p], cand[p], p):
-                        tmp[o] = q
+                    if _ranked_before(a[y], a[x], s, u, v, u_desc):
+                        tmp[o] = a[y]
                         y += 1
                     else:
-                        tmp[o] = p
+                        tmp[o] = a[x]
                         x += 1
                     o += 1
                 while x < mid:
@@ -1261,7 +1255,20 @@ if HAVE_NUMBA:
                 lo += 2 * width
             a, tmp = tmp, a
             width *= 2
-        return C, score, a
+        return a
+
+    @_nb.njit(cache=True)
+    def _score_rank(F, w, b, cand, keep):
+        n, f = F.shape
+        C = np.empty((n, f))
+        score = np.empty(n)
+        for i in range(n):
+            for k in range(f):
+                C[i, k] = F[i, k] * w[k]
+            score[i] = b + (0.0 + _pairwise_row(C, i, f))
+        # the kept positions by score desc (NaN last), item asc, position asc (a total order: numpy's lexsort's)
+        a = np.flatnonzero(keep).astype(np.int64)
+        return C, score, _merge_sorted(a, score, cand, np.arange(n), False)
 
     @_nb.njit(cache=True)
     def _top_rows(C, F, score, cand, order, grp, G):
@@ -1331,63 +1338,22 @@ def top_rows(C, F, score, cand, order, grp: np.ndarray, G: int):
 if HAVE_NUMBA:
 
     @_nb.njit(cache=True)
-    def _seg_before(a1, b1, c1, a2, b2, c2):
-        # (a desc, b desc, c asc): a strict total order when c is unique within a segment
-        if a1 != a2:
-            return a1 > a2
-        if b1 != b2:
-            return b1 > b2
-        return c1 < c2
-
-    @_nb.njit(cache=True)
     def _segments_sorted(ptr, a, b, c):
-        n = c.size
-        o = np.arange(n)
-        tmp = np.empty(n, dtype=np.int64)
+        o = np.arange(c.size)
         for r in range(ptr.size - 1):
             s0, s1 = ptr[r], ptr[r + 1]
-            m = s1 - s0
-            if m <= 1:
+            if s1 - s0 <= 1:
                 continue
-            if m <= 24:  # insertion sort
+            if s1 - s0 <= 24:  # insertion sort
                 for x in range(s0 + 1, s1):
                     v = o[x]
                     y = x - 1
-                    while y >= s0 and _seg_before(a[v], b[v], c[v], a[o[y]], b[o[y]], c[o[y]]):
+                    while y >= s0 and _ranked_before(v, o[y], a, b, c, True):
                         o[y + 1] = o[y]
                         y -= 1
                     o[y + 1] = v
-                continue
-            # bottom-up merge sort of the segment
-            width = 1
-            src, dst = o, tmp
-            odd = False
-            while width < m:
-                for lo in range(s0, s1, 2 * width):
-                    mid = min(lo + width, s1)
-                    hi = min(lo + 2 * width, s1)
-                    x, y, z = lo, mid, lo
-                    while x < mid and y < hi:
-                        if _seg_before(a[src[y]], b[src[y]], c[src[y]], a[src[x]], b[src[x]], c[src[x]]):
-                            dst[z] = src[y]
-                            y += 1
-                        else:
-                            dst[z] = src[x]
-                            x += 1
-                        z += 1
-                    while x < mid:
-                        dst[z] = src[x]
-                        x += 1
-                        z += 1
-                    while y < hi:
-                        dst[z] = src[y]
-                        y += 1
-                        z += 1
-                src, dst = dst, src
-                odd = not odd
-                width *= 2
-            if odd:  # the last pass wrote to tmp
-                o[s0:s1] = tmp[s0:s1]
+            else:
+                o[s0:s1] = _merge_sorted(o[s0:s1], a, b, c, True)
         return o
 
 
