@@ -33,6 +33,8 @@ class RoomLog:
         ts = np.asarray(ts, dtype=np.int64)
         self.n_streams = int(n_streams)
         runs = int(n_types) * self.n_streams
+        # per (type, stream) run: the end row and the counts of the last prefix counted, so queries asked in
+        # time order within a stream (make_split, room_so_far) count each row once, not once per query
         self._prefix: dict[int, tuple[int, np.ndarray]] = {}
         in_order = ts.size < 2 or bool((ts[1:] >= ts[:-1]).all())
         lo = int(item.min()) if item.size else 0
@@ -68,9 +70,6 @@ class RoomLog:
         self.pair_ptr = np.searchsorted(pairs // span, np.arange(self.n_streams + 1), side="left")
         local = inv.reshape(-1) - self.pair_ptr[stream]
         self.local = (local.astype(np.int32) if local.size and int(local.max()) < 1 << 31 else local)[o]
-
-    # _prefix: per (type, stream) run, the end row and the counts of the last prefix counted, so queries
-    # asked in time order within a stream (make_split, room_so_far) count each row once, not once per query
 
     def bounds(self, t: int, s: int) -> tuple[int, int]:
         """The rows of type ``t`` in stream ``s`` (sorted by time)."""
