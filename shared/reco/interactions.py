@@ -223,7 +223,8 @@ def build_user_items(
     u, uids = _codes(ev[user_col], user_ids)
     i, iids = _codes(ev[item_col], item_ids)
     ok = (u >= 0) & (i >= 0)
-    if not ok.all():
+    all_ok = bool(ok.all())
+    if not all_ok:
         u, i, w = u[ok], i[ok], w[ok]
     shape = (len(uids), len(iids))
     X = sp.coo_matrix((w, (u, i)), shape=shape).tocsr()  # sums duplicates
@@ -236,7 +237,7 @@ def build_user_items(
     if actions and type_col in ev and weight_col is None:
         names = list(aw.keys())
         t = _codes(ev[type_col], np.asarray(names, dtype=str))[0]
-        t = t if t.size == u.size else t[ok]
+        t = t if all_ok else t[ok]
         tw = np.array([aw[n] for n in names], dtype=np.float64)
         good = t >= 0
         if good.any():
