@@ -229,3 +229,24 @@ def test_narrow_filters_widen_the_pool_and_keep_the_question(room_world):
     )
     assert not bought & {it["item_id"] for it in m.recommend(user, 50, exclude_purchased=True)["items"]}
     assert not touched & {it["item_id"] for it in m.recommend(user, 50, filter_seen=True)["items"]}
+
+
+def test_without_reasons_the_same_items_scores_and_parts(room_world):
+    """``recommend(reasons=False)`` (the gate's rankings read only the order) answers the same items,
+    scores and parts as with reasons, on the compiled and the reference path, each reason None."""
+    sim, ev, items = room_world
+    m = fit_recipe(ev, items, ev["ts"].max())
+    stream = ev["stream_id"].dropna().iloc[-1]
+    users = ev["user_id"].drop_duplicates().head(20).tolist() + [None]
+    n = 0
+    for use_kernel in (True, False):
+        m.use_kernel = use_kernel
+        for u in users:
+            for kw in ({"stream_id": stream}, {"context_items": ["sku-000001"]}, {"repeats": False}):
+                full, quiet = m.recommend(u, 10, **kw), m.recommend(u, 10, reasons=False, **kw)
+                assert quiet["strategy"] == full["strategy"]
+                assert [{**it, "reason": None} for it in full["items"]] == quiet["items"]
+                assert all(it["reason"] is not None for it in full["items"])
+                n += len(full["items"])
+    m.use_kernel = True
+    assert n > 200

@@ -1426,3 +1426,79 @@ def room_log_build(stream, ts, item, typ, n_streams: int, runs: int, lo: int, sp
         int(lo),
         int(span),
     )
+
+
+# ------------------------------------------------------------------ each (viewer, item) pair's last day
+# ``RoomRanker.touch_last_`` at fit time (called by every fit of the state: 4M touches at 10M events): a
+# stable counting sort by viewer, the distinct items of each viewer through a catalogue-size slot map,
+# then each viewer's few items sorted. The numpy formulation (a sort of 4M packed keys, a gather and a
+# maximum per run) took ~0.8 s of it; the maximum is exact, so both give the same matrix bit for bit.
+
+if HAVE_NUMBA:
+
+    @_nb.njit(cache=True)
+    def _last_touch_build(u, i, d, n_users, n_items):
+        n = u.size
+        ptr = np.zeros(n_users + 1, dtype=np.int64)
+        for r in range(n):
+            ptr[u[r] + 1] += 1
+        for k in range(n_users):
+            ptr[k + 1] += ptr[k]
+        pos = ptr[:-1].copy()
+        it = np.empty(n, dtype=np.int64)
+        dd = np.empty(n, dtype=np.float64)
+        for r in range(n):
+            p = pos[u[r]]
+            it[p] = i[r]
+            dd[p] = d[r]
+            pos[u[r]] = p + 1
+        slot = np.full(n_items, -1, dtype=np.int64)
+        out_ptr = np.zeros(n_users + 1, dtype=np.int64)
+        out_i = np.empty(n, dtype=np.int32)
+        out_d = np.empty(n, dtype=np.float64)
+        m = 0
+        for k in range(n_users):
+            start = m
+            for p in range(ptr[k], ptr[k + 1]):
+                j = it[p]
+                s = slot[j]
+                if s < 0:
+                    slot[j] = m
+                    out_i[m] = j
+                    out_d[m] = dd[p]
+                    m += 1
+                else:  # np.maximum: a NaN on either side is the result
+                    x, y = out_d[s], dd[p]
+                    if np.isnan(x) or np.isnan(y):
+                        out_d[s] = np.nan
+                    elif y > x:
+                        out_d[s] = y
+            if m - start > 1:  # the row's items ascending, their days with them
+                o = np.argsort(out_i[start:m])
+                ti = out_i[start:m][o]
+                td = out_d[start:m][o]
+                out_i[start:m] = ti
+                out_d[start:m] = td
+            for p in range(start, m):
+                slot[out_i[p]] = -1
+            out_ptr[k + 1] = m
+        return out_ptr, out_i[:m].copy(), out_d[:m].copy()
+
+
+def last_touch_build(u, i, d, n_users: int, n_items: int):
+    """CSR arrays ``(indptr, indices, data)`` of each (viewer ``u``, item ``i``) pair's largest day ``d``
+    (NaN if any of its days is NaN), rows' items ascending; the codes are valid (``>= 0``)."""
+    u = np.ascontiguousarray(u, dtype=np.int64)
+    i = np.ascontiguousarray(i, dtype=np.int64)
+    d = np.ascontiguousarray(d, dtype=np.float64)
+    if HAVE_NUMBA:
+        return _last_touch_build(u, i, d, int(n_users), int(n_items))
+    ni = max(int(n_items), 1)
+    key = u * ni + i
+    o = np.argsort(key)
+    ks = key[o]
+    start = np.flatnonzero(np.r_[True, ks[1:] != ks[:-1]]) if ks.size else np.empty(0, dtype=np.int64)
+    last = np.maximum.reduceat(d[o], start) if ks.size else np.empty(0)
+    pu, pi = np.divmod(ks[start], ni)
+    indptr = np.concatenate(([0], np.cumsum(np.bincount(pu, minlength=int(n_users))))).astype(np.int64)
+    return indptr, pi.astype(np.int32), last

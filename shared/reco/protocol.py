@@ -1100,7 +1100,8 @@ class RecommendRanker(Ranker):
     reference_time) -> model``; ranking calls exactly ``model.recommend(q.user_id, k,
     stream_id=q.stream_id, allowed_items=q.allowed, room=q.room, now=q.ts, repeats=q.repeats)``
     (``allowed_idx=model.allowed_index(q.allowed)`` instead, converted once per showcase, for a model
-    that has ``allowed_index``: the same call)."""
+    that has ``allowed_index``: the same call), and ``reasons=False`` for a model that declares
+    ``ranks_without_reasons`` (only the order is read here)."""
 
     is_model = True
 
@@ -1125,6 +1126,7 @@ class RecommendRanker(Ranker):
         maps: dict[int, tuple[Any, np.ndarray]] = {}
 
         done: dict[int, tuple[dict, dict]] = {}  # a room shared by queries (the split's memo): converted once
+        quiet = {"reasons": False} if getattr(m, "ranks_without_reasons", False) else {}
 
         def room(q: Query):
             if q.room_codes is None or positions is None or keys is None:
@@ -1156,6 +1158,7 @@ class RecommendRanker(Ranker):
                     now=q.ts,
                     repeats=q.repeats,
                     **allowed(q),
+                    **quiet,
                 )
             )[:k]
             for q in queries

@@ -434,6 +434,17 @@ def heads_dict(model: RoomRanker) -> dict[str, dict]:
     }
 
 
+def _split_at(events: pd.DataFrame, cut) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``(events[ts <= cut], events[ts > cut])``. The train function's frames are in time order (the
+    reader sorts them): then the two are row slices (copy-on-write views), not two boolean takes of
+    every column (~1.4 s at 8M rows); any other frame is masked."""
+    ts = events["ts"]
+    if ts.is_monotonic_increasing:
+        k = int(ts.searchsorted(cut, side="right"))
+        return events.iloc[:k], events.iloc[k:]
+    return events[ts <= cut], events[ts > cut]
+
+
 def fit_recipe(
     events: pd.DataFrame,
     items: pd.DataFrame | None,
@@ -486,7 +497,7 @@ def fit_recipe(
         info["heads_from"] = "an earlier fit (the gate's candidate): its label window, its weights"
     elif len(tgt_ts) >= 20:
         cut = tgt_ts.quantile(1.0 - float(p["label_frac"]))
-        before, after = events[events["ts"] <= cut], events[events["ts"] > cut]
+        before, after = _split_at(events, cut)
         if before["item_id"].notna().any() and len(after):
             state = RoomRanker.fit_state(before, items, cut, **kw)
             t1 = time.perf_counter()
