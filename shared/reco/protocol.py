@@ -468,6 +468,15 @@ class SplitEvents:
         return self._memo[key]
 
 
+def _rows(ev: pd.DataFrame, mask: np.ndarray) -> pd.DataFrame:
+    """``ev[mask].reset_index(drop=True)``. A time cut of time-ordered rows keeps a prefix: then a row
+    slice (a copy-on-write view), not a take of every column (~1 s at 10M events)."""
+    k = int(np.count_nonzero(mask))
+    if mask[:k].all():
+        return ev.iloc[:k].reset_index(drop=True)
+    return ev[mask].reset_index(drop=True)
+
+
 def _no_memo(key, make: Callable[[], Any]) -> Any:
     return make()
 
@@ -589,7 +598,7 @@ def make_split(
     # a time cut's training part, history and the rooms depend on the cut only (leave-last's on more)
     part = ("cut", cut, end) if (in_stream or split == "global-time") else ("own", id(train_mask))
     pmemo = memo if part[0] == "cut" else _no_memo
-    train = pmemo((part, "train"), lambda: ev[train_mask].reset_index(drop=True))
+    train = pmemo((part, "train"), lambda: _rows(ev, train_mask))
     info["train_events"] = int(train_mask.sum())
 
     # training history per user (touch events in train) as sorted (user, item) keys

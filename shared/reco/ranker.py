@@ -353,7 +353,8 @@ class RoomRanker:
         self.recent_buyers_ = np.bincount(occ.item[recent], minlength=len(iids)).astype(np.float32)
         # one type each: its rows only (the others weigh 0; the index space and the reference are given)
         sliced = reference_time is not None and "type" in events
-        typed = (lambda t: events[(events["type"] == t).to_numpy()]) if sliced else (lambda t: events)
+        cols = [c for c in ("user_id", "item_id", "type", "ts") if c in events]  # what build_user_items reads
+        typed = (lambda t: events.loc[(events["type"] == t).to_numpy(), cols]) if sliced else (lambda t: events)
         self.cart_, self.click_ = (
             build_user_items(
                 typed(t),
