@@ -1374,14 +1374,30 @@ def segments_sorted(ptr: np.ndarray, a: np.ndarray, b: np.ndarray, c: np.ndarray
 if HAVE_NUMBA:
 
     @_nb.njit(cache=True)
+    def _counting_order(key, n_keys):
+        # a stable counting sort: (ptr, order), the rows of key k being order[ptr[k]:ptr[k + 1]] in input order
+        n = key.size
+        ptr = np.zeros(n_keys + 1, dtype=np.int64)
+        for r in range(n):
+            ptr[key[r] + 1] += 1
+        for k in range(n_keys):
+            ptr[k + 1] += ptr[k]
+        at = ptr[:-1].copy()
+        order = np.empty(n, dtype=np.int64)
+        for r in range(n):
+            j = at[key[r]]
+            order[j] = r
+            at[key[r]] = j + 1
+        return ptr, order
+
+    @_nb.njit(cache=True)
     def _room_log_build(stream, ts, item, typ, n_streams, runs, lo, span):
         n = stream.size
-        cnt = np.zeros(runs + 1, dtype=np.int64)
         present = np.zeros(n_streams * span, dtype=np.bool_)
         for r in range(n):
-            cnt[typ[r] * n_streams + stream[r] + 1] += 1
             present[stream[r] * span + (item[r] - lo)] = True
-        ptr = np.cumsum(cnt)
+        # rows in input (time) order by run (type, stream)
+        ptr, order = _counting_order(typ * n_streams + stream, runs)
         rank = np.empty(n_streams * span, dtype=np.int32)
         n_pairs = 0
         for p in range(n_streams * span):
@@ -1398,14 +1414,10 @@ if HAVE_NUMBA:
                 k += 1
         for s in range(n_streams):
             pair_ptr[s + 1] += pair_ptr[s]
-        # rows in input (time) order scattered to their run: a stable counting sort by run
-        at = ptr[:-1].copy()
-        ts_o = np.empty(n, dtype=np.int64)
+        ts_o = ts[order]
         local_o = np.empty(n, dtype=np.int32)
-        for r in range(n):
-            j = at[typ[r] * n_streams + stream[r]]
-            at[typ[r] * n_streams + stream[r]] = j + 1
-            ts_o[j] = ts[r]
+        for j in range(n):
+            r = order[j]
             local_o[j] = rank[stream[r] * span + (item[r] - lo)] - pair_ptr[stream[r]]
         return ts_o, ptr, pair_item, pair_ptr, local_o
 
@@ -1439,19 +1451,9 @@ if HAVE_NUMBA:
     @_nb.njit(cache=True)
     def _last_touch_build(u, i, d, n_users, n_items):
         n = u.size
-        ptr = np.zeros(n_users + 1, dtype=np.int64)
-        for r in range(n):
-            ptr[u[r] + 1] += 1
-        for k in range(n_users):
-            ptr[k + 1] += ptr[k]
-        pos = ptr[:-1].copy()
-        it = np.empty(n, dtype=np.int64)
-        dd = np.empty(n, dtype=np.float64)
-        for r in range(n):
-            p = pos[u[r]]
-            it[p] = i[r]
-            dd[p] = d[r]
-            pos[u[r]] = p + 1
+        ptr, order = _counting_order(u, n_users)  # each viewer's touches together
+        it = i[order]
+        dd = d[order]
         slot = np.full(n_items, -1, dtype=np.int64)
         out_ptr = np.zeros(n_users + 1, dtype=np.int64)
         out_i = np.empty(n, dtype=np.int32)
