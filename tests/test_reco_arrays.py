@@ -1,4 +1,4 @@
-"""shared.reco.arrays.unique: the same array as np.unique, on every dtype it takes the fast path for."""
+"""shared.reco.arrays: `unique` (the same array as np.unique, on every dtype it takes the fast path for) and `ascending`."""
 
 import numpy as np
 import pytest
@@ -31,3 +31,14 @@ def test_other_dtypes_fall_back_to_numpy():
     np.testing.assert_array_equal(unique(f), np.unique(f))  # one NaN, as numpy's equal_nan
     s = np.array(["b", "a", "b"])
     np.testing.assert_array_equal(unique(s), np.array(["a", "b"]))
+
+
+def test_ascending_is_non_decreasing_order():
+    from shared.reco.arrays import ascending
+
+    assert ascending(np.array([], dtype=np.int64)) and ascending(np.array([5]))
+    assert ascending(np.array([1, 1, 2, 9])) and not ascending(np.array([1, 3, 2]))
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        a = rng.integers(0, 5, rng.integers(0, 8))
+        assert ascending(a) == bool(np.all(np.diff(a) >= 0))

@@ -36,7 +36,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from shared.reco.arrays import unique
+from shared.reco.arrays import ascending, unique
 
 from ._kernels import segments_sorted
 from .event_types import (
@@ -417,7 +417,7 @@ class Split:
 def _first_at(keys: np.ndarray, ts: np.ndarray, want: np.ndarray) -> np.ndarray:
     """Per key of ``want`` the smallest ``ts`` of its rows (every key of ``want`` has rows): rows already
     in time order take each key's first row (a hash pass), others a groupby minimum."""
-    if ts.size < 2 or bool((ts[1:] >= ts[:-1]).all()):
+    if ascending(ts):
         first = pd.Series(keys).drop_duplicates()  # (keep the first: the index is its row)
         at = pd.Index(first.to_numpy()).get_indexer(want)
         if not (at < 0).any():

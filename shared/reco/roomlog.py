@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .arrays import ascending
+
 __all__ = ["RoomLog"]
 
 
@@ -36,7 +38,7 @@ class RoomLog:
         # per (type, stream) run: the end row and the counts of the last prefix counted, so queries asked in
         # time order within a stream (make_split, room_so_far) count each row once, not once per query
         self._prefix: dict[int, tuple[int, np.ndarray]] = {}
-        in_order = ts.size < 2 or bool((ts[1:] >= ts[:-1]).all())
+        in_order = ascending(ts)
         lo = int(item.min()) if item.size else 0
         span = (int(item.max()) - lo + 1) if item.size else 1
         if in_order and self.n_streams * span <= 1 << 26 and item.size:

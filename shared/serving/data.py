@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 
 from shared import layout
 from shared.adapters.storage import ObjectStore
-from shared.reco.arrays import unique
+from shared.reco.arrays import ascending, unique
 
 CLEAN_PREFIX = layout.CLEAN
 CATALOG_PREFIX = layout.CATALOG
@@ -137,7 +137,7 @@ def _events_frame(tables: list[pa.Table], dates: list | None = None) -> pd.DataF
     # sort by (ts, event_id): the day files are usually already in ts order, then only runs of equal
     # ts need their event_id order checked
     ts = table["ts"].cast(pa.int64()).to_numpy()
-    if ts.size > 1 and bool((ts[1:] >= ts[:-1]).all()):
+    if ts.size > 1 and ascending(ts):
         ties = np.flatnonzero(ts[1:] == ts[:-1])
         order = None
         if ties.size:
